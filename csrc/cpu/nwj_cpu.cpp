@@ -1,0 +1,221 @@
+// CPU kernels of the NWJ bound  I = mean(t_joint) - mean(exp(t_marg - 1)):
+// on its own (nwj_bound), and fused with the MI chain's last layer t = act(hidden . w + b)
+// (nwj_head), where rows [0, n_joint) of hidden are joint pairs and the rest shuffled pairs.
+// Reductions use fixed row chunks summed in order, so results do not depend on thread count.
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <array>
+#include <vector>
+
+#include "../activations.h"
+#include "../checks.h"
+#include "../nwj.h"
+
+namespace infomax_ext {
+namespace {
+
+constexpr int64_t kRowsPerChunk = 64;
+
+int64_t chunk_count(int64_t rows) { return (rows + kRowsPerChunk - 1) / kRowsPerChunk; }
+
+// sum_{r < n_joint} t[r] and sum_{r >= n_joint} exp(t[r] - 1), reduced deterministically.
+template <typename scalar_t, typename acc_t>
+void nwj_sums(const scalar_t* t, int64_t rows, int64_t n_joint, acc_t* joint_sum, acc_t* marg_sum) {
+  const int64_t chunks = chunk_count(rows);
+  std::vector<acc_t> partial(2 * chunks, acc_t(0));
+  at::parallel_for(0, chunks, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      acc_t js = 0, ms = 0;
+      for (int64_t r = c * kRowsPerChunk; r < std::min(rows, (c + 1) * kRowsPerChunk); ++r) {
+        if (r < n_joint) {
+          js += acc_t(t[r]);
+        } else {
+          ms += acc_t(nwj_marginal_term(t[r]));
+        }
+      }
+      partial[2 * c] = js;
+      partial[2 * c + 1] = ms;
+    }
+  });
+  acc_t js = 0, ms = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    js += partial[2 * c];
+    ms += partial[2 * c + 1];
+  }
+  *joint_sum = js;
+  *marg_sum = ms;
+}
+
+at::Tensor nwj_bound_cpu(const at::Tensor& t_joint_in, const at::Tensor& t_marg_in) {
+  check_nwj_bound(t_joint_in, t_marg_in);
+  const at::Tensor tj = t_joint_in.contiguous(), tm = t_marg_in.contiguous();
+  const int64_t nj = tj.size(0), nm = tm.size(0);
+  at::Tensor bound = at::empty({}, tj.options());
+  AT_DISPATCH_FLOATING_TYPES(tj.scalar_type(), "nwj_bound_cpu", [&] {
+    using acc_t = at::acc_type<scalar_t, false>;
+    acc_t js, ms, unused;
+    nwj_sums<scalar_t, acc_t>(tj.const_data_ptr<scalar_t>(), nj, nj, &js, &unused);
+    nwj_sums<scalar_t, acc_t>(tm.const_data_ptr<scalar_t>(), nm, 0, &unused, &ms);
+    *bound.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(js / acc_t(nj) - ms / acc_t(nm));
+  });
+  return bound;
+}
+
+std::tuple<at::Tensor, at::Tensor> nwj_bound_backward_cpu(const at::Tensor& grad,
+                                                          const at::Tensor& t_joint_in,
+                                                          const at::Tensor& t_marg_in) {
+  check_nwj_bound(t_joint_in, t_marg_in);
+  const at::Tensor tj = t_joint_in.contiguous(), tm = t_marg_in.contiguous();
+  at::Tensor gj = at::empty_like(tj), gm = at::empty_like(tm);
+  AT_DISPATCH_FLOATING_TYPES(tj.scalar_type(), "nwj_bound_backward_cpu", [&] {
+    const scalar_t g = grad.item<scalar_t>();
+    const scalar_t inv_j = scalar_t(1) / scalar_t(tj.size(0)), inv_m = scalar_t(1) / scalar_t(tm.size(0));
+    const scalar_t* ptm = tm.const_data_ptr<scalar_t>();
+    scalar_t* pgj = gj.mutable_data_ptr<scalar_t>();
+    scalar_t* pgm = gm.mutable_data_ptr<scalar_t>();
+    for (int64_t r = 0; r < tj.size(0); ++r) pgj[r] = nwj_score_grad(true, scalar_t(0), g, inv_j, inv_m);
+    at::parallel_for(0, tm.size(0), 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) pgm[r] = nwj_score_grad(false, ptm[r], g, inv_j, inv_m);
+    });
+  });
+  return {gj, gm};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_cpu(const at::Tensor& hidden_in,
+                                                            const at::Tensor& weight_in,
+                                                            const std::optional<at::Tensor>& bias_in,
+                                                            int64_t n_joint, c10::string_view activation,
+                                                            double param) {
+  check_nwj_head(hidden_in, weight_in, bias_in, n_joint);
+  const Activation act = checked_activation(std::string(activation));
+  const at::Tensor hidden = hidden_in.contiguous(), w = weight_in.contiguous();
+  const bool has_bias = bias_in.has_value() && bias_in->defined();
+  const int64_t rows = hidden.size(0), h = hidden.size(1);
+  at::Tensor scores = at::empty({rows}, hidden.options());
+  at::Tensor pre = at::empty({rows}, hidden.options());
+  at::Tensor bound = at::empty({}, hidden.options());
+  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "nwj_head_cpu", [&] {
+    using acc_t = at::acc_type<scalar_t, false>;
+    const scalar_t* ph = hidden.const_data_ptr<scalar_t>();
+    const scalar_t* pw = w.const_data_ptr<scalar_t>();
+    const scalar_t b = has_bias ? bias_in->item<scalar_t>() : scalar_t(0);
+    const scalar_t p = static_cast<scalar_t>(param);
+    scalar_t* ps = scores.mutable_data_ptr<scalar_t>();
+    scalar_t* ppre = pre.mutable_data_ptr<scalar_t>();
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(h, 1)),
+                       [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const scalar_t* hr = ph + r * h;
+          acc_t dot = 0;
+          for (int64_t j = 0; j < h; ++j) dot += acc_t(hr[j]) * acc_t(pw[j]);
+          const scalar_t z = static_cast<scalar_t>(dot) + b;
+          ppre[r] = z;
+          ps[r] = activation_value<A>(z, p);
+        }
+      });
+    });
+    acc_t js, ms;
+    nwj_sums<scalar_t, acc_t>(ps, rows, n_joint, &js, &ms);
+    *bound.mutable_data_ptr<scalar_t>() =
+        static_cast<scalar_t>(js / acc_t(n_joint) - ms / acc_t(rows - n_joint));
+  });
+  return {bound, scores, pre};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cpu(
+    const at::Tensor& grad_bound, const std::optional<at::Tensor>& grad_scores_in,
+    const at::Tensor& hidden_in, const at::Tensor& weight_in, const at::Tensor& scores_in,
+    const at::Tensor& pre_in, int64_t n_joint, c10::string_view activation, double param,
+    std::array<bool, 3> output_mask) {
+  check_nwj_head(hidden_in, weight_in, std::nullopt, n_joint);
+  const Activation act = checked_activation(std::string(activation));
+  const at::Tensor hidden = hidden_in.contiguous(), w = weight_in.contiguous();
+  const at::Tensor scores = scores_in.contiguous(), pre = pre_in.contiguous();
+  const int64_t rows = hidden.size(0), h = hidden.size(1);
+  TORCH_CHECK(scores.numel() == rows && pre.numel() == rows,
+              "infomax_ext: scores and pre must have one entry per row of hidden");
+  const bool has_gs = grad_scores_in.has_value() && grad_scores_in->defined();
+  at::Tensor gs;
+  if (has_gs) {
+    gs = grad_scores_in->contiguous();
+    TORCH_CHECK(gs.numel() == rows, "infomax_ext: grad_scores must have ", rows, " entries");
+  }
+  const bool want_hidden = output_mask[0], want_w = output_mask[1], want_b = output_mask[2];
+  at::Tensor grad_hidden = want_hidden ? at::empty({rows, h}, hidden.options()) : at::empty({0}, hidden.options());
+  at::Tensor grad_w = want_w ? at::empty({h}, hidden.options()) : at::empty({0}, hidden.options());
+  at::Tensor grad_b = want_b ? at::empty({1}, hidden.options()) : at::empty({0}, hidden.options());
+
+  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "nwj_head_backward_cpu", [&] {
+    using acc_t = at::acc_type<scalar_t, false>;
+    const scalar_t* ph = hidden.const_data_ptr<scalar_t>();
+    const scalar_t* pw = w.const_data_ptr<scalar_t>();
+    const scalar_t* ps = scores.const_data_ptr<scalar_t>();
+    const scalar_t* ppre = pre.const_data_ptr<scalar_t>();
+    const scalar_t* pgs = has_gs ? gs.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t g = grad_bound.item<scalar_t>();
+    const scalar_t inv_j = scalar_t(1) / scalar_t(n_joint);
+    const scalar_t inv_m = scalar_t(1) / scalar_t(rows - n_joint);
+    const scalar_t p = static_cast<scalar_t>(param);
+    scalar_t* pgh = want_hidden ? grad_hidden.mutable_data_ptr<scalar_t>() : nullptr;
+    const int64_t chunks = chunk_count(rows);
+    std::vector<acc_t> w_partial(want_w ? chunks * h : 0, acc_t(0));
+    std::vector<acc_t> b_partial(chunks, acc_t(0));
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          acc_t* wsum = want_w ? w_partial.data() + c * h : nullptr;
+          acc_t bsum = 0;
+          for (int64_t r = c * kRowsPerChunk; r < std::min(rows, (c + 1) * kRowsPerChunk); ++r) {
+            scalar_t dscore = nwj_score_grad(r < n_joint, ps[r], g, inv_j, inv_m);
+            if (pgs) dscore += pgs[r];
+            const scalar_t dpre = dscore * activation_derivative<A>(ppre[r], p);
+            bsum += acc_t(dpre);
+            const scalar_t* hr = ph + r * h;
+            if (pgh) {
+              scalar_t* ghr = pgh + r * h;
+              for (int64_t j = 0; j < h; ++j) ghr[j] = dpre * pw[j];
+            }
+            if (wsum) {
+              for (int64_t j = 0; j < h; ++j) wsum[j] += acc_t(dpre) * acc_t(hr[j]);
+            }
+          }
+          b_partial[c] = bsum;
+        }
+      });
+    });
+    if (want_w) {
+      scalar_t* pgw = grad_w.mutable_data_ptr<scalar_t>();
+      for (int64_t j = 0; j < h; ++j) {
+        acc_t total = 0;
+        for (int64_t c = 0; c < chunks; ++c) total += w_partial[c * h + j];
+        pgw[j] = static_cast<scalar_t>(total);
+      }
+    }
+    if (want_b) {
+      acc_t total = 0;
+      for (int64_t c = 0; c < chunks; ++c) total += b_partial[c];
+      *grad_b.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(total);
+    }
+  });
+  return {grad_hidden, grad_w, grad_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(infomax_ext, CPU, m) {
+  m.impl("nwj_bound", &nwj_bound_cpu);
+  m.impl("nwj_bound_backward", &nwj_bound_backward_cpu);
+  m.impl("nwj_head", &nwj_head_cpu);
+  m.impl("nwj_head_backward", &nwj_head_backward_cpu);
+}
+
+}  // namespace infomax_ext

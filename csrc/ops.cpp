@@ -1,0 +1,33 @@
+// The operator schemas of the infomax_ext namespace. Each backend (csrc/cpu, csrc/cuda)
+// registers its kernels against them; python/infomax_ext/_ops.py adds fake kernels and autograd.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// An empty module: importing infomax_ext._C runs the static registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(infomax_ext, m) {
+  m.def("permutation_keys(Tensor index, int seed) -> Tensor");
+  m.def("inverse_permutation(Tensor perm) -> Tensor");
+  m.def(
+      "paired_first_layer(Tensor data_half, Tensor latent_half, Tensor? shuffled_source, "
+      "Tensor bias, Tensor perm, str activation, float param) -> Tensor");
+  m.def(
+      "paired_first_layer_backward(Tensor grad_out, Tensor data_half, Tensor latent_half, "
+      "Tensor? shuffled_source, Tensor bias, Tensor perm, Tensor inverse_perm, str activation, "
+      "float param, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "nwj_head(Tensor hidden, Tensor weight, Tensor? bias, int n_joint, str activation, "
+      "float param) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "nwj_head_backward(Tensor grad_bound, Tensor? grad_scores, Tensor hidden, Tensor weight, "
+      "Tensor scores, Tensor pre, int n_joint, str activation, float param, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("nwj_bound(Tensor t_joint, Tensor t_marg) -> Tensor");
+  m.def("nwj_bound_backward(Tensor grad, Tensor t_joint, Tensor t_marg) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,712 @@
+"""The VAE parts the InfoMax VAE uses: encoders, decoders, sampling and the likelihood terms.
+
+Batch-first throughout: data ``x`` is ``(N, *data_shape)``, latent codes ``z`` are ``(N, d)``,
+per-sample scores are ``(N,)``. Encoders and decoders return named tuples; each class has a
+``from_sizes`` builder (the AutoEncoderToolkit.jl constructors) and ``from_config`` to rebuild a
+module from the ``config`` dict a builder stores.
+
+Sampling with ``n_samples = S > 1`` gives codes ``(S, N, d)``; decoded, they are laid out as ``S``
+blocks of ``N`` rows (``M = S * N`` rows, row ``r`` belonging to input ``r % N``), the layout
+:func:`decoder_loglikelihood` accepts.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from .activations import as_module, identity, spec_of_module
+
+__all__ = [
+    "GaussianLogOutput",
+    "GaussianOutput",
+    "BernoulliOutput",
+    "SimpleGaussianOutput",
+    "VAEOutput",
+    "JointGaussianLogEncoder",
+    "JointGaussianEncoder",
+    "BernoulliDecoder",
+    "SimpleGaussianDecoder",
+    "JointGaussianLogDecoder",
+    "SplitGaussianLogDecoder",
+    "JointGaussianDecoder",
+    "SplitGaussianDecoder",
+    "VAE",
+    "module_from_config",
+    "reparameterize",
+    "decoder_loglikelihood",
+    "encoder_kl",
+    "spherical_logprior",
+    "encoder_logposterior",
+]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+class GaussianLogOutput(NamedTuple):
+    """A diagonal Gaussian: mean ``mu`` and log standard deviation ``logsigma``, same shape."""
+
+    mu: torch.Tensor
+    logsigma: torch.Tensor
+
+
+class GaussianOutput(NamedTuple):
+    """A diagonal Gaussian: mean ``mu`` and standard deviation ``sigma > 0``, same shape."""
+
+    mu: torch.Tensor
+    sigma: torch.Tensor
+
+
+class BernoulliOutput(NamedTuple):
+    """Independent Bernoulli probabilities ``p`` in ``(0, 1)``."""
+
+    p: torch.Tensor
+
+
+class SimpleGaussianOutput(NamedTuple):
+    """A Gaussian mean ``mu`` with unit standard deviation."""
+
+    mu: torch.Tensor
+
+
+class VAEOutput(NamedTuple):
+    """``vae(x, latent=True)``: the encoder output, the sampled codes ``z`` and their decoding."""
+
+    encoder: GaussianLogOutput | GaussianOutput
+    z: torch.Tensor
+    decoder: NamedTuple
+
+
+# ----------------------------------------------------------------------------- builder helpers
+
+def _check_size(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _parse_size(name: str, size) -> tuple[int, list[int] | None]:
+    """``(number of features, shape or None)`` of an int or a shape tuple/list."""
+    if isinstance(size, (tuple, list, torch.Size)):
+        if len(size) == 0:
+            raise ValueError(f"{name} must be a positive int or a non-empty shape, got {size!r}")
+        shape = [_check_size(f"{name}[{i}]", s) for i, s in enumerate(size)]
+        return math.prod(shape), shape
+    return _check_size(name, size), None
+
+
+def _check_layers(neurons_name: str, neurons, activations_name: str, activations) -> list[int]:
+    if not isinstance(neurons, (list, tuple)):
+        raise TypeError(f"{neurons_name} must be a list of ints, got {neurons!r}")
+    if not isinstance(activations, (list, tuple)):
+        raise TypeError(
+            f"{activations_name} must be a list with one activation per layer, got {activations!r}"
+        )
+    if len(neurons) != len(activations):
+        raise ValueError(
+            f"{neurons_name} has {len(neurons)} layers but {activations_name} has "
+            f"{len(activations)} activations; each layer needs exactly one activation"
+        )
+    return [_check_size(f"{neurons_name}[{i}]", n) for i, n in enumerate(neurons)]
+
+
+def _pair(name: str, activation, second_default) -> tuple:
+    """An output activation given once or as a pair ``(first head, second head)``."""
+    if isinstance(activation, (list, tuple)):
+        if len(activation) != 2:
+            raise ValueError(
+                f"{name} must be one activation or a pair of two, got {len(activation)} items"
+            )
+        return tuple(activation)
+    return activation, (activation if second_default is None else second_default)
+
+
+def _linear(n_in: int, n_out: int, init: Callable) -> nn.Linear:
+    layer = nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        init(layer.weight)
+        layer.bias.zero_()
+    return layer
+
+
+def _mlp(n_in: int, neurons: list[int], activations, init: Callable) -> list[nn.Module]:
+    """``Linear(n_in -> neurons[0]), act[0], ..., Linear(... -> neurons[-1]), act[-1]``."""
+    layers: list[nn.Module] = []
+    for n_out, activation in zip(neurons, activations):
+        layers += [_linear(n_in, n_out, init), as_module(activation)]
+        n_in = n_out
+    return layers
+
+
+def _head(n_in: int, n_out: int, activation, init: Callable, shape) -> nn.Sequential:
+    """``Linear(n_in -> n_out)``, the activation, then an unflatten to ``shape`` if given."""
+    layers = [_linear(n_in, n_out, init), as_module(activation)]
+    if shape is not None:
+        layers.append(nn.Unflatten(1, tuple(shape)))
+    return nn.Sequential(*layers)
+
+
+def _activation_config(activation):
+    """JSON form of an activation: its name, ``{"name", "param"}`` for a non-default parameter
+    (leaky ReLU slope, ELU alpha), or ``None`` when it is not one of the named activations."""
+    if isinstance(activation, (list, tuple)):
+        return [_activation_config(a) for a in activation]
+    spec = spec_of_module(as_module(activation))
+    if spec is None:
+        return None
+    if spec.param != spec_of_module(as_module(spec.name)).param:
+        return {"name": spec.name, "param": spec.param}
+    return spec.name
+
+
+def _activation_from_config(key: str, entry):
+    if isinstance(entry, list):
+        return [_activation_from_config(key, e) for e in entry]
+    if entry is None:
+        raise ValueError(
+            f"config entry {key!r} holds an activation that has no name (a custom callable or "
+            "module), so the module cannot be rebuilt from its config"
+        )
+    if isinstance(entry, dict):
+        factory = {"leaky_relu": nn.LeakyReLU, "elu": nn.ELU}.get(entry.get("name"))
+        if factory is None:
+            raise ValueError(f"config entry {key!r}: unknown parameterised activation {entry!r}")
+        return factory(entry["param"])
+    return entry  # a name; as_module resolves it
+
+
+def _config(cls_name: str, **args) -> dict:
+    """The JSON-serialisable builder arguments, activations as names."""
+    config = {"class": cls_name}
+    for key, value in args.items():
+        if key.endswith("activation"):
+            value = _activation_config(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        config[key] = value
+    return config
+
+
+class _Built(nn.Module):
+    """Base of the encoders and decoders: a ``config`` (``None`` unless made by ``from_sizes``)."""
+
+    config: dict | None = None
+
+    @classmethod
+    def from_config(cls, config: dict):
+        """Rebuild the architecture ``from_sizes`` recorded in ``config`` (fresh weights)."""
+        if not isinstance(config, dict) or config.get("class") != cls.__name__:
+            found = config.get("class") if isinstance(config, dict) else type(config).__name__
+            raise ValueError(f"config is for {found!r}, not {cls.__name__!r}")
+        kwargs = {
+            key: _activation_from_config(key, value) if key.endswith("activation") else value
+            for key, value in config.items()
+            if key != "class"
+        }
+        return cls.from_sizes(**kwargs)
+
+
+# ----------------------------------------------------------------------------- encoders
+
+class _Encoder(_Built):
+    """Shared trunk ``encoder``, then two heads on its output."""
+
+    @classmethod
+    def _build(cls, size_input, n_latent, encoder_neurons, encoder_activation,
+               latent_activation, init, second_default):
+        n_in, shape = _parse_size("size_input", size_input)
+        _check_size("n_latent", n_latent)
+        neurons = _check_layers("encoder_neurons", encoder_neurons,
+                                "encoder_activation", encoder_activation)
+        first_act, second_act = _pair("latent_activation", latent_activation, second_default)
+        trunk = [nn.Flatten()] if shape is not None else []
+        trunk += _mlp(n_in, neurons, encoder_activation, init)
+        n_hidden = neurons[-1] if neurons else n_in
+        module = cls(
+            nn.Sequential(*trunk),
+            _head(n_hidden, n_latent, first_act, init, None),
+            _head(n_hidden, n_latent, second_act, init, None),
+        )
+        module.config = _config(
+            cls.__name__, size_input=size_input, n_latent=n_latent,
+            encoder_neurons=list(encoder_neurons), encoder_activation=list(encoder_activation),
+            latent_activation=latent_activation,
+        )
+        return module
+
+
+class JointGaussianLogEncoder(_Encoder):
+    """``x (N, *data_shape) -> GaussianLogOutput(mu, logsigma)``, each ``(N, d)``:
+    ``h = encoder(x)``, ``mu = mu(h)``, ``logsigma = logsigma(h)`` (log standard deviation)."""
+
+    def __init__(self, encoder: nn.Module, mu: nn.Module, logsigma: nn.Module):
+        super().__init__()
+        self.encoder, self.mu, self.logsigma = encoder, mu, logsigma
+
+    def forward(self, x: torch.Tensor) -> GaussianLogOutput:
+        h = self.encoder(x)
+        return GaussianLogOutput(self.mu(h), self.logsigma(h))
+
+    @classmethod
+    def from_sizes(cls, size_input, n_latent, encoder_neurons, encoder_activation,
+                   latent_activation=identity, *, init=nn.init.xavier_uniform_):
+        """MLP encoder: ``[Flatten,] Linear(n_in -> h1), act1, ..., Linear(.. -> hk), actk`` as
+        the trunk, then ``Linear(hk -> n_latent), latent_activation`` for each of ``mu`` and
+        ``logsigma``.
+
+        ``size_input`` is an int or a data shape (then the trunk flattens first and ``n_in`` is
+        the product). ``latent_activation`` is one activation for both heads (as in Julia) or a
+        pair ``(mu, logsigma)``. ``init`` fills each weight in place (xavier uniform, i.e. Flux's
+        glorot uniform, by default); biases start at zero.
+        """
+        return cls._build(size_input, n_latent, encoder_neurons, encoder_activation,
+                          latent_activation, init, None)
+
+
+class JointGaussianEncoder(_Encoder):
+    """``x (N, *data_shape) -> GaussianOutput(mu, sigma)``, each ``(N, d)``: ``h = encoder(x)``,
+    ``mu = mu(h)``, ``sigma = sigma(h)`` used as is (it must be positive: the builder ends the
+    ``sigma`` head in softplus)."""
+
+    def __init__(self, encoder: nn.Module, mu: nn.Module, sigma: nn.Module):
+        super().__init__()
+        self.encoder, self.mu, self.sigma = encoder, mu, sigma
+
+    def forward(self, x: torch.Tensor) -> GaussianOutput:
+        h = self.encoder(x)
+        return GaussianOutput(self.mu(h), self.sigma(h))
+
+    @classmethod
+    def from_sizes(cls, size_input, n_latent, encoder_neurons, encoder_activation,
+                   latent_activation=identity, *, init=nn.init.xavier_uniform_):
+        """As :meth:`JointGaussianLogEncoder.from_sizes`, but one ``latent_activation`` applies
+        to ``mu`` only and the ``sigma`` head ends in softplus; a pair ``(mu, sigma)`` sets both."""
+        return cls._build(size_input, n_latent, encoder_neurons, encoder_activation,
+                          latent_activation, init, "softplus")
+
+
+# ----------------------------------------------------------------------------- decoders
+
+def _decoder_net(n_latent, n_out, shape, neurons, activations, output_activation, init):
+    """``Linear(n_latent -> h1), act1, ..., Linear(hk -> n_out), output_activation``, then an
+    unflatten to ``shape`` if given."""
+    n_hidden = neurons[-1] if neurons else n_latent
+    return nn.Sequential(*_mlp(n_latent, neurons, activations, init),
+                         *_head(n_hidden, n_out, output_activation, init, shape))
+
+
+class _OneNetDecoder(_Built):
+    """One network ``decoder`` on ``z``; its output is the one field of ``_output``."""
+
+    _output: type = BernoulliOutput
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z: torch.Tensor):
+        return self._output(self.decoder(z))
+
+    @classmethod
+    def _build(cls, size_output, n_latent, decoder_neurons, decoder_activation,
+               output_activation, init):
+        n_out, shape = _parse_size("size_output", size_output)
+        _check_size("n_latent", n_latent)
+        neurons = _check_layers("decoder_neurons", decoder_neurons,
+                                "decoder_activation", decoder_activation)
+        module = cls(_decoder_net(n_latent, n_out, shape, neurons, decoder_activation,
+                                  output_activation, init))
+        module.config = _config(
+            cls.__name__, size_output=size_output, n_latent=n_latent,
+            decoder_neurons=list(decoder_neurons), decoder_activation=list(decoder_activation),
+            output_activation=output_activation,
+        )
+        return module
+
+
+class BernoulliDecoder(_OneNetDecoder):
+    """``z (M, d) -> BernoulliOutput(p)``, ``p = decoder(z)`` of shape ``(M, *data_shape)``."""
+
+    _output = BernoulliOutput
+
+    @classmethod
+    def from_sizes(cls, size_output, n_latent, decoder_neurons, decoder_activation,
+                   output_activation=torch.sigmoid, *, init=nn.init.xavier_uniform_):
+        """MLP ``Linear(n_latent -> h1), act1, ..., Linear(hk -> n_out), output_activation``,
+        reshaped to ``size_output`` when that is a shape (``n_out`` is then its product).
+        Keep the sigmoid so that ``p`` is in (0, 1). ``init`` fills each weight in place
+        (xavier uniform by default); biases start at zero."""
+        return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
+                          output_activation, init)
+
+
+class SimpleGaussianDecoder(_OneNetDecoder):
+    """``z (M, d) -> SimpleGaussianOutput(mu)``, ``mu = decoder(z)`` of shape
+    ``(M, *data_shape)``; the standard deviation is 1."""
+
+    _output = SimpleGaussianOutput
+
+    @classmethod
+    def from_sizes(cls, size_output, n_latent, decoder_neurons, decoder_activation,
+                   output_activation=identity, *, init=nn.init.xavier_uniform_):
+        """As :meth:`BernoulliDecoder.from_sizes`, with an identity output by default."""
+        return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
+                          output_activation, init)
+
+
+class _JointDecoder(_Built):
+    """Shared trunk ``decoder`` on ``z``, then two heads."""
+
+    @classmethod
+    def _build(cls, size_output, n_latent, decoder_neurons, decoder_activation,
+               output_activation, init, second_default):
+        n_out, shape = _parse_size("size_output", size_output)
+        _check_size("n_latent", n_latent)
+        neurons = _check_layers("decoder_neurons", decoder_neurons,
+                                "decoder_activation", decoder_activation)
+        first_act, second_act = _pair("output_activation", output_activation, second_default)
+        n_hidden = neurons[-1] if neurons else n_latent
+        module = cls(
+            nn.Sequential(*_mlp(n_latent, neurons, decoder_activation, init)),
+            _head(n_hidden, n_out, first_act, init, shape),
+            _head(n_hidden, n_out, second_act, init, shape),
+        )
+        module.config = _config(
+            cls.__name__, size_output=size_output, n_latent=n_latent,
+            decoder_neurons=list(decoder_neurons), decoder_activation=list(decoder_activation),
+            output_activation=output_activation,
+        )
+        return module
+
+
+class JointGaussianLogDecoder(_JointDecoder):
+    """``z (M, d) -> GaussianLogOutput(mu, logsigma)``, each ``(M, *data_shape)``:
+    ``h = decoder(z)``, ``mu = mu(h)``, ``logsigma = logsigma(h)``."""
+
+    def __init__(self, decoder: nn.Module, mu: nn.Module, logsigma: nn.Module):
+        super().__init__()
+        self.decoder, self.mu, self.logsigma = decoder, mu, logsigma
+
+    def forward(self, z: torch.Tensor) -> GaussianLogOutput:
+        h = self.decoder(z)
+        return GaussianLogOutput(self.mu(h), self.logsigma(h))
+
+    @classmethod
+    def from_sizes(cls, size_output, n_latent, decoder_neurons, decoder_activation,
+                   output_activation=identity, *, init=nn.init.xavier_uniform_):
+        """Trunk ``Linear(n_latent -> h1), act1, ..., Linear(.. -> hk), actk``, then
+        ``Linear(hk -> n_out), output_activation`` for each of ``mu`` and ``logsigma`` (one
+        activation for both, as in Julia, or a pair), reshaped to ``size_output`` if a shape."""
+        return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
+                          output_activation, init, None)
+
+
+class JointGaussianDecoder(_JointDecoder):
+    """``z (M, d) -> GaussianOutput(mu, sigma)``, each ``(M, *data_shape)``: ``h = decoder(z)``,
+    ``mu = mu(h)``, ``sigma = sigma(h) > 0``."""
+
+    def __init__(self, decoder: nn.Module, mu: nn.Module, sigma: nn.Module):
+        super().__init__()
+        self.decoder, self.mu, self.sigma = decoder, mu, sigma
+
+    def forward(self, z: torch.Tensor) -> GaussianOutput:
+        h = self.decoder(z)
+        return GaussianOutput(self.mu(h), self.sigma(h))
+
+    @classmethod
+    def from_sizes(cls, size_output, n_latent, decoder_neurons, decoder_activation,
+                   output_activation=identity, *, init=nn.init.xavier_uniform_):
+        """As :meth:`JointGaussianLogDecoder.from_sizes`, but one ``output_activation`` applies
+        to ``mu`` only and the ``sigma`` head ends in softplus; a pair ``(mu, sigma)`` sets both."""
+        return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
+                          output_activation, init, "softplus")
+
+
+class _SplitDecoder(_Built):
+    """Two separate networks on ``z``; ``_second`` names the second one's fields."""
+
+    _second = ""
+
+    @classmethod
+    def _build(cls, size_output, n_latent, decoder_neurons, decoder_activation,
+               output_activation, second_neurons, second_activation, init, second_default):
+        second = cls._second
+        n_out, shape = _parse_size("size_output", size_output)
+        _check_size("n_latent", n_latent)
+        neurons = _check_layers("decoder_neurons", decoder_neurons,
+                                "decoder_activation", decoder_activation)
+        if second_neurons is None:
+            second_neurons = decoder_neurons
+        if second_activation is None:
+            second_activation = decoder_activation
+        neurons2 = _check_layers(f"{second}_neurons", second_neurons,
+                                 f"{second}_activation", second_activation)
+        first_act, second_act = _pair("output_activation", output_activation, second_default)
+        module = cls(
+            _decoder_net(n_latent, n_out, shape, neurons, decoder_activation, first_act, init),
+            _decoder_net(n_latent, n_out, shape, neurons2, second_activation, second_act, init),
+        )
+        module.config = _config(
+            cls.__name__, size_output=size_output, n_latent=n_latent,
+            decoder_neurons=list(decoder_neurons), decoder_activation=list(decoder_activation),
+            output_activation=output_activation,
+            **{f"{second}_neurons": list(second_neurons),
+               f"{second}_activation": list(second_activation)},
+        )
+        return module
+
+
+class SplitGaussianLogDecoder(_SplitDecoder):
+    """``z (M, d) -> GaussianLogOutput(mu(z), logsigma(z))``, each ``(M, *data_shape)``, from two
+    separate networks."""
+
+    _second = "logsigma"
+
+    def __init__(self, mu: nn.Module, logsigma: nn.Module):
+        super().__init__()
+        self.mu, self.logsigma = mu, logsigma
+
+    def forward(self, z: torch.Tensor) -> GaussianLogOutput:
+        return GaussianLogOutput(self.mu(z), self.logsigma(z))
+
+    @classmethod
+    def from_sizes(cls, size_output, n_latent, decoder_neurons, decoder_activation,
+                   output_activation=identity, *, logsigma_neurons=None,
+                   logsigma_activation=None, init=nn.init.xavier_uniform_):
+        """Two MLPs ``Linear(n_latent -> h1), act1, ..., Linear(hk -> n_out), output act``: the
+        ``mu`` net from ``decoder_neurons``/``decoder_activation``, the ``logsigma`` net from
+        ``logsigma_neurons``/``logsigma_activation`` (default: the same layers).
+        ``output_activation`` is one activation for both nets or a pair ``(mu, logsigma)``."""
+        return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
+                          output_activation, logsigma_neurons, logsigma_activation, init, None)
+
+
+class SplitGaussianDecoder(_SplitDecoder):
+    """``z (M, d) -> GaussianOutput(mu(z), sigma(z))``, each ``(M, *data_shape)``, from two
+    separate networks; ``sigma > 0``."""
+
+    _second = "sigma"
+
+    def __init__(self, mu: nn.Module, sigma: nn.Module):
+        super().__init__()
+        self.mu, self.sigma = mu, sigma
+
+    def forward(self, z: torch.Tensor) -> GaussianOutput:
+        return GaussianOutput(self.mu(z), self.sigma(z))
+
+    @classmethod
+    def from_sizes(cls, size_output, n_latent, decoder_neurons, decoder_activation,
+                   output_activation=identity, *, sigma_neurons=None, sigma_activation=None,
+                   init=nn.init.xavier_uniform_):
+        """As :meth:`SplitGaussianLogDecoder.from_sizes` with a ``sigma`` net; one
+        ``output_activation`` applies to ``mu`` only and the ``sigma`` net ends in softplus."""
+        return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
+                          output_activation, sigma_neurons, sigma_activation, init, "softplus")
+
+
+_BUILT_CLASSES = {
+    cls.__name__: cls
+    for cls in (JointGaussianLogEncoder, JointGaussianEncoder, BernoulliDecoder,
+                SimpleGaussianDecoder, JointGaussianLogDecoder, SplitGaussianLogDecoder,
+                JointGaussianDecoder, SplitGaussianDecoder)
+}
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def reparameterize(mu: torch.Tensor, sigma: torch.Tensor, log: bool = True,
+                   n_samples: int = 1) -> torch.Tensor:
+    """``mu + eps * exp(sigma)`` (``log=True``: ``sigma`` is the log standard deviation) or
+    ``mu + eps * sigma`` (``log=False``), ``eps ~ N(0, I)``.
+
+    ``n_samples == 1``: the shape of ``mu``, one ``torch.randn_like(mu)`` draw.
+    ``n_samples == S > 1``: shape ``(S, *mu.shape)``, one ``torch.randn((S, *mu.shape))`` draw.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    scale = torch.exp(sigma) if log else sigma
+    if n_samples == 1:
+        eps = torch.randn_like(mu)
+    else:
+        eps = torch.randn((n_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
+    return mu + eps * scale
+
+
+class VAE(nn.Module):
+    """``encoder`` then one reparameterized sample then ``decoder``.
+
+    ``vae(x)`` returns the decoder output; ``vae(x, latent=True)`` returns
+    ``VAEOutput(encoder, z, decoder)``. With ``n_samples = S > 1``, ``z`` is ``(S, N, d)`` and the
+    decoder sees it as ``(S * N, d)``: ``S`` blocks of ``N`` rows.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def sample_latent(self, encoder_output, n_samples: int = 1) -> torch.Tensor:
+        """One :func:`reparameterize` call on the encoder output: ``(N, d)``, or ``(S, N, d)``."""
+        if isinstance(encoder_output, GaussianLogOutput):
+            return reparameterize(*encoder_output, log=True, n_samples=n_samples)
+        if isinstance(encoder_output, GaussianOutput):
+            return reparameterize(*encoder_output, log=False, n_samples=n_samples)
+        raise TypeError(
+            "encoder output must be a GaussianLogOutput or a GaussianOutput to sample from, "
+            f"got {type(encoder_output).__name__}"
+        )
+
+    def forward(self, x: torch.Tensor, latent: bool = False, n_samples: int = 1):
+        encoder_output = self.encoder(x)
+        z = self.sample_latent(encoder_output, n_samples)
+        decoder_output = self.decoder(z.reshape(-1, z.shape[-1]) if n_samples > 1 else z)
+        if latent:
+            return VAEOutput(encoder_output, z, decoder_output)
+        return decoder_output
+
+    @property
+    def config(self) -> dict | None:
+        """``{"class": "VAE", "encoder": ..., "decoder": ...}``; ``None`` if a part has none."""
+        enc, dec = getattr(self.encoder, "config", None), getattr(self.decoder, "config", None)
+        if enc is None or dec is None:
+            return None
+        return {"class": "VAE", "encoder": enc, "decoder": dec}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "VAE":
+        """Rebuild a VAE from :attr:`config` (fresh weights)."""
+        if not isinstance(config, dict) or config.get("class") != "VAE":
+            raise ValueError(f"config is not a VAE config: {config!r}")
+        return cls(module_from_config(config["encoder"]), module_from_config(config["decoder"]))
+
+
+def module_from_config(config: dict) -> nn.Module:
+    """Rebuild any encoder, decoder or ``VAE`` from its ``config``, found by ``config["class"]``."""
+    name = config.get("class") if isinstance(config, dict) else None
+    if name == "VAE":
+        return VAE.from_config(config)
+    if name not in _BUILT_CLASSES:
+        raise ValueError(f"config names no known encoder, decoder or VAE class: {name!r}")
+    return _BUILT_CLASSES[name].from_config(config)
+
+
+# ----------------------------------------------------------------------------- likelihoods
+
+_DECODER_OUTPUT_TYPES = (
+    (BernoulliDecoder, BernoulliOutput),
+    (SimpleGaussianDecoder, SimpleGaussianOutput),
+    (JointGaussianLogDecoder, GaussianLogOutput),
+    (SplitGaussianLogDecoder, GaussianLogOutput),
+    (JointGaussianDecoder, GaussianOutput),
+    (SplitGaussianDecoder, GaussianOutput),
+)
+
+_ENCODER_OUTPUT_TYPES = (
+    (JointGaussianLogEncoder, GaussianLogOutput),
+    (JointGaussianEncoder, GaussianOutput),
+)
+
+
+def _expected_output(kind: str, module, table, output):
+    for cls, out_type in table:
+        if isinstance(module, cls):
+            if not isinstance(output, out_type):
+                raise TypeError(
+                    f"{type(module).__name__} outputs a {out_type.__name__}, but the "
+                    f"{kind} output given is a {type(output).__name__}"
+                )
+            return out_type
+    known = ", ".join(cls.__name__ for cls, _ in table)
+    raise TypeError(f"unsupported {kind} {type(module).__name__}; known: {known}")
+
+
+def _blocks(t: torch.Tensor, field: str, n: int, d: int) -> torch.Tensor:
+    """View ``t`` of shape ``(M, ...)`` with ``d`` features per row as ``(M // n, n, d)``."""
+    if t.dim() == 0:
+        raise ValueError(f"decoder output {field!r} must have a batch dimension")
+    m, features = t.shape[0], t[0].numel()
+    if features != d:
+        raise ValueError(
+            f"decoder output {field!r} has {features} features per sample but x has {d}"
+        )
+    if m % n != 0:
+        raise ValueError(
+            f"decoder output {field!r} has {m} rows, not a multiple of the {n} rows of x"
+        )
+    return t.reshape(m // n, n, d)
+
+
+def decoder_loglikelihood(x: torch.Tensor, z: torch.Tensor, decoder: nn.Module,
+                          decoder_output, *, sigma: float = 1.0) -> torch.Tensor:
+    """Log-likelihood of ``x`` under the decoder output, summed over the ``D`` features: ``(M,)``.
+
+    ``x`` is ``(N, *data_shape)``; each output field is ``(M, *data_shape)`` with ``M = S * N``,
+    row ``r`` scored against ``x[r % N]`` (``S`` blocks of ``N``; ``x`` is broadcast, not copied).
+    ``z`` is unused (kept for the Julia signature).
+
+    - Bernoulli: ``sum(x log p + (1 - x) log(1 - p))`` with ``p`` clamped to
+      ``[eps, 1 - eps]``, ``eps = torch.finfo(p.dtype).eps``: finite at ``p = 0`` or ``1``.
+    - SimpleGaussian (std ``sigma``, 1 by default):
+      ``-1/2 sum((x - mu)^2) / sigma^2 - D/2 (2 log sigma + log 2 pi)``.
+    - Gaussian with logsigma:
+      ``-1/2 sum((x - mu)^2 exp(-2 logsigma)) - sum(logsigma) - D/2 log 2 pi``.
+    - Gaussian with sigma: ``-1/2 sum(((x - mu) / sigma)^2) - sum(log sigma) - D/2 log 2 pi``.
+    """
+    out_type = _expected_output("decoder", decoder, _DECODER_OUTPUT_TYPES, decoder_output)
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"x must have a non-empty batch dimension, got shape {tuple(x.shape)}")
+    n, d = x.shape[0], x[0].numel()
+    xb = x.reshape(1, n, d)
+    fields = [_blocks(t, name, n, d) for name, t in zip(decoder_output._fields, decoder_output)]
+    if out_type is BernoulliOutput:
+        p = fields[0]
+        eps = torch.finfo(p.dtype).eps
+        p = p.clamp(eps, 1 - eps)
+        loglik = (xb * torch.log(p) + (1 - xb) * torch.log1p(-p)).sum(-1)
+    elif out_type is SimpleGaussianOutput:
+        sigma = torch.as_tensor(sigma, dtype=fields[0].dtype, device=fields[0].device)
+        loglik = (-0.5 * ((xb - fields[0]) ** 2).sum(-1) / sigma**2
+                  - d / 2 * (2 * torch.log(sigma) + _LOG_2PI))
+    elif out_type is GaussianLogOutput:
+        mu, logsigma = fields
+        loglik = (-0.5 * ((xb - mu) ** 2 * torch.exp(-2 * logsigma)).sum(-1)
+                  - logsigma.sum(-1) - d / 2 * _LOG_2PI)
+    else:
+        mu, std = fields
+        loglik = (-0.5 * (((xb - mu) / std) ** 2).sum(-1)
+                  - torch.log(std).sum(-1) - d / 2 * _LOG_2PI)
+    return loglik.reshape(-1)
+
+
+def _mu_logsigma(encoder: nn.Module, encoder_output) -> tuple[torch.Tensor, torch.Tensor]:
+    out_type = _expected_output("encoder", encoder, _ENCODER_OUTPUT_TYPES, encoder_output)
+    mu, scale = encoder_output
+    return mu, (scale if out_type is GaussianLogOutput else torch.log(scale))
+
+
+def encoder_kl(encoder: nn.Module, encoder_output) -> torch.Tensor:
+    """``KL(q(z | x) || N(0, I))`` per sample, ``(N,)``:
+    ``1/2 sum(exp(2 logsigma) + mu^2 - 1 - 2 logsigma)`` over the ``d`` latent dimensions
+    (``logsigma = log(sigma)`` for a :class:`JointGaussianEncoder`)."""
+    mu, logsigma = _mu_logsigma(encoder, encoder_output)
+    return 0.5 * (torch.exp(2 * logsigma) + mu**2 - 1 - 2 * logsigma).sum(-1)
+
+
+def spherical_logprior(z: torch.Tensor) -> torch.Tensor:
+    """``log N(z; 0, I) = -1/2 sum(z^2) - d/2 log 2 pi`` over the last dimension:
+    ``(..., d) -> (...)``."""
+    return -0.5 * (z**2).sum(-1) - z.shape[-1] / 2 * _LOG_2PI
+
+
+def encoder_logposterior(z: torch.Tensor, encoder: nn.Module, encoder_output) -> torch.Tensor:
+    """``log q(z | x) = -1/2 sum((z - mu)^2 exp(-2 logsigma)) - sum(logsigma) - d/2 log 2 pi``.
+
+    ``z`` is ``(N, d)`` or ``(S, N, d)`` against ``mu``, ``logsigma`` of shape ``(N, d)``;
+    returns ``(N,)`` or ``(S, N)``.
+    """
+    mu, logsigma = _mu_logsigma(encoder, encoder_output)
+    return (-0.5 * ((z - mu) ** 2 * torch.exp(-2 * logsigma)).sum(-1)
+            - logsigma.sum(-1) - z.shape[-1] / 2 * _LOG_2PI)
