@@ -1,0 +1,41 @@
+# make demo  : set up .venv (torch 2.13.0 CPU + this package) and run the main job
+# make test  : set up .venv and run the test suite
+# make bench : CPU benchmark of the MI bound (bench/README.md)
+# make wheel-check : build a wheel, install it in a fresh venv, smoke-test it
+# make cuda-check  : build the CUDA kernels against torch 2.14.1 (CUDA 13) and test that build
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_CPU := torch==2.13.0
+DEPS_STAMP := $(VENV)/.deps-installed
+
+.PHONY: demo test bench wheel-check cuda-check install clean
+
+$(DEPS_STAMP):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_CPU)
+	$(PIP) install -q "scikit-build-core>=0.10" pybind11 ninja pytest numpy scikit-learn matplotlib tqdm
+	touch $@
+
+install: $(DEPS_STAMP)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+
+demo: install
+	$(PY) -m infomax_ext train --compare-vae
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/bench_cpu.py
+
+wheel-check: $(DEPS_STAMP)
+	bash scripts/wheel_check.sh
+
+cuda-check:
+	bash scripts/cuda_check.sh
+
+clean:
+	rm -rf build dist wheelhouse

@@ -1,0 +1,61 @@
+"""infomax_ext: the InfoMax VAE for PyTorch, with fused C++/CUDA kernels for the MI bound.
+
+Importing the package loads the compiled ops (``torch.ops.infomax_ext.*``); when they cannot
+load, everything runs on the pure-PyTorch path and a warning says why. ``backend()`` tells which
+path serves a device.
+"""
+from ._ops import (
+    backend,
+    extension_available,
+    extension_error,
+    inverse_permutation,
+    nwj_bound,
+    nwj_head,
+    paired_first_layer,
+    seeded_permutation,
+)
+from .activations import Activation, identity
+from .infomax import (
+    InfoMaxTerms,
+    InfoMaxVAE,
+    InfoMaxVAEOutput,
+    infomax_terms,
+    infomaxloss,
+    miloss,
+    train_step,
+)
+from .mutual_info import (
+    MIScores,
+    MutualInfoChain,
+    PairedBound,
+    latent_permutation,
+    paired_mutual_info,
+    shuffle_latent,
+    variational_mutual_info,
+)
+from .vae import (
+    VAE,
+    BernoulliDecoder,
+    BernoulliOutput,
+    GaussianLogOutput,
+    GaussianOutput,
+    JointGaussianDecoder,
+    JointGaussianEncoder,
+    JointGaussianLogDecoder,
+    JointGaussianLogEncoder,
+    SimpleGaussianDecoder,
+    SimpleGaussianOutput,
+    SplitGaussianDecoder,
+    SplitGaussianLogDecoder,
+    VAEOutput,
+    decoder_loglikelihood,
+    encoder_kl,
+    encoder_logposterior,
+    module_from_config,
+    reparameterize,
+    spherical_logprior,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [name for name in dir() if not name.startswith("_")]

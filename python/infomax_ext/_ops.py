@@ -1,0 +1,325 @@
+"""Typed Python entry points of the compiled ops, their fake kernels and autograd formulas.
+
+``import infomax_ext`` imports this module, which loads ``infomax_ext._C`` (running the
+``TORCH_LIBRARY`` registrations). When the compiled module cannot load, every function here
+runs its plain-PyTorch twin from :mod:`infomax_ext.reference` instead and a warning says why,
+once. :func:`extension_available` and :func:`backend` tell which path is active.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import reference
+
+__all__ = [
+    "extension_available",
+    "extension_error",
+    "backend",
+    "has_kernel",
+    "kernels_apply",
+    "seed_to_int64",
+    "permutation_keys",
+    "seeded_permutation",
+    "inverse_permutation",
+    "paired_first_layer",
+    "nwj_head",
+    "nwj_bound",
+]
+
+_LOAD_ERROR: str | None = None
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.infomax_ext.*)
+except Exception as exc:  # ImportError, or an OSError from a missing libtorch symbol
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__package__}._C") is None:
+        _LOAD_ERROR = (
+            "the compiled module infomax_ext._C is not installed next to the package (build it "
+            "with `pip install --no-build-isolation .` after installing torch)"
+        )
+    else:
+        _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+    warnings.warn(
+        "infomax_ext: the compiled extension could not be loaded, so the pure-PyTorch path is "
+        f"used (correct, but slower). Reason: {_LOAD_ERROR}",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+_FLOAT_TYPES = (torch.float32, torch.float64)
+
+
+def extension_available() -> bool:
+    """True when the compiled ops of ``infomax_ext._C`` are loaded."""
+    return _LOAD_ERROR is None
+
+
+def extension_error() -> str | None:
+    """Why the compiled module did not load, or None when it did."""
+    return _LOAD_ERROR
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """True when ``torch.ops.infomax_ext.<op>`` has a kernel for ``device_type`` ('cpu', 'cuda')."""
+    if not extension_available():
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"infomax_ext::{op}", device_type.upper())
+
+
+def backend(device: torch.device | str = "cpu") -> str:
+    """'compiled' when the fused kernels serve ``device``, else 'reference' (plain PyTorch)."""
+    device_type = torch.device(device).type
+    return "compiled" if has_kernel("paired_first_layer", device_type) else "reference"
+
+
+def kernels_apply(*tensors: torch.Tensor | None) -> bool:
+    """True when the compiled kernels can run on these tensors (loaded, float32/64, a device
+    with kernels). Otherwise callers take the reference path."""
+    present = [t for t in tensors if t is not None]
+    if not extension_available() or not present:
+        return False
+    device_type = present[0].device.type
+    if device_type not in ("cpu", "cuda") or not has_kernel("paired_first_layer", device_type):
+        return False
+    return all(t.dtype in _FLOAT_TYPES for t in present if t.is_floating_point())
+
+
+def seed_to_int64(seed: int) -> int:
+    """A seed reduced modulo 2**64 and stored as a signed 64-bit integer (the op's ``int``)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        try:
+            seed = int(seed)  # numpy integers, 0-dim tensors
+        except (TypeError, ValueError):
+            raise TypeError(f"seed must be an integer or None, got {type(seed).__name__}") from None
+    seed &= (1 << 64) - 1
+    return seed - (1 << 64) if seed >= (1 << 63) else seed
+
+
+# ----------------------------------------------------------------------------------------------
+# Permutation
+# ----------------------------------------------------------------------------------------------
+
+
+def permutation_keys(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """63-bit counter-based keys of the int64 ``index`` under ``seed`` (same shape as ``index``)."""
+    if extension_available() and has_kernel("permutation_keys", index.device.type):
+        return torch.ops.infomax_ext.permutation_keys.default(index, seed_to_int64(seed))
+    return reference.permutation_keys(index, seed_to_int64(seed))
+
+
+def seeded_permutation(n: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The permutation of ``range(n)`` (int64, shape (n,)) for ``seed``: a stable argsort of
+    counter-based keys, so every device gives the same permutation for the same seed."""
+    if n < 1:
+        raise ValueError(f"cannot permute {n} rows")
+    keys = permutation_keys(torch.arange(n, device=device), seed)
+    return torch.argsort(keys, stable=True)
+
+
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """``inv`` with ``inv[perm[i]] = i``; raises when ``perm`` is not a permutation of range(n)."""
+    if extension_available() and has_kernel("inverse_permutation", perm.device.type):
+        return torch.ops.infomax_ext.inverse_permutation.default(perm)
+    return reference.inverse_permutation(perm)
+
+
+if extension_available():
+
+    @torch.library.register_fake("infomax_ext::permutation_keys")
+    def _(index, seed):
+        return torch.empty_like(index)
+
+    @torch.library.register_fake("infomax_ext::inverse_permutation")
+    def _(perm):
+        torch._check(perm.dim() == 1, lambda: "perm must be 1-D")
+        return torch.empty_like(perm)
+
+
+# ----------------------------------------------------------------------------------------------
+# Paired first layer
+# ----------------------------------------------------------------------------------------------
+
+
+def paired_first_layer(
+    data_half: torch.Tensor,
+    latent_half: torch.Tensor,
+    shuffled_source: torch.Tensor | None,
+    bias: torch.Tensor,
+    perm: torch.Tensor,
+    activation: str = "identity",
+    param: float = 0.0,
+) -> torch.Tensor:
+    """First MLP layer of the MI chain for joint and shuffled pairs in one pass.
+
+    ``data_half`` (N, H) is ``data(x) @ Wx.T``, ``latent_half`` (M, H) with M = S N is
+    ``latent(z) @ Wz.T``, ``bias`` (H,), ``perm`` (M,) int64. Returns (2M, H): rows ``r < M`` are
+    ``act(data_half[r % N] + latent_half[r] + bias)`` and rows ``M + r`` are
+    ``act(data_half[r % N] + source[perm[r]] + bias)``, where ``source`` is ``shuffled_source``
+    or, when None, ``latent_half`` (then the shuffled rows' gradient flows back into
+    ``latent_half`` through the inverse permutation). The shuffled rows are never copied.
+    """
+    if kernels_apply(data_half, latent_half, shuffled_source, bias):
+        return torch.ops.infomax_ext.paired_first_layer.default(
+            data_half, latent_half, shuffled_source, bias, perm, activation, float(param)
+        )
+    return reference.paired_first_layer(
+        data_half, latent_half, shuffled_source, bias, perm, activation, param
+    )
+
+
+if extension_available():
+
+    @torch.library.register_fake("infomax_ext::paired_first_layer")
+    def _(data_half, latent_half, shuffled_source, bias, perm, activation, param):
+        torch._check(data_half.dim() == 2 and latent_half.dim() == 2, lambda: "halves must be 2-D")
+        torch._check(data_half.shape[1] == latent_half.shape[1], lambda: "half widths differ")
+        return data_half.new_empty((2 * latent_half.shape[0], data_half.shape[1]))
+
+    @torch.library.register_fake("infomax_ext::paired_first_layer_backward")
+    def _(grad_out, data_half, latent_half, shuffled_source, bias, perm, inverse_perm,
+          activation, param, output_mask):
+        has_source = shuffled_source is not None
+
+        def grad(wanted, like):
+            return like.new_empty(like.shape) if wanted else data_half.new_empty((0,))
+
+        return (
+            grad(output_mask[0], data_half),
+            grad(output_mask[1], latent_half),
+            grad(output_mask[2] and has_source, latent_half),
+            grad(output_mask[3], bias),
+        )
+
+    def _paired_setup(ctx, inputs, output):
+        data_half, latent_half, shuffled_source, bias, perm, activation, param = inputs
+        ctx.has_source = shuffled_source is not None
+        ctx.activation, ctx.param = activation, param
+        ctx.save_for_backward(data_half, latent_half, shuffled_source, bias, perm)
+
+    def _paired_backward(ctx, grad_out):
+        data_half, latent_half, shuffled_source, bias, perm = ctx.saved_tensors
+        want = list(ctx.needs_input_grad[:4])
+        want[2] = want[2] and ctx.has_source
+        if not any(want):
+            return None, None, None, None, None, None, None
+        # The inverse is only read when the shuffled rows' gradient returns to latent_half.
+        inverse = inverse_permutation(perm) if (want[1] and not ctx.has_source) else perm
+        grads = torch.ops.infomax_ext.paired_first_layer_backward.default(
+            grad_out, data_half, latent_half, shuffled_source, bias, perm, inverse,
+            ctx.activation, ctx.param, want,
+        )
+        return tuple(g if w else None for g, w in zip(grads, want)) + (None, None, None)
+
+    torch.library.register_autograd(
+        "infomax_ext::paired_first_layer", _paired_backward, setup_context=_paired_setup
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# NWJ bound, alone and fused with the last layer
+# ----------------------------------------------------------------------------------------------
+
+
+def nwj_bound(t_joint: torch.Tensor, t_marg: torch.Tensor) -> torch.Tensor:
+    """NWJ lower bound ``mean(t_joint) - mean(exp(t_marg - 1))`` (a 0-dim tensor).
+
+    ``t_joint`` (N,) are a critic's scores on joint pairs, ``t_marg`` (M,) on shuffled pairs.
+    For users who bring their own critic."""
+    if t_joint.dim() != 1 or t_marg.dim() != 1:
+        raise ValueError(
+            f"nwj_bound takes 1-D score tensors, got shapes {tuple(t_joint.shape)} and "
+            f"{tuple(t_marg.shape)}"
+        )
+    if t_joint.numel() < 1 or t_marg.numel() < 1:
+        raise ValueError("nwj_bound needs at least one joint and one shuffled score")
+    if kernels_apply(t_joint, t_marg) and t_joint.dtype == t_marg.dtype:
+        return torch.ops.infomax_ext.nwj_bound.default(t_joint, t_marg)
+    return reference.nwj_bound(t_joint, t_marg)
+
+
+def nwj_head(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    n_joint: int,
+    activation: str = "identity",
+    param: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MI chain's last layer ``t = act(hidden @ weight + bias)`` fused with the NWJ bound.
+
+    ``hidden`` (R, h) holds joint rows ``[0, n_joint)`` then shuffled rows; ``weight`` (h,);
+    ``bias`` (1,) or None. Returns ``(bound, scores)``: the 0-dim bound
+    ``mean(t[:n_joint]) - mean(exp(t[n_joint:] - 1))`` and the (R,) scores."""
+    if kernels_apply(hidden, weight, bias):
+        bound, scores, _pre = torch.ops.infomax_ext.nwj_head.default(
+            hidden, weight, bias, n_joint, activation, float(param)
+        )
+        return bound, scores
+    return reference.nwj_head(hidden, weight, bias, n_joint, activation, param)
+
+
+if extension_available():
+
+    @torch.library.register_fake("infomax_ext::nwj_bound")
+    def _(t_joint, t_marg):
+        return t_joint.new_empty(())
+
+    @torch.library.register_fake("infomax_ext::nwj_bound_backward")
+    def _(grad, t_joint, t_marg):
+        return torch.empty_like(t_joint), torch.empty_like(t_marg)
+
+    def _bound_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def _bound_backward(ctx, grad):
+        t_joint, t_marg = ctx.saved_tensors
+        g_joint, g_marg = torch.ops.infomax_ext.nwj_bound_backward.default(grad, t_joint, t_marg)
+        return (g_joint if ctx.needs_input_grad[0] else None,
+                g_marg if ctx.needs_input_grad[1] else None)
+
+    torch.library.register_autograd(
+        "infomax_ext::nwj_bound", _bound_backward, setup_context=_bound_setup
+    )
+
+    @torch.library.register_fake("infomax_ext::nwj_head")
+    def _(hidden, weight, bias, n_joint, activation, param):
+        rows = hidden.shape[0]
+        return hidden.new_empty(()), hidden.new_empty((rows,)), hidden.new_empty((rows,))
+
+    @torch.library.register_fake("infomax_ext::nwj_head_backward")
+    def _(grad_bound, grad_scores, hidden, weight, scores, pre, n_joint, activation, param,
+          output_mask):
+        return (
+            hidden.new_empty(hidden.shape) if output_mask[0] else hidden.new_empty((0,)),
+            weight.new_empty(weight.shape) if output_mask[1] else hidden.new_empty((0,)),
+            hidden.new_empty((1,)) if output_mask[2] else hidden.new_empty((0,)),
+        )
+
+    def _head_setup(ctx, inputs, output):
+        hidden, weight, bias, n_joint, activation, param = inputs
+        _bound, scores, pre = output
+        ctx.n_joint, ctx.activation, ctx.param = n_joint, activation, param
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(pre)
+        ctx.save_for_backward(hidden, weight, scores, pre)
+
+    def _head_backward(ctx, grad_bound, grad_scores, _grad_pre):
+        hidden, weight, scores, pre = ctx.saved_tensors
+        want = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                ctx.needs_input_grad[2] and ctx.has_bias]
+        if not any(want):
+            return None, None, None, None, None, None
+        if grad_bound is None:
+            grad_bound = hidden.new_zeros(())
+        g_hidden, g_weight, g_bias = torch.ops.infomax_ext.nwj_head_backward.default(
+            grad_bound, grad_scores, hidden, weight, scores, pre, ctx.n_joint, ctx.activation,
+            ctx.param, want,
+        )
+        return (g_hidden if want[0] else None, g_weight if want[1] else None,
+                g_bias if want[2] else None, None, None, None)
+
+    torch.library.register_autograd(
+        "infomax_ext::nwj_head", _head_backward, setup_context=_head_setup
+    )

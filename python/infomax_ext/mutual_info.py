@@ -1,0 +1,354 @@
+"""The mutual-information chain T(x, z) and the NWJ estimate of I(x; z).
+
+``I(x; z) >= mean_i T(x_i, z_i) - mean_i exp(T(x_i, z_perm(i)) - 1)``.
+
+The pair ``T(x, z)``, ``T(x, z[perm])`` is evaluated the shared way whenever the chain allows:
+``data(x)`` and ``latent(z)`` once, the first MLP layer ``W [hx; hz] + b`` split into
+``hx @ Wx.T`` (computed once for both halves) and ``hz @ Wz.T`` (gathered through ``perm`` for the
+shuffled half), then the fused ops of :mod:`infomax_ext._ops`. Chains that do not allow it (first
+MLP layer not a Linear, an activation the kernels do not know, batch-coupled layers) take the
+exact two-call path ``T(x, z)``, ``T(x, z_shuffle)``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from . import _ops
+from .activations import ActivationSpec, as_module, identity, spec_of_module
+
+__all__ = [
+    "MutualInfoChain",
+    "MIScores",
+    "PairedBound",
+    "shuffle_latent",
+    "latent_permutation",
+    "draw_seed",
+    "paired_mutual_info",
+    "variational_mutual_info",
+]
+
+
+class MIScores(NamedTuple):
+    """Scores of the MI chain: ``joint`` = T(x, z) and ``shuffled`` = T(x, z_shuffle), each (M,)."""
+
+    joint: torch.Tensor
+    shuffled: torch.Tensor
+
+
+class PairedBound(NamedTuple):
+    """The NWJ ``bound`` (0-dim) with the ``joint`` and ``shuffled`` scores it came from."""
+
+    bound: torch.Tensor
+    joint: torch.Tensor
+    shuffled: torch.Tensor
+
+
+def check_batch(x: torch.Tensor, z: torch.Tensor | None = None, *, what: str = "the MI bound") -> int:
+    """Batch size of ``x``; raises when it is under 2 or when ``z`` has a different batch size."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise ValueError(f"x must be a tensor with a batch dimension, got {type(x).__name__}")
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(
+            f"{what} needs a batch of at least 2 samples (the latent codes are shuffled across "
+            f"the batch; 64 or more recommended), got a batch of {n}"
+        )
+    if z is not None:
+        if z.dim() != 2:
+            raise ValueError(f"z must be (N, d), got shape {tuple(z.shape)}")
+        if z.shape[0] != n:
+            raise ValueError(f"x and z batch sizes differ: x has {n} samples, z has {z.shape[0]}")
+    return n
+
+
+class MutualInfoChain(nn.Module):
+    """The critic T(x, z) of the InfoMax VAE.
+
+    ``mi(x, z) = mlp(cat([data(x), latent(z)], dim=1)).squeeze(-1)``: x (N, *data_shape),
+    z (N, d), scores (N,). ``data`` must flatten non-flat inputs; ``data`` and ``latent`` must act
+    per sample; ``mlp`` ends with a single output unit.
+    """
+
+    def __init__(self, data: nn.Module, latent: nn.Module, mlp: nn.Module):
+        super().__init__()
+        self.data, self.latent, self.mlp = data, latent, mlp
+        self.config: dict | None = None
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        check_batch(x, z, what="MutualInfoChain")
+        hx = self.data(x).reshape(x.shape[0], -1)
+        return self.mlp(torch.cat([hx, self.latent(z)], dim=1)).squeeze(-1)
+
+    @classmethod
+    def from_sizes(
+        cls,
+        size_input: int | Sequence[int],
+        n_latent: int,
+        mlp_neurons: Sequence[int],
+        mlp_activations: Sequence,
+        output_activation=identity,
+        *,
+        init=nn.init.xavier_uniform_,
+    ) -> "MutualInfoChain":
+        """The default chain of the Julia package.
+
+        ``data`` = [Flatten] + Linear(n_in, n_in) (n_in = product of ``size_input`` when a
+        shape), ``latent`` = Linear(n_latent, n_latent), ``mlp`` = Linear(n_in + n_latent, h1),
+        act1, ..., Linear(h_k, 1), output_activation. Weights drawn by ``init`` (Glorot uniform
+        by default), biases zero.
+        """
+        if isinstance(size_input, int):
+            shape, n_in = None, size_input
+        else:
+            shape = [int(s) for s in size_input]
+            n_in = int(torch.tensor(shape).prod().item()) if shape else 0
+        for name, value in (("size_input", n_in), ("n_latent", n_latent)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer (or shape), got {value!r}")
+        mlp_neurons, mlp_activations = list(mlp_neurons), list(mlp_activations)
+        if len(mlp_neurons) != len(mlp_activations):
+            raise ValueError(
+                f"mlp_neurons has {len(mlp_neurons)} layers but mlp_activations has "
+                f"{len(mlp_activations)} activations: give one activation per hidden layer"
+            )
+        if any(not isinstance(h, int) or h < 1 for h in mlp_neurons):
+            raise ValueError(f"mlp_neurons must be positive integers, got {mlp_neurons}")
+
+        def linear(n_a: int, n_b: int) -> nn.Linear:
+            layer = nn.Linear(n_a, n_b)
+            init(layer.weight)
+            nn.init.zeros_(layer.bias)
+            return layer
+
+        data = nn.Sequential(*([nn.Flatten()] if shape is not None else []), linear(n_in, n_in))
+        latent = linear(n_latent, n_latent)
+        layers: list[nn.Module] = []
+        width = n_in + n_latent
+        for h, act in zip(mlp_neurons, mlp_activations):
+            layers += [linear(width, h), as_module(act)]
+            width = h
+        layers += [linear(width, 1), as_module(output_activation)]
+        chain = cls(data, latent, nn.Sequential(*layers))
+        chain.config = {
+            "class": "MutualInfoChain",
+            "size_input": shape if shape is not None else n_in,
+            "n_latent": n_latent,
+            "mlp_neurons": mlp_neurons,
+            "mlp_activations": [_activation_name(a) for a in mlp_activations],
+            "output_activation": _activation_name(output_activation),
+        }
+        return chain
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MutualInfoChain":
+        """Rebuild a chain made by :meth:`from_sizes` from its ``config`` (fresh weights)."""
+        if not isinstance(config, dict) or config.get("class") != "MutualInfoChain":
+            raise ValueError(f"not a MutualInfoChain config: {config!r}")
+        acts = config["mlp_activations"] + [config["output_activation"]]
+        if any(a is None for a in acts):
+            raise ValueError("this MutualInfoChain uses an activation that cannot be rebuilt by name")
+        return cls.from_sizes(
+            config["size_input"], config["n_latent"], config["mlp_neurons"],
+            [_activation_from_name(a) for a in config["mlp_activations"]],
+            _activation_from_name(config["output_activation"]),
+        )
+
+
+def _activation_name(activation):
+    spec = spec_of_module(as_module(activation))
+    if spec is None:
+        return None
+    if spec.name in ("leaky_relu", "elu"):
+        return {"name": spec.name, "param": spec.param}
+    return spec.name
+
+
+def _activation_from_name(entry):
+    if isinstance(entry, dict):
+        return nn.LeakyReLU(entry["param"]) if entry["name"] == "leaky_relu" else nn.ELU(entry["param"])
+    return as_module(entry)
+
+
+# ----------------------------------------------------------------------------------------------
+# Permutations
+# ----------------------------------------------------------------------------------------------
+
+
+def draw_seed() -> int:
+    """A 63-bit seed drawn from torch's global generator (used when ``seed=None``)."""
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
+def latent_permutation(n: int, n_samples: int = 1, seed: int | None = None,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+    """Row permutation (S N,) for S = ``n_samples`` blocks of ``n`` codes.
+
+    Block ``s`` is shuffled within itself by ``seeded_permutation(n, seed + s)``, so block 0 is
+    exactly the permutation :func:`shuffle_latent` applies for the same seed.
+    """
+    if seed is None:
+        seed = draw_seed()
+    if n_samples == 1:
+        return _ops.seeded_permutation(n, seed, device)
+    return torch.cat([
+        _ops.seeded_permutation(n, seed + s, device) + s * n for s in range(n_samples)
+    ])
+
+
+def shuffle_latent(z: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+    """Rows of ``z`` (N, d) permuted across the batch (a row may stay in place).
+
+    The same seed gives the same permutation on every call and every device; ``seed=None``
+    draws a seed from torch's global generator."""
+    if not isinstance(z, torch.Tensor) or z.dim() != 2:
+        raise ValueError(f"z must be a (N, d) tensor, got {getattr(z, 'shape', type(z).__name__)}")
+    return z[latent_permutation(z.shape[0], 1, seed, z.device)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Paired evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+class _FusedPlan(NamedTuple):
+    first: nn.Linear
+    first_act: ActivationSpec
+    middle: list
+    head: nn.Linear | None
+    head_act: ActivationSpec | None
+
+
+_BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def fused_plan(mi: nn.Module) -> _FusedPlan | None:
+    """How the chain splits for the shared evaluation, or None when it must take two calls."""
+    mlp = getattr(mi, "mlp", None)
+    if not isinstance(mlp, nn.Sequential) or len(mlp) == 0 or not isinstance(mlp[0], nn.Linear):
+        return None
+    if any(isinstance(m, _BATCH_COUPLED) for m in mi.modules()):
+        return None
+    layers = list(mlp)
+    k = 1
+    first_act = ActivationSpec("identity")
+    if len(layers) > 1 and not isinstance(layers[1], nn.Linear):
+        first_act = spec_of_module(layers[1])
+        if first_act is None:
+            return None
+        k = 2
+    head, head_act, end = None, None, len(layers)
+    last = layers[-1]
+    if isinstance(last, nn.Linear) and last.out_features == 1 and len(layers) - 1 >= k:
+        head, head_act, end = last, ActivationSpec("identity"), len(layers) - 1
+    elif (len(layers) - 2 >= k and isinstance(layers[-2], nn.Linear)
+          and layers[-2].out_features == 1 and spec_of_module(last) is not None):
+        head, head_act, end = layers[-2], spec_of_module(last), len(layers) - 2
+    return _FusedPlan(layers[0], first_act, layers[k:end], head, head_act)
+
+
+def paired_mutual_info(
+    mi: nn.Module,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    perm: torch.Tensor | None = None,
+    *,
+    z_shuffle: torch.Tensor | None = None,
+    shuffled_grad: bool = False,
+) -> PairedBound:
+    """NWJ bound of ``mi`` on joint pairs (x, z) and shuffled pairs (x, z[perm]).
+
+    Shapes: x (N, ...), z (M, d) with M = S N (sample block s pairs row s N + i with x[i]),
+    perm (M,) int64. Instead of ``perm``, an explicit ``z_shuffle`` (M, d) may be given.
+    ``shuffled_grad=False`` treats the shuffled codes as constants (the Julia code);
+    ``True`` lets the gradient reach ``z`` through both terms (the paper's code). The chain's
+    own parameters get gradient from both terms either way.
+    """
+    n, m = x.shape[0], z.shape[0]
+    plan = fused_plan(mi)
+    if plan is None:
+        return _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad)
+    hx = mi.data(x).reshape(n, -1)
+    hz = mi.latent(z)
+    weight = plan.first.weight
+    dx = hx.shape[1]
+    if dx + hz.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"the MI chain's first layer takes {weight.shape[1]} features but data(x) gives {dx} "
+            f"and latent(z) gives {hz.shape[1]}"
+        )
+    w_data, w_latent = weight[:, :dx], weight[:, dx:]
+    data_half = torch.mm(hx, w_data.t())
+    latent_half = torch.mm(hz, w_latent.t())
+    if z_shuffle is not None:
+        source = torch.mm(mi.latent(z_shuffle if shuffled_grad else z_shuffle.detach()), w_latent.t())
+        perm = torch.arange(m, device=z.device)
+    elif not shuffled_grad and z.requires_grad:
+        source = torch.mm(mi.latent(z.detach()), w_latent.t())
+    else:
+        source = None
+    bias = plan.first.bias if plan.first.bias is not None else weight.new_zeros(weight.shape[0])
+    h = _ops.paired_first_layer(
+        data_half, latent_half, source, bias, perm, plan.first_act.name, plan.first_act.param
+    )
+    for module in plan.middle:
+        h = module(h)
+    if plan.head is not None:
+        bound, scores = _ops.nwj_head(
+            h, plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
+            plan.head_act.param,
+        )
+    else:
+        if h.dim() != 2 or h.shape[1] != 1:
+            raise ValueError(f"the MI chain must end with one output unit, got shape {tuple(h.shape)}")
+        scores = h.reshape(-1)
+        bound = _ops.nwj_bound(scores[:m], scores[m:])
+    return PairedBound(bound, scores[:m], scores[m:])
+
+
+def _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad) -> PairedBound:
+    """The exact two-call evaluation ``T(x, z)``, ``T(x, z_shuffle)`` for any chain."""
+    n, m = x.shape[0], z.shape[0]
+    x_rep = x.repeat(m // n, *([1] * (x.dim() - 1))) if m != n else x
+    if z_shuffle is None:
+        z_shuffle = (z if shuffled_grad else z.detach())[perm]
+    elif not shuffled_grad:
+        z_shuffle = z_shuffle.detach()
+    joint, shuffled = mi(x_rep, z), mi(x_rep, z_shuffle)
+    return PairedBound(_ops.nwj_bound(joint, shuffled), joint, shuffled)
+
+
+def variational_mutual_info(model, x, z=None, z_shuffle=None, *, seed=None, shuffled_grad=False):
+    """Variational (NWJ) estimate of I(x; z), a 0-dim tensor.
+
+    Forms (``model`` is a :class:`MutualInfoChain` or an ``InfoMaxVAE``):
+
+    - ``variational_mutual_info(mi, x, z, z_shuffle)``: the chain on given codes and shuffled codes;
+    - ``variational_mutual_info(model, x, z, z_shuffle)``: the same with ``model.mi``;
+    - ``variational_mutual_info(model, x, seed=None)``: encodes x, samples z, shuffles, evaluates;
+    - ``variational_mutual_info(mi, x, z, seed=None)``: shuffles ``z`` internally with the
+      permutation ``shuffle_latent(z, seed)`` uses (the drop-in form for any encoder's codes).
+
+    ``I = mean(T(x, z)) - mean(exp(T(x, z_shuffle) - 1))``. x (N, ...), z and z_shuffle (N, d).
+    ``shuffled_grad`` (internal-shuffle forms) lets the gradient reach z through the shuffled
+    term too; by default the shuffled codes are constants.
+    """
+    if isinstance(z_shuffle, int) and not isinstance(z_shuffle, bool):
+        seed, z_shuffle = z_shuffle, None
+    mi = model.mi if hasattr(model, "mi") and hasattr(model, "vae") else model
+    if not isinstance(mi, nn.Module):
+        raise TypeError(f"model must be a MutualInfoChain or an InfoMaxVAE, got {type(model).__name__}")
+    if z is None:
+        if mi is model:
+            raise ValueError("variational_mutual_info(mi, x) needs the latent codes z")
+        check_batch(x)
+        z = model.vae.sample_latent(model.vae.encoder(x))
+    check_batch(x, z)
+    if z_shuffle is not None:
+        if z_shuffle.shape != z.shape:
+            raise ValueError(f"z_shuffle has shape {tuple(z_shuffle.shape)} but z has {tuple(z.shape)}")
+        return paired_mutual_info(mi, x, z, z_shuffle=z_shuffle, shuffled_grad=True).bound
+    perm = latent_permutation(x.shape[0], 1, seed, z.device)
+    return paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad).bound

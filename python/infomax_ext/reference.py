@@ -1,0 +1,108 @@
+"""Plain-PyTorch twins of every fused op: the test oracle and the fallback path.
+
+Each function computes exactly what the op of the same name in ``infomax_ext._ops`` computes
+(same argument meaning, same shapes), with ordinary differentiable torch operations.
+"""
+from __future__ import annotations
+
+import torch
+
+from .activations import apply_activation
+
+__all__ = [
+    "permutation_keys",
+    "inverse_permutation",
+    "paired_first_layer",
+    "nwj_head",
+    "nwj_bound",
+]
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(value: int) -> int:
+    value &= _MASK64
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+def _shift_right(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns (torch's ``>>`` is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _splitmix64(x: torch.Tensor) -> torch.Tensor:
+    x = x + _signed(0x9E3779B97F4A7C15)
+    x = (x ^ _shift_right(x, 30)) * _signed(0xBF58476D1CE4E5B9)
+    x = (x ^ _shift_right(x, 27)) * _signed(0x94D049BB133111EB)
+    return x ^ _shift_right(x, 31)
+
+
+def _splitmix64_int(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def permutation_keys(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """63-bit key ``splitmix64(splitmix64(seed) ^ index) >> 1`` per entry of the int64 ``index``."""
+    mixed_seed = _signed(_splitmix64_int(seed & _MASK64))
+    return _shift_right(_splitmix64(index ^ mixed_seed), 1)
+
+
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """``inv`` with ``inv[perm[i]] = i`` for a permutation ``perm`` of ``range(n)``."""
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(perm.numel(), device=perm.device)
+    return inverse
+
+
+def paired_first_layer(
+    data_half: torch.Tensor,
+    latent_half: torch.Tensor,
+    shuffled_source: torch.Tensor | None,
+    bias: torch.Tensor,
+    perm: torch.Tensor,
+    activation: str,
+    param: float = 0.0,
+) -> torch.Tensor:
+    """First MLP layer of the MI chain on joint and shuffled pairs at once.
+
+    Shapes: ``data_half`` (N, H), ``latent_half`` and ``shuffled_source`` (M, H) with M = S N,
+    ``bias`` (H,), ``perm`` (M,). Returns (2M, H): rows r < M are
+    ``act(data_half[r % N] + latent_half[r] + bias)``, rows M + r are
+    ``act(data_half[r % N] + source[perm[r]] + bias)`` with ``source = shuffled_source`` or,
+    when it is None, ``latent_half``.
+    """
+    n, m = data_half.shape[0], latent_half.shape[0]
+    a = data_half.repeat(m // n, 1) if m != n else data_half
+    source = latent_half if shuffled_source is None else shuffled_source
+    joint = apply_activation((a + latent_half) + bias, activation, param)
+    shuffled = apply_activation((a + source[perm]) + bias, activation, param)
+    return torch.cat([joint, shuffled])
+
+
+def nwj_bound(t_joint: torch.Tensor, t_marg: torch.Tensor) -> torch.Tensor:
+    """NWJ lower bound ``mean(t_joint) - mean(exp(t_marg - 1))`` of 1-D score tensors."""
+    return t_joint.mean() - torch.exp(t_marg - 1).mean()
+
+
+def nwj_head(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    n_joint: int,
+    activation: str,
+    param: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last layer of the MI chain and the NWJ bound.
+
+    Shapes: ``hidden`` (R, h), ``weight`` (h,), ``bias`` (1,) or None. Scores
+    ``t = act(hidden @ weight + bias)`` of shape (R,); rows ``[0, n_joint)`` are joint pairs, the
+    rest shuffled pairs. Returns ``(nwj_bound(t[:n_joint], t[n_joint:]), t)``.
+    """
+    pre = hidden @ weight
+    if bias is not None:
+        pre = pre + bias
+    scores = apply_activation(pre, activation, param)
+    return nwj_bound(scores[:n_joint], scores[n_joint:]), scores
