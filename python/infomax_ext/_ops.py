@@ -74,14 +74,19 @@ def backend(device: torch.device | str = "cpu") -> str:
     return "compiled" if has_kernel("paired_first_layer", device_type) else "reference"
 
 
+def _kernel_devices() -> frozenset:
+    return frozenset(d for d in ("cpu", "cuda") if has_kernel("paired_first_layer", d))
+
+
+# Computed once: a plain set lookup is all torch.compile has to trace in kernels_apply.
+_KERNEL_DEVICES = _kernel_devices()
+
+
 def kernels_apply(*tensors: torch.Tensor | None) -> bool:
     """True when the compiled kernels can run on these tensors (loaded, float32/64, a device
     with kernels). Otherwise callers take the reference path."""
     present = [t for t in tensors if t is not None]
-    if not extension_available() or not present:
-        return False
-    device_type = present[0].device.type
-    if device_type not in ("cpu", "cuda") or not has_kernel("paired_first_layer", device_type):
+    if not present or present[0].device.type not in _KERNEL_DEVICES:
         return False
     return all(t.dtype in _FLOAT_TYPES for t in present if t.is_floating_point())
 
@@ -104,7 +109,7 @@ def seed_to_int64(seed: int) -> int:
 
 def permutation_keys(index: torch.Tensor, seed: int) -> torch.Tensor:
     """63-bit counter-based keys of the int64 ``index`` under ``seed`` (same shape as ``index``)."""
-    if extension_available() and has_kernel("permutation_keys", index.device.type):
+    if index.device.type in _KERNEL_DEVICES:
         return torch.ops.infomax_ext.permutation_keys.default(index, seed_to_int64(seed))
     return reference.permutation_keys(index, seed_to_int64(seed))
 
@@ -120,7 +125,7 @@ def seeded_permutation(n: int, seed: int, device: torch.device | str = "cpu") ->
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
     """``inv`` with ``inv[perm[i]] = i``; raises when ``perm`` is not a permutation of range(n)."""
-    if extension_available() and has_kernel("inverse_permutation", perm.device.type):
+    if perm.device.type in _KERNEL_DEVICES:
         return torch.ops.infomax_ext.inverse_permutation.default(perm)
     return reference.inverse_permutation(perm)
 

@@ -1,0 +1,264 @@
+"""MutualInfoChain, shuffle_latent, the NWJ estimate and the shared (fused) evaluation."""
+import pytest
+import torch
+from torch import nn
+
+import infomax_ext as im
+from infomax_ext.mutual_info import _two_call_bound, fused_plan
+
+
+def paper_like_chain(n_x=12, n_z=3, hidden=(16, 8), act=nn.ReLU, out_act=None, dtype=torch.float64):
+    layers, width = [], n_x + n_z
+    for h in hidden:
+        layers += [nn.Linear(width, h), act()]
+        width = h
+    layers.append(nn.Linear(width, 1))
+    if out_act is not None:
+        layers.append(out_act)
+    return im.MutualInfoChain(nn.Identity(), nn.Identity(), nn.Sequential(*layers)).to(dtype)
+
+
+def direct_nwj(mi, x, z, z_shuffle):
+    """The bound written out: float64, two calls of the chain, explicit means."""
+    joint = mi(x, z).double()
+    marg = mi(x, z_shuffle).double()
+    return joint.sum() / len(joint) - torch.exp(marg - 1).sum() / len(marg)
+
+
+# ---------------------------------------------------------------------------- the chain
+
+def test_from_sizes_builds_the_julia_default_chain():
+    mi = im.MutualInfoChain.from_sizes(784, 10, [256, 128], [torch.relu, torch.tanh], torch.sigmoid)
+    assert isinstance(mi.latent, nn.Linear) and mi.latent.in_features == mi.latent.out_features == 10
+    data_linear = [m for m in mi.data.modules() if isinstance(m, nn.Linear)]
+    assert len(data_linear) == 1 and data_linear[0].in_features == data_linear[0].out_features == 784
+    kinds = [type(m) for m in mi.mlp]
+    assert kinds == [nn.Linear, nn.ReLU, nn.Linear, nn.Tanh, nn.Linear, nn.Sigmoid]
+    assert mi.mlp[0].in_features == 794 and mi.mlp[-2].out_features == 1
+    assert float(mi.mlp[0].bias.detach().abs().sum()) == 0.0
+    # Glorot uniform: |w| <= sqrt(6 / (fan_in + fan_out))
+    assert float(mi.mlp[0].weight.abs().max()) <= (6 / (794 + 256)) ** 0.5
+    scores = mi(torch.randn(5, 784), torch.randn(5, 10))
+    assert scores.shape == (5,) and bool(((scores > 0) & (scores < 1)).all())
+
+
+def test_from_sizes_with_a_shape_flattens():
+    mi = im.MutualInfoChain.from_sizes((1, 8, 8), 2, [16], [torch.relu])
+    assert mi(torch.randn(4, 1, 8, 8), torch.randn(4, 2)).shape == (4,)
+    assert mi.mlp[0].in_features == 66
+
+
+def test_from_sizes_rejects_mismatched_activations():
+    with pytest.raises(ValueError, match="mlp_neurons has 2 layers but mlp_activations has 1"):
+        im.MutualInfoChain.from_sizes(8, 2, [4, 4], [torch.relu])
+
+
+def test_from_config_round_trip():
+    mi = im.MutualInfoChain.from_sizes((1, 4, 4), 3, [8, 5], [nn.LeakyReLU(0.3), "gelu"], torch.sigmoid)
+    again = im.MutualInfoChain.from_config(mi.config)
+    again.load_state_dict(mi.state_dict())
+    x, z = torch.randn(6, 1, 4, 4), torch.randn(6, 3)
+    torch.testing.assert_close(again(x, z), mi(x, z))
+    assert isinstance(again.mlp[1], nn.LeakyReLU) and again.mlp[1].negative_slope == 0.3
+
+
+def test_chain_rejects_bad_batches():
+    mi = paper_like_chain()
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        mi(torch.randn(4, 12, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        im.variational_mutual_info(mi, torch.randn(1, 12, dtype=torch.float64),
+                                   torch.randn(1, 3, dtype=torch.float64), seed=0)
+
+
+# ---------------------------------------------------------------------------- shuffle_latent
+
+def test_shuffle_latent_permutes_rows_reproducibly():
+    z = torch.arange(40.0).reshape(20, 2)
+    s1, s2 = im.shuffle_latent(z, seed=9), im.shuffle_latent(z, seed=9)
+    assert torch.equal(s1, s2)
+    assert torch.equal(torch.sort(s1[:, 0]).values, z[:, 0])
+    assert torch.equal(s1[:, 1] - s1[:, 0], torch.ones(20))  # whole rows move
+    assert not torch.equal(s1, z)
+
+
+def test_shuffle_latent_seed_none_uses_the_global_generator():
+    z = torch.randn(50, 3)
+    torch.manual_seed(4)
+    a = im.shuffle_latent(z)
+    torch.manual_seed(4)
+    b = im.shuffle_latent(z)
+    c = im.shuffle_latent(z)
+    assert torch.equal(a, b) and not torch.equal(b, c)
+
+
+def test_seeded_shuffle_does_not_touch_the_global_generator():
+    torch.manual_seed(1)
+    im.shuffle_latent(torch.randn(10, 2), seed=3)
+    after = torch.rand(1)
+    torch.manual_seed(1)
+    torch.randn(10, 2)
+    assert torch.equal(after, torch.rand(1))
+
+
+# ---------------------------------------------------------------------------- the estimate
+
+def test_nwj_estimate_equals_direct_float64_computation():
+    mi = paper_like_chain()
+    x, z = torch.randn(32, 12, dtype=torch.float64), torch.randn(32, 3, dtype=torch.float64)
+    z_shuffle = im.shuffle_latent(z, seed=5)
+    expected = direct_nwj(mi, x, z, z_shuffle)
+    torch.testing.assert_close(im.variational_mutual_info(mi, x, z, z_shuffle), expected,
+                               rtol=1e-12, atol=1e-12)
+    # the internal-shuffle form uses the permutation shuffle_latent uses for the same seed
+    torch.testing.assert_close(im.variational_mutual_info(mi, x, z, seed=5), expected,
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(im.variational_mutual_info(mi, x, z, 5), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_nwj_estimate_hand_value():
+    # A chain whose score is the constant c: I = c - exp(c - 1). For c = 1: 1 - 1 = 0; c = 2: 2 - e.
+    for c, expected in ((1.0, 0.0), (2.0, 2.0 - torch.e)):
+        last = nn.Linear(5, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.constant_(last.bias, c)
+        mi = im.MutualInfoChain(nn.Identity(), nn.Identity(), nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 5), last))
+        x, z = torch.randn(8, 3), torch.randn(8, 2)
+        assert abs(im.variational_mutual_info(mi, x, z, seed=1).item() - expected) < 1e-6
+
+
+def test_infomaxvae_forms():
+    torch.manual_seed(0)
+    enc = im.JointGaussianLogEncoder.from_sizes(12, 3, [8], [torch.relu])
+    dec = im.BernoulliDecoder.from_sizes(12, 3, [8], [torch.relu])
+    model = im.InfoMaxVAE(im.VAE(enc, dec), im.MutualInfoChain.from_sizes(12, 3, [8], [torch.relu]))
+    x = torch.rand(16, 12)
+    z = torch.randn(16, 3)
+    z_shuffle = im.shuffle_latent(z, seed=2)
+    torch.testing.assert_close(im.variational_mutual_info(model, x, z, z_shuffle),
+                               im.variational_mutual_info(model.mi, x, z, z_shuffle))
+    torch.manual_seed(3)
+    got = im.variational_mutual_info(model, x, seed=7)
+    torch.manual_seed(3)
+    out = model.vae(x, latent=True)
+    want = direct_nwj(model.mi, x, out.z, im.shuffle_latent(out.z, seed=7)).float()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(3)
+    result = model(x, latent=True, seed=7)
+    torch.testing.assert_close(result.mi, want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(result.vae.z, out.z)
+
+
+# ---------------------------------------------------------------------------- fused = two calls
+
+CHAINS = {
+    "relu": lambda: paper_like_chain(),
+    "gelu+sigmoid": lambda: paper_like_chain(act=nn.GELU, out_act=nn.Sigmoid()),
+    "leaky+softplus": lambda: paper_like_chain(act=lambda: nn.LeakyReLU(0.1), out_act=nn.Softplus()),
+    "one hidden": lambda: paper_like_chain(hidden=(6,), act=nn.ELU),
+    "no hidden": lambda: paper_like_chain(hidden=()),
+    "julia default": lambda: im.MutualInfoChain.from_sizes(12, 3, [16, 16], [torch.relu, torch.tanh]).double(),
+    "unsupported act": lambda: paper_like_chain(act=nn.Hardswish),
+    "batchnorm": lambda: im.MutualInfoChain(nn.Identity(), nn.Identity(), nn.Sequential(
+        nn.Linear(15, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))).double(),
+}
+
+
+@pytest.mark.parametrize("name", CHAINS)
+@pytest.mark.parametrize("shuffled_grad", [False, True])
+@pytest.mark.parametrize("n_samples", [1, 3])
+def test_shared_evaluation_equals_two_calls(name, shuffled_grad, n_samples):
+    mi = CHAINS[name]()
+    n = 10
+    x = torch.randn(n, 12, dtype=torch.float64)
+    z = torch.randn(n_samples * n, 3, dtype=torch.float64, requires_grad=True)
+    perm = im.latent_permutation(n, n_samples, seed=4)
+    params = [z] + list(mi.parameters())
+    fused = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
+    plain = _two_call_bound(mi, x, z, perm, None, shuffled_grad)
+    torch.testing.assert_close(fused.bound, plain.bound, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused.joint, plain.joint, rtol=1e-12, atol=1e-12)
+    for g1, g2 in zip(torch.autograd.grad(fused.bound, params), torch.autograd.grad(plain.bound, params)):
+        torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_plan_detection():
+    assert fused_plan(paper_like_chain()) is not None
+    assert fused_plan(paper_like_chain(act=nn.Hardswish)) is None
+    assert fused_plan(CHAINS["batchnorm"]()) is None
+    plan = fused_plan(paper_like_chain(out_act=nn.Sigmoid()))
+    assert plan.head_act.name == "sigmoid" and plan.first_act.name == "relu" and len(plan.middle) == 2
+    not_linear_first = im.MutualInfoChain(nn.Identity(), nn.Identity(), nn.Sequential(nn.ReLU(), nn.Linear(15, 1)))
+    assert fused_plan(not_linear_first) is None
+
+
+def test_shuffled_grad_modes_differ_exactly_by_the_shuffled_path():
+    mi = paper_like_chain()
+    x = torch.randn(16, 12, dtype=torch.float64)
+    z = torch.randn(16, 3, dtype=torch.float64, requires_grad=True)
+    perm = im.latent_permutation(16, 1, seed=8)
+    params = list(mi.parameters())
+    g_const = torch.autograd.grad(im.paired_mutual_info(mi, x, z, perm).bound, [z] + params)
+    g_flow = torch.autograd.grad(im.paired_mutual_info(mi, x, z, perm, shuffled_grad=True).bound, [z] + params)
+    # constant shuffled codes: z's gradient is that of the joint term alone
+    joint_only = torch.autograd.grad(mi(x, z).mean(), z)[0]
+    torch.testing.assert_close(g_const[0], joint_only, rtol=1e-12, atol=1e-12)
+    # flowing: plus the gradient of -mean(exp(T(x, z[perm]) - 1)) through z[perm]
+    shuffled_path = torch.autograd.grad(-torch.exp(mi(x, z[perm]) - 1).mean(), z)[0]
+    torch.testing.assert_close(g_flow[0], joint_only + shuffled_path, rtol=1e-10, atol=1e-12)
+    # the chain's own parameters get both terms either way
+    for a, b in zip(g_const[1:], g_flow[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_fused_matches_float64_two_calls():
+    mi64 = paper_like_chain(hidden=(64, 32))
+    mi32 = paper_like_chain(hidden=(64, 32), dtype=torch.float32)
+    mi32.load_state_dict({k: v.float() for k, v in mi64.state_dict().items()})
+    x, z = torch.randn(200, 12, dtype=torch.float64), torch.randn(200, 3, dtype=torch.float64)
+    perm = im.latent_permutation(200, 1, seed=1)
+    want = _two_call_bound(mi64, x, z, perm, None, False).bound
+    got = im.paired_mutual_info(mi32, x.float(), z.float(), perm).bound
+    assert abs(got.item() - want.item()) < 1e-5
+
+
+def test_reference_fallback_gives_the_same_numbers(monkeypatch):
+    from infomax_ext import _ops
+
+    mi = paper_like_chain(out_act=nn.Softplus())
+    x = torch.randn(9, 12, dtype=torch.float64)
+    z = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
+    perm = im.latent_permutation(9, 1, seed=2)
+    fused = im.paired_mutual_info(mi, x, z, perm)
+    g_fused = torch.autograd.grad(fused.bound, [z] + list(mi.parameters()))
+    monkeypatch.setattr(_ops, "_KERNEL_DEVICES", frozenset())
+    ref = im.paired_mutual_info(mi, x, z, perm)
+    assert ref.bound.grad_fn is not None and "infomax_ext" not in type(ref.bound.grad_fn).__name__
+    torch.testing.assert_close(fused.bound, ref.bound, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_fused, torch.autograd.grad(ref.bound, [z] + list(mi.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_half_precision_on_cpu_takes_the_reference_path():
+    mi = paper_like_chain(dtype=torch.bfloat16)
+    x, z = torch.randn(8, 12, dtype=torch.bfloat16), torch.randn(8, 3, dtype=torch.bfloat16)
+    value = im.variational_mutual_info(mi, x, z, seed=0)
+    want = direct_nwj(mi.double(), x.double(), z.double(), im.shuffle_latent(z.double(), seed=0))
+    assert value.dtype == torch.bfloat16 and abs(value.item() - want.item()) < 0.1
+
+
+def test_torch_compile_fullgraph_over_the_fused_mi_loss():
+    mi = paper_like_chain(dtype=torch.float32)
+    x, z = torch.randn(16, 12), torch.randn(16, 3, requires_grad=True)
+    perm = im.latent_permutation(16, 1, seed=3)
+
+    def loss(x, z, perm):
+        return -im.paired_mutual_info(mi, x, z, perm).bound
+
+    compiled = torch.compile(loss, fullgraph=True, backend="inductor")
+    got = compiled(x, z, perm)
+    want = loss(x, z, perm)
+    torch.testing.assert_close(got, want)
+    params = [z] + list(mi.parameters())
+    for a, b in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
