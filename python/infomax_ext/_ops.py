@@ -34,7 +34,11 @@ try:
 except Exception as exc:  # ImportError, or an OSError from a missing libtorch symbol
     import importlib.util
 
-    if importlib.util.find_spec(f"{__package__}._C") is None:
+    try:
+        missing = importlib.util.find_spec(f"{__package__}._C") is None
+    except Exception:
+        missing = False
+    if missing:
         _LOAD_ERROR = (
             "the compiled module infomax_ext._C is not installed next to the package (build it "
             "with `pip install --no-build-isolation .` after installing torch)"
