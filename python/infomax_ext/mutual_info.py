@@ -18,6 +18,7 @@ from torch import nn
 
 from . import _ops
 from .activations import ActivationSpec, as_module, identity, spec_of_module
+from .fused_layers import paired_linear
 
 __all__ = [
     "MutualInfoChain",
@@ -279,20 +280,15 @@ def paired_mutual_info(
             f"the MI chain's first layer takes {weight.shape[1]} features but data(x) gives {dx} "
             f"and latent(z) gives {hz.shape[1]}"
         )
-    w_data, w_latent = weight[:, :dx], weight[:, dx:]
-    data_half = torch.mm(hx, w_data.t())
-    latent_half = torch.mm(hz, w_latent.t())
     if z_shuffle is not None:
-        source = torch.mm(mi.latent(z_shuffle if shuffled_grad else z_shuffle.detach()), w_latent.t())
+        source = mi.latent(z_shuffle if shuffled_grad else z_shuffle.detach())
         perm = torch.arange(m, device=z.device)
     elif not shuffled_grad and z.requires_grad:
-        source = torch.mm(mi.latent(z.detach()), w_latent.t())
+        source = mi.latent(z.detach())
     else:
         source = None
-    bias = plan.first.bias if plan.first.bias is not None else weight.new_zeros(weight.shape[0])
-    h = _ops.paired_first_layer(
-        data_half, latent_half, source, bias, perm, plan.first_act.name, plan.first_act.param
-    )
+    h = paired_linear(hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
+                      plan.first_act.param)
     for module in plan.middle:
         h = module(h)
     if plan.head is not None:

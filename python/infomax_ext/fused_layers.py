@@ -1,0 +1,83 @@
+"""The MI chain's first layer as one autograd node: the two GEMMs of the split weight and the
+fused paired op, so the backward writes the weight gradient straight into one buffer (no
+slice-gradient zero fills, copies and adds, which autograd does for ``weight[:, :dx]``)."""
+from __future__ import annotations
+
+import torch
+
+from . import _ops
+
+
+class _PairedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hx, hz, hz_source, weight, bias, perm, activation, param):
+        dx = hx.shape[1]
+        w_data, w_latent = weight[:, :dx], weight[:, dx:]
+        data_half = torch.mm(hx, w_data.t())
+        latent_half = torch.mm(hz, w_latent.t())
+        source_half = None if hz_source is None else torch.mm(hz_source, w_latent.t())
+        bias_vec = bias if bias is not None else weight.new_zeros(weight.shape[0])
+        out = torch.ops.infomax_ext.paired_first_layer.default(
+            data_half, latent_half, source_half, bias_vec, perm, activation, param
+        )
+        ctx.activation, ctx.param, ctx.has_source, ctx.has_bias = (
+            activation, param, hz_source is not None, bias is not None)
+        ctx.save_for_backward(hx, hz, hz_source, weight, bias_vec, perm, data_half, latent_half,
+                              source_half)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (hx, hz, hz_source, weight, bias, perm, data_half, latent_half,
+         source_half) = ctx.saved_tensors
+        need_hx, need_hz, need_src, need_w, need_bias = ctx.needs_input_grad[:5]
+        need_src = need_src and ctx.has_source
+        need_bias = need_bias and ctx.has_bias
+        want = [need_hx or need_w, need_hz or need_w,
+                ctx.has_source and (need_src or need_w), need_bias]
+        inverse = _ops.inverse_permutation(perm) if (want[1] and not ctx.has_source) else perm
+        g_data, g_latent, g_source, g_bias = torch.ops.infomax_ext.paired_first_layer_backward.default(
+            grad_out, data_half, latent_half, source_half, bias, perm, inverse, ctx.activation,
+            ctx.param, want,
+        )
+        dx = hx.shape[1]
+        w_data, w_latent = weight[:, :dx], weight[:, dx:]
+        grad_w = None
+        if need_w:
+            if torch.compiler.is_compiling():
+                latent_part = g_latent.t() @ hz
+                if ctx.has_source:
+                    latent_part = latent_part + g_source.t() @ hz_source
+                grad_w = torch.cat([g_data.t() @ hx, latent_part], dim=1)
+            else:
+                grad_w = weight.new_empty(weight.shape)
+                torch.mm(g_data.t(), hx, out=grad_w[:, :dx])
+                torch.mm(g_latent.t(), hz, out=grad_w[:, dx:])
+                if ctx.has_source:
+                    grad_w[:, dx:].addmm_(g_source.t(), hz_source)
+        return (
+            torch.mm(g_data, w_data) if need_hx else None,
+            torch.mm(g_latent, w_latent) if need_hz else None,
+            torch.mm(g_source, w_latent) if need_src else None,
+            grad_w,
+            g_bias if need_bias else None,
+            None, None, None,
+        )
+
+
+def paired_linear(hx, hz, hz_source, weight, bias, perm, activation="identity", param=0.0):
+    """``act`` of the first Linear on joint and shuffled pairs, shape (2M, H).
+
+    ``hx`` (N, Dx) = data(x), ``hz`` (M, Dz) = latent(z) with M = S N, ``weight`` (H, Dx + Dz),
+    ``bias`` (H,) or None, ``perm`` (M,). Joint row r: ``act(W [hx[r % N]; hz[r]] + b)``;
+    shuffled row r: ``act(W [hx[r % N]; src[perm[r]]] + b)`` with ``src = hz_source`` or, when
+    None, ``hz``. Runs the compiled kernels when they apply, else plain PyTorch.
+    """
+    if _ops.kernels_apply(hx, hz, hz_source, weight, bias):
+        return _PairedLinear.apply(hx, hz, hz_source, weight, bias, perm, activation, float(param))
+    dx = hx.shape[1]
+    data_half = torch.mm(hx, weight[:, :dx].t())
+    latent_half = torch.mm(hz, weight[:, dx:].t())
+    source_half = None if hz_source is None else torch.mm(hz_source, weight[:, dx:].t())
+    bias_vec = bias if bias is not None else weight.new_zeros(weight.shape[0])
+    return _ops.paired_first_layer(data_half, latent_half, source_half, bias_vec, perm, activation, param)
