@@ -113,4 +113,19 @@ INFOMAX_HOST_DEVICE T activation_derivative(T x, T param) {
   }
 }
 
+// g * f'(x): the incoming gradient g through the activation at pre-activation x. Written as a
+// select for the piecewise-linear activations so that compilers vectorise it without branches.
+template <Activation A, typename T>
+INFOMAX_HOST_DEVICE T activation_grad(T g, T x, T param) {
+  if constexpr (A == Activation::Identity) {
+    return g;
+  } else if constexpr (A == Activation::Relu) {
+    return x > T(0) ? g : T(0);
+  } else if constexpr (A == Activation::LeakyRelu) {
+    return x > T(0) ? g : g * param;
+  } else {
+    return g * activation_derivative<A>(x, param);
+  }
+}
+
 }  // namespace infomax_ext

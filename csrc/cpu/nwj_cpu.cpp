@@ -177,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cpu(
           for (int64_t r = c * kRowsPerChunk; r < std::min(rows, (c + 1) * kRowsPerChunk); ++r) {
             scalar_t dscore = nwj_score_grad(r < n_joint, ps[r], g, inv_j, inv_m);
             if (pgs) dscore += pgs[r];
-            const scalar_t dpre = dscore * activation_derivative<A>(ppre[r], p);
+            const scalar_t dpre = activation_grad<A>(dscore, ppre[r], p);
             bsum += acc_t(dpre);
             const scalar_t* hr = ph + r * h;
             if (pgh) {

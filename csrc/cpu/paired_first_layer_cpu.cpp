@@ -23,6 +23,97 @@ namespace {
 // result) do not depend on the number of threads.
 constexpr int64_t kRowsPerChunk = 32;
 
+template <typename scalar_t>
+struct BackwardPointers {
+  const scalar_t* a;     // data half (N, H)
+  const scalar_t* b;     // latent half (M, H)
+  const scalar_t* c;     // shuffled source (M, H), or b
+  const scalar_t* bias;  // (H)
+  const scalar_t* go;    // grad_out (2M, H)
+  const int64_t* perm;
+  const int64_t* inv;
+  scalar_t* ga;  // (N, H) or null
+  scalar_t* gb;  // (M, H) or null
+  scalar_t* gc;  // (M, H) or null
+};
+
+// The inner loop over the H units of one row, with every choice made at compile time so that it
+// vectorises. g1, g2: gradients at the joint and shuffled pre-activations of latent row r.
+template <Activation A, bool kAccumulateA, bool kWantA, bool kWantB, bool kWantC, bool kWantBias,
+          typename scalar_t>
+inline void backward_units(const scalar_t* __restrict__ ar, const scalar_t* __restrict__ br,
+                           const scalar_t* __restrict__ cr, const scalar_t* __restrict__ bias,
+                           const scalar_t* __restrict__ g_joint, const scalar_t* __restrict__ g_shuf,
+                           scalar_t* __restrict__ gar, scalar_t* __restrict__ gbr,
+                           scalar_t* __restrict__ gcr, scalar_t* __restrict__ bsum, int64_t h,
+                           scalar_t p) {
+  for (int64_t j = 0; j < h; ++j) {
+    const scalar_t g1 = activation_grad<A>(g_joint[j], (ar[j] + br[j]) + bias[j], p);
+    const scalar_t g2 = activation_grad<A>(g_shuf[j], (ar[j] + cr[j]) + bias[j], p);
+    const scalar_t both = g1 + g2;
+    if constexpr (kWantA) {
+      if constexpr (kAccumulateA) {
+        gar[j] += both;
+      } else {
+        gar[j] = both;
+      }
+    }
+    if constexpr (kWantBias) bsum[j] += both;
+    if constexpr (kWantB) gbr[j] = g1;
+    if constexpr (kWantC) gcr[j] = g2;
+  }
+}
+
+// Turns the runtime flags into template arguments of backward_units (32 instantiations).
+template <Activation A, typename scalar_t, typename... Flags>
+inline void backward_units_dispatch(bool accumulate, bool want_a, bool want_b, bool want_c,
+                                    bool want_bias, const scalar_t* ar, const scalar_t* br,
+                                    const scalar_t* cr, const scalar_t* bias,
+                                    const scalar_t* g_joint, const scalar_t* g_shuf, scalar_t* gar,
+                                    scalar_t* gbr, scalar_t* gcr, scalar_t* bsum, int64_t h,
+                                    scalar_t p) {
+  auto with = [&](auto f) {
+    auto b = [](bool v, auto g) {
+      if (v) g(std::true_type{}); else g(std::false_type{});
+    };
+    b(accumulate, [&](auto acc) { b(want_a, [&](auto wa) { b(want_b, [&](auto wb) {
+      b(want_c, [&](auto wc) { b(want_bias, [&](auto wbias) {
+        f(acc, wa, wb, wc, wbias);
+      }); }); }); }); });
+  };
+  with([&](auto acc, auto wa, auto wb, auto wc, auto wbias) {
+    backward_units<A, decltype(acc)::value, decltype(wa)::value, decltype(wb)::value,
+                   decltype(wc)::value, decltype(wbias)::value>(
+        ar, br, cr, bias, g_joint, g_shuf, gar, gbr, gcr, bsum, h, p);
+  });
+}
+
+// Gradients of latent row r (data row i = r % N, sample block r / N).
+template <Activation A, typename scalar_t>
+inline void backward_row(const BackwardPointers<scalar_t>& ptr, int64_t r, int64_t i, int64_t n,
+                         int64_t m, int64_t h, scalar_t p, bool accumulate_a, bool has_source,
+                         scalar_t* bsum) {
+  const int64_t src_row = ptr.perm[r];
+  scalar_t* gbr = ptr.gb ? ptr.gb + r * h : nullptr;
+  backward_units_dispatch<A>(accumulate_a, ptr.ga != nullptr, gbr != nullptr, ptr.gc != nullptr,
+                             bsum != nullptr, ptr.a + i * h, ptr.b + r * h, ptr.c + src_row * h,
+                             ptr.bias, ptr.go + r * h, ptr.go + (m + r) * h,
+                             ptr.ga ? ptr.ga + i * h : nullptr, gbr,
+                             ptr.gc ? ptr.gc + src_row * h : nullptr, bsum, h, p);
+  if (gbr && !has_source) {
+    // Shuffled row q = inv[r] read latent row r: its gradient comes back here.
+    const int64_t q = ptr.inv[r];
+    const scalar_t* __restrict__ aq = ptr.a + (q % n) * h;
+    const scalar_t* __restrict__ br = ptr.b + r * h;
+    const scalar_t* __restrict__ g_q = ptr.go + (m + q) * h;
+    const scalar_t* __restrict__ bias = ptr.bias;
+    scalar_t* __restrict__ out = gbr;
+    for (int64_t j = 0; j < h; ++j) {
+      out[j] += activation_grad<A>(g_q[j], (aq[j] + br[j]) + bias[j], p);
+    }
+  }
+}
+
 void check_perm_range(const int64_t* perm, int64_t m) {
   for (int64_t r = 0; r < m; ++r) {
     TORCH_CHECK(perm[r] >= 0 && perm[r] < m, "infomax_ext: perm entry ", r, " is ", perm[r],
@@ -104,64 +195,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_ba
 
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "paired_first_layer_backward_cpu", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
-    const scalar_t* pa = a.const_data_ptr<scalar_t>();
-    const scalar_t* pb = b.const_data_ptr<scalar_t>();
-    const scalar_t* pc = c.const_data_ptr<scalar_t>();
-    const scalar_t* pbias = bias.const_data_ptr<scalar_t>();
-    const scalar_t* pg = go.const_data_ptr<scalar_t>();
-    const int64_t* pp = perm.const_data_ptr<int64_t>();
-    const int64_t* pinv = inv.const_data_ptr<int64_t>();
-    scalar_t* ga = want_a ? grad_a.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* gb = want_b ? grad_b.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* gc = want_c ? grad_c.mutable_data_ptr<scalar_t>() : nullptr;
+    BackwardPointers<scalar_t> ptr{
+        a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
+        bias.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
+        perm.const_data_ptr<int64_t>(), inv.const_data_ptr<int64_t>(),
+        want_a ? grad_a.mutable_data_ptr<scalar_t>() : nullptr,
+        want_b ? grad_b.mutable_data_ptr<scalar_t>() : nullptr,
+        want_c ? grad_c.mutable_data_ptr<scalar_t>() : nullptr};
     const scalar_t p = static_cast<scalar_t>(param);
     // Chunks of data rows i; each handles rows i, N + i, ..., (S-1) N + i of the latent half,
     // so the sum over samples into grad_a[i] stays inside one task.
     const int64_t n_chunks = (n + kRowsPerChunk - 1) / kRowsPerChunk;
-    std::vector<acc_t> bias_partial(want_bias ? n_chunks * h : 0, acc_t(0));
+    std::vector<scalar_t> bias_partial(want_bias ? n_chunks * h : 0, scalar_t(0));
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       at::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-        std::vector<acc_t> row_sum(h);
         for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-          acc_t* bsum = want_bias ? bias_partial.data() + chunk * h : nullptr;
+          scalar_t* bsum = want_bias ? bias_partial.data() + chunk * h : nullptr;
           const int64_t i_end = std::min(n, (chunk + 1) * kRowsPerChunk);
           for (int64_t i = chunk * kRowsPerChunk; i < i_end; ++i) {
-            const scalar_t* ai = pa + i * h;
-            std::fill(row_sum.begin(), row_sum.end(), acc_t(0));
             for (int64_t smp = 0; smp < s; ++smp) {
-              const int64_t r = smp * n + i;
-              const scalar_t* br = pb + r * h;
-              const scalar_t* cr = pc + pp[r] * h;
-              const scalar_t* g_joint = pg + r * h;
-              const scalar_t* g_shuf = pg + (m + r) * h;
-              scalar_t* gbr = gb ? gb + r * h : nullptr;
-              scalar_t* gcr = gc ? gc + pp[r] * h : nullptr;
-              for (int64_t j = 0; j < h; ++j) {
-                const scalar_t g1 =
-                    g_joint[j] * activation_derivative<A>((ai[j] + br[j]) + pbias[j], p);
-                const scalar_t g2 =
-                    g_shuf[j] * activation_derivative<A>((ai[j] + cr[j]) + pbias[j], p);
-                row_sum[j] += acc_t(g1) + acc_t(g2);
-                if (gcr) gcr[j] = g2;
-                if (gbr) gbr[j] = g1;
-              }
-              if (gbr && !has_source) {
-                // Shuffled row q = inv[r] read latent row r: its gradient comes back here.
-                const int64_t q = pinv[r];
-                const scalar_t* aq = pa + (q % n) * h;
-                const scalar_t* g_q = pg + (m + q) * h;
-                for (int64_t j = 0; j < h; ++j) {
-                  gbr[j] += g_q[j] * activation_derivative<A>((aq[j] + br[j]) + pbias[j], p);
-                }
-              }
-            }
-            if (ga) {
-              scalar_t* gai = ga + i * h;
-              for (int64_t j = 0; j < h; ++j) gai[j] = static_cast<scalar_t>(row_sum[j]);
-            }
-            if (bsum) {
-              for (int64_t j = 0; j < h; ++j) bsum[j] += row_sum[j];
+              backward_row<A>(ptr, smp * n + i, i, n, m, h, p, smp > 0, has_source, bsum);
             }
           }
         }
@@ -169,13 +223,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_ba
     });
     if (want_bias) {
       scalar_t* gbias = grad_bias.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, h, 256, [&](int64_t begin, int64_t end) {
-        for (int64_t j = begin; j < end; ++j) {
-          acc_t total = 0;
-          for (int64_t chunk = 0; chunk < n_chunks; ++chunk) total += bias_partial[chunk * h + j];
-          gbias[j] = static_cast<scalar_t>(total);
-        }
-      });
+      for (int64_t j = 0; j < h; ++j) {
+        acc_t total = 0;
+        for (int64_t chunk = 0; chunk < n_chunks; ++chunk) total += bias_partial[chunk * h + j];
+        gbias[j] = static_cast<scalar_t>(total);
+      }
     }
   });
   return {grad_a, grad_b, grad_c, grad_bias};

@@ -1,0 +1,311 @@
+// CUDA kernels of the NWJ bound  I = mean(t_joint) - mean(exp(t_marg - 1)):
+// on its own (nwj_bound), and fused with the MI chain's last layer t = act(hidden . w + b)
+// (nwj_head), where rows [0, n_joint) of hidden are joint pairs and the rest shuffled pairs.
+// Semantics are those of csrc/cpu/nwj_cpu.cpp. Reductions are deterministic: fixed-size chunks
+// give partial sums (a block tree or one thread per chunk), then a second ordered pass.
+// Scalars that live on the device (the head's bias, incoming gradients) are read by pointer
+// inside the kernels: no host sync.
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <array>
+
+#include "../activations.h"
+#include "../checks.h"
+#include "../nwj.h"
+#include "launch.cuh"
+
+namespace infomax_ext {
+namespace {
+
+// Scores per block of the first pass of the NWJ sums (kThreads threads, 4 scores each).
+constexpr int64_t kScoresPerBlock = 4 * kThreads;
+// Rows per chunk of the head's backward pass (weight- and bias-gradient partial sums).
+constexpr int64_t kRowsPerChunk = 32;
+
+// ---------------------------------------------------------------------------------------------
+// The NWJ sums: sum(t_joint) and sum(exp(t_marg - 1))
+// ---------------------------------------------------------------------------------------------
+
+// First pass. Blocks [0, joint_blocks) sum kScoresPerBlock joint scores each, the others
+// marginal terms of the shuffled scores: partial (joint_blocks + marg_blocks).
+template <typename T, typename acc_t>
+__global__ void nwj_partial_sums_kernel(const T* t_joint, int64_t n_joint, const T* t_marg,
+                                        int64_t n_marg, int64_t joint_blocks, acc_t* partial) {
+  __shared__ acc_t shared[kThreads];
+  const bool joint = blockIdx.x < joint_blocks;
+  const int64_t block = joint ? blockIdx.x : blockIdx.x - joint_blocks;
+  const int64_t begin = block * kScoresPerBlock;
+  const int64_t end = joint ? n_joint : n_marg;
+  acc_t sum = 0;
+  for (int64_t e = begin + threadIdx.x; e < begin + kScoresPerBlock && e < end; e += kThreads) {
+    sum += joint ? acc_t(t_joint[e]) : acc_t(nwj_marginal_term(t_marg[e]));
+  }
+  sum = block_sum(sum, shared);
+  if (threadIdx.x == 0) partial[blockIdx.x] = sum;
+}
+
+// Second pass (one block): bound = sum(partial[:joint_blocks]) / n_joint
+//                                 - sum(partial[joint_blocks:]) / n_marg.
+template <typename T, typename acc_t>
+__global__ void nwj_finish_kernel(const acc_t* partial, int64_t joint_blocks, int64_t marg_blocks,
+                                  int64_t n_joint, int64_t n_marg, T* bound) {
+  __shared__ acc_t shared[kThreads];
+  acc_t js = 0, ms = 0;
+  for (int64_t c = threadIdx.x; c < joint_blocks; c += kThreads) js += partial[c];
+  for (int64_t c = threadIdx.x; c < marg_blocks; c += kThreads) ms += partial[joint_blocks + c];
+  js = block_sum(js, shared);
+  ms = block_sum(ms, shared);
+  if (threadIdx.x == 0) *bound = static_cast<T>(js / acc_t(n_joint) - ms / acc_t(n_marg));
+}
+
+// bound (0-dim, written on the device) from joint scores (n_joint) and shuffled scores (n_marg).
+template <typename T>
+void launch_nwj_sums(const T* t_joint, int64_t n_joint, const T* t_marg, int64_t n_marg,
+                     const at::TensorOptions& options, T* bound, cudaStream_t stream) {
+  using acc_t = at::acc_type<T, /*is_cuda=*/true>;
+  const int64_t joint_blocks = (n_joint + kScoresPerBlock - 1) / kScoresPerBlock;
+  const int64_t marg_blocks = (n_marg + kScoresPerBlock - 1) / kScoresPerBlock;
+  at::Tensor partial = at::empty({joint_blocks + marg_blocks},
+                                 options.dtype(c10::CppTypeToScalarType<acc_t>::value));
+  acc_t* ppartial = partial.mutable_data_ptr<acc_t>();
+  nwj_partial_sums_kernel<T, acc_t>
+      <<<static_cast<unsigned int>(joint_blocks + marg_blocks), kThreads, 0, stream>>>(
+          t_joint, n_joint, t_marg, n_marg, joint_blocks, ppartial);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  nwj_finish_kernel<T, acc_t><<<1, kThreads, 0, stream>>>(ppartial, joint_blocks, marg_blocks,
+                                                          n_joint, n_marg, bound);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// d bound / d t times the incoming gradient *grad: gj (n_joint), gm (n_marg).
+template <typename T>
+__global__ void nwj_bound_backward_kernel(const T* grad, const T* t_marg, int64_t n_joint,
+                                          int64_t n_marg, T inv_joint, T inv_marg, T* gj, T* gm) {
+  const T g = *grad;
+  INFOMAX_GRID_STRIDE_LOOP(e, n_joint + n_marg) {
+    if (e < n_joint) {
+      gj[e] = nwj_score_grad(true, T(0), g, inv_joint, inv_marg);
+    } else {
+      gm[e - n_joint] = nwj_score_grad(false, t_marg[e - n_joint], g, inv_joint, inv_marg);
+    }
+  }
+}
+
+void check_scalar_grad(const at::Tensor& grad, const at::Tensor& ref, const char* name) {
+  TORCH_CHECK(grad.defined() && grad.numel() == 1, "infomax_ext: ", name,
+              " must hold one value, got shape ", grad.sizes());
+  check_same(ref, grad, "the scores", name);
+}
+
+at::Tensor nwj_bound_cuda(const at::Tensor& t_joint_in, const at::Tensor& t_marg_in) {
+  check_nwj_bound(t_joint_in, t_marg_in);
+  const c10::cuda::CUDAGuard guard(t_joint_in.device());
+  const at::Tensor tj = t_joint_in.contiguous(), tm = t_marg_in.contiguous();
+  at::Tensor bound = at::empty({}, tj.options());
+  AT_DISPATCH_FLOATING_TYPES(tj.scalar_type(), "nwj_bound_cuda", [&] {
+    launch_nwj_sums<scalar_t>(tj.const_data_ptr<scalar_t>(), tj.size(0), tm.const_data_ptr<scalar_t>(),
+                              tm.size(0), tj.options(), bound.mutable_data_ptr<scalar_t>(),
+                              c10::cuda::getCurrentCUDAStream());
+  });
+  return bound;
+}
+
+std::tuple<at::Tensor, at::Tensor> nwj_bound_backward_cuda(const at::Tensor& grad_in,
+                                                           const at::Tensor& t_joint_in,
+                                                           const at::Tensor& t_marg_in) {
+  check_nwj_bound(t_joint_in, t_marg_in);
+  check_scalar_grad(grad_in, t_joint_in, "grad");
+  const c10::cuda::CUDAGuard guard(t_joint_in.device());
+  const at::Tensor tj = t_joint_in.contiguous(), tm = t_marg_in.contiguous();
+  const at::Tensor grad = grad_in.contiguous();
+  at::Tensor gj = at::empty_like(tj), gm = at::empty_like(tm);
+  const int64_t nj = tj.size(0), nm = tm.size(0);
+  AT_DISPATCH_FLOATING_TYPES(tj.scalar_type(), "nwj_bound_backward_cuda", [&] {
+    nwj_bound_backward_kernel<scalar_t>
+        <<<grid_size(nj + nm, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            grad.const_data_ptr<scalar_t>(), tm.const_data_ptr<scalar_t>(), nj, nm,
+            scalar_t(1) / scalar_t(nj), scalar_t(1) / scalar_t(nm), gj.mutable_data_ptr<scalar_t>(),
+            gm.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {gj, gm};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The head: scores t = act(hidden . w + b) and the bound
+// ---------------------------------------------------------------------------------------------
+
+// One warp per row: pre[r] = hidden[r] . w + *bias (bias may be null), scores[r] = act(pre[r]).
+// hidden (R, h), w (h). The warp's partial dot products are combined in a fixed shuffle tree.
+template <Activation A, typename T, typename acc_t>
+__global__ void nwj_head_scores_kernel(const T* hidden, const T* w, const T* bias, int64_t rows,
+                                       int64_t h, T param, T* scores, T* pre) {
+  const int lane = threadIdx.x % kLanes;
+  const int warps = kThreads / kLanes;
+  const T b = bias ? *bias : T(0);
+  for (int64_t r = int64_t(blockIdx.x) * warps + threadIdx.x / kLanes; r < rows;
+       r += int64_t(gridDim.x) * warps) {
+    const T* hr = hidden + r * h;
+    acc_t dot = 0;
+    for (int64_t j = lane; j < h; j += kLanes) dot += acc_t(hr[j]) * acc_t(w[j]);
+    for (int offset = kLanes / 2; offset > 0; offset /= 2) {
+      dot += __shfl_down_sync(0xffffffffu, dot, offset);
+    }
+    if (lane == 0) {
+      const T z = static_cast<T>(dot) + b;
+      pre[r] = z;
+      scores[r] = activation_value<A>(z, param);
+    }
+  }
+}
+
+// Backward. Thread (column j, chunk) walks the chunk's rows r and, per row,
+//   dpre = (nwj_score_grad(r < n_joint, scores[r], *grad_bound) + grad_scores[r]) * act'(pre[r])
+//   grad_hidden[r, j] = dpre * w[j],   w_partial[chunk, j] += dpre * hidden[r, j]
+// and the thread of column 0 sums dpre into b_partial[chunk]. Null outputs are not requested;
+// grad_scores may be null (zero).
+template <Activation A, typename T, typename acc_t>
+__global__ void nwj_head_backward_kernel(const T* grad_bound, const T* grad_scores, const T* hidden,
+                                         const T* w, const T* scores, const T* pre, int64_t rows,
+                                         int64_t h, int64_t n_joint, T inv_joint, T inv_marg, T param,
+                                         T* grad_hidden, acc_t* w_partial, acc_t* b_partial) {
+  const int64_t j = int64_t(blockIdx.y) * kLanes + threadIdx.x;
+  const int64_t chunk = int64_t(blockIdx.x) * kRowGroups + threadIdx.y;
+  const int64_t r_begin = chunk * kRowsPerChunk;
+  const bool column = j < h;
+  const bool bias_thread = b_partial != nullptr && j == 0;
+  if (r_begin >= rows || !(column || bias_thread)) return;
+  const int64_t r_end = r_begin + kRowsPerChunk < rows ? r_begin + kRowsPerChunk : rows;
+  const T g = *grad_bound;
+  const T wj = column ? w[j] : T(0);
+  acc_t w_sum = 0, b_sum = 0;
+  for (int64_t r = r_begin; r < r_end; ++r) {
+    T dscore = nwj_score_grad(r < n_joint, scores[r], g, inv_joint, inv_marg);
+    if (grad_scores) dscore += grad_scores[r];
+    const T dpre = dscore * activation_derivative<A>(pre[r], param);
+    b_sum += acc_t(dpre);
+    if (column) {
+      if (grad_hidden) grad_hidden[r * h + j] = dpre * wj;
+      if (w_partial) w_sum += acc_t(dpre) * acc_t(hidden[r * h + j]);
+    }
+  }
+  if (column && w_partial) w_partial[chunk * h + j] = w_sum;
+  if (bias_thread) b_partial[chunk] = b_sum;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_cuda(const at::Tensor& hidden_in,
+                                                             const at::Tensor& weight_in,
+                                                             const std::optional<at::Tensor>& bias_in,
+                                                             int64_t n_joint, c10::string_view activation,
+                                                             double param) {
+  check_nwj_head(hidden_in, weight_in, bias_in, n_joint);
+  const Activation act = checked_activation(std::string(activation));
+  const c10::cuda::CUDAGuard guard(hidden_in.device());
+  const at::Tensor hidden = hidden_in.contiguous(), w = weight_in.contiguous();
+  const bool has_bias = bias_in.has_value() && bias_in->defined();
+  const at::Tensor bias = has_bias ? bias_in->contiguous() : at::Tensor();
+  const int64_t rows = hidden.size(0), h = hidden.size(1);
+  at::Tensor scores = at::empty({rows}, hidden.options());
+  at::Tensor pre = at::empty({rows}, hidden.options());
+  at::Tensor bound = at::empty({}, hidden.options());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "nwj_head_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    scalar_t* ps = scores.mutable_data_ptr<scalar_t>();
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      nwj_head_scores_kernel<A, scalar_t, acc_t>
+          <<<grid_size(rows, kThreads / kLanes), kThreads, 0, stream>>>(
+              hidden.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+              has_bias ? bias.const_data_ptr<scalar_t>() : nullptr, rows, h,
+              static_cast<scalar_t>(param), ps, pre.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    launch_nwj_sums<scalar_t>(ps, n_joint, ps + n_joint, rows - n_joint, hidden.options(),
+                              bound.mutable_data_ptr<scalar_t>(), stream);
+  });
+  return {bound, scores, pre};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cuda(
+    const at::Tensor& grad_bound_in, const std::optional<at::Tensor>& grad_scores_in,
+    const at::Tensor& hidden_in, const at::Tensor& weight_in, const at::Tensor& scores_in,
+    const at::Tensor& pre_in, int64_t n_joint, c10::string_view activation, double param,
+    std::array<bool, 3> output_mask) {
+  check_nwj_head(hidden_in, weight_in, std::nullopt, n_joint);
+  check_scalar_grad(grad_bound_in, hidden_in, "grad_bound");
+  const Activation act = checked_activation(std::string(activation));
+  const c10::cuda::CUDAGuard guard(hidden_in.device());
+  const at::Tensor hidden = hidden_in.contiguous(), w = weight_in.contiguous();
+  const at::Tensor scores = scores_in.contiguous(), pre = pre_in.contiguous();
+  const at::Tensor grad_bound = grad_bound_in.contiguous();
+  const int64_t rows = hidden.size(0), h = hidden.size(1);
+  TORCH_CHECK(scores.numel() == rows && pre.numel() == rows,
+              "infomax_ext: scores and pre must have one entry per row of hidden");
+  check_same(hidden, scores, "hidden", "scores");
+  check_same(hidden, pre, "hidden", "pre");
+  const bool has_gs = grad_scores_in.has_value() && grad_scores_in->defined();
+  at::Tensor gs;
+  if (has_gs) {
+    gs = grad_scores_in->contiguous();
+    TORCH_CHECK(gs.numel() == rows, "infomax_ext: grad_scores must have ", rows, " entries");
+    check_same(hidden, gs, "hidden", "grad_scores");
+  }
+  const bool want_hidden = output_mask[0], want_w = output_mask[1], want_b = output_mask[2];
+  at::Tensor grad_hidden = want_hidden ? at::empty({rows, h}, hidden.options()) : at::empty({0}, hidden.options());
+  at::Tensor grad_w = want_w ? at::empty({h}, hidden.options()) : at::empty({0}, hidden.options());
+  at::Tensor grad_b = want_b ? at::empty({1}, hidden.options()) : at::empty({0}, hidden.options());
+  if (!(want_hidden || want_w || want_b)) return {grad_hidden, grad_w, grad_b};
+  TORCH_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: nwj_head supports at most ",
+              65535 * kLanes, " hidden units on CUDA, got ", h);
+
+  const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  const dim3 block(kLanes, kRowGroups);
+  const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
+                  static_cast<unsigned int>(std::max<int64_t>(1, (h + kLanes - 1) / kLanes)));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "nwj_head_backward_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    const auto acc_options = hidden.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    at::Tensor w_partial = want_w ? at::empty({chunks, h}, acc_options) : at::Tensor();
+    at::Tensor b_partial = want_b ? at::empty({chunks}, acc_options) : at::Tensor();
+    acc_t* pw_partial = want_w ? w_partial.mutable_data_ptr<acc_t>() : nullptr;
+    acc_t* pb_partial = want_b ? b_partial.mutable_data_ptr<acc_t>() : nullptr;
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      nwj_head_backward_kernel<A, scalar_t, acc_t><<<grid, block, 0, stream>>>(
+          grad_bound.const_data_ptr<scalar_t>(), has_gs ? gs.const_data_ptr<scalar_t>() : nullptr,
+          hidden.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+          scores.const_data_ptr<scalar_t>(), pre.const_data_ptr<scalar_t>(), rows, h, n_joint,
+          scalar_t(1) / scalar_t(n_joint), scalar_t(1) / scalar_t(rows - n_joint),
+          static_cast<scalar_t>(param), want_hidden ? grad_hidden.mutable_data_ptr<scalar_t>() : nullptr,
+          pw_partial, pb_partial);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    if (want_w) {
+      launch_column_sums<scalar_t, acc_t>(pw_partial, chunks, h, grad_w.mutable_data_ptr<scalar_t>(),
+                                          stream);
+    }
+    if (want_b) {
+      launch_column_sums<scalar_t, acc_t>(pb_partial, chunks, 1, grad_b.mutable_data_ptr<scalar_t>(),
+                                          stream);
+    }
+  });
+  return {grad_hidden, grad_w, grad_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(infomax_ext, CUDA, m) {
+  m.impl("nwj_bound", &nwj_bound_cuda);
+  m.impl("nwj_bound_backward", &nwj_bound_backward_cuda);
+  m.impl("nwj_head", &nwj_head_cuda);
+  m.impl("nwj_head_backward", &nwj_head_backward_cuda);
+}
+
+}  // namespace infomax_ext
