@@ -14,7 +14,6 @@ DEPS_STAMP := $(VENV)/.deps-installed
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_CPU)
 	$(PIP) install -q "scikit-build-core>=0.10" pybind11 ninja pytest numpy scikit-learn matplotlib tqdm
 	touch $@
