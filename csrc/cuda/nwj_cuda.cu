@@ -187,7 +187,7 @@ __global__ void nwj_head_backward_kernel(const T* grad_bound, const T* grad_scor
   for (int64_t r = r_begin; r < r_end; ++r) {
     T dscore = nwj_score_grad(r < n_joint, scores[r], g, inv_joint, inv_marg);
     if (grad_scores) dscore += grad_scores[r];
-    const T dpre = dscore * activation_derivative<A>(pre[r], param);
+    const T dpre = activation_grad<A>(dscore, pre[r], param);
     b_sum += acc_t(dpre);
     if (column) {
       if (grad_hidden) grad_hidden[r * h + j] = dpre * wj;

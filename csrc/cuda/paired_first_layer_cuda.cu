@@ -112,7 +112,7 @@ __global__ void paired_first_layer_kernel(const T* a, const T* b, const T* c, co
 
 // Backward. Thread (column j, chunk) walks data rows i of its chunk and, for each, the S latent
 // rows r = s N + i in order s = 0..S-1, as the CPU kernel does:
-//   g1 = grad_joint[r] * act'(a[i] + b[r] + bias),  g2 = grad_shuffled[r] * act'(a[i] + c[perm[r]] + bias)
+//   g1 = grad_joint[r] act'(a[i] + b[r] + bias),  g2 = grad_shuffled[r] act'(a[i] + c[perm[r]] + bias)
 //   grad_a[i] = sum_s (g1 + g2)    grad_c[perm[r]] = g2    grad_b[r] = g1 (+ the shuffled row
 //   q = inv[r] that read latent row r, when there is no separate source)
 // and writes its chunk's partial sum of grad_a rows for the bias gradient: partial (chunks, H).
@@ -138,8 +138,8 @@ __global__ void paired_first_layer_backward_kernel(
       const int64_t k = perm[r];
       CUDA_KERNEL_ASSERT(k >= 0 && k < m && "infomax_ext: perm entry outside [0, M)");
       const T br = b[r * h + j];
-      const T g1 = go[r * h + j] * activation_derivative<A>((ai + br) + bias_j, param);
-      const T g2 = go[(m + r) * h + j] * activation_derivative<A>((ai + c[k * h + j]) + bias_j, param);
+      const T g1 = activation_grad<A>(go[r * h + j], (ai + br) + bias_j, param);
+      const T g2 = activation_grad<A>(go[(m + r) * h + j], (ai + c[k * h + j]) + bias_j, param);
       row_sum += acc_t(g1) + acc_t(g2);
       if (gc) gc[k * h + j] = g2;
       if (gb) {
@@ -148,7 +148,7 @@ __global__ void paired_first_layer_backward_kernel(
           const int64_t q = inv[r];
           CUDA_KERNEL_ASSERT(q >= 0 && q < m && "infomax_ext: inverse_perm entry outside [0, M)");
           const T aq = a[(q % n) * h + j];
-          grad += go[(m + q) * h + j] * activation_derivative<A>((aq + br) + bias_j, param);
+          grad += activation_grad<A>(go[(m + q) * h + j], (aq + br) + bias_j, param);
         }
         gb[r * h + j] = grad;
       }

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# One prepared session on a lent GPU machine (H100/H200, the image's python3 with its own torch):
+# build with the CUDA kernels (sm_90 only), GPU tests, compute-sanitizer, the CUDA benchmark
+# (reduced sizes), then the CPU test suite with the time left. Logs and JSON go to $OUT
+# (default ./gpu-out; at most 8 files come back). Each step is time-boxed; the whole script
+# stays under $BUDGET seconds. SKIP="test_cuda memcheck" skips steps; BENCH_SIZES sets the N list.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+BUDGET=${BUDGET:-500}
+DEADLINE=$((SECONDS + BUDGET))
+export PYTHONUNBUFFERED=1
+left() { echo $((DEADLINE - SECONDS)); }
+step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/NAME.log
+  local name=$1 limit=$2; shift 2
+  local rest; rest=$(left)
+  (( limit > rest )) && limit=$rest
+  if (( limit < 10 )); then echo "== $name: skipped (no time left)"; return 0; fi
+  if [[ " ${SKIP:-} " == *" $name "* ]]; then echo "== $name: skipped (SKIP)"; return 0; fi
+  echo "== $name (limit ${limit}s)"
+  local t0=$SECONDS
+  timeout "$limit" "$@" >>"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "   $name: rc=$rc in $((SECONDS - t0)) s"; tail -n 4 "$OUT/$name.log" | sed 's/^/   | /'
+  return $rc
+}
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+  python3 -c "import torch, sys; print(sys.version); print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))"
+  command -v nvcc cmake ninja compute-sanitizer; nvcc --version | tail -1; cmake --version | head -1
+} >"$OUT/env.log" 2>&1
+cat "$OUT/env.log"
+
+# Python headers: the image's may lack Python.h; a carried copy (.gpu/python-include) stands in.
+extra=()
+inc=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+if [ ! -f "$inc/Python.h" ] && [ -f .gpu/python-include/Python.h ]; then
+  extra=(-C "cmake.define.Python_INCLUDE_DIR=$PWD/.gpu/python-include")
+  echo "   using carried Python headers"
+fi
+export INFOMAX_EXT_CUDA=ON TORCH_CUDA_ARCH_LIST=9.0 CMAKE_BUILD_PARALLEL_LEVEL=16 CMAKE_GENERATOR=Ninja
+export CUDACXX=${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+step build 240 python3 -m pip install -v --no-build-isolation --no-deps "${extra[@]}" . || {
+  grep -n "error" "$OUT/build.log" | head -20; exit 1; }
+
+step env 30 bash -c 'cd /tmp && python3 -c "
+import torch, infomax_ext as im
+ops = [\"permutation_keys\", \"inverse_permutation\", \"paired_first_layer\", \"paired_first_layer_backward\",
+       \"nwj_head\", \"nwj_head_backward\", \"nwj_bound\", \"nwj_bound_backward\"]
+missing = [o for o in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(\"infomax_ext::\" + o, \"CUDA\")]
+assert not missing, missing
+print(\"CUDA kernels for all ops; backend(cuda) =\", im.backend(\"cuda\"))
+"'
+
+step test_cuda 200 python3 -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider -rs --durations=8
+
+# compute-sanitizer: no caching allocator, so out-of-bounds accesses hit real allocation edges.
+SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+step memcheck 120 "$SANITIZER" --tool memcheck --error-exitcode 9 \
+  python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "shapes and float32"
+step racecheck 60 "$SANITIZER" --tool racecheck --error-exitcode 9 \
+  python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "nwj_bound_matches_cpu or (nwj_head_shapes and 12000 and float32)"
+unset PYTORCH_NO_CUDA_MEMORY_CACHING
+
+step bench 230 python3 bench/bench_cuda.py --sizes "${BENCH_SIZES:-64,1024,16384}" --chains P,T \
+  --roofline-sizes 1024,16384 --rounds 30 --out "$OUT/cuda.json"
+
+# A C++ error raised by a CPU op must come back as a RuntimeError (seen: a segfault in one image).
+step env 30 bash -c 'cd /tmp && python3 -X faulthandler -c "
+import torch, infomax_ext
+ops = torch.ops.infomax_ext
+for name, call in [(\"nwj_bound (checks.h)\", lambda: ops.nwj_bound(torch.ones(2, 2), torch.ones(2))),
+                   (\"inverse_permutation (cpu)\", lambda: ops.inverse_permutation(torch.tensor([0, 0, 1])))]:
+    try:
+        call()
+    except RuntimeError as e:
+        print(name, \"raised RuntimeError:\", str(e).splitlines()[0])
+"'
+
+step cpu_tests 400 python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/test_cuda.py
+echo "== done in $SECONDS s"
+cat "$OUT/bench.log" 2>/dev/null | tail -40

@@ -1,0 +1,342 @@
+"""The CUDA kernels against the CPU kernels: values, gradients, determinism, torch.compile,
+a whole train_step. Every test needs a GPU and a build with the CUDA kernels
+(``INFOMAX_EXT_CUDA=ON``); without them the tests skip. See docs/cuda.md.
+
+The CPU kernels are the oracle here (tests/test_ops.py checks them against the plain-PyTorch
+reference): the CUDA result of every op must match the CPU result on the same inputs.
+"""
+import pytest
+import torch
+
+import infomax_ext as im
+import infomax_ext.mutual_info as mutual_info
+from infomax_ext import _ops
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.skipif(
+        torch.cuda.is_available() and not _ops.has_kernel("paired_first_layer", "cuda"),
+        reason="infomax_ext was built without its CUDA kernels (INFOMAX_EXT_CUDA=ON)",
+    ),
+]
+
+ops = torch.ops.infomax_ext
+CUDA = "cuda"
+ACTIVATIONS = [("identity", 0.0), ("relu", 0.0), ("leaky_relu", 0.1), ("elu", 0.7), ("tanh", 0.0),
+               ("sigmoid", 0.0), ("softplus", 0.0), ("gelu", 0.0), ("silu", 0.0)]
+DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, dtype=torch.float64, seed=0, scale=1.0):
+    """Normal values made on the CPU (the same numbers for both devices)."""
+    return (scale * torch.randn(*shape, generator=gen(seed), dtype=torch.float64)).to(dtype)
+
+
+def to_cuda(*tensors):
+    return [None if t is None else t.to(CUDA) for t in tensors]
+
+
+def assert_same(cuda_out, cpu_out, dtype):
+    """CUDA result equals the CPU one up to rounding: float64 to about 1e-10 relative, float32 to
+    the error of a float32 reduction (the CPU sums float32 in double, the GPU in float)."""
+    tol = 1e-10 if dtype == torch.float64 else 3e-5
+    cuda_out, cpu_out = cuda_out.detach().cpu(), cpu_out.detach()
+    assert cuda_out.shape == cpu_out.shape and cuda_out.dtype == cpu_out.dtype
+    scale = max(1.0, float(cpu_out.detach().abs().max())) if cpu_out.numel() else 1.0
+    torch.testing.assert_close(cuda_out, cpu_out, rtol=tol, atol=tol * scale)
+
+
+# ------------------------------------------------------------------------------------ permutation
+
+
+@pytest.mark.parametrize("n", [2, 7, 1000, 4097])
+@pytest.mark.parametrize("seed", [0, 12345, -3, 2**63 - 1])
+def test_permutation_keys_and_seeded_permutation_match_cpu(n, seed):
+    index = torch.arange(n) * 7919 - 5
+    keys_cuda = ops.permutation_keys.default(index.to(CUDA), seed)
+    assert torch.equal(keys_cuda.cpu(), ops.permutation_keys.default(index, seed))
+    assert torch.equal(im.seeded_permutation(n, seed, CUDA).cpu(), im.seeded_permutation(n, seed))
+
+
+def test_latent_permutation_with_sample_blocks_matches_cpu():
+    for n, s in [(2, 3), (50, 4)]:
+        want = im.latent_permutation(n, s, seed=9)
+        assert torch.equal(im.latent_permutation(n, s, seed=9, device=CUDA).cpu(), want)
+
+
+@pytest.mark.parametrize("n", [1, 2, 333, 5000])
+def test_inverse_permutation_matches_cpu(n):
+    perm = torch.randperm(n, generator=gen(n))
+    inverse = ops.inverse_permutation.default(perm.to(CUDA)).cpu()
+    assert torch.equal(inverse, ops.inverse_permutation.default(perm))
+    assert torch.equal(inverse[perm], torch.arange(n))
+
+
+def test_empty_index_and_permutation():
+    empty = torch.empty(0, dtype=torch.long, device=CUDA)
+    assert ops.permutation_keys.default(empty, 1).numel() == 0
+    assert ops.inverse_permutation.default(empty).numel() == 0
+
+
+# ------------------------------------------------------------------------------ paired first layer
+
+
+def paired_inputs(n, h, s, dtype, with_source, seed=0):
+    m = s * n
+    a = randn(n, h, dtype=dtype, seed=seed)
+    b = randn(m, h, dtype=dtype, seed=seed + 1)
+    c = randn(m, h, dtype=dtype, seed=seed + 2) if with_source else None
+    bias = randn(h, dtype=dtype, seed=seed + 3, scale=0.5)
+    perm = torch.cat([torch.randperm(n, generator=gen(seed + 4 + k)) + k * n for k in range(s)])
+    return a, b, c, bias, perm
+
+
+def check_paired(n, h, s, dtype, with_source, activation, param, mask=(True, True, True, True)):
+    a, b, c, bias, perm = paired_inputs(n, h, s, dtype, with_source)
+    m = s * n
+    out_cpu = ops.paired_first_layer.default(a, b, c, bias, perm, activation, param)
+    out_cuda = ops.paired_first_layer.default(*to_cuda(a, b, c, bias, perm), activation, param)
+    assert_same(out_cuda, out_cpu, dtype)
+    grad_out = randn(2 * m, h, dtype=dtype, seed=99)
+    inverse = ops.inverse_permutation.default(perm)
+    args = (a, b, c, bias, perm, inverse)
+    grads_cpu = ops.paired_first_layer_backward.default(grad_out, *args, activation, param, list(mask))
+    grads_cuda = ops.paired_first_layer_backward.default(
+        *to_cuda(grad_out, *args), activation, param, list(mask))
+    wanted = [mask[0], mask[1], mask[2] and with_source, mask[3]]
+    for want, g_cuda, g_cpu in zip(wanted, grads_cuda, grads_cpu):
+        assert (g_cuda.numel() > 0) == want
+        assert_same(g_cuda, g_cpu, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation,param", ACTIVATIONS)
+@pytest.mark.parametrize("with_source", [False, True])
+def test_paired_first_layer_every_activation(dtype, activation, param, with_source):
+    check_paired(37, 45, 2, dtype, with_source, activation, param)
+
+
+# N = 2; N and H not multiples of the 16-row chunks, 8-warp blocks or 32-lane tiles; S > 1.
+@pytest.mark.parametrize("n,h,s", [(2, 1, 1), (2, 33, 3), (64, 257, 2), (300, 64, 1), (1000, 100, 4)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_source", [False, True])
+def test_paired_first_layer_shapes(n, h, s, dtype, with_source):
+    check_paired(n, h, s, dtype, with_source, "gelu", 0.0)
+
+
+@pytest.mark.parametrize("mask", [(True, False, False, False), (False, True, False, False),
+                                  (False, False, True, True), (False, False, False, False)])
+def test_paired_first_layer_only_requested_grads(mask):
+    check_paired(40, 20, 2, torch.float64, True, "elu", 1.0, mask)
+    check_paired(40, 20, 2, torch.float64, False, "elu", 1.0, mask)
+
+
+@pytest.mark.parametrize("with_source", [False, True])
+def test_paired_first_layer_autograd_matches_cpu(with_source):
+    a, b, c, bias, perm = paired_inputs(30, 17, 3, torch.float64, with_source)
+    leaves_cpu = [t.clone().requires_grad_() for t in (a, b, c, bias) if t is not None]
+    leaves_cuda = [t.to(CUDA).requires_grad_() for t in leaves_cpu]
+    weights = randn(180, 17, seed=5)
+
+    def run(leaves, device):
+        a_, b_, *rest = leaves
+        c_, bias_ = (rest[0], rest[1]) if with_source else (None, rest[0])
+        out = im.paired_first_layer(a_, b_, c_, bias_, perm.to(device), "silu")
+        return torch.autograd.grad((out * weights.to(device)).sum(), leaves)
+
+    for g_cuda, g_cpu in zip(run(leaves_cuda, CUDA), run(leaves_cpu, "cpu")):
+        assert_same(g_cuda, g_cpu, torch.float64)
+
+
+def test_paired_first_layer_rejects_half_precision():
+    a, b, c, bias, perm = to_cuda(*paired_inputs(4, 3, 1, torch.float32, False))
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        ops.paired_first_layer.default(a.bfloat16(), b.bfloat16(), None, bias.bfloat16(), perm, "relu", 0.0)
+
+
+# ------------------------------------------------------------------------------------ NWJ head/bound
+
+
+def check_head(rows, h, n_joint, dtype, activation, param, with_bias, with_grad_scores,
+               mask=(True, True, True)):
+    hidden = randn(rows, h, dtype=dtype, seed=1, scale=0.5)
+    w = randn(h, dtype=dtype, seed=2, scale=h ** -0.5)
+    bias = randn(1, dtype=dtype, seed=3) if with_bias else None
+    bound_cpu, scores_cpu, pre_cpu = ops.nwj_head.default(hidden, w, bias, n_joint, activation, param)
+    bound_cuda, scores_cuda, pre_cuda = ops.nwj_head.default(
+        *to_cuda(hidden, w, bias), n_joint, activation, param)
+    for got, want in [(bound_cuda, bound_cpu), (scores_cuda, scores_cpu), (pre_cuda, pre_cpu)]:
+        assert_same(got, want, dtype)
+    grad_bound = torch.tensor(-1.3, dtype=dtype)
+    grad_scores = randn(rows, dtype=dtype, seed=4) if with_grad_scores else None
+    args = (hidden, w, scores_cpu, pre_cpu)
+    grads_cpu = ops.nwj_head_backward.default(grad_bound, grad_scores, *args, n_joint, activation,
+                                              param, list(mask))
+    grads_cuda = ops.nwj_head_backward.default(*to_cuda(grad_bound, grad_scores, *args), n_joint,
+                                               activation, param, list(mask))
+    for want, g_cuda, g_cpu in zip(mask, grads_cuda, grads_cpu):
+        assert (g_cuda.numel() > 0) == want
+        assert_same(g_cuda, g_cpu, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation,param", ACTIVATIONS)
+def test_nwj_head_every_activation(dtype, activation, param):
+    check_head(70, 40, 35, dtype, activation, param, True, True)
+
+
+# Rows around the 32-row chunks and the 1024-score blocks of the sums; h around the 32 lanes.
+@pytest.mark.parametrize("rows,h,n_joint", [(4, 1, 2), (10, 7, 3), (66, 100, 33), (3000, 33, 1500),
+                                            (12000, 300, 6000), (2050, 64, 1)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_bias,with_grad_scores", [(True, False), (False, True)])
+def test_nwj_head_shapes(rows, h, n_joint, dtype, with_bias, with_grad_scores):
+    check_head(rows, h, n_joint, dtype, "identity", 0.0, with_bias, with_grad_scores)
+
+
+@pytest.mark.parametrize("mask", [(True, False, False), (False, True, False), (False, False, True),
+                                  (False, False, False)])
+def test_nwj_head_only_requested_grads(mask):
+    check_head(300, 20, 150, torch.float64, "relu", 0.0, True, False, mask)
+
+
+@pytest.mark.parametrize("n_joint,n_marg", [(1, 1), (5, 9), (1000, 3000), (5000, 5000)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nwj_bound_matches_cpu(n_joint, n_marg, dtype):
+    tj, tm = randn(n_joint, dtype=dtype, seed=1), randn(n_marg, dtype=dtype, seed=2)
+    assert_same(ops.nwj_bound.default(*to_cuda(tj, tm)), ops.nwj_bound.default(tj, tm), dtype)
+    grad = torch.tensor(0.7, dtype=dtype)
+    for got, want in zip(ops.nwj_bound_backward.default(*to_cuda(grad, tj, tm)),
+                         ops.nwj_bound_backward.default(grad, tj, tm)):
+        assert_same(got, want, dtype)
+
+
+def test_nwj_head_autograd_matches_cpu():
+    hidden, w, bias = randn(200, 30, seed=1), randn(30, seed=2), randn(1, seed=3)
+    leaves_cpu = [t.clone().requires_grad_() for t in (hidden, w, bias)]
+    leaves_cuda = [t.to(CUDA).requires_grad_() for t in leaves_cpu]
+
+    def run(leaves):
+        bound, scores = im.nwj_head(*leaves, 100, "softplus")
+        return torch.autograd.grad(bound + scores.square().sum(), leaves)
+
+    for g_cuda, g_cpu in zip(run(leaves_cuda), run(leaves_cpu)):
+        assert_same(g_cuda, g_cpu, torch.float64)
+
+
+# ---------------------------------------------------------------------------------- determinism
+
+
+def test_kernels_are_bit_identical_run_to_run():
+    n, h, s = 4096, 300, 2
+    a, b, c, bias, perm = to_cuda(*paired_inputs(n, h, s, torch.float32, True))
+    inverse = ops.inverse_permutation.default(perm)
+    grad_out = torch.randn(2 * s * n, h, device=CUDA)
+    hidden = torch.randn(2 * s * n, h, device=CUDA)
+    w, hb = torch.randn(h, device=CUDA) / h ** 0.5, torch.randn(1, device=CUDA)
+
+    def run():
+        out = ops.paired_first_layer.default(a, b, c, bias, perm, "relu", 0.0)
+        grads = ops.paired_first_layer_backward.default(grad_out, a, b, None, bias, perm, inverse,
+                                                        "relu", 0.0, [True, True, False, True])
+        bound, scores, pre = ops.nwj_head.default(hidden, w, hb, s * n, "identity", 0.0)
+        head_grads = ops.nwj_head_backward.default(bound * 0 + 1, scores, hidden, w, scores, pre,
+                                                   s * n, "identity", 0.0, [True, True, True])
+        nb = ops.nwj_bound.default(scores[: s * n], scores[s * n:])
+        nb_grads = ops.nwj_bound_backward.default(nb, scores[: s * n], scores[s * n:])
+        return [out, *grads, bound, scores, *head_grads, nb, *nb_grads]
+
+    first, second = run(), run()
+    for x, y in zip(first, second):
+        assert torch.equal(x, y)
+
+
+# ------------------------------------------------------------------------ the chain, end to end
+
+
+def small_chain(dtype=torch.float64):
+    torch.manual_seed(3)
+    return im.MutualInfoChain.from_sizes(12, 3, [16, 8], [torch.relu, torch.nn.functional.gelu]).to(dtype)
+
+
+@pytest.mark.parametrize("shuffled_grad", [False, True])
+@pytest.mark.parametrize("n,s", [(2, 1), (33, 1), (40, 3)])
+def test_paired_mutual_info_matches_cpu(shuffled_grad, n, s):
+    mi_cpu = small_chain()
+    mi_cuda = small_chain().to(CUDA)
+    assert im.backend(CUDA) == "compiled"
+    x = randn(n, 12, seed=1)
+    z = randn(s * n, 3, seed=2)
+    perm = im.latent_permutation(n, s, seed=7)
+
+    def run(mi, device):
+        zz = z.to(device).requires_grad_()
+        out = im.paired_mutual_info(mi, x.to(device), zz, perm.to(device), shuffled_grad=shuffled_grad)
+        leaves = [zz, *mi.parameters()]
+        return [out.bound, out.joint, out.shuffled,
+                *torch.autograd.grad(out.bound + out.shuffled.sum(), leaves)]
+
+    for got, want in zip(run(mi_cuda, CUDA), run(mi_cpu, "cpu")):
+        assert_same(got, want, torch.float64)
+
+
+def test_variational_mutual_info_same_seed_same_value_on_both_devices():
+    mi_cpu, mi_cuda = small_chain(), small_chain().to(CUDA)
+    x, z = randn(64, 12, seed=1), randn(64, 3, seed=2)
+    want = im.variational_mutual_info(mi_cpu, x, z, seed=11)
+    got = im.variational_mutual_info(mi_cuda, x.to(CUDA), z.to(CUDA), seed=11)
+    assert_same(got, want, torch.float64)
+
+
+def test_torch_compile_over_the_cuda_path():
+    """torch.compile of the MI loss runs the CUDA kernels (fake kernels let it trace them) and
+    gives eager's loss and gradients."""
+    mi = small_chain(torch.float32).to(CUDA)
+    x = torch.randn(64, 12, device=CUDA)
+    z = torch.randn(64, 3, device=CUDA, requires_grad=True)
+    perm = im.latent_permutation(64, 1, seed=5, device=CUDA)
+    leaves = [z, *mi.parameters()]
+
+    def loss_fn(x, z):
+        return -im.paired_mutual_info(mi, x, z, perm, shuffled_grad=True).bound
+
+    eager = loss_fn(x, z)
+    compiled = torch.compile(loss_fn)(x, z)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for got, want in zip(torch.autograd.grad(compiled, leaves), torch.autograd.grad(eager, leaves)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_on_cuda_matches_the_plain_pytorch_path(monkeypatch):
+    """A whole train_step on CUDA through the fused kernels gives the losses and the updated
+    weights of the same step through the exact two-call path (plain torch ops, same RNG)."""
+    def model():
+        torch.manual_seed(0)
+        enc = im.JointGaussianLogEncoder.from_sizes(16, 3, [24], [torch.relu])
+        dec = im.BernoulliDecoder.from_sizes(16, 3, [24], [torch.relu])
+        mi = im.MutualInfoChain.from_sizes(16, 3, [24, 12], [torch.relu, torch.relu])
+        return im.InfoMaxVAE(im.VAE(enc, dec), mi).double().to(CUDA)
+
+    def step(m):
+        opt = {"vae": torch.optim.SGD(m.vae.parameters(), 0.1),
+               "mi": torch.optim.SGD(m.mi.parameters(), 0.1)}
+        torch.manual_seed(5)
+        losses = im.train_step(m, x, opt, loss_return=True, infomaxloss_kwargs={"seed": 1},
+                               miloss_kwargs={"seed": 2})
+        return losses, [p.detach().clone() for p in m.parameters()]
+
+    x = torch.rand(32, 16, generator=gen(1), dtype=torch.float64).round().to(CUDA)
+    fused_model = model()
+    before = [p.detach().clone() for p in fused_model.parameters()]
+    fused_losses, fused_params = step(fused_model)
+    monkeypatch.setattr(mutual_info, "fused_plan", lambda mi: None)  # the two-call path
+    plain_losses, plain_params = step(model())
+    assert fused_losses == pytest.approx(plain_losses, rel=1e-9)
+    assert any(not torch.equal(b, p) for b, p in zip(before, fused_params))
+    for got, want in zip(fused_params, plain_params):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
