@@ -1,0 +1,329 @@
+"""Data for training: the scikit-learn digits, users' array files, validation and splits.
+
+Everything here returns an :class:`ArrayDataset`: samples ``x`` of shape ``(N, *sample_shape)``
+(float32), optional integer labels ``y`` of shape ``(N,)``, and what the plots need to know
+(``image_shape``, class names). Problems with the input raise :class:`DataError` with a message
+that names the file and the problem; nothing reaches torch before it has been checked.
+
+File formats (:func:`load_file`):
+
+- ``.npy``: one array, the samples. Labels may come from a second file (``labels=``).
+- ``.npz``: samples under ``x``, ``X``, ``data``, ``samples`` or ``images`` (or the only array in
+  the file); labels, if any, under ``y``, ``labels``, ``targets`` or ``target``.
+- ``.pt`` (read with ``torch.load(weights_only=True)``): a tensor (the samples), a tuple or list
+  ``(x,)`` / ``(x, y)``, or a dict with the keys above.
+
+Labels may be integers, integral floats or strings; they are mapped to codes ``0..K-1`` in sorted
+order, the original values kept as ``classes``. Object (pickled) arrays are refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DataError",
+    "ArrayDataset",
+    "LIKELIHOODS",
+    "load_digits",
+    "load_file",
+    "load_dataset",
+    "check_samples",
+    "train_val_split",
+    "short_error",
+]
+
+SAMPLE_KEYS = ("x", "X", "data", "samples", "images")
+LABEL_KEYS = ("y", "labels", "targets", "target")
+SUFFIXES = (".npy", ".npz", ".pt")
+LIKELIHOODS = ("bernoulli", "gaussian")
+MIN_SAMPLES = 8
+
+
+class DataError(ValueError):
+    """The data cannot be used: missing or unreadable file, wrong shape, bad values (see message)."""
+
+
+@dataclass
+class ArrayDataset:
+    """Samples ``x`` (N, *sample_shape) float32 with optional labels ``y`` (N,) int64.
+
+    ``classes[k]`` is the original label of code ``k``; ``image_shape`` ``(H, W)`` says how to draw
+    one sample as an image (``None``: draw it as a strip); ``source`` names where it came from."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+    source: str = "arrays"
+    image_shape: tuple[int, int] | None = None
+    classes: list[str] | None = None
+    indices: torch.Tensor | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, ``x.shape[1:]``."""
+        return tuple(self.x.shape[1:])
+
+    def subset(self, index: torch.Tensor) -> "ArrayDataset":
+        """The samples (and labels) at ``index`` (K,) int64, in that order."""
+        return ArrayDataset(self.x[index], None if self.y is None else self.y[index], self.source,
+                            self.image_shape, self.classes, index)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the samples and labels (shape, dtype and bytes): identifies the data of a run."""
+        h = hashlib.sha256()
+        for t in (self.x, self.y):
+            if t is None:
+                h.update(b"none")
+                continue
+            a = t.detach().cpu().contiguous().numpy()
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
+    def describe(self) -> dict:
+        """JSON summary: source, number of samples, sample shape, classes, fingerprint."""
+        return {
+            "source": self.source,
+            "n_samples": len(self),
+            "sample_shape": list(self.sample_shape),
+            "n_classes": None if self.classes is None else len(self.classes),
+            "fingerprint": self.fingerprint(),
+        }
+
+
+# ----------------------------------------------------------------------------- built-in data
+
+def load_digits() -> ArrayDataset:
+    """scikit-learn's handwritten digits: 1,797 real 8x8 images shipped with scikit-learn (no
+    download). ``x`` (1797, 64) float32, pixel intensities 0..16 scaled to [0, 1] for the
+    Bernoulli decoder; ``y`` (1797,) the digit 0-9."""
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError:  # pragma: no cover - scikit-learn is a training dependency
+        raise DataError(
+            "the digits data set needs scikit-learn: pip install 'infomax_ext[train]'"
+        ) from None
+    digits = sk_load_digits()
+    x = torch.as_tensor(digits.data / 16.0, dtype=torch.float32)
+    y = torch.as_tensor(digits.target, dtype=torch.int64)
+    return ArrayDataset(x, y, "digits", (8, 8), [str(k) for k in range(10)])
+
+
+# ----------------------------------------------------------------------------- files
+
+def short_error(exc: BaseException, limit: int = 160) -> str:
+    """``"Type: first line of the message"``, cut to ``limit`` characters; torch's refusal to
+    unpickle arbitrary objects is said in one sentence."""
+    text = str(exc).strip()
+    if "Weights only load failed" in text:
+        return ("torch.load(weights_only=True) refused it: it holds Python objects other than "
+                "tensors and tuples, lists or dicts of them, or it is damaged")
+    first = text.splitlines()[0] if text else ""
+    if len(first) > limit:
+        first = first[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _as_numpy(value, what: str, path: Path) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    raise DataError(f"{path}: {what} must be an array or tensor, found {type(value).__name__}")
+
+
+def _pick(mapping: dict, keys: Sequence[str]):
+    for key in keys:
+        if key in mapping:
+            return key
+    return None
+
+
+def _from_mapping(mapping: dict, path: Path):
+    names = [str(k) for k in mapping]
+    x_key, y_key = _pick(mapping, SAMPLE_KEYS), _pick(mapping, LABEL_KEYS)
+    if x_key is None:
+        rest = [k for k in mapping if k != y_key]
+        if len(rest) != 1:
+            raise DataError(
+                f"{path}: cannot tell which entry holds the samples (found {names}); name it one "
+                f"of {list(SAMPLE_KEYS)} (labels: one of {list(LABEL_KEYS)})"
+            )
+        x_key = rest[0]
+    x = _as_numpy(mapping[x_key], f"entry {x_key!r}", path)
+    y = None if y_key is None else _as_numpy(mapping[y_key], f"entry {y_key!r}", path)
+    return x, y
+
+
+def _read_file(path: Path):
+    """``(samples, labels or None)`` as numpy arrays, from a .npy, .npz or .pt file."""
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if not path.is_file():
+        raise DataError(f"data path is not a file: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix or '(none)'!r}; use .npy, .npz or .pt"
+        )
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False), None
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return _from_mapping({k: archive[k] for k in archive.files}, path)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "pickle" in str(exc).lower():
+            raise DataError(
+                f"{path} is not a valid {suffix} file of numeric arrays: it is corrupt, or it "
+                "holds pickled Python objects (refused; save plain arrays with np.save, "
+                "np.savez or torch.save of tensors)"
+            ) from None
+        raise DataError(
+            f"{path} is corrupt or not a valid {suffix} file ({short_error(exc)})") from None
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, OSError, UnpicklingError, ...
+        raise DataError(
+            f"{path} is corrupt or not a valid {suffix} file ({short_error(exc)})") from None
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return _as_numpy(obj, "the file", path), None
+    if isinstance(obj, (tuple, list)):
+        if len(obj) not in (1, 2):
+            raise DataError(f"{path}: a tuple/list must be (x,) or (x, y), found {len(obj)} items")
+        x = _as_numpy(obj[0], "item 0 (samples)", path)
+        y = _as_numpy(obj[1], "item 1 (labels)", path) if len(obj) == 2 else None
+        return x, y
+    if isinstance(obj, dict):
+        return _from_mapping(obj, path)
+    raise DataError(
+        f"{path}: expected a tensor, a tuple (x, y) or a dict of tensors, found {type(obj).__name__}"
+    )
+
+
+def _image_shape(sample_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    if len(sample_shape) == 2:
+        return sample_shape
+    if len(sample_shape) == 3 and sample_shape[0] == 1:
+        return sample_shape[1:]
+    if len(sample_shape) == 1:
+        side = math.isqrt(sample_shape[0])
+        if side > 1 and side * side == sample_shape[0]:
+            return side, side
+    return None
+
+
+def _encode_labels(y: np.ndarray, n: int, path) -> tuple[torch.Tensor, list[str]]:
+    if y.dtype == object or y.dtype.kind not in "biufUS":
+        raise DataError(f"{path}: labels must be numbers or strings, found dtype {y.dtype}")
+    y = np.squeeze(y) if y.ndim == 2 and 1 in y.shape else y
+    if y.ndim != 1:
+        raise DataError(f"{path}: labels must be one per sample, shape (N,), found {y.shape}")
+    if y.shape[0] != n:
+        raise DataError(f"{path}: {y.shape[0]} labels for {n} samples; give exactly one per sample")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise DataError(f"{path}: float labels must be whole numbers (class ids)")
+        y = y.astype(np.int64)
+    classes, codes = np.unique(y, return_inverse=True)
+    return torch.as_tensor(codes.reshape(-1), dtype=torch.int64), [str(c) for c in classes]
+
+
+def check_samples(x, likelihood: str = "bernoulli", source: str = "data") -> torch.Tensor:
+    """The samples as float32 ``(N, *sample_shape)`` after checking them for ``likelihood``.
+
+    Raises :class:`DataError` for: non-numeric dtypes, fewer than 2 dimensions, fewer than
+    ``MIN_SAMPLES`` samples, empty samples, NaN or infinite values, and (Bernoulli decoder) values
+    outside [0, 1]."""
+    if likelihood not in LIKELIHOODS:
+        raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype == object or x.dtype.kind not in "biuf":
+        raise DataError(f"{source}: samples must be numeric, found dtype {x.dtype}")
+    if x.ndim < 2:
+        raise DataError(
+            f"{source}: samples must be an array of shape (N, features...) with one sample per "
+            f"row, found shape {x.shape}; a single feature per sample is (N, 1)"
+        )
+    if x.shape[0] < MIN_SAMPLES:
+        raise DataError(f"{source}: {x.shape[0]} samples; need at least {MIN_SAMPLES} "
+                        "(training and held-out batches of 2 or more)")
+    if math.prod(x.shape[1:]) == 0:
+        raise DataError(f"{source}: samples are empty (shape {x.shape})")
+    x = x.astype(np.float32, copy=False)
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise DataError(f"{source}: {bad} values are NaN or infinite; clean the data first")
+    if likelihood == "bernoulli":
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise DataError(
+                f"{source}: values range over [{lo:g}, {hi:g}] but the Bernoulli decoder needs "
+                "them in [0, 1]; rescale the data (8-bit images: divide by 255) or use "
+                "--likelihood gaussian"
+            )
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def load_file(path, labels=None, likelihood: str = "bernoulli") -> ArrayDataset:
+    """An :class:`ArrayDataset` from a ``.npy``, ``.npz`` or ``.pt`` file (see the module
+    docstring), labels optionally from a second file ``labels`` (same formats, one array)."""
+    path = Path(path)
+    x, y = _read_file(path)
+    samples = check_samples(x, likelihood, str(path))
+    if labels is not None:
+        if y is not None:
+            raise DataError(f"{path} already holds labels; do not also pass a labels file")
+        labels = Path(labels)
+        y, extra = _read_file(labels)
+        if extra is not None:
+            raise DataError(f"{labels}: a labels file must hold a single array")
+    codes, classes = (None, None) if y is None else _encode_labels(
+        y, samples.shape[0], labels if labels is not None else path)
+    return ArrayDataset(samples, codes, str(path), _image_shape(tuple(samples.shape[1:])), classes)
+
+
+def load_dataset(source: str | None = None, labels=None, likelihood: str = "bernoulli") -> ArrayDataset:
+    """``source`` None or ``"digits"``: :func:`load_digits`; otherwise :func:`load_file`."""
+    if source is None or source == "digits":
+        if labels is not None:
+            raise DataError("a labels file goes with a data file; the digits carry their labels")
+        data = load_digits()
+        check_samples(data.x, likelihood, "digits")
+        return data
+    return load_file(source, labels, likelihood)
+
+
+# ----------------------------------------------------------------------------- splits
+
+def train_val_split(dataset: ArrayDataset, val_fraction: float,
+                    seed: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """A seeded random split into a training and a held-out part.
+
+    The held-out part has ``round(val_fraction * N)`` samples (``0 < val_fraction < 1``); both
+    parts must keep at least 2 samples (the MI bound shuffles across a batch). The same seed and
+    data always give the same split."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"the held-out fraction must lie strictly between 0 and 1, got {val_fraction}")
+    n = len(dataset)
+    n_val = int(round(val_fraction * n))
+    if n_val < 2 or n - n_val < 2:
+        raise DataError(
+            f"a held-out fraction of {val_fraction} leaves {n - n_val} training and {n_val} held-out "
+            f"samples out of {n}; each part needs at least 2"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return dataset.subset(perm[n_val:].sort().values), dataset.subset(perm[:n_val].sort().values)

@@ -1,0 +1,176 @@
+"""The ``infomax-ext train`` command end to end, on a tiny budget."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from infomax_ext import InfoMaxVAE
+from infomax_ext.cli import main
+from infomax_ext.trainer import Trainer
+
+TINY = ["--epochs", "2", "--latent-dim", "2", "--encoder-neurons", "16", "--decoder-neurons", "16",
+        "--mi-neurons", "16", "--eval-mi-steps", "10", "--batch-size", "128", "--quiet"]
+METRICS = {"mi", "active_units", "probe_accuracy", "recon_loglik", "kl"}
+PLOTS = ["training_curves.png", "latent_space.png", "reconstructions.png", "prior_samples.png",
+         "active_units.png"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The command sets (and restores) one thread itself; the fixture covers the tests' own work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def usage_error(argv, capsys) -> str:
+    """Run ``main(argv)``, expect argparse's exit code 2, return stderr."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def is_png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_compare_vae_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--compare-vae", "--out", str(out), *TINY]) == 0
+    stdout = capsys.readouterr().out
+    assert "| held-out metric" in stdout and "plain VAE (alpha=0)" in stdout
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["compare_vae"] is True and config["data"]["source"] == "digits"
+    assert config["data"]["n_samples"] == 1797 and config["train"]["epochs"] == 2
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert METRICS <= set(comparison["infomax"]) and METRICS <= set(comparison["vae"])
+    assert comparison["infomax"]["alpha"] == 10.0 and comparison["vae"]["alpha"] == 0.0
+    assert "| active units (of 2, Var > 0.01)" in (out / "comparison.md").read_text()
+    assert is_png(out / "comparison.png")
+    for name in ("infomax", "vae"):
+        run = out / name
+        assert [r["epoch"] for r in jsonl(run / "metrics.jsonl")] == [1, 2]
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics == comparison[name]
+        assert 0.0 <= metrics["probe_accuracy"] <= 1.0 and 0 <= metrics["active_units"] <= 2
+        assert all(is_png(run / p) for p in PLOTS)
+        assert json.loads((run / "config.json").read_text())["train"]["alpha"] == metrics["alpha"]
+        model = InfoMaxVAE.load(run / "model")
+        assert model.vae.encoder.config["n_latent"] == 2
+    # same seed and architecture: both models started from the same weights
+    start_a = Trainer.create(TrainConfig_from(out / "infomax"), torch.zeros(128, 64)).model
+    start_b = Trainer.create(TrainConfig_from(out / "vae"), torch.zeros(128, 64)).model
+    assert all(torch.equal(a, b) for a, b in zip(start_a.vae.parameters(), start_b.vae.parameters()))
+
+
+def TrainConfig_from(run):
+    from infomax_ext.trainer import TrainConfig
+
+    return TrainConfig.from_dict(json.loads((run / "config.json").read_text())["train"])
+
+
+def test_resume_continues_where_it_stopped(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = TINY[2:]  # all but --epochs 2
+    assert main(["train", "--out", out, "--epochs", "1", "--no-plots", *args]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", out, "--epochs", "3", "--no-plots", "--quiet"]) == 0
+    assert "resuming at epoch 2 of 3" in capsys.readouterr().out
+    assert [r["epoch"] for r in jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 3
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 3
+
+    err = usage_error(["train", "--resume", "--out", out, "--beta", "7"], capsys)
+    assert "--beta 7.0 differs from the value the run was started with (2.0)" in err
+    assert "needs --out" in usage_error(["train", "--resume"], capsys)
+    assert "already holds a run; pass --resume" in usage_error(["train", "--out", out], capsys)
+    assert main(["train", "--resume", "--out", str(tmp_path)]) == 1
+    assert "no run to resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs: must be a positive integer"),
+    (["--beta", "-1"], "--beta: must be a non-negative finite number"),
+    (["--alpha", "nan"], "--alpha: must be a non-negative finite number"),
+    (["--batch-size", "1"], "--batch-size: must be at least 2"),
+    (["--val-fraction", "1.5"], "--val-fraction: must lie strictly between 0 and 1"),
+    (["--encoder-neurons", "64,x"], "--encoder-neurons: expected comma-separated layer widths"),
+    (["--mi-neurons", "none"], "mi_neurons needs at least one hidden layer"),
+    (["--lr", "0"], "--lr: must be a positive finite number"),
+    (["--activation", "swish"], "--activation: invalid choice"),
+    (["--device", "tpu"], "--device: unknown device 'tpu'"),
+    (["--batch-size", "4000"], "--batch-size 4000 exceeds the 1438 training samples"),
+])
+def test_bad_options_are_refused_with_a_message(tmp_path, capsys, argv, message):
+    err = usage_error(["train", "--out", str(tmp_path / "run"), "--quiet", *argv], capsys)
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_missing_or_corrupt_data_file(tmp_path, capsys):
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    for name, message in [("missing.npy", "data file not found"), ("bad.npz", "is corrupt")]:
+        assert main(["train", "--data", str(tmp_path / name), "--out", str(tmp_path / "r"),
+                     "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert f"infomax-ext train: error: {message}" in err or message in err
+        assert "Traceback" not in err
+    np.save(tmp_path / "big.npy", np.full((40, 4), 200.0))
+    assert main(["train", "--data", str(tmp_path / "big.npy"), "--out", str(tmp_path / "r")]) == 1
+    assert "--likelihood gaussian" in capsys.readouterr().err
+
+
+def test_user_files_with_and_without_labels(tmp_path, capsys):
+    g = np.random.default_rng(0)
+    x = g.random((60, 5, 5)) * 3.0
+    np.savez(tmp_path / "d.npz", x=x, y=np.array(["a", "b", "c"] * 20))
+    np.save(tmp_path / "d.npy", x / 3.0)
+    small = ["--epochs", "1", "--latent-dim", "3", "--encoder-neurons", "8", "--decoder-neurons",
+             "8", "--mi-neurons", "8", "--eval-mi-steps", "5", "--batch-size", "16", "--quiet"]
+    assert main(["train", "--data", str(tmp_path / "d.npz"), "--likelihood", "gaussian",
+                 "--out", str(tmp_path / "a"), *small]) == 0
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["probe_accuracy"] is not None and metrics["n_test"] == 12
+    assert all(is_png(tmp_path / "a" / p) for p in PLOTS)
+    assert main(["train", "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "b"),
+                 "--no-plots", *small]) == 0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["probe_accuracy"] is None
+    assert "probe accuracy n/a" in capsys.readouterr().out
+
+
+def test_ctrl_c_leaves_a_resumable_run(tmp_path, capsys, monkeypatch):
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    out = str(tmp_path / "run")
+    assert main(["train", "--out", out, *TINY]) == 130
+    assert f"infomax-ext train --resume --out {out}" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "infomax_ext", "train", "--epochs", "-3"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "--epochs: must be a positive integer" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_training_extras_are_named(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "sklearn" else real(name, *a))
+    assert main(["train", "--out", str(tmp_path / "run")]) == 1
+    assert "pip install 'infomax_ext[train]'" in capsys.readouterr().err

@@ -1,0 +1,144 @@
+"""infomax_ext.data: the digits, users' files, validation with clear messages, splits."""
+import numpy as np
+import pytest
+import torch
+
+from infomax_ext.data import (
+    DataError,
+    check_samples,
+    load_dataset,
+    load_digits,
+    load_file,
+    train_val_split,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small networks: one thread is as fast, and immune to a busy machine's other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def samples(n=20, shape=(6,), seed=0):
+    return np.random.default_rng(seed).random((n, *shape)).astype(np.float32)
+
+
+def test_digits_are_real_8x8_images_in_unit_range():
+    data = load_digits()
+    assert data.x.shape == (1797, 64) and data.x.dtype == torch.float32
+    assert float(data.x.min()) == 0.0 and float(data.x.max()) == 1.0
+    assert data.y.shape == (1797,) and set(data.y.tolist()) == set(range(10))
+    assert data.image_shape == (8, 8) and data.classes == [str(k) for k in range(10)]
+    assert load_dataset(None).fingerprint() == data.fingerprint()
+
+
+def test_npy_with_labels_file(tmp_path):
+    x = samples(20, (4, 4))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.array(["cat", "dog"] * 10))
+    data = load_file(tmp_path / "x.npy", labels=tmp_path / "y.npy")
+    assert torch.equal(data.x, torch.from_numpy(x))
+    assert data.y.tolist() == [0, 1] * 10 and data.classes == ["cat", "dog"]
+    assert data.image_shape == (4, 4) and data.sample_shape == (4, 4)
+
+
+def test_npz_and_pt_forms(tmp_path):
+    x, y = samples(), np.arange(20) % 3
+    np.savez(tmp_path / "a.npz", images=x, labels=y)
+    np.savez(tmp_path / "b.npz", x)  # a single unnamed array: the samples
+    torch.save({"x": torch.from_numpy(x), "y": torch.from_numpy(y)}, tmp_path / "c.pt")
+    torch.save((torch.from_numpy(x), torch.from_numpy(y).float()), tmp_path / "d.pt")
+    torch.save(torch.from_numpy(x), tmp_path / "e.pt")
+    for name, has_labels in [("a.npz", True), ("b.npz", False), ("c.pt", True), ("d.pt", True),
+                             ("e.pt", False)]:
+        data = load_file(tmp_path / name)
+        assert torch.equal(data.x, torch.from_numpy(x)), name
+        assert (data.y is not None) == has_labels, name
+        if has_labels:
+            assert data.y.tolist() == y.tolist(), name
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "data file not found"),
+    (lambda p: p.write_bytes(b"\x93NUMPY garbage"), "corrupt or not a valid .npy"),
+    (lambda p: p.write_bytes(b"random bytes"), "corrupt"),
+])
+def test_missing_or_corrupt_npy(tmp_path, make, message):
+    path = tmp_path / "x.npy"
+    make(path)
+    with pytest.raises(DataError, match=message):
+        load_file(path)
+
+
+def test_corrupt_npz_and_pt(tmp_path):
+    (tmp_path / "x.npz").write_bytes(b"PK\x03\x04 truncated zip")
+    (tmp_path / "x.pt").write_bytes(b"\x80\x02 not a torch file")
+    for name in ("x.npz", "x.pt"):
+        with pytest.raises(DataError, match=f"x{name[1:]} is corrupt"):
+            load_file(tmp_path / name)
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    np.save(tmp_path / "x.npy", np.array([{"a": 1}] * 10, dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="pickled Python objects"):
+        load_file(tmp_path / "x.npy")
+
+
+@pytest.mark.parametrize("x, likelihood, message", [
+    (np.zeros(20), "bernoulli", r"shape \(N, features\.\.\.\)"),
+    (np.zeros((3, 4)), "bernoulli", "need at least 8"),
+    (np.full((20, 4), np.nan), "gaussian", "NaN or infinite"),
+    (np.full((20, 4), 255.0), "bernoulli", r"\[0, 1\].*divide by 255.*--likelihood gaussian"),
+    (np.array([["a"] * 4] * 20), "bernoulli", "must be numeric"),
+])
+def test_bad_samples_are_named(x, likelihood, message):
+    with pytest.raises(DataError, match=message):
+        check_samples(x, likelihood, "my.npy")
+
+
+def test_gaussian_likelihood_accepts_any_finite_values():
+    assert check_samples(np.full((20, 4), 255.0), "gaussian").shape == (20, 4)
+
+
+def test_bad_files_and_labels(tmp_path):
+    np.save(tmp_path / "x.npy", samples())
+    np.save(tmp_path / "short.npy", np.arange(5))
+    np.save(tmp_path / "frac.npy", np.linspace(0, 1, 20))
+    np.savez(tmp_path / "many.npz", a=samples(), b=samples())
+    (tmp_path / "x.csv").write_text("1,2\n")
+    cases = [
+        (lambda: load_file(tmp_path / "x.npy", labels=tmp_path / "short.npy"), "5 labels for 20"),
+        (lambda: load_file(tmp_path / "x.npy", labels=tmp_path / "frac.npy"), "whole numbers"),
+        (lambda: load_file(tmp_path / "many.npz"), "cannot tell which entry"),
+        (lambda: load_file(tmp_path / "x.csv"), "unsupported file type"),
+        (lambda: load_file(tmp_path), "not a file"),
+        (lambda: load_dataset("digits", labels=tmp_path / "short.npy"), "digits carry"),
+    ]
+    for call, message in cases:
+        with pytest.raises(DataError, match=message):
+            call()
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    data = load_file_free(30)
+    a_train, a_val = train_val_split(data, 0.2, seed=3)
+    b_train, b_val = train_val_split(data, 0.2, seed=3)
+    assert len(a_val) == 6 and len(a_train) == 24
+    assert torch.equal(a_train.indices, b_train.indices) and torch.equal(a_val.indices, b_val.indices)
+    together = torch.cat([a_train.indices, a_val.indices]).sort().values
+    assert torch.equal(together, torch.arange(30))
+    assert torch.equal(a_val.x, data.x[a_val.indices]) and torch.equal(a_val.y, data.y[a_val.indices])
+    c_train, _ = train_val_split(data, 0.2, seed=4)
+    assert not torch.equal(a_train.indices, c_train.indices)
+    for fraction in (0.0, 1.0, 0.01):
+        with pytest.raises(DataError, match="held-out fraction"):
+            train_val_split(data, fraction, seed=0)
+
+
+def load_file_free(n):
+    from infomax_ext.data import ArrayDataset
+
+    return ArrayDataset(torch.from_numpy(samples(n)), torch.arange(n) % 2)

@@ -1,0 +1,170 @@
+"""infomax_ext.trainer: config validation, the epoch loop, checkpoints and exact resumption."""
+import json
+import math
+
+import pytest
+import torch
+
+from infomax_ext import InfoMaxVAE, trainer as trainer_module
+from infomax_ext.serialization import safe_torch_load
+from infomax_ext.trainer import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    TrainConfig,
+    Trainer,
+    TrainingError,
+    build_model,
+    fit,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small networks: one thread is as fast, and immune to a busy machine's other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**kw):
+    base = dict(latent_dim=2, encoder_neurons=[8], decoder_neurons=[8], mi_neurons=[8],
+                epochs=2, batch_size=16, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def data(n=50, size=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, size, generator=g), torch.rand(12, size, generator=g)
+
+
+RECORD_KEYS = {"epoch", "vae_loss", "mi_loss", "mi", "val_recon_loglik", "val_kl",
+               "val_active_units", "seconds"}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("latent_dim", 0, "latent_dim must be a positive integer"),
+    ("batch_size", 1, "batch_size must be at least 2"),
+    ("beta", -1.0, "beta must be a non-negative"),
+    ("alpha", math.nan, "alpha must be a non-negative finite"),
+    ("lr", 0.0, "lr must be a positive"),
+    ("val_fraction", 1.0, "val_fraction must lie strictly between 0 and 1"),
+    ("encoder_neurons", [8, 0], "encoder_neurons must be a list of positive integers"),
+    ("mi_neurons", [], "mi_neurons needs at least one hidden layer"),
+    ("activation", "swish", "activation must be one of"),
+    ("likelihood", "poisson", "likelihood must be one of"),
+])
+def test_config_validation_names_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**{field: value}).validate()
+
+
+def test_config_round_trips_through_json():
+    config = tiny(beta=3.0, reuse_forward=True)
+    again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    with pytest.raises(ValueError, match="unknown training options"):
+        TrainConfig.from_dict({**config.to_dict(), "gamma": 1})
+
+
+def test_build_model_saves_and_reloads(tmp_path):
+    model = build_model(tiny(likelihood="gaussian"), (2, 3))
+    model.save(tmp_path)
+    loaded = InfoMaxVAE.load(tmp_path)
+    assert type(loaded.vae.decoder).__name__ == "SimpleGaussianDecoder"
+    assert loaded.vae(torch.rand(4, 2, 3)).mu.shape == (4, 2, 3)
+
+
+def test_fit_trains_logs_and_checkpoints(tmp_path):
+    x, v = data()
+    trainer = Trainer.create(tiny(), x, v, tmp_path, progress=False)
+    before = {k: t.clone() for k, t in trainer.model.state_dict().items()}
+    seen = []
+    trainer.callbacks.append(lambda tr, record: seen.append(record["epoch"]))
+    history = trainer.fit()
+    assert seen == [1, 2] and [r["epoch"] for r in history] == [1, 2]
+    assert set(history[0]) == RECORD_KEYS
+    assert all(math.isfinite(r["vae_loss"]) and r["mi"] == -r["mi_loss"] for r in history)
+    after = trainer.model.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before)  # every tensor moved
+    lines = (tmp_path / METRICS_FILE).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == history
+    checkpoint = safe_torch_load(tmp_path / CHECKPOINT_FILE)  # weights_only=True
+    assert checkpoint["epoch"] == 2 and checkpoint["config"] == tiny().to_dict()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_same_seed_same_model():
+    x, v = data()
+    model_a, _ = fit(tiny(), x, v, progress=False)
+    model_b, _ = fit(tiny(), x, v, progress=False)
+    for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("reuse_forward", [False, True])
+def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, reuse_forward):
+    x, v = data()
+    config = tiny(epochs=3, reuse_forward=reuse_forward)
+    straight = Trainer.create(config, x, v, tmp_path / "a", progress=False)
+    straight.fit()
+
+    first = Trainer.create(tiny(epochs=1, reuse_forward=reuse_forward), x, v, tmp_path / "b",
+                           progress=False)
+    first.fit()
+    torch.manual_seed(123)  # whatever happens in between does not matter
+    resumed = Trainer.from_checkpoint(tmp_path / "b" / CHECKPOINT_FILE, x, v, epochs=3,
+                                      progress=False)
+    assert resumed.epoch == 1 and resumed.run_dir == tmp_path / "b"
+    resumed.fit()
+    assert resumed.epoch == 3
+    for k, a in straight.model.state_dict().items():
+        assert torch.equal(a, resumed.model.state_dict()[k]), k
+    for name in ("vae", "mi"):
+        sa = straight.optimizers[name].state_dict()["state"]
+        sb = resumed.optimizers[name].state_dict()["state"]
+        assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    drop = lambda h: [{k: r[k] for k in r if k != "seconds"} for r in h]  # noqa: E731
+    assert drop(straight.history) == drop(resumed.history)
+    lines = (tmp_path / "b" / METRICS_FILE).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_resume_refuses_other_data_and_bad_checkpoints(tmp_path):
+    x, v = data()
+    Trainer.create(tiny(epochs=1), x, v, tmp_path, progress=False).fit()
+    with pytest.raises(TrainingError, match="not the same data"):
+        Trainer.from_checkpoint(tmp_path / CHECKPOINT_FILE, x[:40], v, progress=False)
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        Trainer.from_checkpoint(tmp_path / "bad.pt", x, v)
+    torch.save({"epoch": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an infomax_ext training checkpoint"):
+        Trainer.from_checkpoint(tmp_path / "other.pt", x, v)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
+    x, v = data()
+    trainer = Trainer.create(tiny(), x, v, tmp_path, progress=False)
+    monkeypatch.setattr(trainer_module, "train_step", lambda *a, **k: (math.nan, 0.0))
+    with pytest.raises(TrainingError, match="non-finite at epoch 1.*lower lr"):
+        trainer.fit()
+    assert not (tmp_path / CHECKPOINT_FILE).exists()
+
+
+def test_batches_never_hold_a_single_sample():
+    x, _ = data(n=33)  # 33 = 2 * 16 + 1: the last batch of one sample is dropped
+    sizes = [len(b) for (b,) in Trainer.create(tiny(), x, progress=False)._loader(1)]
+    assert sizes == [16, 16]
+    with pytest.raises(ValueError, match="batch_size 64 exceeds the 33 training samples"):
+        Trainer.create(tiny(batch_size=64), x, progress=False)
+
+
+def test_fit_runs_without_tqdm(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails as if not installed
+    x, v = data()
+    history = Trainer.create(tiny(epochs=1), x, v, progress=True).fit()
+    assert len(history) == 1
