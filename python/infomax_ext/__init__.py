@@ -33,6 +33,8 @@ from .mutual_info import (
     shuffle_latent,
     variational_mutual_info,
 )
+from .serialization import load_model, save_model
+from .trainer import TrainConfig, Trainer, fit
 from .vae import (
     VAE,
     BernoulliDecoder,
