@@ -1,0 +1,356 @@
+"""Shared pieces of the infomax_ext benchmarks.
+
+- the two MI chains of the benchmark (``paper_chain``, ``julia_default_chain``);
+- the loss variants (``ours_loss``, ``naive_loss``, ``shared_loss``), all returning the MI loss
+  ``-(mean T(x, z) - mean exp(T(x, z[perm]) - 1))``;
+- the analytic GEMM FLOP model of each variant (``chain_layout``, ``naive_gemms``,
+  ``shared_gemms``, ``ours_gemms``) and the GEMM replay used as a second floor;
+- interleaved round-robin timing and percentile helpers;
+- agreement checks between variants.
+
+Imported by ``bench/bench_cpu.py`` (the script's folder is on ``sys.path`` when it is run as
+``python bench/bench_cpu.py``). Nothing here asserts on time.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+import infomax_ext
+import infomax_ext.mutual_info as _mutual_info
+from infomax_ext import MutualInfoChain, paired_mutual_info
+
+# ----------------------------------------------------------------------------------------------
+# Chains
+# ----------------------------------------------------------------------------------------------
+
+N_DATA, N_LATENT = 784, 10
+
+
+def paper_chain() -> MutualInfoChain:
+    """P: the paper's MNIST chain. data = identity on x (784), latent = identity on z (10),
+    MLP 794-1000-400-100-1 with ReLU (PyTorch's default Linear init)."""
+    mlp = nn.Sequential(
+        nn.Linear(N_DATA + N_LATENT, 1000), nn.ReLU(),
+        nn.Linear(1000, 400), nn.ReLU(),
+        nn.Linear(400, 100), nn.ReLU(),
+        nn.Linear(100, 1),
+    )
+    return MutualInfoChain(nn.Identity(), nn.Identity(), mlp)
+
+
+def julia_default_chain() -> MutualInfoChain:
+    """T: the Julia package's default builder: data Linear(784, 784), latent Linear(10, 10),
+    MLP 794-256-256-1 with ReLU."""
+    return MutualInfoChain.from_sizes(N_DATA, N_LATENT, [256, 256], [torch.relu, torch.relu])
+
+
+CHAINS: dict[str, tuple[str, Callable[[], MutualInfoChain]]] = {
+    "P": ("paper MNIST chain, MLP 794-1000-400-100-1", paper_chain),
+    "T": ("Julia default chain, Linear(784,784)+Linear(10,10), MLP 794-256-256-1",
+          julia_default_chain),
+}
+
+# ----------------------------------------------------------------------------------------------
+# Loss variants. Each takes (mi, x, z, perm, shuffled_grad) and returns the 0-dim MI loss.
+# ----------------------------------------------------------------------------------------------
+
+
+def ours_loss(mi, x, z, perm, shuffled_grad: bool):
+    """infomax_ext: ``paired_mutual_info`` (shared evaluation, fused kernels)."""
+    return -paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad).bound
+
+
+def naive_loss(mi, x, z, perm, shuffled_grad: bool):
+    """Two calls of the chain, as the Julia and paper code do, in plain torch ops."""
+    z_shuffle = (z if shuffled_grad else z.detach())[perm]
+    return -(mi(x, z).mean() - torch.exp(mi(x, z_shuffle) - 1).mean())
+
+
+def shared_loss(mi, x, z, perm, shuffled_grad: bool):
+    """The shared-computation algorithm in plain PyTorch (torch ops only).
+
+    data(x) and latent(z) once; the first Linear split into its data and latent halves; the data
+    half (with the bias) computed once for both the joint and the shuffled rows; the shuffled
+    latent half a row gather of the joint one (``shuffled_grad=True``) or of the latent half of
+    ``z.detach()`` (``False``: shuffled codes are constants); the rest of the MLP on 2N rows.
+    """
+    n = x.shape[0]
+    layers = list(mi.mlp)
+    first = layers[0]
+    hx = mi.data(x).reshape(n, -1)
+    hz = mi.latent(z)
+    dx = hx.shape[1]
+    w_data, w_latent = first.weight[:, :dx], first.weight[:, dx:]
+    if first.bias is not None:
+        data_half = torch.addmm(first.bias, hx, w_data.t())
+    else:
+        data_half = torch.mm(hx, w_data.t())
+    latent_half = torch.mm(hz, w_latent.t())
+    if shuffled_grad:
+        shuffled_half = latent_half[perm]
+    else:
+        shuffled_half = torch.mm(mi.latent(z.detach()), w_latent.t())[perm]
+    h = (torch.stack([latent_half, shuffled_half]) + data_half).reshape(2 * n, -1)
+    for layer in layers[1:]:
+        h = layer(h)
+    t = h.reshape(-1)
+    return -(t[:n].mean() - torch.exp(t[n:] - 1).mean())
+
+
+@contextlib.contextmanager
+def two_call_path():
+    """Inside: ``paired_mutual_info`` takes its exact two-call path for every chain (the
+    library's ``fused_plan`` is patched to return None, as for a chain it cannot split)."""
+    saved = _mutual_info.fused_plan
+    _mutual_info.fused_plan = lambda mi: None
+    try:
+        yield
+    finally:
+        _mutual_info.fused_plan = saved
+
+
+# ----------------------------------------------------------------------------------------------
+# Analytic GEMM FLOP model
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """One matrix product of a Linear layer (weight (n_out, n_in)) on ``rows`` rows.
+
+    kind 'fwd': (rows x n_in) @ (n_in x n_out); 'wgrad': (n_out x rows) @ (rows x n_in);
+    'igrad': (rows x n_out) @ (n_out x n_in). Each is 2 * rows * n_in * n_out FLOPs."""
+
+    layer: str
+    kind: str
+    rows: int
+    n_in: int
+    n_out: int
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.rows * self.n_in * self.n_out
+
+
+@dataclass(frozen=True)
+class ChainLayout:
+    """The Linear layers of a chain as (n_in, n_out): ``data``, ``latent``, ``mlp`` (the MLP's
+    first layer takes ``dx + dz`` features)."""
+
+    data: tuple
+    latent: tuple
+    mlp: tuple
+    dx: int
+    dz: int
+
+
+_ELEMENTWISE = (nn.Identity, nn.Flatten, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid,
+                nn.Softplus, nn.GELU, nn.SiLU, infomax_ext.Activation)
+
+
+def _linears(module: nn.Module, what: str) -> list:
+    mods = list(module) if isinstance(module, nn.Sequential) else [module]
+    out = []
+    for m in mods:
+        if isinstance(m, nn.Linear):
+            out.append((m.in_features, m.out_features))
+        elif not isinstance(m, _ELEMENTWISE):
+            raise ValueError(f"the FLOP model only knows Linear + elementwise layers; {what} has "
+                             f"{type(m).__name__}")
+    return out
+
+
+def chain_layout(mi: MutualInfoChain, dx: int, dz: int) -> ChainLayout:
+    """Layout of ``mi`` for inputs of ``dx`` data and ``dz`` latent features."""
+    data, latent, mlp = _linears(mi.data, "data"), _linears(mi.latent, "latent"), _linears(mi.mlp, "mlp")
+    dx_out = data[-1][1] if data else dx
+    dz_out = latent[-1][1] if latent else dz
+    if not mlp or mlp[0][0] != dx_out + dz_out:
+        raise ValueError("the MLP's first layer must be a Linear on cat([data(x), latent(z)])")
+    return ChainLayout(tuple(data), tuple(latent), tuple(mlp), dx_out, dz_out)
+
+
+def _stack(name: str, rows: int, linears: Sequence, input_grad: bool, start: int = 0) -> list:
+    """GEMMs of a run of Linear layers whose parameters all need gradient: forward and weight
+    gradient of each, input gradient of each but the first unless its input needs gradient."""
+    out = []
+    for i, (n_in, n_out) in enumerate(linears):
+        layer = f"{name}.{start + i}"
+        out += [Gemm(layer, "fwd", rows, n_in, n_out), Gemm(layer, "wgrad", rows, n_in, n_out)]
+        if i > 0 or input_grad:
+            out.append(Gemm(layer, "igrad", rows, n_in, n_out))
+    return out
+
+
+def naive_gemms(layout: ChainLayout, n: int, shuffled_grad: bool) -> list:
+    """Two calls of the chain on N rows. z needs gradient in the joint call (and in the shuffled
+    call when ``shuffled_grad``); x never does. The MLP's first layer computes the gradient of the
+    whole ``cat([data(x), latent(z)])`` whenever any part of it needs one."""
+    gemms = []
+    for call, z_grad in (("joint", True), ("shuffled", shuffled_grad)):
+        gemms += _stack(f"{call}.data", n, layout.data, input_grad=False)
+        gemms += _stack(f"{call}.latent", n, layout.latent, input_grad=z_grad)
+        cat_grad = bool(layout.data) or bool(layout.latent) or z_grad
+        gemms += _stack(f"{call}.mlp", n, layout.mlp, input_grad=cat_grad)
+    return gemms
+
+
+def shared_gemms(layout: ChainLayout, n: int, shuffled_grad: bool) -> list:
+    """The shared algorithm: data(x), latent(z), the two halves of the first layer on N rows
+    (plus, when the shuffled codes are constants, latent(z.detach()) and its half), then the rest
+    of the MLP on 2N rows."""
+    h1 = layout.mlp[0][1]
+    gemms = _stack("data", n, layout.data, input_grad=False)
+    gemms += _stack("latent", n, layout.latent, input_grad=True)
+    gemms += _stack("mlp.0.data_half", n, [(layout.dx, h1)], input_grad=bool(layout.data))
+    gemms += _stack("mlp.0.latent_half", n, [(layout.dz, h1)], input_grad=True)
+    if not shuffled_grad:
+        gemms += _stack("latent.detached", n, layout.latent, input_grad=False)
+        gemms += _stack("mlp.0.shuffled_source", n, [(layout.dz, h1)], input_grad=bool(layout.latent))
+    gemms += _stack("mlp", 2 * n, layout.mlp[1:], input_grad=True, start=1)
+    return gemms
+
+
+def ours_gemms(layout: ChainLayout, n: int, shuffled_grad: bool) -> list:
+    """paired_mutual_info runs the GEMMs of the shared algorithm (its fused ops do no GEMM beyond
+    the head's matrix-vector product, counted as the last layer's three products)."""
+    return shared_gemms(layout, n, shuffled_grad)
+
+
+def counted_flops(loss_fn, mi, x, z, perm, shuffled_grad, wrt) -> int:
+    """Matrix-product FLOPs torch's FlopCounterMode sees in one forward+backward (a cross-check
+    of the analytic model: it misses in-place ``addmm_`` and products inside custom kernels)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    saved = [t.grad for t in wrt]
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(mi, x, z, perm, shuffled_grad).backward()  # autograd.grad trips its module hooks
+    for t, g in zip(wrt, saved):
+        t.grad = g
+    return int(counter.get_total_flops())
+
+
+def total_flops(gemms: Sequence[Gemm]) -> int:
+    return sum(g.flops for g in gemms)
+
+
+def dominant_gemm(gemms: Sequence[Gemm]) -> tuple[int, int, int]:
+    """(rows, n_in, n_out) of the layer with the most GEMM FLOPs (forward + backward)."""
+    per_layer: dict[tuple, int] = {}
+    for g in gemms:
+        key = (g.rows, g.n_in, g.n_out)
+        per_layer[key] = per_layer.get(key, 0) + g.flops
+    return max(per_layer, key=per_layer.get)
+
+
+def make_mm(rows: int, n_in: int, n_out: int, generator=None) -> Callable[[], torch.Tensor]:
+    """``torch.mm`` of a Linear's forward: (rows x n_in) @ W.T with W (n_out x n_in)."""
+    a = torch.randn(rows, n_in, generator=generator)
+    w = torch.randn(n_out, n_in, generator=generator)
+    return lambda: torch.mm(a, w.t())
+
+
+def make_replay(gemms: Sequence[Gemm], generator=None) -> Callable[[], None]:
+    """Every GEMM of the list alone, in the operand layout autograd uses (preallocated operands,
+    fresh outputs as in the real run)."""
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def operand(*shape):
+        if shape not in cache:
+            cache[shape] = torch.randn(*shape, generator=generator)
+        return cache[shape]
+
+    calls = []
+    for g in gemms:
+        x, w, gy = operand(g.rows, g.n_in), operand(g.n_out, g.n_in), operand(g.rows, g.n_out)
+        if g.kind == "fwd":
+            calls.append((x, w.t()))
+        elif g.kind == "wgrad":
+            calls.append((gy.t(), x))
+        else:
+            calls.append((gy, w))
+
+    def replay():
+        for a, b in calls:
+            torch.mm(a, b)
+
+    return replay
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------
+
+
+def interleaved(fns: dict, rounds: int) -> dict:
+    """Round-robin timing: each round calls every function once (the starting function rotates
+    from round to round). Returns {name: [seconds per call]}. The garbage collector is off while
+    timing."""
+    names = list(fns)
+    samples = {name: [] for name in names}
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                fn = fns[name]
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+    finally:
+        if was_enabled:
+            gc.enable()
+    return samples
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100), linear interpolation between order statistics."""
+    v = sorted(values)
+    if not v:
+        return math.nan
+    pos = (len(v) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def summary_ms(values: Sequence[float]) -> dict:
+    return {
+        "median": 1e3 * percentile(values, 50),
+        "p10": 1e3 * percentile(values, 10),
+        "p90": 1e3 * percentile(values, 90),
+        "min": 1e3 * min(values),
+        "rounds": len(values),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Agreement
+# ----------------------------------------------------------------------------------------------
+
+
+def loss_and_grads(loss_fn, mi, x, z, perm, shuffled_grad, wrt):
+    loss = loss_fn(mi, x, z, perm, shuffled_grad)
+    grads = torch.autograd.grad(loss, wrt)
+    return loss.detach(), [g.detach() for g in grads]
+
+
+def relative_errors(ref, other) -> tuple[float, float]:
+    """(|loss - loss_ref| / max(|loss_ref|, 1), max over tensors of
+    max|g - g_ref| / max(max|g_ref|, 1e-12))."""
+    (l_ref, g_ref), (l, g) = ref, other
+    loss_err = abs(float(l) - float(l_ref)) / max(abs(float(l_ref)), 1.0)
+    grad_err = 0.0
+    for a, b in zip(g_ref, g):
+        scale = max(float(a.abs().max()), 1e-12)
+        grad_err = max(grad_err, float((a - b).abs().max()) / scale)
+    return loss_err, grad_err
