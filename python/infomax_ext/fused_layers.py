@@ -44,25 +44,30 @@ class _PairedLinear(torch.autograd.Function):
         w_data, w_latent = weight[:, :dx], weight[:, dx:]
         grad_w = None
         if need_w:
+            # The latent side is narrow (Dz columns): (hz^T g)^T runs several times faster than
+            # g^T hz, and likewise (Wz^T g^T)^T for the input gradients below.
+            latent_part = torch.mm(hz.t(), g_latent)
+            if ctx.has_source:
+                latent_part.addmm_(hz_source.t(), g_source)
             if torch.compiler.is_compiling():
-                latent_part = g_latent.t() @ hz
-                if ctx.has_source:
-                    latent_part = latent_part + g_source.t() @ hz_source
-                grad_w = torch.cat([g_data.t() @ hx, latent_part], dim=1)
+                grad_w = torch.cat([g_data.t() @ hx, latent_part.t()], dim=1)
             else:
                 grad_w = weight.new_empty(weight.shape)
                 torch.mm(g_data.t(), hx, out=grad_w[:, :dx])
-                torch.mm(g_latent.t(), hz, out=grad_w[:, dx:])
-                if ctx.has_source:
-                    grad_w[:, dx:].addmm_(g_source.t(), hz_source)
+                grad_w[:, dx:].copy_(latent_part.t())
         return (
             torch.mm(g_data, w_data) if need_hx else None,
-            torch.mm(g_latent, w_latent) if need_hz else None,
-            torch.mm(g_source, w_latent) if need_src else None,
+            _narrow_input_grad(g_latent, w_latent) if need_hz else None,
+            _narrow_input_grad(g_source, w_latent) if need_src else None,
             grad_w,
             g_bias if need_bias else None,
             None, None, None,
         )
+
+
+def _narrow_input_grad(grad: torch.Tensor, w_latent: torch.Tensor) -> torch.Tensor:
+    """``grad @ w_latent`` (M, Dz) for a narrow Dz, computed as ``(w_latent^T grad^T)^T``."""
+    return torch.mm(w_latent.t(), grad.t()).t()
 
 
 def paired_linear(hx, hz, hz_source, weight, bias, perm, activation="identity", param=0.0):
