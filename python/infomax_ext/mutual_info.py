@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import _ops
-from .activations import ActivationSpec, as_module, identity, spec_of_module
+from .activations import ActivationSpec, apply_activation, as_module, identity, spec_of_module
 from .fused_layers import paired_linear
 
 __all__ = [
@@ -280,6 +280,8 @@ def paired_mutual_info(
             f"the MI chain's first layer takes {weight.shape[1]} features but data(x) gives {dx} "
             f"and latent(z) gives {hz.shape[1]}"
         )
+    if z_shuffle is None and not _shuffled_half_needs_graph(mi, x, z, shuffled_grad):
+        return _joint_graph_bound(plan, hx, hz, perm)
     if z_shuffle is not None:
         source = mi.latent(z_shuffle if shuffled_grad else z_shuffle.detach())
         perm = torch.arange(m, device=z.device)
@@ -302,6 +304,43 @@ def paired_mutual_info(
         scores = h.reshape(-1)
         bound = _ops.nwj_bound(scores[:m], scores[m:])
     return PairedBound(bound, scores[:m], scores[m:])
+
+
+def _shuffled_half_needs_graph(mi, x, z, shuffled_grad) -> bool:
+    """Whether any gradient can flow from the shuffled scores: False when the chain is frozen,
+    x needs no gradient and the shuffled codes are constants (the VAE step of train_step)."""
+    if not torch.is_grad_enabled() or x.requires_grad or (shuffled_grad and z.requires_grad):
+        return True
+    return any(p.requires_grad for p in mi.parameters())
+
+
+def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
+                       perm: torch.Tensor) -> PairedBound:
+    """The shared evaluation when only the joint half needs a graph: the data half once, the
+    joint rows with autograd, the shuffled rows without, so the backward runs on M rows, not 2M."""
+    weight, bias = plan.first.weight, plan.first.bias
+    dx, m, n = hx.shape[1], hz.shape[0], hx.shape[0]
+    data_half = torch.mm(hx, weight[:, :dx].t())
+    if bias is not None:
+        data_half = data_half + bias
+    latent_half = torch.mm(hz, weight[:, dx:].t())
+
+    def first_layer(latent_rows: torch.Tensor) -> torch.Tensor:
+        pre = (latent_rows.view(m // n, n, -1) + data_half).view(m, -1)
+        return apply_activation(pre, plan.first_act.name, plan.first_act.param)
+
+    def rest(h: torch.Tensor) -> torch.Tensor:
+        for module in plan.middle:
+            h = module(h)
+        if plan.head is None:
+            return h.reshape(-1)
+        out = torch.nn.functional.linear(h, plan.head.weight, plan.head.bias)
+        return apply_activation(out, plan.head_act.name, plan.head_act.param).reshape(-1)
+
+    joint = rest(first_layer(latent_half))
+    with torch.no_grad():
+        shuffled = rest(first_layer(latent_half[perm]))
+    return PairedBound(_ops.nwj_bound(joint, shuffled), joint, shuffled)
 
 
 def _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad) -> PairedBound:
