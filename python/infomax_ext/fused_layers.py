@@ -8,6 +8,12 @@ import torch
 from . import _ops
 
 
+# From this many data rows on, the data-half weight gradient runs faster as (hx^T g)^T plus a
+# transposed copy than as g^T hx written into the strided slice (measured: 4% of the whole MI
+# loss at N = 1024 on the paper chain; no gain at N <= 256).
+_TRANSPOSED_WGRAD_ROWS = 512
+
+
 class _PairedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hx, hz, hz_source, weight, bias, perm, activation, param):
@@ -53,7 +59,10 @@ class _PairedLinear(torch.autograd.Function):
                 grad_w = torch.cat([g_data.t() @ hx, latent_part.t()], dim=1)
             else:
                 grad_w = weight.new_empty(weight.shape)
-                torch.mm(g_data.t(), hx, out=grad_w[:, :dx])
+                if hx.shape[0] >= _TRANSPOSED_WGRAD_ROWS:
+                    grad_w[:, :dx].copy_(torch.mm(hx.t(), g_data).t())
+                else:
+                    torch.mm(g_data.t(), hx, out=grad_w[:, :dx])
                 grad_w[:, dx:].copy_(latent_part.t())
         return (
             torch.mm(g_data, w_data) if need_hx else None,
