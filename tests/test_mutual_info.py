@@ -280,3 +280,16 @@ def test_frozen_chain_takes_the_joint_graph_path_and_equals_two_calls(name, n_sa
     torch.testing.assert_close(fused.shuffled, plain.shuffled, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(torch.autograd.grad(fused.bound, z)[0], torch.autograd.grad(plain.bound, z)[0],
                                rtol=1e-10, atol=1e-12)
+
+
+def test_large_batch_weight_gradient_equals_two_calls():
+    # N >= 512 computes the data-half weight gradient in its transposed orientation.
+    mi = paper_like_chain(hidden=(8,))
+    x = torch.randn(600, 12, dtype=torch.float64)
+    z = torch.randn(600, 3, dtype=torch.float64, requires_grad=True)
+    perm = im.latent_permutation(600, 1, seed=2)
+    params = [z] + list(mi.parameters())
+    fused = torch.autograd.grad(im.paired_mutual_info(mi, x, z, perm).bound, params)
+    plain = torch.autograd.grad(_two_call_bound(mi, x, z, perm, None, False).bound, params)
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
