@@ -18,13 +18,7 @@ PLOTS = ["training_curves.png", "latent_space.png", "reconstructions.png", "prio
          "active_units.png"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The command sets (and restores) one thread itself; the fixture covers the tests' own work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def usage_error(argv, capsys) -> str:

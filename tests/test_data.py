@@ -13,13 +13,7 @@ from infomax_ext.data import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks: one thread is as fast, and immune to a busy machine's other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def samples(n=20, shape=(6,), seed=0):

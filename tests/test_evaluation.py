@@ -19,13 +19,7 @@ from infomax_ext.evaluation import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks: one thread is as fast, and immune to a busy machine's other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 KEYS = {"mi", "active_units", "probe_accuracy", "recon_loglik", "kl", "elbo", "latent_dim",

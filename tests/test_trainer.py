@@ -18,13 +18,7 @@ from infomax_ext.trainer import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks: one thread is as fast, and immune to a busy machine's other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw):
