@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "../activations.h"
-#include "../checks.h"
+#include "../op_args.h"
 #include "../nwj.h"
 
 namespace infomax_ext {
@@ -71,6 +71,7 @@ std::tuple<at::Tensor, at::Tensor> nwj_bound_backward_cpu(const at::Tensor& grad
                                                           const at::Tensor& t_joint_in,
                                                           const at::Tensor& t_marg_in) {
   check_nwj_bound(t_joint_in, t_marg_in);
+  check_scalar_grad(grad, t_joint_in, "grad");
   const at::Tensor tj = t_joint_in.contiguous(), tm = t_marg_in.contiguous();
   at::Tensor gj = at::empty_like(tj), gm = at::empty_like(tm);
   AT_DISPATCH_FLOATING_TYPES(tj.scalar_type(), "nwj_bound_backward_cpu", [&] {
@@ -131,27 +132,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_cpu(const at::Tensor& hi
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cpu(
-    const at::Tensor& grad_bound, const std::optional<at::Tensor>& grad_scores_in,
+    const at::Tensor& grad_bound_in, const std::optional<at::Tensor>& grad_scores_in,
     const at::Tensor& hidden_in, const at::Tensor& weight_in, const at::Tensor& scores_in,
     const at::Tensor& pre_in, int64_t n_joint, c10::string_view activation, double param,
     std::array<bool, 3> output_mask) {
-  check_nwj_head(hidden_in, weight_in, std::nullopt, n_joint);
-  const Activation act = checked_activation(std::string(activation));
-  const at::Tensor hidden = hidden_in.contiguous(), w = weight_in.contiguous();
-  const at::Tensor scores = scores_in.contiguous(), pre = pre_in.contiguous();
-  const int64_t rows = hidden.size(0), h = hidden.size(1);
-  TORCH_CHECK(scores.numel() == rows && pre.numel() == rows,
-              "infomax_ext: scores and pre must have one entry per row of hidden");
-  const bool has_gs = grad_scores_in.has_value() && grad_scores_in->defined();
-  at::Tensor gs;
-  if (has_gs) {
-    gs = grad_scores_in->contiguous();
-    TORCH_CHECK(gs.numel() == rows, "infomax_ext: grad_scores must have ", rows, " entries");
-  }
-  const bool want_hidden = output_mask[0], want_w = output_mask[1], want_b = output_mask[2];
-  at::Tensor grad_hidden = want_hidden ? at::empty({rows, h}, hidden.options()) : at::empty({0}, hidden.options());
-  at::Tensor grad_w = want_w ? at::empty({h}, hidden.options()) : at::empty({0}, hidden.options());
-  at::Tensor grad_b = want_b ? at::empty({1}, hidden.options()) : at::empty({0}, hidden.options());
+  const NwjHeadBackwardArgs args(grad_bound_in, grad_scores_in, hidden_in, weight_in, scores_in,
+                                 pre_in, n_joint, activation, output_mask);
+  const at::Tensor &hidden = args.hidden, &w = args.w, &scores = args.scores, &pre = args.pre;
+  const at::Tensor &gs = args.gs, &grad_bound = args.grad_bound;
+  const Activation act = args.act;
+  const bool has_gs = args.has_gs, want_w = args.want_w, want_b = args.want_b;
+  const int64_t rows = args.rows, h = args.h;
+  if (!args.any_wanted()) return args.grads();
 
   AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "nwj_head_backward_cpu", [&] {
     using acc_t = at::acc_type<scalar_t, false>;
@@ -164,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cpu(
     const scalar_t inv_j = scalar_t(1) / scalar_t(n_joint);
     const scalar_t inv_m = scalar_t(1) / scalar_t(rows - n_joint);
     const scalar_t p = static_cast<scalar_t>(param);
-    scalar_t* pgh = want_hidden ? grad_hidden.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* pgh = args.want_hidden ? args.grad_hidden.mutable_data_ptr<scalar_t>() : nullptr;
     const int64_t chunks = chunk_count(rows);
     std::vector<acc_t> w_partial(want_w ? chunks * h : 0, acc_t(0));
     std::vector<acc_t> b_partial(chunks, acc_t(0));
@@ -193,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cpu(
       });
     });
     if (want_w) {
-      scalar_t* pgw = grad_w.mutable_data_ptr<scalar_t>();
+      scalar_t* pgw = args.grad_w.mutable_data_ptr<scalar_t>();
       for (int64_t j = 0; j < h; ++j) {
         acc_t total = 0;
         for (int64_t c = 0; c < chunks; ++c) total += w_partial[c * h + j];
@@ -203,10 +195,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cpu(
     if (want_b) {
       acc_t total = 0;
       for (int64_t c = 0; c < chunks; ++c) total += b_partial[c];
-      *grad_b.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(total);
+      *args.grad_b.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(total);
     }
   });
-  return {grad_hidden, grad_w, grad_b};
+  return args.grads();
 }
 
 }  // namespace

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "../activations.h"
-#include "../checks.h"
+#include "../op_args.h"
 
 namespace infomax_ext {
 namespace {
@@ -125,13 +125,11 @@ at::Tensor paired_first_layer_cpu(const at::Tensor& data_half_in, const at::Tens
                                   const std::optional<at::Tensor>& shuffled_source_in,
                                   const at::Tensor& bias_in, const at::Tensor& perm_in,
                                   c10::string_view activation, double param) {
-  check_paired_first_layer(data_half_in, latent_half_in, shuffled_source_in, bias_in, perm_in);
-  const Activation act = checked_activation(std::string(activation));
-  const at::Tensor a = data_half_in.contiguous(), b = latent_half_in.contiguous();
-  const bool has_source = shuffled_source_in.has_value() && shuffled_source_in->defined();
-  const at::Tensor c = has_source ? shuffled_source_in->contiguous() : b;
-  const at::Tensor bias = bias_in.contiguous(), perm = perm_in.contiguous();
-  const int64_t n = a.size(0), h = a.size(1), m = b.size(0);
+  const PairedFirstLayerArgs args(data_half_in, latent_half_in, shuffled_source_in, bias_in, perm_in,
+                                  activation);
+  const at::Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
+  const Activation act = args.act;
+  const int64_t n = args.n, h = args.h, m = args.m;
   check_perm_range(perm.const_data_ptr<int64_t>(), m);
   at::Tensor out = at::empty({2 * m, h}, a.options());
 
@@ -169,29 +167,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_ba
     const std::optional<at::Tensor>& shuffled_source_in, const at::Tensor& bias_in,
     const at::Tensor& perm_in, const at::Tensor& inverse_perm_in, c10::string_view activation,
     double param, std::array<bool, 4> output_mask) {
-  check_paired_first_layer(data_half_in, latent_half_in, shuffled_source_in, bias_in, perm_in);
-  const Activation act = checked_activation(std::string(activation));
-  const at::Tensor a = data_half_in.contiguous(), b = latent_half_in.contiguous();
-  const bool has_source = shuffled_source_in.has_value() && shuffled_source_in->defined();
-  const at::Tensor c = has_source ? shuffled_source_in->contiguous() : b;
-  const at::Tensor bias = bias_in.contiguous(), perm = perm_in.contiguous();
-  const int64_t n = a.size(0), h = a.size(1), m = b.size(0), s = m / n;
-  check_float_tensor(grad_out_in, "grad_out", 2);
-  check_same(a, grad_out_in, "data_half", "grad_out");
-  TORCH_CHECK(grad_out_in.size(0) == 2 * m && grad_out_in.size(1) == h, "infomax_ext: grad_out has shape ",
-              grad_out_in.sizes(), ", expected [", 2 * m, ", ", h, "]");
-  check_index_vector(inverse_perm_in, a, "inverse_perm", m);
-  const at::Tensor go = grad_out_in.contiguous(), inv = inverse_perm_in.contiguous();
+  const PairedFirstLayerBackwardArgs args(grad_out_in, data_half_in, latent_half_in,
+                                          shuffled_source_in, bias_in, perm_in, inverse_perm_in,
+                                          activation, output_mask);
+  const at::Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
+  const at::Tensor &go = args.go, &inv = args.inv;
+  const Activation act = args.act;
+  const bool has_source = args.has_source, want_bias = args.want_bias;
+  const int64_t n = args.n, h = args.h, m = args.m, s = m / n;
   check_perm_range(perm.const_data_ptr<int64_t>(), m);
   check_perm_range(inv.const_data_ptr<int64_t>(), m);
-  const bool want_a = output_mask[0], want_b = output_mask[1];
-  const bool want_c = output_mask[2] && has_source, want_bias = output_mask[3];
-
-  at::Tensor grad_a = want_a ? at::empty({n, h}, a.options()) : at::empty({0}, a.options());
-  at::Tensor grad_b = want_b ? at::empty({m, h}, a.options()) : at::empty({0}, a.options());
-  at::Tensor grad_c = want_c ? at::empty({m, h}, a.options()) : at::empty({0}, a.options());
-  at::Tensor grad_bias = want_bias ? at::empty({h}, a.options()) : at::empty({0}, a.options());
-  if (!(want_a || want_b || want_c || want_bias)) return {grad_a, grad_b, grad_c, grad_bias};
+  if (!args.any_wanted()) return args.grads();
 
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "paired_first_layer_backward_cpu", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
@@ -199,9 +185,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_ba
         a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
         bias.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
         perm.const_data_ptr<int64_t>(), inv.const_data_ptr<int64_t>(),
-        want_a ? grad_a.mutable_data_ptr<scalar_t>() : nullptr,
-        want_b ? grad_b.mutable_data_ptr<scalar_t>() : nullptr,
-        want_c ? grad_c.mutable_data_ptr<scalar_t>() : nullptr};
+        args.want_a ? args.grad_a.mutable_data_ptr<scalar_t>() : nullptr,
+        args.want_b ? args.grad_b.mutable_data_ptr<scalar_t>() : nullptr,
+        args.want_c ? args.grad_c.mutable_data_ptr<scalar_t>() : nullptr};
     const scalar_t p = static_cast<scalar_t>(param);
     // Chunks of data rows i; each handles rows i, N + i, ..., (S-1) N + i of the latent half,
     // so the sum over samples into grad_a[i] stays inside one task.
@@ -222,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_ba
       });
     });
     if (want_bias) {
-      scalar_t* gbias = grad_bias.mutable_data_ptr<scalar_t>();
+      scalar_t* gbias = args.grad_bias.mutable_data_ptr<scalar_t>();
       for (int64_t j = 0; j < h; ++j) {
         acc_t total = 0;
         for (int64_t chunk = 0; chunk < n_chunks; ++chunk) total += bias_partial[chunk * h + j];
@@ -230,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_ba
       }
     }
   });
-  return {grad_a, grad_b, grad_c, grad_bias};
+  return args.grads();
 }
 
 }  // namespace

@@ -15,7 +15,7 @@
 #include <array>
 
 #include "../activations.h"
-#include "../checks.h"
+#include "../op_args.h"
 #include "../nwj.h"
 #include "launch.cuh"
 
@@ -94,12 +94,6 @@ __global__ void nwj_bound_backward_kernel(const T* grad, const T* t_marg, int64_
       gm[e - n_joint] = nwj_score_grad(false, t_marg[e - n_joint], g, inv_joint, inv_marg);
     }
   }
-}
-
-void check_scalar_grad(const at::Tensor& grad, const at::Tensor& ref, const char* name) {
-  TORCH_CHECK(grad.defined() && grad.numel() == 1, "infomax_ext: ", name,
-              " must hold one value, got shape ", grad.sizes());
-  check_same(ref, grad, "the scores", name);
 }
 
 at::Tensor nwj_bound_cuda(const at::Tensor& t_joint_in, const at::Tensor& t_marg_in) {
@@ -237,30 +231,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cuda(
     const at::Tensor& hidden_in, const at::Tensor& weight_in, const at::Tensor& scores_in,
     const at::Tensor& pre_in, int64_t n_joint, c10::string_view activation, double param,
     std::array<bool, 3> output_mask) {
-  check_nwj_head(hidden_in, weight_in, std::nullopt, n_joint);
-  check_scalar_grad(grad_bound_in, hidden_in, "grad_bound");
-  const Activation act = checked_activation(std::string(activation));
   const c10::cuda::CUDAGuard guard(hidden_in.device());
-  const at::Tensor hidden = hidden_in.contiguous(), w = weight_in.contiguous();
-  const at::Tensor scores = scores_in.contiguous(), pre = pre_in.contiguous();
-  const at::Tensor grad_bound = grad_bound_in.contiguous();
-  const int64_t rows = hidden.size(0), h = hidden.size(1);
-  TORCH_CHECK(scores.numel() == rows && pre.numel() == rows,
-              "infomax_ext: scores and pre must have one entry per row of hidden");
-  check_same(hidden, scores, "hidden", "scores");
-  check_same(hidden, pre, "hidden", "pre");
-  const bool has_gs = grad_scores_in.has_value() && grad_scores_in->defined();
-  at::Tensor gs;
-  if (has_gs) {
-    gs = grad_scores_in->contiguous();
-    TORCH_CHECK(gs.numel() == rows, "infomax_ext: grad_scores must have ", rows, " entries");
-    check_same(hidden, gs, "hidden", "grad_scores");
-  }
-  const bool want_hidden = output_mask[0], want_w = output_mask[1], want_b = output_mask[2];
-  at::Tensor grad_hidden = want_hidden ? at::empty({rows, h}, hidden.options()) : at::empty({0}, hidden.options());
-  at::Tensor grad_w = want_w ? at::empty({h}, hidden.options()) : at::empty({0}, hidden.options());
-  at::Tensor grad_b = want_b ? at::empty({1}, hidden.options()) : at::empty({0}, hidden.options());
-  if (!(want_hidden || want_w || want_b)) return {grad_hidden, grad_w, grad_b};
+  const NwjHeadBackwardArgs args(grad_bound_in, grad_scores_in, hidden_in, weight_in, scores_in,
+                                 pre_in, n_joint, activation, output_mask);
+  const at::Tensor &hidden = args.hidden, &w = args.w, &scores = args.scores, &pre = args.pre;
+  const at::Tensor &gs = args.gs, &grad_bound = args.grad_bound;
+  const Activation act = args.act;
+  const bool has_gs = args.has_gs, want_hidden = args.want_hidden, want_w = args.want_w;
+  const bool want_b = args.want_b;
+  const int64_t rows = args.rows, h = args.h;
+  if (!args.any_wanted()) return args.grads();
   TORCH_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: nwj_head supports at most ",
               65535 * kLanes, " hidden units on CUDA, got ", h);
 
@@ -283,20 +263,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cuda(
           hidden.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
           scores.const_data_ptr<scalar_t>(), pre.const_data_ptr<scalar_t>(), rows, h, n_joint,
           scalar_t(1) / scalar_t(n_joint), scalar_t(1) / scalar_t(rows - n_joint),
-          static_cast<scalar_t>(param), want_hidden ? grad_hidden.mutable_data_ptr<scalar_t>() : nullptr,
+          static_cast<scalar_t>(param), want_hidden ? args.grad_hidden.mutable_data_ptr<scalar_t>() : nullptr,
           pw_partial, pb_partial);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     if (want_w) {
-      launch_column_sums<scalar_t, acc_t>(pw_partial, chunks, h, grad_w.mutable_data_ptr<scalar_t>(),
-                                          stream);
+      launch_column_sums<scalar_t, acc_t>(pw_partial, chunks, h,
+                                          args.grad_w.mutable_data_ptr<scalar_t>(), stream);
     }
     if (want_b) {
-      launch_column_sums<scalar_t, acc_t>(pb_partial, chunks, 1, grad_b.mutable_data_ptr<scalar_t>(),
+      launch_column_sums<scalar_t, acc_t>(pb_partial, chunks, 1, args.grad_b.mutable_data_ptr<scalar_t>(),
                                           stream);
     }
   });
-  return {grad_hidden, grad_w, grad_b};
+  return args.grads();
 }
 
 }  // namespace

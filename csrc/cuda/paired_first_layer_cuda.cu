@@ -14,7 +14,7 @@
 #include <array>
 
 #include "../activations.h"
-#include "../checks.h"
+#include "../op_args.h"
 #include "../permutation.h"
 #include "launch.cuh"
 
@@ -163,14 +163,12 @@ at::Tensor paired_first_layer_cuda(const at::Tensor& data_half_in, const at::Ten
                                    const std::optional<at::Tensor>& shuffled_source_in,
                                    const at::Tensor& bias_in, const at::Tensor& perm_in,
                                    c10::string_view activation, double param) {
-  check_paired_first_layer(data_half_in, latent_half_in, shuffled_source_in, bias_in, perm_in);
-  const Activation act = checked_activation(std::string(activation));
   const c10::cuda::CUDAGuard guard(data_half_in.device());
-  const at::Tensor a = data_half_in.contiguous(), b = latent_half_in.contiguous();
-  const bool has_source = shuffled_source_in.has_value() && shuffled_source_in->defined();
-  const at::Tensor c = has_source ? shuffled_source_in->contiguous() : b;
-  const at::Tensor bias = bias_in.contiguous(), perm = perm_in.contiguous();
-  const int64_t n = a.size(0), h = a.size(1), m = b.size(0);
+  const PairedFirstLayerArgs args(data_half_in, latent_half_in, shuffled_source_in, bias_in, perm_in,
+                                  activation);
+  const at::Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
+  const Activation act = args.act;
+  const int64_t n = args.n, h = args.h, m = args.m;
   at::Tensor out = at::empty({2 * m, h}, a.options());
   if (h == 0) return out;
 
@@ -195,28 +193,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_ba
     const std::optional<at::Tensor>& shuffled_source_in, const at::Tensor& bias_in,
     const at::Tensor& perm_in, const at::Tensor& inverse_perm_in, c10::string_view activation,
     double param, std::array<bool, 4> output_mask) {
-  check_paired_first_layer(data_half_in, latent_half_in, shuffled_source_in, bias_in, perm_in);
-  const Activation act = checked_activation(std::string(activation));
   const c10::cuda::CUDAGuard guard(data_half_in.device());
-  const at::Tensor a = data_half_in.contiguous(), b = latent_half_in.contiguous();
-  const bool has_source = shuffled_source_in.has_value() && shuffled_source_in->defined();
-  const at::Tensor c = has_source ? shuffled_source_in->contiguous() : b;
-  const at::Tensor bias = bias_in.contiguous(), perm = perm_in.contiguous();
-  const int64_t n = a.size(0), h = a.size(1), m = b.size(0);
-  check_float_tensor(grad_out_in, "grad_out", 2);
-  check_same(a, grad_out_in, "data_half", "grad_out");
-  TORCH_CHECK(grad_out_in.size(0) == 2 * m && grad_out_in.size(1) == h, "infomax_ext: grad_out has shape ",
-              grad_out_in.sizes(), ", expected [", 2 * m, ", ", h, "]");
-  check_index_vector(inverse_perm_in, a, "inverse_perm", m);
-  const at::Tensor go = grad_out_in.contiguous(), inv = inverse_perm_in.contiguous();
-  const bool want_a = output_mask[0], want_b = output_mask[1];
-  const bool want_c = output_mask[2] && has_source, want_bias = output_mask[3];
-
-  at::Tensor grad_a = want_a ? at::empty({n, h}, a.options()) : at::empty({0}, a.options());
-  at::Tensor grad_b = want_b ? at::empty({m, h}, a.options()) : at::empty({0}, a.options());
-  at::Tensor grad_c = want_c ? at::empty({m, h}, a.options()) : at::empty({0}, a.options());
-  at::Tensor grad_bias = want_bias ? at::empty({h}, a.options()) : at::empty({0}, a.options());
-  if (!(want_a || want_b || want_c || want_bias) || h == 0) return {grad_a, grad_b, grad_c, grad_bias};
+  const PairedFirstLayerBackwardArgs args(grad_out_in, data_half_in, latent_half_in,
+                                          shuffled_source_in, bias_in, perm_in, inverse_perm_in,
+                                          activation, output_mask);
+  const at::Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
+  const at::Tensor &go = args.go, &inv = args.inv;
+  const Activation act = args.act;
+  const bool has_source = args.has_source, want_a = args.want_a, want_b = args.want_b;
+  const bool want_c = args.want_c, want_bias = args.want_bias;
+  const int64_t n = args.n, h = args.h, m = args.m;
+  if (!args.any_wanted() || h == 0) return args.grads();
   TORCH_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: paired_first_layer supports at most ",
               65535 * kLanes, " units on CUDA, got ", h);
 
@@ -238,17 +225,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_ba
           go.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
           c.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
           perm.const_data_ptr<int64_t>(), inv.const_data_ptr<int64_t>(), has_source, n, m, h,
-          static_cast<scalar_t>(param), want_a ? grad_a.mutable_data_ptr<scalar_t>() : nullptr,
-          want_b ? grad_b.mutable_data_ptr<scalar_t>() : nullptr,
-          want_c ? grad_c.mutable_data_ptr<scalar_t>() : nullptr, ppartial);
+          static_cast<scalar_t>(param), want_a ? args.grad_a.mutable_data_ptr<scalar_t>() : nullptr,
+          want_b ? args.grad_b.mutable_data_ptr<scalar_t>() : nullptr,
+          want_c ? args.grad_c.mutable_data_ptr<scalar_t>() : nullptr, ppartial);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     if (want_bias) {
-      launch_column_sums<scalar_t, acc_t>(ppartial, chunks, h, grad_bias.mutable_data_ptr<scalar_t>(),
-                                          stream);
+      launch_column_sums<scalar_t, acc_t>(ppartial, chunks, h,
+                                          args.grad_bias.mutable_data_ptr<scalar_t>(), stream);
     }
   });
-  return {grad_a, grad_b, grad_c, grad_bias};
+  return args.grads();
 }
 
 }  // namespace
