@@ -162,14 +162,19 @@ def configure_dynamo():
 # ----------------------------------------------------------------------------------------------
 
 
-def bench_mi(chain: str, n: int, args, compiled: dict) -> dict:
-    sg = args.shuffled_grad
-    torch.manual_seed(args.seed)
+def mi_inputs(chain: str, n: int, seed: int):
+    """The chain, x (n, 784), z (n, 10) requiring grad, the permutation, and the tensors to
+    differentiate (every chain parameter and z), all from ``seed``."""
+    torch.manual_seed(seed)
     mi = CHAINS[chain][1]()
     x = torch.rand(n, N_DATA)
     z = torch.randn(n, N_LATENT, requires_grad=True)
-    perm = latent_permutation(n, 1, args.seed)
-    wrt = list(mi.parameters()) + [z]
+    return mi, x, z, latent_permutation(n, 1, seed), list(mi.parameters()) + [z]
+
+
+def bench_mi(chain: str, n: int, args, compiled: dict) -> dict:
+    sg = args.shuffled_grad
+    mi, x, z, perm, wrt = mi_inputs(chain, n, args.seed)
     if fused_plan(mi) is None:
         raise SystemExit(f"chain {chain}: paired_mutual_info would not take the shared path")
 
@@ -348,12 +353,7 @@ def bench_train_step(args, n: int = 256) -> dict:
 
 
 def profile_ours(chain: str, n: int, args, iters: int, top: int = 15) -> dict:
-    torch.manual_seed(args.seed)
-    mi = CHAINS[chain][1]()
-    x = torch.rand(n, N_DATA)
-    z = torch.randn(n, N_LATENT, requires_grad=True)
-    perm = latent_permutation(n, 1, args.seed)
-    wrt = list(mi.parameters()) + [z]
+    mi, x, z, perm, wrt = mi_inputs(chain, n, args.seed)
 
     def step():
         torch.autograd.grad(ours_loss(mi, x, z, perm, args.shuffled_grad), wrt)

@@ -24,6 +24,7 @@ __all__ = [
     "seeded_permutation",
     "inverse_permutation",
     "paired_first_layer",
+    "paired_first_layer_backward",
     "nwj_head",
     "nwj_bound",
 ]
@@ -178,6 +179,18 @@ def paired_first_layer(
     )
 
 
+def paired_first_layer_backward(grad_out, data_half, latent_half, shuffled_source, bias, perm,
+                                activation, param, want):
+    """The compiled backward of :func:`paired_first_layer`: gradients of the data half, latent
+    half, shuffled source and bias, those not in ``want`` (4 bools) empty."""
+    # The inverse is only read when the shuffled rows' gradient returns to latent_half.
+    inverse = inverse_permutation(perm) if (want[1] and shuffled_source is None) else perm
+    return torch.ops.infomax_ext.paired_first_layer_backward.default(
+        grad_out, data_half, latent_half, shuffled_source, bias, perm, inverse, activation, param,
+        list(want),
+    )
+
+
 if extension_available():
 
     @torch.library.register_fake("infomax_ext::paired_first_layer")
@@ -213,12 +226,8 @@ if extension_available():
         want[2] = want[2] and ctx.has_source
         if not any(want):
             return None, None, None, None, None, None, None
-        # The inverse is only read when the shuffled rows' gradient returns to latent_half.
-        inverse = inverse_permutation(perm) if (want[1] and not ctx.has_source) else perm
-        grads = torch.ops.infomax_ext.paired_first_layer_backward.default(
-            grad_out, data_half, latent_half, shuffled_source, bias, perm, inverse,
-            ctx.activation, ctx.param, want,
-        )
+        grads = paired_first_layer_backward(grad_out, data_half, latent_half, shuffled_source,
+                                            bias, perm, ctx.activation, ctx.param, want)
         return tuple(g if w else None for g, w in zip(grads, want)) + (None, None, None)
 
     torch.library.register_autograd(

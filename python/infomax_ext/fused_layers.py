@@ -14,15 +14,20 @@ from . import _ops
 _TRANSPOSED_WGRAD_ROWS = 512
 
 
+def _halves(hx, hz, hz_source, weight, bias):
+    """The first layer's weight split into its data and latent columns, applied:
+    ``hx @ Wx^T`` (N, H), ``hz @ Wz^T`` (M, H), ``hz_source @ Wz^T`` or None, and the bias (H,)."""
+    dx = hx.shape[1]
+    w_data, w_latent = weight[:, :dx], weight[:, dx:]
+    source_half = None if hz_source is None else torch.mm(hz_source, w_latent.t())
+    bias_vec = bias if bias is not None else weight.new_zeros(weight.shape[0])
+    return torch.mm(hx, w_data.t()), torch.mm(hz, w_latent.t()), source_half, bias_vec
+
+
 class _PairedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hx, hz, hz_source, weight, bias, perm, activation, param):
-        dx = hx.shape[1]
-        w_data, w_latent = weight[:, :dx], weight[:, dx:]
-        data_half = torch.mm(hx, w_data.t())
-        latent_half = torch.mm(hz, w_latent.t())
-        source_half = None if hz_source is None else torch.mm(hz_source, w_latent.t())
-        bias_vec = bias if bias is not None else weight.new_zeros(weight.shape[0])
+        data_half, latent_half, source_half, bias_vec = _halves(hx, hz, hz_source, weight, bias)
         out = torch.ops.infomax_ext.paired_first_layer.default(
             data_half, latent_half, source_half, bias_vec, perm, activation, param
         )
@@ -41,10 +46,9 @@ class _PairedLinear(torch.autograd.Function):
         need_bias = need_bias and ctx.has_bias
         want = [need_hx or need_w, need_hz or need_w,
                 ctx.has_source and (need_src or need_w), need_bias]
-        inverse = _ops.inverse_permutation(perm) if (want[1] and not ctx.has_source) else perm
-        g_data, g_latent, g_source, g_bias = torch.ops.infomax_ext.paired_first_layer_backward.default(
-            grad_out, data_half, latent_half, source_half, bias, perm, inverse, ctx.activation,
-            ctx.param, want,
+        g_data, g_latent, g_source, g_bias = _ops.paired_first_layer_backward(
+            grad_out, data_half, latent_half, source_half, bias, perm, ctx.activation, ctx.param,
+            want,
         )
         dx = hx.shape[1]
         w_data, w_latent = weight[:, :dx], weight[:, dx:]
@@ -89,9 +93,5 @@ def paired_linear(hx, hz, hz_source, weight, bias, perm, activation="identity", 
     """
     if _ops.kernels_apply(hx, hz, hz_source, weight, bias):
         return _PairedLinear.apply(hx, hz, hz_source, weight, bias, perm, activation, float(param))
-    dx = hx.shape[1]
-    data_half = torch.mm(hx, weight[:, :dx].t())
-    latent_half = torch.mm(hz, weight[:, dx:].t())
-    source_half = None if hz_source is None else torch.mm(hz_source, weight[:, dx:].t())
-    bias_vec = bias if bias is not None else weight.new_zeros(weight.shape[0])
+    data_half, latent_half, source_half, bias_vec = _halves(hx, hz, hz_source, weight, bias)
     return _ops.paired_first_layer(data_half, latent_half, source_half, bias_vec, perm, activation, param)
