@@ -24,6 +24,25 @@ constexpr int64_t kRowsPerChunk = 64;
 
 int64_t chunk_count(int64_t rows) { return (rows + kRowsPerChunk - 1) / kRowsPerChunk; }
 
+// a . b over n entries, summed in kLanes independent partial sums (one cache line of
+// scalar_t) that the compiler vectorises, then combined in a fixed order: the same bits on
+// every call, whatever the thread count.
+template <typename scalar_t>
+inline scalar_t dot_in_lanes(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                             int64_t n) {
+  constexpr int kLanes = 64 / sizeof(scalar_t);
+  scalar_t lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] += a[j + l] * b[j + l];
+  }
+  for (int l = 0; j < n; ++j, ++l) lanes[l] += a[j] * b[j];
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  }
+  return lanes[0];
+}
+
 // sum_{r < n_joint} t[r] and sum_{r >= n_joint} exp(t[r] - 1), reduced deterministically.
 template <typename scalar_t, typename acc_t>
 void nwj_sums(const scalar_t* t, int64_t rows, int64_t n_joint, acc_t* joint_sum, acc_t* marg_sum) {
@@ -111,13 +130,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_cpu(const at::Tensor& hi
     scalar_t* ppre = pre.mutable_data_ptr<scalar_t>();
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
-      at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(h, 1)),
+      at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(h, 1)),
                        [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
-          const scalar_t* hr = ph + r * h;
-          acc_t dot = 0;
-          for (int64_t j = 0; j < h; ++j) dot += acc_t(hr[j]) * acc_t(pw[j]);
-          const scalar_t z = static_cast<scalar_t>(dot) + b;
+          const scalar_t z = dot_in_lanes(ph + r * h, pw, h) + b;
           ppre[r] = z;
           ps[r] = activation_value<A>(z, p);
         }
@@ -158,26 +174,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cpu(
     const scalar_t p = static_cast<scalar_t>(param);
     scalar_t* pgh = args.want_hidden ? args.grad_hidden.mutable_data_ptr<scalar_t>() : nullptr;
     const int64_t chunks = chunk_count(rows);
-    std::vector<acc_t> w_partial(want_w ? chunks * h : 0, acc_t(0));
+    std::vector<scalar_t> w_partial(want_w ? chunks * h : 0, scalar_t(0));
     std::vector<acc_t> b_partial(chunks, acc_t(0));
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t c = begin; c < end; ++c) {
-          acc_t* wsum = want_w ? w_partial.data() + c * h : nullptr;
+          scalar_t* __restrict__ wsum = want_w ? w_partial.data() + c * h : nullptr;
           acc_t bsum = 0;
           for (int64_t r = c * kRowsPerChunk; r < std::min(rows, (c + 1) * kRowsPerChunk); ++r) {
             scalar_t dscore = nwj_score_grad(r < n_joint, ps[r], g, inv_j, inv_m);
             if (pgs) dscore += pgs[r];
             const scalar_t dpre = activation_grad<A>(dscore, ppre[r], p);
             bsum += acc_t(dpre);
-            const scalar_t* hr = ph + r * h;
+            const scalar_t* __restrict__ hr = ph + r * h;
             if (pgh) {
-              scalar_t* ghr = pgh + r * h;
+              scalar_t* __restrict__ ghr = pgh + r * h;
               for (int64_t j = 0; j < h; ++j) ghr[j] = dpre * pw[j];
             }
             if (wsum) {
-              for (int64_t j = 0; j < h; ++j) wsum[j] += acc_t(dpre) * acc_t(hr[j]);
+              for (int64_t j = 0; j < h; ++j) wsum[j] += dpre * hr[j];
             }
           }
           b_partial[c] = bsum;
@@ -188,7 +204,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cpu(
       scalar_t* pgw = args.grad_w.mutable_data_ptr<scalar_t>();
       for (int64_t j = 0; j < h; ++j) {
         acc_t total = 0;
-        for (int64_t c = 0; c < chunks; ++c) total += w_partial[c * h + j];
+        for (int64_t c = 0; c < chunks; ++c) total += acc_t(w_partial[c * h + j]);
         pgw[j] = static_cast<scalar_t>(total);
       }
     }
