@@ -1,5 +1,6 @@
 // The operator schemas of the infomax_ext namespace. Each backend (csrc/cpu, csrc/cuda)
-// registers its kernels against them; python/infomax_ext/_ops.py adds fake kernels and autograd.
+// registers its kernels against them, csrc/autograd.cpp their autograd formulas and the
+// device-agnostic paired_linear; python/infomax_ext/_ops.py adds the fake kernels.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -21,6 +22,9 @@ TORCH_LIBRARY(infomax_ext, m) {
       "paired_first_layer_backward(Tensor grad_out, Tensor data_half, Tensor latent_half, "
       "Tensor? shuffled_source, Tensor bias, Tensor perm, Tensor inverse_perm, str activation, "
       "float param, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "paired_linear(Tensor hx, Tensor hz, Tensor? hz_source, Tensor weight, Tensor? bias, "
+      "Tensor perm, str activation, float param) -> Tensor");
   m.def(
       "nwj_head(Tensor hidden, Tensor weight, Tensor? bias, int n_joint, str activation, "
       "float param) -> (Tensor, Tensor, Tensor)");

@@ -176,6 +176,102 @@ def test_paired_first_layer_bad_input():
         ops.paired_first_layer(a, b[:3], None, bias, perm[:3], "relu", 0.0)
 
 
+# ---------------------------------------------------------------------------- paired linear
+
+
+def linear_inputs(n, dx, dz, h, s=1, dtype=torch.float64, source=False, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *shape: torch.randn(*shape, generator=g, dtype=dtype).requires_grad_(True)
+    hx, hz, weight = make(n, dx), make(s * n, dz), make(h, dx + dz)
+    return (hx, hz, make(s * n, dz) if source else None, weight, make(h) if bias else None,
+            im.latent_permutation(n, s, seed=seed + 5))
+
+
+@pytest.mark.parametrize("source,bias", [(False, True), (True, True), (False, False), (True, False)])
+@pytest.mark.parametrize("activation", ["relu", "softplus"])
+def test_paired_linear_gradcheck(source, bias, activation):
+    hx, hz, src, weight, b, perm = linear_inputs(4, 3, 2, 5, s=2, source=source, bias=bias)
+    inputs = [t for t in (hx, hz, src, weight, b) if t is not None]
+
+    def f(*args):
+        it = iter(args)
+        hx, hz = next(it), next(it)
+        src_ = next(it) if source else None
+        weight = next(it)
+        b_ = next(it) if bias else None
+        return _ops.paired_linear(hx, hz, src_, weight, b_, perm, activation)
+
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,dx,dz,h,s", [(2, 1, 1, 1, 1), (9, 20, 3, 17, 2), (600, 12, 4, 9, 1)])
+def test_paired_linear_matches_reference(dtype, n, dx, dz, h, s):
+    # n = 600 takes the transposed data-half weight gradient (from 512 rows on).
+    for source, bias in itertools.product((False, True), (False, True)):
+        args = linear_inputs(n, dx, dz, h, s, dtype=dtype, source=source, bias=bias)
+        perm = args[-1]
+        out = _ops.paired_linear(*args, "gelu")
+        ref = reference.paired_linear(*args, "gelu")
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out, ref, **tol)
+        grad = torch.randn_like(out)
+        inputs = [t for t in args[:-1] if t is not None]
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+        for got, want in zip(torch.autograd.grad(out, inputs, grad),
+                             torch.autograd.grad(ref, inputs, grad)):
+            torch.testing.assert_close(got, want, **tol)
+        assert perm.shape == (s * n,)
+
+
+@pytest.mark.parametrize("source,bias", [(False, True), (True, False), (True, True)])
+def test_paired_linear_returns_exactly_the_requested_gradients(source, bias):
+    # Absent optional tensors have no needs_input_grad slot: each subset of the present inputs
+    # must get its own gradients, equal to the reference's.
+    hx, hz, src, weight, b, perm = linear_inputs(5, 4, 2, 3, s=2, source=source, bias=bias)
+    present = [t for t in (hx, hz, src, weight, b) if t is not None]
+    out = _ops.paired_linear(hx, hz, src, weight, b, perm, "tanh")
+    ref = reference.paired_linear(hx, hz, src, weight, b, perm, "tanh")
+    grad = torch.randn_like(out)
+    for k in range(1, len(present) + 1):
+        for subset in itertools.combinations(present, k):
+            got = torch.autograd.grad(out, subset, grad, retain_graph=True)
+            want = torch.autograd.grad(ref, subset, grad, retain_graph=True)
+            for g1, g2 in zip(got, want):
+                torch.testing.assert_close(g1, g2)
+
+
+def test_paired_linear_without_any_gradient_is_the_forward_only():
+    hx, hz, _, weight, b, perm = linear_inputs(4, 3, 2, 5)
+    with torch.no_grad():
+        out = _ops.paired_linear(hx, hz, None, weight, b, perm, "relu")
+    assert not out.requires_grad
+    torch.testing.assert_close(out, reference.paired_linear(hx, hz, None, weight, b, perm, "relu").detach())
+
+
+@pytest.mark.parametrize("source,bias", [(False, True), (True, False)])
+def test_paired_linear_opcheck(source, bias):
+    args = linear_inputs(4, 3, 2, 5, s=2, source=source, bias=bias)
+    torch.library.opcheck(ops.paired_linear.default, (*args, "elu", 0.7))
+
+
+def test_paired_linear_bad_input():
+    hx, hz, src, weight, b, perm = (t.detach() if t is not None else None
+                                    for t in linear_inputs(4, 3, 2, 5, source=True))
+    with pytest.raises(RuntimeError, match="weight takes 5 features but hx has 3 and hz has 3"):
+        ops.paired_linear(hx, torch.randn(4, 3, dtype=torch.float64), None, weight, b, perm, "relu", 0.0)
+    with pytest.raises(RuntimeError, match="dtype mismatch"):
+        ops.paired_linear(hx, hz.float(), None, weight, b, perm, "relu", 0.0)
+    with pytest.raises(RuntimeError, match="hz_source has shape"):
+        ops.paired_linear(hx, hz, src[:3], weight, b, perm, "relu", 0.0)
+    with pytest.raises(RuntimeError, match="bias has 4 entries but the layer has 5 units"):
+        ops.paired_linear(hx, hz, None, weight, b[:4], perm, "relu", 0.0)
+    with pytest.raises(RuntimeError, match="perm has length 3"):
+        ops.paired_linear(hx, hz, None, weight, b, perm[:3], "relu", 0.0)
+    with pytest.raises(RuntimeError, match="hx must have 2 dimension"):
+        ops.paired_linear(hx[0], hz, None, weight, b, perm, "relu", 0.0)
+
+
 # ---------------------------------------------------------------------------- NWJ bound and head
 
 def test_nwj_bound_against_direct_float64():
@@ -211,6 +307,21 @@ def test_nwj_head_gradcheck(activation):
     f = lambda h, w, b: (lambda out: out[0] + 0.3 * out[1].pow(2).sum())(
         _ops.nwj_head(h, w, b, 4, activation, p))
     assert torch.autograd.gradcheck(f, (hidden, w, b))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_nwj_head_gradients_of_each_input_alone(with_bias):
+    # Without a bias the op has one tensor input fewer: the gradient slots must still line up.
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(10, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(1, generator=g, dtype=torch.float64, requires_grad=True) if with_bias else None
+    bound, _ = _ops.nwj_head(hidden, w, b, 5, "sigmoid")
+    ref, _ = reference.nwj_head(hidden, w, b, 5, "sigmoid")
+    for t in [hidden, w] + ([b] if with_bias else []):
+        got, = torch.autograd.grad(bound, [t], retain_graph=True)
+        want, = torch.autograd.grad(ref, [t], retain_graph=True)
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

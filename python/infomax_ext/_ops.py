@@ -24,7 +24,7 @@ __all__ = [
     "seeded_permutation",
     "inverse_permutation",
     "paired_first_layer",
-    "paired_first_layer_backward",
+    "paired_linear",
     "nwj_head",
     "nwj_bound",
 ]
@@ -179,16 +179,30 @@ def paired_first_layer(
     )
 
 
-def paired_first_layer_backward(grad_out, data_half, latent_half, shuffled_source, bias, perm,
-                                activation, param, want):
-    """The compiled backward of :func:`paired_first_layer`: gradients of the data half, latent
-    half, shuffled source and bias, those not in ``want`` (4 bools) empty."""
-    # The inverse is only read when the shuffled rows' gradient returns to latent_half.
-    inverse = inverse_permutation(perm) if (want[1] and shuffled_source is None) else perm
-    return torch.ops.infomax_ext.paired_first_layer_backward.default(
-        grad_out, data_half, latent_half, shuffled_source, bias, perm, inverse, activation, param,
-        list(want),
-    )
+def paired_linear(
+    hx: torch.Tensor,
+    hz: torch.Tensor,
+    hz_source: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    perm: torch.Tensor,
+    activation: str = "identity",
+    param: float = 0.0,
+) -> torch.Tensor:
+    """The MI chain's first Linear layer on joint and shuffled pairs, one op and one autograd node.
+
+    ``hx`` (N, Dx) = data(x), ``hz`` (M, Dz) = latent(z) with M = S N, ``weight`` (H, Dx + Dz),
+    ``bias`` (H,) or None, ``perm`` (M,) int64. Returns (2M, H): joint row r is
+    ``act(W [hx[r % N]; hz[r]] + b)``, shuffled row r is ``act(W [hx[r % N]; src[perm[r]]] + b)``
+    with ``src = hz_source`` or, when None, ``hz``. The weight is split into its data and latent
+    columns: ``hx Wx^T`` is computed once for both halves, the shuffled rows are never copied, and
+    the backward writes the weight gradient into one buffer.
+    """
+    if kernels_apply(hx, hz, hz_source, weight, bias):
+        return torch.ops.infomax_ext.paired_linear.default(
+            hx, hz, hz_source, weight, bias, perm, activation, float(param)
+        )
+    return reference.paired_linear(hx, hz, hz_source, weight, bias, perm, activation, param)
 
 
 if extension_available():
@@ -214,25 +228,13 @@ if extension_available():
             grad(output_mask[3], bias),
         )
 
-    def _paired_setup(ctx, inputs, output):
-        data_half, latent_half, shuffled_source, bias, perm, activation, param = inputs
-        ctx.has_source = shuffled_source is not None
-        ctx.activation, ctx.param = activation, param
-        ctx.save_for_backward(data_half, latent_half, shuffled_source, bias, perm)
-
-    def _paired_backward(ctx, grad_out):
-        data_half, latent_half, shuffled_source, bias, perm = ctx.saved_tensors
-        want = list(ctx.needs_input_grad[:4])
-        want[2] = want[2] and ctx.has_source
-        if not any(want):
-            return None, None, None, None, None, None, None
-        grads = paired_first_layer_backward(grad_out, data_half, latent_half, shuffled_source,
-                                            bias, perm, ctx.activation, ctx.param, want)
-        return tuple(g if w else None for g, w in zip(grads, want)) + (None, None, None)
-
-    torch.library.register_autograd(
-        "infomax_ext::paired_first_layer", _paired_backward, setup_context=_paired_setup
-    )
+    @torch.library.register_fake("infomax_ext::paired_linear")
+    def _(hx, hz, hz_source, weight, bias, perm, activation, param):
+        torch._check(hx.dim() == 2 and hz.dim() == 2 and weight.dim() == 2,
+                     lambda: "hx, hz and weight must be 2-D")
+        torch._check(weight.shape[1] == hx.shape[1] + hz.shape[1],
+                     lambda: "the weight's width is not hx's plus hz's")
+        return hx.new_empty((2 * hz.shape[0], weight.shape[0]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,19 +290,6 @@ if extension_available():
     def _(grad, t_joint, t_marg):
         return torch.empty_like(t_joint), torch.empty_like(t_marg)
 
-    def _bound_setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def _bound_backward(ctx, grad):
-        t_joint, t_marg = ctx.saved_tensors
-        g_joint, g_marg = torch.ops.infomax_ext.nwj_bound_backward.default(grad, t_joint, t_marg)
-        return (g_joint if ctx.needs_input_grad[0] else None,
-                g_marg if ctx.needs_input_grad[1] else None)
-
-    torch.library.register_autograd(
-        "infomax_ext::nwj_bound", _bound_backward, setup_context=_bound_setup
-    )
-
     @torch.library.register_fake("infomax_ext::nwj_head")
     def _(hidden, weight, bias, n_joint, activation, param):
         rows = hidden.shape[0]
@@ -314,30 +303,3 @@ if extension_available():
             weight.new_empty(weight.shape) if output_mask[1] else hidden.new_empty((0,)),
             hidden.new_empty((1,)) if output_mask[2] else hidden.new_empty((0,)),
         )
-
-    def _head_setup(ctx, inputs, output):
-        hidden, weight, bias, n_joint, activation, param = inputs
-        _bound, scores, pre = output
-        ctx.n_joint, ctx.activation, ctx.param = n_joint, activation, param
-        ctx.has_bias = bias is not None
-        ctx.mark_non_differentiable(pre)
-        ctx.save_for_backward(hidden, weight, scores, pre)
-
-    def _head_backward(ctx, grad_bound, grad_scores, _grad_pre):
-        hidden, weight, scores, pre = ctx.saved_tensors
-        want = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                ctx.needs_input_grad[2] and ctx.has_bias]
-        if not any(want):
-            return None, None, None, None, None, None
-        if grad_bound is None:
-            grad_bound = hidden.new_zeros(())
-        g_hidden, g_weight, g_bias = torch.ops.infomax_ext.nwj_head_backward.default(
-            grad_bound, grad_scores, hidden, weight, scores, pre, ctx.n_joint, ctx.activation,
-            ctx.param, want,
-        )
-        return (g_hidden if want[0] else None, g_weight if want[1] else None,
-                g_bias if want[2] else None, None, None, None)
-
-    torch.library.register_autograd(
-        "infomax_ext::nwj_head", _head_backward, setup_context=_head_setup
-    )

@@ -18,7 +18,6 @@ from torch import nn
 
 from . import _ops
 from .activations import ActivationSpec, apply_activation, as_module, identity, spec_of_module
-from .fused_layers import paired_linear
 
 __all__ = [
     "MutualInfoChain",
@@ -289,7 +288,7 @@ def paired_mutual_info(
         source = mi.latent(z.detach())
     else:
         source = None
-    h = paired_linear(hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
+    h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
                       plan.first_act.param)
     for module in plan.middle:
         h = module(h)

@@ -13,6 +13,7 @@ __all__ = [
     "permutation_keys",
     "inverse_permutation",
     "paired_first_layer",
+    "paired_linear",
     "nwj_head",
     "nwj_bound",
 ]
@@ -80,6 +81,32 @@ def paired_first_layer(
     joint = apply_activation((a + latent_half) + bias, activation, param)
     shuffled = apply_activation((a + source[perm]) + bias, activation, param)
     return torch.cat([joint, shuffled])
+
+
+def paired_linear(
+    hx: torch.Tensor,
+    hz: torch.Tensor,
+    hz_source: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    perm: torch.Tensor,
+    activation: str,
+    param: float = 0.0,
+) -> torch.Tensor:
+    """The MI chain's first Linear layer ``act(W [hx; hz] + b)`` on joint and shuffled pairs.
+
+    Shapes: ``hx`` (N, Dx), ``hz`` and ``hz_source`` (M, Dz) with M = S N, ``weight``
+    (H, Dx + Dz), ``bias`` (H,) or None, ``perm`` (M,). Returns (2M, H): joint row r is
+    ``act(W [hx[r % N]; hz[r]] + b)``, shuffled row r is ``act(W [hx[r % N]; src[perm[r]]] + b)``
+    with ``src = hz_source`` or, when None, ``hz``: :func:`paired_first_layer` of the two halves
+    of the weight applied to ``hx`` and ``hz``.
+    """
+    dx = hx.shape[1]
+    w_data, w_latent = weight[:, :dx], weight[:, dx:]
+    source_half = None if hz_source is None else hz_source @ w_latent.t()
+    bias_vec = bias if bias is not None else weight.new_zeros(weight.shape[0])
+    return paired_first_layer(hx @ w_data.t(), hz @ w_latent.t(), source_half, bias_vec, perm,
+                              activation, param)
 
 
 def nwj_bound(t_joint: torch.Tensor, t_marg: torch.Tensor) -> torch.Tensor:
