@@ -38,7 +38,7 @@ import torch
 import infomax_ext
 assert infomax_ext.extension_available(), infomax_ext.extension_error()
 ops = ["permutation_keys", "inverse_permutation", "paired_first_layer",
-       "paired_first_layer_backward", "nwj_head", "nwj_head_backward", "nwj_bound",
+       "paired_first_layer_backward", "paired_linear", "nwj_head", "nwj_head_backward", "nwj_bound",
        "nwj_bound_backward"]
 missing = [op for op in ops
            if not torch._C._dispatch_has_kernel_for_dispatch_key(f"infomax_ext::{op}", "CUDA")]
