@@ -38,12 +38,17 @@ import torch
 import infomax_ext
 assert infomax_ext.extension_available(), infomax_ext.extension_error()
 ops = ["permutation_keys", "inverse_permutation", "paired_first_layer",
-       "paired_first_layer_backward", "paired_linear", "nwj_head", "nwj_head_backward", "nwj_bound",
+       "paired_first_layer_backward", "nwj_head", "nwj_head_backward", "nwj_bound",
        "nwj_bound_backward"]
-missing = [op for op in ops
-           if not torch._C._dispatch_has_kernel_for_dispatch_key(f"infomax_ext::{op}", "CUDA")]
+has = torch._C._dispatch_has_kernel_for_dispatch_key
+missing = [op for op in ops if not has(f"infomax_ext::{op}", "CUDA")]
 assert not missing, f"no CUDA kernel for: {missing}"
-print(f"   CUDA kernels registered for all {len(ops)} ops; GPU present: {torch.cuda.is_available()}")
+# paired_linear is device-agnostic (ATen GEMMs + the ops above), with its autograd in C++.
+assert has("infomax_ext::paired_linear", "CompositeExplicitAutograd")
+for op in ops[2:3] + ["paired_linear", "nwj_head", "nwj_bound"]:
+    assert has(f"infomax_ext::{op}", "Autograd"), f"no C++ autograd for {op}"
+print(f"   CUDA kernels registered for all {len(ops)} kernel ops, paired_linear composite; "
+      f"GPU present: {torch.cuda.is_available()}")
 PY
 )
 
