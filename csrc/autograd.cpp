@@ -173,7 +173,8 @@ at::Tensor paired_first_layer_autograd(const at::Tensor& data_half, const at::Te
 constexpr int64_t kTransposedWeightGradRows = 512;
 
 void check_paired_linear(const at::Tensor& hx, const at::Tensor& hz, const at::Tensor& source,
-                         const at::Tensor& weight, const at::Tensor& bias) {
+                         const at::Tensor& weight, const at::Tensor& bias,
+                         const at::Tensor& data_half) {
   check_float_tensor(hx, "hx", 2);
   check_float_tensor(hz, "hz", 2);
   check_float_tensor(weight, "weight", 2);
@@ -193,21 +194,31 @@ void check_paired_linear(const at::Tensor& hx, const at::Tensor& hz, const at::T
     TORCH_CHECK(bias.size(0) == weight.size(0), "infomax_ext: bias has ", bias.size(0),
                 " entries but the layer has ", weight.size(0), " units");
   }
+  if (data_half.defined()) {
+    check_float_tensor(data_half, "data_half", 2);
+    check_same(hx, data_half, "hx", "data_half");
+    TORCH_CHECK(data_half.size(0) == hx.size(0) && data_half.size(1) == weight.size(0),
+                "infomax_ext: data_half has shape ", data_half.sizes(), ", expected [", hx.size(0),
+                ", ", weight.size(0), "] (hx @ weight[:, :Dx].T)");
+    TORCH_CHECK(!data_half.requires_grad(), "infomax_ext: data_half is a precomputed constant "
+                "(hx @ weight[:, :Dx].T); it must not require grad");
+  }
 }
 
-// The weight split into its data and latent columns, applied: hx Wx^T (N, H), hz Wz^T (M, H),
-// hz_source Wz^T (M, H) or undefined, and the bias (zeros when absent).
+// The weight split into its data and latent columns, applied: hx Wx^T (N, H) unless given as
+// data_half, hz Wz^T (M, H), hz_source Wz^T (M, H) or undefined, and the bias (zeros when absent).
 struct LinearHalves {
   at::Tensor data, latent, source, bias;
 };
 
 LinearHalves linear_halves(const at::Tensor& hx, const at::Tensor& hz, const at::Tensor& source,
-                           const at::Tensor& weight, const at::Tensor& bias) {
-  check_paired_linear(hx, hz, source, weight, bias);
+                           const at::Tensor& weight, const at::Tensor& bias,
+                           const at::Tensor& data_half) {
+  check_paired_linear(hx, hz, source, weight, bias, data_half);
   const int64_t dx = hx.size(1);
   const at::Tensor w_latent = weight.narrow(1, dx, hz.size(1));
   LinearHalves halves;
-  halves.data = at::mm(hx, weight.narrow(1, 0, dx).t());
+  halves.data = data_half.defined() ? data_half : at::mm(hx, weight.narrow(1, 0, dx).t());
   halves.latent = at::mm(hz, w_latent.t());
   if (source.defined()) halves.source = at::mm(source, w_latent.t());
   halves.bias = bias.defined() ? bias : at::zeros({weight.size(0)}, weight.options());
@@ -224,10 +235,12 @@ struct PairedLinearFunction : public torch::autograd::Function<PairedLinearFunct
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hx, const at::Tensor& hz,
                             const std::optional<at::Tensor>& hz_source, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias_in, const at::Tensor& perm,
-                            const std::string& activation, double param) {
+                            const std::string& activation, double param,
+                            const std::optional<at::Tensor>& data_half) {
     at::AutoDispatchBelowADInplaceOrView guard;
     const at::Tensor source = value_or_undefined(hz_source), bias = value_or_undefined(bias_in);
-    const LinearHalves halves = linear_halves(hx, hz, source, weight, bias);
+    const LinearHalves halves =
+        linear_halves(hx, hz, source, weight, bias, value_or_undefined(data_half));
     at::Tensor out = paired_first_layer_op(halves.data, halves.latent, halves.source, halves.bias,
                                            perm, activation, param);
     ctx->save_for_backward({hx, hz, source, weight, halves.bias, perm, halves.data, halves.latent,
@@ -248,7 +261,7 @@ struct PairedLinearFunction : public torch::autograd::Function<PairedLinearFunct
     const bool need_bias = slot.next_if(ctx->saved_data["has_bias"].toBool());
     const std::array<bool, 4> want = {need_hx || need_w, need_hz || need_w,
                                       has_source && (need_src || need_w), need_bias};
-    if (!(want[0] || want[1] || want[2] || want[3])) return variable_list(8);
+    if (!(want[0] || want[1] || want[2] || want[3])) return variable_list(9);
     auto [g_data, g_latent, g_source, g_bias] = paired_first_layer_backward_op(
         grads[0], saved[6], saved[7], saved[8], saved[4], saved[5],
         ctx->saved_data["activation"].toStringRef(), ctx->saved_data["param"].toDouble(), want);
@@ -280,16 +293,17 @@ struct PairedLinearFunction : public torch::autograd::Function<PairedLinearFunct
             need_src ? narrow_input_grad(g_source, w_latent) : at::Tensor(),
             grad_w,
             grad_if(need_bias, g_bias),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 at::Tensor paired_linear(const at::Tensor& hx, const at::Tensor& hz,
                          const std::optional<at::Tensor>& hz_source, const at::Tensor& weight,
                          const std::optional<at::Tensor>& bias, const at::Tensor& perm,
-                         c10::string_view activation, double param) {
-  const LinearHalves halves =
-      linear_halves(hx, hz, value_or_undefined(hz_source), weight, value_or_undefined(bias));
+                         c10::string_view activation, double param,
+                         const std::optional<at::Tensor>& data_half) {
+  const LinearHalves halves = linear_halves(hx, hz, value_or_undefined(hz_source), weight,
+                                            value_or_undefined(bias), value_or_undefined(data_half));
   return paired_first_layer_op(halves.data, halves.latent, halves.source, halves.bias, perm,
                                activation, param);
 }
@@ -298,9 +312,9 @@ at::Tensor paired_linear_autograd(const at::Tensor& hx, const at::Tensor& hz,
                                   const std::optional<at::Tensor>& hz_source,
                                   const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                   const at::Tensor& perm, c10::string_view activation,
-                                  double param) {
+                                  double param, const std::optional<at::Tensor>& data_half) {
   return PairedLinearFunction::apply(hx, hz, hz_source, weight, bias, perm,
-                                     std::string(activation), param);
+                                     std::string(activation), param, data_half);
 }
 
 // ----------------------------------------------------------------------------------- nwj_head

@@ -24,7 +24,7 @@ TORCH_LIBRARY(infomax_ext, m) {
       "float param, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "paired_linear(Tensor hx, Tensor hz, Tensor? hz_source, Tensor weight, Tensor? bias, "
-      "Tensor perm, str activation, float param) -> Tensor");
+      "Tensor perm, str activation, float param, Tensor? data_half=None) -> Tensor");
   m.def(
       "nwj_head(Tensor hidden, Tensor weight, Tensor? bias, int n_joint, str activation, "
       "float param) -> (Tensor, Tensor, Tensor)");

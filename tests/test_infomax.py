@@ -246,3 +246,38 @@ def test_train_step_decreases_both_losses_on_digits(reuse_forward):
     last = torch.tensor(history[-10:]).mean(0)
     assert last[0] < first[0] - 5.0  # VAE loss (nats per image) goes down
     assert last[1] < first[1] - 0.2  # MI loss goes down: the MI estimate goes up
+
+
+def test_train_step_reuses_the_data_half_and_matches_the_step_without(monkeypatch):
+    # Paper-style chain (data = identity): the VAE step's data half serves the MI step.
+    def model():
+        torch.manual_seed(3)
+        enc = im.JointGaussianLogEncoder.from_sizes(16, 3, [24], [torch.relu])
+        dec = im.BernoulliDecoder.from_sizes(16, 3, [24], [torch.relu])
+        mlp = nn.Sequential(nn.Linear(19, 20), nn.ReLU(), nn.Linear(20, 1))
+        return im.InfoMaxVAE(im.VAE(enc, dec), im.MutualInfoChain(nn.Identity(), nn.Identity(), mlp)).double()
+
+    x = data()
+
+    def run(reuse):
+        m = model()
+        opt = {"vae": torch.optim.Adam(m.vae.parameters(), lr=1e-2),
+               "mi": torch.optim.Adam(m.mi.parameters(), lr=1e-2)}
+        torch.manual_seed(5)
+        losses = [im.train_step(m, x, opt, loss_return=True) for _ in range(3)]
+        return losses, [p.detach().clone() for p in m.parameters()]
+
+    import infomax_ext.mutual_info as mutual_info
+    given = []
+    real = im._ops.paired_linear
+    monkeypatch.setattr(im._ops, "paired_linear",
+                        lambda *a: given.append(a[8] is not None) or real(*a))
+    losses, params = run(reuse=True)
+    assert given == [True, True, True]
+    monkeypatch.setattr(mutual_info, "_reused_data_half", lambda hx, weight: None)
+    want_losses, want_params = run(reuse=False)
+    assert given[3:] == [False, False, False]
+    for got, want in zip(losses, want_losses):
+        assert got == pytest.approx(want, rel=1e-12)
+    for p, q in zip(params, want_params):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)

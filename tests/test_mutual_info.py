@@ -293,3 +293,74 @@ def test_large_batch_weight_gradient_equals_two_calls():
     plain = torch.autograd.grad(_two_call_bound(mi, x, z, perm, None, False).bound, params)
     for a, b in zip(fused, plain):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- data-half reuse
+
+
+def _spy_data_halves(monkeypatch):
+    """Records, for each fused first-layer call, whether a precomputed data half was passed."""
+    calls = []
+    real = im._ops.paired_linear
+
+    def spy(*args, **kwargs):
+        calls.append(args[8] if len(args) > 8 else kwargs.get("data_half"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(im._ops, "paired_linear", spy)
+    return calls
+
+
+def test_reuse_data_half_skips_the_product_and_changes_nothing(monkeypatch):
+    mi = paper_like_chain()
+    x, z = torch.randn(10, 12, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
+    perm = im.latent_permutation(10, 1, seed=4)
+    params = list(mi.parameters())
+    want = im.paired_mutual_info(mi, x, z, perm).bound
+    want_grads = torch.autograd.grad(want, params)
+    calls = _spy_data_halves(monkeypatch)
+    with im.reuse_data_half():
+        # the frozen evaluation (the VAE step: codes need gradient) computes and keeps it
+        frozen = im.paired_mutual_info(mi.requires_grad_(False), x, z.requires_grad_(), perm).bound
+        mi.requires_grad_(True)
+        got = im.paired_mutual_info(mi, x, z, perm).bound
+    assert len(calls) == 1 and calls[0] is not None  # the trainable evaluation reused it
+    torch.testing.assert_close(frozen, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for g1, g2 in zip(torch.autograd.grad(got, params), want_grads):
+        torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
+
+
+def test_reuse_data_half_recomputes_after_an_in_place_change():
+    mi = paper_like_chain()
+    x, z = torch.randn(10, 12, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
+    perm = im.latent_permutation(10, 1, seed=4)
+
+    def fresh():
+        plain = paper_like_chain()
+        plain.load_state_dict(mi.state_dict())
+        return im.paired_mutual_info(plain, x, z, perm).bound
+
+    with im.reuse_data_half():
+        im.paired_mutual_info(mi, x, z, perm)
+        with torch.no_grad():
+            mi.mlp[0].weight.add_(0.5)  # an optimizer step on the MI chain
+        after_weight = im.paired_mutual_info(mi, x, z, perm).bound
+        torch.testing.assert_close(after_weight, fresh(), rtol=1e-12, atol=1e-12)
+        x.mul_(2.0)  # the data changed in place
+        after_x = im.paired_mutual_info(mi, x, z, perm).bound
+        torch.testing.assert_close(after_x, fresh(), rtol=1e-12, atol=1e-12)
+    assert after_weight.item() != after_x.item()
+
+
+def test_no_reuse_outside_the_context_or_when_data_needs_gradient(monkeypatch):
+    mi = im.MutualInfoChain.from_sizes(12, 3, [8], [torch.relu]).double()  # data = Linear
+    x, z = torch.randn(10, 12, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
+    perm = im.latent_permutation(10, 1, seed=4)
+    calls = _spy_data_halves(monkeypatch)
+    with im.reuse_data_half():
+        with torch.no_grad():
+            im.paired_mutual_info(mi, x, z, perm)  # data(x) constant: computed and kept
+        im.paired_mutual_info(mi, x, z, perm)  # data(x) needs a graph now: not reusable
+    im.paired_mutual_info(paper_like_chain(), x, z, perm)
+    assert [c is not None for c in calls] == [True, False, False]

@@ -255,6 +255,23 @@ def test_paired_linear_opcheck(source, bias):
     torch.library.opcheck(ops.paired_linear.default, (*args, "elu", 0.7))
 
 
+@pytest.mark.parametrize("source", [False, True])
+def test_paired_linear_with_a_precomputed_data_half(source):
+    # The given data half stands for hx @ Wx.T: same output, same gradients (hx and W included).
+    hx, hz, src, weight, b, perm = linear_inputs(6, 4, 2, 5, s=2, source=source)
+    data_half = (hx @ weight[:, :4].t()).detach()
+    present = [t for t in (hx, hz, src, weight, b) if t is not None]
+    for op in (_ops.paired_linear, reference.paired_linear):
+        out = op(hx, hz, src, weight, b, perm, "silu", 0.0, data_half)
+        ref = reference.paired_linear(hx, hz, src, weight, b, perm, "silu")
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        grad = torch.randn_like(out)
+        for g1, g2 in zip(torch.autograd.grad(out, present, grad), torch.autograd.grad(ref, present, grad)):
+            torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
+    torch.library.opcheck(ops.paired_linear.default,
+                          (hx, hz, src, weight, b, perm, "silu", 0.0, data_half))
+
+
 def test_paired_linear_bad_input():
     hx, hz, src, weight, b, perm = (t.detach() if t is not None else None
                                     for t in linear_inputs(4, 3, 2, 5, source=True))
@@ -270,6 +287,11 @@ def test_paired_linear_bad_input():
         ops.paired_linear(hx, hz, None, weight, b, perm[:3], "relu", 0.0)
     with pytest.raises(RuntimeError, match="hx must have 2 dimension"):
         ops.paired_linear(hx[0], hz, None, weight, b, perm, "relu", 0.0)
+    with pytest.raises(RuntimeError, match=r"data_half has shape \[4, 4\], expected \[4, 5\]"):
+        ops.paired_linear(hx, hz, None, weight, b, perm, "relu", 0.0, torch.zeros(4, 4, dtype=hx.dtype))
+    with pytest.raises(RuntimeError, match="must not require grad"):
+        ops.paired_linear(hx, hz, None, weight, b, perm, "relu", 0.0,
+                          torch.zeros(4, 5, dtype=hx.dtype, requires_grad=True))
 
 
 # ---------------------------------------------------------------------------- NWJ bound and head

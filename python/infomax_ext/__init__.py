@@ -30,6 +30,7 @@ from .mutual_info import (
     PairedBound,
     latent_permutation,
     paired_mutual_info,
+    reuse_data_half,
     shuffle_latent,
     variational_mutual_info,
 )

@@ -188,6 +188,7 @@ def paired_linear(
     perm: torch.Tensor,
     activation: str = "identity",
     param: float = 0.0,
+    data_half: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The MI chain's first Linear layer on joint and shuffled pairs, one op and one autograd node.
 
@@ -196,13 +197,16 @@ def paired_linear(
     ``act(W [hx[r % N]; hz[r]] + b)``, shuffled row r is ``act(W [hx[r % N]; src[perm[r]]] + b)``
     with ``src = hz_source`` or, when None, ``hz``. The weight is split into its data and latent
     columns: ``hx Wx^T`` is computed once for both halves, the shuffled rows are never copied, and
-    the backward writes the weight gradient into one buffer.
+    the backward writes the weight gradient into one buffer. ``data_half`` (N, H), when given, is
+    ``hx @ weight[:, :Dx].T`` computed earlier (a constant that saves that product; gradients are
+    unchanged).
     """
-    if kernels_apply(hx, hz, hz_source, weight, bias):
+    if kernels_apply(hx, hz, hz_source, weight, bias, data_half):
         return torch.ops.infomax_ext.paired_linear.default(
-            hx, hz, hz_source, weight, bias, perm, activation, float(param)
+            hx, hz, hz_source, weight, bias, perm, activation, float(param), data_half
         )
-    return reference.paired_linear(hx, hz, hz_source, weight, bias, perm, activation, param)
+    return reference.paired_linear(hx, hz, hz_source, weight, bias, perm, activation, param,
+                                   data_half)
 
 
 if extension_available():
@@ -229,7 +233,7 @@ if extension_available():
         )
 
     @torch.library.register_fake("infomax_ext::paired_linear")
-    def _(hx, hz, hz_source, weight, bias, perm, activation, param):
+    def _(hx, hz, hz_source, weight, bias, perm, activation, param, data_half=None):
         torch._check(hx.dim() == 2 and hz.dim() == 2 and weight.dim() == 2,
                      lambda: "hx, hz and weight must be 2-D")
         torch._check(weight.shape[1] == hx.shape[1] + hz.shape[1],

@@ -17,6 +17,7 @@ from .mutual_info import (
     check_batch,
     latent_permutation,
     paired_mutual_info,
+    reuse_data_half,
 )
 from .vae import VAE, VAEOutput, decoder_loglikelihood, encoder_kl
 
@@ -244,12 +245,14 @@ def train_step(
         opt_vae.step()
         opt_mi.step()
     else:
-        with _frozen(mi_params):
-            vae_loss = infomaxloss_function(model.vae, model.mi, *args, **vae_kwargs)
-        _set_grads(vae_loss, vae_params)
-        opt_vae.step()
-        with _frozen(vae_params):
-            mi_loss = miloss_function(model.vae, model.mi, x, **mi_kwargs)
+        # Both losses see the same x and MI weights: the MI chain's data half is computed once.
+        with reuse_data_half():
+            with _frozen(mi_params):
+                vae_loss = infomaxloss_function(model.vae, model.mi, *args, **vae_kwargs)
+            _set_grads(vae_loss, vae_params)
+            opt_vae.step()
+            with _frozen(vae_params):
+                mi_loss = miloss_function(model.vae, model.mi, x, **mi_kwargs)
         _set_grads(mi_loss, mi_params)
         opt_mi.step()
 

@@ -11,6 +11,8 @@ exact two-call path ``T(x, z)``, ``T(x, z_shuffle)``.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import NamedTuple, Sequence
 
 import torch
@@ -27,6 +29,7 @@ __all__ = [
     "latent_permutation",
     "draw_seed",
     "paired_mutual_info",
+    "reuse_data_half",
     "variational_mutual_info",
 ]
 
@@ -249,6 +252,45 @@ def fused_plan(mi: nn.Module) -> _FusedPlan | None:
     return _FusedPlan(layers[0], first_act, layers[k:end], head, head_act)
 
 
+_DATA_HALVES: contextvars.ContextVar = contextvars.ContextVar("infomax_ext_data_halves",
+                                                              default=None)
+
+
+@contextlib.contextmanager
+def reuse_data_half():
+    """Inside: the MI chain's data half ``data(x) @ Wx.T`` (the first layer's data columns) is
+    computed once per input and weight and reused by the later evaluations of the bound.
+
+    ``train_step`` runs its VAE step and its MI step in this context: both see the same x and the
+    same MI weights (the MI step comes before the MI update), so the MI step skips one
+    (N x Dx) @ (Dx x H) product. Only data halves without gradient are kept (``data(x)`` needs
+    none: no parameters of its own, or frozen, and x constant); entries are keyed by the tensors'
+    storage and version counters, so an in-place change of x or of the weight (an optimizer
+    step) computes it anew.
+    """
+    token = _DATA_HALVES.set({})
+    try:
+        yield
+    finally:
+        _DATA_HALVES.reset(token)
+
+
+def _reused_data_half(hx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """``hx @ weight[:, :Dx].T`` without gradient, from or into the cache of
+    :func:`reuse_data_half`; None outside it or when ``hx`` needs gradient."""
+    if torch.compiler.is_compiling() or hx.requires_grad:
+        return None
+    cache = _DATA_HALVES.get()
+    if cache is None:
+        return None
+    key = (hx.data_ptr(), tuple(hx.shape), hx.stride(), hx._version, hx.dtype, hx.device,
+           weight.data_ptr(), tuple(weight.shape), weight._version)
+    if key not in cache:
+        with torch.no_grad():
+            cache[key] = torch.mm(hx, weight[:, :hx.shape[1]].t())
+    return cache[key]
+
+
 def paired_mutual_info(
     mi: nn.Module,
     x: torch.Tensor,
@@ -289,7 +331,7 @@ def paired_mutual_info(
     else:
         source = None
     h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
-                      plan.first_act.param)
+                           plan.first_act.param, _reused_data_half(hx, weight))
     for module in plan.middle:
         h = module(h)
     if plan.head is not None:
@@ -319,7 +361,9 @@ def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
     joint rows with autograd, the shuffled rows without, so the backward runs on M rows, not 2M."""
     weight, bias = plan.first.weight, plan.first.bias
     dx, m, n = hx.shape[1], hz.shape[0], hx.shape[0]
-    data_half = torch.mm(hx, weight[:, :dx].t())
+    data_half = _reused_data_half(hx, weight)
+    if data_half is None:
+        data_half = torch.mm(hx, weight[:, :dx].t())
     if bias is not None:
         data_half = data_half + bias
     latent_half = torch.mm(hz, weight[:, dx:].t())

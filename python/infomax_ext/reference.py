@@ -92,6 +92,7 @@ def paired_linear(
     perm: torch.Tensor,
     activation: str,
     param: float = 0.0,
+    data_half: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The MI chain's first Linear layer ``act(W [hx; hz] + b)`` on joint and shuffled pairs.
 
@@ -99,13 +100,19 @@ def paired_linear(
     (H, Dx + Dz), ``bias`` (H,) or None, ``perm`` (M,). Returns (2M, H): joint row r is
     ``act(W [hx[r % N]; hz[r]] + b)``, shuffled row r is ``act(W [hx[r % N]; src[perm[r]]] + b)``
     with ``src = hz_source`` or, when None, ``hz``: :func:`paired_first_layer` of the two halves
-    of the weight applied to ``hx`` and ``hz``.
+    of the weight applied to ``hx`` and ``hz``. ``data_half`` (N, H), when given, is the
+    precomputed ``hx @ weight[:, :Dx].T`` (a constant; the gradients of ``hx`` and ``weight`` are
+    those of the product it stands for).
     """
     dx = hx.shape[1]
     w_data, w_latent = weight[:, :dx], weight[:, dx:]
     source_half = None if hz_source is None else hz_source @ w_latent.t()
     bias_vec = bias if bias is not None else weight.new_zeros(weight.shape[0])
-    return paired_first_layer(hx @ w_data.t(), hz @ w_latent.t(), source_half, bias_vec, perm,
+    product = hx @ w_data.t()
+    if data_half is not None:
+        # The given value, with the product's gradient.
+        product = product + (data_half - product).detach()
+    return paired_first_layer(product, hz @ w_latent.t(), source_half, bias_vec, perm,
                               activation, param)
 
 
