@@ -7,6 +7,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 
@@ -107,6 +108,19 @@ at::Tensor value_or_undefined(const std::optional<at::Tensor>& t) {
 
 at::Tensor grad_if(bool wanted, const at::Tensor& grad) { return wanted ? grad : at::Tensor(); }
 
+// The backward ops have no derivatives of their own: a graph of the backward
+// (create_graph=True) would give wrong second derivatives silently, so refuse it.
+void refuse_double_backward(const variable_list& grads, const variable_list& saved,
+                            const char* op) {
+  if (!at::GradMode::is_enabled()) return;
+  auto needs = [](const at::Tensor& t) { return t.defined() && t.requires_grad(); };
+  const bool any = std::any_of(grads.begin(), grads.end(), needs) ||
+                   std::any_of(saved.begin(), saved.end(), needs);
+  TORCH_CHECK(!any, "infomax_ext: ", op, " does not support double backward (a gradient of its "
+              "gradient, create_graph=True); compute higher derivatives on the plain-PyTorch "
+              "path: inside `with infomax_ext.use_reference_path():`");
+}
+
 // Walks ctx->needs_input_grad, whose slots are the tensor inputs actually given: an absent
 // optional tensor has none (while backward still returns one entry per forward argument).
 class InputSlots {
@@ -140,6 +154,7 @@ struct PairedFirstLayerFunction : public torch::autograd::Function<PairedFirstLa
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
+    refuse_double_backward(grads, saved, "paired_first_layer");
     const at::Tensor &source = saved[2];
     // needs_input_grad counts the tensor inputs that are present: an absent source has no slot.
     InputSlots slot(ctx);
@@ -253,6 +268,7 @@ struct PairedLinearFunction : public torch::autograd::Function<PairedLinearFunct
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
+    refuse_double_backward(grads, saved, "paired_linear");
     const at::Tensor &hx = saved[0], &hz = saved[1], &source = saved[2], &weight = saved[3];
     const bool has_source = source.defined();
     InputSlots slot(ctx);
@@ -338,6 +354,7 @@ struct NwjHeadFunction : public torch::autograd::Function<NwjHeadFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
+    refuse_double_backward(grads, saved, "nwj_head");
     InputSlots slot(ctx);
     std::array<bool, 3> want;
     want[0] = slot.next();
@@ -375,6 +392,7 @@ struct NwjBoundFunction : public torch::autograd::Function<NwjBoundFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
+    refuse_double_backward(grads, saved, "nwj_bound");
     auto [g_joint, g_marg] = nwj_bound_backward_op(grads[0], saved[0], saved[1]);
     return {grad_if(ctx->needs_input_grad(0), g_joint), grad_if(ctx->needs_input_grad(1), g_marg)};
   }

@@ -12,7 +12,9 @@ from ._ops import (
     nwj_bound,
     nwj_head,
     paired_first_layer,
+    paired_linear,
     seeded_permutation,
+    use_reference_path,
 )
 from .activations import Activation, identity
 from .infomax import (

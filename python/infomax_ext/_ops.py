@@ -7,6 +7,7 @@ once. :func:`extension_available` and :func:`backend` tell which path is active.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -19,6 +20,7 @@ __all__ = [
     "backend",
     "has_kernel",
     "kernels_apply",
+    "use_reference_path",
     "seed_to_int64",
     "permutation_keys",
     "seeded_permutation",
@@ -85,6 +87,20 @@ def _kernel_devices() -> frozenset:
 
 # Computed once: a plain set lookup is all torch.compile has to trace in kernels_apply.
 _KERNEL_DEVICES = _kernel_devices()
+
+
+@contextlib.contextmanager
+def use_reference_path():
+    """Inside: every op runs its plain-PyTorch twin (:mod:`infomax_ext.reference`), as when the
+    extension is not built. For second derivatives (the fused ops' backward has none of its own)
+    and for debugging. Not thread-safe: it switches the module-wide choice."""
+    global _KERNEL_DEVICES
+    saved = _KERNEL_DEVICES
+    _KERNEL_DEVICES = frozenset()
+    try:
+        yield
+    finally:
+        _KERNEL_DEVICES = saved
 
 
 def kernels_apply(*tensors: torch.Tensor | None) -> bool:
