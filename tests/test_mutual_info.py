@@ -390,3 +390,18 @@ def test_double_backward_is_refused_on_the_fused_path_and_exact_on_the_reference
     want, = torch.autograd.grad(g.pow(2).sum(), [z])
     torch.testing.assert_close(second, want, rtol=1e-10, atol=1e-12)
     assert im._ops.kernels_apply(x)  # the switch is back
+
+
+def test_reuse_data_half_with_a_new_batch_in_the_same_context():
+    # A freed batch's memory may be reused by the next one; the cache keeps each entry's tensors
+    # alive, so a new batch never matches an old entry.
+    mi = paper_like_chain()
+    z = torch.randn(10, 3, dtype=torch.float64)
+    perm = im.latent_permutation(10, 1, seed=4)
+    with im.reuse_data_half():
+        for seed in range(4):
+            x = torch.randn(10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+            got = im.paired_mutual_info(mi, x, z, perm).bound
+            want = direct_nwj(mi, x, z, z[perm])
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+            del x

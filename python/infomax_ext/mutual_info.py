@@ -287,8 +287,10 @@ def _reused_data_half(hx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | 
            weight.data_ptr(), tuple(weight.shape), weight._version)
     if key not in cache:
         with torch.no_grad():
-            cache[key] = torch.mm(hx, weight[:, :hx.shape[1]].t())
-    return cache[key]
+            # hx and weight are kept alive with the entry: while it exists no other tensor can
+            # take their memory, so an address in the key always means the same tensor.
+            cache[key] = (hx, weight, torch.mm(hx, weight[:, :hx.shape[1]].t()))
+    return cache[key][2]
 
 
 def paired_mutual_info(
