@@ -45,7 +45,7 @@ missing = [op for op in ops if not has(f"infomax_ext::{op}", "CUDA")]
 assert not missing, f"no CUDA kernel for: {missing}"
 # paired_linear is device-agnostic (ATen GEMMs + the ops above), with its autograd in C++.
 assert has("infomax_ext::paired_linear", "CompositeExplicitAutograd")
-for op in ops[2:3] + ["paired_linear", "nwj_head", "nwj_bound"]:
+for op in ["paired_first_layer", "paired_linear", "nwj_head", "nwj_bound"]:
     assert has(f"infomax_ext::{op}", "Autograd"), f"no C++ autograd for {op}"
 print(f"   CUDA kernels registered for all {len(ops)} kernel ops, paired_linear composite; "
       f"GPU present: {torch.cuda.is_available()}")

@@ -16,6 +16,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def data_half_spy(monkeypatch):
+    """A list that gets, for each fused first-layer call (``_ops.paired_linear``), the
+    precomputed data half it was given, or None."""
+    from infomax_ext import _ops
+
+    calls = []
+    real = _ops.paired_linear
+
+    def spy(*args, **kwargs):
+        calls.append(args[8] if len(args) > 8 else kwargs.get("data_half"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_ops, "paired_linear", spy)
+    return calls
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

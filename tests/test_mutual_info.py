@@ -222,17 +222,15 @@ def test_float32_fused_matches_float64_two_calls():
     assert abs(got.item() - want.item()) < 1e-5
 
 
-def test_reference_fallback_gives_the_same_numbers(monkeypatch):
-    from infomax_ext import _ops
-
+def test_reference_fallback_gives_the_same_numbers():
     mi = paper_like_chain(out_act=nn.Softplus())
     x = torch.randn(9, 12, dtype=torch.float64)
     z = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
     perm = im.latent_permutation(9, 1, seed=2)
     fused = im.paired_mutual_info(mi, x, z, perm)
     g_fused = torch.autograd.grad(fused.bound, [z] + list(mi.parameters()))
-    monkeypatch.setattr(_ops, "_KERNEL_DEVICES", frozenset())
-    ref = im.paired_mutual_info(mi, x, z, perm)
+    with im.use_reference_path():
+        ref = im.paired_mutual_info(mi, x, z, perm)
     assert ref.bound.grad_fn is not None and "infomax_ext" not in type(ref.bound.grad_fn).__name__
     torch.testing.assert_close(fused.bound, ref.bound, rtol=1e-12, atol=1e-12)
     for a, b in zip(g_fused, torch.autograd.grad(ref.bound, [z] + list(mi.parameters()))):
@@ -298,27 +296,15 @@ def test_large_batch_weight_gradient_equals_two_calls():
 # ---------------------------------------------------------------------------- data-half reuse
 
 
-def _spy_data_halves(monkeypatch):
-    """Records, for each fused first-layer call, whether a precomputed data half was passed."""
-    calls = []
-    real = im._ops.paired_linear
-
-    def spy(*args, **kwargs):
-        calls.append(args[8] if len(args) > 8 else kwargs.get("data_half"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(im._ops, "paired_linear", spy)
-    return calls
-
-
-def test_reuse_data_half_skips_the_product_and_changes_nothing(monkeypatch):
+def test_reuse_data_half_skips_the_product_and_changes_nothing(data_half_spy):
     mi = paper_like_chain()
     x, z = torch.randn(10, 12, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
     perm = im.latent_permutation(10, 1, seed=4)
     params = list(mi.parameters())
     want = im.paired_mutual_info(mi, x, z, perm).bound
     want_grads = torch.autograd.grad(want, params)
-    calls = _spy_data_halves(monkeypatch)
+    calls = data_half_spy
+    calls.clear()  # count only the calls from here on
     with im.reuse_data_half():
         # the frozen evaluation (the VAE step: codes need gradient) computes and keeps it
         frozen = im.paired_mutual_info(mi.requires_grad_(False), x, z.requires_grad_(), perm).bound
@@ -353,11 +339,11 @@ def test_reuse_data_half_recomputes_after_an_in_place_change():
     assert after_weight.item() != after_x.item()
 
 
-def test_no_reuse_outside_the_context_or_when_data_needs_gradient(monkeypatch):
+def test_no_reuse_outside_the_context_or_when_data_needs_gradient(data_half_spy):
     mi = im.MutualInfoChain.from_sizes(12, 3, [8], [torch.relu]).double()  # data = Linear
     x, z = torch.randn(10, 12, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
     perm = im.latent_permutation(10, 1, seed=4)
-    calls = _spy_data_halves(monkeypatch)
+    calls = data_half_spy
     with im.reuse_data_half():
         with torch.no_grad():
             im.paired_mutual_info(mi, x, z, perm)  # data(x) constant: computed and kept

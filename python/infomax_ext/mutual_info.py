@@ -275,6 +275,11 @@ def reuse_data_half():
         _DATA_HALVES.reset(token)
 
 
+def _data_half(hx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``hx @ Wx.T`` (N, H): the first layer's data columns applied to data(x)."""
+    return torch.mm(hx, weight[:, :hx.shape[1]].t())
+
+
 def _reused_data_half(hx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     """``hx @ weight[:, :Dx].T`` without gradient, from or into the cache of
     :func:`reuse_data_half`; None outside it or when ``hx`` needs gradient."""
@@ -289,7 +294,7 @@ def _reused_data_half(hx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | 
         with torch.no_grad():
             # hx and weight are kept alive with the entry: while it exists no other tensor can
             # take their memory, so an address in the key always means the same tensor.
-            cache[key] = (hx, weight, torch.mm(hx, weight[:, :hx.shape[1]].t()))
+            cache[key] = (hx, weight, _data_half(hx, weight))
     return cache[key][2]
 
 
@@ -365,7 +370,7 @@ def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
     dx, m, n = hx.shape[1], hz.shape[0], hx.shape[0]
     data_half = _reused_data_half(hx, weight)
     if data_half is None:
-        data_half = torch.mm(hx, weight[:, :dx].t())
+        data_half = _data_half(hx, weight)
     if bias is not None:
         data_half = data_half + bias
     latent_half = torch.mm(hz, weight[:, dx:].t())
