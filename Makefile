@@ -1,8 +1,12 @@
 # make demo  : set up .venv (torch 2.13.0 CPU + this package) and run the main job
 # make test  : set up .venv and run the test suite
 # make bench : CPU benchmark of the MI bound (bench/README.md)
-# make wheel-check : build a wheel, install it in a fresh venv, smoke-test it
-# make cuda-check  : build the CUDA kernels against torch 2.14.1 (CUDA 13) and test that build
+# make wheel : the +cpu wheel (against torch 2.13.0) and the +cu130 wheel (against torch 2.14.1)
+#              in dist/, stable ABI, cp310-abi3, manylinux
+# make wheel-check : install the +cpu wheel into fresh venvs with torch 2.13.0 and 2.14.1 and run
+#              the test suite in each with the compiled kernels required
+# make abi-check   : the compiled module imports only torch's stable C ABI (no C++ symbols)
+# make cuda-check  : build the CUDA wheel against torch 2.14.1 (CUDA 13); every op has a CUDA kernel
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,12 +14,12 @@ PIP := $(PY) -m pip
 TORCH_CPU := torch==2.13.0
 DEPS_STAMP := $(VENV)/.deps-installed
 
-.PHONY: demo test bench wheel-check cuda-check install clean
+.PHONY: demo test bench wheel wheel-cpu wheel-cuda wheel-check abi-check cuda-check install clean
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_CPU)
-	$(PIP) install -q "scikit-build-core>=0.10" pybind11 ninja pytest numpy scikit-learn matplotlib tqdm
+	$(PIP) install -q "scikit-build-core>=0.10" ninja pytest numpy scikit-learn matplotlib tqdm
 	touch $@
 
 install: $(DEPS_STAMP)
@@ -30,10 +34,21 @@ test: install
 bench: install
 	$(PY) bench/bench_cpu.py
 
-wheel-check: $(DEPS_STAMP)
+wheel: wheel-cpu wheel-cuda
+
+wheel-cpu: $(DEPS_STAMP)
+	bash scripts/build_wheel.sh cpu
+
+wheel-cuda:
+	bash scripts/build_wheel.sh cu130
+
+wheel-check: wheel-cpu
 	bash scripts/wheel_check.sh
 
-cuda-check:
+abi-check: wheel-cpu
+	bash scripts/abi_check.sh dist/*+cpu-*.whl
+
+cuda-check: wheel-cuda
 	bash scripts/cuda_check.sh
 
 clean:

@@ -1,102 +1,101 @@
 #pragma once
 // Argument checks shared by the CPU and CUDA front ends: every user error is reported here,
 // with the argument named, before any kernel runs.
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
-
 #include <optional>
 #include <string>
 
 #include "activations.h"
+#include "tensor.h"
 
 namespace infomax_ext {
 
-inline void check_float_tensor(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.defined(), "infomax_ext: ", name, " is undefined");
-  TORCH_CHECK(t.dim() == dim, "infomax_ext: ", name, " must have ", dim, " dimension(s), got shape ",
-              t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+inline void check_float_tensor(const Tensor& t, const char* name, int64_t dim) {
+  INFOMAX_CHECK(t.defined(), "infomax_ext: ", name, " is undefined");
+  INFOMAX_CHECK(t.dim() == dim, "infomax_ext: ", name, " must have ", dim, " dimension(s), got shape ",
+              shape_of(t));
+  INFOMAX_CHECK(t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::Double,
               "infomax_ext: ", name, " must be float32 or float64, got ", t.scalar_type());
 }
 
-inline void check_same(const at::Tensor& ref, const at::Tensor& t, const char* ref_name,
+inline void check_same(const Tensor& ref, const Tensor& t, const char* ref_name,
                        const char* name) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "infomax_ext: dtype mismatch: ", name, " is ",
+  INFOMAX_CHECK(t.scalar_type() == ref.scalar_type(), "infomax_ext: dtype mismatch: ", name, " is ",
               t.scalar_type(), " but ", ref_name, " is ", ref.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), "infomax_ext: device mismatch: ", name, " is on ",
-              t.device(), " but ", ref_name, " is on ", ref.device());
+  INFOMAX_CHECK(same_device(t, ref), "infomax_ext: device mismatch: ", name, " is on ",
+              device_of(t), " but ", ref_name, " is on ", device_of(ref));
 }
 
-inline void check_index_vector(const at::Tensor& perm, const at::Tensor& ref, const char* name,
+inline void check_index_vector(const Tensor& perm, const Tensor& ref, const char* name,
                                int64_t length) {
-  TORCH_CHECK(perm.defined() && perm.dim() == 1, "infomax_ext: ", name,
-              " must be a 1-D tensor, got shape ", perm.sizes());
-  TORCH_CHECK(perm.scalar_type() == at::kLong, "infomax_ext: ", name, " must be int64, got ",
+  INFOMAX_CHECK(perm.defined() && perm.dim() == 1, "infomax_ext: ", name,
+              " must be a 1-D tensor, got shape ", shape_of(perm));
+  INFOMAX_CHECK(perm.scalar_type() == ScalarType::Long, "infomax_ext: ", name, " must be int64, got ",
               perm.scalar_type());
-  TORCH_CHECK(perm.device() == ref.device(), "infomax_ext: device mismatch: ", name, " is on ",
-              perm.device(), " but the data is on ", ref.device());
-  TORCH_CHECK(perm.size(0) == length, "infomax_ext: ", name, " has length ", perm.size(0),
+  INFOMAX_CHECK(same_device(perm, ref), "infomax_ext: device mismatch: ", name, " is on ",
+              device_of(perm), " but the data is on ", device_of(ref));
+  INFOMAX_CHECK(perm.size(0) == length, "infomax_ext: ", name, " has length ", perm.size(0),
               " but the latent half has ", length, " rows");
 }
 
 inline Activation checked_activation(const std::string& name) {
   Activation act;
-  TORCH_CHECK(parse_activation(name, &act), "infomax_ext: unknown activation '", name,
+  INFOMAX_CHECK(parse_activation(name, &act), "infomax_ext: unknown activation '", name,
               "'; supported: identity, relu, leaky_relu, elu, tanh, sigmoid, softplus, gelu, silu");
   return act;
 }
 
 // Shapes of the paired first layer: data_half (N, H), latent_half (M, H) with M = S * N,
 // shuffled_source (M, H) or absent, bias (H), perm (M).
-inline void check_paired_first_layer(const at::Tensor& data_half, const at::Tensor& latent_half,
-                                     const std::optional<at::Tensor>& shuffled_source,
-                                     const at::Tensor& bias, const at::Tensor& perm) {
+inline void check_paired_first_layer(const Tensor& data_half, const Tensor& latent_half,
+                                     const std::optional<Tensor>& shuffled_source,
+                                     const Tensor& bias, const Tensor& perm) {
   check_float_tensor(data_half, "data_half", 2);
   check_float_tensor(latent_half, "latent_half", 2);
   check_float_tensor(bias, "bias", 1);
   check_same(data_half, latent_half, "data_half", "latent_half");
   check_same(data_half, bias, "data_half", "bias");
   const int64_t n = data_half.size(0), h = data_half.size(1), m = latent_half.size(0);
-  TORCH_CHECK(n >= 2, "infomax_ext: the MI bound needs a batch of at least 2 samples, got ", n);
-  TORCH_CHECK(latent_half.size(1) == h, "infomax_ext: latent_half has ", latent_half.size(1),
+  INFOMAX_CHECK(n >= 2, "infomax_ext: the MI bound needs a batch of at least 2 samples, got ", n);
+  INFOMAX_CHECK(latent_half.size(1) == h, "infomax_ext: latent_half has ", latent_half.size(1),
               " columns but data_half has ", h);
-  TORCH_CHECK(m % n == 0 && m >= n, "infomax_ext: latent_half has ", m,
+  INFOMAX_CHECK(m % n == 0 && m >= n, "infomax_ext: latent_half has ", m,
               " rows, which is not a positive multiple of the ", n, " rows of data_half");
-  TORCH_CHECK(bias.size(0) == h, "infomax_ext: bias has ", bias.size(0), " entries but the layer has ",
+  INFOMAX_CHECK(bias.size(0) == h, "infomax_ext: bias has ", bias.size(0), " entries but the layer has ",
               h, " units");
   if (shuffled_source.has_value() && shuffled_source->defined()) {
     check_float_tensor(*shuffled_source, "shuffled_source", 2);
     check_same(data_half, *shuffled_source, "data_half", "shuffled_source");
-    TORCH_CHECK(shuffled_source->sizes() == latent_half.sizes(), "infomax_ext: shuffled_source has shape ",
-                shuffled_source->sizes(), " but latent_half has shape ", latent_half.sizes());
+    INFOMAX_CHECK(shape_of(*shuffled_source) == shape_of(latent_half),
+                  "infomax_ext: shuffled_source has shape ", shape_of(*shuffled_source),
+                  " but latent_half has shape ", shape_of(latent_half));
   }
   check_index_vector(perm, data_half, "perm", m);
 }
 
 // Shapes of the NWJ head: hidden (R, h) whose first n_joint rows are joint pairs, weight (h),
 // bias (1) or absent.
-inline void check_nwj_head(const at::Tensor& hidden, const at::Tensor& weight,
-                           const std::optional<at::Tensor>& bias, int64_t n_joint) {
+inline void check_nwj_head(const Tensor& hidden, const Tensor& weight,
+                           const std::optional<Tensor>& bias, int64_t n_joint) {
   check_float_tensor(hidden, "hidden", 2);
   check_float_tensor(weight, "weight", 1);
   check_same(hidden, weight, "hidden", "weight");
-  TORCH_CHECK(weight.size(0) == hidden.size(1), "infomax_ext: weight has ", weight.size(0),
+  INFOMAX_CHECK(weight.size(0) == hidden.size(1), "infomax_ext: weight has ", weight.size(0),
               " entries but hidden has ", hidden.size(1), " columns");
   if (bias.has_value() && bias->defined()) {
     check_float_tensor(*bias, "bias", 1);
     check_same(hidden, *bias, "hidden", "bias");
-    TORCH_CHECK(bias->size(0) == 1, "infomax_ext: bias of the output layer must have 1 entry, got ",
+    INFOMAX_CHECK(bias->size(0) == 1, "infomax_ext: bias of the output layer must have 1 entry, got ",
                 bias->size(0));
   }
-  TORCH_CHECK(n_joint >= 1 && n_joint < hidden.size(0), "infomax_ext: n_joint = ", n_joint,
+  INFOMAX_CHECK(n_joint >= 1 && n_joint < hidden.size(0), "infomax_ext: n_joint = ", n_joint,
               " must leave at least one joint and one shuffled row of the ", hidden.size(0), " rows");
 }
 
-inline void check_nwj_bound(const at::Tensor& t_joint, const at::Tensor& t_marg) {
+inline void check_nwj_bound(const Tensor& t_joint, const Tensor& t_marg) {
   check_float_tensor(t_joint, "t_joint", 1);
   check_float_tensor(t_marg, "t_marg", 1);
   check_same(t_joint, t_marg, "t_joint", "t_marg");
-  TORCH_CHECK(t_joint.size(0) >= 1 && t_marg.size(0) >= 1,
+  INFOMAX_CHECK(t_joint.size(0) >= 1 && t_marg.size(0) >= 1,
               "infomax_ext: nwj_bound needs at least one joint and one shuffled score");
 }
 

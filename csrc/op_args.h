@@ -2,39 +2,46 @@
 // The arguments of the ops as both backends use them: checked (checks.h), made contiguous, and
 // for the backward ops with their outputs allocated (an empty tensor for each gradient not asked
 // for). The CUDA front ends construct these under their device guard.
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-
-#include <array>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
 
 #include "checks.h"
 
 namespace infomax_ext {
 
-inline at::Tensor gradient_or_empty(bool wanted, at::IntArrayRef shape, const at::Tensor& like) {
-  return wanted ? at::empty(shape, like.options()) : at::empty({0}, like.options());
+inline Tensor gradient_or_empty(bool wanted, std::initializer_list<int64_t> shape,
+                                const Tensor& like) {
+  return wanted ? empty_on(like, shape) : empty_on(like, {0});
+}
+
+// The output_mask of a backward op's schema (bool[K]), checked for its length.
+inline std::vector<bool> checked_mask(const std::vector<bool>& mask, size_t length) {
+  INFOMAX_CHECK(mask.size() == length, "infomax_ext: output_mask must have ", length,
+                " entries, got ", mask.size());
+  return mask;
 }
 
 // paired_first_layer: a (N, H), b (M, H), c = the shuffled source or b, bias (H), perm (M).
 struct PairedFirstLayerArgs {
-  at::Tensor a, b, c, bias, perm;
+  Tensor a, b, c, bias, perm;
   bool has_source;
   Activation act;
   int64_t n, h, m;
 
-  PairedFirstLayerArgs(const at::Tensor& data_half, const at::Tensor& latent_half,
-                       const std::optional<at::Tensor>& shuffled_source, const at::Tensor& bias_in,
-                       const at::Tensor& perm_in, c10::string_view activation) {
+  PairedFirstLayerArgs(const Tensor& data_half, const Tensor& latent_half,
+                       const std::optional<Tensor>& shuffled_source, const Tensor& bias_in,
+                       const Tensor& perm_in, std::string_view activation) {
     check_paired_first_layer(data_half, latent_half, shuffled_source, bias_in, perm_in);
     act = checked_activation(std::string(activation));
-    a = data_half.contiguous();
-    b = latent_half.contiguous();
+    a = as_contiguous(data_half);
+    b = as_contiguous(latent_half);
     has_source = shuffled_source.has_value() && shuffled_source->defined();
-    c = has_source ? shuffled_source->contiguous() : b;
-    bias = bias_in.contiguous();
-    perm = perm_in.contiguous();
+    c = has_source ? as_contiguous(*shuffled_source) : b;
+    bias = as_contiguous(bias_in);
+    perm = as_contiguous(perm_in);
     n = a.size(0);
     h = a.size(1);
     m = b.size(0);
@@ -44,23 +51,24 @@ struct PairedFirstLayerArgs {
 // paired_first_layer_backward: the forward's arguments plus grad_out (2M, H), the inverse
 // permutation, and the four gradients (data half, latent half, shuffled source, bias).
 struct PairedFirstLayerBackwardArgs : PairedFirstLayerArgs {
-  at::Tensor go, inv, grad_a, grad_b, grad_c, grad_bias;
+  Tensor go, inv, grad_a, grad_b, grad_c, grad_bias;
   bool want_a, want_b, want_c, want_bias;
 
-  PairedFirstLayerBackwardArgs(const at::Tensor& grad_out, const at::Tensor& data_half,
-                               const at::Tensor& latent_half,
-                               const std::optional<at::Tensor>& shuffled_source,
-                               const at::Tensor& bias_in, const at::Tensor& perm_in,
-                               const at::Tensor& inverse_perm, c10::string_view activation,
-                               std::array<bool, 4> output_mask)
+  PairedFirstLayerBackwardArgs(const Tensor& grad_out, const Tensor& data_half,
+                               const Tensor& latent_half,
+                               const std::optional<Tensor>& shuffled_source,
+                               const Tensor& bias_in, const Tensor& perm_in,
+                               const Tensor& inverse_perm, std::string_view activation,
+                               const std::vector<bool>& mask_in)
       : PairedFirstLayerArgs(data_half, latent_half, shuffled_source, bias_in, perm_in, activation) {
     check_float_tensor(grad_out, "grad_out", 2);
     check_same(a, grad_out, "data_half", "grad_out");
-    TORCH_CHECK(grad_out.size(0) == 2 * m && grad_out.size(1) == h, "infomax_ext: grad_out has shape ",
-                grad_out.sizes(), ", expected [", 2 * m, ", ", h, "]");
+    INFOMAX_CHECK(grad_out.size(0) == 2 * m && grad_out.size(1) == h, "infomax_ext: grad_out has shape ",
+                shape_of(grad_out), ", expected [", 2 * m, ", ", h, "]");
     check_index_vector(inverse_perm, a, "inverse_perm", m);
-    go = grad_out.contiguous();
-    inv = inverse_perm.contiguous();
+    go = as_contiguous(grad_out);
+    inv = as_contiguous(inverse_perm);
+    const std::vector<bool> output_mask = checked_mask(mask_in, 4);
     want_a = output_mask[0];
     want_b = output_mask[1];
     want_c = output_mask[2] && has_source;
@@ -72,50 +80,51 @@ struct PairedFirstLayerBackwardArgs : PairedFirstLayerArgs {
   }
 
   bool any_wanted() const { return want_a || want_b || want_c || want_bias; }
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grads() const {
+  std::tuple<Tensor, Tensor, Tensor, Tensor> grads() const {
     return {grad_a, grad_b, grad_c, grad_bias};
   }
 };
 
 // A gradient that must be a single value (of the bound) on the data's device and dtype.
-inline void check_scalar_grad(const at::Tensor& grad, const at::Tensor& ref, const char* name) {
-  TORCH_CHECK(grad.defined() && grad.numel() == 1, "infomax_ext: ", name,
-              " must hold one value, got shape ", grad.sizes());
+inline void check_scalar_grad(const Tensor& grad, const Tensor& ref, const char* name) {
+  INFOMAX_CHECK(grad.defined() && grad.numel() == 1, "infomax_ext: ", name,
+              " must hold one value, got shape ", shape_of(grad));
   check_same(ref, grad, "the scores", name);
 }
 
 // nwj_head_backward: hidden (R, h), weight (h), scores and pre (R), grad_bound (one value),
 // grad_scores (R) or absent, and the three gradients (hidden, weight, bias).
 struct NwjHeadBackwardArgs {
-  at::Tensor hidden, w, scores, pre, grad_bound, gs, grad_hidden, grad_w, grad_b;
+  Tensor hidden, w, scores, pre, grad_bound, gs, grad_hidden, grad_w, grad_b;
   bool has_gs, want_hidden, want_w, want_b;
   Activation act;
   int64_t rows, h;
 
-  NwjHeadBackwardArgs(const at::Tensor& grad_bound_in, const std::optional<at::Tensor>& grad_scores,
-                      const at::Tensor& hidden_in, const at::Tensor& weight_in,
-                      const at::Tensor& scores_in, const at::Tensor& pre_in, int64_t n_joint,
-                      c10::string_view activation, std::array<bool, 3> output_mask) {
+  NwjHeadBackwardArgs(const Tensor& grad_bound_in, const std::optional<Tensor>& grad_scores,
+                      const Tensor& hidden_in, const Tensor& weight_in,
+                      const Tensor& scores_in, const Tensor& pre_in, int64_t n_joint,
+                      std::string_view activation, const std::vector<bool>& mask_in) {
     check_nwj_head(hidden_in, weight_in, std::nullopt, n_joint);
     check_scalar_grad(grad_bound_in, hidden_in, "grad_bound");
     act = checked_activation(std::string(activation));
-    hidden = hidden_in.contiguous();
-    w = weight_in.contiguous();
-    scores = scores_in.contiguous();
-    pre = pre_in.contiguous();
-    grad_bound = grad_bound_in.contiguous();
+    hidden = as_contiguous(hidden_in);
+    w = as_contiguous(weight_in);
+    scores = as_contiguous(scores_in);
+    pre = as_contiguous(pre_in);
+    grad_bound = as_contiguous(grad_bound_in);
     rows = hidden.size(0);
     h = hidden.size(1);
-    TORCH_CHECK(scores.numel() == rows && pre.numel() == rows,
+    INFOMAX_CHECK(scores.numel() == rows && pre.numel() == rows,
                 "infomax_ext: scores and pre must have one entry per row of hidden");
     check_same(hidden, scores, "hidden", "scores");
     check_same(hidden, pre, "hidden", "pre");
     has_gs = grad_scores.has_value() && grad_scores->defined();
     if (has_gs) {
-      gs = grad_scores->contiguous();
-      TORCH_CHECK(gs.numel() == rows, "infomax_ext: grad_scores must have ", rows, " entries");
+      gs = as_contiguous(*grad_scores);
+      INFOMAX_CHECK(gs.numel() == rows, "infomax_ext: grad_scores must have ", rows, " entries");
       check_same(hidden, gs, "hidden", "grad_scores");
     }
+    const std::vector<bool> output_mask = checked_mask(mask_in, 3);
     want_hidden = output_mask[0];
     want_w = output_mask[1];
     want_b = output_mask[2];
@@ -125,7 +134,7 @@ struct NwjHeadBackwardArgs {
   }
 
   bool any_wanted() const { return want_hidden || want_w || want_b; }
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> grads() const { return {grad_hidden, grad_w, grad_b}; }
+  std::tuple<Tensor, Tensor, Tensor> grads() const { return {grad_hidden, grad_w, grad_b}; }
 };
 
 }  // namespace infomax_ext

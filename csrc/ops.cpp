@@ -1,8 +1,11 @@
 // The operator schemas of the infomax_ext namespace. Each backend (csrc/cpu, csrc/cuda)
-// registers its kernels against them, csrc/autograd.cpp their autograd formulas and the
-// device-agnostic paired_linear; python/infomax_ext/_ops.py adds the fake kernels.
+// registers its kernels against them; python/infomax_ext/_autograd.py adds the autograd
+// formulas and the device-agnostic paired_linear, python/infomax_ext/_ops.py the fake kernels.
+// Built against the limited Python API (abi3) and the stable torch ABI: one binary serves every
+// CPython >= 3.10 and every torch from TORCH_TARGET_VERSION on.
 #include <Python.h>
-#include <torch/library.h>
+
+#include "tensor.h"
 
 extern "C" {
 // An empty module: importing infomax_ext._C runs the static registrations below.
@@ -12,7 +15,7 @@ PyObject* PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY(infomax_ext, m) {
+STABLE_TORCH_LIBRARY(infomax_ext, m) {
   m.def("permutation_keys(Tensor index, int seed) -> Tensor");
   m.def("inverse_permutation(Tensor perm) -> Tensor");
   m.def(

@@ -2,15 +2,7 @@
 // on its own (nwj_bound), and fused with the MI chain's last layer t = act(hidden . w + b)
 // (nwj_head), where rows [0, n_joint) of hidden are joint pairs and the rest shuffled pairs.
 // Reductions use fixed row chunks summed in order, so results do not depend on thread count.
-#include <ATen/AccumulateType.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <torch/library.h>
 
-#include <array>
 #include <vector>
 
 #include "../activations.h"
@@ -48,7 +40,7 @@ template <typename scalar_t, typename acc_t>
 void nwj_sums(const scalar_t* t, int64_t rows, int64_t n_joint, acc_t* joint_sum, acc_t* marg_sum) {
   const int64_t chunks = chunk_count(rows);
   std::vector<acc_t> partial(2 * chunks, acc_t(0));
-  at::parallel_for(0, chunks, 16, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, chunks, 16, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       acc_t js = 0, ms = 0;
       for (int64_t r = c * kRowsPerChunk; r < std::min(rows, (c + 1) * kRowsPerChunk); ++r) {
@@ -71,13 +63,14 @@ void nwj_sums(const scalar_t* t, int64_t rows, int64_t n_joint, acc_t* joint_sum
   *marg_sum = ms;
 }
 
-at::Tensor nwj_bound_cpu(const at::Tensor& t_joint_in, const at::Tensor& t_marg_in) {
+Tensor nwj_bound_cpu(const Tensor& t_joint_in, const Tensor& t_marg_in) {
   check_nwj_bound(t_joint_in, t_marg_in);
-  const at::Tensor tj = t_joint_in.contiguous(), tm = t_marg_in.contiguous();
+  const Tensor tj = as_contiguous(t_joint_in), tm = as_contiguous(t_marg_in);
   const int64_t nj = tj.size(0), nm = tm.size(0);
-  at::Tensor bound = at::empty({}, tj.options());
-  AT_DISPATCH_FLOATING_TYPES(tj.scalar_type(), "nwj_bound_cpu", [&] {
-    using acc_t = at::acc_type<scalar_t, false>;
+  Tensor bound = empty_on(tj, {});
+  dispatch_floating(tj.scalar_type(), "nwj_bound_cpu", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
+    using acc_t = acc_type<scalar_t, false>;
     acc_t js, ms, unused;
     nwj_sums<scalar_t, acc_t>(tj.const_data_ptr<scalar_t>(), nj, nj, &js, &unused);
     nwj_sums<scalar_t, acc_t>(tm.const_data_ptr<scalar_t>(), nm, 0, &unused, &ms);
@@ -86,51 +79,53 @@ at::Tensor nwj_bound_cpu(const at::Tensor& t_joint_in, const at::Tensor& t_marg_
   return bound;
 }
 
-std::tuple<at::Tensor, at::Tensor> nwj_bound_backward_cpu(const at::Tensor& grad,
-                                                          const at::Tensor& t_joint_in,
-                                                          const at::Tensor& t_marg_in) {
+std::tuple<Tensor, Tensor> nwj_bound_backward_cpu(const Tensor& grad,
+                                                          const Tensor& t_joint_in,
+                                                          const Tensor& t_marg_in) {
   check_nwj_bound(t_joint_in, t_marg_in);
   check_scalar_grad(grad, t_joint_in, "grad");
-  const at::Tensor tj = t_joint_in.contiguous(), tm = t_marg_in.contiguous();
-  at::Tensor gj = at::empty_like(tj), gm = at::empty_like(tm);
-  AT_DISPATCH_FLOATING_TYPES(tj.scalar_type(), "nwj_bound_backward_cpu", [&] {
-    const scalar_t g = grad.item<scalar_t>();
+  const Tensor tj = as_contiguous(t_joint_in), tm = as_contiguous(t_marg_in);
+  Tensor gj = empty_like_shape(tj), gm = empty_like_shape(tm);
+  dispatch_floating(tj.scalar_type(), "nwj_bound_backward_cpu", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
+    const scalar_t g = *grad.const_data_ptr<scalar_t>();
     const scalar_t inv_j = scalar_t(1) / scalar_t(tj.size(0)), inv_m = scalar_t(1) / scalar_t(tm.size(0));
     const scalar_t* ptm = tm.const_data_ptr<scalar_t>();
     scalar_t* pgj = gj.mutable_data_ptr<scalar_t>();
     scalar_t* pgm = gm.mutable_data_ptr<scalar_t>();
     for (int64_t r = 0; r < tj.size(0); ++r) pgj[r] = nwj_score_grad(true, scalar_t(0), g, inv_j, inv_m);
-    at::parallel_for(0, tm.size(0), 4096, [&](int64_t begin, int64_t end) {
+    torch::stable::parallel_for(0, tm.size(0), 4096, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) pgm[r] = nwj_score_grad(false, ptm[r], g, inv_j, inv_m);
     });
   });
   return {gj, gm};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_cpu(const at::Tensor& hidden_in,
-                                                            const at::Tensor& weight_in,
-                                                            const std::optional<at::Tensor>& bias_in,
-                                                            int64_t n_joint, c10::string_view activation,
+std::tuple<Tensor, Tensor, Tensor> nwj_head_cpu(const Tensor& hidden_in,
+                                                            const Tensor& weight_in,
+                                                            const std::optional<Tensor>& bias_in,
+                                                            int64_t n_joint, std::string_view activation,
                                                             double param) {
   check_nwj_head(hidden_in, weight_in, bias_in, n_joint);
   const Activation act = checked_activation(std::string(activation));
-  const at::Tensor hidden = hidden_in.contiguous(), w = weight_in.contiguous();
+  const Tensor hidden = as_contiguous(hidden_in), w = as_contiguous(weight_in);
   const bool has_bias = bias_in.has_value() && bias_in->defined();
   const int64_t rows = hidden.size(0), h = hidden.size(1);
-  at::Tensor scores = at::empty({rows}, hidden.options());
-  at::Tensor pre = at::empty({rows}, hidden.options());
-  at::Tensor bound = at::empty({}, hidden.options());
-  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "nwj_head_cpu", [&] {
-    using acc_t = at::acc_type<scalar_t, false>;
+  Tensor scores = empty_on(hidden, {rows});
+  Tensor pre = empty_on(hidden, {rows});
+  Tensor bound = empty_on(hidden, {});
+  dispatch_floating(hidden.scalar_type(), "nwj_head_cpu", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
+    using acc_t = acc_type<scalar_t, false>;
     const scalar_t* ph = hidden.const_data_ptr<scalar_t>();
     const scalar_t* pw = w.const_data_ptr<scalar_t>();
-    const scalar_t b = has_bias ? bias_in->item<scalar_t>() : scalar_t(0);
+    const scalar_t b = has_bias ? *bias_in->const_data_ptr<scalar_t>() : scalar_t(0);
     const scalar_t p = static_cast<scalar_t>(param);
     scalar_t* ps = scores.mutable_data_ptr<scalar_t>();
     scalar_t* ppre = pre.mutable_data_ptr<scalar_t>();
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
-      at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(h, 1)),
+      torch::stable::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(h, 1)),
                        [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           const scalar_t z = dot_in_lanes(ph + r * h, pw, h) + b;
@@ -147,28 +142,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_cpu(const at::Tensor& hi
   return {bound, scores, pre};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cpu(
-    const at::Tensor& grad_bound_in, const std::optional<at::Tensor>& grad_scores_in,
-    const at::Tensor& hidden_in, const at::Tensor& weight_in, const at::Tensor& scores_in,
-    const at::Tensor& pre_in, int64_t n_joint, c10::string_view activation, double param,
-    std::array<bool, 3> output_mask) {
+std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
+    const Tensor& grad_bound_in, const std::optional<Tensor>& grad_scores_in,
+    const Tensor& hidden_in, const Tensor& weight_in, const Tensor& scores_in,
+    const Tensor& pre_in, int64_t n_joint, std::string_view activation, double param,
+    const std::vector<bool>& output_mask) {
   const NwjHeadBackwardArgs args(grad_bound_in, grad_scores_in, hidden_in, weight_in, scores_in,
                                  pre_in, n_joint, activation, output_mask);
-  const at::Tensor &hidden = args.hidden, &w = args.w, &scores = args.scores, &pre = args.pre;
-  const at::Tensor &gs = args.gs, &grad_bound = args.grad_bound;
+  const Tensor &hidden = args.hidden, &w = args.w, &scores = args.scores, &pre = args.pre;
+  const Tensor &gs = args.gs, &grad_bound = args.grad_bound;
   const Activation act = args.act;
   const bool has_gs = args.has_gs, want_w = args.want_w, want_b = args.want_b;
   const int64_t rows = args.rows, h = args.h;
   if (!args.any_wanted()) return args.grads();
 
-  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "nwj_head_backward_cpu", [&] {
-    using acc_t = at::acc_type<scalar_t, false>;
+  dispatch_floating(hidden.scalar_type(), "nwj_head_backward_cpu", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
+    using acc_t = acc_type<scalar_t, false>;
     const scalar_t* ph = hidden.const_data_ptr<scalar_t>();
     const scalar_t* pw = w.const_data_ptr<scalar_t>();
     const scalar_t* ps = scores.const_data_ptr<scalar_t>();
     const scalar_t* ppre = pre.const_data_ptr<scalar_t>();
     const scalar_t* pgs = has_gs ? gs.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t g = grad_bound.item<scalar_t>();
+    const scalar_t g = *grad_bound.const_data_ptr<scalar_t>();
     const scalar_t inv_j = scalar_t(1) / scalar_t(n_joint);
     const scalar_t inv_m = scalar_t(1) / scalar_t(rows - n_joint);
     const scalar_t p = static_cast<scalar_t>(param);
@@ -178,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cpu(
     std::vector<acc_t> b_partial(chunks, acc_t(0));
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
-      at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      torch::stable::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t c = begin; c < end; ++c) {
           scalar_t* __restrict__ wsum = want_w ? w_partial.data() + c * h : nullptr;
           acc_t bsum = 0;
@@ -219,11 +215,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(infomax_ext, CPU, m) {
-  m.impl("nwj_bound", &nwj_bound_cpu);
-  m.impl("nwj_bound_backward", &nwj_bound_backward_cpu);
-  m.impl("nwj_head", &nwj_head_cpu);
-  m.impl("nwj_head_backward", &nwj_head_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CPU, m) {
+  m.impl("nwj_bound", TORCH_BOX(&nwj_bound_cpu));
+  m.impl("nwj_bound_backward", TORCH_BOX(&nwj_bound_backward_cpu));
+  m.impl("nwj_head", TORCH_BOX(&nwj_head_cpu));
+  m.impl("nwj_head_backward", TORCH_BOX(&nwj_head_backward_cpu));
 }
 
 }  // namespace infomax_ext

@@ -2,15 +2,8 @@
 //   joint row r    : act(data_half[r % N] + latent_half[r]             + bias)
 //   shuffled row r : act(data_half[r % N] + shuffled_source[perm[r]]   + bias)
 // with shuffled_source = latent_half when it is absent. Output rows: M joint, then M shuffled.
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <ATen/AccumulateType.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
-#include <torch/library.h>
 
-#include <array>
+#include <algorithm>
 #include <vector>
 
 #include "../activations.h"
@@ -116,24 +109,25 @@ inline void backward_row(const BackwardPointers<scalar_t>& ptr, int64_t r, int64
 
 void check_perm_range(const int64_t* perm, int64_t m) {
   for (int64_t r = 0; r < m; ++r) {
-    TORCH_CHECK(perm[r] >= 0 && perm[r] < m, "infomax_ext: perm entry ", r, " is ", perm[r],
+    INFOMAX_CHECK(perm[r] >= 0 && perm[r] < m, "infomax_ext: perm entry ", r, " is ", perm[r],
                 ", outside [0, ", m, ")");
   }
 }
 
-at::Tensor paired_first_layer_cpu(const at::Tensor& data_half_in, const at::Tensor& latent_half_in,
-                                  const std::optional<at::Tensor>& shuffled_source_in,
-                                  const at::Tensor& bias_in, const at::Tensor& perm_in,
-                                  c10::string_view activation, double param) {
+Tensor paired_first_layer_cpu(const Tensor& data_half_in, const Tensor& latent_half_in,
+                                  const std::optional<Tensor>& shuffled_source_in,
+                                  const Tensor& bias_in, const Tensor& perm_in,
+                                  std::string_view activation, double param) {
   const PairedFirstLayerArgs args(data_half_in, latent_half_in, shuffled_source_in, bias_in, perm_in,
                                   activation);
-  const at::Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
+  const Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
   const Activation act = args.act;
   const int64_t n = args.n, h = args.h, m = args.m;
   check_perm_range(perm.const_data_ptr<int64_t>(), m);
-  at::Tensor out = at::empty({2 * m, h}, a.options());
+  Tensor out = empty_on(a, {2 * m, h});
 
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "paired_first_layer_cpu", [&] {
+  dispatch_floating(a.scalar_type(), "paired_first_layer_cpu", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
     const scalar_t* pa = a.const_data_ptr<scalar_t>();
     const scalar_t* pb = b.const_data_ptr<scalar_t>();
     const scalar_t* pc = c.const_data_ptr<scalar_t>();
@@ -144,7 +138,7 @@ at::Tensor paired_first_layer_cpu(const at::Tensor& data_half_in, const at::Tens
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(h, 1));
-      at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
+      torch::stable::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           const scalar_t* ar = pa + (r % n) * h;
           const scalar_t* br = pb + r * h;
@@ -162,16 +156,16 @@ at::Tensor paired_first_layer_cpu(const at::Tensor& data_half_in, const at::Tens
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_backward_cpu(
-    const at::Tensor& grad_out_in, const at::Tensor& data_half_in, const at::Tensor& latent_half_in,
-    const std::optional<at::Tensor>& shuffled_source_in, const at::Tensor& bias_in,
-    const at::Tensor& perm_in, const at::Tensor& inverse_perm_in, c10::string_view activation,
-    double param, std::array<bool, 4> output_mask) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cpu(
+    const Tensor& grad_out_in, const Tensor& data_half_in, const Tensor& latent_half_in,
+    const std::optional<Tensor>& shuffled_source_in, const Tensor& bias_in,
+    const Tensor& perm_in, const Tensor& inverse_perm_in, std::string_view activation,
+    double param, const std::vector<bool>& output_mask) {
   const PairedFirstLayerBackwardArgs args(grad_out_in, data_half_in, latent_half_in,
                                           shuffled_source_in, bias_in, perm_in, inverse_perm_in,
                                           activation, output_mask);
-  const at::Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
-  const at::Tensor &go = args.go, &inv = args.inv;
+  const Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
+  const Tensor &go = args.go, &inv = args.inv;
   const Activation act = args.act;
   const bool has_source = args.has_source, want_bias = args.want_bias;
   const int64_t n = args.n, h = args.h, m = args.m, s = m / n;
@@ -179,8 +173,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_ba
   check_perm_range(inv.const_data_ptr<int64_t>(), m);
   if (!args.any_wanted()) return args.grads();
 
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "paired_first_layer_backward_cpu", [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
+  dispatch_floating(a.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
+    using acc_t = acc_type<scalar_t, false>;
     BackwardPointers<scalar_t> ptr{
         a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
         bias.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
@@ -195,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_ba
     std::vector<scalar_t> bias_partial(want_bias ? n_chunks * h : 0, scalar_t(0));
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
-      at::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+      torch::stable::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
         for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
           scalar_t* bsum = want_bias ? bias_partial.data() + chunk * h : nullptr;
           const int64_t i_end = std::min(n, (chunk + 1) * kRowsPerChunk);
@@ -221,9 +216,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_ba
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(infomax_ext, CPU, m) {
-  m.impl("paired_first_layer", &paired_first_layer_cpu);
-  m.impl("paired_first_layer_backward", &paired_first_layer_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CPU, m) {
+  m.impl("paired_first_layer", TORCH_BOX(&paired_first_layer_cpu));
+  m.impl("paired_first_layer_backward", TORCH_BOX(&paired_first_layer_backward_cpu));
 }
 
 }  // namespace infomax_ext

@@ -3,15 +3,48 @@
 // deterministic reductions (a block tree sum, and column sums of per-chunk partial sums).
 // Every reduction has a fixed shape that depends only on the problem size, never on the device,
 // so results are bit-identical from run to run and between GPUs of the same architecture.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/macros/Macros.h>
+#include <cuda_runtime.h>
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/accelerator.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cstdint>
 
+#include "../tensor.h"
+
+// A failed launch (bad configuration, no device) as a user-visible error.
+#define INFOMAX_CUDA_LAUNCH_CHECK()                                                          \
+  do {                                                                                       \
+    const cudaError_t launch_error = cudaGetLastError();                                     \
+    INFOMAX_CHECK(launch_error == cudaSuccess, "infomax_ext: CUDA kernel launch failed: ",   \
+                  cudaGetErrorString(launch_error));                                         \
+  } while (0)
+
+// A device-side check that stays on in release builds (a failed one aborts the kernel with a
+// device assert, as torch's own kernels do).
+#define INFOMAX_KERNEL_ASSERT(cond)                                                          \
+  do {                                                                                       \
+    if (!(cond)) __assert_fail(#cond, __FILE__, __LINE__, __func__);                         \
+  } while (0)
+
 namespace infomax_ext {
+
+// Makes the tensor's GPU current for the guard's life; stream() is torch's current stream there.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(const Tensor& t) : index_(t.get_device_index()), guard_(index_) {}
+  cudaStream_t stream() const {
+    void* stream = nullptr;
+    STD_TORCH_CHECK(aoti_torch_get_current_cuda_stream(index_, &stream) == AOTI_TORCH_SUCCESS,
+                    "infomax_ext: no current CUDA stream on device ", int(index_));
+    return static_cast<cudaStream_t>(stream);
+  }
+
+ private:
+  int32_t index_;
+  torch::stable::accelerator::DeviceGuard guard_;
+};
 
 // Threads of a 1-D block; also the width of block_sum's tree.
 constexpr int kThreads = 256;
@@ -68,7 +101,7 @@ void launch_column_sums(const acc_t* partial, int64_t chunks, int64_t cols, T* o
                         cudaStream_t stream) {
   if (cols == 0) return;
   column_sums_kernel<T, acc_t><<<grid_size(cols, 1), kThreads, 0, stream>>>(partial, chunks, cols, out);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  INFOMAX_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace infomax_ext

@@ -5,14 +5,8 @@
 // give partial sums (a block tree or one thread per chunk), then a second ordered pass.
 // Scalars that live on the device (the head's bias, incoming gradients) are read by pointer
 // inside the kernels: no host sync.
-#include <ATen/AccumulateType.h>
-#include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <torch/library.h>
 
-#include <array>
+#include <vector>
 
 #include "../activations.h"
 #include "../op_args.h"
@@ -63,23 +57,22 @@ __global__ void nwj_finish_kernel(const acc_t* partial, int64_t joint_blocks, in
   if (threadIdx.x == 0) *bound = static_cast<T>(js / acc_t(n_joint) - ms / acc_t(n_marg));
 }
 
-// bound (0-dim, written on the device) from joint scores (n_joint) and shuffled scores (n_marg).
+// bound (0-dim, written on the device; `like` gives the device) from joint scores (n_joint) and shuffled scores (n_marg).
 template <typename T>
 void launch_nwj_sums(const T* t_joint, int64_t n_joint, const T* t_marg, int64_t n_marg,
-                     const at::TensorOptions& options, T* bound, cudaStream_t stream) {
-  using acc_t = at::acc_type<T, /*is_cuda=*/true>;
+                     const Tensor& like, T* bound, cudaStream_t stream) {
+  using acc_t = acc_type<T, true>;
   const int64_t joint_blocks = (n_joint + kScoresPerBlock - 1) / kScoresPerBlock;
   const int64_t marg_blocks = (n_marg + kScoresPerBlock - 1) / kScoresPerBlock;
-  at::Tensor partial = at::empty({joint_blocks + marg_blocks},
-                                 options.dtype(c10::CppTypeToScalarType<acc_t>::value));
+  Tensor partial = empty_on(like, {joint_blocks + marg_blocks}, scalar_type_of<acc_t>());
   acc_t* ppartial = partial.mutable_data_ptr<acc_t>();
   nwj_partial_sums_kernel<T, acc_t>
       <<<static_cast<unsigned int>(joint_blocks + marg_blocks), kThreads, 0, stream>>>(
           t_joint, n_joint, t_marg, n_marg, joint_blocks, ppartial);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  INFOMAX_CUDA_LAUNCH_CHECK();
   nwj_finish_kernel<T, acc_t><<<1, kThreads, 0, stream>>>(ppartial, joint_blocks, marg_blocks,
                                                           n_joint, n_marg, bound);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  INFOMAX_CUDA_LAUNCH_CHECK();
 }
 
 // d bound / d t times the incoming gradient *grad: gj (n_joint), gm (n_marg).
@@ -96,36 +89,38 @@ __global__ void nwj_bound_backward_kernel(const T* grad, const T* t_marg, int64_
   }
 }
 
-at::Tensor nwj_bound_cuda(const at::Tensor& t_joint_in, const at::Tensor& t_marg_in) {
+Tensor nwj_bound_cuda(const Tensor& t_joint_in, const Tensor& t_marg_in) {
   check_nwj_bound(t_joint_in, t_marg_in);
-  const c10::cuda::CUDAGuard guard(t_joint_in.device());
-  const at::Tensor tj = t_joint_in.contiguous(), tm = t_marg_in.contiguous();
-  at::Tensor bound = at::empty({}, tj.options());
-  AT_DISPATCH_FLOATING_TYPES(tj.scalar_type(), "nwj_bound_cuda", [&] {
+  const DeviceGuard guard(t_joint_in);
+  const Tensor tj = as_contiguous(t_joint_in), tm = as_contiguous(t_marg_in);
+  Tensor bound = empty_on(tj, {});
+  dispatch_floating(tj.scalar_type(), "nwj_bound_cuda", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
     launch_nwj_sums<scalar_t>(tj.const_data_ptr<scalar_t>(), tj.size(0), tm.const_data_ptr<scalar_t>(),
-                              tm.size(0), tj.options(), bound.mutable_data_ptr<scalar_t>(),
-                              c10::cuda::getCurrentCUDAStream());
+                              tm.size(0), tj, bound.mutable_data_ptr<scalar_t>(),
+                              guard.stream());
   });
   return bound;
 }
 
-std::tuple<at::Tensor, at::Tensor> nwj_bound_backward_cuda(const at::Tensor& grad_in,
-                                                           const at::Tensor& t_joint_in,
-                                                           const at::Tensor& t_marg_in) {
+std::tuple<Tensor, Tensor> nwj_bound_backward_cuda(const Tensor& grad_in,
+                                                           const Tensor& t_joint_in,
+                                                           const Tensor& t_marg_in) {
   check_nwj_bound(t_joint_in, t_marg_in);
   check_scalar_grad(grad_in, t_joint_in, "grad");
-  const c10::cuda::CUDAGuard guard(t_joint_in.device());
-  const at::Tensor tj = t_joint_in.contiguous(), tm = t_marg_in.contiguous();
-  const at::Tensor grad = grad_in.contiguous();
-  at::Tensor gj = at::empty_like(tj), gm = at::empty_like(tm);
+  const DeviceGuard guard(t_joint_in);
+  const Tensor tj = as_contiguous(t_joint_in), tm = as_contiguous(t_marg_in);
+  const Tensor grad = as_contiguous(grad_in);
+  Tensor gj = empty_like_shape(tj), gm = empty_like_shape(tm);
   const int64_t nj = tj.size(0), nm = tm.size(0);
-  AT_DISPATCH_FLOATING_TYPES(tj.scalar_type(), "nwj_bound_backward_cuda", [&] {
+  dispatch_floating(tj.scalar_type(), "nwj_bound_backward_cuda", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
     nwj_bound_backward_kernel<scalar_t>
-        <<<grid_size(nj + nm, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        <<<grid_size(nj + nm, kThreads), kThreads, 0, guard.stream()>>>(
             grad.const_data_ptr<scalar_t>(), tm.const_data_ptr<scalar_t>(), nj, nm,
             scalar_t(1) / scalar_t(nj), scalar_t(1) / scalar_t(nm), gj.mutable_data_ptr<scalar_t>(),
             gm.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    INFOMAX_CUDA_LAUNCH_CHECK();
   });
   return {gj, gm};
 }
@@ -192,24 +187,25 @@ __global__ void nwj_head_backward_kernel(const T* grad_bound, const T* grad_scor
   if (bias_thread) b_partial[chunk] = b_sum;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_cuda(const at::Tensor& hidden_in,
-                                                             const at::Tensor& weight_in,
-                                                             const std::optional<at::Tensor>& bias_in,
-                                                             int64_t n_joint, c10::string_view activation,
+std::tuple<Tensor, Tensor, Tensor> nwj_head_cuda(const Tensor& hidden_in,
+                                                             const Tensor& weight_in,
+                                                             const std::optional<Tensor>& bias_in,
+                                                             int64_t n_joint, std::string_view activation,
                                                              double param) {
   check_nwj_head(hidden_in, weight_in, bias_in, n_joint);
   const Activation act = checked_activation(std::string(activation));
-  const c10::cuda::CUDAGuard guard(hidden_in.device());
-  const at::Tensor hidden = hidden_in.contiguous(), w = weight_in.contiguous();
+  const DeviceGuard guard(hidden_in);
+  const Tensor hidden = as_contiguous(hidden_in), w = as_contiguous(weight_in);
   const bool has_bias = bias_in.has_value() && bias_in->defined();
-  const at::Tensor bias = has_bias ? bias_in->contiguous() : at::Tensor();
+  const Tensor bias = has_bias ? as_contiguous(*bias_in) : Tensor();
   const int64_t rows = hidden.size(0), h = hidden.size(1);
-  at::Tensor scores = at::empty({rows}, hidden.options());
-  at::Tensor pre = at::empty({rows}, hidden.options());
-  at::Tensor bound = at::empty({}, hidden.options());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "nwj_head_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+  Tensor scores = empty_on(hidden, {rows});
+  Tensor pre = empty_on(hidden, {rows});
+  Tensor bound = empty_on(hidden, {});
+  const cudaStream_t stream = guard.stream();
+  dispatch_floating(hidden.scalar_type(), "nwj_head_cuda", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
+    using acc_t = acc_type<scalar_t, true>;
     scalar_t* ps = scores.mutable_data_ptr<scalar_t>();
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
@@ -218,42 +214,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_cuda(const at::Tensor& h
               hidden.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
               has_bias ? bias.const_data_ptr<scalar_t>() : nullptr, rows, h,
               static_cast<scalar_t>(param), ps, pre.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      INFOMAX_CUDA_LAUNCH_CHECK();
     });
-    launch_nwj_sums<scalar_t>(ps, n_joint, ps + n_joint, rows - n_joint, hidden.options(),
+    launch_nwj_sums<scalar_t>(ps, n_joint, ps + n_joint, rows - n_joint, hidden,
                               bound.mutable_data_ptr<scalar_t>(), stream);
   });
   return {bound, scores, pre};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cuda(
-    const at::Tensor& grad_bound_in, const std::optional<at::Tensor>& grad_scores_in,
-    const at::Tensor& hidden_in, const at::Tensor& weight_in, const at::Tensor& scores_in,
-    const at::Tensor& pre_in, int64_t n_joint, c10::string_view activation, double param,
-    std::array<bool, 3> output_mask) {
-  const c10::cuda::CUDAGuard guard(hidden_in.device());
+std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
+    const Tensor& grad_bound_in, const std::optional<Tensor>& grad_scores_in,
+    const Tensor& hidden_in, const Tensor& weight_in, const Tensor& scores_in,
+    const Tensor& pre_in, int64_t n_joint, std::string_view activation, double param,
+    const std::vector<bool>& output_mask) {
+  const DeviceGuard guard(hidden_in);
   const NwjHeadBackwardArgs args(grad_bound_in, grad_scores_in, hidden_in, weight_in, scores_in,
                                  pre_in, n_joint, activation, output_mask);
-  const at::Tensor &hidden = args.hidden, &w = args.w, &scores = args.scores, &pre = args.pre;
-  const at::Tensor &gs = args.gs, &grad_bound = args.grad_bound;
+  const Tensor &hidden = args.hidden, &w = args.w, &scores = args.scores, &pre = args.pre;
+  const Tensor &gs = args.gs, &grad_bound = args.grad_bound;
   const Activation act = args.act;
   const bool has_gs = args.has_gs, want_hidden = args.want_hidden, want_w = args.want_w;
   const bool want_b = args.want_b;
   const int64_t rows = args.rows, h = args.h;
   if (!args.any_wanted()) return args.grads();
-  TORCH_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: nwj_head supports at most ",
+  INFOMAX_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: nwj_head supports at most ",
               65535 * kLanes, " hidden units on CUDA, got ", h);
 
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
   const dim3 block(kLanes, kRowGroups);
   const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
                   static_cast<unsigned int>(std::max<int64_t>(1, (h + kLanes - 1) / kLanes)));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "nwj_head_backward_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-    const auto acc_options = hidden.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-    at::Tensor w_partial = want_w ? at::empty({chunks, h}, acc_options) : at::Tensor();
-    at::Tensor b_partial = want_b ? at::empty({chunks}, acc_options) : at::Tensor();
+  const cudaStream_t stream = guard.stream();
+  dispatch_floating(hidden.scalar_type(), "nwj_head_backward_cuda", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
+    using acc_t = acc_type<scalar_t, true>;
+    Tensor w_partial = want_w ? empty_on(hidden, {chunks, h}, scalar_type_of<acc_t>()) : Tensor();
+    Tensor b_partial = want_b ? empty_on(hidden, {chunks}, scalar_type_of<acc_t>()) : Tensor();
     acc_t* pw_partial = want_w ? w_partial.mutable_data_ptr<acc_t>() : nullptr;
     acc_t* pb_partial = want_b ? b_partial.mutable_data_ptr<acc_t>() : nullptr;
     dispatch_activation(act, [&](auto tag) {
@@ -265,7 +261,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cuda(
           scalar_t(1) / scalar_t(n_joint), scalar_t(1) / scalar_t(rows - n_joint),
           static_cast<scalar_t>(param), want_hidden ? args.grad_hidden.mutable_data_ptr<scalar_t>() : nullptr,
           pw_partial, pb_partial);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      INFOMAX_CUDA_LAUNCH_CHECK();
     });
     if (want_w) {
       launch_column_sums<scalar_t, acc_t>(pw_partial, chunks, h,
@@ -281,11 +277,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nwj_head_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(infomax_ext, CUDA, m) {
-  m.impl("nwj_bound", &nwj_bound_cuda);
-  m.impl("nwj_bound_backward", &nwj_bound_backward_cuda);
-  m.impl("nwj_head", &nwj_head_cuda);
-  m.impl("nwj_head_backward", &nwj_head_backward_cuda);
+STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CUDA, m) {
+  m.impl("nwj_bound", TORCH_BOX(&nwj_bound_cuda));
+  m.impl("nwj_bound_backward", TORCH_BOX(&nwj_bound_backward_cuda));
+  m.impl("nwj_head", TORCH_BOX(&nwj_head_cuda));
+  m.impl("nwj_head_backward", TORCH_BOX(&nwj_head_backward_cuda));
 }
 
 }  // namespace infomax_ext

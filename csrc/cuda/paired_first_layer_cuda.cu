@@ -4,14 +4,8 @@
 //   joint row r    : act(data_half[r % N] + latent_half[r]           + bias)
 //   shuffled row r : act(data_half[r % N] + shuffled_source[perm[r]] + bias)
 // Permutation entries are range-checked on the device (CUDA_KERNEL_ASSERT): no host sync.
-#include <ATen/AccumulateType.h>
-#include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
-#include <torch/library.h>
 
-#include <array>
+#include <vector>
 
 #include "../activations.h"
 #include "../op_args.h"
@@ -42,45 +36,49 @@ __global__ void permutation_keys_kernel(const int64_t* index, int64_t numel, uin
 __global__ void inverse_permutation_kernel(const int64_t* perm, int64_t n, int64_t* inverse) {
   INFOMAX_GRID_STRIDE_LOOP(i, n) {
     const int64_t k = perm[i];
-    CUDA_KERNEL_ASSERT(k >= 0 && k < n && "infomax_ext: perm entry outside [0, n)");
+    INFOMAX_KERNEL_ASSERT(k >= 0 && k < n && "infomax_ext: perm entry outside [0, n)");
     if (k < 0 || k >= n) continue;
     const unsigned long long previous =
         atomicCAS(reinterpret_cast<unsigned long long*>(inverse + k), ~0ULL,
                   static_cast<unsigned long long>(i));
-    CUDA_KERNEL_ASSERT(previous == ~0ULL && "infomax_ext: perm has a repeated entry");
+    INFOMAX_KERNEL_ASSERT(previous == ~0ULL && "infomax_ext: perm has a repeated entry");
     (void)previous;
   }
 }
 
-at::Tensor permutation_keys_cuda(const at::Tensor& index, int64_t seed) {
-  TORCH_CHECK(index.scalar_type() == at::kLong, "infomax_ext: index must be int64, got ",
+Tensor permutation_keys_cuda(const Tensor& index, int64_t seed) {
+  INFOMAX_CHECK(index.scalar_type() == ScalarType::Long, "infomax_ext: index must be int64, got ",
               index.scalar_type());
-  const c10::cuda::CUDAGuard guard(index.device());
-  const at::Tensor idx = index.contiguous();
-  at::Tensor keys = at::empty(idx.sizes(), idx.options());
+  const DeviceGuard guard(index);
+  const Tensor idx = as_contiguous(index);
+  Tensor keys = empty_like_shape(idx);
   const int64_t numel = idx.numel();
   if (numel == 0) return keys;
   permutation_keys_kernel<<<grid_size(numel, kThreads), kThreads, 0,
-                            c10::cuda::getCurrentCUDAStream()>>>(
+                            guard.stream()>>>(
       idx.const_data_ptr<int64_t>(), numel, static_cast<uint64_t>(seed),
       keys.mutable_data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  INFOMAX_CUDA_LAUNCH_CHECK();
   return keys;
 }
 
-at::Tensor inverse_permutation_cuda(const at::Tensor& perm) {
-  TORCH_CHECK(perm.dim() == 1 && perm.scalar_type() == at::kLong,
+Tensor inverse_permutation_cuda(const Tensor& perm) {
+  INFOMAX_CHECK(perm.dim() == 1 && perm.scalar_type() == ScalarType::Long,
               "infomax_ext: perm must be a 1-D int64 tensor, got ", perm.scalar_type(), " of shape ",
-              perm.sizes());
-  const c10::cuda::CUDAGuard guard(perm.device());
-  const at::Tensor p = perm.contiguous();
+              shape_of(perm));
+  const DeviceGuard guard(perm);
+  const Tensor p = as_contiguous(perm);
   const int64_t n = p.size(0);
-  at::Tensor inverse = at::full({n}, -1, p.options());
+  Tensor inverse = empty_on(p, {n});
   if (n == 0) return inverse;
+  // Every byte 0xFF: each entry starts as -1 (~0ULL), the kernel's "slot free" mark.
+  INFOMAX_CHECK(cudaMemsetAsync(inverse.mutable_data_ptr<int64_t>(), 0xFF, n * sizeof(int64_t),
+                                guard.stream()) == cudaSuccess,
+                "infomax_ext: cudaMemsetAsync failed");
   inverse_permutation_kernel<<<grid_size(n, kThreads), kThreads, 0,
-                               c10::cuda::getCurrentCUDAStream()>>>(
+                               guard.stream()>>>(
       p.const_data_ptr<int64_t>(), n, inverse.mutable_data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  INFOMAX_CUDA_LAUNCH_CHECK();
   return inverse;
 }
 
@@ -97,7 +95,7 @@ __global__ void paired_first_layer_kernel(const T* a, const T* b, const T* c, co
   for (int64_t r = int64_t(blockIdx.x) * kRowGroups + threadIdx.y; r < m;
        r += int64_t(gridDim.x) * kRowGroups) {
     const int64_t k = perm[r];
-    CUDA_KERNEL_ASSERT(k >= 0 && k < m && "infomax_ext: perm entry outside [0, M)");
+    INFOMAX_KERNEL_ASSERT(k >= 0 && k < m && "infomax_ext: perm entry outside [0, M)");
     const T* ar = a + (r % n) * h;
     const T* br = b + r * h;
     const T* cr = c + k * h;
@@ -136,7 +134,7 @@ __global__ void paired_first_layer_backward_kernel(
     for (int64_t s = 0; s < s_count; ++s) {
       const int64_t r = s * n + i;
       const int64_t k = perm[r];
-      CUDA_KERNEL_ASSERT(k >= 0 && k < m && "infomax_ext: perm entry outside [0, M)");
+      INFOMAX_KERNEL_ASSERT(k >= 0 && k < m && "infomax_ext: perm entry outside [0, M)");
       const T br = b[r * h + j];
       const T g1 = activation_grad<A>(go[r * h + j], (ai + br) + bias_j, param);
       const T g2 = activation_grad<A>(go[(m + r) * h + j], (ai + c[k * h + j]) + bias_j, param);
@@ -146,7 +144,7 @@ __global__ void paired_first_layer_backward_kernel(
         T grad = g1;
         if (!has_source) {
           const int64_t q = inv[r];
-          CUDA_KERNEL_ASSERT(q >= 0 && q < m && "infomax_ext: inverse_perm entry outside [0, M)");
+          INFOMAX_KERNEL_ASSERT(q >= 0 && q < m && "infomax_ext: inverse_perm entry outside [0, M)");
           const T aq = a[(q % n) * h + j];
           grad += activation_grad<A>(go[(m + q) * h + j], (aq + br) + bias_j, param);
         }
@@ -159,64 +157,66 @@ __global__ void paired_first_layer_backward_kernel(
   if (bias_partial) bias_partial[chunk * h + j] = bias_sum;
 }
 
-at::Tensor paired_first_layer_cuda(const at::Tensor& data_half_in, const at::Tensor& latent_half_in,
-                                   const std::optional<at::Tensor>& shuffled_source_in,
-                                   const at::Tensor& bias_in, const at::Tensor& perm_in,
-                                   c10::string_view activation, double param) {
-  const c10::cuda::CUDAGuard guard(data_half_in.device());
+Tensor paired_first_layer_cuda(const Tensor& data_half_in, const Tensor& latent_half_in,
+                                   const std::optional<Tensor>& shuffled_source_in,
+                                   const Tensor& bias_in, const Tensor& perm_in,
+                                   std::string_view activation, double param) {
+  const DeviceGuard guard(data_half_in);
   const PairedFirstLayerArgs args(data_half_in, latent_half_in, shuffled_source_in, bias_in, perm_in,
                                   activation);
-  const at::Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
+  const Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
   const Activation act = args.act;
   const int64_t n = args.n, h = args.h, m = args.m;
-  at::Tensor out = at::empty({2 * m, h}, a.options());
+  Tensor out = empty_on(a, {2 * m, h});
   if (h == 0) return out;
 
   const dim3 block(kLanes, kRowGroups);
   const unsigned int grid = grid_size(m, kRowGroups);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "paired_first_layer_cuda", [&] {
+  const cudaStream_t stream = guard.stream();
+  dispatch_floating(a.scalar_type(), "paired_first_layer_cuda", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       paired_first_layer_kernel<A, scalar_t><<<grid, block, 0, stream>>>(
           a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
           bias.const_data_ptr<scalar_t>(), perm.const_data_ptr<int64_t>(), n, m, h,
           static_cast<scalar_t>(param), out.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      INFOMAX_CUDA_LAUNCH_CHECK();
     });
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_backward_cuda(
-    const at::Tensor& grad_out_in, const at::Tensor& data_half_in, const at::Tensor& latent_half_in,
-    const std::optional<at::Tensor>& shuffled_source_in, const at::Tensor& bias_in,
-    const at::Tensor& perm_in, const at::Tensor& inverse_perm_in, c10::string_view activation,
-    double param, std::array<bool, 4> output_mask) {
-  const c10::cuda::CUDAGuard guard(data_half_in.device());
+std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cuda(
+    const Tensor& grad_out_in, const Tensor& data_half_in, const Tensor& latent_half_in,
+    const std::optional<Tensor>& shuffled_source_in, const Tensor& bias_in,
+    const Tensor& perm_in, const Tensor& inverse_perm_in, std::string_view activation,
+    double param, const std::vector<bool>& output_mask) {
+  const DeviceGuard guard(data_half_in);
   const PairedFirstLayerBackwardArgs args(grad_out_in, data_half_in, latent_half_in,
                                           shuffled_source_in, bias_in, perm_in, inverse_perm_in,
                                           activation, output_mask);
-  const at::Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
-  const at::Tensor &go = args.go, &inv = args.inv;
+  const Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
+  const Tensor &go = args.go, &inv = args.inv;
   const Activation act = args.act;
   const bool has_source = args.has_source, want_a = args.want_a, want_b = args.want_b;
   const bool want_c = args.want_c, want_bias = args.want_bias;
   const int64_t n = args.n, h = args.h, m = args.m;
   if (!args.any_wanted() || h == 0) return args.grads();
-  TORCH_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: paired_first_layer supports at most ",
+  INFOMAX_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: paired_first_layer supports at most ",
               65535 * kLanes, " units on CUDA, got ", h);
 
   const int64_t chunks = (n + kDataRowsPerChunk - 1) / kDataRowsPerChunk;
   const dim3 block(kLanes, kRowGroups);
   const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
                   static_cast<unsigned int>((h + kLanes - 1) / kLanes));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "paired_first_layer_backward_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-    at::Tensor partial;
+  const cudaStream_t stream = guard.stream();
+  dispatch_floating(a.scalar_type(), "paired_first_layer_backward_cuda", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
+    using acc_t = acc_type<scalar_t, true>;
+    Tensor partial;
     if (want_bias) {
-      partial = at::empty({chunks, h}, a.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      partial = empty_on(a, {chunks, h}, scalar_type_of<acc_t>());
     }
     acc_t* ppartial = want_bias ? partial.mutable_data_ptr<acc_t>() : nullptr;
     dispatch_activation(act, [&](auto tag) {
@@ -228,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_ba
           static_cast<scalar_t>(param), want_a ? args.grad_a.mutable_data_ptr<scalar_t>() : nullptr,
           want_b ? args.grad_b.mutable_data_ptr<scalar_t>() : nullptr,
           want_c ? args.grad_c.mutable_data_ptr<scalar_t>() : nullptr, ppartial);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      INFOMAX_CUDA_LAUNCH_CHECK();
     });
     if (want_bias) {
       launch_column_sums<scalar_t, acc_t>(ppartial, chunks, h,
@@ -240,11 +240,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> paired_first_layer_ba
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(infomax_ext, CUDA, m) {
-  m.impl("permutation_keys", &permutation_keys_cuda);
-  m.impl("inverse_permutation", &inverse_permutation_cuda);
-  m.impl("paired_first_layer", &paired_first_layer_cuda);
-  m.impl("paired_first_layer_backward", &paired_first_layer_backward_cuda);
+STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CUDA, m) {
+  m.impl("permutation_keys", TORCH_BOX(&permutation_keys_cuda));
+  m.impl("inverse_permutation", TORCH_BOX(&inverse_permutation_cuda));
+  m.impl("paired_first_layer", TORCH_BOX(&paired_first_layer_cuda));
+  m.impl("paired_first_layer_backward", TORCH_BOX(&paired_first_layer_backward_cuda));
 }
 
 }  // namespace infomax_ext

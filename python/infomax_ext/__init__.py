@@ -16,7 +16,9 @@ from ._ops import (
     seeded_permutation,
     use_reference_path,
 )
+from ._version import __version__
 from .activations import Activation, identity
+from .build_info import build_info
 from .infomax import (
     InfoMaxTerms,
     InfoMaxVAE,
@@ -60,7 +62,5 @@ from .vae import (
     reparameterize,
     spherical_logprior,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,18 +1,22 @@
 """Typed Python entry points of the compiled ops, their fake kernels and autograd formulas.
 
 ``import infomax_ext`` imports this module, which loads ``infomax_ext._C`` (running the
-``TORCH_LIBRARY`` registrations). When the compiled module cannot load, every function here
-runs its plain-PyTorch twin from :mod:`infomax_ext.reference` instead and a warning says why,
-once. :func:`extension_available` and :func:`backend` tell which path is active.
+``STABLE_TORCH_LIBRARY`` registrations) and :mod:`infomax_ext._autograd` (the ops' autograd
+formulas). When the compiled module cannot load, every function here runs its plain-PyTorch
+twin from :mod:`infomax_ext.reference` instead and a warning says why and what to install, once
+(``INFOMAX_EXT_REQUIRE_COMPILED=1`` makes it an ImportError). :func:`extension_available` and
+:func:`backend` tell which path is active.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 
 import torch
 
 from . import reference
+from .build_info import load_failure_message
 
 __all__ = [
     "extension_available",
@@ -34,23 +38,17 @@ __all__ = [
 _LOAD_ERROR: str | None = None
 try:
     from . import _C  # noqa: F401  (registers torch.ops.infomax_ext.*)
+    from . import _autograd  # noqa: F401  (their autograd formulas and paired_linear)
 except Exception as exc:  # ImportError, or an OSError from a missing libtorch symbol
-    import importlib.util
-
-    try:
-        missing = importlib.util.find_spec(f"{__package__}._C") is None
-    except Exception:
-        missing = False
-    if missing:
-        _LOAD_ERROR = (
-            "the compiled module infomax_ext._C is not installed next to the package (build it "
-            "with `pip install --no-build-isolation .` after installing torch)"
-        )
-    else:
-        _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+    _LOAD_ERROR = load_failure_message(exc)
+    if os.environ.get("INFOMAX_EXT_REQUIRE_COMPILED", "") not in ("", "0"):
+        raise ImportError(
+            f"infomax_ext: INFOMAX_EXT_REQUIRE_COMPILED is set and {_LOAD_ERROR}"
+        ) from exc
     warnings.warn(
         "infomax_ext: the compiled extension could not be loaded, so the pure-PyTorch path is "
-        f"used (correct, but slower). Reason: {_LOAD_ERROR}",
+        f"used (correct, but slower). {_LOAD_ERROR} Set INFOMAX_EXT_REQUIRE_COMPILED=1 to make "
+        "this an error.",
         RuntimeWarning,
         stacklevel=2,
     )

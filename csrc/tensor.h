@@ -1,0 +1,93 @@
+#pragma once
+// The tensor API of the kernels: PyTorch's stable C ABI (torch/csrc/stable), so one binary loads
+// on every torch release from the TORCH_TARGET_VERSION set by CMake on. Only this header and the
+// registration files name the stable API; kernels use the aliases and helpers below.
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/Exception.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+// A user error: throws std::runtime_error (RuntimeError in Python) with the pieces streamed.
+#define INFOMAX_CHECK(cond, ...) STD_TORCH_CHECK(cond, __VA_ARGS__)
+
+namespace infomax_ext {
+
+using Tensor = torch::stable::Tensor;
+using ScalarType = torch::headeronly::ScalarType;
+
+// "[2, 3]": a tensor's shape for error messages.
+inline std::string shape_of(const Tensor& t) {
+  std::ostringstream out;
+  out << "[";
+  for (int64_t d = 0; d < t.dim(); ++d) out << (d ? ", " : "") << t.size(d);
+  out << "]";
+  return out.str();
+}
+
+// "cpu", "cuda:0", "meta": a tensor's device for error messages.
+inline std::string device_of(const Tensor& t) {
+  const auto device = t.device();
+  std::ostringstream out;
+  switch (device.type()) {
+    case torch::headeronly::DeviceType::CPU: out << "cpu"; break;
+    case torch::headeronly::DeviceType::CUDA: out << "cuda:" << int(device.index()); break;
+    case torch::headeronly::DeviceType::Meta: out << "meta"; break;
+    default: out << "device type " << int(device.type()); break;
+  }
+  return out.str();
+}
+
+inline bool same_device(const Tensor& a, const Tensor& b) {
+  return a.device().type() == b.device().type() && a.get_device_index() == b.get_device_index();
+}
+
+// An uninitialised tensor of `shape` with t's device and the given (default: t's) dtype.
+inline Tensor empty_on(const Tensor& t, std::initializer_list<int64_t> shape) {
+  return torch::stable::new_empty(t, std::vector<int64_t>(shape));
+}
+inline Tensor empty_on(const Tensor& t, std::initializer_list<int64_t> shape, ScalarType dtype) {
+  return torch::stable::new_empty(t, std::vector<int64_t>(shape), dtype);
+}
+inline Tensor empty_like_shape(const Tensor& t) {
+  std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
+  return torch::stable::new_empty(t, shape);
+}
+
+// t itself when it is already contiguous (no dispatcher call), else a contiguous copy.
+inline Tensor as_contiguous(const Tensor& t) {
+  return t.is_contiguous() ? t : torch::stable::contiguous(t);
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(TypeTag<scalar_t>{}) for a float32 or float64 dtype (the dtypes checks.h admits).
+template <typename F>
+inline void dispatch_floating(ScalarType dtype, const char* op, F&& f) {
+  switch (dtype) {
+    case ScalarType::Float: f(TypeTag<float>{}); break;
+    case ScalarType::Double: f(TypeTag<double>{}); break;
+    default: INFOMAX_CHECK(false, "infomax_ext: ", op, " supports float32 and float64, got ", dtype);
+  }
+}
+
+// Accumulation type of sums: double on the CPU, the input type on the GPU (as ATen's acc_type).
+template <typename T, bool kCuda>
+using acc_type = std::conditional_t<kCuda, T, double>;
+
+template <typename T>
+constexpr ScalarType scalar_type_of() {
+  return std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
+}
+
+}  // namespace infomax_ext

