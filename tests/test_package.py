@@ -1,7 +1,11 @@
-"""The package surface: every documented name, the active path, the fallback when _C is missing."""
+"""The package surface: every documented name, the active path, the fallback when _C is missing,
+and what a binary that cannot load says."""
+import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 import torch
 
@@ -29,18 +33,8 @@ def test_backend_reports_the_compiled_path():
 
 
 def test_package_without_compiled_module_warns_once_and_still_works():
-    script = textwrap.dedent(
-        """
-        import sys, warnings
-        import importlib.abc
-
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name == "infomax_ext._C":
-                    raise ImportError("blocked for the test")
-                return None
-
-        sys.meta_path.insert(0, Block())
+    script = """
+        import warnings
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             import infomax_ext as im
@@ -57,11 +51,80 @@ def test_package_without_compiled_module_warns_once_and_still_works():
         want = mi(x, z).mean() - torch.exp(mi(x, zs) - 1).mean()
         assert torch.allclose(got, want, atol=1e-6), (got, want)
         print("fallback ok")
-        """
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    """
+    done = run_without_compiled_module(script)
     assert done.returncode == 0, done.stderr
     assert "fallback ok" in done.stdout
+
+
+def run_without_compiled_module(script, error="ImportError('blocked for the test')", env=None):
+    """Runs ``script`` in a fresh interpreter in which importing infomax_ext._C raises ``error``
+    (an ImportError, or the OSError of a binary built for another torch)."""
+    prelude = textwrap.dedent(
+        f"""
+        import sys
+        import importlib.abc
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "infomax_ext._C":
+                    raise {error}
+                return None
+
+        sys.meta_path.insert(0, Block())
+        """
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "INFOMAX_EXT_REQUIRE_COMPILED"}
+    environment.update(env or {})
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)],
+                          capture_output=True, text=True, timeout=120, env=environment)
+
+
+def test_build_info_describes_the_compiled_module():
+    info = im.build_info()
+    assert set(info) == {"version", "torch", "stable_abi_target", "cuda", "cuda_archs", "compiler"}
+    assert info["version"] == im.__version__
+    # Built against a torch at least as new as the stable-ABI target it promises to load on.
+    built = tuple(int(p) for p in info["torch"].split("+")[0].split(".")[:2])
+    target = tuple(int(p) for p in info["stable_abi_target"].split("."))
+    assert target == (2, 10) and built >= target
+    running = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    assert running >= target
+    assert bool(info["cuda"]) == bool(info["cuda_archs"])
+    assert info["compiler"]
+
+
+def test_a_binary_that_cannot_load_names_both_torches_and_what_to_install():
+    script = """
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import infomax_ext as im
+        (message,) = [str(w.message) for w in caught if "infomax_ext" in str(w.message)]
+        print(message)
+    """
+    done = run_without_compiled_module(
+        script, error="OSError('_C.abi3.so: undefined symbol: torch_new_feature')")
+    assert done.returncode == 0, done.stderr
+    message = done.stdout
+    info = im.build_info()
+    assert "undefined symbol: torch_new_feature" in message
+    assert f"built against torch {info['torch']}" in message
+    assert f"stable ABI of torch >= {info['stable_abi_target']}" in message
+    assert f"the running torch is torch {torch.__version__}" in message
+    assert f"Install torch >= {info['stable_abi_target']}" in message
+    assert "INFOMAX_EXT_REQUIRE_COMPILED=1" in message
+
+
+@pytest.mark.parametrize("value, fails", [("1", True), ("0", False)])
+def test_require_compiled_turns_the_fallback_into_an_import_error(value, fails):
+    done = run_without_compiled_module("import infomax_ext", env={"INFOMAX_EXT_REQUIRE_COMPILED": value})
+    if fails:
+        assert done.returncode != 0
+        assert "ImportError: infomax_ext: INFOMAX_EXT_REQUIRE_COMPILED is set" in done.stderr
+        assert "blocked for the test" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
 
 
 def test_seeded_permutation_is_the_same_on_the_reference_path():

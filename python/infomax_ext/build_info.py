@@ -7,7 +7,6 @@ the running torch and what to install.
 from __future__ import annotations
 
 import importlib.resources
-import importlib.util
 import json
 
 import torch
@@ -43,9 +42,11 @@ def build_info() -> dict:
 
 
 def _compiled_module_present() -> bool:
+    """True when a file of the compiled module (_C.*.so) lies in the package."""
     try:
-        return importlib.util.find_spec("infomax_ext._C") is not None
-    except (ImportError, ValueError):
+        return any(entry.name.startswith("_C.") and entry.name.endswith((".so", ".pyd"))
+                   for entry in importlib.resources.files(__package__).iterdir())
+    except OSError:
         return False
 
 
