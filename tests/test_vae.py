@@ -462,7 +462,7 @@ def test_vae_config_round_trip():
 def test_from_config_errors():
     custom = BernoulliDecoder.from_sizes(4, 2, [3], [lambda t: t * 2])
     assert custom.config["decoder_activation"] == [None]
-    with pytest.raises(ValueError, match="'decoder_activation'.*cannot be rebuilt"):
+    with pytest.raises(ValueError, match=r"'decoder_activation\[0\]'.*cannot be rebuilt"):
         BernoulliDecoder.from_config(custom.config)
     good = BernoulliDecoder.from_sizes(4, 2, [3], ["relu"]).config
     wrong = "config is for 'BernoulliDecoder', not 'SimpleGaussianDecoder'"

@@ -19,7 +19,15 @@ import torch
 from torch import nn
 
 from . import _ops
-from .activations import ActivationSpec, apply_activation, as_module, identity, spec_of_module
+from .activations import (
+    ActivationSpec,
+    activation_config,
+    activation_from_config,
+    apply_activation,
+    as_module,
+    identity,
+    spec_of_module,
+)
 
 __all__ = [
     "MutualInfoChain",
@@ -140,8 +148,8 @@ class MutualInfoChain(nn.Module):
             "size_input": shape if shape is not None else n_in,
             "n_latent": n_latent,
             "mlp_neurons": mlp_neurons,
-            "mlp_activations": [_activation_name(a) for a in mlp_activations],
-            "output_activation": _activation_name(output_activation),
+            "mlp_activations": activation_config(mlp_activations),
+            "output_activation": activation_config(output_activation),
         }
         return chain
 
@@ -150,29 +158,11 @@ class MutualInfoChain(nn.Module):
         """Rebuild a chain made by :meth:`from_sizes` from its ``config`` (fresh weights)."""
         if not isinstance(config, dict) or config.get("class") != "MutualInfoChain":
             raise ValueError(f"not a MutualInfoChain config: {config!r}")
-        acts = config["mlp_activations"] + [config["output_activation"]]
-        if any(a is None for a in acts):
-            raise ValueError("this MutualInfoChain uses an activation that cannot be rebuilt by name")
         return cls.from_sizes(
             config["size_input"], config["n_latent"], config["mlp_neurons"],
-            [_activation_from_name(a) for a in config["mlp_activations"]],
-            _activation_from_name(config["output_activation"]),
+            activation_from_config(config["mlp_activations"], "mlp_activations"),
+            activation_from_config(config["output_activation"], "output_activation"),
         )
-
-
-def _activation_name(activation):
-    spec = spec_of_module(as_module(activation))
-    if spec is None:
-        return None
-    if spec.name in ("leaky_relu", "elu"):
-        return {"name": spec.name, "param": spec.param}
-    return spec.name
-
-
-def _activation_from_name(entry):
-    if isinstance(entry, dict):
-        return nn.LeakyReLU(entry["param"]) if entry["name"] == "leaky_relu" else nn.ELU(entry["param"])
-    return as_module(entry)
 
 
 # ----------------------------------------------------------------------------------------------
