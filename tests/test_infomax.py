@@ -187,6 +187,26 @@ def test_train_step_reuse_forward_gradients():
         assert losses == pytest.approx((terms.loss.item(), -terms.mi.item()))
 
 
+@pytest.mark.parametrize("frozen,message", [
+    ("vae", "model.vae has no trainable parameters"),
+    ("mi", "model.mi has no trainable parameters"),
+    ("both", "model.vae and model.mi have no trainable parameters"),
+])
+def test_train_step_refuses_a_network_with_every_parameter_frozen(frozen, message):
+    model, x = small_model(), data()
+    opt = {"vae": torch.optim.SGD(model.vae.parameters(), lr=0.1),
+           "mi": torch.optim.SGD(model.mi.parameters(), lr=0.1)}
+    for name in ("vae", "mi"):
+        if frozen in (name, "both"):
+            getattr(model, name).requires_grad_(False)
+    before = [p.detach().clone() for p in model.parameters()]
+    for reuse_forward in (False, True):
+        with pytest.raises(ValueError, match=message):
+            im.train_step(model, x, opt, reuse_forward=reuse_forward)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
 def test_train_step_accepts_an_object_with_optimizers_and_returns_floats(capsys):
     model, x = small_model(), data()
 

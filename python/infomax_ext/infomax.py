@@ -218,6 +218,14 @@ def train_step(
     mi_kwargs = dict(miloss_kwargs or {})
     vae_params = [p for p in model.vae.parameters() if p.requires_grad]
     mi_params = [p for p in model.mi.parameters() if p.requires_grad]
+    frozen = [name for name, params in (("model.vae", vae_params), ("model.mi", mi_params))
+              if not params]
+    if frozen:
+        raise ValueError(
+            f"train_step: {' and '.join(frozen)} {'has' if len(frozen) == 1 else 'have'} no "
+            "trainable parameters (every parameter has requires_grad=False), so there is nothing "
+            "to step; unfreeze some parameters"
+        )
     args = (x,) if x_out is None else (x, x_out)
 
     if reuse_forward:

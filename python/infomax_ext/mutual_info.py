@@ -28,6 +28,7 @@ from .activations import (
     identity,
     spec_of_module,
 )
+from .vae import _check_layers, _check_size, _parse_size
 
 __all__ = [
     "MutualInfoChain",
@@ -111,22 +112,9 @@ class MutualInfoChain(nn.Module):
         act1, ..., Linear(h_k, 1), output_activation. Weights drawn by ``init`` (Glorot uniform
         by default), biases zero.
         """
-        if isinstance(size_input, int):
-            shape, n_in = None, size_input
-        else:
-            shape = [int(s) for s in size_input]
-            n_in = int(torch.tensor(shape).prod().item()) if shape else 0
-        for name, value in (("size_input", n_in), ("n_latent", n_latent)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer (or shape), got {value!r}")
-        mlp_neurons, mlp_activations = list(mlp_neurons), list(mlp_activations)
-        if len(mlp_neurons) != len(mlp_activations):
-            raise ValueError(
-                f"mlp_neurons has {len(mlp_neurons)} layers but mlp_activations has "
-                f"{len(mlp_activations)} activations: give one activation per hidden layer"
-            )
-        if any(not isinstance(h, int) or h < 1 for h in mlp_neurons):
-            raise ValueError(f"mlp_neurons must be positive integers, got {mlp_neurons}")
+        n_in, shape = _parse_size("size_input", size_input)
+        _check_size("n_latent", n_latent)
+        mlp_neurons = _check_layers("mlp_neurons", mlp_neurons, "mlp_activations", mlp_activations)
 
         def linear(n_a: int, n_b: int) -> nn.Linear:
             layer = nn.Linear(n_a, n_b)

@@ -84,7 +84,11 @@ class VAEOutput(NamedTuple):
 # ----------------------------------------------------------------------------- builder helpers
 
 def _check_size(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    """``value`` when it is a positive int; a TypeError for any other type (bool included), a
+    ValueError for an int under 1, each naming the argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
 
