@@ -187,6 +187,57 @@ def test_train_step_reuse_forward_gradients():
         assert losses == pytest.approx((terms.loss.item(), -terms.mi.item()))
 
 
+@pytest.mark.parametrize("reuse_forward", [False, True])
+def test_train_step_passes_shuffled_grad_to_the_vae_loss(reuse_forward):
+    model, x = small_model(), data()
+    vae_params, mi_params = list(model.vae.parameters()), list(model.mi.parameters())
+    opt = {"vae": torch.optim.SGD(vae_params, lr=0.0), "mi": torch.optim.SGD(mi_params, lr=0.0)}
+    stepped = {}
+    for flag in (False, True):
+        torch.manual_seed(6)
+        im.train_step(model, x, opt, shuffled_grad=flag, reuse_forward=reuse_forward,
+                      infomaxloss_kwargs={"alpha": 2.0, "seed": 4}, miloss_kwargs={"seed": 4})
+        stepped[flag] = [p.grad.clone() for p in vae_params]
+        torch.manual_seed(6)  # lr = 0: the same parameters, the same draw
+        want = grads(im.infomaxloss(model.vae, model.mi, x, alpha=2.0, seed=4, shuffled_grad=flag),
+                     vae_params)
+        for got, w in zip(stepped[flag], want):
+            torch.testing.assert_close(got, w, rtol=1e-9, atol=1e-12)
+    # the flag matters: the encoder's gradients differ between the two modes
+    assert any(float((a - b).abs().max()) > 1e-8 for a, b in zip(stepped[True], stepped[False]))
+
+
+def test_train_step_shuffled_grad_bad_input():
+    model, x = small_model(), data()
+    opt = {"vae": torch.optim.SGD(model.vae.parameters(), lr=0.1),
+           "mi": torch.optim.SGD(model.mi.parameters(), lr=0.1)}
+    with pytest.raises(TypeError, match="shuffled_grad must be True, False or None, got 'yes'"):
+        im.train_step(model, x, opt, shuffled_grad="yes")
+    with pytest.raises(ValueError, match=r"shuffled_grad=True contradicts infomaxloss_kwargs"):
+        im.train_step(model, x, opt, shuffled_grad=True, infomaxloss_kwargs={"shuffled_grad": False})
+    assert all(p.grad is None for p in model.parameters())  # refused before any work
+
+
+@pytest.mark.parametrize("frozen,message", [
+    ("vae", "model.vae has no trainable parameters"),
+    ("mi", "model.mi has no trainable parameters"),
+    ("both", "model.vae and model.mi have no trainable parameters"),
+])
+def test_train_step_refuses_a_network_with_every_parameter_frozen(frozen, message):
+    model, x = small_model(), data()
+    opt = {"vae": torch.optim.SGD(model.vae.parameters(), lr=0.1),
+           "mi": torch.optim.SGD(model.mi.parameters(), lr=0.1)}
+    for name in ("vae", "mi"):
+        if frozen in (name, "both"):
+            getattr(model, name).requires_grad_(False)
+    before = [p.detach().clone() for p in model.parameters()]
+    for reuse_forward in (False, True):
+        with pytest.raises(ValueError, match=message):
+            im.train_step(model, x, opt, reuse_forward=reuse_forward)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
 def test_train_step_accepts_an_object_with_optimizers_and_returns_floats(capsys):
     model, x = small_model(), data()
 

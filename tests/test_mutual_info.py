@@ -53,6 +53,28 @@ def test_from_sizes_rejects_mismatched_activations():
         im.MutualInfoChain.from_sizes(8, 2, [4, 4], [torch.relu])
 
 
+def test_from_sizes_sizes_must_be_positive_ints():
+    build = im.MutualInfoChain.from_sizes
+    with pytest.raises(TypeError, match="size_input must be a positive int, got float 4.0"):
+        build(4.0, 2, [4], [torch.relu])
+    with pytest.raises(TypeError, match="size_input must be a positive int, got bool True"):
+        build(True, 2, [4], [torch.relu])
+    with pytest.raises(ValueError, match=r"size_input\[0\] must be a positive int, got -2"):
+        build([-2, -3], 2, [4], [torch.relu])
+    with pytest.raises(TypeError, match=r"size_input\[1\] must be a positive int, got float"):
+        build((2, 2.5), 2, [4], [torch.relu])
+    with pytest.raises(ValueError, match="size_input must be a positive int or a non-empty shape"):
+        build([], 2, [4], [torch.relu])
+    with pytest.raises(TypeError, match="n_latent must be a positive int, got bool True"):
+        build(8, True, [4], [torch.relu])
+    with pytest.raises(ValueError, match="n_latent must be a positive int, got 0"):
+        build(8, 0, [4], [torch.relu])
+    with pytest.raises(TypeError, match=r"mlp_neurons\[1\] must be a positive int, got bool"):
+        build(8, 2, [4, True], [torch.relu, torch.relu])
+    with pytest.raises(TypeError, match="mlp_neurons must be a list of ints"):
+        build(8, 2, 4, [torch.relu])
+
+
 def test_from_config_round_trip():
     mi = im.MutualInfoChain.from_sizes((1, 4, 4), 3, [8, 5], [nn.LeakyReLU(0.3), "gelu"], torch.sigmoid)
     again = im.MutualInfoChain.from_config(mi.config)

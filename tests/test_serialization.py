@@ -1,6 +1,8 @@
 """infomax_ext.serialization: exact save/load round trips, clear errors, atomic writes."""
 import json
+import math
 import os
+import re
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from infomax_ext import (
     MutualInfoChain,
     SplitGaussianLogDecoder,
 )
+from infomax_ext.activations import KERNEL_ACTIVATIONS
 from infomax_ext.serialization import (
     MODEL_CONFIG_FILE,
     MODEL_WEIGHTS_FILE,
@@ -102,6 +105,110 @@ def test_model_without_config_is_refused_clearly(tmp_path):
     assert not (tmp_path / "m" / MODEL_CONFIG_FILE).exists()
     with pytest.raises(SerializationError, match="expects an InfoMaxVAE"):
         save_model(nn.Linear(2, 2), tmp_path)
+
+
+def model_with(activation, size=6, d=3):
+    """A model with ``activation`` in the encoder trunk, the decoder output and the MI chain."""
+    return InfoMaxVAE(
+        VAE(JointGaussianLogEncoder.from_sizes(size, d, [5], [activation]),
+            BernoulliDecoder.from_sizes(size, d, [5], ["relu"], activation)),
+        MutualInfoChain.from_sizes(size, d, [7, 4], ["tanh", activation], activation),
+    )
+
+
+@pytest.mark.parametrize("activation", [*KERNEL_ACTIVATIONS, nn.LeakyReLU(0.2), nn.ELU(0.5),
+                                        nn.ELU(), torch.nn.functional.silu])
+def test_every_named_activation_round_trips(tmp_path, activation):
+    torch.manual_seed(0)
+    model = model_with(activation).double()
+    model.save(tmp_path)
+    loaded = InfoMaxVAE.load(tmp_path)
+    assert_same_model(model, loaded)
+    x = torch.rand(5, 6, dtype=torch.float64)
+    torch.manual_seed(2)
+    want = model(x, latent=True, seed=4)
+    torch.manual_seed(2)
+    got = loaded(x, latent=True, seed=4)
+    assert torch.equal(got.mi, want.mi) and torch.equal(got.vae.decoder.p, want.vae.decoder.p)
+
+
+@pytest.mark.parametrize("where,build", [
+    ("vae.encoder.encoder_activation[0]",
+     lambda: JointGaussianLogEncoder.from_sizes(6, 3, [5], [lambda t: t * 2])),
+    ("vae.decoder.output_activation",
+     lambda: BernoulliDecoder.from_sizes(6, 3, [5], ["relu"], lambda t: torch.sigmoid(t))),
+    ("mi.mlp_activations[1]",
+     lambda: MutualInfoChain.from_sizes(6, 3, [7, 4], ["tanh", nn.Hardtanh()])),
+    ("mi.output_activation",
+     lambda: MutualInfoChain.from_sizes(6, 3, [7], ["tanh"], nn.Softplus(beta=2.0))),
+])
+def test_save_refuses_an_activation_with_no_name(tmp_path, where, build):
+    model = model_with("relu")
+    part = build()
+    if where.startswith("mi."):
+        model.mi = part
+    elif ".encoder." in where:
+        model.vae.encoder = part
+    else:
+        model.vae.decoder = part
+    module = {"vae.encoder.encoder_activation[0]": r"vae\.encoder\.encoder\.1 = Activation\(<lambda>\)",
+              "vae.decoder.output_activation": r"vae\.decoder\.decoder\.3 = Activation\(<lambda>\)",
+              "mi.mlp_activations[1]": r"mi\.mlp\.3 = Hardtanh",
+              "mi.output_activation": r"mi\.mlp\.3 = Softplus\(beta=2"}[where]
+    with pytest.raises(SerializationError, match=rf"activation with no name at {re.escape(where)} \({module}"):
+        model.save(tmp_path / "m")
+    with pytest.raises(ValueError, match="activation with no name"):
+        save_model(model, tmp_path / "m")
+    assert not (tmp_path / "m").exists()  # refused before anything was written
+
+
+TAMPERED = [
+    ({"name": "tanh", "param": 1}, "'tanh' takes no parameter"),
+    ({"name": "swish", "param": 1.0}, "'swish' is not a known activation"),
+    ("swish", "unknown activation 'swish'"),
+    ({"name": "elu"}, "exactly the keys 'name'"),
+    ({"name": "elu", "param": 1.0, "inplace": True}, "exactly the keys 'name'"),
+    ({"name": ["elu"], "param": 1.0}, "exactly the keys 'name'"),
+    ({"name": "elu", "param": "1.0"}, "elu parameter must be a finite number, got '1.0'"),
+    ({"name": "leaky_relu", "param": True}, "leaky_relu parameter must be a finite number, got True"),
+    ({"name": "elu", "param": math.nan}, "elu parameter must be a finite number, got nan"),
+    (3, "must be a name or a dict with 'name' and 'param', got int 3"),
+    (None, "holds an activation that has no name"),
+]
+
+
+@pytest.mark.parametrize("entry,message", TAMPERED)
+@pytest.mark.parametrize("key", ["mi.mlp_activations.0", "mi.output_activation",
+                                 "vae.encoder.encoder_activation.0",
+                                 "vae.decoder.output_activation"])
+def test_tampered_activation_entries_are_refused(tmp_path, key, entry, message):
+    save_model(model_with(nn.ELU(0.5)), tmp_path)
+    config = json.loads((tmp_path / MODEL_CONFIG_FILE).read_text())
+    *parents, last = key.split(".")
+    holder = config
+    for part in parents:
+        holder = holder[int(part)] if part.isdigit() else holder[part]
+    holder[int(last) if last.isdigit() else last] = entry
+    (tmp_path / MODEL_CONFIG_FILE).write_text(json.dumps(config))
+    name = parents[-1] if last.isdigit() else last
+    index = rf"\[{last}\]" if last.isdigit() else ""
+    with pytest.raises(SerializationError, match=rf"config entry '{name}{index}'.*{re.escape(message)}"):
+        load_model(tmp_path)
+
+
+def test_tampered_activation_lists_are_refused(tmp_path):
+    save_model(model_with("relu"), tmp_path)
+    good = json.loads((tmp_path / MODEL_CONFIG_FILE).read_text())
+    nested = json.loads(json.dumps(good))
+    nested["mi"]["mlp_activations"][1] = ["relu"]
+    (tmp_path / MODEL_CONFIG_FILE).write_text(json.dumps(nested))
+    with pytest.raises(SerializationError, match=r"'mlp_activations\[1\]'.*got list \['relu'\]"):
+        load_model(tmp_path)
+    listed = json.loads(json.dumps(good))
+    listed["mi"]["output_activation"] = ["relu"]
+    (tmp_path / MODEL_CONFIG_FILE).write_text(json.dumps(listed))
+    with pytest.raises(SerializationError, match="activation must be a module, a callable or a name"):
+        load_model(tmp_path)
 
 
 def test_load_errors_name_the_problem(tmp_path):

@@ -392,6 +392,23 @@ def test_builder_errors(cls):
         cls.from_sizes(4, 2, [3], torch.relu)
 
 
+@pytest.mark.parametrize("cls", ENCODERS + DECODERS)
+def test_builder_sizes_must_be_positive_ints(cls):
+    size_name = "size_input" if cls in ENCODERS else "size_output"
+    with pytest.raises(TypeError, match=f"{size_name} must be a positive int, got float 4.0"):
+        cls.from_sizes(4.0, 2, [3], [torch.relu])
+    with pytest.raises(TypeError, match=f"{size_name} must be a positive int, got bool True"):
+        cls.from_sizes(True, 2, [3], [torch.relu])
+    with pytest.raises(ValueError, match=rf"{size_name}\[0\] must be a positive int, got -2"):
+        cls.from_sizes([-2, -3], 2, [3], [torch.relu])
+    with pytest.raises(TypeError, match=rf"{size_name}\[1\] must be a positive int, got float"):
+        cls.from_sizes((2, 2.0), 2, [3], [torch.relu])
+    with pytest.raises(TypeError, match="n_latent must be a positive int, got bool True"):
+        cls.from_sizes(4, True, [3], [torch.relu])
+    with pytest.raises(TypeError, match=r"neurons\[0\] must be a positive int, got bool"):
+        cls.from_sizes(4, 2, [True], [torch.relu])
+
+
 def test_split_builder_checks_second_net_and_output_pairs():
     with pytest.raises(ValueError, match="sigma_neurons has 2 layers but sigma_activation has 1"):
         SplitGaussianDecoder.from_sizes(4, 2, [3], ["relu"], sigma_neurons=[3, 3])
@@ -462,7 +479,7 @@ def test_vae_config_round_trip():
 def test_from_config_errors():
     custom = BernoulliDecoder.from_sizes(4, 2, [3], [lambda t: t * 2])
     assert custom.config["decoder_activation"] == [None]
-    with pytest.raises(ValueError, match="'decoder_activation'.*cannot be rebuilt"):
+    with pytest.raises(ValueError, match=r"'decoder_activation\[0\]'.*cannot be rebuilt"):
         BernoulliDecoder.from_config(custom.config)
     good = BernoulliDecoder.from_sizes(4, 2, [3], ["relu"]).config
     wrong = "config is for 'BernoulliDecoder', not 'SimpleGaussianDecoder'"

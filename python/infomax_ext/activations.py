@@ -3,10 +3,12 @@
 The fused kernels know a fixed set of activations, each identified by a name and at most one
 float parameter. This module maps callables (``torch.relu``, ``F.gelu``, ...) and ``nn`` modules
 (``nn.ReLU()``, ``nn.LeakyReLU(0.2)``, ...) to that ``(name, parameter)`` pair, builds the
-module for a callable, and gives the plain-PyTorch function for a name.
+module for a callable, gives the plain-PyTorch function for a name, and writes and reads an
+activation's JSON form in a builder's config.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import torch
@@ -21,6 +23,8 @@ __all__ = [
     "as_module",
     "spec_of_module",
     "apply_activation",
+    "activation_config",
+    "activation_from_config",
 ]
 
 
@@ -132,6 +136,67 @@ def spec_of_module(module: nn.Module) -> ActivationSpec | None:
         if name is not None:
             return ActivationSpec(name, _DEFAULT_PARAM.get(name, 0.0))
     return None
+
+
+def activation_config(activation):
+    """JSON form of an activation in a builder's config: its name, ``{"name": ..., "param": ...}``
+    for a leaky ReLU slope or an ELU alpha other than the default, or ``None`` when it has no name
+    (a custom callable or module: a config cannot rebuild it). A list or tuple of activations
+    gives the list of their entries."""
+    if isinstance(activation, (list, tuple)):
+        return [activation_config(a) for a in activation]
+    spec = spec_of_module(as_module(activation))
+    if spec is None:
+        return None
+    if spec.name in _DEFAULT_PARAM and spec.param != _DEFAULT_PARAM[spec.name]:
+        return {"name": spec.name, "param": spec.param}
+    return spec.name
+
+
+def activation_from_config(entry, key: str):
+    """The module for an activation entry written by :func:`activation_config`, or a list of
+    modules for a list of entries; ``key`` names the entry in errors.
+
+    Strict: a name must be a known activation; a dict must be exactly ``{"name", "param"}`` with
+    ``name`` one of the activations that take a parameter (leaky_relu, elu) and a finite real
+    ``param``. Anything else, ``None`` included, raises a ValueError."""
+    if isinstance(entry, list):
+        return [_one_activation_from_config(e, f"{key}[{i}]") for i, e in enumerate(entry)]
+    return _one_activation_from_config(entry, key)
+
+
+def _one_activation_from_config(entry, key: str) -> nn.Module:
+    where = f"config entry {key!r}"
+    known = ", ".join(KERNEL_ACTIVATIONS)
+    if isinstance(entry, str):
+        if entry not in _MODULE_FOR_NAME:
+            raise ValueError(f"{where}: unknown activation {entry!r}; known: {known}")
+        return as_module(entry)
+    if isinstance(entry, dict):
+        name, param = entry.get("name"), entry.get("param")
+        if set(entry) != {"name", "param"} or not isinstance(name, str):
+            raise ValueError(
+                f"{where}: an activation with a parameter must be a dict with exactly the keys "
+                f"'name' (a string) and 'param', got {entry!r}"
+            )
+        if name not in _DEFAULT_PARAM:
+            kind = "takes no parameter" if name in _MODULE_FOR_NAME else "is not a known activation"
+            raise ValueError(
+                f"{where}: {name!r} {kind} (activations with a parameter: "
+                f"{', '.join(_DEFAULT_PARAM)}), got {entry!r}"
+            )
+        if isinstance(param, bool) or not isinstance(param, (int, float)) or not math.isfinite(param):
+            raise ValueError(f"{where}: the {name} parameter must be a finite number, got {param!r}")
+        return _MODULE_FOR_NAME[name](float(param))
+    if entry is None:
+        raise ValueError(
+            f"{where} holds an activation that has no name (a custom callable or module), so "
+            "the module cannot be rebuilt from its config"
+        )
+    raise ValueError(
+        f"{where}: an activation must be a name or a dict with 'name' and 'param', got "
+        f"{type(entry).__name__} {entry!r}"
+    )
 
 
 def _hashable(obj) -> bool:

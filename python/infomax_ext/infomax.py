@@ -202,6 +202,7 @@ def train_step(
     loss_return: bool = False,
     verbose: bool = False,
     reuse_forward: bool = False,
+    shuffled_grad: bool | None = None,
 ):
     """One training step of the InfoMax VAE (Julia's ``train!``).
 
@@ -210,14 +211,32 @@ def train_step(
     updated VAE, the gradient of the MI loss with respect to the MI chain only, then the MI step.
     Neither loss writes the other network's ``.grad``. ``reuse_forward=True`` is the paper's
     cheaper scheme: one forward pass feeds both updates (the MI step uses the pre-update codes and
-    the same permutation); it needs the default loss functions. Returns ``(vae_loss, mi_loss)``
-    as floats when ``loss_return``.
+    the same permutation); it needs the default loss functions. ``shuffled_grad`` (True or False)
+    is passed on to the VAE loss, as in ``infomaxloss(..., shuffled_grad=...)``; None leaves it to
+    ``infomaxloss_kwargs`` or the loss's default (False: the shuffled codes are constants).
+    Returns ``(vae_loss, mi_loss)`` as floats when ``loss_return``.
     """
     opt_vae, opt_mi = _optimizers(opt)
     vae_kwargs = dict(infomaxloss_kwargs or {})
     mi_kwargs = dict(miloss_kwargs or {})
+    if shuffled_grad is not None:
+        if not isinstance(shuffled_grad, bool):
+            raise TypeError(f"shuffled_grad must be True, False or None, got {shuffled_grad!r}")
+        if vae_kwargs.setdefault("shuffled_grad", shuffled_grad) != shuffled_grad:
+            raise ValueError(
+                f"shuffled_grad={shuffled_grad} contradicts infomaxloss_kwargs['shuffled_grad']="
+                f"{vae_kwargs['shuffled_grad']!r}; give it once"
+            )
     vae_params = [p for p in model.vae.parameters() if p.requires_grad]
     mi_params = [p for p in model.mi.parameters() if p.requires_grad]
+    frozen = [name for name, params in (("model.vae", vae_params), ("model.mi", mi_params))
+              if not params]
+    if frozen:
+        raise ValueError(
+            f"train_step: {' and '.join(frozen)} {'has' if len(frozen) == 1 else 'have'} no "
+            "trainable parameters (every parameter has requires_grad=False), so there is nothing "
+            "to step; unfreeze some parameters"
+        )
     args = (x,) if x_out is None else (x, x_out)
 
     if reuse_forward:

@@ -19,7 +19,16 @@ import torch
 from torch import nn
 
 from . import _ops
-from .activations import ActivationSpec, apply_activation, as_module, identity, spec_of_module
+from .activations import (
+    ActivationSpec,
+    activation_config,
+    activation_from_config,
+    apply_activation,
+    as_module,
+    identity,
+    spec_of_module,
+)
+from .vae import _check_layers, _check_size, _parse_size
 
 __all__ = [
     "MutualInfoChain",
@@ -103,22 +112,9 @@ class MutualInfoChain(nn.Module):
         act1, ..., Linear(h_k, 1), output_activation. Weights drawn by ``init`` (Glorot uniform
         by default), biases zero.
         """
-        if isinstance(size_input, int):
-            shape, n_in = None, size_input
-        else:
-            shape = [int(s) for s in size_input]
-            n_in = int(torch.tensor(shape).prod().item()) if shape else 0
-        for name, value in (("size_input", n_in), ("n_latent", n_latent)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer (or shape), got {value!r}")
-        mlp_neurons, mlp_activations = list(mlp_neurons), list(mlp_activations)
-        if len(mlp_neurons) != len(mlp_activations):
-            raise ValueError(
-                f"mlp_neurons has {len(mlp_neurons)} layers but mlp_activations has "
-                f"{len(mlp_activations)} activations: give one activation per hidden layer"
-            )
-        if any(not isinstance(h, int) or h < 1 for h in mlp_neurons):
-            raise ValueError(f"mlp_neurons must be positive integers, got {mlp_neurons}")
+        n_in, shape = _parse_size("size_input", size_input)
+        _check_size("n_latent", n_latent)
+        mlp_neurons = _check_layers("mlp_neurons", mlp_neurons, "mlp_activations", mlp_activations)
 
         def linear(n_a: int, n_b: int) -> nn.Linear:
             layer = nn.Linear(n_a, n_b)
@@ -140,8 +136,8 @@ class MutualInfoChain(nn.Module):
             "size_input": shape if shape is not None else n_in,
             "n_latent": n_latent,
             "mlp_neurons": mlp_neurons,
-            "mlp_activations": [_activation_name(a) for a in mlp_activations],
-            "output_activation": _activation_name(output_activation),
+            "mlp_activations": activation_config(mlp_activations),
+            "output_activation": activation_config(output_activation),
         }
         return chain
 
@@ -150,29 +146,11 @@ class MutualInfoChain(nn.Module):
         """Rebuild a chain made by :meth:`from_sizes` from its ``config`` (fresh weights)."""
         if not isinstance(config, dict) or config.get("class") != "MutualInfoChain":
             raise ValueError(f"not a MutualInfoChain config: {config!r}")
-        acts = config["mlp_activations"] + [config["output_activation"]]
-        if any(a is None for a in acts):
-            raise ValueError("this MutualInfoChain uses an activation that cannot be rebuilt by name")
         return cls.from_sizes(
             config["size_input"], config["n_latent"], config["mlp_neurons"],
-            [_activation_from_name(a) for a in config["mlp_activations"]],
-            _activation_from_name(config["output_activation"]),
+            activation_from_config(config["mlp_activations"], "mlp_activations"),
+            activation_from_config(config["output_activation"], "output_activation"),
         )
-
-
-def _activation_name(activation):
-    spec = spec_of_module(as_module(activation))
-    if spec is None:
-        return None
-    if spec.name in ("leaky_relu", "elu"):
-        return {"name": spec.name, "param": spec.param}
-    return spec.name
-
-
-def _activation_from_name(entry):
-    if isinstance(entry, dict):
-        return nn.LeakyReLU(entry["param"]) if entry["name"] == "leaky_relu" else nn.ELU(entry["param"])
-    return as_module(entry)
 
 
 # ----------------------------------------------------------------------------------------------

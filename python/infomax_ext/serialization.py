@@ -8,10 +8,13 @@ A saved model is a directory holding
 - ``model.pt``: the ``state_dict`` (tensors only; read back with ``torch.load(weights_only=True)``).
 
 Only models whose encoder, decoder and MI chain were built by ``from_sizes`` (and so carry a
-``config``) can be saved this way. For any other model :func:`save_model` raises a
-:class:`SerializationError` rather than pickling the module: a pickle needs the defining code at
-load time anyway and cannot be read back safely. Save ``model.state_dict()`` with ``torch.save``
-and rebuild the architecture in code instead.
+``config``) with named activations (``activations.KERNEL_ACTIVATIONS``, with a leaky ReLU slope or
+an ELU alpha) can be saved this way. For any other model, a custom callable or module as an
+activation included, :func:`save_model` raises a :class:`SerializationError` before writing
+anything, rather than pickling the module: a pickle needs the defining code at load time anyway
+and cannot be read back safely. Save ``model.state_dict()`` with ``torch.save`` and rebuild the
+architecture in code instead. Loading refuses any config entry that ``save_model`` does not write
+(an unknown activation name, a parameter on an activation that takes none, a wrong type, ...).
 
 Every file is written atomically (:func:`atomic_write_bytes`): the bytes go to a temporary file in
 the same directory, are flushed and fsync'ed, then ``os.replace`` moves the file over the target
@@ -29,6 +32,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .activations import KERNEL_ACTIVATIONS, spec_of_module
 
 __all__ = [
     "SerializationError",
@@ -162,6 +167,18 @@ def model_config(model: nn.Module) -> dict:
             "from_sizes builders, or save model.state_dict() with torch.save and rebuild the "
             "architecture in code."
         )
+    unnamed = (_unnamed_activation_entries(vae_config, "vae")
+               + _unnamed_activation_entries(mi_config, "mi"))
+    if unnamed:
+        modules = ", ".join(f"{name} = {module!r}" for name, module in model.named_modules()
+                            if _is_unnamed_activation(module))
+        raise SerializationError(
+            f"cannot save this InfoMaxVAE: activation with no name at {', '.join(unnamed)}"
+            + (f" ({modules})" if modules else "")
+            + f"; a config can only rebuild the named activations ({', '.join(KERNEL_ACTIVATIONS)})."
+            " Build it with named activations, or save model.state_dict() with torch.save and "
+            "rebuild the architecture in code."
+        )
     # Round-trip through JSON now so an unserialisable entry fails here, not halfway through a save.
     try:
         vae_config = json.loads(json.dumps(vae_config))
@@ -169,6 +186,27 @@ def model_config(model: nn.Module) -> dict:
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"the model's config is not JSON-serialisable: {exc}") from None
     return {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
+
+
+def _unnamed_activation_entries(config: dict, path: str) -> list[str]:
+    """``"<path>.<key>[i]"`` for each activation entry of a builder config that holds no name."""
+    found = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            found += _unnamed_activation_entries(value, f"{path}.{key}")
+        elif key.endswith(("activation", "activations")):
+            if isinstance(value, list):
+                found += [f"{path}.{key}[{i}]" for i, entry in enumerate(value) if entry is None]
+            elif value is None:
+                found.append(f"{path}.{key}")
+    return found
+
+
+def _is_unnamed_activation(module: nn.Module) -> bool:
+    """Whether ``module`` is a layer of a built model that is an activation without a name."""
+    return (next(module.children(), None) is None
+            and not isinstance(module, (nn.Linear, nn.Flatten, nn.Unflatten))
+            and spec_of_module(module) is None)
 
 
 def model_from_config(config: dict) -> nn.Module:

@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from .activations import as_module, identity, spec_of_module
+from .activations import activation_config, activation_from_config, as_module, identity
 
 __all__ = [
     "GaussianLogOutput",
@@ -84,7 +84,11 @@ class VAEOutput(NamedTuple):
 # ----------------------------------------------------------------------------- builder helpers
 
 def _check_size(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    """``value`` when it is a positive int; a TypeError for any other type (bool included), a
+    ValueError for an int under 1, each naming the argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
 
@@ -150,41 +154,12 @@ def _head(n_in: int, n_out: int, activation, init: Callable, shape) -> nn.Sequen
     return nn.Sequential(*layers)
 
 
-def _activation_config(activation):
-    """JSON form of an activation: its name, ``{"name", "param"}`` for a non-default parameter
-    (leaky ReLU slope, ELU alpha), or ``None`` when it is not one of the named activations."""
-    if isinstance(activation, (list, tuple)):
-        return [_activation_config(a) for a in activation]
-    spec = spec_of_module(as_module(activation))
-    if spec is None:
-        return None
-    if spec.param != spec_of_module(as_module(spec.name)).param:
-        return {"name": spec.name, "param": spec.param}
-    return spec.name
-
-
-def _activation_from_config(key: str, entry):
-    if isinstance(entry, list):
-        return [_activation_from_config(key, e) for e in entry]
-    if entry is None:
-        raise ValueError(
-            f"config entry {key!r} holds an activation that has no name (a custom callable or "
-            "module), so the module cannot be rebuilt from its config"
-        )
-    if isinstance(entry, dict):
-        factory = {"leaky_relu": nn.LeakyReLU, "elu": nn.ELU}.get(entry.get("name"))
-        if factory is None:
-            raise ValueError(f"config entry {key!r}: unknown parameterised activation {entry!r}")
-        return factory(entry["param"])
-    return entry  # a name; as_module resolves it
-
-
 def _config(cls_name: str, **args) -> dict:
     """The JSON-serialisable builder arguments, activations as names."""
     config = {"class": cls_name}
     for key, value in args.items():
         if key.endswith("activation"):
-            value = _activation_config(value)
+            value = activation_config(value)
         elif isinstance(value, tuple):
             value = list(value)
         config[key] = value
@@ -203,7 +178,7 @@ class _Built(nn.Module):
             found = config.get("class") if isinstance(config, dict) else type(config).__name__
             raise ValueError(f"config is for {found!r}, not {cls.__name__!r}")
         kwargs = {
-            key: _activation_from_config(key, value) if key.endswith("activation") else value
+            key: activation_from_config(value, key) if key.endswith("activation") else value
             for key, value in config.items()
             if key != "class"
         }
