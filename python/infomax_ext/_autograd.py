@@ -11,6 +11,7 @@ ops. ``paired_linear`` itself is composite (two or three GEMMs of the split weig
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 _OPS = torch.ops.infomax_ext
 
@@ -144,10 +145,10 @@ def _linear_halves(hx, hz, source, weight, bias, data_half):
     as data_half, hz Wz^T (M, H), source Wz^T (M, H) or None, and the bias (zeros if absent)."""
     _check_paired_linear(hx, hz, source, weight, bias, data_half)
     dx = hx.shape[1]
-    w_latent_t = weight[:, dx:].t()
-    data = data_half if data_half is not None else torch.mm(hx, weight[:, :dx].t())
-    latent = torch.mm(hz, w_latent_t)
-    source_half = torch.mm(source, w_latent_t) if source is not None else None
+    w_latent = weight[:, dx:]
+    data = data_half if data_half is not None else F.linear(hx, weight[:, :dx])
+    latent = F.linear(hz, w_latent)
+    source_half = F.linear(source, w_latent) if source is not None else None
     if bias is None:
         bias = weight.new_zeros(weight.shape[0])
     return data, latent, source_half, bias
@@ -279,9 +280,46 @@ class _NwjBound(torch.autograd.Function):
 
 # ------------------------------------------------------------------------------- registration
 
+
+def _autograd_kernel(function: type[torch.autograd.Function], op):
+    """The op's Autograd kernel: ``function`` when a gradient can flow, else the kernel below
+    autograd directly (no autograd node to build)."""
+
+    def kernel(*args):
+        if torch.is_grad_enabled() and any(
+            isinstance(a, torch.Tensor) and a.requires_grad for a in args
+        ):
+            return function.apply(*args)
+        with _below_autograd():
+            return op(*args)
+
+    return kernel
+
+
 _LIB = torch.library.Library("infomax_ext", "IMPL")
 _LIB.impl("paired_linear", _paired_linear_composite, "CompositeExplicitAutograd")
-_LIB.impl("paired_first_layer", _PairedFirstLayer.apply, "Autograd")
-_LIB.impl("paired_linear", _PairedLinear.apply, "Autograd")
-_LIB.impl("nwj_head", _NwjHead.apply, "Autograd")
-_LIB.impl("nwj_bound", _NwjBound.apply, "Autograd")
+_KERNELS = {
+    name: _autograd_kernel(function, getattr(_OPS, name).default)
+    for name, function in [("paired_first_layer", _PairedFirstLayer),
+                           ("paired_linear", _PairedLinear), ("nwj_head", _NwjHead),
+                           ("nwj_bound", _NwjBound)]
+}
+for _name, _kernel in _KERNELS.items():
+    _LIB.impl(_name, _kernel, "Autograd")
+
+
+def _eager_or_op(name: str):
+    op, kernel = getattr(_OPS, name).default, _KERNELS[name]
+
+    def call(*args):
+        if torch.compiler.is_compiling():
+            return op(*args)
+        return kernel(*args)
+
+    return call
+
+
+# ``torch.ops.infomax_ext.<name>`` for the Python wrappers (_ops.py): in eager mode its Autograd
+# kernel called directly (the same computation without a round trip through the dispatcher into
+# Python); while torch.compile traces, the op itself, so graphs hold the op.
+differentiable = {name: _eager_or_op(name) for name in _KERNELS}

@@ -38,7 +38,7 @@ __all__ = [
 _LOAD_ERROR: str | None = None
 try:
     from . import _C  # noqa: F401  (registers torch.ops.infomax_ext.*)
-    from . import _autograd  # noqa: F401  (their autograd formulas and paired_linear)
+    from . import _autograd  # their autograd formulas and paired_linear
 except Exception as exc:  # ImportError, or an OSError from a missing libtorch symbol
     _LOAD_ERROR = load_failure_message(exc)
     if os.environ.get("INFOMAX_EXT_REQUIRE_COMPILED", "") not in ("", "0"):
@@ -185,7 +185,7 @@ def paired_first_layer(
     ``latent_half`` through the inverse permutation). The shuffled rows are never copied.
     """
     if kernels_apply(data_half, latent_half, shuffled_source, bias):
-        return torch.ops.infomax_ext.paired_first_layer.default(
+        return _autograd.differentiable["paired_first_layer"](
             data_half, latent_half, shuffled_source, bias, perm, activation, float(param)
         )
     return reference.paired_first_layer(
@@ -216,7 +216,7 @@ def paired_linear(
     unchanged).
     """
     if kernels_apply(hx, hz, hz_source, weight, bias, data_half):
-        return torch.ops.infomax_ext.paired_linear.default(
+        return _autograd.differentiable["paired_linear"](
             hx, hz, hz_source, weight, bias, perm, activation, float(param), data_half
         )
     return reference.paired_linear(hx, hz, hz_source, weight, bias, perm, activation, param,
@@ -273,7 +273,7 @@ def nwj_bound(t_joint: torch.Tensor, t_marg: torch.Tensor) -> torch.Tensor:
     if t_joint.numel() < 1 or t_marg.numel() < 1:
         raise ValueError("nwj_bound needs at least one joint and one shuffled score")
     if kernels_apply(t_joint, t_marg) and t_joint.dtype == t_marg.dtype:
-        return torch.ops.infomax_ext.nwj_bound.default(t_joint, t_marg)
+        return _autograd.differentiable["nwj_bound"](t_joint, t_marg)
     return reference.nwj_bound(t_joint, t_marg)
 
 
@@ -291,7 +291,7 @@ def nwj_head(
     ``bias`` (1,) or None. Returns ``(bound, scores)``: the 0-dim bound
     ``mean(t[:n_joint]) - mean(exp(t[n_joint:] - 1))`` and the (R,) scores."""
     if kernels_apply(hidden, weight, bias):
-        bound, scores, _pre = torch.ops.infomax_ext.nwj_head.default(
+        bound, scores, _pre = _autograd.differentiable["nwj_head"](
             hidden, weight, bias, n_joint, activation, float(param)
         )
         return bound, scores
