@@ -40,7 +40,7 @@ if [ ! -f "$inc/Python.h" ] && [ -f .gpu/python-include/Python.h ]; then
   extra=(-C "cmake.define.Python_INCLUDE_DIR=$PWD/.gpu/python-include")
   echo "   using carried Python headers"
 fi
-export INFOMAX_EXT_CUDA=ON TORCH_CUDA_ARCH_LIST=9.0 CMAKE_BUILD_PARALLEL_LEVEL=16 CMAKE_GENERATOR=Ninja
+export INFOMAX_EXT_CUDA=ON INFOMAX_EXT_CUDA_ARCHS=90-real CMAKE_BUILD_PARALLEL_LEVEL=16 CMAKE_GENERATOR=Ninja
 export CUDACXX=${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 step build 240 python3 -m pip install -v --no-build-isolation --no-deps "${extra[@]}" . || {
   grep -n "error" "$OUT/build.log" | head -20; exit 1; }
