@@ -7,6 +7,8 @@
 #              the test suite in each with the compiled kernels required
 # make abi-check   : the compiled module imports only torch's stable C ABI (no C++ symbols)
 # make cuda-check  : build the CUDA wheel against torch 2.14.1 (CUDA 13); every op has a CUDA kernel
+# make source-check: pip install . with build isolation fails fast saying what to run;
+#              INFOMAX_EXT_CUDA=OFF builds the CPU kernels against a CUDA torch
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,7 +16,7 @@ PIP := $(PY) -m pip
 TORCH_CPU := torch==2.13.0
 DEPS_STAMP := $(VENV)/.deps-installed
 
-.PHONY: demo test bench wheel wheel-cpu wheel-cuda wheel-check abi-check cuda-check install clean
+.PHONY: demo test bench wheel wheel-cpu wheel-cuda wheel-check abi-check cuda-check source-check install clean
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +52,9 @@ abi-check: wheel-cpu
 
 cuda-check: wheel-cuda
 	bash scripts/cuda_check.sh
+
+source-check: install wheel-cuda
+	bash scripts/source_build_check.sh
 
 clean:
 	rm -rf build dist wheelhouse
