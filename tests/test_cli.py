@@ -142,6 +142,15 @@ def test_user_files_with_and_without_labels(tmp_path, capsys):
     assert "probe accuracy n/a" in capsys.readouterr().out
 
 
+def test_divergence_exits_1_naming_the_network(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--alpha", "1e30", "--no-plots", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "error: the VAE diverged at epoch 1" in err and "no checkpoint was written" in err
+    assert not (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+
+
 def test_ctrl_c_leaves_a_resumable_run(tmp_path, capsys, monkeypatch):
     def interrupted(self):
         raise KeyboardInterrupt

@@ -147,6 +147,51 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / CHECKPOINT_FILE).exists()
 
 
+@pytest.mark.parametrize("reuse_forward", [False, True])
+def test_divergence_stops_naming_the_network_and_keeps_the_last_checkpoint(tmp_path, monkeypatch,
+                                                                          reuse_forward):
+    # From epoch 2 on, alpha = 1e30: the gradients stay finite (about 1e30) but Adam's squared
+    # gradients overflow to inf and every step becomes 0, so weights and losses stay finite.
+    x, v = data()
+    trainer = Trainer.create(tiny(epochs=3, reuse_forward=reuse_forward), x, v, tmp_path,
+                             progress=False)
+    good = {}
+    trainer.callbacks.append(
+        lambda tr, record: good.setdefault("bytes", (tmp_path / CHECKPOINT_FILE).read_bytes()))
+    real_step = trainer_module.train_step
+
+    def diverging(*args, **kwargs):
+        if trainer.epoch >= 1:
+            kwargs["infomaxloss_kwargs"] = {**kwargs["infomaxloss_kwargs"], "alpha": 1e30}
+        losses = real_step(*args, **kwargs)
+        assert all(math.isfinite(v) for v in losses)
+        return losses
+
+    monkeypatch.setattr(trainer_module, "train_step", diverging)
+    with pytest.raises(TrainingError, match=r"the VAE diverged at epoch 2: .*no longer finite.*"
+                                            r"still holds the last good state"):
+        trainer.fit()
+    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == good["bytes"]
+    resumed = Trainer.from_checkpoint(tmp_path / CHECKPOINT_FILE, x, v, progress=False)
+    assert resumed.epoch == 1
+    assert all(torch.isfinite(t).all() for t in resumed.model.state_dict().values())
+
+
+def test_a_non_finite_mi_chain_is_named(monkeypatch):
+    x, v = data()
+    trainer = Trainer.create(tiny(epochs=1), x, v, progress=False)
+    real_step = trainer_module.train_step
+
+    def poisoned(model, *args, **kwargs):
+        losses = real_step(model, *args, **kwargs)
+        next(model.mi.parameters()).grad[0, 0] = math.nan
+        return losses
+
+    monkeypatch.setattr(trainer_module, "train_step", poisoned)
+    with pytest.raises(TrainingError, match="the MI chain diverged at epoch 1.*no checkpoint"):
+        trainer.fit()
+
+
 def test_batches_never_hold_a_single_sample():
     x, _ = data(n=33)  # 33 = 2 * 16 + 1: the last batch of one sample is dropped
     sizes = [len(b) for (b,) in Trainer.create(tiny(), x, progress=False)._loader(1)]

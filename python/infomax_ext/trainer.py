@@ -325,6 +325,31 @@ class Trainer:
                               "".join(json.dumps(r) + "\n" for r in self.history))
 
     # ------------------------------------------------------------------ loop
+    def _check_finite(self, epoch: int, vae_loss: float, mi_loss: float) -> None:
+        """Raise :class:`TrainingError` unless both losses and, for each network, every weight,
+        gradient and optimizer state tensor are finite. One fused reduction per network and a
+        single host read for both (Adam can overflow its state while weights and losses stay
+        finite: with a huge ``alpha`` the squared gradients become inf and the steps 0)."""
+        names = {"vae": "VAE", "mi": "MI chain"}
+        networks = {"vae": self.model.vae, "mi": self.model.mi}
+        flags = torch.stack([_all_finite(networks[key], self.optimizers[key]) for key in names])
+        for name, ok in zip(names.values(), flags.tolist()):
+            if not ok:
+                raise TrainingError(
+                    f"the {name} diverged at epoch {epoch}: its weights, gradients or optimizer "
+                    f"state are no longer finite; lower lr / mi_lr or alpha and restart "
+                    f"({self._checkpoint_note()})")
+        if not (math.isfinite(vae_loss) and math.isfinite(mi_loss)):
+            raise TrainingError(
+                f"the loss became non-finite at epoch {epoch} (vae_loss={vae_loss}, "
+                f"mi_loss={mi_loss}); lower lr / mi_lr or alpha and resume or restart "
+                f"({self._checkpoint_note()})")
+
+    def _checkpoint_note(self) -> str:
+        if self.run_dir is None or not (self.run_dir / CHECKPOINT_FILE).exists():
+            return "no checkpoint was written"
+        return f"{self.run_dir / CHECKPOINT_FILE} still holds the last good state"
+
     def _loader(self, epoch: int) -> DataLoader:
         """Batches of the training data, in an order drawn from the seeded stream ``(seed, epoch)``.
         A last batch of a single sample is dropped (the MI bound needs 2)."""
@@ -351,8 +376,9 @@ class Trainer:
 
         Each record: ``epoch``, ``vae_loss`` and ``mi_loss`` (means over the epoch's batches),
         ``mi`` (the MI chain's NWJ estimate, ``-mi_loss``), ``seconds``, and with validation data
-        ``val_recon_loglik``, ``val_kl``, ``val_active_units``. Raises :class:`TrainingError` when a
-        loss turns NaN or infinite (the last checkpoint stays as it was)."""
+        ``val_recon_loglik``, ``val_kl``, ``val_active_units``. After every step, raises
+        :class:`TrainingError` naming the network and the epoch when a loss, weight, gradient or
+        optimizer state turns NaN or infinite (the last checkpoint stays as it was)."""
         config, model = self.config, self.model
         if self._rng_state is not None:
             torch.set_rng_state(self._rng_state["torch"])
@@ -383,11 +409,7 @@ class Trainer:
                     vae_loss, mi_loss = train_step(
                         model, xb, self.optimizers, loss_return=True,
                         infomaxloss_kwargs=loss_kwargs, reuse_forward=config.reuse_forward)
-                    if not (math.isfinite(vae_loss) and math.isfinite(mi_loss)):
-                        raise TrainingError(
-                            f"the loss became non-finite at epoch {epoch} (vae_loss={vae_loss}, "
-                            f"mi_loss={mi_loss}); lower lr / mi_lr or alpha and resume or restart"
-                        )
+                    self._check_finite(epoch, vae_loss, mi_loss)
                     sums[0] += vae_loss
                     sums[1] += mi_loss
                     count += 1
@@ -427,6 +449,19 @@ def _progress_bar(**kwargs):
     except ImportError:
         return _NoBar()
     return tqdm(**kwargs)
+
+
+def _all_finite(network: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """A 0-dim bool tensor (no host sync): are the parameters of ``network``, their gradients
+    and their ``optimizer`` state all finite? (The infinity norm of each is finite.)"""
+    tensors = []
+    for p in network.parameters():
+        tensors.append(p.detach())
+        if p.grad is not None:
+            tensors.append(p.grad)
+        tensors += [v for v in optimizer.state.get(p, {}).values()
+                    if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    return torch.stack(torch._foreach_norm(tensors, ord=math.inf)).isfinite().all()
 
 
 def _adam(params, lr: float) -> torch.optim.Adam:
