@@ -1,5 +1,7 @@
 """The ``infomax-ext train`` command end to end, on a tiny budget."""
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -149,6 +151,57 @@ def test_divergence_exits_1_naming_the_network(tmp_path, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "error: the VAE diverged at epoch 1" in err and "no checkpoint was written" in err
     assert not (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+
+
+def test_a_run_holds_its_directory_for_its_life(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "run")
+    codes, real_fit = [], Trainer.fit
+
+    def fit_while_others_try(self):
+        if codes == []:  # the outer run only
+            codes.append("started")
+            codes.append(main(["train", "--resume", "--out", out, "--no-plots", "--quiet"]))
+            codes.append(main(["train", "--out", out, "--no-plots", "--quiet"]))
+        return real_fit(self)
+
+    monkeypatch.setattr(Trainer, "fit", fit_while_others_try)
+    assert main(["train", "--out", out, "--no-plots", *TINY]) == 0
+    assert codes == ["started", 1, 1]
+    message = f"error: {out} is in use by another infomax-ext run (pid {os.getpid()})"
+    assert capsys.readouterr().err.count(message) == 2
+
+
+LOCK_AND_WAIT = """
+import sys, time
+from pathlib import Path
+from infomax_ext.cli import _RunLock
+_RunLock().acquire(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_locked_directory_is_refused_and_a_killed_holder_never_blocks(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--epochs", "1", "--no-plots", *TINY[2:]]) == 0
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_AND_WAIT, str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        capsys.readouterr()
+        for argv in (["--resume"], ["--data", "elsewhere.npy"]):  # resume, and a fresh run
+            assert main(["train", "--out", str(out), "--epochs", "2", "--quiet", *argv]) == 1
+            err = capsys.readouterr().err
+            assert f"{out} is in use by another infomax-ext run (pid {holder.pid})" in err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    assert holder.returncode == -signal.SIGKILL
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--no-plots",
+                 "--quiet"]) == 0
+    assert "resuming at epoch 2 of 2" in capsys.readouterr().out
+    assert (out / ".lock").read_text() == f"{os.getpid()}\n"
 
 
 def test_ctrl_c_leaves_a_resumable_run(tmp_path, capsys, monkeypatch):

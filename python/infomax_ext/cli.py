@@ -11,13 +11,16 @@
     DIR/model/             the trained model (InfoMaxVAE.load(DIR/model))
     DIR/*.png              training curves, latent space, reconstructions, prior samples,
                            active units
+    DIR/.lock              held (flock) by the run in progress, with its pid: a second run
+                           into DIR stops at once
 
 With ``--compare-vae`` the same architecture is also trained with ``alpha = 0`` (a plain VAE)
 under the same seed and budget: DIR/infomax/ and DIR/vae/ are two such run directories, and
 DIR/comparison.md, DIR/comparison.json and DIR/comparison.png set them side by side.
 
-Exit codes: 0 done, 1 the data or a saved run cannot be used (message says why), 2 bad
-command-line options, 130 interrupted (the last checkpoint is intact; ``--resume`` continues).
+Exit codes: 0 done, 1 the data, the run directory or a saved run cannot be used, or training
+diverged (message says why), 2 bad command-line options, 130 interrupted (the last checkpoint is
+intact; ``--resume`` continues).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import argparse
 import datetime as _dt
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import replace
@@ -34,6 +38,7 @@ __all__ = ["main", "build_parser"]
 
 PROG = "infomax-ext"
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
 METRICS_SUMMARY = "metrics.json"
 RESUMABLE = {"epochs", "device"}
 
@@ -235,6 +240,52 @@ def _holds_run(directory: Path) -> bool:
     return (directory / CONFIG_FILE).exists() or (directory / "checkpoint.pt").exists()
 
 
+class _RunLock:
+    """The advisory lock of a run directory: ``DIR/.lock``, flock'ed exclusively and holding the
+    pid of its holder, from :meth:`acquire` to :meth:`release`. The kernel drops the lock when
+    its holder dies, so a killed run never blocks the next one. (No lock where the platform
+    lacks flock.)"""
+
+    def __init__(self):
+        self.fd: int | None = None
+
+    def acquire(self, directory: Path) -> None:
+        """Lock ``directory``, or raise CommandError naming the pid of the run that holds it."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        path = directory / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CommandError(f"{directory} is in use by another {PROG} run (pid {holder}); wait "
+                               "for it to end or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _claim(out: Path, lock: _RunLock, resume: bool, parser) -> None:
+    """Lock the existing directory ``out`` for this run; a new run also needs it to hold none."""
+    lock.acquire(out)
+    if not resume and _holds_run(out):
+        parser.error(f"{out} already holds a run; pass --resume to continue it, or choose "
+                     "another --out")
+
+
 def _read_run_config(directory: Path) -> dict:
     path = directory / CONFIG_FILE
     if not path.is_file():
@@ -403,14 +454,25 @@ def _check_extras(plots: bool) -> None:
 
 
 def _cmd_train(args, parser) -> int:
+    _check_extras(not args.no_plots)
+    if args.resume and args.out is None:
+        parser.error("--resume needs --out DIR, the run to continue")
+    out = Path(args.out) if args.out is not None else _default_out()
+    args.out = str(out)  # the interrupt hint names the actual directory
+    lock = _RunLock()
+    try:
+        if out.is_dir():  # a directory in use is refused before anything else
+            _claim(out, lock, args.resume, parser)
+        return _cmd_train_locked(args, parser, out, lock)
+    finally:
+        lock.release()
+
+
+def _cmd_train_locked(args, parser, out: Path, lock: _RunLock) -> int:
     import torch
 
-    _check_extras(not args.no_plots)
     saved = None
     if args.resume:
-        if args.out is None:
-            parser.error("--resume needs --out DIR, the run to continue")
-        out = Path(args.out)
         saved = _read_run_config(out)
         if args.compare_vae and not saved.get("compare_vae", False):
             parser.error("--compare-vae: the run in --out was not started with --compare-vae")
@@ -422,25 +484,21 @@ def _cmd_train(args, parser) -> int:
         if args.labels is not None and str(Path(args.labels)) != labels:
             parser.error(f"--labels {args.labels} differs from the run's labels ({labels})")
     else:
-        out = Path(args.out) if args.out is not None else _default_out()
-        if _holds_run(out):
-            parser.error(f"{out} already holds a run; pass --resume to continue it, or choose "
-                         "another --out")
         compare = args.compare_vae
         source = None if args.data is None else str(Path(args.data))
         labels = None if args.labels is None else str(Path(args.labels))
-    args.out = str(out)  # the interrupt hint names the actual directory
     config = _train_config(args, parser, None if saved is None else saved["train"])
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _train(args, parser, out, saved, compare, source, labels, config)
+        return _train(args, parser, out, lock, saved, compare, source, labels, config)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(args, parser, out: Path, saved, compare: bool, source, labels, config) -> int:
+def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, source, labels,
+           config) -> int:
     from .data import load_dataset, train_val_split
     from .serialization import atomic_write_json, atomic_write_text
 
@@ -455,6 +513,8 @@ def _train(args, parser, out: Path, saved, compare: bool, source, labels, config
         parser.error(f"--batch-size {config.batch_size} exceeds the {len(train)} training samples")
 
     out.mkdir(parents=True, exist_ok=True)
+    if not lock.held:
+        _claim(out, lock, args.resume, parser)
     atomic_write_json(out / CONFIG_FILE, {
         "command": "train", "compare_vae": compare, "data": info, "train": config.to_dict(),
         "created": saved.get("created") if saved else _dt.datetime.now().isoformat(timespec="seconds"),
