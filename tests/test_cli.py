@@ -106,6 +106,9 @@ def test_resume_continues_where_it_stopped(tmp_path, capsys):
     (["--activation", "swish"], "--activation: invalid choice"),
     (["--device", "tpu"], "--device: unknown device 'tpu'"),
     (["--batch-size", "4000"], "--batch-size 4000 exceeds the 1438 training samples"),
+    (["--seed", "-1"], "--seed: must be a non-negative integer"),
+    (["--seed", str(2**63)], f"--seed: must be below 2**63 = {2**63}, got {2**63}"),
+    (["--seed", str(2**64)], f"--seed: must be below 2**63 = {2**63}, got {2**64}"),
 ])
 def test_bad_options_are_refused_with_a_message(tmp_path, capsys, argv, message):
     err = usage_error(["train", "--out", str(tmp_path / "run"), "--quiet", *argv], capsys)
@@ -142,6 +145,16 @@ def test_user_files_with_and_without_labels(tmp_path, capsys):
                  "--no-plots", *small]) == 0
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["probe_accuracy"] is None
     assert "probe accuracy n/a" in capsys.readouterr().out
+
+
+def test_seeds_beyond_32_bits_train_evaluate_and_resume(tmp_path, capsys):
+    out, seed = str(tmp_path / "run"), 2**63 - 1
+    assert main(["train", "--out", out, "--seed", str(seed), "--epochs", "1", *TINY[2:]]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 1
+    assert main(["train", "--resume", "--out", out, "--epochs", "2", "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and 0.0 <= metrics["probe_accuracy"] <= 1.0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["seed"] == seed
 
 
 def test_divergence_exits_1_naming_the_network(tmp_path, capsys):

@@ -48,6 +48,8 @@ RECORD_KEYS = {"epoch", "vae_loss", "mi_loss", "mi", "val_recon_loglik", "val_kl
     ("mi_neurons", [], "mi_neurons needs at least one hidden layer"),
     ("activation", "swish", "activation must be one of"),
     ("likelihood", "poisson", "likelihood must be one of"),
+    ("seed", -1, r"seed must be an integer in \[0, 2\*\*63\)"),
+    ("seed", 2**63, r"seed must be an integer in \[0, 2\*\*63\), got 9223372036854775808"),
 ])
 def test_config_validation_names_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -75,6 +75,15 @@ def _nonneg_int(text: str) -> int:
     return _int_at_least(text, 0, "non-negative")
 
 
+def _seed(text: str) -> int:
+    from .trainer import SEED_LIMIT
+
+    value = _nonneg_int(text)
+    if value >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be below 2**63 = {SEED_LIMIT}, got {value}")
+    return value
+
+
 def _float(text: str, *, strict: bool) -> float:
     try:
         value = float(text)
@@ -149,7 +158,8 @@ _TRAIN_OPTIONS = [
     ("--batch-size", "batch_size", _batch_size, "N", "samples per batch (>= 2)"),
     ("--lr", "lr", _positive_float, "LR", "Adam learning rate of the VAE"),
     ("--mi-lr", "mi_lr", _positive_float, "LR", "Adam learning rate of the MI chain"),
-    ("--seed", "seed", _nonneg_int, "S", "seed of the weights, batch order, samples and split"),
+    ("--seed", "seed", _seed, "S",
+     "seed (0 <= S < 2**63) of the weights, batch order, samples, split and evaluation"),
     ("--device", "device", _device, "DEV", "cpu, cuda, cuda:N or auto"),
     ("--val-fraction", "val_fraction", _fraction, "F", "fraction of the data held out for evaluation"),
     ("--active-threshold", "active_threshold", _nonneg_float, "T",

@@ -55,6 +55,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FORMAT = "infomax_ext.checkpoint"
 CHECKPOINT_VERSION = 1
+SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63; every consumer's seed is derived from it
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus", "gelu", "silu")
 
 
@@ -140,8 +141,9 @@ class TrainConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(
                 f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         return self
 
     def to_dict(self) -> dict:
