@@ -1,9 +1,12 @@
 """The ``infomax-ext train`` command end to end, on a tiny budget."""
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,6 +218,95 @@ def test_a_locked_directory_is_refused_and_a_killed_holder_never_blocks(tmp_path
                  "--quiet"]) == 0
     assert "resuming at epoch 2 of 2" in capsys.readouterr().out
     assert (out / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def one_line_error(argv, capsys) -> str:
+    """Run ``main(argv)``, expect exit code 1 and a single line on stderr; return it."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("infomax-ext train: error: "), err
+    return err
+
+
+def test_unusable_out_directories(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("")
+    err = one_line_error(["train", "--out", str(tmp_path / "file"), *TINY], capsys)
+    assert f"--out {tmp_path / 'file'} is a file, not a directory" in err
+    err = one_line_error(["train", "--out", str(tmp_path / "file" / "a" / "run"), *TINY], capsys)
+    assert f"cannot be created: {tmp_path / 'file'} is a file" in err
+
+    # The tests run as root, who may write anywhere: the refusals are mocked.
+    (tmp_path / "read-only").mkdir()
+    real_mkdir, real_open = Path.mkdir, os.open
+
+    def mkdir(self, *args, **kwargs):
+        if self.parent.name == "no-access":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    def open_(path, *args, **kwargs):
+        if Path(path).parent.name == "read-only":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
+    err = one_line_error(["train", "--out", str(tmp_path / "no-access" / "run"), *TINY], capsys)
+    assert f"cannot create --out {tmp_path / 'no-access' / 'run'}: Permission denied" in err
+    err = one_line_error(["train", "--out", str(tmp_path / "read-only"), *TINY], capsys)
+    assert f"cannot write to --out {tmp_path / 'read-only'}: Read-only file system" in err
+
+
+class _DiskFull:
+    """A file whose writes fail as on a full disk."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
+    from infomax_ext import trainer as trainer_module
+
+    real_save, real_fdopen = trainer_module.atomic_torch_save, os.fdopen
+
+    def save(state, path):
+        if state["epoch"] == 2:  # the disk is full from the second checkpoint on
+            monkeypatch.setattr(os, "fdopen", lambda fd, *a: _DiskFull(real_fdopen(fd, *a)))
+        real_save(state, path)
+
+    monkeypatch.setattr(trainer_module, "atomic_torch_save", save)
+    out = tmp_path / "run"
+    err = one_line_error(["train", "--out", str(out), "--epochs", "3", "--no-plots", *TINY[2:]],
+                         capsys)
+    assert (f"cannot write the checkpoint {out / 'checkpoint.pt'}: No space left on device "
+            f"({out / 'checkpoint.pt'} still holds the last good state)") in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.pt", "config.json",
+                                                     "metrics.jsonl"]  # no temporary file left
+    monkeypatch.undo()
+    resumed = Trainer.from_checkpoint(out / "checkpoint.pt", torch.zeros(1438, 64))
+    assert resumed.epoch == 1 and [r["epoch"] for r in resumed.history] == [1]
+
+
+def test_half_precision_data_is_converted_with_a_notice(tmp_path, capsys):
+    x = torch.rand(40, 4)
+    small = ["--no-plots", *TINY, "--batch-size", "8"]
+    for dtype in (torch.bfloat16, torch.float16):
+        name = str(dtype).removeprefix("torch.")
+        torch.save({"x": x.to(dtype), "y": torch.arange(40) % 2}, tmp_path / f"{name}.pt")
+        assert main(["train", "--data", str(tmp_path / f"{name}.pt"),
+                     "--out", str(tmp_path / name), *small]) == 0
+        out = capsys.readouterr().out
+        assert (f"infomax-ext: notice: {tmp_path / name}.pt: entry 'x' holds {name} values; "
+                "converted to float32 (exactly)") in out
 
 
 def test_ctrl_c_leaves_a_resumable_run(tmp_path, capsys, monkeypatch):

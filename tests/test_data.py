@@ -5,6 +5,7 @@ import torch
 
 from infomax_ext.data import (
     DataError,
+    DataWarning,
     check_samples,
     load_dataset,
     load_digits,
@@ -27,6 +28,18 @@ def test_digits_are_real_8x8_images_in_unit_range():
     assert data.y.shape == (1797,) and set(data.y.tolist()) == set(range(10))
     assert data.image_shape == (8, 8) and data.classes == [str(k) for k in range(10)]
     assert load_dataset(None).fingerprint() == data.fingerprint()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_converted_to_float32_with_a_warning(tmp_path, dtype):
+    x = torch.from_numpy(samples()).to(dtype)
+    torch.save((x, torch.arange(20) % 2), tmp_path / "half.pt")
+    name = str(dtype).removeprefix("torch.")
+    with pytest.warns(DataWarning, match=f"item 0 \\(samples\\) holds {name} values; converted"):
+        data = load_file(tmp_path / "half.pt")
+    assert data.x.dtype == torch.float32 and torch.equal(data.x, x.float())
+    with pytest.warns(DataWarning, match=f"arrays holds {name} values"):
+        assert torch.equal(check_samples(x, source="arrays"), x.float())
 
 
 def test_npy_with_labels_file(tmp_path):

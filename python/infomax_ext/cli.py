@@ -31,6 +31,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -266,7 +267,10 @@ class _RunLock:
         except ImportError:  # pragma: no cover - Windows
             return
         path = directory / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise CommandError(f"cannot write to --out {directory}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -286,6 +290,17 @@ class _RunLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def _check_out(out: Path) -> None:
+    """CommandError unless ``out`` is, or can be created as, a directory."""
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a directory")
+    for parent in out.parents:  # the nearest existing ancestor must be a directory
+        if parent.exists():
+            if not parent.is_dir():
+                raise CommandError(f"--out {out} cannot be created: {parent} is a file")
+            return
 
 
 def _claim(out: Path, lock: _RunLock, resume: bool, parser) -> None:
@@ -469,6 +484,7 @@ def _cmd_train(args, parser) -> int:
         parser.error("--resume needs --out DIR, the run to continue")
     out = Path(args.out) if args.out is not None else _default_out()
     args.out = str(out)  # the interrupt hint names the actual directory
+    _check_out(out)
     lock = _RunLock()
     try:
         if out.is_dir():  # a directory in use is refused before anything else
@@ -509,10 +525,17 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock) -> int:
 
 def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, source, labels,
            config) -> int:
-    from .data import load_dataset, train_val_split
+    from .data import DataWarning, load_dataset, train_val_split
     from .serialization import atomic_write_json, atomic_write_text
 
-    dataset = load_dataset(source, labels, config.likelihood)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        dataset = load_dataset(source, labels, config.likelihood)
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            _say(f"{PROG}: notice: {w.message}")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     info = dataset.describe()
     info["labels"] = labels
     if saved is not None and saved["data"].get("fingerprint") != info["fingerprint"]:
@@ -522,7 +545,10 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, source
     if config.batch_size > len(train):
         parser.error(f"--batch-size {config.batch_size} exceeds the {len(train)} training samples")
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create --out {out}: {exc.strerror}") from None
     if not lock.held:
         _claim(out, lock, args.resume, parser)
     atomic_write_json(out / CONFIG_FILE, {
@@ -587,6 +613,11 @@ def main(argv=None) -> int:
         return args.func(args, parser)
     except (CommandError, DataError, SerializationError, TrainingError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as exc:  # a full disk, a vanished directory, ...
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{PROG} {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr,
+              flush=True)
         return 1
     except KeyboardInterrupt:
         out = getattr(args, "out", None)

@@ -14,12 +14,14 @@ File formats (:func:`load_file`):
   ``(x,)`` / ``(x, y)``, or a dict with the keys above.
 
 Labels may be integers, integral floats or strings; they are mapped to codes ``0..K-1`` in sorted
-order, the original values kept as ``classes``. Object (pickled) arrays are refused.
+order, the original values kept as ``classes``. Object (pickled) arrays are refused; float16 and
+bfloat16 tensors are converted to float32 (exactly) with a :class:`DataWarning`.
 """
 from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +31,7 @@ import torch
 
 __all__ = [
     "DataError",
+    "DataWarning",
     "ArrayDataset",
     "LIKELIHOODS",
     "load_digits",
@@ -48,6 +51,10 @@ MIN_SAMPLES = 8
 
 class DataError(ValueError):
     """The data cannot be used: missing or unreadable file, wrong shape, bad values (see message)."""
+
+
+class DataWarning(UserWarning):
+    """The data was usable after a change worth knowing about (e.g. half precision to float32)."""
 
 
 @dataclass
@@ -133,9 +140,19 @@ def short_error(exc: BaseException, limit: int = 160) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def _tensor_to_numpy(t: torch.Tensor, what: str) -> np.ndarray:
+    """``t`` as a numpy array; half precision (numpy has no bfloat16) becomes float32, exactly,
+    with a :class:`DataWarning`."""
+    if t.dtype in (torch.float16, torch.bfloat16):
+        warnings.warn(f"{what} holds {str(t.dtype).removeprefix('torch.')} values; converted to "
+                      "float32 (exactly)", DataWarning, stacklevel=3)
+        t = t.float()
+    return t.detach().cpu().numpy()
+
+
 def _as_numpy(value, what: str, path: Path) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
+        return _tensor_to_numpy(value, f"{path}: {what}")
     if isinstance(value, np.ndarray):
         return value
     raise DataError(f"{path}: {what} must be an array or tensor, found {type(value).__name__}")
@@ -248,7 +265,7 @@ def check_samples(x, likelihood: str = "bernoulli", source: str = "data") -> tor
     if likelihood not in LIKELIHOODS:
         raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
+        x = _tensor_to_numpy(x, source)
     x = np.asarray(x)
     if x.dtype == object or x.dtype.kind not in "biuf":
         raise DataError(f"{source}: samples must be numeric, found dtype {x.dtype}")

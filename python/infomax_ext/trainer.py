@@ -318,8 +318,13 @@ class Trainer:
             if self.run_dir is None:
                 raise ValueError("save_checkpoint needs a path when the trainer has no run_dir")
             path = self.run_dir / CHECKPOINT_FILE
-        atomic_torch_save(self.state_dict(), path)
-        return Path(path)
+        path = Path(path)
+        try:
+            atomic_torch_save(self.state_dict(), path)
+        except OSError as exc:  # a full disk, ...: the previous file is intact (atomic write)
+            raise TrainingError(f"cannot write the checkpoint {path}: {exc.strerror or exc} "
+                                f"({_checkpoint_note(path)})") from None
+        return path
 
     def _write_metrics(self) -> None:
         if self.run_dir is not None:
@@ -340,17 +345,12 @@ class Trainer:
                 raise TrainingError(
                     f"the {name} diverged at epoch {epoch}: its weights, gradients or optimizer "
                     f"state are no longer finite; lower lr / mi_lr or alpha and restart "
-                    f"({self._checkpoint_note()})")
+                    f"({_checkpoint_note(self.run_dir)})")
         if not (math.isfinite(vae_loss) and math.isfinite(mi_loss)):
             raise TrainingError(
                 f"the loss became non-finite at epoch {epoch} (vae_loss={vae_loss}, "
                 f"mi_loss={mi_loss}); lower lr / mi_lr or alpha and resume or restart "
-                f"({self._checkpoint_note()})")
-
-    def _checkpoint_note(self) -> str:
-        if self.run_dir is None or not (self.run_dir / CHECKPOINT_FILE).exists():
-            return "no checkpoint was written"
-        return f"{self.run_dir / CHECKPOINT_FILE} still holds the last good state"
+                f"({_checkpoint_note(self.run_dir)})")
 
     def _loader(self, epoch: int) -> DataLoader:
         """Batches of the training data, in an order drawn from the seeded stream ``(seed, epoch)``.
@@ -451,6 +451,15 @@ def _progress_bar(**kwargs):
     except ImportError:
         return _NoBar()
     return tqdm(**kwargs)
+
+
+def _checkpoint_note(path) -> str:
+    """Where the last good state is: ``path`` is a checkpoint, a run directory or None."""
+    if path is not None and Path(path).is_dir():
+        path = Path(path) / CHECKPOINT_FILE
+    if path is None or not Path(path).exists():
+        return "no checkpoint was written"
+    return f"{path} still holds the last good state"
 
 
 def _all_finite(network: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.Tensor:
