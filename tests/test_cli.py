@@ -1,6 +1,7 @@
 """The ``infomax-ext train`` command end to end, on a tiny budget."""
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -307,6 +308,37 @@ def test_half_precision_data_is_converted_with_a_notice(tmp_path, capsys):
         out = capsys.readouterr().out
         assert (f"infomax-ext: notice: {tmp_path / name}.pt: entry 'x' holds {name} values; "
                 "converted to float32 (exactly)") in out
+
+
+def test_data_of_any_scale_trains_with_normalize(tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    np.save(tmp_path / "raw.npy", load_digits().data * 16)  # 0..256
+    raw = ["--data", str(tmp_path / "raw.npy"), "--no-plots", *TINY]
+    err = one_line_error(["train", "--out", str(tmp_path / "b"), *raw], capsys)
+    assert "values range over [0, 256] but the Bernoulli decoder needs them in [0, 1]; rescale " \
+           "them with --normalize unit, or use --likelihood gaussian --normalize standardize" in err
+    # unnormalised, the Gaussian run overflows at its first step (the notice says so)
+    assert main(["train", "--out", str(tmp_path / "g"), "--likelihood", "gaussian", *raw]) == 1
+    captured = capsys.readouterr()
+    assert "notice: " in captured.out and "rescale them with --normalize standardize" in captured.out
+    assert "diverged at epoch 1" in captured.err
+    for likelihood, normalize in (("gaussian", "standardize"), ("bernoulli", "unit")):
+        out = tmp_path / normalize
+        assert main(["train", "--out", str(out), "--likelihood", likelihood, "--normalize",
+                     normalize, *raw]) == 0
+        assert "notice" not in capsys.readouterr().out
+        assert all(math.isfinite(r[k]) for r in jsonl(out / "metrics.jsonl")
+                   for k in ("vae_loss", "mi_loss", "val_recon_loglik", "val_kl"))
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert all(math.isfinite(metrics[k]) for k in ("mi", "recon_loglik", "kl"))
+        assert json.loads((out / "config.json").read_text())["data"]["normalize"] == normalize
+    err = usage_error(["train", "--resume", "--out", str(tmp_path / "unit"), "--normalize",
+                       "standardize"], capsys)
+    assert "--normalize standardize differs from the run's (unit)" in err
+    assert main(["train", "--resume", "--out", str(tmp_path / "unit"), "--epochs", "3",
+                 "--quiet"]) == 0
+    assert "resuming at epoch 3 of 3" in capsys.readouterr().out
 
 
 def test_ctrl_c_leaves_a_resumable_run(tmp_path, capsys, monkeypatch):

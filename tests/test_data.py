@@ -10,6 +10,7 @@ from infomax_ext.data import (
     load_dataset,
     load_digits,
     load_file,
+    normalize_samples,
     train_val_split,
 )
 
@@ -40,6 +41,27 @@ def test_half_precision_is_converted_to_float32_with_a_warning(tmp_path, dtype):
     assert data.x.dtype == torch.float32 and torch.equal(data.x, x.float())
     with pytest.warns(DataWarning, match=f"arrays holds {name} values"):
         assert torch.equal(check_samples(x, source="arrays"), x.float())
+
+
+def test_normalize_samples():
+    x = np.array([[0.0, 5.0, 7.0], [2.0, 6.0, 9.0]])  # mean 29 / 6, variance 329 / 36
+    assert np.array_equal(normalize_samples(x, "unit"),
+                          np.array([[0, 5, 7], [2, 6, 9]], dtype=np.float32) / np.float32(9))
+    want = (6 * x - 29) / np.sqrt(329)
+    assert np.allclose(normalize_samples(x, "standardize"), want, rtol=1e-6)
+    assert normalize_samples(x, "none") is x
+    for mode in ("unit", "standardize"):
+        assert not normalize_samples(np.full((4, 2), 3.0), mode).any()
+    raw = samples(20, (3, 3)) * 255
+    data = check_samples(raw, "bernoulli", normalize="unit")
+    assert float(data.min()) == 0.0 and float(data.max()) == 1.0 and data.shape == (20, 3, 3)
+    with pytest.raises(DataError, match="unknown normalization 'z'"):
+        check_samples(raw, "gaussian", normalize="z")
+    with pytest.warns(DataWarning, match="rescale them with --normalize standardize"):
+        check_samples(raw, "gaussian")
+    digits = load_dataset(None, likelihood="gaussian", normalize="standardize").x.double()
+    assert abs(float(digits.mean())) < 1e-6 and float(digits.std(unbiased=False)) == \
+        pytest.approx(1.0, rel=1e-6)
 
 
 def test_npy_with_labels_file(tmp_path):

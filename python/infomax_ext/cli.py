@@ -173,7 +173,7 @@ _TRAIN_OPTIONS = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``infomax-ext``."""
-    from .data import LIKELIHOODS
+    from .data import LIKELIHOODS, NORMALIZATIONS
     from .trainer import ACTIVATIONS, TrainConfig
 
     defaults = TrainConfig()
@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
                       help=f"decoder distribution (default {defaults.likelihood}; bernoulli "
                            "needs data in [0, 1])")
+    data.add_argument("--normalize", choices=NORMALIZATIONS, default=None,
+                      help="rescale the samples by one shift and scale over all values of the "
+                           "data set: unit (min-max to [0, 1]), standardize (to mean 0 and "
+                           "variance 1) or none (default)")
     model = train.add_argument_group("model and training")
     for flag, dest, type_, metavar, text in _TRAIN_OPTIONS:
         default = getattr(defaults, dest)
@@ -497,47 +501,54 @@ def _cmd_train(args, parser) -> int:
 def _cmd_train_locked(args, parser, out: Path, lock: _RunLock) -> int:
     import torch
 
+    # the data options: (flag, key in config.json's "data", value given, value when not given)
+    options = [("--data", "source", _path(args.data), None),
+               ("--labels", "labels", _path(args.labels), None),
+               ("--normalize", "normalize", args.normalize, "none")]
     saved = None
     if args.resume:
         saved = _read_run_config(out)
         if args.compare_vae and not saved.get("compare_vae", False):
             parser.error("--compare-vae: the run in --out was not started with --compare-vae")
         compare = bool(saved.get("compare_vae", False))
-        source = saved["data"].get("source")
-        labels = saved["data"].get("labels")
-        if args.data is not None and str(Path(args.data)) != source:
-            parser.error(f"--data {args.data} differs from the run's data ({source})")
-        if args.labels is not None and str(Path(args.labels)) != labels:
-            parser.error(f"--labels {args.labels} differs from the run's labels ({labels})")
+        data = {key: saved["data"].get(key, unset) for _, key, _, unset in options}
+        for flag, key, given, _ in options:
+            if given is not None and given != data[key]:
+                parser.error(f"{flag} {given} differs from the run's ({data[key]})")
     else:
         compare = args.compare_vae
-        source = None if args.data is None else str(Path(args.data))
-        labels = None if args.labels is None else str(Path(args.labels))
+        data = {key: unset if given is None else given for _, key, given, unset in options}
     config = _train_config(args, parser, None if saved is None else saved["train"])
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _train(args, parser, out, lock, saved, compare, source, labels, config)
+        return _train(args, parser, out, lock, saved, compare, data, config)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, source, labels,
+def _path(text: str | None) -> str | None:
+    return None if text is None else str(Path(text))
+
+
+def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: dict,
            config) -> int:
+    """Train with the data options ``data`` (``source``, ``labels``, ``normalize``)."""
     from .data import DataWarning, load_dataset, train_val_split
     from .serialization import atomic_write_json, atomic_write_text
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
-        dataset = load_dataset(source, labels, config.likelihood)
+        dataset = load_dataset(data["source"], data["labels"], config.likelihood,
+                               data["normalize"])
     for w in caught:
         if issubclass(w.category, DataWarning):
             _say(f"{PROG}: notice: {w.message}")
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     info = dataset.describe()
-    info["labels"] = labels
+    info.update(labels=data["labels"], normalize=data["normalize"])
     if saved is not None and saved["data"].get("fingerprint") != info["fingerprint"]:
         raise CommandError(f"the data in {dataset.source} changed since the run started "
                            "(fingerprint mismatch); a resumed run needs the same data")
@@ -555,7 +566,8 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, source
         "command": "train", "compare_vae": compare, "data": info, "train": config.to_dict(),
         "created": saved.get("created") if saved else _dt.datetime.now().isoformat(timespec="seconds"),
     })
-    _say(f"{PROG}: {dataset.source} data, {len(train)} training / {len(val)} held-out samples of "
+    scaled = "" if data["normalize"] == "none" else f" (--normalize {data['normalize']})"
+    _say(f"{PROG}: {dataset.source} data{scaled}, {len(train)} training / {len(val)} held-out samples of "
          f"shape {tuple(dataset.sample_shape)}; run directory {out}")
     _say(f"{PROG}: latent_dim={config.latent_dim}, beta={config.beta:g}, alpha={config.alpha:g}, "
          f"{config.epochs} epochs of batch {config.batch_size}, device {config.device}")
