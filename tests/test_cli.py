@@ -341,6 +341,21 @@ def test_data_of_any_scale_trains_with_normalize(tmp_path, capsys):
     assert "resuming at epoch 3 of 3" in capsys.readouterr().out
 
 
+def test_progress_lines_in_logs(tmp_path, capsys):
+    # stdout is captured here, not a terminal: one line per epoch (every epoch with interval 0)
+    not_quiet = [a for a in TINY if a != "--quiet"]
+    assert main(["train", "--out", str(tmp_path / "run"), "--no-plots", *not_quiet,
+                 "--log-interval", "0"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if " epoch " in line]
+    assert [line.split(":")[0] for line in lines] == ["infomax epoch 1/2", "infomax epoch 2/2"]
+    assert all(line.endswith(" samples/s") and ", MI " in line for line in lines)
+    assert main(["train", "--out", str(tmp_path / "quiet"), "--no-plots", *TINY,
+                 "--log-interval", "0"]) == 0
+    assert " epoch " not in capsys.readouterr().out
+    assert "--log-interval: must be a non-negative" in usage_error(
+        ["train", "--log-interval", "-1"], capsys)
+
+
 def test_ctrl_c_leaves_a_resumable_run(tmp_path, capsys, monkeypatch):
     def interrupted(self):
         raise KeyboardInterrupt

@@ -1,6 +1,8 @@
 """infomax_ext.trainer: config validation, the epoch loop, checkpoints and exact resumption."""
 import json
 import math
+import re
+import sys
 
 import pytest
 import torch
@@ -200,6 +202,34 @@ def test_batches_never_hold_a_single_sample():
     assert sizes == [16, 16]
     with pytest.raises(ValueError, match="batch_size 64 exceeds the 33 training samples"):
         Trainer.create(tiny(batch_size=64), x, progress=False)
+
+
+def progress_lines(trainer, capsys):
+    """The epochs named by the progress lines ``trainer.fit()`` prints, after checking the lines
+    against the history."""
+    capsys.readouterr()
+    history = trainer.fit()
+    lines, epochs = capsys.readouterr().out.splitlines(), []
+    for line in lines:
+        epoch = int(line.split()[2].split("/")[0])
+        r = history[epoch - 1]
+        want = (f"{trainer.desc} epoch {epoch}/{trainer.config.epochs}: vae_loss "
+                f"{r['vae_loss']:.2f}, mi_loss {r['mi_loss']:.3f}, MI {r['mi']:.3f} nats, ")
+        assert re.fullmatch(re.escape(want) + r"[1-9]\d* samples/s", line), line
+        epochs.append(epoch)
+    return epochs
+
+
+def test_progress_lines_when_stdout_is_not_a_terminal(capsys, monkeypatch):
+    x, v = data()
+    make = lambda **kw: Trainer.create(tiny(epochs=3), x, v, desc="run", **kw)  # noqa: E731
+    assert progress_lines(make(log_interval=0), capsys) == [1, 2, 3]
+    assert progress_lines(make(log_interval=3600), capsys) == [1, 3]  # throttled; the last
+    assert progress_lines(make(log_interval=0, progress=False), capsys) == []
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal gets the bar alone
+    assert progress_lines(make(log_interval=0), capsys) == []
+    with pytest.raises(ValueError, match="log_interval must be a non-negative number"):
+        make(log_interval=-1.0)
 
 
 def test_fit_runs_without_tqdm(monkeypatch):

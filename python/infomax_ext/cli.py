@@ -230,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "cores; on idle cores 2 threads train these networks about 1.5x faster)")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     run.add_argument("--quiet", action="store_true",
-                     help="no progress bar (it is also off when stderr is not a terminal)")
+                     help="no progress bar (shown when stderr is a terminal) and no progress "
+                          "lines (printed when stdout is not a terminal)")
+    run.add_argument("--log-interval", type=_nonneg_float, default=5.0, metavar="S",
+                     help="at most one progress line every S seconds when stdout is not a "
+                          "terminal (a log file, CI), and the last epoch's (default 5)")
     train.set_defaults(func=_cmd_train)
     return parser
 
@@ -409,7 +413,7 @@ def comparison_table(infomax: dict, vae: dict, alpha: float, beta: float) -> str
 # ----------------------------------------------------------------------------- one run
 
 def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | None, *,
-             resume: bool, progress: bool, plots: bool):
+             resume: bool, progress: bool, log_interval: float, plots: bool):
     """Train (or resume) one model in ``run_dir``, evaluate it, write its files (its own
     config.json when ``data_info`` is given); returns ``(metrics, held-out encoder means)``."""
     from .evaluation import encoder_mean, evaluate
@@ -420,7 +424,8 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
     started = time.perf_counter()
     if resume and checkpoint.exists():
         trainer = Trainer.from_checkpoint(checkpoint, train.x, val.x, run_dir, epochs=config.epochs,
-                                          device=config.device, progress=progress, desc=name)
+                                          device=config.device, progress=progress, desc=name,
+                                          log_interval=log_interval)
         if trainer.epoch > config.epochs:
             raise CommandError(f"{name}: the checkpoint is already at epoch {trainer.epoch}, beyond "
                                f"--epochs {config.epochs}")
@@ -428,7 +433,8 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
              if trainer.epoch < config.epochs else
              f"{name}: already trained for {trainer.epoch} epochs; evaluating again")
     else:
-        trainer = Trainer.create(config, train.x, val.x, run_dir, progress=progress, desc=name)
+        trainer = Trainer.create(config, train.x, val.x, run_dir, progress=progress, desc=name,
+                                 log_interval=log_interval)
     if data_info is not None:
         atomic_write_json(run_dir / CONFIG_FILE,
                           {"name": name, "data": data_info, "train": config.to_dict()})
@@ -576,14 +582,15 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
     if not compare:
         name = "infomax" if config.alpha > 0 else "vae"
         _run_one(name, config, out, train, val, None, resume=args.resume, progress=progress,
-                 plots=plots)
+                 log_interval=args.log_interval, plots=plots)
         _say(f"{PROG}: wrote {out}")
         return 0
 
     results, means = {}, {}
     for name, cfg in (("infomax", config), ("vae", replace(config, alpha=0.0))):
         results[name], means[name] = _run_one(name, cfg, out / name, train, val, info,
-                                              resume=args.resume, progress=progress, plots=plots)
+                                              resume=args.resume, progress=progress,
+                                              log_interval=args.log_interval, plots=plots)
     table = comparison_table(results["infomax"], results["vae"], config.alpha, config.beta)
     atomic_write_text(out / "comparison.md",
                       f"# InfoMax VAE vs plain VAE on {dataset.source}\n\n{table}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -219,12 +220,19 @@ class Trainer:
     ``metrics.jsonl`` and a checkpoint to ``checkpoint.pt`` every ``checkpoint_every`` epochs and
     at the end. ``callbacks`` are called as ``callback(trainer, record)`` after every epoch.
     ``progress`` shows a tqdm bar (epoch, running losses and MI estimate) named ``desc`` on
-    stderr when that is a terminal.
+    stderr when that is a terminal, and prints a line per epoch (losses, MI estimate, samples/s)
+    on stdout when that is not one (a log file, CI): at most one every ``log_interval`` seconds,
+    and the last epoch's.
     """
 
     def __init__(self, model: InfoMaxVAE, config: TrainConfig, train_data: torch.Tensor,
                  val_data: torch.Tensor | None = None, run_dir=None, *, progress: bool = True,
-                 desc: str = "train", callbacks: Sequence[Callable] = ()):
+                 desc: str = "train", callbacks: Sequence[Callable] = (),
+                 log_interval: float = 5.0):
+        if isinstance(log_interval, bool) or not isinstance(log_interval, (int, float)) \
+                or not math.isfinite(log_interval) or log_interval < 0:
+            raise ValueError(f"log_interval must be a non-negative number of seconds, got "
+                             f"{log_interval!r}")
         self.config = config.validate()
         self.device = _resolve_device(config.device)
         self.model = model.to(self.device)
@@ -236,6 +244,7 @@ class Trainer:
                              "training samples")
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.progress, self.desc, self.callbacks = progress, desc, list(callbacks)
+        self.log_interval = float(log_interval)
         self.optimizers = {"vae": _adam(self.model.vae.parameters(), config.lr),
                            "mi": _adam(self.model.mi.parameters(), config.mi_lr)}
         self.epoch = 0          # epochs completed
@@ -400,13 +409,16 @@ class Trainer:
         bar = _progress_bar(total=steps_per_epoch * config.epochs, initial=steps_per_epoch * self.epoch,
                    desc=self.desc, unit="step", dynamic_ncols=True, leave=True,
                    disable=None if self.progress else True)  # None: off when not a terminal
+        lines = self.progress and not _is_terminal(sys.stdout)
+        last_line = -math.inf
         try:
             while self.epoch < config.epochs:
                 epoch = self.epoch + 1
                 bar.set_description(f"{self.desc} epoch {epoch}/{config.epochs}")
                 model.train()
-                start, sums, count = time.perf_counter(), [0.0, 0.0], 0
+                start, sums, count, samples = time.perf_counter(), [0.0, 0.0], 0, 0
                 for (xb,) in self._loader(epoch):
+                    samples += xb.shape[0]
                     xb = xb.to(self.device, non_blocking=True)
                     vae_loss, mi_loss = train_step(
                         model, xb, self.optimizers, loss_return=True,
@@ -419,6 +431,7 @@ class Trainer:
                                      "mi_loss": f"{sums[1] / count:.3f}",
                                      "MI": f"{-sums[1] / count:.3f}"}, refresh=False)
                     bar.update(1)
+                train_seconds = time.perf_counter() - start
                 model.eval()
                 record = {"epoch": epoch, "vae_loss": sums[0] / count, "mi_loss": sums[1] / count,
                           "mi": -sums[1] / count}
@@ -430,11 +443,25 @@ class Trainer:
                     if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
                         self.save_checkpoint()
                     self._write_metrics()
+                if lines and (epoch == config.epochs
+                              or time.monotonic() - last_line >= self.log_interval):
+                    last_line = time.monotonic()
+                    print(f"{self.desc} epoch {epoch}/{config.epochs}: vae_loss "
+                          f"{record['vae_loss']:.2f}, mi_loss {record['mi_loss']:.3f}, MI "
+                          f"{record['mi']:.3f} nats, {samples / train_seconds:.0f} samples/s",
+                          flush=True)
                 for callback in self.callbacks:
                     callback(self, record)
         finally:
             bar.close()
         return self.history
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 class _NoBar:
@@ -498,6 +525,6 @@ def _cpu(obj):
 def fit(config: TrainConfig, train_data: torch.Tensor, val_data=None, run_dir=None,
         **kwargs) -> tuple[InfoMaxVAE, list[dict]]:
     """Build a model for ``config`` and train it: ``(model, history)``. Keywords go to
-    :class:`Trainer` (``progress``, ``desc``, ``callbacks``)."""
+    :class:`Trainer` (``progress``, ``desc``, ``callbacks``, ``log_interval``)."""
     trainer = Trainer.create(config, train_data, val_data, run_dir, **kwargs)
     return trainer.model, trainer.fit()
