@@ -356,6 +356,59 @@ def test_progress_lines_in_logs(tmp_path, capsys):
         ["train", "--log-interval", "-1"], capsys)
 
 
+def test_run_files_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--no-plots",
+                     *TINY[2:]]) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert {"config.json", "checkpoint.pt", "metrics.json", "model.pt", ".lock"} <= {
+        p.name for p in files}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {
+        p.name: "0o640" for p in files}
+
+
+def test_resume_after_a_kill_before_the_first_checkpoint_from_another_directory(
+        tmp_path, capsys, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    x = np.random.default_rng(0).random((40, 4))
+    np.save(tmp_path / "a" / "x.npy", x)
+    monkeypatch.chdir(tmp_path / "a")
+    real_fit = Trainer.fit
+
+    def killed(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", killed)
+    small = ["--no-plots", *TINY, "--batch-size", "8"]
+    assert main(["train", "--data", "x.npy", "--out", "../run", *small]) == 130
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["data"]["source"] == str(
+        tmp_path / "a" / "x.npy")
+    assert not (run / "checkpoint.pt").exists()
+    stale = [run / ".checkpoint.pt.0123456789ab.tmp", run / ".metrics.jsonl.k2j4h1_x.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a write")
+
+    monkeypatch.setattr(Trainer, "fit", real_fit)
+    monkeypatch.chdir(tmp_path / "b")
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", "../run", "--quiet"]) == 0
+    assert "infomax: no checkpoint in ../run yet; starting from epoch 0" in capsys.readouterr().out
+    assert not any(path.exists() for path in stale)
+    assert [r["epoch"] for r in jsonl(run / "metrics.jsonl")] == [1, 2]
+
+
+def test_quiet_runs_without_tqdm(tmp_path, monkeypatch):
+    for name in ("tqdm", "tqdm.auto"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    assert main(["train", "--out", str(tmp_path / "run"), "--no-plots", *TINY]) == 0
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
 def test_ctrl_c_leaves_a_resumable_run(tmp_path, capsys, monkeypatch):
     def interrupted(self):
         raise KeyboardInterrupt

@@ -3,8 +3,9 @@
 ``infomax-ext train`` trains an InfoMax VAE on scikit-learn's handwritten digits (or on a
 ``.npy`` / ``.npz`` / ``.pt`` file), evaluates it on a held-out split and writes a run directory::
 
-    DIR/config.json        the data and every training option
-    DIR/checkpoint.pt      written atomically after every epoch (--resume continues from it)
+    DIR/config.json        the data (absolute path, --normalize) and every training option
+    DIR/checkpoint.pt      written atomically after every epoch (--resume continues from it,
+                           from any working directory)
     DIR/metrics.jsonl      one JSON object per epoch
     DIR/metrics.json       final held-out metrics: mi, active_units, probe_accuracy,
                            recon_loglik, kl, elbo, ...
@@ -433,6 +434,8 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
              if trainer.epoch < config.epochs else
              f"{name}: already trained for {trainer.epoch} epochs; evaluating again")
     else:
+        if resume:
+            _say(f"{name}: no checkpoint in {run_dir} yet; starting from epoch 0")
         trainer = Trainer.create(config, train.x, val.x, run_dir, progress=progress, desc=name,
                                  log_interval=log_interval)
     if data_info is not None:
@@ -477,11 +480,11 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
 
 # ----------------------------------------------------------------------------- train command
 
-def _check_extras(plots: bool) -> None:
+def _check_extras(plots: bool, quiet: bool) -> None:
     """The training extras must be installed: a clear message instead of an ImportError."""
     import importlib.util
 
-    needed = ["sklearn", "tqdm"] + (["matplotlib"] if plots else [])
+    needed = ["sklearn"] + ([] if quiet else ["tqdm"]) + (["matplotlib"] if plots else [])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise CommandError(f"missing package(s) {', '.join(missing)}: install the training extras "
@@ -489,7 +492,7 @@ def _check_extras(plots: bool) -> None:
 
 
 def _cmd_train(args, parser) -> int:
-    _check_extras(not args.no_plots)
+    _check_extras(not args.no_plots, args.quiet)
     if args.resume and args.out is None:
         parser.error("--resume needs --out DIR, the run to continue")
     out = Path(args.out) if args.out is not None else _default_out()
@@ -518,6 +521,8 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock) -> int:
             parser.error("--compare-vae: the run in --out was not started with --compare-vae")
         compare = bool(saved.get("compare_vae", False))
         data = {key: saved["data"].get(key, unset) for _, key, _, unset in options}
+        data.update(source=_path(data["source"]), labels=_path(data["labels"]))
+        _remove_stale_temporaries(out)
         for flag, key, given, _ in options:
             if given is not None and given != data[key]:
                 parser.error(f"{flag} {given} differs from the run's ({data[key]})")
@@ -535,7 +540,18 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock) -> int:
 
 
 def _path(text: str | None) -> str | None:
-    return None if text is None else str(Path(text))
+    """A data path as stored in config.json: absolute, so --resume works from any directory
+    (``digits``, the built-in data, stays as it is)."""
+    return text if text in (None, "digits") else os.path.abspath(text)
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files (``.NAME.XXXX.tmp``) of atomic writes that a killed run left in
+    its directory ``out`` and the directories under it that runs write (locked: no run of ours
+    is writing there)."""
+    for sub in ("", "model", "infomax", "vae", "infomax/model", "vae/model"):
+        for tmp in (out / sub).glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: dict,
