@@ -297,6 +297,18 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys
     assert resumed.epoch == 1 and [r["epoch"] for r in resumed.history] == [1]
 
 
+def test_other_write_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    from infomax_ext import serialization
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(serialization, "atomic_write_json", full)
+    out = tmp_path / "run"
+    err = one_line_error(["train", "--out", str(out), *TINY], capsys)
+    assert f"error: No space left on device ({out / 'config.json'})" in err
+
+
 def test_half_precision_data_is_converted_with_a_notice(tmp_path, capsys):
     x = torch.rand(40, 4)
     small = ["--no-plots", *TINY, "--batch-size", "8"]
@@ -321,7 +333,8 @@ def test_data_of_any_scale_trains_with_normalize(tmp_path, capsys):
     # unnormalised, the Gaussian run overflows at its first step (the notice says so)
     assert main(["train", "--out", str(tmp_path / "g"), "--likelihood", "gaussian", *raw]) == 1
     captured = capsys.readouterr()
-    assert "notice: " in captured.out and "rescale them with --normalize standardize" in captured.out
+    assert "notice: " in captured.out
+    assert "rescale them with --normalize standardize" in captured.out
     assert "diverged at epoch 1" in captured.err
     for likelihood, normalize in (("gaussian", "standardize"), ("bernoulli", "unit")):
         out = tmp_path / normalize

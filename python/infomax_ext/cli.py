@@ -589,8 +589,8 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
         "created": saved.get("created") if saved else _dt.datetime.now().isoformat(timespec="seconds"),
     })
     scaled = "" if data["normalize"] == "none" else f" (--normalize {data['normalize']})"
-    _say(f"{PROG}: {dataset.source} data{scaled}, {len(train)} training / {len(val)} held-out samples of "
-         f"shape {tuple(dataset.sample_shape)}; run directory {out}")
+    _say(f"{PROG}: {dataset.source} data{scaled}, {len(train)} training / {len(val)} held-out "
+         f"samples of shape {tuple(dataset.sample_shape)}; run directory {out}")
     _say(f"{PROG}: latent_dim={config.latent_dim}, beta={config.beta:g}, alpha={config.alpha:g}, "
          f"{config.epochs} epochs of batch {config.batch_size}, device {config.device}")
     progress = not args.quiet
