@@ -329,7 +329,8 @@ def test_data_of_any_scale_trains_with_normalize(tmp_path, capsys):
     raw = ["--data", str(tmp_path / "raw.npy"), "--no-plots", *TINY]
     err = one_line_error(["train", "--out", str(tmp_path / "b"), *raw], capsys)
     assert "values range over [0, 256] but the Bernoulli decoder needs them in [0, 1]; rescale " \
-           "them with --normalize unit, or use --likelihood gaussian --normalize standardize" in err
+           "them with --normalize unit (or yourself: 8-bit images divide by 255), or use " \
+           "--likelihood gaussian --normalize standardize" in err
     # unnormalised, the Gaussian run overflows at its first step (the notice says so)
     assert main(["train", "--out", str(tmp_path / "g"), "--likelihood", "gaussian", *raw]) == 1
     captured = capsys.readouterr()

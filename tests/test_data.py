@@ -120,7 +120,8 @@ def test_pickled_objects_are_refused(tmp_path):
     (np.zeros(20), "bernoulli", r"shape \(N, features\.\.\.\)"),
     (np.zeros((3, 4)), "bernoulli", "need at least 8"),
     (np.full((20, 4), np.nan), "gaussian", "NaN or infinite"),
-    (np.full((20, 4), 255.0), "bernoulli", r"\[0, 1\].*divide by 255.*--likelihood gaussian"),
+    (np.full((20, 4), 255.0), "bernoulli",
+     r"\[0, 1\]; rescale them with --normalize unit .*divide by 255.*--likelihood gaussian"),
     (np.array([["a"] * 4] * 20), "bernoulli", "must be numeric"),
 ])
 def test_bad_samples_are_named(x, likelihood, message):
@@ -129,7 +130,9 @@ def test_bad_samples_are_named(x, likelihood, message):
 
 
 def test_gaussian_likelihood_accepts_any_finite_values():
-    assert check_samples(np.full((20, 4), 255.0), "gaussian").shape == (20, 4)
+    assert check_samples(np.full((20, 4), -10.0), "gaussian").shape == (20, 4)
+    with pytest.warns(DataWarning, match=r"values range over \[255, 255\]; inputs this large"):
+        assert check_samples(np.full((20, 4), 255.0), "gaussian").shape == (20, 4)
 
 
 def test_bad_files_and_labels(tmp_path):

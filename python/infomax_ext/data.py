@@ -318,8 +318,8 @@ def check_samples(x, likelihood: str = "bernoulli", source: str = "data",
     if likelihood == "bernoulli" and (lo < 0.0 or hi > 1.0):
         raise DataError(
             f"{source}: values range over [{lo:g}, {hi:g}] but the Bernoulli decoder needs them "
-            "in [0, 1]; rescale them with --normalize unit, or use --likelihood gaussian "
-            "--normalize standardize"
+            "in [0, 1]; rescale them with --normalize unit (or yourself: 8-bit images divide by "
+            "255), or use --likelihood gaussian --normalize standardize"
         )
     if likelihood == "gaussian" and max(-lo, hi) > LARGE_INPUT:
         warnings.warn(f"{source}: values range over [{lo:g}, {hi:g}]; inputs this large make the "
