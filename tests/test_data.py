@@ -5,10 +5,12 @@ import torch
 
 from infomax_ext.data import (
     DataError,
+    DataWarning,
     check_samples,
     load_dataset,
     load_digits,
     load_file,
+    normalize_samples,
     train_val_split,
 )
 
@@ -27,6 +29,39 @@ def test_digits_are_real_8x8_images_in_unit_range():
     assert data.y.shape == (1797,) and set(data.y.tolist()) == set(range(10))
     assert data.image_shape == (8, 8) and data.classes == [str(k) for k in range(10)]
     assert load_dataset(None).fingerprint() == data.fingerprint()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_converted_to_float32_with_a_warning(tmp_path, dtype):
+    x = torch.from_numpy(samples()).to(dtype)
+    torch.save((x, torch.arange(20) % 2), tmp_path / "half.pt")
+    name = str(dtype).removeprefix("torch.")
+    with pytest.warns(DataWarning, match=f"item 0 \\(samples\\) holds {name} values; converted"):
+        data = load_file(tmp_path / "half.pt")
+    assert data.x.dtype == torch.float32 and torch.equal(data.x, x.float())
+    with pytest.warns(DataWarning, match=f"arrays holds {name} values"):
+        assert torch.equal(check_samples(x, source="arrays"), x.float())
+
+
+def test_normalize_samples():
+    x = np.array([[0.0, 5.0, 7.0], [2.0, 6.0, 9.0]])  # mean 29 / 6, variance 329 / 36
+    assert np.array_equal(normalize_samples(x, "unit"),
+                          np.array([[0, 5, 7], [2, 6, 9]], dtype=np.float32) / np.float32(9))
+    want = (6 * x - 29) / np.sqrt(329)
+    assert np.allclose(normalize_samples(x, "standardize"), want, rtol=1e-6)
+    assert normalize_samples(x, "none") is x
+    for mode in ("unit", "standardize"):
+        assert not normalize_samples(np.full((4, 2), 3.0), mode).any()
+    raw = samples(20, (3, 3)) * 255
+    data = check_samples(raw, "bernoulli", normalize="unit")
+    assert float(data.min()) == 0.0 and float(data.max()) == 1.0 and data.shape == (20, 3, 3)
+    with pytest.raises(DataError, match="unknown normalization 'z'"):
+        check_samples(raw, "gaussian", normalize="z")
+    with pytest.warns(DataWarning, match="rescale them with --normalize standardize"):
+        check_samples(raw, "gaussian")
+    digits = load_dataset(None, likelihood="gaussian", normalize="standardize").x.double()
+    assert abs(float(digits.mean())) < 1e-6 and float(digits.std(unbiased=False)) == \
+        pytest.approx(1.0, rel=1e-6)
 
 
 def test_npy_with_labels_file(tmp_path):
@@ -85,7 +120,8 @@ def test_pickled_objects_are_refused(tmp_path):
     (np.zeros(20), "bernoulli", r"shape \(N, features\.\.\.\)"),
     (np.zeros((3, 4)), "bernoulli", "need at least 8"),
     (np.full((20, 4), np.nan), "gaussian", "NaN or infinite"),
-    (np.full((20, 4), 255.0), "bernoulli", r"\[0, 1\].*divide by 255.*--likelihood gaussian"),
+    (np.full((20, 4), 255.0), "bernoulli",
+     r"\[0, 1\]; rescale them with --normalize unit .*divide by 255.*--likelihood gaussian"),
     (np.array([["a"] * 4] * 20), "bernoulli", "must be numeric"),
 ])
 def test_bad_samples_are_named(x, likelihood, message):
@@ -94,7 +130,9 @@ def test_bad_samples_are_named(x, likelihood, message):
 
 
 def test_gaussian_likelihood_accepts_any_finite_values():
-    assert check_samples(np.full((20, 4), 255.0), "gaussian").shape == (20, 4)
+    assert check_samples(np.full((20, 4), -10.0), "gaussian").shape == (20, 4)
+    with pytest.warns(DataWarning, match=r"values range over \[255, 255\]; inputs this large"):
+        assert check_samples(np.full((20, 4), 255.0), "gaussian").shape == (20, 4)
 
 
 def test_bad_files_and_labels(tmp_path):

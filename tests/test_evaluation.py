@@ -67,6 +67,8 @@ def test_probe_accuracy():
     mu = torch.randn(200, 2, generator=g) * 0.1 + y[:, None] * 3.0
     assert probe_accuracy(mu[:150], y[:150], mu[150:], y[150:]) == 1.0
     assert probe_accuracy(mu[:150], torch.zeros(150, dtype=torch.long), mu[150:], y[150:]) is None
+    for seed in (2**32, 2**63 - 1):  # beyond scikit-learn's 32-bit seeds
+        assert probe_accuracy(mu[:150], y[:150], mu[150:], y[150:], seed=seed) == 1.0
 
 
 def test_reconstruction_and_kl_are_the_library_means():

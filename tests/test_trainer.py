@@ -1,6 +1,8 @@
 """infomax_ext.trainer: config validation, the epoch loop, checkpoints and exact resumption."""
 import json
 import math
+import re
+import sys
 
 import pytest
 import torch
@@ -48,6 +50,8 @@ RECORD_KEYS = {"epoch", "vae_loss", "mi_loss", "mi", "val_recon_loglik", "val_kl
     ("mi_neurons", [], "mi_neurons needs at least one hidden layer"),
     ("activation", "swish", "activation must be one of"),
     ("likelihood", "poisson", "likelihood must be one of"),
+    ("seed", -1, r"seed must be an integer in \[0, 2\*\*63\)"),
+    ("seed", 2**63, r"seed must be an integer in \[0, 2\*\*63\), got 9223372036854775808"),
 ])
 def test_config_validation_names_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -147,12 +151,84 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / CHECKPOINT_FILE).exists()
 
 
+@pytest.mark.parametrize("reuse_forward", [False, True])
+def test_divergence_stops_naming_the_network_and_keeps_the_last_checkpoint(tmp_path, monkeypatch,
+                                                                          reuse_forward):
+    # From epoch 2 on, alpha = 1e30: the gradients stay finite (about 1e30) but Adam's squared
+    # gradients overflow to inf and every step becomes 0, so weights and losses stay finite.
+    x, v = data()
+    trainer = Trainer.create(tiny(epochs=3, reuse_forward=reuse_forward), x, v, tmp_path,
+                             progress=False)
+    good = {}
+    trainer.callbacks.append(
+        lambda tr, record: good.setdefault("bytes", (tmp_path / CHECKPOINT_FILE).read_bytes()))
+    real_step = trainer_module.train_step
+
+    def diverging(*args, **kwargs):
+        if trainer.epoch >= 1:
+            kwargs["infomaxloss_kwargs"] = {**kwargs["infomaxloss_kwargs"], "alpha": 1e30}
+        losses = real_step(*args, **kwargs)
+        assert all(math.isfinite(v) for v in losses)
+        return losses
+
+    monkeypatch.setattr(trainer_module, "train_step", diverging)
+    with pytest.raises(TrainingError, match=r"the VAE diverged at epoch 2: .*overflowed.*"
+                                            r"still holds the last good state"):
+        trainer.fit()
+    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == good["bytes"]
+    resumed = Trainer.from_checkpoint(tmp_path / CHECKPOINT_FILE, x, v, progress=False)
+    assert resumed.epoch == 1
+    assert all(torch.isfinite(t).all() for t in resumed.model.state_dict().values())
+
+
+def test_a_diverging_mi_chain_is_named(monkeypatch):
+    x, v = data()
+    trainer = Trainer.create(tiny(epochs=1), x, v, progress=False)
+    real_step = trainer_module.train_step
+
+    def huge_mi_gradients(*args, **kwargs):  # finite losses, MI gradients about 1e30
+        return real_step(*args, **kwargs, miloss_kwargs={
+            "regularization": lambda scores: 1e30 * scores.joint.mean()})
+
+    monkeypatch.setattr(trainer_module, "train_step", huge_mi_gradients)
+    with pytest.raises(TrainingError, match="the MI chain diverged at epoch 1.*no checkpoint"):
+        trainer.fit()
+
+
 def test_batches_never_hold_a_single_sample():
     x, _ = data(n=33)  # 33 = 2 * 16 + 1: the last batch of one sample is dropped
     sizes = [len(b) for (b,) in Trainer.create(tiny(), x, progress=False)._loader(1)]
     assert sizes == [16, 16]
     with pytest.raises(ValueError, match="batch_size 64 exceeds the 33 training samples"):
         Trainer.create(tiny(batch_size=64), x, progress=False)
+
+
+def progress_lines(trainer, capsys):
+    """The epochs named by the progress lines ``trainer.fit()`` prints, after checking the lines
+    against the history."""
+    capsys.readouterr()
+    history = trainer.fit()
+    lines, epochs = capsys.readouterr().out.splitlines(), []
+    for line in lines:
+        epoch = int(line.split()[2].split("/")[0])
+        r = history[epoch - 1]
+        want = (f"{trainer.desc} epoch {epoch}/{trainer.config.epochs}: vae_loss "
+                f"{r['vae_loss']:.2f}, mi_loss {r['mi_loss']:.3f}, MI {r['mi']:.3f} nats, ")
+        assert re.fullmatch(re.escape(want) + r"[1-9]\d* samples/s", line), line
+        epochs.append(epoch)
+    return epochs
+
+
+def test_progress_lines_when_stdout_is_not_a_terminal(capsys, monkeypatch):
+    x, v = data()
+    make = lambda **kw: Trainer.create(tiny(epochs=3), x, v, desc="run", **kw)  # noqa: E731
+    assert progress_lines(make(log_interval=0), capsys) == [1, 2, 3]
+    assert progress_lines(make(log_interval=3600), capsys) == [1, 3]  # throttled; the last
+    assert progress_lines(make(log_interval=0, progress=False), capsys) == []
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal gets the bar alone
+    assert progress_lines(make(log_interval=0), capsys) == []
+    with pytest.raises(ValueError, match="log_interval must be a non-negative number"):
+        make(log_interval=-1.0)
 
 
 def test_fit_runs_without_tqdm(monkeypatch):

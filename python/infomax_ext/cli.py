@@ -3,21 +3,25 @@
 ``infomax-ext train`` trains an InfoMax VAE on scikit-learn's handwritten digits (or on a
 ``.npy`` / ``.npz`` / ``.pt`` file), evaluates it on a held-out split and writes a run directory::
 
-    DIR/config.json        the data and every training option
-    DIR/checkpoint.pt      written atomically after every epoch (--resume continues from it)
+    DIR/config.json        the data (absolute path, --normalize) and every training option
+    DIR/checkpoint.pt      written atomically after every epoch (--resume continues from it,
+                           from any working directory)
     DIR/metrics.jsonl      one JSON object per epoch
     DIR/metrics.json       final held-out metrics: mi, active_units, probe_accuracy,
                            recon_loglik, kl, elbo, ...
     DIR/model/             the trained model (InfoMaxVAE.load(DIR/model))
     DIR/*.png              training curves, latent space, reconstructions, prior samples,
                            active units
+    DIR/.lock              held (flock) by the run in progress, with its pid: a second run
+                           into DIR stops at once
 
 With ``--compare-vae`` the same architecture is also trained with ``alpha = 0`` (a plain VAE)
 under the same seed and budget: DIR/infomax/ and DIR/vae/ are two such run directories, and
 DIR/comparison.md, DIR/comparison.json and DIR/comparison.png set them side by side.
 
-Exit codes: 0 done, 1 the data or a saved run cannot be used (message says why), 2 bad
-command-line options, 130 interrupted (the last checkpoint is intact; ``--resume`` continues).
+Exit codes: 0 done, 1 the data, the run directory or a saved run cannot be used, or training
+diverged (message says why), 2 bad command-line options, 130 interrupted (the last checkpoint is
+intact; ``--resume`` continues).
 """
 from __future__ import annotations
 
@@ -25,8 +29,10 @@ import argparse
 import datetime as _dt
 import json
 import math
+import os
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,6 +40,7 @@ __all__ = ["main", "build_parser"]
 
 PROG = "infomax-ext"
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
 METRICS_SUMMARY = "metrics.json"
 RESUMABLE = {"epochs", "device"}
 
@@ -68,6 +75,15 @@ def _batch_size(text: str) -> int:
 
 def _nonneg_int(text: str) -> int:
     return _int_at_least(text, 0, "non-negative")
+
+
+def _seed(text: str) -> int:
+    from .trainer import SEED_LIMIT
+
+    value = _nonneg_int(text)
+    if value >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be below 2**63 = {SEED_LIMIT}, got {value}")
+    return value
 
 
 def _float(text: str, *, strict: bool) -> float:
@@ -144,7 +160,8 @@ _TRAIN_OPTIONS = [
     ("--batch-size", "batch_size", _batch_size, "N", "samples per batch (>= 2)"),
     ("--lr", "lr", _positive_float, "LR", "Adam learning rate of the VAE"),
     ("--mi-lr", "mi_lr", _positive_float, "LR", "Adam learning rate of the MI chain"),
-    ("--seed", "seed", _nonneg_int, "S", "seed of the weights, batch order, samples and split"),
+    ("--seed", "seed", _seed, "S",
+     "seed (0 <= S < 2**63) of the weights, batch order, samples, split and evaluation"),
     ("--device", "device", _device, "DEV", "cpu, cuda, cuda:N or auto"),
     ("--val-fraction", "val_fraction", _fraction, "F", "fraction of the data held out for evaluation"),
     ("--active-threshold", "active_threshold", _nonneg_float, "T",
@@ -157,7 +174,7 @@ _TRAIN_OPTIONS = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``infomax-ext``."""
-    from .data import LIKELIHOODS
+    from .data import LIKELIHOODS, NORMALIZATIONS
     from .trainer import ACTIVATIONS, TrainConfig
 
     defaults = TrainConfig()
@@ -186,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
                       help=f"decoder distribution (default {defaults.likelihood}; bernoulli "
                            "needs data in [0, 1])")
+    data.add_argument("--normalize", choices=NORMALIZATIONS, default=None,
+                      help="rescale the samples by one shift and scale over all values of the "
+                           "data set: unit (min-max to [0, 1]), standardize (to mean 0 and "
+                           "variance 1) or none (default)")
     model = train.add_argument_group("model and training")
     for flag, dest, type_, metavar, text in _TRAIN_OPTIONS:
         default = getattr(defaults, dest)
@@ -210,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "cores; on idle cores 2 threads train these networks about 1.5x faster)")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     run.add_argument("--quiet", action="store_true",
-                     help="no progress bar (it is also off when stderr is not a terminal)")
+                     help="no progress bar (shown when stderr is a terminal) and no progress "
+                          "lines (printed when stdout is not a terminal)")
+    run.add_argument("--log-interval", type=_nonneg_float, default=5.0, metavar="S",
+                     help="at most one progress line every S seconds when stdout is not a "
+                          "terminal (a log file, CI), and the last epoch's (default 5)")
     train.set_defaults(func=_cmd_train)
     return parser
 
@@ -233,6 +258,66 @@ def _default_out() -> Path:
 
 def _holds_run(directory: Path) -> bool:
     return (directory / CONFIG_FILE).exists() or (directory / "checkpoint.pt").exists()
+
+
+class _RunLock:
+    """The advisory lock of a run directory: ``DIR/.lock``, flock'ed exclusively and holding the
+    pid of its holder, from :meth:`acquire` to :meth:`release`. The kernel drops the lock when
+    its holder dies, so a killed run never blocks the next one. (No lock where the platform
+    lacks flock.)"""
+
+    def __init__(self):
+        self.fd: int | None = None
+
+    def acquire(self, directory: Path) -> None:
+        """Lock ``directory``, or raise CommandError naming the pid of the run that holds it."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        path = directory / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise CommandError(f"cannot write to --out {directory}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CommandError(f"{directory} is in use by another {PROG} run (pid {holder}); wait "
+                               "for it to end or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _check_out(out: Path) -> None:
+    """CommandError unless ``out`` is, or can be created as, a directory."""
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a directory")
+    for parent in out.parents:  # the nearest existing ancestor must be a directory
+        if parent.exists():
+            if not parent.is_dir():
+                raise CommandError(f"--out {out} cannot be created: {parent} is a file")
+            return
+
+
+def _claim(out: Path, lock: _RunLock, resume: bool, parser) -> None:
+    """Lock the existing directory ``out`` for this run; a new run also needs it to hold none."""
+    lock.acquire(out)
+    if not resume and _holds_run(out):
+        parser.error(f"{out} already holds a run; pass --resume to continue it, or choose "
+                     "another --out")
 
 
 def _read_run_config(directory: Path) -> dict:
@@ -329,7 +414,7 @@ def comparison_table(infomax: dict, vae: dict, alpha: float, beta: float) -> str
 # ----------------------------------------------------------------------------- one run
 
 def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | None, *,
-             resume: bool, progress: bool, plots: bool):
+             resume: bool, progress: bool, log_interval: float, plots: bool):
     """Train (or resume) one model in ``run_dir``, evaluate it, write its files (its own
     config.json when ``data_info`` is given); returns ``(metrics, held-out encoder means)``."""
     from .evaluation import encoder_mean, evaluate
@@ -340,7 +425,8 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
     started = time.perf_counter()
     if resume and checkpoint.exists():
         trainer = Trainer.from_checkpoint(checkpoint, train.x, val.x, run_dir, epochs=config.epochs,
-                                          device=config.device, progress=progress, desc=name)
+                                          device=config.device, progress=progress, desc=name,
+                                          log_interval=log_interval)
         if trainer.epoch > config.epochs:
             raise CommandError(f"{name}: the checkpoint is already at epoch {trainer.epoch}, beyond "
                                f"--epochs {config.epochs}")
@@ -348,7 +434,10 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
              if trainer.epoch < config.epochs else
              f"{name}: already trained for {trainer.epoch} epochs; evaluating again")
     else:
-        trainer = Trainer.create(config, train.x, val.x, run_dir, progress=progress, desc=name)
+        if resume:
+            _say(f"{name}: no checkpoint in {run_dir} yet; starting from epoch 0")
+        trainer = Trainer.create(config, train.x, val.x, run_dir, progress=progress, desc=name,
+                                 log_interval=log_interval)
     if data_info is not None:
         atomic_write_json(run_dir / CONFIG_FILE,
                           {"name": name, "data": data_info, "train": config.to_dict()})
@@ -391,11 +480,11 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
 
 # ----------------------------------------------------------------------------- train command
 
-def _check_extras(plots: bool) -> None:
+def _check_extras(plots: bool, quiet: bool) -> None:
     """The training extras must be installed: a clear message instead of an ImportError."""
     import importlib.util
 
-    needed = ["sklearn", "tqdm"] + (["matplotlib"] if plots else [])
+    needed = ["sklearn"] + ([] if quiet else ["tqdm"]) + (["matplotlib"] if plots else [])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise CommandError(f"missing package(s) {', '.join(missing)}: install the training extras "
@@ -403,50 +492,85 @@ def _check_extras(plots: bool) -> None:
 
 
 def _cmd_train(args, parser) -> int:
+    _check_extras(not args.no_plots, args.quiet)
+    if args.resume and args.out is None:
+        parser.error("--resume needs --out DIR, the run to continue")
+    out = Path(args.out) if args.out is not None else _default_out()
+    args.out = str(out)  # the interrupt hint names the actual directory
+    _check_out(out)
+    lock = _RunLock()
+    try:
+        if out.is_dir():  # a directory in use is refused before anything else
+            _claim(out, lock, args.resume, parser)
+        return _cmd_train_locked(args, parser, out, lock)
+    finally:
+        lock.release()
+
+
+def _cmd_train_locked(args, parser, out: Path, lock: _RunLock) -> int:
     import torch
 
-    _check_extras(not args.no_plots)
+    # the data options: (flag, key in config.json's "data", value given, value when not given)
+    options = [("--data", "source", _path(args.data), None),
+               ("--labels", "labels", _path(args.labels), None),
+               ("--normalize", "normalize", args.normalize, "none")]
     saved = None
     if args.resume:
-        if args.out is None:
-            parser.error("--resume needs --out DIR, the run to continue")
-        out = Path(args.out)
         saved = _read_run_config(out)
         if args.compare_vae and not saved.get("compare_vae", False):
             parser.error("--compare-vae: the run in --out was not started with --compare-vae")
         compare = bool(saved.get("compare_vae", False))
-        source = saved["data"].get("source")
-        labels = saved["data"].get("labels")
-        if args.data is not None and str(Path(args.data)) != source:
-            parser.error(f"--data {args.data} differs from the run's data ({source})")
-        if args.labels is not None and str(Path(args.labels)) != labels:
-            parser.error(f"--labels {args.labels} differs from the run's labels ({labels})")
+        data = {key: saved["data"].get(key, unset) for _, key, _, unset in options}
+        data.update(source=_path(data["source"]), labels=_path(data["labels"]))
+        _remove_stale_temporaries(out)
+        for flag, key, given, _ in options:
+            if given is not None and given != data[key]:
+                parser.error(f"{flag} {given} differs from the run's ({data[key]})")
     else:
-        out = Path(args.out) if args.out is not None else _default_out()
-        if _holds_run(out):
-            parser.error(f"{out} already holds a run; pass --resume to continue it, or choose "
-                         "another --out")
         compare = args.compare_vae
-        source = None if args.data is None else str(Path(args.data))
-        labels = None if args.labels is None else str(Path(args.labels))
-    args.out = str(out)  # the interrupt hint names the actual directory
+        data = {key: unset if given is None else given for _, key, given, unset in options}
     config = _train_config(args, parser, None if saved is None else saved["train"])
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _train(args, parser, out, saved, compare, source, labels, config)
+        return _train(args, parser, out, lock, saved, compare, data, config)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(args, parser, out: Path, saved, compare: bool, source, labels, config) -> int:
-    from .data import load_dataset, train_val_split
+def _path(text: str | None) -> str | None:
+    """A data path as stored in config.json: absolute, so --resume works from any directory
+    (``digits``, the built-in data, stays as it is)."""
+    return text if text in (None, "digits") else os.path.abspath(text)
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files (``.NAME.XXXX.tmp``) of atomic writes that a killed run left in
+    its directory ``out`` and the directories under it that runs write (locked: no run of ours
+    is writing there)."""
+    for sub in ("", "model", "infomax", "vae", "infomax/model", "vae/model"):
+        for tmp in (out / sub).glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: dict,
+           config) -> int:
+    """Train with the data options ``data`` (``source``, ``labels``, ``normalize``)."""
+    from .data import DataWarning, load_dataset, train_val_split
     from .serialization import atomic_write_json, atomic_write_text
 
-    dataset = load_dataset(source, labels, config.likelihood)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        dataset = load_dataset(data["source"], data["labels"], config.likelihood,
+                               data["normalize"])
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            _say(f"{PROG}: notice: {w.message}")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     info = dataset.describe()
-    info["labels"] = labels
+    info.update(labels=data["labels"], normalize=data["normalize"])
     if saved is not None and saved["data"].get("fingerprint") != info["fingerprint"]:
         raise CommandError(f"the data in {dataset.source} changed since the run started "
                            "(fingerprint mismatch); a resumed run needs the same data")
@@ -454,13 +578,19 @@ def _train(args, parser, out: Path, saved, compare: bool, source, labels, config
     if config.batch_size > len(train):
         parser.error(f"--batch-size {config.batch_size} exceeds the {len(train)} training samples")
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create --out {out}: {exc.strerror}") from None
+    if not lock.held:
+        _claim(out, lock, args.resume, parser)
     atomic_write_json(out / CONFIG_FILE, {
         "command": "train", "compare_vae": compare, "data": info, "train": config.to_dict(),
         "created": saved.get("created") if saved else _dt.datetime.now().isoformat(timespec="seconds"),
     })
-    _say(f"{PROG}: {dataset.source} data, {len(train)} training / {len(val)} held-out samples of "
-         f"shape {tuple(dataset.sample_shape)}; run directory {out}")
+    scaled = "" if data["normalize"] == "none" else f" (--normalize {data['normalize']})"
+    _say(f"{PROG}: {dataset.source} data{scaled}, {len(train)} training / {len(val)} held-out "
+         f"samples of shape {tuple(dataset.sample_shape)}; run directory {out}")
     _say(f"{PROG}: latent_dim={config.latent_dim}, beta={config.beta:g}, alpha={config.alpha:g}, "
          f"{config.epochs} epochs of batch {config.batch_size}, device {config.device}")
     progress = not args.quiet
@@ -468,14 +598,15 @@ def _train(args, parser, out: Path, saved, compare: bool, source, labels, config
     if not compare:
         name = "infomax" if config.alpha > 0 else "vae"
         _run_one(name, config, out, train, val, None, resume=args.resume, progress=progress,
-                 plots=plots)
+                 log_interval=args.log_interval, plots=plots)
         _say(f"{PROG}: wrote {out}")
         return 0
 
     results, means = {}, {}
     for name, cfg in (("infomax", config), ("vae", replace(config, alpha=0.0))):
         results[name], means[name] = _run_one(name, cfg, out / name, train, val, info,
-                                              resume=args.resume, progress=progress, plots=plots)
+                                              resume=args.resume, progress=progress,
+                                              log_interval=args.log_interval, plots=plots)
     table = comparison_table(results["infomax"], results["vae"], config.alpha, config.beta)
     atomic_write_text(out / "comparison.md",
                       f"# InfoMax VAE vs plain VAE on {dataset.source}\n\n{table}")
@@ -517,6 +648,11 @@ def main(argv=None) -> int:
         return args.func(args, parser)
     except (CommandError, DataError, SerializationError, TrainingError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as exc:  # a full disk, a vanished directory, ...
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{PROG} {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr,
+              flush=True)
         return 1
     except KeyboardInterrupt:
         out = getattr(args, "out", None)

@@ -14,12 +14,18 @@ File formats (:func:`load_file`):
   ``(x,)`` / ``(x, y)``, or a dict with the keys above.
 
 Labels may be integers, integral floats or strings; they are mapped to codes ``0..K-1`` in sorted
-order, the original values kept as ``classes``. Object (pickled) arrays are refused.
+order, the original values kept as ``classes``. Object (pickled) arrays are refused; float16 and
+bfloat16 tensors are converted to float32 (exactly) with a :class:`DataWarning`.
+
+Samples may be rescaled on loading (``normalize``, :func:`normalize_samples`): ``"unit"`` maps
+them to [0, 1] (what the Bernoulli decoder needs), ``"standardize"`` to mean 0 and variance 1
+(data of any scale for the Gaussian decoder).
 """
 from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,12 +35,15 @@ import torch
 
 __all__ = [
     "DataError",
+    "DataWarning",
     "ArrayDataset",
     "LIKELIHOODS",
+    "NORMALIZATIONS",
     "load_digits",
     "load_file",
     "load_dataset",
     "check_samples",
+    "normalize_samples",
     "train_val_split",
     "short_error",
 ]
@@ -43,11 +52,19 @@ SAMPLE_KEYS = ("x", "X", "data", "samples", "images")
 LABEL_KEYS = ("y", "labels", "targets", "target")
 SUFFIXES = (".npy", ".npz", ".pt")
 LIKELIHOODS = ("bernoulli", "gaussian")
+NORMALIZATIONS = ("none", "unit", "standardize")
 MIN_SAMPLES = 8
+# Beyond this magnitude, unnormalised inputs make the freshly initialised encoder's log-sigma and
+# the MI chain's scores so large that exp overflows at the first step (the MI bound is -inf).
+LARGE_INPUT = 10.0
 
 
 class DataError(ValueError):
     """The data cannot be used: missing or unreadable file, wrong shape, bad values (see message)."""
+
+
+class DataWarning(UserWarning):
+    """The data was usable after a change worth knowing about (e.g. half precision to float32)."""
 
 
 @dataclass
@@ -133,9 +150,19 @@ def short_error(exc: BaseException, limit: int = 160) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def _tensor_to_numpy(t: torch.Tensor, what: str) -> np.ndarray:
+    """``t`` as a numpy array; half precision (numpy has no bfloat16) becomes float32, exactly,
+    with a :class:`DataWarning`."""
+    if t.dtype in (torch.float16, torch.bfloat16):
+        warnings.warn(f"{what} holds {str(t.dtype).removeprefix('torch.')} values; converted to "
+                      "float32 (exactly)", DataWarning, stacklevel=3)
+        t = t.float()
+    return t.detach().cpu().numpy()
+
+
 def _as_numpy(value, what: str, path: Path) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
+        return _tensor_to_numpy(value, f"{path}: {what}")
     if isinstance(value, np.ndarray):
         return value
     raise DataError(f"{path}: {what} must be an array or tensor, found {type(value).__name__}")
@@ -239,16 +266,35 @@ def _encode_labels(y: np.ndarray, n: int, path) -> tuple[torch.Tensor, list[str]
     return torch.as_tensor(codes.reshape(-1), dtype=torch.int64), [str(c) for c in classes]
 
 
-def check_samples(x, likelihood: str = "bernoulli", source: str = "data") -> torch.Tensor:
-    """The samples as float32 ``(N, *sample_shape)`` after checking them for ``likelihood``.
+def normalize_samples(x: np.ndarray, mode: str) -> np.ndarray:
+    """``x`` (N, *sample_shape), finite, shifted and scaled as float32, by one shift and one scale
+    computed over every value of every sample (so an image keeps its contrasts; constant data
+    becomes 0).
+
+    ``"unit"``: ``(x - min) / (max - min)``, values in [0, 1]; ``"standardize"``:
+    ``(x - mean) / std``, values of mean 0 and variance 1; ``"none"``: ``x`` unchanged."""
+    if mode not in NORMALIZATIONS:
+        raise DataError(f"unknown normalization {mode!r}; choose one of {list(NORMALIZATIONS)}")
+    if mode == "none":
+        return x
+    x = x.astype(np.float64)
+    shift, scale = (x.min(), x.max() - x.min()) if mode == "unit" else (x.mean(), x.std())
+    return ((x - shift) / scale if scale > 0 else np.zeros_like(x)).astype(np.float32)
+
+
+def check_samples(x, likelihood: str = "bernoulli", source: str = "data",
+                  normalize: str = "none") -> torch.Tensor:
+    """The samples as float32 ``(N, *sample_shape)`` after checking them, rescaled as
+    ``normalize`` says (:func:`normalize_samples`), for ``likelihood``.
 
     Raises :class:`DataError` for: non-numeric dtypes, fewer than 2 dimensions, fewer than
     ``MIN_SAMPLES`` samples, empty samples, NaN or infinite values, and (Bernoulli decoder) values
-    outside [0, 1]."""
+    outside [0, 1]. Warns (:class:`DataWarning`) when a Gaussian decoder gets values beyond
+    ``LARGE_INPUT`` in magnitude: such a run diverges at its first step."""
     if likelihood not in LIKELIHOODS:
         raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
+        x = _tensor_to_numpy(x, source)
     x = np.asarray(x)
     if x.dtype == object or x.dtype.kind not in "biuf":
         raise DataError(f"{source}: samples must be numeric, found dtype {x.dtype}")
@@ -267,23 +313,29 @@ def check_samples(x, likelihood: str = "bernoulli", source: str = "data") -> tor
     if not finite.all():
         bad = int((~finite).sum())
         raise DataError(f"{source}: {bad} values are NaN or infinite; clean the data first")
-    if likelihood == "bernoulli":
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0.0 or hi > 1.0:
-            raise DataError(
-                f"{source}: values range over [{lo:g}, {hi:g}] but the Bernoulli decoder needs "
-                "them in [0, 1]; rescale the data (8-bit images: divide by 255) or use "
-                "--likelihood gaussian"
-            )
+    x = normalize_samples(x, normalize)
+    lo, hi = float(x.min()), float(x.max())
+    if likelihood == "bernoulli" and (lo < 0.0 or hi > 1.0):
+        raise DataError(
+            f"{source}: values range over [{lo:g}, {hi:g}] but the Bernoulli decoder needs them "
+            "in [0, 1]; rescale them with --normalize unit (or yourself: 8-bit images divide by "
+            "255), or use --likelihood gaussian --normalize standardize"
+        )
+    if likelihood == "gaussian" and max(-lo, hi) > LARGE_INPUT:
+        warnings.warn(f"{source}: values range over [{lo:g}, {hi:g}]; inputs this large make the "
+                      "first training step overflow: rescale them with --normalize standardize",
+                      DataWarning, stacklevel=2)
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def load_file(path, labels=None, likelihood: str = "bernoulli") -> ArrayDataset:
+def load_file(path, labels=None, likelihood: str = "bernoulli",
+              normalize: str = "none") -> ArrayDataset:
     """An :class:`ArrayDataset` from a ``.npy``, ``.npz`` or ``.pt`` file (see the module
-    docstring), labels optionally from a second file ``labels`` (same formats, one array)."""
+    docstring), labels optionally from a second file ``labels`` (same formats, one array),
+    samples checked and rescaled by :func:`check_samples`."""
     path = Path(path)
     x, y = _read_file(path)
-    samples = check_samples(x, likelihood, str(path))
+    samples = check_samples(x, likelihood, str(path), normalize)
     if labels is not None:
         if y is not None:
             raise DataError(f"{path} already holds labels; do not also pass a labels file")
@@ -296,15 +348,17 @@ def load_file(path, labels=None, likelihood: str = "bernoulli") -> ArrayDataset:
     return ArrayDataset(samples, codes, str(path), _image_shape(tuple(samples.shape[1:])), classes)
 
 
-def load_dataset(source: str | None = None, labels=None, likelihood: str = "bernoulli") -> ArrayDataset:
-    """``source`` None or ``"digits"``: :func:`load_digits`; otherwise :func:`load_file`."""
+def load_dataset(source: str | None = None, labels=None, likelihood: str = "bernoulli",
+                 normalize: str = "none") -> ArrayDataset:
+    """``source`` None or ``"digits"``: :func:`load_digits`; otherwise :func:`load_file`; the
+    samples checked and rescaled by :func:`check_samples`."""
     if source is None or source == "digits":
         if labels is not None:
             raise DataError("a labels file goes with a data file; the digits carry their labels")
         data = load_digits()
-        check_samples(data.x, likelihood, "digits")
+        data.x = check_samples(data.x, likelihood, "digits", normalize)
         return data
-    return load_file(source, labels, likelihood)
+    return load_file(source, labels, likelihood, normalize)
 
 
 # ----------------------------------------------------------------------------- splits

@@ -100,7 +100,9 @@ def probe_accuracy(mu_train: torch.Tensor, y_train: torch.Tensor, mu_test: torch
     y_tr = np.asarray(y_train.cpu() if isinstance(y_train, torch.Tensor) else y_train)
     if np.unique(y_tr).size < 2:
         return None
-    probe = LogisticRegression(max_iter=max_iter, random_state=seed)
+    # scikit-learn takes 32-bit seeds: one derived from ``seed``, whatever its size
+    random_state = int(np.random.SeedSequence(int(seed)).generate_state(1)[0])
+    probe = LogisticRegression(max_iter=max_iter, random_state=random_state)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         probe.fit(mu_train.double().cpu().numpy(), y_tr)

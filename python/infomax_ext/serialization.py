@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +79,12 @@ def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, os.replace.
 
     Readers see either the previous content of ``path`` or ``data``, never a mix, even when the
-    process dies mid-write; a failed write removes its temporary file."""
+    process dies mid-write; a failed write removes its temporary file (``.NAME.XXXX.tmp``). The
+    file gets the permissions of ``open()``: 0o666 less the umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

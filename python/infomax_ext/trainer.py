@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -55,6 +56,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FORMAT = "infomax_ext.checkpoint"
 CHECKPOINT_VERSION = 1
+SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63; every consumer's seed is derived from it
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus", "gelu", "silu")
 
 
@@ -140,8 +142,9 @@ class TrainConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(
                 f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         return self
 
     def to_dict(self) -> dict:
@@ -217,12 +220,19 @@ class Trainer:
     ``metrics.jsonl`` and a checkpoint to ``checkpoint.pt`` every ``checkpoint_every`` epochs and
     at the end. ``callbacks`` are called as ``callback(trainer, record)`` after every epoch.
     ``progress`` shows a tqdm bar (epoch, running losses and MI estimate) named ``desc`` on
-    stderr when that is a terminal.
+    stderr when that is a terminal, and prints a line per epoch (losses, MI estimate, samples/s)
+    on stdout when that is not one (a log file, CI): at most one every ``log_interval`` seconds,
+    and the last epoch's.
     """
 
     def __init__(self, model: InfoMaxVAE, config: TrainConfig, train_data: torch.Tensor,
                  val_data: torch.Tensor | None = None, run_dir=None, *, progress: bool = True,
-                 desc: str = "train", callbacks: Sequence[Callable] = ()):
+                 desc: str = "train", callbacks: Sequence[Callable] = (),
+                 log_interval: float = 5.0):
+        if isinstance(log_interval, bool) or not isinstance(log_interval, (int, float)) \
+                or not math.isfinite(log_interval) or log_interval < 0:
+            raise ValueError(f"log_interval must be a non-negative number of seconds, got "
+                             f"{log_interval!r}")
         self.config = config.validate()
         self.device = _resolve_device(config.device)
         self.model = model.to(self.device)
@@ -234,6 +244,7 @@ class Trainer:
                              "training samples")
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.progress, self.desc, self.callbacks = progress, desc, list(callbacks)
+        self.log_interval = float(log_interval)
         self.optimizers = {"vae": _adam(self.model.vae.parameters(), config.lr),
                            "mi": _adam(self.model.mi.parameters(), config.mi_lr)}
         self.epoch = 0          # epochs completed
@@ -316,8 +327,13 @@ class Trainer:
             if self.run_dir is None:
                 raise ValueError("save_checkpoint needs a path when the trainer has no run_dir")
             path = self.run_dir / CHECKPOINT_FILE
-        atomic_torch_save(self.state_dict(), path)
-        return Path(path)
+        path = Path(path)
+        try:
+            atomic_torch_save(self.state_dict(), path)
+        except OSError as exc:  # a full disk, ...: the previous file is intact (atomic write)
+            raise TrainingError(f"cannot write the checkpoint {path}: {exc.strerror or exc} "
+                                f"({_checkpoint_note(path)})") from None
+        return path
 
     def _write_metrics(self) -> None:
         if self.run_dir is not None:
@@ -325,6 +341,26 @@ class Trainer:
                               "".join(json.dumps(r) + "\n" for r in self.history))
 
     # ------------------------------------------------------------------ loop
+    def _check_finite(self, epoch: int, vae_loss: float, mi_loss: float) -> None:
+        """Raise :class:`TrainingError` unless both losses and, for each network, the gradients
+        and updates are finite (:func:`_all_finite`). One fused reduction per network and a
+        single host read for both (Adam can overflow its state while weights and losses stay
+        finite: with a huge ``alpha`` the squared gradients become inf and the steps 0)."""
+        names = {"vae": "VAE", "mi": "MI chain"}
+        networks = {"vae": self.model.vae, "mi": self.model.mi}
+        flags = torch.stack([_all_finite(networks[key], self.optimizers[key]) for key in names])
+        for name, ok in zip(names.values(), flags.tolist()):
+            if not ok:
+                raise TrainingError(
+                    f"the {name} diverged at epoch {epoch}: its gradients overflowed (inf or "
+                    f"NaN in Adam's state); lower lr / mi_lr or alpha and restart "
+                    f"({_checkpoint_note(self.run_dir)})")
+        if not (math.isfinite(vae_loss) and math.isfinite(mi_loss)):
+            raise TrainingError(
+                f"the loss became non-finite at epoch {epoch} (vae_loss={vae_loss}, "
+                f"mi_loss={mi_loss}); lower lr / mi_lr or alpha and resume or restart "
+                f"({_checkpoint_note(self.run_dir)})")
+
     def _loader(self, epoch: int) -> DataLoader:
         """Batches of the training data, in an order drawn from the seeded stream ``(seed, epoch)``.
         A last batch of a single sample is dropped (the MI bound needs 2)."""
@@ -351,8 +387,9 @@ class Trainer:
 
         Each record: ``epoch``, ``vae_loss`` and ``mi_loss`` (means over the epoch's batches),
         ``mi`` (the MI chain's NWJ estimate, ``-mi_loss``), ``seconds``, and with validation data
-        ``val_recon_loglik``, ``val_kl``, ``val_active_units``. Raises :class:`TrainingError` when a
-        loss turns NaN or infinite (the last checkpoint stays as it was)."""
+        ``val_recon_loglik``, ``val_kl``, ``val_active_units``. After every step, raises
+        :class:`TrainingError` naming the network and the epoch when a loss, weight, gradient or
+        optimizer state turns NaN or infinite (the last checkpoint stays as it was)."""
         config, model = self.config, self.model
         if self._rng_state is not None:
             torch.set_rng_state(self._rng_state["torch"])
@@ -372,22 +409,21 @@ class Trainer:
         bar = _progress_bar(total=steps_per_epoch * config.epochs, initial=steps_per_epoch * self.epoch,
                    desc=self.desc, unit="step", dynamic_ncols=True, leave=True,
                    disable=None if self.progress else True)  # None: off when not a terminal
+        lines = self.progress and not _is_terminal(sys.stdout)
+        last_line = -math.inf
         try:
             while self.epoch < config.epochs:
                 epoch = self.epoch + 1
                 bar.set_description(f"{self.desc} epoch {epoch}/{config.epochs}")
                 model.train()
-                start, sums, count = time.perf_counter(), [0.0, 0.0], 0
+                start, sums, count, samples = time.perf_counter(), [0.0, 0.0], 0, 0
                 for (xb,) in self._loader(epoch):
+                    samples += xb.shape[0]
                     xb = xb.to(self.device, non_blocking=True)
                     vae_loss, mi_loss = train_step(
                         model, xb, self.optimizers, loss_return=True,
                         infomaxloss_kwargs=loss_kwargs, reuse_forward=config.reuse_forward)
-                    if not (math.isfinite(vae_loss) and math.isfinite(mi_loss)):
-                        raise TrainingError(
-                            f"the loss became non-finite at epoch {epoch} (vae_loss={vae_loss}, "
-                            f"mi_loss={mi_loss}); lower lr / mi_lr or alpha and resume or restart"
-                        )
+                    self._check_finite(epoch, vae_loss, mi_loss)
                     sums[0] += vae_loss
                     sums[1] += mi_loss
                     count += 1
@@ -395,6 +431,7 @@ class Trainer:
                                      "mi_loss": f"{sums[1] / count:.3f}",
                                      "MI": f"{-sums[1] / count:.3f}"}, refresh=False)
                     bar.update(1)
+                train_seconds = time.perf_counter() - start
                 model.eval()
                 record = {"epoch": epoch, "vae_loss": sums[0] / count, "mi_loss": sums[1] / count,
                           "mi": -sums[1] / count}
@@ -406,11 +443,25 @@ class Trainer:
                     if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
                         self.save_checkpoint()
                     self._write_metrics()
+                if lines and (epoch == config.epochs
+                              or time.monotonic() - last_line >= self.log_interval):
+                    last_line = time.monotonic()
+                    print(f"{self.desc} epoch {epoch}/{config.epochs}: vae_loss "
+                          f"{record['vae_loss']:.2f}, mi_loss {record['mi_loss']:.3f}, MI "
+                          f"{record['mi']:.3f} nats, {samples / train_seconds:.0f} samples/s",
+                          flush=True)
                 for callback in self.callbacks:
                     callback(self, record)
         finally:
             bar.close()
         return self.history
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 class _NoBar:
@@ -427,6 +478,31 @@ def _progress_bar(**kwargs):
     except ImportError:
         return _NoBar()
     return tqdm(**kwargs)
+
+
+def _checkpoint_note(path) -> str:
+    """Where the last good state is: ``path`` is a checkpoint, a run directory or None."""
+    if path is not None and Path(path).is_dir():
+        path = Path(path) / CHECKPOINT_FILE
+    if path is None or not Path(path).exists():
+        return "no checkpoint was written"
+    return f"{path} still holds the last good state"
+
+
+def _all_finite(network: torch.nn.Module, optimizer: torch.optim.Adam) -> torch.Tensor:
+    """A 0-dim bool tensor (no host sync): are Adam's averages of the squared gradients of the
+    parameters of ``network`` (``exp_avg_sq``) all finite?
+
+    A gradient that is NaN, infinite or beyond about 1e19 (its float32 square overflows) makes
+    its ``exp_avg_sq`` so, and while those stay finite every update is finite (at most about
+    ``lr`` per entry); a non-finite weight shows in the loss. Tested by their sums (L1 norms of
+    non-negative tensors, one multi-tensor kernel), which are finite exactly when every entry
+    is, short of totals beyond 3e38."""
+    squares = [optimizer.state[p]["exp_avg_sq"] for p in network.parameters()
+               if "exp_avg_sq" in optimizer.state.get(p, {})]
+    if not squares:  # no step taken yet
+        return torch.ones((), dtype=torch.bool, device=next(network.parameters()).device)
+    return torch.stack(torch._foreach_norm(squares, ord=1)).isfinite().all()
 
 
 def _adam(params, lr: float) -> torch.optim.Adam:
@@ -452,6 +528,6 @@ def _cpu(obj):
 def fit(config: TrainConfig, train_data: torch.Tensor, val_data=None, run_dir=None,
         **kwargs) -> tuple[InfoMaxVAE, list[dict]]:
     """Build a model for ``config`` and train it: ``(model, history)``. Keywords go to
-    :class:`Trainer` (``progress``, ``desc``, ``callbacks``)."""
+    :class:`Trainer` (``progress``, ``desc``, ``callbacks``, ``log_interval``)."""
     trainer = Trainer.create(config, train_data, val_data, run_dir, **kwargs)
     return trainer.model, trainer.fit()
