@@ -1,5 +1,6 @@
 # make demo  : set up .venv (torch 2.13.0 CPU + this package) and run the main job
 # make test  : set up .venv and run the test suite
+# make test-capabilities : the op tests again on ATen's default (no SIMD) and AVX2 kernels
 # make bench : CPU benchmark of the MI bound (bench/README.md)
 # make wheel : the +cpu wheel (against torch 2.13.0) and the +cu130 wheel (against torch 2.14.1)
 #              in dist/, stable ABI, cp310-abi3, manylinux
@@ -16,7 +17,7 @@ PIP := $(PY) -m pip
 TORCH_CPU := torch==2.13.0
 DEPS_STAMP := $(VENV)/.deps-installed
 
-.PHONY: demo test bench wheel wheel-cpu wheel-cuda wheel-check abi-check cuda-check source-check install clean
+.PHONY: demo test test-capabilities bench wheel wheel-cpu wheel-cuda wheel-check abi-check cuda-check source-check install clean
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,18 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The fast kernel-vs-reference tests under the kernels an older x86-64 CPU gets, so that their
+# float32 tolerances are known to hold on any CPU a wheel meets, not only on this one: ATen's
+# default (no SIMD) and AVX2 code paths, with oneDNN and MKL capped to the same generation
+# (the native run is `make test`). Each inductor cache is kept apart: its key ignores the
+# capability.
+OP_TESTS := tests/test_ops.py tests/test_nonfinite.py
+test-capabilities: install
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2 \
+	  TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/build/inductor-default $(PY) -m pytest -q $(OP_TESTS)
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+	  TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/build/inductor-avx2 $(PY) -m pytest -q $(OP_TESTS)
 
 bench: install
 	$(PY) bench/bench_cpu.py

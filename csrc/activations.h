@@ -3,6 +3,15 @@
 // The order of the enum matches KERNEL_ACTIVATIONS in python/infomax_ext/activations.py.
 // Kernels are instantiated once per activation (dispatch_activation), so the per-element
 // code has no switch and the compiler can vectorise it.
+//
+// NaN and inf propagate as in torch's own CPU kernels (ATen's vectorised loops), checked at NaN,
+// +-inf and 0 by tests/test_nonfinite.py: each comparison is written so that a NaN takes the
+// branch torch takes (relu(NaN) = NaN and relu'(NaN) passes the gradient, as clamp_min and
+// threshold_backward; leaky_relu'(NaN) = slope; elu'(NaN) = NaN, as ATen's vectorised
+// elu_backward, whose scalar tail and CUDA kernel pass the gradient instead), and the selects
+// stay branch-free. One torch quirk is not copied: float32 F.gelu on contiguous CPU tensors of
+// more than one element runs oneDNN's kernel, which gives NaN at +inf; ATen's formula (float64,
+// one element, strided tensors, CUDA) and these kernels give +inf.
 #include <cmath>
 #include <string>
 #include <type_traits>
@@ -65,7 +74,7 @@ INFOMAX_HOST_DEVICE T activation_value(T x, T param) {
   if constexpr (A == Activation::Identity) {
     return x;
   } else if constexpr (A == Activation::Relu) {
-    return x > T(0) ? x : T(0);
+    return x < T(0) ? T(0) : x;  // NaN stays NaN (torch.relu is clamp_min, which keeps NaN)
   } else if constexpr (A == Activation::LeakyRelu) {
     return x > T(0) ? x : x * param;
   } else if constexpr (A == Activation::Elu) {
@@ -84,13 +93,14 @@ INFOMAX_HOST_DEVICE T activation_value(T x, T param) {
 }
 
 // Derivative at the pre-activation x, matching torch's backward formulas (relu'(0) = 0,
-// leaky_relu'(0) = slope, elu'(0) = alpha).
+// leaky_relu'(0) = slope, elu'(0) = alpha; at NaN: relu' = 1, leaky_relu' = slope, elu' = NaN,
+// as torch's threshold_backward, leaky_relu_backward and vectorised elu_backward).
 template <Activation A, typename T>
 INFOMAX_HOST_DEVICE T activation_derivative(T x, T param) {
   if constexpr (A == Activation::Identity) {
     return T(1);
   } else if constexpr (A == Activation::Relu) {
-    return x > T(0) ? T(1) : T(0);
+    return x <= T(0) ? T(0) : T(1);
   } else if constexpr (A == Activation::LeakyRelu) {
     return x > T(0) ? T(1) : param;
   } else if constexpr (A == Activation::Elu) {
@@ -120,7 +130,7 @@ INFOMAX_HOST_DEVICE T activation_grad(T g, T x, T param) {
   if constexpr (A == Activation::Identity) {
     return g;
   } else if constexpr (A == Activation::Relu) {
-    return x > T(0) ? g : T(0);
+    return x <= T(0) ? T(0) : g;  // a NaN pre-activation passes g, as torch's threshold_backward
   } else if constexpr (A == Activation::LeakyRelu) {
     return x > T(0) ? g : g * param;
   } else {

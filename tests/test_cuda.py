@@ -260,6 +260,70 @@ def test_nwj_head_autograd_matches_cpu():
         assert_same(g_cuda, g_cpu, torch.float64)
 
 
+# ------------------------------------------------------------------------------- NaN and inf
+
+
+def assert_same_nonfinite(cuda_out, cpu_out, dtype):
+    """The same NaN positions, the same infinities, the finite values as assert_same."""
+    cuda_out, cpu_out = cuda_out.detach().cpu(), cpu_out.detach()
+    assert torch.equal(torch.isnan(cuda_out), torch.isnan(cpu_out))
+    assert torch.equal(torch.isposinf(cuda_out), torch.isposinf(cpu_out))
+    assert torch.equal(torch.isneginf(cuda_out), torch.isneginf(cpu_out))
+    finite = torch.isfinite(cpu_out)
+    assert_same(cuda_out[finite], cpu_out[finite], dtype)
+
+
+def poisoned(t, entries):
+    t = t.clone()
+    for index, value in entries.items():
+        t[index] = value
+    return t
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation,param", ACTIVATIONS)
+@pytest.mark.parametrize("with_source", [False, True])
+def test_nan_and_inf_propagate_as_on_the_cpu(dtype, activation, param, with_source):
+    """The activations (csrc/activations.h, shared with the CPU kernels, which
+    tests/test_nonfinite.py checks against torch) and the reductions on CUDA keep NaN and inf
+    where the CPU kernels do: forward and backward of both fused ops, and nwj_bound."""
+    nan, inf = float("nan"), float("inf")
+    a, b, c, bias, perm = paired_inputs(37, 45, 2, dtype, with_source)
+    a = poisoned(a, {(0, 0): nan, (5, 7): inf, (9, 3): -inf})
+    b = poisoned(b, {(3, 1): inf, (40, 2): nan})
+    bias = poisoned(bias, {44: nan})
+    out_cpu = ops.paired_first_layer.default(a, b, c, bias, perm, activation, param)
+    out_cuda = ops.paired_first_layer.default(*to_cuda(a, b, c, bias, perm), activation, param)
+    assert_same_nonfinite(out_cuda, out_cpu, dtype)
+    grad_out = poisoned(randn(2 * 74, 45, dtype=dtype, seed=99), {(7, 7): nan, (80, 3): inf})
+    args = (a, b, c, bias, perm, ops.inverse_permutation.default(perm))
+    mask = [True, True, with_source, True]
+    for g_cuda, g_cpu in zip(
+            ops.paired_first_layer_backward.default(*to_cuda(grad_out, *args), activation, param, mask),
+            ops.paired_first_layer_backward.default(grad_out, *args, activation, param, mask)):
+        assert_same_nonfinite(g_cuda, g_cpu, dtype)
+
+    hidden = poisoned(randn(2100, 40, dtype=dtype, seed=1, scale=0.5),
+                      {(3, 0): nan, (1500, 5): inf, (2099, 39): -inf})
+    w, hb = randn(40, dtype=dtype, seed=2, scale=40 ** -0.5), randn(1, dtype=dtype, seed=3)
+    head_cpu = ops.nwj_head.default(hidden, w, hb, 1050, activation, param)
+    head_cuda = ops.nwj_head.default(*to_cuda(hidden, w, hb), 1050, activation, param)
+    for got, want in zip(head_cuda, head_cpu):
+        assert_same_nonfinite(got, want, dtype)
+    grad_bound = torch.tensor(1.0, dtype=dtype)
+    back_args = (hidden, w, head_cpu[1], head_cpu[2])
+    for g_cuda, g_cpu in zip(
+            ops.nwj_head_backward.default(*to_cuda(grad_bound, None, *back_args), 1050, activation,
+                                          param, [True, True, True]),
+            ops.nwj_head_backward.default(grad_bound, None, *back_args, 1050, activation, param,
+                                          [True, True, True])):
+        assert_same_nonfinite(g_cuda, g_cpu, dtype)
+    for tj, tm in [(poisoned(randn(3000, dtype=dtype, seed=4), {2999: nan}), randn(5, dtype=dtype)),
+                   (randn(5, dtype=dtype), poisoned(randn(3000, dtype=dtype, seed=5), {1234: inf}))]:
+        assert_same_nonfinite(ops.nwj_bound.default(*to_cuda(tj, tm)), ops.nwj_bound.default(tj, tm),
+                              dtype)
+
+
 # ---------------------------------------------------------------------------------- determinism
 
 

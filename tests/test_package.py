@@ -49,7 +49,16 @@ def test_package_without_compiled_module_warns_once_and_still_works():
         got = im.variational_mutual_info(mi, x, z, seed=1)
         zs = im.shuffle_latent(z, seed=1)
         want = mi(x, z).mean() - torch.exp(mi(x, zs) - 1).mean()
-        assert torch.allclose(got, want, atol=1e-6), (got, want)
+        # float32 rounding scales with the terms summed: the chain with |weights| on |inputs|
+        # bounds every sum inside it (ReLU passes non-negative values unchanged).
+        import copy
+        absolute = copy.deepcopy(mi)
+        with torch.no_grad():
+            for p in absolute.parameters():
+                p.abs_()
+            joint, marg = absolute(x.abs(), z.abs()), absolute(x.abs(), zs.abs())
+            scale = joint.mean() + (torch.exp(mi(x, zs) - 1) * (1 + marg)).mean()
+        assert abs(got - want) <= 16 * torch.finfo(torch.float32).eps * scale, (got, want, scale)
         print("fallback ok")
     """
     done = run_without_compiled_module(script)

@@ -10,7 +10,10 @@ twin from :mod:`infomax_ext.reference` instead and a warning says why and what t
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import operator
 import os
+import threading
 import warnings
 
 import torch
@@ -74,9 +77,12 @@ def has_kernel(op: str, device_type: str) -> bool:
 
 
 def backend(device: torch.device | str = "cpu") -> str:
-    """'compiled' when the fused kernels serve ``device``, else 'reference' (plain PyTorch)."""
+    """'compiled' when the fused kernels serve ``device`` here, else 'reference' (plain PyTorch):
+    'reference' also inside :func:`use_reference_path`."""
     device_type = torch.device(device).type
-    return "compiled" if has_kernel("paired_first_layer", device_type) else "reference"
+    if _reference_path_active() or not has_kernel("paired_first_layer", device_type):
+        return "reference"
+    return "compiled"
 
 
 def _kernel_devices() -> frozenset:
@@ -86,38 +92,101 @@ def _kernel_devices() -> frozenset:
 # Computed once: a plain set lookup is all torch.compile has to trace in kernels_apply.
 _KERNEL_DEVICES = _kernel_devices()
 
+# use_reference_path() sets this in the current context only: other threads (and asyncio tasks)
+# keep their own choice.
+_REFERENCE_PATH: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "infomax_ext_reference_path", default=False
+)
+# The choice as torch.compile sees it: dynamo cannot trace ContextVar.get, but it traces an
+# attribute of a threading.local and guards on it per thread, so a function compiled outside the
+# context recompiles inside it (and back), as it did when the switch was a module global. Per
+# thread, not per asyncio task: compiled code in a task sees the reference path while another
+# task of its thread is inside the context (correct, only slower).
+_TRACED_CHOICE = threading.local()
+
+
+def _reference_path_active() -> bool:
+    if torch.compiler.is_compiling():
+        return getattr(_TRACED_CHOICE, "reference_path", False)
+    return _REFERENCE_PATH.get()
+
 
 @contextlib.contextmanager
 def use_reference_path():
     """Inside: every op runs its plain-PyTorch twin (:mod:`infomax_ext.reference`), as when the
-    extension is not built. For second derivatives (the fused ops' backward has none of its own)
-    and for debugging. Not thread-safe: it switches the module-wide choice."""
-    global _KERNEL_DEVICES
-    saved = _KERNEL_DEVICES
-    _KERNEL_DEVICES = frozenset()
+    extension is not built, and :func:`backend` says 'reference'. For second derivatives (the
+    fused ops' backward has none of its own) and for debugging. Context-local: other threads
+    and asyncio tasks are unaffected; nesting works. (Code compiled by torch.compile follows
+    the choice per thread.)"""
+    token = _REFERENCE_PATH.set(True)
+    _TRACED_CHOICE.depth = getattr(_TRACED_CHOICE, "depth", 0) + 1
+    _TRACED_CHOICE.reference_path = True
     try:
         yield
     finally:
-        _KERNEL_DEVICES = saved
+        _TRACED_CHOICE.depth -= 1
+        if not _TRACED_CHOICE.depth:  # absent again: code compiled outside keeps its guards
+            del _TRACED_CHOICE.reference_path
+        _REFERENCE_PATH.reset(token)
+
+
+def _kernels_serve(device_type: str) -> bool:
+    return device_type in _KERNEL_DEVICES and not _reference_path_active()
 
 
 def kernels_apply(*tensors: torch.Tensor | None) -> bool:
     """True when the compiled kernels can run on these tensors (loaded, float32/64, a device
-    with kernels). Otherwise callers take the reference path."""
+    with kernels, not inside :func:`use_reference_path`). Otherwise callers take the reference
+    path."""
     present = [t for t in tensors if t is not None]
-    if not present or present[0].device.type not in _KERNEL_DEVICES:
+    if not present or not _kernels_serve(present[0].device.type):
         return False
     return all(t.dtype in _FLOAT_TYPES for t in present if t.is_floating_point())
 
 
+def _check_args(op: str, **named) -> None:
+    """Before any work: every named argument is a tensor (or None) and all are on one device
+    (TypeError / ValueError naming the argument)."""
+    first = None
+    for name, value in named.items():
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+        if first is None:
+            first = name, value.device
+        elif value.device != first[1]:
+            raise ValueError(f"{op}: device mismatch: {name} is on {value.device} but {first[0]} "
+                             f"is on {first[1]}")
+
+
+def _fake_same_device(op: str, **named) -> None:
+    """The fake kernels' device check. A call whose tensors mix devices, one of them ``meta``,
+    dispatches to the fake kernel: without this check it would return uninitialised memory."""
+    present = [(name, t) for name, t in named.items() if t is not None]
+    first_name, first = present[0]
+    for name, t in present[1:]:
+        torch._check(t.device == first.device, lambda: (
+            f"infomax_ext: device mismatch in {op}: {name} is on {t.device} but {first_name} is "
+            f"on {first.device}"))
+
+
+def _as_integer(value, name: str) -> int:
+    """``value`` as a Python int (ints, numpy integers, integer 0-dim tensors); a TypeError
+    naming ``name`` for anything else, floats and bools included (never truncated)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got bool ({value!r})")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an integer, got {type(value).__name__} ({value!r})") from None
+
+
 def seed_to_int64(seed: int) -> int:
-    """A seed reduced modulo 2**64 and stored as a signed 64-bit integer (the op's ``int``)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        try:
-            seed = int(seed)  # numpy integers, 0-dim tensors
-        except (TypeError, ValueError):
-            raise TypeError(f"seed must be an integer or None, got {type(seed).__name__}") from None
-    seed &= (1 << 64) - 1
+    """A seed reduced modulo 2**64 and stored as a signed 64-bit integer (the op's ``int``).
+    Integers only: a float such as 1.5 is refused (TypeError), never truncated."""
+    seed = _as_integer(seed, "seed") & ((1 << 64) - 1)
     return seed - (1 << 64) if seed >= (1 << 63) else seed
 
 
@@ -128,7 +197,8 @@ def seed_to_int64(seed: int) -> int:
 
 def permutation_keys(index: torch.Tensor, seed: int) -> torch.Tensor:
     """63-bit counter-based keys of the int64 ``index`` under ``seed`` (same shape as ``index``)."""
-    if index.device.type in _KERNEL_DEVICES:
+    _check_args("permutation_keys", index=index)
+    if _kernels_serve(index.device.type):
         return torch.ops.infomax_ext.permutation_keys.default(index, seed_to_int64(seed))
     return reference.permutation_keys(index, seed_to_int64(seed))
 
@@ -136,6 +206,7 @@ def permutation_keys(index: torch.Tensor, seed: int) -> torch.Tensor:
 def seeded_permutation(n: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The permutation of ``range(n)`` (int64, shape (n,)) for ``seed``: a stable argsort of
     counter-based keys, so every device gives the same permutation for the same seed."""
+    n = _as_integer(n, "n")
     if n < 1:
         raise ValueError(f"cannot permute {n} rows")
     keys = permutation_keys(torch.arange(n, device=device), seed)
@@ -144,7 +215,8 @@ def seeded_permutation(n: int, seed: int, device: torch.device | str = "cpu") ->
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
     """``inv`` with ``inv[perm[i]] = i``; raises when ``perm`` is not a permutation of range(n)."""
-    if perm.device.type in _KERNEL_DEVICES:
+    _check_args("inverse_permutation", perm=perm)
+    if _kernels_serve(perm.device.type):
         return torch.ops.infomax_ext.inverse_permutation.default(perm)
     return reference.inverse_permutation(perm)
 
@@ -184,6 +256,8 @@ def paired_first_layer(
     or, when None, ``latent_half`` (then the shuffled rows' gradient flows back into
     ``latent_half`` through the inverse permutation). The shuffled rows are never copied.
     """
+    _check_args("paired_first_layer", data_half=data_half, latent_half=latent_half,
+                shuffled_source=shuffled_source, bias=bias, perm=perm)
     if kernels_apply(data_half, latent_half, shuffled_source, bias):
         return _autograd.differentiable["paired_first_layer"](
             data_half, latent_half, shuffled_source, bias, perm, activation, float(param)
@@ -215,6 +289,8 @@ def paired_linear(
     ``hx @ weight[:, :Dx].T`` computed earlier (a constant that saves that product; gradients are
     unchanged).
     """
+    _check_args("paired_linear", hx=hx, hz=hz, hz_source=hz_source, weight=weight, bias=bias,
+                perm=perm, data_half=data_half)
     if kernels_apply(hx, hz, hz_source, weight, bias, data_half):
         return _autograd.differentiable["paired_linear"](
             hx, hz, hz_source, weight, bias, perm, activation, float(param), data_half
@@ -227,6 +303,8 @@ if extension_available():
 
     @torch.library.register_fake("infomax_ext::paired_first_layer")
     def _(data_half, latent_half, shuffled_source, bias, perm, activation, param):
+        _fake_same_device("paired_first_layer", data_half=data_half, latent_half=latent_half,
+                          shuffled_source=shuffled_source, bias=bias, perm=perm)
         torch._check(data_half.dim() == 2 and latent_half.dim() == 2, lambda: "halves must be 2-D")
         torch._check(data_half.shape[1] == latent_half.shape[1], lambda: "half widths differ")
         return data_half.new_empty((2 * latent_half.shape[0], data_half.shape[1]))
@@ -234,6 +312,9 @@ if extension_available():
     @torch.library.register_fake("infomax_ext::paired_first_layer_backward")
     def _(grad_out, data_half, latent_half, shuffled_source, bias, perm, inverse_perm,
           activation, param, output_mask):
+        _fake_same_device("paired_first_layer_backward", data_half=data_half, grad_out=grad_out,
+                          latent_half=latent_half, shuffled_source=shuffled_source, bias=bias,
+                          perm=perm, inverse_perm=inverse_perm)
         has_source = shuffled_source is not None
 
         def grad(wanted, like):
@@ -248,6 +329,8 @@ if extension_available():
 
     @torch.library.register_fake("infomax_ext::paired_linear")
     def _(hx, hz, hz_source, weight, bias, perm, activation, param, data_half=None):
+        _fake_same_device("paired_linear", hx=hx, hz=hz, hz_source=hz_source, weight=weight,
+                          bias=bias, perm=perm, data_half=data_half)
         torch._check(hx.dim() == 2 and hz.dim() == 2 and weight.dim() == 2,
                      lambda: "hx, hz and weight must be 2-D")
         torch._check(weight.shape[1] == hx.shape[1] + hz.shape[1],
@@ -265,6 +348,7 @@ def nwj_bound(t_joint: torch.Tensor, t_marg: torch.Tensor) -> torch.Tensor:
 
     ``t_joint`` (N,) are a critic's scores on joint pairs, ``t_marg`` (M,) on shuffled pairs.
     For users who bring their own critic."""
+    _check_args("nwj_bound", t_joint=t_joint, t_marg=t_marg)
     if t_joint.dim() != 1 or t_marg.dim() != 1:
         raise ValueError(
             f"nwj_bound takes 1-D score tensors, got shapes {tuple(t_joint.shape)} and "
@@ -290,6 +374,7 @@ def nwj_head(
     ``hidden`` (R, h) holds joint rows ``[0, n_joint)`` then shuffled rows; ``weight`` (h,);
     ``bias`` (1,) or None. Returns ``(bound, scores)``: the 0-dim bound
     ``mean(t[:n_joint]) - mean(exp(t[n_joint:] - 1))`` and the (R,) scores."""
+    _check_args("nwj_head", hidden=hidden, weight=weight, bias=bias)
     if kernels_apply(hidden, weight, bias):
         bound, scores, _pre = _autograd.differentiable["nwj_head"](
             hidden, weight, bias, n_joint, activation, float(param)
@@ -302,20 +387,25 @@ if extension_available():
 
     @torch.library.register_fake("infomax_ext::nwj_bound")
     def _(t_joint, t_marg):
+        _fake_same_device("nwj_bound", t_joint=t_joint, t_marg=t_marg)
         return t_joint.new_empty(())
 
     @torch.library.register_fake("infomax_ext::nwj_bound_backward")
     def _(grad, t_joint, t_marg):
+        _fake_same_device("nwj_bound_backward", t_joint=t_joint, t_marg=t_marg, grad=grad)
         return torch.empty_like(t_joint), torch.empty_like(t_marg)
 
     @torch.library.register_fake("infomax_ext::nwj_head")
     def _(hidden, weight, bias, n_joint, activation, param):
+        _fake_same_device("nwj_head", hidden=hidden, weight=weight, bias=bias)
         rows = hidden.shape[0]
         return hidden.new_empty(()), hidden.new_empty((rows,)), hidden.new_empty((rows,))
 
     @torch.library.register_fake("infomax_ext::nwj_head_backward")
     def _(grad_bound, grad_scores, hidden, weight, scores, pre, n_joint, activation, param,
           output_mask):
+        _fake_same_device("nwj_head_backward", hidden=hidden, weight=weight, scores=scores,
+                          pre=pre, grad_bound=grad_bound, grad_scores=grad_scores)
         return (
             hidden.new_empty(hidden.shape) if output_mask[0] else hidden.new_empty((0,)),
             weight.new_empty(weight.shape) if output_mask[1] else hidden.new_empty((0,)),

@@ -172,6 +172,7 @@ def latent_permutation(n: int, n_samples: int = 1, seed: int | None = None,
     """
     if seed is None:
         seed = draw_seed()
+    seed = _ops.seed_to_int64(seed)  # a TypeError naming the seed before seed + s, never 1.5 -> 1
     if n_samples == 1:
         return _ops.seeded_permutation(n, seed, device)
     return torch.cat([

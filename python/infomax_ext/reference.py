@@ -52,9 +52,31 @@ def permutation_keys(index: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
-    """``inv`` with ``inv[perm[i]] = i`` for a permutation ``perm`` of ``range(n)``."""
+    """``inv`` with ``inv[perm[i]] = i`` for a permutation ``perm`` of ``range(n)``.
+
+    Raises RuntimeError, with the compiled op's message, when ``perm`` is not a 1-D int64
+    permutation: the first entry (in order) outside ``[0, n)`` or repeating an earlier one is
+    named. Checking costs one host synchronisation; a ``meta`` tensor has no values to check."""
+    if perm.dim() != 1 or perm.dtype != torch.int64:
+        raise RuntimeError(f"infomax_ext: perm must be a 1-D int64 tensor, got {perm.dtype} of "
+                           f"shape {list(perm.shape)}")
+    n = perm.numel()
+    if n and perm.device.type != "meta":
+        outside = (perm < 0) | (perm >= n)
+        # Entries equal to an earlier entry: after a stable sort, the later ones of each run.
+        values, order = torch.sort(perm, stable=True)
+        repeated = torch.zeros_like(outside)
+        repeated[order[1:][values[1:] == values[:-1]]] = True
+        bad = (outside | repeated).nonzero()
+        if bad.numel():
+            i = int(bad[0, 0])
+            k = int(perm[i])
+            if outside[i]:
+                raise RuntimeError(f"infomax_ext: perm is not a permutation: entry {i} is {k}, "
+                                   f"outside [0, {n})")
+            raise RuntimeError(f"infomax_ext: perm is not a permutation: {k} appears twice")
     inverse = torch.empty_like(perm)
-    inverse[perm] = torch.arange(perm.numel(), device=perm.device)
+    inverse[perm] = torch.arange(n, device=perm.device)
     return inverse
 
 
