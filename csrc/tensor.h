@@ -11,14 +11,29 @@
 #include <cstdint>
 #include <initializer_list>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
 
-// A user error: throws std::runtime_error (RuntimeError in Python) with the pieces streamed.
-#define INFOMAX_CHECK(cond, ...) STD_TORCH_CHECK(cond, __VA_ARGS__)
+// A user error: throws std::runtime_error (RuntimeError in Python) whose message is the pieces
+// streamed, nothing else (no C++ file or function names).
+#define INFOMAX_CHECK(cond, ...)                                                         \
+  do {                                                                                   \
+    if (!(cond)) [[unlikely]] {                                                          \
+      throw std::runtime_error(::infomax_ext::detail::concat(__VA_ARGS__));              \
+    }                                                                                    \
+  } while (0)
 
 namespace infomax_ext {
+namespace detail {
+template <typename... Args>
+std::string concat(const Args&... args) {
+  std::ostringstream out;
+  (out << ... << args);
+  return out.str();
+}
+}  // namespace detail
 
 using Tensor = torch::stable::Tensor;
 using ScalarType = torch::headeronly::ScalarType;

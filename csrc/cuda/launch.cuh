@@ -36,8 +36,8 @@ class DeviceGuard {
   explicit DeviceGuard(const Tensor& t) : index_(t.get_device_index()), guard_(index_) {}
   cudaStream_t stream() const {
     void* stream = nullptr;
-    STD_TORCH_CHECK(aoti_torch_get_current_cuda_stream(index_, &stream) == AOTI_TORCH_SUCCESS,
-                    "infomax_ext: no current CUDA stream on device ", int(index_));
+    INFOMAX_CHECK(aoti_torch_get_current_cuda_stream(index_, &stream) == AOTI_TORCH_SUCCESS,
+                  "infomax_ext: no current CUDA stream on device ", int(index_));
     return static_cast<cudaStream_t>(stream);
   }
 
