@@ -238,45 +238,67 @@ def train_step(
             "to step; unfreeze some parameters"
         )
     args = (x,) if x_out is None else (x, x_out)
-
     if reuse_forward:
         if infomaxloss_function is not infomaxloss or miloss_function is not miloss:
             raise ValueError("reuse_forward=True needs the default infomaxloss and miloss functions")
-        if "seed" not in vae_kwargs:
-            vae_kwargs["seed"] = mi_kwargs.get("seed")
-        terms = infomax_terms(model.vae, model.mi, *args, **vae_kwargs)
-        vae_loss = terms.loss
-        mi_loss = -terms.mi
-        if mi_kwargs.get("regularization") is not None:
-            mi_loss = mi_loss + mi_kwargs.get("reg_strength", 1.0) * mi_kwargs["regularization"](terms.scores)
-        alpha = float(vae_kwargs.get("alpha", 1.0))
-        if alpha != 0.0 and mi_kwargs.get("regularization") is None:
-            # d vae_loss / d theta_mi = -alpha dI / d theta_mi = alpha * d mi_loss / d theta_mi:
-            # one backward pass gives both gradients.
-            grads = torch.autograd.grad(vae_loss, vae_params + mi_params, allow_unused=True)
-            for p, g in zip(vae_params, grads[: len(vae_params)]):
-                p.grad = g
-            for p, g in zip(mi_params, grads[len(vae_params):]):
-                p.grad = None if g is None else g / alpha
-        else:
-            _set_grads(vae_loss, vae_params, retain_graph=True)
-            _set_grads(mi_loss, mi_params)
-        opt_vae.step()
-        opt_mi.step()
+        vae_loss, mi_loss = _reuse_forward_step(model, args, opt_vae, opt_mi, vae_params,
+                                                mi_params, vae_kwargs, mi_kwargs)
     else:
-        # Both losses see the same x and MI weights: the MI chain's data half is computed once.
-        with reuse_data_half():
-            with _frozen(mi_params):
-                vae_loss = infomaxloss_function(model.vae, model.mi, *args, **vae_kwargs)
-            _set_grads(vae_loss, vae_params)
-            opt_vae.step()
-            with _frozen(vae_params):
-                mi_loss = miloss_function(model.vae, model.mi, x, **mi_kwargs)
-        _set_grads(mi_loss, mi_params)
-        opt_mi.step()
+        vae_loss, mi_loss = _alternating_step(model, args, opt_vae, opt_mi, vae_params,
+                                              mi_params, infomaxloss_function, vae_kwargs,
+                                              miloss_function, mi_kwargs)
 
     if verbose:
         print(f"vae_loss = {vae_loss.item():.6g}, mi_loss = {mi_loss.item():.6g}")
     if loss_return:
         return float(vae_loss.detach()), float(mi_loss.detach())
     return None
+
+
+def _alternating_step(model, args, opt_vae, opt_mi, vae_params, mi_params,
+                      infomaxloss_function, vae_kwargs, miloss_function, mi_kwargs):
+    """:func:`train_step`'s default strategy: (1) the InfoMax loss with the MI chain frozen, its
+    gradient for the VAE's parameters, the VAE step; (2) a fresh forward pass through the updated
+    VAE, the MI loss with the VAE frozen, its gradient for the MI chain, the MI step.
+    ``args`` is ``(x,)`` or ``(x, x_out)``. Returns ``(vae_loss, mi_loss)``."""
+    x = args[0]
+    # Both losses see the same x and MI weights: the MI chain's data half is computed once.
+    with reuse_data_half():
+        with _frozen(mi_params):
+            vae_loss = infomaxloss_function(model.vae, model.mi, *args, **vae_kwargs)
+        _set_grads(vae_loss, vae_params)
+        opt_vae.step()
+        with _frozen(vae_params):
+            mi_loss = miloss_function(model.vae, model.mi, x, **mi_kwargs)
+    _set_grads(mi_loss, mi_params)
+    opt_mi.step()
+    return vae_loss, mi_loss
+
+
+def _reuse_forward_step(model, args, opt_vae, opt_mi, vae_params, mi_params, vae_kwargs,
+                        mi_kwargs):
+    """:func:`train_step` with ``reuse_forward=True`` (the paper's scheme): one forward pass of
+    :func:`infomax_terms` feeds both updates; the MI loss uses the pre-update codes and the same
+    permutation. ``args`` is ``(x,)`` or ``(x, x_out)``. Returns ``(vae_loss, mi_loss)``."""
+    if "seed" not in vae_kwargs:
+        vae_kwargs["seed"] = mi_kwargs.get("seed")
+    terms = infomax_terms(model.vae, model.mi, *args, **vae_kwargs)
+    vae_loss = terms.loss
+    mi_loss = -terms.mi
+    if mi_kwargs.get("regularization") is not None:
+        mi_loss = mi_loss + mi_kwargs.get("reg_strength", 1.0) * mi_kwargs["regularization"](terms.scores)
+    alpha = float(vae_kwargs.get("alpha", 1.0))
+    if alpha != 0.0 and mi_kwargs.get("regularization") is None:
+        # d vae_loss / d theta_mi = -alpha dI / d theta_mi = alpha * d mi_loss / d theta_mi:
+        # one backward pass gives both gradients.
+        grads = torch.autograd.grad(vae_loss, vae_params + mi_params, allow_unused=True)
+        for p, g in zip(vae_params, grads[: len(vae_params)]):
+            p.grad = g
+        for p, g in zip(mi_params, grads[len(vae_params):]):
+            p.grad = None if g is None else g / alpha
+    else:
+        _set_grads(vae_loss, vae_params, retain_graph=True)
+        _set_grads(mi_loss, mi_params)
+    opt_vae.step()
+    opt_mi.step()
+    return vae_loss, mi_loss
