@@ -26,6 +26,7 @@ from torch import nn
 import infomax_ext
 import infomax_ext.mutual_info as _mutual_info
 from infomax_ext import MutualInfoChain, paired_mutual_info
+from infomax_ext.activations import ACTIVATIONS
 
 # ----------------------------------------------------------------------------------------------
 # Chains
@@ -152,8 +153,7 @@ class ChainLayout:
     dz: int
 
 
-_ELEMENTWISE = (nn.Identity, nn.Flatten, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid,
-                nn.Softplus, nn.GELU, nn.SiLU, infomax_ext.Activation)
+_ELEMENTWISE = (nn.Flatten, infomax_ext.Activation, *(a.module for a in ACTIVATIONS.values()))
 
 
 def _linears(module: nn.Module, what: str) -> list:

@@ -11,6 +11,7 @@ import torch
 import infomax_ext as im
 import infomax_ext.mutual_info as mutual_info
 from infomax_ext import _ops
+from activation_cases import KERNEL_CASES
 
 pytestmark = [
     pytest.mark.cuda,
@@ -23,8 +24,6 @@ pytestmark = [
 
 ops = torch.ops.infomax_ext
 CUDA = "cuda"
-ACTIVATIONS = [("identity", 0.0), ("relu", 0.0), ("leaky_relu", 0.1), ("elu", 0.7), ("tanh", 0.0),
-               ("sigmoid", 0.0), ("softplus", 0.0), ("gelu", 0.0), ("silu", 0.0)]
 DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
 
 
@@ -115,7 +114,7 @@ def check_paired(n, h, s, dtype, with_source, activation, param, mask=(True, Tru
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation,param", ACTIVATIONS)
+@pytest.mark.parametrize("activation,param", KERNEL_CASES)
 @pytest.mark.parametrize("with_source", [False, True])
 def test_paired_first_layer_every_activation(dtype, activation, param, with_source):
     check_paired(37, 45, 2, dtype, with_source, activation, param)
@@ -216,7 +215,7 @@ def check_head(rows, h, n_joint, dtype, activation, param, with_bias, with_grad_
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation,param", ACTIVATIONS)
+@pytest.mark.parametrize("activation,param", KERNEL_CASES)
 def test_nwj_head_every_activation(dtype, activation, param):
     check_head(70, 40, 35, dtype, activation, param, True, True)
 
@@ -281,7 +280,7 @@ def poisoned(t, entries):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation,param", ACTIVATIONS)
+@pytest.mark.parametrize("activation,param", KERNEL_CASES)
 @pytest.mark.parametrize("with_source", [False, True])
 def test_nan_and_inf_propagate_as_on_the_cpu(dtype, activation, param, with_source):
     """The activations (csrc/activations.h, shared with the CPU kernels, which

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 import infomax_ext as im
 from infomax_ext import _ops
 from infomax_ext.activations import KERNEL_ACTIVATIONS, apply_activation
+from activation_cases import param_of
 from tolerances import activation_slope, assert_close_scaled, nwj_head_scales, paired_scales
 
 pytestmark = pytest.mark.skipif(not im.extension_available(), reason="compiled ops not loaded")
 
 NAN, INF = math.nan, math.inf
-PARAM = {"leaky_relu": 0.2, "elu": 0.7}
 DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
 PATHS = ["fused", "reference"]
 
@@ -94,7 +94,7 @@ G_VALUES = [1.0, -2.0, NAN, INF]
 def test_activation_forward_and_backward_at_nan_inf_and_zero(activation, dtype, path):
     """Each activation at NaN, +-inf, +-0 and ordinary values, with incoming gradients 1, -2,
     NaN and inf: value and gradient as torch's function and its autograd give them."""
-    p = PARAM.get(activation, 0.0)
+    p = param_of(activation)
     x = torch.tensor(X_VALUES, dtype=dtype).repeat_interleave(len(G_VALUES))
     g = torch.tensor(G_VALUES, dtype=dtype).repeat(len(X_VALUES))
     n = x.numel()
@@ -178,7 +178,7 @@ def test_paired_first_layer_with_nan_and_inf(activation, case, with_source, dtyp
     if not with_source:
         t["c"] = None
     perm = im.latent_permutation(n, s, seed=3)
-    p = PARAM.get(activation, 0.0)
+    p = param_of(activation)
     args = (t["a"], t["b"], t["c"], t["bias"])
     out = on_path(path, _ops.paired_first_layer, *args, perm, activation, p)
     want = paired_plain(*args, perm, activation, p, path)
@@ -224,7 +224,7 @@ def test_paired_linear_with_nan_and_inf(activation, case, with_source, dtype, pa
     if not with_source:
         t["src"] = None
     perm = im.latent_permutation(n, s, seed=4)
-    p = PARAM.get(activation, 0.0)
+    p = param_of(activation)
     args = (t["hx"], t["hz"], t["src"], t["weight"], t["bias"])
     out = on_path(path, _ops.paired_linear, *args, perm, activation, p)
     # Plain torch: the op's definition, the weight split into its data and latent columns (a
@@ -273,7 +273,7 @@ def test_nwj_head_with_nan_and_inf(activation, case, dtype, path):
                 weight=torch.randn(h, generator=g, dtype=dtype) / 2,
                 bias=torch.randn(1, generator=g, dtype=dtype))
     t = {k: poison(v, HEAD_CASES[case].get(k, {})) for k, v in base.items()}
-    p = PARAM.get(activation, 0.0)
+    p = param_of(activation)
     bound, scores = on_path(path, _ops.nwj_head, t["hidden"], t["weight"], t["bias"], n_joint,
                             activation, p)
     want_scores = torch_activation(t["hidden"] @ t["weight"] + t["bias"], activation, p, path)

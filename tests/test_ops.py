@@ -7,12 +7,12 @@ import torch
 import infomax_ext as im
 from infomax_ext import _ops, reference
 from infomax_ext.activations import KERNEL_ACTIVATIONS
+from activation_cases import param_of
 from tolerances import assert_close_scaled, nwj_head_scales, paired_scales
 
 pytestmark = pytest.mark.skipif(not im.extension_available(), reason="compiled ops not loaded")
 
 ops = torch.ops.infomax_ext
-PARAM = {"leaky_relu": 0.2, "elu": 0.7}
 
 
 def paired_inputs(n, h, s=1, dtype=torch.float64, source=False, requires_grad=True, seed=0):
@@ -108,7 +108,7 @@ def test_reference_inverse_permutation_keeps_valid_and_meta_permutations():
 @pytest.mark.parametrize("source", [False, True])
 def test_paired_first_layer_gradcheck(activation, source):
     a, b, c, bias, perm = paired_inputs(5, 4, s=2, source=source)
-    p = PARAM.get(activation, 0.0)
+    p = param_of(activation)
     inputs = [a, b, bias] + ([c] if source else [])
 
     def f(a, b, bias, *rest):
@@ -129,7 +129,7 @@ def test_paired_first_layer_matches_reference(activation, dtype, n, h, s):
     # most 1.1 seen on ATen's default, AVX2 and AVX-512 kernels).
     for source in (False, True):
         a, b, c, bias, perm = paired_inputs(n, h, s, dtype=dtype, source=source)
-        p = PARAM.get(activation, 0.0)
+        p = param_of(activation)
         out = _ops.paired_first_layer(a, b, c, bias, perm, activation, p)
         ref = reference.paired_first_layer(a, b, c, bias, perm, activation, p)
         grad = torch.randn_like(out)
@@ -207,6 +207,18 @@ def test_paired_first_layer_bad_input():
         ops.paired_first_layer(a.half(), b.half(), None, bias.half(), perm, "relu", 0.0)
     with pytest.raises(RuntimeError, match="not a positive multiple"):
         ops.paired_first_layer(a, b[:3], None, bias, perm[:3], "relu", 0.0)
+
+
+def test_the_kernels_run_exactly_the_kernel_activations_of_the_python_table():
+    # The C++ table (csrc/activations.h) writes the list into its error message: it must name
+    # the activations the Python table marks as kernel activations, no more and no fewer.
+    a, b, c, bias, perm = paired_inputs(4, 3, requires_grad=False)
+    with pytest.raises(RuntimeError, match="supported: ") as error:
+        ops.paired_first_layer(a, b, None, bias, perm, "swish", 0.0)
+    listed = str(error.value).split("supported: ", 1)[1].splitlines()[0]
+    assert sorted(name.strip(" .") for name in listed.split(",")) == sorted(KERNEL_ACTIVATIONS)
+    for name in KERNEL_ACTIVATIONS:
+        ops.paired_first_layer(a, b, None, bias, perm, name, param_of(name))
 
 
 # ---------------------------------------------------------------------------- paired linear
@@ -359,7 +371,7 @@ def test_nwj_head_gradcheck(activation):
     hidden = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(1, generator=g, dtype=torch.float64, requires_grad=True)
-    p = PARAM.get(activation, 0.0)
+    p = param_of(activation)
     # Gradient of bound and of scores together (miloss regularizers use the scores).
     f = lambda h, w, b: (lambda out: out[0] + 0.3 * out[1].pow(2).sum())(
         _ops.nwj_head(h, w, b, 4, activation, p))

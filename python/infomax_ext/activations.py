@@ -1,14 +1,20 @@
 """Activation functions by name: the bridge between user callables, ``nn`` modules and kernels.
 
-The fused kernels know a fixed set of activations, each identified by a name and at most one
-float parameter. This module maps callables (``torch.relu``, ``F.gelu``, ...) and ``nn`` modules
-(``nn.ReLU()``, ``nn.LeakyReLU(0.2)``, ...) to that ``(name, parameter)`` pair, builds the
-module for a callable, gives the plain-PyTorch function for a name, and writes and reads an
-activation's JSON form in a builder's config.
+:data:`ACTIVATIONS` is the one table of the named activations: for each name, its plain-PyTorch
+function, its ``nn`` module class, the module attribute holding its parameter and that
+parameter's default, the callables (``torch.relu``, ``F.gelu``, ...) that stand for it, and
+whether the fused kernels (csrc/activations.h) run it. Everything else here, the CLI's
+``--activation`` choices, the builders' configs and the tests read it: adding an activation is
+one entry here (plus its kernel formula when ``kernel=True``).
+
+This module maps callables and ``nn`` modules (``nn.ReLU()``, ``nn.LeakyReLU(0.2)``, ...) to a
+``(name, parameter)`` pair, builds the module for a callable or a name, gives the plain-PyTorch
+function for a name, and writes and reads an activation's JSON form in a builder's config.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
@@ -16,12 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ACTIVATIONS",
     "KERNEL_ACTIVATIONS",
+    "HIDDEN_ACTIVATIONS",
+    "NamedActivation",
     "ActivationSpec",
     "Activation",
     "identity",
     "as_module",
     "spec_of_module",
+    "kernel_spec",
     "apply_activation",
     "activation_config",
     "activation_from_config",
@@ -34,42 +44,81 @@ def identity(x: torch.Tensor) -> torch.Tensor:
 
 
 class ActivationSpec(NamedTuple):
-    """An activation the kernels can run: its ``name`` and its one ``param`` (slope or alpha)."""
+    """A named activation with its one parameter: ``name`` and ``param`` (0.0 when it has none)."""
 
     name: str
     param: float = 0.0
 
 
-# Names in the order of the C++ enum in csrc/activations.h.
-KERNEL_ACTIVATIONS = (
-    "identity", "relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus", "gelu", "silu",
+def _always(module: nn.Module) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class NamedActivation:
+    """One row of :data:`ACTIVATIONS`.
+
+    ``function(x, param)`` is the plain-PyTorch value (the kernels' reference); ``module`` the
+    ``nn`` class, built as ``module()`` or, with a parameter, ``module(param)``; ``param`` the
+    module attribute holding the parameter (None: the activation has none) and ``default`` its
+    default; ``callables`` the functions that name it; ``exact(m)`` whether an instance ``m`` of
+    ``module`` is exactly this activation (e.g. softplus only with beta 1 and threshold 20);
+    ``kernel`` whether the fused kernels run it.
+    """
+
+    name: str
+    function: Callable[[torch.Tensor, float], torch.Tensor]
+    module: type
+    param: str | None = None
+    default: float | None = None
+    callables: tuple = ()
+    exact: Callable[[nn.Module], bool] = _always
+    kernel: bool = True
+
+    def build(self, param: float | None = None) -> nn.Module:
+        """The module, with ``param`` (its default when None) if the activation takes one."""
+        if self.param is None:
+            return self.module()
+        return self.module(self.default if param is None else float(param))
+
+    def spec(self, module: nn.Module) -> ActivationSpec:
+        """``(name, parameter)`` of an instance of :attr:`module`."""
+        if self.param is None:
+            return ActivationSpec(self.name)
+        return ActivationSpec(self.name, float(getattr(module, self.param)))
+
+
+_TABLE = (
+    NamedActivation("identity", lambda x, p: x, nn.Identity, callables=(identity,)),
+    NamedActivation("relu", lambda x, p: torch.relu(x), nn.ReLU, callables=(torch.relu, F.relu)),
+    NamedActivation("leaky_relu", F.leaky_relu, nn.LeakyReLU, "negative_slope", 0.01,
+                    callables=(F.leaky_relu,)),
+    NamedActivation("elu", F.elu, nn.ELU, "alpha", 1.0, callables=(F.elu,)),
+    NamedActivation("tanh", lambda x, p: torch.tanh(x), nn.Tanh, callables=(torch.tanh, F.tanh)),
+    NamedActivation("sigmoid", lambda x, p: torch.sigmoid(x), nn.Sigmoid,
+                    callables=(torch.sigmoid, F.sigmoid)),
+    # beta = 1, threshold = 20: the kernels' softplus
+    NamedActivation("softplus", lambda x, p: F.softplus(x), nn.Softplus, callables=(F.softplus,),
+                    exact=lambda m: m.beta == 1 and m.threshold == 20),
+    # the exact (erf) form
+    NamedActivation("gelu", lambda x, p: F.gelu(x), nn.GELU, callables=(F.gelu,),
+                    exact=lambda m: m.approximate == "none"),
+    NamedActivation("silu", lambda x, p: F.silu(x), nn.SiLU, callables=(F.silu,)),
+    NamedActivation("mish", lambda x, p: F.mish(x), nn.Mish, callables=(F.mish,)),
 )
 
-_DEFAULT_PARAM = {"leaky_relu": 0.01, "elu": 1.0}
+ACTIVATIONS: dict[str, NamedActivation] = {a.name: a for a in _TABLE}
+"""The named activations, by name (the table above)."""
 
-_CALLABLE_NAMES: dict[Callable, str] = {
-    identity: "identity",
-    torch.relu: "relu", F.relu: "relu",
-    F.leaky_relu: "leaky_relu",
-    F.elu: "elu",
-    torch.tanh: "tanh", F.tanh: "tanh",
-    torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
-    F.softplus: "softplus",
-    F.gelu: "gelu",
-    F.silu: "silu",
-}
+KERNEL_ACTIVATIONS: tuple[str, ...] = tuple(a.name for a in _TABLE if a.kernel)
+"""The names the fused kernels run."""
 
-_MODULE_FOR_NAME = {
-    "identity": lambda p: nn.Identity(),
-    "relu": lambda p: nn.ReLU(),
-    "leaky_relu": lambda p: nn.LeakyReLU(p),
-    "elu": lambda p: nn.ELU(p),
-    "tanh": lambda p: nn.Tanh(),
-    "sigmoid": lambda p: nn.Sigmoid(),
-    "softplus": lambda p: nn.Softplus(),
-    "gelu": lambda p: nn.GELU(),
-    "silu": lambda p: nn.SiLU(),
-}
+HIDDEN_ACTIVATIONS: tuple[str, ...] = tuple(name for name in ACTIVATIONS if name != "identity")
+"""The choices for a hidden layer's activation (``TrainConfig.activation``, ``--activation``)."""
+
+_PARAMETRISED = tuple(a.name for a in _TABLE if a.param is not None)
+
+_CALLABLE_NAMES: dict[Callable, str] = {f: a.name for a in _TABLE for f in a.callables}
 
 
 class Activation(nn.Module):
@@ -95,47 +144,36 @@ def as_module(activation) -> nn.Module:
     if isinstance(activation, nn.Module):
         return activation
     if isinstance(activation, str):
-        if activation not in _MODULE_FOR_NAME:
+        if activation not in ACTIVATIONS:
             raise ValueError(
-                f"unknown activation name {activation!r}; known: {', '.join(KERNEL_ACTIVATIONS)}"
+                f"unknown activation name {activation!r}; known: {', '.join(ACTIVATIONS)}"
             )
-        return _MODULE_FOR_NAME[activation](_DEFAULT_PARAM.get(activation, 0.0))
+        return ACTIVATIONS[activation].build()
     if callable(activation):
-        try:
-            name = _CALLABLE_NAMES.get(activation)
-        except TypeError:  # unhashable callable
-            name = None
+        name = _CALLABLE_NAMES.get(activation) if _hashable(activation) else None
         if name is not None:
-            return _MODULE_FOR_NAME[name](_DEFAULT_PARAM.get(name, 0.0))
+            return ACTIVATIONS[name].build()
         return Activation(activation)
     raise TypeError(f"activation must be a module, a callable or a name, got {activation!r}")
 
 
 def spec_of_module(module: nn.Module) -> ActivationSpec | None:
-    """The kernel activation equal to ``module``, or ``None`` when the kernels cannot run it exactly."""
-    if isinstance(module, nn.Identity):
-        return ActivationSpec("identity")
-    if isinstance(module, nn.ReLU):
-        return ActivationSpec("relu")
-    if isinstance(module, nn.LeakyReLU):
-        return ActivationSpec("leaky_relu", float(module.negative_slope))
-    if isinstance(module, nn.ELU):
-        return ActivationSpec("elu", float(module.alpha))
-    if isinstance(module, nn.Tanh):
-        return ActivationSpec("tanh")
-    if isinstance(module, nn.Sigmoid):
-        return ActivationSpec("sigmoid")
-    if isinstance(module, nn.Softplus) and module.beta == 1 and module.threshold == 20:
-        return ActivationSpec("softplus")
-    if isinstance(module, nn.GELU) and module.approximate == "none":
-        return ActivationSpec("gelu")
-    if isinstance(module, nn.SiLU):
-        return ActivationSpec("silu")
+    """The named activation equal to ``module`` as ``(name, parameter)``, or ``None`` when it is
+    none of :data:`ACTIVATIONS` exactly (the kernels run it when ``ACTIVATIONS[name].kernel``)."""
+    for entry in _TABLE:
+        if isinstance(module, entry.module) and entry.exact(module):
+            return entry.spec(module)
     if isinstance(module, Activation):
         name = _CALLABLE_NAMES.get(module.fn) if _hashable(module.fn) else None
         if name is not None:
-            return ActivationSpec(name, _DEFAULT_PARAM.get(name, 0.0))
+            return ActivationSpec(name, ACTIVATIONS[name].default or 0.0)
     return None
+
+
+def kernel_spec(module: nn.Module) -> ActivationSpec | None:
+    """:func:`spec_of_module` when the fused kernels run that activation, else ``None``."""
+    spec = spec_of_module(module)
+    return spec if spec is not None and ACTIVATIONS[spec.name].kernel else None
 
 
 def activation_config(activation):
@@ -148,7 +186,8 @@ def activation_config(activation):
     spec = spec_of_module(as_module(activation))
     if spec is None:
         return None
-    if spec.name in _DEFAULT_PARAM and spec.param != _DEFAULT_PARAM[spec.name]:
+    default = ACTIVATIONS[spec.name].default
+    if default is not None and spec.param != default:
         return {"name": spec.name, "param": spec.param}
     return spec.name
 
@@ -158,7 +197,7 @@ def activation_from_config(entry, key: str):
     modules for a list of entries; ``key`` names the entry in errors.
 
     Strict: a name must be a known activation; a dict must be exactly ``{"name", "param"}`` with
-    ``name`` one of the activations that take a parameter (leaky_relu, elu) and a finite real
+    ``name`` one of the activations that take a parameter (leaky_relu, elu, ...) and a finite real
     ``param``. Anything else, ``None`` included, raises a ValueError."""
     if isinstance(entry, list):
         return [_one_activation_from_config(e, f"{key}[{i}]") for i, e in enumerate(entry)]
@@ -167,9 +206,9 @@ def activation_from_config(entry, key: str):
 
 def _one_activation_from_config(entry, key: str) -> nn.Module:
     where = f"config entry {key!r}"
-    known = ", ".join(KERNEL_ACTIVATIONS)
+    known = ", ".join(ACTIVATIONS)
     if isinstance(entry, str):
-        if entry not in _MODULE_FOR_NAME:
+        if entry not in ACTIVATIONS:
             raise ValueError(f"{where}: unknown activation {entry!r}; known: {known}")
         return as_module(entry)
     if isinstance(entry, dict):
@@ -179,15 +218,15 @@ def _one_activation_from_config(entry, key: str) -> nn.Module:
                 f"{where}: an activation with a parameter must be a dict with exactly the keys "
                 f"'name' (a string) and 'param', got {entry!r}"
             )
-        if name not in _DEFAULT_PARAM:
-            kind = "takes no parameter" if name in _MODULE_FOR_NAME else "is not a known activation"
+        if name not in _PARAMETRISED:
+            kind = "takes no parameter" if name in ACTIVATIONS else "is not a known activation"
             raise ValueError(
                 f"{where}: {name!r} {kind} (activations with a parameter: "
-                f"{', '.join(_DEFAULT_PARAM)}), got {entry!r}"
+                f"{', '.join(_PARAMETRISED)}), got {entry!r}"
             )
         if isinstance(param, bool) or not isinstance(param, (int, float)) or not math.isfinite(param):
             raise ValueError(f"{where}: the {name} parameter must be a finite number, got {param!r}")
-        return _MODULE_FOR_NAME[name](float(param))
+        return ACTIVATIONS[name].build(param)
     if entry is None:
         raise ValueError(
             f"{where} holds an activation that has no name (a custom callable or module), so "
@@ -208,23 +247,8 @@ def _hashable(obj) -> bool:
 
 
 def apply_activation(x: torch.Tensor, name: str, param: float = 0.0) -> torch.Tensor:
-    """Plain-PyTorch value of the kernel activation ``name`` at ``x`` (the reference)."""
-    if name == "identity":
-        return x
-    if name == "relu":
-        return torch.relu(x)
-    if name == "leaky_relu":
-        return F.leaky_relu(x, param)
-    if name == "elu":
-        return F.elu(x, param)
-    if name == "tanh":
-        return torch.tanh(x)
-    if name == "sigmoid":
-        return torch.sigmoid(x)
-    if name == "softplus":
-        return F.softplus(x)
-    if name == "gelu":
-        return F.gelu(x)
-    if name == "silu":
-        return F.silu(x)
-    raise ValueError(f"unknown activation {name!r}; known: {', '.join(KERNEL_ACTIVATIONS)}")
+    """Plain-PyTorch value of the named activation ``name`` at ``x`` (the kernels' reference)."""
+    entry = ACTIVATIONS.get(name)
+    if entry is None:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    return entry.function(x, param)

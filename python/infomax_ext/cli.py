@@ -174,8 +174,9 @@ _TRAIN_OPTIONS = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``infomax-ext``."""
+    from .activations import HIDDEN_ACTIVATIONS
     from .data import LIKELIHOODS, NORMALIZATIONS
-    from .trainer import ACTIVATIONS, TrainConfig
+    from .trainer import TrainConfig
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -213,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         model.add_argument(flag, dest=dest, type=type_, metavar=metavar, default=None,
                            help=f"{text} (default {shown})")
-    model.add_argument("--activation", choices=ACTIVATIONS, default=None,
+    model.add_argument("--activation", choices=HIDDEN_ACTIVATIONS, default=None,
                        help=f"hidden-layer activation (default {defaults.activation})")
     model.add_argument("--reuse-forward", action="store_const", const=True, default=None,
                        help="one forward pass feeds both updates (the paper's cheaper scheme)")

@@ -26,7 +26,7 @@ from .activations import (
     apply_activation,
     as_module,
     identity,
-    spec_of_module,
+    kernel_spec,
 )
 from .vae import _check_layers, _check_size, _parse_size
 
@@ -217,7 +217,7 @@ def fused_plan(mi: nn.Module) -> _FusedPlan | None:
     k = 1
     first_act = ActivationSpec("identity")
     if len(layers) > 1 and not isinstance(layers[1], nn.Linear):
-        first_act = spec_of_module(layers[1])
+        first_act = kernel_spec(layers[1])
         if first_act is None:
             return None
         k = 2
@@ -226,8 +226,8 @@ def fused_plan(mi: nn.Module) -> _FusedPlan | None:
     if isinstance(last, nn.Linear) and last.out_features == 1 and len(layers) - 1 >= k:
         head, head_act, end = last, ActivationSpec("identity"), len(layers) - 1
     elif (len(layers) - 2 >= k and isinstance(layers[-2], nn.Linear)
-          and layers[-2].out_features == 1 and spec_of_module(last) is not None):
-        head, head_act, end = layers[-2], spec_of_module(last), len(layers) - 2
+          and layers[-2].out_features == 1 and kernel_spec(last) is not None):
+        head, head_act, end = layers[-2], kernel_spec(last), len(layers) - 2
     return _FusedPlan(layers[0], first_act, layers[k:end], head, head_act)
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
+from .activations import HIDDEN_ACTIVATIONS
 from .data import LIKELIHOODS
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
 from .infomax import InfoMaxVAE, train_step
@@ -57,7 +58,6 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FORMAT = "infomax_ext.checkpoint"
 CHECKPOINT_VERSION = 1
 SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63; every consumer's seed is derived from it
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus", "gelu", "silu")
 
 
 class TrainingError(RuntimeError):
@@ -131,8 +131,9 @@ class TrainConfig:
             setattr(self, name, list(v))
         if not self.mi_neurons:
             raise ValueError("mi_neurons needs at least one hidden layer")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
+        if self.activation not in HIDDEN_ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {list(HIDDEN_ACTIVATIONS)}, got {self.activation!r}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {list(LIKELIHOODS)}, got {self.likelihood!r}")
         for name in ("beta", "alpha", "active_threshold"):
