@@ -70,4 +70,4 @@ source-check: install wheel-cuda
 	bash scripts/source_build_check.sh
 
 clean:
-	rm -rf build dist wheelhouse
+	rm -rf build dist

@@ -1,8 +1,10 @@
 #pragma once
 // Activations the fused kernels support: value f(x) and derivative f'(x), per element.
-// The order of the enum matches KERNEL_ACTIVATIONS in python/infomax_ext/activations.py.
-// Kernels are instantiated once per activation (dispatch_activation), so the per-element
-// code has no switch and the compiler can vectorise it.
+// INFOMAX_ACTIVATIONS is the one list: it generates the enum, the names the schemas take, the
+// dispatch and the "supported: ..." message. Adding an activation is one line there plus its
+// formula in activation_value and activation_derivative (and the Python table in
+// python/infomax_ext/activations.py). Kernels are instantiated once per activation
+// (dispatch_activation), so the per-element code has no switch and the compiler can vectorise it.
 //
 // NaN and inf propagate as in torch's own CPU kernels (ATen's vectorised loops), checked at NaN,
 // +-inf and 0 by tests/test_nonfinite.py: each comparison is written so that a NaN takes the
@@ -20,29 +22,50 @@
 
 namespace infomax_ext {
 
+// X(name as the schemas spell it, enumerator). Parameters: leaky_relu's negative slope, elu's
+// alpha; softplus has beta = 1 and threshold = 20 and gelu is the exact (erf) form, as torch's
+// defaults.
+#define INFOMAX_ACTIVATIONS(X) \
+  X(identity, Identity)        \
+  X(relu, Relu)                \
+  X(leaky_relu, LeakyRelu)     \
+  X(elu, Elu)                  \
+  X(tanh, Tanh)                \
+  X(sigmoid, Sigmoid)          \
+  X(softplus, Softplus)        \
+  X(gelu, Gelu)                \
+  X(silu, Silu)                \
+  X(mish, Mish)
+
 enum class Activation : int {
-  Identity = 0,
-  Relu,
-  LeakyRelu,  // param = negative slope
-  Elu,        // param = alpha
-  Tanh,
-  Sigmoid,
-  Softplus,   // beta = 1, threshold = 20, as torch.nn.functional.softplus
-  Gelu,       // exact (erf) form
-  Silu,
+#define INFOMAX_ENUMERATOR(name, enumerator) enumerator,
+  INFOMAX_ACTIVATIONS(INFOMAX_ENUMERATOR)
+#undef INFOMAX_ENUMERATOR
 };
+
+inline constexpr const char* kActivationNames[] = {
+#define INFOMAX_NAME(name, enumerator) #name,
+    INFOMAX_ACTIVATIONS(INFOMAX_NAME)
+#undef INFOMAX_NAME
+};
+inline constexpr int kActivationCount = sizeof(kActivationNames) / sizeof(kActivationNames[0]);
 
 // Parses the schema's activation name; returns false for an unknown name.
 inline bool parse_activation(const std::string& name, Activation* out) {
-  static const char* names[] = {"identity", "relu", "leaky_relu", "elu", "tanh",
-                                "sigmoid", "softplus", "gelu", "silu"};
-  for (int i = 0; i < 9; ++i) {
-    if (name == names[i]) {
+  for (int i = 0; i < kActivationCount; ++i) {
+    if (name == kActivationNames[i]) {
       *out = static_cast<Activation>(i);
       return true;
     }
   }
   return false;
+}
+
+// "identity, relu, ...": the supported names, for error messages.
+inline std::string supported_activations() {
+  std::string names;
+  for (int i = 0; i < kActivationCount; ++i) names += (i ? ", " : "") + std::string(kActivationNames[i]);
+  return names;
 }
 
 template <Activation A>
@@ -52,15 +75,12 @@ using ActivationTag = std::integral_constant<Activation, A>;
 template <typename F>
 inline void dispatch_activation(Activation act, F&& f) {
   switch (act) {
-    case Activation::Identity: f(ActivationTag<Activation::Identity>{}); break;
-    case Activation::Relu: f(ActivationTag<Activation::Relu>{}); break;
-    case Activation::LeakyRelu: f(ActivationTag<Activation::LeakyRelu>{}); break;
-    case Activation::Elu: f(ActivationTag<Activation::Elu>{}); break;
-    case Activation::Tanh: f(ActivationTag<Activation::Tanh>{}); break;
-    case Activation::Sigmoid: f(ActivationTag<Activation::Sigmoid>{}); break;
-    case Activation::Softplus: f(ActivationTag<Activation::Softplus>{}); break;
-    case Activation::Gelu: f(ActivationTag<Activation::Gelu>{}); break;
-    case Activation::Silu: f(ActivationTag<Activation::Silu>{}); break;
+#define INFOMAX_CASE(name, enumerator)                      \
+  case Activation::enumerator:                              \
+    f(ActivationTag<Activation::enumerator>{});             \
+    break;
+    INFOMAX_ACTIVATIONS(INFOMAX_CASE)
+#undef INFOMAX_CASE
   }
 }
 
@@ -87,8 +107,11 @@ INFOMAX_HOST_DEVICE T activation_value(T x, T param) {
     return x > T(20) ? x : INFOMAX_MATH(log1p)(INFOMAX_MATH(exp)(x));
   } else if constexpr (A == Activation::Gelu) {
     return T(0.5) * x * (T(1) + INFOMAX_MATH(erf)(x * T(0.70710678118654752440)));
-  } else {
+  } else if constexpr (A == Activation::Silu) {
     return x * sigmoid_of(x);
+  } else {
+    static_assert(A == Activation::Mish, "activation_value: no formula for this activation");
+    return x * INFOMAX_MATH(tanh)(INFOMAX_MATH(log1p)(INFOMAX_MATH(exp)(x)));  // x tanh(softplus x)
   }
 }
 
@@ -117,9 +140,14 @@ INFOMAX_HOST_DEVICE T activation_derivative(T x, T param) {
     const T cdf = T(0.5) * (T(1) + INFOMAX_MATH(erf)(x * T(0.70710678118654752440)));
     const T pdf = INFOMAX_MATH(exp)(T(-0.5) * x * x) * T(0.39894228040143267794);  // 1/sqrt(2 pi)
     return cdf + x * pdf;
-  } else {
+  } else if constexpr (A == Activation::Silu) {
     const T s = sigmoid_of(x);
     return s * (T(1) + x * (T(1) - s));
+  } else {
+    static_assert(A == Activation::Mish, "activation_derivative: no formula for this activation");
+    // tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2) with sp = softplus(x), as torch's mish_backward.
+    const T t = INFOMAX_MATH(tanh)(INFOMAX_MATH(log1p)(INFOMAX_MATH(exp)(x)));
+    return t + x * sigmoid_of(x) * (T(1) - t * t);
   }
 }
 

@@ -37,10 +37,23 @@ inline void check_index_vector(const Tensor& perm, const Tensor& ref, const char
               " but the latent half has ", length, " rows");
 }
 
+// permutation_keys: the indices whose keys are wanted, int64 of any shape.
+inline void check_permutation_index(const Tensor& index) {
+  INFOMAX_CHECK(index.scalar_type() == ScalarType::Long, "infomax_ext: index must be int64, got ",
+                index.scalar_type());
+}
+
+// inverse_permutation: a 1-D int64 tensor (whether it is a permutation is checked as it is read).
+inline void check_permutation(const Tensor& perm) {
+  INFOMAX_CHECK(perm.dim() == 1 && perm.scalar_type() == ScalarType::Long,
+                "infomax_ext: perm must be a 1-D int64 tensor, got ", perm.scalar_type(),
+                " of shape ", shape_of(perm));
+}
+
 inline Activation checked_activation(const std::string& name) {
   Activation act;
   INFOMAX_CHECK(parse_activation(name, &act), "infomax_ext: unknown activation '", name,
-              "'; supported: identity, relu, leaky_relu, elu, tanh, sigmoid, softplus, gelu, silu");
+                "'; supported: ", supported_activations());
   return act;
 }
 

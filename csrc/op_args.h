@@ -24,64 +24,67 @@ inline std::vector<bool> checked_mask(const std::vector<bool>& mask, size_t leng
   return mask;
 }
 
-// paired_first_layer: a (N, H), b (M, H), c = the shuffled source or b, bias (H), perm (M).
+// paired_first_layer: data_half (N, H), latent_half (M, H), source = the shuffled source or
+// latent_half (M, H), bias (H), perm (M).
 struct PairedFirstLayerArgs {
-  Tensor a, b, c, bias, perm;
+  Tensor data_half, latent_half, source, bias, perm;
   bool has_source;
   Activation act;
   int64_t n, h, m;
 
-  PairedFirstLayerArgs(const Tensor& data_half, const Tensor& latent_half,
+  PairedFirstLayerArgs(const Tensor& data_half_in, const Tensor& latent_half_in,
                        const std::optional<Tensor>& shuffled_source, const Tensor& bias_in,
                        const Tensor& perm_in, std::string_view activation) {
-    check_paired_first_layer(data_half, latent_half, shuffled_source, bias_in, perm_in);
+    check_paired_first_layer(data_half_in, latent_half_in, shuffled_source, bias_in, perm_in);
     act = checked_activation(std::string(activation));
-    a = as_contiguous(data_half);
-    b = as_contiguous(latent_half);
+    data_half = as_contiguous(data_half_in);
+    latent_half = as_contiguous(latent_half_in);
     has_source = shuffled_source.has_value() && shuffled_source->defined();
-    c = has_source ? as_contiguous(*shuffled_source) : b;
+    source = has_source ? as_contiguous(*shuffled_source) : latent_half;
     bias = as_contiguous(bias_in);
     perm = as_contiguous(perm_in);
-    n = a.size(0);
-    h = a.size(1);
-    m = b.size(0);
+    n = data_half.size(0);
+    h = data_half.size(1);
+    m = latent_half.size(0);
   }
 };
 
 // paired_first_layer_backward: the forward's arguments plus grad_out (2M, H), the inverse
 // permutation, and the four gradients (data half, latent half, shuffled source, bias).
 struct PairedFirstLayerBackwardArgs : PairedFirstLayerArgs {
-  Tensor go, inv, grad_a, grad_b, grad_c, grad_bias;
-  bool want_a, want_b, want_c, want_bias;
+  Tensor grad_out, inverse_perm, grad_data_half, grad_latent_half, grad_source, grad_bias;
+  bool want_data_half, want_latent_half, want_source, want_bias;
 
-  PairedFirstLayerBackwardArgs(const Tensor& grad_out, const Tensor& data_half,
-                               const Tensor& latent_half,
+  PairedFirstLayerBackwardArgs(const Tensor& grad_out_in, const Tensor& data_half_in,
+                               const Tensor& latent_half_in,
                                const std::optional<Tensor>& shuffled_source,
                                const Tensor& bias_in, const Tensor& perm_in,
-                               const Tensor& inverse_perm, std::string_view activation,
+                               const Tensor& inverse_perm_in, std::string_view activation,
                                const std::vector<bool>& mask_in)
-      : PairedFirstLayerArgs(data_half, latent_half, shuffled_source, bias_in, perm_in, activation) {
-    check_float_tensor(grad_out, "grad_out", 2);
-    check_same(a, grad_out, "data_half", "grad_out");
-    INFOMAX_CHECK(grad_out.size(0) == 2 * m && grad_out.size(1) == h, "infomax_ext: grad_out has shape ",
-                shape_of(grad_out), ", expected [", 2 * m, ", ", h, "]");
-    check_index_vector(inverse_perm, a, "inverse_perm", m);
-    go = as_contiguous(grad_out);
-    inv = as_contiguous(inverse_perm);
+      : PairedFirstLayerArgs(data_half_in, latent_half_in, shuffled_source, bias_in, perm_in,
+                             activation) {
+    check_float_tensor(grad_out_in, "grad_out", 2);
+    check_same(data_half, grad_out_in, "data_half", "grad_out");
+    INFOMAX_CHECK(grad_out_in.size(0) == 2 * m && grad_out_in.size(1) == h,
+                  "infomax_ext: grad_out has shape ", shape_of(grad_out_in), ", expected [", 2 * m,
+                  ", ", h, "]");
+    check_index_vector(inverse_perm_in, data_half, "inverse_perm", m);
+    grad_out = as_contiguous(grad_out_in);
+    inverse_perm = as_contiguous(inverse_perm_in);
     const std::vector<bool> output_mask = checked_mask(mask_in, 4);
-    want_a = output_mask[0];
-    want_b = output_mask[1];
-    want_c = output_mask[2] && has_source;
+    want_data_half = output_mask[0];
+    want_latent_half = output_mask[1];
+    want_source = output_mask[2] && has_source;
     want_bias = output_mask[3];
-    grad_a = gradient_or_empty(want_a, {n, h}, a);
-    grad_b = gradient_or_empty(want_b, {m, h}, a);
-    grad_c = gradient_or_empty(want_c, {m, h}, a);
-    grad_bias = gradient_or_empty(want_bias, {h}, a);
+    grad_data_half = gradient_or_empty(want_data_half, {n, h}, data_half);
+    grad_latent_half = gradient_or_empty(want_latent_half, {m, h}, data_half);
+    grad_source = gradient_or_empty(want_source, {m, h}, data_half);
+    grad_bias = gradient_or_empty(want_bias, {h}, data_half);
   }
 
-  bool any_wanted() const { return want_a || want_b || want_c || want_bias; }
+  bool any_wanted() const { return want_data_half || want_latent_half || want_source || want_bias; }
   std::tuple<Tensor, Tensor, Tensor, Tensor> grads() const {
-    return {grad_a, grad_b, grad_c, grad_bias};
+    return {grad_data_half, grad_latent_half, grad_source, grad_bias};
   }
 };
 
@@ -95,12 +98,12 @@ inline void check_scalar_grad(const Tensor& grad, const Tensor& ref, const char*
 // nwj_head_backward: hidden (R, h), weight (h), scores and pre (R), grad_bound (one value),
 // grad_scores (R) or absent, and the three gradients (hidden, weight, bias).
 struct NwjHeadBackwardArgs {
-  Tensor hidden, w, scores, pre, grad_bound, gs, grad_hidden, grad_w, grad_b;
-  bool has_gs, want_hidden, want_w, want_b;
+  Tensor hidden, weight, scores, pre, grad_bound, grad_scores, grad_hidden, grad_weight, grad_bias;
+  bool has_grad_scores, want_hidden, want_weight, want_bias;
   Activation act;
   int64_t rows, h;
 
-  NwjHeadBackwardArgs(const Tensor& grad_bound_in, const std::optional<Tensor>& grad_scores,
+  NwjHeadBackwardArgs(const Tensor& grad_bound_in, const std::optional<Tensor>& grad_scores_in,
                       const Tensor& hidden_in, const Tensor& weight_in,
                       const Tensor& scores_in, const Tensor& pre_in, int64_t n_joint,
                       std::string_view activation, const std::vector<bool>& mask_in) {
@@ -108,7 +111,7 @@ struct NwjHeadBackwardArgs {
     check_scalar_grad(grad_bound_in, hidden_in, "grad_bound");
     act = checked_activation(std::string(activation));
     hidden = as_contiguous(hidden_in);
-    w = as_contiguous(weight_in);
+    weight = as_contiguous(weight_in);
     scores = as_contiguous(scores_in);
     pre = as_contiguous(pre_in);
     grad_bound = as_contiguous(grad_bound_in);
@@ -118,23 +121,23 @@ struct NwjHeadBackwardArgs {
                 "infomax_ext: scores and pre must have one entry per row of hidden");
     check_same(hidden, scores, "hidden", "scores");
     check_same(hidden, pre, "hidden", "pre");
-    has_gs = grad_scores.has_value() && grad_scores->defined();
-    if (has_gs) {
-      gs = as_contiguous(*grad_scores);
-      INFOMAX_CHECK(gs.numel() == rows, "infomax_ext: grad_scores must have ", rows, " entries");
-      check_same(hidden, gs, "hidden", "grad_scores");
+    has_grad_scores = grad_scores_in.has_value() && grad_scores_in->defined();
+    if (has_grad_scores) {
+      grad_scores = as_contiguous(*grad_scores_in);
+      INFOMAX_CHECK(grad_scores.numel() == rows, "infomax_ext: grad_scores must have ", rows, " entries");
+      check_same(hidden, grad_scores, "hidden", "grad_scores");
     }
     const std::vector<bool> output_mask = checked_mask(mask_in, 3);
     want_hidden = output_mask[0];
-    want_w = output_mask[1];
-    want_b = output_mask[2];
+    want_weight = output_mask[1];
+    want_bias = output_mask[2];
     grad_hidden = gradient_or_empty(want_hidden, {rows, h}, hidden);
-    grad_w = gradient_or_empty(want_w, {h}, hidden);
-    grad_b = gradient_or_empty(want_b, {1}, hidden);
+    grad_weight = gradient_or_empty(want_weight, {h}, hidden);
+    grad_bias = gradient_or_empty(want_bias, {1}, hidden);
   }
 
-  bool any_wanted() const { return want_hidden || want_w || want_b; }
-  std::tuple<Tensor, Tensor, Tensor> grads() const { return {grad_hidden, grad_w, grad_b}; }
+  bool any_wanted() const { return want_hidden || want_weight || want_bias; }
+  std::tuple<Tensor, Tensor, Tensor> grads() const { return {grad_hidden, grad_weight, grad_bias}; }
 };
 
 }  // namespace infomax_ext

@@ -157,7 +157,7 @@ def test_paired_first_layer_autograd_matches_cpu(with_source):
 @pytest.mark.parametrize("with_source,with_bias", [(False, True), (True, False)])
 @pytest.mark.parametrize("given_data_half", [False, True])
 def test_paired_linear_matches_cpu(dtype, n, with_source, with_bias, given_data_half):
-    """The whole first layer (split-weight GEMMs + fused op, C++ autograd) on CUDA: values and
+    """The whole first layer (split-weight GEMMs + fused op, one autograd node) on CUDA: values and
     every gradient equal the CPU's, with the data half computed or given; n = 600 takes the
     transposed weight-gradient branch."""
     s, dx, dz, h = 2, 20, 3, 17

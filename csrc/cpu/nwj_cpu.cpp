@@ -149,10 +149,10 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
     const std::vector<bool>& output_mask) {
   const NwjHeadBackwardArgs args(grad_bound_in, grad_scores_in, hidden_in, weight_in, scores_in,
                                  pre_in, n_joint, activation, output_mask);
-  const Tensor &hidden = args.hidden, &w = args.w, &scores = args.scores, &pre = args.pre;
-  const Tensor &gs = args.gs, &grad_bound = args.grad_bound;
+  const Tensor &hidden = args.hidden, &w = args.weight, &scores = args.scores, &pre = args.pre;
+  const Tensor &grad_scores = args.grad_scores, &grad_bound = args.grad_bound;
   const Activation act = args.act;
-  const bool has_gs = args.has_gs, want_w = args.want_w, want_b = args.want_b;
+  const bool has_grad_scores = args.has_grad_scores, want_w = args.want_weight, want_b = args.want_bias;
   const int64_t rows = args.rows, h = args.h;
   if (!args.any_wanted()) return args.grads();
 
@@ -163,7 +163,7 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
     const scalar_t* pw = w.const_data_ptr<scalar_t>();
     const scalar_t* ps = scores.const_data_ptr<scalar_t>();
     const scalar_t* ppre = pre.const_data_ptr<scalar_t>();
-    const scalar_t* pgs = has_gs ? gs.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pgs = has_grad_scores ? grad_scores.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t g = *grad_bound.const_data_ptr<scalar_t>();
     const scalar_t inv_j = scalar_t(1) / scalar_t(n_joint);
     const scalar_t inv_m = scalar_t(1) / scalar_t(rows - n_joint);
@@ -197,7 +197,7 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
       });
     });
     if (want_w) {
-      scalar_t* pgw = args.grad_w.mutable_data_ptr<scalar_t>();
+      scalar_t* pgw = args.grad_weight.mutable_data_ptr<scalar_t>();
       for (int64_t j = 0; j < h; ++j) {
         acc_t total = 0;
         for (int64_t c = 0; c < chunks; ++c) total += acc_t(w_partial[c * h + j]);
@@ -207,7 +207,7 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
     if (want_b) {
       acc_t total = 0;
       for (int64_t c = 0; c < chunks; ++c) total += b_partial[c];
-      *args.grad_b.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(total);
+      *args.grad_bias.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(total);
     }
   });
   return args.grads();

@@ -18,16 +18,16 @@ constexpr int64_t kRowsPerChunk = 32;
 
 template <typename scalar_t>
 struct BackwardPointers {
-  const scalar_t* a;     // data half (N, H)
-  const scalar_t* b;     // latent half (M, H)
-  const scalar_t* c;     // shuffled source (M, H), or b
+  const scalar_t* data_half;    // (N, H)
+  const scalar_t* latent_half;  // (M, H)
+  const scalar_t* source;       // the shuffled source (M, H), or latent_half
   const scalar_t* bias;  // (H)
-  const scalar_t* go;    // grad_out (2M, H)
+  const scalar_t* grad_out;     // (2M, H)
   const int64_t* perm;
-  const int64_t* inv;
-  scalar_t* ga;  // (N, H) or null
-  scalar_t* gb;  // (M, H) or null
-  scalar_t* gc;  // (M, H) or null
+  const int64_t* inverse_perm;
+  scalar_t* grad_data_half;    // (N, H) or null
+  scalar_t* grad_latent_half;  // (M, H) or null
+  scalar_t* grad_source;       // (M, H) or null
 };
 
 // The inner loop over the H units of one row, with every choice made at compile time so that it
@@ -59,18 +59,18 @@ inline void backward_units(const scalar_t* __restrict__ ar, const scalar_t* __re
 
 // Turns the runtime flags into template arguments of backward_units (32 instantiations).
 template <Activation A, typename scalar_t, typename... Flags>
-inline void backward_units_dispatch(bool accumulate, bool want_a, bool want_b, bool want_c,
+inline void backward_units_dispatch(bool accumulate, bool want_data_half, bool want_latent_half, bool want_source,
                                     bool want_bias, const scalar_t* ar, const scalar_t* br,
                                     const scalar_t* cr, const scalar_t* bias,
                                     const scalar_t* g_joint, const scalar_t* g_shuf, scalar_t* gar,
                                     scalar_t* gbr, scalar_t* gcr, scalar_t* bsum, int64_t h,
                                     scalar_t p) {
   auto with = [&](auto f) {
-    auto b = [](bool v, auto g) {
+    auto branch = [](bool v, auto g) {
       if (v) g(std::true_type{}); else g(std::false_type{});
     };
-    b(accumulate, [&](auto acc) { b(want_a, [&](auto wa) { b(want_b, [&](auto wb) {
-      b(want_c, [&](auto wc) { b(want_bias, [&](auto wbias) {
+    branch(accumulate, [&](auto acc) { branch(want_data_half, [&](auto wa) { branch(want_latent_half, [&](auto wb) {
+      branch(want_source, [&](auto wc) { branch(want_bias, [&](auto wbias) {
         f(acc, wa, wb, wc, wbias);
       }); }); }); }); });
   };
@@ -87,18 +87,18 @@ inline void backward_row(const BackwardPointers<scalar_t>& ptr, int64_t r, int64
                          int64_t m, int64_t h, scalar_t p, bool accumulate_a, bool has_source,
                          scalar_t* bsum) {
   const int64_t src_row = ptr.perm[r];
-  scalar_t* gbr = ptr.gb ? ptr.gb + r * h : nullptr;
-  backward_units_dispatch<A>(accumulate_a, ptr.ga != nullptr, gbr != nullptr, ptr.gc != nullptr,
-                             bsum != nullptr, ptr.a + i * h, ptr.b + r * h, ptr.c + src_row * h,
-                             ptr.bias, ptr.go + r * h, ptr.go + (m + r) * h,
-                             ptr.ga ? ptr.ga + i * h : nullptr, gbr,
-                             ptr.gc ? ptr.gc + src_row * h : nullptr, bsum, h, p);
+  scalar_t* gbr = ptr.grad_latent_half ? ptr.grad_latent_half + r * h : nullptr;
+  backward_units_dispatch<A>(accumulate_a, ptr.grad_data_half != nullptr, gbr != nullptr, ptr.grad_source != nullptr,
+                             bsum != nullptr, ptr.data_half + i * h, ptr.latent_half + r * h, ptr.source + src_row * h,
+                             ptr.bias, ptr.grad_out + r * h, ptr.grad_out + (m + r) * h,
+                             ptr.grad_data_half ? ptr.grad_data_half + i * h : nullptr, gbr,
+                             ptr.grad_source ? ptr.grad_source + src_row * h : nullptr, bsum, h, p);
   if (gbr && !has_source) {
-    // Shuffled row q = inv[r] read latent row r: its gradient comes back here.
-    const int64_t q = ptr.inv[r];
-    const scalar_t* __restrict__ aq = ptr.a + (q % n) * h;
-    const scalar_t* __restrict__ br = ptr.b + r * h;
-    const scalar_t* __restrict__ g_q = ptr.go + (m + q) * h;
+    // Shuffled row q = inverse_perm[r] read latent row r: its gradient comes back here.
+    const int64_t q = ptr.inverse_perm[r];
+    const scalar_t* __restrict__ aq = ptr.data_half + (q % n) * h;
+    const scalar_t* __restrict__ br = ptr.latent_half + r * h;
+    const scalar_t* __restrict__ g_q = ptr.grad_out + (m + q) * h;
     const scalar_t* __restrict__ bias = ptr.bias;
     scalar_t* __restrict__ out = gbr;
     for (int64_t j = 0; j < h; ++j) {
@@ -120,17 +120,17 @@ Tensor paired_first_layer_cpu(const Tensor& data_half_in, const Tensor& latent_h
                                   std::string_view activation, double param) {
   const PairedFirstLayerArgs args(data_half_in, latent_half_in, shuffled_source_in, bias_in, perm_in,
                                   activation);
-  const Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
+  const Tensor &data_half = args.data_half, &latent_half = args.latent_half, &source = args.source, &bias = args.bias, &perm = args.perm;
   const Activation act = args.act;
   const int64_t n = args.n, h = args.h, m = args.m;
   check_perm_range(perm.const_data_ptr<int64_t>(), m);
-  Tensor out = empty_on(a, {2 * m, h});
+  Tensor out = empty_on(data_half, {2 * m, h});
 
-  dispatch_floating(a.scalar_type(), "paired_first_layer_cpu", [&](auto type_tag) {
+  dispatch_floating(data_half.scalar_type(), "paired_first_layer_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
-    const scalar_t* pa = a.const_data_ptr<scalar_t>();
-    const scalar_t* pb = b.const_data_ptr<scalar_t>();
-    const scalar_t* pc = c.const_data_ptr<scalar_t>();
+    const scalar_t* pa = data_half.const_data_ptr<scalar_t>();
+    const scalar_t* pb = latent_half.const_data_ptr<scalar_t>();
+    const scalar_t* pc = source.const_data_ptr<scalar_t>();
     const scalar_t* pbias = bias.const_data_ptr<scalar_t>();
     const int64_t* pp = perm.const_data_ptr<int64_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
@@ -164,28 +164,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cpu(
   const PairedFirstLayerBackwardArgs args(grad_out_in, data_half_in, latent_half_in,
                                           shuffled_source_in, bias_in, perm_in, inverse_perm_in,
                                           activation, output_mask);
-  const Tensor &a = args.a, &b = args.b, &c = args.c, &bias = args.bias, &perm = args.perm;
-  const Tensor &go = args.go, &inv = args.inv;
+  const Tensor &data_half = args.data_half, &latent_half = args.latent_half, &source = args.source, &bias = args.bias, &perm = args.perm;
+  const Tensor &grad_out = args.grad_out, &inverse_perm = args.inverse_perm;
   const Activation act = args.act;
   const bool has_source = args.has_source, want_bias = args.want_bias;
   const int64_t n = args.n, h = args.h, m = args.m, s = m / n;
   check_perm_range(perm.const_data_ptr<int64_t>(), m);
-  check_perm_range(inv.const_data_ptr<int64_t>(), m);
+  check_perm_range(inverse_perm.const_data_ptr<int64_t>(), m);
   if (!args.any_wanted()) return args.grads();
 
-  dispatch_floating(a.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
+  dispatch_floating(data_half.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using acc_t = acc_type<scalar_t, false>;
     BackwardPointers<scalar_t> ptr{
-        a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
-        bias.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
-        perm.const_data_ptr<int64_t>(), inv.const_data_ptr<int64_t>(),
-        args.want_a ? args.grad_a.mutable_data_ptr<scalar_t>() : nullptr,
-        args.want_b ? args.grad_b.mutable_data_ptr<scalar_t>() : nullptr,
-        args.want_c ? args.grad_c.mutable_data_ptr<scalar_t>() : nullptr};
+        data_half.const_data_ptr<scalar_t>(), latent_half.const_data_ptr<scalar_t>(), source.const_data_ptr<scalar_t>(),
+        bias.const_data_ptr<scalar_t>(), grad_out.const_data_ptr<scalar_t>(),
+        perm.const_data_ptr<int64_t>(), inverse_perm.const_data_ptr<int64_t>(),
+        args.want_data_half ? args.grad_data_half.mutable_data_ptr<scalar_t>() : nullptr,
+        args.want_latent_half ? args.grad_latent_half.mutable_data_ptr<scalar_t>() : nullptr,
+        args.want_source ? args.grad_source.mutable_data_ptr<scalar_t>() : nullptr};
     const scalar_t p = static_cast<scalar_t>(param);
     // Chunks of data rows i; each handles rows i, N + i, ..., (S-1) N + i of the latent half,
-    // so the sum over samples into grad_a[i] stays inside one task.
+    // so the sum over samples into grad_data_half[i] stays inside one task.
     const int64_t n_chunks = (n + kRowsPerChunk - 1) / kRowsPerChunk;
     std::vector<scalar_t> bias_partial(want_bias ? n_chunks * h : 0, scalar_t(0));
     dispatch_activation(act, [&](auto tag) {

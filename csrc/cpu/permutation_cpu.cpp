@@ -1,13 +1,12 @@
 // CPU kernels of the seeded permutation: counter-based keys, and the inverse of a permutation.
+#include "../checks.h"
 #include "../permutation.h"
-#include "../tensor.h"
 
 namespace infomax_ext {
 namespace {
 
 Tensor permutation_keys_cpu(const Tensor& index, int64_t seed) {
-  INFOMAX_CHECK(index.scalar_type() == ScalarType::Long, "infomax_ext: index must be int64, got ",
-                index.scalar_type());
+  check_permutation_index(index);
   const Tensor idx = as_contiguous(index);
   Tensor keys = empty_like_shape(idx);
   const int64_t* in = idx.const_data_ptr<int64_t>();
@@ -20,9 +19,7 @@ Tensor permutation_keys_cpu(const Tensor& index, int64_t seed) {
 }
 
 Tensor inverse_permutation_cpu(const Tensor& perm) {
-  INFOMAX_CHECK(perm.dim() == 1 && perm.scalar_type() == ScalarType::Long,
-                "infomax_ext: perm must be a 1-D int64 tensor, got ", perm.scalar_type(),
-                " of shape ", shape_of(perm));
+  check_permutation(perm);
   const Tensor p = as_contiguous(perm);
   const int64_t n = p.size(0);
   Tensor inverse = empty_like_shape(p);

@@ -230,11 +230,11 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
   const DeviceGuard guard(hidden_in);
   const NwjHeadBackwardArgs args(grad_bound_in, grad_scores_in, hidden_in, weight_in, scores_in,
                                  pre_in, n_joint, activation, output_mask);
-  const Tensor &hidden = args.hidden, &w = args.w, &scores = args.scores, &pre = args.pre;
-  const Tensor &gs = args.gs, &grad_bound = args.grad_bound;
+  const Tensor &hidden = args.hidden, &w = args.weight, &scores = args.scores, &pre = args.pre;
+  const Tensor &grad_scores = args.grad_scores, &grad_bound = args.grad_bound;
   const Activation act = args.act;
-  const bool has_gs = args.has_gs, want_hidden = args.want_hidden, want_w = args.want_w;
-  const bool want_b = args.want_b;
+  const bool has_grad_scores = args.has_grad_scores, want_hidden = args.want_hidden, want_w = args.want_weight;
+  const bool want_b = args.want_bias;
   const int64_t rows = args.rows, h = args.h;
   if (!args.any_wanted()) return args.grads();
   INFOMAX_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: nwj_head supports at most ",
@@ -255,7 +255,7 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       nwj_head_backward_kernel<A, scalar_t, acc_t><<<grid, block, 0, stream>>>(
-          grad_bound.const_data_ptr<scalar_t>(), has_gs ? gs.const_data_ptr<scalar_t>() : nullptr,
+          grad_bound.const_data_ptr<scalar_t>(), has_grad_scores ? grad_scores.const_data_ptr<scalar_t>() : nullptr,
           hidden.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
           scores.const_data_ptr<scalar_t>(), pre.const_data_ptr<scalar_t>(), rows, h, n_joint,
           scalar_t(1) / scalar_t(n_joint), scalar_t(1) / scalar_t(rows - n_joint),
@@ -265,10 +265,10 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
     });
     if (want_w) {
       launch_column_sums<scalar_t, acc_t>(pw_partial, chunks, h,
-                                          args.grad_w.mutable_data_ptr<scalar_t>(), stream);
+                                          args.grad_weight.mutable_data_ptr<scalar_t>(), stream);
     }
     if (want_b) {
-      launch_column_sums<scalar_t, acc_t>(pb_partial, chunks, 1, args.grad_b.mutable_data_ptr<scalar_t>(),
+      launch_column_sums<scalar_t, acc_t>(pb_partial, chunks, 1, args.grad_bias.mutable_data_ptr<scalar_t>(),
                                           stream);
     }
   });

@@ -83,10 +83,10 @@ class _PairedFirstLayer(torch.autograd.Function):
 # ------------------------------------------------------------------------------ paired_linear
 
 
-def _check_2d_float(t: torch.Tensor, name: str) -> None:
-    if t.dim() != 2:
+def _check_float(t: torch.Tensor, name: str, dim: int) -> None:
+    if t.dim() != dim:
         raise RuntimeError(
-            f"infomax_ext: {name} must have 2 dimension(s), got shape {list(t.shape)}")
+            f"infomax_ext: {name} must have {dim} dimension(s), got shape {list(t.shape)}")
     if t.dtype not in (torch.float32, torch.float64):
         raise RuntimeError(f"infomax_ext: {name} must be float32 or float64, got {t.dtype}")
 
@@ -102,9 +102,9 @@ def _check_same(ref: torch.Tensor, t: torch.Tensor, ref_name: str, name: str) ->
 
 
 def _check_paired_linear(hx, hz, source, weight, bias, data_half) -> None:
-    _check_2d_float(hx, "hx")
-    _check_2d_float(hz, "hz")
-    _check_2d_float(weight, "weight")
+    _check_float(hx, "hx", 2)
+    _check_float(hz, "hz", 2)
+    _check_float(weight, "weight", 2)
     _check_same(hx, hz, "hx", "hz")
     _check_same(hx, weight, "hx", "weight")
     if weight.shape[1] != hx.shape[1] + hz.shape[1]:
@@ -112,23 +112,21 @@ def _check_paired_linear(hx, hz, source, weight, bias, data_half) -> None:
             f"infomax_ext: the first layer's weight takes {weight.shape[1]} features but hx has "
             f"{hx.shape[1]} and hz has {hz.shape[1]}")
     if source is not None:
-        _check_2d_float(source, "hz_source")
+        _check_float(source, "hz_source", 2)
         _check_same(hx, source, "hx", "hz_source")
         if source.shape != hz.shape:
             raise RuntimeError(
                 f"infomax_ext: hz_source has shape {list(source.shape)} but hz has shape "
                 f"{list(hz.shape)}")
     if bias is not None:
-        if bias.dim() != 1:
-            raise RuntimeError(
-                f"infomax_ext: bias must have 1 dimension(s), got shape {list(bias.shape)}")
+        _check_float(bias, "bias", 1)
         _check_same(hx, bias, "hx", "bias")
         if bias.shape[0] != weight.shape[0]:
             raise RuntimeError(
                 f"infomax_ext: bias has {bias.shape[0]} entries but the layer has "
                 f"{weight.shape[0]} units")
     if data_half is not None:
-        _check_2d_float(data_half, "data_half")
+        _check_float(data_half, "data_half", 2)
         _check_same(hx, data_half, "hx", "data_half")
         if tuple(data_half.shape) != (hx.shape[0], weight.shape[0]):
             raise RuntimeError(
