@@ -84,6 +84,23 @@ def test_from_config_round_trip():
     assert isinstance(again.mlp[1], nn.LeakyReLU) and again.mlp[1].negative_slope == 0.3
 
 
+def test_the_chain_and_the_vae_share_their_builders():
+    # One set of builders: the same init (here one that writes in place), the same activation
+    # configs and the same config checks for the MI chain as for an encoder.
+    def init(w):
+        w.fill_(0.25)
+
+    mi = im.MutualInfoChain.from_sizes(6, 2, [4], [nn.LeakyReLU(0.3)], init=init)
+    enc = im.JointGaussianLogEncoder.from_sizes(6, 2, [4], [nn.LeakyReLU(0.3)], init=init)
+    for module in (mi, enc):
+        linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+        assert all(bool((m.weight == 0.25).all()) and not m.bias.any() for m in linears)
+    leaky = [{"name": "leaky_relu", "param": 0.3}]
+    assert mi.config["mlp_activations"] == enc.config["encoder_activation"] == leaky
+    with pytest.raises(ValueError, match="config is for 'JointGaussianLogEncoder', not 'MutualInfoChain'"):
+        im.MutualInfoChain.from_config(enc.config)
+
+
 def test_chain_rejects_bad_batches():
     mi = paper_like_chain()
     with pytest.raises(ValueError, match="batch sizes differ"):

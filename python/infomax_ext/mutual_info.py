@@ -19,16 +19,8 @@ import torch
 from torch import nn
 
 from . import _ops
-from .activations import (
-    ActivationSpec,
-    activation_config,
-    activation_from_config,
-    apply_activation,
-    as_module,
-    identity,
-    kernel_spec,
-)
-from .vae import _check_layers, _check_size, _parse_size
+from ._builders import Built, builder_config, check_layers, check_size, head, linear, mlp, parse_size
+from .activations import ActivationSpec, apply_activation, identity, kernel_spec
 
 __all__ = [
     "MutualInfoChain",
@@ -76,18 +68,18 @@ def check_batch(x: torch.Tensor, z: torch.Tensor | None = None, *, what: str = "
     return n
 
 
-class MutualInfoChain(nn.Module):
+class MutualInfoChain(Built):
     """The critic T(x, z) of the InfoMax VAE.
 
     ``mi(x, z) = mlp(cat([data(x), latent(z)], dim=1)).squeeze(-1)``: x (N, *data_shape),
     z (N, d), scores (N,). ``data`` must flatten non-flat inputs; ``data`` and ``latent`` must act
-    per sample; ``mlp`` ends with a single output unit.
+    per sample; ``mlp`` ends with a single output unit. :meth:`from_sizes` builds the default
+    chain and records its ``config``; ``from_config`` rebuilds it.
     """
 
     def __init__(self, data: nn.Module, latent: nn.Module, mlp: nn.Module):
         super().__init__()
         self.data, self.latent, self.mlp = data, latent, mlp
-        self.config: dict | None = None
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         check_batch(x, z, what="MutualInfoChain")
@@ -112,45 +104,21 @@ class MutualInfoChain(nn.Module):
         act1, ..., Linear(h_k, 1), output_activation. Weights drawn by ``init`` (Glorot uniform
         by default), biases zero.
         """
-        n_in, shape = _parse_size("size_input", size_input)
-        _check_size("n_latent", n_latent)
-        mlp_neurons = _check_layers("mlp_neurons", mlp_neurons, "mlp_activations", mlp_activations)
-
-        def linear(n_a: int, n_b: int) -> nn.Linear:
-            layer = nn.Linear(n_a, n_b)
-            init(layer.weight)
-            nn.init.zeros_(layer.bias)
-            return layer
-
-        data = nn.Sequential(*([nn.Flatten()] if shape is not None else []), linear(n_in, n_in))
-        latent = linear(n_latent, n_latent)
-        layers: list[nn.Module] = []
-        width = n_in + n_latent
-        for h, act in zip(mlp_neurons, mlp_activations):
-            layers += [linear(width, h), as_module(act)]
-            width = h
-        layers += [linear(width, 1), as_module(output_activation)]
+        n_in, shape = parse_size("size_input", size_input)
+        check_size("n_latent", n_latent)
+        mlp_neurons = check_layers("mlp_neurons", mlp_neurons, "mlp_activations", mlp_activations)
+        flatten = [nn.Flatten()] if shape is not None else []
+        data = nn.Sequential(*flatten, linear(n_in, n_in, init))
+        latent = linear(n_latent, n_latent, init)
+        width = mlp_neurons[-1] if mlp_neurons else n_in + n_latent
+        layers = [*mlp(n_in + n_latent, mlp_neurons, mlp_activations, init),
+                  *head(width, 1, output_activation, init)]
         chain = cls(data, latent, nn.Sequential(*layers))
-        chain.config = {
-            "class": "MutualInfoChain",
-            "size_input": shape if shape is not None else n_in,
-            "n_latent": n_latent,
-            "mlp_neurons": mlp_neurons,
-            "mlp_activations": activation_config(mlp_activations),
-            "output_activation": activation_config(output_activation),
-        }
-        return chain
-
-    @classmethod
-    def from_config(cls, config: dict) -> "MutualInfoChain":
-        """Rebuild a chain made by :meth:`from_sizes` from its ``config`` (fresh weights)."""
-        if not isinstance(config, dict) or config.get("class") != "MutualInfoChain":
-            raise ValueError(f"not a MutualInfoChain config: {config!r}")
-        return cls.from_sizes(
-            config["size_input"], config["n_latent"], config["mlp_neurons"],
-            activation_from_config(config["mlp_activations"], "mlp_activations"),
-            activation_from_config(config["output_activation"], "output_activation"),
+        chain.config = builder_config(
+            cls.__name__, size_input=size_input, n_latent=n_latent, mlp_neurons=mlp_neurons,
+            mlp_activations=list(mlp_activations), output_activation=output_activation,
         )
+        return chain
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,12 +12,13 @@ blocks of ``N`` rows (``M = S * N`` rows, row ``r`` belonging to input ``r % N``
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .activations import activation_config, activation_from_config, as_module, identity
+from ._builders import Built, builder_config, check_layers, check_size, head, mlp, parse_size
+from .activations import identity
 
 __all__ = [
     "GaussianLogOutput",
@@ -83,41 +84,6 @@ class VAEOutput(NamedTuple):
 
 # ----------------------------------------------------------------------------- builder helpers
 
-def _check_size(name: str, value) -> int:
-    """``value`` when it is a positive int; a TypeError for any other type (bool included), a
-    ValueError for an int under 1, each naming the argument ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _parse_size(name: str, size) -> tuple[int, list[int] | None]:
-    """``(number of features, shape or None)`` of an int or a shape tuple/list."""
-    if isinstance(size, (tuple, list, torch.Size)):
-        if len(size) == 0:
-            raise ValueError(f"{name} must be a positive int or a non-empty shape, got {size!r}")
-        shape = [_check_size(f"{name}[{i}]", s) for i, s in enumerate(size)]
-        return math.prod(shape), shape
-    return _check_size(name, size), None
-
-
-def _check_layers(neurons_name: str, neurons, activations_name: str, activations) -> list[int]:
-    if not isinstance(neurons, (list, tuple)):
-        raise TypeError(f"{neurons_name} must be a list of ints, got {neurons!r}")
-    if not isinstance(activations, (list, tuple)):
-        raise TypeError(
-            f"{activations_name} must be a list with one activation per layer, got {activations!r}"
-        )
-    if len(neurons) != len(activations):
-        raise ValueError(
-            f"{neurons_name} has {len(neurons)} layers but {activations_name} has "
-            f"{len(activations)} activations; each layer needs exactly one activation"
-        )
-    return [_check_size(f"{neurons_name}[{i}]", n) for i, n in enumerate(neurons)]
-
-
 def _pair(name: str, activation, second_default) -> tuple:
     """An output activation given once or as a pair ``(first head, second head)``."""
     if isinstance(activation, (list, tuple)):
@@ -129,84 +95,28 @@ def _pair(name: str, activation, second_default) -> tuple:
     return activation, (activation if second_default is None else second_default)
 
 
-def _linear(n_in: int, n_out: int, init: Callable) -> nn.Linear:
-    layer = nn.Linear(n_in, n_out)
-    with torch.no_grad():
-        init(layer.weight)
-        layer.bias.zero_()
-    return layer
-
-
-def _mlp(n_in: int, neurons: list[int], activations, init: Callable) -> list[nn.Module]:
-    """``Linear(n_in -> neurons[0]), act[0], ..., Linear(... -> neurons[-1]), act[-1]``."""
-    layers: list[nn.Module] = []
-    for n_out, activation in zip(neurons, activations):
-        layers += [_linear(n_in, n_out, init), as_module(activation)]
-        n_in = n_out
-    return layers
-
-
-def _head(n_in: int, n_out: int, activation, init: Callable, shape) -> nn.Sequential:
-    """``Linear(n_in -> n_out)``, the activation, then an unflatten to ``shape`` if given."""
-    layers = [_linear(n_in, n_out, init), as_module(activation)]
-    if shape is not None:
-        layers.append(nn.Unflatten(1, tuple(shape)))
-    return nn.Sequential(*layers)
-
-
-def _config(cls_name: str, **args) -> dict:
-    """The JSON-serialisable builder arguments, activations as names."""
-    config = {"class": cls_name}
-    for key, value in args.items():
-        if key.endswith("activation"):
-            value = activation_config(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        config[key] = value
-    return config
-
-
-class _Built(nn.Module):
-    """Base of the encoders and decoders: a ``config`` (``None`` unless made by ``from_sizes``)."""
-
-    config: dict | None = None
-
-    @classmethod
-    def from_config(cls, config: dict):
-        """Rebuild the architecture ``from_sizes`` recorded in ``config`` (fresh weights)."""
-        if not isinstance(config, dict) or config.get("class") != cls.__name__:
-            found = config.get("class") if isinstance(config, dict) else type(config).__name__
-            raise ValueError(f"config is for {found!r}, not {cls.__name__!r}")
-        kwargs = {
-            key: activation_from_config(value, key) if key.endswith("activation") else value
-            for key, value in config.items()
-            if key != "class"
-        }
-        return cls.from_sizes(**kwargs)
-
-
 # ----------------------------------------------------------------------------- encoders
 
-class _Encoder(_Built):
+class _Encoder(Built):
     """Shared trunk ``encoder``, then two heads on its output."""
 
     @classmethod
     def _build(cls, size_input, n_latent, encoder_neurons, encoder_activation,
                latent_activation, init, second_default):
-        n_in, shape = _parse_size("size_input", size_input)
-        _check_size("n_latent", n_latent)
-        neurons = _check_layers("encoder_neurons", encoder_neurons,
+        n_in, shape = parse_size("size_input", size_input)
+        check_size("n_latent", n_latent)
+        neurons = check_layers("encoder_neurons", encoder_neurons,
                                 "encoder_activation", encoder_activation)
         first_act, second_act = _pair("latent_activation", latent_activation, second_default)
         trunk = [nn.Flatten()] if shape is not None else []
-        trunk += _mlp(n_in, neurons, encoder_activation, init)
+        trunk += mlp(n_in, neurons, encoder_activation, init)
         n_hidden = neurons[-1] if neurons else n_in
         module = cls(
             nn.Sequential(*trunk),
-            _head(n_hidden, n_latent, first_act, init, None),
-            _head(n_hidden, n_latent, second_act, init, None),
+            head(n_hidden, n_latent, first_act, init, None),
+            head(n_hidden, n_latent, second_act, init, None),
         )
-        module.config = _config(
+        module.config = builder_config(
             cls.__name__, size_input=size_input, n_latent=n_latent,
             encoder_neurons=list(encoder_neurons), encoder_activation=list(encoder_activation),
             latent_activation=latent_activation,
@@ -270,11 +180,11 @@ def _decoder_net(n_latent, n_out, shape, neurons, activations, output_activation
     """``Linear(n_latent -> h1), act1, ..., Linear(hk -> n_out), output_activation``, then an
     unflatten to ``shape`` if given."""
     n_hidden = neurons[-1] if neurons else n_latent
-    return nn.Sequential(*_mlp(n_latent, neurons, activations, init),
-                         *_head(n_hidden, n_out, output_activation, init, shape))
+    return nn.Sequential(*mlp(n_latent, neurons, activations, init),
+                         *head(n_hidden, n_out, output_activation, init, shape))
 
 
-class _OneNetDecoder(_Built):
+class _OneNetDecoder(Built):
     """One network ``decoder`` on ``z``; its output is the one field of ``_output``."""
 
     _output: type = BernoulliOutput
@@ -289,13 +199,13 @@ class _OneNetDecoder(_Built):
     @classmethod
     def _build(cls, size_output, n_latent, decoder_neurons, decoder_activation,
                output_activation, init):
-        n_out, shape = _parse_size("size_output", size_output)
-        _check_size("n_latent", n_latent)
-        neurons = _check_layers("decoder_neurons", decoder_neurons,
+        n_out, shape = parse_size("size_output", size_output)
+        check_size("n_latent", n_latent)
+        neurons = check_layers("decoder_neurons", decoder_neurons,
                                 "decoder_activation", decoder_activation)
         module = cls(_decoder_net(n_latent, n_out, shape, neurons, decoder_activation,
                                   output_activation, init))
-        module.config = _config(
+        module.config = builder_config(
             cls.__name__, size_output=size_output, n_latent=n_latent,
             decoder_neurons=list(decoder_neurons), decoder_activation=list(decoder_activation),
             output_activation=output_activation,
@@ -333,24 +243,24 @@ class SimpleGaussianDecoder(_OneNetDecoder):
                           output_activation, init)
 
 
-class _JointDecoder(_Built):
+class _JointDecoder(Built):
     """Shared trunk ``decoder`` on ``z``, then two heads."""
 
     @classmethod
     def _build(cls, size_output, n_latent, decoder_neurons, decoder_activation,
                output_activation, init, second_default):
-        n_out, shape = _parse_size("size_output", size_output)
-        _check_size("n_latent", n_latent)
-        neurons = _check_layers("decoder_neurons", decoder_neurons,
+        n_out, shape = parse_size("size_output", size_output)
+        check_size("n_latent", n_latent)
+        neurons = check_layers("decoder_neurons", decoder_neurons,
                                 "decoder_activation", decoder_activation)
         first_act, second_act = _pair("output_activation", output_activation, second_default)
         n_hidden = neurons[-1] if neurons else n_latent
         module = cls(
-            nn.Sequential(*_mlp(n_latent, neurons, decoder_activation, init)),
-            _head(n_hidden, n_out, first_act, init, shape),
-            _head(n_hidden, n_out, second_act, init, shape),
+            nn.Sequential(*mlp(n_latent, neurons, decoder_activation, init)),
+            head(n_hidden, n_out, first_act, init, shape),
+            head(n_hidden, n_out, second_act, init, shape),
         )
-        module.config = _config(
+        module.config = builder_config(
             cls.__name__, size_output=size_output, n_latent=n_latent,
             decoder_neurons=list(decoder_neurons), decoder_activation=list(decoder_activation),
             output_activation=output_activation,
@@ -401,7 +311,7 @@ class JointGaussianDecoder(_JointDecoder):
                           output_activation, init, "softplus")
 
 
-class _SplitDecoder(_Built):
+class _SplitDecoder(Built):
     """Two separate networks on ``z``; ``_second`` names the second one's fields."""
 
     _second = ""
@@ -410,22 +320,22 @@ class _SplitDecoder(_Built):
     def _build(cls, size_output, n_latent, decoder_neurons, decoder_activation,
                output_activation, second_neurons, second_activation, init, second_default):
         second = cls._second
-        n_out, shape = _parse_size("size_output", size_output)
-        _check_size("n_latent", n_latent)
-        neurons = _check_layers("decoder_neurons", decoder_neurons,
+        n_out, shape = parse_size("size_output", size_output)
+        check_size("n_latent", n_latent)
+        neurons = check_layers("decoder_neurons", decoder_neurons,
                                 "decoder_activation", decoder_activation)
         if second_neurons is None:
             second_neurons = decoder_neurons
         if second_activation is None:
             second_activation = decoder_activation
-        neurons2 = _check_layers(f"{second}_neurons", second_neurons,
+        neurons2 = check_layers(f"{second}_neurons", second_neurons,
                                  f"{second}_activation", second_activation)
         first_act, second_act = _pair("output_activation", output_activation, second_default)
         module = cls(
             _decoder_net(n_latent, n_out, shape, neurons, decoder_activation, first_act, init),
             _decoder_net(n_latent, n_out, shape, neurons2, second_activation, second_act, init),
         )
-        module.config = _config(
+        module.config = builder_config(
             cls.__name__, size_output=size_output, n_latent=n_latent,
             decoder_neurons=list(decoder_neurons), decoder_activation=list(decoder_activation),
             output_activation=output_activation,
