@@ -140,3 +140,48 @@ def test_seeded_permutation_is_the_same_on_the_reference_path():
     compiled = im.seeded_permutation(500, 77)
     with im.use_reference_path():
         assert torch.equal(compiled, im.seeded_permutation(500, 77))
+
+
+def _package_imports() -> dict:
+    """For each module of the package, the package modules it imports, at module level or inside
+    functions (read from the source, so an import a call would make counts too)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(im.__file__).parent
+    modules = {path.stem: path for path in root.glob("*.py") if path.stem != "__init__"}
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                targets = [node.module] if node.module else [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("infomax_ext."):
+                targets = [node.module.split(".")[1]]
+            elif isinstance(node, ast.Import):
+                targets = [a.name.split(".")[1] for a in node.names
+                           if a.name.startswith("infomax_ext.")]
+            found |= {t.split(".")[0] for t in targets} & set(modules)
+        graph[name] = found - {name}
+    return graph
+
+
+def test_no_import_cycle_among_the_modules():
+    graph = _package_imports()
+    assert graph["serialization"] <= {"data"}  # files only: nothing from the model modules
+    state = {}  # 1: on the current path, 2: done
+
+    def visit(name, path):
+        state[name] = 1
+        for other in sorted(graph[name]):
+            if state.get(other) == 1:
+                cycle = path[path.index(other):] + [other]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if other not in state:
+                visit(other, path + [other])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])

@@ -16,6 +16,8 @@ from infomax_ext import (
     JointGaussianLogEncoder,
     MutualInfoChain,
     SplitGaussianLogDecoder,
+    load_model,
+    save_model,
 )
 from infomax_ext.activations import KERNEL_ACTIVATIONS
 from infomax_ext.serialization import (
@@ -24,8 +26,6 @@ from infomax_ext.serialization import (
     SerializationError,
     atomic_torch_save,
     atomic_write_text,
-    load_model,
-    save_model,
     safe_torch_load,
 )
 
@@ -72,6 +72,24 @@ def test_save_load_round_trip_is_exact(tmp_path, parts):
     out_b = loaded(x, latent=True, seed=3)
     assert torch.equal(out_a.mi, out_b.mi)
     assert torch.equal(out_a.vae.z, out_b.vae.z)
+
+
+def test_config_and_from_config_like_its_parts(tmp_path):
+    model = small_model()
+    config = model.config
+    assert config["vae"] == model.vae.config and config["mi"] == model.mi.config
+    assert config == json.loads(json.dumps(config))
+    state = torch.get_rng_state()
+    again = InfoMaxVAE.from_config(config)
+    assert torch.equal(state, torch.get_rng_state())  # the builders' draws leave it alone
+    again.load_state_dict(model.state_dict())
+    assert_same_model(model, again)
+    model.save(tmp_path)
+    assert json.loads((tmp_path / MODEL_CONFIG_FILE).read_text()) == config
+    hand_built = InfoMaxVAE(model.vae, MutualInfoChain(nn.Identity(), nn.Identity(), nn.Linear(9, 1)))
+    assert hand_built.config is None
+    with pytest.raises(SerializationError, match="not an InfoMaxVAE model config"):
+        InfoMaxVAE.from_config(model.vae.config)
 
 
 def test_float64_weights_stay_float64(tmp_path):

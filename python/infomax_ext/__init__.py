@@ -25,7 +25,9 @@ from .infomax import (
     InfoMaxVAEOutput,
     infomax_terms,
     infomaxloss,
+    load_model,
     miloss,
+    save_model,
     train_step,
 )
 from .mutual_info import (
@@ -38,7 +40,6 @@ from .mutual_info import (
     shuffle_latent,
     variational_mutual_info,
 )
-from .serialization import load_model, save_model
 from .trainer import TrainConfig, Trainer, fit
 from .vae import (
     VAE,

@@ -1,4 +1,5 @@
-"""The InfoMax VAE: the model, its two losses and the alternating training step.
+"""The InfoMax VAE: the model (with its config, save and load), its two losses and the training
+step.
 
 VAE loss:  ``-<log p(x|z)> + beta * KL(q(z|x) || p(z)) - alpha * I(x; z) + reg_strength * reg``;
 MI loss:   ``-I(x; z) + reg_strength * reg``, with ``I`` the NWJ bound of the MI chain.
@@ -6,11 +7,13 @@ MI loss:   ``-I(x; z) + reg_strength * reg``, with ``I`` the NWJ bound of the MI
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Callable, Iterable, NamedTuple
 
 import torch
 from torch import nn
 
+from .activations import ACTIVATIONS, spec_of_module
 from .mutual_info import (
     MIScores,
     MutualInfoChain,
@@ -19,10 +22,20 @@ from .mutual_info import (
     paired_mutual_info,
     reuse_data_half,
 )
+from .serialization import (
+    SerializationError,
+    load_model_weights,
+    read_model_config,
+    write_model_files,
+)
 from .vae import VAE, VAEOutput, decoder_loglikelihood, encoder_kl
 
 __all__ = ["InfoMaxVAE", "InfoMaxVAEOutput", "InfoMaxTerms", "infomaxloss", "infomax_terms",
-           "miloss", "train_step"]
+           "miloss", "train_step", "model_config", "save_model", "load_model"]
+
+# The "format" and "version" of InfoMaxVAE.config (model_config.json).
+FORMAT = "infomax_ext.InfoMaxVAE"
+VERSION = 1
 
 
 class InfoMaxVAEOutput(NamedTuple):
@@ -53,18 +66,138 @@ class InfoMaxVAE(nn.Module):
         perm = latent_permutation(x.shape[0], 1, seed, out.z.device)
         return InfoMaxVAEOutput(out, paired_mutual_info(self.mi, x, out.z, perm).bound)
 
-    def save(self, directory) -> None:
-        """Write the model (architecture and weights) to ``directory``; see :meth:`load`."""
-        from .serialization import save_model
+    @property
+    def config(self) -> dict | None:
+        """``{"format": "infomax_ext.InfoMaxVAE", "version": 1, "vae": <VAE config>, "mi":
+        <MutualInfoChain config>}``, the file ``model_config.json`` of :meth:`save`; ``None``
+        when a part carries no config (it was not built by ``from_sizes``)."""
+        vae_config = getattr(self.vae, "config", None)
+        mi_config = getattr(self.mi, "config", None)
+        if vae_config is None or mi_config is None:
+            return None
+        return {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
 
+    @classmethod
+    def from_config(cls, config: dict) -> "InfoMaxVAE":
+        """A fresh model with the architecture of ``config`` (:attr:`config`). The builders'
+        random initialisation runs under a forked RNG: torch's global generator is left as it
+        was. A :class:`SerializationError` names what is wrong with a config it cannot use."""
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            raise SerializationError(f"not an InfoMaxVAE model config (format {FORMAT!r} expected)")
+        if config.get("version") != VERSION:
+            raise SerializationError(
+                f"model config version {config.get('version')!r} is not supported (this is "
+                f"version {VERSION}); was it written by a newer infomax_ext?"
+            )
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return cls(VAE.from_config(config["vae"]), MutualInfoChain.from_config(config["mi"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SerializationError(f"cannot rebuild the model from its config: {exc}") from None
+
+    def save(self, directory) -> None:
+        """Write the model (architecture and weights) to ``directory``; see :meth:`load`.
+
+        Files: ``model_config.json`` (:attr:`config`) and ``model.pt`` (the state_dict), each
+        written atomically; the weights are stored on the CPU, so a model trained on a GPU loads
+        anywhere. Only a model whose encoder, decoder and MI chain were built by ``from_sizes``
+        with named activations (``activations.ACTIVATIONS``) can be saved: for any other, a
+        custom callable or module as an activation included, a :class:`SerializationError` is
+        raised before anything is written (a pickle would need the defining code at load time
+        and cannot be read back safely); save ``state_dict()`` with ``torch.save`` and rebuild
+        the architecture in code instead."""
         save_model(self, directory)
 
     @classmethod
     def load(cls, directory, map_location=None) -> "InfoMaxVAE":
-        """The model saved by :meth:`save` in ``directory``, rebuilt exactly."""
-        from .serialization import load_model
+        """The model saved by :meth:`save` in ``directory``, rebuilt exactly.
 
-        return load_model(directory, map_location=map_location)
+        Weights keep their saved dtypes (float64 stays float64); ``map_location`` (as in
+        ``torch.load``) places them on a device. A clear :class:`SerializationError` for a
+        missing directory, a missing or corrupt file, a config entry :meth:`save` does not write
+        (an unknown activation name, a parameter on an activation that takes none, a wrong
+        type, ...), or weights that do not fit the architecture."""
+        model = cls.from_config(read_model_config(directory))
+        load_model_weights(model, directory, map_location)
+        return model
+
+
+def model_config(model: nn.Module) -> dict:
+    """:attr:`InfoMaxVAE.config`, checked for saving: a :class:`SerializationError` saying why
+    when a part carries no config, when an activation has no name, or when an entry is not
+    JSON."""
+    vae, mi = getattr(model, "vae", None), getattr(model, "mi", None)
+    if not isinstance(vae, nn.Module) or not isinstance(mi, nn.Module):
+        raise SerializationError(
+            f"save_model expects an InfoMaxVAE (with .vae and .mi), got {type(model).__name__}"
+        )
+    vae_config, mi_config = getattr(vae, "config", None), getattr(mi, "config", None)
+    missing = []
+    if vae_config is None:
+        for part in ("encoder", "decoder"):
+            if getattr(getattr(vae, part, None), "config", None) is None:
+                missing.append(f"vae.{part}")
+        missing = missing or ["vae"]
+    if mi_config is None:
+        missing.append("mi")
+    if missing:
+        raise SerializationError(
+            f"cannot save this InfoMaxVAE: {', '.join(missing)} carries no config (it was not built "
+            "by from_sizes), so its architecture cannot be written as JSON. Build it with the "
+            "from_sizes builders, or save model.state_dict() with torch.save and rebuild the "
+            "architecture in code."
+        )
+    unnamed = (_unnamed_activation_entries(vae_config, "vae")
+               + _unnamed_activation_entries(mi_config, "mi"))
+    if unnamed:
+        modules = ", ".join(f"{name} = {module!r}" for name, module in model.named_modules()
+                            if _is_unnamed_activation(module))
+        raise SerializationError(
+            f"cannot save this InfoMaxVAE: activation with no name at {', '.join(unnamed)}"
+            + (f" ({modules})" if modules else "")
+            + f"; a config can only rebuild the named activations ({', '.join(ACTIVATIONS)})."
+            " Build it with named activations, or save model.state_dict() with torch.save and "
+            "rebuild the architecture in code."
+        )
+    # Round-trip through JSON now so an unserialisable entry fails here, not halfway through a save.
+    try:
+        vae_config = json.loads(json.dumps(vae_config))
+        mi_config = json.loads(json.dumps(mi_config))
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"the model's config is not JSON-serialisable: {exc}") from None
+    return {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
+
+
+def _unnamed_activation_entries(config: dict, path: str) -> list[str]:
+    """``"<path>.<key>[i]"`` for each activation entry of a builder config that holds no name."""
+    found = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            found += _unnamed_activation_entries(value, f"{path}.{key}")
+        elif key.endswith(("activation", "activations")):
+            if isinstance(value, list):
+                found += [f"{path}.{key}[{i}]" for i, entry in enumerate(value) if entry is None]
+            elif value is None:
+                found.append(f"{path}.{key}")
+    return found
+
+
+def _is_unnamed_activation(module: nn.Module) -> bool:
+    """Whether ``module`` is a layer of a built model that is an activation without a name."""
+    return (next(module.children(), None) is None
+            and not isinstance(module, (nn.Linear, nn.Flatten, nn.Unflatten))
+            and spec_of_module(module) is None)
+
+
+def save_model(model: nn.Module, directory) -> None:
+    """``model.save(directory)`` for an :class:`InfoMaxVAE` built by ``from_sizes``
+    (:meth:`InfoMaxVAE.save`); a :class:`SerializationError` for any other model."""
+    write_model_files(directory, model_config(model), model.state_dict())
+
+
+def load_model(directory, map_location=None) -> InfoMaxVAE:
+    """:meth:`InfoMaxVAE.load`: the model saved in ``directory``, rebuilt exactly."""
+    return InfoMaxVAE.load(directory, map_location=map_location)
 
 
 class InfoMaxTerms(NamedTuple):

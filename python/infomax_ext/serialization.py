@@ -1,20 +1,10 @@
-"""Saving and loading: models as a JSON config plus a state_dict, and atomic file writes.
+"""Files: atomic writes, safe reads, and a saved model's two files.
 
-A saved model is a directory holding
-
-- ``model_config.json``: ``{"format": "infomax_ext.InfoMaxVAE", "version": 1, "vae": <VAE
-  config>, "mi": <MutualInfoChain config>}``, the builder arguments ``from_sizes`` recorded, so the
-  architecture is rebuilt without the code that made it;
-- ``model.pt``: the ``state_dict`` (tensors only; read back with ``torch.load(weights_only=True)``).
-
-Only models whose encoder, decoder and MI chain were built by ``from_sizes`` (and so carry a
-``config``) with named activations (``activations.KERNEL_ACTIVATIONS``, with a leaky ReLU slope or
-an ELU alpha) can be saved this way. For any other model, a custom callable or module as an
-activation included, :func:`save_model` raises a :class:`SerializationError` before writing
-anything, rather than pickling the module: a pickle needs the defining code at load time anyway
-and cannot be read back safely. Save ``model.state_dict()`` with ``torch.save`` and rebuild the
-architecture in code instead. Loading refuses any config entry that ``save_model`` does not write
-(an unknown activation name, a parameter on an activation that takes none, a wrong type, ...).
+A saved model is a directory holding ``model_config.json``, the JSON config of its architecture
+(written by :meth:`InfoMaxVAE.save <infomax_ext.InfoMaxVAE.save>`, which says what it holds), and
+``model.pt``, its ``state_dict`` (tensors only, on the CPU; read back with
+``torch.load(weights_only=True)``, so loading runs no pickled code). This module writes and reads
+those files and knows nothing of the models: :mod:`.infomax` builds the model from the config.
 
 Every file is written atomically (:func:`atomic_write_bytes`): the bytes go to a temporary file in
 the same directory, are flushed and fsync'ed, then ``os.replace`` moves the file over the target
@@ -32,8 +22,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activations import KERNEL_ACTIVATIONS, spec_of_module
-
 __all__ = [
     "SerializationError",
     "MODEL_CONFIG_FILE",
@@ -43,16 +31,14 @@ __all__ = [
     "atomic_write_json",
     "atomic_torch_save",
     "safe_torch_load",
-    "model_config",
-    "model_from_config",
-    "save_model",
-    "load_model",
+    "read_json",
+    "write_model_files",
+    "read_model_config",
+    "load_model_weights",
 ]
 
 MODEL_CONFIG_FILE = "model_config.json"
 MODEL_WEIGHTS_FILE = "model.pt"
-FORMAT = "infomax_ext.InfoMaxVAE"
-VERSION = 1
 
 
 class SerializationError(ValueError):
@@ -132,7 +118,9 @@ def safe_torch_load(path, map_location=None, what: str = "file") -> Any:
             f"{what} {path} is corrupt or not a torch file ({short_error(exc)})") from None
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_json(path, what: str = "file") -> Any:
+    """The JSON in ``path``; a :class:`SerializationError` when it is missing or not JSON."""
+    path = Path(path)
     if not path.is_file():
         raise SerializationError(f"{what} not found: {path}")
     try:
@@ -141,131 +129,38 @@ def _read_json(path: Path, what: str) -> Any:
         raise SerializationError(f"{what} {path} is not valid JSON ({exc})") from None
 
 
-# ----------------------------------------------------------------------------- models
+# ----------------------------------------------------------------------------- saved models
 
-def model_config(model: nn.Module) -> dict:
-    """The JSON config of an ``InfoMaxVAE``: ``{"format", "version", "vae", "mi"}``.
-
-    Raises :class:`SerializationError` when a part was not built by ``from_sizes`` (no config)."""
-    vae, mi = getattr(model, "vae", None), getattr(model, "mi", None)
-    if not isinstance(vae, nn.Module) or not isinstance(mi, nn.Module):
-        raise SerializationError(
-            f"save_model expects an InfoMaxVAE (with .vae and .mi), got {type(model).__name__}"
-        )
-    vae_config, mi_config = getattr(vae, "config", None), getattr(mi, "config", None)
-    missing = []
-    if vae_config is None:
-        for part in ("encoder", "decoder"):
-            if getattr(getattr(vae, part, None), "config", None) is None:
-                missing.append(f"vae.{part}")
-        missing = missing or ["vae"]
-    if mi_config is None:
-        missing.append("mi")
-    if missing:
-        raise SerializationError(
-            f"cannot save this InfoMaxVAE: {', '.join(missing)} carries no config (it was not built "
-            "by from_sizes), so its architecture cannot be written as JSON. Build it with the "
-            "from_sizes builders, or save model.state_dict() with torch.save and rebuild the "
-            "architecture in code."
-        )
-    unnamed = (_unnamed_activation_entries(vae_config, "vae")
-               + _unnamed_activation_entries(mi_config, "mi"))
-    if unnamed:
-        modules = ", ".join(f"{name} = {module!r}" for name, module in model.named_modules()
-                            if _is_unnamed_activation(module))
-        raise SerializationError(
-            f"cannot save this InfoMaxVAE: activation with no name at {', '.join(unnamed)}"
-            + (f" ({modules})" if modules else "")
-            + f"; a config can only rebuild the named activations ({', '.join(KERNEL_ACTIVATIONS)})."
-            " Build it with named activations, or save model.state_dict() with torch.save and "
-            "rebuild the architecture in code."
-        )
-    # Round-trip through JSON now so an unserialisable entry fails here, not halfway through a save.
-    try:
-        vae_config = json.loads(json.dumps(vae_config))
-        mi_config = json.loads(json.dumps(mi_config))
-    except (TypeError, ValueError) as exc:
-        raise SerializationError(f"the model's config is not JSON-serialisable: {exc}") from None
-    return {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
-
-
-def _unnamed_activation_entries(config: dict, path: str) -> list[str]:
-    """``"<path>.<key>[i]"`` for each activation entry of a builder config that holds no name."""
-    found = []
-    for key, value in config.items():
-        if isinstance(value, dict):
-            found += _unnamed_activation_entries(value, f"{path}.{key}")
-        elif key.endswith(("activation", "activations")):
-            if isinstance(value, list):
-                found += [f"{path}.{key}[{i}]" for i, entry in enumerate(value) if entry is None]
-            elif value is None:
-                found.append(f"{path}.{key}")
-    return found
-
-
-def _is_unnamed_activation(module: nn.Module) -> bool:
-    """Whether ``module`` is a layer of a built model that is an activation without a name."""
-    return (next(module.children(), None) is None
-            and not isinstance(module, (nn.Linear, nn.Flatten, nn.Unflatten))
-            and spec_of_module(module) is None)
-
-
-def model_from_config(config: dict) -> nn.Module:
-    """A fresh ``InfoMaxVAE`` with the architecture of ``config`` (:func:`model_config`).
-
-    The builders' random initialisation runs under a forked RNG, so rebuilding a model leaves
-    torch's global generator untouched."""
-    from .infomax import InfoMaxVAE
-    from .mutual_info import MutualInfoChain
-    from .vae import VAE
-
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise SerializationError(f"not an InfoMaxVAE model config (format {FORMAT!r} expected)")
-    if config.get("version") != VERSION:
-        raise SerializationError(
-            f"model config version {config.get('version')!r} is not supported (this is version "
-            f"{VERSION}); was it written by a newer infomax_ext?"
-        )
-    try:
-        with torch.random.fork_rng(devices=[]):
-            return InfoMaxVAE(VAE.from_config(config["vae"]), MutualInfoChain.from_config(config["mi"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SerializationError(f"cannot rebuild the model from its config: {exc}") from None
-
-
-def save_model(model: nn.Module, directory) -> None:
-    """Write ``model`` (an ``InfoMaxVAE`` built by ``from_sizes``) to ``directory``.
-
-    Files: ``model_config.json`` (architecture) and ``model.pt`` (state_dict), each written
-    atomically; the weights are stored on the CPU, so a model trained on a GPU loads anywhere.
-    Raises :class:`SerializationError` for a model without config (see the module docstring).
-    The directory is created if needed; files already there are replaced."""
-    config = model_config(model)
+def write_model_files(directory, config: dict, state_dict: dict) -> None:
+    """Write a model's ``config`` to ``directory/model_config.json`` and its ``state_dict`` (moved
+    to the CPU) to ``directory/model.pt``, each atomically; the directory is created if needed and
+    files already there are replaced."""
     directory = Path(directory)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
     atomic_torch_save(state, directory / MODEL_WEIGHTS_FILE)
     atomic_write_json(directory / MODEL_CONFIG_FILE, config)
 
 
-def load_model(directory, map_location=None) -> nn.Module:
-    """The ``InfoMaxVAE`` saved by :func:`save_model` in ``directory``, rebuilt exactly.
-
-    Weights keep their saved dtypes (float64 stays float64); ``map_location`` (as in
-    ``torch.load``) places them on a device. Clear :class:`SerializationError` for a missing
-    directory, a missing or corrupt file, or weights that do not fit the architecture."""
+def read_model_config(directory) -> Any:
+    """The JSON of ``directory/model_config.json``; a :class:`SerializationError` when the
+    directory or the file is missing or the file is not JSON."""
     directory = Path(directory)
     if not directory.is_dir():
         raise SerializationError(f"model directory not found: {directory}")
-    config = _read_json(directory / MODEL_CONFIG_FILE, "model config")
-    model = model_from_config(config)
-    state = safe_torch_load(directory / MODEL_WEIGHTS_FILE, map_location, what="model weights")
+    return read_json(directory / MODEL_CONFIG_FILE, "model config")
+
+
+def load_model_weights(module: nn.Module, directory, map_location=None) -> None:
+    """Load ``directory/model.pt`` into ``module`` (strict, keeping the saved dtypes);
+    ``map_location`` as in ``torch.load``. A :class:`SerializationError` when the file is missing
+    or corrupt or its weights do not fit the module."""
+    path = Path(directory) / MODEL_WEIGHTS_FILE
+    state = safe_torch_load(path, map_location, what="model weights")
     if not isinstance(state, dict):
-        raise SerializationError(f"{directory / MODEL_WEIGHTS_FILE} does not hold a state_dict")
+        raise SerializationError(f"{path} does not hold a state_dict")
     try:
-        model.load_state_dict(state, strict=True, assign=True)
+        module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise SerializationError(
-            f"the weights in {directory / MODEL_WEIGHTS_FILE} do not fit the architecture in "
-            f"{MODEL_CONFIG_FILE}: {exc}"
+            f"the weights in {path} do not fit the architecture in {MODEL_CONFIG_FILE}: {exc}"
         ) from None
-    return model

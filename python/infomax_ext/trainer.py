@@ -38,16 +38,9 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 from .activations import HIDDEN_ACTIVATIONS
 from .data import LIKELIHOODS
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
-from .infomax import InfoMaxVAE, train_step
+from .infomax import InfoMaxVAE, model_config, train_step
 from .mutual_info import MutualInfoChain
-from .serialization import (
-    SerializationError,
-    atomic_torch_save,
-    atomic_write_text,
-    model_config,
-    model_from_config,
-    safe_torch_load,
-)
+from .serialization import SerializationError, atomic_torch_save, atomic_write_text, safe_torch_load
 from .vae import VAE, BernoulliDecoder, JointGaussianLogEncoder, SimpleGaussianDecoder
 
 __all__ = ["TrainConfig", "TrainingError", "Trainer", "build_model", "fit", "derived_seed",
@@ -285,7 +278,7 @@ class Trainer:
         if device is not None:
             config_dict["device"] = device
         config = TrainConfig.from_dict(config_dict)
-        model = model_from_config(state["model_config"])
+        model = InfoMaxVAE.from_config(state["model_config"])
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as exc:
