@@ -37,6 +37,7 @@ from infomax_ext import (
     JointGaussianLogEncoder,
     latent_permutation,
     train_step,
+    use_path,
 )
 from infomax_ext.mutual_info import fused_plan
 
@@ -61,7 +62,6 @@ from common import (  # noqa: E402
     shared_loss,
     summary_ms,
     total_flops,
-    two_call_path,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -297,7 +297,7 @@ def bench_train_step(args, n: int = 256) -> dict:
         s = settings[variant]
 
         def step(loss_return=False):
-            with two_call_path() if s["two_call"] else contextlib.nullcontext():
+            with use_path("two_call" if s["two_call"] else "auto"):
                 return train_step(model, x, opt, reuse_forward=s["reuse_forward"],
                                   loss_return=loss_return)
 

@@ -13,7 +13,6 @@ Imported by ``bench/bench_cpu.py`` (the script's folder is on ``sys.path`` when 
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import time
@@ -24,7 +23,6 @@ import torch
 from torch import nn
 
 import infomax_ext
-import infomax_ext.mutual_info as _mutual_info
 from infomax_ext import MutualInfoChain, paired_mutual_info
 from infomax_ext.activations import ACTIVATIONS
 
@@ -104,18 +102,6 @@ def shared_loss(mi, x, z, perm, shuffled_grad: bool):
         h = layer(h)
     t = h.reshape(-1)
     return -(t[:n].mean() - torch.exp(t[n:] - 1).mean())
-
-
-@contextlib.contextmanager
-def two_call_path():
-    """Inside: ``paired_mutual_info`` takes its exact two-call path for every chain (the
-    library's ``fused_plan`` is patched to return None, as for a chain it cannot split)."""
-    saved = _mutual_info.fused_plan
-    _mutual_info.fused_plan = lambda mi: None
-    try:
-        yield
-    finally:
-        _mutual_info.fused_plan = saved
 
 
 # ----------------------------------------------------------------------------------------------

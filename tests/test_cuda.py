@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import infomax_ext as im
-import infomax_ext.mutual_info as mutual_info
 from infomax_ext import _ops
 from activation_cases import KERNEL_CASES
 
@@ -406,7 +405,7 @@ def test_torch_compile_over_the_cuda_path():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_train_step_on_cuda_matches_the_plain_pytorch_path(monkeypatch):
+def test_train_step_on_cuda_matches_the_plain_pytorch_path():
     """A whole train_step on CUDA through the fused kernels gives the losses and the updated
     weights of the same step through the exact two-call path (plain torch ops, same RNG)."""
     def model():
@@ -428,8 +427,8 @@ def test_train_step_on_cuda_matches_the_plain_pytorch_path(monkeypatch):
     fused_model = model()
     before = [p.detach().clone() for p in fused_model.parameters()]
     fused_losses, fused_params = step(fused_model)
-    monkeypatch.setattr(mutual_info, "fused_plan", lambda mi: None)  # the two-call path
-    plain_losses, plain_params = step(model())
+    with im.use_path("two_call"):
+        plain_losses, plain_params = step(model())
     assert fused_losses == pytest.approx(plain_losses, rel=1e-9)
     assert any(not torch.equal(b, p) for b, p in zip(before, fused_params))
     for got, want in zip(fused_params, plain_params):

@@ -299,32 +299,65 @@ def test_train_step_decreases_both_losses_on_digits(reuse_forward):
     assert last[1] < first[1] - 0.2  # MI loss goes down: the MI estimate goes up
 
 
-def test_train_step_reuses_the_data_half_and_matches_the_step_without(monkeypatch, data_half_spy):
-    # Paper-style chain (data = identity): the VAE step's data half serves the MI step.
-    def model():
-        torch.manual_seed(3)
-        enc = im.JointGaussianLogEncoder.from_sizes(16, 3, [24], [torch.relu])
-        dec = im.BernoulliDecoder.from_sizes(16, 3, [24], [torch.relu])
-        mlp = nn.Sequential(nn.Linear(19, 20), nn.ReLU(), nn.Linear(20, 1))
-        return im.InfoMaxVAE(im.VAE(enc, dec), im.MutualInfoChain(nn.Identity(), nn.Identity(), mlp)).double()
+def paper_style_model():
+    torch.manual_seed(3)
+    enc = im.JointGaussianLogEncoder.from_sizes(16, 3, [24], [torch.relu])
+    dec = im.BernoulliDecoder.from_sizes(16, 3, [24], [torch.relu])
+    mlp = nn.Sequential(nn.Linear(19, 20), nn.ReLU(), nn.Linear(20, 1))
+    return im.InfoMaxVAE(im.VAE(enc, dec), im.MutualInfoChain(nn.Identity(), nn.Identity(), mlp)).double()
 
-    x = data()
 
-    def run(reuse):
-        m = model()
-        opt = {"vae": torch.optim.Adam(m.vae.parameters(), lr=1e-2),
-               "mi": torch.optim.Adam(m.mi.parameters(), lr=1e-2)}
-        torch.manual_seed(5)
-        losses = [im.train_step(m, x, opt, loss_return=True) for _ in range(3)]
-        return losses, [p.detach().clone() for p in m.parameters()]
+def alternating_step_written_out(m, x, opt):
+    """train_step's alternating step with the public losses and no data-half cache."""
+    def step(loss, params, optimizer):
+        for p, g in zip(params, torch.autograd.grad(loss, params)):
+            p.grad = g
+        optimizer.step()
 
-    import infomax_ext.mutual_info as mutual_info
-    losses, params = run(reuse=True)
-    assert [d is not None for d in data_half_spy] == [True, True, True]
-    monkeypatch.setattr(mutual_info, "_reused_data_half", lambda hx, weight: None)
-    want_losses, want_params = run(reuse=False)
-    assert [d is not None for d in data_half_spy[3:]] == [False, False, False]
-    for got, want in zip(losses, want_losses):
-        assert got == pytest.approx(want, rel=1e-12)
-    for p, q in zip(params, want_params):
+    m.mi.requires_grad_(False)
+    vae_loss = im.infomaxloss(m.vae, m.mi, x)
+    m.mi.requires_grad_(True)
+    step(vae_loss, list(m.vae.parameters()), opt["vae"])
+    m.vae.requires_grad_(False)
+    mi_loss = im.miloss(m.vae, m.mi, x)
+    m.vae.requires_grad_(True)
+    step(mi_loss, list(m.mi.parameters()), opt["mi"])
+    return float(vae_loss), float(mi_loss)
+
+
+def run_steps(step, vae_optimizes_mi=False):
+    m = paper_style_model()
+    vae_params = m.parameters() if vae_optimizes_mi else m.vae.parameters()
+    opt = {"vae": torch.optim.Adam(vae_params, lr=1e-2),
+           "mi": torch.optim.Adam(m.mi.parameters(), lr=1e-2)}
+    torch.manual_seed(5)
+    losses = [step(m, opt) for _ in range(3)]
+    return losses, [p.detach().clone() for p in m.parameters()]
+
+
+def assert_same_steps(got, want):
+    for a, b in zip(got[0], want[0]):
+        assert a == pytest.approx(b, rel=1e-12)
+    for p, q in zip(got[1], want[1]):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
+def test_train_step_reuses_the_data_half_and_matches_the_step_written_out(data_half_spy):
+    # Paper-style chain (data = identity): the VAE step's data half serves the MI step.
+    x = data()
+    got = run_steps(lambda m, opt: im.train_step(m, x, opt, loss_return=True))
+    assert [d is not None for d in data_half_spy] == [True, True, True]
+    want = run_steps(lambda m, opt: alternating_step_written_out(m, x, opt))
+    assert [d is not None for d in data_half_spy[3:]] == [False, False, False]
+    assert_same_steps(got, want)
+
+
+def test_train_step_does_not_reuse_when_the_vae_step_moves_the_mi_weights(data_half_spy):
+    # A VAE optimizer that also holds the MI chain's parameters changes them (with the MI
+    # gradients of the step before) between the two losses: the data half must be computed anew.
+    x = data()
+    got = run_steps(lambda m, opt: im.train_step(m, x, opt, loss_return=True),
+                    vae_optimizes_mi=True)
+    assert [d is not None for d in data_half_spy] == [False, False, False]
+    want = run_steps(lambda m, opt: alternating_step_written_out(m, x, opt), vae_optimizes_mi=True)
+    assert_same_steps(got, want)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import infomax_ext as im
-from infomax_ext.mutual_info import _two_call_bound, fused_plan
+from infomax_ext.mutual_info import fused_plan
 
 
 def paper_like_chain(n_x=12, n_z=3, hidden=(16, 8), act=nn.ReLU, out_act=None, dtype=torch.float64):
@@ -16,6 +16,12 @@ def paper_like_chain(n_x=12, n_z=3, hidden=(16, 8), act=nn.ReLU, out_act=None, d
     if out_act is not None:
         layers.append(out_act)
     return im.MutualInfoChain(nn.Identity(), nn.Identity(), nn.Sequential(*layers)).to(dtype)
+
+
+def two_calls(mi, x, z, perm, shuffled_grad=False):
+    """The bound on the exact two-call path, chosen through the public switch."""
+    with im.use_path("two_call"):
+        return im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
 
 
 def direct_nwj(mi, x, z, z_shuffle):
@@ -214,7 +220,7 @@ def test_shared_evaluation_equals_two_calls(name, shuffled_grad, n_samples):
     perm = im.latent_permutation(n, n_samples, seed=4)
     params = [z] + list(mi.parameters())
     fused = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
-    plain = _two_call_bound(mi, x, z, perm, None, shuffled_grad)
+    plain = two_calls(mi, x, z, perm, shuffled_grad)
     torch.testing.assert_close(fused.bound, plain.bound, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fused.joint, plain.joint, rtol=1e-12, atol=1e-12)
     for g1, g2 in zip(torch.autograd.grad(fused.bound, params), torch.autograd.grad(plain.bound, params)):
@@ -280,7 +286,7 @@ def test_float32_fused_matches_float64_two_calls():
     mi32.load_state_dict({k: v.float() for k, v in mi64.state_dict().items()})
     x, z = torch.randn(200, 12, dtype=torch.float64), torch.randn(200, 3, dtype=torch.float64)
     perm = im.latent_permutation(200, 1, seed=1)
-    want = _two_call_bound(mi64, x, z, perm, None, False).bound
+    want = two_calls(mi64, x, z, perm, False).bound
     got = im.paired_mutual_info(mi32, x.float(), z.float(), perm).bound
     assert abs(got.item() - want.item()) < 1e-5
 
@@ -335,7 +341,7 @@ def test_frozen_chain_takes_the_joint_graph_path_and_equals_two_calls(name, n_sa
     z = torch.randn(10 * n_samples, 3, dtype=torch.float64, requires_grad=True)
     perm = im.latent_permutation(10, n_samples, seed=6)
     fused = im.paired_mutual_info(mi, x, z, perm)
-    plain = _two_call_bound(mi, x, z, perm, None, False)
+    plain = two_calls(mi, x, z, perm, False)
     assert fused.shuffled.grad_fn is None and fused.joint.grad_fn is not None
     torch.testing.assert_close(fused.bound, plain.bound, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fused.shuffled, plain.shuffled, rtol=1e-12, atol=1e-12)
@@ -351,7 +357,7 @@ def test_large_batch_weight_gradient_equals_two_calls():
     perm = im.latent_permutation(600, 1, seed=2)
     params = [z] + list(mi.parameters())
     fused = torch.autograd.grad(im.paired_mutual_info(mi, x, z, perm).bound, params)
-    plain = torch.autograd.grad(_two_call_bound(mi, x, z, perm, None, False).bound, params)
+    plain = torch.autograd.grad(two_calls(mi, x, z, perm, False).bound, params)
     for a, b in zip(fused, plain):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
@@ -359,7 +365,7 @@ def test_large_batch_weight_gradient_equals_two_calls():
 # ---------------------------------------------------------------------------- data-half reuse
 
 
-def test_reuse_data_half_skips_the_product_and_changes_nothing(data_half_spy):
+def test_a_data_half_cache_skips_the_product_and_changes_nothing(data_half_spy):
     mi = paper_like_chain()
     x, z = torch.randn(10, 12, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
     perm = im.latent_permutation(10, 1, seed=4)
@@ -368,19 +374,23 @@ def test_reuse_data_half_skips_the_product_and_changes_nothing(data_half_spy):
     want_grads = torch.autograd.grad(want, params)
     calls = data_half_spy
     calls.clear()  # count only the calls from here on
-    with im.reuse_data_half():
-        # the frozen evaluation (the VAE step: codes need gradient) computes and keeps it
-        frozen = im.paired_mutual_info(mi.requires_grad_(False), x, z.requires_grad_(), perm).bound
-        mi.requires_grad_(True)
-        got = im.paired_mutual_info(mi, x, z, perm).bound
+    cache = im.DataHalfCache()
+    # the frozen evaluation (the VAE step: codes need gradient) computes and keeps it
+    frozen = im.paired_mutual_info(mi.requires_grad_(False), x, z.requires_grad_(), perm,
+                                   data_half_cache=cache).bound
+    mi.requires_grad_(True)
+    got = im.paired_mutual_info(mi, x, z, perm, data_half_cache=cache).bound
     assert len(calls) == 1 and calls[0] is not None  # the trainable evaluation reused it
+    assert len(cache) == 1
     torch.testing.assert_close(frozen, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     for g1, g2 in zip(torch.autograd.grad(got, params), want_grads):
         torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
 
 
-def test_reuse_data_half_recomputes_after_an_in_place_change():
+def test_a_data_half_cache_holds_for_one_x_and_one_weight_until_cleared():
+    # The owner of a cache keeps x and the weight unchanged while it passes it (train_step: one
+    # cache per step, dropped before the MI update); after an in-place change it clears it.
     mi = paper_like_chain()
     x, z = torch.randn(10, 12, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
     perm = im.latent_permutation(10, 1, seed=4)
@@ -390,27 +400,29 @@ def test_reuse_data_half_recomputes_after_an_in_place_change():
         plain.load_state_dict(mi.state_dict())
         return im.paired_mutual_info(plain, x, z, perm).bound
 
-    with im.reuse_data_half():
-        im.paired_mutual_info(mi, x, z, perm)
-        with torch.no_grad():
-            mi.mlp[0].weight.add_(0.5)  # an optimizer step on the MI chain
-        after_weight = im.paired_mutual_info(mi, x, z, perm).bound
-        torch.testing.assert_close(after_weight, fresh(), rtol=1e-12, atol=1e-12)
-        x.mul_(2.0)  # the data changed in place
-        after_x = im.paired_mutual_info(mi, x, z, perm).bound
-        torch.testing.assert_close(after_x, fresh(), rtol=1e-12, atol=1e-12)
+    cache = im.DataHalfCache()
+    im.paired_mutual_info(mi, x, z, perm, data_half_cache=cache)
+    with torch.no_grad():
+        mi.mlp[0].weight.add_(0.5)  # an optimizer step on the MI chain
+    cache.clear()
+    after_weight = im.paired_mutual_info(mi, x, z, perm, data_half_cache=cache).bound
+    torch.testing.assert_close(after_weight, fresh(), rtol=1e-12, atol=1e-12)
+    x.mul_(2.0)  # the data changed in place
+    cache.clear()
+    after_x = im.paired_mutual_info(mi, x, z, perm, data_half_cache=cache).bound
+    torch.testing.assert_close(after_x, fresh(), rtol=1e-12, atol=1e-12)
     assert after_weight.item() != after_x.item()
 
 
-def test_no_reuse_outside_the_context_or_when_data_needs_gradient(data_half_spy):
+def test_no_reuse_without_a_cache_or_when_data_needs_gradient(data_half_spy):
     mi = im.MutualInfoChain.from_sizes(12, 3, [8], [torch.relu]).double()  # data = Linear
     x, z = torch.randn(10, 12, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
     perm = im.latent_permutation(10, 1, seed=4)
     calls = data_half_spy
-    with im.reuse_data_half():
-        with torch.no_grad():
-            im.paired_mutual_info(mi, x, z, perm)  # data(x) constant: computed and kept
-        im.paired_mutual_info(mi, x, z, perm)  # data(x) needs a graph now: not reusable
+    cache = im.DataHalfCache()
+    with torch.no_grad():
+        im.paired_mutual_info(mi, x, z, perm, data_half_cache=cache)  # data(x) constant: kept
+    im.paired_mutual_info(mi, x, z, perm, data_half_cache=cache)  # data(x) needs a graph now
     im.paired_mutual_info(paper_like_chain(), x, z, perm)
     assert [c is not None for c in calls] == [True, False, False]
 
@@ -441,16 +453,17 @@ def test_double_backward_is_refused_on_the_fused_path_and_exact_on_the_reference
     assert im._ops.kernels_apply(x)  # the switch is back
 
 
-def test_reuse_data_half_with_a_new_batch_in_the_same_context():
+def test_a_data_half_cache_with_a_new_batch():
     # A freed batch's memory may be reused by the next one; the cache keeps each entry's tensors
     # alive, so a new batch never matches an old entry.
     mi = paper_like_chain()
     z = torch.randn(10, 3, dtype=torch.float64)
     perm = im.latent_permutation(10, 1, seed=4)
-    with im.reuse_data_half():
-        for seed in range(4):
-            x = torch.randn(10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-            got = im.paired_mutual_info(mi, x, z, perm).bound
-            want = direct_nwj(mi, x, z, z[perm])
-            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-            del x
+    cache = im.DataHalfCache()
+    for seed in range(4):
+        x = torch.randn(10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        got = im.paired_mutual_info(mi, x, z, perm, data_half_cache=cache).bound
+        want = direct_nwj(mi, x, z, z[perm])
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        del x
+    assert len(cache) == 4

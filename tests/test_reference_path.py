@@ -1,10 +1,13 @@
-"""use_reference_path() is context-local: other threads and asyncio tasks keep the fused kernels,
-nesting works, backend() tells the truth inside it, and torch.compile follows it per thread."""
+"""The evaluation path switch, use_path() (use_reference_path() is use_path("reference")): each
+path is the evaluation it names; the choice is context-local (other threads and asyncio tasks
+keep theirs), nesting works, backend() tells the truth inside it, and torch.compile follows it
+per thread."""
 import asyncio
 import threading
 
 import pytest
 import torch
+from torch import nn
 
 import infomax_ext as im
 from infomax_ext import _ops
@@ -190,5 +193,109 @@ def test_torch_compile_follows_the_context_per_thread():
         assert len(graphs) == 2  # each thread found the graph of its own context
         for result in results.values():
             torch.testing.assert_close(result, want)
+    finally:
+        torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------------ the paths of the bound
+
+
+def frozen_chain():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(7, 8), nn.Tanh(), nn.Linear(8, 1))
+    return im.MutualInfoChain(nn.Identity(), nn.Identity(), mlp).double().requires_grad_(False)
+
+
+def evaluate(mi):
+    """The bound of a frozen chain on codes that need gradient (the VAE step), with the number of
+    calls of the whole chain, whether the shuffled scores have a graph, and z's gradient."""
+    calls = []
+    handle = mi.register_forward_hook(lambda *args: calls.append(1))
+    x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    z.requires_grad_()
+    try:
+        out = im.paired_mutual_info(mi, x, z, im.latent_permutation(6, 1, seed=3))
+    finally:
+        handle.remove()
+    grad, = torch.autograd.grad(out.bound, z)
+    return out.bound.detach(), len(calls), out.shuffled.grad_fn is not None, grad
+
+
+def test_each_path_is_the_evaluation_it_names():
+    mi = frozen_chain()
+    auto = evaluate(mi)
+    assert auto[1:3] == (0, False)  # shared evaluation, joint graph only
+    with im.use_path("fused"):
+        fused = evaluate(mi)
+        assert im.current_path() == "fused" and im.backend() == "compiled"
+    assert fused[1:3] == (0, True)  # both halves through the fused ops
+    with im.use_path("two_call"):
+        two_calls = evaluate(mi)
+    assert two_calls[1] == 2  # T(x, z) and T(x, z_shuffle)
+    with im.use_path("reference"):
+        reference = evaluate(mi)
+        assert im.backend() == "reference"
+    assert reference[1:3] == (0, False)
+    for other in (fused, two_calls, reference):
+        torch.testing.assert_close(other[0], auto[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(other[3], auto[3], rtol=1e-10, atol=1e-12)
+    assert im.current_path() == "auto"
+
+
+def test_nested_paths_and_unknown_names():
+    with im.use_path("two_call"):
+        with im.use_reference_path():
+            assert im.current_path() == "reference" and view() == REFERENCE
+        assert im.current_path() == "two_call" and view() == COMPILED
+    assert im.current_path() == "auto"
+    with pytest.raises(ValueError, match="unknown evaluation path 'fast'; known: auto, fused, two_call, reference"):
+        with im.use_path("fast"):
+            pass
+    assert im.PATHS == ("auto", "fused", "two_call", "reference")
+
+
+def test_a_path_chosen_in_one_thread_stays_there():
+    barrier = threading.Barrier(2, timeout=TIMEOUT)
+    seen = {}
+
+    def inside():
+        with im.use_path("two_call"):
+            barrier.wait()
+            seen["inside"] = evaluate(frozen_chain())[1]
+            barrier.wait()
+
+    def outside():
+        barrier.wait()
+        seen["outside"] = evaluate(frozen_chain())[1]
+        barrier.wait()
+
+    run_threads(inside, outside)
+    assert seen == {"inside": 2, "outside": 0}
+
+
+def test_torch_compile_follows_the_two_call_path():
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append("infomax_ext.paired_linear" in str(gm.graph))
+        return gm.forward
+
+    mi = frozen_chain().requires_grad_(True).float()
+    perm = im.latent_permutation(6, 1, seed=3)
+
+    def f(x, z):
+        return im.paired_mutual_info(mi, x, z, perm).bound
+
+    compiled = torch.compile(f, backend=backend, fullgraph=True)
+    x, z = torch.randn(6, 4), torch.randn(6, 3)
+    torch._dynamo.reset()
+    try:
+        want = f(x, z)
+        torch.testing.assert_close(compiled(x, z), want)
+        with im.use_path("two_call"):
+            torch.testing.assert_close(compiled(x, z), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(compiled(x, z), want)
+        assert graphs == [True, False]  # recompiled for the two calls, then the first graph again
     finally:
         torch._dynamo.reset()

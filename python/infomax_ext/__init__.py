@@ -5,6 +5,7 @@ load, everything runs on the pure-PyTorch path and a warning says why. ``backend
 path serves a device.
 """
 from ._ops import (
+    PATHS,
     backend,
     extension_available,
     extension_error,
@@ -14,6 +15,8 @@ from ._ops import (
     paired_first_layer,
     paired_linear,
     seeded_permutation,
+    current_path,
+    use_path,
     use_reference_path,
 )
 from ._version import __version__
@@ -31,12 +34,12 @@ from .infomax import (
     train_step,
 )
 from .mutual_info import (
+    DataHalfCache,
     MIScores,
     MutualInfoChain,
     PairedBound,
     latent_permutation,
     paired_mutual_info,
-    reuse_data_half,
     shuffle_latent,
     variational_mutual_info,
 )

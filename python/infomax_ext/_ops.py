@@ -27,6 +27,9 @@ __all__ = [
     "backend",
     "has_kernel",
     "kernels_apply",
+    "PATHS",
+    "use_path",
+    "current_path",
     "use_reference_path",
     "seed_to_int64",
     "permutation_keys",
@@ -92,42 +95,83 @@ def _kernel_devices() -> frozenset:
 # Computed once: a plain set lookup is all torch.compile has to trace in kernels_apply.
 _KERNEL_DEVICES = _kernel_devices()
 
-# use_reference_path() sets this in the current context only: other threads (and asyncio tasks)
-# keep their own choice.
-_REFERENCE_PATH: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "infomax_ext_reference_path", default=False
-)
+PATHS = ("auto", "fused", "two_call", "reference")
+"""The evaluation paths :func:`use_path` chooses among (see there)."""
+
+# use_path() sets this in the current context only: other threads (and asyncio tasks) keep their
+# own choice.
+_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("infomax_ext_path", default="auto")
 # The choice as torch.compile sees it: dynamo cannot trace ContextVar.get, but it traces an
-# attribute of a threading.local and guards on it per thread, so a function compiled outside the
-# context recompiles inside it (and back), as it did when the switch was a module global. Per
-# thread, not per asyncio task: compiled code in a task sees the reference path while another
-# task of its thread is inside the context (correct, only slower).
+# attribute of a threading.local and guards on it per thread, so a function compiled outside any
+# context recompiles inside one (and back). ``path`` is present only while a context is open in
+# this thread (code compiled outside keeps its guards), the innermost still open; ``entries``
+# holds the open ones. Per thread, not per asyncio task: compiled code in a task follows the
+# choice of another task of its thread that is inside a context (every path computes the same
+# values; only speed and double backward differ).
 _TRACED_CHOICE = threading.local()
 
 
-def _reference_path_active() -> bool:
+def current_path() -> str:
+    """The evaluation path chosen in this context: the innermost :func:`use_path`, else 'auto'."""
     if torch.compiler.is_compiling():
-        return getattr(_TRACED_CHOICE, "reference_path", False)
-    return _REFERENCE_PATH.get()
+        return getattr(_TRACED_CHOICE, "path", "auto")
+    return _PATH.get()
+
+
+def _reference_path_active() -> bool:
+    return current_path() == "reference"
 
 
 @contextlib.contextmanager
-def use_reference_path():
-    """Inside: every op runs its plain-PyTorch twin (:mod:`infomax_ext.reference`), as when the
-    extension is not built, and :func:`backend` says 'reference'. For second derivatives (the
-    fused ops' backward has none of its own) and for debugging. Context-local: other threads
-    and asyncio tasks are unaffected; nesting works. (Code compiled by torch.compile follows
-    the choice per thread.)"""
-    token = _REFERENCE_PATH.set(True)
-    _TRACED_CHOICE.depth = getattr(_TRACED_CHOICE, "depth", 0) + 1
-    _TRACED_CHOICE.reference_path = True
+def use_path(path: str):
+    """Inside: the MI bound (:func:`~infomax_ext.paired_mutual_info` and everything built on it:
+    the losses, ``train_step``, ``variational_mutual_info``) is evaluated on ``path``:
+
+    - ``"auto"`` (the default): the shared evaluation with the fused kernels; when no gradient
+      can flow from the shuffled scores (the VAE step of ``train_step``), the joint-graph
+      evaluation (only the joint rows build a graph); two calls for a chain that cannot be split
+      (first MLP layer not a Linear, an activation the kernels do not run, batch-coupled layers);
+    - ``"fused"``: as ``"auto"`` but never the joint-graph evaluation: both halves through the
+      fused ops;
+    - ``"two_call"``: every chain as two plain calls ``T(x, z)``, ``T(x, z_shuffle)``;
+    - ``"reference"``: as ``"auto"``, with every op on its plain-PyTorch twin
+      (:mod:`infomax_ext.reference`), as when the extension is not built; :func:`backend` says
+      'reference'. For second derivatives (the fused ops' backward has none of its own) and for
+      debugging. :func:`use_reference_path` is this path.
+
+    All give the same values and gradients up to rounding. Context-local: other threads and
+    asyncio tasks are unaffected; nested contexts work (the innermost applies). Code compiled by
+    torch.compile follows the choice per thread."""
+    if path not in PATHS:
+        raise ValueError(f"unknown evaluation path {path!r}; known: {', '.join(PATHS)}")
+    token = _PATH.set(path)
+    entry = (path, object())  # this context's own entry, removed on exit whatever the order
+    entries = _TRACED_CHOICE.__dict__.setdefault("entries", [])
+    entries.append(entry)
+    _TRACED_CHOICE.path = path
     try:
         yield
     finally:
-        _TRACED_CHOICE.depth -= 1
-        if not _TRACED_CHOICE.depth:  # absent again: code compiled outside keeps its guards
-            del _TRACED_CHOICE.reference_path
-        _REFERENCE_PATH.reset(token)
+        _close_traced_entry(entry)
+        _PATH.reset(token)
+
+
+def _close_traced_entry(entry) -> None:
+    entries = _TRACED_CHOICE.__dict__.setdefault("entries", [])
+    if entry in entries:  # not when the context is left in another thread than it was entered
+        entries.remove(entry)
+    if entries:
+        _TRACED_CHOICE.path = entries[-1][0]
+    elif hasattr(_TRACED_CHOICE, "path"):  # absent again: code compiled outside keeps its guards
+        del _TRACED_CHOICE.path
+
+
+def use_reference_path():
+    """``use_path("reference")``: inside, every op runs its plain-PyTorch twin
+    (:mod:`infomax_ext.reference`), as when the extension is not built, and :func:`backend` says
+    'reference'. For second derivatives (the fused ops' backward has none of its own) and for
+    debugging. Context-local; nesting works (see :func:`use_path`)."""
+    return use_path("reference")
 
 
 def _kernels_serve(device_type: str) -> bool:

@@ -15,12 +15,12 @@ from torch import nn
 
 from .activations import ACTIVATIONS, spec_of_module
 from .mutual_info import (
+    DataHalfCache,
     MIScores,
     MutualInfoChain,
     check_batch,
     latent_permutation,
     paired_mutual_info,
-    reuse_data_half,
 )
 from .serialization import (
     SerializationError,
@@ -228,6 +228,7 @@ def infomax_terms(
     reg_strength: float = 1.0,
     seed: int | None = None,
     shuffled_grad: bool = False,
+    data_half_cache: DataHalfCache | None = None,
 ) -> InfoMaxTerms:
     """:func:`infomaxloss` with its terms; the arguments are those of :func:`infomaxloss`."""
     n = check_batch(x, what="infomaxloss")
@@ -245,7 +246,8 @@ def infomax_terms(
     loglik = reconstruction_loglikelihood(target, z_rows, vae.decoder, decoder_output).mean()
     kl = kl_divergence(vae.encoder, encoder_output).mean()
     perm = latent_permutation(n, n_samples, seed, z.device)
-    paired = paired_mutual_info(mi, x, z_rows, perm, shuffled_grad=shuffled_grad)
+    paired = paired_mutual_info(mi, x, z_rows, perm, shuffled_grad=shuffled_grad,
+                                data_half_cache=data_half_cache)
     loss = -loglik + beta * kl - alpha * paired.bound
     vae_output = VAEOutput(encoder_output, z, decoder_output)
     reg = None
@@ -266,22 +268,24 @@ def infomaxloss(vae, mi, x, x_out=None, **kwargs) -> torch.Tensor:
     ``reconstruction_loglikelihood=decoder_loglikelihood``, ``kl_divergence=encoder_kl``,
     ``regularization=None``, ``reg_strength=1``, ``seed=None`` (the shuffle's seed),
     ``shuffled_grad=False`` (True: the MI term reaches the encoder through the shuffled codes
-    too, as in the paper's code).
+    too, as in the paper's code), ``data_half_cache=None`` (a :class:`DataHalfCache` that keeps
+    the MI chain's data half for a later evaluation on the same x and MI weights).
     """
     return infomax_terms(vae, mi, x, x_out, **kwargs).loss
 
 
-def miloss(vae, mi, x, *, regularization=None, reg_strength=1.0, seed=None) -> torch.Tensor:
+def miloss(vae, mi, x, *, regularization=None, reg_strength=1.0, seed=None,
+           data_half_cache=None) -> torch.Tensor:
     """Loss of the MI chain: ``-I(x; z) + reg_strength * regularization(MIScores(joint, shuffled))``.
 
     z is one sample of the VAE's encoder, drawn without building a graph, so the gradient
-    reaches only the MI chain. x (N, ...), N >= 2.
+    reaches only the MI chain. x (N, ...), N >= 2. ``data_half_cache`` as in :func:`infomaxloss`.
     """
     check_batch(x, what="miloss")
     with torch.no_grad():
         z = vae.sample_latent(vae.encoder(x))
     perm = latent_permutation(x.shape[0], 1, seed, z.device)
-    paired = paired_mutual_info(mi, x, z, perm)
+    paired = paired_mutual_info(mi, x, z, perm, data_half_cache=data_half_cache)
     loss = -paired.bound
     if regularization is not None:
         loss = loss + reg_strength * regularization(MIScores(paired.joint, paired.shuffled))
@@ -392,20 +396,39 @@ def _alternating_step(model, args, opt_vae, opt_mi, vae_params, mi_params,
                       infomaxloss_function, vae_kwargs, miloss_function, mi_kwargs):
     """:func:`train_step`'s default strategy: (1) the InfoMax loss with the MI chain frozen, its
     gradient for the VAE's parameters, the VAE step; (2) a fresh forward pass through the updated
-    VAE, the MI loss with the VAE frozen, its gradient for the MI chain, the MI step.
-    ``args`` is ``(x,)`` or ``(x, x_out)``. Returns ``(vae_loss, mi_loss)``."""
+    VAE, the MI loss with the VAE frozen, its gradient for the MI chain, the MI step. The two
+    losses share a :class:`DataHalfCache` when they are the default functions and the VAE step
+    leaves the MI weights alone. ``args`` is ``(x,)`` or ``(x, x_out)``. Returns
+    ``(vae_loss, mi_loss)``."""
     x = args[0]
     # Both losses see the same x and MI weights: the MI chain's data half is computed once.
-    with reuse_data_half():
-        with _frozen(mi_params):
-            vae_loss = infomaxloss_function(model.vae, model.mi, *args, **vae_kwargs)
-        _set_grads(vae_loss, vae_params)
-        opt_vae.step()
-        with _frozen(vae_params):
-            mi_loss = miloss_function(model.vae, model.mi, x, **mi_kwargs)
+    cache = _step_cache(model, opt_vae)
+    if cache is not None and infomaxloss_function is infomaxloss:
+        vae_kwargs = {"data_half_cache": cache, **vae_kwargs}
+    if cache is not None and miloss_function is miloss:
+        mi_kwargs = {"data_half_cache": cache, **mi_kwargs}
+    with _frozen(mi_params):
+        vae_loss = infomaxloss_function(model.vae, model.mi, *args, **vae_kwargs)
+    _set_grads(vae_loss, vae_params)
+    opt_vae.step()
+    with _frozen(vae_params):
+        mi_loss = miloss_function(model.vae, model.mi, x, **mi_kwargs)
     _set_grads(mi_loss, mi_params)
     opt_mi.step()
     return vae_loss, mi_loss
+
+
+def _step_cache(model, opt_vae) -> DataHalfCache | None:
+    """A :class:`DataHalfCache` for one alternating step, or None when the VAE step could change
+    the MI chain's weights (the VAE optimizer holds some of them, or is not a torch optimizer, so
+    what it holds is unknown)."""
+    groups = getattr(opt_vae, "param_groups", None)
+    if not isinstance(groups, list):
+        return None
+    stepped = {id(p) for group in groups for p in group.get("params", ())}
+    if any(id(p) in stepped for p in model.mi.parameters()):
+        return None
+    return DataHalfCache()
 
 
 def _reuse_forward_step(model, args, opt_vae, opt_mi, vae_params, mi_params, vae_kwargs,

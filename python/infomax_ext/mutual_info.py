@@ -11,8 +11,6 @@ exact two-call path ``T(x, z)``, ``T(x, z_shuffle)``.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from typing import NamedTuple, Sequence
 
 import torch
@@ -30,7 +28,7 @@ __all__ = [
     "latent_permutation",
     "draw_seed",
     "paired_mutual_info",
-    "reuse_data_half",
+    "DataHalfCache",
     "variational_mutual_info",
 ]
 
@@ -199,27 +197,44 @@ def fused_plan(mi: nn.Module) -> _FusedPlan | None:
     return _FusedPlan(layers[0], first_act, layers[k:end], head, head_act)
 
 
-_DATA_HALVES: contextvars.ContextVar = contextvars.ContextVar("infomax_ext_data_halves",
-                                                              default=None)
+class DataHalfCache:
+    """The MI chain's data half ``data(x) @ Wx.T`` (the first layer's data columns), computed once
+    and reused by the later evaluations of the bound on the same data and weights.
 
-
-@contextlib.contextmanager
-def reuse_data_half():
-    """Inside: the MI chain's data half ``data(x) @ Wx.T`` (the first layer's data columns) is
-    computed once per input and weight and reused by the later evaluations of the bound.
-
-    ``train_step`` runs its VAE step and its MI step in this context: both see the same x and the
-    same MI weights (the MI step comes before the MI update), so the MI step skips one
-    (N x Dx) @ (Dx x H) product. Only data halves without gradient are kept (``data(x)`` needs
-    none: no parameters of its own, or frozen, and x constant); entries are keyed by the tensors'
-    storage and version counters, so an in-place change of x or of the weight (an optimizer
-    step) computes it anew.
+    Pass one as ``data_half_cache`` to :func:`paired_mutual_info` (or to ``infomaxloss``,
+    ``miloss``). Its owner promises that, while it passes the cache, neither the data nor the
+    chain's first-layer weight changes in place. ``train_step`` owns one per step: its VAE loss
+    and its MI loss see the same x and the same MI weights (the MI loss comes before the MI
+    update), so the MI loss skips one (N x Dx) @ (Dx x H) product; the cache is dropped before
+    the MI update. An entry is found by the memory ``data(x)`` occupies (the same elements in
+    the same layout: ``x`` itself, or a view of it for a chain whose ``data`` has no parameters)
+    and by the weight tensor; it keeps both alive, so no other tensor can take that memory while
+    the cache exists. Only data halves without gradient are kept (``data(x)`` needs none: no
+    parameters of its own, or frozen, and x constant); while torch.compile traces, none is used.
+    :meth:`clear` empties the cache (after an in-place change, for instance).
     """
-    token = _DATA_HALVES.set({})
-    try:
-        yield
-    finally:
-        _DATA_HALVES.reset(token)
+
+    def __init__(self):
+        self._entries: dict = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Forget every data half."""
+        self._entries.clear()
+
+    def get(self, hx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+        """``hx @ weight[:, :Dx].T`` without gradient, kept or computed now and kept; None when
+        ``hx`` needs gradient or while torch.compile traces."""
+        if torch.compiler.is_compiling() or hx.requires_grad:
+            return None
+        key = (hx.data_ptr(), tuple(hx.shape), hx.stride(), hx.dtype, hx.device, id(weight))
+        entry = self._entries.get(key)
+        if entry is None:
+            with torch.no_grad():
+                entry = self._entries[key] = (hx, weight, _data_half(hx, weight))
+        return entry[2]
 
 
 def _data_half(hx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -227,22 +242,9 @@ def _data_half(hx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.mm(hx, weight[:, :hx.shape[1]].t())
 
 
-def _reused_data_half(hx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-    """``hx @ weight[:, :Dx].T`` without gradient, from or into the cache of
-    :func:`reuse_data_half`; None outside it or when ``hx`` needs gradient."""
-    if torch.compiler.is_compiling() or hx.requires_grad:
-        return None
-    cache = _DATA_HALVES.get()
-    if cache is None:
-        return None
-    key = (hx.data_ptr(), tuple(hx.shape), hx.stride(), hx._version, hx.dtype, hx.device,
-           weight.data_ptr(), tuple(weight.shape), weight._version)
-    if key not in cache:
-        with torch.no_grad():
-            # hx and weight are kept alive with the entry: while it exists no other tensor can
-            # take their memory, so an address in the key always means the same tensor.
-            cache[key] = (hx, weight, _data_half(hx, weight))
-    return cache[key][2]
+def _kept_data_half(cache: DataHalfCache | None, hx: torch.Tensor,
+                    weight: torch.Tensor) -> torch.Tensor | None:
+    return None if cache is None else cache.get(hx, weight)
 
 
 def paired_mutual_info(
@@ -253,6 +255,7 @@ def paired_mutual_info(
     *,
     z_shuffle: torch.Tensor | None = None,
     shuffled_grad: bool = False,
+    data_half_cache: DataHalfCache | None = None,
 ) -> PairedBound:
     """NWJ bound of ``mi`` on joint pairs (x, z) and shuffled pairs (x, z[perm]).
 
@@ -260,10 +263,13 @@ def paired_mutual_info(
     perm (M,) int64. Instead of ``perm``, an explicit ``z_shuffle`` (M, d) may be given.
     ``shuffled_grad=False`` treats the shuffled codes as constants (the Julia code);
     ``True`` lets the gradient reach ``z`` through both terms (the paper's code). The chain's
-    own parameters get gradient from both terms either way.
+    own parameters get gradient from both terms either way. ``data_half_cache``
+    (:class:`DataHalfCache`) keeps the data half for later evaluations on the same data and
+    weights. Which evaluation runs is chosen by :func:`~infomax_ext.use_path`.
     """
     n, m = x.shape[0], z.shape[0]
-    plan = fused_plan(mi)
+    path = _ops.current_path()
+    plan = None if path == "two_call" else fused_plan(mi)
     if plan is None:
         return _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad)
     hx = mi.data(x).reshape(n, -1)
@@ -275,8 +281,9 @@ def paired_mutual_info(
             f"the MI chain's first layer takes {weight.shape[1]} features but data(x) gives {dx} "
             f"and latent(z) gives {hz.shape[1]}"
         )
-    if z_shuffle is None and not _shuffled_half_needs_graph(mi, x, z, shuffled_grad):
-        return _joint_graph_bound(plan, hx, hz, perm)
+    if (path != "fused" and z_shuffle is None
+            and not _shuffled_half_needs_graph(mi, x, z, shuffled_grad)):
+        return _joint_graph_bound(plan, hx, hz, perm, data_half_cache)
     if z_shuffle is not None:
         source = mi.latent(z_shuffle if shuffled_grad else z_shuffle.detach())
         perm = torch.arange(m, device=z.device)
@@ -285,7 +292,7 @@ def paired_mutual_info(
     else:
         source = None
     h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
-                           plan.first_act.param, _reused_data_half(hx, weight))
+                           plan.first_act.param, _kept_data_half(data_half_cache, hx, weight))
     for module in plan.middle:
         h = module(h)
     if plan.head is not None:
@@ -310,12 +317,12 @@ def _shuffled_half_needs_graph(mi, x, z, shuffled_grad) -> bool:
 
 
 def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
-                       perm: torch.Tensor) -> PairedBound:
+                       perm: torch.Tensor, cache: DataHalfCache | None) -> PairedBound:
     """The shared evaluation when only the joint half needs a graph: the data half once, the
     joint rows with autograd, the shuffled rows without, so the backward runs on M rows, not 2M."""
     weight, bias = plan.first.weight, plan.first.bias
     dx, m, n = hx.shape[1], hz.shape[0], hx.shape[0]
-    data_half = _reused_data_half(hx, weight)
+    data_half = _kept_data_half(cache, hx, weight)
     if data_half is None:
         data_half = _data_half(hx, weight)
     if bias is not None:
