@@ -488,7 +488,7 @@ def report(result: dict):
         print_table(["op", "calls/iter", "self ms/iter", "% self"], rows)
 
     if result["targets"]:
-        print("\nTargets (the issue's; informational, timing is noisy on shared machines)")
+        print("\nTargets (informational; timing is noisy on shared machines)")
         rows = [[t["target"], "-" if t["value"] is None else f"{t['value']:.3f}", t["goal"],
                  {True: "met", False: "MISSED", None: "-"}[t["met"]]] for t in result["targets"]]
         print_table(["target", "value", "goal", ""], rows)

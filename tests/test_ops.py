@@ -82,7 +82,7 @@ def test_inverse_permutation():
                                   [1, 0, 2, 1, 0], [[0, 1]]])
 def test_reference_inverse_permutation_refuses_what_the_compiled_op_refuses(perm):
     # Repeated or out-of-range entries: the same RuntimeError, naming the same first bad entry
-    # (the reference used to return garbage for repeats, or an IndexError).
+    # (not garbage for repeats, nor an IndexError).
     perm = torch.tensor(perm)
     with pytest.raises(RuntimeError) as compiled:
         ops.inverse_permutation(perm)
@@ -487,8 +487,8 @@ def meta_cases():
 
 @pytest.mark.parametrize("name,index", list(meta_cases()))
 def test_an_argument_on_another_device_is_refused(name, index):
-    # A meta tensor among CPU tensors used to dispatch to the fake kernel, which returned
-    # uninitialised memory. Now: the Python entry (fused and reference path) names the argument
+    # A meta tensor among CPU tensors dispatches to the fake kernel, which would return
+    # uninitialised memory: the Python entry (fused and reference path) names the argument
     # before any work; torch.ops.infomax_ext.* (fake kernel or C++ check) says "device mismatch".
     entry, op, args = op_calls()[name]
     args = list(args)
@@ -536,7 +536,7 @@ def test_seeded_permutation_refuses_a_length_that_is_not_an_integer(n):
 
 @pytest.mark.parametrize("seed", [1.5, 3.0, "7", True, torch.tensor(2.0), [1]])
 def test_a_seed_that_is_not_an_integer_is_refused_not_truncated(seed):
-    # seed=1.5 used to be truncated to 1 silently. Floats are refused even when integral (3.0).
+    # seed=1.5 is never truncated to 1: floats are refused, even when integral (3.0).
     z = torch.randn(6, 2)
     mi = im.MutualInfoChain.from_sizes(4, 2, [8], [torch.relu])
     for call in (lambda: im.seeded_permutation(5, seed), lambda: _ops.seed_to_int64(seed),

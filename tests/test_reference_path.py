@@ -153,7 +153,7 @@ def test_asyncio_tasks_keep_their_own_choice():
 
 def test_torch_compile_follows_the_context_per_thread():
     """A function compiled outside the context recompiles inside it (and back), and each thread
-    gets the path of its own context, as the module-wide switch did before."""
+    gets the path of its own context."""
     graphs = []
 
     def backend(gm, example_inputs):

@@ -5,7 +5,8 @@
 formulas). When the compiled module cannot load, every function here runs its plain-PyTorch
 twin from :mod:`infomax_ext.reference` instead and a warning says why and what to install, once
 (``INFOMAX_EXT_REQUIRE_COMPILED=1`` makes it an ImportError). :func:`extension_available` and
-:func:`backend` tell which path is active.
+:func:`backend` tell which path is active. :func:`use_path` is the one switch that chooses
+how the MI bound is evaluated (fused kernels, joint graph, two calls, reference ops).
 """
 from __future__ import annotations
 

@@ -5,9 +5,12 @@
 The pair ``T(x, z)``, ``T(x, z[perm])`` is evaluated the shared way whenever the chain allows:
 ``data(x)`` and ``latent(z)`` once, the first MLP layer ``W [hx; hz] + b`` split into
 ``hx @ Wx.T`` (computed once for both halves) and ``hz @ Wz.T`` (gathered through ``perm`` for the
-shuffled half), then the fused ops of :mod:`infomax_ext._ops`. Chains that do not allow it (first
-MLP layer not a Linear, an activation the kernels do not know, batch-coupled layers) take the
-exact two-call path ``T(x, z)``, ``T(x, z_shuffle)``.
+shuffled half), then the fused ops of :mod:`infomax_ext._ops`. When no gradient can flow from the
+shuffled scores, only the joint rows build a graph (the joint-graph evaluation). Chains that do not
+allow the shared evaluation (first MLP layer not a Linear, an activation the kernels do not run,
+batch-coupled layers) take the exact two-call path ``T(x, z)``, ``T(x, z_shuffle)``.
+:func:`~infomax_ext.use_path` chooses among these paths; :class:`DataHalfCache` keeps the data half
+for later evaluations on the same data and weights.
 """
 from __future__ import annotations
 
