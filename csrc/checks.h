@@ -85,6 +85,48 @@ inline void check_paired_first_layer(const Tensor& data_half, const Tensor& late
   check_index_vector(perm, data_half, "perm", m);
 }
 
+// The MI chain's first Linear layer on joint and shuffled pairs: hx (N, Dx), hz (M, Dz),
+// hz_source like hz or absent, weight (H, Dx + Dz), bias (H) or absent, perm (M), data_half
+// (N, H) or absent (a precomputed constant), M = S N.
+inline void check_paired_linear(const Tensor& hx, const Tensor& hz,
+                                const std::optional<Tensor>& hz_source, const Tensor& weight,
+                                const std::optional<Tensor>& bias, const Tensor& perm,
+                                const std::string& activation,
+                                const std::optional<Tensor>& data_half) {
+  check_float_tensor(hx, "hx", 2);
+  check_float_tensor(hz, "hz", 2);
+  check_float_tensor(weight, "weight", 2);
+  check_same(hx, hz, "hx", "hz");
+  check_same(hx, weight, "hx", "weight");
+  INFOMAX_CHECK(weight.size(1) == hx.size(1) + hz.size(1), "infomax_ext: the first layer's weight takes ",
+                weight.size(1), " features but hx has ", hx.size(1), " and hz has ", hz.size(1));
+  if (hz_source.has_value()) {
+    check_float_tensor(*hz_source, "hz_source", 2);
+    check_same(hx, *hz_source, "hx", "hz_source");
+    INFOMAX_CHECK(shape_of(*hz_source) == shape_of(hz), "infomax_ext: hz_source has shape ",
+                  shape_of(*hz_source), " but hz has shape ", shape_of(hz));
+  }
+  if (bias.has_value()) {
+    check_float_tensor(*bias, "bias", 1);
+    check_same(hx, *bias, "hx", "bias");
+    INFOMAX_CHECK(bias->size(0) == weight.size(0), "infomax_ext: bias has ", bias->size(0),
+                  " entries but the layer has ", weight.size(0), " units");
+  }
+  if (data_half.has_value()) {
+    check_float_tensor(*data_half, "data_half", 2);
+    check_same(hx, *data_half, "hx", "data_half");
+    INFOMAX_CHECK(data_half->size(0) == hx.size(0) && data_half->size(1) == weight.size(0),
+                  "infomax_ext: data_half has shape ", shape_of(*data_half), ", expected [",
+                  hx.size(0), ", ", weight.size(0), "] (hx @ weight[:, :Dx].T)");
+  }
+  const int64_t n = hx.size(0), m = hz.size(0);
+  INFOMAX_CHECK(n >= 2, "infomax_ext: the MI bound needs a batch of at least 2 samples, got ", n);
+  INFOMAX_CHECK(m % n == 0 && m >= n, "infomax_ext: hz has ", m,
+                " rows, which is not a positive multiple of the ", n, " rows of hx");
+  check_index_vector(perm, hx, "perm", m);
+  checked_activation(activation);
+}
+
 // Shapes of the NWJ head: hidden (R, h) whose first n_joint rows are joint pairs, weight (h),
 // bias (1) or absent.
 inline void check_nwj_head(const Tensor& hidden, const Tensor& weight,

@@ -29,6 +29,15 @@ STABLE_TORCH_LIBRARY(infomax_ext, m) {
       "paired_linear(Tensor hx, Tensor hz, Tensor? hz_source, Tensor weight, Tensor? bias, "
       "Tensor perm, str activation, float param, Tensor? data_half=None) -> Tensor");
   m.def(
+      "paired_linear_forward(Tensor hx, Tensor hz, Tensor? hz_source, Tensor weight, Tensor? bias, "
+      "Tensor perm, str activation, float param, Tensor? data_half=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "paired_linear_backward(Tensor grad_out, Tensor hx, Tensor hz, Tensor? hz_source, "
+      "Tensor weight, Tensor data_half, Tensor latent_half, Tensor? source_half, Tensor? bias, "
+      "Tensor perm, str activation, float param, bool[5] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
       "nwj_head(Tensor hidden, Tensor weight, Tensor? bias, int n_joint, str activation, "
       "float param) -> (Tensor, Tensor, Tensor)");
   m.def(

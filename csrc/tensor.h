@@ -8,6 +8,7 @@
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/Exception.h>
 
+#include <array>
 #include <cstdint>
 #include <initializer_list>
 #include <sstream>
@@ -80,6 +81,27 @@ inline Tensor empty_like_shape(const Tensor& t) {
 inline Tensor as_contiguous(const Tensor& t) {
   return t.is_contiguous() ? t : torch::stable::contiguous(t);
 }
+
+// Operators called through the dispatcher (so each device runs its own kernel: MKL or oneDNN on
+// the CPU, cuBLAS on CUDA): op "ns::name", its overload ("" for the default), the arguments; the
+// first result.
+template <typename... Args>
+inline Tensor call_op(const char* op, const char* overload, const Args&... args) {
+  std::array<StableIValue, sizeof...(Args)> stack{torch::stable::detail::from(args)...};
+  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher(op, overload, stack.data(), TORCH_ABI_VERSION));
+  return torch::stable::detail::to<Tensor>(stack[0]);
+}
+
+// The matrix product a @ b.
+inline Tensor mm(const Tensor& a, const Tensor& b) { return call_op("aten::mm", "", a, b); }
+
+// out = a @ b, written into out (which may be a strided view).
+inline void mm_out(const Tensor& out, const Tensor& a, const Tensor& b) {
+  call_op("aten::mm", "out", a, b, out);
+}
+
+// The transpose of a 2-D tensor (a view).
+inline Tensor t(const Tensor& x) { return torch::stable::transpose(x, 0, 1); }
 
 template <typename T>
 struct TypeTag {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../activations.h"
+#include "../kernels.h"
 #include "../op_args.h"
 
 namespace infomax_ext {
@@ -114,6 +115,8 @@ void check_perm_range(const int64_t* perm, int64_t m) {
   }
 }
 
+}  // namespace
+
 Tensor paired_first_layer_cpu(const Tensor& data_half_in, const Tensor& latent_half_in,
                                   const std::optional<Tensor>& shuffled_source_in,
                                   const Tensor& bias_in, const Tensor& perm_in,
@@ -213,8 +216,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cpu(
   });
   return args.grads();
 }
-
-}  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CPU, m) {
   m.impl("paired_first_layer", TORCH_BOX(&paired_first_layer_cpu));

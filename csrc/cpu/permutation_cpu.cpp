@@ -1,10 +1,9 @@
 // CPU kernels of the seeded permutation: counter-based keys, and the inverse of a permutation.
 #include "../checks.h"
+#include "../kernels.h"
 #include "../permutation.h"
 
 namespace infomax_ext {
-namespace {
-
 Tensor permutation_keys_cpu(const Tensor& index, int64_t seed) {
   check_permutation_index(index);
   const Tensor idx = as_contiguous(index);
@@ -35,8 +34,6 @@ Tensor inverse_permutation_cpu(const Tensor& perm) {
   }
   return inverse;
 }
-
-}  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CPU, m) {
   m.impl("permutation_keys", TORCH_BOX(&permutation_keys_cpu));

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../activations.h"
+#include "../kernels.h"
 #include "../op_args.h"
 #include "launch.cuh"
 
@@ -96,6 +97,8 @@ __global__ void paired_first_layer_backward_kernel(
   if (bias_partial) bias_partial[chunk * h + j] = bias_sum;
 }
 
+}  // namespace
+
 Tensor paired_first_layer_cuda(const Tensor& data_half_in, const Tensor& latent_half_in,
                                    const std::optional<Tensor>& shuffled_source_in,
                                    const Tensor& bias_in, const Tensor& perm_in,
@@ -176,8 +179,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cuda(
   });
   return args.grads();
 }
-
-}  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CUDA, m) {
   m.impl("paired_first_layer", TORCH_BOX(&paired_first_layer_cuda));

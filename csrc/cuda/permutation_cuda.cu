@@ -3,6 +3,7 @@
 // both devices give the same permutation for a seed. Entries of a permutation are checked on
 // the device (INFOMAX_KERNEL_ASSERT): no host sync.
 #include "../checks.h"
+#include "../kernels.h"
 #include "../permutation.h"
 #include "launch.cuh"
 
@@ -31,6 +32,8 @@ __global__ void inverse_permutation_kernel(const int64_t* perm, int64_t n, int64
     (void)previous;
   }
 }
+
+}  // namespace
 
 Tensor permutation_keys_cuda(const Tensor& index, int64_t seed) {
   check_permutation_index(index);
@@ -64,8 +67,6 @@ Tensor inverse_permutation_cuda(const Tensor& perm) {
   INFOMAX_CUDA_LAUNCH_CHECK();
   return inverse;
 }
-
-}  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CUDA, m) {
   m.impl("permutation_keys", TORCH_BOX(&permutation_keys_cuda));

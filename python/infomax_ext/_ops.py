@@ -382,6 +382,31 @@ if extension_available():
                      lambda: "the weight's width is not hx's plus hz's")
         return hx.new_empty((2 * hz.shape[0], weight.shape[0]))
 
+    @torch.library.register_fake("infomax_ext::paired_linear_forward")
+    def _(hx, hz, hz_source, weight, bias, perm, activation, param, data_half=None):
+        out = torch.ops.infomax_ext.paired_linear.default(
+            hx, hz, hz_source, weight, bias, perm, activation, param, data_half)
+        units = weight.shape[0]
+        return (
+            out,
+            hx.new_empty((0,) if data_half is not None else (hx.shape[0], units)),
+            hx.new_empty((hz.shape[0], units)),
+            hx.new_empty((0,) if hz_source is None else (hz.shape[0], units)),
+        )
+
+    @torch.library.register_fake("infomax_ext::paired_linear_backward")
+    def _(grad_out, hx, hz, hz_source, weight, data_half, latent_half, source_half, bias, perm,
+          activation, param, output_mask):
+        _fake_same_device("paired_linear_backward", grad_out=grad_out, hx=hx, hz=hz,
+                          hz_source=hz_source, weight=weight, bias=bias, perm=perm)
+
+        def grad(wanted, like):
+            return like.new_empty(like.shape) if wanted else hx.new_empty((0,))
+
+        return (grad(output_mask[0], hx), grad(output_mask[1], hz),
+                grad(output_mask[2] and hz_source is not None, hz), grad(output_mask[3], weight),
+                grad(output_mask[4], weight.new_empty((weight.shape[0],))))
+
 
 # ----------------------------------------------------------------------------------------------
 # NWJ bound, alone and fused with the last layer
