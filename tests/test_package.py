@@ -17,6 +17,8 @@ DOCUMENTED = [
     "JointGaussianDecoder", "SplitGaussianDecoder", "reparameterize", "decoder_loglikelihood",
     "encoder_kl", "spherical_logprior", "encoder_logposterior", "shuffle_latent",
     "variational_mutual_info", "miloss", "infomaxloss", "train_step", "nwj_bound",
+    "use_path", "current_path", "PATHS", "use_reference_path", "DataHalfCache", "save_model",
+    "load_model",
 ]
 
 
