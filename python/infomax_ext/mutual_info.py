@@ -205,8 +205,8 @@ class DataHalfCache:
     and reused by the later evaluations of the bound on the same data and weights.
 
     Pass one as ``data_half_cache`` to :func:`paired_mutual_info` (or to ``infomaxloss``,
-    ``miloss``). Its owner promises that, while it passes the cache, neither the data nor the
-    chain's first-layer weight changes in place. ``train_step`` owns one per step: its VAE loss
+    ``miloss``). Its owner promises that, while it passes the cache, neither the data, the
+    chain's ``data`` network nor its first-layer weight changes in place. ``train_step`` owns one per step: its VAE loss
     and its MI loss see the same x and the same MI weights (the MI loss comes before the MI
     update), so the MI loss skips one (N x Dx) @ (Dx x H) product; the cache is dropped before
     the MI update. An entry is found by the memory ``data(x)`` occupies (the same elements in
