@@ -1,6 +1,7 @@
 // The operator schemas of the infomax_ext namespace. Each backend (csrc/cpu, csrc/cuda)
-// registers its kernels against them; python/infomax_ext/_autograd.py adds the autograd
-// formulas and the device-agnostic paired_linear, python/infomax_ext/_ops.py the fake kernels.
+// registers its kernels against them, csrc/paired_linear.cpp the device-agnostic paired_linear;
+// python/infomax_ext/_autograd.py adds the autograd formulas, python/infomax_ext/_ops.py the fake
+// kernels.
 // Built against the limited Python API (abi3) and the stable torch ABI: one binary serves every
 // CPython >= 3.10 and every torch from TORCH_TARGET_VERSION on.
 #include <Python.h>
