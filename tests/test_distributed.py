@@ -5,7 +5,9 @@ what each rank computed; the tests compare it with the same computation in this 
 64-row batch. The torchrun tests start ``python -m torch.distributed.run`` on the CLI.
 """
 import datetime
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -333,3 +335,120 @@ def test_trainer_shards_each_global_batch_and_reads_only_its_rows(ranks):
     # the logged losses are the all-reduced whole-batch ones: equal on both ranks
     assert [h["mi"] for h in runs[0]["history"]] == [h["mi"] for h in runs[1]["history"]]
     assert "training options" in runs[0]["mismatch"] and runs[0]["mismatch"] == runs[1]["mismatch"]
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+TINY = ["--latent-dim", "2", "--encoder-neurons", "16", "--decoder-neurons", "16",
+        "--mi-neurons", "16", "--eval-mi-steps", "10", "--no-plots", "--log-interval", "0"]
+
+
+@pytest.fixture(scope="module")
+def digits_npy(tmp_path_factory):
+    """The digits as a .npy file (read memory-mapped by the CLI)."""
+    from sklearn.datasets import load_digits
+
+    path = tmp_path_factory.mktemp("data") / "digits.npy"
+    np.save(path, (load_digits().data / 16).astype(np.float32))
+    return path
+
+
+def torchrun(*argv, extra=()):
+    """``torchrun --standalone --nproc-per-node 2 [extra] -m infomax_ext train argv``, started
+    in its own session (so that a timeout can end every process it started)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+               str(WORLD), *extra, "-m", "infomax_ext", "train", *map(str, argv)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+
+
+def finish(job, timeout=TIMEOUT) -> str:
+    """The job's output once it has ended; it and its workers are killed after ``timeout``."""
+    try:
+        return job.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s")
+
+
+def worker_pid(job, rank) -> int:
+    """The pid of the job's worker of this rank (a child of torchrun whose environment says so)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                environ = (stat.parent / "environ").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == job.pid and f"RANK={rank}".encode() in environ:
+                return int(stat.parent.name)
+        time.sleep(0.2)
+    pytest.fail(f"no worker of rank {rank} found")
+
+
+def wait_for(path: Path, job, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if job.poll() is not None or time.monotonic() > deadline:
+            os.killpg(job.pid, signal.SIGKILL)
+            pytest.fail(f"{path} was not written: {job.communicate()[0][-3000:]}")
+        time.sleep(0.2)
+
+
+def checkpoint_loads(run, data, epoch):
+    """The trainer of the run's checkpoint, at ``epoch`` or later, on the data's training split."""
+    train_part, _ = train_val_split(load_file(data), 0.2, 0)
+    trainer = Trainer.from_checkpoint(run / "checkpoint.pt", train_part.x, progress=False)
+    assert trainer.epoch >= epoch and trainer.history[-1]["epoch"] == trainer.epoch
+    return trainer
+
+
+def epochs_logged(run):
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_torchrun_writes_one_run_directory_and_resumes(tmp_path, digits_npy):
+    run = tmp_path / "run"
+    output = finish(torchrun("--data", digits_npy, "--out", run, "--epochs", 2, *TINY))
+    assert "wrote" in output, output
+    config = json.loads((run / "config.json").read_text())
+    assert config["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert config["train"]["negatives"] == "global"
+    assert epochs_logged(run) == [1, 2]
+    assert output.count("infomax epoch 2/2:") == 1  # rank 0 alone prints
+    trainer = checkpoint_loads(run, digits_npy, 2)
+    assert len(torch.load(run / "checkpoint.pt", weights_only=True)["rank_rng"]) == 2
+    assert im.InfoMaxVAE.load(run / "model").vae.encoder.config["n_latent"] == 2
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+    output = finish(torchrun("--resume", "--out", run, "--epochs", 3, *TINY))
+    assert "resuming at epoch 3 of 3" in output, output
+    assert epochs_logged(run) == [1, 2, 3]
+    assert checkpoint_loads(run, digits_npy, 3).history[:2] == trainer.history
+
+
+def test_a_killed_rank_fails_the_job_naming_it_and_keeps_the_checkpoint(tmp_path, digits_npy):
+    run = tmp_path / "run"
+    job = torchrun("--data", digits_npy, "--out", run, "--epochs", 500, *TINY)
+    wait_for(run / "checkpoint.pt", job)
+    os.kill(worker_pid(job, 1), signal.SIGKILL)
+    output = finish(job)
+    assert job.returncode != 0
+    root_cause = output[output.index("Root Cause"):]
+    assert re.search(r"rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: -9", root_cause), root_cause
+    checkpoint_loads(run, digits_npy, 1)
+
+
+def test_max_restarts_resume_from_the_last_checkpoint(tmp_path, digits_npy):
+    run = tmp_path / "run"
+    job = torchrun("--data", digits_npy, "--out", run, "--epochs", 6, *TINY,
+                   extra=["--max-restarts", "1"])
+    wait_for(run / "checkpoint.pt", job)
+    os.kill(worker_pid(job, 1), signal.SIGKILL)
+    output = finish(job)
+    assert job.returncode == 0, output
+    assert re.search(r"resuming at epoch [2-6] of 6", output), output
+    assert epochs_logged(run) == [1, 2, 3, 4, 5, 6]

@@ -321,7 +321,12 @@ def init_from_env(backend: str | None, device: torch.device,
         if device.type == "cuda":
             device_id = local_device(device)
             torch.cuda.set_device(device_id)
-        dist.init_process_group(backend, timeout=timeout, device_id=device_id)
+        # torchrun's store outlives a restart (--max-restarts), and with it the addresses the
+        # previous attempt's processes published: each attempt keys its own.
+        store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend, store=dist.PrefixStore(f"infomax_ext/{attempt}", store),
+                                rank=rank, world_size=world, timeout=timeout, device_id=device_id)
     return dist.group.WORLD
 
 
