@@ -287,7 +287,7 @@ def _read_file(path: Path, mmap: bool = False):
     except DataError:
         raise
     except ValueError as exc:
-        if "allow_pickle" in str(exc) or "pickle" in str(exc).lower():
+        if "pickle" in str(exc).lower() or "Python objects" in str(exc):  # np.load, mmap too
             raise DataError(
                 f"{path} is not a valid {suffix} file of numeric arrays: it is corrupt, or it "
                 "holds pickled Python objects (refused; save plain arrays with np.save, "
