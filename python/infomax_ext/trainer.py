@@ -435,9 +435,9 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(derived_seed(self.config.seed, 2))
-            x = self.val_data
-            loglik, kl = reconstruction_and_kl(self.model.vae, x)
-            units, _ = active_units(encoder_mean(self.model.vae, x), self.config.active_threshold)
+            loglik, kl = reconstruction_and_kl(self.model.vae, self.val_data)  # chunk by chunk
+            units, _ = active_units(encoder_mean(self.model.vae, self.val_data),
+                                    self.config.active_threshold)
         return {"val_recon_loglik": loglik, "val_kl": kl, "val_active_units": units}
 
     def fit(self) -> list[dict]:
