@@ -149,6 +149,13 @@ def train(m, x, settings, group=None, steps=3, negatives="global"):
     return {k: v.detach().clone() for k, v in m.state_dict().items()}, losses
 
 
+def model_bounds(m, x, group=None):
+    """The MI estimates of ``m(x, latent=True)`` and of ``variational_mutual_info(m, x)``."""
+    with torch.no_grad():
+        return [m(x, latent=True, seed=9, process_group=group).mi,
+                im.variational_mutual_info(m, x, seed=10, process_group=group)]
+
+
 def mismatch_messages(rank, group):
     """The errors of calls whose shapes or dtypes differ between the ranks."""
     mi, (x, z) = chain(), global_batch(1)
@@ -224,6 +231,7 @@ def worker(rank, out):
     im.MutualInfoChain.forward = forward
     results["steps"] = [train(model(rank, WORLD), share(data_x(), rank), settings, group)
                         for settings in STEPS]
+    results["forward"] = model_bounds(model(rank, WORLD), share(data_x(), rank), group)
     sent = []
     real_partners = distributed.partner_codes
     distributed.partner_codes = lambda *a: sent.append(1) or real_partners(*a)
@@ -289,6 +297,14 @@ def test_train_steps_leave_the_single_process_parameters(ranks, k):
     for step in range(len(losses)):
         mean_mi = sum(r["steps"][k][1][step][1] for r in results) / WORLD
         assert abs(mean_mi - losses[step][1]) < 1e-10
+
+
+def test_the_model_forms_average_to_the_whole_batch_estimate(ranks):
+    results, _ = ranks
+    want = model_bounds(model(), data_x())
+    for k, value in enumerate(want):
+        torch.testing.assert_close(sum(r["forward"][k] for r in results) / WORLD, value,
+                                   rtol=0, atol=1e-10)
 
 
 def test_local_negatives_send_no_codes_and_keep_ranks_identical(ranks):
