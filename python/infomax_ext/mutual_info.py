@@ -397,8 +397,10 @@ def shuffled_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, n_samples: i
 
     With a ``process_group`` (torch.distributed), each process passes its own rows and the
     shuffle runs over the whole batch, all processes' rows in rank order, with the permutation
-    ``latent_permutation`` gives that batch for rank 0's seed; the bound returned is the mean of
-    its terms over this process's rows (:mod:`infomax_ext.distributed`)."""
+    ``latent_permutation`` gives that batch for rank 0's seed: the partners of this process's
+    codes are gathered (:func:`~infomax_ext.distributed.partner_codes`) and evaluated as the
+    shuffled codes of the same fused path. The bound returned is the mean of its terms over this
+    process's rows (:mod:`infomax_ext.distributed`)."""
     n = x.shape[0]
     if process_group is None:
         perm = latent_permutation(n, n_samples, seed, z.device)
