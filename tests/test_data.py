@@ -1,4 +1,7 @@
 """infomax_ext.data: the digits, users' files, validation with clear messages, splits."""
+import contextlib
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +9,7 @@ import torch
 from infomax_ext.data import (
     DataError,
     DataWarning,
+    MappedSamples,
     check_samples,
     load_dataset,
     load_digits,
@@ -114,6 +118,46 @@ def test_pickled_objects_are_refused(tmp_path):
     np.save(tmp_path / "x.npy", np.array([{"a": 1}] * 10, dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="pickled Python objects"):
         load_file(tmp_path / "x.npy")
+
+
+@pytest.mark.parametrize("normalize, likelihood", [
+    ("unit", "bernoulli"), ("standardize", "gaussian"), ("none", "gaussian")])
+def test_a_mapped_npy_file_reads_as_the_loaded_one(tmp_path, normalize, likelihood):
+    raw = (np.random.default_rng(1).random((40, 3, 5)) * 255).astype(np.uint8)
+    raw[3, 0, 0], raw[7, 2, 4] = 0, 255
+    np.save(tmp_path / "x.npy", raw)
+    def large():  # both ways warn alike about unscaled pixels
+        if normalize == "none":
+            return pytest.warns(DataWarning, match="inputs this large")
+        return contextlib.nullcontext()
+
+    with large():
+        loaded = load_file(tmp_path / "x.npy", likelihood=likelihood, normalize=normalize)
+    with large():
+        mapped = load_file(tmp_path / "x.npy", likelihood=likelihood, normalize=normalize,
+                           mmap=True)
+    assert isinstance(mapped.x, MappedSamples) and mapped.x.shape == (40, 3, 5)
+    assert torch.equal(mapped.x[:], loaded.x) and mapped.fingerprint() == loaded.fingerprint()
+    train, val = train_val_split(mapped, 0.25, seed=2)
+    want_train, want_val = train_val_split(loaded, 0.25, seed=2)
+    rows = torch.tensor([4, 0, 29, 4])
+    assert torch.equal(train.x[rows], want_train.x[rows]) and torch.equal(train.x[5], want_train.x[5])
+    assert torch.equal(val.x.to("cpu"), want_val.x) and train.fingerprint() == want_train.fingerprint()
+    sent = pickle.dumps(train.x)  # a copy for another process maps the file again
+    assert len(sent) < raw.nbytes and torch.equal(pickle.loads(sent)[rows], want_train.x[rows])
+
+
+@pytest.mark.parametrize("x, likelihood, message", [
+    (np.full((20, 4), np.nan), "gaussian", "NaN or infinite"),
+    (np.full((20, 4), 255.0), "bernoulli", r"values range over \[255, 255\] but the Bernoulli"),
+    (np.zeros((3, 4)), "bernoulli", "need at least 8"),
+    (np.array([{"a": 1}] * 10, dtype=object), "bernoulli", "pickled Python objects"),
+])
+def test_a_mapped_npy_file_is_refused_like_a_loaded_one(tmp_path, x, likelihood, message):
+    np.save(tmp_path / "x.npy", x, allow_pickle=True)
+    for mmap in (False, True):
+        with pytest.raises(DataError, match=message):
+            load_file(tmp_path / "x.npy", likelihood=likelihood, mmap=mmap)
 
 
 @pytest.mark.parametrize("x, likelihood, message", [

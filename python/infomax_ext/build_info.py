@@ -11,7 +11,6 @@ import json
 
 import torch
 
-from ._version import __version__
 
 __all__ = ["build_info", "load_failure_message"]
 

@@ -19,6 +19,13 @@ With ``--compare-vae`` the same architecture is also trained with ``alpha = 0`` 
 under the same seed and budget: DIR/infomax/ and DIR/vae/ are two such run directories, and
 DIR/comparison.md, DIR/comparison.json and DIR/comparison.png set them side by side.
 
+Started by torchrun (``torchrun --nproc-per-node K -m infomax_ext train ...``), the processes
+train one model data-parallel (:mod:`infomax_ext.distributed`): rank 0 alone decides and writes
+the run directory (config.json records ``world_size`` and the backend), reads what --resume
+continues and sends it to the others, prints, and evaluates; a ``.npy`` file is memory-mapped
+and each process reads the rows of its batches. A restart by ``torchrun --max-restarts``
+resumes the run in --out from its last checkpoint.
+
 Exit codes: 0 done, 1 the data, the run directory or a saved run cannot be used, or training
 diverged (message says why), 2 bad command-line options, 130 interrupted (the last checkpoint is
 intact; ``--resume`` continues).
@@ -26,6 +33,7 @@ intact; ``--resume`` continues).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -176,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``infomax-ext``."""
     from .activations import HIDDEN_ACTIVATIONS
     from .data import LIKELIHOODS, NORMALIZATIONS
-    from .trainer import TrainConfig
+    from .trainer import NEGATIVES, TrainConfig
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -220,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one forward pass feeds both updates (the paper's cheaper scheme)")
     model.add_argument("--shuffled-grad", action="store_const", const=True, default=None,
                        help="let the MI gradient reach the encoder through the shuffled codes too")
+    model.add_argument("--negatives", choices=NEGATIVES, default=None,
+                       help="under torchrun: shuffle the codes over the whole batch of all "
+                            "processes (global, the single-process bound) or within each "
+                            f"process's share (local: no codes travel) (default {defaults.negatives})")
     run = train.add_argument_group("run")
     run.add_argument("--out", metavar="DIR", default=None,
                      help="run directory (default: a new folder under runs/)")
@@ -227,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run in --out DIR from its last checkpoint")
     run.add_argument("--compare-vae", action="store_true",
                      help="also train the same model with alpha = 0 and compare the two")
+    run.add_argument("--dist-backend", choices=("gloo", "nccl"), default=None,
+                     help="torch.distributed backend under torchrun (default nccl for a CUDA "
+                          "--device, gloo otherwise)")
     run.add_argument("--threads", type=_positive_int, default=1, metavar="N",
                      help="CPU threads for torch (default 1: robust when other jobs share the "
                           "cores; on idle cores 2 threads train these networks about 1.5x faster)")
@@ -343,7 +358,8 @@ def _train_config(args, parser, saved: dict | None):
     from .trainer import TrainConfig
 
     dests = [dest for _, dest, *_ in _TRAIN_OPTIONS] + ["activation", "likelihood",
-                                                        "reuse_forward", "shuffled_grad"]
+                                                        "reuse_forward", "shuffled_grad",
+                                                        "negatives"]
     if saved is None:
         values = TrainConfig().to_dict()
         values.update({d: _given(args, d) for d in dests if _given(args, d) is not None})
@@ -415,19 +431,22 @@ def comparison_table(infomax: dict, vae: dict, alpha: float, beta: float) -> str
 # ----------------------------------------------------------------------------- one run
 
 def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | None, *,
-             resume: bool, progress: bool, log_interval: float, plots: bool):
+             resume: bool, progress: bool, log_interval: float, plots: bool, group=None):
     """Train (or resume) one model in ``run_dir``, evaluate it, write its files (its own
-    config.json when ``data_info`` is given); returns ``(metrics, held-out encoder means)``."""
+    config.json when ``data_info`` is given); returns ``(metrics, held-out encoder means)``.
+    With a process ``group`` every process trains and rank 0 alone evaluates and writes (the
+    others return ``(None, None)``)."""
+    from .distributed import from_rank0
     from .evaluation import encoder_mean, evaluate
     from .serialization import atomic_write_json
     from .trainer import CHECKPOINT_FILE, Trainer
 
     checkpoint = run_dir / CHECKPOINT_FILE
     started = time.perf_counter()
-    if resume and checkpoint.exists():
+    if resume and from_rank0(group, checkpoint.exists):
         trainer = Trainer.from_checkpoint(checkpoint, train.x, val.x, run_dir, epochs=config.epochs,
                                           device=config.device, progress=progress, desc=name,
-                                          log_interval=log_interval)
+                                          log_interval=log_interval, process_group=group)
         if trainer.epoch > config.epochs:
             raise CommandError(f"{name}: the checkpoint is already at epoch {trainer.epoch}, beyond "
                                f"--epochs {config.epochs}")
@@ -438,11 +457,13 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
         if resume:
             _say(f"{name}: no checkpoint in {run_dir} yet; starting from epoch 0")
         trainer = Trainer.create(config, train.x, val.x, run_dir, progress=progress, desc=name,
-                                 log_interval=log_interval)
+                                 log_interval=log_interval, process_group=group)
     if data_info is not None:
-        atomic_write_json(run_dir / CONFIG_FILE,
-                          {"name": name, "data": data_info, "train": config.to_dict()})
+        from_rank0(group, lambda: atomic_write_json(
+            run_dir / CONFIG_FILE, {"name": name, "data": data_info, "train": config.to_dict()}))
     trainer.fit()
+    if trainer.rank != 0:
+        return None, None
     train_seconds = time.perf_counter() - started
     model = trainer.model
     model.save(run_dir / "model")
@@ -496,20 +517,67 @@ def _cmd_train(args, parser) -> int:
     _check_extras(not args.no_plots, args.quiet)
     if args.resume and args.out is None:
         parser.error("--resume needs --out DIR, the run to continue")
-    out = Path(args.out) if args.out is not None else _default_out()
-    args.out = str(out)  # the interrupt hint names the actual directory
-    _check_out(out)
+    from .distributed import from_rank0
+
+    group = _process_group(args)
     lock = _RunLock()
     try:
-        if out.is_dir():  # a directory in use is refused before anything else
-            _claim(out, lock, args.resume, parser)
-        return _cmd_train_locked(args, parser, out, lock)
+        with _only_rank0_prints(group):
+            out = from_rank0(group, lambda: _claim_out(args, parser, lock))
+            args.out = str(out)  # the interrupt hint names the actual directory
+            return _cmd_train_locked(args, parser, out, lock, group)
     finally:
         lock.release()
+        if group is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
-def _cmd_train_locked(args, parser, out: Path, lock: _RunLock) -> int:
+def _process_group(args):
+    """The process group when torchrun started this process (None otherwise); a restart by
+    ``torchrun --max-restarts`` continues the run in --out (``args.resume``)."""
     import torch
+
+    from .distributed import from_rank0, init_from_env
+
+    device = args.device or "cpu"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    group = init_from_env(args.dist_backend, torch.device(device))
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if group is not None and restarts > 0 and not args.resume and args.out is not None:
+        if from_rank0(group, lambda: _holds_run(Path(args.out))):
+            args.resume = True
+    return group
+
+
+@contextlib.contextmanager
+def _only_rank0_prints(group):
+    """Standard output of every process but rank 0 discarded (errors still go to stderr)."""
+    import torch.distributed as dist
+
+    if group is None or dist.get_rank(group) == 0:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
+def _claim_out(args, parser, lock: _RunLock) -> Path:
+    """The run directory: --out or a new name; locked at once when it exists (a directory in use
+    is refused before anything else)."""
+    out = Path(args.out) if args.out is not None else _default_out()
+    _check_out(out)
+    if out.is_dir():
+        _claim(out, lock, args.resume, parser)
+    return out
+
+
+def _cmd_train_locked(args, parser, out: Path, lock: _RunLock, group=None) -> int:
+    import torch
+
+    from .distributed import from_rank0
 
     # the data options: (flag, key in config.json's "data", value given, value when not given)
     options = [("--data", "source", _path(args.data), None),
@@ -517,13 +585,13 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock) -> int:
                ("--normalize", "normalize", args.normalize, "none")]
     saved = None
     if args.resume:
-        saved = _read_run_config(out)
+        saved = from_rank0(group, lambda: _read_run_config(out))
         if args.compare_vae and not saved.get("compare_vae", False):
             parser.error("--compare-vae: the run in --out was not started with --compare-vae")
         compare = bool(saved.get("compare_vae", False))
         data = {key: saved["data"].get(key, unset) for _, key, _, unset in options}
         data.update(source=_path(data["source"]), labels=_path(data["labels"]))
-        _remove_stale_temporaries(out)
+        from_rank0(group, lambda: _remove_stale_temporaries(out))
         for flag, key, given, _ in options:
             if given is not None and given != data[key]:
                 parser.error(f"{flag} {given} differs from the run's ({data[key]})")
@@ -535,7 +603,7 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _train(args, parser, out, lock, saved, compare, data, config)
+        return _train(args, parser, out, lock, saved, compare, data, config, group)
     finally:
         torch.set_num_threads(threads)
 
@@ -555,16 +623,15 @@ def _remove_stale_temporaries(out: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: dict,
-           config) -> int:
-    """Train with the data options ``data`` (``source``, ``labels``, ``normalize``)."""
-    from .data import DataWarning, load_dataset, train_val_split
-    from .serialization import atomic_write_json, atomic_write_text
+def _load_data(data: dict, config, saved) -> tuple:
+    """The dataset of the data options ``data`` (a .npy file memory-mapped) and its description
+    for config.json, checked against the ``saved`` run's."""
+    from .data import DataWarning, load_dataset
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
         dataset = load_dataset(data["source"], data["labels"], config.likelihood,
-                               data["normalize"])
+                               data["normalize"], mmap=True)
     for w in caught:
         if issubclass(w.category, DataWarning):
             _say(f"{PROG}: notice: {w.message}")
@@ -575,9 +642,15 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
     if saved is not None and saved["data"].get("fingerprint") != info["fingerprint"]:
         raise CommandError(f"the data in {dataset.source} changed since the run started "
                            "(fingerprint mismatch); a resumed run needs the same data")
-    train, val = train_val_split(dataset, config.val_fraction, config.seed)
-    if config.batch_size > len(train):
-        parser.error(f"--batch-size {config.batch_size} exceeds the {len(train)} training samples")
+    return dataset, info
+
+
+def _write_run_config(args, parser, out: Path, lock: _RunLock, saved, compare: bool, info: dict,
+                      config, group) -> None:
+    """Create and lock ``out`` if not yet done and write its config.json."""
+    import torch.distributed as dist
+
+    from .serialization import atomic_write_json
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -588,7 +661,32 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
     atomic_write_json(out / CONFIG_FILE, {
         "command": "train", "compare_vae": compare, "data": info, "train": config.to_dict(),
         "created": saved.get("created") if saved else _dt.datetime.now().isoformat(timespec="seconds"),
+        "distributed": {"world_size": 1 if group is None else dist.get_world_size(group),
+                        "backend": None if group is None else str(dist.get_backend(group))},
     })
+
+
+def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: dict,
+           config, group=None) -> int:
+    """Train with the data options ``data`` (``source``, ``labels``, ``normalize``); with a
+    process ``group``, rank 0 reads the data (a .npy file: checks it and sends its mapping) and
+    writes, every process trains."""
+    import torch.distributed as dist
+
+    from .data import train_val_split
+    from .distributed import from_rank0
+    from .serialization import atomic_write_json, atomic_write_text
+
+    dataset, info = from_rank0(group, lambda: _load_data(data, config, saved))
+    train, val = train_val_split(dataset, config.val_fraction, config.seed)
+    if config.batch_size > len(train):
+        parser.error(f"--batch-size {config.batch_size} exceeds the {len(train)} training samples")
+    world = 1 if group is None else dist.get_world_size(group)
+    if config.batch_size % world or config.batch_size < 2 * world:
+        parser.error(f"--batch-size {config.batch_size} (the batch of all processes) must be a "
+                     f"multiple of the {world} processes that gives each at least 2 samples")
+    from_rank0(group, lambda: _write_run_config(args, parser, out, lock, saved, compare, info,
+                                                config, group))
     scaled = "" if data["normalize"] == "none" else f" (--normalize {data['normalize']})"
     _say(f"{PROG}: {dataset.source} data{scaled}, {len(train)} training / {len(val)} held-out "
          f"samples of shape {tuple(dataset.sample_shape)}; run directory {out}")
@@ -599,7 +697,7 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
     if not compare:
         name = "infomax" if config.alpha > 0 else "vae"
         _run_one(name, config, out, train, val, None, resume=args.resume, progress=progress,
-                 log_interval=args.log_interval, plots=plots)
+                 log_interval=args.log_interval, plots=plots, group=group)
         _say(f"{PROG}: wrote {out}")
         return 0
 
@@ -607,7 +705,10 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
     for name, cfg in (("infomax", config), ("vae", replace(config, alpha=0.0))):
         results[name], means[name] = _run_one(name, cfg, out / name, train, val, info,
                                               resume=args.resume, progress=progress,
-                                              log_interval=args.log_interval, plots=plots)
+                                              log_interval=args.log_interval, plots=plots,
+                                              group=group)
+    if results["infomax"] is None:  # not rank 0
+        return 0
     table = comparison_table(results["infomax"], results["vae"], config.alpha, config.beta)
     atomic_write_text(out / "comparison.md",
                       f"# InfoMax VAE vs plain VAE on {dataset.source}\n\n{table}")
@@ -641,14 +742,24 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    import torch.distributed as dist
+
     from .data import DataError
+    from .distributed import DistributedMismatchError
     from .serialization import SerializationError
     from .trainer import TrainingError
 
     try:
         return args.func(args, parser)
-    except (CommandError, DataError, SerializationError, TrainingError) as exc:
+    except (CommandError, DataError, DistributedMismatchError, SerializationError,
+            TrainingError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except dist.DistError as exc:  # another process of a torchrun job stopped
+        print(f"{PROG} {args.command}: error: lost contact with another process of the job "
+              f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+              "torchrun's summary names the process that stopped; the last checkpoint is intact",
+              file=sys.stderr, flush=True)
         return 1
     except OSError as exc:  # a full disk, a vanished directory, ...
         where = f" ({exc.filename})" if exc.filename else ""

@@ -20,6 +20,10 @@ bfloat16 tensors are converted to float32 (exactly) with a :class:`DataWarning`.
 Samples may be rescaled on loading (``normalize``, :func:`normalize_samples`): ``"unit"`` maps
 them to [0, 1] (what the Bernoulli decoder needs), ``"standardize"`` to mean 0 and variance 1
 (data of any scale for the Gaussian decoder).
+
+Data larger than memory: ``load_file(path.npy, mmap=True)`` memory-maps the file
+(:class:`MappedSamples`): it is checked and its rescaling measured in one streaming pass, and
+afterwards only the rows asked for are read (converted and rescaled as they are read).
 """
 from __future__ import annotations
 
@@ -37,12 +41,14 @@ __all__ = [
     "DataError",
     "DataWarning",
     "ArrayDataset",
+    "MappedSamples",
     "LIKELIHOODS",
     "NORMALIZATIONS",
     "load_digits",
     "load_file",
     "load_dataset",
     "check_samples",
+    "check_mapped",
     "normalize_samples",
     "train_val_split",
     "short_error",
@@ -69,12 +75,13 @@ class DataWarning(UserWarning):
 
 @dataclass
 class ArrayDataset:
-    """Samples ``x`` (N, *sample_shape) float32 with optional labels ``y`` (N,) int64.
+    """Samples ``x`` (N, *sample_shape) float32 (a tensor, or :class:`MappedSamples` read on
+    demand) with optional labels ``y`` (N,) int64.
 
     ``classes[k]`` is the original label of code ``k``; ``image_shape`` ``(H, W)`` says how to draw
     one sample as an image (``None``: draw it as a strip); ``source`` names where it came from."""
 
-    x: torch.Tensor
+    x: "torch.Tensor | MappedSamples"
     y: torch.Tensor | None = None
     source: str = "arrays"
     image_shape: tuple[int, int] | None = None
@@ -90,8 +97,10 @@ class ArrayDataset:
         return tuple(self.x.shape[1:])
 
     def subset(self, index: torch.Tensor) -> "ArrayDataset":
-        """The samples (and labels) at ``index`` (K,) int64, in that order."""
-        return ArrayDataset(self.x[index], None if self.y is None else self.y[index], self.source,
+        """The samples (and labels) at ``index`` (K,) int64, in that order (mapped samples stay
+        mapped)."""
+        x = self.x.subset(index) if isinstance(self.x, MappedSamples) else self.x[index]
+        return ArrayDataset(x, None if self.y is None else self.y[index], self.source,
                             self.image_shape, self.classes, index)
 
     def fingerprint(self) -> str:
@@ -101,9 +110,14 @@ class ArrayDataset:
             if t is None:
                 h.update(b"none")
                 continue
-            a = t.detach().cpu().contiguous().numpy()
-            h.update(f"{a.dtype.str}{a.shape}".encode())
-            h.update(a.tobytes())
+            if isinstance(t, MappedSamples):  # the bytes of the float32 samples, read in chunks
+                chunks, header = t.chunks(), (np.dtype(np.float32).str, tuple(t.shape))
+            else:
+                a = t.detach().cpu().contiguous().numpy()
+                chunks, header = [a], (a.dtype.str, a.shape)
+            h.update(f"{header[0]}{header[1]}".encode())
+            for chunk in chunks:
+                h.update(chunk.tobytes())
         return h.hexdigest()
 
     def describe(self) -> dict:
@@ -115,6 +129,66 @@ class ArrayDataset:
             "n_classes": None if self.classes is None else len(self.classes),
             "fingerprint": self.fingerprint(),
         }
+
+
+class MappedSamples:
+    """The samples of a ``.npy`` file, memory-mapped: ``(N, *sample_shape)`` float32 values
+    read on demand, each read converted from the file's dtype and rescaled by ``shift`` and
+    ``scale`` (``scale`` None: not rescaled), exactly as :func:`check_samples` converts and
+    rescales samples in memory.
+
+    Indexing (an int, a slice, an index tensor or array) reads only those rows and returns a
+    tensor; ``rows`` (K,) makes this the view of those rows of the file, in that order
+    (:meth:`subset`). ``.to(device)`` reads every row. Pickles as its path and parameters, so a
+    copy sent to another process maps the file again instead of carrying its data."""
+
+    dtype = torch.float32
+
+    def __init__(self, path, shift: float = 0.0, scale: float | None = None,
+                 rows: np.ndarray | None = None):
+        self.path = Path(path)
+        self.array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        self.shift, self.scale, self.rows = shift, scale, rows
+
+    def __reduce__(self):
+        return MappedSamples, (str(self.path), self.shift, self.scale, self.rows)
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0] if self.rows is None else len(self.rows))
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), *self.array.shape[1:]))
+
+    def dim(self) -> int:
+        return self.array.ndim
+
+    def _read(self, index) -> np.ndarray:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        if self.rows is not None:
+            index = self.rows[index]
+        x = np.array(self.array[index], dtype=np.float32)
+        return x if self.scale is None else _rescaled(x, self.shift, self.scale)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self._read(index)))
+
+    def to(self, *args, **kwargs) -> torch.Tensor:
+        """Every row, read into memory as a tensor, then ``Tensor.to(*args, **kwargs)``."""
+        return self[:].to(*args, **kwargs)
+
+    def subset(self, index) -> "MappedSamples":
+        """The rows ``index`` (K,) of these samples, in that order, still mapped."""
+        index = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index)
+        rows = index if self.rows is None else self.rows[index]
+        return MappedSamples(self.path, self.shift, self.scale, rows)
+
+    def chunks(self, nbytes: int = 2**24):
+        """The rows in order, as float32 arrays of about ``nbytes`` each."""
+        step = max(1, nbytes // max(1, 4 * math.prod(self.array.shape[1:])))
+        for start in range(0, len(self), step):
+            yield self._read(slice(start, start + step))
 
 
 # ----------------------------------------------------------------------------- built-in data
@@ -191,8 +265,9 @@ def _from_mapping(mapping: dict, path: Path):
     return x, y
 
 
-def _read_file(path: Path):
-    """``(samples, labels or None)`` as numpy arrays, from a .npy, .npz or .pt file."""
+def _read_file(path: Path, mmap: bool = False):
+    """``(samples, labels or None)`` as numpy arrays, from a .npy, .npz or .pt file; with
+    ``mmap`` a .npy file's samples as :class:`MappedSamples`."""
     if not path.exists():
         raise DataError(f"data file not found: {path}")
     if not path.is_file():
@@ -204,7 +279,7 @@ def _read_file(path: Path):
         )
     try:
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False), None
+            return (MappedSamples(path) if mmap else np.load(path, allow_pickle=False)), None
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
                 return _from_mapping({k: archive[k] for k in archive.files}, path)
@@ -212,7 +287,7 @@ def _read_file(path: Path):
     except DataError:
         raise
     except ValueError as exc:
-        if "allow_pickle" in str(exc) or "pickle" in str(exc).lower():
+        if "pickle" in str(exc).lower() or "Python objects" in str(exc):  # np.load, mmap too
             raise DataError(
                 f"{path} is not a valid {suffix} file of numeric arrays: it is corrupt, or it "
                 "holds pickled Python objects (refused; save plain arrays with np.save, "
@@ -266,6 +341,17 @@ def _encode_labels(y: np.ndarray, n: int, path) -> tuple[torch.Tensor, list[str]
     return torch.as_tensor(codes.reshape(-1), dtype=torch.int64), [str(c) for c in classes]
 
 
+def _check_normalization(mode: str) -> None:
+    if mode not in NORMALIZATIONS:
+        raise DataError(f"unknown normalization {mode!r}; choose one of {list(NORMALIZATIONS)}")
+
+
+def _rescaled(x: np.ndarray, shift: float, scale: float) -> np.ndarray:
+    """``(x - shift) / scale`` computed in float64, as float32; zeros when ``scale`` is 0."""
+    x = x.astype(np.float64, copy=False)
+    return ((x - shift) / scale if scale > 0 else np.zeros_like(x)).astype(np.float32)
+
+
 def normalize_samples(x: np.ndarray, mode: str) -> np.ndarray:
     """``x`` (N, *sample_shape), finite, shifted and scaled as float32, by one shift and one scale
     computed over every value of every sample (so an image keeps its contrasts; constant data
@@ -273,29 +359,21 @@ def normalize_samples(x: np.ndarray, mode: str) -> np.ndarray:
 
     ``"unit"``: ``(x - min) / (max - min)``, values in [0, 1]; ``"standardize"``:
     ``(x - mean) / std``, values of mean 0 and variance 1; ``"none"``: ``x`` unchanged."""
-    if mode not in NORMALIZATIONS:
-        raise DataError(f"unknown normalization {mode!r}; choose one of {list(NORMALIZATIONS)}")
+    _check_normalization(mode)
     if mode == "none":
         return x
     x = x.astype(np.float64)
     shift, scale = (x.min(), x.max() - x.min()) if mode == "unit" else (x.mean(), x.std())
-    return ((x - shift) / scale if scale > 0 else np.zeros_like(x)).astype(np.float32)
+    return _rescaled(x, shift, scale)
 
 
-def check_samples(x, likelihood: str = "bernoulli", source: str = "data",
-                  normalize: str = "none") -> torch.Tensor:
-    """The samples as float32 ``(N, *sample_shape)`` after checking them, rescaled as
-    ``normalize`` says (:func:`normalize_samples`), for ``likelihood``.
-
-    Raises :class:`DataError` for: non-numeric dtypes, fewer than 2 dimensions, fewer than
-    ``MIN_SAMPLES`` samples, empty samples, NaN or infinite values, and (Bernoulli decoder) values
-    outside [0, 1]. Warns (:class:`DataWarning`) when a Gaussian decoder gets values beyond
-    ``LARGE_INPUT`` in magnitude: such a run diverges at its first step."""
+def _check_likelihood(likelihood: str) -> None:
     if likelihood not in LIKELIHOODS:
         raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
-    if isinstance(x, torch.Tensor):
-        x = _tensor_to_numpy(x, source)
-    x = np.asarray(x)
+
+
+def _check_layout(x: np.ndarray, source: str) -> None:
+    """A numeric array (N, features...) of MIN_SAMPLES or more non-empty samples."""
     if x.dtype == object or x.dtype.kind not in "biuf":
         raise DataError(f"{source}: samples must be numeric, found dtype {x.dtype}")
     if x.ndim < 2:
@@ -308,13 +386,15 @@ def check_samples(x, likelihood: str = "bernoulli", source: str = "data",
                         "(training and held-out batches of 2 or more)")
     if math.prod(x.shape[1:]) == 0:
         raise DataError(f"{source}: samples are empty (shape {x.shape})")
-    x = x.astype(np.float32, copy=False)
-    finite = np.isfinite(x)
-    if not finite.all():
-        bad = int((~finite).sum())
+
+
+def _check_finite(bad: int, source: str) -> None:
+    if bad:
         raise DataError(f"{source}: {bad} values are NaN or infinite; clean the data first")
-    x = normalize_samples(x, normalize)
-    lo, hi = float(x.min()), float(x.max())
+
+
+def _check_range(lo: float, hi: float, likelihood: str, source: str) -> None:
+    """The (rescaled) samples' range ``[lo, hi]`` suits the decoder ``likelihood``."""
     if likelihood == "bernoulli" and (lo < 0.0 or hi > 1.0):
         raise DataError(
             f"{source}: values range over [{lo:g}, {hi:g}] but the Bernoulli decoder needs them "
@@ -324,18 +404,73 @@ def check_samples(x, likelihood: str = "bernoulli", source: str = "data",
     if likelihood == "gaussian" and max(-lo, hi) > LARGE_INPUT:
         warnings.warn(f"{source}: values range over [{lo:g}, {hi:g}]; inputs this large make the "
                       "first training step overflow: rescale them with --normalize standardize",
-                      DataWarning, stacklevel=2)
+                      DataWarning, stacklevel=3)
+
+
+def check_samples(x, likelihood: str = "bernoulli", source: str = "data",
+                  normalize: str = "none") -> torch.Tensor:
+    """The samples as float32 ``(N, *sample_shape)`` after checking them, rescaled as
+    ``normalize`` says (:func:`normalize_samples`), for ``likelihood``.
+
+    Raises :class:`DataError` for: non-numeric dtypes, fewer than 2 dimensions, fewer than
+    ``MIN_SAMPLES`` samples, empty samples, NaN or infinite values, and (Bernoulli decoder) values
+    outside [0, 1]. Warns (:class:`DataWarning`) when a Gaussian decoder gets values beyond
+    ``LARGE_INPUT`` in magnitude: such a run diverges at its first step."""
+    _check_likelihood(likelihood)
+    if isinstance(x, torch.Tensor):
+        x = _tensor_to_numpy(x, source)
+    x = np.asarray(x)
+    _check_layout(x, source)
+    x = x.astype(np.float32, copy=False)
+    _check_finite(int((~np.isfinite(x)).sum()), source)
+    x = normalize_samples(x, normalize)
+    _check_range(float(x.min()), float(x.max()), likelihood, source)
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
+def check_mapped(samples: MappedSamples, likelihood: str = "bernoulli", source: str = "data",
+                 normalize: str = "none") -> MappedSamples:
+    """:func:`check_samples` for memory-mapped samples, streaming: the same checks and errors,
+    the rescaling measured over every value (one pass over the file; ``standardize`` a second)
+    and set on ``samples`` (returned), which then rescale each row as they read it."""
+    _check_likelihood(likelihood)
+    _check_normalization(normalize)
+    _check_layout(samples.array, source)
+    samples.scale, bad, lo, hi, total = None, 0, math.inf, -math.inf, 0.0
+    for chunk in samples.chunks():
+        bad += int((~np.isfinite(chunk)).sum())
+        if not bad:
+            lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+            total += float(chunk.sum(dtype=np.float64))
+    _check_finite(bad, source)
+    if normalize != "none":
+        count = math.prod(samples.shape)
+        if normalize == "unit":
+            shift, scale = lo, hi - lo
+        else:
+            shift = total / count
+            squares = sum(float(((c.astype(np.float64) - shift) ** 2).sum())
+                          for c in samples.chunks())
+            scale = math.sqrt(squares / count)
+        lo, hi = _rescaled(np.array([lo, hi], dtype=np.float32), shift, scale).tolist()
+        samples.shift, samples.scale = shift, scale
+    _check_range(lo, hi, likelihood, source)
+    return samples
+
+
 def load_file(path, labels=None, likelihood: str = "bernoulli",
-              normalize: str = "none") -> ArrayDataset:
+              normalize: str = "none", *, mmap: bool = False) -> ArrayDataset:
     """An :class:`ArrayDataset` from a ``.npy``, ``.npz`` or ``.pt`` file (see the module
     docstring), labels optionally from a second file ``labels`` (same formats, one array),
-    samples checked and rescaled by :func:`check_samples`."""
+    samples checked and rescaled by :func:`check_samples`. ``mmap=True``: a ``.npy`` file's
+    samples stay in the file, memory-mapped (:class:`MappedSamples`, :func:`check_mapped`); other
+    formats are read into memory."""
     path = Path(path)
-    x, y = _read_file(path)
-    samples = check_samples(x, likelihood, str(path), normalize)
+    x, y = _read_file(path, mmap)
+    if isinstance(x, MappedSamples):
+        samples = check_mapped(x, likelihood, str(path), normalize)
+    else:
+        samples = check_samples(x, likelihood, str(path), normalize)
     if labels is not None:
         if y is not None:
             raise DataError(f"{path} already holds labels; do not also pass a labels file")
@@ -349,16 +484,16 @@ def load_file(path, labels=None, likelihood: str = "bernoulli",
 
 
 def load_dataset(source: str | None = None, labels=None, likelihood: str = "bernoulli",
-                 normalize: str = "none") -> ArrayDataset:
-    """``source`` None or ``"digits"``: :func:`load_digits`; otherwise :func:`load_file`; the
-    samples checked and rescaled by :func:`check_samples`."""
+                 normalize: str = "none", *, mmap: bool = False) -> ArrayDataset:
+    """``source`` None or ``"digits"``: :func:`load_digits`; otherwise :func:`load_file` (with
+    ``mmap``); the samples checked and rescaled by :func:`check_samples`."""
     if source is None or source == "digits":
         if labels is not None:
             raise DataError("a labels file goes with a data file; the digits carry their labels")
         data = load_digits()
         data.x = check_samples(data.x, likelihood, "digits", normalize)
         return data
-    return load_file(source, labels, likelihood, normalize)
+    return load_file(source, labels, likelihood, normalize, mmap=mmap)
 
 
 # ----------------------------------------------------------------------------- splits

@@ -13,14 +13,14 @@ from typing import Callable, Iterable, NamedTuple
 import torch
 from torch import nn
 
+from . import distributed
 from .activations import ACTIVATIONS, spec_of_module
 from .mutual_info import (
     DataHalfCache,
     MIScores,
     MutualInfoChain,
     check_batch,
-    latent_permutation,
-    paired_mutual_info,
+    shuffled_bound,
 )
 from .serialization import (
     SerializationError,
@@ -49,7 +49,8 @@ class InfoMaxVAE(nn.Module):
     """A :class:`VAE` trained together with a :class:`MutualInfoChain` ``mi``.
 
     ``model(x)`` is ``vae(x)`` (the decoder output); ``model(x, latent=True, seed=None)`` returns
-    ``InfoMaxVAEOutput(vae=VAEOutput(encoder, z, decoder), mi=I)``.
+    ``InfoMaxVAEOutput(vae=VAEOutput(encoder, z, decoder), mi=I)``; with ``process_group`` the
+    codes are shuffled over all processes' rows (:func:`~infomax_ext.mutual_info.shuffled_bound`).
     """
 
     def __init__(self, vae: VAE, mi: MutualInfoChain):
@@ -58,13 +59,14 @@ class InfoMaxVAE(nn.Module):
             raise TypeError("InfoMaxVAE(vae, mi) takes two nn.Modules")
         self.vae, self.mi = vae, mi
 
-    def forward(self, x: torch.Tensor, latent: bool = False, seed: int | None = None):
+    def forward(self, x: torch.Tensor, latent: bool = False, seed: int | None = None,
+                process_group=None):
         if not latent:
             return self.vae(x)
         check_batch(x)
         out = self.vae(x, latent=True)
-        perm = latent_permutation(x.shape[0], 1, seed, out.z.device)
-        return InfoMaxVAEOutput(out, paired_mutual_info(self.mi, x, out.z, perm).bound)
+        bound = shuffled_bound(self.mi, x, out.z, seed=seed, process_group=process_group).bound
+        return InfoMaxVAEOutput(out, bound)
 
     @property
     def config(self) -> dict | None:
@@ -229,6 +231,7 @@ def infomax_terms(
     seed: int | None = None,
     shuffled_grad: bool = False,
     data_half_cache: DataHalfCache | None = None,
+    process_group=None,
 ) -> InfoMaxTerms:
     """:func:`infomaxloss` with its terms; the arguments are those of :func:`infomaxloss`."""
     n = check_batch(x, what="infomaxloss")
@@ -245,9 +248,8 @@ def infomax_terms(
         target = target.repeat(n_samples, *([1] * (target.dim() - 1)))
     loglik = reconstruction_loglikelihood(target, z_rows, vae.decoder, decoder_output).mean()
     kl = kl_divergence(vae.encoder, encoder_output).mean()
-    perm = latent_permutation(n, n_samples, seed, z.device)
-    paired = paired_mutual_info(mi, x, z_rows, perm, shuffled_grad=shuffled_grad,
-                                data_half_cache=data_half_cache)
+    paired = shuffled_bound(mi, x, z_rows, n_samples, seed, shuffled_grad=shuffled_grad,
+                            process_group=process_group, data_half_cache=data_half_cache)
     loss = -loglik + beta * kl - alpha * paired.bound
     vae_output = VAEOutput(encoder_output, z, decoder_output)
     reg = None
@@ -269,23 +271,27 @@ def infomaxloss(vae, mi, x, x_out=None, **kwargs) -> torch.Tensor:
     ``regularization=None``, ``reg_strength=1``, ``seed=None`` (the shuffle's seed),
     ``shuffled_grad=False`` (True: the MI term reaches the encoder through the shuffled codes
     too, as in the paper's code), ``data_half_cache=None`` (a :class:`DataHalfCache` that keeps
-    the MI chain's data half for a later evaluation on the same x and MI weights).
+    the MI chain's data half for a later evaluation on the same x and MI weights),
+    ``process_group=None`` (torch.distributed: x holds this process's rows, the codes are
+    shuffled over all processes' rows and the MI term is the mean of the bound's terms over this
+    process's rows; see :mod:`infomax_ext.distributed`).
     """
     return infomax_terms(vae, mi, x, x_out, **kwargs).loss
 
 
 def miloss(vae, mi, x, *, regularization=None, reg_strength=1.0, seed=None,
-           data_half_cache=None) -> torch.Tensor:
+           data_half_cache=None, process_group=None) -> torch.Tensor:
     """Loss of the MI chain: ``-I(x; z) + reg_strength * regularization(MIScores(joint, shuffled))``.
 
     z is one sample of the VAE's encoder, drawn without building a graph, so the gradient
-    reaches only the MI chain. x (N, ...), N >= 2. ``data_half_cache`` as in :func:`infomaxloss`.
+    reaches only the MI chain. x (N, ...), N >= 2. ``data_half_cache`` and ``process_group`` as
+    in :func:`infomaxloss`.
     """
     check_batch(x, what="miloss")
     with torch.no_grad():
         z = vae.sample_latent(vae.encoder(x))
-    perm = latent_permutation(x.shape[0], 1, seed, z.device)
-    paired = paired_mutual_info(mi, x, z, perm, data_half_cache=data_half_cache)
+    paired = shuffled_bound(mi, x, z, seed=seed, process_group=process_group,
+                            data_half_cache=data_half_cache)
     loss = -paired.bound
     if regularization is not None:
         loss = loss + reg_strength * regularization(MIScores(paired.joint, paired.shuffled))
@@ -340,6 +346,8 @@ def train_step(
     verbose: bool = False,
     reuse_forward: bool = False,
     shuffled_grad: bool | None = None,
+    process_group=None,
+    negatives: str = "global",
 ):
     """One training step of the InfoMax VAE (Julia's ``train!``).
 
@@ -352,6 +360,14 @@ def train_step(
     is passed on to the VAE loss, as in ``infomaxloss(..., shuffled_grad=...)``; None leaves it to
     ``infomaxloss_kwargs`` or the loss's default (False: the shuffled codes are constants).
     Returns ``(vae_loss, mi_loss)`` as floats when ``loss_return``.
+
+    ``process_group`` (torch.distributed) makes the step data-parallel: every process passes its
+    own rows x and both networks' gradients are averaged over the group before each optimizer
+    step (:class:`~infomax_ext.distributed.AveragingOptimizer`), so every process takes the same
+    step. ``negatives="global"`` passes the group on to both losses (unless their kwargs name a
+    ``process_group``): the codes are shuffled over all processes' rows and the rank average of
+    the gradients is the whole-batch gradient. ``"local"``: each process shuffles its own rows
+    and no codes travel. The losses returned are this process's.
     """
     opt_vae, opt_mi = _optimizers(opt)
     vae_kwargs = dict(infomaxloss_kwargs or {})
@@ -374,6 +390,13 @@ def train_step(
             "trainable parameters (every parameter has requires_grad=False), so there is nothing "
             "to step; unfreeze some parameters"
         )
+    if negatives not in ("global", "local"):
+        raise ValueError(f"negatives must be 'global' or 'local', got {negatives!r}")
+    if process_group is not None:
+        for kwargs in (vae_kwargs, mi_kwargs):
+            kwargs.setdefault("process_group", process_group if negatives == "global" else None)
+        opt_vae = distributed.AveragingOptimizer(opt_vae, process_group)
+        opt_mi = distributed.AveragingOptimizer(opt_mi, process_group)
     args = (x,) if x_out is None else (x, x_out)
     if reuse_forward:
         if infomaxloss_function is not infomaxloss or miloss_function is not miloss:

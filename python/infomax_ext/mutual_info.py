@@ -19,7 +19,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from . import _ops
+from . import _ops, distributed
 from ._builders import Built, builder_config, check_layers, check_size, head, linear, mlp, parse_size
 from .activations import ActivationSpec, apply_activation, identity, kernel_spec
 
@@ -284,9 +284,10 @@ def paired_mutual_info(
             f"the MI chain's first layer takes {weight.shape[1]} features but data(x) gives {dx} "
             f"and latent(z) gives {hz.shape[1]}"
         )
-    if (path != "fused" and z_shuffle is None
-            and not _shuffled_half_needs_graph(mi, x, z, shuffled_grad)):
-        return _joint_graph_bound(plan, hx, hz, perm, data_half_cache)
+    if path != "fused" and not _shuffled_half_needs_graph(
+            mi, x, z if z_shuffle is None else z_shuffle, shuffled_grad):
+        hz_shuffle = None if z_shuffle is None else mi.latent(z_shuffle.detach())
+        return _joint_graph_bound(plan, hx, hz, perm, data_half_cache, hz_shuffle)
     if z_shuffle is not None:
         source = mi.latent(z_shuffle if shuffled_grad else z_shuffle.detach())
         perm = torch.arange(m, device=z.device)
@@ -320,9 +321,11 @@ def _shuffled_half_needs_graph(mi, x, z, shuffled_grad) -> bool:
 
 
 def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
-                       perm: torch.Tensor, cache: DataHalfCache | None) -> PairedBound:
+                       perm: torch.Tensor | None, cache: DataHalfCache | None,
+                       hz_shuffle: torch.Tensor | None = None) -> PairedBound:
     """The shared evaluation when only the joint half needs a graph: the data half once, the
-    joint rows with autograd, the shuffled rows without, so the backward runs on M rows, not 2M."""
+    joint rows with autograd, the shuffled rows (``hz[perm]``, or ``hz_shuffle`` = latent of the
+    given shuffled codes) without, so the backward runs on M rows, not 2M."""
     weight, bias = plan.first.weight, plan.first.bias
     dx, m, n = hx.shape[1], hz.shape[0], hx.shape[0]
     data_half = _kept_data_half(cache, hx, weight)
@@ -346,7 +349,9 @@ def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
 
     joint = rest(first_layer(latent_half))
     with torch.no_grad():
-        shuffled = rest(first_layer(latent_half[perm]))
+        shuffled_half = (latent_half[perm] if hz_shuffle is None
+                         else torch.mm(hz_shuffle, weight[:, dx:].t()))
+        shuffled = rest(first_layer(shuffled_half))
     return PairedBound(_ops.nwj_bound(joint, shuffled), joint, shuffled)
 
 
@@ -362,7 +367,33 @@ def _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad) -> PairedBound:
     return PairedBound(_ops.nwj_bound(joint, shuffled), joint, shuffled)
 
 
-def variational_mutual_info(model, x, z=None, z_shuffle=None, *, seed=None, shuffled_grad=False):
+def shuffled_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, n_samples: int = 1,
+                   seed: int | None = None, *, shuffled_grad: bool = False,
+                   process_group=None, data_half_cache: DataHalfCache | None = None) -> PairedBound:
+    """:func:`paired_mutual_info` of ``mi`` on x (N, ...) and its codes z (S N, d), the shuffled
+    pairs drawn by ``latent_permutation(N, S, seed)``.
+
+    With a ``process_group`` (torch.distributed), each process passes its own rows and the
+    shuffle runs over the whole batch, all processes' rows in rank order, with the permutation
+    ``latent_permutation`` gives that batch for rank 0's seed: the partners of this process's
+    codes are gathered (:func:`~infomax_ext.distributed.partner_codes`) and evaluated as the
+    shuffled codes of the same fused path. The bound returned is the mean of its terms over this
+    process's rows (:mod:`infomax_ext.distributed`). ``data_half_cache`` as in
+    :func:`paired_mutual_info`."""
+    n = x.shape[0]
+    if process_group is None:
+        perm = latent_permutation(n, n_samples, seed, z.device)
+        return paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad,
+                                  data_half_cache=data_half_cache)
+    agreed = distributed.agree_on_batch(process_group, n, z, draw_seed() if seed is None else seed)
+    perm = latent_permutation(agreed.world_size * n, n_samples, agreed.seed, z.device)
+    partners = distributed.partner_codes(z, n, perm, agreed, process_group, shuffled_grad)
+    return paired_mutual_info(mi, x, z, z_shuffle=partners, shuffled_grad=shuffled_grad,
+                              data_half_cache=data_half_cache)
+
+
+def variational_mutual_info(model, x, z=None, z_shuffle=None, *, seed=None, shuffled_grad=False,
+                            process_group=None):
     """Variational (NWJ) estimate of I(x; z), a 0-dim tensor.
 
     Forms (``model`` is a :class:`MutualInfoChain` or an ``InfoMaxVAE``):
@@ -375,7 +406,10 @@ def variational_mutual_info(model, x, z=None, z_shuffle=None, *, seed=None, shuf
 
     ``I = mean(T(x, z)) - mean(exp(T(x, z_shuffle) - 1))``. x (N, ...), z and z_shuffle (N, d).
     ``shuffled_grad`` (internal-shuffle forms) lets the gradient reach z through the shuffled
-    term too; by default the shuffled codes are constants.
+    term too; by default the shuffled codes are constants. ``process_group`` (internal-shuffle
+    forms): each process passes its own rows and the codes are shuffled over all processes'
+    rows; the value is the mean of the bound's terms over this process's rows (see
+    :func:`shuffled_bound`).
     """
     if isinstance(z_shuffle, int) and not isinstance(z_shuffle, bool):
         seed, z_shuffle = z_shuffle, None
@@ -391,6 +425,9 @@ def variational_mutual_info(model, x, z=None, z_shuffle=None, *, seed=None, shuf
     if z_shuffle is not None:
         if z_shuffle.shape != z.shape:
             raise ValueError(f"z_shuffle has shape {tuple(z_shuffle.shape)} but z has {tuple(z.shape)}")
+        if process_group is not None:
+            raise ValueError("process_group applies to the internal-shuffle forms; with z_shuffle "
+                             "given, nothing is shuffled")
         return paired_mutual_info(mi, x, z, z_shuffle=z_shuffle, shuffled_grad=True).bound
-    perm = latent_permutation(x.shape[0], 1, seed, z.device)
-    return paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad).bound
+    return shuffled_bound(mi, x, z, seed=seed, shuffled_grad=shuffled_grad,
+                          process_group=process_group).bound

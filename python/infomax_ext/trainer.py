@@ -18,6 +18,13 @@ MI shuffles come from torch's global generator, which :meth:`Trainer.fit` seeds 
 the start of a run and which checkpoints save and restore. A resumed run therefore repeats the
 uninterrupted one exactly (same device and thread count).
 
+Data-parallel (``process_group``, one trainer per process, e.g. under torchrun): every process
+takes an equal, disjoint share of each batch of the same global order (``batch_size`` is the
+global batch), gradients are averaged every step and the MI bound's negatives come from the whole
+batch (``negatives``; :mod:`.distributed`); each process draws its own latent noise (rank 0 from
+``seed``, rank r from a seed derived from it), and checkpoints hold every rank's random state.
+Rank 0 alone writes the run directory and evaluates on the held-out data.
+
 Run directory files written here: ``checkpoint.pt`` (atomic, see :mod:`.serialization`) and
 ``metrics.jsonl`` (one JSON object per epoch; rewritten atomically every epoch).
 """
@@ -33,10 +40,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
 from .activations import HIDDEN_ACTIVATIONS
-from .data import LIKELIHOODS
+from .data import LIKELIHOODS, MappedSamples
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
 from .infomax import InfoMaxVAE, model_config, train_step
 from .mutual_info import MutualInfoChain
@@ -51,6 +59,7 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FORMAT = "infomax_ext.checkpoint"
 CHECKPOINT_VERSION = 1
 SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63; every consumer's seed is derived from it
+NEGATIVES = ("global", "local")
 
 
 class TrainingError(RuntimeError):
@@ -66,7 +75,9 @@ class TrainConfig:
     ``"gaussian"``: unit-variance Gaussian). Loss: ``-loglik + beta KL - alpha I`` (``alpha = 0``
     is a plain beta-VAE; the MI chain is still trained, so its estimate stays comparable).
     Optimisation: Adam with ``lr`` (VAE) and ``mi_lr`` (MI chain), ``epochs`` passes over the
-    training split in batches of ``batch_size``; ``reuse_forward`` and ``shuffled_grad`` as in
+    training split in batches of ``batch_size`` (over all processes when data-parallel);
+    ``reuse_forward``, ``shuffled_grad`` and ``negatives`` (data-parallel only: ``"global"``
+    shuffles over the whole batch, ``"local"`` within each process's share) as in
     :func:`~infomax_ext.train_step`. Evaluation: ``val_fraction`` of the data held out,
     ``active_threshold`` for active units, ``eval_mi_steps`` training steps of the fresh MI chain.
 
@@ -91,6 +102,7 @@ class TrainConfig:
     device: str = "cpu"
     reuse_forward: bool = False
     shuffled_grad: bool = False
+    negatives: str = "global"
     val_fraction: float = 0.2
     checkpoint_every: int = 1
     active_threshold: float = 0.01
@@ -127,6 +139,8 @@ class TrainConfig:
         if self.activation not in HIDDEN_ACTIVATIONS:
             raise ValueError(
                 f"activation must be one of {list(HIDDEN_ACTIVATIONS)}, got {self.activation!r}")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {list(NEGATIVES)}, got {self.negatives!r}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {list(LIKELIHOODS)}, got {self.likelihood!r}")
         for name in ("beta", "alpha", "active_threshold"):
@@ -195,7 +209,7 @@ def _resolve_device(device: str) -> torch.device:
 
 
 def _check_data(x, name: str, sample_shape=None) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+    if not isinstance(x, (torch.Tensor, MappedSamples)) or x.dim() < 2:
         raise ValueError(f"{name} must be a tensor of shape (N, *sample_shape), got "
                          f"{getattr(x, 'shape', type(x).__name__)}")
     if x.shape[0] < 2:
@@ -217,27 +231,51 @@ class Trainer:
     stderr when that is a terminal, and prints a line per epoch (losses, MI estimate, samples/s)
     on stdout when that is not one (a log file, CI): at most one every ``log_interval`` seconds,
     and the last epoch's.
+
+    ``process_group`` (torch.distributed): one trainer per process trains one model
+    data-parallel (module docstring). Every process passes the same arguments (checked; the
+    model's weights are set to rank 0's); rank 0 alone shows progress, validates and writes
+    ``run_dir``, but every process calls :meth:`fit` and :meth:`save_checkpoint`.
     """
 
     def __init__(self, model: InfoMaxVAE, config: TrainConfig, train_data: torch.Tensor,
                  val_data: torch.Tensor | None = None, run_dir=None, *, progress: bool = True,
                  desc: str = "train", callbacks: Sequence[Callable] = (),
-                 log_interval: float = 5.0):
+                 log_interval: float = 5.0, process_group=None):
         if isinstance(log_interval, bool) or not isinstance(log_interval, (int, float)) \
                 or not math.isfinite(log_interval) or log_interval < 0:
             raise ValueError(f"log_interval must be a non-negative number of seconds, got "
                              f"{log_interval!r}")
         self.config = config.validate()
+        self.group = process_group
+        self.rank, self.world_size = (0, 1) if process_group is None else \
+            distributed.rank_and_size(process_group)
         self.device = _resolve_device(config.device)
+        if process_group is not None:
+            self.device = distributed.local_device(self.device)
         self.model = model.to(self.device)
         self.train_data = _check_data(train_data, "train_data")
         self.val_data = None if val_data is None else _check_data(
             val_data, "val_data", train_data.shape[1:])
+        if process_group is not None:
+            distributed.check_same(process_group, "Trainer", {
+                "training options": {k: v for k, v in config.to_dict().items() if k != "device"},
+                "number of training samples": len(self.train_data),
+                "sample shape": tuple(self.train_data.shape[1:]),
+                "model parameters": [(name, tuple(p.shape), str(p.dtype))
+                                     for name, p in self.model.named_parameters()],
+                "run directory given": run_dir is not None,
+            })
+            distributed.broadcast_module(self.model, process_group)
         if config.batch_size > len(self.train_data):
             raise ValueError(f"batch_size {config.batch_size} exceeds the {len(self.train_data)} "
                              "training samples")
+        if config.batch_size % self.world_size or config.batch_size < 2 * self.world_size:
+            raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
+                             f"{self.world_size} processes that gives each at least 2 samples")
         self.run_dir = None if run_dir is None else Path(run_dir)
-        self.progress, self.desc, self.callbacks = progress, desc, list(callbacks)
+        self.progress = progress and self.rank == 0
+        self.desc, self.callbacks = desc, list(callbacks)
         self.log_interval = float(log_interval)
         self.optimizers = {"vae": _adam(self.model.vae.parameters(), config.lr),
                            "mi": _adam(self.model.mi.parameters(), config.mi_lr)}
@@ -264,14 +302,11 @@ class Trainer:
                         **kwargs) -> "Trainer":
         """The trainer saved in checkpoint ``path``, ready to continue: model, both optimizers'
         state, epoch count, history and random state. ``epochs`` raises the total epoch budget;
-        ``device`` moves the run; ``run_dir`` defaults to the checkpoint's directory."""
+        ``device`` moves the run; ``run_dir`` defaults to the checkpoint's directory. With a
+        ``process_group`` keyword, rank 0 reads the checkpoint and sends it to every process
+        (each takes its own saved random state when the number of processes is unchanged)."""
         path = Path(path)
-        state = safe_torch_load(path, map_location="cpu", what="checkpoint")
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise SerializationError(f"{path} is not an infomax_ext training checkpoint")
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise SerializationError(f"{path}: checkpoint version {state.get('version')!r} is not "
-                                     f"supported (expected {CHECKPOINT_VERSION})")
+        state = distributed.from_rank0(kwargs.get("process_group"), lambda: _read_checkpoint(path))
         config_dict = dict(state["config"])
         if epochs is not None:
             config_dict["epochs"] = epochs
@@ -293,16 +328,20 @@ class Trainer:
             opt.load_state_dict(state["optimizers"][name])
         trainer.epoch = int(state["epoch"])
         trainer.history = [dict(r) for r in state["history"]][: trainer.epoch]
-        trainer._rng_state = state["rng"]
+        ranks = state.get("rank_rng") or [state["rng"]]
+        trainer._rng_state = ranks[trainer.rank] if len(ranks) == trainer.world_size else (
+            state["rng"] if trainer.rank == 0 else None)
         return trainer
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """Everything a checkpoint holds (tensors on the CPU; loadable with weights_only=True)."""
+        """Everything a checkpoint holds (tensors on the CPU; loadable with weights_only=True).
+        Data-parallel, also ``rank_rng``, every process's random state (gathered: call it on
+        every process)."""
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {
+        state = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "epoch": self.epoch,
@@ -313,24 +352,32 @@ class Trainer:
             "history": self.history,
             "n_train": len(self.train_data),
             "rng": rng,
+            "world_size": self.world_size,
         }
+        if self.group is not None:
+            state["rank_rng"] = distributed.all_objects(self.group, rng)
+        return state
 
     def save_checkpoint(self, path=None) -> Path:
-        """Write :meth:`state_dict` atomically to ``path`` (default ``run_dir/checkpoint.pt``)."""
+        """Write :meth:`state_dict` atomically to ``path`` (default ``run_dir/checkpoint.pt``);
+        data-parallel, every process calls it and rank 0 writes."""
         if path is None:
             if self.run_dir is None:
                 raise ValueError("save_checkpoint needs a path when the trainer has no run_dir")
             path = self.run_dir / CHECKPOINT_FILE
         path = Path(path)
+        state = self.state_dict()
+        if self.rank != 0:
+            return path
         try:
-            atomic_torch_save(self.state_dict(), path)
+            atomic_torch_save(state, path)
         except OSError as exc:  # a full disk, ...: the previous file is intact (atomic write)
             raise TrainingError(f"cannot write the checkpoint {path}: {exc.strerror or exc} "
                                 f"({_checkpoint_note(path)})") from None
         return path
 
     def _write_metrics(self) -> None:
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.rank == 0:
             atomic_write_text(self.run_dir / METRICS_FILE,
                               "".join(json.dumps(r) + "\n" for r in self.history))
 
@@ -355,25 +402,36 @@ class Trainer:
                 f"mi_loss={mi_loss}); lower lr / mi_lr or alpha and resume or restart "
                 f"({_checkpoint_note(self.run_dir)})")
 
-    def _loader(self, epoch: int) -> DataLoader:
-        """Batches of the training data, in an order drawn from the seeded stream ``(seed, epoch)``.
-        A last batch of a single sample is dropped (the MI bound needs 2)."""
-        dataset = TensorDataset(self.train_data)
+    def _batches(self, epoch: int) -> list[torch.Tensor]:
+        """This process's rows of each batch of epoch ``epoch``: the training rows in an order
+        drawn from the seeded stream ``(seed, 1, epoch)``, cut into batches of ``batch_size``,
+        each shared out in equal parts in rank order. A last batch that cannot give every
+        process 2 samples (the MI bound needs 2) is dropped, and one that does not divide evenly
+        loses its last rows."""
         generator = torch.Generator().manual_seed(derived_seed(self.config.seed, 1, epoch))
-        n, bs = len(dataset), self.config.batch_size
-        sampler = BatchSampler(RandomSampler(dataset, generator=generator), bs, drop_last=n % bs == 1)
-        return DataLoader(dataset, sampler=sampler, batch_size=None)
+        order = torch.randperm(len(self.train_data), generator=generator)
+        batches = []
+        for batch in order.split(self.config.batch_size):
+            share = len(batch) // self.world_size
+            if share >= 2:
+                batches.append(batch[self.rank * share:(self.rank + 1) * share])
+        return batches
+
+    def _loader(self, epoch: int) -> DataLoader:
+        """This process's batches of epoch ``epoch`` (:meth:`_batches`), read as tensors."""
+        return DataLoader(_Rows(self.train_data), sampler=self._batches(epoch), batch_size=None)
 
     def _validation(self) -> dict:
-        """Held-out reconstruction log-likelihood, KL and active units, under a forked RNG."""
-        if self.val_data is None:
+        """Held-out reconstruction log-likelihood, KL and active units, under a forked RNG (rank
+        0 alone)."""
+        if self.val_data is None or self.rank != 0:
             return {}
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(derived_seed(self.config.seed, 2))
-            x = self.val_data.to(self.device)
-            loglik, kl = reconstruction_and_kl(self.model.vae, x)
-            units, _ = active_units(encoder_mean(self.model.vae, x), self.config.active_threshold)
+            loglik, kl = reconstruction_and_kl(self.model.vae, self.val_data)  # chunk by chunk
+            units, _ = active_units(encoder_mean(self.model.vae, self.val_data),
+                                    self.config.active_threshold)
         return {"val_recon_loglik": loglik, "val_kl": kl, "val_active_units": units}
 
     def fit(self) -> list[dict]:
@@ -390,9 +448,10 @@ class Trainer:
             if "cuda" in self._rng_state and self.device.type == "cuda":
                 torch.cuda.set_rng_state(self._rng_state["cuda"], self.device)
             self._rng_state = None
-        elif self.epoch == 0:
-            torch.manual_seed(config.seed)
-        if self.run_dir is not None:
+        elif self.epoch == 0 or self.rank > 0:
+            torch.manual_seed(config.seed if self.rank == 0 else
+                              derived_seed(config.seed, 3, self.rank, self.epoch))
+        if self.run_dir is not None and self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_metrics()
         if self.epoch >= config.epochs:
@@ -412,11 +471,15 @@ class Trainer:
                 model.train()
                 start, sums, count, samples = time.perf_counter(), [0.0, 0.0], 0, 0
                 for (xb,) in self._loader(epoch):
-                    samples += xb.shape[0]
+                    samples += xb.shape[0] * self.world_size
                     xb = xb.to(self.device, non_blocking=True)
                     vae_loss, mi_loss = train_step(
                         model, xb, self.optimizers, loss_return=True,
-                        infomaxloss_kwargs=loss_kwargs, reuse_forward=config.reuse_forward)
+                        infomaxloss_kwargs=loss_kwargs, reuse_forward=config.reuse_forward,
+                        process_group=self.group, negatives=config.negatives)
+                    if self.group is not None:  # the whole batch's losses and MI bound
+                        vae_loss, mi_loss = distributed.mean_over(self.group, [vae_loss, mi_loss],
+                                                                  self.device)
                     self._check_finite(epoch, vae_loss, mi_loss)
                     sums[0] += vae_loss
                     sums[1] += mi_loss
@@ -449,6 +512,30 @@ class Trainer:
         finally:
             bar.close()
         return self.history
+
+
+class _Rows(Dataset):
+    """``data[rows]`` as a 1-tuple, for a loader whose sampler yields index tensors."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, rows):
+        return (self.data[rows],)
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """The state saved in checkpoint ``path``, checked for its format and version."""
+    state = safe_torch_load(path, map_location="cpu", what="checkpoint")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise SerializationError(f"{path} is not an infomax_ext training checkpoint")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise SerializationError(f"{path}: checkpoint version {state.get('version')!r} is not "
+                                 f"supported (expected {CHECKPOINT_VERSION})")
+    return state
 
 
 def _is_terminal(stream) -> bool:

@@ -1,0 +1,340 @@
+"""Data-parallel training over ``torch.distributed``: whole-batch negatives, averaged gradients.
+
+Every process (rank) of a group holds the same model and its own rows of each batch; the ranks'
+rows, concatenated in rank order, are the global batch a single process would see.
+
+- Whole-batch negatives (:func:`agree_on_batch`, :func:`partner_codes`): the MI bound's shuffle
+  runs over the latent codes of the global batch, with exactly the permutation
+  :func:`~infomax_ext.latent_permutation` gives that batch for rank 0's seed. Only codes travel:
+  an all_gather of every rank's z (N d numbers for a global batch of N rows and d latent
+  dimensions, per sample block) and, where the shuffled term has a gradient for z, the matching
+  reduce-scatter (a sum) of that gradient. Each rank evaluates the bound on its own rows, so it
+  returns the mean of the bound's terms over its rows: the mean over ranks is the whole-batch
+  bound, the rank average of the MI chain's gradients is the whole-batch gradient, and each rank's
+  codes get world_size times their whole-batch gradient (the rank average of the encoder's
+  gradients divides that factor out).
+- Averaged gradients (:func:`average_gradients`, :class:`AveragingOptimizer`): a bucketed
+  all_reduce of the gradients before every optimizer step, so every rank takes the same step and
+  holds bit-identical parameters. Not DistributedDataParallel: ``train_step`` takes its gradients
+  with ``torch.autograd.grad``, which returns them instead of accumulating them into ``.grad``,
+  and DDP averages from the hooks that accumulation fires; under DDP nothing would be averaged.
+- Agreement checks: before any data moves, each bound and each averaging exchanges a few
+  integers (batch size, latent width, dtype; parameter counts), so ranks that disagree get the
+  same :class:`DistributedMismatchError` on every rank instead of a hang or a crash inside a
+  collective. :func:`check_same` compares larger objects once, at the start of a run.
+- Launching (:func:`init_from_env`, :func:`from_rank0`): the process group from torchrun's
+  environment, and values decided by rank 0 alone (a run directory, a checkpoint) sent to all.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+import torch.distributed as dist
+
+from ._ops import seed_to_int64
+
+__all__ = [
+    "DistributedMismatchError",
+    "BatchAgreement",
+    "rank_and_size",
+    "agree_on_batch",
+    "partner_codes",
+    "average_gradients",
+    "AveragingOptimizer",
+    "mean_over",
+    "all_objects",
+    "check_same",
+    "broadcast_module",
+    "from_rank0",
+    "init_from_env",
+    "local_device",
+]
+
+# Gradients are averaged in flat buffers of up to this many bytes (DistributedDataParallel's
+# default bucket size): few collectives, each large enough to run at the network's bandwidth.
+BUCKET_BYTES = 25 * 2**20
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+_all_gather_rows = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_rows = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+class DistributedMismatchError(ValueError):
+    """The processes of a group disagree on something that must be equal on all of them."""
+
+
+def rank_and_size(group) -> tuple[int, int]:
+    """``(rank, world_size)`` of this process in ``group``."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("process_group given, but torch.distributed has no process group "
+                           "initialised (torch.distributed.init_process_group)")
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _src(group) -> int:
+    """The global rank of the group's rank 0 (collectives name sources by global rank)."""
+    return dist.get_global_rank(group, 0) if group is not None else 0
+
+
+def _dtype_code(dtype: torch.dtype) -> int:
+    return _DTYPES.index(dtype) if dtype in _DTYPES else len(_DTYPES)
+
+
+def _dtype_name(code: int) -> str:
+    return str(_DTYPES[code]).removeprefix("torch.") if code < len(_DTYPES) else "another dtype"
+
+
+def _exchange(group, device, what: str, checked: dict[str, int], extra: Sequence[int] = (),
+              describe: dict[str, Callable[[int], str]] | None = None) -> list[list[int]]:
+    """All ranks' ``extra`` integers, after checking that every rank gave the same ``checked``
+    integers (one small all_gather). A disagreement raises the same
+    :class:`DistributedMismatchError` on every rank, naming ``what``, the quantity and each
+    rank's value (through ``describe[name]`` when given)."""
+    _, world = rank_and_size(group)
+    mine = torch.tensor([*checked.values(), *extra], dtype=torch.int64, device=device)
+    everyone = mine.new_empty(world * mine.numel())
+    _all_gather_rows(everyone, mine, group=group)
+    rows = everyone.view(world, -1).tolist()
+    for k, name in enumerate(checked):
+        values = [row[k] for row in rows]
+        if len(set(values)) > 1:
+            show = (describe or {}).get(name, str)
+            each = ", ".join(f"rank {r} has {show(v)}" for r, v in enumerate(values))
+            raise DistributedMismatchError(
+                f"{what}: the processes disagree on the {name} ({each}); every process must "
+                "give the same")
+    return [row[len(checked):] for row in rows]
+
+
+# ----------------------------------------------------------------------------- negatives
+
+
+class BatchAgreement(NamedTuple):
+    """What the ranks agreed on for one bound: the shuffle's ``seed`` (rank 0's), this
+    process's ``rank`` and the ``world_size``."""
+
+    seed: int
+    rank: int
+    world_size: int
+
+
+def agree_on_batch(group, n: int, z: torch.Tensor, seed: int) -> BatchAgreement:
+    """Check that every rank has ``n`` data rows and codes ``z`` of the same shape and dtype, and
+    agree on the shuffle's seed: rank 0's ``seed``."""
+    rank, world = rank_and_size(group)
+    seeds = _exchange(group, z.device, "the MI bound over the whole batch",
+                      {"batch size": n, "number of latent codes": z.shape[0],
+                       "latent width": z.shape[1], "dtype of the latent codes": _dtype_code(z.dtype)},
+                      [seed_to_int64(seed)], {"dtype of the latent codes": _dtype_name})
+    return BatchAgreement(seeds[0][0], rank, world)
+
+
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows of ``z`` in rank order; the backward sums each rank's gradient of the
+    gathered rows over the ranks and returns this rank's rows (a reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, z, group):
+        ctx.group = group
+        world = dist.get_world_size(group)
+        z = z.contiguous()
+        out = z.new_empty((world * z.shape[0], *z.shape[1:]))
+        _all_gather_rows(out, z, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        world = dist.get_world_size(ctx.group)
+        out = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
+        _reduce_scatter_rows(out, grad.contiguous(), op=dist.ReduceOp.SUM, group=ctx.group)
+        return out, None
+
+
+def partner_codes(z: torch.Tensor, n: int, perm: torch.Tensor, agreement: BatchAgreement,
+                  group, shuffled_grad: bool) -> torch.Tensor:
+    """The codes the whole-batch shuffle pairs with this rank's codes: row ``s n + i`` (sample
+    block s, data row i) is the global block-s code that ``perm`` sends this rank's row to.
+
+    ``z`` (S n, d) holds this rank's codes, S sample blocks of its ``n`` data rows; ``perm``
+    (S W n,) is ``latent_permutation(W n, S, agreement.seed)`` for the global batch, whose block
+    s is every rank's block s in rank order. ``shuffled_grad=False``: the partners are constants
+    and only the forward all_gather runs; ``True``: their gradient returns to the ranks that own
+    them (a reduce-scatter in the backward pass)."""
+    rank, world = agreement.rank, agreement.world_size
+    m = z.shape[0]
+    s = m // n
+    blocks = torch.arange(s, device=z.device).unsqueeze(1)
+    # Global position p within block s -> rank p // n, its row s n + p % n, at that rank's offset.
+    p = (perm.view(s, world * n) - blocks * (world * n))[:, rank * n:(rank + 1) * n]
+    index = (p // n) * m + blocks * n + p % n
+    gathered = _GatherRows.apply(z if shuffled_grad else z.detach(), group)
+    return gathered[index.reshape(-1)]
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def average_gradients(params: Sequence[torch.nn.Parameter], group,
+                      bucket_bytes: int = BUCKET_BYTES) -> None:
+    """``p.grad`` becomes the mean of ``p.grad`` over the ranks of ``group``, for every ``p`` of
+    ``params`` that has one (the same parameters on every rank, checked), in all_reduces of flat
+    buckets of at most ``bucket_bytes``. Every rank receives the same sums and divides them the
+    same way, so the averaged gradients are bit-identical on all ranks."""
+    if not params:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    _, world = rank_and_size(group)
+    _exchange(group, params[0].device, "gradient averaging",
+              {"number of parameters": len(params),
+               "number of parameter elements": sum(p.numel() for p in params),
+               "number of parameters with a gradient": len(grads),
+               "number of gradient elements": sum(g.numel() for g in grads)})
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for g in grads:
+        if bucket and (g.dtype != bucket[0].dtype or g.device != bucket[0].device
+                       or size + g.numel() * g.element_size() > bucket_bytes):
+            _average_bucket(bucket, group, world)
+            bucket, size = [], 0
+        bucket.append(g)
+        size += g.numel() * g.element_size()
+    if bucket:
+        _average_bucket(bucket, group, world)
+
+
+def _average_bucket(grads: list[torch.Tensor], group, world: int) -> None:
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    flat.div_(world)
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
+
+
+class AveragingOptimizer:
+    """``optimizer`` whose :meth:`step` first averages the gradients of its parameters over the
+    ranks of ``group`` (:func:`average_gradients`); everything else is the optimizer's own."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, group):
+        self.optimizer, self.group = optimizer, group
+
+    def step(self, closure=None):
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        average_gradients(params, self.group)
+        return self.optimizer.step(closure)
+
+    def __getattr__(self, name):
+        return getattr(self.optimizer, name)
+
+
+def mean_over(group, values: Sequence[float], device="cpu") -> list[float]:
+    """The mean of each of ``values`` over the ranks of ``group`` (one all_reduce)."""
+    _, world = rank_and_size(group)
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return (t / world).tolist()
+
+
+# ----------------------------------------------------------------------------- start of a run
+
+
+def all_objects(group, obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order."""
+    _, world = rank_and_size(group)
+    everyone: list = [None] * world
+    dist.all_gather_object(everyone, obj, group=group)
+    return everyone
+
+
+def check_same(group, what: str, named: dict) -> None:
+    """Raise the same :class:`DistributedMismatchError` on every rank unless all ranks hold
+    equal values for every key of ``named`` (picklable values; one all_gather_object)."""
+    everyone = all_objects(group, named)
+    for key in named:
+        values = [d.get(key) for d in everyone]
+        if any(v != values[0] for v in values[1:]):
+            each = "; ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
+            raise DistributedMismatchError(
+                f"{what}: the processes disagree on the {key} ({each}); every process must "
+                "give the same")
+
+
+@torch.no_grad()
+def broadcast_module(module: torch.nn.Module, group) -> None:
+    """Every parameter and buffer of ``module`` set to rank 0's values."""
+    for t in module.state_dict().values():
+        dist.broadcast(t, src=_src(group), group=group)
+
+
+def from_rank0(group, fn: Callable):
+    """``fn()`` run on rank 0 alone, its value (or the exception it raised) sent to every rank
+    and returned (raised) there too; ``fn()`` itself when ``group`` is None. For what one process
+    decides: a run directory's name, its lock, a saved configuration or checkpoint read where
+    only rank 0's file system holds it."""
+    if group is None:
+        return fn()
+    rank, _ = rank_and_size(group)
+    box: list = [None]
+    if rank == 0:
+        try:
+            box[0] = ("value", fn())
+        except BaseException as exc:  # noqa: BLE001 - every rank must leave the same way
+            box[0] = ("error", _portable(exc))
+    dist.broadcast_object_list(box, src=_src(group), group=group)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it pickles (to be sent to the other ranks), else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+# ----------------------------------------------------------------------------- launching
+
+_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def init_from_env(backend: str | None, device: torch.device,
+                  timeout: datetime.timedelta = datetime.timedelta(minutes=30)):
+    """The default process group (``torch.distributed.group.WORLD``) when this process was
+    started by torchrun (its environment names RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT),
+    initialised here if it is not yet; None otherwise. ``backend`` None: nccl for a CUDA
+    ``device``, gloo for the CPU."""
+    if not all(v in os.environ for v in _TORCHRUN_VARIABLES):
+        return None
+    if not dist.is_available():
+        raise RuntimeError("started by torchrun, but this torch build has no torch.distributed")
+    if not dist.is_initialized():
+        if backend is None:
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        device_id = None
+        if device.type == "cuda":
+            device_id = local_device(device)
+            torch.cuda.set_device(device_id)
+        # torchrun's store outlives a restart (--max-restarts), and with it the addresses the
+        # previous attempt's processes published: each attempt keys its own.
+        store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend, store=dist.PrefixStore(f"infomax_ext/{attempt}", store),
+                                rank=rank, world_size=world, timeout=timeout, device_id=device_id)
+    return dist.group.WORLD
+
+
+def local_device(device: torch.device) -> torch.device:
+    """``device``; a CUDA device without an index becomes this process's own GPU, ``cuda:L``
+    for torchrun's LOCAL_RANK L (else the rank modulo the visible GPUs)."""
+    if device.type != "cuda" or device.index is not None:
+        return device
+    if "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
