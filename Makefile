@@ -22,7 +22,7 @@ DEPS_STAMP := $(VENV)/.deps-installed
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_CPU)
-	$(PIP) install -q "scikit-build-core>=0.10" ninja pytest numpy scikit-learn matplotlib tqdm
+	$(PIP) install -q "scikit-build-core>=0.11" ninja pytest numpy scikit-learn matplotlib tqdm
 	touch $@
 
 install: $(DEPS_STAMP)

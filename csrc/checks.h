@@ -1,6 +1,7 @@
 #pragma once
-// Argument checks shared by the CPU and CUDA front ends: every user error is reported here,
-// with the argument named, before any kernel runs.
+// Argument checks shared by the CPU and CUDA front ends: shapes, dtypes, devices and names are
+// checked here, with the argument named, before any kernel runs. The entries of a permutation
+// are checked as the kernels read them (a RuntimeError on the CPU, a device assert on CUDA).
 #include <optional>
 #include <string>
 

@@ -17,6 +17,7 @@
 
 #include "checks.h"
 #include "kernels.h"
+#include "op_args.h"
 #include "tensor.h"
 
 namespace infomax_ext {
@@ -108,24 +109,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     const Tensor& latent_half, const std::optional<Tensor>& source_half,
     const std::optional<Tensor>& bias, const Tensor& perm, std::string_view activation, double param,
     const std::vector<bool>& output_mask) {
-  INFOMAX_CHECK(output_mask.size() == 5, "infomax_ext: output_mask must have 5 entries, got ",
-                output_mask.size());
+  check_paired_linear(hx, hz, hz_source, weight, bias, perm, std::string(activation), data_half);
   INFOMAX_CHECK(hz_source.has_value() == source_half.has_value(),
                 "infomax_ext: source_half must be given exactly when hz_source is");
+  check_same(hx, latent_half, "hx", "latent_half");
+  INFOMAX_CHECK(latent_half.dim() == 2 && latent_half.size(0) == hz.size(0) &&
+                    latent_half.size(1) == weight.size(0),
+                "infomax_ext: latent_half has shape ", shape_of(latent_half), ", expected [",
+                hz.size(0), ", ", weight.size(0), "]");
+  const std::vector<bool> mask = checked_mask(output_mask, 5);
   const bool has_source = hz_source.has_value();
-  const bool need_hx = output_mask[0], need_hz = output_mask[1];
-  const bool need_source = output_mask[2] && has_source, need_w = output_mask[3];
-  const bool need_bias = output_mask[4];
+  const bool need_hx = mask[0], need_hz = mask[1];
+  const bool need_source = mask[2] && has_source, need_w = mask[3];
+  const bool need_bias = mask[4];
   const std::vector<bool> want = {need_hx || need_w, need_hz || need_w,
                                   has_source && (need_source || need_w), need_bias};
   // A gradient not asked for is an empty tensor, each its own (outputs must not alias).
   auto none = [&] { return empty_on(hx, {0}); };
   if (!(want[0] || want[1] || want[2] || want[3])) return {none(), none(), none(), none(), none()};
 
-  // The inverse is only read when the shuffled rows' gradient returns to latent_half.
+  // The inverse is read when the shuffled rows' gradient returns to latent_half; computing it
+  // also checks that perm is a permutation, which the source gradient (written, not summed, at
+  // perm[r]) needs too.
   const auto [g_data, g_latent, g_source, g_bias] = paired_first_layer_backward_on_device(
       grad_out, data_half, latent_half, source_half, bias_or_zeros(bias, weight), perm,
-      want[1] && !has_source, activation, param, want);
+      (want[1] && !has_source) || want[2], activation, param, want);
 
   const int64_t dx = hx.size(1), dz = hz.size(1);
   const Tensor w_data = columns(weight, 0, dx), w_latent = columns(weight, dx, dz);

@@ -1,7 +1,7 @@
 #pragma once
 // The tensor API of the kernels: PyTorch's stable C ABI (torch/csrc/stable), so one binary loads
-// on every torch release from the TORCH_TARGET_VERSION set by CMake on. Only this header and the
-// registration files name the stable API; kernels use the aliases and helpers below.
+// on every torch release from the TORCH_TARGET_VERSION set by CMake on. The aliases and helpers
+// below cover what the kernels use most; the rest call torch::stable directly.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>

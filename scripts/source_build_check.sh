@@ -22,8 +22,10 @@ echo "   fails in $((SECONDS - start)) s with: $(grep -m1 'torch is not importab
 echo "== INFOMAX_EXT_CUDA=OFF with a CUDA build of torch"
 start=$SECONDS
 INFOMAX_EXT_CUDA=OFF .venv-cuda/bin/python -m pip wheel -q --no-build-isolation --no-deps \
-  --config-settings=build-dir="$scratch/cpu-on-cuda-torch" -w "$scratch/wheel" . 2>&1 \
-  | grep -v "^WARNING: Location" || true
+  --config-settings=build-dir="$scratch/cpu-on-cuda-torch" -w "$scratch/wheel" . \
+  >"$scratch/cpu-on-cuda-torch.log" 2>&1 || {
+  echo "INFOMAX_EXT_CUDA=OFF did not build against the CUDA torch:" >&2
+  tail -30 "$scratch/cpu-on-cuda-torch.log" >&2; exit 1; }
 python3 -m zipfile -e "$scratch"/wheel/*.whl "$scratch/unpacked"
 python3 - "$scratch/unpacked/infomax_ext/_build_info.json" <<'PY'
 import json, sys

@@ -467,3 +467,17 @@ def test_a_data_half_cache_with_a_new_batch():
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
         del x
     assert len(cache) == 4
+
+
+def test_paired_mutual_info_takes_exactly_one_of_perm_and_z_shuffle():
+    torch.manual_seed(0)
+    mi = im.MutualInfoChain.from_sizes(6, 2, [8], [torch.relu])
+    x, z = torch.randn(10, 6), torch.randn(10, 2)
+    for path in im.PATHS:
+        with im.use_path(path):
+            with pytest.raises(ValueError, match="exactly one of perm"):
+                im.paired_mutual_info(mi, x, z)
+            with pytest.raises(ValueError, match="exactly one of perm"):
+                im.paired_mutual_info(mi, x, z, torch.arange(10), z_shuffle=z)
+            with pytest.raises(ValueError, match=r"perm must be a tensor of shape \(10,\)"):
+                im.paired_mutual_info(mi, x, z, torch.arange(5))

@@ -554,3 +554,64 @@ def test_integer_seeds_of_every_kind_are_accepted():
     for seed in (numpy.int64(12), numpy.uint8(12), torch.tensor(12), 12 + 2**64):
         assert torch.equal(im.seeded_permutation(50, seed), want)
     assert _ops.seed_to_int64(2**64 - 1) == -1 and _ops.seed_to_int64(-1) == -1
+
+
+@pytest.mark.parametrize("source", [False, True])
+def test_paired_linear_backward_op_matches_its_fake_kernel(source):
+    # The backward op on its own, every gradient wanted: opcheck compares the fake kernel's
+    # shapes and strides with the real ones (torch.compile's graphs rely on them).
+    hx, hz, src, weight, b, perm = (t.detach() if t is not None else None
+                                    for t in linear_inputs(4, 3, 2, 5, s=2, source=source))
+    out, data, latent, source_half = ops.paired_linear_forward(hx, hz, src, weight, b, perm, "relu",
+                                                               0.0)
+    args = (torch.randn_like(out), hx, hz, src, weight, data, latent,
+            source_half if source else None, b, perm, "relu", 0.0, [True] * 5)
+    grads = ops.paired_linear_backward(*args)
+    want = torch.autograd.grad(
+        reference.paired_linear(*(t.requires_grad_() if t is not None else None
+                                  for t in (hx, hz, src, weight, b)), perm, "relu"),
+        [t for t in (hx, hz, src, weight, b) if t is not None], args[0])
+    for got, expected in zip([g for g in grads if g.numel()], want):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    # An internal op with no autograd of its own: its schema and fake kernel are what opcheck tests.
+    torch.library.opcheck(ops.paired_linear_backward.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("source", [False, True])
+def test_a_perm_with_repeats_is_refused_in_backward_not_turned_into_gradients(source):
+    hx, hz, src, weight, b, perm = linear_inputs(4, 3, 2, 5, s=1, source=source)
+    repeated = perm.clone()
+    repeated[1] = repeated[0]
+    out = _ops.paired_linear(hx, hz, src, weight, b, repeated, "relu")
+    leaves = [t for t in (hx, hz, src, weight, b) if t is not None]
+    with pytest.raises(RuntimeError, match="not a permutation"):
+        torch.autograd.grad(out.sum(), leaves)
+
+
+def test_autocast_takes_the_plain_path_not_half_precision_kernels():
+    torch.manual_seed(0)
+    mi = im.MutualInfoChain.from_sizes(8, 2, [16], [torch.relu])
+    x, z = torch.randn(32, 8), torch.randn(32, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _ops.kernels_apply(x, z)
+        under_autocast = im.variational_mutual_info(mi, x, z, seed=3)
+        under_autocast.backward()
+    with im.use_path("reference"), torch.autocast("cpu", dtype=torch.bfloat16):
+        reference_value = im.variational_mutual_info(mi, x, z, seed=3)
+    torch.testing.assert_close(under_autocast, reference_value)
+
+
+@pytest.mark.parametrize("op", ["paired_linear", "nwj_head"])
+def test_double_backward_is_refused_when_only_the_bias_needs_it(op):
+    if op == "paired_linear":
+        hx, hz, _, weight, b, perm = (t.detach() if t is not None else None
+                                      for t in linear_inputs(4, 3, 2, 5))
+        b.requires_grad_()
+        out = _ops.paired_linear(hx, hz, None, weight, b, perm, "softplus").sum()
+    else:
+        hidden, weight, b = torch.randn(6, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64), \
+            torch.randn(1, dtype=torch.float64, requires_grad=True)
+        out, _ = _ops.nwj_head(hidden, weight, b, 3, "softplus")
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        torch.autograd.grad(out, [b], create_graph=True)

@@ -227,9 +227,9 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
     const Tensor& hidden_in, const Tensor& weight_in, const Tensor& scores_in,
     const Tensor& pre_in, int64_t n_joint, std::string_view activation, double param,
     const std::vector<bool>& output_mask) {
-  const DeviceGuard guard(hidden_in);
   const NwjHeadBackwardArgs args(grad_bound_in, grad_scores_in, hidden_in, weight_in, scores_in,
                                  pre_in, n_joint, activation, output_mask);
+  const DeviceGuard guard(hidden_in);
   const Tensor &hidden = args.hidden, &w = args.weight, &scores = args.scores, &pre = args.pre;
   const Tensor &grad_scores = args.grad_scores, &grad_bound = args.grad_bound;
   const Activation act = args.act;

@@ -103,9 +103,9 @@ Tensor paired_first_layer_cuda(const Tensor& data_half_in, const Tensor& latent_
                                    const std::optional<Tensor>& shuffled_source_in,
                                    const Tensor& bias_in, const Tensor& perm_in,
                                    std::string_view activation, double param) {
-  const DeviceGuard guard(data_half_in);
   const PairedFirstLayerArgs args(data_half_in, latent_half_in, shuffled_source_in, bias_in, perm_in,
                                   activation);
+  const DeviceGuard guard(data_half_in);
   const Tensor &data_half = args.data_half, &latent_half = args.latent_half, &source = args.source, &bias = args.bias, &perm = args.perm;
   const Activation act = args.act;
   const int64_t n = args.n, h = args.h, m = args.m;
@@ -134,10 +134,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cuda(
     const std::optional<Tensor>& shuffled_source_in, const Tensor& bias_in,
     const Tensor& perm_in, const Tensor& inverse_perm_in, std::string_view activation,
     double param, const std::vector<bool>& output_mask) {
-  const DeviceGuard guard(data_half_in);
   const PairedFirstLayerBackwardArgs args(grad_out_in, data_half_in, latent_half_in,
                                           shuffled_source_in, bias_in, perm_in, inverse_perm_in,
                                           activation, output_mask);
+  const DeviceGuard guard(data_half_in);
   const Tensor &data_half = args.data_half, &latent_half = args.latent_half, &source = args.source, &bias = args.bias, &perm = args.perm;
   const Tensor &grad_out = args.grad_out, &inverse_perm = args.inverse_perm;
   const Activation act = args.act;

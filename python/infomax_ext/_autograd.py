@@ -1,12 +1,12 @@
-"""Autograd formulas of the compiled ops, and ``paired_linear``: the MI chain's whole first
-Linear layer on joint and shuffled pairs as one op and one autograd node.
+"""Autograd formulas of the compiled ops.
 
 The kernels (csrc/) are built on torch's stable C ABI, which has no autograd: each op's formula
 is a ``torch.autograd.Function`` here, registered as the op's ``Autograd`` kernel, so
 ``torch.ops.infomax_ext.<op>`` differentiates wherever it is called from (eager, ``opcheck``,
 ``torch.compile``). Forwards run the kernels below autograd; backwards call the ``*_backward``
-ops. ``paired_linear`` (csrc/paired_linear.cpp) is composite: the GEMMs of the split weight and
-``paired_first_layer``, for every device.
+ops. ``paired_linear`` (the MI chain's whole first Linear layer, csrc/paired_linear.cpp) is one
+node: ``paired_linear_forward`` keeps the halves, ``paired_linear_backward`` computes every
+gradient; it runs on the CPU and on CUDA.
 """
 from __future__ import annotations
 
@@ -35,9 +35,11 @@ def _grad_if(wanted: bool, grad: torch.Tensor) -> torch.Tensor | None:
 
 def _paired_backward(grad_out, data_half, latent_half, source, bias, perm, activation, param,
                      want):
-    """paired_first_layer_backward, with the inverse permutation computed only when the
-    shuffled rows' gradient returns to latent_half."""
-    inverse = _OPS.inverse_permutation.default(perm) if want[1] and source is None else perm
+    """paired_first_layer_backward, with the inverse permutation computed when the shuffled
+    rows' gradient returns to latent_half or goes to the source (computing it checks that perm
+    is a permutation: the source gradient is written, not summed, at perm[r])."""
+    needs_inverse = (want[1] and source is None) or want[2]
+    inverse = _OPS.inverse_permutation.default(perm) if needs_inverse else perm
     return _OPS.paired_first_layer_backward.default(
         grad_out, data_half, latent_half, source, bias, perm, inverse, activation, param, want
     )
@@ -99,7 +101,7 @@ class _PairedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         hx, hz, hz_source, weight, bias, perm, data, latent, source = ctx.saved_tensors
-        _refuse_double_backward("paired_linear", grad_out, hx, hz, hz_source, weight)
+        _refuse_double_backward("paired_linear", grad_out, hx, hz, hz_source, weight, bias)
         need = list(ctx.needs_input_grad[:5])
         if not any(need):
             return (None,) * 9
@@ -121,14 +123,14 @@ class _NwjHead(torch.autograd.Function):
                                                        param)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(pre)
-        ctx.save_for_backward(hidden, weight, scores, pre)
+        ctx.save_for_backward(hidden, weight, bias, scores, pre)
         ctx.n_joint, ctx.activation, ctx.param = n_joint, activation, param
         return bound, scores, pre
 
     @staticmethod
     def backward(ctx, grad_bound, grad_scores, _grad_pre):
-        hidden, weight, scores, pre = ctx.saved_tensors
-        _refuse_double_backward("nwj_head", grad_bound, grad_scores, hidden, weight)
+        hidden, weight, bias, scores, pre = ctx.saved_tensors
+        _refuse_double_backward("nwj_head", grad_bound, grad_scores, hidden, weight, bias)
         need = ctx.needs_input_grad
         want = [need[0], need[1], need[2]]
         if not any(want) or (grad_bound is None and grad_scores is None):

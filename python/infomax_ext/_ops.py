@@ -181,10 +181,13 @@ def _kernels_serve(device_type: str) -> bool:
 
 def kernels_apply(*tensors: torch.Tensor | None) -> bool:
     """True when the compiled kernels can run on these tensors (loaded, float32/64, a device
-    with kernels, not inside :func:`use_reference_path`). Otherwise callers take the reference
-    path."""
+    with kernels, not inside :func:`use_reference_path`, no ``torch.autocast`` on that device:
+    the kernels take float32/64 only). Otherwise callers take the reference path."""
     present = [t for t in tensors if t is not None]
-    if not present or not _kernels_serve(present[0].device.type):
+    if not present:
+        return False
+    device_type = present[0].device.type
+    if not _kernels_serve(device_type) or torch.is_autocast_enabled(device_type):
         return False
     return all(t.dtype in _FLOAT_TYPES for t in present if t.is_floating_point())
 
@@ -403,8 +406,11 @@ if extension_available():
         def grad(wanted, like):
             return like.new_empty(like.shape) if wanted else hx.new_empty((0,))
 
-        return (grad(output_mask[0], hx), grad(output_mask[1], hz),
-                grad(output_mask[2] and hz_source is not None, hz), grad(output_mask[3], weight),
+        def narrow_grad(wanted):  # the kernel's (M, Dz) gradients are transposed (Dz, M) products
+            return hz.new_empty((hz.shape[1], hz.shape[0])).t() if wanted else hx.new_empty((0,))
+
+        return (grad(output_mask[0], hx), narrow_grad(output_mask[1]),
+                narrow_grad(output_mask[2] and hz_source is not None), grad(output_mask[3], weight),
                 grad(output_mask[4], weight.new_empty((weight.shape[0],))))
 
 

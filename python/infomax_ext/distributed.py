@@ -59,8 +59,17 @@ __all__ = [
 BUCKET_BYTES = 25 * 2**20
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-_all_gather_rows = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter_rows = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def _all_gather_rows(out, tensor, group):
+    """All processes' ``tensor`` concatenated along rows into ``out`` (looked up when called: a
+    torch built without torch.distributed still imports this module)."""
+    return dist.all_gather_into_tensor(out, tensor, group=group)
+
+
+def _reduce_scatter_rows(out, tensor, op, group):
+    """``tensor``'s row blocks summed over the processes, this process's block into ``out``."""
+    return dist.reduce_scatter_tensor(out, tensor, op=op, group=group)
 
 
 class DistributedMismatchError(ValueError):
@@ -337,4 +346,5 @@ def local_device(device: torch.device) -> torch.device:
         return device
     if "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    return torch.device("cuda", rank % torch.cuda.device_count())

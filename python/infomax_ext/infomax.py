@@ -424,7 +424,7 @@ def _alternating_step(model, args, opt_vae, opt_mi, vae_params, mi_params,
     leaves the MI weights alone. ``args`` is ``(x,)`` or ``(x, x_out)``. Returns
     ``(vae_loss, mi_loss)``."""
     x = args[0]
-    # Both losses see the same x and MI weights: the MI chain's data half is computed once.
+    # Both losses see the same x and MI weights: a data half without gradient is computed once.
     cache = _step_cache(model, opt_vae)
     if cache is not None and infomaxloss_function is infomaxloss:
         vae_kwargs = {"data_half_cache": cache, **vae_kwargs}

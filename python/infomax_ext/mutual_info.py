@@ -208,8 +208,8 @@ class DataHalfCache:
     ``miloss``). Its owner promises that, while it passes the cache, neither the data, the
     chain's ``data`` network nor its first-layer weight changes in place. ``train_step`` owns one per step: its VAE loss
     and its MI loss see the same x and the same MI weights (the MI loss comes before the MI
-    update), so the MI loss skips one (N x Dx) @ (Dx x H) product; the cache is dropped before
-    the MI update. An entry is found by the memory ``data(x)`` occupies (the same elements in
+    update), so the MI loss skips one (N x Dx) @ (Dx x H) product when ``data(x)`` needs no
+    gradient; the cache's last use comes before the MI update. An entry is found by the memory ``data(x)`` occupies (the same elements in
     the same layout: ``x`` itself, or a view of it for a chain whose ``data`` has no parameters)
     and by the weight tensor; it keeps both alive, so no other tensor can take that memory while
     the cache exists. Only data halves without gradient are kept (``data(x)`` needs none: no
@@ -271,6 +271,12 @@ def paired_mutual_info(
     weights. Which evaluation runs is chosen by :func:`~infomax_ext.use_path`.
     """
     n, m = x.shape[0], z.shape[0]
+    if (perm is None) == (z_shuffle is None):
+        raise ValueError("paired_mutual_info takes exactly one of perm (a permutation of the M "
+                         "codes' rows) and z_shuffle (the shuffled codes)")
+    if perm is not None and (not isinstance(perm, torch.Tensor) or tuple(perm.shape) != (m,)):
+        raise ValueError(f"perm must be a tensor of shape ({m},), one entry per code, got "
+                         f"{tuple(perm.shape) if isinstance(perm, torch.Tensor) else type(perm).__name__}")
     path = _ops.current_path()
     plan = None if path == "two_call" else fused_plan(mi)
     if plan is None:
