@@ -675,16 +675,16 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
 
     from .data import train_val_split
     from .distributed import from_rank0
+    from .trainer import check_batch_size
     from .serialization import atomic_write_json, atomic_write_text
 
     dataset, info = from_rank0(group, lambda: _load_data(data, config, saved))
     train, val = train_val_split(dataset, config.val_fraction, config.seed)
-    if config.batch_size > len(train):
-        parser.error(f"--batch-size {config.batch_size} exceeds the {len(train)} training samples")
     world = 1 if group is None else dist.get_world_size(group)
-    if config.batch_size % world or config.batch_size < 2 * world:
-        parser.error(f"--batch-size {config.batch_size} (the batch of all processes) must be a "
-                     f"multiple of the {world} processes that gives each at least 2 samples")
+    try:
+        check_batch_size(config.batch_size, len(train), world, name="--batch-size")
+    except ValueError as exc:
+        parser.error(str(exc))
     from_rank0(group, lambda: _write_run_config(args, parser, out, lock, saved, compare, info,
                                                 config, group))
     scaled = "" if data["normalize"] == "none" else f" (--normalize {data['normalize']})"

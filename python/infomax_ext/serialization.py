@@ -131,13 +131,23 @@ def read_json(path, what: str = "file") -> Any:
 
 # ----------------------------------------------------------------------------- saved models
 
+def cpu_copy(obj):
+    """A copy of a (nested) state dict with every tensor detached and on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
 def write_model_files(directory, config: dict, state_dict: dict) -> None:
     """Write a model's ``config`` to ``directory/model_config.json`` and its ``state_dict`` (moved
     to the CPU) to ``directory/model.pt``, each atomically; the directory is created if needed and
     files already there are replaced."""
     directory = Path(directory)
-    state = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
-    atomic_torch_save(state, directory / MODEL_WEIGHTS_FILE)
+    atomic_torch_save(cpu_copy(state_dict), directory / MODEL_WEIGHTS_FILE)
     atomic_write_json(directory / MODEL_CONFIG_FILE, config)
 
 

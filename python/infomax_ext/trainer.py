@@ -48,7 +48,13 @@ from .data import LIKELIHOODS, MappedSamples
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
 from .infomax import InfoMaxVAE, model_config, train_step
 from .mutual_info import MutualInfoChain
-from .serialization import SerializationError, atomic_torch_save, atomic_write_text, safe_torch_load
+from .serialization import (
+    SerializationError,
+    atomic_torch_save,
+    atomic_write_text,
+    cpu_copy,
+    safe_torch_load,
+)
 from .vae import VAE, BernoulliDecoder, JointGaussianLogEncoder, SimpleGaussianDecoder
 
 __all__ = ["TrainConfig", "TrainingError", "Trainer", "build_model", "fit", "derived_seed",
@@ -267,12 +273,7 @@ class Trainer:
                 "run directory given": run_dir is not None,
             })
             distributed.broadcast_module(self.model, process_group)
-        if config.batch_size > len(self.train_data):
-            raise ValueError(f"batch_size {config.batch_size} exceeds the {len(self.train_data)} "
-                             "training samples")
-        if config.batch_size % self.world_size or config.batch_size < 2 * self.world_size:
-            raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
-                             f"{self.world_size} processes that gives each at least 2 samples")
+        check_batch_size(config.batch_size, len(self.train_data), self.world_size)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.progress = progress and self.rank == 0
         self.desc, self.callbacks = desc, list(callbacks)
@@ -347,8 +348,8 @@ class Trainer:
             "epoch": self.epoch,
             "config": self.config.to_dict(),
             "model_config": model_config(self.model),
-            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "optimizers": {name: _cpu(opt.state_dict()) for name, opt in self.optimizers.items()},
+            "model": cpu_copy(self.model.state_dict()),
+            "optimizers": {name: cpu_copy(opt.state_dict()) for name, opt in self.optimizers.items()},
             "history": self.history,
             "n_train": len(self.train_data),
             "rng": rng,
@@ -586,6 +587,17 @@ def _all_finite(network: torch.nn.Module, optimizer: torch.optim.Adam) -> torch.
     return torch.stack(torch._foreach_norm(squares, ord=1)).isfinite().all()
 
 
+def check_batch_size(batch_size: int, n_train: int, world_size: int = 1,
+                     name: str = "batch_size") -> None:
+    """A ValueError naming ``name`` unless the global ``batch_size`` fits the ``n_train``
+    training samples and divides among ``world_size`` processes, at least 2 samples each."""
+    if batch_size > n_train:
+        raise ValueError(f"{name} {batch_size} exceeds the {n_train} training samples")
+    if batch_size % world_size or batch_size < 2 * world_size:
+        raise ValueError(f"{name} {batch_size} (the batch of all processes) must be a multiple of "
+                         f"the {world_size} processes that gives each at least 2 samples")
+
+
 def _adam(params, lr: float) -> torch.optim.Adam:
     """Adam, fused (one kernel per step: faster for many small tensors) where torch allows."""
     params = list(params)
@@ -593,17 +605,6 @@ def _adam(params, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, ValueError):
         return torch.optim.Adam(params, lr=lr, foreach=True)
-
-
-def _cpu(obj):
-    """A copy of a (nested) optimizer state dict with every tensor on the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
 
 
 def fit(config: TrainConfig, train_data: torch.Tensor, val_data=None, run_dir=None,
