@@ -64,12 +64,14 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 def _all_gather_rows(out, tensor, group):
     """All processes' ``tensor`` concatenated along rows into ``out`` (looked up when called: a
     torch built without torch.distributed still imports this module)."""
-    return dist.all_gather_into_tensor(out, tensor, group=group)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return gather(out, tensor, group=group)
 
 
 def _reduce_scatter_rows(out, tensor, op, group):
     """``tensor``'s row blocks summed over the processes, this process's block into ``out``."""
-    return dist.reduce_scatter_tensor(out, tensor, op=op, group=group)
+    scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    return scatter(out, tensor, op=op, group=group)
 
 
 class DistributedMismatchError(ValueError):
