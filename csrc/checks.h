@@ -4,6 +4,7 @@
 // are checked as the kernels read them (a RuntimeError on the CPU, a device assert on CUDA).
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "activations.h"
 #include "tensor.h"
@@ -153,6 +154,90 @@ inline void check_nwj_bound(const Tensor& t_joint, const Tensor& t_marg) {
   check_same(t_joint, t_marg, "t_joint", "t_marg");
   INFOMAX_CHECK(t_joint.size(0) >= 1 && t_marg.size(0) >= 1,
               "infomax_ext: nwj_bound needs at least one joint and one shuffled score");
+}
+
+// The layers of nwj_mlp: hidden (R, H_0); weights[l] (H_{l+1}, H_l); biases[l] (H_{l+1}) or
+// absent; one activation name and parameter per layer; head_weight (H_L), head_bias (1) or
+// absent; R = 2 n_joint. Returns the layers' activations.
+inline std::vector<Activation> check_nwj_mlp(
+    const Tensor& hidden, const std::vector<Tensor>& weights,
+    const std::vector<std::optional<Tensor>>& biases, const std::vector<std::string>& activations,
+    const std::vector<double>& params, const Tensor& head_weight,
+    const std::optional<Tensor>& head_bias, int64_t n_joint, const std::string& head_activation) {
+  check_float_tensor(hidden, "hidden", 2);
+  const size_t layers = weights.size();
+  INFOMAX_CHECK(biases.size() == layers && activations.size() == layers && params.size() == layers,
+                "infomax_ext: nwj_mlp takes one bias, activation and parameter per weight: got ",
+                layers, " weights, ", biases.size(), " biases, ", activations.size(),
+                " activations and ", params.size(), " parameters");
+  std::vector<Activation> acts;
+  int64_t width = hidden.size(1);
+  for (size_t l = 0; l < layers; ++l) {
+    const std::string name = "weights[" + std::to_string(l) + "]";
+    check_float_tensor(weights[l], name.c_str(), 2);
+    check_same(hidden, weights[l], "hidden", name.c_str());
+    INFOMAX_CHECK(weights[l].size(1) == width, "infomax_ext: ", name, " has shape ",
+                  shape_of(weights[l]), " but its layer's input has ", width, " features");
+    width = weights[l].size(0);
+    if (biases[l].has_value()) {
+      const std::string bias_name = "biases[" + std::to_string(l) + "]";
+      check_float_tensor(*biases[l], bias_name.c_str(), 1);
+      check_same(hidden, *biases[l], "hidden", bias_name.c_str());
+      INFOMAX_CHECK(biases[l]->size(0) == width, "infomax_ext: ", bias_name, " has ",
+                    biases[l]->size(0), " entries but its layer has ", width, " units");
+    }
+    acts.push_back(checked_activation(activations[l]));
+  }
+  check_float_tensor(head_weight, "head_weight", 1);
+  check_same(hidden, head_weight, "hidden", "head_weight");
+  INFOMAX_CHECK(head_weight.size(0) == width, "infomax_ext: head_weight has ", head_weight.size(0),
+                " entries but the last hidden layer has ", width, " units");
+  if (head_bias.has_value()) {
+    check_float_tensor(*head_bias, "head_bias", 1);
+    check_same(hidden, *head_bias, "hidden", "head_bias");
+    INFOMAX_CHECK(head_bias->size(0) == 1, "infomax_ext: head_bias must have 1 entry, got ",
+                  head_bias->size(0));
+  }
+  INFOMAX_CHECK(n_joint >= 1 && 2 * n_joint == hidden.size(0), "infomax_ext: hidden has ",
+                hidden.size(0), " rows, which must be n_joint = ", n_joint,
+                " joint rows followed by as many shuffled rows");
+  checked_activation(head_activation);
+  return acts;
+}
+
+// What nwj_mlp_forward kept: outputs[l] (R, H_{l+1}); pres[l] the same shape, or empty for
+// identity and relu; pres[L] (R), the head's pre-activation; scores (R).
+inline void check_nwj_mlp_saved(const Tensor& hidden, const std::vector<Tensor>& weights,
+                                const std::vector<Activation>& acts, const Tensor& scores,
+                                const std::vector<Tensor>& outputs,
+                                const std::vector<Tensor>& pres) {
+  const size_t layers = weights.size();
+  const int64_t rows = hidden.size(0);
+  INFOMAX_CHECK(outputs.size() == layers && pres.size() == layers + 1,
+                "infomax_ext: nwj_mlp_backward needs ", layers, " outputs and ", layers + 1,
+                " pre-activations (what nwj_mlp_forward returned), got ", outputs.size(), " and ",
+                pres.size());
+  for (size_t l = 0; l < layers; ++l) {
+    const std::string name = "outputs[" + std::to_string(l) + "]";
+    check_float_tensor(outputs[l], name.c_str(), 2);
+    check_same(hidden, outputs[l], "hidden", name.c_str());
+    INFOMAX_CHECK(outputs[l].size(0) == rows && outputs[l].size(1) == weights[l].size(0) &&
+                      outputs[l].is_contiguous(),
+                  "infomax_ext: ", name, " has shape ", shape_of(outputs[l]), ", expected [",
+                  rows, ", ", weights[l].size(0), "] contiguous");
+    const bool from_output = acts[l] == Activation::Identity || acts[l] == Activation::Relu;
+    if (!from_output) {
+      const std::string pre_name = "pres[" + std::to_string(l) + "]";
+      check_same(hidden, pres[l], "hidden", pre_name.c_str());
+      INFOMAX_CHECK(shape_of(pres[l]) == shape_of(outputs[l]) && pres[l].is_contiguous(),
+                    "infomax_ext: ", pre_name, " has shape ", shape_of(pres[l]), ", expected ",
+                    shape_of(outputs[l]), " contiguous");
+    }
+  }
+  check_float_tensor(pres[layers], "the head's pre-activation", 1);
+  check_float_tensor(scores, "scores", 1);
+  INFOMAX_CHECK(pres[layers].size(0) == rows && scores.size(0) == rows,
+                "infomax_ext: scores and the head's pre-activation must have ", rows, " entries");
 }
 
 }  // namespace infomax_ext

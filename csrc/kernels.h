@@ -1,5 +1,5 @@
 #pragma once
-// The device kernels that csrc/paired_linear.cpp calls directly (no second trip through the
+// The device kernels that csrc/paired_linear.cpp and csrc/nwj_mlp.cpp call directly (no second trip through the
 // dispatcher; every argument error is caught before them). Each is also registered as its op's
 // CPU or CUDA kernel.
 #include <optional>
@@ -7,6 +7,7 @@
 #include <tuple>
 #include <vector>
 
+#include "activations.h"
 #include "tensor.h"
 
 namespace infomax_ext {
@@ -20,6 +21,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cpu(
     const Tensor& inverse_perm, std::string_view activation, double param,
     const std::vector<bool>& output_mask);
 Tensor inverse_permutation_cpu(const Tensor& perm);
+std::tuple<Tensor, Tensor, Tensor> nwj_head_cpu(const Tensor& hidden, const Tensor& weight,
+                                                const std::optional<Tensor>& bias, int64_t n_joint,
+                                                std::string_view activation, double param);
+std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
+    const Tensor& grad_bound, const std::optional<Tensor>& grad_scores, const Tensor& hidden,
+    const Tensor& weight, const Tensor& scores, const Tensor& pre, int64_t n_joint,
+    std::string_view activation, double param, const std::vector<bool>& output_mask);
+// The hidden layers of nwj_mlp (not ops of their own; contiguous (rows, H) arguments).
+// activation_forward: pre += bias in place, then act(pre): in place (the result is pre) unless
+// keep_pre, which writes a new tensor and leaves pre (with the bias) for the backward.
+// activation_backward: grad *= act'(at) in place (at: the pre-activation, or the output for
+// identity and relu), returning the column sums of the result (the bias gradient, (H)) when
+// want_bias, else an empty tensor.
+Tensor activation_forward_cpu(const Tensor& pre, const std::optional<Tensor>& bias,
+                              Activation act, double param, bool keep_pre);
+Tensor activation_backward_cpu(const Tensor& grad, const Tensor& at, Activation act, double param,
+                               bool want_bias);
 
 #ifdef USE_CUDA
 Tensor paired_first_layer_cuda(const Tensor& data_half, const Tensor& latent_half,
@@ -31,6 +49,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cuda(
     const Tensor& inverse_perm, std::string_view activation, double param,
     const std::vector<bool>& output_mask);
 Tensor inverse_permutation_cuda(const Tensor& perm);
+std::tuple<Tensor, Tensor, Tensor> nwj_head_cuda(const Tensor& hidden, const Tensor& weight,
+                                                 const std::optional<Tensor>& bias, int64_t n_joint,
+                                                 std::string_view activation, double param);
+std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
+    const Tensor& grad_bound, const std::optional<Tensor>& grad_scores, const Tensor& hidden,
+    const Tensor& weight, const Tensor& scores, const Tensor& pre, int64_t n_joint,
+    std::string_view activation, double param, const std::vector<bool>& output_mask);
+Tensor activation_forward_cuda(const Tensor& pre, const std::optional<Tensor>& bias,
+                               Activation act, double param, bool keep_pre);
+Tensor activation_backward_cuda(const Tensor& grad, const Tensor& at, Activation act, double param,
+                                bool want_bias);
 #endif
 
 }  // namespace infomax_ext

@@ -101,6 +101,9 @@ std::tuple<Tensor, Tensor> nwj_bound_backward_cpu(const Tensor& grad,
   return {gj, gm};
 }
 
+}  // namespace
+
+// Also called directly by nwj_mlp (csrc/kernels.h).
 std::tuple<Tensor, Tensor, Tensor> nwj_head_cpu(const Tensor& hidden_in,
                                                             const Tensor& weight_in,
                                                             const std::optional<Tensor>& bias_in,
@@ -212,8 +215,6 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
   });
   return args.grads();
 }
-
-}  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CPU, m) {
   m.impl("nwj_bound", TORCH_BOX(&nwj_bound_cpu));

@@ -187,6 +187,9 @@ __global__ void nwj_head_backward_kernel(const T* grad_bound, const T* grad_scor
   if (bias_thread) b_partial[chunk] = b_sum;
 }
 
+}  // namespace
+
+// Also called directly by nwj_mlp (csrc/kernels.h).
 std::tuple<Tensor, Tensor, Tensor> nwj_head_cuda(const Tensor& hidden_in,
                                                              const Tensor& weight_in,
                                                              const std::optional<Tensor>& bias_in,
@@ -274,8 +277,6 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
   });
   return args.grads();
 }
-
-}  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CUDA, m) {
   m.impl("nwj_bound", TORCH_BOX(&nwj_bound_cuda));

@@ -6,7 +6,8 @@ is a ``torch.autograd.Function`` here, registered as the op's ``Autograd`` kerne
 ``torch.compile``). Forwards run the kernels below autograd; backwards call the ``*_backward``
 ops. ``paired_linear`` (the MI chain's whole first Linear layer, csrc/paired_linear.cpp) is one
 node: ``paired_linear_forward`` keeps the halves, ``paired_linear_backward`` computes every
-gradient; it runs on the CPU and on CUDA.
+gradient; ``nwj_mlp`` (the rest of the chain with the NWJ head, csrc/nwj_mlp.cpp) likewise. Both
+run on the CPU and on CUDA.
 """
 from __future__ import annotations
 
@@ -145,6 +146,89 @@ class _NwjHead(torch.autograd.Function):
                 _grad_if(want[2], g_bias), None, None, None)
 
 
+# ------------------------------------------------------------------------------------ nwj_mlp
+
+
+class _NwjMlp(torch.autograd.Function):
+    """nwj_mlp as one node. Tensors inside lists are invisible to autograd, so ``apply`` takes
+    them spread out: ``layout`` = (layers, which biases are present, activations, params,
+    n_joint, head activation, head param), then hidden, head_weight, head_bias, the weights and
+    the present biases."""
+
+    @staticmethod
+    def forward(ctx, layout, hidden, head_weight, head_bias, *layer_tensors):
+        layers, has_bias, activations, params, n_joint, head_act, head_param = layout
+        weights, biases = _layer_lists(layers, has_bias, layer_tensors)
+        with _below_autograd():
+            bound, scores, outputs, pres = _OPS.nwj_mlp_forward.default(
+                hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
+                head_act, head_param)
+        ctx.set_materialize_grads(False)
+        ctx.layout = layout
+        ctx.n_outputs = len(outputs)
+        ctx.save_for_backward(hidden, head_weight, head_bias, scores, *outputs, *pres,
+                              *layer_tensors)
+        return bound, scores
+
+    @staticmethod
+    def backward(ctx, grad_bound, grad_scores):
+        layers, has_bias, activations, params, n_joint, head_act, head_param = ctx.layout
+        saved = ctx.saved_tensors
+        hidden, head_weight, head_bias, scores = saved[:4]
+        k = 4 + ctx.n_outputs
+        outputs, pres = list(saved[4:k]), list(saved[k:k + layers + 1])
+        layer_tensors = saved[k + layers + 1:]
+        weights, biases = _layer_lists(layers, has_bias, layer_tensors)
+        _refuse_double_backward("nwj_mlp", grad_bound, grad_scores, hidden, head_weight,
+                                head_bias, *layer_tensors)
+        need = ctx.needs_input_grad  # (layout, hidden, head_weight, head_bias, *layer_tensors)
+        need_w = list(need[4:4 + layers])
+        need_b_present = iter(need[4 + layers:])
+        need_b = [bool(next(need_b_present)) if present else False for present in has_bias]
+        mask = [need[1], *need_w, *need_b, need[2], head_bias is not None and need[3]]
+        if not any(mask) or (grad_bound is None and grad_scores is None):
+            return (None,) * (4 + len(layer_tensors))
+        if grad_bound is None:
+            grad_bound = hidden.new_zeros(())
+        g_hidden, g_weights, g_biases, g_head_w, g_head_b = _OPS.nwj_mlp_backward.default(
+            grad_bound, grad_scores, hidden, weights, biases, activations, params, head_weight,
+            head_bias, scores, outputs, pres, n_joint, head_act, head_param, mask)
+        grads_b = [_grad_if(wanted, g) for wanted, g, present in zip(need_b, g_biases, has_bias)
+                   if present]
+        return (None, _grad_if(mask[0], g_hidden), _grad_if(mask[-2], g_head_w),
+                _grad_if(mask[-1], g_head_b),
+                *[_grad_if(w, g) for w, g in zip(need_w, g_weights)], *grads_b)
+
+
+def _layer_lists(layers: int, has_bias: tuple, layer_tensors: tuple) -> tuple[list, list]:
+    """The weights and the biases (None where absent) from apply's spread-out tensors."""
+    weights = list(layer_tensors[:layers])
+    present = iter(layer_tensors[layers:])
+    return weights, [next(present) if b else None for b in has_bias]
+
+
+def _nwj_mlp_kernel(hidden, weights, biases, activations, params, head_weight, head_bias,
+                    n_joint, head_activation, head_param):
+    """nwj_mlp's Autograd kernel: _NwjMlp when a gradient can flow, else the op below autograd."""
+    tensors = [hidden, head_weight, head_bias, *weights, *biases]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        layout = (len(weights), tuple(b is not None for b in biases), list(activations),
+                  list(params), n_joint, head_activation, head_param)
+        return _NwjMlp.apply(layout, hidden, head_weight, head_bias, *weights,
+                             *[b for b in biases if b is not None])
+    with _below_autograd():
+        return _OPS.nwj_mlp.default(hidden, weights, biases, activations, params, head_weight,
+                                    head_bias, n_joint, head_activation, head_param)
+
+
+def nwj_mlp(*args):
+    """``torch.ops.infomax_ext.nwj_mlp`` for _ops.py: its Autograd kernel called directly in
+    eager mode, the op itself while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return _OPS.nwj_mlp.default(*args)
+    return _nwj_mlp_kernel(*args)
+
+
 # ---------------------------------------------------------------------------------- nwj_bound
 
 
@@ -192,6 +276,7 @@ _KERNELS = {
 }
 for _name, _kernel in _KERNELS.items():
     _LIB.impl(_name, _kernel, "Autograd")
+_LIB.impl("nwj_mlp", _nwj_mlp_kernel, "Autograd")
 
 
 def _eager_or_op(name: str):

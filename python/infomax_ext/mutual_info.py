@@ -170,6 +170,26 @@ class _FusedPlan(NamedTuple):
     middle: list
     head: nn.Linear | None
     head_act: ActivationSpec | None
+    stack: list | None  # middle as (Linear, ActivationSpec) pairs when nwj_mlp can run it
+
+
+def _linear_stack(middle: list) -> list | None:
+    """``middle`` as (Linear, activation) pairs (identity where a Linear follows a Linear), or
+    None when it holds anything else (then its modules run one by one)."""
+    stack, i = [], 0
+    while i < len(middle):
+        layer = middle[i]
+        if not isinstance(layer, nn.Linear):
+            return None
+        act = ActivationSpec("identity")
+        if i + 1 < len(middle) and not isinstance(middle[i + 1], nn.Linear):
+            act = kernel_spec(middle[i + 1])
+            if act is None:
+                return None
+            i += 1
+        stack.append((layer, act))
+        i += 1
+    return stack
 
 
 _BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
@@ -197,7 +217,9 @@ def fused_plan(mi: nn.Module) -> _FusedPlan | None:
     elif (len(layers) - 2 >= k and isinstance(layers[-2], nn.Linear)
           and layers[-2].out_features == 1 and kernel_spec(last) is not None):
         head, head_act, end = layers[-2], kernel_spec(last), len(layers) - 2
-    return _FusedPlan(layers[0], first_act, layers[k:end], head, head_act)
+    middle = layers[k:end]
+    return _FusedPlan(layers[0], first_act, middle, head, head_act,
+                      _linear_stack(middle) if head is not None else None)
 
 
 class DataHalfCache:
@@ -303,6 +325,13 @@ def paired_mutual_info(
         source = None
     h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
                            plan.first_act.param, _kept_data_half(data_half_cache, hx, weight))
+    if plan.stack is not None:
+        bound, scores = _ops.nwj_mlp(
+            h, [layer.weight for layer, _ in plan.stack], [layer.bias for layer, _ in plan.stack],
+            [act.name for _, act in plan.stack], [act.param for _, act in plan.stack],
+            plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
+            plan.head_act.param)
+        return PairedBound(bound, scores[:m], scores[m:])
     for module in plan.middle:
         h = module(h)
     if plan.head is not None:

@@ -15,6 +15,7 @@ __all__ = [
     "paired_first_layer",
     "paired_linear",
     "nwj_head",
+    "nwj_mlp",
     "nwj_bound",
 ]
 
@@ -162,3 +163,28 @@ def nwj_head(
         pre = pre + bias
     scores = apply_activation(pre, activation, param)
     return nwj_bound(scores[:n_joint], scores[n_joint:]), scores
+
+
+def nwj_mlp(
+    hidden: torch.Tensor,
+    weights: list,
+    biases: list,
+    activations: list,
+    params: list,
+    head_weight: torch.Tensor,
+    head_bias: torch.Tensor | None,
+    n_joint: int,
+    head_activation: str,
+    head_param: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MI chain after its first layer and the NWJ bound.
+
+    ``hidden`` (R, H_0) with R = 2 ``n_joint`` (joint rows, then shuffled rows); layer l is
+    ``h = act_l(h @ weights[l].T + biases[l])`` (weights[l] (H_{l+1}, H_l), biases[l]
+    (H_{l+1},) or None, ``activations[l]`` with ``params[l]``); then :func:`nwj_head` with
+    ``head_weight`` (H_L,) and ``head_bias`` (1,) or None. Returns ``(bound, scores)``.
+    """
+    h = hidden
+    for weight, bias, activation, param in zip(weights, biases, activations, params):
+        h = apply_activation(torch.nn.functional.linear(h, weight, bias), activation, param)
+    return nwj_head(h, head_weight, head_bias, n_joint, head_activation, head_param)

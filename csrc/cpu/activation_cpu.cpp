@@ -1,0 +1,93 @@
+// CPU kernels of the hidden layers of nwj_mlp (csrc/nwj_mlp.cpp): an activation applied to a
+// (rows, H) pre-activation, and its backward fused with the bias gradient: one pass that
+// multiplies the incoming gradient by f' in place and sums its columns. Column sums run over
+// fixed chunks of rows, then over the chunks in order: the same bits whatever the thread count.
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "../activations.h"
+#include "../kernels.h"
+
+namespace infomax_ext {
+namespace {
+
+constexpr int64_t kRowsPerChunk = 32;
+
+}  // namespace
+
+Tensor activation_forward_cpu(const Tensor& pre, const std::optional<Tensor>& bias,
+                              Activation act, double param, bool keep_pre) {
+  const int64_t rows = pre.size(0), h = pre.size(1);
+  const bool has_bias = bias.has_value();
+  if (!has_bias && act == Activation::Identity) return pre;
+  Tensor out = keep_pre && act != Activation::Identity ? empty_like_shape(pre) : pre;
+  dispatch_floating(pre.scalar_type(), "nwj_mlp", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
+    scalar_t* px = pre.mutable_data_ptr<scalar_t>();
+    scalar_t* py = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* pb = has_bias ? bias->const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t p = static_cast<scalar_t>(param);
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      torch::stable::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(h, 1)),
+                                  [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          scalar_t* __restrict__ xr = px + r * h;
+          scalar_t* __restrict__ yr = py + r * h;
+          if (pb) {
+            for (int64_t j = 0; j < h; ++j) xr[j] += pb[j];
+          }
+          if constexpr (A != Activation::Identity) {
+            for (int64_t j = 0; j < h; ++j) yr[j] = activation_value<A>(xr[j], p);
+          }
+        }
+      });
+    });
+  });
+  return act == Activation::Identity ? pre : out;
+}
+
+Tensor activation_backward_cpu(const Tensor& grad, const Tensor& at, Activation act, double param,
+                               bool want_bias) {
+  const int64_t rows = grad.size(0), h = grad.size(1);
+  const int64_t chunks = std::max<int64_t>(1, (rows + kRowsPerChunk - 1) / kRowsPerChunk);
+  Tensor bias_grad = want_bias ? empty_on(grad, {h}) : empty_on(grad, {0});
+  dispatch_floating(grad.scalar_type(), "nwj_mlp", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
+    using acc_t = acc_type<scalar_t, false>;
+    scalar_t* pg = grad.mutable_data_ptr<scalar_t>();
+    const scalar_t* px = at.const_data_ptr<scalar_t>();
+    const scalar_t p = static_cast<scalar_t>(param);
+    std::vector<scalar_t> partial(want_bias ? chunks * h : 0, scalar_t(0));
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      torch::stable::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          scalar_t* __restrict__ sum = want_bias ? partial.data() + c * h : nullptr;
+          for (int64_t r = c * kRowsPerChunk; r < std::min(rows, (c + 1) * kRowsPerChunk); ++r) {
+            scalar_t* __restrict__ gr = pg + r * h;
+            const scalar_t* __restrict__ xr = px + r * h;
+            if constexpr (A != Activation::Identity) {
+              for (int64_t j = 0; j < h; ++j) gr[j] = activation_grad<A>(gr[j], xr[j], p);
+            }
+            if (sum) {
+              for (int64_t j = 0; j < h; ++j) sum[j] += gr[j];
+            }
+          }
+        }
+      });
+    });
+    if (want_bias) {
+      scalar_t* pb = bias_grad.mutable_data_ptr<scalar_t>();
+      for (int64_t j = 0; j < h; ++j) {
+        acc_t total = 0;
+        for (int64_t c = 0; c < chunks; ++c) total += acc_t(partial[c * h + j]);
+        pb[j] = static_cast<scalar_t>(total);
+      }
+    }
+  });
+  return bias_grad;
+}
+
+}  // namespace infomax_ext
