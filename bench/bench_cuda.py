@@ -336,7 +336,8 @@ def main(argv=None) -> None:
             save()
             print(f"{chain} N={n}: " + ", ".join(f"{name} {t['median']:.3f}"
                                                 for name, t in case["times_ms"].items())
-                  + f" ms; floor {case['floor_ms']:.3f} ms; compile {sum(case['compile_s'].values()):.0f} s",
+                  + f" ms; floor {case['floor_ms']:.3f} ms; "
+                  f"compile {sum(case['compile_s'].values()):.0f} s",
                   flush=True)
     print_tables(result)
     print(f"\nwrote {out} ({result['wall_s']:.0f} s)")

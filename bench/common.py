@@ -354,7 +354,8 @@ def peak_cpu_memory(fn: Callable[[], object]) -> dict:
         raise RuntimeError(f"torch {torch.__version__}: no profiler events to measure memory "
                            f"from ({e})") from e
     records = [(e.start_ns(), i, e.nbytes()) for i, e in enumerate(events)
-               if e.name() == "[memory]" and str(e.device_type()).split(".")[-1] in _CPU_MEMORY_DEVICES]
+               if e.name() == "[memory]"
+               and str(e.device_type()).split(".")[-1] in _CPU_MEMORY_DEVICES]
     records.sort()  # time order; ties keep the order the profiler recorded them in
     held = peak = allocated = count = 0
     for _, _, nbytes in records:
