@@ -6,6 +6,7 @@
 - the analytic GEMM FLOP model of each variant (``chain_layout``, ``naive_gemms``,
   ``shared_gemms``, ``ours_gemms``) and the GEMM replay used as a second floor;
 - interleaved round-robin timing and percentile helpers;
+- the peak CPU memory of one call (``peak_cpu_memory``, from torch.profiler's allocation events);
 - agreement checks between variants.
 
 Imported by ``bench/bench_cpu.py`` (the script's folder is on ``sys.path`` when it is run as
@@ -317,6 +318,54 @@ def summary_ms(values: Sequence[float]) -> dict:
         "min": 1e3 * min(values),
         "rounds": len(values),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Peak memory
+# ----------------------------------------------------------------------------------------------
+
+# The device types whose allocation events torch.profiler counts as CPU memory.
+_CPU_MEMORY_DEVICES = ("CPU", "MKLDNN", "IDEEP")
+
+
+def peak_cpu_memory(fn: Callable[[], object]) -> dict:
+    """Peak of the memory torch allocates on the CPU during one call of ``fn``, above what was
+    allocated when the call started (CPU torch has no ``memory_allocated`` counter).
+
+    The call runs under ``torch.profiler.profile(profile_memory=True)``, which receives an event
+    from torch's CPU allocator for every allocation (+bytes) and every free (-bytes) of a block
+    allocated while profiling, each with its time. The running sum of these events in time order
+    is the memory held by the blocks the call allocated; its maximum is the peak. ``fn``'s return
+    value is dropped inside the profiled region, so the outputs count at the peak and their frees
+    end the sum. Blocks allocated before the call and freed during it are not reported by the
+    allocator (it only knows the sizes of blocks allocated while profiling), so a call that frees
+    older tensors reads as an upper bound; the benchmark's calls free none.
+
+    Returns ``{"peak_bytes", "allocated_bytes" (sum of all allocations), "end_bytes" (still held
+    when the call returned and its result was dropped), "allocations" (count)}``.
+    """
+    gc.collect()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        fn()
+    try:
+        events = prof.profiler.kineto_results.events()
+    except AttributeError as e:  # the raw event list is reached through a private attribute
+        raise RuntimeError(f"torch {torch.__version__}: no profiler events to measure memory "
+                           f"from ({e})") from e
+    records = [(e.start_ns(), i, e.nbytes()) for i, e in enumerate(events)
+               if e.name() == "[memory]"
+               and str(e.device_type()).split(".")[-1] in _CPU_MEMORY_DEVICES]
+    records.sort()  # time order; ties keep the order the profiler recorded them in
+    held = peak = allocated = count = 0
+    for _, _, nbytes in records:
+        held += nbytes
+        peak = max(peak, held)
+        if nbytes > 0:
+            allocated += nbytes
+            count += 1
+    return {"peak_bytes": peak, "allocated_bytes": allocated, "end_bytes": held,
+            "allocations": count}
 
 
 # ----------------------------------------------------------------------------------------------
