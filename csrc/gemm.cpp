@@ -7,10 +7,6 @@
 namespace infomax_ext {
 namespace {
 
-// From this many rows on, the weight gradient g^T x runs faster as (x^T g)^T and a transposed
-// copy than as the direct product (MKL, measured on the CPU shapes of the benchmark chains).
-constexpr int64_t kTransposedWeightGradRows = 128;
-
 // 1: oneDNN's linear answered; 0: not tried yet; -1: this torch has none (then never again).
 std::atomic<int> onednn_state{0};
 
@@ -43,7 +39,7 @@ bool onednn_linear_serves(const Tensor& x) {
 
 Tensor linear_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b, bool relu,
                       bool* bias_added, bool* relu_applied) {
-  if (onednn_linear_serves(x)) {
+  if (onednn_linear_serves(x) && w.is_contiguous()) {
     if (auto y = try_onednn_linear(x, w, b, relu ? "relu" : "none")) {
       *bias_added = true;
       *relu_applied = relu;
@@ -56,19 +52,12 @@ Tensor linear_forward(const Tensor& x, const Tensor& w, const std::optional<Tens
 }
 
 Tensor linear_input_grad(const Tensor& g, const Tensor& w) {
-  if (onednn_linear_serves(g)) {
+  if (onednn_linear_serves(g) && w.is_contiguous()) {
     if (auto y = try_onednn_linear(g, t(w), std::nullopt, "none")) return *y;
   }
   return mm(g, w);
 }
 
-Tensor linear_weight_grad(const Tensor& g, const Tensor& x) {
-  if (g.is_cpu() && g.size(0) >= kTransposedWeightGradRows) {
-    Tensor grad_w = torch::stable::new_empty(g, std::vector<int64_t>{g.size(1), x.size(1)});
-    torch::stable::copy_(grad_w, t(mm(t(x), g)));
-    return grad_w;
-  }
-  return mm(t(g), x);
-}
+Tensor linear_weight_grad(const Tensor& g, const Tensor& x) { return mm(t(g), x); }
 
 }  // namespace infomax_ext

@@ -1,9 +1,12 @@
 #pragma once
 // The matrix products of a Linear layer y = x W^T + b, each through the fastest backend measured
-// for it (bench/README.md): on the CPU in float32, oneDNN's linear (mkldnn::_linear_pointwise,
-// part of torch's CPU build) with the bias and a ReLU fused into its epilogue, for the forward
-// and the input gradient; elsewhere (float64, CUDA, a torch without oneDNN) aten::mm, whose
-// device kernel is MKL or cuBLAS. All through the dispatcher, so the stable ABI suffices.
+// for it (bench/README.md, "GEMM backends"): on the CPU in float32 with a contiguous weight,
+// oneDNN's linear (mkldnn::_linear_pointwise, part of torch's CPU build) with the bias and a
+// ReLU fused into its epilogue, for the forward and the input gradient (8-30% faster than MKL's
+// sgemm on the chains' shapes; a strided weight, such as a column slice, makes it hundreds of
+// times slower, so it never gets one); the weight gradient, and everything elsewhere (float64,
+// CUDA, a torch without oneDNN), on aten::mm, whose kernel is MKL or cuBLAS. All through the
+// dispatcher, so the stable ABI suffices.
 #include <optional>
 #include <string>
 #include <vector>

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "gemm.h"
 #include "kernels.h"
 #include "op_args.h"
 #include "tensor.h"
@@ -37,6 +38,13 @@ Tensor columns(const Tensor& weight, int64_t start, int64_t count) {
 // the direct product on the CPU.
 Tensor narrow_input_grad(const Tensor& grad, const Tensor& w_latent) {
   return t(mm(t(w_latent), t(grad)));
+}
+
+// hx Wx^T (N, H): the data columns' product, without the bias (the paired kernel adds it).
+Tensor data_product(const Tensor& hx, const Tensor& weight) {
+  bool bias_added = false, relu_applied = false;
+  return linear_forward(hx, columns(weight, 0, hx.size(1)), std::nullopt, false, &bias_added,
+                        &relu_applied);
 }
 
 Tensor paired_first_layer_on_device(const Tensor& data_half, const Tensor& latent_half,
@@ -82,7 +90,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_linear_forward(
   check_paired_linear(hx, hz, hz_source, weight, bias, perm, std::string(activation), data_half);
   const int64_t dx = hx.size(1);
   const Tensor w_latent_t = t(columns(weight, dx, hz.size(1)));
-  const Tensor data = data_half.has_value() ? *data_half : mm(hx, t(columns(weight, 0, dx)));
+  const Tensor data = data_half.has_value() ? *data_half : data_product(hx, weight);
   const Tensor latent = mm(hz, w_latent_t);
   const std::optional<Tensor> source =
       hz_source.has_value() ? std::optional<Tensor>(mm(*hz_source, w_latent_t)) : std::nullopt;
@@ -152,7 +160,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     if (has_source) latent_t = torch::stable::subtract(latent_t, mm(t(*hz_source), g_source), -1.0);
     torch::stable::copy_(latent_part, t(latent_t));
   }
-  return {need_hx ? mm(g_data, w_data) : none(),
+  return {need_hx ? linear_input_grad(g_data, w_data) : none(),
           need_hz ? narrow_input_grad(g_latent, w_latent) : none(),
           need_source ? narrow_input_grad(g_source, w_latent) : none(),
           grad_w,
