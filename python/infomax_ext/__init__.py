@@ -12,6 +12,7 @@ from ._ops import (
     inverse_permutation,
     nwj_bound,
     nwj_head,
+    nwj_mlp,
     paired_first_layer,
     paired_linear,
     seeded_permutation,
