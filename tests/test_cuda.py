@@ -433,3 +433,129 @@ def test_train_step_on_cuda_matches_the_plain_pytorch_path():
     assert any(not torch.equal(b, p) for b, p in zip(before, fused_params))
     for got, want in zip(fused_params, plain_params):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------ nwj_mlp
+
+
+def check_nwj_mlp(rows, widths, activations, biases, head_activation, head_bias, dtype, seed=0):
+    """nwj_mlp on CUDA against the CPU on the same inputs: scores, bound and every gradient of
+    a loss of bound and scores, to k = 8 eps x the scales of tests/test_nwj_mlp.py (both devices
+    are within them of the exact result)."""
+    from test_nwj_mlp import make_mlp, mlp_scales
+    from tolerances import assert_close_scaled
+
+    mlp = make_mlp(rows, widths, activations, biases, head_activation, head_bias, dtype,
+                   seed=seed)
+    grad_bound = randn((), dtype=dtype, seed=seed + 1)
+    grad_scores = randn(rows, dtype=dtype, seed=seed + 2)
+    on_cuda = mlp.with_tensors([t.detach().to(CUDA).requires_grad_() for t in mlp.tensors()])
+    results = []
+    for m, device in ((mlp, "cpu"), (on_cuda, CUDA)):
+        bound, scores = _ops.nwj_mlp(*m.args())
+        assert bound.grad_fn.name() == "_NwjMlpBackward" and bound.device.type == device
+        grads = torch.autograd.grad((bound, scores), m.tensors(),
+                                    (grad_bound.to(device), grad_scores.to(device)))
+        results.append([scores, bound, *grads])
+    score_scale, bound_scale, grad_scales = mlp_scales(mlp, dtype, grad_bound, grad_scores)
+    names = ["scores", "bound", *[f"gradient of {n}" for n in mlp.names()]]
+    for name, want, got, scale in zip(names, results[0], results[1],
+                                      [score_scale, bound_scale, *grad_scales]):
+        assert got.device.type == CUDA
+        assert_close_scaled(got.detach().cpu(), want, scale, k=8, what=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation,param", KERNEL_CASES)
+@pytest.mark.parametrize("biases,head_bias", [((True, True), True), ((False, False), False),
+                                              ((False, True), True)])
+def test_nwj_mlp_every_activation_matches_cpu(dtype, activation, param, biases, head_bias):
+    # In both hidden layers and as the head's activation (activation_cases.py's parameters).
+    check_nwj_mlp(70, [20, 33, 17], [activation, activation], list(biases), activation,
+                  head_bias, dtype)
+
+
+# 0 to 3 hidden layers, an identity between two Linears; rows from 2 (one joint, one shuffled)
+# to several thousand (many blocks of every reduction).
+@pytest.mark.parametrize("rows,widths,activations,biases", [
+    (2, [3], [], []),
+    (2, [3, 4], ["relu"], [True]),
+    (300, [16, 33, 8], ["gelu", "identity"], [False, True]),
+    (2050, [64, 100, 32, 40], ["relu", "tanh", "relu"], [True, False, True]),
+    (6000, [40, 300], ["silu"], [True]),
+])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nwj_mlp_shapes_match_cpu(rows, widths, activations, biases, dtype):
+    check_nwj_mlp(rows, widths, activations, biases, "softplus", True, dtype, seed=rows)
+
+
+@pytest.mark.parametrize("wanted", [("hidden",), ("weights[0]",), ("head_weight", "head_bias"),
+                                    ("biases[1]", "weights[1]")])
+def test_nwj_mlp_only_requested_grads_match_cpu(wanted):
+    from test_nwj_mlp import make_mlp
+
+    mlp = make_mlp(40, [6, 8, 5], ["elu", "mish"], [True, True], "identity", True,
+                   requires_grad=False, seed=3)
+    results = []
+    for device in ("cpu", CUDA):
+        m = mlp.with_tensors([t.detach().to(device).requires_grad_(name in wanted)
+                              for name, t in zip(mlp.names(), mlp.tensors())])
+        bound, scores = _ops.nwj_mlp(*m.args())
+        results.append(torch.autograd.grad(bound, [t for t in m.tensors() if t.requires_grad]))
+    assert len(results[1]) == len(wanted)
+    for g_cuda, g_cpu in zip(results[1], results[0]):
+        assert_same(g_cuda, g_cpu, torch.float64)
+
+
+def test_nwj_mlp_is_bit_identical_run_to_run():
+    from test_nwj_mlp import make_mlp
+
+    mlp = make_mlp(4096, [128, 256, 64], ["relu", "gelu"], [True, True], "identity", True,
+                   torch.float32, seed=4)
+    m = mlp.with_tensors([t.detach().to(CUDA).requires_grad_() for t in mlp.tensors()])
+
+    def run():
+        bound, scores = _ops.nwj_mlp(*m.args())
+        return [bound, scores, *torch.autograd.grad(bound + scores.mean(), m.tensors())]
+
+    for x, y in zip(run(), run()):
+        assert torch.equal(x, y)
+
+
+def mlp_chain(dtype=torch.float64):
+    """An MI chain whose middle runs in nwj_mlp: Linear + relu, Linear, Linear + tanh, and a
+    1-unit head with a sigmoid."""
+    torch.manual_seed(4)
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(15, 24), torch.nn.ReLU(), torch.nn.Linear(24, 16), torch.nn.ReLU(),
+        torch.nn.Linear(16, 12), torch.nn.Linear(12, 8), torch.nn.Tanh(),
+        torch.nn.Linear(8, 1), torch.nn.Sigmoid())
+    return im.MutualInfoChain(torch.nn.Identity(), torch.nn.Identity(), mlp).to(dtype)
+
+
+@pytest.mark.parametrize("shuffled_grad", [False, True])
+@pytest.mark.parametrize("n,s", [(2, 1), (40, 2)])
+def test_paired_mutual_info_through_nwj_mlp_matches_cpu(shuffled_grad, n, s, monkeypatch):
+    calls = []
+    real = _ops.nwj_mlp
+
+    def counting(*args):
+        calls.append(args[0].device.type)
+        return real(*args)
+
+    monkeypatch.setattr(_ops, "nwj_mlp", counting)
+    mi_cpu, mi_cuda = mlp_chain(), mlp_chain().to(CUDA)
+    x, z = randn(n, 12, seed=1), randn(s * n, 3, seed=2)
+    perm = im.latent_permutation(n, s, seed=7)
+
+    def run(mi, device):
+        zz = z.to(device).requires_grad_()
+        out = im.paired_mutual_info(mi, x.to(device), zz, perm.to(device),
+                                    shuffled_grad=shuffled_grad)
+        assert out.bound.grad_fn.name() == "_NwjMlpBackward"
+        return [out.bound, out.joint, out.shuffled,
+                *torch.autograd.grad(out.bound + out.shuffled.sum(), [zz, *mi.parameters()])]
+
+    for got, want in zip(run(mi_cuda, CUDA), run(mi_cpu, "cpu")):
+        assert_same(got, want, torch.float64)
+    assert calls == [CUDA, "cpu"]
