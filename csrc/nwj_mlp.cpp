@@ -4,7 +4,7 @@
 // and the NWJ head: scores t = act(h_L . w + b) and the bound
 //   mean(t[:M]) - mean(exp(t[M:] - 1)).
 // Device-agnostic (CompositeExplicitAutograd): the products go through csrc/gemm.h (oneDNN
-// with the bias and ReLU fused on the CPU in float32, else MKL or cuBLAS), the per-element
+// with the bias fused on the CPU in float32, else MKL or cuBLAS), the per-element
 // passes and the head to our kernels for the device, called directly. Every argument is
 // checked before any work.
 //
@@ -96,16 +96,13 @@ std::tuple<Tensor, Tensor, Tensors, Tensors> nwj_mlp_forward(
   Tensor h = as_contiguous(hidden);
   for (size_t l = 0; l < weights.size(); ++l) {
     const Activation act = acts[l];
-    bool bias_added = false, relu_applied = false;
-    Tensor y = linear_forward(h, as_contiguous(weights[l]), biases[l], act == Activation::Relu,
-                              &bias_added, &relu_applied);
+    bool bias_added = false;
+    Tensor y = linear_forward(h, as_contiguous(weights[l]), biases[l], &bias_added);
     const bool keep_pre = !derivative_from_output(act);
-    Tensor out = y;
-    if (!relu_applied) {
-      // With keep_pre, y keeps the pre-activation (bias included) and out is a new tensor.
-      out = activation_forward_on_device(y, bias_added ? std::nullopt : biases[l], act, params[l],
-                                         keep_pre);
-    }
+    // With keep_pre, y keeps the pre-activation (bias included) and out is a new tensor; else
+    // the activation runs in place.
+    const Tensor out = activation_forward_on_device(y, bias_added ? std::nullopt : biases[l], act,
+                                                    params[l], keep_pre);
     pres.push_back(keep_pre ? y : empty_on(h, {0}));
     outputs.push_back(out);
     h = out;

@@ -42,9 +42,8 @@ Tensor narrow_input_grad(const Tensor& grad, const Tensor& w_latent) {
 
 // hx Wx^T (N, H): the data columns' product, without the bias (the paired kernel adds it).
 Tensor data_product(const Tensor& hx, const Tensor& weight) {
-  bool bias_added = false, relu_applied = false;
-  return linear_forward(hx, columns(weight, 0, hx.size(1)), std::nullopt, false, &bias_added,
-                        &relu_applied);
+  bool bias_added = false;
+  return linear_forward(hx, columns(weight, 0, hx.size(1)), std::nullopt, &bias_added);
 }
 
 Tensor paired_first_layer_on_device(const Tensor& data_half, const Tensor& latent_half,

@@ -431,21 +431,12 @@ ZERO_WIDTH = {  # (widths, activations): a layer with no units, a layer with no 
     "hidden of 0 columns": ([0, 3], ["gelu"]),
 }
 
-_ZERO_WIDTH_BUG = (
-    "BUG: float32 nwj_mlp on the CPU fails on a layer with 0 inputs or 0 units (a legal "
-    "nn.Linear) with an opaque 'torch_call_dispatcher(...) API call failed at csrc/tensor.h' "
-    "RuntimeError from oneDNN's linear, once an earlier float32 call has found oneDNN; float64 "
-    "and the reference return the values")
-
-
 @pytest.mark.parametrize("dtype", [
-    pytest.param(torch.float32, id="float32", marks=pytest.mark.xfail(
-        strict=True, raises=RuntimeError, reason=_ZERO_WIDTH_BUG)),
+    pytest.param(torch.float32, id="float32"),
     pytest.param(F64, id="float64")])
 @pytest.mark.parametrize("case", list(ZERO_WIDTH))
 def test_zero_width_layers_match_reference(case, dtype):
-    # One ordinary call first: csrc/gemm.cpp finds out on the first float32 call whether this
-    # torch has oneDNN, so the zero-width call below meets it found, whatever ran before.
+    # An ordinary call first, so that oneDNN serves the process's products when it has them.
     check_against_reference(make_mlp(6, [3, 4], ["relu"], [True], dtype=dtype), dtype)
     widths, activations = ZERO_WIDTH[case]
     mlp = make_mlp(6, widths, activations, [True] * len(activations), "identity", True, dtype)
@@ -453,10 +444,6 @@ def test_zero_width_layers_match_reference(case, dtype):
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: csrc/gemm.cpp takes any exception of the process's first oneDNN linear call for "
-    "'this torch has no oneDNN' and never tries it again: a first float32 call with a "
-    "zero-width layer switches oneDNN off for the whole process (every later product on mm)"))
 def test_a_failing_first_onednn_call_does_not_switch_onednn_off():
     # A fresh interpreter whose first float32 nwj_mlp has a layer of 0 inputs: its later
     # ordinary calls must still run their products on oneDNN.
@@ -851,13 +838,7 @@ def test_arguments_that_are_not_tensors_are_named():
 
 def _meta_cases():
     for name in base_args().names():
-        marks = ()
-        if name.startswith("biases"):
-            marks = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-                "BUG: the fake kernel of nwj_mlp (python/infomax_ext/_ops.py) checks the devices "
-                "of hidden, the weights and the head but not of the biases: a meta bias among "
-                "CPU tensors dispatches to it and it returns uninitialised CPU tensors, no error"))
-        yield pytest.param(name, marks=marks, id=name)
+        yield pytest.param(name, id=name)
 
 
 def _with_meta(mlp, name):
@@ -891,21 +872,11 @@ def test_an_argument_on_another_device_is_refused_by_the_op(name):
         ops.nwj_mlp_forward.default(*mlp.args())
 
 
-_BACKWARD_UNCHECKED = ("weights", "biases", "head_bias", "outputs", "pres")
-
-
 def _backward_meta_cases():
     for name in ["grad_bound", "grad_scores", "hidden", "weights[0]", "weights[1]", "biases[0]",
                  "biases[1]", "head_weight", "head_bias", "scores", "outputs[0]", "outputs[1]",
                  "pres[1]", "pres[2]"]:
-        marks = ()
-        if name.startswith(_BACKWARD_UNCHECKED):
-            marks = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-                "BUG: the fake kernel of nwj_mlp_backward (python/infomax_ext/_ops.py) checks "
-                "the devices of grad_bound, grad_scores, hidden, head_weight and scores only: a "
-                "meta weight, bias, head_bias, output or pre-activation among CPU tensors "
-                "dispatches to it and it returns uninitialised CPU tensors, no error"))
-        yield pytest.param(name, marks=marks, id=name)
+        yield pytest.param(name, id=name)
 
 
 @pytest.mark.parametrize("name", list(_backward_meta_cases()))

@@ -540,13 +540,18 @@ def nwj_mlp(
 _OUTPUT_ACTIVATIONS = ("identity", "relu")  # derivative read from the output: no pre kept
 
 
+def _listed(name: str, tensors) -> dict:
+    """``{"name[i]": tensor}`` for the fake kernels' device check of a list argument."""
+    return {f"{name}[{i}]": t for i, t in enumerate(tensors)}
+
+
 if extension_available():
 
     @torch.library.register_fake("infomax_ext::nwj_mlp")
     def _(hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
           head_activation, head_param):
         _fake_same_device("nwj_mlp", hidden=hidden, head_weight=head_weight, head_bias=head_bias,
-                          **{f"weights[{i}]": w for i, w in enumerate(weights)})
+                          **_listed("weights", weights), **_listed("biases", biases))
         torch._check(hidden.dim() == 2, lambda: "hidden must be 2-D")
         return hidden.new_empty(()), hidden.new_empty((hidden.shape[0],))
 
@@ -566,7 +571,10 @@ if extension_available():
     def _(grad_bound, grad_scores, hidden, weights, biases, activations, params, head_weight,
           head_bias, scores, outputs, pres, n_joint, head_activation, head_param, output_mask):
         _fake_same_device("nwj_mlp_backward", hidden=hidden, head_weight=head_weight,
-                          scores=scores, grad_bound=grad_bound, grad_scores=grad_scores)
+                          head_bias=head_bias, scores=scores, grad_bound=grad_bound,
+                          grad_scores=grad_scores, **_listed("weights", weights),
+                          **_listed("biases", biases), **_listed("outputs", outputs),
+                          **_listed("pres", pres))
         layers = len(weights)
 
         def grad(wanted, shape):
