@@ -21,6 +21,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cpu(
     const Tensor& inverse_perm, std::string_view activation, double param,
     const std::vector<bool>& output_mask);
 Tensor inverse_permutation_cpu(const Tensor& perm);
+// paired_first_layer_backward for identity and relu with the derivative read from the layer's
+// output out (2M, H) instead of recomputed from the halves (which need not be kept): the same
+// four gradients (data half, latent half, source, bias) for want = the op's output_mask. n: the
+// data rows; M = perm's length. Arguments checked by the caller.
+std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_from_output_cpu(
+    const Tensor& grad_out, const Tensor& out, int64_t n, bool has_source, const Tensor& perm,
+    const Tensor& inverse_perm, Activation act, const std::vector<bool>& want);
 std::tuple<Tensor, Tensor, Tensor> nwj_head_cpu(const Tensor& hidden, const Tensor& weight,
                                                 const std::optional<Tensor>& bias, int64_t n_joint,
                                                 std::string_view activation, double param);
@@ -49,6 +56,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cuda(
     const Tensor& inverse_perm, std::string_view activation, double param,
     const std::vector<bool>& output_mask);
 Tensor inverse_permutation_cuda(const Tensor& perm);
+std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_from_output_cuda(
+    const Tensor& grad_out, const Tensor& out, int64_t n, bool has_source, const Tensor& perm,
+    const Tensor& inverse_perm, Activation act, const std::vector<bool>& want);
 std::tuple<Tensor, Tensor, Tensor> nwj_head_cuda(const Tensor& hidden, const Tensor& weight,
                                                  const std::optional<Tensor>& bias, int64_t n_joint,
                                                  std::string_view activation, double param);

@@ -37,7 +37,7 @@ STABLE_TORCH_LIBRARY(infomax_ext, m) {
   m.def(
       "paired_linear_backward(Tensor grad_out, Tensor hx, Tensor hz, Tensor? hz_source, "
       "Tensor weight, Tensor data_half, Tensor latent_half, Tensor? source_half, Tensor? bias, "
-      "Tensor perm, str activation, float param, bool[5] output_mask) "
+      "Tensor perm, str activation, float param, bool[5] output_mask, Tensor? out=None) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "nwj_head(Tensor hidden, Tensor weight, Tensor? bias, int n_joint, str activation, "

@@ -13,6 +13,7 @@
 #include <optional>
 #include <string_view>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -76,6 +77,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_on_device
                                          inverse, activation, param, want);
 }
 
+// The from-output backward of the paired kernel (identity, relu): no halves read.
+std::tuple<Tensor, Tensor, Tensor, Tensor> paired_backward_from_output_on_device(
+    const Tensor& grad_out, const Tensor& out, int64_t n, bool has_source, const Tensor& perm,
+    bool need_inverse, Activation act, const std::vector<bool>& want) {
+#ifdef USE_CUDA
+  if (out.is_cuda()) {
+    const Tensor inverse = need_inverse ? inverse_permutation_cuda(perm) : perm;
+    return paired_first_layer_backward_from_output_cuda(grad_out, out, n, has_source, perm,
+                                                        inverse, act, want);
+  }
+#endif
+  const Tensor inverse = need_inverse ? inverse_permutation_cpu(perm) : perm;
+  return paired_first_layer_backward_from_output_cpu(grad_out, out, n, has_source, perm, inverse,
+                                                     act, want);
+}
+
 // The bias, or zeros when the layer has none (the kernels add one).
 Tensor bias_or_zeros(const std::optional<Tensor>& bias, const Tensor& weight) {
   return bias.has_value() ? *bias
@@ -109,21 +126,42 @@ Tensor paired_linear(const Tensor& hx, const Tensor& hz, const std::optional<Ten
 }
 
 // Gradients of paired_linear for output_mask = (hx, hz, hz_source, weight, bias); data_half,
-// latent_half and source_half (present with hz_source) are the halves of the forward.
+// latent_half and source_half (present with hz_source) are the halves of the forward. With out
+// (the forward's output (2M, H); identity and relu only) the derivative is read from it and the
+// halves are not read: the autograd node keeps the output instead of the three halves.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     const Tensor& grad_out, const Tensor& hx, const Tensor& hz,
     const std::optional<Tensor>& hz_source, const Tensor& weight, const Tensor& data_half,
     const Tensor& latent_half, const std::optional<Tensor>& source_half,
     const std::optional<Tensor>& bias, const Tensor& perm, std::string_view activation, double param,
-    const std::vector<bool>& output_mask) {
-  check_paired_linear(hx, hz, hz_source, weight, bias, perm, std::string(activation), data_half);
-  INFOMAX_CHECK(hz_source.has_value() == source_half.has_value(),
-                "infomax_ext: source_half must be given exactly when hz_source is");
-  check_same(hx, latent_half, "hx", "latent_half");
-  INFOMAX_CHECK(latent_half.dim() == 2 && latent_half.size(0) == hz.size(0) &&
-                    latent_half.size(1) == weight.size(0),
-                "infomax_ext: latent_half has shape ", shape_of(latent_half), ", expected [",
-                hz.size(0), ", ", weight.size(0), "]");
+    const std::vector<bool>& output_mask, const std::optional<Tensor>& out) {
+  const bool from_output = out.has_value();
+  const Activation act = checked_activation(std::string(activation));
+  if (from_output) {
+    check_paired_linear(hx, hz, hz_source, weight, bias, perm, std::string(activation),
+                        std::nullopt);
+    INFOMAX_CHECK(act == Activation::Identity || act == Activation::Relu,
+                  "infomax_ext: paired_linear_backward reads the derivative from out for identity "
+                  "and relu only, got '", activation, "'");
+    const int64_t rows = 2 * hz.size(0), units = weight.size(0);
+    for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{*out, "out"},
+                                  std::pair<const Tensor&, const char*>{grad_out, "grad_out"}}) {
+      check_float_tensor(t, name, 2);
+      check_same(hx, t, "hx", name);
+      INFOMAX_CHECK(t.size(0) == rows && t.size(1) == units, "infomax_ext: ", name,
+                    " has shape ", shape_of(t), ", expected [", rows, ", ", units, "]");
+    }
+  } else {
+    check_paired_linear(hx, hz, hz_source, weight, bias, perm, std::string(activation),
+                        data_half);
+    INFOMAX_CHECK(hz_source.has_value() == source_half.has_value(),
+                  "infomax_ext: source_half must be given exactly when hz_source is");
+    check_same(hx, latent_half, "hx", "latent_half");
+    INFOMAX_CHECK(latent_half.dim() == 2 && latent_half.size(0) == hz.size(0) &&
+                      latent_half.size(1) == weight.size(0),
+                  "infomax_ext: latent_half has shape ", shape_of(latent_half), ", expected [",
+                  hz.size(0), ", ", weight.size(0), "]");
+  }
   const std::vector<bool> mask = checked_mask(output_mask, 5);
   const bool has_source = hz_source.has_value();
   const bool need_hx = mask[0], need_hz = mask[1];
@@ -138,9 +176,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
   // The inverse is read when the shuffled rows' gradient returns to latent_half; computing it
   // also checks that perm is a permutation, which the source gradient (written, not summed, at
   // perm[r]) needs too.
-  const auto [g_data, g_latent, g_source, g_bias] = paired_first_layer_backward_on_device(
-      grad_out, data_half, latent_half, source_half, bias_or_zeros(bias, weight), perm,
-      (want[1] && !has_source) || want[2], activation, param, want);
+  const bool need_inverse = (want[1] && !has_source) || want[2];
+  const auto [g_data, g_latent, g_source, g_bias] =
+      from_output
+          ? paired_backward_from_output_on_device(grad_out, *out, hx.size(0), has_source, perm,
+                                                  need_inverse, act, want)
+          : paired_first_layer_backward_on_device(grad_out, data_half, latent_half, source_half,
+                                                  bias_or_zeros(bias, weight), perm, need_inverse,
+                                                  activation, param, want);
 
   const int64_t dx = hx.size(1), dz = hz.size(1);
   const Tensor w_data = columns(weight, 0, dx), w_latent = columns(weight, dx, dz);

@@ -155,10 +155,11 @@ def test_paired_first_layer_autograd_matches_cpu(with_source):
 @pytest.mark.parametrize("n", [30, 600])
 @pytest.mark.parametrize("with_source,with_bias", [(False, True), (True, False)])
 @pytest.mark.parametrize("given_data_half", [False, True])
-def test_paired_linear_matches_cpu(dtype, n, with_source, with_bias, given_data_half):
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_paired_linear_matches_cpu(dtype, n, with_source, with_bias, given_data_half, activation):
     """The whole first layer (split-weight GEMMs + fused op, one autograd node) on CUDA: values and
     every gradient equal the CPU's, with the data half computed or given; n = 600 takes the
-    transposed weight-gradient branch."""
+    transposed weight-gradient branch; relu's backward reads its derivative from the output."""
     s, dx, dz, h = 2, 20, 3, 17
     hx, hz, w = randn(n, dx, dtype=dtype, seed=1), randn(s * n, dz, dtype=dtype, seed=2), randn(h, dx + dz, dtype=dtype, seed=3)
     src = randn(s * n, dz, dtype=dtype, seed=4) if with_source else None
@@ -175,7 +176,8 @@ def test_paired_linear_matches_cpu(dtype, n, with_source, with_bias, given_data_
         w_ = next(it)
         bias_ = next(it) if with_bias else None
         data_half = (hx_ @ w_[:, :dx].t()).detach() if given_data_half else None
-        out = _ops.paired_linear(hx_, hz_, src_, w_, bias_, perm.to(device), "gelu", 0.0, data_half)
+        out = _ops.paired_linear(hx_, hz_, src_, w_, bias_, perm.to(device), activation, 0.0,
+                                 data_half)
         return [out, *torch.autograd.grad((out * weights.to(device)).sum(), leaves)]
 
     for got, want in zip(run(leaves_cuda, CUDA), run(leaves_cpu, "cpu")):

@@ -319,6 +319,48 @@ def test_paired_linear_with_a_precomputed_data_half(source):
                           (hx, hz, src, weight, b, perm, "silu", 0.0, data_half))
 
 
+@pytest.mark.parametrize("activation", ["relu", "identity"])
+@pytest.mark.parametrize("source,bias,s", [(False, True, 1), (True, False, 2), (False, False, 2)])
+def test_paired_linear_backward_from_the_output_equals_from_the_halves(activation, source, bias, s):
+    # For identity and relu the derivative can be read from the output (what the autograd node
+    # keeps): every gradient the same as from the halves, to the last bit (float64), including a
+    # pre-activation at exactly 0 (relu'(0) = 0 either way).
+    hx, hz, src, weight, b, perm = (t.detach() if t is not None else None
+                                    for t in linear_inputs(6, 4, 3, 5, s=s, source=source, bias=bias))
+    hx[0, :] = 0.0
+    weight[0, :] = 0.0
+    if b is not None:
+        b[0] = 0.0
+    out, data, latent, source_half = ops.paired_linear_forward(hx, hz, src, weight, b, perm,
+                                                               activation, 0.0)
+    assert out[:, 0].eq(0).all()
+    grad = torch.randn_like(out)
+    mask = [True, True, source, True, bias]
+    halves = ops.paired_linear_backward(grad, hx, hz, src, weight, data, latent,
+                                        source_half if source else None, b, perm, activation,
+                                        0.0, mask)
+    empty = hx.new_empty((0,))
+    from_out = ops.paired_linear_backward(grad, hx, hz, src, weight, empty, empty,
+                                          empty if source else None, b, perm, activation, 0.0,
+                                          mask, out)
+    for wanted, g1, g2 in zip(mask, halves, from_out):
+        assert g1.shape == g2.shape
+        if wanted:
+            assert torch.equal(g1, g2)
+
+
+def test_paired_linear_backward_reads_the_output_for_identity_and_relu_only():
+    hx, hz, _, weight, b, perm = (t.detach() if t is not None else None
+                                  for t in linear_inputs(4, 3, 2, 5))
+    out = ops.paired_linear(hx, hz, None, weight, b, perm, "tanh", 0.0)
+    empty = hx.new_empty((0,))
+    args = (torch.ones_like(out), hx, hz, None, weight, empty, empty, None, b, perm)
+    with pytest.raises(RuntimeError, match="derivative from out for identity and relu only, got 'tanh'"):
+        ops.paired_linear_backward(*args, "tanh", 0.0, [True] * 5, out)
+    with pytest.raises(RuntimeError, match=r"out has shape \[8, 4\], expected \[8, 5\]"):
+        ops.paired_linear_backward(*args, "relu", 0.0, [True] * 5, out[:, :4])
+
+
 def test_paired_linear_bad_input():
     hx, hz, src, weight, b, perm = (t.detach() if t is not None else None
                                     for t in linear_inputs(4, 3, 2, 5, source=True))

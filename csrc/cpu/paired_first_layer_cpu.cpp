@@ -23,6 +23,9 @@ struct BackwardPointers {
   const scalar_t* latent_half;  // (M, H)
   const scalar_t* source;       // the shuffled source (M, H), or latent_half
   const scalar_t* bias;  // (H)
+  // The layer's output (2M, H) when the derivative is read from it (identity, relu); then the
+  // three halves and the bias above are null.
+  const scalar_t* out;
   const scalar_t* grad_out;     // (2M, H)
   const int64_t* perm;
   const int64_t* inverse_perm;
@@ -32,18 +35,29 @@ struct BackwardPointers {
 };
 
 // The inner loop over the H units of one row, with every choice made at compile time so that it
-// vectorises. g1, g2: gradients at the joint and shuffled pre-activations of latent row r.
-template <Activation A, bool kAccumulateA, bool kWantA, bool kWantB, bool kWantC, bool kWantBias,
-          typename scalar_t>
+// vectorises. g1, g2: gradients at the joint and shuffled pre-activations of latent row r, the
+// derivative taken at the pre-activation (ar + br + bias, ar + cr + bias) or, kFromOutput, read
+// from the outputs oj, os of the two rows.
+template <Activation A, bool kFromOutput, bool kAccumulateA, bool kWantA, bool kWantB, bool kWantC,
+          bool kWantBias, typename scalar_t>
 inline void backward_units(const scalar_t* __restrict__ ar, const scalar_t* __restrict__ br,
                            const scalar_t* __restrict__ cr, const scalar_t* __restrict__ bias,
+                           const scalar_t* __restrict__ oj, const scalar_t* __restrict__ os,
                            const scalar_t* __restrict__ g_joint, const scalar_t* __restrict__ g_shuf,
                            scalar_t* __restrict__ gar, scalar_t* __restrict__ gbr,
                            scalar_t* __restrict__ gcr, scalar_t* __restrict__ bsum, int64_t h,
                            scalar_t p) {
   for (int64_t j = 0; j < h; ++j) {
-    const scalar_t g1 = activation_grad<A>(g_joint[j], (ar[j] + br[j]) + bias[j], p);
-    const scalar_t g2 = activation_grad<A>(g_shuf[j], (ar[j] + cr[j]) + bias[j], p);
+    scalar_t x1, x2;
+    if constexpr (kFromOutput) {
+      x1 = oj[j];
+      x2 = os[j];
+    } else {
+      x1 = (ar[j] + br[j]) + bias[j];
+      x2 = (ar[j] + cr[j]) + bias[j];
+    }
+    const scalar_t g1 = activation_grad<A>(g_joint[j], x1, p);
+    const scalar_t g2 = activation_grad<A>(g_shuf[j], x2, p);
     const scalar_t both = g1 + g2;
     if constexpr (kWantA) {
       if constexpr (kAccumulateA) {
@@ -58,28 +72,41 @@ inline void backward_units(const scalar_t* __restrict__ ar, const scalar_t* __re
   }
 }
 
-// Turns the runtime flags into template arguments of backward_units (32 instantiations).
-template <Activation A, typename scalar_t, typename... Flags>
-inline void backward_units_dispatch(bool accumulate, bool want_data_half, bool want_latent_half, bool want_source,
-                                    bool want_bias, const scalar_t* ar, const scalar_t* br,
-                                    const scalar_t* cr, const scalar_t* bias,
+// Identity and ReLU give their derivative from the output as well as from the pre-activation.
+template <Activation A>
+constexpr bool kDerivativeFromOutput = A == Activation::Identity || A == Activation::Relu;
+
+// Turns the runtime flags into template arguments of backward_units (32 instantiations, 64 for
+// the activations whose derivative the output gives).
+template <Activation A, typename scalar_t>
+inline void backward_units_dispatch(bool from_output, bool accumulate, bool want_data_half,
+                                    bool want_latent_half, bool want_source, bool want_bias,
+                                    const scalar_t* ar, const scalar_t* br, const scalar_t* cr,
+                                    const scalar_t* bias, const scalar_t* oj, const scalar_t* os,
                                     const scalar_t* g_joint, const scalar_t* g_shuf, scalar_t* gar,
                                     scalar_t* gbr, scalar_t* gcr, scalar_t* bsum, int64_t h,
                                     scalar_t p) {
+  auto branch = [](bool v, auto g) {
+    if (v) g(std::true_type{}); else g(std::false_type{});
+  };
   auto with = [&](auto f) {
-    auto branch = [](bool v, auto g) {
-      if (v) g(std::true_type{}); else g(std::false_type{});
-    };
     branch(accumulate, [&](auto acc) { branch(want_data_half, [&](auto wa) { branch(want_latent_half, [&](auto wb) {
       branch(want_source, [&](auto wc) { branch(want_bias, [&](auto wbias) {
         f(acc, wa, wb, wc, wbias);
       }); }); }); }); });
   };
-  with([&](auto acc, auto wa, auto wb, auto wc, auto wbias) {
-    backward_units<A, decltype(acc)::value, decltype(wa)::value, decltype(wb)::value,
-                   decltype(wc)::value, decltype(wbias)::value>(
-        ar, br, cr, bias, g_joint, g_shuf, gar, gbr, gcr, bsum, h, p);
-  });
+  auto run = [&](auto from_out) {
+    with([&](auto acc, auto wa, auto wb, auto wc, auto wbias) {
+      backward_units<A, decltype(from_out)::value, decltype(acc)::value, decltype(wa)::value,
+                     decltype(wb)::value, decltype(wc)::value, decltype(wbias)::value>(
+          ar, br, cr, bias, oj, os, g_joint, g_shuf, gar, gbr, gcr, bsum, h, p);
+    });
+  };
+  if constexpr (kDerivativeFromOutput<A>) {
+    branch(from_output, run);
+  } else {
+    run(std::false_type{});
+  }
 }
 
 // Gradients of latent row r (data row i = r % N, sample block r / N).
@@ -88,22 +115,65 @@ inline void backward_row(const BackwardPointers<scalar_t>& ptr, int64_t r, int64
                          int64_t m, int64_t h, scalar_t p, bool accumulate_a, bool has_source,
                          scalar_t* bsum) {
   const int64_t src_row = ptr.perm[r];
+  const bool from_output = ptr.out != nullptr;
   scalar_t* gbr = ptr.grad_latent_half ? ptr.grad_latent_half + r * h : nullptr;
-  backward_units_dispatch<A>(accumulate_a, ptr.grad_data_half != nullptr, gbr != nullptr, ptr.grad_source != nullptr,
-                             bsum != nullptr, ptr.data_half + i * h, ptr.latent_half + r * h, ptr.source + src_row * h,
-                             ptr.bias, ptr.grad_out + r * h, ptr.grad_out + (m + r) * h,
-                             ptr.grad_data_half ? ptr.grad_data_half + i * h : nullptr, gbr,
-                             ptr.grad_source ? ptr.grad_source + src_row * h : nullptr, bsum, h, p);
+  backward_units_dispatch<A>(
+      from_output, accumulate_a, ptr.grad_data_half != nullptr, gbr != nullptr,
+      ptr.grad_source != nullptr, bsum != nullptr,
+      from_output ? nullptr : ptr.data_half + i * h, from_output ? nullptr : ptr.latent_half + r * h,
+      from_output ? nullptr : ptr.source + src_row * h, ptr.bias,
+      from_output ? ptr.out + r * h : nullptr, from_output ? ptr.out + (m + r) * h : nullptr,
+      ptr.grad_out + r * h, ptr.grad_out + (m + r) * h,
+      ptr.grad_data_half ? ptr.grad_data_half + i * h : nullptr, gbr,
+      ptr.grad_source ? ptr.grad_source + src_row * h : nullptr, bsum, h, p);
   if (gbr && !has_source) {
     // Shuffled row q = inverse_perm[r] read latent row r: its gradient comes back here.
     const int64_t q = ptr.inverse_perm[r];
-    const scalar_t* __restrict__ aq = ptr.data_half + (q % n) * h;
-    const scalar_t* __restrict__ br = ptr.latent_half + r * h;
     const scalar_t* __restrict__ g_q = ptr.grad_out + (m + q) * h;
-    const scalar_t* __restrict__ bias = ptr.bias;
     scalar_t* __restrict__ out = gbr;
+    if (from_output) {
+      const scalar_t* __restrict__ oq = ptr.out + (m + q) * h;
+      for (int64_t j = 0; j < h; ++j) out[j] += activation_grad<A>(g_q[j], oq[j], p);
+    } else {
+      const scalar_t* __restrict__ aq = ptr.data_half + (q % n) * h;
+      const scalar_t* __restrict__ br = ptr.latent_half + r * h;
+      const scalar_t* __restrict__ bias = ptr.bias;
+      for (int64_t j = 0; j < h; ++j) {
+        out[j] += activation_grad<A>(g_q[j], (aq[j] + br[j]) + bias[j], p);
+      }
+    }
+  }
+}
+
+// The whole backward pass: chunks of data rows i, each handling rows i, N + i, ..., (S-1) N + i
+// of the latent half, so the sum over samples into grad_data_half[i] stays inside one task; the
+// bias gradient (grad_bias, or null) from per-chunk partial sums added in chunk order.
+template <typename scalar_t>
+void backward_pass(const BackwardPointers<scalar_t>& ptr, int64_t n, int64_t m, int64_t h,
+                   Activation act, scalar_t p, bool has_source, scalar_t* grad_bias) {
+  using acc_t = acc_type<scalar_t, false>;
+  const int64_t s = m / n;
+  const int64_t n_chunks = (n + kRowsPerChunk - 1) / kRowsPerChunk;
+  std::vector<scalar_t> bias_partial(grad_bias ? n_chunks * h : 0, scalar_t(0));
+  dispatch_activation(act, [&](auto tag) {
+    constexpr Activation A = decltype(tag)::value;
+    torch::stable::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+      for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+        scalar_t* bsum = grad_bias ? bias_partial.data() + chunk * h : nullptr;
+        const int64_t i_end = std::min(n, (chunk + 1) * kRowsPerChunk);
+        for (int64_t i = chunk * kRowsPerChunk; i < i_end; ++i) {
+          for (int64_t smp = 0; smp < s; ++smp) {
+            backward_row<A>(ptr, smp * n + i, i, n, m, h, p, smp > 0, has_source, bsum);
+          }
+        }
+      }
+    });
+  });
+  if (grad_bias) {
     for (int64_t j = 0; j < h; ++j) {
-      out[j] += activation_grad<A>(g_q[j], (aq[j] + br[j]) + bias[j], p);
+      acc_t total = 0;
+      for (int64_t chunk = 0; chunk < n_chunks; ++chunk) total += bias_partial[chunk * h + j];
+      grad_bias[j] = static_cast<scalar_t>(total);
     }
   }
 }
@@ -171,50 +241,53 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cpu(
   const Tensor &grad_out = args.grad_out, &inverse_perm = args.inverse_perm;
   const Activation act = args.act;
   const bool has_source = args.has_source, want_bias = args.want_bias;
-  const int64_t n = args.n, h = args.h, m = args.m, s = m / n;
+  const int64_t n = args.n, h = args.h, m = args.m;
   check_perm_range(perm.const_data_ptr<int64_t>(), m);
   check_perm_range(inverse_perm.const_data_ptr<int64_t>(), m);
   if (!args.any_wanted()) return args.grads();
 
   dispatch_floating(data_half.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
-    using acc_t = acc_type<scalar_t, false>;
     BackwardPointers<scalar_t> ptr{
         data_half.const_data_ptr<scalar_t>(), latent_half.const_data_ptr<scalar_t>(), source.const_data_ptr<scalar_t>(),
-        bias.const_data_ptr<scalar_t>(), grad_out.const_data_ptr<scalar_t>(),
+        bias.const_data_ptr<scalar_t>(), nullptr, grad_out.const_data_ptr<scalar_t>(),
         perm.const_data_ptr<int64_t>(), inverse_perm.const_data_ptr<int64_t>(),
         args.want_data_half ? args.grad_data_half.mutable_data_ptr<scalar_t>() : nullptr,
         args.want_latent_half ? args.grad_latent_half.mutable_data_ptr<scalar_t>() : nullptr,
         args.want_source ? args.grad_source.mutable_data_ptr<scalar_t>() : nullptr};
-    const scalar_t p = static_cast<scalar_t>(param);
-    // Chunks of data rows i; each handles rows i, N + i, ..., (S-1) N + i of the latent half,
-    // so the sum over samples into grad_data_half[i] stays inside one task.
-    const int64_t n_chunks = (n + kRowsPerChunk - 1) / kRowsPerChunk;
-    std::vector<scalar_t> bias_partial(want_bias ? n_chunks * h : 0, scalar_t(0));
-    dispatch_activation(act, [&](auto tag) {
-      constexpr Activation A = decltype(tag)::value;
-      torch::stable::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-        for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-          scalar_t* bsum = want_bias ? bias_partial.data() + chunk * h : nullptr;
-          const int64_t i_end = std::min(n, (chunk + 1) * kRowsPerChunk);
-          for (int64_t i = chunk * kRowsPerChunk; i < i_end; ++i) {
-            for (int64_t smp = 0; smp < s; ++smp) {
-              backward_row<A>(ptr, smp * n + i, i, n, m, h, p, smp > 0, has_source, bsum);
-            }
-          }
-        }
-      });
-    });
-    if (want_bias) {
-      scalar_t* gbias = args.grad_bias.mutable_data_ptr<scalar_t>();
-      for (int64_t j = 0; j < h; ++j) {
-        acc_t total = 0;
-        for (int64_t chunk = 0; chunk < n_chunks; ++chunk) total += bias_partial[chunk * h + j];
-        gbias[j] = static_cast<scalar_t>(total);
-      }
-    }
+    backward_pass(ptr, n, m, h, act, static_cast<scalar_t>(param), has_source,
+                  want_bias ? args.grad_bias.mutable_data_ptr<scalar_t>() : nullptr);
   });
   return args.grads();
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_from_output_cpu(
+    const Tensor& grad_out_in, const Tensor& out_in, int64_t n, bool has_source,
+    const Tensor& perm_in, const Tensor& inverse_perm_in, Activation act,
+    const std::vector<bool>& want) {
+  const Tensor grad_out = as_contiguous(grad_out_in), out = as_contiguous(out_in);
+  const Tensor perm = as_contiguous(perm_in), inverse_perm = as_contiguous(inverse_perm_in);
+  const int64_t m = perm.size(0), h = out.size(1);
+  check_perm_range(perm.const_data_ptr<int64_t>(), m);
+  check_perm_range(inverse_perm.const_data_ptr<int64_t>(), m);
+  const bool want_source = want[2] && has_source;
+  Tensor grad_data = gradient_or_empty(want[0], {n, h}, out);
+  Tensor grad_latent = gradient_or_empty(want[1], {m, h}, out);
+  Tensor grad_source = gradient_or_empty(want_source, {m, h}, out);
+  Tensor grad_bias = gradient_or_empty(want[3], {h}, out);
+  dispatch_floating(out.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
+    BackwardPointers<scalar_t> ptr{
+        nullptr, nullptr, nullptr, nullptr, out.const_data_ptr<scalar_t>(),
+        grad_out.const_data_ptr<scalar_t>(), perm.const_data_ptr<int64_t>(),
+        inverse_perm.const_data_ptr<int64_t>(),
+        want[0] ? grad_data.mutable_data_ptr<scalar_t>() : nullptr,
+        want[1] ? grad_latent.mutable_data_ptr<scalar_t>() : nullptr,
+        want_source ? grad_source.mutable_data_ptr<scalar_t>() : nullptr};
+    backward_pass(ptr, n, m, h, act, scalar_t(0), has_source,
+                  want[3] ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr);
+  });
+  return {grad_data, grad_latent, grad_source, grad_bias};
 }
 
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CPU, m) {

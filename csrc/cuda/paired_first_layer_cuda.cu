@@ -54,30 +54,34 @@ __global__ void paired_first_layer_kernel(const T* data_half, const T* latent_ha
 //   q = inverse_perm[r] that read latent row r, when there is no separate source)
 // and writes its chunk's partial sum of grad_data_half rows for the bias gradient: partial (chunks, H).
 // Any of grad_data_half, grad_latent_half, grad_source, bias_partial may be null (not requested).
-// grad_out: (2M, H).
+// grad_out: (2M, H). With out (the layer's output (2M, H), for identity and relu) the derivative
+// is read from it and data_half, latent_half, source and bias are not read (null).
 template <Activation A, typename T, typename acc_t>
 __global__ void paired_first_layer_backward_kernel(
-    const T* grad_out, const T* data_half, const T* latent_half, const T* source, const T* bias, const int64_t* perm,
-    const int64_t* inverse_perm, bool has_source, int64_t n, int64_t m, int64_t h, T param, T* grad_data_half, T* grad_latent_half,
-    T* grad_source, acc_t* bias_partial) {
+    const T* grad_out, const T* data_half, const T* latent_half, const T* source, const T* bias,
+    const T* out, const int64_t* perm, const int64_t* inverse_perm, bool has_source, int64_t n,
+    int64_t m, int64_t h, T param, T* grad_data_half, T* grad_latent_half, T* grad_source,
+    acc_t* bias_partial) {
   const int64_t j = int64_t(blockIdx.y) * kLanes + threadIdx.x;
   const int64_t chunk = int64_t(blockIdx.x) * kRowGroups + threadIdx.y;
   const int64_t i_begin = chunk * kDataRowsPerChunk;
   if (j >= h || i_begin >= n) return;
   const int64_t i_end = i_begin + kDataRowsPerChunk < n ? i_begin + kDataRowsPerChunk : n;
   const int64_t s_count = m / n;
-  const T bias_j = bias[j];
+  const T bias_j = out ? T(0) : bias[j];
   acc_t bias_sum = 0;
   for (int64_t i = i_begin; i < i_end; ++i) {
-    const T ai = data_half[i * h + j];
+    const T ai = out ? T(0) : data_half[i * h + j];
     acc_t row_sum = 0;
     for (int64_t s = 0; s < s_count; ++s) {
       const int64_t r = s * n + i;
       const int64_t k = perm[r];
       INFOMAX_KERNEL_ASSERT(k >= 0 && k < m && "infomax_ext: perm entry outside [0, M)");
-      const T br = latent_half[r * h + j];
-      const T g1 = activation_grad<A>(grad_out[r * h + j], (ai + br) + bias_j, param);
-      const T g2 = activation_grad<A>(grad_out[(m + r) * h + j], (ai + source[k * h + j]) + bias_j, param);
+      const T br = out ? T(0) : latent_half[r * h + j];
+      const T x1 = out ? out[r * h + j] : (ai + br) + bias_j;
+      const T x2 = out ? out[(m + r) * h + j] : (ai + source[k * h + j]) + bias_j;
+      const T g1 = activation_grad<A>(grad_out[r * h + j], x1, param);
+      const T g2 = activation_grad<A>(grad_out[(m + r) * h + j], x2, param);
       row_sum += acc_t(g1) + acc_t(g2);
       if (grad_source) grad_source[k * h + j] = g2;
       if (grad_latent_half) {
@@ -85,8 +89,8 @@ __global__ void paired_first_layer_backward_kernel(
         if (!has_source) {
           const int64_t q = inverse_perm[r];
           INFOMAX_KERNEL_ASSERT(q >= 0 && q < m && "infomax_ext: inverse_perm entry outside [0, M)");
-          const T aq = data_half[(q % n) * h + j];
-          grad += activation_grad<A>(grad_out[(m + q) * h + j], (aq + br) + bias_j, param);
+          const T xq = out ? out[(m + q) * h + j] : (data_half[(q % n) * h + j] + br) + bias_j;
+          grad += activation_grad<A>(grad_out[(m + q) * h + j], xq, param);
         }
         grad_latent_half[r * h + j] = grad;
       }
@@ -165,7 +169,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cuda(
       constexpr Activation A = decltype(tag)::value;
       paired_first_layer_backward_kernel<A, scalar_t, acc_t><<<grid, block, 0, stream>>>(
           grad_out.const_data_ptr<scalar_t>(), data_half.const_data_ptr<scalar_t>(), latent_half.const_data_ptr<scalar_t>(),
-          source.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
+          source.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(), nullptr,
           perm.const_data_ptr<int64_t>(), inverse_perm.const_data_ptr<int64_t>(), has_source, n, m, h,
           static_cast<scalar_t>(param), want_data_half ? args.grad_data_half.mutable_data_ptr<scalar_t>() : nullptr,
           want_latent_half ? args.grad_latent_half.mutable_data_ptr<scalar_t>() : nullptr,
@@ -178,6 +182,53 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cuda(
     }
   });
   return args.grads();
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_from_output_cuda(
+    const Tensor& grad_out_in, const Tensor& out_in, int64_t n, bool has_source,
+    const Tensor& perm_in, const Tensor& inverse_perm_in, Activation act,
+    const std::vector<bool>& want) {
+  const DeviceGuard guard(out_in);
+  const Tensor grad_out = as_contiguous(grad_out_in), out = as_contiguous(out_in);
+  const Tensor perm = as_contiguous(perm_in), inverse_perm = as_contiguous(inverse_perm_in);
+  const int64_t m = perm.size(0), h = out.size(1);
+  const bool want_source = want[2] && has_source;
+  Tensor grad_data = gradient_or_empty(want[0], {n, h}, out);
+  Tensor grad_latent = gradient_or_empty(want[1], {m, h}, out);
+  Tensor grad_source = gradient_or_empty(want_source, {m, h}, out);
+  Tensor grad_bias = gradient_or_empty(want[3], {h}, out);
+  if (!(want[0] || want[1] || want_source || want[3]) || h == 0) {
+    return {grad_data, grad_latent, grad_source, grad_bias};
+  }
+  INFOMAX_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: paired_first_layer supports at most ",
+                65535 * kLanes, " units on CUDA, got ", h);
+  const int64_t chunks = (n + kDataRowsPerChunk - 1) / kDataRowsPerChunk;
+  const dim3 block(kLanes, kRowGroups);
+  const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
+                  static_cast<unsigned int>((h + kLanes - 1) / kLanes));
+  const cudaStream_t stream = guard.stream();
+  dispatch_floating(out.scalar_type(), "paired_first_layer_backward_cuda", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
+    using acc_t = acc_type<scalar_t, true>;
+    Tensor partial = want[3] ? empty_on(out, {chunks, h}, scalar_type_of<acc_t>()) : Tensor();
+    acc_t* ppartial = want[3] ? partial.mutable_data_ptr<acc_t>() : nullptr;
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      paired_first_layer_backward_kernel<A, scalar_t, acc_t><<<grid, block, 0, stream>>>(
+          grad_out.const_data_ptr<scalar_t>(), nullptr, nullptr, nullptr, nullptr,
+          out.const_data_ptr<scalar_t>(), perm.const_data_ptr<int64_t>(),
+          inverse_perm.const_data_ptr<int64_t>(), has_source, n, m, h, scalar_t(0),
+          want[0] ? grad_data.mutable_data_ptr<scalar_t>() : nullptr,
+          want[1] ? grad_latent.mutable_data_ptr<scalar_t>() : nullptr,
+          want_source ? grad_source.mutable_data_ptr<scalar_t>() : nullptr, ppartial);
+      INFOMAX_CUDA_LAUNCH_CHECK();
+    });
+    if (want[3]) {
+      launch_column_sums<scalar_t, acc_t>(ppartial, chunks, h, grad_bias.mutable_data_ptr<scalar_t>(),
+                                          stream);
+    }
+  });
+  return {grad_data, grad_latent, grad_source, grad_bias};
 }
 
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CUDA, m) {

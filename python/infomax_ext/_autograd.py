@@ -80,8 +80,10 @@ class _PairedFirstLayer(torch.autograd.Function):
 
 
 class _PairedLinear(torch.autograd.Function):
-    """paired_linear as one node: paired_linear_forward keeps the halves, paired_linear_backward
-    computes every gradient (csrc/paired_linear.cpp)."""
+    """paired_linear as one node: paired_linear_forward computes the halves,
+    paired_linear_backward every gradient (csrc/paired_linear.cpp). For identity and ReLU the
+    derivative is read from the output, so the node keeps the output (which the next layer keeps
+    anyway) instead of the three halves (N, M and M rows of H)."""
 
     @staticmethod
     def forward(ctx, hx, hz, hz_source, weight, bias, perm, activation, param, data_half=None):
@@ -93,24 +95,39 @@ class _PairedLinear(torch.autograd.Function):
             out, computed_data, latent, source = _OPS.paired_linear_forward.default(
                 hx, hz, hz_source, weight, bias, perm, activation, param, data_half
             )
-        ctx.save_for_backward(hx, hz, hz_source, weight, bias, perm,
-                              computed_data if data_half is None else data_half, latent,
-                              source if hz_source is not None else None)
+        ctx.from_output = activation in _FROM_OUTPUT
+        if ctx.from_output:
+            ctx.save_for_backward(hx, hz, hz_source, weight, bias, perm, out)
+        else:
+            ctx.save_for_backward(hx, hz, hz_source, weight, bias, perm,
+                                  computed_data if data_half is None else data_half, latent,
+                                  source if hz_source is not None else None)
         ctx.activation, ctx.param = activation, param
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        hx, hz, hz_source, weight, bias, perm, data, latent, source = ctx.saved_tensors
+        if ctx.from_output:
+            hx, hz, hz_source, weight, bias, perm, out = ctx.saved_tensors
+            unused = hx.new_empty((0,))
+            data, latent, source = unused, unused, (unused if hz_source is not None else None)
+        else:
+            hx, hz, hz_source, weight, bias, perm, data, latent, source = ctx.saved_tensors
+            out = None
         _refuse_double_backward("paired_linear", grad_out, hx, hz, hz_source, weight, bias)
         need = list(ctx.needs_input_grad[:5])
         if not any(need):
             return (None,) * 9
         grads = _OPS.paired_linear_backward.default(
             grad_out, hx, hz, hz_source, weight, data, latent, source, bias, perm,
-            ctx.activation, ctx.param, need
+            ctx.activation, ctx.param, need, out
         )
         return tuple(_grad_if(wanted, g) for wanted, g in zip(need, grads)) + (None,) * 4
+
+
+# Activations whose derivative the output gives: relu'(x) = [relu(x) > 0] (a NaN passes the
+# gradient either way, as torch's threshold_backward), identity' = 1.
+_FROM_OUTPUT = ("identity", "relu")
 
 
 # ----------------------------------------------------------------------------------- nwj_head

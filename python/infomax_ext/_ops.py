@@ -400,9 +400,9 @@ if extension_available():
 
     @torch.library.register_fake("infomax_ext::paired_linear_backward")
     def _(grad_out, hx, hz, hz_source, weight, data_half, latent_half, source_half, bias, perm,
-          activation, param, output_mask):
+          activation, param, output_mask, out=None):
         _fake_same_device("paired_linear_backward", grad_out=grad_out, hx=hx, hz=hz,
-                          hz_source=hz_source, weight=weight, bias=bias, perm=perm)
+                          hz_source=hz_source, weight=weight, bias=bias, perm=perm, out=out)
 
         def grad(wanted, like):
             return like.new_empty(like.shape) if wanted else hx.new_empty((0,))
