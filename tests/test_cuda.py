@@ -158,8 +158,9 @@ def test_paired_first_layer_autograd_matches_cpu(with_source):
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
 def test_paired_linear_matches_cpu(dtype, n, with_source, with_bias, given_data_half, activation):
     """The whole first layer (split-weight GEMMs + fused op, one autograd node) on CUDA: values and
-    every gradient equal the CPU's, with the data half computed or given; n = 600 takes the
-    transposed weight-gradient branch; relu's backward reads its derivative from the output."""
+    every gradient equal the CPU's, with the data half computed or given (17 units: the
+    transposed data-half weight gradient); relu's backward reads its derivative from the
+    output."""
     s, dx, dz, h = 2, 20, 3, 17
     hx, hz, w = randn(n, dx, dtype=dtype, seed=1), randn(s * n, dz, dtype=dtype, seed=2), randn(h, dx + dz, dtype=dtype, seed=3)
     src = randn(s * n, dz, dtype=dtype, seed=4) if with_source else None

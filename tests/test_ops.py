@@ -250,9 +250,11 @@ def test_paired_linear_gradcheck(source, bias, activation):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n,dx,dz,h,s", [(2, 1, 1, 1, 1), (9, 20, 3, 17, 2), (600, 12, 4, 9, 1)])
+@pytest.mark.parametrize("n,dx,dz,h,s", [(2, 1, 1, 1, 1), (9, 20, 3, 17, 2), (600, 12, 4, 9, 1),
+                                         (7, 6, 2, 520, 2)])
 def test_paired_linear_matches_reference(dtype, n, dx, dz, h, s):
-    # n = 600 takes the transposed data-half weight gradient (from 512 rows on).
+    # Layers of up to 512 units take the transposed data-half weight gradient, h = 520 the
+    # direct one (csrc/paired_linear.cpp).
     # Tolerances: tests/tolerances.py (paired_scales): the products hx Wx^T and hz Wz^T (Dx, Dz
     # terms) and the weight gradient (up to 2M terms) are summed in other orders by other GEMMs.
     for source, bias in itertools.product((False, True), (False, True)):
