@@ -33,8 +33,8 @@ bool onednn_available() {
 }  // namespace
 
 bool onednn_linear_serves(const Tensor& x, const Tensor& w) {
-  return x.is_cpu() && x.scalar_type() == ScalarType::Float && w.is_contiguous() &&
-         x.numel() > 0 && w.numel() > 0 && onednn_available();
+  return x.is_cpu() && x.scalar_type() == ScalarType::Float && x.is_contiguous() &&
+         w.is_contiguous() && x.numel() > 0 && w.numel() > 0 && onednn_available();
 }
 
 Tensor linear_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b,

@@ -16,8 +16,8 @@
 
 namespace infomax_ext {
 
-// True when oneDNN's linear serves the product of x and the weight w: x a non-empty float32
-// CPU tensor, w contiguous and non-empty, torch built with oneDNN (probed once).
+// True when oneDNN's linear serves the product of x and the weight w: x a non-empty contiguous
+// float32 CPU tensor, w contiguous and non-empty, torch built with oneDNN (probed once).
 bool onednn_linear_serves(const Tensor& x, const Tensor& w);
 
 // x W^T (+ b) for x (R, in), w (out, in), b (out) optional; *bias_added says whether the bias is
