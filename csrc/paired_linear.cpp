@@ -179,7 +179,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
   // also checks that perm is a permutation, which the source gradient (written, not summed, at
   // perm[r]) needs too.
   const bool need_inverse = (want[1] && !has_source) || want[2];
-  const auto [g_data, g_latent, g_source, g_bias] =
+  auto [g_data, g_latent, g_source, g_bias] =
       from_output
           ? paired_backward_from_output_on_device(grad_out, *out, hx.size(0), has_source, perm,
                                                   need_inverse, act, want)
@@ -187,12 +187,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
                                                   bias_or_zeros(bias, weight), perm, need_inverse,
                                                   activation, param, want);
 
+  // The narrow (latent) side first, so that its two (M, H) gradients are freed before the weight
+  // gradient's buffer is allocated: this backward holds the call's peak memory.
   const int64_t dx = hx.size(1), dz = hz.size(1);
   const Tensor w_data = columns(weight, 0, dx), w_latent = columns(weight, dx, dz);
+  const Tensor grad_hz = need_hz ? narrow_input_grad(g_latent, w_latent) : none();
+  const Tensor grad_source = need_source ? narrow_input_grad(g_source, w_latent) : none();
+  Tensor latent_t;  // (Dz, H): the latent columns' weight gradient, transposed
+  if (need_w) {
+    // (hz^T g)^T runs several times faster than g^T hz for the narrow side.
+    latent_t = mm(t(hz), g_latent);
+    if (has_source) latent_t = torch::stable::subtract(latent_t, mm(t(*hz_source), g_source), -1.0);
+  }
+  g_latent = Tensor();
+  g_source = Tensor();
   Tensor grad_w = none();
   if (need_w) {
-    // One buffer, each half written in place: no zero fill, slice copies or adds. The latent
-    // side is narrow (Dz columns): (hz^T g)^T runs several times faster than g^T hz.
+    // One buffer, each half written in place: no zero fill, slice copies or adds.
     grad_w = empty_like_shape(weight);
     Tensor data_part = columns(grad_w, 0, dx), latent_part = columns(grad_w, dx, dz);
     if (weight.size(0) <= kTransposedWeightGradMaxUnits) {
@@ -200,14 +211,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     } else {
       mm_out(data_part, t(g_data), hx);
     }
-    Tensor latent_t = mm(t(hz), g_latent);
-    if (has_source) latent_t = torch::stable::subtract(latent_t, mm(t(*hz_source), g_source), -1.0);
     torch::stable::copy_(latent_part, t(latent_t));
   }
-  return {need_hx ? linear_input_grad(g_data, w_data) : none(),
-          need_hz ? narrow_input_grad(g_latent, w_latent) : none(),
-          need_source ? narrow_input_grad(g_source, w_latent) : none(),
-          grad_w,
+  return {need_hx ? linear_input_grad(g_data, w_data) : none(), grad_hz, grad_source, grad_w,
           need_bias ? g_bias : none()};
 }
 
