@@ -151,6 +151,14 @@ INFOMAX_HOST_DEVICE T activation_derivative(T x, T param) {
   }
 }
 
+// Identity and ReLU give their derivative from the output as well as from the pre-activation
+// (relu'(x) = [relu(x) > 0]; a NaN passes the gradient either way, as torch's
+// threshold_backward), so their backward passes read the output and keep no pre-activation
+// (python/infomax_ext/activations.py: OUTPUT_DERIVATIVE_ACTIVATIONS).
+constexpr bool derivative_from_output(Activation act) {
+  return act == Activation::Identity || act == Activation::Relu;
+}
+
 // g * f'(x): the incoming gradient g through the activation at pre-activation x. Written as a
 // select for the piecewise-linear activations so that compilers vectorise it without branches.
 template <Activation A, typename T>

@@ -225,8 +225,7 @@ inline void check_nwj_mlp_saved(const Tensor& hidden, const std::vector<Tensor>&
                       outputs[l].is_contiguous(),
                   "infomax_ext: ", name, " has shape ", shape_of(outputs[l]), ", expected [",
                   rows, ", ", weights[l].size(0), "] contiguous");
-    const bool from_output = acts[l] == Activation::Identity || acts[l] == Activation::Relu;
-    if (!from_output) {
+    if (!derivative_from_output(acts[l])) {
       const std::string pre_name = "pres[" + std::to_string(l) + "]";
       check_same(hidden, pres[l], "hidden", pre_name.c_str());
       INFOMAX_CHECK(shape_of(pres[l]) == shape_of(outputs[l]) && pres[l].is_contiguous(),

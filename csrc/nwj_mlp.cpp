@@ -76,12 +76,6 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_on_device(
                                param, mask);
 }
 
-// Identity and ReLU read their derivative from the layer's output; the others need the
-// pre-activation.
-bool derivative_from_output(Activation act) {
-  return act == Activation::Identity || act == Activation::Relu;
-}
-
 // ---------------------------------------------------------------------------------- forward
 
 std::tuple<Tensor, Tensor, Tensors, Tensors> nwj_mlp_forward(

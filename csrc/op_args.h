@@ -2,6 +2,7 @@
 // The arguments of the ops as both backends use them: checked (checks.h), made contiguous, and
 // for the backward ops with their outputs allocated (an empty tensor for each gradient not asked
 // for). The CUDA front ends construct these under their device guard.
+#include <array>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -85,6 +86,31 @@ struct PairedFirstLayerBackwardArgs : PairedFirstLayerArgs {
   bool any_wanted() const { return want_data_half || want_latent_half || want_source || want_bias; }
   std::tuple<Tensor, Tensor, Tensor, Tensor> grads() const {
     return {grad_data_half, grad_latent_half, grad_source, grad_bias};
+  }
+};
+
+// paired_first_layer_backward from the layer's output (identity, relu; called by
+// paired_linear_backward, which checked every argument): grad_out and out (2M, H), perm and the
+// inverse (M), n data rows, and the four gradients, each allocated only when wanted.
+struct PairedFromOutputBackwardArgs {
+  Tensor grad_out, out, perm, inverse_perm;
+  std::array<bool, 4> want;
+  std::array<Tensor, 4> grads;  // data half (N, H), latent half (M, H), source (M, H), bias (H)
+  int64_t n, m, h;
+
+  PairedFromOutputBackwardArgs(const Tensor& grad_out_in, const Tensor& out_in, int64_t n_in,
+                               bool has_source, const Tensor& perm_in,
+                               const Tensor& inverse_perm_in, const std::vector<bool>& want_in)
+      : grad_out(as_contiguous(grad_out_in)), out(as_contiguous(out_in)),
+        perm(as_contiguous(perm_in)), inverse_perm(as_contiguous(inverse_perm_in)),
+        want{want_in[0], want_in[1], want_in[2] && has_source, want_in[3]},
+        n(n_in), m(perm_in.size(0)), h(out_in.size(1)) {
+    grads = {gradient_or_empty(want[0], {n, h}, out), gradient_or_empty(want[1], {m, h}, out),
+             gradient_or_empty(want[2], {m, h}, out), gradient_or_empty(want[3], {h}, out)};
+  }
+
+  std::tuple<Tensor, Tensor, Tensor, Tensor> result() const {
+    return {grads[0], grads[1], grads[2], grads[3]};
   }
 };
 

@@ -142,7 +142,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
   if (from_output) {
     check_paired_linear(hx, hz, hz_source, weight, bias, perm, std::string(activation),
                         std::nullopt);
-    INFOMAX_CHECK(act == Activation::Identity || act == Activation::Relu,
+    INFOMAX_CHECK(derivative_from_output(act),
                   "infomax_ext: paired_linear_backward reads the derivative from out for identity "
                   "and relu only, got '", activation, "'");
     const int64_t rows = 2 * hz.size(0), units = weight.size(0);

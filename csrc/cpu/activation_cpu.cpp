@@ -53,6 +53,7 @@ Tensor activation_backward_cpu(const Tensor& grad, const Tensor& at, Activation 
   const int64_t rows = grad.size(0), h = grad.size(1);
   const int64_t chunks = std::max<int64_t>(1, (rows + kRowsPerChunk - 1) / kRowsPerChunk);
   Tensor bias_grad = want_bias ? empty_on(grad, {h}) : empty_on(grad, {0});
+  if (act == Activation::Identity && !want_bias) return bias_grad;  // nothing to do
   dispatch_floating(grad.scalar_type(), "nwj_mlp", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using acc_t = acc_type<scalar_t, false>;

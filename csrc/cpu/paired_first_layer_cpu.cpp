@@ -72,10 +72,6 @@ inline void backward_units(const scalar_t* __restrict__ ar, const scalar_t* __re
   }
 }
 
-// Identity and ReLU give their derivative from the output as well as from the pre-activation.
-template <Activation A>
-constexpr bool kDerivativeFromOutput = A == Activation::Identity || A == Activation::Relu;
-
 // Turns the runtime flags into template arguments of backward_units (32 instantiations, 64 for
 // the activations whose derivative the output gives).
 template <Activation A, typename scalar_t>
@@ -102,7 +98,7 @@ inline void backward_units_dispatch(bool from_output, bool accumulate, bool want
           ar, br, cr, bias, oj, os, g_joint, g_shuf, gar, gbr, gcr, bsum, h, p);
     });
   };
-  if constexpr (kDerivativeFromOutput<A>) {
+  if constexpr (derivative_from_output(A)) {
     branch(from_output, run);
   } else {
     run(std::false_type{});
@@ -265,29 +261,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_from_outp
     const Tensor& grad_out_in, const Tensor& out_in, int64_t n, bool has_source,
     const Tensor& perm_in, const Tensor& inverse_perm_in, Activation act,
     const std::vector<bool>& want) {
-  const Tensor grad_out = as_contiguous(grad_out_in), out = as_contiguous(out_in);
-  const Tensor perm = as_contiguous(perm_in), inverse_perm = as_contiguous(inverse_perm_in);
-  const int64_t m = perm.size(0), h = out.size(1);
-  check_perm_range(perm.const_data_ptr<int64_t>(), m);
-  check_perm_range(inverse_perm.const_data_ptr<int64_t>(), m);
-  const bool want_source = want[2] && has_source;
-  Tensor grad_data = gradient_or_empty(want[0], {n, h}, out);
-  Tensor grad_latent = gradient_or_empty(want[1], {m, h}, out);
-  Tensor grad_source = gradient_or_empty(want_source, {m, h}, out);
-  Tensor grad_bias = gradient_or_empty(want[3], {h}, out);
-  dispatch_floating(out.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
+  const PairedFromOutputBackwardArgs args(grad_out_in, out_in, n, has_source, perm_in,
+                                          inverse_perm_in, want);
+  check_perm_range(args.perm.const_data_ptr<int64_t>(), args.m);
+  check_perm_range(args.inverse_perm.const_data_ptr<int64_t>(), args.m);
+  dispatch_floating(args.out.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
+    auto write = [&](int k) { return args.want[k] ? args.grads[k].mutable_data_ptr<scalar_t>() : nullptr; };
     BackwardPointers<scalar_t> ptr{
-        nullptr, nullptr, nullptr, nullptr, out.const_data_ptr<scalar_t>(),
-        grad_out.const_data_ptr<scalar_t>(), perm.const_data_ptr<int64_t>(),
-        inverse_perm.const_data_ptr<int64_t>(),
-        want[0] ? grad_data.mutable_data_ptr<scalar_t>() : nullptr,
-        want[1] ? grad_latent.mutable_data_ptr<scalar_t>() : nullptr,
-        want_source ? grad_source.mutable_data_ptr<scalar_t>() : nullptr};
-    backward_pass(ptr, n, m, h, act, scalar_t(0), has_source,
-                  want[3] ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr);
+        nullptr, nullptr, nullptr, nullptr, args.out.const_data_ptr<scalar_t>(),
+        args.grad_out.const_data_ptr<scalar_t>(), args.perm.const_data_ptr<int64_t>(),
+        args.inverse_perm.const_data_ptr<int64_t>(), write(0), write(1), write(2)};
+    backward_pass(ptr, n, args.m, args.h, act, scalar_t(0), has_source, write(3));
   });
-  return {grad_data, grad_latent, grad_source, grad_bias};
+  return args.result();
 }
 
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CPU, m) {

@@ -5,6 +5,7 @@
 //   shuffled row r : act(data_half[r % N] + shuffled_source[perm[r]] + bias)
 // Permutation entries are range-checked on the device (INFOMAX_KERNEL_ASSERT): no host sync.
 
+#include <array>
 #include <vector>
 
 #include "../activations.h"
@@ -133,6 +134,48 @@ Tensor paired_first_layer_cuda(const Tensor& data_half_in, const Tensor& latent_
   return out;
 }
 
+namespace {
+
+// The backward kernel and the bias gradient's column sums, for both entries below. The inputs:
+// the halves and the bias, or (out defined) the layer's output instead; undefined tensors are
+// not read. Each gradient is written when wanted (want: data half, latent half, source, bias).
+void launch_paired_backward(const Tensor& grad_out, const Tensor& data_half,
+                            const Tensor& latent_half, const Tensor& source, const Tensor& bias,
+                            const Tensor& out, const Tensor& perm, const Tensor& inverse_perm,
+                            bool has_source, int64_t n, int64_t m, int64_t h, Activation act,
+                            double param, const std::array<bool, 4>& want,
+                            const std::array<Tensor, 4>& grads, cudaStream_t stream) {
+  if (!(want[0] || want[1] || want[2] || want[3]) || h == 0) return;
+  INFOMAX_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: paired_first_layer supports at most ",
+                65535 * kLanes, " units on CUDA, got ", h);
+  const int64_t chunks = (n + kDataRowsPerChunk - 1) / kDataRowsPerChunk;
+  const dim3 block(kLanes, kRowGroups);
+  const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
+                  static_cast<unsigned int>((h + kLanes - 1) / kLanes));
+  dispatch_floating(grad_out.scalar_type(), "paired_first_layer_backward_cuda", [&](auto type_tag) {
+    using scalar_t = typename decltype(type_tag)::type;
+    using acc_t = acc_type<scalar_t, true>;
+    auto read = [](const Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
+    auto write = [&](int k) { return want[k] ? grads[k].mutable_data_ptr<scalar_t>() : nullptr; };
+    Tensor partial = want[3] ? empty_on(grad_out, {chunks, h}, scalar_type_of<acc_t>()) : Tensor();
+    acc_t* ppartial = want[3] ? partial.mutable_data_ptr<acc_t>() : nullptr;
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      paired_first_layer_backward_kernel<A, scalar_t, acc_t><<<grid, block, 0, stream>>>(
+          grad_out.const_data_ptr<scalar_t>(), read(data_half), read(latent_half), read(source),
+          read(bias), read(out), perm.const_data_ptr<int64_t>(),
+          inverse_perm.const_data_ptr<int64_t>(), has_source, n, m, h,
+          static_cast<scalar_t>(param), write(0), write(1), write(2), ppartial);
+      INFOMAX_CUDA_LAUNCH_CHECK();
+    });
+    if (want[3]) {
+      launch_column_sums<scalar_t, acc_t>(ppartial, chunks, h, write(3), stream);
+    }
+  });
+}
+
+}  // namespace
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cuda(
     const Tensor& grad_out_in, const Tensor& data_half_in, const Tensor& latent_half_in,
     const std::optional<Tensor>& shuffled_source_in, const Tensor& bias_in,
@@ -142,45 +185,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cuda(
                                           shuffled_source_in, bias_in, perm_in, inverse_perm_in,
                                           activation, output_mask);
   const DeviceGuard guard(data_half_in);
-  const Tensor &data_half = args.data_half, &latent_half = args.latent_half, &source = args.source, &bias = args.bias, &perm = args.perm;
-  const Tensor &grad_out = args.grad_out, &inverse_perm = args.inverse_perm;
-  const Activation act = args.act;
-  const bool has_source = args.has_source, want_data_half = args.want_data_half, want_latent_half = args.want_latent_half;
-  const bool want_source = args.want_source, want_bias = args.want_bias;
-  const int64_t n = args.n, h = args.h, m = args.m;
-  if (!args.any_wanted() || h == 0) return args.grads();
-  INFOMAX_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: paired_first_layer supports at most ",
-              65535 * kLanes, " units on CUDA, got ", h);
-
-  const int64_t chunks = (n + kDataRowsPerChunk - 1) / kDataRowsPerChunk;
-  const dim3 block(kLanes, kRowGroups);
-  const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
-                  static_cast<unsigned int>((h + kLanes - 1) / kLanes));
-  const cudaStream_t stream = guard.stream();
-  dispatch_floating(data_half.scalar_type(), "paired_first_layer_backward_cuda", [&](auto type_tag) {
-    using scalar_t = typename decltype(type_tag)::type;
-    using acc_t = acc_type<scalar_t, true>;
-    Tensor partial;
-    if (want_bias) {
-      partial = empty_on(data_half, {chunks, h}, scalar_type_of<acc_t>());
-    }
-    acc_t* ppartial = want_bias ? partial.mutable_data_ptr<acc_t>() : nullptr;
-    dispatch_activation(act, [&](auto tag) {
-      constexpr Activation A = decltype(tag)::value;
-      paired_first_layer_backward_kernel<A, scalar_t, acc_t><<<grid, block, 0, stream>>>(
-          grad_out.const_data_ptr<scalar_t>(), data_half.const_data_ptr<scalar_t>(), latent_half.const_data_ptr<scalar_t>(),
-          source.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(), nullptr,
-          perm.const_data_ptr<int64_t>(), inverse_perm.const_data_ptr<int64_t>(), has_source, n, m, h,
-          static_cast<scalar_t>(param), want_data_half ? args.grad_data_half.mutable_data_ptr<scalar_t>() : nullptr,
-          want_latent_half ? args.grad_latent_half.mutable_data_ptr<scalar_t>() : nullptr,
-          want_source ? args.grad_source.mutable_data_ptr<scalar_t>() : nullptr, ppartial);
-      INFOMAX_CUDA_LAUNCH_CHECK();
-    });
-    if (want_bias) {
-      launch_column_sums<scalar_t, acc_t>(ppartial, chunks, h,
-                                          args.grad_bias.mutable_data_ptr<scalar_t>(), stream);
-    }
-  });
+  launch_paired_backward(args.grad_out, args.data_half, args.latent_half, args.source, args.bias,
+                         Tensor(), args.perm, args.inverse_perm, args.has_source, args.n, args.m,
+                         args.h, args.act, param,
+                         {args.want_data_half, args.want_latent_half, args.want_source,
+                          args.want_bias},
+                         {args.grad_data_half, args.grad_latent_half, args.grad_source,
+                          args.grad_bias},
+                         guard.stream());
   return args.grads();
 }
 
@@ -189,46 +201,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_from_outp
     const Tensor& perm_in, const Tensor& inverse_perm_in, Activation act,
     const std::vector<bool>& want) {
   const DeviceGuard guard(out_in);
-  const Tensor grad_out = as_contiguous(grad_out_in), out = as_contiguous(out_in);
-  const Tensor perm = as_contiguous(perm_in), inverse_perm = as_contiguous(inverse_perm_in);
-  const int64_t m = perm.size(0), h = out.size(1);
-  const bool want_source = want[2] && has_source;
-  Tensor grad_data = gradient_or_empty(want[0], {n, h}, out);
-  Tensor grad_latent = gradient_or_empty(want[1], {m, h}, out);
-  Tensor grad_source = gradient_or_empty(want_source, {m, h}, out);
-  Tensor grad_bias = gradient_or_empty(want[3], {h}, out);
-  if (!(want[0] || want[1] || want_source || want[3]) || h == 0) {
-    return {grad_data, grad_latent, grad_source, grad_bias};
-  }
-  INFOMAX_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: paired_first_layer supports at most ",
-                65535 * kLanes, " units on CUDA, got ", h);
-  const int64_t chunks = (n + kDataRowsPerChunk - 1) / kDataRowsPerChunk;
-  const dim3 block(kLanes, kRowGroups);
-  const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
-                  static_cast<unsigned int>((h + kLanes - 1) / kLanes));
-  const cudaStream_t stream = guard.stream();
-  dispatch_floating(out.scalar_type(), "paired_first_layer_backward_cuda", [&](auto type_tag) {
-    using scalar_t = typename decltype(type_tag)::type;
-    using acc_t = acc_type<scalar_t, true>;
-    Tensor partial = want[3] ? empty_on(out, {chunks, h}, scalar_type_of<acc_t>()) : Tensor();
-    acc_t* ppartial = want[3] ? partial.mutable_data_ptr<acc_t>() : nullptr;
-    dispatch_activation(act, [&](auto tag) {
-      constexpr Activation A = decltype(tag)::value;
-      paired_first_layer_backward_kernel<A, scalar_t, acc_t><<<grid, block, 0, stream>>>(
-          grad_out.const_data_ptr<scalar_t>(), nullptr, nullptr, nullptr, nullptr,
-          out.const_data_ptr<scalar_t>(), perm.const_data_ptr<int64_t>(),
-          inverse_perm.const_data_ptr<int64_t>(), has_source, n, m, h, scalar_t(0),
-          want[0] ? grad_data.mutable_data_ptr<scalar_t>() : nullptr,
-          want[1] ? grad_latent.mutable_data_ptr<scalar_t>() : nullptr,
-          want_source ? grad_source.mutable_data_ptr<scalar_t>() : nullptr, ppartial);
-      INFOMAX_CUDA_LAUNCH_CHECK();
-    });
-    if (want[3]) {
-      launch_column_sums<scalar_t, acc_t>(ppartial, chunks, h, grad_bias.mutable_data_ptr<scalar_t>(),
-                                          stream);
-    }
-  });
-  return {grad_data, grad_latent, grad_source, grad_bias};
+  const PairedFromOutputBackwardArgs args(grad_out_in, out_in, n, has_source, perm_in,
+                                          inverse_perm_in, want);
+  launch_paired_backward(args.grad_out, Tensor(), Tensor(), Tensor(), Tensor(), args.out,
+                         args.perm, args.inverse_perm, has_source, args.n, args.m, args.h, act,
+                         0.0, args.want, args.grads, guard.stream());
+  return args.result();
 }
 
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CUDA, m) {

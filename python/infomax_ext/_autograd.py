@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .activations import OUTPUT_DERIVATIVE_ACTIVATIONS
+
 _OPS = torch.ops.infomax_ext
 
 def _below_autograd():
@@ -95,7 +97,7 @@ class _PairedLinear(torch.autograd.Function):
             out, computed_data, latent, source = _OPS.paired_linear_forward.default(
                 hx, hz, hz_source, weight, bias, perm, activation, param, data_half
             )
-        ctx.from_output = activation in _FROM_OUTPUT
+        ctx.from_output = activation in OUTPUT_DERIVATIVE_ACTIVATIONS
         if ctx.from_output:
             ctx.save_for_backward(hx, hz, hz_source, weight, bias, perm, out)
         else:
@@ -123,11 +125,6 @@ class _PairedLinear(torch.autograd.Function):
             ctx.activation, ctx.param, need, out
         )
         return tuple(_grad_if(wanted, g) for wanted, g in zip(need, grads)) + (None,) * 4
-
-
-# Activations whose derivative the output gives: relu'(x) = [relu(x) > 0] (a NaN passes the
-# gradient either way, as torch's threshold_backward), identity' = 1.
-_FROM_OUTPUT = ("identity", "relu")
 
 
 # ----------------------------------------------------------------------------------- nwj_head

@@ -20,6 +20,7 @@ import warnings
 import torch
 
 from . import reference
+from .activations import OUTPUT_DERIVATIVE_ACTIVATIONS
 from .build_info import load_failure_message
 
 __all__ = [
@@ -537,9 +538,6 @@ def nwj_mlp(
                              n_joint, head_activation, head_param)
 
 
-_OUTPUT_ACTIVATIONS = ("identity", "relu")  # derivative read from the output: no pre kept
-
-
 def _listed(name: str, tensors) -> dict:
     """``{"name[i]": tensor}`` for the fake kernels' device check of a list argument."""
     return {f"{name}[{i}]": t for i, t in enumerate(tensors)}
@@ -563,7 +561,7 @@ if extension_available():
             head_activation, head_param)
         rows = hidden.shape[0]
         outputs = [hidden.new_empty((rows, w.shape[0])) for w in weights]
-        pres = [hidden.new_empty((0,)) if a in _OUTPUT_ACTIVATIONS else hidden.new_empty(o.shape)
+        pres = [hidden.new_empty((0,)) if a in OUTPUT_DERIVATIVE_ACTIVATIONS else hidden.new_empty(o.shape)
                 for a, o in zip(activations, outputs)]
         return bound, scores, outputs, pres + [hidden.new_empty((rows,))]
 

@@ -24,6 +24,7 @@ from torch import nn
 __all__ = [
     "ACTIVATIONS",
     "KERNEL_ACTIVATIONS",
+    "OUTPUT_DERIVATIVE_ACTIVATIONS",
     "HIDDEN_ACTIVATIONS",
     "NamedActivation",
     "ActivationSpec",
@@ -112,6 +113,11 @@ ACTIVATIONS: dict[str, NamedActivation] = {a.name: a for a in _TABLE}
 
 KERNEL_ACTIVATIONS: tuple[str, ...] = tuple(a.name for a in _TABLE if a.kernel)
 """The names the fused kernels run."""
+
+OUTPUT_DERIVATIVE_ACTIVATIONS: tuple[str, ...] = ("identity", "relu")
+"""The kernel activations whose derivative the output gives (relu'(x) = [relu(x) > 0], a NaN
+passing the gradient either way): the fused ops keep the output, not the pre-activation, for
+their backward (csrc/activations.h, ``derivative_from_output``)."""
 
 HIDDEN_ACTIVATIONS: tuple[str, ...] = tuple(name for name in ACTIVATIONS if name != "identity")
 """The choices for a hidden layer's activation (``TrainConfig.activation``, ``--activation``)."""
