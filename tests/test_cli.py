@@ -191,7 +191,7 @@ def test_a_run_holds_its_directory_for_its_life(tmp_path, capsys, monkeypatch):
 LOCK_AND_WAIT = """
 import sys, time
 from pathlib import Path
-from infomax_ext.cli import _RunLock
+from infomax_ext.cli.run_dir import _RunLock
 _RunLock().acquire(Path(sys.argv[1]))
 print("locked", flush=True)
 time.sleep(300)

@@ -1,0 +1,83 @@
+"""The ``infomax-ext`` command (also ``python -m infomax_ext``).
+
+``infomax-ext train`` trains an InfoMax VAE on scikit-learn's handwritten digits (or on a
+``.npy`` / ``.npz`` / ``.pt`` file), evaluates it on a held-out split and writes a run directory::
+
+    DIR/config.json        the data (absolute path, --normalize) and every training option
+    DIR/checkpoint.pt      written atomically after every epoch (--resume continues from it,
+                           from any working directory)
+    DIR/metrics.jsonl      one JSON object per epoch
+    DIR/metrics.json       final held-out metrics: mi, active_units, probe_accuracy,
+                           recon_loglik, kl, elbo, ...
+    DIR/model/             the trained model (InfoMaxVAE.load(DIR/model))
+    DIR/*.png              training curves, latent space, reconstructions, prior samples,
+                           active units
+    DIR/.lock              held (flock) by the run in progress, with its pid: a second run
+                           into DIR stops at once
+
+With ``--compare-vae`` the same architecture is also trained with ``alpha = 0`` (a plain VAE)
+under the same seed and budget: DIR/infomax/ and DIR/vae/ are two such run directories, and
+DIR/comparison.md, DIR/comparison.json and DIR/comparison.png set them side by side.
+
+Started by torchrun (``torchrun --nproc-per-node K -m infomax_ext train ...``), the processes
+train one model data-parallel (:mod:`infomax_ext.distributed`): rank 0 alone decides and writes
+the run directory (config.json records ``world_size`` and the backend), reads what --resume
+continues and sends it to the others, prints, and evaluates; a ``.npy`` file is memory-mapped
+and each process reads the rows of its batches. A restart by ``torchrun --max-restarts``
+resumes the run in --out from its last checkpoint.
+
+Exit codes: 0 done, 1 the data, the run directory or a saved run cannot be used, or training
+diverged (message says why), 2 bad command-line options, 130 interrupted (the last checkpoint is
+intact; ``--resume`` continues).
+"""
+from __future__ import annotations
+
+import sys
+
+from .common import PROG, CommandError
+from .parser import build_parser
+
+__all__ = ["main", "build_parser", "PROG", "CommandError"]
+
+
+def main(argv=None) -> int:
+    """Run ``infomax-ext`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    import torch.distributed as dist
+
+    from ..data import DataError
+    from ..distributed import DistributedMismatchError
+    from ..serialization import SerializationError
+    from ..trainer import TrainingError
+
+    try:
+        return args.func(args, parser)
+    except (CommandError, DataError, DistributedMismatchError, SerializationError,
+            TrainingError) as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except dist.DistError as exc:  # another process of a torchrun job stopped
+        print(f"{PROG} {args.command}: error: lost contact with another process of the job "
+              f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+              "torchrun's summary names the process that stopped; the last checkpoint is intact",
+              file=sys.stderr, flush=True)
+        return 1
+    except OSError as exc:  # a full disk, a vanished directory, ...
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{PROG} {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr,
+              flush=True)
+        return 1
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        hint = f" --out {out}" if out else " --out DIR"
+        print(f"\n{PROG}: interrupted. Completed epochs are in the last checkpoint; continue "
+              f"with: {PROG} train --resume{hint}", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The run directory of ``infomax-ext train``: its name, its lock, its config.json."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+from .common import PROG, CommandError
+
+CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
+
+def _default_out() -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / stamp
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{stamp}-{k}")
+    return out
+
+
+def _holds_run(directory: Path) -> bool:
+    return (directory / CONFIG_FILE).exists() or (directory / "checkpoint.pt").exists()
+
+
+class _RunLock:
+    """The advisory lock of a run directory: ``DIR/.lock``, flock'ed exclusively and holding the
+    pid of its holder, from :meth:`acquire` to :meth:`release`. The kernel drops the lock when
+    its holder dies, so a killed run never blocks the next one. (No lock where the platform
+    lacks flock.)"""
+
+    def __init__(self):
+        self.fd: int | None = None
+
+    def acquire(self, directory: Path) -> None:
+        """Lock ``directory``, or raise CommandError naming the pid of the run that holds it."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        path = directory / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise CommandError(f"cannot write to --out {directory}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CommandError(f"{directory} is in use by another {PROG} run (pid {holder}); wait "
+                               "for it to end or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _check_out(out: Path) -> None:
+    """CommandError unless ``out`` is, or can be created as, a directory."""
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a directory")
+    for parent in out.parents:  # the nearest existing ancestor must be a directory
+        if parent.exists():
+            if not parent.is_dir():
+                raise CommandError(f"--out {out} cannot be created: {parent} is a file")
+            return
+
+
+def _claim(out: Path, lock: _RunLock, resume: bool, parser) -> None:
+    """Lock the existing directory ``out`` for this run; a new run also needs it to hold none."""
+    lock.acquire(out)
+    if not resume and _holds_run(out):
+        parser.error(f"{out} already holds a run; pass --resume to continue it, or choose "
+                     "another --out")
+
+
+def _read_run_config(directory: Path) -> dict:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CommandError(f"no run to resume in {directory} ({CONFIG_FILE} not found)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or "train" not in config or "data" not in config:
+        raise CommandError(f"{path} is not an infomax-ext run configuration")
+    return config
+
+
+def _path(text: str | None) -> str | None:
+    """A data path as stored in config.json: absolute, so --resume works from any directory
+    (``digits``, the built-in data, stays as it is)."""
+    return text if text in (None, "digits") else os.path.abspath(text)
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files (``.NAME.XXXX.tmp``) of atomic writes that a killed run left in
+    its directory ``out`` and the directories under it that runs write (locked: no run of ours
+    is writing there)."""
+    for sub in ("", "model", "infomax", "vae", "infomax/model", "vae/model"):
+        for tmp in (out / sub).glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)

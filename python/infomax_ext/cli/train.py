@@ -1,0 +1,342 @@
+"""``infomax-ext train``: train (or resume) an InfoMax VAE, evaluate it and write its run
+directory (layout in :mod:`infomax_ext.cli`)."""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from .common import PROG, CommandError, _say
+from .compare import _fmt, comparison_table
+from .options import _TRAIN_OPTIONS
+from .run_dir import (CONFIG_FILE, _RunLock, _check_out, _claim, _default_out, _holds_run,
+                      _path, _read_run_config, _remove_stale_temporaries)
+
+METRICS_SUMMARY = "metrics.json"
+RESUMABLE = {"epochs", "device"}
+
+def _given(args, dest):
+    return getattr(args, dest, None)
+
+
+def _train_config(args, parser, saved: dict | None):
+    """The TrainConfig from the defaults (or the saved run) and the options given."""
+    from ..trainer import TrainConfig
+
+    dests = [dest for _, dest, *_ in _TRAIN_OPTIONS] + ["activation", "likelihood",
+                                                        "reuse_forward", "shuffled_grad",
+                                                        "negatives"]
+    if saved is None:
+        values = TrainConfig().to_dict()
+        values.update({d: _given(args, d) for d in dests if _given(args, d) is not None})
+    else:
+        values = dict(saved)
+        for d in dests:
+            value = _given(args, d)
+            if value is None or d in RESUMABLE or value == saved.get(d):
+                continue
+            flag = "--" + d.replace("_", "-")
+            parser.error(f"{flag} {value} differs from the value the run was started with "
+                         f"({saved.get(d)}); a resumed run keeps its settings (only --epochs and "
+                         "--device may change)")
+        for d in RESUMABLE:
+            if _given(args, d) is not None:
+                values[d] = _given(args, d)
+    try:
+        return TrainConfig.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+
+
+# ----------------------------------------------------------------------------- one run
+
+def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | None, *,
+             resume: bool, progress: bool, log_interval: float, plots: bool, group=None):
+    """Train (or resume) one model in ``run_dir``, evaluate it, write its files (its own
+    config.json when ``data_info`` is given); returns ``(metrics, held-out encoder means)``.
+    With a process ``group`` every process trains and rank 0 alone evaluates and writes (the
+    others return ``(None, None)``)."""
+    from ..distributed import from_rank0
+    from ..evaluation import encoder_mean, evaluate
+    from ..serialization import atomic_write_json
+    from ..trainer import CHECKPOINT_FILE, Trainer
+
+    checkpoint = run_dir / CHECKPOINT_FILE
+    started = time.perf_counter()
+    if resume and from_rank0(group, checkpoint.exists):
+        trainer = Trainer.from_checkpoint(checkpoint, train.x, val.x, run_dir, epochs=config.epochs,
+                                          device=config.device, progress=progress, desc=name,
+                                          log_interval=log_interval, process_group=group)
+        if trainer.epoch > config.epochs:
+            raise CommandError(f"{name}: the checkpoint is already at epoch {trainer.epoch}, beyond "
+                               f"--epochs {config.epochs}")
+        _say(f"{name}: resuming at epoch {trainer.epoch + 1} of {config.epochs}"
+             if trainer.epoch < config.epochs else
+             f"{name}: already trained for {trainer.epoch} epochs; evaluating again")
+    else:
+        if resume:
+            _say(f"{name}: no checkpoint in {run_dir} yet; starting from epoch 0")
+        trainer = Trainer.create(config, train.x, val.x, run_dir, progress=progress, desc=name,
+                                 log_interval=log_interval, process_group=group)
+    if data_info is not None:
+        from_rank0(group, lambda: atomic_write_json(
+            run_dir / CONFIG_FILE, {"name": name, "data": data_info, "train": config.to_dict()}))
+    trainer.fit()
+    if trainer.rank != 0:
+        return None, None
+    train_seconds = time.perf_counter() - started
+    model = trainer.model
+    model.save(run_dir / "model")
+
+    t_eval = time.perf_counter()
+    metrics = evaluate(model, train.x, val.x, train.y, val.y, threshold=config.active_threshold,
+                       mi_steps=config.eval_mi_steps, mi_neurons=config.mi_neurons,
+                       activation=config.activation, seed=config.seed)
+    metrics.update({"name": name, "alpha": config.alpha, "beta": config.beta,
+                    "epochs": trainer.epoch, "train_seconds": round(train_seconds, 2),
+                    "eval_seconds": round(time.perf_counter() - t_eval, 2)})
+    atomic_write_json(run_dir / METRICS_SUMMARY, metrics)
+    mu = encoder_mean(model.vae, val.x).cpu()
+    if plots:
+        from .. import plots as P
+
+        vae = model.vae
+        P.plot_training_curves(trainer.history, run_dir / "training_curves.png",
+                               title=f"{name} (alpha={config.alpha:g}, beta={config.beta:g})")
+        P.plot_latent_space(mu, val.y, run_dir / "latent_space.png", classes=train.classes,
+                            title=f"{name}: held-out latent means")
+        P.plot_reconstructions(vae, val.x, run_dir / "reconstructions.png",
+                               image_shape=train.image_shape, title=f"{name}: reconstructions")
+        P.plot_prior_samples(vae, config.latent_dim, run_dir / "prior_samples.png",
+                             image_shape=train.image_shape, seed=config.seed,
+                             title=f"{name}: samples from the prior")
+        P.plot_unit_variances(metrics["latent_variances"], config.active_threshold,
+                              run_dir / "active_units.png", title=name)
+    probe = metrics["probe_accuracy"]
+    _say(f"{name}: MI {metrics['mi']:.3f} nats, {metrics['active_units']}/{metrics['latent_dim']} "
+         f"active units, probe accuracy {_fmt(probe)}, recon log-lik {metrics['recon_loglik']:.2f}, "
+         f"KL {metrics['kl']:.2f} (held-out; trained {train_seconds:.0f} s, evaluated "
+         f"{metrics['eval_seconds']:.0f} s)")
+    return metrics, mu
+
+
+# ----------------------------------------------------------------------------- train command
+
+def _check_extras(plots: bool, quiet: bool) -> None:
+    """The training extras must be installed: a clear message instead of an ImportError."""
+    import importlib.util
+
+    needed = ["sklearn"] + ([] if quiet else ["tqdm"]) + (["matplotlib"] if plots else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CommandError(f"missing package(s) {', '.join(missing)}: install the training extras "
+                           "with pip install 'infomax_ext[train]'")
+
+
+def cmd_train(args, parser) -> int:
+    _check_extras(not args.no_plots, args.quiet)
+    if args.resume and args.out is None:
+        parser.error("--resume needs --out DIR, the run to continue")
+    from ..distributed import from_rank0
+
+    group = _process_group(args)
+    lock = _RunLock()
+    try:
+        with _only_rank0_prints(group):
+            out = from_rank0(group, lambda: _claim_out(args, parser, lock))
+            args.out = str(out)  # the interrupt hint names the actual directory
+            return _cmd_train_locked(args, parser, out, lock, group)
+    finally:
+        lock.release()
+        if group is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _process_group(args):
+    """The process group when torchrun started this process (None otherwise); a restart by
+    ``torchrun --max-restarts`` continues the run in --out (``args.resume``)."""
+    import torch
+
+    from ..distributed import from_rank0, init_from_env
+
+    device = args.device or "cpu"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    group = init_from_env(args.dist_backend, torch.device(device))
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if group is not None and restarts > 0 and not args.resume and args.out is not None:
+        if from_rank0(group, lambda: _holds_run(Path(args.out))):
+            args.resume = True
+    return group
+
+
+@contextlib.contextmanager
+def _only_rank0_prints(group):
+    """Standard output of every process but rank 0 discarded (errors still go to stderr)."""
+    import torch.distributed as dist
+
+    if group is None or dist.get_rank(group) == 0:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
+def _claim_out(args, parser, lock: _RunLock) -> Path:
+    """The run directory: --out or a new name; locked at once when it exists (a directory in use
+    is refused before anything else)."""
+    out = Path(args.out) if args.out is not None else _default_out()
+    _check_out(out)
+    if out.is_dir():
+        _claim(out, lock, args.resume, parser)
+    return out
+
+
+def _cmd_train_locked(args, parser, out: Path, lock: _RunLock, group=None) -> int:
+    import torch
+
+    from ..distributed import from_rank0
+
+    # the data options: (flag, key in config.json's "data", value given, value when not given)
+    options = [("--data", "source", _path(args.data), None),
+               ("--labels", "labels", _path(args.labels), None),
+               ("--normalize", "normalize", args.normalize, "none")]
+    saved = None
+    if args.resume:
+        saved = from_rank0(group, lambda: _read_run_config(out))
+        if args.compare_vae and not saved.get("compare_vae", False):
+            parser.error("--compare-vae: the run in --out was not started with --compare-vae")
+        compare = bool(saved.get("compare_vae", False))
+        data = {key: saved["data"].get(key, unset) for _, key, _, unset in options}
+        data.update(source=_path(data["source"]), labels=_path(data["labels"]))
+        from_rank0(group, lambda: _remove_stale_temporaries(out))
+        for flag, key, given, _ in options:
+            if given is not None and given != data[key]:
+                parser.error(f"{flag} {given} differs from the run's ({data[key]})")
+    else:
+        compare = args.compare_vae
+        data = {key: unset if given is None else given for _, key, given, unset in options}
+    config = _train_config(args, parser, None if saved is None else saved["train"])
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _train(args, parser, out, lock, saved, compare, data, config, group)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _load_data(data: dict, config, saved) -> tuple:
+    """The dataset of the data options ``data`` (a .npy file memory-mapped) and its description
+    for config.json, checked against the ``saved`` run's."""
+    from ..data import DataWarning, load_dataset
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        dataset = load_dataset(data["source"], data["labels"], config.likelihood,
+                               data["normalize"], mmap=True)
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            _say(f"{PROG}: notice: {w.message}")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    info = dataset.describe()
+    info.update(labels=data["labels"], normalize=data["normalize"])
+    if saved is not None and saved["data"].get("fingerprint") != info["fingerprint"]:
+        raise CommandError(f"the data in {dataset.source} changed since the run started "
+                           "(fingerprint mismatch); a resumed run needs the same data")
+    return dataset, info
+
+
+def _write_run_config(args, parser, out: Path, lock: _RunLock, saved, compare: bool, info: dict,
+                      config, group) -> None:
+    """Create and lock ``out`` if not yet done and write its config.json."""
+    import torch.distributed as dist
+
+    from ..serialization import atomic_write_json
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create --out {out}: {exc.strerror}") from None
+    if not lock.held:
+        _claim(out, lock, args.resume, parser)
+    atomic_write_json(out / CONFIG_FILE, {
+        "command": "train", "compare_vae": compare, "data": info, "train": config.to_dict(),
+        "created": saved.get("created") if saved else _dt.datetime.now().isoformat(timespec="seconds"),
+        "distributed": {"world_size": 1 if group is None else dist.get_world_size(group),
+                        "backend": None if group is None else str(dist.get_backend(group))},
+    })
+
+
+def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: dict,
+           config, group=None) -> int:
+    """Train with the data options ``data`` (``source``, ``labels``, ``normalize``); with a
+    process ``group``, rank 0 reads the data (a .npy file: checks it and sends its mapping) and
+    writes, every process trains."""
+    import torch.distributed as dist
+
+    from ..data import train_val_split
+    from ..distributed import from_rank0
+    from ..trainer import check_batch_size
+    from ..serialization import atomic_write_json, atomic_write_text
+
+    dataset, info = from_rank0(group, lambda: _load_data(data, config, saved))
+    train, val = train_val_split(dataset, config.val_fraction, config.seed)
+    world = 1 if group is None else dist.get_world_size(group)
+    try:
+        check_batch_size(config.batch_size, len(train), world, name="--batch-size")
+    except ValueError as exc:
+        parser.error(str(exc))
+    from_rank0(group, lambda: _write_run_config(args, parser, out, lock, saved, compare, info,
+                                                config, group))
+    scaled = "" if data["normalize"] == "none" else f" (--normalize {data['normalize']})"
+    _say(f"{PROG}: {dataset.source} data{scaled}, {len(train)} training / {len(val)} held-out "
+         f"samples of shape {tuple(dataset.sample_shape)}; run directory {out}")
+    _say(f"{PROG}: latent_dim={config.latent_dim}, beta={config.beta:g}, alpha={config.alpha:g}, "
+         f"{config.epochs} epochs of batch {config.batch_size}, device {config.device}")
+    progress = not args.quiet
+    plots = not args.no_plots
+    if not compare:
+        name = "infomax" if config.alpha > 0 else "vae"
+        _run_one(name, config, out, train, val, None, resume=args.resume, progress=progress,
+                 log_interval=args.log_interval, plots=plots, group=group)
+        _say(f"{PROG}: wrote {out}")
+        return 0
+
+    results, means = {}, {}
+    for name, cfg in (("infomax", config), ("vae", replace(config, alpha=0.0))):
+        results[name], means[name] = _run_one(name, cfg, out / name, train, val, info,
+                                              resume=args.resume, progress=progress,
+                                              log_interval=args.log_interval, plots=plots,
+                                              group=group)
+    if results["infomax"] is None:  # not rank 0
+        return 0
+    table = comparison_table(results["infomax"], results["vae"], config.alpha, config.beta)
+    atomic_write_text(out / "comparison.md",
+                      f"# InfoMax VAE vs plain VAE on {dataset.source}\n\n{table}")
+    atomic_write_json(out / "comparison.json", {
+        "infomax": results["infomax"], "vae": results["vae"],
+        "data": info, "train": config.to_dict(),
+    })
+    if plots:
+        from ..plots import plot_comparison
+
+        runs = {}
+        for name, label in (("infomax", f"InfoMax VAE (alpha={config.alpha:g})"),
+                            ("vae", "plain VAE (alpha=0)")):
+            runs[label] = {"mu": means[name], "labels": val.y, "classes": train.classes,
+                           "variances": results[name]["latent_variances"],
+                           "threshold": config.active_threshold}
+        plot_comparison(runs, out / "comparison.png")
+    _say()
+    _say(table)
+    _say(f"{PROG}: wrote {out} (comparison.md, comparison.json"
+         f"{', comparison.png' if plots else ''}; per-model runs in infomax/ and vae/)")
+    return 0
