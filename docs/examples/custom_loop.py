@@ -59,7 +59,7 @@ def two_step(model: im.InfoMaxVAE, x: torch.Tensor, opt: dict, cfg: TrainConfig)
     return float(mi.detach())
 
 
-def run(step, optimizer: str, cfg: TrainConfig, epochs: int) -> dict:
+def run(step, optimizer: str, cfg: TrainConfig, epochs: int, sgd_lr: float) -> dict:
     torch.manual_seed(cfg.seed)
     data = load_digits()
     train, val = train_val_split(data, cfg.val_fraction, cfg.seed)
@@ -67,7 +67,7 @@ def run(step, optimizer: str, cfg: TrainConfig, epochs: int) -> dict:
     model = build_model(cfg, x_train.shape[1:])
     make = {"adam": lambda p, lr: torch.optim.Adam(p, lr),
             "sgd": lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9)}[optimizer]
-    lr = cfg.lr if optimizer == "adam" else 1e-3
+    lr = cfg.lr if optimizer == "adam" else sgd_lr
     opt = {"vae": make(model.vae.parameters(), lr), "mi": make(model.mi.parameters(), lr)}
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -87,11 +87,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    parser.add_argument("--sgd-lr", type=float, default=1e-3, help="SGD (momentum 0.9) learning rate")
+    parser.add_argument("--alpha", type=float, default=10.0)
     args = parser.parse_args()
-    cfg = TrainConfig(seed=args.seed)
+    cfg = TrainConfig(seed=args.seed, alpha=args.alpha)
     for name, step in (("single backward", single_backward), ("two-step", two_step)):
-        m = run(step, args.optimizer, cfg, args.epochs)
-        print(f"{name:16s} {args.optimizer}: running MI {m['running_mi']:7.2f}, held-out fresh-chain "
+        m = run(step, args.optimizer, cfg, args.epochs, args.sgd_lr)
+        print(f"{name:16s} {args.optimizer} alpha {cfg.alpha:g}: running MI {m['running_mi']:7.2f}, held-out fresh-chain "
               f"MI {m['mi']:5.2f}, active units {m['active_units']}, probe "
               f"{m.get('probe_accuracy', float('nan')):.2f}, recon {m['recon_loglik']:.1f}, "
               f"KL {m['kl']:.1f} ({m['seconds']:.0f} s)", flush=True)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Callable, Iterable, NamedTuple
+import os
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -29,6 +30,12 @@ from .serialization import (
     write_model_files,
 )
 from .vae import VAE, VAEOutput, decoder_loglikelihood, encoder_kl
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+PathLike = str | os.PathLike[str]
+"""A file or directory path: a ``str`` or a ``pathlib.Path``."""
 
 __all__ = ["InfoMaxVAE", "InfoMaxVAEOutput", "InfoMaxTerms", "infomaxloss", "infomax_terms",
            "miloss", "train_step", "model_config", "save_model", "load_model"]
@@ -60,7 +67,7 @@ class InfoMaxVAE(nn.Module):
         self.vae, self.mi = vae, mi
 
     def forward(self, x: torch.Tensor, latent: bool = False, seed: int | None = None,
-                process_group=None):
+                process_group: ProcessGroup | None = None) -> Any:
         if not latent:
             return self.vae(x)
         check_batch(x)
@@ -69,7 +76,7 @@ class InfoMaxVAE(nn.Module):
         return InfoMaxVAEOutput(out, bound)
 
     @property
-    def config(self) -> dict | None:
+    def config(self) -> dict[str, Any] | None:
         """``{"format": "infomax_ext.InfoMaxVAE", "version": 1, "vae": <VAE config>, "mi":
         <MutualInfoChain config>}``, the file ``model_config.json`` of :meth:`save`; ``None``
         when a part carries no config (it was not built by ``from_sizes``)."""
@@ -80,7 +87,7 @@ class InfoMaxVAE(nn.Module):
         return {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
 
     @classmethod
-    def from_config(cls, config: dict) -> "InfoMaxVAE":
+    def from_config(cls, config: dict[str, Any]) -> "InfoMaxVAE":
         """A fresh model with the architecture of ``config`` (:attr:`config`). The builders'
         random initialisation runs under a forked RNG: torch's global generator is left as it
         was. A :class:`SerializationError` names what is wrong with a config it cannot use."""
@@ -97,7 +104,7 @@ class InfoMaxVAE(nn.Module):
         except (KeyError, TypeError, ValueError) as exc:
             raise SerializationError(f"cannot rebuild the model from its config: {exc}") from None
 
-    def save(self, directory) -> None:
+    def save(self, directory: PathLike) -> None:
         """Write the model (architecture and weights) to ``directory``; see :meth:`load`.
 
         Files: ``model_config.json`` (:attr:`config`) and ``model.pt`` (the state_dict), each
@@ -111,7 +118,8 @@ class InfoMaxVAE(nn.Module):
         save_model(self, directory)
 
     @classmethod
-    def load(cls, directory, map_location=None) -> "InfoMaxVAE":
+    def load(cls, directory: PathLike,
+             map_location: str | torch.device | None = None) -> "InfoMaxVAE":
         """The model saved by :meth:`save` in ``directory``, rebuilt exactly.
 
         Weights keep their saved dtypes (float64 stays float64); ``map_location`` (as in
@@ -124,7 +132,7 @@ class InfoMaxVAE(nn.Module):
         return model
 
 
-def model_config(model: nn.Module) -> dict:
+def model_config(model: nn.Module) -> dict[str, Any]:
     """:attr:`InfoMaxVAE.config`, checked for saving: a :class:`SerializationError` saying why
     when a part carries no config, when an activation has no name, or when an entry is not
     JSON."""
@@ -149,8 +157,8 @@ def model_config(model: nn.Module) -> dict:
             "from_sizes builders, or save model.state_dict() with torch.save and rebuild the "
             "architecture in code."
         )
-    unnamed = (_unnamed_activation_entries(vae_config, "vae")
-               + _unnamed_activation_entries(mi_config, "mi"))
+    unnamed = (_unnamed_activation_entries(vae_config, "vae")  # type: ignore[arg-type]  # not None here
+               + _unnamed_activation_entries(mi_config, "mi"))  # type: ignore[arg-type]
     if unnamed:
         modules = ", ".join(f"{name} = {module!r}" for name, module in model.named_modules()
                             if _is_unnamed_activation(module))
@@ -170,7 +178,7 @@ def model_config(model: nn.Module) -> dict:
     return {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
 
 
-def _unnamed_activation_entries(config: dict, path: str) -> list[str]:
+def _unnamed_activation_entries(config: dict[str, Any], path: str) -> list[str]:
     """``"<path>.<key>[i]"`` for each activation entry of a builder config that holds no name."""
     found = []
     for key, value in config.items():
@@ -191,13 +199,14 @@ def _is_unnamed_activation(module: nn.Module) -> bool:
             and spec_of_module(module) is None)
 
 
-def save_model(model: nn.Module, directory) -> None:
+def save_model(model: nn.Module, directory: PathLike) -> None:
     """``model.save(directory)`` for an :class:`InfoMaxVAE` built by ``from_sizes``
     (:meth:`InfoMaxVAE.save`); a :class:`SerializationError` for any other model."""
     write_model_files(directory, model_config(model), model.state_dict())
 
 
-def load_model(directory, map_location=None) -> InfoMaxVAE:
+def load_model(directory: PathLike,
+               map_location: str | torch.device | None = None) -> InfoMaxVAE:
     """:meth:`InfoMaxVAE.load`: the model saved in ``directory``, rebuilt exactly."""
     return InfoMaxVAE.load(directory, map_location=map_location)
 
@@ -224,14 +233,14 @@ def infomax_terms(
     beta: float = 1.0,
     alpha: float = 1.0,
     n_samples: int = 1,
-    reconstruction_loglikelihood: Callable = decoder_loglikelihood,
-    kl_divergence: Callable = encoder_kl,
-    regularization: Callable | None = None,
+    reconstruction_loglikelihood: Callable[..., torch.Tensor] = decoder_loglikelihood,
+    kl_divergence: Callable[..., torch.Tensor] = encoder_kl,
+    regularization: Callable[[VAEOutput], torch.Tensor] | None = None,
     reg_strength: float = 1.0,
     seed: int | None = None,
     shuffled_grad: bool = False,
     data_half_cache: DataHalfCache | None = None,
-    process_group=None,
+    process_group: ProcessGroup | None = None,
 ) -> InfoMaxTerms:
     """:func:`infomaxloss` with its terms; the arguments are those of :func:`infomaxloss`."""
     n = check_batch(x, what="infomaxloss")
@@ -260,7 +269,24 @@ def infomax_terms(
                         MIScores(paired.joint, paired.shuffled), vae_output)
 
 
-def infomaxloss(vae, mi, x, x_out=None, **kwargs) -> torch.Tensor:
+def infomaxloss(
+    vae: VAE,
+    mi: MutualInfoChain,
+    x: torch.Tensor,
+    x_out: torch.Tensor | None = None,
+    *,
+    beta: float = 1.0,
+    alpha: float = 1.0,
+    n_samples: int = 1,
+    reconstruction_loglikelihood: Callable[..., torch.Tensor] = decoder_loglikelihood,
+    kl_divergence: Callable[..., torch.Tensor] = encoder_kl,
+    regularization: Callable[[VAEOutput], torch.Tensor] | None = None,
+    reg_strength: float = 1.0,
+    seed: int | None = None,
+    shuffled_grad: bool = False,
+    data_half_cache: DataHalfCache | None = None,
+    process_group: ProcessGroup | None = None,
+) -> torch.Tensor:
     """Loss of the VAE in the InfoMax VAE (a 0-dim tensor).
 
     ``-mean(log p(x_out | z)) + beta * mean(KL(q(z|x) || N(0, I))) - alpha * I(x; z)
@@ -276,11 +302,19 @@ def infomaxloss(vae, mi, x, x_out=None, **kwargs) -> torch.Tensor:
     shuffled over all processes' rows and the MI term is the mean of the bound's terms over this
     process's rows; see :mod:`infomax_ext.distributed`).
     """
-    return infomax_terms(vae, mi, x, x_out, **kwargs).loss
+    return infomax_terms(
+        vae, mi, x, x_out, beta=beta, alpha=alpha, n_samples=n_samples,
+        reconstruction_loglikelihood=reconstruction_loglikelihood, kl_divergence=kl_divergence,
+        regularization=regularization, reg_strength=reg_strength, seed=seed,
+        shuffled_grad=shuffled_grad, data_half_cache=data_half_cache, process_group=process_group,
+    ).loss
 
 
-def miloss(vae, mi, x, *, regularization=None, reg_strength=1.0, seed=None,
-           data_half_cache=None, process_group=None) -> torch.Tensor:
+def miloss(vae: VAE, mi: MutualInfoChain, x: torch.Tensor, *,
+           regularization: Callable[[MIScores], torch.Tensor] | None = None,
+           reg_strength: float = 1.0, seed: int | None = None,
+           data_half_cache: DataHalfCache | None = None,
+           process_group: ProcessGroup | None = None) -> torch.Tensor:
     """Loss of the MI chain: ``-I(x; z) + reg_strength * regularization(MIScores(joint, shuffled))``.
 
     z is one sample of the VAE's encoder, drawn without building a graph, so the gradient
@@ -298,7 +332,7 @@ def miloss(vae, mi, x, *, regularization=None, reg_strength=1.0, seed=None,
     return loss
 
 
-def _optimizers(opt):
+def _optimizers(opt: Any) -> tuple[Any, Any]:
     if isinstance(opt, dict) or hasattr(opt, "keys"):
         try:
             return opt["vae"], opt["mi"]
@@ -313,7 +347,7 @@ def _optimizers(opt):
 
 
 @contextlib.contextmanager
-def _frozen(params: Iterable[nn.Parameter]):
+def _frozen(params: Iterable[nn.Parameter]) -> Iterator[None]:
     """Parameters temporarily set to requires_grad=False, so no graph is built for them."""
     params = [p for p in params if p.requires_grad]
     for p in params:
@@ -325,7 +359,7 @@ def _frozen(params: Iterable[nn.Parameter]):
             p.requires_grad_(True)
 
 
-def _set_grads(loss: torch.Tensor, params: list[nn.Parameter], retain_graph: bool = False):
+def _set_grads(loss: torch.Tensor, params: list[nn.Parameter], retain_graph: bool = False) -> None:
     """``p.grad = d loss / d p`` for exactly these parameters (others' .grad untouched)."""
     grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
     for p, g in zip(params, grads):
@@ -335,20 +369,20 @@ def _set_grads(loss: torch.Tensor, params: list[nn.Parameter], retain_graph: boo
 def train_step(
     model: InfoMaxVAE,
     x: torch.Tensor,
-    opt,
+    opt: Mapping[str, torch.optim.Optimizer] | Any,
     x_out: torch.Tensor | None = None,
     *,
-    infomaxloss_function: Callable = infomaxloss,
-    infomaxloss_kwargs: dict | None = None,
-    miloss_function: Callable = miloss,
-    miloss_kwargs: dict | None = None,
+    infomaxloss_function: Callable[..., torch.Tensor] = infomaxloss,
+    infomaxloss_kwargs: dict[str, Any] | None = None,
+    miloss_function: Callable[..., torch.Tensor] = miloss,
+    miloss_kwargs: dict[str, Any] | None = None,
     loss_return: bool = False,
     verbose: bool = False,
     reuse_forward: bool = False,
     shuffled_grad: bool | None = None,
-    process_group=None,
+    process_group: ProcessGroup | None = None,
     negatives: str = "global",
-):
+) -> tuple[float, float] | None:
     """One training step of the InfoMax VAE (Julia's ``train!``).
 
     ``opt`` holds a ``vae`` and an ``mi`` optimizer. (1) The gradient of the InfoMax loss with
@@ -415,8 +449,11 @@ def train_step(
     return None
 
 
-def _alternating_step(model, args, opt_vae, opt_mi, vae_params, mi_params,
-                      infomaxloss_function, vae_kwargs, miloss_function, mi_kwargs):
+def _alternating_step(model: InfoMaxVAE, args: tuple[torch.Tensor, ...], opt_vae: Any, opt_mi: Any,
+                      vae_params: list[nn.Parameter], mi_params: list[nn.Parameter],
+                      infomaxloss_function: Callable[..., torch.Tensor], vae_kwargs: dict[str, Any],
+                      miloss_function: Callable[..., torch.Tensor],
+                      mi_kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`train_step`'s default strategy: (1) the InfoMax loss with the MI chain frozen, its
     gradient for the VAE's parameters, the VAE step; (2) a fresh forward pass through the updated
     VAE, the MI loss with the VAE frozen, its gradient for the MI chain, the MI step. The two
@@ -441,7 +478,7 @@ def _alternating_step(model, args, opt_vae, opt_mi, vae_params, mi_params,
     return vae_loss, mi_loss
 
 
-def _step_cache(model, opt_vae) -> DataHalfCache | None:
+def _step_cache(model: InfoMaxVAE, opt_vae: Any) -> DataHalfCache | None:
     """A :class:`DataHalfCache` for one alternating step, or None when the VAE step could change
     the MI chain's weights (the VAE optimizer holds some of them, or is not a torch optimizer, so
     what it holds is unknown)."""
@@ -454,8 +491,10 @@ def _step_cache(model, opt_vae) -> DataHalfCache | None:
     return DataHalfCache()
 
 
-def _reuse_forward_step(model, args, opt_vae, opt_mi, vae_params, mi_params, vae_kwargs,
-                        mi_kwargs):
+def _reuse_forward_step(model: InfoMaxVAE, args: tuple[torch.Tensor, ...], opt_vae: Any,
+                        opt_mi: Any, vae_params: list[nn.Parameter],
+                        mi_params: list[nn.Parameter], vae_kwargs: dict[str, Any],
+                        mi_kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`train_step` with ``reuse_forward=True`` (the paper's scheme): one forward pass of
     :func:`infomax_terms` feeds both updates; the MI loss uses the pre-update codes and the same
     permutation. ``args`` is ``(x,)`` or ``(x, x_out)``. Returns ``(vae_loss, mi_loss)``."""

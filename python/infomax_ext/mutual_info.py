@@ -14,14 +14,18 @@ for later evaluations on the same data and weights.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
 from . import _ops, distributed
 from ._builders import Built, builder_config, check_layers, check_size, head, linear, mlp, parse_size
-from .activations import ActivationSpec, apply_activation, identity, kernel_spec
+from .activations import ActivationLike, ActivationSpec, apply_activation, identity, kernel_spec
+from .vae import Init
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = [
     "MutualInfoChain",
@@ -85,7 +89,8 @@ class MutualInfoChain(Built):
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         check_batch(x, z, what="MutualInfoChain")
         hx = self.data(x).reshape(x.shape[0], -1)
-        return self.mlp(torch.cat([hx, self.latent(z)], dim=1)).squeeze(-1)
+        scores: torch.Tensor = self.mlp(torch.cat([hx, self.latent(z)], dim=1)).squeeze(-1)
+        return scores
 
     @classmethod
     def from_sizes(
@@ -93,10 +98,10 @@ class MutualInfoChain(Built):
         size_input: int | Sequence[int],
         n_latent: int,
         mlp_neurons: Sequence[int],
-        mlp_activations: Sequence,
-        output_activation=identity,
+        mlp_activations: Sequence[ActivationLike],
+        output_activation: ActivationLike = identity,
         *,
-        init=nn.init.xavier_uniform_,
+        init: Init = nn.init.xavier_uniform_,
     ) -> "MutualInfoChain":
         """The default chain of the Julia package.
 
@@ -167,13 +172,13 @@ def shuffle_latent(z: torch.Tensor, seed: int | None = None) -> torch.Tensor:
 class _FusedPlan(NamedTuple):
     first: nn.Linear
     first_act: ActivationSpec
-    middle: list
+    middle: list[nn.Module]
     head: nn.Linear | None
     head_act: ActivationSpec | None
-    stack: list | None  # middle as (Linear, ActivationSpec) pairs when nwj_mlp can run it
+    stack: list[tuple[nn.Linear, ActivationSpec]] | None  # middle as (Linear, ActivationSpec) pairs when nwj_mlp can run it
 
 
-def _linear_stack(middle: list) -> list | None:
+def _linear_stack(middle: list[nn.Module]) -> list[tuple[nn.Linear, ActivationSpec]] | None:
     """``middle`` as (Linear, activation) pairs (identity where a Linear follows a Linear), or
     None when it holds anything else (then its modules run one by one)."""
     stack, i = [], 0
@@ -181,7 +186,7 @@ def _linear_stack(middle: list) -> list | None:
         layer = middle[i]
         if not isinstance(layer, nn.Linear):
             return None
-        act = ActivationSpec("identity")
+        act: ActivationSpec | None = ActivationSpec("identity")
         if i + 1 < len(middle) and not isinstance(middle[i + 1], nn.Linear):
             act = kernel_spec(middle[i + 1])
             if act is None:
@@ -189,7 +194,7 @@ def _linear_stack(middle: list) -> list | None:
             i += 1
         stack.append((layer, act))
         i += 1
-    return stack
+    return stack  # type: ignore[return-value]  # each act is a spec here
 
 
 _BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
@@ -204,7 +209,7 @@ def fused_plan(mi: nn.Module) -> _FusedPlan | None:
         return None
     layers = list(mlp)
     k = 1
-    first_act = ActivationSpec("identity")
+    first_act: ActivationSpec | None = ActivationSpec("identity")
     if len(layers) > 1 and not isinstance(layers[1], nn.Linear):
         first_act = kernel_spec(layers[1])
         if first_act is None:
@@ -218,7 +223,7 @@ def fused_plan(mi: nn.Module) -> _FusedPlan | None:
           and layers[-2].out_features == 1 and kernel_spec(last) is not None):
         head, head_act, end = layers[-2], kernel_spec(last), len(layers) - 2
     middle = layers[k:end]
-    return _FusedPlan(layers[0], first_act, middle, head, head_act,
+    return _FusedPlan(layers[0], first_act, middle, head, head_act,  # type: ignore[arg-type]  # mlp[0] is a Linear
                       _linear_stack(middle) if head is not None else None)
 
 
@@ -239,8 +244,8 @@ class DataHalfCache:
     :meth:`clear` empties the cache (after an in-place change, for instance).
     """
 
-    def __init__(self):
-        self._entries: dict = {}
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -303,8 +308,8 @@ def paired_mutual_info(
     plan = None if path == "two_call" else fused_plan(mi)
     if plan is None:
         return _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad)
-    hx = mi.data(x).reshape(n, -1)
-    hz = mi.latent(z)
+    hx = mi.data(x).reshape(n, -1)  # type: ignore[operator]  # a chain's data and latent are modules
+    hz = mi.latent(z)  # type: ignore[operator]
     weight = plan.first.weight
     dx = hx.shape[1]
     if dx + hz.shape[1] != weight.shape[1]:
@@ -314,30 +319,31 @@ def paired_mutual_info(
         )
     if path != "fused" and not _shuffled_half_needs_graph(
             mi, x, z if z_shuffle is None else z_shuffle, shuffled_grad):
-        hz_shuffle = None if z_shuffle is None else mi.latent(z_shuffle.detach())
+        hz_shuffle = None if z_shuffle is None else mi.latent(z_shuffle.detach())  # type: ignore[operator]
         return _joint_graph_bound(plan, hx, hz, perm, data_half_cache, hz_shuffle)
     if z_shuffle is not None:
-        source = mi.latent(z_shuffle if shuffled_grad else z_shuffle.detach())
+        source = mi.latent(z_shuffle if shuffled_grad else z_shuffle.detach())  # type: ignore[operator]
         perm = torch.arange(m, device=z.device)
     elif not shuffled_grad and z.requires_grad:
-        source = mi.latent(z.detach())
+        source = mi.latent(z.detach())  # type: ignore[operator]
     else:
         source = None
-    h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
+    h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm,  # type: ignore[arg-type]
+                           plan.first_act.name,
                            plan.first_act.param, _kept_data_half(data_half_cache, hx, weight))
     if plan.stack is not None:
         bound, scores = _ops.nwj_mlp(
             h, [layer.weight for layer, _ in plan.stack], [layer.bias for layer, _ in plan.stack],
             [act.name for _, act in plan.stack], [act.param for _, act in plan.stack],
-            plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
-            plan.head_act.param)
+            plan.head.weight.reshape(-1), plan.head.bias, m,  # type: ignore[union-attr]  # a stack has a head
+            plan.head_act.name, plan.head_act.param)  # type: ignore[union-attr]
         return PairedBound(bound, scores[:m], scores[m:])
     for module in plan.middle:
         h = module(h)
     if plan.head is not None:
         bound, scores = _ops.nwj_head(
-            h, plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
-            plan.head_act.param,
+            h, plan.head.weight.reshape(-1), plan.head.bias, m,
+            plan.head_act.name, plan.head_act.param,  # type: ignore[union-attr]  # set with head
         )
     else:
         if h.dim() != 2 or h.shape[1] != 1:
@@ -347,7 +353,8 @@ def paired_mutual_info(
     return PairedBound(bound, scores[:m], scores[m:])
 
 
-def _shuffled_half_needs_graph(mi, x, z, shuffled_grad) -> bool:
+def _shuffled_half_needs_graph(mi: nn.Module, x: torch.Tensor, z: torch.Tensor,
+                               shuffled_grad: bool) -> bool:
     """Whether any gradient can flow from the shuffled scores: False when the chain is frozen,
     x needs no gradient and the shuffled codes are constants (the VAE step of train_step)."""
     if not torch.is_grad_enabled() or x.requires_grad or (shuffled_grad and z.requires_grad):
@@ -380,7 +387,8 @@ def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
         if plan.head is None:
             return h.reshape(-1)
         out = torch.nn.functional.linear(h, plan.head.weight, plan.head.bias)
-        return apply_activation(out, plan.head_act.name, plan.head_act.param).reshape(-1)
+        return apply_activation(out, plan.head_act.name,  # type: ignore[union-attr]  # set with head
+                                plan.head_act.param).reshape(-1)  # type: ignore[union-attr]
 
     joint = rest(first_layer(latent_half))
     with torch.no_grad():
@@ -390,7 +398,8 @@ def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
     return PairedBound(_ops.nwj_bound(joint, shuffled), joint, shuffled)
 
 
-def _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad) -> PairedBound:
+def _two_call_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, perm: torch.Tensor | None,
+                    z_shuffle: torch.Tensor | None, shuffled_grad: bool) -> PairedBound:
     """The exact two-call evaluation ``T(x, z)``, ``T(x, z_shuffle)`` for any chain."""
     n, m = x.shape[0], z.shape[0]
     x_rep = x.repeat(m // n, *([1] * (x.dim() - 1))) if m != n else x
@@ -404,7 +413,8 @@ def _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad) -> PairedBound:
 
 def shuffled_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, n_samples: int = 1,
                    seed: int | None = None, *, shuffled_grad: bool = False,
-                   process_group=None, data_half_cache: DataHalfCache | None = None) -> PairedBound:
+                   process_group: ProcessGroup | None = None,
+                   data_half_cache: DataHalfCache | None = None) -> PairedBound:
     """:func:`paired_mutual_info` of ``mi`` on x (N, ...) and its codes z (S N, d), the shuffled
     pairs drawn by ``latent_permutation(N, S, seed)``.
 
@@ -427,8 +437,10 @@ def shuffled_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, n_samples: i
                               data_half_cache=data_half_cache)
 
 
-def variational_mutual_info(model, x, z=None, z_shuffle=None, *, seed=None, shuffled_grad=False,
-                            process_group=None):
+def variational_mutual_info(model: nn.Module, x: torch.Tensor, z: torch.Tensor | None = None,
+                            z_shuffle: torch.Tensor | int | None = None, *,
+                            seed: int | None = None, shuffled_grad: bool = False,
+                            process_group: ProcessGroup | None = None) -> torch.Tensor:
     """Variational (NWJ) estimate of I(x; z), a 0-dim tensor.
 
     Forms (``model`` is a :class:`MutualInfoChain` or an ``InfoMaxVAE``):
@@ -455,9 +467,9 @@ def variational_mutual_info(model, x, z=None, z_shuffle=None, *, seed=None, shuf
         if mi is model:
             raise ValueError("variational_mutual_info(mi, x) needs the latent codes z")
         check_batch(x)
-        z = model.vae.sample_latent(model.vae.encoder(x))
+        z = model.vae.sample_latent(model.vae.encoder(x))  # type: ignore[union-attr,operator]
     check_batch(x, z)
-    if z_shuffle is not None:
+    if isinstance(z_shuffle, torch.Tensor):
         if z_shuffle.shape != z.shape:
             raise ValueError(f"z_shuffle has shape {tuple(z_shuffle.shape)} but z has {tuple(z.shape)}")
         if process_group is not None:
