@@ -38,9 +38,9 @@ def _grad_if(wanted: bool, grad: torch.Tensor) -> torch.Tensor | None:
     return grad if wanted else None
 
 
-def _paired_backward(grad_out: torch.Tensor, data_half: torch.Tensor, latent_half: torch.Tensor, source: torch.Tensor | None,
-                     bias: torch.Tensor, perm: torch.Tensor, activation: str, param: float,
-                     want: Sequence[bool]) -> Any:
+def _paired_backward(grad_out: torch.Tensor, data_half: torch.Tensor, latent_half: torch.Tensor,
+                     source: torch.Tensor | None, bias: torch.Tensor, perm: torch.Tensor,
+                     activation: str, param: float, want: Sequence[bool]) -> Any:
     """paired_first_layer_backward, with the inverse permutation computed when the shuffled
     rows' gradient returns to latent_half or goes to the source (computing it checks that perm
     is a permutation: the source gradient is written, not summed, at perm[r])."""
@@ -56,8 +56,9 @@ def _paired_backward(grad_out: torch.Tensor, data_half: torch.Tensor, latent_hal
 
 class _PairedFirstLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, data_half: torch.Tensor, latent_half: torch.Tensor, shuffled_source: torch.Tensor | None,
-                bias: torch.Tensor, perm: torch.Tensor, activation: str, param: float) -> Any:
+    def forward(ctx: Any, data_half: torch.Tensor, latent_half: torch.Tensor,
+                shuffled_source: torch.Tensor | None, bias: torch.Tensor, perm: torch.Tensor,
+                activation: str, param: float) -> Any:
         with _below_autograd():
             out = _OPS.paired_first_layer.default(
                 data_half, latent_half, shuffled_source, bias, perm, activation, param
@@ -92,8 +93,9 @@ class _PairedLinear(torch.autograd.Function):
     anyway) instead of the three halves (N, M and M rows of H)."""
 
     @staticmethod
-    def forward(ctx: Any, hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None,
-                perm: torch.Tensor, activation: str, param: float, data_half: torch.Tensor | None = None) -> Any:
+    def forward(ctx: Any, hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None,
+                weight: torch.Tensor, bias: torch.Tensor | None, perm: torch.Tensor,
+                activation: str, param: float, data_half: torch.Tensor | None = None) -> Any:
         if data_half is not None and data_half.requires_grad:
             raise RuntimeError(
                 "infomax_ext: data_half is a precomputed constant (hx @ weight[:, :Dx].T); it "
@@ -137,8 +139,8 @@ class _PairedLinear(torch.autograd.Function):
 
 class _NwjHead(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n_joint: int,
-                activation: str, param: float) -> Any:
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                n_joint: int, activation: str, param: float) -> Any:
         with _below_autograd():
             bound, scores, pre = _OPS.nwj_head.default(hidden, weight, bias, n_joint, activation,
                                                        param)
@@ -149,7 +151,8 @@ class _NwjHead(torch.autograd.Function):
         return bound, scores, pre
 
     @staticmethod
-    def backward(ctx: Any, grad_bound: torch.Tensor, grad_scores: torch.Tensor | None, _grad_pre: torch.Tensor | None) -> Any:
+    def backward(ctx: Any, grad_bound: torch.Tensor, grad_scores: torch.Tensor | None,
+                 _grad_pre: torch.Tensor | None) -> Any:
         hidden, weight, bias, scores, pre = ctx.saved_tensors
         _refuse_double_backward("nwj_head", grad_bound, grad_scores, hidden, weight, bias)
         need = ctx.needs_input_grad
@@ -192,7 +195,8 @@ class _NwjMlp(torch.autograd.Function):
         return bound, scores
 
     @staticmethod
-    def backward(ctx: Any, grad_bound: torch.Tensor | None, grad_scores: torch.Tensor | None) -> Any:
+    def backward(ctx: Any, grad_bound: torch.Tensor | None,
+                 grad_scores: torch.Tensor | None) -> Any:
         layers, has_bias, activations, params, n_joint, head_act, head_param = ctx.layout
         saved = ctx.saved_tensors
         hidden, head_weight, head_bias, scores = saved[:4]
@@ -229,8 +233,9 @@ def _layer_lists(layers: int, has_bias: tuple[bool, ...], layer_tensors: tuple[t
     return weights, [next(present) if b else None for b in has_bias]
 
 
-def _nwj_mlp_kernel(hidden: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None],
-                    activations: Sequence[str], params: Sequence[float], head_weight: torch.Tensor,
+def _nwj_mlp_kernel(hidden: torch.Tensor, weights: Sequence[torch.Tensor],
+                    biases: Sequence[torch.Tensor | None], activations: Sequence[str],
+                    params: Sequence[float], head_weight: torch.Tensor,
                     head_bias: torch.Tensor | None, n_joint: int, head_activation: str,
                     head_param: float) -> Any:
     """nwj_mlp's Autograd kernel: _NwjMlp when a gradient can flow, else the op below autograd."""

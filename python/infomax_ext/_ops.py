@@ -353,8 +353,8 @@ def paired_linear(
 if extension_available():
 
     @torch.library.register_fake("infomax_ext::paired_first_layer")
-    def _(data_half: torch.Tensor, latent_half: torch.Tensor, shuffled_source: torch.Tensor | None, bias: torch.Tensor, perm: torch.Tensor,
-          activation: str, param: float) -> torch.Tensor:
+    def _(data_half: torch.Tensor, latent_half: torch.Tensor, shuffled_source: torch.Tensor | None,
+          bias: torch.Tensor, perm: torch.Tensor, activation: str, param: float) -> torch.Tensor:
         _fake_same_device("paired_first_layer", data_half=data_half, latent_half=latent_half,
                           shuffled_source=shuffled_source, bias=bias, perm=perm)
         torch._check(data_half.dim() == 2 and latent_half.dim() == 2, lambda: "halves must be 2-D")
@@ -362,9 +362,10 @@ if extension_available():
         return data_half.new_empty((2 * latent_half.shape[0], data_half.shape[1]))
 
     @torch.library.register_fake("infomax_ext::paired_first_layer_backward")
-    def _(grad_out: torch.Tensor, data_half: torch.Tensor, latent_half: torch.Tensor, shuffled_source: torch.Tensor | None,
-          bias: torch.Tensor, perm: torch.Tensor, inverse_perm: torch.Tensor, activation: str, param: float,
-          output_mask: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _(grad_out: torch.Tensor, data_half: torch.Tensor, latent_half: torch.Tensor,
+          shuffled_source: torch.Tensor | None, bias: torch.Tensor, perm: torch.Tensor,
+          inverse_perm: torch.Tensor, activation: str, param: float,
+          output_mask: Sequence[bool]) -> tuple[torch.Tensor, ...]:
         _fake_same_device("paired_first_layer_backward", data_half=data_half, grad_out=grad_out,
                           latent_half=latent_half, shuffled_source=shuffled_source, bias=bias,
                           perm=perm, inverse_perm=inverse_perm)
@@ -381,8 +382,9 @@ if extension_available():
         )
 
     @torch.library.register_fake("infomax_ext::paired_linear")
-    def _(hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None, perm: torch.Tensor,
-          activation: str, param: float, data_half: torch.Tensor | None = None) -> Any:
+    def _(hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None, weight: torch.Tensor,
+          bias: torch.Tensor | None, perm: torch.Tensor, activation: str, param: float,
+          data_half: torch.Tensor | None = None) -> Any:
         _fake_same_device("paired_linear", hx=hx, hz=hz, hz_source=hz_source, weight=weight,
                           bias=bias, perm=perm, data_half=data_half)
         torch._check(hx.dim() == 2 and hz.dim() == 2 and weight.dim() == 2,
@@ -392,8 +394,9 @@ if extension_available():
         return hx.new_empty((2 * hz.shape[0], weight.shape[0]))
 
     @torch.library.register_fake("infomax_ext::paired_linear_forward")
-    def _(hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None, perm: torch.Tensor,
-          activation: str, param: float, data_half: torch.Tensor | None = None) -> Any:
+    def _(hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None, weight: torch.Tensor,
+          bias: torch.Tensor | None, perm: torch.Tensor, activation: str, param: float,
+          data_half: torch.Tensor | None = None) -> Any:
         out = torch.ops.infomax_ext.paired_linear.default(
             hx, hz, hz_source, weight, bias, perm, activation, param, data_half)
         units = weight.shape[0]
@@ -405,17 +408,20 @@ if extension_available():
         )
 
     @torch.library.register_fake("infomax_ext::paired_linear_backward")
-    def _(grad_out: torch.Tensor, hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None, weight: torch.Tensor, data_half: torch.Tensor | None,
-          latent_half: torch.Tensor | None, source_half: torch.Tensor | None, bias: torch.Tensor | None, perm: torch.Tensor, activation: str,
-          param: float, output_mask: Sequence[bool],
-          out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _(grad_out: torch.Tensor, hx: torch.Tensor, hz: torch.Tensor,
+          hz_source: torch.Tensor | None, weight: torch.Tensor, data_half: torch.Tensor | None,
+          latent_half: torch.Tensor | None, source_half: torch.Tensor | None,
+          bias: torch.Tensor | None, perm: torch.Tensor, activation: str, param: float,
+          output_mask: Sequence[bool],
+          out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         _fake_same_device("paired_linear_backward", grad_out=grad_out, hx=hx, hz=hz,
                           hz_source=hz_source, weight=weight, bias=bias, perm=perm, out=out)
 
         def grad(wanted: bool, like: torch.Tensor) -> torch.Tensor:
             return like.new_empty(like.shape) if wanted else hx.new_empty((0,))
 
-        def narrow_grad(wanted: bool) -> torch.Tensor:  # the kernel's (M, Dz) gradients are transposed (Dz, M) products
+        # the kernel's (M, Dz) gradients are transposed (Dz, M) products
+        def narrow_grad(wanted: bool) -> torch.Tensor:
             return hz.new_empty((hz.shape[1], hz.shape[0])).t() if wanted else hx.new_empty((0,))
 
         return (grad(output_mask[0], hx), narrow_grad(output_mask[1]),
@@ -476,20 +482,22 @@ if extension_available():
         return t_joint.new_empty(())
 
     @torch.library.register_fake("infomax_ext::nwj_bound_backward")
-    def _(grad: torch.Tensor, t_joint: torch.Tensor, t_marg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _(grad: torch.Tensor, t_joint: torch.Tensor,
+          t_marg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _fake_same_device("nwj_bound_backward", t_joint=t_joint, t_marg=t_marg, grad=grad)
         return torch.empty_like(t_joint), torch.empty_like(t_marg)
 
     @torch.library.register_fake("infomax_ext::nwj_head")
-    def _(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n_joint: int, activation: str,
-          param: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n_joint: int,
+          activation: str, param: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _fake_same_device("nwj_head", hidden=hidden, weight=weight, bias=bias)
         rows = hidden.shape[0]
         return hidden.new_empty(()), hidden.new_empty((rows,)), hidden.new_empty((rows,))
 
     @torch.library.register_fake("infomax_ext::nwj_head_backward")
-    def _(grad_bound: torch.Tensor, grad_scores: torch.Tensor | None, hidden: torch.Tensor, weight: torch.Tensor, scores: torch.Tensor,
-          pre: torch.Tensor, n_joint: int, activation: str, param: float,
+    def _(grad_bound: torch.Tensor, grad_scores: torch.Tensor | None, hidden: torch.Tensor,
+          weight: torch.Tensor, scores: torch.Tensor, pre: torch.Tensor, n_joint: int,
+          activation: str, param: float,
           output_mask: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _fake_same_device("nwj_head_backward", hidden=hidden, weight=weight, scores=scores,
                           pre=pre, grad_bound=grad_bound, grad_scores=grad_scores)
@@ -555,18 +563,20 @@ def _listed(name: str, tensors: Iterable[torch.Tensor | None]) -> dict[str, torc
 if extension_available():
 
     @torch.library.register_fake("infomax_ext::nwj_mlp")
-    def _(hidden: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None], activations: list[str],
-          params: list[float], head_weight: torch.Tensor, head_bias: torch.Tensor | None, n_joint: int,
-          head_activation: str, head_param: float) -> Any:
+    def _(hidden: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
+          activations: list[str], params: list[float], head_weight: torch.Tensor,
+          head_bias: torch.Tensor | None, n_joint: int, head_activation: str,
+          head_param: float) -> Any:
         _fake_same_device("nwj_mlp", hidden=hidden, head_weight=head_weight, head_bias=head_bias,
                           **_listed("weights", weights), **_listed("biases", biases))
         torch._check(hidden.dim() == 2, lambda: "hidden must be 2-D")
         return hidden.new_empty(()), hidden.new_empty((hidden.shape[0],))
 
     @torch.library.register_fake("infomax_ext::nwj_mlp_forward")
-    def _(hidden: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None], activations: list[str],
-          params: list[float], head_weight: torch.Tensor, head_bias: torch.Tensor | None, n_joint: int,
-          head_activation: str, head_param: float) -> Any:
+    def _(hidden: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
+          activations: list[str], params: list[float], head_weight: torch.Tensor,
+          head_bias: torch.Tensor | None, n_joint: int, head_activation: str,
+          head_param: float) -> Any:
         bound, scores = torch.ops.infomax_ext.nwj_mlp.default(
             hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
             head_activation, head_param)
@@ -577,9 +587,10 @@ if extension_available():
         return bound, scores, outputs, pres + [hidden.new_empty((rows,))]
 
     @torch.library.register_fake("infomax_ext::nwj_mlp_backward")
-    def _(grad_bound: torch.Tensor, grad_scores: torch.Tensor | None, hidden: torch.Tensor, weights: list[torch.Tensor],
-          biases: list[torch.Tensor | None], activations: list[str], params: list[float], head_weight: torch.Tensor,
-          head_bias: torch.Tensor | None, scores: torch.Tensor, outputs: list[torch.Tensor], pres: list[torch.Tensor], n_joint: int,
+    def _(grad_bound: torch.Tensor, grad_scores: torch.Tensor | None, hidden: torch.Tensor,
+          weights: list[torch.Tensor], biases: list[torch.Tensor | None], activations: list[str],
+          params: list[float], head_weight: torch.Tensor, head_bias: torch.Tensor | None,
+          scores: torch.Tensor, outputs: list[torch.Tensor], pres: list[torch.Tensor], n_joint: int,
           head_activation: str, head_param: float, output_mask: Sequence[bool]) -> Any:
         _fake_same_device("nwj_mlp_backward", hidden=hidden, head_weight=head_weight,
                           head_bias=head_bias, scores=scores, grad_bound=grad_bound,

@@ -131,7 +131,8 @@ HIDDEN_ACTIVATIONS: tuple[str, ...] = tuple(name for name in ACTIVATIONS if name
 
 _PARAMETRISED = tuple(a.name for a in _TABLE if a.param is not None)
 
-_CALLABLE_NAMES: dict[Callable[..., torch.Tensor], str] = {f: a.name for a in _TABLE for f in a.callables}
+_CALLABLE_NAMES: dict[Callable[..., torch.Tensor], str] = {
+    f: a.name for a in _TABLE for f in a.callables}
 
 
 class Activation(nn.Module):
@@ -196,7 +197,7 @@ def activation_config(activation: ActivationLike | Sequence[ActivationLike]) -> 
     gives the list of their entries."""
     if isinstance(activation, (list, tuple)):
         return [activation_config(a) for a in activation]
-    spec = spec_of_module(as_module(activation))
+    spec = spec_of_module(as_module(activation))  # type: ignore[arg-type]  # one activation here
     if spec is None:
         return None
     default = ACTIVATIONS[spec.name].default

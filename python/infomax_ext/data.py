@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -114,13 +115,13 @@ class ArrayDataset:
                 chunks, header = t.chunks(), (np.dtype(np.float32).str, tuple(t.shape))
             else:
                 a = t.detach().cpu().contiguous().numpy()
-                chunks, header = [a], (a.dtype.str, a.shape)
+                chunks, header = iter([a]), (a.dtype.str, a.shape)
             h.update(f"{header[0]}{header[1]}".encode())
             for chunk in chunks:
                 h.update(chunk.tobytes())
         return h.hexdigest()
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """JSON summary: source, number of samples, sample shape, classes, fingerprint."""
         return {
             "source": self.source,
@@ -144,13 +145,13 @@ class MappedSamples:
 
     dtype = torch.float32
 
-    def __init__(self, path, shift: float = 0.0, scale: float | None = None,
-                 rows: np.ndarray | None = None):
+    def __init__(self, path: str | os.PathLike[str], shift: float = 0.0, scale: float | None = None,
+                 rows: np.ndarray | None = None) -> None:
         self.path = Path(path)
         self.array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         self.shift, self.scale, self.rows = shift, scale, rows
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return MappedSamples, (str(self.path), self.shift, self.scale, self.rows)
 
     def __len__(self) -> int:
@@ -161,9 +162,10 @@ class MappedSamples:
         return torch.Size((len(self), *self.array.shape[1:]))
 
     def dim(self) -> int:
-        return self.array.ndim
+        ndim: int = self.array.ndim
+        return ndim
 
-    def _read(self, index) -> np.ndarray:
+    def _read(self, index: Any) -> np.ndarray:
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
         if self.rows is not None:
@@ -171,20 +173,20 @@ class MappedSamples:
         x = np.array(self.array[index], dtype=np.float32)
         return x if self.scale is None else _rescaled(x, self.shift, self.scale)
 
-    def __getitem__(self, index) -> torch.Tensor:
+    def __getitem__(self, index: Any) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(self._read(index)))
 
-    def to(self, *args, **kwargs) -> torch.Tensor:
+    def to(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Every row, read into memory as a tensor, then ``Tensor.to(*args, **kwargs)``."""
         return self[:].to(*args, **kwargs)
 
-    def subset(self, index) -> "MappedSamples":
+    def subset(self, index: Any) -> "MappedSamples":
         """The rows ``index`` (K,) of these samples, in that order, still mapped."""
         index = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index)
         rows = index if self.rows is None else self.rows[index]
         return MappedSamples(self.path, self.shift, self.scale, rows)
 
-    def chunks(self, nbytes: int = 2**24):
+    def chunks(self, nbytes: int = 2**24) -> Iterator[np.ndarray]:
         """The rows in order, as float32 arrays of about ``nbytes`` each."""
         step = max(1, nbytes // max(1, 4 * math.prod(self.array.shape[1:])))
         for start in range(0, len(self), step):
@@ -234,7 +236,7 @@ def _tensor_to_numpy(t: torch.Tensor, what: str) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def _as_numpy(value, what: str, path: Path) -> np.ndarray:
+def _as_numpy(value: object, what: str, path: Path) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return _tensor_to_numpy(value, f"{path}: {what}")
     if isinstance(value, np.ndarray):
@@ -242,14 +244,14 @@ def _as_numpy(value, what: str, path: Path) -> np.ndarray:
     raise DataError(f"{path}: {what} must be an array or tensor, found {type(value).__name__}")
 
 
-def _pick(mapping: dict, keys: Sequence[str]):
+def _pick(mapping: dict[Any, Any], keys: Sequence[str]) -> Any:
     for key in keys:
         if key in mapping:
             return key
     return None
 
 
-def _from_mapping(mapping: dict, path: Path):
+def _from_mapping(mapping: dict[Any, Any], path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     names = [str(k) for k in mapping]
     x_key, y_key = _pick(mapping, SAMPLE_KEYS), _pick(mapping, LABEL_KEYS)
     if x_key is None:
@@ -265,7 +267,7 @@ def _from_mapping(mapping: dict, path: Path):
     return x, y
 
 
-def _read_file(path: Path, mmap: bool = False):
+def _read_file(path: Path, mmap: bool = False) -> tuple[Any, np.ndarray | None]:
     """``(samples, labels or None)`` as numpy arrays, from a .npy, .npz or .pt file; with
     ``mmap`` a .npy file's samples as :class:`MappedSamples`."""
     if not path.exists():
@@ -325,7 +327,7 @@ def _image_shape(sample_shape: tuple[int, ...]) -> tuple[int, int] | None:
     return None
 
 
-def _encode_labels(y: np.ndarray, n: int, path) -> tuple[torch.Tensor, list[str]]:
+def _encode_labels(y: np.ndarray, n: int, path: object) -> tuple[torch.Tensor, list[str]]:
     if y.dtype == object or y.dtype.kind not in "biufUS":
         raise DataError(f"{path}: labels must be numbers or strings, found dtype {y.dtype}")
     y = np.squeeze(y) if y.ndim == 2 and 1 in y.shape else y
@@ -407,7 +409,7 @@ def _check_range(lo: float, hi: float, likelihood: str, source: str) -> None:
                       DataWarning, stacklevel=3)
 
 
-def check_samples(x, likelihood: str = "bernoulli", source: str = "data",
+def check_samples(x: np.ndarray | torch.Tensor, likelihood: str = "bernoulli", source: str = "data",
                   normalize: str = "none") -> torch.Tensor:
     """The samples as float32 ``(N, *sample_shape)`` after checking them, rescaled as
     ``normalize`` says (:func:`normalize_samples`), for ``likelihood``.
@@ -458,8 +460,9 @@ def check_mapped(samples: MappedSamples, likelihood: str = "bernoulli", source: 
     return samples
 
 
-def load_file(path, labels=None, likelihood: str = "bernoulli",
-              normalize: str = "none", *, mmap: bool = False) -> ArrayDataset:
+def load_file(path: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None,
+              likelihood: str = "bernoulli", normalize: str = "none", *,
+              mmap: bool = False) -> ArrayDataset:
     """An :class:`ArrayDataset` from a ``.npy``, ``.npz`` or ``.pt`` file (see the module
     docstring), labels optionally from a second file ``labels`` (same formats, one array),
     samples checked and rescaled by :func:`check_samples`. ``mmap=True``: a ``.npy`` file's
@@ -467,6 +470,7 @@ def load_file(path, labels=None, likelihood: str = "bernoulli",
     formats are read into memory."""
     path = Path(path)
     x, y = _read_file(path, mmap)
+    samples: MappedSamples | torch.Tensor
     if isinstance(x, MappedSamples):
         samples = check_mapped(x, likelihood, str(path), normalize)
     else:
@@ -483,7 +487,8 @@ def load_file(path, labels=None, likelihood: str = "bernoulli",
     return ArrayDataset(samples, codes, str(path), _image_shape(tuple(samples.shape[1:])), classes)
 
 
-def load_dataset(source: str | None = None, labels=None, likelihood: str = "bernoulli",
+def load_dataset(source: str | None = None, labels: str | os.PathLike[str] | None = None,
+                 likelihood: str = "bernoulli",
                  normalize: str = "none", *, mmap: bool = False) -> ArrayDataset:
     """``source`` None or ``"digits"``: :func:`load_digits`; otherwise :func:`load_file` (with
     ``mmap``); the samples checked and rescaled by :func:`check_samples`."""
@@ -491,7 +496,7 @@ def load_dataset(source: str | None = None, labels=None, likelihood: str = "bern
         if labels is not None:
             raise DataError("a labels file goes with a data file; the digits carry their labels")
         data = load_digits()
-        data.x = check_samples(data.x, likelihood, "digits", normalize)
+        data.x = check_samples(data.x, likelihood, "digits", normalize)  # type: ignore[arg-type]  # in memory
         return data
     return load_file(source, labels, likelihood, normalize, mmap=mmap)
 

@@ -105,7 +105,8 @@ def _dtype_name(code: int) -> str:
     return str(_DTYPES[code]).removeprefix("torch.") if code < len(_DTYPES) else "another dtype"
 
 
-def _exchange(group: ProcessGroup | None, device: torch.device | str, what: str, checked: dict[str, int], extra: Sequence[int] = (),
+def _exchange(group: ProcessGroup | None, device: torch.device | str, what: str,
+              checked: dict[str, int], extra: Sequence[int] = (),
               describe: dict[str, Callable[[int], str]] | None = None) -> list[list[int]]:
     """All ranks' ``extra`` integers, after checking that every rank gave the same ``checked``
     integers (one small all_gather). A disagreement raises the same
@@ -139,7 +140,8 @@ class BatchAgreement(NamedTuple):
     world_size: int
 
 
-def agree_on_batch(group: ProcessGroup | None, n: int, z: torch.Tensor, seed: int) -> BatchAgreement:
+def agree_on_batch(group: ProcessGroup | None, n: int, z: torch.Tensor,
+                   seed: int) -> BatchAgreement:
     """Check that every rank has ``n`` data rows and codes ``z`` of the same shape and dtype, and
     agree on the shuffle's seed: rank 0's ``seed``."""
     rank, world = rank_and_size(group)
@@ -325,7 +327,8 @@ _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def init_from_env(backend: str | None, device: torch.device,
-                  timeout: datetime.timedelta = datetime.timedelta(minutes=30)) -> ProcessGroup | None:
+                  timeout: datetime.timedelta = datetime.timedelta(minutes=30),
+                  ) -> ProcessGroup | None:
     """The default process group (``torch.distributed.group.WORLD``) when this process was
     started by torchrun (its environment names RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT),
     initialised here if it is not yet; None otherwise. ``backend`` None: nccl for a CUDA

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping,
+                    NamedTuple, overload)
 
 import torch
 from torch import nn
@@ -364,6 +365,46 @@ def _set_grads(loss: torch.Tensor, params: list[nn.Parameter], retain_graph: boo
     grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = g
+
+
+@overload
+def train_step(
+    model: InfoMaxVAE,
+    x: torch.Tensor,
+    opt: Mapping[str, torch.optim.Optimizer] | Any,
+    x_out: torch.Tensor | None = None,
+    *,
+    infomaxloss_function: Callable[..., torch.Tensor] = infomaxloss,
+    infomaxloss_kwargs: dict[str, Any] | None = None,
+    miloss_function: Callable[..., torch.Tensor] = miloss,
+    miloss_kwargs: dict[str, Any] | None = None,
+    loss_return: Literal[True],
+    verbose: bool = False,
+    reuse_forward: bool = False,
+    shuffled_grad: bool | None = None,
+    process_group: ProcessGroup | None = None,
+    negatives: str = "global",
+) -> tuple[float, float]: ...
+
+
+@overload
+def train_step(
+    model: InfoMaxVAE,
+    x: torch.Tensor,
+    opt: Mapping[str, torch.optim.Optimizer] | Any,
+    x_out: torch.Tensor | None = None,
+    *,
+    infomaxloss_function: Callable[..., torch.Tensor] = infomaxloss,
+    infomaxloss_kwargs: dict[str, Any] | None = None,
+    miloss_function: Callable[..., torch.Tensor] = miloss,
+    miloss_kwargs: dict[str, Any] | None = None,
+    loss_return: Literal[False] = False,
+    verbose: bool = False,
+    reuse_forward: bool = False,
+    shuffled_grad: bool | None = None,
+    process_group: ProcessGroup | None = None,
+    negatives: str = "global",
+) -> None: ...
 
 
 def train_step(

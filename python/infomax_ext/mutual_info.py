@@ -55,7 +55,8 @@ class PairedBound(NamedTuple):
     shuffled: torch.Tensor
 
 
-def check_batch(x: torch.Tensor, z: torch.Tensor | None = None, *, what: str = "the MI bound") -> int:
+def check_batch(x: torch.Tensor, z: torch.Tensor | None = None, *,
+                what: str = "the MI bound") -> int:
     """Batch size of ``x``; raises when it is under 2 or when ``z`` has a different batch size."""
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ValueError(f"x must be a tensor with a batch dimension, got {type(x).__name__}")

@@ -17,7 +17,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -61,7 +61,7 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, os.replace.
 
     Readers see either the previous content of ``path`` or ``data``, never a mix, even when the
@@ -86,24 +86,25 @@ def atomic_write_bytes(path, data: bytes) -> None:
     _fsync_directory(path.parent)
 
 
-def atomic_write_text(path, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path, obj: Any) -> None:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """``obj`` as indented JSON (with a final newline), written atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def atomic_torch_save(obj: Any, path) -> None:
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save(obj, path)`` made atomic: serialised in memory, then :func:`atomic_write_bytes`."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def safe_torch_load(path, map_location=None, what: str = "file") -> Any:
+def safe_torch_load(path: str | os.PathLike[str], map_location: str | torch.device | None = None,
+                    what: str = "file") -> Any:
     """``torch.load(path, weights_only=True)`` with a clear :class:`SerializationError` when the
     file is missing, truncated or not a torch file."""
     path = Path(path)
@@ -118,7 +119,7 @@ def safe_torch_load(path, map_location=None, what: str = "file") -> Any:
             f"{what} {path} is corrupt or not a torch file ({short_error(exc)})") from None
 
 
-def read_json(path, what: str = "file") -> Any:
+def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
     """The JSON in ``path``; a :class:`SerializationError` when it is missing or not JSON."""
     path = Path(path)
     if not path.is_file():
@@ -131,7 +132,7 @@ def read_json(path, what: str = "file") -> Any:
 
 # ----------------------------------------------------------------------------- saved models
 
-def cpu_copy(obj):
+def cpu_copy(obj: Any) -> Any:
     """A copy of a (nested) state dict with every tensor detached and on the CPU."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu().clone()
@@ -142,7 +143,8 @@ def cpu_copy(obj):
     return obj
 
 
-def write_model_files(directory, config: dict, state_dict: dict) -> None:
+def write_model_files(directory: str | os.PathLike[str], config: dict[str, Any],
+                      state_dict: Mapping[str, Any]) -> None:
     """Write a model's ``config`` to ``directory/model_config.json`` and its ``state_dict`` (moved
     to the CPU) to ``directory/model.pt``, each atomically; the directory is created if needed and
     files already there are replaced."""
@@ -151,7 +153,7 @@ def write_model_files(directory, config: dict, state_dict: dict) -> None:
     atomic_write_json(directory / MODEL_CONFIG_FILE, config)
 
 
-def read_model_config(directory) -> Any:
+def read_model_config(directory: str | os.PathLike[str]) -> Any:
     """The JSON of ``directory/model_config.json``; a :class:`SerializationError` when the
     directory or the file is missing or the file is not JSON."""
     directory = Path(directory)
@@ -160,7 +162,8 @@ def read_model_config(directory) -> Any:
     return read_json(directory / MODEL_CONFIG_FILE, "model config")
 
 
-def load_model_weights(module: nn.Module, directory, map_location=None) -> None:
+def load_model_weights(module: nn.Module, directory: str | os.PathLike[str],
+                       map_location: str | torch.device | None = None) -> None:
     """Load ``directory/model.pt`` into ``module`` (strict, keeping the saved dtypes);
     ``map_location`` as in ``torch.load``. A :class:`SerializationError` when the file is missing
     or corrupt or its weights do not fit the module."""

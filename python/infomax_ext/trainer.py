@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -57,6 +58,9 @@ from .serialization import (
 )
 from .vae import VAE, BernoulliDecoder, JointGaussianLogEncoder, SimpleGaussianDecoder
 
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
 __all__ = ["TrainConfig", "TrainingError", "Trainer", "build_model", "fit", "derived_seed",
            "CHECKPOINT_FILE", "METRICS_FILE"]
 
@@ -66,6 +70,9 @@ CHECKPOINT_FORMAT = "infomax_ext.checkpoint"
 CHECKPOINT_VERSION = 1
 SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63; every consumer's seed is derived from it
 NEGATIVES = ("global", "local")
+
+Callback = Callable[["Trainer", dict[str, Any]], Any]
+"""``callback(trainer, record)``, called after every epoch with that epoch's record."""
 
 
 class TrainingError(RuntimeError):
@@ -116,12 +123,12 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """``self``, after checking every field; ``ValueError`` naming the first bad one."""
-        def positive_int(name):
+        def positive_int(name: str) -> None:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
-        def nonneg(name, strict=False):
+        def nonneg(name: str, strict: bool = False) -> None:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
                     or v < 0 or (strict and v == 0):
@@ -161,12 +168,12 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         return self
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """A validated config from :meth:`to_dict` output (unknown keys are an error)."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
@@ -214,7 +221,7 @@ def _resolve_device(device: str) -> torch.device:
     return dev
 
 
-def _check_data(x, name: str, sample_shape=None) -> torch.Tensor:
+def _check_data(x: Any, name: str, sample_shape: Sequence[int] | None = None) -> Any:
     if not isinstance(x, (torch.Tensor, MappedSamples)) or x.dim() < 2:
         raise ValueError(f"{name} must be a tensor of shape (N, *sample_shape), got "
                          f"{getattr(x, 'shape', type(x).__name__)}")
@@ -244,10 +251,12 @@ class Trainer:
     ``run_dir``, but every process calls :meth:`fit` and :meth:`save_checkpoint`.
     """
 
-    def __init__(self, model: InfoMaxVAE, config: TrainConfig, train_data: torch.Tensor,
-                 val_data: torch.Tensor | None = None, run_dir=None, *, progress: bool = True,
-                 desc: str = "train", callbacks: Sequence[Callable] = (),
-                 log_interval: float = 5.0, process_group=None):
+    def __init__(self, model: InfoMaxVAE, config: TrainConfig,
+                 train_data: torch.Tensor | MappedSamples,
+                 val_data: torch.Tensor | MappedSamples | None = None,
+                 run_dir: str | os.PathLike[str] | None = None, *, progress: bool = True,
+                 desc: str = "train", callbacks: Sequence[Callback] = (), log_interval: float = 5.0,
+                 process_group: ProcessGroup | None = None) -> None:
         if isinstance(log_interval, bool) or not isinstance(log_interval, (int, float)) \
                 or not math.isfinite(log_interval) or log_interval < 0:
             raise ValueError(f"log_interval must be a non-negative number of seconds, got "
@@ -281,13 +290,16 @@ class Trainer:
         self.optimizers = {"vae": _adam(self.model.vae.parameters(), config.lr),
                            "mi": _adam(self.model.mi.parameters(), config.mi_lr)}
         self.epoch = 0          # epochs completed
-        self.history: list[dict] = []
-        self._rng_state: dict | None = None
+        self.history: list[dict[str, Any]] = []
+        self._rng_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, config: TrainConfig, train_data: torch.Tensor, val_data=None, run_dir=None,
-               **kwargs) -> "Trainer":
+    def create(cls, config: TrainConfig, train_data: torch.Tensor | MappedSamples,
+               val_data: torch.Tensor | MappedSamples | None = None,
+               run_dir: str | os.PathLike[str] | None = None, *, progress: bool = True,
+               desc: str = "train", callbacks: Sequence[Callback] = (), log_interval: float = 5.0,
+               process_group: ProcessGroup | None = None) -> "Trainer":
         """A fresh model built by :func:`build_model` under ``torch.manual_seed(config.seed)``
         (so equal configs start from equal weights) and its trainer."""
         config.validate()
@@ -295,19 +307,23 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = build_model(config, train_data.shape[1:])
-        return cls(model, config, train_data, val_data, run_dir, **kwargs)
+        return cls(model, config, train_data, val_data, run_dir, progress=progress, desc=desc,
+                   callbacks=callbacks, log_interval=log_interval, process_group=process_group)
 
     @classmethod
-    def from_checkpoint(cls, path, train_data: torch.Tensor, val_data=None, run_dir=None, *,
-                        epochs: int | None = None, device: str | None = None,
-                        **kwargs) -> "Trainer":
+    def from_checkpoint(cls, path: str | os.PathLike[str], train_data: torch.Tensor | MappedSamples,
+                        val_data: torch.Tensor | MappedSamples | None = None,
+                        run_dir: str | os.PathLike[str] | None = None, *, epochs: int | None = None,
+                        device: str | None = None, progress: bool = True, desc: str = "train",
+                        callbacks: Sequence[Callback] = (), log_interval: float = 5.0,
+                        process_group: ProcessGroup | None = None) -> "Trainer":
         """The trainer saved in checkpoint ``path``, ready to continue: model, both optimizers'
         state, epoch count, history and random state. ``epochs`` raises the total epoch budget;
         ``device`` moves the run; ``run_dir`` defaults to the checkpoint's directory. With a
         ``process_group`` keyword, rank 0 reads the checkpoint and sends it to every process
         (each takes its own saved random state when the number of processes is unchanged)."""
         path = Path(path)
-        state = distributed.from_rank0(kwargs.get("process_group"), lambda: _read_checkpoint(path))
+        state = distributed.from_rank0(process_group, lambda: _read_checkpoint(path))
         config_dict = dict(state["config"])
         if epochs is not None:
             config_dict["epochs"] = epochs
@@ -321,7 +337,9 @@ class Trainer:
             raise SerializationError(
                 f"{path}: the weights do not fit the saved architecture: {exc}") from None
         trainer = cls(model, config, train_data, val_data,
-                      path.parent if run_dir is None else run_dir, **kwargs)
+                      path.parent if run_dir is None else run_dir, progress=progress, desc=desc,
+                      callbacks=callbacks, log_interval=log_interval,
+                      process_group=process_group)
         if state["n_train"] != len(trainer.train_data):
             raise TrainingError(f"{path} was trained on {state['n_train']} samples, now given "
                                 f"{len(trainer.train_data)}: not the same data")
@@ -335,7 +353,7 @@ class Trainer:
         return trainer
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint holds (tensors on the CPU; loadable with weights_only=True).
         Data-parallel, also ``rank_rng``, every process's random state (gathered: call it on
         every process)."""
@@ -359,7 +377,7 @@ class Trainer:
             state["rank_rng"] = distributed.all_objects(self.group, rng)
         return state
 
-    def save_checkpoint(self, path=None) -> Path:
+    def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Write :meth:`state_dict` atomically to ``path`` (default ``run_dir/checkpoint.pt``);
         data-parallel, every process calls it and rank 0 writes."""
         if path is None:
@@ -418,11 +436,11 @@ class Trainer:
                 batches.append(batch[self.rank * share:(self.rank + 1) * share])
         return batches
 
-    def _loader(self, epoch: int) -> DataLoader:
+    def _loader(self, epoch: int) -> DataLoader[tuple[torch.Tensor]]:
         """This process's batches of epoch ``epoch`` (:meth:`_batches`), read as tensors."""
         return DataLoader(_Rows(self.train_data), sampler=self._batches(epoch), batch_size=None)
 
-    def _validation(self) -> dict:
+    def _validation(self) -> dict[str, Any]:
         """Held-out reconstruction log-likelihood, KL and active units, under a forked RNG (rank
         0 alone)."""
         if self.val_data is None or self.rank != 0:
@@ -435,7 +453,7 @@ class Trainer:
                                     self.config.active_threshold)
         return {"val_recon_loglik": loglik, "val_kl": kl, "val_active_units": units}
 
-    def fit(self) -> list[dict]:
+    def fit(self) -> list[dict[str, Any]]:
         """Train from epoch ``self.epoch + 1`` to ``config.epochs``; returns the history.
 
         Each record: ``epoch``, ``vae_loss`` and ``mi_loss`` (means over the epoch's batches),
@@ -515,20 +533,20 @@ class Trainer:
         return self.history
 
 
-class _Rows(Dataset):
+class _Rows(Dataset[tuple[torch.Tensor]]):
     """``data[rows]`` as a 1-tuple, for a loader whose sampler yields index tensors."""
 
-    def __init__(self, data):
+    def __init__(self, data: torch.Tensor | MappedSamples) -> None:
         self.data = data
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, rows):
+    def __getitem__(self, rows: Any) -> tuple[torch.Tensor]:
         return (self.data[rows],)
 
 
-def _read_checkpoint(path: Path) -> dict:
+def _read_checkpoint(path: Path) -> dict[str, Any]:
     """The state saved in checkpoint ``path``, checked for its format and version."""
     state = safe_torch_load(path, map_location="cpu", what="checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -539,9 +557,9 @@ def _read_checkpoint(path: Path) -> dict:
     return state
 
 
-def _is_terminal(stream) -> bool:
+def _is_terminal(stream: Any) -> bool:
     try:
-        return stream.isatty()
+        return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
 
@@ -549,11 +567,11 @@ def _is_terminal(stream) -> bool:
 class _NoBar:
     """Stands in for a tqdm bar when tqdm is not installed."""
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Callable[..., None]:
         return lambda *args, **kwargs: None
 
 
-def _progress_bar(**kwargs):
+def _progress_bar(**kwargs: Any) -> Any:
     """A tqdm bar (``tqdm.auto``: a widget in notebooks), or a silent stand-in without tqdm."""
     try:
         from tqdm.auto import tqdm
@@ -562,7 +580,7 @@ def _progress_bar(**kwargs):
     return tqdm(**kwargs)
 
 
-def _checkpoint_note(path) -> str:
+def _checkpoint_note(path: str | os.PathLike[str] | None) -> str:
     """Where the last good state is: ``path`` is a checkpoint, a run directory or None."""
     if path is not None and Path(path).is_dir():
         path = Path(path) / CHECKPOINT_FILE
@@ -598,7 +616,7 @@ def check_batch_size(batch_size: int, n_train: int, world_size: int = 1,
                          f"the {world_size} processes that gives each at least 2 samples")
 
 
-def _adam(params, lr: float) -> torch.optim.Adam:
+def _adam(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
     """Adam, fused (one kernel per step: faster for many small tensors) where torch allows."""
     params = list(params)
     try:
@@ -607,9 +625,14 @@ def _adam(params, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
-def fit(config: TrainConfig, train_data: torch.Tensor, val_data=None, run_dir=None,
-        **kwargs) -> tuple[InfoMaxVAE, list[dict]]:
+def fit(config: TrainConfig, train_data: torch.Tensor | MappedSamples,
+        val_data: torch.Tensor | MappedSamples | None = None,
+        run_dir: str | os.PathLike[str] | None = None, *, progress: bool = True,
+        desc: str = "train", callbacks: Sequence[Callback] = (), log_interval: float = 5.0,
+        process_group: ProcessGroup | None = None) -> tuple[InfoMaxVAE, list[dict[str, Any]]]:
     """Build a model for ``config`` and train it: ``(model, history)``. Keywords go to
     :class:`Trainer` (``progress``, ``desc``, ``callbacks``, ``log_interval``)."""
-    trainer = Trainer.create(config, train_data, val_data, run_dir, **kwargs)
+    trainer = Trainer.create(config, train_data, val_data, run_dir, progress=progress, desc=desc,
+                             callbacks=callbacks, log_interval=log_interval,
+                             process_group=process_group)
     return trainer.model, trainer.fit()

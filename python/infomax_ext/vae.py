@@ -119,8 +119,9 @@ class _Encoder(Built):
 
     @classmethod
     def _build(cls, size_input: int | Sequence[int], n_latent: int, encoder_neurons: Sequence[int],
-               encoder_activation: Sequence[ActivationLike], latent_activation: ActivationLike | Sequence[ActivationLike],
-               init: Init, second_default: ActivationLike) -> Self:
+               encoder_activation: Sequence[ActivationLike],
+               latent_activation: ActivationLike | Sequence[ActivationLike], init: Init,
+               second_default: ActivationLike) -> Self:
         n_in, shape = parse_size("size_input", size_input)
         check_size("n_latent", n_latent)
         neurons = check_layers("encoder_neurons", encoder_neurons,
@@ -155,8 +156,8 @@ class JointGaussianLogEncoder(_Encoder):
         return GaussianLogOutput(self.mu(h), self.logsigma(h))
 
     @classmethod
-    def from_sizes(cls, size_input: int | Sequence[int], n_latent: int, encoder_neurons: Sequence[int],
-                   encoder_activation: Sequence[ActivationLike],
+    def from_sizes(cls, size_input: int | Sequence[int], n_latent: int,
+                   encoder_neurons: Sequence[int], encoder_activation: Sequence[ActivationLike],
                    latent_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
                    init: Init = nn.init.xavier_uniform_) -> Self:
         """MLP encoder: ``[Flatten,] Linear(n_in -> h1), act1, ..., Linear(.. -> hk), actk`` as
@@ -186,8 +187,8 @@ class JointGaussianEncoder(_Encoder):
         return GaussianOutput(self.mu(h), self.sigma(h))
 
     @classmethod
-    def from_sizes(cls, size_input: int | Sequence[int], n_latent: int, encoder_neurons: Sequence[int],
-                   encoder_activation: Sequence[ActivationLike],
+    def from_sizes(cls, size_input: int | Sequence[int], n_latent: int,
+                   encoder_neurons: Sequence[int], encoder_activation: Sequence[ActivationLike],
                    latent_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
                    init: Init = nn.init.xavier_uniform_) -> Self:
         """As :meth:`JointGaussianLogEncoder.from_sizes`, but one ``latent_activation`` applies
@@ -244,8 +245,8 @@ class BernoulliDecoder(_OneNetDecoder):
     _output = BernoulliOutput
 
     @classmethod
-    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
-                   decoder_activation: Sequence[ActivationLike],
+    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
+                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
                    output_activation: ActivationLike = torch.sigmoid, *,
                    init: Init = nn.init.xavier_uniform_) -> Self:
         """MLP ``Linear(n_latent -> h1), act1, ..., Linear(hk -> n_out), output_activation``,
@@ -263,8 +264,8 @@ class SimpleGaussianDecoder(_OneNetDecoder):
     _output = SimpleGaussianOutput
 
     @classmethod
-    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
-                   decoder_activation: Sequence[ActivationLike],
+    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
+                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
                    output_activation: ActivationLike = identity, *,
                    init: Init = nn.init.xavier_uniform_) -> Self:
         """As :meth:`BernoulliDecoder.from_sizes`, with an identity output by default."""
@@ -277,8 +278,9 @@ class _JointDecoder(Built):
 
     @classmethod
     def _build(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
-               decoder_activation: Sequence[ActivationLike], output_activation: ActivationLike | Sequence[ActivationLike],
-               init: Init, second_default: ActivationLike) -> Self:
+               decoder_activation: Sequence[ActivationLike],
+               output_activation: ActivationLike | Sequence[ActivationLike], init: Init,
+               second_default: ActivationLike) -> Self:
         n_out, shape = parse_size("size_output", size_output)
         check_size("n_latent", n_latent)
         neurons = check_layers("decoder_neurons", decoder_neurons,
@@ -311,8 +313,8 @@ class JointGaussianLogDecoder(_JointDecoder):
         return GaussianLogOutput(self.mu(h), self.logsigma(h))
 
     @classmethod
-    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
-                   decoder_activation: Sequence[ActivationLike],
+    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
+                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
                    output_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
                    init: Init = nn.init.xavier_uniform_) -> Self:
         """Trunk ``Linear(n_latent -> h1), act1, ..., Linear(.. -> hk), actk``, then
@@ -335,8 +337,8 @@ class JointGaussianDecoder(_JointDecoder):
         return GaussianOutput(self.mu(h), self.sigma(h))
 
     @classmethod
-    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
-                   decoder_activation: Sequence[ActivationLike],
+    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
+                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
                    output_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
                    init: Init = nn.init.xavier_uniform_) -> Self:
         """As :meth:`JointGaussianLogDecoder.from_sizes`, but one ``output_activation`` applies
@@ -352,9 +354,11 @@ class _SplitDecoder(Built):
 
     @classmethod
     def _build(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
-               decoder_activation: Sequence[ActivationLike], output_activation: ActivationLike | Sequence[ActivationLike],
-               second_neurons: Sequence[int] | None, second_activation: Sequence[ActivationLike] | None,
-               init: Init, second_default: ActivationLike) -> Self:
+               decoder_activation: Sequence[ActivationLike],
+               output_activation: ActivationLike | Sequence[ActivationLike],
+               second_neurons: Sequence[int] | None,
+               second_activation: Sequence[ActivationLike] | None, init: Init,
+               second_default: ActivationLike) -> Self:
         second = cls._second
         n_out, shape = parse_size("size_output", size_output)
         check_size("n_latent", n_latent)
@@ -395,8 +399,8 @@ class SplitGaussianLogDecoder(_SplitDecoder):
         return GaussianLogOutput(self.mu(z), self.logsigma(z))
 
     @classmethod
-    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
-                   decoder_activation: Sequence[ActivationLike],
+    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
+                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
                    output_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
                    logsigma_neurons: Sequence[int] | None = None,
                    logsigma_activation: Sequence[ActivationLike] | None = None,
@@ -423,8 +427,8 @@ class SplitGaussianDecoder(_SplitDecoder):
         return GaussianOutput(self.mu(z), self.sigma(z))
 
     @classmethod
-    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
-                   decoder_activation: Sequence[ActivationLike],
+    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
+                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
                    output_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
                    sigma_neurons: Sequence[int] | None = None,
                    sigma_activation: Sequence[ActivationLike] | None = None,
@@ -609,7 +613,8 @@ def decoder_loglikelihood(x: torch.Tensor, z: torch.Tensor, decoder: nn.Module,
     return loglik.reshape(-1)
 
 
-def _mu_logsigma(encoder: nn.Module, encoder_output: EncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
+def _mu_logsigma(encoder: nn.Module,
+                 encoder_output: EncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
     out_type = _expected_output("encoder", encoder, _ENCODER_OUTPUT_TYPES, encoder_output)
     mu, scale = encoder_output
     return mu, (scale if out_type is GaussianLogOutput else torch.log(scale))

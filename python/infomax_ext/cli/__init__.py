@@ -33,6 +33,7 @@ intact; ``--resume`` continues).
 from __future__ import annotations
 
 import sys
+from typing import Sequence
 
 from .common import PROG, CommandError
 from .parser import build_parser
@@ -40,7 +41,7 @@ from .parser import build_parser
 __all__ = ["main", "build_parser", "PROG", "CommandError"]
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``infomax-ext`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -55,7 +56,8 @@ def main(argv=None) -> int:
     from ..trainer import TrainingError
 
     try:
-        return args.func(args, parser)
+        code: int = args.func(args, parser)
+        return code
     except (CommandError, DataError, DistributedMismatchError, SerializationError,
             TrainingError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr, flush=True)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from .common import PROG, CommandError
 
@@ -31,7 +33,7 @@ class _RunLock:
     its holder dies, so a killed run never blocks the next one. (No lock where the platform
     lacks flock.)"""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.fd: int | None = None
 
     def acquire(self, directory: Path) -> None:
@@ -77,7 +79,7 @@ def _check_out(out: Path) -> None:
             return
 
 
-def _claim(out: Path, lock: _RunLock, resume: bool, parser) -> None:
+def _claim(out: Path, lock: _RunLock, resume: bool, parser: argparse.ArgumentParser) -> None:
     """Lock the existing directory ``out`` for this run; a new run also needs it to hold none."""
     lock.acquire(out)
     if not resume and _holds_run(out):
@@ -85,7 +87,7 @@ def _claim(out: Path, lock: _RunLock, resume: bool, parser) -> None:
                      "another --out")
 
 
-def _read_run_config(directory: Path) -> dict:
+def _read_run_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise CommandError(f"no run to resume in {directory} ({CONFIG_FILE} not found)")

@@ -2,6 +2,7 @@
 directory (layout in :mod:`infomax_ext.cli`)."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as _dt
 import os
@@ -9,6 +10,7 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .common import PROG, CommandError, _say
 from .compare import _fmt, comparison_table
@@ -16,14 +18,21 @@ from .options import _TRAIN_OPTIONS
 from .run_dir import (CONFIG_FILE, _RunLock, _check_out, _claim, _default_out, _holds_run,
                       _path, _read_run_config, _remove_stale_temporaries)
 
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+    from ..data import ArrayDataset
+    from ..trainer import TrainConfig
+
 METRICS_SUMMARY = "metrics.json"
 RESUMABLE = {"epochs", "device"}
 
-def _given(args, dest):
+def _given(args: argparse.Namespace, dest: str) -> Any:
     return getattr(args, dest, None)
 
 
-def _train_config(args, parser, saved: dict | None):
+def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                  saved: dict[str, Any] | None) -> TrainConfig:
     """The TrainConfig from the defaults (or the saved run) and the options given."""
     from ..trainer import TrainConfig
 
@@ -54,8 +63,9 @@ def _train_config(args, parser, saved: dict | None):
 
 # ----------------------------------------------------------------------------- one run
 
-def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | None, *,
-             resume: bool, progress: bool, log_interval: float, plots: bool, group=None):
+def _run_one(name: str, config: TrainConfig, run_dir: Path, train: ArrayDataset, val: ArrayDataset,
+             data_info: dict[str, Any] | None, *, resume: bool, progress: bool, log_interval: float,
+             plots: bool, group: ProcessGroup | None = None) -> tuple[Any, Any]:
     """Train (or resume) one model in ``run_dir``, evaluate it, write its files (its own
     config.json when ``data_info`` is given); returns ``(metrics, held-out encoder means)``.
     With a process ``group`` every process trains and rank 0 alone evaluates and writes (the
@@ -137,7 +147,7 @@ def _check_extras(plots: bool, quiet: bool) -> None:
                            "with pip install 'infomax_ext[train]'")
 
 
-def cmd_train(args, parser) -> int:
+def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_extras(not args.no_plots, args.quiet)
     if args.resume and args.out is None:
         parser.error("--resume needs --out DIR, the run to continue")
@@ -158,7 +168,7 @@ def cmd_train(args, parser) -> int:
             dist.destroy_process_group()
 
 
-def _process_group(args):
+def _process_group(args: argparse.Namespace) -> ProcessGroup | None:
     """The process group when torchrun started this process (None otherwise); a restart by
     ``torchrun --max-restarts`` continues the run in --out (``args.resume``)."""
     import torch
@@ -177,7 +187,7 @@ def _process_group(args):
 
 
 @contextlib.contextmanager
-def _only_rank0_prints(group):
+def _only_rank0_prints(group: ProcessGroup | None) -> Iterator[None]:
     """Standard output of every process but rank 0 discarded (errors still go to stderr)."""
     import torch.distributed as dist
 
@@ -188,7 +198,7 @@ def _only_rank0_prints(group):
         yield
 
 
-def _claim_out(args, parser, lock: _RunLock) -> Path:
+def _claim_out(args: argparse.Namespace, parser: argparse.ArgumentParser, lock: _RunLock) -> Path:
     """The run directory: --out or a new name; locked at once when it exists (a directory in use
     is refused before anything else)."""
     out = Path(args.out) if args.out is not None else _default_out()
@@ -198,7 +208,8 @@ def _claim_out(args, parser, lock: _RunLock) -> Path:
     return out
 
 
-def _cmd_train_locked(args, parser, out: Path, lock: _RunLock, group=None) -> int:
+def _cmd_train_locked(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path,
+                      lock: _RunLock, group: ProcessGroup | None = None) -> int:
     import torch
 
     from ..distributed import from_rank0
@@ -232,7 +243,8 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock, group=None) -> in
         torch.set_num_threads(threads)
 
 
-def _load_data(data: dict, config, saved) -> tuple:
+def _load_data(data: dict[str, Any], config: TrainConfig,
+               saved: dict[str, Any] | None) -> tuple[ArrayDataset, dict[str, Any]]:
     """The dataset of the data options ``data`` (a .npy file memory-mapped) and its description
     for config.json, checked against the ``saved`` run's."""
     from ..data import DataWarning, load_dataset
@@ -254,8 +266,10 @@ def _load_data(data: dict, config, saved) -> tuple:
     return dataset, info
 
 
-def _write_run_config(args, parser, out: Path, lock: _RunLock, saved, compare: bool, info: dict,
-                      config, group) -> None:
+def _write_run_config(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path,
+                      lock: _RunLock, saved: dict[str, Any] | None, compare: bool,
+                      info: dict[str, Any], config: TrainConfig,
+                      group: ProcessGroup | None) -> None:
     """Create and lock ``out`` if not yet done and write its config.json."""
     import torch.distributed as dist
 
@@ -275,8 +289,9 @@ def _write_run_config(args, parser, out: Path, lock: _RunLock, saved, compare: b
     })
 
 
-def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: dict,
-           config, group=None) -> int:
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path, lock: _RunLock,
+           saved: dict[str, Any] | None, compare: bool, data: dict[str, Any], config: TrainConfig,
+           group: ProcessGroup | None = None) -> int:
     """Train with the data options ``data`` (``source``, ``labels``, ``normalize``); with a
     process ``group``, rank 0 reads the data (a .npy file: checks it and sends its mapping) and
     writes, every process trains."""
