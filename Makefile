@@ -71,7 +71,7 @@ $(TYPECHECK_STAMP): $(TORCH_PIN)
 # The API pages are read from the source by mkdocstrings (nothing is imported), so the docs need
 # no build of the extension.
 docs: $(DOCS_STAMP)
-	$(PY) -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 typecheck: $(TYPECHECK_STAMP)
 	$(PY) -m mypy

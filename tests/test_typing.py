@@ -1,6 +1,7 @@
 """The package ships its types: ``py.typed`` is installed with it, every public callable is
 annotated, and the losses spell out their keywords. ``make typecheck`` (mypy --strict, CI) checks
-the annotations themselves."""
+the annotations themselves; `make wheel-check` runs these tests against the installed wheel, so
+the wheel is checked to carry `py.typed` too."""
 import importlib.resources
 import inspect
 
