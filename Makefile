@@ -12,7 +12,8 @@
 #              INFOMAX_EXT_CUDA=OFF builds the CPU kernels against a CUDA torch
 # make docs  : the documentation site (mkdocs.yml, docs/) built strict (a warning is an error)
 #              into site/
-# make typecheck : mypy --strict on python/infomax_ext ([tool.mypy] in pyproject.toml)
+# make typecheck : mypy --strict on python/infomax_ext and docs/examples ([tool.mypy] in
+#              pyproject.toml)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

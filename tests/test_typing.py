@@ -4,6 +4,7 @@ the annotations themselves; `make wheel-check` runs these tests against the inst
 the wheel is checked to carry `py.typed` too."""
 import importlib.resources
 import inspect
+import types
 
 import pytest
 
@@ -64,3 +65,12 @@ def test_infomaxloss_takes_exactly_the_keywords_of_infomax_terms():
     terms = inspect.signature(infomax_terms).parameters
     assert [(p.name, p.kind, p.default) for p in loss.values()] == \
         [(p.name, p.kind, p.default) for p in terms.values()]
+
+
+def test_all_names_every_public_name_and_no_module():
+    """``__all__`` is a literal list (a type checker reads it to know what ``import infomax_ext``
+    exports): it must name every public function, class and constant imported into the
+    package, and no submodule."""
+    public = {name for name, value in vars(im).items()
+              if not name.startswith("_") and not isinstance(value, types.ModuleType)}
+    assert sorted(im.__all__) == sorted(public)

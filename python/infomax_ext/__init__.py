@@ -68,4 +68,19 @@ from .vae import (
     spherical_logprior,
 )
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+# A literal list, so that type checkers see what the package exports (tests/test_typing.py
+# checks that it names every public name imported above).
+__all__ = [
+    "Activation", "BernoulliDecoder", "BernoulliOutput", "DataHalfCache", "GaussianLogOutput",
+    "GaussianOutput", "InfoMaxTerms", "InfoMaxVAE", "InfoMaxVAEOutput", "JointGaussianDecoder",
+    "JointGaussianEncoder", "JointGaussianLogDecoder", "JointGaussianLogEncoder", "MIScores",
+    "MutualInfoChain", "PATHS", "PairedBound", "SimpleGaussianDecoder", "SimpleGaussianOutput",
+    "SplitGaussianDecoder", "SplitGaussianLogDecoder", "TrainConfig", "Trainer", "VAE",
+    "VAEOutput", "backend", "build_info", "current_path", "decoder_loglikelihood", "encoder_kl",
+    "encoder_logposterior", "extension_available", "extension_error", "fit", "identity",
+    "infomax_terms", "infomaxloss", "inverse_permutation", "latent_permutation", "load_model",
+    "miloss", "module_from_config", "nwj_bound", "nwj_head", "nwj_mlp", "paired_first_layer",
+    "paired_linear", "paired_mutual_info", "reparameterize", "save_model", "seeded_permutation",
+    "shuffle_latent", "spherical_logprior", "train_step", "use_path", "use_reference_path",
+    "variational_mutual_info",
+]
