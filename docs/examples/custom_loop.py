@@ -106,8 +106,8 @@ def main() -> None:
         m = run(step, args.optimizer, cfg, args.epochs, args.sgd_lr)
         print(f"{name:16s} {args.optimizer} alpha {cfg.alpha:g}: running MI "
               f"{m['running_mi']:7.2f}, held-out fresh-chain MI {m['mi']:5.2f}, active units "
-              f"{m['active_units']}, probe {m.get('probe_accuracy', float('nan')):.2f}, recon {m['recon_loglik']:.1f}, "
-              f"KL {m['kl']:.1f} ({m['seconds']:.0f} s)", flush=True)
+              f"{m['active_units']}, probe {m.get('probe_accuracy', float('nan')):.2f}, "
+              f"recon {m['recon_loglik']:.1f}, KL {m['kl']:.1f} ({m['seconds']:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
