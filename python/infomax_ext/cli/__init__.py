@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from ..trainer import TrainingError
 
     try:
-        return args.func(args, parser)
+        return args.func(args, getattr(args, "command_parser", parser))
     except (CommandError, DataError, DistributedMismatchError, SerializationError,
             TrainingError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr, flush=True)
