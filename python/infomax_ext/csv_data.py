@@ -10,7 +10,8 @@ ignored, blank lines skipped):
 - **labels**: ``label_column`` picks one column as the labels: a name from the header, or a
   0-based index (negative counts from the end; ``"-1"`` is the last column). Labels may be
   numbers (whole numbers: class ids) or text; the other columns are the samples' features.
-- **errors** (:class:`~infomax_ext.data.DataError`) name the row and column: rows are counted
+- **errors** (:class:`TableError`; :func:`~infomax_ext.data.load_file` raises a
+  :class:`~infomax_ext.data.DataError`) name the row and column: rows are counted
   as the lines of a spreadsheet, from 1 with the header included (blank lines too); columns from
   1, with their header name when there is one. A field that is empty, not a number, NaN or
   infinite is refused, and so is a row with a different number of fields than the first.
@@ -26,11 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError
-
-__all__ = ["DELIMITED_SUFFIXES", "read_delimited", "parse_label_column"]
+__all__ = ["DELIMITED_SUFFIXES", "TableError", "read_delimited", "parse_label_column"]
 
 DELIMITED_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+
+
+class TableError(ValueError):
+    """The table cannot be read (the message names the file, row and column);
+    :func:`~infomax_ext.data.load_file` raises it as a :class:`~infomax_ext.data.DataError`."""
 
 
 def parse_label_column(text: str | int | None) -> str | int | None:
@@ -62,18 +66,18 @@ def _label_index(label_column: str | int, names: list[str] | None, width: int,
     """The 0-based index of ``label_column`` among ``width`` columns named ``names``."""
     if names is not None and str(label_column) in names:
         if names.count(str(label_column)) > 1:
-            raise DataError(f"{path}: the header names {str(label_column)!r} more than once; give "
+            raise TableError(f"{path}: the header names {str(label_column)!r} more than once; give "
                             "the label column by index")
         return names.index(str(label_column))
     if isinstance(label_column, int):
         if not -width <= label_column < width:
-            raise DataError(f"{path}: label column {label_column} is out of range for {width} "
+            raise TableError(f"{path}: label column {label_column} is out of range for {width} "
                             f"columns (0 to {width - 1}, or -{width} to -1 from the end)")
         return label_column % width
     if names is None:
-        raise DataError(f"{path}: label column {label_column!r} is a name but the file has no "
+        raise TableError(f"{path}: label column {label_column!r} is a name but the file has no "
                         "header (its first row is all numbers); give the column's index")
-    raise DataError(f"{path}: no column named {label_column!r}; the header holds {names}")
+    raise TableError(f"{path}: no column named {label_column!r}; the header holds {names}")
 
 
 def _rows(path: Path, delimiter: str):
@@ -85,13 +89,13 @@ def _rows(path: Path, delimiter: str):
                 if fields and any(field.strip() for field in fields):
                     yield reader.line_num, fields
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+        raise TableError(f"{path} is not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     except csv.Error as exc:
-        raise DataError(f"{path}: not a valid {path.suffix} file ({exc})") from None
+        raise TableError(f"{path}: not a valid {path.suffix} file ({exc})") from None
 
 
-def _bad_field(path: Path, line: int, col: int, names, field: str, what: str) -> DataError:
-    return DataError(f"{path}: row {line}, {_column_name(col, names)}: {field.strip()!r} is "
+def _bad_field(path: Path, line: int, col: int, names, field: str, what: str) -> TableError:
+    return TableError(f"{path}: row {line}, {_column_name(col, names)}: {field.strip()!r} is "
                      f"{what}" if field.strip() else
                      f"{path}: row {line}, {_column_name(col, names)}: empty field; every "
                      "sample needs a number in every column")
@@ -107,7 +111,7 @@ def read_delimited(path, label_column: str | int | None = None,
     rows = _rows(path, delimiter)
     first = next(rows, None)
     if first is None:
-        raise DataError(f"{path} holds no rows")
+        raise TableError(f"{path} holds no rows")
     line, fields = first
     width = len(fields)
     names = None
@@ -122,17 +126,17 @@ def read_delimited(path, label_column: str | int | None = None,
         names = [field.strip() for field in fields]
         first = next(rows, None)
         if first is None:
-            raise DataError(f"{path} holds a header and no rows of data")
+            raise TableError(f"{path} holds a header and no rows of data")
         line, fields = first
     if label_column is not None:
         label = _label_index(label_column, names, width, path)
     feature_cols = [c for c in range(width) if c != label]
     if not feature_cols:
-        raise DataError(f"{path}: the label column is the only column; no features left")
+        raise TableError(f"{path}: the label column is the only column; no features left")
     samples, labels = [], []
     for line, fields in _chain(first, rows):
         if len(fields) != width:
-            raise DataError(f"{path}: row {line} has {len(fields)} fields, the first row has "
+            raise TableError(f"{path}: row {line} has {len(fields)} fields, the first row has "
                             f"{width}")
         values = []
         for c in feature_cols:
@@ -146,7 +150,7 @@ def read_delimited(path, label_column: str | int | None = None,
         samples.append(values)
         if label is not None:
             if not fields[label].strip():
-                raise DataError(f"{path}: row {line}, {_column_name(label, names)}: empty label")
+                raise TableError(f"{path}: row {line}, {_column_name(label, names)}: empty label")
             labels.append(fields[label].strip())
     x = np.asarray(samples, dtype=np.float64)
     y = None

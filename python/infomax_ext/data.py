@@ -291,9 +291,12 @@ def _read_file(path: Path, mmap: bool = False, label_column=None):
         raise DataError(f"{path}: a label column selects a column of a .csv or .tsv file; "
                         f"a {suffix} file keeps its labels under a key (or use a labels file)")
     if suffix in (".csv", ".tsv"):
-        from .csv_data import read_delimited
+        from .csv_data import TableError, read_delimited
 
-        return read_delimited(path, label_column)[:2]
+        try:
+            return read_delimited(path, label_column)[:2]
+        except TableError as exc:
+            raise DataError(str(exc)) from None
     try:
         if suffix == ".npy":
             return (MappedSamples(path) if mmap else np.load(path, allow_pickle=False)), None

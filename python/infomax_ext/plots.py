@@ -169,7 +169,8 @@ def _show(ax, canvas: np.ndarray, vmin: float, vmax: float, title: str, *,
     cmap = colormaps["gray_r"].with_extremes(bad="white")
     shown = ax.imshow(canvas, cmap=cmap if images else colormaps["viridis"], vmin=vmin, vmax=vmax,
                       interpolation="nearest",
-                      aspect="equal" if canvas.shape[1] < 8 * canvas.shape[0] else "auto")
+                      aspect="equal" if images and canvas.shape[1] < 8 * canvas.shape[0]
+                      else "auto")
     if images:
         ax.set_xticks([])
         ax.set_yticks([])
