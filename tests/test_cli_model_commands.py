@@ -263,3 +263,13 @@ def test_device_auto_is_echoed_as_the_device_chosen(tmp_path, capsys):
                  "--device", "auto", "--no-plots", "--epochs", "1", *SMALL[2:]]) == 0
     chosen = "cuda:0" if torch.cuda.is_available() else "cpu"
     assert f"device {chosen} (auto)" in capsys.readouterr().out
+
+
+def test_encode_a_single_sample(run, tmp_path):
+    one = tmp_path / "one.csv"
+    write_csv(one, run["new_x"][:1], run["new_labels"][:1])
+    assert main(["encode", str(run["run"]), "--data", str(one), "--label-column", "kind",
+                 "--out", str(tmp_path / "c.npy")]) == 0
+    model = InfoMaxVAE.load(run["run"] / "model")
+    want = encoder_mean(model.vae, model_input(run["new_x"][:1], model.preprocessing))
+    assert np.array_equal(np.load(tmp_path / "c.npy"), want.numpy())

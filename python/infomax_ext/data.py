@@ -400,8 +400,8 @@ def _check_likelihood(likelihood: str) -> None:
         raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
 
 
-def _check_layout(x: np.ndarray, source: str) -> None:
-    """A numeric array (N, features...) of MIN_SAMPLES or more non-empty samples."""
+def _check_layout(x: np.ndarray, source: str, min_samples: int = MIN_SAMPLES) -> None:
+    """A numeric array (N, features...) of ``min_samples`` or more non-empty samples."""
     if x.dtype == object or x.dtype.kind not in "biuf":
         raise DataError(f"{source}: samples must be numeric, found dtype {x.dtype}")
     if x.ndim < 2:
@@ -409,9 +409,9 @@ def _check_layout(x: np.ndarray, source: str) -> None:
             f"{source}: samples must be an array of shape (N, features...) with one sample per "
             f"row, found shape {x.shape}; a single feature per sample is (N, 1)"
         )
-    if x.shape[0] < MIN_SAMPLES:
-        raise DataError(f"{source}: {x.shape[0]} samples; need at least {MIN_SAMPLES} "
-                        "(training and held-out batches of 2 or more)")
+    if x.shape[0] < min_samples:
+        raise DataError(f"{source}: {x.shape[0]} samples; need at least {min_samples}" + (
+            " (training and held-out batches of 2 or more)" if min_samples == MIN_SAMPLES else ""))
     if math.prod(x.shape[1:]) == 0:
         raise DataError(f"{source}: samples are empty (shape {x.shape})")
 
@@ -447,13 +447,14 @@ def check_samples(x, likelihood: str = "bernoulli", source: str = "data",
     return _checked(x, likelihood, source, normalize)[0]
 
 
-def _checked(x, likelihood: str, source: str, normalize: str) -> tuple[torch.Tensor, float, float]:
+def _checked(x, likelihood: str, source: str, normalize: str,
+             min_samples: int = MIN_SAMPLES) -> tuple[torch.Tensor, float, float]:
     """:func:`check_samples` and the ``(shift, scale)`` it rescaled by."""
     _check_likelihood(likelihood)
     if isinstance(x, torch.Tensor):
         x = _tensor_to_numpy(x, source)
     x = np.asarray(x)
-    _check_layout(x, source)
+    _check_layout(x, source, min_samples)
     x = x.astype(np.float32, copy=False)
     _check_finite(int((~np.isfinite(x)).sum()), source)
     shift, scale = normalization_parameters(x, normalize)
@@ -495,20 +496,22 @@ def check_mapped(samples: MappedSamples, likelihood: str = "bernoulli", source: 
 
 def load_file(path, labels=None, likelihood: str = "bernoulli",
               normalize: str = "none", *, mmap: bool = False,
-              label_column: str | int | None = None) -> ArrayDataset:
+              label_column: str | int | None = None,
+              min_samples: int = MIN_SAMPLES) -> ArrayDataset:
     """An :class:`ArrayDataset` from a ``.npy``, ``.npz``, ``.pt``, ``.csv`` or ``.tsv`` file (see
     the module docstring), labels optionally from a second file ``labels`` (same formats, one
     array) or, for a table, from its column ``label_column`` (a header name or a 0-based index),
     samples checked and rescaled by :func:`check_samples`. ``mmap=True``: a ``.npy`` file's
     samples stay in the file, memory-mapped (:class:`MappedSamples`, :func:`check_mapped`); other
-    formats are read into memory."""
+    formats are read into memory. ``min_samples``: the fewest samples accepted (training needs
+    ``MIN_SAMPLES``; encoding one sample needs 1)."""
     path = Path(path)
     x, y = _read_file(path, mmap, label_column)
     if isinstance(x, MappedSamples):
         samples = check_mapped(x, likelihood, str(path), normalize)
         shift, scale = (0.0, 1.0) if samples.scale is None else (samples.shift, samples.scale)
     else:
-        samples, shift, scale = _checked(x, likelihood, str(path), normalize)
+        samples, shift, scale = _checked(x, likelihood, str(path), normalize, min_samples)
     if labels is not None:
         if y is not None:
             raise DataError(f"{path} already holds labels; do not also pass a labels file")

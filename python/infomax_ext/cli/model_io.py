@@ -146,7 +146,8 @@ def read_prepared(args, trained: TrainedModel, *, labels: bool):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
         data = load_file(args.data, getattr(args, "labels", None) if labels else None,
-                         "gaussian", "none", label_column=parse_label_column(args.label_column))
+                         "gaussian", "none", label_column=parse_label_column(args.label_column),
+                         min_samples=2 if labels else 1)
     for w in caught:  # a large raw range is what preprocessing is for: not worth a notice
         if issubclass(w.category, DataWarning) and "inputs this large" not in str(w.message):
             _say(f"{PROG}: notice: {w.message}")
@@ -161,7 +162,7 @@ def read_prepared(args, trained: TrainedModel, *, labels: bool):
     device = next(trained.model.parameters()).device
     try:
         with torch.no_grad():
-            encoder(data.x[:2].to(device))
+            encoder(data.x[:1].to(device))
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{data.source}: samples of shape {tuple(data.sample_shape)} do not fit "
