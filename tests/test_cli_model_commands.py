@@ -273,3 +273,21 @@ def test_encode_a_single_sample(run, tmp_path):
     model = InfoMaxVAE.load(run["run"] / "model")
     want = encoder_mean(model.vae, model_input(run["new_x"][:1], model.preprocessing))
     assert np.array_equal(np.load(tmp_path / "c.npy"), want.numpy())
+
+
+def test_resume_keeps_the_label_column_and_the_preprocessing(run, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = ["--likelihood", "gaussian", "--normalize", "unit", "--no-plots", *SMALL[2:]]
+    assert main(["train", "--data", str(run["dir"] / "train.csv"), "--label-column", "kind",
+                 "--out", out, "--epochs", "1", *args]) == 0
+    first = InfoMaxVAE.load(tmp_path / "run" / "model").preprocessing
+    x64 = run["x"].astype(np.float32).astype(np.float64)
+    assert first.kind == "unit" and first.shift == x64.min()
+    assert first.scale == x64.max() - x64.min()
+    assert main(["train", "--resume", "--out", out, "--epochs", "2", "--quiet"]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["label_column"] == "kind"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["probe_accuracy"] is not None
+    assert InfoMaxVAE.load(tmp_path / "run" / "model").preprocessing == first
+    err = usage_error(["train", "--resume", "--out", out, "--label-column", "0"], capsys)
+    assert "--label-column 0 differs from the run's (kind)" in err
