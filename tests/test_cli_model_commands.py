@@ -47,7 +47,7 @@ def run(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         code = main(["train", "--data", str(base / "train.csv"), "--label-column", "kind",
-                     "--likelihood", "gaussian", "--normalize", "standardize",
+                     "--likelihood", "gaussian", "--normalize", "standardize", "--no-plots",
                      "--out", str(base / "run"), *SMALL])
     finally:
         torch.set_num_threads(threads)
