@@ -291,3 +291,17 @@ def test_resume_keeps_the_label_column_and_the_preprocessing(run, tmp_path, caps
     assert InfoMaxVAE.load(tmp_path / "run" / "model").preprocessing == first
     err = usage_error(["train", "--resume", "--out", out, "--label-column", "0"], capsys)
     assert "--label-column 0 differs from the run's (kind)" in err
+
+
+def test_evaluate_a_digits_run_on_the_digits(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--no-plots", "--epochs", "1", "--latent-dim", "2",
+                 "--encoder-neurons", "8", "--decoder-neurons", "8", "--mi-neurons", "8",
+                 "--eval-mi-steps", "5", "--batch-size", "256", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", "digits"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("mi", "active_units", "probe_accuracy", "recon_loglik", "kl"):
+        assert metrics[key] == saved[key], key
+    assert metrics["data"]["training_data"] is True

@@ -529,9 +529,11 @@ def load_file(path, labels=None, likelihood: str = "bernoulli",
 
 def load_dataset(source: str | None = None, labels=None, likelihood: str = "bernoulli",
                  normalize: str = "none", *, mmap: bool = False,
-                 label_column: str | int | None = None) -> ArrayDataset:
+                 label_column: str | int | None = None,
+                 min_samples: int = MIN_SAMPLES) -> ArrayDataset:
     """``source`` None or ``"digits"``: :func:`load_digits`; otherwise :func:`load_file` (with
-    ``mmap`` and ``label_column``); the samples checked and rescaled by :func:`check_samples`."""
+    ``mmap``, ``label_column`` and ``min_samples``); the samples checked and rescaled by
+    :func:`check_samples`."""
     if source is None or source == "digits":
         if labels is not None or label_column is not None:
             raise DataError("labels go with a data file; the digits carry their labels")
@@ -539,7 +541,8 @@ def load_dataset(source: str | None = None, labels=None, likelihood: str = "bern
         data.x, shift, scale = _checked(data.x, likelihood, "digits", normalize)
         data.normalization = (normalize, shift, scale)
         return data
-    return load_file(source, labels, likelihood, normalize, mmap=mmap, label_column=label_column)
+    return load_file(source, labels, likelihood, normalize, mmap=mmap, label_column=label_column,
+                     min_samples=min_samples)
 
 
 # ----------------------------------------------------------------------------- splits

@@ -50,7 +50,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, labels: bool) -> None
     group = parser.add_argument_group("data")
     group.add_argument("--data", metavar="FILE", required=True,
                        help=".npy, .npz, .pt, .csv or .tsv file of samples (N, ...) in the units "
-                            "of the training data (the model's normalisation is applied)")
+                            "of the training data (the model's normalisation is applied), or "
+                            "digits (scikit-learn's, as train uses them)")
     if labels:
         group.add_argument("--labels", metavar="FILE", default=None,
                            help="labels (N,) for --data when the file holds none")
@@ -141,13 +142,13 @@ def read_prepared(args, trained: TrainedModel, *, labels: bool):
     import torch
 
     from ..csv_data import parse_label_column
-    from ..data import DataError, DataWarning, load_file
+    from ..data import DataError, DataWarning, load_dataset
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
-        data = load_file(args.data, getattr(args, "labels", None) if labels else None,
-                         "gaussian", "none", label_column=parse_label_column(args.label_column),
-                         min_samples=2 if labels else 1)
+        data = load_dataset(args.data, getattr(args, "labels", None) if labels else None,
+                            "gaussian", "none", label_column=parse_label_column(args.label_column),
+                            min_samples=2 if labels else 1)
     for w in caught:  # a large raw range is what preprocessing is for: not worth a notice
         if issubclass(w.category, DataWarning) and "inputs this large" not in str(w.message):
             _say(f"{PROG}: notice: {w.message}")
