@@ -9,10 +9,14 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common import PROG, CommandError, _say
 from .options import _device, _positive_int
 from .run_dir import CONFIG_FILE, _holds_run
+
+if TYPE_CHECKING:
+    from ..infomax import InfoMaxVAE
 
 # A Bernoulli decoder's log-likelihood needs inputs in [0, 1]; prepared data may stray this far
 # outside by rounding (the training data's own extremes map to 0 and 1 up to float32 rounding).
@@ -24,7 +28,7 @@ class TrainedModel:
     """A loaded model, where it came from and its run's training options (``None`` for a bare
     model directory)."""
 
-    model: object
+    model: "InfoMaxVAE"
     model_dir: Path
     run_dir: Path | None
     train_options: dict | None
