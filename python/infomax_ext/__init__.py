@@ -20,7 +20,7 @@ from ._ops import (
     use_path,
     use_reference_path,
 )
-from ._version import __version__
+from ._version import __version__ as __version__
 from .activations import Activation, identity
 from .build_info import build_info
 from .infomax import (
@@ -34,6 +34,8 @@ from .infomax import (
     save_model,
     train_step,
 )
+from .losses import InfoMaxVAELoss, MutualInfoLoss
+from .preprocessing import Preprocessing
 from .mutual_info import (
     DataHalfCache,
     MIScores,
@@ -72,9 +74,10 @@ from .vae import (
 # checks that it names every public name imported above).
 __all__ = [
     "Activation", "BernoulliDecoder", "BernoulliOutput", "DataHalfCache", "GaussianLogOutput",
-    "GaussianOutput", "InfoMaxTerms", "InfoMaxVAE", "InfoMaxVAEOutput", "JointGaussianDecoder",
-    "JointGaussianEncoder", "JointGaussianLogDecoder", "JointGaussianLogEncoder", "MIScores",
-    "MutualInfoChain", "PATHS", "PairedBound", "SimpleGaussianDecoder", "SimpleGaussianOutput",
+    "GaussianOutput", "InfoMaxTerms", "InfoMaxVAE", "InfoMaxVAELoss", "InfoMaxVAEOutput",
+    "JointGaussianDecoder", "JointGaussianEncoder", "JointGaussianLogDecoder",
+    "JointGaussianLogEncoder", "MIScores", "MutualInfoChain", "MutualInfoLoss", "PATHS",
+    "PairedBound", "Preprocessing", "SimpleGaussianDecoder", "SimpleGaussianOutput",
     "SplitGaussianDecoder", "SplitGaussianLogDecoder", "TrainConfig", "Trainer", "VAE",
     "VAEOutput", "backend", "build_info", "current_path", "decoder_loglikelihood", "encoder_kl",
     "encoder_logposterior", "extension_available", "extension_error", "fit", "identity",
