@@ -497,7 +497,8 @@ def check_mapped(samples: MappedSamples, likelihood: str = "bernoulli", source: 
     return samples
 
 
-def load_file(path: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None, likelihood: str = "bernoulli",
+def load_file(path: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None,
+              likelihood: str = "bernoulli",
               normalize: str = "none", *, mmap: bool = False,
               label_column: str | int | None = None,
               min_samples: int = MIN_SAMPLES) -> ArrayDataset:

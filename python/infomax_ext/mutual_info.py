@@ -176,7 +176,8 @@ class _FusedPlan(NamedTuple):
     middle: list[nn.Module]
     head: nn.Linear | None
     head_act: ActivationSpec | None
-    stack: list[tuple[nn.Linear, ActivationSpec]] | None  # middle as (Linear, ActivationSpec) pairs when nwj_mlp can run it
+    # middle as (Linear, ActivationSpec) pairs when nwj_mlp can run it
+    stack: list[tuple[nn.Linear, ActivationSpec]] | None
 
 
 def _linear_stack(middle: list[nn.Module]) -> list[tuple[nn.Linear, ActivationSpec]] | None:
