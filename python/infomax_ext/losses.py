@@ -163,8 +163,10 @@ class InfoMaxVAELoss(nn.Module):
               seed: int | None = None) -> InfoMaxTerms:
         """The loss and its terms: ``InfoMaxTerms(loss, loglikelihood, kl, mi, regularization,
         scores, vae_output)`` (all 0-dim but the last two)."""
+        # any VAE-like module and critic module (not only VAE and MutualInfoChain)
         return infomax_terms(
-            vae, self.critic, x, x_out,  # type: ignore[arg-type]  # any VAE-like and critic modules beta=self.beta, alpha=self.alpha,
+            vae, self.critic, x, x_out,  # type: ignore[arg-type]
+            beta=self.beta, alpha=self.alpha,
             n_samples=self.n_samples, reconstruction_loglikelihood=self.reconstruction_loglikelihood,
             kl_divergence=self.kl_divergence, regularization=self.regularization,
             reg_strength=self.reg_strength, seed=seed, shuffled_grad=self.shuffled_grad,

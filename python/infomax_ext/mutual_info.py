@@ -471,9 +471,10 @@ def variational_mutual_info(model: nn.Module, x: torch.Tensor, z: torch.Tensor |
         check_batch(x)
         z = model.vae.sample_latent(model.vae.encoder(x))  # type: ignore[union-attr,operator]
     check_batch(x, z)
-    if isinstance(z_shuffle, torch.Tensor):
-        if z_shuffle.shape != z.shape:
-            raise ValueError(f"z_shuffle has shape {tuple(z_shuffle.shape)} but z has {tuple(z.shape)}")
+    if z_shuffle is not None:
+        if z_shuffle.shape != z.shape:  # type: ignore[union-attr]  # an int seed was taken above
+            raise ValueError(f"z_shuffle has shape {tuple(z_shuffle.shape)} "  # type: ignore[union-attr]
+                             f"but z has {tuple(z.shape)}")
         if process_group is not None:
             raise ValueError("process_group applies to the internal-shuffle forms; with z_shuffle "
                              "given, nothing is shuffled")
