@@ -32,7 +32,7 @@ def check_weight(name: str, value, where: str = ""):
     prefix = f"{where}: " if where else ""
     if isinstance(value, torch.Tensor):
         if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
-            raise TypeError(f"{prefix}{name} must be a finite non-negative number, got a tensor "
+            raise TypeError(f"{prefix}{name} must be a non-negative finite number, got a tensor "
                             f"of dtype {value.dtype} and shape {tuple(value.shape)}")
         if torch.compiler.is_compiling():
             return value
@@ -40,10 +40,10 @@ def check_weight(name: str, value, where: str = ""):
     elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         number = float(value)
     else:
-        raise TypeError(f"{prefix}{name} must be a finite non-negative number, got "
+        raise TypeError(f"{prefix}{name} must be a non-negative finite number, got "
                         f"{type(value).__name__} {value!r}")
     if not math.isfinite(number) or number < 0:
-        raise ValueError(f"{prefix}{name} must be a finite non-negative number, got {number!r}")
+        raise ValueError(f"{prefix}{name} must be a non-negative finite number, got {number!r}")
     return value
 
 
