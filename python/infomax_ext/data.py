@@ -447,7 +447,8 @@ def check_samples(x, likelihood: str = "bernoulli", source: str = "data",
     if wide:
         _check_finite(int((~np.isfinite(x)).sum()), source)
         largest, dtype = _largest(x), x.dtype
-    x = x.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # an overflow is reported below, by name
+        x = x.astype(np.float32, copy=False)
     bad = int((~np.isfinite(x)).sum())
     if wide:
         _check_float32(bad, largest, dtype, source)
@@ -466,13 +467,15 @@ def check_mapped(samples: MappedSamples, likelihood: str = "bernoulli", source: 
     _check_normalization(normalize)
     _check_layout(samples.array, source)
     samples.scale, bad, lo, hi, total = None, 0, math.inf, -math.inf, 0.0
-    for chunk in samples.chunks():
-        bad += int((~np.isfinite(chunk)).sum())
-        if not bad:
-            lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
-            total += float(chunk.sum(dtype=np.float64))
+    with np.errstate(over="ignore"):  # an overflow is reported below, by name
+        for chunk in samples.chunks():
+            bad += int((~np.isfinite(chunk)).sum())
+            if not bad:
+                lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+                total += float(chunk.sum(dtype=np.float64))
     if bad and _is_wide_float(samples.array.dtype):  # NaN in the file, or float32 overflow?
-        raw_bad, largest, step = 0, 0.0, max(1, len(samples.array) // 64)
+        row_bytes = samples.array.dtype.itemsize * max(1, math.prod(samples.array.shape[1:]))
+        raw_bad, largest, step = 0, 0.0, max(1, 2**24 // row_bytes)
         for start in range(0, len(samples.array), step):
             rows = np.asarray(samples.array[start:start + step])
             finite = np.isfinite(rows)
