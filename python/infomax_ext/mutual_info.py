@@ -19,7 +19,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from . import _ops, distributed, reference, widths
+from . import _ops, distributed, widths
 from ._builders import Built, builder_config, check_layers, check_size, head, linear, mlp, parse_size
 from .activations import ActivationSpec, apply_activation, identity, kernel_spec
 from .validation import as_count, is_integer_scalar
@@ -162,15 +162,11 @@ def latent_permutation(n: int, n_samples: int = 1, seed: int | None = None,
 
 
 def _traced_permutation(n: int, n_samples: int, device) -> torch.Tensor:
-    """:func:`latent_permutation` for ``seed=None`` while torch.compile traces: the seed is drawn
-    from torch's global generator as a tensor and stays one (its value as an int would be a
-    data-dependent expression), and the keys come from tensor operations
-    (:func:`~infomax_ext.reference.permutation_keys` with a tensor seed): the permutation the
-    ops give for that seed, and no graph break."""
-    seed = torch.randint(0, 2**62, (), device=device)
-    index = torch.arange(n, device=device)
-    blocks = [torch.argsort(reference.permutation_keys(index, seed + s), stable=True) + s * n
-              for s in range(n_samples)]
+    """:func:`latent_permutation` for ``seed=None`` while torch.compile traces: each block a
+    ``torch.randperm`` drawn from torch's global generator inside the graph (a drawn seed's value
+    would be a data-dependent int, a graph break), uniform over the permutations of the block, as
+    a seeded permutation for a seed drawn at random is."""
+    blocks = [torch.randperm(n, device=device) + s * n for s in range(n_samples)]
     return blocks[0] if n_samples == 1 else torch.cat(blocks)
 
 

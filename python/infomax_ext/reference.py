@@ -46,13 +46,9 @@ def _splitmix64_int(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def permutation_keys(index: torch.Tensor, seed: int | torch.Tensor) -> torch.Tensor:
-    """63-bit key ``splitmix64(splitmix64(seed) ^ index) >> 1`` per entry of the int64 ``index``.
-    ``seed`` is an int or a 0-dim int64 tensor (the same keys, by tensor operations only)."""
-    if isinstance(seed, torch.Tensor):
-        mixed_seed = _splitmix64(seed)
-    else:
-        mixed_seed = _signed(_splitmix64_int(seed & _MASK64))
+def permutation_keys(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """63-bit key ``splitmix64(splitmix64(seed) ^ index) >> 1`` per entry of the int64 ``index``."""
+    mixed_seed = _signed(_splitmix64_int(seed & _MASK64))
     return _shift_right(_splitmix64(index ^ mixed_seed), 1)
 
 
