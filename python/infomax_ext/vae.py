@@ -447,7 +447,6 @@ class VAE(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, latent: bool = False, n_samples: int = 1):
-        n_samples = as_count("n_samples", n_samples)
         rows = None
         try:
             encoder_output = self.encoder(x)

@@ -56,7 +56,9 @@ def main(argv=None) -> int:
     from ..trainer import TrainingError
 
     try:
-        with contextlib.redirect_stdout(_NamedStdout(sys.stdout)):
+        stdout = contextlib.nullcontext() if sys.stdout is None else \
+            contextlib.redirect_stdout(_NamedStdout(sys.stdout))
+        with stdout:
             return args.func(args, parser)
     except (CommandError, DataError, DistributedMismatchError, SerializationError,
             TrainingError) as exc:
