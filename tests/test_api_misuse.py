@@ -243,6 +243,13 @@ def test_vae_names_encoder_and_decoder_of_different_widths():
                                          r"\(BernoulliDecoder\) takes 4 features \(its layer "
                                          r"decoder.decoder.0\)"):
         im.VAE(enc, dec)
+    for decoder in (im.SimpleGaussianDecoder, im.JointGaussianLogDecoder, im.JointGaussianDecoder,
+                    im.SplitGaussianLogDecoder, im.SplitGaussianDecoder):
+        with pytest.raises(ValueError, match=f"gives codes of width 2 .* decoder \\({decoder.__name__}\\) "
+                                             "takes 4 features"):
+            im.VAE(im.JointGaussianEncoder.from_sizes(6, 2, [8], ["relu"]),
+                   decoder.from_sizes(6, 4, [8], ["relu"]))
+        im.VAE(im.JointGaussianEncoder.from_sizes(6, 4, [], []), decoder.from_sizes(6, 4, [], []))
 
 
 def test_infomax_vae_names_the_mi_chain_that_does_not_fit():

@@ -231,3 +231,17 @@ def test_latent_permutation_blocks_under_compile_are_permutations_of_their_block
     perm = compiled()
     for s in range(3):
         assert torch.equal(perm[5 * s:5 * (s + 1)].sort().values, torch.arange(5) + 5 * s)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_grad_and_vmap_over_the_bound_on_cuda():
+    mi = chain().cuda()
+    x, z = (t.cuda() for t in inputs())
+    params = {k: v.detach() for k, v in mi.named_parameters()}
+    _, want_z, _ = autograd_grads(mi, x, z)
+    torch.testing.assert_close(grad(lambda z: _bound(mi, params, x, z, 3))(z), want_z,
+                               rtol=1e-12, atol=1e-14)
+    zs = torch.stack([z, 2 * z])
+    want = torch.stack([im.variational_mutual_info(mi, x, zz, seed=3) for zz in zs])
+    torch.testing.assert_close(vmap(lambda z: _bound(mi, params, x, z, 3))(zs), want,
+                               rtol=1e-12, atol=1e-14)

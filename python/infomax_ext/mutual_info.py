@@ -79,6 +79,8 @@ class MutualInfoChain(Built):
     chain and records its ``config``; ``from_config`` rebuilds it.
     """
 
+    widths_through = (("data",), ("mlp",))  # see widths.py
+
     def __init__(self, data: nn.Module, latent: nn.Module, mlp: nn.Module):
         super().__init__()
         widths.check_chain(data, latent, mlp, "mi.")

@@ -102,6 +102,7 @@ def _pair(name: str, activation, second_default) -> tuple:
 class _Encoder(Built):
     """Shared trunk ``encoder``, then two heads on its output."""
 
+    widths_through = (("encoder", "mu"), ("mu", "encoder"))  # see widths.py
     @classmethod
     def _build(cls, size_input, n_latent, encoder_neurons, encoder_activation,
                latent_activation, init, second_default):
@@ -189,6 +190,7 @@ def _decoder_net(n_latent, n_out, shape, neurons, activations, output_activation
 class _OneNetDecoder(Built):
     """One network ``decoder`` on ``z``; its output is the one field of ``_output``."""
 
+    widths_through = (("decoder",), ("decoder",))
     _output: type = BernoulliOutput
 
     def __init__(self, decoder: nn.Module):
@@ -248,6 +250,7 @@ class SimpleGaussianDecoder(_OneNetDecoder):
 class _JointDecoder(Built):
     """Shared trunk ``decoder`` on ``z``, then two heads."""
 
+    widths_through = (("decoder", "mu"), ("mu", "decoder"))
     @classmethod
     def _build(cls, size_output, n_latent, decoder_neurons, decoder_activation,
                output_activation, init, second_default):
@@ -317,6 +320,7 @@ class _SplitDecoder(Built):
     """Two separate networks on ``z``; ``_second`` names the second one's fields."""
 
     _second = ""
+    widths_through = (("mu",), ("mu",))
 
     @classmethod
     def _build(cls, size_output, n_latent, decoder_neurons, decoder_activation,

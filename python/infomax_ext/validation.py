@@ -60,7 +60,7 @@ def is_integer_scalar(value) -> bool:
     if isinstance(value, torch.Tensor):
         return value.dim() == 0 and not value.is_floating_point() and not value.is_complex() \
             and value.dtype != torch.bool
-    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy.bool_ too
+    if isinstance(value, bool):  # numpy's bool has no __index__: refused below
         return False
     try:
         operator.index(value)

@@ -4,11 +4,11 @@ mat2 shapes cannot be multiplied".
 
 A width is known when a module starts (or ends) with a ``nn.Linear``: directly, inside
 ``nn.Sequential``\\ s, behind layers that keep the number of features per sample (activations,
-Flatten, Unflatten, Dropout, LayerNorm), or through the parts of the encoders, decoders and
-:class:`~infomax_ext.MutualInfoChain` of this package. Any other module has an unknown width and
-is not checked. :func:`check_vae`, :func:`check_chain` and :func:`check_model` run when the
-models are built; :func:`explain` turns a multiplication error at call time into one that names
-the module whose input does not fit.
+Flatten, Unflatten, Dropout, LayerNorm), or through the parts a class names in its
+``widths_through`` (the encoders, decoders and :class:`~infomax_ext.MutualInfoChain` of this
+package). Any other module has an unknown width and is not checked. :func:`check_vae`,
+:func:`check_chain` and :func:`check_model` run when the models are built; :func:`explain` turns
+a multiplication error at call time into one that names the module whose input does not fit.
 """
 from __future__ import annotations
 
@@ -43,25 +43,13 @@ def _keeps_width(module: nn.Module) -> bool:
             and not isinstance(module, (nn.GLU, nn.MultiheadAttention)))
 
 
-def _parts(module: nn.Module, first: bool) -> list[str] | None:
-    """The attribute names to look through, in the order data flows (reversed when looking for
-    the output), for the modules whose layout is known; None for any other module."""
-    from .mutual_info import MutualInfoChain
-    from .vae import _Encoder, _JointDecoder, _OneNetDecoder, _SplitDecoder
-
-    if isinstance(module, _Encoder):  # trunk, then the first head (both heads have one width)
-        parts = ["encoder", "mu"]
-    elif isinstance(module, _JointDecoder):
-        parts = ["decoder", "mu"]
-    elif isinstance(module, _OneNetDecoder):
-        parts = ["decoder"]
-    elif isinstance(module, _SplitDecoder):
-        parts = ["mu"]
-    elif isinstance(module, MutualInfoChain):
-        parts = ["data"] if first else ["mlp"]
-    else:
-        return None
-    return parts if first else parts[::-1]
+def _parts(module: nn.Module, first: bool) -> tuple | None:
+    """The names of the parts of ``module`` that data flows through, from its input (``first``)
+    or back from its output, as its class declares them in ``widths_through`` (``(from the input,
+    from the output)``; the encoders, decoders and MI chain of this package); None for any other
+    module."""
+    through = getattr(type(module), "widths_through", None)
+    return None if through is None else through[0 if first else 1]
 
 
 def _find(module: nn.Module, path: str, first: bool) -> Width | None | bool:
