@@ -28,8 +28,10 @@ rows, concatenated in rank order, are the global batch a single process would se
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import pickle
+import weakref
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -43,11 +45,13 @@ __all__ = [
     "rank_and_size",
     "agree_on_batch",
     "partner_codes",
+    "agree_on_step",
     "average_gradients",
     "AveragingOptimizer",
     "mean_over",
     "all_objects",
     "check_same",
+    "data_digest",
     "broadcast_module",
     "from_rank0",
     "init_from_env",
@@ -99,17 +103,67 @@ def _dtype_name(code: int) -> str:
     return str(_DTYPES[code]).removeprefix("torch.") if code < len(_DTYPES) else "another dtype"
 
 
+def _hex(value: int) -> str:
+    return f"digest {value & (2**64 - 1):016x}"
+
+
+def _dtype_set(dtypes) -> int:
+    """The set of ``dtypes`` as a bit mask of their codes (:func:`_dtype_code`)."""
+    return sum(1 << code for code in {_dtype_code(d) for d in dtypes})
+
+
+def _dtype_set_names(mask: int) -> str:
+    names = [_dtype_name(code) for code in range(len(_DTYPES) + 1) if mask >> code & 1]
+    return "+".join(names) or "none"
+
+
+def _digest(text: str) -> int:
+    """A 64-bit digest of ``text`` as a signed integer (equal on every process)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little",
+                          signed=True)
+
+
+def _layout(named: Sequence[tuple[str, torch.Tensor]]) -> int:
+    """A digest of the names, shapes, dtypes and requires_grad flags of ``named`` tensors."""
+    return _digest(repr([(name, tuple(t.shape), str(t.dtype), t.requires_grad)
+                         for name, t in named]))
+
+
+# Every agreement exchange sends EXCHANGE_LENGTH integers: the exchange's tag (its index in
+# _EXCHANGES, plus 1) and its values, zero-padded. Ranks that reach different exchanges (one
+# runs reuse_forward, another not) then still meet in collectives of one size and get a
+# DistributedMismatchError naming the exchange each rank is at, instead of a gloo abort.
+EXCHANGE_LENGTH = 16
+_EXCHANGES = ("train_step's settings", "the MI bound over the whole batch", "gradient averaging",
+              "train_step's weight check")
+
+
 def _exchange(group, device, what: str, checked: dict[str, int], extra: Sequence[int] = (),
               describe: dict[str, Callable[[int], str]] | None = None) -> list[list[int]]:
-    """All ranks' ``extra`` integers, after checking that every rank gave the same ``checked``
-    integers (one small all_gather). A disagreement raises the same
+    """All ranks' ``extra`` integers, after checking that every rank is at the same exchange
+    ``what`` (one of ``_EXCHANGES``) and gave the same ``checked`` integers (one all_gather of
+    EXCHANGE_LENGTH integers per rank). A disagreement raises the same
     :class:`DistributedMismatchError` on every rank, naming ``what``, the quantity and each
     rank's value (through ``describe[name]`` when given)."""
     _, world = rank_and_size(group)
-    mine = torch.tensor([*checked.values(), *extra], dtype=torch.int64, device=device)
-    everyone = mine.new_empty(world * mine.numel())
+    values = [*checked.values(), *extra]
+    if len(values) >= EXCHANGE_LENGTH:
+        raise ValueError(f"{what}: {len(values)} values do not fit one exchange")
+    mine = torch.zeros(EXCHANGE_LENGTH, dtype=torch.int64, device=device)
+    mine[0] = _EXCHANGES.index(what) + 1
+    mine[1:1 + len(values)] = torch.tensor(values, dtype=torch.int64)
+    everyone = mine.new_empty(world * EXCHANGE_LENGTH)
     _all_gather_rows(everyone, mine, group=group)
     rows = everyone.view(world, -1).tolist()
+    tags = [row[0] for row in rows]
+    if len(set(tags)) > 1:
+        each = ", ".join(f"rank {r} at {_EXCHANGES[t - 1] if 0 < t <= len(_EXCHANGES) else 'another collective'}"
+                         for r, t in enumerate(tags))
+        raise DistributedMismatchError(
+            f"the processes reached different collectives ({each}): a setting that decides which "
+            "collectives run differs between them (reuse_forward, negatives, shuffled_grad, a "
+            "custom loss function, ...); every process must make the same calls")
+    rows = [row[1:1 + len(values)] for row in rows]
     for k, name in enumerate(checked):
         values = [row[k] for row in rows]
         if len(set(values)) > 1:
@@ -133,14 +187,22 @@ class BatchAgreement(NamedTuple):
     world_size: int
 
 
-def agree_on_batch(group, n: int, z: torch.Tensor, seed: int) -> BatchAgreement:
+def agree_on_batch(group, n: int, z: torch.Tensor, seed: int,
+                   shuffled_grad: bool = False) -> BatchAgreement:
     """Check that every rank has ``n`` data rows and codes ``z`` of the same shape and dtype, and
-    agree on the shuffle's seed: rank 0's ``seed``."""
+    the same ``shuffled_grad`` where it matters (the partners carry a gradient back, a
+    reduce-scatter in the backward pass, when ``z`` requires one), and agree on the shuffle's
+    seed: rank 0's ``seed``."""
     rank, world = rank_and_size(group)
+    returned = bool(shuffled_grad) and z.requires_grad and torch.is_grad_enabled()
     seeds = _exchange(group, z.device, "the MI bound over the whole batch",
                       {"batch size": n, "number of latent codes": z.shape[0],
-                       "latent width": z.shape[1], "dtype of the latent codes": _dtype_code(z.dtype)},
-                      [seed_to_int64(seed)], {"dtype of the latent codes": _dtype_name})
+                       "latent width": z.shape[1], "dtype of the latent codes": _dtype_code(z.dtype),
+                       "gradient of the shuffled codes (shuffled_grad)": int(returned)},
+                      [seed_to_int64(seed)],
+                      {"dtype of the latent codes": _dtype_name,
+                       "gradient of the shuffled codes (shuffled_grad)":
+                           lambda v: "it" if v else "none"})
     return BatchAgreement(seeds[0][0], rank, world)
 
 
@@ -186,6 +248,113 @@ def partner_codes(z: torch.Tensor, n: int, perm: torch.Tensor, agreement: BatchA
     return gathered[index.reshape(-1)]
 
 
+# ----------------------------------------------------------------------------- train_step
+
+# model -> {id(group): ((id(p), p._version) for every parameter)} after the last step on which
+# every rank held the same weights: while those versions stand, nothing changed the weights
+# outside train_step and they need no new check.
+_AGREED_WEIGHTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _versions(model: torch.nn.Module) -> tuple:
+    return tuple((id(p), p._version) for p in model.parameters())
+
+
+def agree_on_step(group, model: torch.nn.Module, x: torch.Tensor, *, reuse_forward: bool,
+                  negatives: str, shuffled_grad: bool, n_samples, default_losses: tuple,
+                  x_out_given: bool) -> None:
+    """The agreement of a data-parallel :func:`~infomax_ext.train_step`: every rank runs the
+    step with the same settings (those that decide which collectives run and what they send:
+    ``reuse_forward``, ``negatives``, ``shuffled_grad``, ``n_samples``, whether the loss
+    functions are the defaults, ``x_out``, the dtype of x, the parameters' names, shapes, dtypes
+    and requires_grad flags) and the same weights; one all_gather of a few integers, else the
+    same :class:`DistributedMismatchError` on every rank.
+
+    The weights are compared (a digest of every parameter's bytes, one more small exchange) on
+    the first step of ``model`` in ``group`` and whenever something other than train_step changed
+    them on some rank since its last step (the parameters' version counters moved). On the
+    first step, weights that differ are set to rank 0's (broadcast), as DistributedDataParallel
+    does when it wraps a model: starting from different initialisations is normal. Later,
+    weights that differ are refused, naming the first parameter that differs: one process
+    changed them alone (``load_state_dict``, an edit, a step outside train_step) and its
+    optimizer state may differ too, so no choice of weights would be right."""
+    agreed = _AGREED_WEIGHTS.get(model, {}).get(id(group))
+    flags = _exchange(group, x.device, "train_step's settings", {
+        "reuse_forward": int(bool(reuse_forward)),
+        "negatives": int(negatives == "local"),
+        "shuffled_grad": int(bool(shuffled_grad)),
+        "n_samples": n_samples if isinstance(n_samples, int) else -1,
+        "loss functions": sum(int(bool(d)) << k for k, d in enumerate(default_losses)),
+        "x_out given": int(bool(x_out_given)),
+        "dtype of x": _dtype_code(x.dtype),
+        "number of parameters": sum(1 for _ in model.parameters()),
+        "dtypes of the parameters": _dtype_set(p.dtype for p in model.parameters()),
+        "parameters (names, shapes, dtypes, requires_grad)": _layout(
+            list(model.named_parameters())),
+    }, [int(agreed is None), int(agreed != _versions(model))], {
+        "reuse_forward": lambda v: str(bool(v)),
+        "negatives": lambda v: "local" if v else "global",
+        "shuffled_grad": lambda v: str(bool(v)),
+        "loss functions": lambda v: ", ".join(
+            f"{'the default' if v >> k & 1 else 'a custom'} {name}"
+            for k, name in enumerate(("infomaxloss", "miloss"))),
+        "x_out given": lambda v: "x_out" if v else "none",
+        "dtype of x": _dtype_name,
+        "dtypes of the parameters": _dtype_set_names,
+        "parameters (names, shapes, dtypes, requires_grad)": _hex,
+    })
+    if any(stale for _, stale in flags):
+        _agree_on_weights(group, model, first=all(first for first, _ in flags))
+    _AGREED_WEIGHTS.setdefault(model, {})[id(group)] = _versions(model)
+
+
+def stepped(group, model: torch.nn.Module) -> None:
+    """Record that a train_step of ``model`` in ``group`` ended: its weights are equal on every
+    rank (same start, same averaged gradients)."""
+    _AGREED_WEIGHTS.setdefault(model, {})[id(group)] = _versions(model)
+
+
+def _tensor_digest(t: torch.Tensor) -> int:
+    """A 64-bit digest (signed) of the bytes of ``t``: equal exactly when the values are
+    bit-identical (up to the digest's collisions, 2**-64)."""
+    t = t.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    data = t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+@torch.no_grad()
+def _agree_on_weights(group, model: torch.nn.Module, first: bool) -> None:
+    """Compare every parameter of ``model`` over the ranks (an all_gather of one digest per
+    parameter; the ranks agreed on the parameters already); on a difference set them to rank
+    0's when ``first``, else raise naming the first parameter that differs."""
+    _, world = rank_and_size(group)
+    named = list(model.named_parameters())
+    if not named:
+        return
+    device = named[0][1].device
+    mine = torch.tensor([_EXCHANGES.index("train_step's weight check") + 1]
+                        + [_tensor_digest(p) for _, p in named], dtype=torch.int64, device=device)
+    everyone = mine.new_empty(world * mine.numel())
+    _all_gather_rows(everyone, mine, group=group)
+    rows = everyone.view(world, -1).tolist()
+    differ = [k for k in range(len(named)) if len({row[k + 1] for row in rows}) > 1]
+    if not differ:
+        return
+    if first:
+        broadcast_module(model, group)
+        return
+    name = named[differ[0]][0]
+    ranks = [r for r in range(1, world) if rows[r][differ[0] + 1] != rows[0][differ[0] + 1]]
+    raise DistributedMismatchError(
+        f"train_step: the weights differ between the processes at parameter {name!r} "
+        f"({len(differ)} of {len(named)} parameters differ; rank {', '.join(map(str, ranks))} "
+        f"{'differs' if len(ranks) == 1 else 'differ'} from rank 0) after earlier steps on equal "
+        "weights: something other than train_step changed them on some processes only "
+        "(load_state_dict, an edit, another optimizer); give every process the same weights")
+
+
 # ----------------------------------------------------------------------------- gradients
 
 
@@ -203,7 +372,13 @@ def average_gradients(params: Sequence[torch.nn.Parameter], group,
               {"number of parameters": len(params),
                "number of parameter elements": sum(p.numel() for p in params),
                "number of parameters with a gradient": len(grads),
-               "number of gradient elements": sum(g.numel() for g in grads)})
+               "number of gradient elements": sum(g.numel() for g in grads),
+               "dtypes of the gradients": _dtype_set(g.dtype for g in grads),
+               "layout of the gradients (shapes, dtypes, devices)": _digest(repr(
+                   [(tuple(p.shape), p.grad is not None and (str(p.grad.dtype), p.grad.device.type))
+                    for p in params]))},
+              describe={"dtypes of the gradients": _dtype_set_names,
+                        "layout of the gradients (shapes, dtypes, devices)": _hex})
     bucket: list[torch.Tensor] = []
     size = 0
     for g in grads:
@@ -271,6 +446,21 @@ def check_same(group, what: str, named: dict) -> None:
             raise DistributedMismatchError(
                 f"{what}: the processes disagree on the {key} ({each}); every process must "
                 "give the same")
+
+
+def data_digest(samples) -> str:
+    """SHA-256 (hex) of ``samples`` (N, ...) as this process reads them: a tensor or
+    :class:`~infomax_ext.data.MappedSamples` (its file read again, in chunks): the shape and the
+    bytes of the values. Ranks that read a file at the same path but see other contents (another
+    machine's copy) get other digests."""
+    h = hashlib.sha256(repr(tuple(samples.shape)).encode())
+    if isinstance(samples, torch.Tensor):
+        chunks = (c.detach().cpu().contiguous().numpy() for c in samples.split(2**16))
+    else:
+        chunks = samples.chunks()
+    for chunk in chunks:
+        h.update(chunk.tobytes())
+    return h.hexdigest()
 
 
 @torch.no_grad()
