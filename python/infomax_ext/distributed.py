@@ -18,10 +18,18 @@ rows, concatenated in rank order, are the global batch a single process would se
   holds bit-identical parameters. Not DistributedDataParallel: ``train_step`` takes its gradients
   with ``torch.autograd.grad``, which returns them instead of accumulating them into ``.grad``,
   and DDP averages from the hooks that accumulation fires; under DDP nothing would be averaged.
-- Agreement checks: before any data moves, each bound and each averaging exchanges a few
-  integers (batch size, latent width, dtype; parameter counts), so ranks that disagree get the
+- Agreement checks: before any data moves, each train_step (:func:`agree_on_step`: its
+  settings, the parameters' layout and dtypes, and on the first step the weights themselves),
+  each bound (batch size, latent width, dtype, shuffled_grad) and each averaging (parameter
+  counts, gradient dtypes and layout) exchanges a few integers, so ranks that disagree get the
   same :class:`DistributedMismatchError` on every rank instead of a hang or a crash inside a
-  collective. :func:`check_same` compares larger objects once, at the start of a run.
+  collective. Every such exchange has one fixed length and names itself: ranks that reach
+  different exchanges (one runs ``reuse_forward``, another not) are told so instead of meeting
+  in collectives of different sizes. :func:`check_same` compares larger objects once, at the
+  start of a run (a Trainer: its options, its model, the digest of the data each rank reads).
+- A rank that stops answering: collectives wait ``init_from_env``'s ``timeout``, then
+  :mod:`.distributed_failures` names the silent rank; rank 0's own work (reading the data,
+  evaluating) is awaited longer (:func:`wait_for_rank0`).
 - Launching (:func:`init_from_env`, :func:`from_rank0`): the process group from torchrun's
   environment, and values decided by rank 0 alone (a run directory, a checkpoint) sent to all.
 """
@@ -38,6 +46,7 @@ import torch
 import torch.distributed as dist
 
 from ._ops import seed_to_int64
+from .distributed_failures import set_roll_call_store
 
 __all__ = [
     "DistributedMismatchError",
@@ -54,6 +63,7 @@ __all__ = [
     "data_digest",
     "broadcast_module",
     "from_rank0",
+    "wait_for_rank0",
     "init_from_env",
     "local_device",
 ]
@@ -277,7 +287,8 @@ def agree_on_step(group, model: torch.nn.Module, x: torch.Tensor, *, reuse_forwa
     does when it wraps a model: starting from different initialisations is normal. Later,
     weights that differ are refused, naming the first parameter that differs: one process
     changed them alone (``load_state_dict``, an edit, a step outside train_step) and its
-    optimizer state may differ too, so no choice of weights would be right."""
+    optimizer state may differ too, so no choice of weights would be right. A change through
+    ``p.data`` escapes the version counters (as it escapes autograd) and is not seen."""
     agreed = _AGREED_WEIGHTS.get(model, {}).get(id(group))
     flags = _exchange(group, x.device, "train_step's settings", {
         "reuse_forward": int(bool(reuse_forward)),
@@ -484,11 +495,28 @@ def from_rank0(group, fn: Callable):
             box[0] = ("value", fn())
         except BaseException as exc:  # noqa: BLE001 - every rank must leave the same way
             box[0] = ("error", _portable(exc))
+    wait_for_rank0(group)
     dist.broadcast_object_list(box, src=_src(group), group=group)
     kind, value = box[0]
     if kind == "error":
         raise value
     return value
+
+
+# How long the other ranks wait for rank 0's own work (reading and checking the data,
+# evaluating a model): as long as that may take, not the group's timeout for a collective.
+RANK0_WORK_TIMEOUT = datetime.timedelta(hours=24)
+
+
+def wait_for_rank0(group, timeout: datetime.timedelta = RANK0_WORK_TIMEOUT) -> None:
+    """Every rank waits here until all have arrived, for up to ``timeout`` (gloo: a
+    ``monitored_barrier``, which fails at once when a rank's process is gone; other backends
+    wait in a collective, up to the group's timeout). Called where rank 0 alone worked for a
+    while and the others wait for it."""
+    if group is None:
+        return
+    if dist.get_backend(group) == "gloo":
+        dist.monitored_barrier(group, timeout=timeout)
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -510,7 +538,9 @@ def init_from_env(backend: str | None, device: torch.device,
     """The default process group (``torch.distributed.group.WORLD``) when this process was
     started by torchrun (its environment names RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT),
     initialised here if it is not yet; None otherwise. ``backend`` None: nccl for a CUDA
-    ``device``, gloo for the CPU."""
+    ``device``, gloo for the CPU. ``timeout``: how long a collective waits for a silent rank
+    (:mod:`.distributed_failures` names it afterwards; :func:`from_rank0` waits longer for
+    rank 0's own work)."""
     if not all(v in os.environ for v in _TORCHRUN_VARIABLES):
         return None
     if not dist.is_available():
@@ -526,8 +556,10 @@ def init_from_env(backend: str | None, device: torch.device,
         # previous attempt's processes published: each attempt keys its own.
         store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        dist.init_process_group(backend, store=dist.PrefixStore(f"infomax_ext/{attempt}", store),
-                                rank=rank, world_size=world, timeout=timeout, device_id=device_id)
+        store = dist.PrefixStore(f"infomax_ext/{attempt}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                timeout=timeout, device_id=device_id)
+        set_roll_call_store(store, rank, world)
     return dist.group.WORLD
 
 

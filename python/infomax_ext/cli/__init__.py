@@ -51,16 +51,19 @@ def main(argv=None) -> int:
 
     from ..data import DataError
     from ..distributed import DistributedMismatchError
+    from ..distributed_failures import LostContactError, is_lost_contact
     from ..serialization import SerializationError
     from ..trainer import TrainingError
 
     try:
         return args.func(args, parser)
-    except (CommandError, DataError, DistributedMismatchError, SerializationError,
-            TrainingError) as exc:
+    except (CommandError, DataError, DistributedMismatchError, LostContactError,
+            SerializationError, TrainingError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return 1
-    except dist.DistError as exc:  # another process of a torchrun job stopped
+    except (dist.DistError, RuntimeError) as exc:  # another process of a torchrun job stopped
+        if not is_lost_contact(exc):
+            raise
         print(f"{PROG} {args.command}: error: lost contact with another process of the job "
               f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
               "torchrun's summary names the process that stopped; the last checkpoint is intact",
