@@ -21,6 +21,7 @@ import torch.distributed as dist
 import infomax_ext as im
 from infomax_ext import distributed
 from infomax_ext.data import load_file
+from infomax_ext.distributed_failures import is_lost_contact, lost_contact
 from infomax_ext.trainer import TrainConfig, Trainer, TrainingError
 from test_distributed import (DZ, ROWS, STEPS, TINY, WORLD, chain, data_x, digits_npy,  # noqa: F401
                               free_port, global_batch, model, share, spawn, train, wait_for)
@@ -39,6 +40,19 @@ def grad_param(dtype):
     p = torch.nn.Parameter(torch.zeros(3, dtype=dtype))
     p.grad = torch.ones_like(p)
     return p
+
+
+def _reopen():
+    if dist.get_rank() == 1:
+        raise FileNotFoundError("no data file on this machine")
+    return "mapped"
+
+
+class MissingOnRank1:
+    """Unpickles on rank 0 only, as a memory-mapped file that rank 1's machine lacks."""
+
+    def __reduce__(self):
+        return _reopen, ()
 
 
 @torch.no_grad()
@@ -70,6 +84,7 @@ def disagreements(rank, group, out):
             TrainConfig(latent_dim=2, encoder_neurons=[4], decoder_neurons=[4], mi_neurons=[4],
                         epochs=1, batch_size=8), load_file(out / f"x{rank}.npy", mmap=True).x,
             progress=False, process_group=group),
+        "unpickle": lambda: distributed.from_rank0(group, MissingOnRank1),
         # weights changed on rank 1 alone after a step: refused, naming the parameter
         "weights changed": lambda: (train(single, x, STEPS[0], group, steps=1),
                                     rank == 1 and nudge(first_layer),
@@ -124,6 +139,8 @@ def ranks(tmp_path_factory):
     ("gradient dtype", ["gradient averaging", "dtypes of the gradients", "rank 0 has float64",
                         "rank 1 has float32"]),
     ("data", ["training data (SHA-256", "rank 0: '", "rank 1: '"]),
+    ("unpickle", ["rank 1 cannot take what rank 0 read or decided", "FileNotFoundError",
+                  "no data file on this machine"]),
 ])
 def test_ranks_that_disagree_get_the_same_error_not_an_abort(ranks, name, words):
     messages = [r["messages"][name] for r in ranks]
@@ -162,6 +179,19 @@ def test_a_local_negatives_checkpoint_resumes_only_on_its_number_of_processes(tm
     torch.save({**state, "world_size": 2}, path)
     with pytest.raises(TrainingError, match=r"negatives='local' on 2 processes, now resumed on 1"):
         Trainer.from_checkpoint(path, x, progress=False)
+
+
+def test_lost_contact_errors_are_recognised_and_described():
+    timeout = RuntimeError("[/x/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "
+                           "3000ms for recv operation to complete")
+    closed = RuntimeError("[/x/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                          "[127.0.0.1]:40878")
+    assert all(is_lost_contact(e) for e in (timeout, closed, dist.DistError("store")))
+    assert not is_lost_contact(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_lost_contact(ValueError("Timed out waiting"))
+    # without a roll-call store nobody is named, but the cause is
+    assert "after --dist-timeout 7 s" in str(lost_contact(timeout, None, 7.0))
+    assert "(its connection closed)" in str(lost_contact(closed, None, 7.0))
 
 
 # ----------------------------------------------------------------------------- the command

@@ -485,19 +485,38 @@ def from_rank0(group, fn: Callable):
     """``fn()`` run on rank 0 alone, its value (or the exception it raised) sent to every rank
     and returned (raised) there too; ``fn()`` itself when ``group`` is None. For what one process
     decides: a run directory's name, its lock, a saved configuration or checkpoint read where
-    only rank 0's file system holds it."""
+    only rank 0's file system holds it. The other ranks wait for rank 0 as long as ``fn`` takes
+    (:func:`wait_for_rank0`). A value that some rank cannot unpickle (a memory-mapped data file
+    that is missing on its machine) raises the same :class:`DistributedMismatchError` on every
+    rank, naming the rank and why."""
     if group is None:
         return fn()
     rank, _ = rank_and_size(group)
     box: list = [None]
     if rank == 0:
         try:
-            box[0] = ("value", fn())
+            result = ("value", fn())
         except BaseException as exc:  # noqa: BLE001 - every rank must leave the same way
-            box[0] = ("error", _portable(exc))
+            result = ("error", _portable(exc))
+        try:
+            box[0] = pickle.dumps(result)
+        except Exception as exc:  # noqa: BLE001
+            box[0] = pickle.dumps(("error", RuntimeError(
+                f"rank 0's result cannot be sent to the other processes: {exc}")))
     wait_for_rank0(group)
     dist.broadcast_object_list(box, src=_src(group), group=group)
-    kind, value = box[0]
+    try:
+        kind, value = pickle.loads(box[0])
+        problem = None
+    except Exception as exc:  # noqa: BLE001 - reported on every rank below
+        problem = f"{type(exc).__name__}: {exc}"
+    problems = all_objects(group, problem)
+    failed = [(r, text) for r, text in enumerate(problems) if text is not None]
+    if failed:
+        raise DistributedMismatchError(
+            "; ".join(f"rank {r} cannot take what rank 0 read or decided ({text})"
+                      for r, text in failed)
+            + "; every process must see the same files")
     if kind == "error":
         raise value
     return value

@@ -72,24 +72,27 @@ def _silent_ranks(seconds: float) -> list[int] | None:
 
 
 def _cause(exc: BaseException, timeout_s: float | None) -> str:
+    """How the collective failed, as words that follow "lost contact with another process"."""
     text = str(exc).strip()
     if "Timed out" in text or "timed out" in text:
-        after = f" (--dist-timeout {timeout_s:g} s)" if timeout_s is not None else ""
-        return f"a collective timed out{after}"
+        return (f" after --dist-timeout {timeout_s:g} s" if timeout_s is not None
+                else " (a collective timed out)")
     if "closed by peer" in text or "reset by peer" in text or "Broken pipe" in text:
-        return "its connection closed"
+        return " (its connection closed)"
     first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else type(exc).__name__)
-    return first[:160]
+    return f" ({first[:160]})"
 
 
 def lost_contact(exc: BaseException, group, timeout_s: float | None = None,
                  seconds: float = ROLL_CALL_SECONDS) -> LostContactError:
     """The :class:`LostContactError` for the collective failure ``exc`` in ``group``, after a
-    roll call of at most ``seconds`` (``timeout_s``: the group's timeout, named in the
+    roll call of at most ``seconds`` and ``timeout_s`` (the group's timeout, named in the
     message)."""
-    rank = dist.get_rank(group) if dist.is_initialized() else _STORE.get("rank", "?")
-    silent = _silent_ranks(seconds)
-    if silent:
+    rank = f"rank {dist.get_rank(group)}" if dist.is_initialized() else "this process"
+    silent = _silent_ranks(seconds if timeout_s is None else min(seconds, timeout_s))
+    if not _STORE:
+        named = "torchrun's summary names the process that stopped"
+    elif silent:
         who = (f"rank {silent[0]} did" if len(silent) == 1 else
                f"ranks {', '.join(map(str, silent))} did")
         named = f"{who} not answer (stopped, hung or gone)"
@@ -99,5 +102,5 @@ def lost_contact(exc: BaseException, group, timeout_s: float | None = None,
     else:
         named = "every rank answered a roll call afterwards"
     return LostContactError(
-        f"rank {rank} lost contact with another process of the job ({_cause(exc, timeout_s)}): "
+        f"{rank} lost contact with another process of the job{_cause(exc, timeout_s)}: "
         f"{named}; the last checkpoint is intact")
