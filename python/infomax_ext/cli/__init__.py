@@ -24,7 +24,12 @@ train one model data-parallel (:mod:`infomax_ext.distributed`): rank 0 alone dec
 the run directory (config.json records ``world_size`` and the backend), reads what --resume
 continues and sends it to the others, prints, and evaluates; a ``.npy`` file is memory-mapped
 and each process reads the rows of its batches. A restart by ``torchrun --max-restarts``
-resumes the run in --out from its last checkpoint.
+resumes the run in --out from its last checkpoint. Every process must be given the same options
+(``--device``, ``--threads``, ``--quiet``, ``--log-interval`` and ``--dist-timeout`` excepted)
+and see the same data (each checks a SHA-256 of what it reads): else every process stops with
+the same error. A process that stops answering ends the job after ``--dist-timeout`` seconds
+(default 300; rank 0's own work, reading the data and evaluating, is awaited longer): the
+others exit with one line naming the silent rank (exit code 1).
 
 Exit codes: 0 done, 1 the data, the run directory or a saved run cannot be used, or training
 diverged (message says why), 2 bad command-line options, 130 interrupted (the last checkpoint is
