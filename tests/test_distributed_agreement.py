@@ -19,11 +19,11 @@ import torch
 import torch.distributed as dist
 
 import infomax_ext as im
-from infomax_ext import distributed
+from infomax_ext import distributed, distributed_step
 from infomax_ext.data import load_file
 from infomax_ext.distributed_failures import is_lost_contact, lost_contact
 from infomax_ext.trainer import TrainConfig, Trainer, TrainingError
-from test_distributed import (DZ, ROWS, STEPS, TINY, WORLD, chain, data_x, digits_npy,  # noqa: F401
+from test_distributed import (ROWS, STEPS, TINY, WORLD, chain, data_x, digits_npy,  # noqa: F401
                               free_port, global_batch, model, share, spawn, train, wait_for)
 
 
@@ -101,14 +101,14 @@ def different_starts(rank, group):
         with torch.no_grad():
             for p in m.parameters():
                 p.add_(0.5)
-    digests, real = [], distributed._tensor_digest
-    distributed._tensor_digest = lambda t: digests.append(1) or real(t)
+    digests, real = [], distributed_step._tensor_digest
+    distributed_step._tensor_digest = lambda t: digests.append(1) or real(t)
     counts = []
     for _ in range(2):
         before = len(digests)
         state, _ = train(m, share(data_x(), rank), STEPS[0], group, steps=1)
         counts.append(len(digests) - before)
-    distributed._tensor_digest = real
+    distributed_step._tensor_digest = real
     return state, counts
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, NamedTuple
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, distributed_step
 from .activations import ACTIVATIONS, spec_of_module
 from .mutual_info import (
     DataHalfCache,
@@ -369,8 +369,8 @@ def train_step(
     the gradients is the whole-batch gradient. ``"local"``: each process shuffles its own rows
     and no codes travel. The losses returned are this process's. Before the step the processes
     check that they run it with the same settings and weights
-    (:func:`~infomax_ext.distributed.agree_on_step`): on the first step of a model, weights that
-    differ are set to rank 0's; a later difference raises
+    (:func:`~infomax_ext.distributed_step.agree_on_step`): on the first step of a model,
+    weights that differ are set to rank 0's; a later difference raises
     :class:`~infomax_ext.distributed.DistributedMismatchError` naming the parameter.
     """
     opt_vae, opt_mi = _optimizers(opt)
@@ -397,7 +397,7 @@ def train_step(
     if negatives not in ("global", "local"):
         raise ValueError(f"negatives must be 'global' or 'local', got {negatives!r}")
     if process_group is not None:
-        distributed.agree_on_step(
+        distributed_step.agree_on_step(
             process_group, model, x, reuse_forward=reuse_forward, negatives=negatives,
             shuffled_grad=vae_kwargs.get("shuffled_grad", False),
             n_samples=vae_kwargs.get("n_samples", 1), x_out_given=x_out is not None,
@@ -418,7 +418,7 @@ def train_step(
                                               miloss_function, mi_kwargs)
 
     if process_group is not None:
-        distributed.stepped(process_group, model)
+        distributed_step.stepped(process_group, model)
     if verbose:
         print(f"vae_loss = {vae_loss.item():.6g}, mi_loss = {mi_loss.item():.6g}")
     if loss_return:
