@@ -40,7 +40,7 @@ def set_roll_call_store(store, rank: int, world_size: int) -> None:
 
 
 _GLOO_WORDS = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting",
-               "/gloo/", "Broken pipe")
+               "/gloo/", "Broken pipe", "monitoredBarrier")
 
 
 def is_lost_contact(exc: BaseException) -> bool:
