@@ -209,9 +209,13 @@ def _check_same_options(group, args) -> None:
     same options (``--resume`` on some only, another ``--out``, ...)."""
     from ..distributed import check_same
 
+    def plain(value) -> bool:  # the options' values, not the parser's bookkeeping
+        return value is None or isinstance(value, (str, int, float, bool)) or (
+            isinstance(value, (list, tuple)) and all(plain(v) for v in value))
+
     check_same(group, f"{PROG} train", {
         f"--{dest.replace('_', '-')} option": value for dest, value in sorted(vars(args).items())
-        if dest not in _PER_PROCESS_OPTIONS})
+        if dest not in _PER_PROCESS_OPTIONS and plain(value)})
 
 
 @contextlib.contextmanager
