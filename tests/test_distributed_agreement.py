@@ -280,3 +280,19 @@ def test_when_rank_0_dies_the_others_report_lost_contact_in_one_line(tmp_path, d
                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
     assert resumed.returncode == 1, resumed.stderr
     assert "--negatives local on 2 processes; resuming on 1" in resumed.stderr, resumed.stderr
+
+
+def test_a_rank_stopped_by_sigterm_says_so_and_the_other_names_it(tmp_path, digits_npy,
+                                                                   ranks_of_a_job):
+    run = tmp_path / "run"
+    argv = ["--data", digits_npy, "--out", run, "--epochs", 500, *TINY]
+    rank0, rank1 = ranks_of_a_job([argv, argv], tmp_path)
+    wait_for(run / "checkpoint.pt", rank0)
+    os.kill(rank1.pid, signal.SIGTERM)  # what torchrun's agent sends when another rank failed
+    assert ended(rank1, timeout=60) == 1 and ended(rank0, timeout=60) == 1
+    logs = [(tmp_path / f"rank{r}.log").read_text() for r in range(2)]
+    errors = [[line for line in log.splitlines() if "error:" in line] for log in logs]
+    assert all(len(e) == 1 for e in errors) and "Traceback" not in "".join(logs), logs
+    assert "rank 1 lost contact with the job: it was stopped by SIGTERM" in errors[1][0], errors
+
+    assert "rank 0 lost contact" in errors[0][0] and "rank 1 did not answer" in errors[0][0]

@@ -20,7 +20,7 @@ import time
 
 import torch.distributed as dist
 
-__all__ = ["LostContactError", "is_lost_contact", "lost_contact", "set_roll_call_store"]
+__all__ = ["LostContactError", "JobStopped", "is_lost_contact", "lost_contact", "set_roll_call_store"]
 
 # How long a rank waits for the others' answers to the roll call (at most; the ranks whose
 # collective failed on the same step answer within this).
@@ -31,6 +31,10 @@ _STORE: dict = {}
 
 class LostContactError(RuntimeError):
     """A process of the job stopped answering; the message names it when the roll call could."""
+
+
+class JobStopped(LostContactError):
+    """This process was told to stop (SIGTERM from torchrun's agent) while the job ran."""
 
 
 def set_roll_call_store(store, rank: int, world_size: int) -> None:
@@ -67,6 +71,8 @@ def _silent_ranks(seconds: float) -> list[int] | None:
                 break
             time.sleep(0.1)
         return sorted(missing)
+    except JobStopped:
+        raise
     except (RuntimeError, OSError):  # DistStoreError, DistNetworkError: the store is gone too
         return None
 

@@ -150,23 +150,24 @@ def cmd_train(args, parser) -> int:
 
     group = _process_group(args)
     lock = _RunLock()
-    try:
-        with _only_rank0_prints(group):
-            out = from_rank0(group, lambda: _claim_out(args, parser, lock))
-            args.out = str(out)  # the interrupt hint names the actual directory
-            return _cmd_train_locked(args, parser, out, lock, group)
-    except Exception as exc:
-        from ..distributed_failures import is_lost_contact, lost_contact
+    with _sigterm_as_error(group):  # through the roll call of lost_contact too
+        try:
+            with _only_rank0_prints(group):
+                out = from_rank0(group, lambda: _claim_out(args, parser, lock))
+                args.out = str(out)  # the interrupt hint names the actual directory
+                return _cmd_train_locked(args, parser, out, lock, group)
+        except Exception as exc:
+            from ..distributed_failures import is_lost_contact, lost_contact
 
-        if group is None or not is_lost_contact(exc):
-            raise
-        raise lost_contact(exc, group, args.dist_timeout) from None
-    finally:
-        lock.release()
-        if group is not None:
-            import torch.distributed as dist
+            if group is None or not is_lost_contact(exc):
+                raise
+            raise lost_contact(exc, group, args.dist_timeout) from None
+        finally:
+            lock.release()
+            if group is not None:
+                import torch.distributed as dist
 
-            dist.destroy_process_group()
+                dist.destroy_process_group()
 
 
 def _process_group(args):
@@ -216,6 +217,36 @@ def _check_same_options(group, args) -> None:
     check_same(group, f"{PROG} train", {
         f"--{dest.replace('_', '-')} option": value for dest, value in sorted(vars(args).items())
         if dest not in _PER_PROCESS_OPTIONS and plain(value)})
+
+
+@contextlib.contextmanager
+def _sigterm_as_error(group):
+    """Within a job (``group``), SIGTERM (torchrun's agent stopping the other processes after
+    one failed) raises :class:`~infomax_ext.distributed_failures.JobStopped`: one line on stderr instead of a silent
+    death; checkpoints are written atomically, so the last one stays intact."""
+    import signal
+    import threading
+
+    import torch.distributed as dist
+
+    from ..distributed_failures import JobStopped
+
+    if group is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    rank = dist.get_rank(group)
+
+    def stop(signum, frame):
+        raise JobStopped(
+            f"rank {rank} lost contact with the job: it was stopped by SIGTERM (torchrun stops "
+            "every process when one fails; its summary names that one); the last checkpoint is "
+            "intact")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
