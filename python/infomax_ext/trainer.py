@@ -252,9 +252,11 @@ class Trainer:
     and the last epoch's.
 
     ``process_group`` (torch.distributed): one trainer per process trains one model
-    data-parallel (module docstring). Every process passes the same arguments (checked; the
-    model's weights are set to rank 0's); rank 0 alone shows progress, validates and writes
-    ``run_dir``, but every process calls :meth:`fit` and :meth:`save_checkpoint`.
+    data-parallel (module docstring). Every process passes the same arguments (checked, the
+    training data by a SHA-256 of what each process reads, so a file that holds other contents
+    on another machine is refused; the model's weights are set to rank 0's); rank 0 alone
+    shows progress, validates and writes ``run_dir``, but every process calls :meth:`fit` and
+    :meth:`save_checkpoint`.
     """
 
     def __init__(self, model: InfoMaxVAE, config: TrainConfig, train_data: torch.Tensor,
@@ -284,6 +286,8 @@ class Trainer:
                 "model parameters": [(name, tuple(p.shape), str(p.dtype))
                                      for name, p in self.model.named_parameters()],
                 "run directory given": run_dir is not None,
+                "training data (SHA-256 of the samples each process reads)":
+                    distributed.data_digest(self.train_data),
             })
             distributed.broadcast_module(self.model, process_group)
         check_batch_size(config.batch_size, len(self.train_data), self.world_size)
@@ -318,7 +322,9 @@ class Trainer:
         state, epoch count, history and random state. ``epochs`` raises the total epoch budget;
         ``device`` moves the run; ``run_dir`` defaults to the checkpoint's directory. With a
         ``process_group`` keyword, rank 0 reads the checkpoint and sends it to every process
-        (each takes its own saved random state when the number of processes is unchanged)."""
+        (each takes its own saved random state when the number of processes is unchanged). A
+        run with ``negatives="local"`` resumes only on the number of processes it was trained on
+        (:class:`TrainingError` naming both): its objective depends on it."""
         path = Path(path)
         state = distributed.from_rank0(kwargs.get("process_group"), lambda: _read_checkpoint(path))
         config_dict = dict(state["config"])
@@ -339,6 +345,14 @@ class Trainer:
             raise SerializationError(f"{path}: its preprocessing: {exc}") from None
         trainer = cls(model, config, train_data, val_data,
                       path.parent if run_dir is None else run_dir, **kwargs)
+        saved_world = state.get("world_size", 1)
+        if config.negatives == "local" and saved_world != trainer.world_size:
+            raise TrainingError(
+                f"{path} was trained with negatives='local' on {saved_world} process"
+                f"{'es' if saved_world != 1 else ''}, now resumed on {trainer.world_size}: each "
+                "process shuffles within its share of the batch, so another number of processes "
+                f"changes the objective; resume with {saved_world} process"
+                f"{'es' if saved_world != 1 else ''}")
         if state["n_train"] != len(trainer.train_data):
             raise TrainingError(f"{path} was trained on {state['n_train']} samples, now given "
                                 f"{len(trainer.train_data)}: not the same data")
