@@ -3,7 +3,9 @@
 #   cpu   : CPU kernels, built in .venv against torch 2.13.0, tagged manylinux_2_28 (torch's own
 #           tag: glibc >= 2.28) with scripts/manylinux_2_28/c++ (zig's glibc 2.28 target and the
 #           system libstdc++; docs/wheels.md)
-#   cu130 : CPU and CUDA kernels, built in .venv-cuda against torch 2.14.1 (CUDA 13.0)
+#   cu130 : CPU and CUDA kernels, built in .venv-cuda against torch 2.14.1 (CUDA 13.0), also
+#           manylinux_2_28: the C++ as for cpu, the .cu files by nvcc with g++ as host compiler
+#           (zig's glibc headers conflict with CUDA 13's math_functions.h), linked by zig
 # Both use only torch's stable C ABI (loads on torch >= the build's stable_abi_target). auditwheel
 # repair tags the wheel manylinux and vendors nothing: torch's libraries, OpenMP and the CUDA
 # runtime come with torch.
@@ -13,11 +15,15 @@ cd "$(dirname "$0")/.."
 variant=${1:?usage: build_wheel.sh cpu|cu130}
 start=$SECONDS
 case "$variant" in
-  cpu) venv=.venv; torch_pin=torch==2.13.0; cuda=OFF; plat=manylinux_2_28_x86_64
-       toolchain=(ziglang); export CXX=$PWD/scripts/manylinux_2_28/c++ ;;
-  cu130) venv=.venv-cuda; torch_pin=torch==2.14.1; cuda=ON; plat=auto; toolchain=() ;;
+  cpu) venv=.venv; torch_pin=torch==2.13.0; cuda=OFF ;;
+  cu130) venv=.venv-cuda; torch_pin=torch==2.14.1; cuda=ON ;;
   *) echo "unknown variant '$variant' (cpu or cu130)" >&2; exit 2 ;;
 esac
+# The manylinux_2_28 toolchain (scripts/manylinux_2_28/c++, docs/wheels.md).
+plat=manylinux_2_28_x86_64
+toolchain=(ziglang==0.17.1)
+export CXX=$PWD/scripts/manylinux_2_28/c++ CUDAHOSTCXX=g++
+export CUDAFLAGS="-Xcompiler=-I$PWD/scripts/manylinux_2_28/include ${CUDAFLAGS:-}"
 py=$PWD/$venv/bin/python
 if [ ! -x "$py" ] || ! "$py" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${torch_pin#torch==}')" 2>/dev/null; then
   echo "== creating $venv with $torch_pin"
@@ -39,9 +45,7 @@ INFOMAX_EXT_CUDA=$cuda CMAKE_GENERATOR=Ninja \
 # Torch's own libraries (and the CUDA runtime, OpenMP) are resolved from the installed torch at
 # import time: never copied into the wheel. --plat: auditwheel refuses a binary that needs more
 # than the tag allows; --only-plat: that tag alone (torch's), not also an older one it meets.
-plat_options=(--plat "$plat")
-[ "$plat" = auto ] || plat_options+=(--only-plat)
-"$py" -m auditwheel repair -w "$scratch/repaired" "${plat_options[@]}" \
+"$py" -m auditwheel repair -w "$scratch/repaired" --plat "$plat" --only-plat \
   --exclude 'libtorch*.so*' --exclude 'libc10*.so*' --exclude 'libgomp.so*' \
   --exclude 'libcudart.so*' "$scratch"/raw/*.whl
 

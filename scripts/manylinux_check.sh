@@ -2,7 +2,9 @@
 # A wheel keeps its manylinux promise: its filename carries TAG (e.g. manylinux_2_28_x86_64), and
 # auditwheel, reading the versioned symbols its binaries import (torch's own libraries aside:
 # they come with torch), finds them within TAG's policy. Prints the newest glibc, libstdc++ and
-# C++ ABI versions each binary needs, measured with objdump -T.
+# C++ ABI versions each binary needs, measured with objdump -T. A strong import without a version
+# other than Python's and torch's (its libraries have no symbol versions) fails too: bound to no
+# glibc version at link time, it might not exist in glibc 2.28.
 # Usage: manylinux_check.sh WHEEL TAG [PYTHON with auditwheel; default .venv/bin/python]
 set -euo pipefail
 wheel=${1:?usage: manylinux_check.sh WHEEL TAG [PYTHON]}
@@ -14,6 +16,12 @@ python3 -m zipfile -e "$wheel" "$scratch/tree"
 for so in "$scratch"/tree/infomax_ext/*.so; do
   objdump -T "$so" | grep -oE '\((GLIBC|GLIBCXX|CXXABI)_[0-9.]+\)' | tr -d '()' | sort -u \
     > "$scratch/$(basename "$so").versions"
+  unversioned=$(nm -D --undefined-only "$so" | awk '$1 == "U" && $2 !~ /@/ {print $2}' \
+                | grep -vE '^(_?Py|aoti_torch_|torch_)' || true)
+  if [ -n "$unversioned" ]; then
+    echo "manylinux check FAILED: $(basename "$so") imports unversioned symbols:" $unversioned >&2
+    exit 1
+  fi
 done
 "$py" -m auditwheel show --json "$wheel" > "$scratch/show.json"
 "$py" - "$wheel" "$tag" "$scratch" <<'PY'
