@@ -6,8 +6,8 @@ TensorBoard log (``infomax-ext train --tensorboard``).
     monitor = TensorBoardMonitor("runs/mine/tensorboard/infomax", val_x=val.x)
     trainer = Trainer.create(config, train.x, val.x, "runs/mine",
                              callbacks=[monitor], step_callbacks=[monitor.on_step])
-    trainer.fit()
-    monitor.close()
+    with monitor:                    # closes the event file at the end
+        trainer.fit()
 
 Everything is logged against one axis, the number of optimizer steps so far (``step``); the
 per-epoch values at the epoch's last step:
@@ -157,6 +157,12 @@ class TensorBoardMonitor:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+    def __enter__(self) -> "TensorBoardMonitor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # ----------------------------------------------------------------------------- progress display
