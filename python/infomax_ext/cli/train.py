@@ -138,6 +138,7 @@ def _monitor(name: str, tensorboard: Path | None, train, val, figures: bool):
     monitor = TensorBoardMonitor(tensorboard / name, val_x=val.x, labels=val.y,
                                  classes=train.classes, image_shape=train.image_shape,
                                  figures=figures, title=name)
+    _say(f"{name}: TensorBoard log in {tensorboard / name} (tensorboard --logdir {tensorboard})")
     return monitor, {"callbacks": [monitor], "step_callbacks": [monitor.on_step]}
 
 
