@@ -194,6 +194,33 @@ def test_tensorboard_dir_option_and_no_plots(tmp_path, capsys):
     assert not (tmp_path / "run" / "tensorboard").exists()
 
 
+@needs_tensorboard
+def test_torchrun_rank_0_alone_logs(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    data = tmp_path / "digits.npy"
+    np.save(data, (load_digits().data / 16).astype(np.float32))
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+               "2", "-m", "infomax_ext", "train", "--data", str(data), "--out", str(out),
+               "--tensorboard", str(logs), "--no-plots", *TINY_CLI]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [p.name for p in logs.iterdir()] == ["infomax"]
+    assert len(list((logs / "infomax").iterdir())) == 1  # one event file: rank 0's
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    scalars, _ = events(logs / "infomax")
+    steps_per_epoch = math.ceil(1438 / 128)  # global batches of 128 (64 per process)
+    assert [s for s, _ in scalars["epoch/mi"]] == [steps_per_epoch, 2 * steps_per_epoch]
+    assert all(close(v, r["mi"]) for (_, v), r in zip(scalars["epoch/mi"], history))
+
+
 def test_missing_tensorboard_is_named_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     assert main(["train", "--out", str(tmp_path / "run"), "--tensorboard", *TINY_CLI]) == 1
