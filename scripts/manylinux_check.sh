@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A wheel keeps its manylinux promise: its filename carries TAG (e.g. manylinux_2_28_x86_64), and
-# auditwheel, reading the versioned symbols its binaries import (torch's own libraries aside:
-# they come with torch), finds them within TAG's policy. Prints the newest glibc, libstdc++ and
+# auditwheel, reading the versioned symbols its binaries import (torch's own libraries and the
+# CUDA runtime aside: they come with torch), finds them within TAG's policy. Prints the newest glibc, libstdc++ and
 # C++ ABI versions each binary needs, measured with objdump -T. A strong import without a version
 # other than Python's and torch's (its libraries have no symbol versions) fails too: bound to no
 # glibc version at link time, it might not exist in glibc 2.28.
@@ -42,9 +42,10 @@ if policy is None:
 glibc = lambda t: tuple(map(int, re.match(r"manylinux_(\d+)_(\d+)", t).groups()))  # noqa: E731
 if show["sym_tag"] == "linux_x86_64" or glibc(show["sym_tag"]) > glibc(tag):
     problems.append(f"auditwheel: the versioned symbols need {show['sym_tag']}, beyond {tag}")
-others = [lib for lib in show["external_libs"] if not re.match(r"lib(torch|c10)\w*\.so", lib)]
+others = [lib for lib in show["external_libs"]
+          if not re.match(r"lib(torch|c10)\w*\.so|libcudart\.so", lib)]
 if others:
-    problems.append(f"libraries outside torch and the manylinux policy: {others}")
+    problems.append(f"libraries outside torch, its CUDA runtime and the manylinux policy: {others}")
 allowed = policy["symbol_versions"]["x86_64"]
 key = lambda v: tuple(int(x) for x in v.split("_")[-1].split(".") if x.isdigit())  # noqa: E731
 for versions in sorted(scratch.glob("*.versions")):
