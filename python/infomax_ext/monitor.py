@@ -97,8 +97,8 @@ class TensorBoardMonitor:
             return
         writer = self._open(step["step"])
         n = step["step"]
-        epoch, samples, seconds = self._last if self._last[0] == step["epoch"] else \
-            (step["epoch"], 0, 0.0)
+        # this step's samples and seconds: the epoch's so far less the previous step's
+        _, samples, seconds = self._last if self._last[0] == step["epoch"] else (0, 0, 0.0)
         elapsed = step["seconds"] - seconds
         rate = (step["samples"] - samples) / elapsed if elapsed > 0 else math.nan
         self._last = (step["epoch"], step["samples"], step["seconds"])
