@@ -62,4 +62,6 @@ rm -f dist/infomax_ext-*+"$variant"-*.whl
 "$py" -m wheel pack -d dist "$tree" >/dev/null
 wheel=$(ls dist/infomax_ext-*+"$variant"-*.whl)
 echo "== $wheel ($(du -h "$wheel" | cut -f1)) in $((SECONDS - start)) s"
-"$py" -m auditwheel show "$wheel" | sed 's/^/   /'
+# auditwheel's verdict on the symbol versions (plain `auditwheel show` answers linux_x86_64: it
+# cannot find torch's libraries, which the wheel leaves to torch).
+bash scripts/manylinux_check.sh "$wheel" "$plat" "$py"
