@@ -17,7 +17,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, M
 import torch
 from torch import nn
 
-from . import distributed, widths
+from . import distributed, distributed_step, widths
 from .activations import ACTIVATIONS, spec_of_module
 from .mutual_info import (
     DataHalfCache,
@@ -527,7 +527,11 @@ def train_step(
     step. ``negatives="global"`` passes the group on to both losses (unless their kwargs name a
     ``process_group``): the codes are shuffled over all processes' rows and the rank average of
     the gradients is the whole-batch gradient. ``"local"``: each process shuffles its own rows
-    and no codes travel. The losses returned are this process's.
+    and no codes travel. The losses returned are this process's. Before the step the processes
+    check that they run it with the same settings and weights
+    (:func:`~infomax_ext.distributed_step.agree_on_step`): on the first step of a model,
+    weights that differ are set to rank 0's; a later difference raises
+    :class:`~infomax_ext.distributed.DistributedMismatchError` naming the parameter.
     """
     opt_vae, opt_mi, opt_names = _optimizers(opt)
     vae_kwargs = dict(infomaxloss_kwargs or {})
@@ -560,6 +564,11 @@ def train_step(
         raise ValueError(f"negatives must be 'global' or 'local', got {negatives!r}")
     _check_optimizers(model, (opt_vae, opt_mi), opt_names, (len(vae_params), len(mi_params)))
     if process_group is not None:
+        distributed_step.agree_on_step(
+            process_group, model, x, reuse_forward=reuse_forward, negatives=negatives,
+            shuffled_grad=vae_kwargs.get("shuffled_grad", False),
+            n_samples=vae_kwargs.get("n_samples", 1), x_out_given=x_out is not None,
+            default_losses=(infomaxloss_function is infomaxloss, miloss_function is miloss))
         for kwargs in (vae_kwargs, mi_kwargs):
             kwargs.setdefault("process_group", process_group if negatives == "global" else None)
         opt_vae = distributed.AveragingOptimizer(opt_vae, process_group)
@@ -575,6 +584,8 @@ def train_step(
                                               mi_params, infomaxloss_function, vae_kwargs,
                                               miloss_function, mi_kwargs)
 
+    if process_group is not None:
+        distributed_step.stepped(process_group, model)
     if verbose:
         print(f"vae_loss = {vae_loss.item():.6g}, mi_loss = {mi_loss.item():.6g}")
     if loss_return:

@@ -459,7 +459,8 @@ def shuffled_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, n_samples: i
         perm = latent_permutation(n, n_samples, seed, z.device)
         return paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad,
                                   data_half_cache=data_half_cache)
-    agreed = distributed.agree_on_batch(process_group, n, z, draw_seed() if seed is None else seed)
+    agreed = distributed.agree_on_batch(process_group, n, z, draw_seed() if seed is None else seed,
+                                        shuffled_grad)
     perm = latent_permutation(agreed.world_size * n, n_samples, agreed.seed, z.device)
     partners = distributed.partner_codes(z, n, perm, agreed, process_group, shuffled_grad)
     return paired_mutual_info(mi, x, z, z_shuffle=partners, shuffled_grad=shuffled_grad,

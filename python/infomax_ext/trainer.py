@@ -48,6 +48,7 @@ from .activations import HIDDEN_ACTIVATIONS
 from .data import LIKELIHOODS, MappedSamples, check_values
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
 from .infomax import InfoMaxVAE, model_config, train_step
+from .monitor import _is_terminal, _progress_bar
 from .mutual_info import MutualInfoChain
 from .preprocessing import Preprocessing
 from .serialization import (
@@ -253,24 +254,30 @@ class Trainer:
     ``train_data`` (N, *sample_shape) and optional ``val_data`` (M, *sample_shape) are tensors
     (kept on the CPU; batches move to the device). With a ``run_dir`` every epoch's metrics go to
     ``metrics.jsonl`` and a checkpoint to ``checkpoint.pt`` every ``checkpoint_every`` epochs and
-    at the end. ``callbacks`` are called as ``callback(trainer, record)`` after every epoch.
+    at the end. ``callbacks`` are called as ``callback(trainer, record)`` after every epoch, and
+    ``step_callbacks`` as ``callback(trainer, step)`` after every optimizer step with ``step`` =
+    {epoch, step (steps so far in the run), vae_loss, mi_loss, samples and seconds (of all
+    processes, so far in the epoch)} (:class:`~infomax_ext.monitor.TensorBoardMonitor` is both).
     ``progress`` shows a tqdm bar (epoch, running losses and MI estimate) named ``desc`` on
     stderr when that is a terminal, and prints a line per epoch (losses, MI estimate, samples/s)
     on stdout when that is not one (a log file, CI): at most one every ``log_interval`` seconds,
     and the last epoch's.
 
     ``process_group`` (torch.distributed): one trainer per process trains one model
-    data-parallel (module docstring). Every process passes the same arguments (checked; the
-    model's weights are set to rank 0's); rank 0 alone shows progress, validates and writes
-    ``run_dir``, but every process calls :meth:`fit` and :meth:`save_checkpoint`.
+    data-parallel (module docstring). Every process passes the same arguments (checked, the
+    training data by a SHA-256 of what each process reads, so a file that holds other contents
+    on another machine is refused; the model's weights are set to rank 0's); rank 0 alone
+    shows progress, validates and writes ``run_dir``, but every process calls :meth:`fit` and
+    :meth:`save_checkpoint`.
     """
 
     def __init__(self, model: InfoMaxVAE, config: TrainConfig,
                  train_data: torch.Tensor | MappedSamples,
                  val_data: torch.Tensor | MappedSamples | None = None,
                  run_dir: str | os.PathLike[str] | None = None, *, progress: bool = True,
-                 desc: str = "train", callbacks: Sequence[Callback] = (), log_interval: float = 5.0,
-                 process_group: ProcessGroup | None = None) -> None:
+                 desc: str = "train", callbacks: Sequence[Callback] = (),
+                 step_callbacks: Sequence[Callable[..., Any]] = (),
+                 log_interval: float = 5.0, process_group: ProcessGroup | None = None) -> None:
         if isinstance(log_interval, bool) or not isinstance(log_interval, (int, float)) \
                 or not math.isfinite(log_interval) or log_interval < 0:
             raise ValueError(f"log_interval must be a non-negative number of seconds, got "
@@ -294,12 +301,14 @@ class Trainer:
                 "model parameters": [(name, tuple(p.shape), str(p.dtype))
                                      for name, p in self.model.named_parameters()],
                 "run directory given": run_dir is not None,
+                "training data (SHA-256 of the samples each process reads)":
+                    distributed.data_digest(self.train_data),
             })
             distributed.broadcast_module(self.model, process_group)
         check_batch_size(config.batch_size, len(self.train_data), self.world_size)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.progress = progress and self.rank == 0
-        self.desc, self.callbacks = desc, list(callbacks)
+        self.desc, self.callbacks, self.step_callbacks = desc, list(callbacks), list(step_callbacks)
         self.log_interval = float(log_interval)
         self.optimizers = {"vae": _adam(self.model.vae.parameters(), config.lr),
                            "mi": _adam(self.model.mi.parameters(), config.mi_lr)}
@@ -311,9 +320,7 @@ class Trainer:
     @classmethod
     def create(cls, config: TrainConfig, train_data: torch.Tensor | MappedSamples,
                val_data: torch.Tensor | MappedSamples | None = None,
-               run_dir: str | os.PathLike[str] | None = None, *, progress: bool = True,
-               desc: str = "train", callbacks: Sequence[Callback] = (), log_interval: float = 5.0,
-               process_group: ProcessGroup | None = None) -> "Trainer":
+               run_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> "Trainer":
         """A fresh model built by :func:`build_model` under ``torch.manual_seed(config.seed)``
         (so equal configs start from equal weights) and its trainer."""
         config.validate()
@@ -321,23 +328,22 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = build_model(config, train_data.shape[1:])
-        return cls(model, config, train_data, val_data, run_dir, progress=progress, desc=desc,
-                   callbacks=callbacks, log_interval=log_interval, process_group=process_group)
+        return cls(model, config, train_data, val_data, run_dir, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], train_data: torch.Tensor | MappedSamples,
                         val_data: torch.Tensor | MappedSamples | None = None,
                         run_dir: str | os.PathLike[str] | None = None, *, epochs: int | None = None,
-                        device: str | None = None, progress: bool = True, desc: str = "train",
-                        callbacks: Sequence[Callback] = (), log_interval: float = 5.0,
-                        process_group: ProcessGroup | None = None) -> "Trainer":
+                        device: str | None = None, **kwargs: Any) -> "Trainer":
         """The trainer saved in checkpoint ``path``, ready to continue: model, both optimizers'
         state, epoch count, history and random state. ``epochs`` raises the total epoch budget;
         ``device`` moves the run; ``run_dir`` defaults to the checkpoint's directory. With a
         ``process_group`` keyword, rank 0 reads the checkpoint and sends it to every process
-        (each takes its own saved random state when the number of processes is unchanged)."""
+        (each takes its own saved random state when the number of processes is unchanged). A
+        run with ``negatives="local"`` resumes only on the number of processes it was trained on
+        (:class:`TrainingError` naming both): its objective depends on it."""
         path = Path(path)
-        state = distributed.from_rank0(process_group, lambda: _read_checkpoint(path))
+        state = distributed.from_rank0(kwargs.get("process_group"), lambda: _read_checkpoint(path))
         config_dict = dict(state["config"])
         if epochs is not None:
             config_dict["epochs"] = epochs
@@ -355,9 +361,15 @@ class Trainer:
         except ValueError as exc:
             raise SerializationError(f"{path}: its preprocessing: {exc}") from None
         trainer = cls(model, config, train_data, val_data,
-                      path.parent if run_dir is None else run_dir, progress=progress, desc=desc,
-                      callbacks=callbacks, log_interval=log_interval,
-                      process_group=process_group)
+                      path.parent if run_dir is None else run_dir, **kwargs)
+        saved_world = state.get("world_size", 1)
+        if config.negatives == "local" and saved_world != trainer.world_size:
+            raise TrainingError(
+                f"{path} was trained with negatives='local' on {saved_world} process"
+                f"{'es' if saved_world != 1 else ''}, now resumed on {trainer.world_size}: each "
+                "process shuffles within its share of the batch, so another number of processes "
+                f"changes the objective; resume with {saved_world} process"
+                f"{'es' if saved_world != 1 else ''}")
         if state["n_train"] != len(trainer.train_data):
             raise TrainingError(f"{path} was trained on {state['n_train']} samples, now given "
                                 f"{len(trainer.train_data)}: not the same data")
@@ -525,6 +537,11 @@ class Trainer:
                     bar.set_postfix({"vae_loss": f"{sums[0] / count:.2f}",
                                      "MI": f"{-sums[1] / count:.3f}"}, refresh=False)
                     bar.update(1)
+                    step = {"epoch": epoch, "step": (epoch - 1) * steps_per_epoch + count,
+                            "vae_loss": vae_loss, "mi_loss": mi_loss, "samples": samples,
+                            "seconds": time.perf_counter() - start}
+                    for callback in self.step_callbacks:
+                        callback(self, step)
                 train_seconds = time.perf_counter() - start
                 model.eval()
                 record = {"epoch": epoch, "vae_loss": sums[0] / count, "mi_loss": sums[1] / count,
@@ -575,29 +592,6 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def _is_terminal(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
-
-
-class _NoBar:
-    """Stands in for a tqdm bar when tqdm is not installed."""
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *args, **kwargs: None
-
-
-def _progress_bar(**kwargs: Any) -> Any:
-    """A tqdm bar (``tqdm.auto``: a widget in notebooks), or a silent stand-in without tqdm."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(**kwargs)
-
-
 def _checkpoint_note(path: str | os.PathLike[str] | None) -> str:
     """Where the last good state is: ``path`` is a checkpoint, a run directory or None."""
     if path is not None and Path(path).is_dir():
@@ -645,12 +639,9 @@ def _adam(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
 
 def fit(config: TrainConfig, train_data: torch.Tensor | MappedSamples,
         val_data: torch.Tensor | MappedSamples | None = None,
-        run_dir: str | os.PathLike[str] | None = None, *, progress: bool = True,
-        desc: str = "train", callbacks: Sequence[Callback] = (), log_interval: float = 5.0,
-        process_group: ProcessGroup | None = None) -> tuple[InfoMaxVAE, list[dict[str, Any]]]:
+        run_dir: str | os.PathLike[str] | None = None,
+        **kwargs: Any) -> tuple[InfoMaxVAE, list[dict[str, Any]]]:
     """Build a model for ``config`` and train it: ``(model, history)``. Keywords go to
     :class:`Trainer` (``progress``, ``desc``, ``callbacks``, ``log_interval``)."""
-    trainer = Trainer.create(config, train_data, val_data, run_dir, progress=progress, desc=desc,
-                             callbacks=callbacks, log_interval=log_interval,
-                             process_group=process_group)
+    trainer = Trainer.create(config, train_data, val_data, run_dir, **kwargs)
     return trainer.model, trainer.fit()

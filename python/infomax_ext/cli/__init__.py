@@ -24,7 +24,12 @@ train one model data-parallel (:mod:`infomax_ext.distributed`): rank 0 alone dec
 the run directory (config.json records ``world_size`` and the backend), reads what --resume
 continues and sends it to the others, prints, and evaluates; a ``.npy`` file is memory-mapped
 and each process reads the rows of its batches. A restart by ``torchrun --max-restarts``
-resumes the run in --out from its last checkpoint.
+resumes the run in --out from its last checkpoint. Every process must be given the same options
+(``--device``, ``--threads``, ``--quiet``, ``--log-interval`` and ``--dist-timeout`` excepted)
+and see the same data (each checks a SHA-256 of what it reads): else every process stops with
+the same error. A process that stops answering ends the job after ``--dist-timeout`` seconds
+(default 300; rank 0's own work, reading the data and evaluating, is awaited longer): the
+others exit with one line naming the silent rank (exit code 1).
 
 Commands for a trained model (a run directory, or a model directory of ``InfoMaxVAE.save``), each
 taking data in the units of the training data and applying the model's saved normalisation
@@ -61,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..data import DataError
     from ..distributed import DistributedMismatchError
+    from ..distributed_failures import LostContactError, is_lost_contact
     from ..serialization import SerializationError
     from ..trainer import TrainingError
 
@@ -70,11 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with stdout:
             code: int = args.func(args, getattr(args, "command_parser", parser))
             return code
-    except (CommandError, DataError, DistributedMismatchError, SerializationError,
-            TrainingError) as exc:
+    except (CommandError, DataError, DistributedMismatchError, LostContactError,
+            SerializationError, TrainingError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return 1
-    except dist.DistError as exc:  # another process of a torchrun job stopped
+    except (dist.DistError, RuntimeError) as exc:  # another process of a torchrun job stopped
+        if not is_lost_contact(exc):
+            raise
         print(f"{PROG} {args.command}: error: lost contact with another process of the job "
               f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
               "torchrun's summary names the process that stopped; the last checkpoint is intact",
