@@ -554,8 +554,8 @@ def check_values(x: object, likelihood: str = "bernoulli", source: str = "data")
     _check_range(float(values.min()), float(values.max()), likelihood, source)
 
 
-def load_file(path: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None, likelihood: str = "bernoulli",
-              normalize: str = "none", *, mmap: bool = False,
+def load_file(path: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None,
+              likelihood: str = "bernoulli", normalize: str = "none", *, mmap: bool = False,
               label_column: str | int | None = None,
               min_samples: int = MIN_SAMPLES) -> ArrayDataset:
     """An :class:`ArrayDataset` from a ``.npy``, ``.npz``, ``.pt``, ``.csv`` or ``.tsv`` file (see

@@ -121,7 +121,7 @@ def _hex(value: int) -> str:
     return f"digest {value & (2**64 - 1):016x}"
 
 
-def _dtype_set(dtypes) -> int:
+def _dtype_set(dtypes: Any) -> int:
     """The set of ``dtypes`` as a bit mask of their codes (:func:`_dtype_code`)."""
     return sum(1 << code for code in {_dtype_code(d) for d in dtypes})
 
@@ -152,7 +152,8 @@ _EXCHANGES = ("train_step's settings", "the MI bound over the whole batch", "gra
               "train_step's weight check")
 
 
-def _exchange(group, device, what: str, checked: dict[str, int], extra: Sequence[int] = (),
+def _exchange(group: ProcessGroup | None, device: torch.device | str, what: str,
+              checked: dict[str, int], extra: Sequence[int] = (),
               describe: dict[str, Callable[[int], str]] | None = None) -> list[list[int]]:
     """All ranks' ``extra`` integers, after checking that every rank is at the same exchange
     ``what`` (one of ``_EXCHANGES``) and gave the same ``checked`` integers (one all_gather of
@@ -202,7 +203,7 @@ class BatchAgreement(NamedTuple):
     world_size: int
 
 
-def agree_on_batch(group, n: int, z: torch.Tensor, seed: int,
+def agree_on_batch(group: ProcessGroup | None, n: int, z: torch.Tensor, seed: int,
                    shuffled_grad: bool = False) -> BatchAgreement:
     """Check that every rank has ``n`` data rows and codes ``z`` of the same shape and dtype, and
     the same ``shuffled_grad`` where it matters (the partners carry a gradient back, a
@@ -359,14 +360,15 @@ def check_same(group: ProcessGroup | None, what: str, named: dict[str, Any]) -> 
                 "give the same")
 
 
-def data_digest(samples) -> str:
+def data_digest(samples: Any) -> str:
     """SHA-256 (hex) of ``samples`` (N, ...) as this process reads them: a tensor or
     :class:`~infomax_ext.data.MappedSamples` (its file read again, in chunks): the shape and the
     bytes of the values. Ranks that read a file at the same path but see other contents (another
     machine's copy) get other digests."""
     h = hashlib.sha256(repr(tuple(samples.shape)).encode())
     if isinstance(samples, torch.Tensor):
-        chunks = (c.detach().cpu().contiguous().numpy() for c in samples.split(2**16))
+        chunks = (c.detach().cpu().contiguous().numpy()
+              for c in samples.split(2**16))
     else:
         chunks = samples.chunks()
     for chunk in chunks:
@@ -395,7 +397,7 @@ def from_rank0(group: ProcessGroup | None, fn: Callable[[], _R]) -> _R:
     box: list[Any] = [None]
     if rank == 0:
         try:
-            result = ("value", fn())
+            result: tuple[str, Any] = ("value", fn())
         except BaseException as exc:  # noqa: BLE001 - every rank must leave the same way
             result = ("error", _portable(exc))
         try:
@@ -419,8 +421,8 @@ def from_rank0(group: ProcessGroup | None, fn: Callable[[], _R]) -> _R:
             + "; every process must see the same files")
     if kind == "error":
         raise value
-    result: _R = value
-    return result
+    returned: _R = value
+    return returned
 
 
 # How long the other ranks wait for rank 0's own work (reading and checking the data,
@@ -428,7 +430,8 @@ def from_rank0(group: ProcessGroup | None, fn: Callable[[], _R]) -> _R:
 RANK0_WORK_TIMEOUT = datetime.timedelta(hours=24)
 
 
-def wait_for_rank0(group, timeout: datetime.timedelta = RANK0_WORK_TIMEOUT) -> None:
+def wait_for_rank0(group: ProcessGroup | None,
+                   timeout: datetime.timedelta = RANK0_WORK_TIMEOUT) -> None:
     """Every rank waits here until all have arrived, for up to ``timeout`` (gloo: a
     ``monitored_barrier``, which fails at once when a rank's process is gone; other backends
     wait in a collective, up to the group's timeout). Called where rank 0 alone worked for a
@@ -477,7 +480,7 @@ def init_from_env(backend: str | None, device: torch.device,
         # previous attempt's processes published: each attempt keys its own.
         store, rank, world = next(dist.rendezvous("env://", timeout=timeout))  # type: ignore[attr-defined]
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = dist.PrefixStore(f"infomax_ext/{attempt}", store)
+        store = dist.PrefixStore(f"infomax_ext/{attempt}", store)  # type: ignore[attr-defined]
         dist.init_process_group(backend, store=store, rank=rank, world_size=world,
                                 timeout=timeout, device_id=device_id)
         set_roll_call_store(store, rank, world)

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import weakref
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 from .distributed import (_EXCHANGES, _all_gather_rows, _dtype_code, _dtype_name, _dtype_set,
                           _dtype_set_names, _exchange, _hex, _layout, broadcast_module,
@@ -22,16 +26,17 @@ __all__ = ["agree_on_step", "stepped"]
 # model -> {id(group): ((id(p), p._version) for every parameter)} after the last step on which
 # every rank held the same weights: while those versions stand, nothing changed the weights
 # outside train_step and they need no new check.
-_AGREED_WEIGHTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_AGREED_WEIGHTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, Any]]" = (
+    weakref.WeakKeyDictionary())
 
 
-def _versions(model: torch.nn.Module) -> tuple:
+def _versions(model: torch.nn.Module) -> tuple[Any, ...]:
     return tuple((id(p), p._version) for p in model.parameters())
 
 
-def agree_on_step(group, model: torch.nn.Module, x: torch.Tensor, *, reuse_forward: bool,
-                  negatives: str, shuffled_grad: bool, n_samples, default_losses: tuple,
-                  x_out_given: bool) -> None:
+def agree_on_step(group: ProcessGroup | None, model: torch.nn.Module, x: torch.Tensor, *,
+                  reuse_forward: bool, negatives: str, shuffled_grad: bool, n_samples: Any,
+                  default_losses: tuple[bool, ...], x_out_given: bool) -> None:
     """The agreement of a data-parallel :func:`~infomax_ext.train_step`: every rank runs the
     step with the same settings (those that decide which collectives run and what they send:
     ``reuse_forward``, ``negatives``, ``shuffled_grad``, ``n_samples``, whether the loss
@@ -78,7 +83,7 @@ def agree_on_step(group, model: torch.nn.Module, x: torch.Tensor, *, reuse_forwa
     _AGREED_WEIGHTS.setdefault(model, {})[id(group)] = _versions(model)
 
 
-def stepped(group, model: torch.nn.Module) -> None:
+def stepped(group: ProcessGroup | None, model: torch.nn.Module) -> None:
     """Record that a train_step of ``model`` in ``group`` ended: its weights are equal on every
     rank (same start, same averaged gradients)."""
     _AGREED_WEIGHTS.setdefault(model, {})[id(group)] = _versions(model)
@@ -95,7 +100,7 @@ def _tensor_digest(t: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def _agree_on_weights(group, model: torch.nn.Module, first: bool) -> None:
+def _agree_on_weights(group: ProcessGroup | None, model: torch.nn.Module, first: bool) -> None:
     """Compare every parameter of ``model`` over the ranks (an all_gather of one digest per
     parameter; the ranks agreed on the parameters already); on a difference set them to rank
     0's when ``first``, else raise naming the first parameter that differs."""

@@ -64,9 +64,11 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
 # ----------------------------------------------------------------------------- one run
 
-def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | None, *,
-             resume: bool, progress: bool, log_interval: float, plots: bool, group=None,
-             preprocessing=None, tensorboard: Path | None = None):
+def _run_one(name: str, config: TrainConfig, run_dir: Path, train: ArrayDataset,
+             val: ArrayDataset, data_info: dict[str, Any] | None, *, resume: bool,
+             progress: bool, log_interval: float, plots: bool, group: ProcessGroup | None = None,
+             preprocessing: Preprocessing | None = None,
+             tensorboard: Path | None = None) -> tuple[Any, Any]:
     """Train (or resume) one model in ``run_dir``, evaluate it, write its files (its own
     config.json when ``data_info`` is given); returns ``(metrics, held-out encoder means)``.
     With a process ``group`` every process trains and rank 0 alone evaluates and writes (the
@@ -142,14 +144,16 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
     return metrics, mu
 
 
-def _monitor(name: str, tensorboard: Path | None, train, val, figures: bool):
+def _monitor(name: str, tensorboard: Path | None, train: ArrayDataset, val: ArrayDataset,
+             figures: bool) -> tuple[Any, dict[str, Any]]:
     """``(monitor, Trainer keywords)`` logging to ``tensorboard/name``; without ``tensorboard``
     a monitor that does nothing and no keywords."""
     if tensorboard is None:
         return contextlib.nullcontext(), {}
     from ..monitor import TensorBoardMonitor
 
-    monitor = TensorBoardMonitor(tensorboard / name, val_x=val.x, labels=val.y,
+    monitor = TensorBoardMonitor(tensorboard / name, val_x=val.x,  # type: ignore[arg-type]
+                                 labels=val.y,
                                  classes=train.classes, image_shape=train.image_shape,
                                  figures=figures, title=name)
     _say(f"{name}: TensorBoard log in {tensorboard / name} (tensorboard --logdir {tensorboard})")
@@ -204,14 +208,14 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 dist.destroy_process_group()
 
 
-def _tensorboard_dir(args, out: Path) -> Path | None:
+def _tensorboard_dir(args: argparse.Namespace, out: Path) -> Path | None:
     """Where --tensorboard logs go: its DIR, ``out/tensorboard`` without one, None when off."""
     if args.tensorboard is None:
         return None
     return Path(args.tensorboard) if args.tensorboard else out / "tensorboard"
 
 
-def _process_group(args):
+def _process_group(args: argparse.Namespace) -> ProcessGroup | None:
     """The process group when torchrun started this process (None otherwise), its collectives
     waiting ``--dist-timeout`` seconds for a silent process, every process given the same
     options (checked); a restart by ``torchrun --max-restarts`` continues the run in --out
@@ -246,12 +250,12 @@ _PER_PROCESS_OPTIONS = {"device", "threads", "quiet", "log_interval", "dist_time
                         "command_parser"}
 
 
-def _check_same_options(group, args) -> None:
+def _check_same_options(group: ProcessGroup | None, args: argparse.Namespace) -> None:
     """The same :class:`DistributedMismatchError` on every process unless all were given the
     same options (``--resume`` on some only, another ``--out``, ...)."""
     from ..distributed import check_same
 
-    def plain(value) -> bool:  # the options' values, not the parser's bookkeeping
+    def plain(value: object) -> bool:  # the options' values, not the parser's bookkeeping
         return value is None or isinstance(value, (str, int, float, bool)) or (
             isinstance(value, (list, tuple)) and all(plain(v) for v in value))
 
@@ -261,7 +265,7 @@ def _check_same_options(group, args) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_error(group):
+def _sigterm_as_error(group: ProcessGroup | None) -> Iterator[None]:
     """Within a job (``group``), SIGTERM (torchrun's agent stopping the other processes after
     one failed) raises :class:`~infomax_ext.distributed_failures.JobStopped`: one line on stderr instead of a silent
     death; checkpoints are written atomically, so the last one stays intact."""
@@ -277,7 +281,7 @@ def _sigterm_as_error(group):
         return
     rank = dist.get_rank(group)
 
-    def stop(signum, frame):
+    def stop(signum: int, frame: object) -> None:
         raise JobStopped(
             f"rank {rank} lost contact with the job: it was stopped by SIGTERM (torchrun stops "
             "every process when one fails; its summary names that one); the last checkpoint is "
