@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
     from .vae import VAE
 
 __all__ = ["TensorBoardMonitor", "TensorBoardMissing", "require_tensorboard", "gradient_norm"]
@@ -97,7 +96,7 @@ class TensorBoardMonitor:
             self.writer = SummaryWriter(str(self.log_dir), purge_step=first_step)
         return self.writer
 
-    def on_step(self, trainer: Trainer, step: dict[str, Any]) -> None:
+    def on_step(self, trainer: Any, step: dict[str, Any]) -> None:  # trainer: a Trainer
         """Step callback: the step's losses, MI estimate, gradient norms and samples/s."""
         if trainer.rank != 0:
             return
@@ -117,7 +116,7 @@ class TensorBoardMonitor:
         writer.add_scalar("step/grad_norm_mi", gradient_norm(trainer.model.mi), n)
         writer.add_scalar("step/samples_per_s", rate, n)
 
-    def __call__(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def __call__(self, trainer: Any, record: dict[str, Any]) -> None:  # trainer: a Trainer
         """Epoch callback: the epoch's means, held-out metrics, samples/s and figures, at the
         epoch's last step."""
         if trainer.rank != 0:
