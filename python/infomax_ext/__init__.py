@@ -22,6 +22,7 @@ from ._ops import (
 )
 from ._version import __version__
 from .activations import Activation, identity
+from .bounds import BOUNDS, Bound
 from .build_info import build_info
 from .infomax import (
     InfoMaxTerms,
