@@ -177,7 +177,11 @@ def model_config(model: nn.Module) -> dict:
         mi_config = json.loads(json.dumps(mi_config))
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"the model's config is not JSON-serialisable: {exc}") from None
-    return {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
+    config = {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
+    bound = getattr(model, "bound", None)
+    if bound is not None and bound != BOUNDS["nwj"]:  # absent: nwj
+        config["bound"] = resolve_bound(bound).config()
+    return config
 
 
 def _unnamed_activation_entries(config: dict, path: str) -> list[str]:
