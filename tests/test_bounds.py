@@ -329,3 +329,30 @@ def test_dv_moving_average_equals_mine():
         want, = torch.autograd.grad(-mine.loss(index, index), table)
         got, = torch.autograd.grad(ours.from_matrix(table), table)
         assert torch.allclose(got, want, rtol=1e-6, atol=1e-8)
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def test_train_command_records_the_bound_and_resume_keeps_it(tmp_path, capsys, one_thread):
+    import json
+
+    from infomax_ext.cli import main
+
+    out = tmp_path / "run"
+    tiny = ["--latent-dim", "2", "--encoder-neurons", "8", "--decoder-neurons", "8",
+            "--mi-neurons", "8", "--eval-mi-steps", "2", "--batch-size", "256", "--quiet",
+            "--no-plots"]
+    assert main(["train", "--out", str(out), "--epochs", "1", "--bound", "smile",
+                 "--smile-clip", "3", *tiny]) == 0
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert train["bound"] == "smile" and train["smile_clip"] == 3.0
+    assert im.InfoMaxVAE.load(out / "model").bound == bounds.SMILE(clip=3.0)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", "--out", str(out), "--epochs", "2", "--bound", "dv", "--quiet"])
+    assert "--bound dv differs from the value the run was started with (smile)" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(tmp_path / "bad"), "--smile-clip", "0", "--quiet"])
+    assert "smile_clip must be a positive finite number" in capsys.readouterr().err
