@@ -202,19 +202,36 @@ _BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._Inst
 
 
 def fused_plan(mi: nn.Module) -> _FusedPlan | None:
-    """How the chain splits for the shared evaluation, or None when it must take two calls."""
+    """How the chain splits for the shared evaluation, or None when it must take two calls
+    (:func:`fused_plan_reasons` says why)."""
+    return _plan_and_reasons(mi)[0]
+
+
+def fused_plan_reasons(mi: nn.Module) -> list[str]:
+    """Why ``mi`` cannot take the shared (fused) evaluation: one sentence per obstacle, an
+    empty list when it can (see :func:`~infomax_ext.explain.explain_path` for a whole call)."""
+    return _plan_and_reasons(mi)[1]
+
+
+def _plan_and_reasons(mi: nn.Module) -> tuple[_FusedPlan | None, list[str]]:
     mlp = getattr(mi, "mlp", None)
-    if not isinstance(mlp, nn.Sequential) or len(mlp) == 0 or not isinstance(mlp[0], nn.Linear):
-        return None
-    if any(isinstance(m, _BATCH_COUPLED) for m in mi.modules()):
-        return None
+    if not isinstance(mlp, nn.Sequential) or len(mlp) == 0:
+        return None, [f"mi.mlp is {type(mlp).__name__}, not a non-empty nn.Sequential"]
+    if not isinstance(mlp[0], nn.Linear):
+        return None, [f"the MLP's first layer is {type(mlp[0]).__name__}, not an nn.Linear "
+                      "(its weight cannot be split into data and latent columns)"]
+    coupled = sorted({type(m).__name__ for m in mi.modules() if isinstance(m, _BATCH_COUPLED)})
+    if coupled:
+        return None, [f"batch-coupled layers ({', '.join(coupled)}): a sample's score depends "
+                      "on the rest of the batch"]
     layers = list(mlp)
     k = 1
     first_act = ActivationSpec("identity")
     if len(layers) > 1 and not isinstance(layers[1], nn.Linear):
         first_act = kernel_spec(layers[1])
         if first_act is None:
-            return None
+            return None, [f"the first layer's activation {layers[1]!r} is not one the kernels run "
+                          "(activations.ACTIVATIONS entries with kernel=True)"]
         k = 2
     head, head_act, end = None, None, len(layers)
     last = layers[-1]
@@ -225,7 +242,7 @@ def fused_plan(mi: nn.Module) -> _FusedPlan | None:
         head, head_act, end = layers[-2], kernel_spec(last), len(layers) - 2
     middle = layers[k:end]
     return _FusedPlan(layers[0], first_act, middle, head, head_act,
-                      _linear_stack(middle) if head is not None else None)
+                      _linear_stack(middle) if head is not None else None), []
 
 
 class DataHalfCache:
