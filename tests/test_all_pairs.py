@@ -11,7 +11,7 @@ from infomax_ext.all_pairs import (all_pairs_scores, all_pairs_scores_tile, chun
 from infomax_ext.bounds import resolve_bound
 from infomax_ext.mutual_info import shuffled_bound
 
-NAMES = ["nwj", "dv", "js", "smile", "infonce"]
+NAMES = list(im.BOUNDS)
 
 
 def _split_chain(seed=0):

@@ -13,7 +13,7 @@ from infomax_ext.mutual_info import paired_mutual_info
 
 torch.set_default_dtype(torch.float32)
 
-NAMES = ["nwj", "dv", "js", "smile", "infonce"]
+NAMES = list(im.BOUNDS)
 
 
 def _scores(n=7, seed=0, scale=2.0):
@@ -156,7 +156,7 @@ def _chain(seed=0):
     return im.MutualInfoChain.from_sizes(5, 3, [8, 6], [torch.relu, torch.tanh]).double()
 
 
-@pytest.mark.parametrize("name", ["nwj", "dv", "js", "smile"])
+@pytest.mark.parametrize("name", [n for n, b in im.BOUNDS.items() if not b.needs_all_pairs])
 @pytest.mark.parametrize("path", ["auto", "fused", "two_call", "reference"])
 def test_bound_on_shuffled_pairs_every_path(name, path):
     mi = _chain()
@@ -283,11 +283,14 @@ def _mist_case(name, n):
     Critic, impl = _torch_mist()
     s = _scores(n, seed=3)
     critic = _lookup_critic(Critic, s)
-    make = {"nwj": lambda: impl.NWJ(critic, neg_samples=-1),
-            "dv": lambda: impl.MINE(critic, neg_samples=-1),
-            "js": lambda: impl.JS(critic, neg_samples=-1),
-            "smile": lambda: impl.SMILE(critic, neg_samples=-1, tau=5.0),
-            "infonce": lambda: impl.InfoNCE(critic, neg_samples=0)}[name]
+    estimators = {"nwj": lambda: impl.NWJ(critic, neg_samples=-1),
+                  "dv": lambda: impl.MINE(critic, neg_samples=-1),
+                  "js": lambda: impl.JS(critic, neg_samples=-1),
+                  "smile": lambda: impl.SMILE(critic, neg_samples=-1, tau=5.0),
+                  "infonce": lambda: impl.InfoNCE(critic, neg_samples=0)}
+    if name not in estimators:
+        pytest.skip(f"torch-mist has no estimator defined as bound {name!r} is")
+    make = estimators[name]
     index = torch.arange(n, dtype=torch.float64).unsqueeze(1)
     return s, make, index
 

@@ -17,10 +17,10 @@ from infomax_ext.mutual_info import shuffled_bound
 WORLD, N, DX, DZ = 2, 24, 5, 3
 ROWS = N // WORLD
 TIMEOUT = 180
-CASES = [(bound, negatives, shuffled_grad)
-         for bound in ("nwj", "dv", "js", "smile")
-         for negatives in ("shuffle", "all")
-         for shuffled_grad in (False, True)] + [("infonce", "all", False), ("infonce", "all", True)]
+CASES = [(name, negatives, shuffled_grad)
+         for name, bound in im.BOUNDS.items()
+         for negatives in (("all",) if bound.needs_all_pairs else ("shuffle", "all"))
+         for shuffled_grad in (False, True)]
 
 
 def _free_port() -> int:
