@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
 import torch
@@ -23,9 +24,12 @@ from .mutual_info import (
     check_batch,
     shuffled_bound,
 )
+from .preprocessing import PREPROCESSING_FILE, Preprocessing
 from .serialization import (
     SerializationError,
+    atomic_write_json,
     load_model_weights,
+    read_json,
     read_model_config,
     write_model_files,
 )
@@ -55,13 +59,18 @@ class InfoMaxVAE(nn.Module):
     ``bound`` (default ``"nwj"``; a name of :data:`~infomax_ext.BOUNDS` or a
     :class:`~infomax_ext.bounds.Bound`) is the MI bound of ``model(x, latent=True)`` and of
     :func:`train_step`'s losses; it is saved with the model's config.
+
+    ``preprocessing`` (:class:`~infomax_ext.preprocessing.Preprocessing`, the identity unless
+    set) is how raw data becomes the model's input; :meth:`save` and :meth:`load` keep it.
     """
 
-    def __init__(self, vae: VAE, mi: MutualInfoChain, bound="nwj"):
+    def __init__(self, vae: VAE, mi: MutualInfoChain, preprocessing: Preprocessing | None = None,
+                 bound="nwj"):
         super().__init__()
         if not isinstance(vae, nn.Module) or not isinstance(mi, nn.Module):
             raise TypeError("InfoMaxVAE(vae, mi) takes two nn.Modules")
         self.vae, self.mi = vae, mi
+        self.preprocessing = Preprocessing() if preprocessing is None else preprocessing
         self.bound = resolve_bound(bound)
 
     def forward(self, x: torch.Tensor, latent: bool = False, seed: int | None = None,
@@ -110,8 +119,8 @@ class InfoMaxVAE(nn.Module):
     def save(self, directory) -> None:
         """Write the model (architecture and weights) to ``directory``; see :meth:`load`.
 
-        Files: ``model_config.json`` (:attr:`config`) and ``model.pt`` (the state_dict), each
-        written atomically; the weights are stored on the CPU, so a model trained on a GPU loads
+        Files: ``model_config.json`` (:attr:`config`), ``model.pt`` (the state_dict) and
+        ``preprocessing.json`` (:attr:`preprocessing`), each written atomically; the weights are stored on the CPU, so a model trained on a GPU loads
         anywhere. Only a model whose encoder, decoder and MI chain were built by ``from_sizes``
         with named activations (``activations.ACTIVATIONS``) can be saved: for any other, a
         custom callable or module as an activation included, a :class:`SerializationError` is
@@ -128,9 +137,11 @@ class InfoMaxVAE(nn.Module):
         ``torch.load``) places them on a device. A clear :class:`SerializationError` for a
         missing directory, a missing or corrupt file, a config entry :meth:`save` does not write
         (an unknown activation name, a parameter on an activation that takes none, a wrong
-        type, ...), or weights that do not fit the architecture."""
+        type, ...), or weights that do not fit the architecture. ``preprocessing.json`` restores
+        :attr:`preprocessing` (a directory without it: the identity)."""
         model = cls.from_config(read_model_config(directory))
         load_model_weights(model, directory, map_location)
+        model.preprocessing = read_preprocessing(directory)
         return model
 
 
@@ -208,7 +219,25 @@ def _is_unnamed_activation(module: nn.Module) -> bool:
 def save_model(model: nn.Module, directory) -> None:
     """``model.save(directory)`` for an :class:`InfoMaxVAE` built by ``from_sizes``
     (:meth:`InfoMaxVAE.save`); a :class:`SerializationError` for any other model."""
-    write_model_files(directory, model_config(model), model.state_dict())
+    config = model_config(model)
+    preprocessing = getattr(model, "preprocessing", None) or Preprocessing()
+    atomic_write_json(Path(directory) / PREPROCESSING_FILE, preprocessing.to_dict())
+    write_model_files(directory, config, model.state_dict())
+
+
+def read_preprocessing(directory) -> Preprocessing:
+    """The :class:`Preprocessing` in ``directory/preprocessing.json``; the identity when the
+    file is absent (a model saved before the file existed); a :class:`SerializationError` when it
+    cannot be used."""
+    path = Path(directory) / PREPROCESSING_FILE
+    if not path.exists():
+        return Preprocessing()
+    try:
+        return Preprocessing.from_dict(read_json(path, "preprocessing"))
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, SerializationError):
+            raise
+        raise SerializationError(f"{path}: {exc}") from None
 
 
 def load_model(directory, map_location=None) -> InfoMaxVAE:

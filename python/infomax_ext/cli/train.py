@@ -55,11 +55,13 @@ def _train_config(args, parser, saved: dict | None):
 # ----------------------------------------------------------------------------- one run
 
 def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | None, *,
-             resume: bool, progress: bool, log_interval: float, plots: bool, group=None):
+             resume: bool, progress: bool, log_interval: float, plots: bool, group=None,
+             preprocessing=None):
     """Train (or resume) one model in ``run_dir``, evaluate it, write its files (its own
     config.json when ``data_info`` is given); returns ``(metrics, held-out encoder means)``.
     With a process ``group`` every process trains and rank 0 alone evaluates and writes (the
-    others return ``(None, None)``)."""
+    others return ``(None, None)``). The model saved keeps ``preprocessing``, how the data
+    was prepared."""
     from ..distributed import from_rank0
     from ..evaluation import encoder_mean, evaluate
     from ..serialization import atomic_write_json
@@ -82,6 +84,8 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
             _say(f"{name}: no checkpoint in {run_dir} yet; starting from epoch 0")
         trainer = Trainer.create(config, train.x, val.x, run_dir, progress=progress, desc=name,
                                  log_interval=log_interval, process_group=group)
+    if preprocessing is not None:
+        trainer.model.preprocessing = preprocessing
     if data_info is not None:
         from_rank0(group, lambda: atomic_write_json(
             run_dir / CONFIG_FILE, {"name": name, "data": data_info, "train": config.to_dict()}))
@@ -206,6 +210,7 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock, group=None) -> in
     # the data options: (flag, key in config.json's "data", value given, value when not given)
     options = [("--data", "source", _path(args.data), None),
                ("--labels", "labels", _path(args.labels), None),
+               ("--label-column", "label_column", args.label_column, None),
                ("--normalize", "normalize", args.normalize, "none")]
     saved = None
     if args.resume:
@@ -235,19 +240,22 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock, group=None) -> in
 def _load_data(data: dict, config, saved) -> tuple:
     """The dataset of the data options ``data`` (a .npy file memory-mapped) and its description
     for config.json, checked against the ``saved`` run's."""
+    from ..csv_data import parse_label_column
     from ..data import DataWarning, load_dataset
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
         dataset = load_dataset(data["source"], data["labels"], config.likelihood,
-                               data["normalize"], mmap=True)
+                               data["normalize"], mmap=True,
+                               label_column=parse_label_column(data["label_column"]))
     for w in caught:
         if issubclass(w.category, DataWarning):
             _say(f"{PROG}: notice: {w.message}")
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     info = dataset.describe()
-    info.update(labels=data["labels"], normalize=data["normalize"])
+    info.update(labels=data["labels"], label_column=data["label_column"],
+                normalize=data["normalize"])
     if saved is not None and saved["data"].get("fingerprint") != info["fingerprint"]:
         raise CommandError(f"the data in {dataset.source} changed since the run started "
                            "(fingerprint mismatch); a resumed run needs the same data")
@@ -284,10 +292,12 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
 
     from ..data import train_val_split
     from ..distributed import from_rank0
-    from ..trainer import check_batch_size
+    from ..preprocessing import Preprocessing
+    from ..trainer import _resolve_device, check_batch_size
     from ..serialization import atomic_write_json, atomic_write_text
 
     dataset, info = from_rank0(group, lambda: _load_data(data, config, saved))
+    preprocessing = Preprocessing.of_dataset(dataset, info["fingerprint"])
     train, val = train_val_split(dataset, config.val_fraction, config.seed)
     world = 1 if group is None else dist.get_world_size(group)
     try:
@@ -299,14 +309,16 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
     scaled = "" if data["normalize"] == "none" else f" (--normalize {data['normalize']})"
     _say(f"{PROG}: {dataset.source} data{scaled}, {len(train)} training / {len(val)} held-out "
          f"samples of shape {tuple(dataset.sample_shape)}; run directory {out}")
+    device = str(_resolve_device(config.device)) + (" (auto)" if config.device == "auto" else "")
     _say(f"{PROG}: latent_dim={config.latent_dim}, beta={config.beta:g}, alpha={config.alpha:g}, "
-         f"{config.epochs} epochs of batch {config.batch_size}, device {config.device}")
+         f"{config.epochs} epochs of batch {config.batch_size}, device {device}")
     progress = not args.quiet
     plots = not args.no_plots
     if not compare:
         name = "infomax" if config.alpha > 0 else "vae"
         _run_one(name, config, out, train, val, None, resume=args.resume, progress=progress,
-                 log_interval=args.log_interval, plots=plots, group=group)
+                 log_interval=args.log_interval, plots=plots, group=group,
+                 preprocessing=preprocessing)
         _say(f"{PROG}: wrote {out}")
         return 0
 
@@ -315,7 +327,7 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
         results[name], means[name] = _run_one(name, cfg, out / name, train, val, info,
                                               resume=args.resume, progress=progress,
                                               log_interval=args.log_interval, plots=plots,
-                                              group=group)
+                                              group=group, preprocessing=preprocessing)
     if results["infomax"] is None:  # not rank 0
         return 0
     table = comparison_table(results["infomax"], results["vae"], config.alpha, config.beta)
