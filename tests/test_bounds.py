@@ -359,3 +359,34 @@ def test_train_command_records_the_bound_and_resume_keeps_it(tmp_path, capsys, o
     with pytest.raises(SystemExit):
         main(["train", "--out", str(tmp_path / "bad"), "--smile-clip", "0", "--quiet"])
     assert "smile_clip must be a positive finite number" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ loss modules
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_modules_take_the_bound(name):
+    vae, mi = _small_model()
+    x = torch.rand(10, 6)
+    z = torch.randn(10, 2)
+    negatives = "all" if name == "infonce" else "shuffle"
+    loss = im.losses.MutualInfoLoss(mi, bound=name, negatives=negatives)
+    want = im.variational_mutual_info(mi, x, z, seed=4, bound=name, negatives=negatives)
+    assert torch.allclose(loss(x, z, seed=4), -want, rtol=1e-6, atol=1e-6)
+    vae_loss = im.losses.InfoMaxVAELoss(mi, bound=name, negatives=negatives)
+    torch.manual_seed(3)
+    got = vae_loss(vae, x, seed=4)
+    torch.manual_seed(3)
+    assert torch.allclose(got, im.infomaxloss(vae, mi, x, seed=4, bound=name,
+                                              negatives=negatives), rtol=1e-6, atol=1e-6)
+
+
+def test_loss_modules_check_their_settings():
+    mi = _small_model()[1]
+    with pytest.raises(ValueError, match="unknown bound"):
+        im.losses.MutualInfoLoss(mi, bound="tuba")
+    with pytest.raises(ValueError, match="negatives must be one of"):
+        im.losses.InfoMaxVAELoss(mi, negatives="some")
+    with pytest.raises(ValueError, match="nothing is shuffled"):
+        im.losses.MutualInfoLoss(mi, bound="infonce")(torch.rand(4, 6), torch.randn(4, 2),
+                                                      torch.randn(4, 2))
