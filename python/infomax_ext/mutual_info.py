@@ -50,7 +50,8 @@ class MIScores(NamedTuple):
 
 
 class PairedBound(NamedTuple):
-    """The NWJ ``bound`` (0-dim) with the ``joint`` and ``shuffled`` scores it came from."""
+    """The MI ``bound`` (0-dim; NWJ unless another was asked for) with the ``joint`` scores and
+    the ``shuffled`` scores (the negatives) it came from."""
 
     bound: torch.Tensor
     joint: torch.Tensor
