@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import distributed
 from .activations import HIDDEN_ACTIVATIONS
 from .bounds import BOUNDS, resolve_bound
-from .data import LIKELIHOODS, MappedSamples
+from .data import LIKELIHOODS, MappedSamples, check_values
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
 from .infomax import InfoMaxVAE, model_config, train_step
 from .mutual_info import MutualInfoChain
@@ -57,6 +57,7 @@ from .serialization import (
     cpu_copy,
     safe_torch_load,
 )
+from .validation import check_weight, is_integer_scalar
 from .vae import VAE, BernoulliDecoder, JointGaussianLogEncoder, SimpleGaussianDecoder
 
 __all__ = ["TrainConfig", "TrainingError", "Trainer", "build_model", "fit", "derived_seed",
@@ -121,6 +122,11 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """``self``, after checking every field; ``ValueError`` naming the first bad one."""
+        for name in ("latent_dim", "epochs", "batch_size", "checkpoint_every", "eval_mi_steps",
+                     "seed"):  # numpy and 0-dim torch integers become ints
+            if is_integer_scalar(getattr(self, name)):
+                setattr(self, name, int(getattr(self, name)))
+
         def positive_int(name):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -157,8 +163,12 @@ class TrainConfig:
         nonneg("smile_clip", strict=True)
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {list(LIKELIHOODS)}, got {self.likelihood!r}")
-        for name in ("beta", "alpha", "active_threshold"):
-            nonneg(name)
+        for name in ("beta", "alpha"):
+            try:
+                check_weight(name, getattr(self, name))
+            except TypeError as exc:
+                raise ValueError(str(exc)) from None
+        nonneg("active_threshold")
         for name in ("lr", "mi_lr"):
             nonneg(name, strict=True)
         if not 0.0 < self.val_fraction < 1.0:
@@ -227,7 +237,7 @@ def _resolve_device(device: str) -> torch.device:
     return dev
 
 
-def _check_data(x, name: str, sample_shape=None) -> torch.Tensor:
+def _check_data(x, name: str, sample_shape=None, likelihood=None) -> torch.Tensor:
     if not isinstance(x, (torch.Tensor, MappedSamples)) or x.dim() < 2:
         raise ValueError(f"{name} must be a tensor of shape (N, *sample_shape), got "
                          f"{getattr(x, 'shape', type(x).__name__)}")
@@ -236,6 +246,8 @@ def _check_data(x, name: str, sample_shape=None) -> torch.Tensor:
     if sample_shape is not None and tuple(x.shape[1:]) != tuple(sample_shape):
         raise ValueError(f"{name} has samples of shape {tuple(x.shape[1:])}, the model takes "
                          f"{tuple(sample_shape)}")
+    if likelihood is not None:  # NaN, or outside [0, 1] for the Bernoulli decoder: a DataError
+        check_values(x, likelihood, name)
     return x
 
 
@@ -273,9 +285,9 @@ class Trainer:
         if process_group is not None:
             self.device = distributed.local_device(self.device)
         self.model = model.to(self.device)
-        self.train_data = _check_data(train_data, "train_data")
+        self.train_data = _check_data(train_data, "train_data", likelihood=config.likelihood)
         self.val_data = None if val_data is None else _check_data(
-            val_data, "val_data", train_data.shape[1:])
+            val_data, "val_data", train_data.shape[1:], config.likelihood)
         if process_group is not None:
             distributed.check_same(process_group, "Trainer", {
                 "training options": {k: v for k, v in config.to_dict().items() if k != "device"},

@@ -39,6 +39,7 @@ intact; ``--resume`` continues).
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from .common import PROG, CommandError
@@ -62,7 +63,10 @@ def main(argv=None) -> int:
     from ..trainer import TrainingError
 
     try:
-        return args.func(args, getattr(args, "command_parser", parser))
+        stdout = contextlib.nullcontext() if sys.stdout is None else \
+            contextlib.redirect_stdout(_NamedStdout(sys.stdout))
+        with stdout:
+            return args.func(args, getattr(args, "command_parser", parser))
     except (CommandError, DataError, DistributedMismatchError, SerializationError,
             TrainingError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr, flush=True)
@@ -73,7 +77,7 @@ def main(argv=None) -> int:
               "torchrun's summary names the process that stopped; the last checkpoint is intact",
               file=sys.stderr, flush=True)
         return 1
-    except OSError as exc:  # a full disk, a vanished directory, ...
+    except OSError as exc:  # a full disk, a vanished directory, a full stdout, ...
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"{PROG} {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr,
               flush=True)
@@ -87,6 +91,32 @@ def main(argv=None) -> int:
         print(f"\n{PROG}: interrupted. Completed epochs are in the last checkpoint; continue "
               f"with: {PROG} train --resume{hint}", file=sys.stderr, flush=True)
         return 130
+
+
+class _NamedStdout:
+    """Standard output while a command runs: an OSError from writing to it or flushing it (a
+    full disk behind ``> file``, ``> /dev/full``) names it as its file."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _named(self, exc: OSError) -> OSError:
+        return OSError(exc.errno, exc.strerror or str(exc), "standard output")
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise self._named(exc) from None
+
+    def flush(self):
+        try:
+            return self._stream.flush()
+        except OSError as exc:
+            raise self._named(exc) from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 if __name__ == "__main__":  # pragma: no cover
