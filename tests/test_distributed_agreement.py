@@ -74,6 +74,8 @@ def disagreements(rank, group, out):
                                      x, STEPS[0], group, steps=1, negatives="local"),
         "reuse_forward": lambda: train(model(rank, WORLD), x, dict(reuse_forward=rank == 0),
                                        group, steps=1),
+        "bound": lambda: train(model(rank, WORLD), x,
+                               dict(bound="nwj" if rank == 0 else "js"), group, steps=1),
         "shuffled_grad": lambda: im.variational_mutual_info(
             mi, xb, z, seed=1, shuffled_grad=rank == 1, process_group=group),
         "collectives": lambda: (distributed.average_gradients([grad_param(torch.float64)], group)
@@ -133,6 +135,8 @@ def ranks(tmp_path_factory):
     ("model dtype", ["train_step's settings", "dtypes of the parameters", "rank 0 has float64",
                      "rank 1 has float32"]),
     ("reuse_forward", ["reuse_forward", "rank 0 has True", "rank 1 has False"]),
+    ("bound", ["train_step's settings", "MI bound and negatives", "rank 0 has digest",
+               "rank 1 has digest"]),
     ("shuffled_grad", ["shuffled_grad", "rank 0 has none", "rank 1 has it"]),
     ("collectives", ["different collectives", "rank 0 at gradient averaging",
                      "rank 1 at the MI bound over the whole batch"]),

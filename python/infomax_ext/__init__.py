@@ -22,7 +22,9 @@ from ._ops import (
 )
 from ._version import __version__
 from .activations import Activation, identity
+from .bounds import BOUNDS, Bound
 from .build_info import build_info
+from .explain import PathExplanation, explain_path
 from .infomax import (
     InfoMaxTerms,
     InfoMaxVAE,

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import distributed, distributed_step, widths
 from .activations import ACTIVATIONS, spec_of_module
+from .bounds import BOUNDS, resolve_bound
 from .mutual_info import (
     DataHalfCache,
     MIScores,
@@ -57,18 +58,23 @@ class InfoMaxVAE(nn.Module):
     ``model(x)`` is ``vae(x)`` (the decoder output); ``model(x, latent=True, seed=None)`` returns
     ``InfoMaxVAEOutput(vae=VAEOutput(encoder, z, decoder), mi=I)``; with ``process_group`` the
     codes are shuffled over all processes' rows (:func:`~infomax_ext.mutual_info.shuffled_bound`).
+    ``bound`` (default ``"nwj"``; a name of :data:`~infomax_ext.BOUNDS` or a
+    :class:`~infomax_ext.bounds.Bound`) is the MI bound of ``model(x, latent=True)`` and of
+    :func:`train_step`'s losses; it is saved with the model's config.
 
     ``preprocessing`` (:class:`~infomax_ext.preprocessing.Preprocessing`, the identity unless
     set) is how raw data becomes the model's input; :meth:`save` and :meth:`load` keep it.
     """
 
-    def __init__(self, vae: VAE, mi: MutualInfoChain, preprocessing: Preprocessing | None = None):
+    def __init__(self, vae: VAE, mi: MutualInfoChain, preprocessing: Preprocessing | None = None,
+                 bound="nwj"):
         super().__init__()
         if not isinstance(vae, nn.Module) or not isinstance(mi, nn.Module):
             raise TypeError("InfoMaxVAE(vae, mi) takes two nn.Modules")
         widths.check_model(vae, mi)
         self.vae, self.mi = vae, mi
         self.preprocessing = Preprocessing() if preprocessing is None else preprocessing
+        self.bound = resolve_bound(bound)
 
     def forward(self, x: torch.Tensor, latent: bool = False, seed: int | None = None,
                 process_group=None):
@@ -76,7 +82,8 @@ class InfoMaxVAE(nn.Module):
             return self.vae(x)
         check_batch(x)
         out = self.vae(x, latent=True)
-        bound = shuffled_bound(self.mi, x, out.z, seed=seed, process_group=process_group).bound
+        bound = shuffled_bound(self.mi, x, out.z, seed=seed, process_group=process_group,
+                               bound=self.bound).bound
         return InfoMaxVAEOutput(out, bound)
 
     @property
@@ -88,7 +95,10 @@ class InfoMaxVAE(nn.Module):
         mi_config = getattr(self.mi, "config", None)
         if vae_config is None or mi_config is None:
             return None
-        return {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
+        config = {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
+        if self.bound != BOUNDS["nwj"]:  # absent: nwj, as in configs written before bounds
+            config["bound"] = self.bound.config()
+        return config
 
     @classmethod
     def from_config(cls, config: dict) -> "InfoMaxVAE":
@@ -104,7 +114,8 @@ class InfoMaxVAE(nn.Module):
             )
         try:
             with torch.random.fork_rng(devices=[]):
-                return cls(VAE.from_config(config["vae"]), MutualInfoChain.from_config(config["mi"]))
+                return cls(VAE.from_config(config["vae"]), MutualInfoChain.from_config(config["mi"]),
+                           bound=config.get("bound", "nwj"))
         except (KeyError, TypeError, ValueError) as exc:
             raise SerializationError(f"cannot rebuild the model from its config: {exc}") from None
 
@@ -180,7 +191,11 @@ def model_config(model: nn.Module) -> dict:
         mi_config = json.loads(json.dumps(mi_config))
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"the model's config is not JSON-serialisable: {exc}") from None
-    return {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
+    config = {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
+    bound = getattr(model, "bound", None)
+    if bound is not None and bound != BOUNDS["nwj"]:  # absent: nwj
+        config["bound"] = resolve_bound(bound).config()
+    return config
 
 
 def _unnamed_activation_entries(config: dict, path: str) -> list[str]:
@@ -263,6 +278,8 @@ def infomax_terms(
     shuffled_grad: bool = False,
     data_half_cache: DataHalfCache | None = None,
     process_group=None,
+    bound="nwj",
+    negatives: str = "shuffle",
 ) -> InfoMaxTerms:
     """:func:`infomaxloss` with its terms; the arguments are those of :func:`infomaxloss`."""
     n = check_batch(x, what="infomaxloss")
@@ -285,7 +302,8 @@ def infomax_terms(
     loglik = reconstruction_loglikelihood(target, z_rows, vae.decoder, decoder_output).mean()
     kl = kl_divergence(vae.encoder, encoder_output).mean()
     paired = shuffled_bound(mi, x, z_rows, n_samples, seed, shuffled_grad=shuffled_grad,
-                            process_group=process_group, data_half_cache=data_half_cache)
+                            process_group=process_group, data_half_cache=data_half_cache,
+                            bound=bound, negatives=negatives)
     loss = -loglik + beta * kl - alpha * paired.bound
     vae_output = VAEOutput(encoder_output, z, decoder_output)
     reg = None
@@ -310,18 +328,22 @@ def infomaxloss(vae, mi, x, x_out=None, **kwargs) -> torch.Tensor:
     the MI chain's data half for a later evaluation on the same x and MI weights),
     ``process_group=None`` (torch.distributed: x holds this process's rows, the codes are
     shuffled over all processes' rows and the MI term is the mean of the bound's terms over this
-    process's rows; see :mod:`infomax_ext.distributed`).
+    process's rows; see :mod:`infomax_ext.distributed`), ``bound="nwj"`` (the MI bound: a name
+    of :data:`~infomax_ext.BOUNDS` or a :class:`~infomax_ext.bounds.Bound`),
+    ``negatives="shuffle"`` (or ``"all"``: every pair of the batch; see
+    :func:`~infomax_ext.mutual_info.shuffled_bound`).
     """
     return infomax_terms(vae, mi, x, x_out, **kwargs).loss
 
 
 def miloss(vae, mi, x, *, regularization=None, reg_strength=1.0, seed=None,
-           data_half_cache=None, process_group=None) -> torch.Tensor:
+           data_half_cache=None, process_group=None, bound="nwj",
+           negatives="shuffle") -> torch.Tensor:
     """Loss of the MI chain: ``-I(x; z) + reg_strength * regularization(MIScores(joint, shuffled))``.
 
     z is one sample of the VAE's encoder, drawn without building a graph, so the gradient
-    reaches only the MI chain. x (N, ...), N >= 2. ``data_half_cache`` and ``process_group`` as
-    in :func:`infomaxloss`.
+    reaches only the MI chain. x (N, ...), N >= 2. ``data_half_cache``, ``process_group``,
+    ``bound`` and ``negatives`` as in :func:`infomaxloss`.
     """
     check_batch(x, what="miloss")
     check_weight("reg_strength", reg_strength, "miloss")
@@ -332,7 +354,7 @@ def miloss(vae, mi, x, *, regularization=None, reg_strength=1.0, seed=None,
             widths.explain(exc, {"vae.encoder": (vae.encoder, x)})
             raise
     paired = shuffled_bound(mi, x, z, seed=seed, process_group=process_group,
-                            data_half_cache=data_half_cache)
+                            data_half_cache=data_half_cache, bound=bound, negatives=negatives)
     loss = -paired.bound
     if regularization is not None:
         loss = loss + reg_strength * regularization(MIScores(paired.joint, paired.shuffled))
@@ -432,6 +454,7 @@ def train_step(
     shuffled_grad: bool | None = None,
     process_group=None,
     negatives: str = "global",
+    bound=None,
 ):
     """One training step of the InfoMax VAE (Julia's ``train!``).
 
@@ -456,6 +479,10 @@ def train_step(
     (:func:`~infomax_ext.distributed_step.agree_on_step`): on the first step of a model,
     weights that differ are set to rank 0's; a later difference raises
     :class:`~infomax_ext.distributed.DistributedMismatchError` naming the parameter.
+
+    ``bound`` (a name of :data:`~infomax_ext.BOUNDS` or a :class:`~infomax_ext.bounds.Bound`) is
+    passed on to both losses; None takes the model's ``bound`` (:class:`InfoMaxVAE`) when the
+    losses are the default functions.
     """
     opt_vae, opt_mi, opt_names = _optimizers(opt)
     vae_kwargs = dict(infomaxloss_kwargs or {})
@@ -474,6 +501,7 @@ def train_step(
                 f"shuffled_grad={shuffled_grad} contradicts infomaxloss_kwargs['shuffled_grad']="
                 f"{vae_kwargs['shuffled_grad']!r}; give it once"
             )
+    _pass_bound(model, bound, infomaxloss_function, vae_kwargs, miloss_function, mi_kwargs)
     vae_params = [p for p in model.vae.parameters() if p.requires_grad]
     mi_params = [p for p in model.mi.parameters() if p.requires_grad]
     frozen = [name for name, params in (("model.vae", vae_params), ("model.mi", mi_params))
@@ -492,7 +520,9 @@ def train_step(
             process_group, model, x, reuse_forward=reuse_forward, negatives=negatives,
             shuffled_grad=vae_kwargs.get("shuffled_grad", False),
             n_samples=vae_kwargs.get("n_samples", 1), x_out_given=x_out is not None,
-            default_losses=(infomaxloss_function is infomaxloss, miloss_function is miloss))
+            default_losses=(infomaxloss_function is infomaxloss, miloss_function is miloss),
+            objective=[(resolve_bound(kw.get("bound", "nwj")).config(),
+                        kw.get("negatives", "shuffle")) for kw in (vae_kwargs, mi_kwargs)])
         for kwargs in (vae_kwargs, mi_kwargs):
             kwargs.setdefault("process_group", process_group if negatives == "global" else None)
         opt_vae = distributed.AveragingOptimizer(opt_vae, process_group)
@@ -515,6 +545,24 @@ def train_step(
     if loss_return:
         return float(vae_loss.detach()), float(mi_loss.detach())
     return None
+
+
+def _pass_bound(model, bound, vae_function, vae_kwargs, mi_function, mi_kwargs) -> None:
+    """Put train_step's ``bound`` (or, when None, the model's for the default loss functions)
+    into both losses' kwargs; a different bound already there is an error."""
+    explicit = bound is not None
+    if not explicit:
+        bound = getattr(model, "bound", None)
+        if bound is None or bound == BOUNDS["nwj"]:
+            return
+    bound = resolve_bound(bound)
+    for name, function, default, kwargs in (("infomaxloss", vae_function, infomaxloss, vae_kwargs),
+                                            ("miloss", mi_function, miloss, mi_kwargs)):
+        if not explicit and function is not default:
+            continue
+        if resolve_bound(kwargs.setdefault("bound", bound)) != bound:
+            raise ValueError(f"bound={bound!r} contradicts {name}_kwargs['bound']="
+                             f"{kwargs['bound']!r}; give it once")
 
 
 def _alternating_step(model, args, opt_vae, opt_mi, vae_params, mi_params,

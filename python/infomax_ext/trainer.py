@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
 from .activations import HIDDEN_ACTIVATIONS
+from .bounds import BOUNDS, resolve_bound
 from .data import LIKELIHOODS, MappedSamples, check_values
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
 from .infomax import InfoMaxVAE, model_config, train_step
@@ -87,7 +88,8 @@ class TrainConfig:
     training split in batches of ``batch_size`` (over all processes when data-parallel);
     ``reuse_forward``, ``shuffled_grad`` and ``negatives`` (data-parallel only: ``"global"``
     shuffles over the whole batch, ``"local"`` within each process's share) as in
-    :func:`~infomax_ext.train_step`. Evaluation: ``val_fraction`` of the data held out,
+    :func:`~infomax_ext.train_step`; ``bound`` the MI bound of both losses (a name of
+    :data:`~infomax_ext.BOUNDS`; ``smile_clip`` is smile's tau). Evaluation: ``val_fraction`` of the data held out,
     ``active_threshold`` for active units, ``eval_mi_steps`` training steps of the fresh MI chain.
 
     The defaults are the settings of ``make demo``, chosen on the digits: about 30 s of training
@@ -112,6 +114,8 @@ class TrainConfig:
     reuse_forward: bool = False
     shuffled_grad: bool = False
     negatives: str = "global"
+    bound: str = "nwj"
+    smile_clip: float = 5.0
     val_fraction: float = 0.2
     checkpoint_every: int = 1
     active_threshold: float = 0.01
@@ -155,6 +159,9 @@ class TrainConfig:
                 f"activation must be one of {list(HIDDEN_ACTIVATIONS)}, got {self.activation!r}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {list(NEGATIVES)}, got {self.negatives!r}")
+        if self.bound not in BOUNDS:
+            raise ValueError(f"bound must be one of {list(BOUNDS)}, got {self.bound!r}")
+        nonneg("smile_clip", strict=True)
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {list(LIKELIHOODS)}, got {self.likelihood!r}")
         for name in ("beta", "alpha"):
@@ -172,6 +179,11 @@ class TrainConfig:
                 or not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         return self
+
+    def mi_bound(self):
+        """The :class:`~infomax_ext.bounds.Bound` of ``bound`` (with ``smile_clip`` for smile)."""
+        return resolve_bound(self.bound, clip=self.smile_clip) if self.bound == "smile" \
+            else resolve_bound(self.bound)
 
     def to_dict(self) -> dict:
         """The fields as a JSON-ready dict."""
@@ -211,7 +223,7 @@ def build_model(config: TrainConfig, sample_shape: Sequence[int]) -> InfoMaxVAE:
     decoder = decoder_cls.from_sizes(size, d, config.decoder_neurons,
                                      [act] * len(config.decoder_neurons))
     mi = MutualInfoChain.from_sizes(size, d, config.mi_neurons, [act] * len(config.mi_neurons))
-    return InfoMaxVAE(VAE(encoder, decoder), mi)
+    return InfoMaxVAE(VAE(encoder, decoder), mi, bound=config.mi_bound())
 
 
 def _resolve_device(device: str) -> torch.device:

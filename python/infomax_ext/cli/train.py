@@ -29,7 +29,7 @@ def _train_config(args, parser, saved: dict | None):
 
     dests = [dest for _, dest, *_ in _TRAIN_OPTIONS] + ["activation", "likelihood",
                                                         "reuse_forward", "shuffled_grad",
-                                                        "negatives"]
+                                                        "negatives", "bound", "smile_clip"]
     if saved is None:
         values = TrainConfig().to_dict()
         values.update({d: _given(args, d) for d in dests if _given(args, d) is not None})
