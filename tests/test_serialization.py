@@ -1,4 +1,5 @@
 """infomax_ext.serialization: exact save/load round trips, clear errors, atomic writes."""
+import hashlib
 import json
 import math
 import os
@@ -85,7 +86,9 @@ def test_config_and_from_config_like_its_parts(tmp_path):
     again.load_state_dict(model.state_dict())
     assert_same_model(model, again)
     model.save(tmp_path)
-    assert json.loads((tmp_path / MODEL_CONFIG_FILE).read_text()) == config
+    written = json.loads((tmp_path / MODEL_CONFIG_FILE).read_text())
+    digest = hashlib.sha256((tmp_path / MODEL_WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert written == {**config, "weights_sha256": digest}
     hand_built = InfoMaxVAE(model.vae, MutualInfoChain(nn.Identity(), nn.Identity(), nn.Linear(9, 1)))
     assert hand_built.config is None
     with pytest.raises(SerializationError, match="not an InfoMaxVAE model config"):
@@ -234,6 +237,11 @@ def test_load_errors_name_the_problem(tmp_path):
         load_model(tmp_path / "nope")
     save_model(small_model(), tmp_path / "a")
     (tmp_path / "a" / MODEL_WEIGHTS_FILE).write_bytes(b"not a torch file")
+    with pytest.raises(SerializationError, match="model.pt does not match the SHA-256 digest"):
+        load_model(tmp_path / "a")
+    config = json.loads((tmp_path / "a" / MODEL_CONFIG_FILE).read_text())
+    config["weights_sha256"] = hashlib.sha256(b"not a torch file").hexdigest()
+    (tmp_path / "a" / MODEL_CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(SerializationError, match="corrupt or not a torch file"):
         load_model(tmp_path / "a")
     save_model(small_model(), tmp_path / "b")
@@ -243,6 +251,12 @@ def test_load_errors_name_the_problem(tmp_path):
     save_model(small_model(), tmp_path / "c")
     save_model(small_model(d=4), tmp_path / "d")
     os.replace(tmp_path / "d" / MODEL_WEIGHTS_FILE, tmp_path / "c" / MODEL_WEIGHTS_FILE)
+    with pytest.raises(SerializationError, match="does not match the SHA-256 digest recorded"):
+        load_model(tmp_path / "c")
+    config = json.loads((tmp_path / "c" / MODEL_CONFIG_FILE).read_text())
+    config["weights_sha256"] = json.loads((tmp_path / "d" / MODEL_CONFIG_FILE).read_text())[
+        "weights_sha256"]  # the digest of the swapped-in file: now the shapes are checked
+    (tmp_path / "c" / MODEL_CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(SerializationError, match="do not fit the architecture"):
         load_model(tmp_path / "c")
     (tmp_path / "b" / MODEL_CONFIG_FILE).write_text('{"format": "something else"}')

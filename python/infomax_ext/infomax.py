@@ -13,7 +13,7 @@ from typing import Callable, Iterable, NamedTuple
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, memory
 from .activations import ACTIVATIONS, spec_of_module
 from .mutual_info import (
     DataHalfCache,
@@ -23,6 +23,7 @@ from .mutual_info import (
     shuffled_bound,
 )
 from .serialization import (
+    WEIGHTS_DIGEST_KEY,
     SerializationError,
     load_model_weights,
     read_model_config,
@@ -91,11 +92,28 @@ class InfoMaxVAE(nn.Module):
                 f"model config version {config.get('version')!r} is not supported (this is "
                 f"version {VERSION}); was it written by a newer infomax_ext?"
             )
-        try:
+        if memory.count_list_entries(config) > memory.MAX_CONFIG_ENTRIES:
+            raise SerializationError(f"the model config has more than {memory.MAX_CONFIG_ENTRIES} "
+                                     "list entries (layers): not a model this library builds")
+
+        def build():
             with torch.random.fork_rng(devices=[]):
                 return cls(VAE.from_config(config["vae"]), MutualInfoChain.from_config(config["mi"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SerializationError(f"cannot rebuild the model from its config: {exc}") from None
+
+        try:  # first on the meta device: sizes are checked before any memory is allocated
+            shell = memory.on_meta(build)
+            short = memory.shortfall(memory.parameter_bytes(shell))
+            if short is not None:
+                raise SerializationError(
+                    f"the model config's sizes (its largest layer {memory.largest_layer(shell)}) "
+                    f"describe {sum(p.numel() for p in shell.parameters()):,} parameters that "
+                    f"{short}")
+            return build()
+        except (KeyError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
+            if isinstance(exc, SerializationError):
+                raise
+            raise SerializationError(f"cannot rebuild the model from its config: "
+                                     f"{' '.join(str(exc).split())}") from None
 
     def save(self, directory) -> None:
         """Write the model (architecture and weights) to ``directory``; see :meth:`load`.
@@ -118,9 +136,12 @@ class InfoMaxVAE(nn.Module):
         ``torch.load``) places them on a device. A clear :class:`SerializationError` for a
         missing directory, a missing or corrupt file, a config entry :meth:`save` does not write
         (an unknown activation name, a parameter on an activation that takes none, a wrong
-        type, ...), or weights that do not fit the architecture."""
-        model = cls.from_config(read_model_config(directory))
-        load_model_weights(model, directory, map_location)
+        type, ...), sizes beyond the machine's memory (checked before allocating), a
+        ``model.pt`` that does not match the digest ``model_config.json`` records, or weights
+        that do not fit the architecture or are not finite."""
+        config = read_model_config(directory)
+        model = cls.from_config(config)
+        load_model_weights(model, directory, map_location, config.get(WEIGHTS_DIGEST_KEY))
         return model
 
 
