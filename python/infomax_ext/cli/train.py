@@ -13,11 +13,11 @@ from pathlib import Path
 from .common import PROG, CommandError, _say
 from .compare import _fmt, comparison_table
 from .options import _TRAIN_OPTIONS
+from .resume import RESUMABLE, read_resume_states
 from .run_dir import (CONFIG_FILE, _RunLock, _check_out, _claim, _default_out, _holds_run,
                       _path, _read_run_config, _remove_stale_temporaries)
 
 METRICS_SUMMARY = "metrics.json"
-RESUMABLE = {"epochs", "device"}
 
 def _given(args, dest):
     return getattr(args, dest, None)
@@ -34,6 +34,10 @@ def _train_config(args, parser, saved: dict | None):
         values = TrainConfig().to_dict()
         values.update({d: _given(args, d) for d in dests if _given(args, d) is not None})
     else:
+        try:  # the saved options alone: an edited config.json is named as such
+            TrainConfig.from_dict(dict(saved))
+        except (TypeError, ValueError) as exc:
+            raise CommandError(f"{CONFIG_FILE} of the run: {exc}") from None
         values = dict(saved)
         for d in dests:
             value = _given(args, d)
@@ -55,11 +59,13 @@ def _train_config(args, parser, saved: dict | None):
 # ----------------------------------------------------------------------------- one run
 
 def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | None, *,
-             resume: bool, progress: bool, log_interval: float, plots: bool, group=None):
-    """Train (or resume) one model in ``run_dir``, evaluate it, write its files (its own
-    config.json when ``data_info`` is given); returns ``(metrics, held-out encoder means)``.
-    With a process ``group`` every process trains and rank 0 alone evaluates and writes (the
-    others return ``(None, None)``)."""
+             resume: bool, progress: bool, log_interval: float, plots: bool, group=None,
+             state: dict | None = None, fingerprint: str | None = None):
+    """Train (or resume from the checked checkpoint ``state``) one model in ``run_dir``,
+    evaluate it, write its files (its own config.json when ``data_info`` is given); returns
+    ``(metrics, held-out encoder means)``. Checkpoints record the data's ``fingerprint``. With a
+    process ``group`` every process trains and rank 0 alone evaluates and writes (the others
+    return ``(None, None)``)."""
     from ..distributed import from_rank0
     from ..evaluation import encoder_mean, evaluate
     from ..serialization import atomic_write_json
@@ -67,13 +73,11 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
 
     checkpoint = run_dir / CHECKPOINT_FILE
     started = time.perf_counter()
-    if resume and from_rank0(group, checkpoint.exists):
+    if resume and state is not None:
         trainer = Trainer.from_checkpoint(checkpoint, train.x, val.x, run_dir, epochs=config.epochs,
                                           device=config.device, progress=progress, desc=name,
-                                          log_interval=log_interval, process_group=group)
-        if trainer.epoch > config.epochs:
-            raise CommandError(f"{name}: the checkpoint is already at epoch {trainer.epoch}, beyond "
-                               f"--epochs {config.epochs}")
+                                          log_interval=log_interval, process_group=group,
+                                          state=state)
         _say(f"{name}: resuming at epoch {trainer.epoch + 1} of {config.epochs}"
              if trainer.epoch < config.epochs else
              f"{name}: already trained for {trainer.epoch} epochs; evaluating again")
@@ -82,6 +86,7 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
             _say(f"{name}: no checkpoint in {run_dir} yet; starting from epoch 0")
         trainer = Trainer.create(config, train.x, val.x, run_dir, progress=progress, desc=name,
                                  log_interval=log_interval, process_group=group)
+    trainer.data_fingerprint = fingerprint
     if data_info is not None:
         from_rank0(group, lambda: atomic_write_json(
             run_dir / CONFIG_FILE, {"name": name, "data": data_info, "train": config.to_dict()}))
@@ -215,10 +220,17 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock, group=None) -> in
         compare = bool(saved.get("compare_vae", False))
         data = {key: saved["data"].get(key, unset) for _, key, _, unset in options}
         data.update(source=_path(data["source"]), labels=_path(data["labels"]))
-        from_rank0(group, lambda: _remove_stale_temporaries(out))
         for flag, key, given, _ in options:
             if given is not None and given != data[key]:
-                parser.error(f"{flag} {given} differs from the run's ({data[key]})")
+                if key == "normalize":
+                    parser.error(f"{flag} {given} differs from the run's ({data[key]})")
+                data[key] = given  # a moved file: the data's fingerprint decides (_load_data)
+            elif key != "normalize" and data[key] not in (None, "digits") \
+                    and not os.path.lexists(data[key]):
+                raise CommandError(
+                    f"the run's {key.replace('source', 'data')} file {data[key]} is not there any "
+                    f"more; if it moved, give its new place with {flag} (its contents must have "
+                    "the run's fingerprint)")
     else:
         compare = args.compare_vae
         data = {key: unset if given is None else given for _, key, given, unset in options}
@@ -248,10 +260,44 @@ def _load_data(data: dict, config, saved) -> tuple:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     info = dataset.describe()
     info.update(labels=data["labels"], normalize=data["normalize"])
-    if saved is not None and saved["data"].get("fingerprint") != info["fingerprint"]:
-        raise CommandError(f"the data in {dataset.source} changed since the run started "
-                           "(fingerprint mismatch); a resumed run needs the same data")
+    recorded = None if saved is None else saved["data"]["fingerprint"]
+    if recorded is not None and recorded != info["fingerprint"]:
+        raise CommandError(f"the data in {dataset.source} (fingerprint {info['fingerprint'][:12]}"
+                           f"...) is not the run's (fingerprint {recorded[:12]}...): it changed "
+                           "since the run started, or it is another file; a resumed run needs "
+                           "the same data")
     return dataset, info
+
+
+def _check_memory(config, sample_shape) -> None:
+    """A CommandError naming the option (or the data's sample size) when training the model of
+    ``config`` for samples of ``sample_shape`` needs more memory than the device has (estimated
+    on the meta device, nothing allocated: :func:`infomax_ext.memory.training_bytes`)."""
+    import math
+
+    from ..memory import on_meta, parameter_bytes, shortfall, training_bytes
+    from ..trainer import TrainConfig, build_model
+
+    def need(cfg):
+        model = on_meta(lambda: build_model(cfg, sample_shape))
+        return training_bytes(model, model.mi), parameter_bytes(model) // 4
+
+    total, n_params = need(config)
+    short = shortfall(total, config.device)
+    if short is None:
+        return
+    defaults, culprits = TrainConfig(), []
+    for flag, field in (("--latent-dim", "latent_dim"), ("--encoder-neurons", "encoder_neurons"),
+                        ("--decoder-neurons", "decoder_neurons"), ("--mi-neurons", "mi_neurons")):
+        value, default = getattr(config, field), getattr(defaults, field)
+        if value != default:
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            culprits.append((need(replace(config, **{field: default}))[0], f"{flag} {shown}"))
+    culprits.sort()
+    what = culprits[0][1] if culprits and culprits[0][0] <= total / 2 else \
+        f"the data's samples of {math.prod(sample_shape)} values"
+    raise CommandError(f"{what}: training this model (about {n_params:,} parameters, with their "
+                       f"gradients and Adam's two moments) {short}; choose smaller sizes")
 
 
 def _write_run_config(args, parser, out: Path, lock: _RunLock, saved, compare: bool, info: dict,
@@ -285,7 +331,6 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
     from ..data import train_val_split
     from ..distributed import from_rank0
     from ..trainer import check_batch_size
-    from ..serialization import atomic_write_json, atomic_write_text
 
     dataset, info = from_rank0(group, lambda: _load_data(data, config, saved))
     train, val = train_val_split(dataset, config.val_fraction, config.seed)
@@ -294,9 +339,44 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
         check_batch_size(config.batch_size, len(train), world, name="--batch-size")
     except ValueError as exc:
         parser.error(str(exc))
+    from_rank0(group, lambda: _check_memory(config, dataset.sample_shape))
+    runs = [("infomax", config, out / "infomax"), ("vae", replace(config, alpha=0.0), out / "vae")] \
+        if compare else [("infomax" if config.alpha > 0 else "vae", config, out)]
+    states = {name: None for name, _, _ in runs}
+    if args.resume:  # everything checked before anything in the run directory is written
+        states = from_rank0(group, lambda: read_resume_states(
+            runs, info["fingerprint"], len(train), dataset.sample_shape))
+        from_rank0(group, lambda: _remove_stale_temporaries(out))
     from_rank0(group, lambda: _write_run_config(args, parser, out, lock, saved, compare, info,
                                                 config, group))
-    scaled = "" if data["normalize"] == "none" else f" (--normalize {data['normalize']})"
+    try:
+        return _train_runs(args, out, dataset, info, train, val, compare, config, runs, states,
+                           group)
+    except Exception:  # a failed fresh start leaves nothing that blocks a rerun (Ctrl-C does)
+        if not args.resume and (group is None or dist.get_rank(group) == 0):
+            _forget_failed_start(out, runs)
+        raise
+
+
+def _forget_failed_start(out: Path, runs) -> None:
+    """Remove the config.json files of a fresh run that failed before any checkpoint was
+    written (what remains holds no run: a rerun into ``out`` starts afresh)."""
+    from ..trainer import CHECKPOINT_FILE
+
+    if any(os.path.lexists(run_dir / CHECKPOINT_FILE) for _, _, run_dir in runs):
+        return
+    for path in [out / CONFIG_FILE] + [run_dir / CONFIG_FILE for _, _, run_dir in runs]:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _train_runs(args, out: Path, dataset, info: dict, train, val, compare: bool, config, runs,
+                states: dict, group=None) -> int:
+    """Train, evaluate and write each of ``runs`` (``(name, config, run_dir)``), resuming those
+    with a checked checkpoint in ``states``; with --compare-vae also the comparison."""
+    from ..serialization import atomic_write_json, atomic_write_text
+
+    scaled = "" if info["normalize"] == "none" else f" (--normalize {info['normalize']})"
     _say(f"{PROG}: {dataset.source} data{scaled}, {len(train)} training / {len(val)} held-out "
          f"samples of shape {tuple(dataset.sample_shape)}; run directory {out}")
     _say(f"{PROG}: latent_dim={config.latent_dim}, beta={config.beta:g}, alpha={config.alpha:g}, "
@@ -304,18 +384,20 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
     progress = not args.quiet
     plots = not args.no_plots
     if not compare:
-        name = "infomax" if config.alpha > 0 else "vae"
+        name, _, _ = runs[0]
         _run_one(name, config, out, train, val, None, resume=args.resume, progress=progress,
-                 log_interval=args.log_interval, plots=plots, group=group)
+                 log_interval=args.log_interval, plots=plots, group=group, state=states[name],
+                 fingerprint=info["fingerprint"])
         _say(f"{PROG}: wrote {out}")
         return 0
 
     results, means = {}, {}
-    for name, cfg in (("infomax", config), ("vae", replace(config, alpha=0.0))):
-        results[name], means[name] = _run_one(name, cfg, out / name, train, val, info,
+    for name, cfg, run_dir in runs:
+        results[name], means[name] = _run_one(name, cfg, run_dir, train, val, info,
                                               resume=args.resume, progress=progress,
                                               log_interval=args.log_interval, plots=plots,
-                                              group=group)
+                                              group=group, state=states[name],
+                                              fingerprint=info["fingerprint"])
     if results["infomax"] is None:  # not rank 0
         return 0
     table = comparison_table(results["infomax"], results["vae"], config.alpha, config.beta)
