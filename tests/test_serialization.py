@@ -34,6 +34,14 @@ from infomax_ext.serialization import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+
+def write_signed(path, config):
+    """Write ``config`` to model_config.json ``path`` with its entries' digest recomputed (as a
+    writer would), so that what the loader checks next is the config itself."""
+    from infomax_ext.serialization import config_digest
+
+    path.write_text(json.dumps({**config, "config_sha256": config_digest(config)}))
+
 def small_model(size=6, d=3, encoder=JointGaussianLogEncoder, decoder=BernoulliDecoder):
     return InfoMaxVAE(
         VAE(encoder.from_sizes(size, d, [5], [torch.relu]),
@@ -88,7 +96,9 @@ def test_config_and_from_config_like_its_parts(tmp_path):
     model.save(tmp_path)
     written = json.loads((tmp_path / MODEL_CONFIG_FILE).read_text())
     digest = hashlib.sha256((tmp_path / MODEL_WEIGHTS_FILE).read_bytes()).hexdigest()
-    assert written == {**config, "weights_sha256": digest}
+    from infomax_ext.serialization import config_digest
+
+    assert written == {**config, "weights_sha256": digest, "config_sha256": config_digest(config)}
     hand_built = InfoMaxVAE(model.vae, MutualInfoChain(nn.Identity(), nn.Identity(), nn.Linear(9, 1)))
     assert hand_built.config is None
     with pytest.raises(SerializationError, match="not an InfoMaxVAE model config"):
@@ -210,7 +220,7 @@ def test_tampered_activation_entries_are_refused(tmp_path, key, entry, message):
     for part in parents:
         holder = holder[int(part)] if part.isdigit() else holder[part]
     holder[int(last) if last.isdigit() else last] = entry
-    (tmp_path / MODEL_CONFIG_FILE).write_text(json.dumps(config))
+    write_signed(tmp_path / MODEL_CONFIG_FILE, config)
     name = parents[-1] if last.isdigit() else last
     index = rf"\[{last}\]" if last.isdigit() else ""
     with pytest.raises(SerializationError, match=rf"config entry '{name}{index}'.*{re.escape(message)}"):
@@ -222,12 +232,12 @@ def test_tampered_activation_lists_are_refused(tmp_path):
     good = json.loads((tmp_path / MODEL_CONFIG_FILE).read_text())
     nested = json.loads(json.dumps(good))
     nested["mi"]["mlp_activations"][1] = ["relu"]
-    (tmp_path / MODEL_CONFIG_FILE).write_text(json.dumps(nested))
+    write_signed(tmp_path / MODEL_CONFIG_FILE, nested)
     with pytest.raises(SerializationError, match=r"'mlp_activations\[1\]'.*got list \['relu'\]"):
         load_model(tmp_path)
     listed = json.loads(json.dumps(good))
     listed["mi"]["output_activation"] = ["relu"]
-    (tmp_path / MODEL_CONFIG_FILE).write_text(json.dumps(listed))
+    write_signed(tmp_path / MODEL_CONFIG_FILE, listed)
     with pytest.raises(SerializationError, match="activation must be a module, a callable or a name"):
         load_model(tmp_path)
 
@@ -241,7 +251,7 @@ def test_load_errors_name_the_problem(tmp_path):
         load_model(tmp_path / "a")
     config = json.loads((tmp_path / "a" / MODEL_CONFIG_FILE).read_text())
     config["weights_sha256"] = hashlib.sha256(b"not a torch file").hexdigest()
-    (tmp_path / "a" / MODEL_CONFIG_FILE).write_text(json.dumps(config))
+    write_signed(tmp_path / "a" / MODEL_CONFIG_FILE, config)
     with pytest.raises(SerializationError, match="corrupt or not a torch file"):
         load_model(tmp_path / "a")
     save_model(small_model(), tmp_path / "b")
@@ -256,10 +266,10 @@ def test_load_errors_name_the_problem(tmp_path):
     config = json.loads((tmp_path / "c" / MODEL_CONFIG_FILE).read_text())
     config["weights_sha256"] = json.loads((tmp_path / "d" / MODEL_CONFIG_FILE).read_text())[
         "weights_sha256"]  # the digest of the swapped-in file: now the shapes are checked
-    (tmp_path / "c" / MODEL_CONFIG_FILE).write_text(json.dumps(config))
+    write_signed(tmp_path / "c" / MODEL_CONFIG_FILE, config)
     with pytest.raises(SerializationError, match="do not fit the architecture"):
         load_model(tmp_path / "c")
-    (tmp_path / "b" / MODEL_CONFIG_FILE).write_text('{"format": "something else"}')
+    write_signed(tmp_path / "b" / MODEL_CONFIG_FILE, {"format": "something else"})
     with pytest.raises(SerializationError, match="not an InfoMaxVAE model config"):
         load_model(tmp_path / "b")
 

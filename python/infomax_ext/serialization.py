@@ -2,7 +2,9 @@
 
 A saved model is a directory holding ``model_config.json``, the JSON config of its architecture
 (written by :meth:`InfoMaxVAE.save <infomax_ext.InfoMaxVAE.save>`, which says what it holds) plus
-``weights_sha256``, the SHA-256 digest of ``model.pt``, and ``model.pt``, its ``state_dict``
+``weights_sha256``, the SHA-256 digest of ``model.pt``, and ``config_sha256``, that of its
+own other entries (:func:`config_digest`: an edited architecture is refused too), and
+``model.pt``, its ``state_dict``
 (tensors only, on the CPU; read back with ``torch.load(weights_only=True)``, so loading runs no
 pickled code). This module writes and reads those files and knows nothing of the models:
 :mod:`.infomax` builds the model from the config.
@@ -36,6 +38,8 @@ __all__ = [
     "MODEL_CONFIG_FILE",
     "MODEL_WEIGHTS_FILE",
     "WEIGHTS_DIGEST_KEY",
+    "CONFIG_DIGEST_KEY",
+    "config_digest",
     "check_file",
     "check_directory",
     "sha256_hex",
@@ -54,6 +58,7 @@ __all__ = [
 MODEL_CONFIG_FILE = "model_config.json"
 MODEL_WEIGHTS_FILE = "model.pt"
 WEIGHTS_DIGEST_KEY = "weights_sha256"  # in model_config.json: the SHA-256 of model.pt
+CONFIG_DIGEST_KEY = "config_sha256"  # in model_config.json: the SHA-256 of its other entries
 
 
 class SerializationError(ValueError):
@@ -244,15 +249,34 @@ def write_model_files(directory, config: dict, state_dict: dict) -> None:
     already there are replaced."""
     directory = Path(directory)
     digest = atomic_torch_save(cpu_copy(state_dict), directory / MODEL_WEIGHTS_FILE)
-    atomic_write_json(directory / MODEL_CONFIG_FILE, {**config, WEIGHTS_DIGEST_KEY: digest})
+    atomic_write_json(directory / MODEL_CONFIG_FILE, {
+        **config, WEIGHTS_DIGEST_KEY: digest, CONFIG_DIGEST_KEY: config_digest(config)})
+
+
+def config_digest(config: dict) -> str:
+    """The SHA-256 of ``config``'s entries but the two digests, as canonical JSON (sorted keys,
+    no spaces): what ``config_sha256`` in model_config.json records."""
+    body = {k: v for k, v in config.items() if k not in (WEIGHTS_DIGEST_KEY, CONFIG_DIGEST_KEY)}
+    return sha256_hex(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))
 
 
 def read_model_config(directory) -> Any:
-    """The JSON of ``directory/model_config.json`` (with ``weights_sha256``); a
-    :class:`SerializationError` when the directory or the file is missing or not what it should
-    be, or the file is not JSON."""
+    """The JSON of ``directory/model_config.json`` (with ``weights_sha256``), checked against
+    its ``config_sha256``; a :class:`SerializationError` when the directory or the file is
+    missing or not what it should be, the file is not JSON, or its entries were edited."""
     directory = check_directory(directory, "model directory")
-    return read_json(directory / MODEL_CONFIG_FILE, "model config")
+    path = directory / MODEL_CONFIG_FILE
+    config = read_json(path, "model config")
+    if not isinstance(config, dict):
+        raise SerializationError(f"model config {path} does not hold a JSON object")
+    recorded = config.get(CONFIG_DIGEST_KEY)
+    if not is_sha256_hex(recorded):
+        raise SerializationError(f"model config {path} records no valid digest of its entries "
+                                 f"({CONFIG_DIGEST_KEY}); save the model again")
+    if recorded != config_digest(config):
+        raise SerializationError(f"model config {path} was changed after it was written (its "
+                                 f"entries do not match its {CONFIG_DIGEST_KEY}); refusing it")
+    return config
 
 
 def _tensors_only(state, path) -> None:

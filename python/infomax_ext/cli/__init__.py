@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    import torch
     import torch.distributed as dist
 
     from ..data import DataError
@@ -65,6 +66,11 @@ def main(argv=None) -> int:
               f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
               "torchrun's summary names the process that stopped; the last checkpoint is intact",
               file=sys.stderr, flush=True)
+        return 1
+    except (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)) as exc:
+        text = str(exc).strip().splitlines()
+        print(f"{PROG} {args.command}: error: out of memory ({text[0][:200] if text else 'no detail'}"
+              "); choose smaller sizes or --batch-size", file=sys.stderr, flush=True)
         return 1
     except OSError as exc:  # a full disk, a vanished directory, ...
         where = f" ({exc.filename})" if exc.filename else ""

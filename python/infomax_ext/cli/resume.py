@@ -110,13 +110,29 @@ def check_sub_run_config(run_dir: Path, config) -> None:
                                f"{CONFIG_FILE} gives {_short(value)}: an edited file?")
 
 
-def read_resume_states(runs, fingerprint: str, n_train: int, sample_shape) -> dict:
-    """For each ``(name, config, run_dir)`` of ``runs``, the checked checkpoint state of
-    ``run_dir/checkpoint.pt`` (None when there is nothing at that path yet), after
-    :func:`check_checkpoint_agrees` and :func:`check_sub_run_config`."""
+def check_layout(out: Path, compare: bool) -> None:
+    """A :class:`CommandError` when the checkpoints in ``out`` are not where config.json's
+    ``compare_vae`` puts them (top level for one model, ``infomax/`` and ``vae/`` for two)."""
+    from ..trainer import CHECKPOINT_FILE
+
+    wrong = [out / CHECKPOINT_FILE] if compare else [out / "infomax" / CHECKPOINT_FILE,
+                                                     out / "vae" / CHECKPOINT_FILE]
+    for path in wrong:
+        if os.path.lexists(path):
+            raise CommandError(
+                f"{out / CONFIG_FILE} says compare_vae {str(compare).lower()}, but {path} holds "
+                "a checkpoint of the other layout: config.json and the checkpoints disagree")
+
+
+def read_resume_states(out: Path, runs, fingerprint: str, n_train: int, sample_shape) -> dict:
+    """For each ``(name, config, run_dir)`` of ``runs`` in the run directory ``out``, the checked
+    checkpoint state of ``run_dir/checkpoint.pt`` (None when there is nothing at that path
+    yet), after :func:`check_layout`, :func:`check_checkpoint_agrees` and
+    :func:`check_sub_run_config`."""
     from ..checkpoint import read_checkpoint
     from ..trainer import CHECKPOINT_FILE
 
+    check_layout(out, len(runs) > 1)
     states = {}
     for name, config, run_dir in runs:
         if len(runs) > 1:  # --compare-vae: each model's own config.json

@@ -345,7 +345,7 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
     states = {name: None for name, _, _ in runs}
     if args.resume:  # everything checked before anything in the run directory is written
         states = from_rank0(group, lambda: read_resume_states(
-            runs, info["fingerprint"], len(train), dataset.sample_shape))
+            out, runs, info["fingerprint"], len(train), dataset.sample_shape))
         from_rank0(group, lambda: _remove_stale_temporaries(out))
     from_rank0(group, lambda: _write_run_config(args, parser, out, lock, saved, compare, info,
                                                 config, group))
