@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
 import torch
@@ -23,6 +24,7 @@ from .mutual_info import (
     shuffled_bound,
 )
 from .serialization import (
+    MODEL_WEIGHTS_FILE,
     WEIGHTS_DIGEST_KEY,
     SerializationError,
     load_model_weights,
@@ -140,6 +142,13 @@ class InfoMaxVAE(nn.Module):
         ``model.pt`` that does not match the digest ``model_config.json`` records, or weights
         that do not fit the architecture or are not finite."""
         config = read_model_config(directory)
+        shell = memory.on_meta(lambda: cls.from_config(config))  # sizes, before allocating
+        values = sum(t.numel() for t in shell.state_dict().values())
+        weights = Path(directory) / MODEL_WEIGHTS_FILE
+        if weights.is_file() and 2 * values > weights.stat().st_size:  # 2 bytes: float16
+            raise SerializationError(
+                f"{Path(directory) / 'model_config.json'} describes {values:,} weights, more "
+                f"than {weights} ({weights.stat().st_size:,} bytes) can hold")
         model = cls.from_config(config)
         load_model_weights(model, directory, map_location, config.get(WEIGHTS_DIGEST_KEY))
         return model

@@ -311,6 +311,10 @@ def load_model_weights(module: nn.Module, directory, map_location=None, sha256=N
                                      f"in {MODEL_CONFIG_FILE} needs a floating-point tensor")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise SerializationError(f"{path}: {key} holds NaN or infinite values")
+    dtypes = sorted({str(v.dtype) for v in state.values() if v.is_floating_point()})
+    if len(dtypes) > 1:
+        raise SerializationError(f"{path} holds weights of several dtypes {dtypes}: not a "
+                                 "saved model")
     try:
         module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:

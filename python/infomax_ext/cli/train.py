@@ -2,6 +2,7 @@
 directory (layout in :mod:`infomax_ext.cli`)."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as _dt
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from .common import PROG, CommandError, _say
 from .compare import _fmt, comparison_table
-from .options import _TRAIN_OPTIONS
+from .options import _TRAIN_OPTIONS, _device
 from .resume import RESUMABLE, read_resume_states
 from .run_dir import (CONFIG_FILE, _RunLock, _check_out, _claim, _default_out, _holds_run,
                       _path, _read_run_config, _remove_stale_temporaries)
@@ -36,7 +37,9 @@ def _train_config(args, parser, saved: dict | None):
     else:
         try:  # the saved options alone: an edited config.json is named as such
             TrainConfig.from_dict(dict(saved))
-        except (TypeError, ValueError) as exc:
+            if _given(args, "device") is None:
+                _device(saved["device"])
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
             raise CommandError(f"{CONFIG_FILE} of the run: {exc}") from None
         values = dict(saved)
         for d in dests:
@@ -335,17 +338,20 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
     dataset, info = from_rank0(group, lambda: _load_data(data, config, saved))
     train, val = train_val_split(dataset, config.val_fraction, config.seed)
     world = 1 if group is None else dist.get_world_size(group)
-    try:
-        check_batch_size(config.batch_size, len(train), world, name="--batch-size")
-    except ValueError as exc:
-        parser.error(str(exc))
-    from_rank0(group, lambda: _check_memory(config, dataset.sample_shape))
     runs = [("infomax", config, out / "infomax"), ("vae", replace(config, alpha=0.0), out / "vae")] \
         if compare else [("infomax" if config.alpha > 0 else "vae", config, out)]
     states = {name: None for name, _, _ in runs}
     if args.resume:  # everything checked before anything in the run directory is written
         states = from_rank0(group, lambda: read_resume_states(
             out, runs, info["fingerprint"], len(train), dataset.sample_shape))
+    try:
+        check_batch_size(config.batch_size, len(train), world, name="--batch-size")
+    except ValueError as exc:
+        if args.resume and _given(args, "batch_size") is None:
+            raise CommandError(f"{CONFIG_FILE} of the run: {exc}") from None
+        parser.error(str(exc))
+    from_rank0(group, lambda: _check_memory(config, dataset.sample_shape))
+    if args.resume:
         from_rank0(group, lambda: _remove_stale_temporaries(out))
     from_rank0(group, lambda: _write_run_config(args, parser, out, lock, saved, compare, info,
                                                 config, group))
