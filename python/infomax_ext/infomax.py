@@ -108,7 +108,7 @@ class InfoMaxVAE(nn.Module):
             if short is not None:
                 raise SerializationError(
                     f"the model config's sizes (its largest layer {memory.largest_layer(shell)}) "
-                    f"describe {sum(p.numel() for p in shell.parameters()):,} parameters that "
+                    f"give {sum(p.numel() for p in shell.parameters()):,} parameters: the model "
                     f"{short}")
             return build()
         except (KeyError, TypeError, ValueError, OverflowError, RuntimeError) as exc:

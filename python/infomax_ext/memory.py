@@ -89,8 +89,8 @@ def training_bytes(model: nn.Module, mi_chain: nn.Module | None = None) -> int:
 
 
 def gib(nbytes: float) -> str:
-    """``nbytes`` as ``"12.3 GiB"``."""
-    return f"{nbytes / 2 ** 30:.1f} GiB"
+    """``nbytes`` as ``"12.3 GiB"`` (``"4.0 MiB"`` under 1 GiB)."""
+    return f"{nbytes / 2 ** 30:.1f} GiB" if nbytes >= 2 ** 30 else f"{nbytes / 2 ** 20:.1f} MiB"
 
 
 def shortfall(nbytes: int, device="cpu") -> str | None:
