@@ -274,6 +274,14 @@ def test_paths_that_are_not_regular_files_are_named(copy_of, capsys, tmp_path):
     code, err = resume(copy_of, capsys)
     assert code == 1 and one_line(err).endswith(f"{copy_of / 'config.json'} is a directory, not a file")
 
+    loop = tmp_path / "loop.npy"
+    os.symlink(loop.name, loop)
+    for data, what in [(loop, "is a symlink loop"), (tmp_path, "is a directory, not a file")]:
+        code = main(["train", "--data", str(data), "--out", str(tmp_path / "fresh"), *TINY_RUN])
+        assert code == 1 and one_line(capsys.readouterr().err).endswith(
+            f"error: data file {data} {what}" + (" (it never reaches a file)" if "loop" in what
+                                                 else ""))
+
 
 # ----------------------------------------------------------------------------- sizes
 

@@ -268,10 +268,12 @@ def _from_mapping(mapping: dict, path: Path):
 def _read_file(path: Path, mmap: bool = False):
     """``(samples, labels or None)`` as numpy arrays, from a .npy, .npz or .pt file; with
     ``mmap`` a .npy file's samples as :class:`MappedSamples`."""
-    if not path.exists():
-        raise DataError(f"data file not found: {path}")
-    if not path.is_file():
-        raise DataError(f"data path is not a file: {path}")
+    from .serialization import SerializationError, check_file
+
+    try:  # a directory, a symlink loop, a pipe, ... is named as such
+        check_file(path, "data file")
+    except SerializationError as exc:
+        raise DataError(str(exc)) from None
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(
