@@ -17,8 +17,7 @@ from infomax_ext.checkpoint import digest_path, read_checkpoint, write_checkpoin
 from infomax_ext.cli import main
 from infomax_ext.serialization import SerializationError
 from infomax_ext.trainer import TrainConfig, Trainer
-from tiny_runs import (TINY_RUN, resign_checkpoint, resign_model, rewrite_checkpoint, save_data,
-                       snapshot, train)
+from tiny_runs import TINY_RUN, rewrite_checkpoint, save_data, snapshot, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
 
 __all__ = ["on_meta", "parameter_bytes", "largest_layer", "machine_memory", "training_bytes",
-           "shortfall", "TRAINING_COPIES", "MAX_CONFIG_ENTRIES"]
+           "shortfall", "gib", "count_list_entries", "TRAINING_COPIES", "MAX_CONFIG_ENTRIES"]
 
 TRAINING_COPIES = 4  # weights, gradients, Adam's exp_avg and exp_avg_sq
 MAX_CONFIG_ENTRIES = 10_000  # list entries of a model config: far beyond any real model
@@ -111,8 +111,3 @@ def count_list_entries(obj) -> int:
     if isinstance(obj, (list, tuple)):
         return len(obj) + sum(count_list_entries(v) for v in obj if isinstance(v, (dict, list)))
     return 0
-
-
-def neurons_text(widths: Sequence[int]) -> str:
-    """``[100000, 100000]`` as ``"100000,100000"`` (as on the command line)."""
-    return ",".join(str(w) for w in widths)
