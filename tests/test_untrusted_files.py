@@ -111,7 +111,7 @@ CRAFTED = [
     (("history", 0, "epoch"), 7, "history[0].epoch must be 1, found 7"),
     (("rng", "torch"), lambda t: t[:100], "rng.torch is not a valid CPU random generator state"),
     (("rng", "torch"), lambda t: t.float(), "rng.torch has dtype torch.float32, expected torch.uint8"),
-    (("rng", "cuda"), torch.zeros(3, dtype=torch.uint8), "rng.cuda has shape (3,), the parameter has (16,)"),
+    (("rng", "cuda"), torch.zeros(3, 3, dtype=torch.uint8), "rng.cuda is not a CUDA random generator state"),
     (("rank_rng",), [], "rank_rng must be a list of 1 random states, found []"),
     (("model", "mi.mlp.0.weight"), lambda t: t.double(),
      "model holds weights of several dtypes ['torch.float32', 'torch.float64']"),

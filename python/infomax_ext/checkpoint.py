@@ -58,7 +58,7 @@ _RECORD_KEYS = {"epoch", "vae_loss", "mi_loss", "mi"}
 _ADAM_HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
                          "decoupled_weight_decay")
 _ADAM_STATE_KEYS = {"step", "exp_avg", "exp_avg_sq"}
-_CUDA_RNG_BYTES = 16  # Philox: seed and offset, 8 bytes each
+_CUDA_RNG_MAX_BYTES = 64  # Philox: seed and offset, 8 bytes each (checked again on the device)
 
 
 def digest_path(path) -> Path:
@@ -321,7 +321,9 @@ def _check_rng(c: _Checker, rng, name: str) -> None:
     except (RuntimeError, TypeError, ValueError):
         c.fail(f"{name}.torch is not a valid CPU random generator state")
     if "cuda" in rng:
-        c.tensor(rng["cuda"], f"{name}.cuda", shape=(_CUDA_RNG_BYTES,), dtype=torch.uint8)
+        state = c.tensor(rng["cuda"], f"{name}.cuda", dtype=torch.uint8)
+        if state.dim() != 1 or not 0 < state.numel() <= _CUDA_RNG_MAX_BYTES:
+            c.fail(f"{name}.cuda is not a CUDA random generator state")
 
 
 # ----------------------------------------------------------------------------- restoring
@@ -340,3 +342,10 @@ def restore_training_state(trainer, state: dict) -> None:
     ranks = state.get("rank_rng") or [state["rng"]]
     trainer._rng_state = ranks[trainer.rank] if len(ranks) == trainer.world_size else (
         state["rng"] if trainer.rank == 0 else None)
+    rng = trainer._rng_state or {}
+    if "cuda" in rng and trainer.device.type == "cuda":  # as the CPU state: on a scratch generator
+        try:
+            torch.Generator(device=trainer.device).set_state(rng["cuda"])
+        except (RuntimeError, TypeError, ValueError):
+            raise SerializationError("the checkpoint's CUDA random state is not one this device "
+                                     "accepts") from None
