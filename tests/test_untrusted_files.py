@@ -345,6 +345,12 @@ def test_a_failed_fresh_start_leaves_nothing_that_blocks_a_rerun(tmp_path, capsy
     assert train(tmp_path / "run", data) == 0
 
 
+def test_the_python_trainer_checks_sizes_before_allocating(monkeypatch):
+    config = TrainConfig(latent_dim=2, mi_neurons=[100000, 100000])
+    with pytest.raises(ValueError, match=r"^mi_neurons 100000,100000: training this model"):
+        Trainer.create(config, torch.rand(16, 4), progress=False)
+
+
 def test_trainer_config_types_are_checked():
     with pytest.raises(ValueError, match="shuffled_grad must be True or False, got 1"):
         TrainConfig(shuffled_grad=1).validate()

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 __all__ = ["on_meta", "parameter_bytes", "largest_layer", "machine_memory", "training_bytes",
-           "shortfall", "gib", "count_list_entries", "TRAINING_COPIES", "MAX_CONFIG_ENTRIES"]
+           "shortfall", "check_training", "gib", "count_list_entries", "TRAINING_COPIES",
+           "MAX_CONFIG_ENTRIES"]
 
 TRAINING_COPIES = 4  # weights, gradients, Adam's exp_avg and exp_avg_sq
 MAX_CONFIG_ENTRIES = 10_000  # list entries of a model config: far beyond any real model
@@ -111,3 +112,41 @@ def count_list_entries(obj) -> int:
     if isinstance(obj, (list, tuple)):
         return len(obj) + sum(count_list_entries(v) for v in obj if isinstance(v, (dict, list)))
     return 0
+
+
+SIZE_FIELDS = ("latent_dim", "encoder_neurons", "decoder_neurons", "mi_neurons")
+
+
+def check_training(config, sample_shape, names: dict | None = None) -> None:
+    """A ValueError when training the model of ``config`` (a TrainConfig) for samples of
+    ``sample_shape`` needs more memory than its device has (:func:`training_bytes`, estimated on
+    the meta device: nothing is allocated). The message starts with the size field to blame,
+    as ``names`` calls it (e.g. ``{"mi_neurons": "--mi-neurons"}``; default the field name) with
+    its value: the one whose default value would save the most, or the data's sample size when
+    none would halve the estimate."""
+    import dataclasses
+    import math
+
+    from .trainer import TrainConfig, build_model
+
+    def need(cfg):
+        model = on_meta(lambda: build_model(cfg, sample_shape))
+        return training_bytes(model, model.mi), sum(p.numel() for p in model.parameters())
+
+    total, n_params = need(config)
+    short = shortfall(total, config.device)
+    if short is None:
+        return
+    defaults, culprits = TrainConfig(), []
+    for field in SIZE_FIELDS:
+        value, default = getattr(config, field), getattr(defaults, field)
+        if value != default:
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            name = (names or {}).get(field, field)
+            culprits.append((need(dataclasses.replace(config, **{field: default}))[0],
+                             f"{name} {shown}"))
+    culprits.sort()
+    what = culprits[0][1] if culprits and culprits[0][0] <= total / 2 else \
+        f"the data's samples of {math.prod(sample_shape)} values"
+    raise ValueError(f"{what}: training this model (about {n_params:,} parameters, with their "
+                     f"gradients and Adam's two moments) {short}; choose smaller sizes")

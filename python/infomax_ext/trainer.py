@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import distributed
+from . import distributed, memory
 from .activations import HIDDEN_ACTIVATIONS
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint,
                          restore_training_state, write_checkpoint)
@@ -291,9 +291,11 @@ class Trainer:
     def create(cls, config: TrainConfig, train_data: torch.Tensor, val_data=None, run_dir=None,
                **kwargs) -> "Trainer":
         """A fresh model built by :func:`build_model` under ``torch.manual_seed(config.seed)``
-        (so equal configs start from equal weights) and its trainer."""
+        (so equal configs start from equal weights) and its trainer; a ValueError naming the
+        size field first when training it needs more memory than the device has."""
         config.validate()
         _check_data(train_data, "train_data")
+        memory.check_training(config, train_data.shape[1:])  # before allocating: names the field
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = build_model(config, train_data.shape[1:])

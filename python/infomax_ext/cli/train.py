@@ -274,33 +274,14 @@ def _load_data(data: dict, config, saved) -> tuple:
 
 def _check_memory(config, sample_shape) -> None:
     """A CommandError naming the option (or the data's sample size) when training the model of
-    ``config`` for samples of ``sample_shape`` needs more memory than the device has (estimated
-    on the meta device, nothing allocated: :func:`infomax_ext.memory.training_bytes`)."""
-    import math
+    ``config`` for samples of ``sample_shape`` needs more memory than the device has
+    (:func:`infomax_ext.memory.check_training`; nothing is allocated)."""
+    from ..memory import SIZE_FIELDS, check_training
 
-    from ..memory import on_meta, parameter_bytes, shortfall, training_bytes
-    from ..trainer import TrainConfig, build_model
-
-    def need(cfg):
-        model = on_meta(lambda: build_model(cfg, sample_shape))
-        return training_bytes(model, model.mi), parameter_bytes(model) // 4
-
-    total, n_params = need(config)
-    short = shortfall(total, config.device)
-    if short is None:
-        return
-    defaults, culprits = TrainConfig(), []
-    for flag, field in (("--latent-dim", "latent_dim"), ("--encoder-neurons", "encoder_neurons"),
-                        ("--decoder-neurons", "decoder_neurons"), ("--mi-neurons", "mi_neurons")):
-        value, default = getattr(config, field), getattr(defaults, field)
-        if value != default:
-            shown = ",".join(map(str, value)) if isinstance(value, list) else value
-            culprits.append((need(replace(config, **{field: default}))[0], f"{flag} {shown}"))
-    culprits.sort()
-    what = culprits[0][1] if culprits and culprits[0][0] <= total / 2 else \
-        f"the data's samples of {math.prod(sample_shape)} values"
-    raise CommandError(f"{what}: training this model (about {n_params:,} parameters, with their "
-                       f"gradients and Adam's two moments) {short}; choose smaller sizes")
+    try:
+        check_training(config, sample_shape, {f: "--" + f.replace("_", "-") for f in SIZE_FIELDS})
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _write_run_config(args, parser, out: Path, lock: _RunLock, saved, compare: bool, info: dict,
