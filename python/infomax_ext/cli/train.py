@@ -36,9 +36,9 @@ def _train_config(args, parser, saved: dict | None):
         values.update({d: _given(args, d) for d in dests if _given(args, d) is not None})
     else:
         try:  # the saved options alone: an edited config.json is named as such
-            TrainConfig.from_dict(dict(saved))
+            checked = TrainConfig.from_dict(dict(saved))
             if _given(args, "device") is None:
-                _device(saved["device"])
+                _device(checked.device)
         except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
             raise CommandError(f"{CONFIG_FILE} of the run: {exc}") from None
         values = dict(saved)
