@@ -258,8 +258,8 @@ def _check_adam(c: _Checker, saved, name: str, params: list, dtype: torch.dtype,
     unknown = [str(k) for k in group if k not in fresh]
     if unknown:
         c.fail(f"{name}.param_groups[0] has unknown entries {unknown}")
-    for key in _ADAM_HYPERPARAMETERS:
-        if key in fresh and not _same(group.get(key), fresh[key]):
+    for key in _ADAM_HYPERPARAMETERS:  # one another torch version lacks: the fresh value is used
+        if key in fresh and key in group and not _same(group[key], fresh[key]):
             c.fail(f"{name} {key} is {_show(group.get(key))}, the config's Adam has "
                    f"{_show(fresh[key])}")
     entries = c.mapping(saved["state"], f"{name}.state")
