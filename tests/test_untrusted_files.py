@@ -136,7 +136,7 @@ def test_every_crafted_entry_is_refused_naming_it(copy_of, path, value, message)
     checkpoint = copy_of / "checkpoint.pt"
     rewrite_checkpoint(checkpoint, _set(path, value))
     with pytest.raises(SerializationError) as exc:
-        read_checkpoint(checkpoint)
+        read_checkpoint(checkpoint, TrainConfig)
     assert str(exc.value).startswith(f"checkpoint {checkpoint}: ")
     assert message in str(exc.value)
 
@@ -316,12 +316,17 @@ def test_a_model_config_beyond_memory_or_its_weights_file_is_refused_before_allo
     config["vae"]["encoder"]["size_input"] = 200000
     path.write_text(json.dumps(config))
     resign_model_config_only(path)
-    with pytest.raises(SerializationError, match=r"describes [\d,]+ weights, more than .*model.pt "
-                                                 r"\([\d,]+ bytes\) can hold"):
-        InfoMaxVAE.load(model)
-    monkeypatch.setattr(memory, "machine_memory", lambda device="cpu": 2 ** 22)  # 4 MiB
     allocated = []
-    monkeypatch.setattr(torch.nn.Linear, "reset_parameters", lambda self: allocated.append(self))
+    real_init = torch.nn.Linear.reset_parameters
+    monkeypatch.setattr(torch.nn.Linear, "reset_parameters",
+                        lambda self: (allocated.append(self), real_init(self)))
+    with pytest.raises(SerializationError, match=r"the weights in .*model.pt do not fit the "
+                       r"architecture in model_config.json: vae.encoder.encoder.0.weight has "
+                       r"shape \(8, 4\), the architecture needs \(8, 200000\)"):
+        InfoMaxVAE.load(model)
+    assert allocated and all(p.is_meta for layer in allocated for p in layer.parameters())
+    monkeypatch.setattr(memory, "machine_memory", lambda device="cpu": 2 ** 22)  # 4 MiB
+    allocated.clear()
     with pytest.raises(SerializationError, match=r"the model config's sizes \(its largest layer "
                        r"vae.encoder.encoder.0 \(200000 -> 8\)\) give 1,600,195 parameters: the model needs "
                        r"[\d.]+ MiB, more than the 4.0 MiB of memory of this machine"):

@@ -97,9 +97,9 @@ def write_checkpoint(state: dict, path) -> Path:
     return path
 
 
-def read_checkpoint(path) -> dict:
+def read_checkpoint(path, config_type) -> dict:
     """The state in checkpoint ``path``, after checking its digest and every entry
-    (:func:`validate_checkpoint`); tensors on the CPU."""
+    (:func:`validate_checkpoint` with ``config_type``); tensors on the CPU."""
     path = Path(path)
     companion = digest_path(path)
     if not companion.exists() and not companion.is_symlink():
@@ -112,7 +112,7 @@ def read_checkpoint(path) -> dict:
     digests = _accepted_digests(companion, path)
     state = safe_torch_load(path, map_location="cpu", what="checkpoint", sha256=digests,
                             digest_source=str(companion))
-    return validate_checkpoint(state, path)
+    return validate_checkpoint(state, path, config_type)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -159,11 +159,12 @@ class _Checker:
         return value
 
 
-def validate_checkpoint(state, path) -> dict:
+def validate_checkpoint(state, path, config_type) -> dict:
     """``state`` (as unpickled from checkpoint ``path``) when every entry is what a trainer
-    writes (module docstring); else a :class:`SerializationError` naming the entry."""
+    writes (module docstring); else a :class:`SerializationError` naming the entry.
+    ``config_type``: :class:`~infomax_ext.trainer.TrainConfig` (passed in: the trainer imports
+    this module), whose ``from_dict`` checks the ``config`` entry."""
     from .infomax import InfoMaxVAE
-    from .trainer import TrainConfig
 
     c = _Checker(Path(path))
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -176,7 +177,7 @@ def validate_checkpoint(state, path) -> dict:
     if missing or unknown:
         c.fail(f"missing entries {missing}" if missing else f"unknown entries {unknown}")
     try:
-        config = TrainConfig.from_dict(dict(c.mapping(state["config"], "config")))
+        config = config_type.from_dict(dict(c.mapping(state["config"], "config")))
     except (TypeError, ValueError) as exc:
         c.fail(f"config: {exc}")
     epoch = c.integer(state["epoch"], "epoch")

@@ -27,8 +27,10 @@ from .serialization import (
     MODEL_WEIGHTS_FILE,
     WEIGHTS_DIGEST_KEY,
     SerializationError,
+    check_weights_fit,
     load_model_weights,
     read_model_config,
+    read_model_weights,
     write_model_files,
 )
 from .vae import VAE, VAEOutput, decoder_loglikelihood, encoder_kl
@@ -143,14 +145,10 @@ class InfoMaxVAE(nn.Module):
         that do not fit the architecture or are not finite."""
         config = read_model_config(directory)
         shell = memory.on_meta(lambda: cls.from_config(config))  # sizes, before allocating
-        values = sum(t.numel() for t in shell.state_dict().values())
-        weights = Path(directory) / MODEL_WEIGHTS_FILE
-        if weights.is_file() and 2 * values > weights.stat().st_size:  # 2 bytes: float16
-            raise SerializationError(
-                f"{Path(directory) / 'model_config.json'} describes {values:,} weights, more "
-                f"than {weights} ({weights.stat().st_size:,} bytes) can hold")
+        state = read_model_weights(directory, map_location, config.get(WEIGHTS_DIGEST_KEY))
+        check_weights_fit(shell, state, Path(directory) / MODEL_WEIGHTS_FILE)
         model = cls.from_config(config)
-        load_model_weights(model, directory, map_location, config.get(WEIGHTS_DIGEST_KEY))
+        load_model_weights(model, directory, state=state)
         return model
 
 

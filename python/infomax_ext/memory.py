@@ -117,27 +117,26 @@ def count_list_entries(obj) -> int:
 SIZE_FIELDS = ("latent_dim", "encoder_neurons", "decoder_neurons", "mi_neurons")
 
 
-def check_training(config, sample_shape, names: dict | None = None) -> None:
-    """A ValueError when training the model of ``config`` (a TrainConfig) for samples of
-    ``sample_shape`` needs more memory than its device has (:func:`training_bytes`, estimated on
-    the meta device: nothing is allocated). The message starts with the size field to blame,
-    as ``names`` calls it (e.g. ``{"mi_neurons": "--mi-neurons"}``; default the field name) with
-    its value: the one whose default value would save the most, or the data's sample size when
-    none would halve the estimate."""
+def check_training(config, sample_shape, build: Callable, names: dict | None = None) -> None:
+    """A ValueError when training the model ``build(config, sample_shape)`` (``config`` a
+    TrainConfig dataclass, ``build`` e.g. :func:`~infomax_ext.trainer.build_model`) needs more
+    memory than its device has (:func:`training_bytes`, estimated on the meta device: nothing
+    is allocated). The message starts with the size field to blame, as ``names`` calls it
+    (e.g. ``{"mi_neurons": "--mi-neurons"}``; default the field name) with its value: the one
+    whose default value would save the most, or the data's sample size when none would halve
+    the estimate."""
     import dataclasses
     import math
 
-    from .trainer import TrainConfig, build_model
-
     def need(cfg):
-        model = on_meta(lambda: build_model(cfg, sample_shape))
+        model = on_meta(lambda: build(cfg, sample_shape))
         return training_bytes(model, model.mi), sum(p.numel() for p in model.parameters())
 
     total, n_params = need(config)
     short = shortfall(total, config.device)
     if short is None:
         return
-    defaults, culprits = TrainConfig(), []
+    defaults, culprits = type(config)(), []
     for field in SIZE_FIELDS:
         value, default = getattr(config, field), getattr(defaults, field)
         if value != default:

@@ -52,6 +52,8 @@ __all__ = [
     "read_json",
     "write_model_files",
     "read_model_config",
+    "read_model_weights",
+    "check_weights_fit",
     "load_model_weights",
 ]
 
@@ -145,26 +147,14 @@ def is_sha256_hex(value) -> bool:
 
 def check_file(path, what: str = "file") -> Path:
     """``path`` when it is a regular file (symlinks followed), else a :class:`SerializationError`
-    saying what it is: missing, a dangling symlink, a symlink loop, a directory, a pipe or device,
-    or unreadable (the reason the system gives)."""
-    path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise SerializationError(f"{what} {path} is a symlink to {os.readlink(path)}, which "
-                                     "does not exist") from None
-        raise SerializationError(f"{what} not found: {path}") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise SerializationError(f"{what} {path} is a symlink loop (it never reaches a "
-                                     "file)") from None
-        raise SerializationError(f"{what} {path} cannot be read: {exc.strerror}") from None
-    if stat.S_ISDIR(mode):
-        raise SerializationError(f"{what} {path} is a directory, not a file")
-    if not stat.S_ISREG(mode):
-        raise SerializationError(f"{what} {path} is not a regular file (a pipe, socket or device)")
-    return path
+    saying what it is (:func:`~infomax_ext.data.file_problem`): missing, a dangling symlink, a
+    symlink loop, a directory, a pipe or device, or unreadable."""
+    from .data import file_problem
+
+    problem = file_problem(path, what)
+    if problem is not None:
+        raise SerializationError(problem)
+    return Path(path)
 
 
 def check_directory(path, what: str = "directory") -> Path:
@@ -289,12 +279,11 @@ def _tensors_only(state, path) -> None:
             raise SerializationError(f"{path}: entry {key!r} is not a dense tensor")
 
 
-def load_model_weights(module: nn.Module, directory, map_location=None, sha256=None) -> None:
-    """Load ``directory/model.pt`` into ``module`` (strict, keeping the saved dtypes);
-    ``map_location`` as in ``torch.load``. ``sha256``: the digest ``model_config.json`` records
-    (required: a file without one cannot be checked and is refused). A
-    :class:`SerializationError` when the file is missing, corrupt, changed since it was written,
-    or its weights do not fit the module (names, shapes, floating dtypes) or are not finite."""
+def read_model_weights(directory, map_location=None, sha256=None) -> dict:
+    """The state dict in ``directory/model.pt``, checked: ``sha256`` is the digest
+    ``model_config.json`` records (required: a file without one cannot be checked and is
+    refused); dense tensors only, finite, one floating dtype. ``map_location`` as in
+    ``torch.load``."""
     path = Path(directory) / MODEL_WEIGHTS_FILE
     if not is_sha256_hex(sha256):
         raise SerializationError(
@@ -303,22 +292,45 @@ def load_model_weights(module: nn.Module, directory, map_location=None, sha256=N
     state = safe_torch_load(path, map_location, what="model weights", sha256=sha256,
                             digest_source=str(Path(directory) / MODEL_CONFIG_FILE))
     _tensors_only(state, path)
-    expected = module.state_dict()
     for key, value in state.items():
-        want = expected.get(key)
-        if want is not None and want.is_floating_point() != value.is_floating_point():
-            raise SerializationError(f"{path}: {key} has dtype {value.dtype}, the architecture "
-                                     f"in {MODEL_CONFIG_FILE} needs a floating-point tensor")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise SerializationError(f"{path}: {key} holds NaN or infinite values")
     dtypes = sorted({str(v.dtype) for v in state.values() if v.is_floating_point()})
     if len(dtypes) > 1:
         raise SerializationError(f"{path} holds weights of several dtypes {dtypes}: not a "
                                  "saved model")
-    try:
-        module.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:
+    return state
+
+
+def check_weights_fit(module: nn.Module, state: dict, path) -> None:
+    """A :class:`SerializationError` unless ``state`` has exactly the entries of ``module``'s
+    state dict, of the same shapes, floating where the module's are (``module`` may live on the
+    meta device: nothing is allocated)."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    problem = (f"missing {missing[:3]}" if missing else f"unexpected entries {unexpected[:3]}"
+               if unexpected else None)
+    for key, want in expected.items():
+        if problem is None and tuple(state[key].shape) != tuple(want.shape):
+            problem = f"{key} has shape {tuple(state[key].shape)}, the architecture needs " \
+                      f"{tuple(want.shape)}"
+        if problem is None and want.is_floating_point() != state[key].is_floating_point():
+            problem = f"{key} has dtype {state[key].dtype}, the architecture needs a " \
+                      "floating-point tensor"
+    if problem is not None:
         raise SerializationError(
-            f"the weights in {path} do not fit the architecture in {MODEL_CONFIG_FILE}: "
-            f"{' '.join(str(exc).split())}"
-        ) from None
+            f"the weights in {path} do not fit the architecture in {MODEL_CONFIG_FILE}: {problem}")
+
+
+def load_model_weights(module: nn.Module, directory, map_location=None, sha256=None,
+                       state: dict | None = None) -> None:
+    """Load ``directory/model.pt`` (:func:`read_model_weights`, or the ``state`` it already
+    returned) into ``module`` (strict, keeping the saved dtypes). A
+    :class:`SerializationError` when the file is missing, corrupt, changed since it was written,
+    or its weights do not fit the module (names, shapes, floating dtypes) or are not finite."""
+    path = Path(directory) / MODEL_WEIGHTS_FILE
+    if state is None:
+        state = read_model_weights(directory, map_location, sha256)
+    check_weights_fit(module, state, path)
+    module.load_state_dict(state, strict=True, assign=True)

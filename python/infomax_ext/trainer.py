@@ -295,7 +295,7 @@ class Trainer:
         size field first when training it needs more memory than the device has."""
         config.validate()
         _check_data(train_data, "train_data")
-        memory.check_training(config, train_data.shape[1:])  # before allocating: names the field
+        memory.check_training(config, train_data.shape[1:], build_model)  # names the field
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = build_model(config, train_data.shape[1:])
@@ -316,7 +316,7 @@ class Trainer:
         path = Path(path)
         if state is None:
             state = distributed.from_rank0(kwargs.get("process_group"),
-                                           lambda: read_checkpoint(path))
+                                           lambda: read_checkpoint(path, TrainConfig))
         config_dict = dict(state["config"])
         if epochs is not None:
             config_dict["epochs"] = epochs

@@ -130,7 +130,7 @@ def read_resume_states(out: Path, runs, fingerprint: str, n_train: int, sample_s
     yet), after :func:`check_layout`, :func:`check_checkpoint_agrees` and
     :func:`check_sub_run_config`."""
     from ..checkpoint import read_checkpoint
-    from ..trainer import CHECKPOINT_FILE
+    from ..trainer import CHECKPOINT_FILE, TrainConfig
 
     check_layout(out, len(runs) > 1)
     states = {}
@@ -141,7 +141,7 @@ def read_resume_states(out: Path, runs, fingerprint: str, n_train: int, sample_s
         if not os.path.lexists(path):  # a symlink loop or a dangling link is something: read it
             states[name] = None
             continue
-        state = read_checkpoint(path)
+        state = read_checkpoint(path, TrainConfig)
         check_checkpoint_agrees(path, state, config, fingerprint, n_train, sample_shape)
         states[name] = state
     return states

@@ -277,9 +277,11 @@ def _check_memory(config, sample_shape) -> None:
     ``config`` for samples of ``sample_shape`` needs more memory than the device has
     (:func:`infomax_ext.memory.check_training`; nothing is allocated)."""
     from ..memory import SIZE_FIELDS, check_training
+    from ..trainer import build_model
 
     try:
-        check_training(config, sample_shape, {f: "--" + f.replace("_", "-") for f in SIZE_FIELDS})
+        check_training(config, sample_shape, build_model,
+                       {f: "--" + f.replace("_", "-") for f in SIZE_FIELDS})
     except ValueError as exc:
         raise CommandError(str(exc)) from None
 
