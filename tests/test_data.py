@@ -184,12 +184,12 @@ def test_bad_files_and_labels(tmp_path):
     np.save(tmp_path / "short.npy", np.arange(5))
     np.save(tmp_path / "frac.npy", np.linspace(0, 1, 20))
     np.savez(tmp_path / "many.npz", a=samples(), b=samples())
-    (tmp_path / "x.csv").write_text("1,2\n")
+    (tmp_path / "x.txt").write_text("1,2\n")
     cases = [
         (lambda: load_file(tmp_path / "x.npy", labels=tmp_path / "short.npy"), "5 labels for 20"),
         (lambda: load_file(tmp_path / "x.npy", labels=tmp_path / "frac.npy"), "whole numbers"),
         (lambda: load_file(tmp_path / "many.npz"), "cannot tell which entry"),
-        (lambda: load_file(tmp_path / "x.csv"), "unsupported file type"),
+        (lambda: load_file(tmp_path / "x.txt"), "unsupported file type '.txt'; use .npy, .npz, .pt, .csv or .tsv"),
         (lambda: load_file(tmp_path), "not a file"),
         (lambda: load_dataset("digits", labels=tmp_path / "short.npy"), "digits carry"),
     ]

@@ -69,7 +69,8 @@ def test_save_load_round_trip_is_exact(tmp_path, parts):
     torch.manual_seed(0)
     model = small_model(size, encoder=encoder, decoder=decoder)
     model.save(tmp_path / "m")
-    assert {p.name for p in (tmp_path / "m").iterdir()} == {MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE}
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE,
+                                                          "preprocessing.json"}
     loaded = InfoMaxVAE.load(tmp_path / "m")
     assert isinstance(loaded, InfoMaxVAE)
     assert_same_model(model, loaded)

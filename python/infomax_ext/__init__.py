@@ -34,6 +34,8 @@ from .infomax import (
     save_model,
     train_step,
 )
+from .losses import InfoMaxVAELoss, MutualInfoLoss
+from .preprocessing import Preprocessing
 from .mutual_info import (
     DataHalfCache,
     MIScores,

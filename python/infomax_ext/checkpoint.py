@@ -5,8 +5,8 @@ is a ``torch.save`` dict of tensors and plain values: ``format``, ``version``, `
 ``config`` (the :class:`~infomax_ext.trainer.TrainConfig`), ``model_config``, ``model`` (the
 state dict), ``optimizers`` (``"vae"`` and ``"mi"``: Adam state dicts), ``history`` (one record
 per epoch), ``n_train``, ``rng`` (``{"torch": ByteTensor[, "cuda": ByteTensor]}``),
-``world_size``, and optionally ``rank_rng`` (one rng dict per process) and ``data_fingerprint``
-(the SHA-256 of the data, set by the command). Next to it, ``NAME.sha256.json`` records the
+``world_size``, and optionally ``rank_rng`` (one rng dict per process), ``data_fingerprint``
+(the SHA-256 of the data, set by the command) and ``preprocessing`` (how the data was prepared). Next to it, ``NAME.sha256.json`` records the
 digest of its bytes (:func:`digest_path`).
 
 Writing (:func:`write_checkpoint`) keeps the pair verifiable at every instant: the companion is
@@ -53,7 +53,7 @@ DIGEST_FORMAT = "infomax_ext.checkpoint-digest"
 
 _REQUIRED = ("format", "version", "epoch", "config", "model_config", "model", "optimizers",
              "history", "n_train", "rng", "world_size")
-_OPTIONAL = ("rank_rng", "data_fingerprint")
+_OPTIONAL = ("rank_rng", "data_fingerprint", "preprocessing")
 _RECORD_KEYS = {"epoch", "vae_loss", "mi_loss", "mi"}
 _ADAM_HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
                          "decoupled_weight_decay")
@@ -188,6 +188,13 @@ def validate_checkpoint(state, path, config_type) -> dict:
     fingerprint = state.get("data_fingerprint")
     if fingerprint is not None and not is_sha256_hex(fingerprint):
         c.fail(f"data_fingerprint must be a SHA-256 digest, found {_show(fingerprint)}")
+    if state.get("preprocessing") is not None:
+        from .preprocessing import Preprocessing
+
+        try:
+            Preprocessing.from_dict(state["preprocessing"])
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            c.fail(f"preprocessing: {exc}")
 
     model_config = c.mapping(state["model_config"], "model_config")
     try:  # the architecture on the meta device: shapes, no memory (sizes checked)

@@ -12,6 +12,8 @@ File formats (:func:`load_file`):
   the file); labels, if any, under ``y``, ``labels``, ``targets`` or ``target``.
 - ``.pt`` (read with ``torch.load(weights_only=True)``): a tensor (the samples), a tuple or list
   ``(x,)`` / ``(x, y)``, or a dict with the keys above.
+- ``.csv`` / ``.tsv``: a table of numbers, one sample per row, header optional, labels from the
+  column ``label_column`` (:mod:`.csv_data`). Table rows are feature vectors, never images.
 
 Labels may be integers, integral floats or strings; they are mapped to codes ``0..K-1`` in sorted
 order, the original values kept as ``classes``. Object (pickled) arrays are refused; float16 and
@@ -19,7 +21,9 @@ bfloat16 tensors are converted to float32 (exactly) with a :class:`DataWarning`.
 
 Samples may be rescaled on loading (``normalize``, :func:`normalize_samples`): ``"unit"`` maps
 them to [0, 1] (what the Bernoulli decoder needs), ``"standardize"`` to mean 0 and variance 1
-(data of any scale for the Gaussian decoder).
+(data of any scale for the Gaussian decoder). The dataset keeps the shift and scale
+(``ArrayDataset.normalization``), so new data can be prepared the same way
+(:class:`~infomax_ext.preprocessing.Preprocessing`).
 
 Data larger than memory: ``load_file(path.npy, mmap=True)`` memory-maps the file
 (:class:`MappedSamples`): it is checked and its rescaling measured in one streaming pass, and
@@ -53,13 +57,14 @@ __all__ = [
     "check_samples",
     "check_mapped",
     "normalize_samples",
+    "normalization_parameters",
     "train_val_split",
     "short_error",
 ]
 
 SAMPLE_KEYS = ("x", "X", "data", "samples", "images")
 LABEL_KEYS = ("y", "labels", "targets", "target")
-SUFFIXES = (".npy", ".npz", ".pt")
+SUFFIXES = (".npy", ".npz", ".pt", ".csv", ".tsv")
 LIKELIHOODS = ("bernoulli", "gaussian")
 NORMALIZATIONS = ("none", "unit", "standardize")
 MIN_SAMPLES = 8
@@ -82,7 +87,9 @@ class ArrayDataset:
     demand) with optional labels ``y`` (N,) int64.
 
     ``classes[k]`` is the original label of code ``k``; ``image_shape`` ``(H, W)`` says how to draw
-    one sample as an image (``None``: draw it as a strip); ``source`` names where it came from."""
+    one sample as an image (``None``: draw it as a strip); ``source`` names where it came from;
+    ``normalization`` ``(kind, shift, scale)`` is how ``x`` was rescaled from the file's values
+    (``x = (raw - shift) / scale``; ``("none", 0.0, 1.0)``: not rescaled)."""
 
     x: "torch.Tensor | MappedSamples"
     y: torch.Tensor | None = None
@@ -90,6 +97,7 @@ class ArrayDataset:
     image_shape: tuple[int, int] | None = None
     classes: list[str] | None = None
     indices: torch.Tensor | None = field(default=None, repr=False)
+    normalization: tuple[str, float, float] = ("none", 0.0, 1.0)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -104,7 +112,7 @@ class ArrayDataset:
         mapped)."""
         x = self.x.subset(index) if isinstance(self.x, MappedSamples) else self.x[index]
         return ArrayDataset(x, None if self.y is None else self.y[index], self.source,
-                            self.image_shape, self.classes, index)
+                            self.image_shape, self.classes, index, self.normalization)
 
     def fingerprint(self) -> str:
         """SHA-256 of the samples and labels (shape, dtype and bytes): identifies the data of a run."""
@@ -290,17 +298,29 @@ def file_problem(path, what: str = "file") -> str | None:
     return None
 
 
-def _read_file(path: Path, mmap: bool = False):
-    """``(samples, labels or None)`` as numpy arrays, from a .npy, .npz or .pt file; with
-    ``mmap`` a .npy file's samples as :class:`MappedSamples`."""
+def _read_file(path: Path, mmap: bool = False, label_column=None):
+    """``(samples, labels or None)`` as numpy arrays, from a .npy, .npz, .pt, .csv or .tsv file
+    (``label_column``: the labels' column of a table); with ``mmap`` a .npy file's samples as
+    :class:`MappedSamples`."""
     problem = file_problem(path, "data file")  # a directory, a symlink loop, a pipe, ...
     if problem is not None:
         raise DataError(problem)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(
-            f"{path}: unsupported file type {path.suffix or '(none)'!r}; use .npy, .npz or .pt"
+            f"{path}: unsupported file type {path.suffix or '(none)'!r}; use .npy, .npz, .pt, "
+            ".csv or .tsv"
         )
+    if label_column is not None and suffix not in (".csv", ".tsv"):
+        raise DataError(f"{path}: a label column selects a column of a .csv or .tsv file; "
+                        f"a {suffix} file keeps its labels under a key (or use a labels file)")
+    if suffix in (".csv", ".tsv"):
+        from .csv_data import TableError, read_delimited
+
+        try:
+            return read_delimited(path, label_column)[:2]
+        except TableError as exc:
+            raise DataError(str(exc)) from None
     try:
         if suffix == ".npy":
             return (MappedSamples(path) if mmap else np.load(path, allow_pickle=False)), None
@@ -376,6 +396,18 @@ def _rescaled(x: np.ndarray, shift: float, scale: float) -> np.ndarray:
     return ((x - shift) / scale if scale > 0 else np.zeros_like(x)).astype(np.float32)
 
 
+def normalization_parameters(x: np.ndarray, mode: str) -> tuple[float, float]:
+    """``(shift, scale)`` of :func:`normalize_samples` for ``x`` (computed in float64):
+    ``(min, max - min)`` for ``"unit"``, ``(mean, std)`` for ``"standardize"``, ``(0, 1)`` for
+    ``"none"``."""
+    _check_normalization(mode)
+    if mode == "none":
+        return 0.0, 1.0
+    x = x.astype(np.float64)
+    shift, scale = (x.min(), x.max() - x.min()) if mode == "unit" else (x.mean(), x.std())
+    return float(shift), float(scale)
+
+
 def normalize_samples(x: np.ndarray, mode: str) -> np.ndarray:
     """``x`` (N, *sample_shape), finite, shifted and scaled as float32, by one shift and one scale
     computed over every value of every sample (so an image keeps its contrasts; constant data
@@ -383,12 +415,8 @@ def normalize_samples(x: np.ndarray, mode: str) -> np.ndarray:
 
     ``"unit"``: ``(x - min) / (max - min)``, values in [0, 1]; ``"standardize"``:
     ``(x - mean) / std``, values of mean 0 and variance 1; ``"none"``: ``x`` unchanged."""
-    _check_normalization(mode)
-    if mode == "none":
-        return x
-    x = x.astype(np.float64)
-    shift, scale = (x.min(), x.max() - x.min()) if mode == "unit" else (x.mean(), x.std())
-    return _rescaled(x, shift, scale)
+    shift, scale = normalization_parameters(x, mode)
+    return x if mode == "none" else _rescaled(x, shift, scale)
 
 
 def _check_likelihood(likelihood: str) -> None:
@@ -396,8 +424,8 @@ def _check_likelihood(likelihood: str) -> None:
         raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
 
 
-def _check_layout(x: np.ndarray, source: str) -> None:
-    """A numeric array (N, features...) of MIN_SAMPLES or more non-empty samples."""
+def _check_layout(x: np.ndarray, source: str, min_samples: int = MIN_SAMPLES) -> None:
+    """A numeric array (N, features...) of ``min_samples`` or more non-empty samples."""
     if x.dtype == object or x.dtype.kind not in "biuf":
         raise DataError(f"{source}: samples must be numeric, found dtype {x.dtype}")
     if x.ndim < 2:
@@ -405,9 +433,9 @@ def _check_layout(x: np.ndarray, source: str) -> None:
             f"{source}: samples must be an array of shape (N, features...) with one sample per "
             f"row, found shape {x.shape}; a single feature per sample is (N, 1)"
         )
-    if x.shape[0] < MIN_SAMPLES:
-        raise DataError(f"{source}: {x.shape[0]} samples; need at least {MIN_SAMPLES} "
-                        "(training and held-out batches of 2 or more)")
+    if x.shape[0] < min_samples:
+        raise DataError(f"{source}: {x.shape[0]} samples; need at least {min_samples}" + (
+            " (training and held-out batches of 2 or more)" if min_samples == MIN_SAMPLES else ""))
     if math.prod(x.shape[1:]) == 0:
         raise DataError(f"{source}: samples are empty (shape {x.shape})")
 
@@ -440,16 +468,24 @@ def check_samples(x, likelihood: str = "bernoulli", source: str = "data",
     ``MIN_SAMPLES`` samples, empty samples, NaN or infinite values, and (Bernoulli decoder) values
     outside [0, 1]. Warns (:class:`DataWarning`) when a Gaussian decoder gets values beyond
     ``LARGE_INPUT`` in magnitude: such a run diverges at its first step."""
+    return _checked(x, likelihood, source, normalize)[0]
+
+
+def _checked(x, likelihood: str, source: str, normalize: str,
+             min_samples: int = MIN_SAMPLES) -> tuple[torch.Tensor, float, float]:
+    """:func:`check_samples` and the ``(shift, scale)`` it rescaled by."""
     _check_likelihood(likelihood)
     if isinstance(x, torch.Tensor):
         x = _tensor_to_numpy(x, source)
     x = np.asarray(x)
-    _check_layout(x, source)
+    _check_layout(x, source, min_samples)
     x = x.astype(np.float32, copy=False)
     _check_finite(int((~np.isfinite(x)).sum()), source)
-    x = normalize_samples(x, normalize)
+    shift, scale = normalization_parameters(x, normalize)
+    if normalize != "none":
+        x = _rescaled(x, shift, scale)
     _check_range(float(x.min()), float(x.max()), likelihood, source)
-    return torch.from_numpy(np.ascontiguousarray(x))
+    return torch.from_numpy(np.ascontiguousarray(x)), shift, scale
 
 
 def check_mapped(samples: MappedSamples, likelihood: str = "bernoulli", source: str = "data",
@@ -483,18 +519,23 @@ def check_mapped(samples: MappedSamples, likelihood: str = "bernoulli", source: 
 
 
 def load_file(path, labels=None, likelihood: str = "bernoulli",
-              normalize: str = "none", *, mmap: bool = False) -> ArrayDataset:
-    """An :class:`ArrayDataset` from a ``.npy``, ``.npz`` or ``.pt`` file (see the module
-    docstring), labels optionally from a second file ``labels`` (same formats, one array),
+              normalize: str = "none", *, mmap: bool = False,
+              label_column: str | int | None = None,
+              min_samples: int = MIN_SAMPLES) -> ArrayDataset:
+    """An :class:`ArrayDataset` from a ``.npy``, ``.npz``, ``.pt``, ``.csv`` or ``.tsv`` file (see
+    the module docstring), labels optionally from a second file ``labels`` (same formats, one
+    array) or, for a table, from its column ``label_column`` (a header name or a 0-based index),
     samples checked and rescaled by :func:`check_samples`. ``mmap=True``: a ``.npy`` file's
     samples stay in the file, memory-mapped (:class:`MappedSamples`, :func:`check_mapped`); other
-    formats are read into memory."""
+    formats are read into memory. ``min_samples``: the fewest samples accepted (training needs
+    ``MIN_SAMPLES``; encoding one sample needs 1)."""
     path = Path(path)
-    x, y = _read_file(path, mmap)
+    x, y = _read_file(path, mmap, label_column)
     if isinstance(x, MappedSamples):
         samples = check_mapped(x, likelihood, str(path), normalize)
+        shift, scale = (0.0, 1.0) if samples.scale is None else (samples.shift, samples.scale)
     else:
-        samples = check_samples(x, likelihood, str(path), normalize)
+        samples, shift, scale = _checked(x, likelihood, str(path), normalize, min_samples)
     if labels is not None:
         if y is not None:
             raise DataError(f"{path} already holds labels; do not also pass a labels file")
@@ -504,20 +545,28 @@ def load_file(path, labels=None, likelihood: str = "bernoulli",
             raise DataError(f"{labels}: a labels file must hold a single array")
     codes, classes = (None, None) if y is None else _encode_labels(
         y, samples.shape[0], labels if labels is not None else path)
-    return ArrayDataset(samples, codes, str(path), _image_shape(tuple(samples.shape[1:])), classes)
+    table = path.suffix.lower() in (".csv", ".tsv")
+    image_shape = None if table else _image_shape(tuple(samples.shape[1:]))
+    return ArrayDataset(samples, codes, str(path), image_shape, classes,
+                        normalization=(normalize, float(shift), float(scale)))
 
 
 def load_dataset(source: str | None = None, labels=None, likelihood: str = "bernoulli",
-                 normalize: str = "none", *, mmap: bool = False) -> ArrayDataset:
+                 normalize: str = "none", *, mmap: bool = False,
+                 label_column: str | int | None = None,
+                 min_samples: int = MIN_SAMPLES) -> ArrayDataset:
     """``source`` None or ``"digits"``: :func:`load_digits`; otherwise :func:`load_file` (with
-    ``mmap``); the samples checked and rescaled by :func:`check_samples`."""
+    ``mmap``, ``label_column`` and ``min_samples``); the samples checked and rescaled by
+    :func:`check_samples`."""
     if source is None or source == "digits":
-        if labels is not None:
-            raise DataError("a labels file goes with a data file; the digits carry their labels")
+        if labels is not None or label_column is not None:
+            raise DataError("labels go with a data file; the digits carry their labels")
         data = load_digits()
-        data.x = check_samples(data.x, likelihood, "digits", normalize)
+        data.x, shift, scale = _checked(data.x, likelihood, "digits", normalize)
+        data.normalization = (normalize, shift, scale)
         return data
-    return load_file(source, labels, likelihood, normalize, mmap=mmap)
+    return load_file(source, labels, likelihood, normalize, mmap=mmap, label_column=label_column,
+                     min_samples=min_samples)
 
 
 # ----------------------------------------------------------------------------- splits

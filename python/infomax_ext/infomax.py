@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
@@ -23,12 +24,15 @@ from .mutual_info import (
     check_batch,
     shuffled_bound,
 )
+from .preprocessing import PREPROCESSING_FILE, Preprocessing
 from .serialization import (
     MODEL_WEIGHTS_FILE,
     WEIGHTS_DIGEST_KEY,
     SerializationError,
+    atomic_write_json,
     check_weights_fit,
     load_model_weights,
+    read_json,
     read_model_config,
     read_model_weights,
     write_model_files,
@@ -56,13 +60,17 @@ class InfoMaxVAE(nn.Module):
     ``model(x)`` is ``vae(x)`` (the decoder output); ``model(x, latent=True, seed=None)`` returns
     ``InfoMaxVAEOutput(vae=VAEOutput(encoder, z, decoder), mi=I)``; with ``process_group`` the
     codes are shuffled over all processes' rows (:func:`~infomax_ext.mutual_info.shuffled_bound`).
+
+    ``preprocessing`` (:class:`~infomax_ext.preprocessing.Preprocessing`, the identity unless
+    set) is how raw data becomes the model's input; :meth:`save` and :meth:`load` keep it.
     """
 
-    def __init__(self, vae: VAE, mi: MutualInfoChain):
+    def __init__(self, vae: VAE, mi: MutualInfoChain, preprocessing: Preprocessing | None = None):
         super().__init__()
         if not isinstance(vae, nn.Module) or not isinstance(mi, nn.Module):
             raise TypeError("InfoMaxVAE(vae, mi) takes two nn.Modules")
         self.vae, self.mi = vae, mi
+        self.preprocessing = Preprocessing() if preprocessing is None else preprocessing
 
     def forward(self, x: torch.Tensor, latent: bool = False, seed: int | None = None,
                 process_group=None):
@@ -122,8 +130,8 @@ class InfoMaxVAE(nn.Module):
     def save(self, directory) -> None:
         """Write the model (architecture and weights) to ``directory``; see :meth:`load`.
 
-        Files: ``model_config.json`` (:attr:`config`) and ``model.pt`` (the state_dict), each
-        written atomically; the weights are stored on the CPU, so a model trained on a GPU loads
+        Files: ``model_config.json`` (:attr:`config`), ``model.pt`` (the state_dict) and
+        ``preprocessing.json`` (:attr:`preprocessing`), each written atomically; the weights are stored on the CPU, so a model trained on a GPU loads
         anywhere. Only a model whose encoder, decoder and MI chain were built by ``from_sizes``
         with named activations (``activations.ACTIVATIONS``) can be saved: for any other, a
         custom callable or module as an activation included, a :class:`SerializationError` is
@@ -142,13 +150,15 @@ class InfoMaxVAE(nn.Module):
         (an unknown activation name, a parameter on an activation that takes none, a wrong
         type, ...), sizes beyond the machine's memory (checked before allocating), a
         ``model.pt`` that does not match the digest ``model_config.json`` records, or weights
-        that do not fit the architecture or are not finite."""
+        that do not fit the architecture or are not finite. ``preprocessing.json`` restores
+        :attr:`preprocessing` (a directory without it: the identity)."""
         config = read_model_config(directory)
         shell = memory.on_meta(lambda: cls.from_config(config))  # sizes, before allocating
         state = read_model_weights(directory, map_location, config.get(WEIGHTS_DIGEST_KEY))
         check_weights_fit(shell, state, Path(directory) / MODEL_WEIGHTS_FILE)
         model = cls.from_config(config)
         load_model_weights(model, directory, state=state)
+        model.preprocessing = read_preprocessing(directory)
         return model
 
 
@@ -222,7 +232,25 @@ def _is_unnamed_activation(module: nn.Module) -> bool:
 def save_model(model: nn.Module, directory) -> None:
     """``model.save(directory)`` for an :class:`InfoMaxVAE` built by ``from_sizes``
     (:meth:`InfoMaxVAE.save`); a :class:`SerializationError` for any other model."""
-    write_model_files(directory, model_config(model), model.state_dict())
+    config = model_config(model)
+    preprocessing = getattr(model, "preprocessing", None) or Preprocessing()
+    atomic_write_json(Path(directory) / PREPROCESSING_FILE, preprocessing.to_dict())
+    write_model_files(directory, config, model.state_dict())
+
+
+def read_preprocessing(directory) -> Preprocessing:
+    """The :class:`Preprocessing` in ``directory/preprocessing.json``; the identity when the
+    file is absent (a model saved before the file existed); a :class:`SerializationError` when it
+    cannot be used."""
+    path = Path(directory) / PREPROCESSING_FILE
+    if not os.path.lexists(path):  # a broken link or a loop is named by read_json
+        return Preprocessing()
+    try:
+        return Preprocessing.from_dict(read_json(path, "preprocessing"))
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, SerializationError):
+            raise
+        raise SerializationError(f"{path}: {exc}") from None
 
 
 def load_model(directory, map_location=None) -> InfoMaxVAE:

@@ -88,14 +88,17 @@ def plot_training_curves(history: Sequence[dict], path, title: str = "") -> Path
     if has_val:
         ax = axes[2]
         ax.plot(epochs, [r["val_kl"] for r in history], color="C2", label="held-out KL")
-        ax.set(xlabel="epoch", ylabel="KL (nats)", title="held-out KL and active units")
+        ax.set(xlabel="epoch", ylabel="KL (nats)")
         twin = ax.twinx()
         twin.plot(epochs, [r["val_active_units"] for r in history], color="C3", ls="--",
                   label="active units")
         twin.set_ylabel("active units")
         twin.set_ylim(bottom=0)
         lines = ax.get_lines() + twin.get_lines()
-        ax.legend(lines, [line.get_label() for line in lines], loc="best", fontsize=8)
+        # Above the axes: inside, "best" only weighs one axis's curves and may cover the other's.
+        ax.legend(lines, [line.get_label() for line in lines], loc="lower center",
+                  bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
+        ax.set_title("held-out KL and active units", pad=22)
     for ax in axes:
         ax.grid(alpha=0.3)
     if title:
@@ -156,34 +159,51 @@ def _mosaic(x: torch.Tensor, image_shape, cols: int) -> np.ndarray:
     return canvas
 
 
-def _show(ax, canvas: np.ndarray, vmin: float, vmax: float, title: str) -> None:
+def _show(ax, canvas: np.ndarray, vmin: float, vmax: float, title: str, *,
+          images: bool = True) -> None:
+    """``canvas`` drawn in grey levels: a mosaic of images (no axes), or (``images=False``) a
+    heatmap with one row per sample and one column per feature, both axes labelled."""
     from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
 
     cmap = colormaps["gray_r"].with_extremes(bad="white")
-    ax.imshow(canvas, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
-              aspect="equal" if canvas.shape[1] < 8 * canvas.shape[0] else "auto")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    shown = ax.imshow(canvas, cmap=cmap if images else colormaps["viridis"], vmin=vmin, vmax=vmax,
+                      interpolation="nearest",
+                      aspect="equal" if images and canvas.shape[1] < 8 * canvas.shape[0]
+                      else "auto")
+    if images:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        ax.set(xlabel="feature", ylabel="sample")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+        ax.figure.colorbar(shown, ax=ax, shrink=0.8, label="value")
     ax.set_title(title, fontsize=9)
 
 
 @torch.no_grad()
 def plot_reconstructions(vae, x: torch.Tensor, path, *, image_shape=None, n: int = 24,
-                         title: str = "reconstructions") -> Path:
+                         title: str = "reconstructions", units=None) -> Path:
     """The first ``n`` samples of ``x`` (N, ...) beside the decoder means at their encoder means
     (left: originals, right: reconstructions, same positions); images when ``image_shape``
-    (H, W) is known, one row per sample otherwise."""
+    (H, W) is known, otherwise a heatmap of one row per sample (numbered from 0) and one column
+    per feature. ``units`` (a function of a tensor, e.g. ``Preprocessing.invert``) maps both to
+    the units drawn."""
     device = next(vae.parameters()).device
     x = x[:n]
     rec = decoder_mean(vae, vae.encoder(x.to(device))[0]).cpu()
+    if units is not None:
+        x, rec = units(x), units(rec)
     cols = max(1, math.ceil(math.sqrt(1.5 * x.shape[0])))
     lo, hi = float(min(x.min(), rec.min())), float(max(x.max(), rec.max()))
     originals, reconstructions = _mosaic(x, image_shape, cols), _mosaic(rec, image_shape, cols)
     ratio = originals.shape[0] / originals.shape[1] if image_shape is not None else 0.6
     fig = _figure(9, min(9.0, 4.4 * ratio + 0.9))
     axes = fig.subplots(1, 2)
-    _show(axes[0], originals, lo, hi, "original")
-    _show(axes[1], reconstructions, lo, hi, "reconstruction")
+    images = image_shape is not None
+    _show(axes[0], originals, lo, hi, "original", images=images)
+    _show(axes[1], reconstructions, lo, hi, "reconstruction", images=images)
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
@@ -191,14 +211,19 @@ def plot_reconstructions(vae, x: torch.Tensor, path, *, image_shape=None, n: int
 
 @torch.no_grad()
 def plot_prior_samples(vae, latent_dim: int, path, *, image_shape=None, n: int = 64,
-                       seed: int = 0, title: str = "samples from the prior") -> Path:
-    """Decoder means of ``n`` codes ``z ~ N(0, I_d)`` (drawn from a private generator)."""
+                       seed: int = 0, title: str = "samples from the prior", units=None) -> Path:
+    """Decoder means of ``n`` codes ``z ~ N(0, I_d)`` (drawn from a private generator): images
+    when ``image_shape`` (H, W) is known, a heatmap (samples by features) otherwise; ``units``
+    as in :func:`plot_reconstructions`."""
     device = next(vae.parameters()).device
     z = torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
     samples = decoder_mean(vae, z).cpu()
+    if units is not None:
+        samples = units(samples)
     canvas = _mosaic(samples, image_shape, max(1, math.ceil(math.sqrt(n))))
     fig = _figure(5.5, 5.5)
-    _show(fig.subplots(), canvas, float(samples.min()), float(samples.max()), title)
+    _show(fig.subplots(), canvas, float(samples.min()), float(samples.max()), title,
+          images=image_shape is not None)
     fig.tight_layout()
     return _save(fig, path)
 

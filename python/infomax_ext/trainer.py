@@ -52,6 +52,7 @@ from .data import LIKELIHOODS, MappedSamples
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
 from .infomax import InfoMaxVAE, model_config, train_step
 from .mutual_info import MutualInfoChain
+from .preprocessing import Preprocessing
 from .serialization import atomic_write_text, cpu_copy
 from .vae import VAE, BernoulliDecoder, JointGaussianLogEncoder, SimpleGaussianDecoder
 
@@ -325,6 +326,8 @@ class Trainer:
         config = TrainConfig.from_dict(config_dict)
         model = InfoMaxVAE.from_config(state["model_config"])
         model.to(next(iter(state["model"].values())).dtype).load_state_dict(state["model"])
+        if state.get("preprocessing") is not None:  # checked by read_checkpoint
+            model.preprocessing = Preprocessing.from_dict(state["preprocessing"])
         trainer = cls(model, config, train_data, val_data,
                       path.parent if run_dir is None else run_dir, **kwargs)
         if state["n_train"] != len(trainer.train_data):
@@ -348,6 +351,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "model_config": model_config(self.model),
             "model": cpu_copy(self.model.state_dict()),
+            "preprocessing": getattr(self.model, "preprocessing", Preprocessing()).to_dict(),
             "optimizers": {name: cpu_copy(opt.state_dict()) for name, opt in self.optimizers.items()},
             "history": self.history,
             "n_train": len(self.train_data),
@@ -487,7 +491,6 @@ class Trainer:
                     sums[1] += mi_loss
                     count += 1
                     bar.set_postfix({"vae_loss": f"{sums[0] / count:.2f}",
-                                     "mi_loss": f"{sums[1] / count:.3f}",
                                      "MI": f"{-sums[1] / count:.3f}"}, refresh=False)
                     bar.update(1)
                 train_seconds = time.perf_counter() - start
@@ -506,8 +509,8 @@ class Trainer:
                               or time.monotonic() - last_line >= self.log_interval):
                     last_line = time.monotonic()
                     print(f"{self.desc} epoch {epoch}/{config.epochs}: vae_loss "
-                          f"{record['vae_loss']:.2f}, mi_loss {record['mi_loss']:.3f}, MI "
-                          f"{record['mi']:.3f} nats, {samples / train_seconds:.0f} samples/s",
+                          f"{record['vae_loss']:.2f}, MI {record['mi']:.3f} nats, "
+                          f"{samples / train_seconds:.0f} samples/s",
                           flush=True)
                 for callback in self.callbacks:
                     callback(self, record)

@@ -38,6 +38,13 @@ continues and sends it to the others, prints, and evaluates; a ``.npy`` file is 
 and each process reads the rows of its batches. A restart by ``torchrun --max-restarts``
 resumes the run in --out from its last checkpoint.
 
+Commands for a trained model (a run directory, or a model directory of ``InfoMaxVAE.save``), each
+taking data in the units of the training data and applying the model's saved normalisation
+(:mod:`infomax_ext.preprocessing`): ``evaluate`` (the held-out metrics on new data, as JSON and
+plots), ``encode`` (latent codes as ``.npy``), ``reconstruct`` and ``sample`` (``.npy`` and PNG).
+``infomax-ext --version`` names the version, torch's, and whether the compiled ops loaded. Data
+files may be ``.npy``, ``.npz``, ``.pt``, ``.csv`` or ``.tsv`` (:mod:`infomax_ext.csv_data`).
+
 Exit codes: 0 done, 1 the data, the run directory or a saved run cannot be used, or training
 diverged (message says why), 2 bad command-line options, 130 interrupted (the last checkpoint is
 intact; ``--resume`` continues).
@@ -68,7 +75,7 @@ def main(argv=None) -> int:
     from ..trainer import TrainingError
 
     try:
-        return args.func(args, parser)
+        return args.func(args, getattr(args, "command_parser", parser))
     except (CommandError, DataError, DistributedMismatchError, SerializationError,
             TrainingError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr, flush=True)
@@ -90,6 +97,9 @@ def main(argv=None) -> int:
               flush=True)
         return 1
     except KeyboardInterrupt:
+        if args.command != "train":
+            print(f"\n{PROG} {args.command}: interrupted", file=sys.stderr, flush=True)
+            return 130
         out = getattr(args, "out", None)
         hint = f" --out {out}" if out else " --out DIR"
         print(f"\n{PROG}: interrupted. Completed epochs are in the last checkpoint; continue "

@@ -6,6 +6,7 @@ import argparse
 from .common import PROG
 from .options import _TRAIN_OPTIONS, _positive_int, _nonneg_float
 from .train import cmd_train
+from . import encode, evaluate, reconstruct, sample
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``infomax-ext``."""
@@ -15,7 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
-        prog=PROG, description="InfoMax VAE: train, evaluate and compare with a plain VAE.")
+        prog=PROG, description=("InfoMax VAE: train, compare with a plain VAE, evaluate, and use "
+                                "a trained model (encode, reconstruct, sample)."))
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = sub.add_parser(
         "train", help="train an InfoMax VAE and evaluate it on held-out data",
@@ -32,10 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = train.add_argument_group("data")
     data.add_argument("--data", metavar="FILE", default=None,
-                      help=".npy, .npz or .pt file of samples (N, ...), optionally with labels "
-                           "(.npz/.pt keys x and y); default: scikit-learn's digits")
+                      help=".npy, .npz, .pt, .csv or .tsv file of samples (N, ...), optionally "
+                           "with labels (.npz/.pt keys x and y, a table's --label-column); "
+                           "default: scikit-learn's digits")
     data.add_argument("--labels", metavar="FILE", default=None,
                       help="labels (N,) for --data when the file holds none")
+    data.add_argument("--label-column", metavar="NAME_OR_INDEX", default=None,
+                      help="the labels' column of a .csv/.tsv --data file: a header name or a "
+                           "0-based index (-1: the last column)")
     data.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
                       help=f"decoder distribution (default {defaults.likelihood}; bernoulli "
                            "needs data in [0, 1])")
@@ -79,5 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-interval", type=_nonneg_float, default=5.0, metavar="S",
                      help="at most one progress line every S seconds when stdout is not a "
                           "terminal (a log file, CI), and the last epoch's (default 5)")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, command_parser=train)
+    for command in (evaluate, encode, reconstruct, sample):
+        command.add_parser(sub)
     return parser
+
+
+def _version() -> str:
+    """``infomax-ext X.Y.Z (torch A.B.C, compiled ops loaded|not loaded)``."""
+    import torch
+
+    from .. import __version__, extension_available
+
+    ops = "compiled ops loaded" if extension_available() else "compiled ops not loaded"
+    return f"{PROG} {__version__} (torch {torch.__version__}, {ops})"

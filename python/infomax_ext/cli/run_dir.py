@@ -106,6 +106,8 @@ def _read_run_config(directory: Path) -> dict:
     checks = [
         ("data.source", data.get("source"), lambda v: v is None or isinstance(v, str)),
         ("data.labels", data.get("labels"), lambda v: v is None or isinstance(v, str)),
+        ("data.label_column", data.get("label_column"),
+         lambda v: v is None or (isinstance(v, (str, int)) and not isinstance(v, bool))),
         ("data.normalize", data.get("normalize", "none"), lambda v: v in NORMALIZATIONS),
         ("data.fingerprint", data.get("fingerprint"), is_sha256_hex),
         ("compare_vae", config.get("compare_vae", False), lambda v: isinstance(v, bool)),

@@ -63,12 +63,13 @@ def _train_config(args, parser, saved: dict | None):
 
 def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | None, *,
              resume: bool, progress: bool, log_interval: float, plots: bool, group=None,
-             state: dict | None = None, fingerprint: str | None = None):
+             state: dict | None = None, fingerprint: str | None = None, preprocessing=None):
     """Train (or resume from the checked checkpoint ``state``) one model in ``run_dir``,
     evaluate it, write its files (its own config.json when ``data_info`` is given); returns
     ``(metrics, held-out encoder means)``. Checkpoints record the data's ``fingerprint``. With a
     process ``group`` every process trains and rank 0 alone evaluates and writes (the others
-    return ``(None, None)``)."""
+    return ``(None, None)``). The model saved keeps ``preprocessing``, how the data was
+    prepared."""
     from ..distributed import from_rank0
     from ..evaluation import encoder_mean, evaluate
     from ..serialization import atomic_write_json
@@ -90,6 +91,8 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
         trainer = Trainer.create(config, train.x, val.x, run_dir, progress=progress, desc=name,
                                  log_interval=log_interval, process_group=group)
     trainer.data_fingerprint = fingerprint
+    if preprocessing is not None:
+        trainer.model.preprocessing = preprocessing
     if data_info is not None:
         from_rank0(group, lambda: atomic_write_json(
             run_dir / CONFIG_FILE, {"name": name, "data": data_info, "train": config.to_dict()}))
@@ -214,6 +217,7 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock, group=None) -> in
     # the data options: (flag, key in config.json's "data", value given, value when not given)
     options = [("--data", "source", _path(args.data), None),
                ("--labels", "labels", _path(args.labels), None),
+               ("--label-column", "label_column", args.label_column, None),
                ("--normalize", "normalize", args.normalize, "none")]
     saved = None
     if args.resume:
@@ -225,10 +229,10 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock, group=None) -> in
         data.update(source=_path(data["source"]), labels=_path(data["labels"]))
         for flag, key, given, _ in options:
             if given is not None and given != data[key]:
-                if key == "normalize":
+                if key not in ("source", "labels"):  # a setting, not a file
                     parser.error(f"{flag} {given} differs from the run's ({data[key]})")
                 data[key] = given  # a moved file: the data's fingerprint decides (_load_data)
-            elif key != "normalize" and data[key] not in (None, "digits") \
+            elif key in ("source", "labels") and data[key] not in (None, "digits") \
                     and not os.path.lexists(data[key]):
                 raise CommandError(
                     f"the run's {key.replace('source', 'data')} file {data[key]} is not there any "
@@ -250,19 +254,22 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock, group=None) -> in
 def _load_data(data: dict, config, saved) -> tuple:
     """The dataset of the data options ``data`` (a .npy file memory-mapped) and its description
     for config.json, checked against the ``saved`` run's."""
+    from ..csv_data import parse_label_column
     from ..data import DataWarning, load_dataset
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
         dataset = load_dataset(data["source"], data["labels"], config.likelihood,
-                               data["normalize"], mmap=True)
+                               data["normalize"], mmap=True,
+                               label_column=parse_label_column(data["label_column"]))
     for w in caught:
         if issubclass(w.category, DataWarning):
             _say(f"{PROG}: notice: {w.message}")
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     info = dataset.describe()
-    info.update(labels=data["labels"], normalize=data["normalize"])
+    info.update(labels=data["labels"], label_column=data["label_column"],
+                normalize=data["normalize"])
     recorded = None if saved is None else saved["data"]["fingerprint"]
     if recorded is not None and recorded != info["fingerprint"]:
         raise CommandError(f"the data in {dataset.source} (fingerprint {info['fingerprint'][:12]}"
@@ -316,9 +323,11 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
 
     from ..data import train_val_split
     from ..distributed import from_rank0
+    from ..preprocessing import Preprocessing
     from ..trainer import check_batch_size
 
     dataset, info = from_rank0(group, lambda: _load_data(data, config, saved))
+    preprocessing = Preprocessing.of_dataset(dataset, info["fingerprint"])
     train, val = train_val_split(dataset, config.val_fraction, config.seed)
     world = 1 if group is None else dist.get_world_size(group)
     runs = [("infomax", config, out / "infomax"), ("vae", replace(config, alpha=0.0), out / "vae")] \
@@ -340,7 +349,7 @@ def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: 
                                                 config, group))
     try:
         return _train_runs(args, out, dataset, info, train, val, compare, config, runs, states,
-                           group)
+                           preprocessing, group)
     except Exception:  # a failed fresh start leaves nothing that blocks a rerun (Ctrl-C does)
         if not args.resume and (group is None or dist.get_rank(group) == 0):
             _forget_failed_start(out, runs)
@@ -360,23 +369,25 @@ def _forget_failed_start(out: Path, runs) -> None:
 
 
 def _train_runs(args, out: Path, dataset, info: dict, train, val, compare: bool, config, runs,
-                states: dict, group=None) -> int:
+                states: dict, preprocessing, group=None) -> int:
     """Train, evaluate and write each of ``runs`` (``(name, config, run_dir)``), resuming those
     with a checked checkpoint in ``states``; with --compare-vae also the comparison."""
     from ..serialization import atomic_write_json, atomic_write_text
+    from ..trainer import _resolve_device
 
     scaled = "" if info["normalize"] == "none" else f" (--normalize {info['normalize']})"
     _say(f"{PROG}: {dataset.source} data{scaled}, {len(train)} training / {len(val)} held-out "
          f"samples of shape {tuple(dataset.sample_shape)}; run directory {out}")
+    device = str(_resolve_device(config.device)) + (" (auto)" if config.device == "auto" else "")
     _say(f"{PROG}: latent_dim={config.latent_dim}, beta={config.beta:g}, alpha={config.alpha:g}, "
-         f"{config.epochs} epochs of batch {config.batch_size}, device {config.device}")
+         f"{config.epochs} epochs of batch {config.batch_size}, device {device}")
     progress = not args.quiet
     plots = not args.no_plots
     if not compare:
         name, _, _ = runs[0]
         _run_one(name, config, out, train, val, None, resume=args.resume, progress=progress,
                  log_interval=args.log_interval, plots=plots, group=group, state=states[name],
-                 fingerprint=info["fingerprint"])
+                 fingerprint=info["fingerprint"], preprocessing=preprocessing)
         _say(f"{PROG}: wrote {out}")
         return 0
 
@@ -386,7 +397,8 @@ def _train_runs(args, out: Path, dataset, info: dict, train, val, compare: bool,
                                               resume=args.resume, progress=progress,
                                               log_interval=args.log_interval, plots=plots,
                                               group=group, state=states[name],
-                                              fingerprint=info["fingerprint"])
+                                              fingerprint=info["fingerprint"],
+                                              preprocessing=preprocessing)
     if results["infomax"] is None:  # not rank 0
         return 0
     table = comparison_table(results["infomax"], results["vae"], config.alpha, config.beta)

@@ -1,0 +1,66 @@
+"""``infomax-ext reconstruct``: the decoder means at the encoder means of new data (given in the
+training data's units), written as a ``.npy`` file of the data's shape (in the training data's
+units unless ``--model-units``) and a PNG of originals beside their reconstructions."""
+from __future__ import annotations
+
+import argparse
+
+from .common import PROG, _say
+from .model_io import (_npy_path, add_data_arguments, add_model_argument, add_run_arguments,
+                       batched, check_matplotlib, load_trained, read_prepared, resolved_device,
+                       torch_threads, write_npy)
+from .options import _positive_int
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "reconstruct", help="reconstructions of new data (.npy and PNG)",
+        description=(
+            "Reconstruct data given in the units of the training data: the decoder's mean at the\n"
+            "encoder's mean, in the units of the training data (the model's normalisation\n"
+            "undone), as a .npy file of the data's shape and a PNG beside it."),
+        epilog="Example:\n  infomax-ext reconstruct runs/mine --data new.npy --out recon.npy",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_argument(parser)
+    add_data_arguments(parser, labels=False)
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=_npy_path, required=True, metavar="FILE.npy",
+                     help="where the reconstructions go; the PNG goes to FILE.png")
+    out.add_argument("--model-units", action="store_true",
+                     help="write the values the model sees (normalised), not the data's units")
+    out.add_argument("--n", type=_positive_int, default=24, metavar="N",
+                     help="samples drawn in the PNG (default 24)")
+    out.add_argument("--no-plots", action="store_true", help="skip the PNG")
+    add_run_arguments(parser)
+    parser.set_defaults(func=cmd_reconstruct, command_parser=parser)
+    return parser
+
+
+def reconstructions(vae, x):
+    """Decoder means at the encoder means of the model input ``x`` (N, ...): (N, ...)."""
+    from ..plots import decoder_mean
+
+    device = next(vae.parameters()).device
+    return batched(lambda xb: decoder_mean(vae, vae.encoder(xb.to(device))[0]), x)
+
+
+def cmd_reconstruct(args, parser) -> int:
+    if not args.no_plots:
+        check_matplotlib()
+    with torch_threads(args.threads):
+        trained = load_trained(args.model_dir, resolved_device(args.device))
+        data = read_prepared(args, trained, labels=False)
+        prep = trained.model.preprocessing
+        rec = reconstructions(trained.model.vae, data.x)
+        write_npy(args.out, (rec if args.model_units else prep.invert(rec)).numpy())
+        png = args.out.with_suffix(".png")
+        if not args.no_plots:
+            from ..plots import plot_reconstructions
+
+            plot_reconstructions(trained.model.vae, data.x, png, image_shape=data.image_shape,
+                                 n=args.n, units=None if args.model_units else prep.invert,
+                                 title=f"reconstructions of {data.source}")
+    units = "model units" if args.model_units or prep.is_identity else "the data's units"
+    _say(f"{PROG} reconstruct: wrote {args.out} ({len(data)} reconstructions of shape "
+         f"{tuple(data.sample_shape)}, {units}){'' if args.no_plots else f' and {png}'}")
+    return 0
