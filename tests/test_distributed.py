@@ -187,7 +187,8 @@ def trainer_run(rank, group, path):
     real = type(data.x)._read
 
     def recording(self, index):
-        read.append(np.asarray(self.rows[index.numpy()]))
+        if isinstance(index, torch.Tensor):  # a batch's rows (the data digest reads slices)
+            read.append(np.asarray(self.rows[index.numpy()]))
         return real(self, index)
 
     type(data.x)._read = recording

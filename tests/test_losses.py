@@ -91,8 +91,10 @@ def test_the_critic_is_a_submodule():
 @pytest.mark.parametrize("make, message", [
     (lambda: MutualInfoLoss(lambda x, z: x), "critic must be an nn.Module"),
     (lambda: MutualInfoLoss(chain(), shuffled_grad=1), "shuffled_grad must be True or False"),
-    (lambda: MutualInfoLoss(chain(), reg_strength=math.inf), "reg_strength must be a finite"),
-    (lambda: InfoMaxVAELoss(chain(), beta=float("nan")), "beta must be a finite number"),
+    (lambda: MutualInfoLoss(chain(), reg_strength=math.inf), "reg_strength must be a non-negative finite"),
+    (lambda: MutualInfoLoss(chain(), reg_strength=-1.0), "reg_strength must be a non-negative finite"),
+    (lambda: InfoMaxVAELoss(chain(), beta=float("nan")), "beta must be a non-negative finite number"),
+    (lambda: InfoMaxVAELoss(chain(), alpha="5"), "alpha must be a non-negative finite number"),
     (lambda: InfoMaxVAELoss(chain(), n_samples=0), "n_samples must be a positive integer"),
 ])
 def test_bad_settings_are_refused(make, message):

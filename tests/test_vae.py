@@ -260,9 +260,10 @@ def test_reparameterize_statistics(log):
     torch.testing.assert_close(z.std(0), sigma, atol=0.02, rtol=0)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
-def test_reparameterize_rejects_bad_n_samples(bad):
-    with pytest.raises(ValueError, match="n_samples"):
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError),
+                                        (True, TypeError)])
+def test_reparameterize_rejects_bad_n_samples(bad, error):
+    with pytest.raises(error, match="n_samples"):
         reparameterize(torch.zeros(2), torch.zeros(2), n_samples=bad)
 
 

@@ -184,9 +184,12 @@ def _kernels_serve(device_type: str) -> bool:
 def kernels_apply(*tensors: torch.Tensor | None) -> bool:
     """True when the compiled kernels can run on these tensors (loaded, float32/64, a device
     with kernels, not inside :func:`use_reference_path`, no ``torch.autocast`` on that device:
-    the kernels take float32/64 only). Otherwise callers take the reference path."""
+    the kernels take float32/64 only; no ``torch.func`` transform (grad, vmap, jacrev, ...) and no
+    ``torch.jit.trace`` active: the kernels' autograd has no rules for the transforms and a trace
+    cannot record their arguments). Otherwise callers take the reference path."""
     present = [t for t in tensors if t is not None]
-    if not present:
+    if not present or (not torch.compiler.is_compiling() and (
+            torch.jit.is_tracing() or torch._C._functorch.peek_interpreter_stack() is not None)):
         return False
     device_type = present[0].device.type
     if not _kernels_serve(device_type) or torch.is_autocast_enabled(device_type):

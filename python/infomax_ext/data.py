@@ -56,6 +56,7 @@ __all__ = [
     "load_dataset",
     "check_samples",
     "check_mapped",
+    "check_values",
     "normalize_samples",
     "normalization_parameters",
     "train_val_split",
@@ -445,6 +446,27 @@ def _check_finite(bad: int, source: str) -> None:
         raise DataError(f"{source}: {bad} values are NaN or infinite; clean the data first")
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32(over: int, largest: float, dtype, source: str) -> None:
+    """``over`` finite values of ``dtype`` became infinite as float32: say so."""
+    if over:
+        raise DataError(
+            f"{source}: {over} values overflow float32 (finite {dtype} values up to magnitude "
+            f"{largest:g}; float32 holds up to {_FLOAT32_MAX:.4g}) and the model computes in "
+            "float32; rescale the data before saving it")
+
+
+def _is_wide_float(dtype) -> bool:
+    """Whether values of ``dtype`` can be finite yet beyond float32's range."""
+    return dtype.kind == "f" and dtype.itemsize > 4
+
+
+def _largest(x: np.ndarray) -> float:
+    return float(np.abs(x).max())
+
+
 def _check_range(lo: float, hi: float, likelihood: str, source: str) -> None:
     """The (rescaled) samples' range ``[lo, hi]`` suits the decoder ``likelihood``."""
     if likelihood == "bernoulli" and (lo < 0.0 or hi > 1.0):
@@ -479,8 +501,16 @@ def _checked(x, likelihood: str, source: str, normalize: str,
         x = _tensor_to_numpy(x, source)
     x = np.asarray(x)
     _check_layout(x, source, min_samples)
-    x = x.astype(np.float32, copy=False)
-    _check_finite(int((~np.isfinite(x)).sum()), source)
+    wide = _is_wide_float(x.dtype)
+    if wide:
+        _check_finite(int((~np.isfinite(x)).sum()), source)
+        largest, dtype = _largest(x), x.dtype
+    with np.errstate(over="ignore"):  # an overflow is reported below, by name
+        x = x.astype(np.float32, copy=False)
+    bad = int((~np.isfinite(x)).sum())
+    if wide:
+        _check_float32(bad, largest, dtype, source)
+    _check_finite(bad, source)
     shift, scale = normalization_parameters(x, normalize)
     if normalize != "none":
         x = _rescaled(x, shift, scale)
@@ -497,11 +527,22 @@ def check_mapped(samples: MappedSamples, likelihood: str = "bernoulli", source: 
     _check_normalization(normalize)
     _check_layout(samples.array, source)
     samples.scale, bad, lo, hi, total = None, 0, math.inf, -math.inf, 0.0
-    for chunk in samples.chunks():
-        bad += int((~np.isfinite(chunk)).sum())
-        if not bad:
-            lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
-            total += float(chunk.sum(dtype=np.float64))
+    with np.errstate(over="ignore"):  # an overflow is reported below, by name
+        for chunk in samples.chunks():
+            bad += int((~np.isfinite(chunk)).sum())
+            if not bad:
+                lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+                total += float(chunk.sum(dtype=np.float64))
+    if bad and _is_wide_float(samples.array.dtype):  # NaN in the file, or float32 overflow?
+        row_bytes = samples.array.dtype.itemsize * max(1, math.prod(samples.array.shape[1:]))
+        raw_bad, largest, step = 0, 0.0, max(1, 2**24 // row_bytes)
+        for start in range(0, len(samples.array), step):
+            rows = np.asarray(samples.array[start:start + step])
+            finite = np.isfinite(rows)
+            raw_bad += int((~finite).sum())
+            largest = max(largest, _largest(rows[finite]) if finite.any() else 0.0)
+        _check_finite(raw_bad, source)
+        _check_float32(bad, largest, samples.array.dtype, source)
     _check_finite(bad, source)
     if normalize != "none":
         count = math.prod(samples.shape)
@@ -516,6 +557,22 @@ def check_mapped(samples: MappedSamples, likelihood: str = "bernoulli", source: 
         samples.shift, samples.scale = shift, scale
     _check_range(lo, hi, likelihood, source)
     return samples
+
+
+def check_values(x, likelihood: str = "bernoulli", source: str = "data") -> None:
+    """The value checks of :func:`check_samples` on samples already in a tensor (nothing
+    converted or copied): a :class:`DataError` naming ``source`` for NaN or infinite values and,
+    for the Bernoulli decoder, values outside [0, 1]; the Gaussian decoder's warning for large
+    values. :class:`MappedSamples` were checked as they were loaded (:func:`check_mapped`) and
+    are not read again."""
+    _check_likelihood(likelihood)
+    if not isinstance(x, torch.Tensor) or x.numel() == 0 or not (
+            x.is_floating_point() or likelihood == "bernoulli"):
+        return
+    values = x.detach()
+    if values.is_floating_point():
+        _check_finite(int((~torch.isfinite(values)).sum()), source)
+    _check_range(float(values.min()), float(values.max()), likelihood, source)
 
 
 def load_file(path, labels=None, likelihood: str = "bernoulli",

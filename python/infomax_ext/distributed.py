@@ -18,16 +18,25 @@ rows, concatenated in rank order, are the global batch a single process would se
   holds bit-identical parameters. Not DistributedDataParallel: ``train_step`` takes its gradients
   with ``torch.autograd.grad``, which returns them instead of accumulating them into ``.grad``,
   and DDP averages from the hooks that accumulation fires; under DDP nothing would be averaged.
-- Agreement checks: before any data moves, each bound and each averaging exchanges a few
-  integers (batch size, latent width, dtype; parameter counts), so ranks that disagree get the
+- Agreement checks: before any data moves, each train_step (:mod:`.distributed_step`: its
+  settings, the parameters' layout and dtypes, and on the first step the weights themselves),
+  each bound (batch size, latent width, dtype, shuffled_grad) and each averaging (parameter
+  counts, gradient dtypes and layout) exchanges a few integers, so ranks that disagree get the
   same :class:`DistributedMismatchError` on every rank instead of a hang or a crash inside a
-  collective. :func:`check_same` compares larger objects once, at the start of a run.
+  collective. Every such exchange has one fixed length and names itself: ranks that reach
+  different exchanges (one runs ``reuse_forward``, another not) are told so instead of meeting
+  in collectives of different sizes. :func:`check_same` compares larger objects once, at the
+  start of a run (a Trainer: its options, its model, the digest of the data each rank reads).
+- A rank that stops answering: collectives wait ``init_from_env``'s ``timeout``, then
+  :mod:`.distributed_failures` names the silent rank; rank 0's own work (reading the data,
+  evaluating) is awaited longer (:func:`wait_for_rank0`).
 - Launching (:func:`init_from_env`, :func:`from_rank0`): the process group from torchrun's
   environment, and values decided by rank 0 alone (a run directory, a checkpoint) sent to all.
 """
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import pickle
 from typing import Callable, NamedTuple, Sequence
@@ -36,6 +45,7 @@ import torch
 import torch.distributed as dist
 
 from ._ops import seed_to_int64
+from .distributed_failures import set_roll_call_store
 
 __all__ = [
     "DistributedMismatchError",
@@ -48,8 +58,10 @@ __all__ = [
     "mean_over",
     "all_objects",
     "check_same",
+    "data_digest",
     "broadcast_module",
     "from_rank0",
+    "wait_for_rank0",
     "init_from_env",
     "local_device",
 ]
@@ -99,17 +111,68 @@ def _dtype_name(code: int) -> str:
     return str(_DTYPES[code]).removeprefix("torch.") if code < len(_DTYPES) else "another dtype"
 
 
+def _hex(value: int) -> str:
+    return f"digest {value & (2**64 - 1):016x}"
+
+
+def _dtype_set(dtypes) -> int:
+    """The set of ``dtypes`` as a bit mask of their codes (:func:`_dtype_code`)."""
+    return sum(1 << code for code in {_dtype_code(d) for d in dtypes})
+
+
+def _dtype_set_names(mask: int) -> str:
+    names = [_dtype_name(code) for code in range(len(_DTYPES) + 1) if mask >> code & 1]
+    return "+".join(names) or "none"
+
+
+def _digest(text: str) -> int:
+    """A 64-bit digest of ``text`` as a signed integer (equal on every process)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little",
+                          signed=True)
+
+
+def _layout(named: Sequence[tuple[str, torch.Tensor]]) -> int:
+    """A digest of the names, shapes, dtypes and requires_grad flags of ``named`` tensors."""
+    return _digest(repr([(name, tuple(t.shape), str(t.dtype), t.requires_grad)
+                         for name, t in named]))
+
+
+# Every agreement exchange sends EXCHANGE_LENGTH integers: the exchange's tag (its index in
+# _EXCHANGES, plus 1) and its values, zero-padded. Ranks that reach different exchanges (one
+# runs reuse_forward, another not) then still meet in collectives of one size and get a
+# DistributedMismatchError naming the exchange each rank is at, instead of a gloo abort.
+EXCHANGE_LENGTH = 16
+_EXCHANGES = ("train_step's settings", "the MI bound over the whole batch", "gradient averaging",
+              "train_step's weight check")
+
+
 def _exchange(group, device, what: str, checked: dict[str, int], extra: Sequence[int] = (),
               describe: dict[str, Callable[[int], str]] | None = None) -> list[list[int]]:
-    """All ranks' ``extra`` integers, after checking that every rank gave the same ``checked``
-    integers (one small all_gather). A disagreement raises the same
+    """All ranks' ``extra`` integers, after checking that every rank is at the same exchange
+    ``what`` (one of ``_EXCHANGES``) and gave the same ``checked`` integers (one all_gather of
+    EXCHANGE_LENGTH integers per rank). A disagreement raises the same
     :class:`DistributedMismatchError` on every rank, naming ``what``, the quantity and each
     rank's value (through ``describe[name]`` when given)."""
     _, world = rank_and_size(group)
-    mine = torch.tensor([*checked.values(), *extra], dtype=torch.int64, device=device)
-    everyone = mine.new_empty(world * mine.numel())
+    values = [*checked.values(), *extra]
+    if len(values) >= EXCHANGE_LENGTH:
+        raise ValueError(f"{what}: {len(values)} values do not fit one exchange")
+    mine = torch.zeros(EXCHANGE_LENGTH, dtype=torch.int64, device=device)
+    mine[0] = _EXCHANGES.index(what) + 1
+    mine[1:1 + len(values)] = torch.tensor(values, dtype=torch.int64)
+    everyone = mine.new_empty(world * EXCHANGE_LENGTH)
     _all_gather_rows(everyone, mine, group=group)
     rows = everyone.view(world, -1).tolist()
+    tags = [row[0] for row in rows]
+    if len(set(tags)) > 1:
+        names = {t: _EXCHANGES[t - 1] if 0 < t <= len(_EXCHANGES) else "another collective"
+                 for t in tags}
+        each = ", ".join(f"rank {r} at {names[t]}" for r, t in enumerate(tags))
+        raise DistributedMismatchError(
+            f"the processes reached different collectives ({each}): a setting that decides which "
+            "collectives run differs between them (reuse_forward, negatives, shuffled_grad, a "
+            "custom loss function, ...); every process must make the same calls")
+    rows = [row[1:1 + len(values)] for row in rows]
     for k, name in enumerate(checked):
         values = [row[k] for row in rows]
         if len(set(values)) > 1:
@@ -133,14 +196,23 @@ class BatchAgreement(NamedTuple):
     world_size: int
 
 
-def agree_on_batch(group, n: int, z: torch.Tensor, seed: int) -> BatchAgreement:
+def agree_on_batch(group, n: int, z: torch.Tensor, seed: int,
+                   shuffled_grad: bool = False) -> BatchAgreement:
     """Check that every rank has ``n`` data rows and codes ``z`` of the same shape and dtype, and
-    agree on the shuffle's seed: rank 0's ``seed``."""
+    the same ``shuffled_grad`` where it matters (the partners carry a gradient back, a
+    reduce-scatter in the backward pass, when ``z`` requires one), and agree on the shuffle's
+    seed: rank 0's ``seed``."""
     rank, world = rank_and_size(group)
+    returned = bool(shuffled_grad) and z.requires_grad and torch.is_grad_enabled()
     seeds = _exchange(group, z.device, "the MI bound over the whole batch",
                       {"batch size": n, "number of latent codes": z.shape[0],
-                       "latent width": z.shape[1], "dtype of the latent codes": _dtype_code(z.dtype)},
-                      [seed_to_int64(seed)], {"dtype of the latent codes": _dtype_name})
+                       "latent width": z.shape[1],
+                       "dtype of the latent codes": _dtype_code(z.dtype),
+                       "gradient of the shuffled codes (shuffled_grad)": int(returned)},
+                      [seed_to_int64(seed)],
+                      {"dtype of the latent codes": _dtype_name,
+                       "gradient of the shuffled codes (shuffled_grad)":
+                           lambda v: "it" if v else "none"})
     return BatchAgreement(seeds[0][0], rank, world)
 
 
@@ -203,7 +275,13 @@ def average_gradients(params: Sequence[torch.nn.Parameter], group,
               {"number of parameters": len(params),
                "number of parameter elements": sum(p.numel() for p in params),
                "number of parameters with a gradient": len(grads),
-               "number of gradient elements": sum(g.numel() for g in grads)})
+               "number of gradient elements": sum(g.numel() for g in grads),
+               "dtypes of the gradients": _dtype_set(g.dtype for g in grads),
+               "layout of the gradients (shapes, dtypes, devices)": _digest(repr(
+                   [(tuple(p.shape), p.grad is not None and (str(p.grad.dtype), p.grad.device.type))
+                    for p in params]))},
+              describe={"dtypes of the gradients": _dtype_set_names,
+                        "layout of the gradients (shapes, dtypes, devices)": _hex})
     bucket: list[torch.Tensor] = []
     size = 0
     for g in grads:
@@ -273,6 +351,21 @@ def check_same(group, what: str, named: dict) -> None:
                 "give the same")
 
 
+def data_digest(samples) -> str:
+    """SHA-256 (hex) of ``samples`` (N, ...) as this process reads them: a tensor or
+    :class:`~infomax_ext.data.MappedSamples` (its file read again, in chunks): the shape and the
+    bytes of the values. Ranks that read a file at the same path but see other contents (another
+    machine's copy) get other digests."""
+    h = hashlib.sha256(repr(tuple(samples.shape)).encode())
+    if isinstance(samples, torch.Tensor):
+        chunks = (c.detach().cpu().contiguous().numpy() for c in samples.split(2**16))
+    else:
+        chunks = samples.chunks()
+    for chunk in chunks:
+        h.update(chunk.tobytes())
+    return h.hexdigest()
+
+
 @torch.no_grad()
 def broadcast_module(module: torch.nn.Module, group) -> None:
     """Every parameter and buffer of ``module`` set to rank 0's values."""
@@ -284,21 +377,57 @@ def from_rank0(group, fn: Callable):
     """``fn()`` run on rank 0 alone, its value (or the exception it raised) sent to every rank
     and returned (raised) there too; ``fn()`` itself when ``group`` is None. For what one process
     decides: a run directory's name, its lock, a saved configuration or checkpoint read where
-    only rank 0's file system holds it."""
+    only rank 0's file system holds it. The other ranks wait for rank 0 as long as ``fn`` takes
+    (:func:`wait_for_rank0`). A value that some rank cannot unpickle (a memory-mapped data file
+    that is missing on its machine) raises the same :class:`DistributedMismatchError` on every
+    rank, naming the rank and why."""
     if group is None:
         return fn()
     rank, _ = rank_and_size(group)
     box: list = [None]
     if rank == 0:
         try:
-            box[0] = ("value", fn())
+            result = ("value", fn())
         except BaseException as exc:  # noqa: BLE001 - every rank must leave the same way
-            box[0] = ("error", _portable(exc))
+            result = ("error", _portable(exc))
+        try:
+            box[0] = pickle.dumps(result)
+        except Exception as exc:  # noqa: BLE001
+            box[0] = pickle.dumps(("error", RuntimeError(
+                f"rank 0's result cannot be sent to the other processes: {exc}")))
+    wait_for_rank0(group)
     dist.broadcast_object_list(box, src=_src(group), group=group)
-    kind, value = box[0]
+    try:
+        kind, value = pickle.loads(box[0])
+        problem = None
+    except Exception as exc:  # noqa: BLE001 - reported on every rank below
+        problem = f"{type(exc).__name__}: {exc}"
+    problems = all_objects(group, problem)
+    failed = [(r, text) for r, text in enumerate(problems) if text is not None]
+    if failed:
+        raise DistributedMismatchError(
+            "; ".join(f"rank {r} cannot take what rank 0 read or decided ({text})"
+                      for r, text in failed)
+            + "; every process must see the same files")
     if kind == "error":
         raise value
     return value
+
+
+# How long the other ranks wait for rank 0's own work (reading and checking the data,
+# evaluating a model): as long as that may take, not the group's timeout for a collective.
+RANK0_WORK_TIMEOUT = datetime.timedelta(hours=24)
+
+
+def wait_for_rank0(group, timeout: datetime.timedelta = RANK0_WORK_TIMEOUT) -> None:
+    """Every rank waits here until all have arrived, for up to ``timeout`` (gloo: a
+    ``monitored_barrier``, which fails at once when a rank's process is gone; other backends
+    wait in a collective, up to the group's timeout). Called where rank 0 alone worked for a
+    while and the others wait for it."""
+    if group is None:
+        return
+    if dist.get_backend(group) == "gloo":
+        dist.monitored_barrier(group, timeout=timeout)
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -320,7 +449,9 @@ def init_from_env(backend: str | None, device: torch.device,
     """The default process group (``torch.distributed.group.WORLD``) when this process was
     started by torchrun (its environment names RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT),
     initialised here if it is not yet; None otherwise. ``backend`` None: nccl for a CUDA
-    ``device``, gloo for the CPU."""
+    ``device``, gloo for the CPU. ``timeout``: how long a collective waits for a silent rank
+    (:mod:`.distributed_failures` names it afterwards; :func:`from_rank0` waits longer for
+    rank 0's own work)."""
     if not all(v in os.environ for v in _TORCHRUN_VARIABLES):
         return None
     if not dist.is_available():
@@ -336,8 +467,10 @@ def init_from_env(backend: str | None, device: torch.device,
         # previous attempt's processes published: each attempt keys its own.
         store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        dist.init_process_group(backend, store=dist.PrefixStore(f"infomax_ext/{attempt}", store),
-                                rank=rank, world_size=world, timeout=timeout, device_id=device_id)
+        store = dist.PrefixStore(f"infomax_ext/{attempt}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                timeout=timeout, device_id=device_id)
+        set_roll_call_store(store, rank, world)
     return dist.group.WORLD
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import weakref
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
 import torch
 from torch import nn
 
-from . import distributed, memory
+from . import distributed, distributed_step, memory, widths
 from .activations import ACTIVATIONS, spec_of_module
 from .mutual_info import (
     DataHalfCache,
@@ -38,6 +39,7 @@ from .serialization import (
     write_model_files,
 )
 from .vae import VAE, VAEOutput, decoder_loglikelihood, encoder_kl
+from .validation import as_count, check_weight, check_weights
 
 __all__ = ["InfoMaxVAE", "InfoMaxVAEOutput", "InfoMaxTerms", "infomaxloss", "infomax_terms",
            "miloss", "train_step", "model_config", "save_model", "load_model"]
@@ -69,6 +71,7 @@ class InfoMaxVAE(nn.Module):
         super().__init__()
         if not isinstance(vae, nn.Module) or not isinstance(mi, nn.Module):
             raise TypeError("InfoMaxVAE(vae, mi) takes two nn.Modules")
+        widths.check_model(vae, mi)
         self.vae, self.mi = vae, mi
         self.preprocessing = Preprocessing() if preprocessing is None else preprocessing
 
@@ -293,12 +296,17 @@ def infomax_terms(
     n = check_batch(x, what="infomaxloss")
     if x_out is not None and x_out.shape[0] != n:
         raise ValueError(f"x and x_out batch sizes differ: {n} and {x_out.shape[0]}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-    encoder_output = vae.encoder(x)
-    z = vae.sample_latent(encoder_output, n_samples)
-    z_rows = z.reshape(-1, z.shape[-1])
-    decoder_output = vae.decoder(z_rows)
+    n_samples = as_count("n_samples", n_samples, "infomaxloss")
+    check_weights({"beta": beta, "alpha": alpha, "reg_strength": reg_strength}, "infomaxloss")
+    z_rows = None
+    try:
+        encoder_output = vae.encoder(x)
+        z = vae.sample_latent(encoder_output, n_samples)
+        z_rows = z.reshape(-1, z.shape[-1])
+        decoder_output = vae.decoder(z_rows)
+    except RuntimeError as exc:
+        widths.explain(exc, {"vae.encoder": (vae.encoder, x), "vae.decoder": (vae.decoder, z_rows)})
+        raise
     target = x if x_out is None else x_out
     if n_samples > 1 and reconstruction_loglikelihood is not decoder_loglikelihood:
         target = target.repeat(n_samples, *([1] * (target.dim() - 1)))
@@ -344,8 +352,13 @@ def miloss(vae, mi, x, *, regularization=None, reg_strength=1.0, seed=None,
     in :func:`infomaxloss`.
     """
     check_batch(x, what="miloss")
+    check_weight("reg_strength", reg_strength, "miloss")
     with torch.no_grad():
-        z = vae.sample_latent(vae.encoder(x))
+        try:
+            z = vae.sample_latent(vae.encoder(x))
+        except RuntimeError as exc:
+            widths.explain(exc, {"vae.encoder": (vae.encoder, x)})
+            raise
     paired = shuffled_bound(mi, x, z, seed=seed, process_group=process_group,
                             data_half_cache=data_half_cache)
     loss = -paired.bound
@@ -355,17 +368,60 @@ def miloss(vae, mi, x, *, regularization=None, reg_strength=1.0, seed=None,
 
 
 def _optimizers(opt):
+    """``(vae optimizer, mi optimizer, (their names as the caller wrote them))``."""
     if isinstance(opt, dict) or hasattr(opt, "keys"):
         try:
-            return opt["vae"], opt["mi"]
+            return opt["vae"], opt["mi"], ("opt['vae']", "opt['mi']")
         except KeyError:
             pass
     elif hasattr(opt, "vae") and hasattr(opt, "mi"):
-        return opt.vae, opt.mi
+        return opt.vae, opt.mi, ("opt.vae", "opt.mi")
     raise TypeError(
         "opt must hold a 'vae' and an 'mi' optimizer: a mapping {'vae': ..., 'mi': ...} or an "
         f"object with attributes vae and mi, got {type(opt).__name__}"
     )
+
+
+# Per optimizer, the layout that passed _check_optimizers: (model parts, the param lists and
+# their lengths). A step whose layout matches skips the check.
+_CHECKED_LAYOUTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _check_optimizers(model, optimizers, names, param_counts) -> None:
+    """A ValueError naming the optimizer when the ``vae`` optimizer holds a parameter that is not
+    ``model.vae``'s or the ``mi`` optimizer one that is not ``model.mi``'s (the optimizers
+    swapped, or built for another model): its step would change what this step does not train.
+    Checked once per layout of the optimizer's parameter groups (cached). Optimizers that are not
+    torch optimizers (no ``param_groups`` list) are not checked."""
+    parts = {"model.vae": model.vae, "model.mi": model.mi}
+    for (own, module), opt, name in zip(parts.items(), optimizers, names):
+        groups = getattr(opt, "param_groups", None)
+        if not isinstance(groups, list):
+            continue
+        layout = (id(model.vae), id(model.mi), param_counts,
+                  tuple((id(g.get("params")), len(g.get("params", ()))) for g in groups))
+        try:
+            if _CHECKED_LAYOUTS.get(opt) == layout:
+                continue
+        except TypeError:  # not weak-referenceable: checked every step
+            pass
+        owners = {id(p): part for part, m in parts.items() for p in m.parameters()}
+        held = [p for g in groups for p in g.get("params", ())]
+        foreign = [p for p in held if owners.get(id(p)) != own]
+        if foreign:
+            others = sorted({owners.get(id(p), "no part of this model") for p in foreign})
+            swapped = " (are the two optimizers swapped?)" if "model.mi" in others or \
+                "model.vae" in others else ""
+            raise ValueError(
+                f"train_step: {name} holds {len(foreign)} of its {len(held)} parameters from "
+                f"{' and '.join(others)}, not {own}{swapped}; build it over "
+                f"{own}.parameters()")
+        if not any(owners.get(id(p)) == own and p.requires_grad for p in held):
+            raise ValueError(f"train_step: {name} holds no trainable parameter of {own}")
+        try:
+            _CHECKED_LAYOUTS[opt] = layout
+        except TypeError:
+            pass
 
 
 @contextlib.contextmanager
@@ -423,11 +479,21 @@ def train_step(
     step. ``negatives="global"`` passes the group on to both losses (unless their kwargs name a
     ``process_group``): the codes are shuffled over all processes' rows and the rank average of
     the gradients is the whole-batch gradient. ``"local"``: each process shuffles its own rows
-    and no codes travel. The losses returned are this process's.
+    and no codes travel. The losses returned are this process's. Before the step the processes
+    check that they run it with the same settings and weights
+    (:func:`~infomax_ext.distributed_step.agree_on_step`): on the first step of a model,
+    weights that differ are set to rank 0's; a later difference raises
+    :class:`~infomax_ext.distributed.DistributedMismatchError` naming the parameter.
     """
-    opt_vae, opt_mi = _optimizers(opt)
+    opt_vae, opt_mi, opt_names = _optimizers(opt)
     vae_kwargs = dict(infomaxloss_kwargs or {})
     mi_kwargs = dict(miloss_kwargs or {})
+    # Before any step: a bad weight found by the MI loss would come after the VAE step.
+    if infomaxloss_function is infomaxloss:
+        check_weights(vae_kwargs, "train_step", "infomaxloss_kwargs")
+    if miloss_function is miloss or reuse_forward:
+        check_weights({k: v for k, v in mi_kwargs.items() if k == "reg_strength"}, "train_step",
+                      "miloss_kwargs")
     if shuffled_grad is not None:
         if not isinstance(shuffled_grad, bool):
             raise TypeError(f"shuffled_grad must be True, False or None, got {shuffled_grad!r}")
@@ -448,7 +514,13 @@ def train_step(
         )
     if negatives not in ("global", "local"):
         raise ValueError(f"negatives must be 'global' or 'local', got {negatives!r}")
+    _check_optimizers(model, (opt_vae, opt_mi), opt_names, (len(vae_params), len(mi_params)))
     if process_group is not None:
+        distributed_step.agree_on_step(
+            process_group, model, x, reuse_forward=reuse_forward, negatives=negatives,
+            shuffled_grad=vae_kwargs.get("shuffled_grad", False),
+            n_samples=vae_kwargs.get("n_samples", 1), x_out_given=x_out is not None,
+            default_losses=(infomaxloss_function is infomaxloss, miloss_function is miloss))
         for kwargs in (vae_kwargs, mi_kwargs):
             kwargs.setdefault("process_group", process_group if negatives == "global" else None)
         opt_vae = distributed.AveragingOptimizer(opt_vae, process_group)
@@ -464,6 +536,8 @@ def train_step(
                                               mi_params, infomaxloss_function, vae_kwargs,
                                               miloss_function, mi_kwargs)
 
+    if process_group is not None:
+        distributed_step.stepped(process_group, model)
     if verbose:
         print(f"vae_loss = {vae_loss.item():.6g}, mi_loss = {mi_loss.item():.6g}")
     if loss_return:

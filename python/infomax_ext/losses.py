@@ -24,7 +24,6 @@ maximises I, the encoder's loss uses I too)::
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -33,14 +32,14 @@ from torch import nn
 from .infomax import InfoMaxTerms, infomax_terms
 from .mutual_info import MIScores, check_batch, paired_mutual_info, shuffled_bound
 from .vae import decoder_loglikelihood, encoder_kl
+from .validation import as_count, check_weight
 
 __all__ = ["MutualInfoLoss", "InfoMaxVAELoss"]
 
 
 def _finite(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    """A loss weight as a float: finite and >= 0 (:func:`~infomax_ext.validation.check_weight`)."""
+    return float(check_weight(name, value))
 
 
 def _critic(critic) -> nn.Module:
@@ -140,8 +139,7 @@ class InfoMaxVAELoss(nn.Module):
                  regularization: Callable | None = None, reg_strength: float = 1.0,
                  shuffled_grad: bool = False, process_group=None):
         super().__init__()
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        n_samples = as_count("n_samples", n_samples)
         if not isinstance(shuffled_grad, bool):
             raise TypeError(f"shuffled_grad must be True or False, got {shuffled_grad!r}")
         self.critic = _critic(critic)

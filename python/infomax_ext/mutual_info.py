@@ -19,9 +19,10 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from . import _ops, distributed
+from . import _ops, distributed, widths
 from ._builders import Built, builder_config, check_layers, check_size, head, linear, mlp, parse_size
 from .activations import ActivationSpec, apply_activation, identity, kernel_spec
+from .validation import as_count, is_integer_scalar
 
 __all__ = [
     "MutualInfoChain",
@@ -78,14 +79,23 @@ class MutualInfoChain(Built):
     chain and records its ``config``; ``from_config`` rebuilds it.
     """
 
+    widths_through = (("data",), ("mlp",))  # see widths.py
+
     def __init__(self, data: nn.Module, latent: nn.Module, mlp: nn.Module):
         super().__init__()
+        widths.check_chain(data, latent, mlp, "mi.")
         self.data, self.latent, self.mlp = data, latent, mlp
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         check_batch(x, z, what="MutualInfoChain")
-        hx = self.data(x).reshape(x.shape[0], -1)
-        return self.mlp(torch.cat([hx, self.latent(z)], dim=1)).squeeze(-1)
+        h = None
+        try:
+            h = torch.cat([self.data(x).reshape(x.shape[0], -1), self.latent(z)], dim=1)
+            return self.mlp(h).squeeze(-1)
+        except RuntimeError as exc:
+            widths.explain(exc, {"mi.data": (self.data, x), "mi.latent": (self.latent, z),
+                                 "mi.mlp": (self.mlp, h)})
+            raise
 
     @classmethod
     def from_sizes(
@@ -137,8 +147,12 @@ def latent_permutation(n: int, n_samples: int = 1, seed: int | None = None,
     """Row permutation (S N,) for S = ``n_samples`` blocks of ``n`` codes.
 
     Block ``s`` is shuffled within itself by ``seeded_permutation(n, seed + s)``, so block 0 is
-    exactly the permutation :func:`shuffle_latent` applies for the same seed.
+    exactly the permutation :func:`shuffle_latent` applies for the same seed. ``n_samples`` and
+    ``seed`` may be Python, numpy or 0-dim torch integers.
     """
+    n_samples = as_count("n_samples", n_samples)
+    if seed is None and torch.compiler.is_compiling():
+        return _traced_permutation(n, n_samples, device)
     if seed is None:
         seed = draw_seed()
     seed = _ops.seed_to_int64(seed)  # a TypeError naming the seed before seed + s, never 1.5 -> 1
@@ -147,6 +161,15 @@ def latent_permutation(n: int, n_samples: int = 1, seed: int | None = None,
     return torch.cat([
         _ops.seeded_permutation(n, seed + s, device) + s * n for s in range(n_samples)
     ])
+
+
+def _traced_permutation(n: int, n_samples: int, device) -> torch.Tensor:
+    """:func:`latent_permutation` for ``seed=None`` while torch.compile traces: each block a
+    ``torch.randperm`` drawn from torch's global generator inside the graph (a drawn seed's value
+    would be a data-dependent int, a graph break), uniform over the permutations of the block, as
+    a seeded permutation for a seed drawn at random is."""
+    blocks = [torch.randperm(n, device=device) + s * n for s in range(n_samples)]
+    return blocks[0] if n_samples == 1 else torch.cat(blocks)
 
 
 def shuffle_latent(z: torch.Tensor, seed: int | None = None) -> torch.Tensor:
@@ -303,8 +326,12 @@ def paired_mutual_info(
     plan = None if path == "two_call" else fused_plan(mi)
     if plan is None:
         return _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad)
-    hx = mi.data(x).reshape(n, -1)
-    hz = mi.latent(z)
+    try:
+        hx = mi.data(x).reshape(n, -1)
+        hz = mi.latent(z)
+    except RuntimeError as exc:
+        widths.explain(exc, {"mi.data": (mi.data, x), "mi.latent": (mi.latent, z)})
+        raise
     weight = plan.first.weight
     dx = hx.shape[1]
     if dx + hz.shape[1] != weight.shape[1]:
@@ -420,7 +447,8 @@ def shuffled_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, n_samples: i
         perm = latent_permutation(n, n_samples, seed, z.device)
         return paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad,
                                   data_half_cache=data_half_cache)
-    agreed = distributed.agree_on_batch(process_group, n, z, draw_seed() if seed is None else seed)
+    agreed = distributed.agree_on_batch(process_group, n, z, draw_seed() if seed is None else seed,
+                                        shuffled_grad)
     perm = latent_permutation(agreed.world_size * n, n_samples, agreed.seed, z.device)
     partners = distributed.partner_codes(z, n, perm, agreed, process_group, shuffled_grad)
     return paired_mutual_info(mi, x, z, z_shuffle=partners, shuffled_grad=shuffled_grad,
@@ -446,7 +474,7 @@ def variational_mutual_info(model, x, z=None, z_shuffle=None, *, seed=None, shuf
     rows; the value is the mean of the bound's terms over this process's rows (see
     :func:`shuffled_bound`).
     """
-    if isinstance(z_shuffle, int) and not isinstance(z_shuffle, bool):
+    if is_integer_scalar(z_shuffle):  # the seed given by position
         seed, z_shuffle = z_shuffle, None
     mi = model.mi if hasattr(model, "mi") and hasattr(model, "vae") else model
     if not isinstance(mi, nn.Module):

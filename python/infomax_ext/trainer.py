@@ -48,12 +48,13 @@ from . import distributed, memory
 from .activations import HIDDEN_ACTIVATIONS
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint,
                          restore_training_state, write_checkpoint)
-from .data import LIKELIHOODS, MappedSamples
+from .data import LIKELIHOODS, MappedSamples, check_values
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
 from .infomax import InfoMaxVAE, model_config, train_step
 from .mutual_info import MutualInfoChain
 from .preprocessing import Preprocessing
 from .serialization import atomic_write_text, cpu_copy
+from .validation import check_weight, is_integer_scalar
 from .vae import VAE, BernoulliDecoder, JointGaussianLogEncoder, SimpleGaussianDecoder
 
 __all__ = ["TrainConfig", "TrainingError", "Trainer", "build_model", "fit", "derived_seed",
@@ -113,6 +114,11 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """``self``, after checking every field; ``ValueError`` naming the first bad one."""
+        for name in ("latent_dim", "epochs", "batch_size", "checkpoint_every", "eval_mi_steps",
+                     "seed"):  # numpy and 0-dim torch integers become ints
+            if is_integer_scalar(getattr(self, name)):
+                setattr(self, name, int(getattr(self, name)))
+
         def positive_int(name):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -151,8 +157,12 @@ class TrainConfig:
             raise ValueError(f"negatives must be one of {list(NEGATIVES)}, got {self.negatives!r}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {list(LIKELIHOODS)}, got {self.likelihood!r}")
-        for name in ("beta", "alpha", "active_threshold"):
-            nonneg(name)
+        for name in ("beta", "alpha"):
+            try:
+                check_weight(name, getattr(self, name))
+            except TypeError as exc:
+                raise ValueError(str(exc)) from None
+        nonneg("active_threshold")
         for name in ("lr", "mi_lr"):
             nonneg(name, strict=True)
         if not 0.0 < self.val_fraction < 1.0:
@@ -216,7 +226,7 @@ def _resolve_device(device: str) -> torch.device:
     return dev
 
 
-def _check_data(x, name: str, sample_shape=None) -> torch.Tensor:
+def _check_data(x, name: str, sample_shape=None, likelihood=None) -> torch.Tensor:
     if not isinstance(x, (torch.Tensor, MappedSamples)) or x.dim() < 2:
         raise ValueError(f"{name} must be a tensor of shape (N, *sample_shape), got "
                          f"{getattr(x, 'shape', type(x).__name__)}")
@@ -225,6 +235,8 @@ def _check_data(x, name: str, sample_shape=None) -> torch.Tensor:
     if sample_shape is not None and tuple(x.shape[1:]) != tuple(sample_shape):
         raise ValueError(f"{name} has samples of shape {tuple(x.shape[1:])}, the model takes "
                          f"{tuple(sample_shape)}")
+    if likelihood is not None:  # NaN, or outside [0, 1] for the Bernoulli decoder: a DataError
+        check_values(x, likelihood, name)
     return x
 
 
@@ -241,9 +253,11 @@ class Trainer:
     and the last epoch's.
 
     ``process_group`` (torch.distributed): one trainer per process trains one model
-    data-parallel (module docstring). Every process passes the same arguments (checked; the
-    model's weights are set to rank 0's); rank 0 alone shows progress, validates and writes
-    ``run_dir``, but every process calls :meth:`fit` and :meth:`save_checkpoint`.
+    data-parallel (module docstring). Every process passes the same arguments (checked, the
+    training data by a SHA-256 of what each process reads, so a file that holds other contents
+    on another machine is refused; the model's weights are set to rank 0's); rank 0 alone
+    shows progress, validates and writes ``run_dir``, but every process calls :meth:`fit` and
+    :meth:`save_checkpoint`.
     """
 
     def __init__(self, model: InfoMaxVAE, config: TrainConfig, train_data: torch.Tensor,
@@ -262,9 +276,9 @@ class Trainer:
         if process_group is not None:
             self.device = distributed.local_device(self.device)
         self.model = model.to(self.device)
-        self.train_data = _check_data(train_data, "train_data")
+        self.train_data = _check_data(train_data, "train_data", likelihood=config.likelihood)
         self.val_data = None if val_data is None else _check_data(
-            val_data, "val_data", train_data.shape[1:])
+            val_data, "val_data", train_data.shape[1:], config.likelihood)
         if process_group is not None:
             distributed.check_same(process_group, "Trainer", {
                 "training options": {k: v for k, v in config.to_dict().items() if k != "device"},
@@ -273,6 +287,8 @@ class Trainer:
                 "model parameters": [(name, tuple(p.shape), str(p.dtype))
                                      for name, p in self.model.named_parameters()],
                 "run directory given": run_dir is not None,
+                "training data (SHA-256 of the samples each process reads)":
+                    distributed.data_digest(self.train_data),
             })
             distributed.broadcast_module(self.model, process_group)
         check_batch_size(config.batch_size, len(self.train_data), self.world_size)
@@ -313,7 +329,9 @@ class Trainer:
         (:func:`~infomax_ext.checkpoint.read_checkpoint`); ``state``: a state that function
         already returned for ``path``. With a ``process_group`` keyword, rank 0 reads the
         checkpoint and sends it to every process (each takes its own saved random state when
-        the number of processes is unchanged)."""
+        the number of processes is unchanged). A run with ``negatives="local"`` resumes only on
+        the number of processes it was trained on (:class:`TrainingError` naming both): its
+        objective depends on it."""
         path = Path(path)
         if state is None:
             state = distributed.from_rank0(kwargs.get("process_group"),
@@ -330,6 +348,14 @@ class Trainer:
             model.preprocessing = Preprocessing.from_dict(state["preprocessing"])
         trainer = cls(model, config, train_data, val_data,
                       path.parent if run_dir is None else run_dir, **kwargs)
+        saved_world = state.get("world_size", 1)
+        if config.negatives == "local" and saved_world != trainer.world_size:
+            raise TrainingError(
+                f"{path} was trained with negatives='local' on {saved_world} process"
+                f"{'es' if saved_world != 1 else ''}, now resumed on {trainer.world_size}: each "
+                "process shuffles within its share of the batch, so another number of processes "
+                f"changes the objective; resume with {saved_world} process"
+                f"{'es' if saved_world != 1 else ''}")
         if state["n_train"] != len(trainer.train_data):
             raise TrainingError(f"{path} was trained on {state['n_train']} samples, now given "
                                 f"{len(trainer.train_data)}: not the same data")

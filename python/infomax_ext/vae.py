@@ -17,8 +17,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from . import widths
 from ._builders import Built, builder_config, check_layers, check_size, head, mlp, parse_size
 from .activations import identity
+from .validation import as_count
 
 __all__ = [
     "GaussianLogOutput",
@@ -100,6 +102,7 @@ def _pair(name: str, activation, second_default) -> tuple:
 class _Encoder(Built):
     """Shared trunk ``encoder``, then two heads on its output."""
 
+    widths_through = (("encoder", "mu"), ("mu", "encoder"))  # see widths.py
     @classmethod
     def _build(cls, size_input, n_latent, encoder_neurons, encoder_activation,
                latent_activation, init, second_default):
@@ -187,6 +190,7 @@ def _decoder_net(n_latent, n_out, shape, neurons, activations, output_activation
 class _OneNetDecoder(Built):
     """One network ``decoder`` on ``z``; its output is the one field of ``_output``."""
 
+    widths_through = (("decoder",), ("decoder",))
     _output: type = BernoulliOutput
 
     def __init__(self, decoder: nn.Module):
@@ -246,6 +250,7 @@ class SimpleGaussianDecoder(_OneNetDecoder):
 class _JointDecoder(Built):
     """Shared trunk ``decoder`` on ``z``, then two heads."""
 
+    widths_through = (("decoder", "mu"), ("mu", "decoder"))
     @classmethod
     def _build(cls, size_output, n_latent, decoder_neurons, decoder_activation,
                output_activation, init, second_default):
@@ -315,6 +320,7 @@ class _SplitDecoder(Built):
     """Two separate networks on ``z``; ``_second`` names the second one's fields."""
 
     _second = ""
+    widths_through = (("mu",), ("mu",))
 
     @classmethod
     def _build(cls, size_output, n_latent, decoder_neurons, decoder_activation,
@@ -411,8 +417,7 @@ def reparameterize(mu: torch.Tensor, sigma: torch.Tensor, log: bool = True,
     ``n_samples == 1``: the shape of ``mu``, one ``torch.randn_like(mu)`` draw.
     ``n_samples == S > 1``: shape ``(S, *mu.shape)``, one ``torch.randn((S, *mu.shape))`` draw.
     """
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    n_samples = as_count("n_samples", n_samples)
     scale = torch.exp(sigma) if log else sigma
     if n_samples == 1:
         eps = torch.randn_like(mu)
@@ -431,6 +436,7 @@ class VAE(nn.Module):
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module):
         super().__init__()
+        widths.check_vae(encoder, decoder)
         self.encoder, self.decoder = encoder, decoder
 
     def sample_latent(self, encoder_output, n_samples: int = 1) -> torch.Tensor:
@@ -445,9 +451,15 @@ class VAE(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, latent: bool = False, n_samples: int = 1):
-        encoder_output = self.encoder(x)
-        z = self.sample_latent(encoder_output, n_samples)
-        decoder_output = self.decoder(z.reshape(-1, z.shape[-1]) if n_samples > 1 else z)
+        rows = None
+        try:
+            encoder_output = self.encoder(x)
+            z = self.sample_latent(encoder_output, n_samples)
+            rows = z.reshape(-1, z.shape[-1]) if n_samples > 1 else z
+            decoder_output = self.decoder(rows)
+        except RuntimeError as exc:
+            widths.explain(exc, {"vae.encoder": (self.encoder, x), "vae.decoder": (self.decoder, rows)})
+            raise
         if latent:
             return VAEOutput(encoder_output, z, decoder_output)
         return decoder_output

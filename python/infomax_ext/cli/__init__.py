@@ -36,7 +36,12 @@ train one model data-parallel (:mod:`infomax_ext.distributed`): rank 0 alone dec
 the run directory (config.json records ``world_size`` and the backend), reads what --resume
 continues and sends it to the others, prints, and evaluates; a ``.npy`` file is memory-mapped
 and each process reads the rows of its batches. A restart by ``torchrun --max-restarts``
-resumes the run in --out from its last checkpoint.
+resumes the run in --out from its last checkpoint. Every process must be given the same options
+(``--device``, ``--threads``, ``--quiet``, ``--log-interval`` and ``--dist-timeout`` excepted)
+and see the same data (each checks a SHA-256 of what it reads): else every process stops with
+the same error. A process that stops answering ends the job after ``--dist-timeout`` seconds
+(default 300; rank 0's own work, reading the data and evaluating, is awaited longer): the
+others exit with one line naming the silent rank (exit code 1).
 
 Commands for a trained model (a run directory, or a model directory of ``InfoMaxVAE.save``), each
 taking data in the units of the training data and applying the model's saved normalisation
@@ -51,6 +56,7 @@ intact; ``--resume`` continues).
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from .common import PROG, CommandError
@@ -71,16 +77,22 @@ def main(argv=None) -> int:
 
     from ..data import DataError
     from ..distributed import DistributedMismatchError
+    from ..distributed_failures import LostContactError, is_lost_contact
     from ..serialization import SerializationError
     from ..trainer import TrainingError
 
     try:
-        return args.func(args, getattr(args, "command_parser", parser))
-    except (CommandError, DataError, DistributedMismatchError, SerializationError,
-            TrainingError) as exc:
+        stdout = contextlib.nullcontext() if sys.stdout is None else \
+            contextlib.redirect_stdout(_NamedStdout(sys.stdout))
+        with stdout:
+            return args.func(args, getattr(args, "command_parser", parser))
+    except (CommandError, DataError, DistributedMismatchError, LostContactError,
+            SerializationError, TrainingError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return 1
-    except dist.DistError as exc:  # another process of a torchrun job stopped
+    except (dist.DistError, RuntimeError) as exc:  # another process of a torchrun job stopped
+        if not is_lost_contact(exc):
+            raise
         print(f"{PROG} {args.command}: error: lost contact with another process of the job "
               f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
               "torchrun's summary names the process that stopped; the last checkpoint is intact",
@@ -91,7 +103,7 @@ def main(argv=None) -> int:
         print(f"{PROG} {args.command}: error: out of memory ({text[0][:200] if text else 'no detail'}"
               "); choose smaller sizes or --batch-size", file=sys.stderr, flush=True)
         return 1
-    except OSError as exc:  # a full disk, a vanished directory, ...
+    except OSError as exc:  # a full disk, a vanished directory, a full stdout, ...
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"{PROG} {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr,
               flush=True)
@@ -105,6 +117,32 @@ def main(argv=None) -> int:
         print(f"\n{PROG}: interrupted. Completed epochs are in the last checkpoint; continue "
               f"with: {PROG} train --resume{hint}", file=sys.stderr, flush=True)
         return 130
+
+
+class _NamedStdout:
+    """Standard output while a command runs: an OSError from writing to it or flushing it (a
+    full disk behind ``> file``, ``> /dev/full``) names it as its file."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _named(self, exc: OSError) -> OSError:
+        return OSError(exc.errno, exc.strerror or str(exc), "standard output")
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise self._named(exc) from None
+
+    def flush(self):
+        try:
+            return self._stream.flush()
+        except OSError as exc:
+            raise self._named(exc) from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .common import PROG
-from .options import _TRAIN_OPTIONS, _positive_int, _nonneg_float
+from .options import _TRAIN_OPTIONS, _nonneg_float, _positive_float, _positive_int
 from .train import cmd_train
 from . import encode, evaluate, reconstruct, sample
 
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dist-backend", choices=("gloo", "nccl"), default=None,
                      help="torch.distributed backend under torchrun (default nccl for a CUDA "
                           "--device, gloo otherwise)")
+    run.add_argument("--dist-timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                     help="under torchrun: how long a process waits in a collective for a silent "
+                          "one (stopped, hung) before the job ends naming it (default 300)")
     run.add_argument("--threads", type=_positive_int, default=1, metavar="N",
                      help="CPU threads for torch (default 1: robust when other jobs share the "
                           "cores; on idle cores 2 threads train these networks about 1.5x faster)")

@@ -70,12 +70,13 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
     process ``group`` every process trains and rank 0 alone evaluates and writes (the others
     return ``(None, None)``). The model saved keeps ``preprocessing``, how the data was
     prepared."""
-    from ..distributed import from_rank0
+    from ..distributed import from_rank0, wait_for_rank0
     from ..evaluation import encoder_mean, evaluate
     from ..serialization import atomic_write_json
     from ..trainer import CHECKPOINT_FILE, Trainer
 
     checkpoint = run_dir / CHECKPOINT_FILE
+    wait_for_rank0(group)  # rank 0 may still be evaluating the previous model
     started = time.perf_counter()
     if resume and state is not None:
         trainer = Trainer.from_checkpoint(checkpoint, train.x, val.x, run_dir, epochs=config.epochs,
@@ -156,22 +157,31 @@ def cmd_train(args, parser) -> int:
 
     group = _process_group(args)
     lock = _RunLock()
-    try:
-        with _only_rank0_prints(group):
-            out = from_rank0(group, lambda: _claim_out(args, parser, lock))
-            args.out = str(out)  # the interrupt hint names the actual directory
-            return _cmd_train_locked(args, parser, out, lock, group)
-    finally:
-        lock.release()
-        if group is not None:
-            import torch.distributed as dist
+    with _sigterm_as_error(group):  # through the roll call of lost_contact too
+        try:
+            with _only_rank0_prints(group):
+                out = from_rank0(group, lambda: _claim_out(args, parser, lock))
+                args.out = str(out)  # the interrupt hint names the actual directory
+                return _cmd_train_locked(args, parser, out, lock, group)
+        except Exception as exc:
+            from ..distributed_failures import is_lost_contact, lost_contact
 
-            dist.destroy_process_group()
+            if group is None or not is_lost_contact(exc):
+                raise
+            raise lost_contact(exc, group, args.dist_timeout) from None
+        finally:
+            lock.release()
+            if group is not None:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
 
 
 def _process_group(args):
-    """The process group when torchrun started this process (None otherwise); a restart by
-    ``torchrun --max-restarts`` continues the run in --out (``args.resume``)."""
+    """The process group when torchrun started this process (None otherwise), its collectives
+    waiting ``--dist-timeout`` seconds for a silent process, every process given the same
+    options (checked); a restart by ``torchrun --max-restarts`` continues the run in --out
+    (``args.resume``)."""
     import torch
 
     from ..distributed import from_rank0, init_from_env
@@ -179,12 +189,71 @@ def _process_group(args):
     device = args.device or "cpu"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    group = init_from_env(args.dist_backend, torch.device(device))
+    group = init_from_env(args.dist_backend, torch.device(device),
+                          _dt.timedelta(seconds=args.dist_timeout))
+    if group is not None:
+        try:
+            _check_same_options(group, args)
+        except BaseException:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            raise
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if group is not None and restarts > 0 and not args.resume and args.out is not None:
         if from_rank0(group, lambda: _holds_run(Path(args.out))):
             args.resume = True
     return group
+
+
+# Options that may differ between the processes of a job: each process's own resources and
+# what rank 0 alone prints.
+_PER_PROCESS_OPTIONS = {"device", "threads", "quiet", "log_interval", "dist_timeout", "func",
+                        "command_parser"}
+
+
+def _check_same_options(group, args) -> None:
+    """The same :class:`DistributedMismatchError` on every process unless all were given the
+    same options (``--resume`` on some only, another ``--out``, ...)."""
+    from ..distributed import check_same
+
+    def plain(value) -> bool:  # the options' values, not the parser's bookkeeping
+        return value is None or isinstance(value, (str, int, float, bool)) or (
+            isinstance(value, (list, tuple)) and all(plain(v) for v in value))
+
+    check_same(group, f"{PROG} train", {
+        f"--{dest.replace('_', '-')} option": value for dest, value in sorted(vars(args).items())
+        if dest not in _PER_PROCESS_OPTIONS and plain(value)})
+
+
+@contextlib.contextmanager
+def _sigterm_as_error(group):
+    """Within a job (``group``), SIGTERM (torchrun's agent stopping the other processes after
+    one failed) raises :class:`~infomax_ext.distributed_failures.JobStopped`: one line on stderr instead of a silent
+    death; checkpoints are written atomically, so the last one stays intact."""
+    import signal
+    import threading
+
+    import torch.distributed as dist
+
+    from ..distributed_failures import JobStopped
+
+    if group is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    rank = dist.get_rank(group)
+
+    def stop(signum, frame):
+        raise JobStopped(
+            f"rank {rank} lost contact with the job: it was stopped by SIGTERM (torchrun stops "
+            "every process when one fails; its summary names that one); the last checkpoint is "
+            "intact")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -242,6 +311,16 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock, group=None) -> in
         compare = args.compare_vae
         data = {key: unset if given is None else given for _, key, given, unset in options}
     config = _train_config(args, parser, None if saved is None else saved["train"])
+    if saved is not None and config.negatives == "local":
+        import torch.distributed as dist
+
+        before = (saved.get("distributed") or {}).get("world_size", 1)
+        now = 1 if group is None else dist.get_world_size(group)
+        if before != now:
+            raise CommandError(
+                f"the run in {out} was trained with --negatives local on {before} process"
+                f"{'es' if before != 1 else ''}; resuming on {now} would change its objective "
+                f"(each process shuffles within its share of the batch): resume with {before}")
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)

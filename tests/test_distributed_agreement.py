@@ -1,0 +1,298 @@
+"""Processes of a data-parallel group that disagree, and processes that stop answering.
+
+One spawn of 2 gloo processes (the ``ranks`` fixture) runs every disagreement in turn and saves
+what each rank saw: the same :class:`DistributedMismatchError` on both ranks, never a gloo
+abort. The command tests start ``python -m infomax_ext train`` as two ranks by hand (RANK,
+WORLD_SIZE, MASTER_ADDR, MASTER_PORT: what torchrun sets), so each rank can get its own options
+and be stopped or killed alone.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+import infomax_ext as im
+from infomax_ext import distributed, distributed_step
+from infomax_ext.data import load_file
+from infomax_ext.distributed_failures import is_lost_contact, lost_contact
+from infomax_ext.trainer import TrainConfig, Trainer, TrainingError
+from test_distributed import (ROWS, STEPS, TINY, WORLD, chain, data_x, digits_npy,  # noqa: F401
+                              free_port, global_batch, model, share, spawn, train, wait_for)
+
+
+def caught(call):
+    """The message of the DistributedMismatchError ``call()`` raises (None if it returns)."""
+    try:
+        call()
+    except distributed.DistributedMismatchError as exc:
+        return str(exc)
+    return None
+
+
+def grad_param(dtype):
+    p = torch.nn.Parameter(torch.zeros(3, dtype=dtype))
+    p.grad = torch.ones_like(p)
+    return p
+
+
+def _reopen():
+    if dist.get_rank() == 1:
+        raise FileNotFoundError("no data file on this machine")
+    return "mapped"
+
+
+class MissingOnRank1:
+    """Unpickles on rank 0 only, as a memory-mapped file that rank 1's machine lacks."""
+
+    def __reduce__(self):
+        return _reopen, ()
+
+
+@torch.no_grad()
+def nudge(p):
+    p.add_(1.0)
+
+
+def disagreements(rank, group, out):
+    """Each call's error message on this rank; every call disagrees between the two ranks."""
+    x = share(data_x(), rank)
+    mi, (xb, z) = chain(), global_batch(1)
+    xb, z = share(xb, rank), share(z, rank)[0].requires_grad_(True)
+    single = model(rank, WORLD)
+    first_layer = next(single.vae.parameters())
+    calls = {
+        # models of other dtypes, with local negatives (no bound exchange runs before averaging)
+        "model dtype": lambda: train(model(rank, WORLD).to(torch.float64 if rank == 0 else
+                                                           torch.float32),
+                                     x, STEPS[0], group, steps=1, negatives="local"),
+        "reuse_forward": lambda: train(model(rank, WORLD), x, dict(reuse_forward=rank == 0),
+                                       group, steps=1),
+        "shuffled_grad": lambda: im.variational_mutual_info(
+            mi, xb, z, seed=1, shuffled_grad=rank == 1, process_group=group),
+        "collectives": lambda: (distributed.average_gradients([grad_param(torch.float64)], group)
+                                if rank == 0 else distributed.agree_on_batch(group, ROWS, z, 1)),
+        "gradient dtype": lambda: distributed.average_gradients(
+            [grad_param(torch.float64 if rank == 0 else torch.float32)], group),
+        "data": lambda: Trainer.create(
+            TrainConfig(latent_dim=2, encoder_neurons=[4], decoder_neurons=[4], mi_neurons=[4],
+                        epochs=1, batch_size=8), load_file(out / f"x{rank}.npy", mmap=True).x,
+            progress=False, process_group=group),
+        "unpickle": lambda: distributed.from_rank0(group, MissingOnRank1),
+        # weights changed on rank 1 alone after a step: refused, naming the parameter
+        "weights changed": lambda: (train(single, x, STEPS[0], group, steps=1),
+                                    rank == 1 and nudge(first_layer),
+                                    train(single, x, STEPS[0], group, steps=1)),
+    }
+    return {name: caught(call) for name, call in calls.items()}
+
+
+def different_starts(rank, group):
+    """Two train_steps from weights that differ between the ranks (rank 1's moved by 0.5), and
+    the number of parameter digests each step computed."""
+    m = model(rank, WORLD)
+    if rank == 1:
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.5)
+    digests, real = [], distributed_step._tensor_digest
+    distributed_step._tensor_digest = lambda t: digests.append(1) or real(t)
+    counts = []
+    for _ in range(2):
+        before = len(digests)
+        state, _ = train(m, share(data_x(), rank), STEPS[0], group, steps=1)
+        counts.append(len(digests) - before)
+    distributed_step._tensor_digest = real
+    return state, counts
+
+
+def worker(rank, out):
+    group = dist.group.WORLD
+    results = {"messages": disagreements(rank, group, out),
+               "start": different_starts(rank, group)}
+    torch.save(results, out / f"rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("agreement")
+    for rank in range(WORLD):  # the same shape, other contents
+        np.save(out / f"x{rank}.npy",
+                np.random.default_rng(rank).random((40, 6)).astype(np.float32))
+    spawn(worker, out)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("name, words", [
+    ("model dtype", ["train_step's settings", "dtypes of the parameters", "rank 0 has float64",
+                     "rank 1 has float32"]),
+    ("reuse_forward", ["reuse_forward", "rank 0 has True", "rank 1 has False"]),
+    ("shuffled_grad", ["shuffled_grad", "rank 0 has none", "rank 1 has it"]),
+    ("collectives", ["different collectives", "rank 0 at gradient averaging",
+                     "rank 1 at the MI bound over the whole batch"]),
+    ("gradient dtype", ["gradient averaging", "dtypes of the gradients", "rank 0 has float64",
+                        "rank 1 has float32"]),
+    ("data", ["training data (SHA-256", "rank 0: '", "rank 1: '"]),
+    ("unpickle", ["rank 1 cannot take what rank 0 read or decided", "FileNotFoundError",
+                  "no data file on this machine"]),
+])
+def test_ranks_that_disagree_get_the_same_error_not_an_abort(ranks, name, words):
+    messages = [r["messages"][name] for r in ranks]
+    assert messages[0] is not None and messages[0] == messages[1], messages
+    assert all(w in messages[0] for w in words), messages[0]
+
+
+def test_weights_changed_on_one_rank_after_a_step_are_refused_naming_the_parameter(ranks):
+    messages = [r["messages"]["weights changed"] for r in ranks]
+    assert messages[0] is not None and messages[0] == messages[1], messages
+    name = next(iter(dict(model().named_parameters())))  # the first parameter, changed on rank 1
+    assert f"parameter {name!r}" in messages[0] and "rank 1 differs from rank 0" in messages[0]
+
+
+def test_different_starting_weights_become_rank_0s_on_the_first_step(ranks):
+    states = [r["start"][0] for r in ranks]
+    single = model()  # rank 0's start, the whole batch: the same two calls in one process
+    train(single, data_x(), STEPS[0], steps=1)
+    want, _ = train(single, data_x(), STEPS[0], steps=1)
+    for name, value in want.items():
+        assert torch.equal(states[0][name], states[1][name]), name
+        torch.testing.assert_close(states[0][name], value, rtol=0, atol=1e-10, msg=name)
+    # the weights are compared on the first step only (one digest per parameter), then trusted
+    n_params = len(list(model().parameters()))
+    assert [r["start"][1] for r in ranks] == [[n_params, 0]] * WORLD
+
+
+def test_a_local_negatives_checkpoint_resumes_only_on_its_number_of_processes(tmp_path):
+    config = TrainConfig(latent_dim=2, encoder_neurons=[4], decoder_neurons=[4], mi_neurons=[4],
+                         epochs=1, batch_size=8, negatives="local")
+    x = torch.rand(24, 5, generator=torch.Generator().manual_seed(0))
+    Trainer.create(config, x, run_dir=tmp_path, progress=False).fit()
+    path = tmp_path / "checkpoint.pt"
+    assert Trainer.from_checkpoint(path, x, progress=False).epoch == 1
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "world_size": 2}, path)
+    with pytest.raises(TrainingError, match=r"negatives='local' on 2 processes, now resumed on 1"):
+        Trainer.from_checkpoint(path, x, progress=False)
+
+
+def test_lost_contact_errors_are_recognised_and_described():
+    timeout = RuntimeError("[/x/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "
+                           "3000ms for recv operation to complete")
+    closed = RuntimeError("[/x/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                          "[127.0.0.1]:40878")
+    assert all(is_lost_contact(e) for e in (timeout, closed, dist.DistError("store")))
+    assert not is_lost_contact(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_lost_contact(ValueError("Timed out waiting"))
+    # without a roll-call store nobody is named, but the cause is
+    assert "after --dist-timeout 7 s" in str(lost_contact(timeout, None, 7.0))
+    assert "(its connection closed)" in str(lost_contact(closed, None, 7.0))
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def launch(argvs, out_dir):
+    """``python -m infomax_ext train argv`` for each rank's argv, as ranks of one job; each
+    rank's stdout and stderr go to files in ``out_dir``."""
+    port, jobs = free_port(), []
+    for rank, argv in enumerate(argvs):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": str(len(argvs)), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        env.pop("TORCHELASTIC_RESTART_COUNT", None)
+        log = open(out_dir / f"rank{rank}.log", "w")
+        jobs.append(subprocess.Popen([sys.executable, "-m", "infomax_ext", "train",
+                                      *map(str, argv)], stdout=log, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True))
+    return jobs
+
+
+@pytest.fixture
+def ranks_of_a_job():
+    jobs = []
+    yield lambda argvs, out_dir: jobs.extend(launch(argvs, out_dir)) or jobs[-len(argvs):]
+    for job in jobs:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+
+
+def ended(job, timeout=120) -> int:
+    try:
+        return job.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"rank did not end in {timeout} s")
+
+
+def test_resume_given_to_one_rank_only_is_the_same_error_on_every_rank(tmp_path, digits_npy,
+                                                                      ranks_of_a_job):
+    run = tmp_path / "run"
+    argv = ["--data", digits_npy, "--out", run, "--epochs", 1, *TINY]
+    jobs = ranks_of_a_job([argv, [*argv, "--resume"]], tmp_path)
+    assert [ended(job) for job in jobs] == [1, 1]
+    logs = [(tmp_path / f"rank{r}.log").read_text() for r in range(2)]
+    errors = [line for log in logs for line in log.splitlines() if "error:" in line]
+    assert len(errors) == 2 and errors[0] == errors[1], logs
+    assert "--resume option" in errors[0] and "rank 0: False" in errors[0], errors[0]
+    assert "rank 1: True" in errors[0] and "Traceback" not in "".join(logs)
+    assert not run.exists()
+
+
+def test_a_stopped_rank_ends_the_job_after_dist_timeout_naming_it(tmp_path, digits_npy,
+                                                                  ranks_of_a_job):
+    run = tmp_path / "run"
+    argv = ["--data", digits_npy, "--out", run, "--epochs", 500, "--dist-timeout", 3, *TINY]
+    rank0, rank1 = ranks_of_a_job([argv, argv], tmp_path)
+    wait_for(run / "checkpoint.pt", rank0)
+    os.kill(rank1.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    assert ended(rank0, timeout=60) == 1
+    assert time.monotonic() - stopped < 30
+    log = (tmp_path / "rank0.log").read_text()
+    error = [line for line in log.splitlines() if "error:" in line]
+    assert len(error) == 1 and "Traceback" not in log, log
+    assert "rank 1 did not answer" in error[0] and "--dist-timeout 3 s" in error[0], error[0]
+    assert json.loads((run / "config.json").read_text())["distributed"]["world_size"] == 2
+
+
+def test_when_rank_0_dies_the_others_report_lost_contact_in_one_line(tmp_path, digits_npy,
+                                                                    ranks_of_a_job):
+    run = tmp_path / "run"
+    argv = ["--data", digits_npy, "--out", run, "--epochs", 500, "--negatives", "local", *TINY]
+    rank0, rank1 = ranks_of_a_job([argv, argv], tmp_path)
+    wait_for(run / "checkpoint.pt", rank0)
+    os.kill(rank0.pid, signal.SIGKILL)
+    assert ended(rank1, timeout=60) == 1
+    log = (tmp_path / "rank1.log").read_text()
+    error = [line for line in log.splitlines() if "error:" in line]
+    assert len(error) == 1 and "Traceback" not in log, log
+    assert "rank 1 lost contact" in error[0] and "last checkpoint is intact" in error[0], error[0]
+
+    # the run's objective depends on its 2 processes: one process may not resume it
+    resumed = subprocess.run([sys.executable, "-m", "infomax_ext", "train", "--resume", "--out",
+                              run, *TINY], capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert resumed.returncode == 1, resumed.stderr
+    assert "--negatives local on 2 processes; resuming on 1" in resumed.stderr, resumed.stderr
+
+
+def test_a_rank_stopped_by_sigterm_says_so_and_the_other_names_it(tmp_path, digits_npy,
+                                                                   ranks_of_a_job):
+    run = tmp_path / "run"
+    argv = ["--data", digits_npy, "--out", run, "--epochs", 500, *TINY]
+    rank0, rank1 = ranks_of_a_job([argv, argv], tmp_path)
+    wait_for(run / "checkpoint.pt", rank0)
+    os.kill(rank1.pid, signal.SIGTERM)  # what torchrun's agent sends when another rank failed
+    assert ended(rank1, timeout=60) == 1 and ended(rank0, timeout=60) == 1
+    logs = [(tmp_path / f"rank{r}.log").read_text() for r in range(2)]
+    errors = [[line for line in log.splitlines() if "error:" in line] for log in logs]
+    assert all(len(e) == 1 for e in errors) and "Traceback" not in "".join(logs), logs
+    assert "rank 1 lost contact with the job: it was stopped by SIGTERM" in errors[1][0], errors
+
+    assert "rank 0 lost contact" in errors[0][0] and "rank 1 did not answer" in errors[0][0]
