@@ -3,10 +3,12 @@
 # make test-capabilities : the op tests again on ATen's default (no SIMD) and AVX2 kernels
 # make bench : CPU benchmark of the MI bound (bench/README.md)
 # make wheel : the +cpu wheel (against torch 2.13.0) and the +cu130 wheel (against torch 2.14.1)
-#              in dist/, stable ABI, cp310-abi3, manylinux
+#              in dist/, stable ABI, cp310-abi3, manylinux (docs/wheels.md)
+# make wheel-cpu : the +cpu wheel alone, manylinux_2_28 like torch's (no CUDA environment needed)
 # make wheel-check : install the +cpu wheel into fresh venvs with torch 2.13.0 and 2.14.1 and run
 #              the test suite in each with the compiled kernels required
-# make abi-check   : the compiled module imports only torch's stable C ABI (no C++ symbols)
+# make abi-check   : the compiled module imports only torch's stable C ABI (no C++ symbols), and
+#              the +cpu wheel is manylinux_2_28 (auditwheel; glibc <= 2.28, GLIBCXX <= 3.4.24)
 # make cuda-check  : build the CUDA wheel against torch 2.14.1 (CUDA 13); every op has a CUDA kernel
 # make source-check: pip install . with build isolation fails fast saying what to run;
 #              INFOMAX_EXT_CUDA=OFF builds the CPU kernels against a CUDA torch
@@ -22,7 +24,8 @@ DEPS_STAMP := $(VENV)/.deps-installed
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_CPU)
-	$(PIP) install -q "scikit-build-core>=0.11" ninja pytest numpy scikit-learn matplotlib tqdm
+	$(PIP) install -q "scikit-build-core>=0.11" ninja pytest numpy scikit-learn matplotlib tqdm \
+	  tensorboard
 	touch $@
 
 install: $(DEPS_STAMP)
@@ -62,6 +65,7 @@ wheel-check: wheel-cpu
 
 abi-check: wheel-cpu
 	bash scripts/abi_check.sh dist/*+cpu-*.whl
+	bash scripts/manylinux_check.sh dist/*+cpu-*.whl manylinux_2_28_x86_64
 
 cuda-check: wheel-cuda
 	bash scripts/cuda_check.sh

@@ -13,6 +13,7 @@ start=$SECONDS
 py=$PWD/.venv-cuda/bin/python
 wheel=$(ls dist/infomax_ext-*+cu130-*.whl)
 bash scripts/abi_check.sh "$wheel"
+bash scripts/manylinux_check.sh "$wheel" manylinux_2_28_x86_64 "$py"
 "$py" -m pip install -q --no-deps --force-reinstall "$wheel"
 
 echo "== every op has a CUDA kernel"

@@ -51,6 +51,7 @@ from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint,
 from .data import LIKELIHOODS, MappedSamples, check_values
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
 from .infomax import InfoMaxVAE, model_config, train_step
+from .monitor import _is_terminal, _progress_bar
 from .mutual_info import MutualInfoChain
 from .preprocessing import Preprocessing
 from .serialization import atomic_write_text, cpu_copy
@@ -246,7 +247,10 @@ class Trainer:
     ``train_data`` (N, *sample_shape) and optional ``val_data`` (M, *sample_shape) are tensors
     (kept on the CPU; batches move to the device). With a ``run_dir`` every epoch's metrics go to
     ``metrics.jsonl`` and a checkpoint to ``checkpoint.pt`` every ``checkpoint_every`` epochs and
-    at the end. ``callbacks`` are called as ``callback(trainer, record)`` after every epoch.
+    at the end. ``callbacks`` are called as ``callback(trainer, record)`` after every epoch, and
+    ``step_callbacks`` as ``callback(trainer, step)`` after every optimizer step with ``step`` =
+    {epoch, step (steps so far in the run), vae_loss, mi_loss, samples and seconds (of all
+    processes, so far in the epoch)} (:class:`~infomax_ext.monitor.TensorBoardMonitor` is both).
     ``progress`` shows a tqdm bar (epoch, running losses and MI estimate) named ``desc`` on
     stderr when that is a terminal, and prints a line per epoch (losses, MI estimate, samples/s)
     on stdout when that is not one (a log file, CI): at most one every ``log_interval`` seconds,
@@ -263,6 +267,7 @@ class Trainer:
     def __init__(self, model: InfoMaxVAE, config: TrainConfig, train_data: torch.Tensor,
                  val_data: torch.Tensor | None = None, run_dir=None, *, progress: bool = True,
                  desc: str = "train", callbacks: Sequence[Callable] = (),
+                 step_callbacks: Sequence[Callable] = (),
                  log_interval: float = 5.0, process_group=None):
         if isinstance(log_interval, bool) or not isinstance(log_interval, (int, float)) \
                 or not math.isfinite(log_interval) or log_interval < 0:
@@ -294,7 +299,7 @@ class Trainer:
         check_batch_size(config.batch_size, len(self.train_data), self.world_size)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.progress = progress and self.rank == 0
-        self.desc, self.callbacks = desc, list(callbacks)
+        self.desc, self.callbacks, self.step_callbacks = desc, list(callbacks), list(step_callbacks)
         self.log_interval = float(log_interval)
         self.optimizers = {"vae": _adam(self.model.vae.parameters(), config.lr),
                            "mi": _adam(self.model.mi.parameters(), config.mi_lr)}
@@ -519,6 +524,11 @@ class Trainer:
                     bar.set_postfix({"vae_loss": f"{sums[0] / count:.2f}",
                                      "MI": f"{-sums[1] / count:.3f}"}, refresh=False)
                     bar.update(1)
+                    step = {"epoch": epoch, "step": (epoch - 1) * steps_per_epoch + count,
+                            "vae_loss": vae_loss, "mi_loss": mi_loss, "samples": samples,
+                            "seconds": time.perf_counter() - start}
+                    for callback in self.step_callbacks:
+                        callback(self, step)
                 train_seconds = time.perf_counter() - start
                 model.eval()
                 record = {"epoch": epoch, "vae_loss": sums[0] / count, "mi_loss": sums[1] / count,
@@ -558,27 +568,6 @@ class _Rows(Dataset):
         return (self.data[rows],)
 
 
-def _is_terminal(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
-
-
-class _NoBar:
-    """Stands in for a tqdm bar when tqdm is not installed."""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
-def _progress_bar(**kwargs):
-    """A tqdm bar (``tqdm.auto``: a widget in notebooks), or a silent stand-in without tqdm."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(**kwargs)
 
 
 def _checkpoint_note(path) -> str:

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CPU threads for torch (default 1: robust when other jobs share the "
                           "cores; on idle cores 2 threads train these networks about 1.5x faster)")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    run.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
+                     help="log losses, MI estimate, samples/s and gradient norms per step and "
+                          "the figures per epoch for TensorBoard in DIR/<model> (default DIR: "
+                          "--out's tensorboard/; needs pip install 'infomax_ext[tensorboard]')")
     run.add_argument("--quiet", action="store_true",
                      help="no progress bar (shown when stderr is a terminal) and no progress "
                           "lines (printed when stdout is not a terminal)")

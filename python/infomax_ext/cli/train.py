@@ -63,13 +63,15 @@ def _train_config(args, parser, saved: dict | None):
 
 def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | None, *,
              resume: bool, progress: bool, log_interval: float, plots: bool, group=None,
-             state: dict | None = None, fingerprint: str | None = None, preprocessing=None):
+             state: dict | None = None, fingerprint: str | None = None, preprocessing=None,
+             tensorboard: Path | None = None):
     """Train (or resume from the checked checkpoint ``state``) one model in ``run_dir``,
     evaluate it, write its files (its own config.json when ``data_info`` is given); returns
     ``(metrics, held-out encoder means)``. Checkpoints record the data's ``fingerprint``. With a
     process ``group`` every process trains and rank 0 alone evaluates and writes (the others
     return ``(None, None)``). The model saved keeps ``preprocessing``, how the data was
-    prepared."""
+    prepared. With ``tensorboard``, training is logged to ``tensorboard/name``
+    (:mod:`infomax_ext.monitor`)."""
     from ..distributed import from_rank0, wait_for_rank0
     from ..evaluation import encoder_mean, evaluate
     from ..serialization import atomic_write_json
@@ -78,11 +80,12 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
     checkpoint = run_dir / CHECKPOINT_FILE
     wait_for_rank0(group)  # rank 0 may still be evaluating the previous model
     started = time.perf_counter()
+    monitor, hooks = _monitor(name, tensorboard, train, val, plots)
     if resume and state is not None:
         trainer = Trainer.from_checkpoint(checkpoint, train.x, val.x, run_dir, epochs=config.epochs,
                                           device=config.device, progress=progress, desc=name,
                                           log_interval=log_interval, process_group=group,
-                                          state=state)
+                                          state=state, **hooks)
         _say(f"{name}: resuming at epoch {trainer.epoch + 1} of {config.epochs}"
              if trainer.epoch < config.epochs else
              f"{name}: already trained for {trainer.epoch} epochs; evaluating again")
@@ -90,14 +93,15 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
         if resume:
             _say(f"{name}: no checkpoint in {run_dir} yet; starting from epoch 0")
         trainer = Trainer.create(config, train.x, val.x, run_dir, progress=progress, desc=name,
-                                 log_interval=log_interval, process_group=group)
+                                 log_interval=log_interval, process_group=group, **hooks)
     trainer.data_fingerprint = fingerprint
     if preprocessing is not None:
         trainer.model.preprocessing = preprocessing
     if data_info is not None:
         from_rank0(group, lambda: atomic_write_json(
             run_dir / CONFIG_FILE, {"name": name, "data": data_info, "train": config.to_dict()}))
-    trainer.fit()
+    with monitor:  # closes the event files
+        trainer.fit()
     if trainer.rank != 0:
         return None, None
     train_seconds = time.perf_counter() - started
@@ -136,6 +140,20 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
     return metrics, mu
 
 
+def _monitor(name: str, tensorboard: Path | None, train, val, figures: bool):
+    """``(monitor, Trainer keywords)`` logging to ``tensorboard/name``; without ``tensorboard``
+    a monitor that does nothing and no keywords."""
+    if tensorboard is None:
+        return contextlib.nullcontext(), {}
+    from ..monitor import TensorBoardMonitor
+
+    monitor = TensorBoardMonitor(tensorboard / name, val_x=val.x, labels=val.y,
+                                 classes=train.classes, image_shape=train.image_shape,
+                                 figures=figures, title=name)
+    _say(f"{name}: TensorBoard log in {tensorboard / name} (tensorboard --logdir {tensorboard})")
+    return monitor, {"callbacks": [monitor], "step_callbacks": [monitor.on_step]}
+
+
 # ----------------------------------------------------------------------------- train command
 
 def _check_extras(plots: bool, quiet: bool) -> None:
@@ -151,6 +169,13 @@ def _check_extras(plots: bool, quiet: bool) -> None:
 
 def cmd_train(args, parser) -> int:
     _check_extras(not args.no_plots, args.quiet)
+    if args.tensorboard is not None:
+        from ..monitor import TensorBoardMissing, require_tensorboard
+
+        try:
+            require_tensorboard()
+        except TensorBoardMissing as exc:
+            raise CommandError(f"--tensorboard: {exc}") from None
     if args.resume and args.out is None:
         parser.error("--resume needs --out DIR, the run to continue")
     from ..distributed import from_rank0
@@ -175,6 +200,13 @@ def cmd_train(args, parser) -> int:
                 import torch.distributed as dist
 
                 dist.destroy_process_group()
+
+
+def _tensorboard_dir(args, out: Path) -> Path | None:
+    """Where --tensorboard logs go: its DIR, ``out/tensorboard`` without one, None when off."""
+    if args.tensorboard is None:
+        return None
+    return Path(args.tensorboard) if args.tensorboard else out / "tensorboard"
 
 
 def _process_group(args):
@@ -466,7 +498,8 @@ def _train_runs(args, out: Path, dataset, info: dict, train, val, compare: bool,
         name, _, _ = runs[0]
         _run_one(name, config, out, train, val, None, resume=args.resume, progress=progress,
                  log_interval=args.log_interval, plots=plots, group=group, state=states[name],
-                 fingerprint=info["fingerprint"], preprocessing=preprocessing)
+                 fingerprint=info["fingerprint"], preprocessing=preprocessing,
+                 tensorboard=_tensorboard_dir(args, out))
         _say(f"{PROG}: wrote {out}")
         return 0
 
@@ -477,7 +510,8 @@ def _train_runs(args, out: Path, dataset, info: dict, train, val, compare: bool,
                                               log_interval=args.log_interval, plots=plots,
                                               group=group, state=states[name],
                                               fingerprint=info["fingerprint"],
-                                              preprocessing=preprocessing)
+                                              preprocessing=preprocessing,
+                                              tensorboard=_tensorboard_dir(args, out))
     if results["infomax"] is None:  # not rank 0
         return 0
     table = comparison_table(results["infomax"], results["vae"], config.alpha, config.beta)
