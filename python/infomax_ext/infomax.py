@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import weakref
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
@@ -15,7 +16,7 @@ from typing import Callable, Iterable, NamedTuple
 import torch
 from torch import nn
 
-from . import distributed, distributed_step, widths
+from . import distributed, distributed_step, memory, widths
 from .activations import ACTIVATIONS, spec_of_module
 from .bounds import BOUNDS, resolve_bound
 from .mutual_info import (
@@ -27,11 +28,15 @@ from .mutual_info import (
 )
 from .preprocessing import PREPROCESSING_FILE, Preprocessing
 from .serialization import (
+    MODEL_WEIGHTS_FILE,
+    WEIGHTS_DIGEST_KEY,
     SerializationError,
     atomic_write_json,
+    check_weights_fit,
     load_model_weights,
     read_json,
     read_model_config,
+    read_model_weights,
     write_model_files,
 )
 from .vae import VAE, VAEOutput, decoder_loglikelihood, encoder_kl
@@ -112,12 +117,29 @@ class InfoMaxVAE(nn.Module):
                 f"model config version {config.get('version')!r} is not supported (this is "
                 f"version {VERSION}); was it written by a newer infomax_ext?"
             )
-        try:
+        if memory.count_list_entries(config) > memory.MAX_CONFIG_ENTRIES:
+            raise SerializationError(f"the model config has more than {memory.MAX_CONFIG_ENTRIES} "
+                                     "list entries (layers): not a model this library builds")
+
+        def build():
             with torch.random.fork_rng(devices=[]):
                 return cls(VAE.from_config(config["vae"]), MutualInfoChain.from_config(config["mi"]),
                            bound=config.get("bound", "nwj"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SerializationError(f"cannot rebuild the model from its config: {exc}") from None
+
+        try:  # first on the meta device: sizes are checked before any memory is allocated
+            shell = memory.on_meta(build)
+            short = memory.shortfall(memory.parameter_bytes(shell))
+            if short is not None:
+                raise SerializationError(
+                    f"the model config's sizes (its largest layer {memory.largest_layer(shell)}) "
+                    f"give {sum(p.numel() for p in shell.parameters()):,} parameters: the model "
+                    f"{short}")
+            return build()
+        except (KeyError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
+            if isinstance(exc, SerializationError):
+                raise
+            raise SerializationError(f"cannot rebuild the model from its config: "
+                                     f"{' '.join(str(exc).split())}") from None
 
     def save(self, directory) -> None:
         """Write the model (architecture and weights) to ``directory``; see :meth:`load`.
@@ -140,10 +162,16 @@ class InfoMaxVAE(nn.Module):
         ``torch.load``) places them on a device. A clear :class:`SerializationError` for a
         missing directory, a missing or corrupt file, a config entry :meth:`save` does not write
         (an unknown activation name, a parameter on an activation that takes none, a wrong
-        type, ...), or weights that do not fit the architecture. ``preprocessing.json`` restores
+        type, ...), sizes beyond the machine's memory (checked before allocating), a
+        ``model.pt`` that does not match the digest ``model_config.json`` records, or weights
+        that do not fit the architecture or are not finite. ``preprocessing.json`` restores
         :attr:`preprocessing` (a directory without it: the identity)."""
-        model = cls.from_config(read_model_config(directory))
-        load_model_weights(model, directory, map_location)
+        config = read_model_config(directory)
+        shell = memory.on_meta(lambda: cls.from_config(config))  # sizes, before allocating
+        state = read_model_weights(directory, map_location, config.get(WEIGHTS_DIGEST_KEY))
+        check_weights_fit(shell, state, Path(directory) / MODEL_WEIGHTS_FILE)
+        model = cls.from_config(config)
+        load_model_weights(model, directory, state=state)
         model.preprocessing = read_preprocessing(directory)
         return model
 
@@ -233,7 +261,7 @@ def read_preprocessing(directory) -> Preprocessing:
     file is absent (a model saved before the file existed); a :class:`SerializationError` when it
     cannot be used."""
     path = Path(directory) / PREPROCESSING_FILE
-    if not path.exists():
+    if not os.path.lexists(path):  # a broken link or a loop is named by read_json
         return Preprocessing()
     try:
         return Preprocessing.from_dict(read_json(path, "preprocessing"))
