@@ -2,6 +2,7 @@
 # make test  : set up .venv and run the test suite
 # make test-capabilities : the op tests again on ATen's default (no SIMD) and AVX2 kernels
 # make bench : CPU benchmark of the MI bound (bench/README.md)
+# make bench-bounds : the MI bounds on correlated Gaussians (bench/bench_bounds.py; QUICK=1: --quick)
 # make wheel : the +cpu wheel (against torch 2.13.0) and the +cu130 wheel (against torch 2.14.1)
 #              in dist/, stable ABI, cp310-abi3, manylinux (docs/wheels.md)
 # make wheel-cpu : the +cpu wheel alone, manylinux_2_28 like torch's (no CUDA environment needed)
@@ -30,13 +31,20 @@ DOCS_STAMP := $(VENV)/.docs-tools-installed
 TYPECHECK_STAMP := $(VENV)/.typecheck-tools-installed
 TORCH_PIN := build/torch-pin.txt
 
-.PHONY: demo test test-capabilities bench wheel wheel-cpu wheel-cuda wheel-check abi-check cuda-check source-check install docs typecheck clean
+# Test-only: torch-mist's estimators, the second oracle of tests/test_bounds.py (skipped without
+# it), with the pure-Python packages it imports and pandas (imported by its package); --no-deps
+# so that pip never resolves or upgrades torch.
+TEST_ONLY_DEPS := torch-mist==0.2.17 pyro-ppl==1.9.2 pyro-api==0.1.2 opt_einsum==3.4.0 \
+	pandas==3.1.1 python-dateutil pytz tzdata six
+
+.PHONY: demo test test-capabilities bench bench-bounds wheel wheel-cpu wheel-cuda wheel-check abi-check cuda-check source-check install docs typecheck clean
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_CPU)
 	$(PIP) install -q "scikit-build-core>=0.11" ninja pytest numpy scikit-learn matplotlib tqdm \
 	  tensorboard
+	$(PIP) install -q --no-deps $(TEST_ONLY_DEPS)
 	touch $@
 
 install: $(DEPS_STAMP)
@@ -82,6 +90,9 @@ typecheck: $(TYPECHECK_STAMP)
 
 bench: install
 	$(PY) bench/bench_cpu.py
+
+bench-bounds: install
+	$(PY) bench/bench_bounds.py $(if $(QUICK),--quick,)
 
 wheel: wheel-cpu wheel-cuda
 

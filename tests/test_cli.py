@@ -277,21 +277,22 @@ class _DiskFull:
 def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
     from infomax_ext import trainer as trainer_module
 
-    real_save, real_fdopen = trainer_module.atomic_torch_save, os.fdopen
+    real_save, real_fdopen = trainer_module.write_checkpoint, os.fdopen
 
     def save(state, path):
         if state["epoch"] == 2:  # the disk is full from the second checkpoint on
             monkeypatch.setattr(os, "fdopen", lambda fd, *a: _DiskFull(real_fdopen(fd, *a)))
         real_save(state, path)
 
-    monkeypatch.setattr(trainer_module, "atomic_torch_save", save)
+    monkeypatch.setattr(trainer_module, "write_checkpoint", save)
     out = tmp_path / "run"
     err = one_line_error(["train", "--out", str(out), "--epochs", "3", "--no-plots", *TINY[2:]],
                          capsys)
     assert (f"cannot write the checkpoint {out / 'checkpoint.pt'}: No space left on device "
             f"({out / 'checkpoint.pt'} still holds the last good state)") in err
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.pt", "config.json",
-                                                     "metrics.jsonl"]  # no temporary file left
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lock", "checkpoint.pt", "checkpoint.sha256.json", "config.json",
+        "metrics.jsonl"]  # no temporary file left
     monkeypatch.undo()
     resumed = Trainer.from_checkpoint(out / "checkpoint.pt", torch.zeros(1438, 64))
     assert resumed.epoch == 1 and [r["epoch"] for r in resumed.history] == [1]

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 import infomax_ext as im
 from infomax_ext import distributed, distributed_step
+from infomax_ext.checkpoint import write_checkpoint
 from infomax_ext.data import load_file
 from infomax_ext.distributed_failures import is_lost_contact, lost_contact
 from infomax_ext.trainer import TrainConfig, Trainer, TrainingError
@@ -74,6 +75,8 @@ def disagreements(rank, group, out):
                                      x, STEPS[0], group, steps=1, negatives="local"),
         "reuse_forward": lambda: train(model(rank, WORLD), x, dict(reuse_forward=rank == 0),
                                        group, steps=1),
+        "bound": lambda: train(model(rank, WORLD), x,
+                               dict(bound="nwj" if rank == 0 else "js"), group, steps=1),
         "shuffled_grad": lambda: im.variational_mutual_info(
             mi, xb, z, seed=1, shuffled_grad=rank == 1, process_group=group),
         "collectives": lambda: (distributed.average_gradients([grad_param(torch.float64)], group)
@@ -133,6 +136,8 @@ def ranks(tmp_path_factory):
     ("model dtype", ["train_step's settings", "dtypes of the parameters", "rank 0 has float64",
                      "rank 1 has float32"]),
     ("reuse_forward", ["reuse_forward", "rank 0 has True", "rank 1 has False"]),
+    ("bound", ["train_step's settings", "MI bound and negatives", "rank 0 has digest",
+               "rank 1 has digest"]),
     ("shuffled_grad", ["shuffled_grad", "rank 0 has none", "rank 1 has it"]),
     ("collectives", ["different collectives", "rank 0 at gradient averaging",
                      "rank 1 at the MI bound over the whole batch"]),
@@ -176,7 +181,7 @@ def test_a_local_negatives_checkpoint_resumes_only_on_its_number_of_processes(tm
     path = tmp_path / "checkpoint.pt"
     assert Trainer.from_checkpoint(path, x, progress=False).epoch == 1
     state = torch.load(path, weights_only=True)
-    torch.save({**state, "world_size": 2}, path)
+    write_checkpoint({**state, "world_size": 2}, path)  # with its digest, as a trainer writes
     with pytest.raises(TrainingError, match=r"negatives='local' on 2 processes, now resumed on 1"):
         Trainer.from_checkpoint(path, x, progress=False)
 

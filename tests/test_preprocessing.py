@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from infomax_ext import InfoMaxVAE, Preprocessing
+from infomax_ext.checkpoint import write_checkpoint
 from infomax_ext.cli import main
 from infomax_ext.data import DataError, load_file
 from infomax_ext.preprocessing import PREPROCESSING_FILE
@@ -133,7 +134,7 @@ def test_the_checkpoint_holds_the_preprocessing(tmp_path):
     # a checkpoint written without the entry restores the identity
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     del state["preprocessing"]
-    torch.save(state, tmp_path / "old.pt")
+    write_checkpoint(state, tmp_path / "old.pt")  # with its digest file, as a trainer writes
     assert Trainer.from_checkpoint(tmp_path / "old.pt", x, progress=False).model.preprocessing \
         == Preprocessing()
 

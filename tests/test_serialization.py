@@ -1,4 +1,5 @@
 """infomax_ext.serialization: exact save/load round trips, clear errors, atomic writes."""
+import hashlib
 import json
 import math
 import os
@@ -32,6 +33,14 @@ from infomax_ext.serialization import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
+
+def write_signed(path, config):
+    """Write ``config`` to model_config.json ``path`` with its entries' digest recomputed (as a
+    writer would), so that what the loader checks next is the config itself."""
+    from infomax_ext.serialization import config_digest
+
+    path.write_text(json.dumps({**config, "config_sha256": config_digest(config)}))
 
 def small_model(size=6, d=3, encoder=JointGaussianLogEncoder, decoder=BernoulliDecoder):
     return InfoMaxVAE(
@@ -86,7 +95,11 @@ def test_config_and_from_config_like_its_parts(tmp_path):
     again.load_state_dict(model.state_dict())
     assert_same_model(model, again)
     model.save(tmp_path)
-    assert json.loads((tmp_path / MODEL_CONFIG_FILE).read_text()) == config
+    written = json.loads((tmp_path / MODEL_CONFIG_FILE).read_text())
+    digest = hashlib.sha256((tmp_path / MODEL_WEIGHTS_FILE).read_bytes()).hexdigest()
+    from infomax_ext.serialization import config_digest
+
+    assert written == {**config, "weights_sha256": digest, "config_sha256": config_digest(config)}
     hand_built = InfoMaxVAE(model.vae, MutualInfoChain(nn.Identity(), nn.Identity(), nn.Linear(9, 1)))
     assert hand_built.config is None
     with pytest.raises(SerializationError, match="not an InfoMaxVAE model config"):
@@ -208,7 +221,7 @@ def test_tampered_activation_entries_are_refused(tmp_path, key, entry, message):
     for part in parents:
         holder = holder[int(part)] if part.isdigit() else holder[part]
     holder[int(last) if last.isdigit() else last] = entry
-    (tmp_path / MODEL_CONFIG_FILE).write_text(json.dumps(config))
+    write_signed(tmp_path / MODEL_CONFIG_FILE, config)
     name = parents[-1] if last.isdigit() else last
     index = rf"\[{last}\]" if last.isdigit() else ""
     with pytest.raises(SerializationError, match=rf"config entry '{name}{index}'.*{re.escape(message)}"):
@@ -220,12 +233,12 @@ def test_tampered_activation_lists_are_refused(tmp_path):
     good = json.loads((tmp_path / MODEL_CONFIG_FILE).read_text())
     nested = json.loads(json.dumps(good))
     nested["mi"]["mlp_activations"][1] = ["relu"]
-    (tmp_path / MODEL_CONFIG_FILE).write_text(json.dumps(nested))
+    write_signed(tmp_path / MODEL_CONFIG_FILE, nested)
     with pytest.raises(SerializationError, match=r"'mlp_activations\[1\]'.*got list \['relu'\]"):
         load_model(tmp_path)
     listed = json.loads(json.dumps(good))
     listed["mi"]["output_activation"] = ["relu"]
-    (tmp_path / MODEL_CONFIG_FILE).write_text(json.dumps(listed))
+    write_signed(tmp_path / MODEL_CONFIG_FILE, listed)
     with pytest.raises(SerializationError, match="activation must be a module, a callable or a name"):
         load_model(tmp_path)
 
@@ -235,6 +248,11 @@ def test_load_errors_name_the_problem(tmp_path):
         load_model(tmp_path / "nope")
     save_model(small_model(), tmp_path / "a")
     (tmp_path / "a" / MODEL_WEIGHTS_FILE).write_bytes(b"not a torch file")
+    with pytest.raises(SerializationError, match="model.pt does not match the SHA-256 digest"):
+        load_model(tmp_path / "a")
+    config = json.loads((tmp_path / "a" / MODEL_CONFIG_FILE).read_text())
+    config["weights_sha256"] = hashlib.sha256(b"not a torch file").hexdigest()
+    write_signed(tmp_path / "a" / MODEL_CONFIG_FILE, config)
     with pytest.raises(SerializationError, match="corrupt or not a torch file"):
         load_model(tmp_path / "a")
     save_model(small_model(), tmp_path / "b")
@@ -244,9 +262,15 @@ def test_load_errors_name_the_problem(tmp_path):
     save_model(small_model(), tmp_path / "c")
     save_model(small_model(d=4), tmp_path / "d")
     os.replace(tmp_path / "d" / MODEL_WEIGHTS_FILE, tmp_path / "c" / MODEL_WEIGHTS_FILE)
+    with pytest.raises(SerializationError, match="does not match the SHA-256 digest recorded"):
+        load_model(tmp_path / "c")
+    config = json.loads((tmp_path / "c" / MODEL_CONFIG_FILE).read_text())
+    config["weights_sha256"] = json.loads((tmp_path / "d" / MODEL_CONFIG_FILE).read_text())[
+        "weights_sha256"]  # the digest of the swapped-in file: now the shapes are checked
+    write_signed(tmp_path / "c" / MODEL_CONFIG_FILE, config)
     with pytest.raises(SerializationError, match="do not fit the architecture"):
         load_model(tmp_path / "c")
-    (tmp_path / "b" / MODEL_CONFIG_FILE).write_text('{"format": "something else"}')
+    write_signed(tmp_path / "b" / MODEL_CONFIG_FILE, {"format": "something else"})
     with pytest.raises(SerializationError, match="not an InfoMaxVAE model config"):
         load_model(tmp_path / "b")
 

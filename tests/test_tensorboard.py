@@ -124,6 +124,7 @@ def test_monitoring_does_not_change_the_run(tmp_path):
 
 @needs_tensorboard
 def test_a_resumed_run_replaces_the_steps_after_its_checkpoint(tmp_path):
+    from infomax_ext.checkpoint import digest_path
     from infomax_ext.monitor import TensorBoardMonitor
 
     train, val = tiny_data()
@@ -133,6 +134,7 @@ def test_a_resumed_run_replaces_the_steps_after_its_checkpoint(tmp_path):
     def keep_first_checkpoint(trainer, record):
         if record["epoch"] == 1:
             shutil.copy(run / "checkpoint.pt", kept)
+            shutil.copy(digest_path(run / "checkpoint.pt"), digest_path(kept))
 
     first = TensorBoardMonitor(tmp_path / "tb", figures=False)
     with first:  # epochs 1 and 2 logged; the "crash" loses epoch 2's checkpoint

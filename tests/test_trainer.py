@@ -1,4 +1,5 @@
 """infomax_ext.trainer: config validation, the epoch loop, checkpoints and exact resumption."""
+import hashlib
 import json
 import math
 import re
@@ -135,11 +136,23 @@ def test_resume_refuses_other_data_and_bad_checkpoints(tmp_path):
     with pytest.raises(TrainingError, match="not the same data"):
         Trainer.from_checkpoint(tmp_path / CHECKPOINT_FILE, x[:40], v, progress=False)
     (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="bad.pt has no digest file .*bad.sha256.json"):
+        Trainer.from_checkpoint(tmp_path / "bad.pt", x, v)
+    sign(tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="corrupt"):
         Trainer.from_checkpoint(tmp_path / "bad.pt", x, v)
     torch.save({"epoch": 1}, tmp_path / "other.pt")
+    sign(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an infomax_ext training checkpoint"):
         Trainer.from_checkpoint(tmp_path / "other.pt", x, v)
+
+
+def sign(path):
+    """Record the digest of the file ``path`` in its checkpoint companion, as a writer would."""
+    from infomax_ext.checkpoint import DIGEST_FORMAT, digest_path
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest_path(path).write_text(json.dumps({"format": DIGEST_FORMAT, "sha256": digest}))
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):

@@ -31,9 +31,11 @@ afterwards only the rows asked for are read (converted and rescaled as they are 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,15 +278,35 @@ def _from_mapping(mapping: dict[Any, Any], path: Path) -> tuple[np.ndarray, np.n
     return x, y
 
 
-def _read_file(path: Path, mmap: bool = False,
-               label_column: str | int | None = None) -> tuple[Any, np.ndarray | None]:
+def file_problem(path, what: str = "file") -> str | None:
+    """None when ``path`` is a regular file (symlinks followed); else what it is, as a message
+    naming ``what``: missing, a dangling symlink, a symlink loop, a directory, a pipe or device,
+    or unreadable (the reason the system gives). Nothing is opened."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"{what} {path} is a symlink to {os.readlink(path)}, which does not exist"
+        return f"{what} not found: {path}"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{what} {path} is a symlink loop (it never reaches a file)"
+        return f"{what} {path} cannot be read: {exc.strerror}"
+    if stat.S_ISDIR(mode):
+        return f"{what} {path} is a directory, not a file"
+    if not stat.S_ISREG(mode):
+        return f"{what} {path} is not a regular file (a pipe, socket or device)"
+    return None
+
+
+def _read_file(path: Path, mmap: bool = False, label_column=None):
     """``(samples, labels or None)`` as numpy arrays, from a .npy, .npz, .pt, .csv or .tsv file
     (``label_column``: the labels' column of a table); with ``mmap`` a .npy file's samples as
     :class:`MappedSamples`."""
-    if not path.exists():
-        raise DataError(f"data file not found: {path}")
-    if not path.is_file():
-        raise DataError(f"data path is not a file: {path}")
+    problem = file_problem(path, "data file")  # a directory, a symlink loop, a pipe, ...
+    if problem is not None:
+        raise DataError(problem)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(

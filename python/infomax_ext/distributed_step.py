@@ -9,6 +9,7 @@ whenever something other than train_step changed them since (their version count
 from __future__ import annotations
 
 import hashlib
+import json
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -30,17 +31,24 @@ _AGREED_WEIGHTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, Any]]" = 
     weakref.WeakKeyDictionary())
 
 
-def _versions(model: torch.nn.Module) -> tuple[Any, ...]:
+def _json_digest(value) -> int:
+    """A 62-bit digest of ``value``'s JSON form (the same on every rank and run)."""
+    text = json.dumps(value, sort_keys=True, default=str).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 2
+
+
+def _versions(model: torch.nn.Module) -> tuple:
     return tuple((id(p), p._version) for p in model.parameters())
 
 
-def agree_on_step(group: ProcessGroup | None, model: torch.nn.Module, x: torch.Tensor, *,
-                  reuse_forward: bool, negatives: str, shuffled_grad: bool, n_samples: Any,
-                  default_losses: tuple[bool, ...], x_out_given: bool) -> None:
+def agree_on_step(group, model: torch.nn.Module, x: torch.Tensor, *, reuse_forward: bool,
+                  negatives: str, shuffled_grad: bool, n_samples, default_losses: tuple,
+                  x_out_given: bool, objective=None) -> None:
     """The agreement of a data-parallel :func:`~infomax_ext.train_step`: every rank runs the
     step with the same settings (those that decide which collectives run and what they send:
     ``reuse_forward``, ``negatives``, ``shuffled_grad``, ``n_samples``, whether the loss
-    functions are the defaults, ``x_out``, the dtype of x, the parameters' names, shapes, dtypes
+    functions are the defaults, ``objective`` (the losses' MI bounds and how they pair
+    negatives: any JSON-able value, compared by digest), ``x_out``, the dtype of x, the parameters' names, shapes, dtypes
     and requires_grad flags) and the same weights; one all_gather of a few integers, else the
     same :class:`DistributedMismatchError` on every rank.
 
@@ -61,6 +69,7 @@ def agree_on_step(group: ProcessGroup | None, model: torch.nn.Module, x: torch.T
         "n_samples": n_samples if isinstance(n_samples, int) else -1,
         "loss functions": sum(int(bool(d)) << k for k, d in enumerate(default_losses)),
         "x_out given": int(bool(x_out_given)),
+        "MI bound and negatives (digest)": _json_digest(objective),
         "dtype of x": _dtype_code(x.dtype),
         "number of parameters": sum(1 for _ in model.parameters()),
         "dtypes of the parameters": _dtype_set(p.dtype for p in model.parameters()),
@@ -74,6 +83,7 @@ def agree_on_step(group: ProcessGroup | None, model: torch.nn.Module, x: torch.T
             f"{'the default' if v >> k & 1 else 'a custom'} {name}"
             for k, name in enumerate(("infomaxloss", "miloss"))),
         "x_out given": lambda v: "x_out" if v else "none",
+        "MI bound and negatives (digest)": _hex,
         "dtype of x": _dtype_name,
         "dtypes of the parameters": _dtype_set_names,
         "parameters (names, shapes, dtypes, requires_grad)": _hex,

@@ -17,8 +17,9 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, M
 import torch
 from torch import nn
 
-from . import distributed, distributed_step, widths
+from . import distributed, distributed_step, memory, widths
 from .activations import ACTIVATIONS, spec_of_module
+from .bounds import BOUNDS, Bound, resolve_bound
 from .mutual_info import (
     DataHalfCache,
     MIScores,
@@ -28,11 +29,15 @@ from .mutual_info import (
 )
 from .preprocessing import PREPROCESSING_FILE, Preprocessing
 from .serialization import (
+    MODEL_WEIGHTS_FILE,
+    WEIGHTS_DIGEST_KEY,
     SerializationError,
     atomic_write_json,
+    check_weights_fit,
     load_model_weights,
     read_json,
     read_model_config,
+    read_model_weights,
     write_model_files,
 )
 from .vae import VAE, VAEOutput, decoder_loglikelihood, encoder_kl
@@ -65,18 +70,23 @@ class InfoMaxVAE(nn.Module):
     ``model(x)`` is ``vae(x)`` (the decoder output); ``model(x, latent=True, seed=None)`` returns
     ``InfoMaxVAEOutput(vae=VAEOutput(encoder, z, decoder), mi=I)``; with ``process_group`` the
     codes are shuffled over all processes' rows (:func:`~infomax_ext.mutual_info.shuffled_bound`).
+    ``bound`` (default ``"nwj"``; a name of :data:`~infomax_ext.BOUNDS` or a
+    :class:`~infomax_ext.bounds.Bound`) is the MI bound of ``model(x, latent=True)`` and of
+    :func:`train_step`'s losses; it is saved with the model's config.
 
     ``preprocessing`` (:class:`~infomax_ext.preprocessing.Preprocessing`, the identity unless
     set) is how raw data becomes the model's input; :meth:`save` and :meth:`load` keep it.
     """
 
-    def __init__(self, vae: VAE, mi: MutualInfoChain, preprocessing: Preprocessing | None = None):
+    def __init__(self, vae: VAE, mi: MutualInfoChain, preprocessing: Preprocessing | None = None,
+                 bound: str | Bound = "nwj") -> None:
         super().__init__()
         if not isinstance(vae, nn.Module) or not isinstance(mi, nn.Module):
             raise TypeError("InfoMaxVAE(vae, mi) takes two nn.Modules")
         widths.check_model(vae, mi)
         self.vae, self.mi = vae, mi
         self.preprocessing = Preprocessing() if preprocessing is None else preprocessing
+        self.bound = resolve_bound(bound)
 
     def forward(self, x: torch.Tensor, latent: bool = False, seed: int | None = None,
                 process_group: ProcessGroup | None = None) -> Any:
@@ -84,7 +94,8 @@ class InfoMaxVAE(nn.Module):
             return self.vae(x)
         check_batch(x)
         out = self.vae(x, latent=True)
-        bound = shuffled_bound(self.mi, x, out.z, seed=seed, process_group=process_group).bound
+        bound = shuffled_bound(self.mi, x, out.z, seed=seed, process_group=process_group,
+                               bound=self.bound).bound
         return InfoMaxVAEOutput(out, bound)
 
     @property
@@ -96,7 +107,10 @@ class InfoMaxVAE(nn.Module):
         mi_config = getattr(self.mi, "config", None)
         if vae_config is None or mi_config is None:
             return None
-        return {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
+        config = {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
+        if self.bound != BOUNDS["nwj"]:  # absent: nwj, as in configs written before bounds
+            config["bound"] = self.bound.config()
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "InfoMaxVAE":
@@ -110,11 +124,29 @@ class InfoMaxVAE(nn.Module):
                 f"model config version {config.get('version')!r} is not supported (this is "
                 f"version {VERSION}); was it written by a newer infomax_ext?"
             )
-        try:
+        if memory.count_list_entries(config) > memory.MAX_CONFIG_ENTRIES:
+            raise SerializationError(f"the model config has more than {memory.MAX_CONFIG_ENTRIES} "
+                                     "list entries (layers): not a model this library builds")
+
+        def build():
             with torch.random.fork_rng(devices=[]):
-                return cls(VAE.from_config(config["vae"]), MutualInfoChain.from_config(config["mi"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SerializationError(f"cannot rebuild the model from its config: {exc}") from None
+                return cls(VAE.from_config(config["vae"]), MutualInfoChain.from_config(config["mi"]),
+                           bound=config.get("bound", "nwj"))
+
+        try:  # first on the meta device: sizes are checked before any memory is allocated
+            shell = memory.on_meta(build)
+            short = memory.shortfall(memory.parameter_bytes(shell))
+            if short is not None:
+                raise SerializationError(
+                    f"the model config's sizes (its largest layer {memory.largest_layer(shell)}) "
+                    f"give {sum(p.numel() for p in shell.parameters()):,} parameters: the model "
+                    f"{short}")
+            return build()
+        except (KeyError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
+            if isinstance(exc, SerializationError):
+                raise
+            raise SerializationError(f"cannot rebuild the model from its config: "
+                                     f"{' '.join(str(exc).split())}") from None
 
     def save(self, directory: PathLike) -> None:
         """Write the model (architecture and weights) to ``directory``; see :meth:`load`.
@@ -138,10 +170,16 @@ class InfoMaxVAE(nn.Module):
         ``torch.load``) places them on a device. A clear :class:`SerializationError` for a
         missing directory, a missing or corrupt file, a config entry :meth:`save` does not write
         (an unknown activation name, a parameter on an activation that takes none, a wrong
-        type, ...), or weights that do not fit the architecture. ``preprocessing.json`` restores
+        type, ...), sizes beyond the machine's memory (checked before allocating), a
+        ``model.pt`` that does not match the digest ``model_config.json`` records, or weights
+        that do not fit the architecture or are not finite. ``preprocessing.json`` restores
         :attr:`preprocessing` (a directory without it: the identity)."""
-        model = cls.from_config(read_model_config(directory))
-        load_model_weights(model, directory, map_location)
+        config = read_model_config(directory)
+        shell = memory.on_meta(lambda: cls.from_config(config))  # sizes, before allocating
+        state = read_model_weights(directory, map_location, config.get(WEIGHTS_DIGEST_KEY))
+        check_weights_fit(shell, state, Path(directory) / MODEL_WEIGHTS_FILE)
+        model = cls.from_config(config)
+        load_model_weights(model, directory, state=state)
         model.preprocessing = read_preprocessing(directory)
         return model
 
@@ -189,7 +227,11 @@ def model_config(model: nn.Module) -> dict[str, Any]:
         mi_config = json.loads(json.dumps(mi_config))
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"the model's config is not JSON-serialisable: {exc}") from None
-    return {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
+    config = {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
+    bound = getattr(model, "bound", None)
+    if bound is not None and bound != BOUNDS["nwj"]:  # absent: nwj
+        config["bound"] = resolve_bound(bound).config()
+    return config
 
 
 def _unnamed_activation_entries(config: dict[str, Any], path: str) -> list[str]:
@@ -227,7 +269,7 @@ def read_preprocessing(directory: PathLike) -> Preprocessing:
     file is absent (a model saved before the file existed); a :class:`SerializationError` when it
     cannot be used."""
     path = Path(directory) / PREPROCESSING_FILE
-    if not path.exists():
+    if not os.path.lexists(path):  # a broken link or a loop is named by read_json
         return Preprocessing()
     try:
         return Preprocessing.from_dict(read_json(path, "preprocessing"))
@@ -273,6 +315,8 @@ def infomax_terms(
     shuffled_grad: bool = False,
     data_half_cache: DataHalfCache | None = None,
     process_group: ProcessGroup | None = None,
+    bound: str | Bound = "nwj",
+    negatives: str = "shuffle",
 ) -> InfoMaxTerms:
     """:func:`infomaxloss` with its terms; the arguments are those of :func:`infomaxloss`."""
     n = check_batch(x, what="infomaxloss")
@@ -295,7 +339,8 @@ def infomax_terms(
     loglik = reconstruction_loglikelihood(target, z_rows, vae.decoder, decoder_output).mean()
     kl = kl_divergence(vae.encoder, encoder_output).mean()
     paired = shuffled_bound(mi, x, z_rows, n_samples, seed, shuffled_grad=shuffled_grad,
-                            process_group=process_group, data_half_cache=data_half_cache)
+                            process_group=process_group, data_half_cache=data_half_cache,
+                            bound=bound, negatives=negatives)
     loss = -loglik + beta * kl - alpha * paired.bound
     vae_output = VAEOutput(encoder_output, z, decoder_output)
     reg = None
@@ -323,6 +368,8 @@ def infomaxloss(
     shuffled_grad: bool = False,
     data_half_cache: DataHalfCache | None = None,
     process_group: ProcessGroup | None = None,
+    bound: str | Bound = "nwj",
+    negatives: str = "shuffle",
 ) -> torch.Tensor:
     """Loss of the VAE in the InfoMax VAE (a 0-dim tensor).
 
@@ -337,13 +384,17 @@ def infomaxloss(
     the MI chain's data half for a later evaluation on the same x and MI weights),
     ``process_group=None`` (torch.distributed: x holds this process's rows, the codes are
     shuffled over all processes' rows and the MI term is the mean of the bound's terms over this
-    process's rows; see :mod:`infomax_ext.distributed`).
+    process's rows; see :mod:`infomax_ext.distributed`), ``bound="nwj"`` (the MI bound: a name
+    of :data:`~infomax_ext.BOUNDS` or a :class:`~infomax_ext.bounds.Bound`),
+    ``negatives="shuffle"`` (or ``"all"``: every pair of the batch; see
+    :func:`~infomax_ext.mutual_info.shuffled_bound`).
     """
     return infomax_terms(
         vae, mi, x, x_out, beta=beta, alpha=alpha, n_samples=n_samples,
         reconstruction_loglikelihood=reconstruction_loglikelihood, kl_divergence=kl_divergence,
         regularization=regularization, reg_strength=reg_strength, seed=seed,
         shuffled_grad=shuffled_grad, data_half_cache=data_half_cache, process_group=process_group,
+        bound=bound, negatives=negatives,
     ).loss
 
 
@@ -351,12 +402,13 @@ def miloss(vae: VAE, mi: MutualInfoChain, x: torch.Tensor, *,
            regularization: Callable[[MIScores], torch.Tensor] | None = None,
            reg_strength: float = 1.0, seed: int | None = None,
            data_half_cache: DataHalfCache | None = None,
-           process_group: ProcessGroup | None = None) -> torch.Tensor:
+           process_group: ProcessGroup | None = None, bound: str | Bound = "nwj",
+           negatives: str = "shuffle") -> torch.Tensor:
     """Loss of the MI chain: ``-I(x; z) + reg_strength * regularization(MIScores(joint, shuffled))``.
 
     z is one sample of the VAE's encoder, drawn without building a graph, so the gradient
-    reaches only the MI chain. x (N, ...), N >= 2. ``data_half_cache`` and ``process_group`` as
-    in :func:`infomaxloss`.
+    reaches only the MI chain. x (N, ...), N >= 2. ``data_half_cache``, ``process_group``,
+    ``bound`` and ``negatives`` as in :func:`infomaxloss`.
     """
     check_batch(x, what="miloss")
     check_weight("reg_strength", reg_strength, "miloss")
@@ -367,7 +419,7 @@ def miloss(vae: VAE, mi: MutualInfoChain, x: torch.Tensor, *,
             widths.explain(exc, {"vae.encoder": (vae.encoder, x)})
             raise
     paired = shuffled_bound(mi, x, z, seed=seed, process_group=process_group,
-                            data_half_cache=data_half_cache)
+                            data_half_cache=data_half_cache, bound=bound, negatives=negatives)
     loss = -paired.bound
     if regularization is not None:
         loss = loss + reg_strength * regularization(MIScores(paired.joint, paired.shuffled))
@@ -469,6 +521,7 @@ def train_step(
     shuffled_grad: bool | None = None,
     process_group: ProcessGroup | None = None,
     negatives: str = "global",
+    bound: str | Bound | None = None,
 ) -> tuple[float, float]: ...
 
 
@@ -489,6 +542,7 @@ def train_step(
     shuffled_grad: bool | None = None,
     process_group: ProcessGroup | None = None,
     negatives: str = "global",
+    bound: str | Bound | None = None,
 ) -> None: ...
 
 
@@ -508,6 +562,7 @@ def train_step(
     shuffled_grad: bool | None = None,
     process_group: ProcessGroup | None = None,
     negatives: str = "global",
+    bound: str | Bound | None = None,
 ) -> tuple[float, float] | None:
     """One training step of the InfoMax VAE (Julia's ``train!``).
 
@@ -532,6 +587,10 @@ def train_step(
     (:func:`~infomax_ext.distributed_step.agree_on_step`): on the first step of a model,
     weights that differ are set to rank 0's; a later difference raises
     :class:`~infomax_ext.distributed.DistributedMismatchError` naming the parameter.
+
+    ``bound`` (a name of :data:`~infomax_ext.BOUNDS` or a :class:`~infomax_ext.bounds.Bound`) is
+    passed on to both losses; None takes the model's ``bound`` (:class:`InfoMaxVAE`) when the
+    losses are the default functions.
     """
     opt_vae, opt_mi, opt_names = _optimizers(opt)
     vae_kwargs = dict(infomaxloss_kwargs or {})
@@ -550,6 +609,7 @@ def train_step(
                 f"shuffled_grad={shuffled_grad} contradicts infomaxloss_kwargs['shuffled_grad']="
                 f"{vae_kwargs['shuffled_grad']!r}; give it once"
             )
+    _pass_bound(model, bound, infomaxloss_function, vae_kwargs, miloss_function, mi_kwargs)
     vae_params = [p for p in model.vae.parameters() if p.requires_grad]
     mi_params = [p for p in model.mi.parameters() if p.requires_grad]
     frozen = [name for name, params in (("model.vae", vae_params), ("model.mi", mi_params))
@@ -568,7 +628,9 @@ def train_step(
             process_group, model, x, reuse_forward=reuse_forward, negatives=negatives,
             shuffled_grad=vae_kwargs.get("shuffled_grad", False),
             n_samples=vae_kwargs.get("n_samples", 1), x_out_given=x_out is not None,
-            default_losses=(infomaxloss_function is infomaxloss, miloss_function is miloss))
+            default_losses=(infomaxloss_function is infomaxloss, miloss_function is miloss),
+            objective=[(resolve_bound(kw.get("bound", "nwj")).config(),
+                        kw.get("negatives", "shuffle")) for kw in (vae_kwargs, mi_kwargs)])
         for kwargs in (vae_kwargs, mi_kwargs):
             kwargs.setdefault("process_group", process_group if negatives == "global" else None)
         opt_vae = distributed.AveragingOptimizer(opt_vae, process_group)
@@ -593,11 +655,26 @@ def train_step(
     return None
 
 
-def _alternating_step(model: InfoMaxVAE, args: tuple[torch.Tensor, ...], opt_vae: Any, opt_mi: Any,
-                      vae_params: list[nn.Parameter], mi_params: list[nn.Parameter],
-                      infomaxloss_function: Callable[..., torch.Tensor], vae_kwargs: dict[str, Any],
-                      miloss_function: Callable[..., torch.Tensor],
-                      mi_kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def _pass_bound(model, bound, vae_function, vae_kwargs, mi_function, mi_kwargs) -> None:
+    """Put train_step's ``bound`` (or, when None, the model's for the default loss functions)
+    into both losses' kwargs; a different bound already there is an error."""
+    explicit = bound is not None
+    if not explicit:
+        bound = getattr(model, "bound", None)
+        if bound is None or bound == BOUNDS["nwj"]:
+            return
+    bound = resolve_bound(bound)
+    for name, function, default, kwargs in (("infomaxloss", vae_function, infomaxloss, vae_kwargs),
+                                            ("miloss", mi_function, miloss, mi_kwargs)):
+        if not explicit and function is not default:
+            continue
+        if resolve_bound(kwargs.setdefault("bound", bound)) != bound:
+            raise ValueError(f"bound={bound!r} contradicts {name}_kwargs['bound']="
+                             f"{kwargs['bound']!r}; give it once")
+
+
+def _alternating_step(model, args, opt_vae, opt_mi, vae_params, mi_params,
+                      infomaxloss_function, vae_kwargs, miloss_function, mi_kwargs):
     """:func:`train_step`'s default strategy: (1) the InfoMax loss with the MI chain frozen, its
     gradient for the VAE's parameters, the VAE step; (2) a fresh forward pass through the updated
     VAE, the MI loss with the VAE frozen, its gradient for the MI chain, the MI step. The two

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from .infomax import InfoMaxTerms, infomax_terms
-from .mutual_info import MIScores, check_batch, paired_mutual_info, shuffled_bound
+from .bounds import Bound, resolve_bound
+from .mutual_info import NEGATIVES, MIScores, check_batch, paired_mutual_info, shuffled_bound
 from .vae import decoder_loglikelihood, encoder_kl
 from .validation import as_count, check_weight
 from .vae import VAEOutput
@@ -53,6 +54,14 @@ def _critic(critic: object) -> nn.Module:
     return critic
 
 
+def _bound_settings(bound, negatives):
+    """The resolved bound and the checked ``negatives`` of a loss module (before any work)."""
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {', '.join(map(repr, NEGATIVES))}, got "
+                         f"{negatives!r}")
+    return resolve_bound(bound), negatives
+
+
 class MutualInfoLoss(nn.Module):
     """``-I(x; z)``: the negative NWJ (variational) lower bound on the mutual information of
     samples ``x`` and their codes ``z``, estimated by the critic ``T`` it holds.
@@ -71,12 +80,16 @@ class MutualInfoLoss(nn.Module):
     gradient through the joint term only; ``True`` lets it flow through both terms. The critic
     gets gradient from both terms either way. ``process_group`` (torch.distributed): each process
     passes its own rows, the codes are shuffled over all processes' rows
-    (:func:`~infomax_ext.mutual_info.shuffled_bound`).
+    (:func:`~infomax_ext.mutual_info.shuffled_bound`). ``bound`` (default ``"nwj"``, the
+    formula above) and ``negatives`` (``"shuffle"`` or ``"all"``) choose another MI bound and
+    its negatives (docs/bounds.md).
     """
 
     def __init__(self, critic: nn.Module, *, shuffled_grad: bool = False,
                  regularization: Callable[[MIScores], torch.Tensor] | None = None,
-                 reg_strength: float = 1.0, process_group: ProcessGroup | None = None) -> None:
+                 reg_strength: float = 1.0, process_group: ProcessGroup | None = None,
+                 bound: str | Bound = "nwj",
+                 negatives: str = "shuffle"):
         super().__init__()
         if not isinstance(shuffled_grad, bool):
             raise TypeError(f"shuffled_grad must be True or False, got {shuffled_grad!r}")
@@ -87,6 +100,7 @@ class MutualInfoLoss(nn.Module):
         self.regularization = regularization
         self.reg_strength = _finite("reg_strength", reg_strength)
         self.process_group = process_group
+        self.bound, self.negatives = _bound_settings(bound, negatives)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, z_shuffle: torch.Tensor | None = None,
                 *, seed: int | None = None) -> torch.Tensor:
@@ -101,12 +115,16 @@ class MutualInfoLoss(nn.Module):
             if seed is not None or self.process_group is not None:
                 raise ValueError("with z_shuffle given nothing is shuffled: no seed or "
                                  "process_group")
+            if self.negatives != "shuffle" or self.bound.needs_all_pairs:
+                raise ValueError("with z_shuffle given nothing is shuffled: not with "
+                                 f"negatives={self.negatives!r} or bound {self.bound.name!r}")
             paired = paired_mutual_info(self.critic, x, z, z_shuffle=z_shuffle,
-                                        shuffled_grad=self.shuffled_grad)
+                                        shuffled_grad=self.shuffled_grad, bound=self.bound)
         else:
             paired = shuffled_bound(self.critic, x, z, z.shape[0] // n, seed,
                                     shuffled_grad=self.shuffled_grad,
-                                    process_group=self.process_group)
+                                    process_group=self.process_group, bound=self.bound,
+                                    negatives=self.negatives)
         loss = -paired.bound
         if self.regularization is not None:
             loss = loss + self.reg_strength * self.regularization(
@@ -126,7 +144,7 @@ class InfoMaxVAELoss(nn.Module):
 
     with ``z ~ q(z | x)`` (``n_samples`` codes per sample, reparameterised) and ``I`` the NWJ
     bound of the critic on ``(x, z)`` (as in :class:`MutualInfoLoss`; the shuffled codes are
-    constants unless ``shuffled_grad``).
+    constants unless ``shuffled_grad``; ``bound`` and ``negatives`` as there).
 
     ``forward(vae, x, x_out=None, *, seed=None)``: ``vae`` a :class:`~infomax_ext.VAE` (its
     ``encoder``, ``decoder`` and ``sample_latent``), ``x`` (N, ...) with N >= 2, ``x_out`` the
@@ -138,11 +156,12 @@ class InfoMaxVAELoss(nn.Module):
 
     def __init__(self, critic: nn.Module, *, beta: float = 1.0, alpha: float = 1.0,
                  n_samples: int = 1,
-                 reconstruction_loglikelihood: Callable[..., torch.Tensor] = decoder_loglikelihood,
-                 kl_divergence: Callable[..., torch.Tensor] = encoder_kl,
-                 regularization: Callable[[VAEOutput], torch.Tensor] | None = None,
-                 reg_strength: float = 1.0, shuffled_grad: bool = False,
-                 process_group: ProcessGroup | None = None) -> None:
+                 reconstruction_loglikelihood: Callable = decoder_loglikelihood,
+                 kl_divergence: Callable = encoder_kl,
+                 regularization: Callable | None = None, reg_strength: float = 1.0,
+                 shuffled_grad: bool = False, process_group: ProcessGroup | None = None,
+                 bound: str | Bound = "nwj",
+                 negatives: str = "shuffle"):
         super().__init__()
         n_samples = as_count("n_samples", n_samples)
         if not isinstance(shuffled_grad, bool):
@@ -157,6 +176,7 @@ class InfoMaxVAELoss(nn.Module):
         self.reg_strength = _finite("reg_strength", reg_strength)
         self.shuffled_grad = shuffled_grad
         self.process_group = process_group
+        self.bound, self.negatives = _bound_settings(bound, negatives)
 
     def terms(self, vae: nn.Module, x: torch.Tensor, x_out: torch.Tensor | None = None, *,
               seed: int | None = None) -> InfoMaxTerms:
@@ -169,7 +189,7 @@ class InfoMaxVAELoss(nn.Module):
             n_samples=self.n_samples, reconstruction_loglikelihood=self.reconstruction_loglikelihood,
             kl_divergence=self.kl_divergence, regularization=self.regularization,
             reg_strength=self.reg_strength, seed=seed, shuffled_grad=self.shuffled_grad,
-            process_group=self.process_group)
+            process_group=self.process_group, bound=self.bound, negatives=self.negatives)
 
     def forward(self, vae: nn.Module, x: torch.Tensor, x_out: torch.Tensor | None = None, *,
                 seed: int | None = None) -> torch.Tensor:

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from . import _ops, distributed, widths
+from . import _ops, distributed, distributed_bounds, widths
+from .all_pairs import all_pairs_bound
+from .bounds import NWJ, Bound, resolve_bound
 from ._builders import Built, builder_config, check_layers, check_size, head, linear, mlp, parse_size
 from .activations import ActivationLike, ActivationSpec, apply_activation, identity, kernel_spec
 from .validation import as_count, is_integer_scalar
@@ -27,6 +29,9 @@ from .vae import Init
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
+
+NEGATIVES = ("shuffle", "all")
+"""How the negatives of a bound are drawn: a seeded shuffle of the codes, or all pairs."""
 
 __all__ = [
     "MutualInfoChain",
@@ -49,7 +54,8 @@ class MIScores(NamedTuple):
 
 
 class PairedBound(NamedTuple):
-    """The NWJ ``bound`` (0-dim) with the ``joint`` and ``shuffled`` scores it came from."""
+    """The MI ``bound`` (0-dim; NWJ unless another was asked for) with the ``joint`` scores and
+    the ``shuffled`` scores (the negatives) it came from."""
 
     bound: torch.Tensor
     joint: torch.Tensor
@@ -226,19 +232,36 @@ _BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._Inst
 
 
 def fused_plan(mi: nn.Module) -> _FusedPlan | None:
-    """How the chain splits for the shared evaluation, or None when it must take two calls."""
+    """How the chain splits for the shared evaluation, or None when it must take two calls
+    (:func:`fused_plan_reasons` says why)."""
+    return _plan_and_reasons(mi)[0]
+
+
+def fused_plan_reasons(mi: nn.Module) -> list[str]:
+    """Why ``mi`` cannot take the shared (fused) evaluation: one sentence per obstacle, an
+    empty list when it can (see :func:`~infomax_ext.explain.explain_path` for a whole call)."""
+    return _plan_and_reasons(mi)[1]
+
+
+def _plan_and_reasons(mi: nn.Module) -> tuple[_FusedPlan | None, list[str]]:
     mlp = getattr(mi, "mlp", None)
-    if not isinstance(mlp, nn.Sequential) or len(mlp) == 0 or not isinstance(mlp[0], nn.Linear):
-        return None
-    if any(isinstance(m, _BATCH_COUPLED) for m in mi.modules()):
-        return None
+    if not isinstance(mlp, nn.Sequential) or len(mlp) == 0:
+        return None, [f"mi.mlp is {type(mlp).__name__}, not a non-empty nn.Sequential"]
+    if not isinstance(mlp[0], nn.Linear):
+        return None, [f"the MLP's first layer is {type(mlp[0]).__name__}, not an nn.Linear "
+                      "(its weight cannot be split into data and latent columns)"]
+    coupled = sorted({type(m).__name__ for m in mi.modules() if isinstance(m, _BATCH_COUPLED)})
+    if coupled:
+        return None, [f"batch-coupled layers ({', '.join(coupled)}): a sample's score depends "
+                      "on the rest of the batch"]
     layers = list(mlp)
     k = 1
     first_act: ActivationSpec | None = ActivationSpec("identity")
     if len(layers) > 1 and not isinstance(layers[1], nn.Linear):
         first_act = kernel_spec(layers[1])
         if first_act is None:
-            return None
+            return None, [f"the first layer's activation {layers[1]!r} is not one the kernels run "
+                          "(activations.ACTIVATIONS entries with kernel=True)"]
         k = 2
     head, head_act, end = None, None, len(layers)
     last = layers[-1]
@@ -248,8 +271,8 @@ def fused_plan(mi: nn.Module) -> _FusedPlan | None:
           and layers[-2].out_features == 1 and kernel_spec(last) is not None):
         head, head_act, end = layers[-2], kernel_spec(last), len(layers) - 2
     middle = layers[k:end]
-    return _FusedPlan(layers[0], first_act, middle, head, head_act,  # type: ignore[arg-type]  # mlp[0] is a Linear
-                      _linear_stack(middle) if head is not None else None)
+    return _FusedPlan(layers[0], first_act, middle, head, head_act,
+                      _linear_stack(middle) if head is not None else None), []
 
 
 class DataHalfCache:
@@ -311,8 +334,9 @@ def paired_mutual_info(
     z_shuffle: torch.Tensor | None = None,
     shuffled_grad: bool = False,
     data_half_cache: DataHalfCache | None = None,
+    bound: str | Bound = "nwj",
 ) -> PairedBound:
-    """NWJ bound of ``mi`` on joint pairs (x, z) and shuffled pairs (x, z[perm]).
+    """The MI ``bound`` of ``mi`` on joint pairs (x, z) and shuffled pairs (x, z[perm]).
 
     Shapes: x (N, ...), z (M, d) with M = S N (sample block s pairs row s N + i with x[i]),
     perm (M,) int64. Instead of ``perm``, an explicit ``z_shuffle`` (M, d) may be given.
@@ -320,9 +344,12 @@ def paired_mutual_info(
     ``True`` lets the gradient reach ``z`` through both terms (the paper's code). The chain's
     own parameters get gradient from both terms either way. ``data_half_cache``
     (:class:`DataHalfCache`) keeps the data half for later evaluations on the same data and
-    weights. Which evaluation runs is chosen by :func:`~infomax_ext.use_path`.
+    weights. Which evaluation runs is chosen by :func:`~infomax_ext.use_path`. ``bound``: a name
+    of :data:`~infomax_ext.bounds.BOUNDS` (not ``"infonce"``, which needs all pairs: see
+    :func:`shuffled_bound`) or a :class:`~infomax_ext.bounds.Bound`; default ``"nwj"``.
     """
     n, m = x.shape[0], z.shape[0]
+    bound = _shuffled_pairs_bound(bound)
     if (perm is None) == (z_shuffle is None):
         raise ValueError("paired_mutual_info takes exactly one of perm (a permutation of the M "
                          "codes' rows) and z_shuffle (the shuffled codes)")
@@ -332,7 +359,7 @@ def paired_mutual_info(
     path = _ops.current_path()
     plan = None if path == "two_call" else fused_plan(mi)
     if plan is None:
-        return _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad)
+        return _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad, bound)
     try:
         hx = mi.data(x).reshape(n, -1)  # type: ignore[operator]  # a chain's parts are modules
         hz = mi.latent(z)  # type: ignore[operator]
@@ -348,8 +375,8 @@ def paired_mutual_info(
         )
     if path != "fused" and not _shuffled_half_needs_graph(
             mi, x, z if z_shuffle is None else z_shuffle, shuffled_grad):
-        hz_shuffle = None if z_shuffle is None else mi.latent(z_shuffle.detach())  # type: ignore[operator]
-        return _joint_graph_bound(plan, hx, hz, perm, data_half_cache, hz_shuffle)
+        hz_shuffle = None if z_shuffle is None else mi.latent(z_shuffle.detach())
+        return _joint_graph_bound(plan, hx, hz, perm, data_half_cache, hz_shuffle, bound)
     if z_shuffle is not None:
         source = mi.latent(z_shuffle if shuffled_grad else z_shuffle.detach())  # type: ignore[operator]
         perm = torch.arange(m, device=z.device)
@@ -361,25 +388,44 @@ def paired_mutual_info(
                            plan.first_act.name,
                            plan.first_act.param, _kept_data_half(data_half_cache, hx, weight))
     if plan.stack is not None:
-        bound, scores = _ops.nwj_mlp(
+        value, scores = _ops.nwj_mlp(
             h, [layer.weight for layer, _ in plan.stack], [layer.bias for layer, _ in plan.stack],
             [act.name for _, act in plan.stack], [act.param for _, act in plan.stack],
-            plan.head.weight.reshape(-1), plan.head.bias, m,  # type: ignore[union-attr]  # a stack has a head
-            plan.head_act.name, plan.head_act.param)  # type: ignore[union-attr]
-        return PairedBound(bound, scores[:m], scores[m:])
+            plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
+            plan.head_act.param)
+        return _paired(bound, scores[:m], scores[m:], value)
     for module in plan.middle:
         h = module(h)
     if plan.head is not None:
-        bound, scores = _ops.nwj_head(
-            h, plan.head.weight.reshape(-1), plan.head.bias, m,
-            plan.head_act.name, plan.head_act.param,  # type: ignore[union-attr]  # set with head
+        value, scores = _ops.nwj_head(
+            h, plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
+            plan.head_act.param,
         )
     else:
         if h.dim() != 2 or h.shape[1] != 1:
             raise ValueError(f"the MI chain must end with one output unit, got shape {tuple(h.shape)}")
         scores = h.reshape(-1)
-        bound = _ops.nwj_bound(scores[:m], scores[m:])
-    return PairedBound(bound, scores[:m], scores[m:])
+        value = None
+    return _paired(bound, scores[:m], scores[m:], value)
+
+
+def _shuffled_pairs_bound(bound) -> Bound:
+    bound = resolve_bound(bound)
+    if bound.needs_all_pairs:
+        raise ValueError(f"bound {bound.name!r} needs every pair of the batch, not shuffled pairs: "
+                         "use shuffled_bound(..., negatives='all') or variational_mutual_info")
+    return bound
+
+
+def _paired(bound: Bound, joint: torch.Tensor, shuffled: torch.Tensor,
+            nwj_value: torch.Tensor | None = None) -> PairedBound:
+    """The PairedBound of ``bound`` on the scores; ``nwj_value`` is the fused ops' NWJ value,
+    used as is when the bound is NWJ (the other bounds reduce the scores the ops returned)."""
+    if type(bound) is NWJ:
+        value = nwj_value if nwj_value is not None else _ops.nwj_bound(joint, shuffled)
+    else:
+        value = bound(joint, shuffled)
+    return PairedBound(value, joint, shuffled)
 
 
 def _shuffled_half_needs_graph(mi: nn.Module, x: torch.Tensor, z: torch.Tensor,
@@ -393,7 +439,8 @@ def _shuffled_half_needs_graph(mi: nn.Module, x: torch.Tensor, z: torch.Tensor,
 
 def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
                        perm: torch.Tensor | None, cache: DataHalfCache | None,
-                       hz_shuffle: torch.Tensor | None = None) -> PairedBound:
+                       hz_shuffle: torch.Tensor | None = None,
+                       bound: Bound = NWJ()) -> PairedBound:
     """The shared evaluation when only the joint half needs a graph: the data half once, the
     joint rows with autograd, the shuffled rows (``hz[perm]``, or ``hz_shuffle`` = latent of the
     given shuffled codes) without, so the backward runs on M rows, not 2M."""
@@ -424,11 +471,10 @@ def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
         shuffled_half = (latent_half[perm] if hz_shuffle is None
                          else torch.mm(hz_shuffle, weight[:, dx:].t()))
         shuffled = rest(first_layer(shuffled_half))
-    return PairedBound(_ops.nwj_bound(joint, shuffled), joint, shuffled)
+    return _paired(bound, joint, shuffled)
 
 
-def _two_call_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, perm: torch.Tensor | None,
-                    z_shuffle: torch.Tensor | None, shuffled_grad: bool) -> PairedBound:
+def _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad, bound=NWJ()) -> PairedBound:
     """The exact two-call evaluation ``T(x, z)``, ``T(x, z_shuffle)`` for any chain."""
     n, m = x.shape[0], z.shape[0]
     x_rep = x.repeat(m // n, *([1] * (x.dim() - 1))) if m != n else x
@@ -437,13 +483,13 @@ def _two_call_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, perm: torch
     elif not shuffled_grad:
         z_shuffle = z_shuffle.detach()
     joint, shuffled = mi(x_rep, z), mi(x_rep, z_shuffle)
-    return PairedBound(_ops.nwj_bound(joint, shuffled), joint, shuffled)
+    return _paired(bound, joint, shuffled)
 
 
 def shuffled_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, n_samples: int = 1,
                    seed: int | None = None, *, shuffled_grad: bool = False,
-                   process_group: ProcessGroup | None = None,
-                   data_half_cache: DataHalfCache | None = None) -> PairedBound:
+                   process_group=None, data_half_cache: DataHalfCache | None = None,
+                   bound: str | Bound = "nwj", negatives: str = "shuffle") -> PairedBound:
     """:func:`paired_mutual_info` of ``mi`` on x (N, ...) and its codes z (S N, d), the shuffled
     pairs drawn by ``latent_permutation(N, S, seed)``.
 
@@ -453,25 +499,52 @@ def shuffled_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, n_samples: i
     codes are gathered (:func:`~infomax_ext.distributed.partner_codes`) and evaluated as the
     shuffled codes of the same fused path. The bound returned is the mean of its terms over this
     process's rows (:mod:`infomax_ext.distributed`). ``data_half_cache`` as in
-    :func:`paired_mutual_info`."""
+    :func:`paired_mutual_info`.
+
+    ``bound``: a name of :data:`~infomax_ext.bounds.BOUNDS` or a
+    :class:`~infomax_ext.bounds.Bound` (default ``"nwj"``). ``negatives``: ``"shuffle"`` (the
+    permuted codes above) or ``"all"`` (every x_i with every code z_j, j != i, of the whole
+    batch: :func:`~infomax_ext.all_pairs.all_pairs_bound`, one sample block only); ``"infonce"``
+    always takes all pairs. With a ``process_group``, the value averaged over the processes is
+    the whole batch's bound for every bound (:mod:`infomax_ext.distributed_bounds`)."""
     n = x.shape[0]
+    bound = resolve_bound(bound)
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {', '.join(map(repr, NEGATIVES))}, got "
+                         f"{negatives!r}")
+    if negatives == "all" or bound.needs_all_pairs:
+        if z.shape[0] != n:
+            raise ValueError(f"all-pairs negatives take one code per sample (n_samples=1): x has "
+                             f"{n} rows, z {z.shape[0]}")
+        if process_group is not None:
+            distributed.agree_on_batch(process_group, n, z, 0)
+        value, joint, negs = all_pairs_bound(mi, x, z, bound, shuffled_grad=shuffled_grad,
+                                             process_group=process_group)
+        return PairedBound(value, joint, negs)
     if process_group is None:
         perm = latent_permutation(n, n_samples, seed, z.device)
         return paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad,
-                                  data_half_cache=data_half_cache)
+                                  data_half_cache=data_half_cache, bound=bound)
+    if bound.reduction != "mean":
+        distributed_bounds.check_bound_for_group(bound)
     agreed = distributed.agree_on_batch(process_group, n, z, draw_seed() if seed is None else seed,
                                         shuffled_grad)
     perm = latent_permutation(agreed.world_size * n, n_samples, agreed.seed, z.device)
     partners = distributed.partner_codes(z, n, perm, agreed, process_group, shuffled_grad)
-    return paired_mutual_info(mi, x, z, z_shuffle=partners, shuffled_grad=shuffled_grad,
-                              data_half_cache=data_half_cache)
+    paired = paired_mutual_info(mi, x, z, z_shuffle=partners, shuffled_grad=shuffled_grad,
+                                data_half_cache=data_half_cache, bound=bound)
+    if bound.reduction == "mean":
+        return paired
+    value = distributed_bounds.bound_over_group(bound, paired.joint, paired.shuffled, process_group)
+    return PairedBound(value, paired.joint, paired.shuffled)
 
 
 def variational_mutual_info(model: nn.Module, x: torch.Tensor, z: torch.Tensor | None = None,
                             z_shuffle: torch.Tensor | int | None = None, *,
                             seed: int | None = None, shuffled_grad: bool = False,
-                            process_group: ProcessGroup | None = None) -> torch.Tensor:
-    """Variational (NWJ) estimate of I(x; z), a 0-dim tensor.
+                            process_group: ProcessGroup | None = None,
+                            bound: str | Bound = "nwj", negatives: str = "shuffle") -> torch.Tensor:
+    """Variational estimate of I(x; z) (NWJ by default), a 0-dim tensor.
 
     Forms (``model`` is a :class:`MutualInfoChain` or an ``InfoMaxVAE``):
 
@@ -486,7 +559,8 @@ def variational_mutual_info(model: nn.Module, x: torch.Tensor, z: torch.Tensor |
     term too; by default the shuffled codes are constants. ``process_group`` (internal-shuffle
     forms): each process passes its own rows and the codes are shuffled over all processes'
     rows; the value is the mean of the bound's terms over this process's rows (see
-    :func:`shuffled_bound`).
+    :func:`shuffled_bound`). ``bound`` and ``negatives`` as in :func:`shuffled_bound`
+    (``bound="infonce"`` or ``negatives="all"`` take no ``z_shuffle``).
     """
     if is_integer_scalar(z_shuffle):  # the seed given by position
         seed, z_shuffle = z_shuffle, None  # type: ignore[assignment]
@@ -506,7 +580,9 @@ def variational_mutual_info(model: nn.Module, x: torch.Tensor, z: torch.Tensor |
         if process_group is not None:
             raise ValueError("process_group applies to the internal-shuffle forms; with z_shuffle "
                              "given, nothing is shuffled")
-        return paired_mutual_info(mi, x, z, z_shuffle=z_shuffle,  # type: ignore[arg-type]
-                                  shuffled_grad=True).bound
+        if negatives != "shuffle":
+            raise ValueError(f"negatives={negatives!r} pairs the codes itself; give no z_shuffle")
+        return paired_mutual_info(mi, x, z, z_shuffle=z_shuffle, shuffled_grad=True,
+                                  bound=bound).bound
     return shuffled_bound(mi, x, z, seed=seed, shuffled_grad=shuffled_grad,
-                          process_group=process_group).bound
+                          process_group=process_group, bound=bound, negatives=negatives).bound

@@ -25,8 +25,10 @@ batch (``negatives``; :mod:`.distributed`); each process draws its own latent no
 ``seed``, rank r from a seed derived from it), and checkpoints hold every rank's random state.
 Rank 0 alone writes the run directory and evaluates on the held-out data.
 
-Run directory files written here: ``checkpoint.pt`` (atomic, see :mod:`.serialization`) and
-``metrics.jsonl`` (one JSON object per epoch; rewritten atomically every epoch).
+Run directory files written here: ``checkpoint.pt`` (atomic, see :mod:`.serialization`) with
+its digest in ``checkpoint.sha256.json`` (checked, like every entry, when it is read back: see
+:mod:`.checkpoint`) and ``metrics.jsonl`` (one JSON object per epoch; rewritten atomically every
+epoch).
 """
 from __future__ import annotations
 
@@ -43,21 +45,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import distributed
+from . import distributed, memory
 from .activations import HIDDEN_ACTIVATIONS
+from .bounds import BOUNDS, Bound, resolve_bound
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint,
+                         restore_training_state, write_checkpoint)
 from .data import LIKELIHOODS, MappedSamples, check_values
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
 from .infomax import InfoMaxVAE, model_config, train_step
 from .monitor import _is_terminal, _progress_bar
 from .mutual_info import MutualInfoChain
 from .preprocessing import Preprocessing
-from .serialization import (
-    SerializationError,
-    atomic_torch_save,
-    atomic_write_text,
-    cpu_copy,
-    safe_torch_load,
-)
+from .serialization import atomic_write_text, cpu_copy
 from .validation import check_weight, is_integer_scalar
 from .vae import VAE, BernoulliDecoder, JointGaussianLogEncoder, SimpleGaussianDecoder
 
@@ -69,8 +68,6 @@ __all__ = ["TrainConfig", "TrainingError", "Trainer", "build_model", "fit", "der
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_FORMAT = "infomax_ext.checkpoint"
-CHECKPOINT_VERSION = 1
 SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63; every consumer's seed is derived from it
 NEGATIVES = ("global", "local")
 
@@ -94,7 +91,8 @@ class TrainConfig:
     training split in batches of ``batch_size`` (over all processes when data-parallel);
     ``reuse_forward``, ``shuffled_grad`` and ``negatives`` (data-parallel only: ``"global"``
     shuffles over the whole batch, ``"local"`` within each process's share) as in
-    :func:`~infomax_ext.train_step`. Evaluation: ``val_fraction`` of the data held out,
+    :func:`~infomax_ext.train_step`; ``bound`` the MI bound of both losses (a name of
+    :data:`~infomax_ext.BOUNDS`; ``smile_clip`` is smile's tau). Evaluation: ``val_fraction`` of the data held out,
     ``active_threshold`` for active units, ``eval_mi_steps`` training steps of the fresh MI chain.
 
     The defaults are the settings of ``make demo``, chosen on the digits: about 30 s of training
@@ -119,6 +117,8 @@ class TrainConfig:
     reuse_forward: bool = False
     shuffled_grad: bool = False
     negatives: str = "global"
+    bound: str = "nwj"
+    smile_clip: float = 5.0
     val_fraction: float = 0.2
     checkpoint_every: int = 1
     active_threshold: float = 0.01
@@ -160,8 +160,16 @@ class TrainConfig:
         if self.activation not in HIDDEN_ACTIVATIONS:
             raise ValueError(
                 f"activation must be one of {list(HIDDEN_ACTIVATIONS)}, got {self.activation!r}")
+        for name in ("reuse_forward", "shuffled_grad"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be a string such as 'cpu', got {self.device!r}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {list(NEGATIVES)}, got {self.negatives!r}")
+        if self.bound not in BOUNDS:
+            raise ValueError(f"bound must be one of {list(BOUNDS)}, got {self.bound!r}")
+        nonneg("smile_clip", strict=True)
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {list(LIKELIHOODS)}, got {self.likelihood!r}")
         for name in ("beta", "alpha"):
@@ -180,7 +188,12 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
+    def mi_bound(self) -> Bound:
+        """The :class:`~infomax_ext.bounds.Bound` of ``bound`` (with ``smile_clip`` for smile)."""
+        return resolve_bound(self.bound, clip=self.smile_clip) if self.bound == "smile" \
+            else resolve_bound(self.bound)
+
+    def to_dict(self) -> dict:
         """The fields as a JSON-ready dict."""
         return asdict(self)
 
@@ -218,7 +231,7 @@ def build_model(config: TrainConfig, sample_shape: Sequence[int]) -> InfoMaxVAE:
     decoder = decoder_cls.from_sizes(size, d, config.decoder_neurons,
                                      [act] * len(config.decoder_neurons))
     mi = MutualInfoChain.from_sizes(size, d, config.mi_neurons, [act] * len(config.mi_neurons))
-    return InfoMaxVAE(VAE(encoder, decoder), mi)
+    return InfoMaxVAE(VAE(encoder, decoder), mi, bound=config.mi_bound())
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -313,8 +326,9 @@ class Trainer:
         self.optimizers = {"vae": _adam(self.model.vae.parameters(), config.lr),
                            "mi": _adam(self.model.mi.parameters(), config.mi_lr)}
         self.epoch = 0          # epochs completed
-        self.history: list[dict[str, Any]] = []
-        self._rng_state: dict[str, Any] | None = None
+        self.history: list[dict] = []
+        self._rng_state: dict | None = None
+        self.data_fingerprint: str | None = None  # saved with checkpoints (the command sets it)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -322,9 +336,11 @@ class Trainer:
                val_data: torch.Tensor | MappedSamples | None = None,
                run_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> "Trainer":
         """A fresh model built by :func:`build_model` under ``torch.manual_seed(config.seed)``
-        (so equal configs start from equal weights) and its trainer."""
+        (so equal configs start from equal weights) and its trainer; a ValueError naming the
+        size field first when training it needs more memory than the device has."""
         config.validate()
         _check_data(train_data, "train_data")
+        memory.check_training(config, train_data.shape[1:], build_model)  # names the field
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = build_model(config, train_data.shape[1:])
@@ -333,17 +349,23 @@ class Trainer:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], train_data: torch.Tensor | MappedSamples,
                         val_data: torch.Tensor | MappedSamples | None = None,
-                        run_dir: str | os.PathLike[str] | None = None, *, epochs: int | None = None,
-                        device: str | None = None, **kwargs: Any) -> "Trainer":
+                        run_dir: str | os.PathLike[str] | None = None, *,
+                        epochs: int | None = None, device: str | None = None,
+                        state: dict[str, Any] | None = None, **kwargs: Any) -> "Trainer":
         """The trainer saved in checkpoint ``path``, ready to continue: model, both optimizers'
         state, epoch count, history and random state. ``epochs`` raises the total epoch budget;
-        ``device`` moves the run; ``run_dir`` defaults to the checkpoint's directory. With a
-        ``process_group`` keyword, rank 0 reads the checkpoint and sends it to every process
-        (each takes its own saved random state when the number of processes is unchanged). A
-        run with ``negatives="local"`` resumes only on the number of processes it was trained on
-        (:class:`TrainingError` naming both): its objective depends on it."""
+        ``device`` moves the run; ``run_dir`` defaults to the checkpoint's directory. The file
+        is untrusted input: its digest and every entry are checked before use
+        (:func:`~infomax_ext.checkpoint.read_checkpoint`); ``state``: a state that function
+        already returned for ``path``. With a ``process_group`` keyword, rank 0 reads the
+        checkpoint and sends it to every process (each takes its own saved random state when
+        the number of processes is unchanged). A run with ``negatives="local"`` resumes only on
+        the number of processes it was trained on (:class:`TrainingError` naming both): its
+        objective depends on it."""
         path = Path(path)
-        state = distributed.from_rank0(kwargs.get("process_group"), lambda: _read_checkpoint(path))
+        if state is None:
+            state = distributed.from_rank0(kwargs.get("process_group"),
+                                           lambda: read_checkpoint(path, TrainConfig))
         config_dict = dict(state["config"])
         if epochs is not None:
             config_dict["epochs"] = epochs
@@ -351,15 +373,9 @@ class Trainer:
             config_dict["device"] = device
         config = TrainConfig.from_dict(config_dict)
         model = InfoMaxVAE.from_config(state["model_config"])
-        try:
-            model.load_state_dict(state["model"])
-            if state.get("preprocessing") is not None:
-                model.preprocessing = Preprocessing.from_dict(state["preprocessing"])
-        except RuntimeError as exc:
-            raise SerializationError(
-                f"{path}: the weights do not fit the saved architecture: {exc}") from None
-        except ValueError as exc:
-            raise SerializationError(f"{path}: its preprocessing: {exc}") from None
+        model.to(next(iter(state["model"].values())).dtype).load_state_dict(state["model"])
+        if state.get("preprocessing") is not None:  # checked by read_checkpoint
+            model.preprocessing = Preprocessing.from_dict(state["preprocessing"])
         trainer = cls(model, config, train_data, val_data,
                       path.parent if run_dir is None else run_dir, **kwargs)
         saved_world = state.get("world_size", 1)
@@ -373,13 +389,7 @@ class Trainer:
         if state["n_train"] != len(trainer.train_data):
             raise TrainingError(f"{path} was trained on {state['n_train']} samples, now given "
                                 f"{len(trainer.train_data)}: not the same data")
-        for name, opt in trainer.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-        trainer.epoch = int(state["epoch"])
-        trainer.history = [dict(r) for r in state["history"]][: trainer.epoch]
-        ranks = state.get("rank_rng") or [state["rng"]]
-        trainer._rng_state = ranks[trainer.rank] if len(ranks) == trainer.world_size else (
-            state["rng"] if trainer.rank == 0 else None)
+        restore_training_state(trainer, state)
         return trainer
 
     # ------------------------------------------------------------------ state
@@ -404,6 +414,8 @@ class Trainer:
             "rng": rng,
             "world_size": self.world_size,
         }
+        if self.data_fingerprint is not None:
+            state["data_fingerprint"] = self.data_fingerprint
         if self.group is not None:
             state["rank_rng"] = distributed.all_objects(self.group, rng)
         return state
@@ -420,7 +432,7 @@ class Trainer:
         if self.rank != 0:
             return path
         try:
-            atomic_torch_save(state, path)
+            write_checkpoint(state, path)  # and its digest, checkpoint.sha256.json
         except OSError as exc:  # a full disk, ...: the previous file is intact (atomic write)
             raise TrainingError(f"cannot write the checkpoint {path}: {exc.strerror or exc} "
                                 f"({_checkpoint_note(path)})") from None
@@ -581,15 +593,6 @@ class _Rows(Dataset[tuple[torch.Tensor]]):
         return (self.data[rows],)
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """The state saved in checkpoint ``path``, checked for its format and version."""
-    state = safe_torch_load(path, map_location="cpu", what="checkpoint")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise SerializationError(f"{path} is not an infomax_ext training checkpoint")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise SerializationError(f"{path}: checkpoint version {state.get('version')!r} is not "
-                                 f"supported (expected {CHECKPOINT_VERSION})")
-    return state
 
 
 def _checkpoint_note(path: str | os.PathLike[str] | None) -> str:

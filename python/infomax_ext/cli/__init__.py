@@ -6,6 +6,8 @@
     DIR/config.json        the data (absolute path, --normalize) and every training option
     DIR/checkpoint.pt      written atomically after every epoch (--resume continues from it,
                            from any working directory)
+    DIR/checkpoint.sha256.json  the checkpoint's SHA-256 digest (a file that does not match is
+                           refused)
     DIR/metrics.jsonl      one JSON object per epoch
     DIR/metrics.json       final held-out metrics: mi, active_units, probe_accuracy,
                            recon_loglik, kl, elbo, ...
@@ -14,6 +16,16 @@
                            active units
     DIR/.lock              held (flock) by the run in progress, with its pid: a second run
                            into DIR stops at once
+
+Every file a run reads back is untrusted input: a checkpoint or model whose digest does not
+match, any entry of the wrong type, shape, dtype or size, non-finite weights, or a path that is a
+directory or a symlink loop is refused with one line naming the file and the entry. ``--resume``
+checks, before it writes anything, that every checkpoint, config.json and the command line agree
+(every training option but --epochs and --device, the model, the data's fingerprint) and names
+the field and both values when they do not; a data file that moved may be given again with
+``--data`` (its fingerprint decides). Sizes that need more memory than the machine has are
+refused naming the option, and a fresh run that fails before its first checkpoint leaves no
+config.json behind.
 
 With ``--compare-vae`` the same architecture is also trained with ``alpha = 0`` (a plain VAE)
 under the same seed and budget: DIR/infomax/ and DIR/vae/ are two such run directories, and
@@ -62,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    import torch
     import torch.distributed as dist
 
     from ..data import DataError
@@ -87,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
               "torchrun's summary names the process that stopped; the last checkpoint is intact",
               file=sys.stderr, flush=True)
+        return 1
+    except (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)) as exc:
+        text = str(exc).strip().splitlines()
+        print(f"{PROG} {args.command}: error: out of memory ({text[0][:200] if text else 'no detail'}"
+              "); choose smaller sizes or --batch-size", file=sys.stderr, flush=True)
         return 1
     except OSError as exc:  # a full disk, a vanished directory, a full stdout, ...
         where = f" ({exc.filename})" if exc.filename else ""

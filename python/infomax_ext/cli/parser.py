@@ -11,6 +11,7 @@ from . import encode, evaluate, reconstruct, sample
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``infomax-ext``."""
     from ..activations import HIDDEN_ACTIVATIONS
+    from ..bounds import BOUNDS
     from ..data import LIKELIHOODS, NORMALIZATIONS
     from ..trainer import NEGATIVES, TrainConfig
 
@@ -66,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="under torchrun: shuffle the codes over the whole batch of all "
                             "processes (global, the single-process bound) or within each "
                             f"process's share (local: no codes travel) (default {defaults.negatives})")
+    model.add_argument("--bound", choices=list(BOUNDS), default=None,
+                       help="the MI bound both losses use: nwj, dv (MINE's estimate), js (value "
+                            "NWJ(T + 1), trained on Jensen-Shannon), smile (clipped DV value, JS "
+                            f"training) or infonce (all pairs) (default {defaults.bound}; "
+                            "docs/bounds.md)")
+    model.add_argument("--smile-clip", dest="smile_clip", type=float, metavar="TAU", default=None,
+                       help=f"smile's clip tau (default {defaults.smile_clip})")
     run = train.add_argument_group("run")
     run.add_argument("--out", metavar="DIR", default=None,
                      help="run directory (default: a new folder under runs/)")

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import argparse
 import os
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,9 @@ def _default_out() -> Path:
 
 
 def _holds_run(directory: Path) -> bool:
-    return (directory / CONFIG_FILE).exists() or (directory / "checkpoint.pt").exists()
+    """Whether ``directory`` holds a run: anything (a broken link included) at its config.json or
+    checkpoint.pt."""
+    return any(os.path.lexists(directory / name) for name in (CONFIG_FILE, "checkpoint.pt"))
 
 
 class _RunLock:
@@ -87,16 +87,37 @@ def _claim(out: Path, lock: _RunLock, resume: bool, parser: argparse.ArgumentPar
                      "another --out")
 
 
-def _read_run_config(directory: Path) -> dict[str, Any]:
+def _read_run_config(directory: Path) -> dict:
+    """The run's config.json, checked for the entries ``--resume`` reads (CommandError naming
+    the file and the entry)."""
+    from ..data import NORMALIZATIONS
+    from ..serialization import SerializationError, is_sha256_hex, read_json
+
     path = directory / CONFIG_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise CommandError(f"no run to resume in {directory} ({CONFIG_FILE} not found)")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CommandError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or "train" not in config or "data" not in config:
+        config = read_json(path, "run config")
+    except SerializationError as exc:
+        raise CommandError(str(exc)) from None
+    if not isinstance(config, dict) or not isinstance(config.get("train"), dict) \
+            or not isinstance(config.get("data"), dict):
         raise CommandError(f"{path} is not an infomax-ext run configuration")
+    data = config["data"]
+    checks = [
+        ("data.source", data.get("source"), lambda v: v is None or isinstance(v, str)),
+        ("data.labels", data.get("labels"), lambda v: v is None or isinstance(v, str)),
+        ("data.label_column", data.get("label_column"),
+         lambda v: v is None or (isinstance(v, (str, int)) and not isinstance(v, bool))),
+        ("data.normalize", data.get("normalize", "none"), lambda v: v in NORMALIZATIONS),
+        ("data.fingerprint", data.get("fingerprint"), is_sha256_hex),
+        ("compare_vae", config.get("compare_vae", False), lambda v: isinstance(v, bool)),
+        ("created", config.get("created"), lambda v: v is None or isinstance(v, str)),
+    ]
+    for name, value, ok in checks:
+        if not ok(value):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise CommandError(f"{path}: {name} {shown} is not a valid entry (an edited file?)")
     return config
 
 

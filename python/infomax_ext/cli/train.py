@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from .common import PROG, CommandError, _say
 from .compare import _fmt, comparison_table
-from .options import _TRAIN_OPTIONS
+from .options import _TRAIN_OPTIONS, _device
+from .resume import RESUMABLE, read_resume_states
 from .run_dir import (CONFIG_FILE, _RunLock, _check_out, _claim, _default_out, _holds_run,
                       _path, _read_run_config, _remove_stale_temporaries)
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from ..trainer import TrainConfig
 
 METRICS_SUMMARY = "metrics.json"
-RESUMABLE = {"epochs", "device"}
 
 def _given(args: argparse.Namespace, dest: str) -> Any:
     return getattr(args, dest, None)
@@ -39,11 +39,17 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
     dests = [dest for _, dest, *_ in _TRAIN_OPTIONS] + ["activation", "likelihood",
                                                         "reuse_forward", "shuffled_grad",
-                                                        "negatives"]
+                                                        "negatives", "bound", "smile_clip"]
     if saved is None:
         values = TrainConfig().to_dict()
         values.update({d: _given(args, d) for d in dests if _given(args, d) is not None})
     else:
+        try:  # the saved options alone: an edited config.json is named as such
+            checked = TrainConfig.from_dict(dict(saved))
+            if _given(args, "device") is None:
+                _device(checked.device)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            raise CommandError(f"{CONFIG_FILE} of the run: {exc}") from None
         values = dict(saved)
         for d in dests:
             value = _given(args, d)
@@ -64,16 +70,16 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
 # ----------------------------------------------------------------------------- one run
 
-def _run_one(name: str, config: TrainConfig, run_dir: Path, train: ArrayDataset,
-             val: ArrayDataset, data_info: dict[str, Any] | None, *, resume: bool,
-             progress: bool, log_interval: float, plots: bool, group: ProcessGroup | None = None,
-             preprocessing: Preprocessing | None = None,
-             tensorboard: Path | None = None) -> tuple[Any, Any]:
-    """Train (or resume) one model in ``run_dir``, evaluate it, write its files (its own
-    config.json when ``data_info`` is given); returns ``(metrics, held-out encoder means)``.
-    With a process ``group`` every process trains and rank 0 alone evaluates and writes (the
-    others return ``(None, None)``). The model saved keeps ``preprocessing``, how the data
-    was prepared. With ``tensorboard``, training is logged to ``tensorboard/name``
+def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | None, *,
+             resume: bool, progress: bool, log_interval: float, plots: bool, group=None,
+             state: dict | None = None, fingerprint: str | None = None, preprocessing=None,
+             tensorboard: Path | None = None):
+    """Train (or resume from the checked checkpoint ``state``) one model in ``run_dir``,
+    evaluate it, write its files (its own config.json when ``data_info`` is given); returns
+    ``(metrics, held-out encoder means)``. Checkpoints record the data's ``fingerprint``. With a
+    process ``group`` every process trains and rank 0 alone evaluates and writes (the others
+    return ``(None, None)``). The model saved keeps ``preprocessing``, how the data was
+    prepared. With ``tensorboard``, training is logged to ``tensorboard/name``
     (:mod:`infomax_ext.monitor`)."""
     from ..distributed import from_rank0, wait_for_rank0
     from ..evaluation import encoder_mean, evaluate
@@ -84,13 +90,11 @@ def _run_one(name: str, config: TrainConfig, run_dir: Path, train: ArrayDataset,
     wait_for_rank0(group)  # rank 0 may still be evaluating the previous model
     started = time.perf_counter()
     monitor, hooks = _monitor(name, tensorboard, train, val, plots)
-    if resume and from_rank0(group, checkpoint.exists):
+    if resume and state is not None:
         trainer = Trainer.from_checkpoint(checkpoint, train.x, val.x, run_dir, epochs=config.epochs,
                                           device=config.device, progress=progress, desc=name,
-                                          log_interval=log_interval, process_group=group, **hooks)
-        if trainer.epoch > config.epochs:
-            raise CommandError(f"{name}: the checkpoint is already at epoch {trainer.epoch}, beyond "
-                               f"--epochs {config.epochs}")
+                                          log_interval=log_interval, process_group=group,
+                                          state=state, **hooks)
         _say(f"{name}: resuming at epoch {trainer.epoch + 1} of {config.epochs}"
              if trainer.epoch < config.epochs else
              f"{name}: already trained for {trainer.epoch} epochs; evaluating again")
@@ -99,6 +103,7 @@ def _run_one(name: str, config: TrainConfig, run_dir: Path, train: ArrayDataset,
             _say(f"{name}: no checkpoint in {run_dir} yet; starting from epoch 0")
         trainer = Trainer.create(config, train.x, val.x, run_dir, progress=progress, desc=name,
                                  log_interval=log_interval, process_group=group, **hooks)
+    trainer.data_fingerprint = fingerprint
     if preprocessing is not None:
         trainer.model.preprocessing = preprocessing
     if data_info is not None:
@@ -335,10 +340,17 @@ def _cmd_train_locked(args: argparse.Namespace, parser: argparse.ArgumentParser,
         compare = bool(saved.get("compare_vae", False))
         data = {key: saved["data"].get(key, unset) for _, key, _, unset in options}
         data.update(source=_path(data["source"]), labels=_path(data["labels"]))
-        from_rank0(group, lambda: _remove_stale_temporaries(out))
         for flag, key, given, _ in options:
             if given is not None and given != data[key]:
-                parser.error(f"{flag} {given} differs from the run's ({data[key]})")
+                if key not in ("source", "labels"):  # a setting, not a file
+                    parser.error(f"{flag} {given} differs from the run's ({data[key]})")
+                data[key] = given  # a moved file: the data's fingerprint decides (_load_data)
+            elif key in ("source", "labels") and data[key] not in (None, "digits") \
+                    and not os.path.lexists(data[key]):
+                raise CommandError(
+                    f"the run's {key.replace('source', 'data')} file {data[key]} is not there any "
+                    f"more; if it moved, give its new place with {flag} (its contents must have "
+                    "the run's fingerprint)")
     else:
         compare = args.compare_vae
         data = {key: unset if given is None else given for _, key, given, unset in options}
@@ -382,16 +394,31 @@ def _load_data(data: dict[str, Any], config: TrainConfig,
     info = dataset.describe()
     info.update(labels=data["labels"], label_column=data["label_column"],
                 normalize=data["normalize"])
-    if saved is not None and saved["data"].get("fingerprint") != info["fingerprint"]:
-        raise CommandError(f"the data in {dataset.source} changed since the run started "
-                           "(fingerprint mismatch); a resumed run needs the same data")
+    recorded = None if saved is None else saved["data"]["fingerprint"]
+    if recorded is not None and recorded != info["fingerprint"]:
+        raise CommandError(f"the data in {dataset.source} (fingerprint {info['fingerprint'][:12]}"
+                           f"...) is not the run's (fingerprint {recorded[:12]}...): it changed "
+                           "since the run started, or it is another file; a resumed run needs "
+                           "the same data")
     return dataset, info
 
 
-def _write_run_config(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path,
-                      lock: _RunLock, saved: dict[str, Any] | None, compare: bool,
-                      info: dict[str, Any], config: TrainConfig,
-                      group: ProcessGroup | None) -> None:
+def _check_memory(config, sample_shape) -> None:
+    """A CommandError naming the option (or the data's sample size) when training the model of
+    ``config`` for samples of ``sample_shape`` needs more memory than the device has
+    (:func:`infomax_ext.memory.check_training`; nothing is allocated)."""
+    from ..memory import SIZE_FIELDS, check_training
+    from ..trainer import build_model
+
+    try:
+        check_training(config, sample_shape, build_model,
+                       {f: "--" + f.replace("_", "-") for f in SIZE_FIELDS})
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _write_run_config(args, parser, out: Path, lock: _RunLock, saved, compare: bool, info: dict,
+                      config, group) -> None:
     """Create and lock ``out`` if not yet done and write its config.json."""
     import torch.distributed as dist
 
@@ -422,20 +449,58 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path,
     from ..data import train_val_split
     from ..distributed import from_rank0
     from ..preprocessing import Preprocessing
-    from ..trainer import _resolve_device, check_batch_size
-    from ..serialization import atomic_write_json, atomic_write_text
+    from ..trainer import check_batch_size
 
     dataset, info = from_rank0(group, lambda: _load_data(data, config, saved))
     preprocessing = Preprocessing.of_dataset(dataset, info["fingerprint"])
     train, val = train_val_split(dataset, config.val_fraction, config.seed)
     world = 1 if group is None else dist.get_world_size(group)
+    runs = [("infomax", config, out / "infomax"), ("vae", replace(config, alpha=0.0), out / "vae")] \
+        if compare else [("infomax" if config.alpha > 0 else "vae", config, out)]
+    states = {name: None for name, _, _ in runs}
+    if args.resume:  # everything checked before anything in the run directory is written
+        states = from_rank0(group, lambda: read_resume_states(
+            out, runs, info["fingerprint"], len(train), dataset.sample_shape))
     try:
         check_batch_size(config.batch_size, len(train), world, name="--batch-size")
     except ValueError as exc:
+        if args.resume and _given(args, "batch_size") is None:
+            raise CommandError(f"{CONFIG_FILE} of the run: {exc}") from None
         parser.error(str(exc))
+    from_rank0(group, lambda: _check_memory(config, dataset.sample_shape))
+    if args.resume:
+        from_rank0(group, lambda: _remove_stale_temporaries(out))
     from_rank0(group, lambda: _write_run_config(args, parser, out, lock, saved, compare, info,
                                                 config, group))
-    scaled = "" if data["normalize"] == "none" else f" (--normalize {data['normalize']})"
+    try:
+        return _train_runs(args, out, dataset, info, train, val, compare, config, runs, states,
+                           preprocessing, group)
+    except Exception:  # a failed fresh start leaves nothing that blocks a rerun (Ctrl-C does)
+        if not args.resume and (group is None or dist.get_rank(group) == 0):
+            _forget_failed_start(out, runs)
+        raise
+
+
+def _forget_failed_start(out: Path, runs) -> None:
+    """Remove the config.json files of a fresh run that failed before any checkpoint was
+    written (what remains holds no run: a rerun into ``out`` starts afresh)."""
+    from ..trainer import CHECKPOINT_FILE
+
+    if any(os.path.lexists(run_dir / CHECKPOINT_FILE) for _, _, run_dir in runs):
+        return
+    for path in [out / CONFIG_FILE] + [run_dir / CONFIG_FILE for _, _, run_dir in runs]:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _train_runs(args, out: Path, dataset, info: dict, train, val, compare: bool, config, runs,
+                states: dict, preprocessing, group=None) -> int:
+    """Train, evaluate and write each of ``runs`` (``(name, config, run_dir)``), resuming those
+    with a checked checkpoint in ``states``; with --compare-vae also the comparison."""
+    from ..serialization import atomic_write_json, atomic_write_text
+    from ..trainer import _resolve_device
+
+    scaled = "" if info["normalize"] == "none" else f" (--normalize {info['normalize']})"
     _say(f"{PROG}: {dataset.source} data{scaled}, {len(train)} training / {len(val)} held-out "
          f"samples of shape {tuple(dataset.sample_shape)}; run directory {out}")
     device = str(_resolve_device(config.device)) + (" (auto)" if config.device == "auto" else "")
@@ -444,19 +509,22 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path,
     progress = not args.quiet
     plots = not args.no_plots
     if not compare:
-        name = "infomax" if config.alpha > 0 else "vae"
+        name, _, _ = runs[0]
         _run_one(name, config, out, train, val, None, resume=args.resume, progress=progress,
-                 log_interval=args.log_interval, plots=plots, group=group,
-                 preprocessing=preprocessing, tensorboard=_tensorboard_dir(args, out))
+                 log_interval=args.log_interval, plots=plots, group=group, state=states[name],
+                 fingerprint=info["fingerprint"], preprocessing=preprocessing,
+                 tensorboard=_tensorboard_dir(args, out))
         _say(f"{PROG}: wrote {out}")
         return 0
 
     results, means = {}, {}
-    for name, cfg in (("infomax", config), ("vae", replace(config, alpha=0.0))):
-        results[name], means[name] = _run_one(name, cfg, out / name, train, val, info,
+    for name, cfg, run_dir in runs:
+        results[name], means[name] = _run_one(name, cfg, run_dir, train, val, info,
                                               resume=args.resume, progress=progress,
                                               log_interval=args.log_interval, plots=plots,
-                                              group=group, preprocessing=preprocessing,
+                                              group=group, state=states[name],
+                                              fingerprint=info["fingerprint"],
+                                              preprocessing=preprocessing,
                                               tensorboard=_tensorboard_dir(args, out))
     if results["infomax"] is None:  # not rank 0
         return 0

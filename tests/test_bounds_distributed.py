@@ -1,0 +1,111 @@
+"""Every bound over a batch split across 2 gloo processes (float64): the values averaged over the
+processes equal the bound of one process on the whole batch, and so do the averaged gradients
+(the chain's parameters and the codes), to 1e-10. One spawn runs every case."""
+import datetime
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import infomax_ext as im
+from infomax_ext.bounds import DV
+from infomax_ext.mutual_info import shuffled_bound
+
+WORLD, N, DX, DZ = 2, 24, 5, 3
+ROWS = N // WORLD
+TIMEOUT = 180
+CASES = [(name, negatives, shuffled_grad)
+         for name, bound in im.BOUNDS.items()
+         for negatives in (("all",) if bound.needs_all_pairs else ("shuffle", "all"))
+         for shuffled_grad in (False, True)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chain():
+    torch.manual_seed(1)
+    return im.MutualInfoChain.from_sizes(DX, DZ, [16, 8], ["tanh", "relu"]).double()
+
+
+def _batch():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(N, DX, generator=g, dtype=torch.float64)
+    z = (2 * torch.randn(N, DZ, generator=g, dtype=torch.float64) + x[:, :DZ])
+    return x, z
+
+
+def _evaluate(mi, x, z, case, group=None):
+    bound, negatives, shuffled_grad = case
+    z = z.clone().requires_grad_()
+    value = shuffled_bound(mi, x, z, seed=5, shuffled_grad=shuffled_grad, process_group=group,
+                           bound=bound, negatives=negatives).bound
+    grads = torch.autograd.grad(value, [z, *mi.parameters()])
+    return value.detach(), grads[0], grads[1:]
+
+
+def _rank_main(rank, port, out):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    try:
+        mi = _chain()
+        x, z = _batch()
+        rows = slice(rank * ROWS, (rank + 1) * ROWS)
+        results = [_evaluate(mi, x[rows], z[rows], case, dist.group.WORLD) for case in CASES]
+        refused = None
+        try:
+            shuffled_bound(mi, x[rows], z[rows], seed=5, process_group=dist.group.WORLD,
+                           bound=DV(moving_average=0.9))
+        except ValueError as exc:
+            refused = str(exc)
+        torch.save({"results": results, "refused": refused}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bounds_ranks")
+    context = mp.start_processes(_rank_main, args=(_free_port(), str(out)), nprocs=WORLD,
+                                 join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the ranks did not finish in {TIMEOUT} s")
+    finally:
+        for p in context.processes:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[
+    f"{b}-{n}-{'grad' if g else 'const'}" for b, n, g in CASES])
+def test_whole_batch_over_processes(ranks, index):
+    case = CASES[index]
+    mi = _chain()
+    x, z = _batch()
+    value, z_grad, param_grads = _evaluate(mi, x, z, case)
+    per_rank = [r["results"][index] for r in ranks]
+    mean_value = sum(v for v, _, _ in per_rank) / WORLD
+    assert torch.allclose(mean_value, value, rtol=0, atol=1e-10), (float(mean_value), float(value))
+    for i, want in enumerate(param_grads):
+        got = sum(r[2][i] for r in per_rank) / WORLD
+        assert torch.allclose(got, want, rtol=0, atol=1e-10)
+    # Each rank's codes get the gradient of the sum of all ranks' values: divided by the number
+    # of ranks, the whole batch's gradient of its rows.
+    got_z = torch.cat([r[1] for r in per_rank]) / WORLD
+    assert torch.allclose(got_z, z_grad, rtol=0, atol=1e-10)
+
+
+def test_dv_moving_average_refused_over_processes(ranks):
+    assert all("moving_average" in r["refused"] for r in ranks)
