@@ -13,19 +13,31 @@
 # make cuda-check  : build the CUDA wheel against torch 2.14.1 (CUDA 13); every op has a CUDA kernel
 # make source-check: pip install . with build isolation fails fast saying what to run;
 #              INFOMAX_EXT_CUDA=OFF builds the CPU kernels against a CUDA torch
+# make docs  : the documentation site (mkdocs.yml, docs/) built strict (a warning is an error)
+#              into site/
+# make typecheck : mypy --strict on python/infomax_ext and docs/examples ([tool.mypy] in
+#              pyproject.toml)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_CPU := torch==2.13.0
 DEPS_STAMP := $(VENV)/.deps-installed
+# The documentation and type-check tools, pinned (a new release may add warnings or errors), installed
+# with torch held at the version the venv has: pip never replaces torch for them.
+DOCS_TOOLS := mkdocs==1.6.1 mkdocs-material==9.8.2 mkdocstrings==1.0.8 mkdocstrings-python==2.0.11
+TYPECHECK_TOOLS := mypy==2.4.1
+DOCS_STAMP := $(VENV)/.docs-tools-installed
+TYPECHECK_STAMP := $(VENV)/.typecheck-tools-installed
+TORCH_PIN := build/torch-pin.txt
+
 # Test-only: torch-mist's estimators, the second oracle of tests/test_bounds.py (skipped without
 # it), with the pure-Python packages it imports and pandas (imported by its package); --no-deps
 # so that pip never resolves or upgrades torch.
 TEST_ONLY_DEPS := torch-mist==0.2.17 pyro-ppl==1.9.2 pyro-api==0.1.2 opt_einsum==3.4.0 \
 	pandas==3.1.1 python-dateutil pytz tzdata six
 
-.PHONY: demo test test-capabilities bench bench-bounds wheel wheel-cpu wheel-cuda wheel-check abi-check cuda-check source-check install clean
+.PHONY: demo test test-capabilities bench bench-bounds wheel wheel-cpu wheel-cuda wheel-check abi-check cuda-check source-check install docs typecheck clean
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +68,26 @@ test-capabilities: install
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
 	  TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/build/inductor-avx2 $(PY) -m pytest -q $(OP_TESTS)
 
+$(TORCH_PIN): $(DEPS_STAMP)
+	mkdir -p build
+	$(PY) -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > $@
+
+$(DOCS_STAMP): $(TORCH_PIN)
+	$(PIP) install -q -c $(TORCH_PIN) $(DOCS_TOOLS)
+	touch $@
+
+$(TYPECHECK_STAMP): $(TORCH_PIN)
+	$(PIP) install -q -c $(TORCH_PIN) $(TYPECHECK_TOOLS)
+	touch $@
+
+# The API pages are read from the source by mkdocstrings (nothing is imported), so the docs need
+# no build of the extension.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+typecheck: $(TYPECHECK_STAMP)
+	$(PY) -m mypy
+
 bench: install
 	$(PY) bench/bench_cpu.py
 
@@ -84,4 +116,4 @@ source-check: install wheel-cuda
 	bash scripts/source_build_check.sh
 
 clean:
-	rm -rf build dist
+	rm -rf build dist site

@@ -20,7 +20,7 @@ from ._ops import (
     use_path,
     use_reference_path,
 )
-from ._version import __version__
+from ._version import __version__ as __version__
 from .activations import Activation, identity
 from .bounds import BOUNDS, Bound
 from .build_info import build_info
@@ -72,4 +72,21 @@ from .vae import (
     spherical_logprior,
 )
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+# A literal list, so that type checkers see what the package exports (tests/test_typing.py
+# checks that it names every public name imported above).
+__all__ = [
+    "Activation", "BOUNDS", "BernoulliDecoder", "BernoulliOutput", "Bound", "DataHalfCache",
+    "GaussianLogOutput", "GaussianOutput", "InfoMaxTerms", "InfoMaxVAE", "InfoMaxVAELoss",
+    "InfoMaxVAEOutput", "JointGaussianDecoder", "JointGaussianEncoder", "JointGaussianLogDecoder",
+    "JointGaussianLogEncoder", "MIScores", "MutualInfoChain", "MutualInfoLoss", "PATHS",
+    "PairedBound", "PathExplanation", "Preprocessing", "SimpleGaussianDecoder",
+    "SimpleGaussianOutput", "SplitGaussianDecoder", "SplitGaussianLogDecoder", "TrainConfig",
+    "Trainer", "VAE", "VAEOutput", "backend", "build_info", "current_path",
+    "decoder_loglikelihood", "encoder_kl", "encoder_logposterior", "explain_path",
+    "extension_available", "extension_error", "fit", "identity", "infomax_terms", "infomaxloss",
+    "inverse_permutation", "latent_permutation", "load_model", "miloss", "module_from_config",
+    "nwj_bound", "nwj_head", "nwj_mlp", "paired_first_layer", "paired_linear",
+    "paired_mutual_info", "reparameterize", "save_model", "seeded_permutation", "shuffle_latent",
+    "spherical_logprior", "train_step", "use_path", "use_reference_path",
+    "variational_mutual_info",
+]

@@ -11,13 +11,15 @@ run on the CPU and on CUDA.
 """
 from __future__ import annotations
 
+from typing import Any, Callable, Sequence
+
 import torch
 
 from .activations import OUTPUT_DERIVATIVE_ACTIVATIONS
 
 _OPS = torch.ops.infomax_ext
 
-def _below_autograd():
+def _below_autograd() -> Any:
     return torch._C._AutoDispatchBelowAutograd()
 
 
@@ -36,8 +38,9 @@ def _grad_if(wanted: bool, grad: torch.Tensor) -> torch.Tensor | None:
     return grad if wanted else None
 
 
-def _paired_backward(grad_out, data_half, latent_half, source, bias, perm, activation, param,
-                     want):
+def _paired_backward(grad_out: torch.Tensor, data_half: torch.Tensor, latent_half: torch.Tensor,
+                     source: torch.Tensor | None, bias: torch.Tensor, perm: torch.Tensor,
+                     activation: str, param: float, want: Sequence[bool]) -> Any:
     """paired_first_layer_backward, with the inverse permutation computed when the shuffled
     rows' gradient returns to latent_half or goes to the source (computing it checks that perm
     is a permutation: the source gradient is written, not summed, at perm[r])."""
@@ -53,7 +56,9 @@ def _paired_backward(grad_out, data_half, latent_half, source, bias, perm, activ
 
 class _PairedFirstLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, data_half, latent_half, shuffled_source, bias, perm, activation, param):
+    def forward(ctx: Any, data_half: torch.Tensor, latent_half: torch.Tensor,
+                shuffled_source: torch.Tensor | None, bias: torch.Tensor, perm: torch.Tensor,
+                activation: str, param: float) -> Any:
         with _below_autograd():
             out = _OPS.paired_first_layer.default(
                 data_half, latent_half, shuffled_source, bias, perm, activation, param
@@ -63,7 +68,7 @@ class _PairedFirstLayer(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> Any:
         data_half, latent_half, source, bias, perm = ctx.saved_tensors
         _refuse_double_backward("paired_first_layer", grad_out, data_half, latent_half, source,
                                 bias)
@@ -88,7 +93,9 @@ class _PairedLinear(torch.autograd.Function):
     anyway) instead of the three halves (N, M and M rows of H)."""
 
     @staticmethod
-    def forward(ctx, hx, hz, hz_source, weight, bias, perm, activation, param, data_half=None):
+    def forward(ctx: Any, hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None,
+                weight: torch.Tensor, bias: torch.Tensor | None, perm: torch.Tensor,
+                activation: str, param: float, data_half: torch.Tensor | None = None) -> Any:
         if data_half is not None and data_half.requires_grad:
             raise RuntimeError(
                 "infomax_ext: data_half is a precomputed constant (hx @ weight[:, :Dx].T); it "
@@ -108,7 +115,7 @@ class _PairedLinear(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> Any:
         if ctx.from_output:
             hx, hz, hz_source, weight, bias, perm, out = ctx.saved_tensors
             unused = hx.new_empty((0,))
@@ -132,7 +139,8 @@ class _PairedLinear(torch.autograd.Function):
 
 class _NwjHead(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, n_joint, activation, param):
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                n_joint: int, activation: str, param: float) -> Any:
         with _below_autograd():
             bound, scores, pre = _OPS.nwj_head.default(hidden, weight, bias, n_joint, activation,
                                                        param)
@@ -143,7 +151,8 @@ class _NwjHead(torch.autograd.Function):
         return bound, scores, pre
 
     @staticmethod
-    def backward(ctx, grad_bound, grad_scores, _grad_pre):
+    def backward(ctx: Any, grad_bound: torch.Tensor, grad_scores: torch.Tensor | None,
+                 _grad_pre: torch.Tensor | None) -> Any:
         hidden, weight, bias, scores, pre = ctx.saved_tensors
         _refuse_double_backward("nwj_head", grad_bound, grad_scores, hidden, weight, bias)
         need = ctx.needs_input_grad
@@ -170,7 +179,8 @@ class _NwjMlp(torch.autograd.Function):
     the present biases."""
 
     @staticmethod
-    def forward(ctx, layout, hidden, head_weight, head_bias, *layer_tensors):
+    def forward(ctx: Any, layout: tuple[Any, ...], hidden: torch.Tensor, head_weight: torch.Tensor,
+                head_bias: torch.Tensor | None, *layer_tensors: torch.Tensor) -> Any:
         layers, has_bias, activations, params, n_joint, head_act, head_param = layout
         weights, biases = _layer_lists(layers, has_bias, layer_tensors)
         with _below_autograd():
@@ -185,7 +195,8 @@ class _NwjMlp(torch.autograd.Function):
         return bound, scores
 
     @staticmethod
-    def backward(ctx, grad_bound, grad_scores):
+    def backward(ctx: Any, grad_bound: torch.Tensor | None,
+                 grad_scores: torch.Tensor | None) -> Any:
         layers, has_bias, activations, params, n_joint, head_act, head_param = ctx.layout
         saved = ctx.saved_tensors
         hidden, head_weight, head_bias, scores = saved[:4]
@@ -214,28 +225,32 @@ class _NwjMlp(torch.autograd.Function):
                 *[_grad_if(w, g) for w, g in zip(need_w, g_weights)], *grads_b)
 
 
-def _layer_lists(layers: int, has_bias: tuple, layer_tensors: tuple) -> tuple[list, list]:
+def _layer_lists(layers: int, has_bias: tuple[bool, ...], layer_tensors: tuple[torch.Tensor, ...]
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
     """The weights and the biases (None where absent) from apply's spread-out tensors."""
     weights = list(layer_tensors[:layers])
     present = iter(layer_tensors[layers:])
     return weights, [next(present) if b else None for b in has_bias]
 
 
-def _nwj_mlp_kernel(hidden, weights, biases, activations, params, head_weight, head_bias,
-                    n_joint, head_activation, head_param):
+def _nwj_mlp_kernel(hidden: torch.Tensor, weights: Sequence[torch.Tensor],
+                    biases: Sequence[torch.Tensor | None], activations: Sequence[str],
+                    params: Sequence[float], head_weight: torch.Tensor,
+                    head_bias: torch.Tensor | None, n_joint: int, head_activation: str,
+                    head_param: float) -> Any:
     """nwj_mlp's Autograd kernel: _NwjMlp when a gradient can flow, else the op below autograd."""
     tensors = [hidden, head_weight, head_bias, *weights, *biases]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         layout = (len(weights), tuple(b is not None for b in biases), list(activations),
                   list(params), n_joint, head_activation, head_param)
-        return _NwjMlp.apply(layout, hidden, head_weight, head_bias, *weights,
+        return _NwjMlp.apply(layout, hidden, head_weight, head_bias, *weights,  # type: ignore[no-untyped-call]
                              *[b for b in biases if b is not None])
     with _below_autograd():
         return _OPS.nwj_mlp.default(hidden, weights, biases, activations, params, head_weight,
                                     head_bias, n_joint, head_activation, head_param)
 
 
-def nwj_mlp(*args):
+def nwj_mlp(*args: Any) -> Any:
     """``torch.ops.infomax_ext.nwj_mlp`` for _ops.py: its Autograd kernel called directly in
     eager mode, the op itself while torch.compile traces."""
     if torch.compiler.is_compiling():
@@ -248,14 +263,14 @@ def nwj_mlp(*args):
 
 class _NwjBound(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, t_joint, t_marg):
+    def forward(ctx: Any, t_joint: torch.Tensor, t_marg: torch.Tensor) -> Any:
         with _below_autograd():
             bound = _OPS.nwj_bound.default(t_joint, t_marg)
         ctx.save_for_backward(t_joint, t_marg)
         return bound
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
         t_joint, t_marg = ctx.saved_tensors
         _refuse_double_backward("nwj_bound", grad, t_joint, t_marg)
         g_joint, g_marg = _OPS.nwj_bound_backward.default(grad, t_joint, t_marg)
@@ -266,11 +281,12 @@ class _NwjBound(torch.autograd.Function):
 # ------------------------------------------------------------------------------- registration
 
 
-def _autograd_kernel(function: type[torch.autograd.Function], op):
+def _autograd_kernel(function: type[torch.autograd.Function],
+                     op: Callable[..., Any]) -> Callable[..., Any]:
     """The op's Autograd kernel: ``function`` when a gradient can flow, else the kernel below
     autograd directly (no autograd node to build)."""
 
-    def kernel(*args):
+    def kernel(*args: Any) -> Any:
         if torch.is_grad_enabled() and any(
             isinstance(a, torch.Tensor) and a.requires_grad for a in args
         ):
@@ -293,10 +309,10 @@ for _name, _kernel in _KERNELS.items():
 _LIB.impl("nwj_mlp", _nwj_mlp_kernel, "Autograd")
 
 
-def _eager_or_op(name: str):
+def _eager_or_op(name: str) -> Callable[..., Any]:
     op, kernel = getattr(_OPS, name).default, _KERNELS[name]
 
-    def call(*args):
+    def call(*args: Any) -> Any:
         if torch.compiler.is_compiling():
             return op(*args)
         return kernel(*args)

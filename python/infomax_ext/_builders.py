@@ -7,12 +7,12 @@ these, so sizes, initialisation and configs mean the same in all of them.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 from torch import nn
 
-from .activations import activation_config, activation_from_config, as_module
+from .activations import ActivationLike, activation_config, activation_from_config, as_module
 
 __all__ = ["check_size", "parse_size", "check_layers", "linear", "mlp", "head", "builder_config",
            "Built"]
@@ -21,7 +21,7 @@ __all__ = ["check_size", "parse_size", "check_layers", "linear", "mlp", "head", 
 _ACTIVATION_KEYS = ("activation", "activations")
 
 
-def check_size(name: str, value) -> int:
+def check_size(name: str, value: object) -> int:
     """``value`` when it is a positive int; a TypeError for any other type (bool included), a
     ValueError for an int under 1, each naming the argument ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -31,7 +31,7 @@ def check_size(name: str, value) -> int:
     return value
 
 
-def parse_size(name: str, size) -> tuple[int, list[int] | None]:
+def parse_size(name: str, size: int | Sequence[int]) -> tuple[int, list[int] | None]:
     """``(number of features, shape or None)`` of an int or a shape tuple/list."""
     if isinstance(size, (tuple, list, torch.Size)):
         if len(size) == 0:
@@ -41,7 +41,8 @@ def parse_size(name: str, size) -> tuple[int, list[int] | None]:
     return check_size(name, size), None
 
 
-def check_layers(neurons_name: str, neurons, activations_name: str, activations) -> list[int]:
+def check_layers(neurons_name: str, neurons: Sequence[int], activations_name: str,
+                 activations: Sequence[ActivationLike]) -> list[int]:
     """The checked layer widths; one activation per layer."""
     if not isinstance(neurons, (list, tuple)):
         raise TypeError(f"{neurons_name} must be a list of ints, got {neurons!r}")
@@ -57,7 +58,7 @@ def check_layers(neurons_name: str, neurons, activations_name: str, activations)
     return [check_size(f"{neurons_name}[{i}]", n) for i, n in enumerate(neurons)]
 
 
-def linear(n_in: int, n_out: int, init: Callable) -> nn.Linear:
+def linear(n_in: int, n_out: int, init: Callable[..., Any]) -> nn.Linear:
     """``nn.Linear(n_in, n_out)``, its weight filled in place by ``init``, its bias zero."""
     layer = nn.Linear(n_in, n_out)
     with torch.no_grad():
@@ -66,7 +67,8 @@ def linear(n_in: int, n_out: int, init: Callable) -> nn.Linear:
     return layer
 
 
-def mlp(n_in: int, neurons: list[int], activations, init: Callable) -> list[nn.Module]:
+def mlp(n_in: int, neurons: list[int], activations: Sequence[ActivationLike],
+        init: Callable[..., Any]) -> list[nn.Module]:
     """``Linear(n_in -> neurons[0]), act[0], ..., Linear(... -> neurons[-1]), act[-1]``."""
     layers: list[nn.Module] = []
     for n_out, activation in zip(neurons, activations):
@@ -75,7 +77,8 @@ def mlp(n_in: int, neurons: list[int], activations, init: Callable) -> list[nn.M
     return layers
 
 
-def head(n_in: int, n_out: int, activation, init: Callable, shape=None) -> nn.Sequential:
+def head(n_in: int, n_out: int, activation: ActivationLike, init: Callable[..., Any],
+         shape: Sequence[int] | None = None) -> nn.Sequential:
     """``Linear(n_in -> n_out)``, the activation, then an unflatten to ``shape`` if given."""
     layers = [linear(n_in, n_out, init), as_module(activation)]
     if shape is not None:
@@ -83,7 +86,7 @@ def head(n_in: int, n_out: int, activation, init: Callable, shape=None) -> nn.Se
     return nn.Sequential(*layers)
 
 
-def builder_config(cls_name: str, **args) -> dict:
+def builder_config(cls_name: str, **args: Any) -> dict[str, Any]:
     """The JSON-serialisable builder arguments under ``"class": cls_name``: activations (keys
     ending in ``activation`` or ``activations``) as their config entries, tuples as lists."""
     config = {"class": cls_name}
@@ -96,14 +99,17 @@ def builder_config(cls_name: str, **args) -> dict:
     return config
 
 
+_BuiltT = TypeVar("_BuiltT", bound="Built")
+
+
 class Built(nn.Module):
     """Base of the modules with a ``from_sizes`` builder (encoders, decoders, the MI chain): a
     ``config`` (``None`` unless made by ``from_sizes``) and :meth:`from_config`."""
 
-    config: dict | None = None
+    config: dict[str, Any] | None = None
 
     @classmethod
-    def from_config(cls, config: dict):
+    def from_config(cls: type[_BuiltT], config: dict[str, Any]) -> _BuiltT:
         """Rebuild the architecture ``from_sizes`` recorded in ``config`` (fresh weights)."""
         if not isinstance(config, dict) or config.get("class") != cls.__name__:
             found = config.get("class") if isinstance(config, dict) else type(config).__name__
@@ -113,4 +119,5 @@ class Built(nn.Module):
             for key, value in config.items()
             if key != "class"
         }
-        return cls.from_sizes(**kwargs)
+        built: _BuiltT = cls.from_sizes(**kwargs)  # type: ignore[attr-defined]  # each subclass has it
+        return built

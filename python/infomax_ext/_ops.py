@@ -16,6 +16,7 @@ import operator
 import os
 import threading
 import warnings
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
@@ -91,7 +92,7 @@ def backend(device: torch.device | str = "cpu") -> str:
     return "compiled"
 
 
-def _kernel_devices() -> frozenset:
+def _kernel_devices() -> frozenset[str]:
     return frozenset(d for d in ("cpu", "cuda") if has_kernel("paired_first_layer", d))
 
 
@@ -126,7 +127,7 @@ def _reference_path_active() -> bool:
 
 
 @contextlib.contextmanager
-def use_path(path: str):
+def use_path(path: str) -> Iterator[None]:
     """Inside: the MI bound (:func:`~infomax_ext.paired_mutual_info` and everything built on it:
     the losses, ``train_step``, ``variational_mutual_info``) is evaluated on ``path``:
 
@@ -159,7 +160,7 @@ def use_path(path: str):
         _PATH.reset(token)
 
 
-def _close_traced_entry(entry) -> None:
+def _close_traced_entry(entry: tuple[str, object]) -> None:
     entries = _TRACED_CHOICE.__dict__.setdefault("entries", [])
     if entry in entries:  # not when the context is left in another thread than it was entered
         entries.remove(entry)
@@ -169,7 +170,7 @@ def _close_traced_entry(entry) -> None:
         del _TRACED_CHOICE.path
 
 
-def use_reference_path():
+def use_reference_path() -> contextlib.AbstractContextManager[None]:
     """``use_path("reference")``: inside, every op runs its plain-PyTorch twin
     (:mod:`infomax_ext.reference`), as when the extension is not built, and :func:`backend` says
     'reference'. For second derivatives (the fused ops' backward has none of its own) and for
@@ -189,7 +190,8 @@ def kernels_apply(*tensors: torch.Tensor | None) -> bool:
     cannot record their arguments). Otherwise callers take the reference path."""
     present = [t for t in tensors if t is not None]
     if not present or (not torch.compiler.is_compiling() and (
-            torch.jit.is_tracing() or torch._C._functorch.peek_interpreter_stack() is not None)):
+            torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
+            or torch._C._functorch.peek_interpreter_stack() is not None)):
         return False
     device_type = present[0].device.type
     if not _kernels_serve(device_type) or torch.is_autocast_enabled(device_type):
@@ -197,7 +199,7 @@ def kernels_apply(*tensors: torch.Tensor | None) -> bool:
     return all(t.dtype in _FLOAT_TYPES for t in present if t.is_floating_point())
 
 
-def _check_args(op: str, **named) -> None:
+def _check_args(op: str, **named: object) -> None:
     """Before any work: every named argument is a tensor (or None) and all are on one device
     (TypeError / ValueError naming the argument)."""
     first = None
@@ -213,7 +215,7 @@ def _check_args(op: str, **named) -> None:
                              f"is on {first[1]}")
 
 
-def _fake_same_device(op: str, **named) -> None:
+def _fake_same_device(op: str, **named: torch.Tensor | None) -> None:
     """The fake kernels' device check. A call whose tensors mix devices, one of them ``meta``,
     dispatches to the fake kernel: without this check it would return uninitialised memory."""
     present = [(name, t) for name, t in named.items() if t is not None]
@@ -224,7 +226,7 @@ def _fake_same_device(op: str, **named) -> None:
             f"on {first.device}"))
 
 
-def _as_integer(value, name: str) -> int:
+def _as_integer(value: Any, name: str) -> int:
     """``value`` as a Python int (ints, numpy integers, integer 0-dim tensors); a TypeError
     naming ``name`` for anything else, floats and bools included (never truncated)."""
     if isinstance(value, bool):
@@ -277,11 +279,11 @@ def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
 if extension_available():
 
     @torch.library.register_fake("infomax_ext::permutation_keys")
-    def _(index, seed):
+    def _(index: torch.Tensor, seed: int) -> torch.Tensor:
         return torch.empty_like(index)
 
     @torch.library.register_fake("infomax_ext::inverse_permutation")
-    def _(perm):
+    def _(perm: torch.Tensor) -> torch.Tensor:
         torch._check(perm.dim() == 1, lambda: "perm must be 1-D")
         return torch.empty_like(perm)
 
@@ -355,7 +357,8 @@ def paired_linear(
 if extension_available():
 
     @torch.library.register_fake("infomax_ext::paired_first_layer")
-    def _(data_half, latent_half, shuffled_source, bias, perm, activation, param):
+    def _(data_half: torch.Tensor, latent_half: torch.Tensor, shuffled_source: torch.Tensor | None,
+          bias: torch.Tensor, perm: torch.Tensor, activation: str, param: float) -> torch.Tensor:
         _fake_same_device("paired_first_layer", data_half=data_half, latent_half=latent_half,
                           shuffled_source=shuffled_source, bias=bias, perm=perm)
         torch._check(data_half.dim() == 2 and latent_half.dim() == 2, lambda: "halves must be 2-D")
@@ -363,14 +366,16 @@ if extension_available():
         return data_half.new_empty((2 * latent_half.shape[0], data_half.shape[1]))
 
     @torch.library.register_fake("infomax_ext::paired_first_layer_backward")
-    def _(grad_out, data_half, latent_half, shuffled_source, bias, perm, inverse_perm,
-          activation, param, output_mask):
+    def _(grad_out: torch.Tensor, data_half: torch.Tensor, latent_half: torch.Tensor,
+          shuffled_source: torch.Tensor | None, bias: torch.Tensor, perm: torch.Tensor,
+          inverse_perm: torch.Tensor, activation: str, param: float,
+          output_mask: Sequence[bool]) -> tuple[torch.Tensor, ...]:
         _fake_same_device("paired_first_layer_backward", data_half=data_half, grad_out=grad_out,
                           latent_half=latent_half, shuffled_source=shuffled_source, bias=bias,
                           perm=perm, inverse_perm=inverse_perm)
         has_source = shuffled_source is not None
 
-        def grad(wanted, like):
+        def grad(wanted: bool, like: torch.Tensor) -> torch.Tensor:
             return like.new_empty(like.shape) if wanted else data_half.new_empty((0,))
 
         return (
@@ -381,7 +386,9 @@ if extension_available():
         )
 
     @torch.library.register_fake("infomax_ext::paired_linear")
-    def _(hx, hz, hz_source, weight, bias, perm, activation, param, data_half=None):
+    def _(hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None, weight: torch.Tensor,
+          bias: torch.Tensor | None, perm: torch.Tensor, activation: str, param: float,
+          data_half: torch.Tensor | None = None) -> Any:
         _fake_same_device("paired_linear", hx=hx, hz=hz, hz_source=hz_source, weight=weight,
                           bias=bias, perm=perm, data_half=data_half)
         torch._check(hx.dim() == 2 and hz.dim() == 2 and weight.dim() == 2,
@@ -391,7 +398,9 @@ if extension_available():
         return hx.new_empty((2 * hz.shape[0], weight.shape[0]))
 
     @torch.library.register_fake("infomax_ext::paired_linear_forward")
-    def _(hx, hz, hz_source, weight, bias, perm, activation, param, data_half=None):
+    def _(hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None, weight: torch.Tensor,
+          bias: torch.Tensor | None, perm: torch.Tensor, activation: str, param: float,
+          data_half: torch.Tensor | None = None) -> Any:
         out = torch.ops.infomax_ext.paired_linear.default(
             hx, hz, hz_source, weight, bias, perm, activation, param, data_half)
         units = weight.shape[0]
@@ -403,15 +412,20 @@ if extension_available():
         )
 
     @torch.library.register_fake("infomax_ext::paired_linear_backward")
-    def _(grad_out, hx, hz, hz_source, weight, data_half, latent_half, source_half, bias, perm,
-          activation, param, output_mask, out=None):
+    def _(grad_out: torch.Tensor, hx: torch.Tensor, hz: torch.Tensor,
+          hz_source: torch.Tensor | None, weight: torch.Tensor, data_half: torch.Tensor | None,
+          latent_half: torch.Tensor | None, source_half: torch.Tensor | None,
+          bias: torch.Tensor | None, perm: torch.Tensor, activation: str, param: float,
+          output_mask: Sequence[bool],
+          out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         _fake_same_device("paired_linear_backward", grad_out=grad_out, hx=hx, hz=hz,
                           hz_source=hz_source, weight=weight, bias=bias, perm=perm, out=out)
 
-        def grad(wanted, like):
+        def grad(wanted: bool, like: torch.Tensor) -> torch.Tensor:
             return like.new_empty(like.shape) if wanted else hx.new_empty((0,))
 
-        def narrow_grad(wanted):  # the kernel's (M, Dz) gradients are transposed (Dz, M) products
+        # the kernel's (M, Dz) gradients are transposed (Dz, M) products
+        def narrow_grad(wanted: bool) -> torch.Tensor:
             return hz.new_empty((hz.shape[1], hz.shape[0])).t() if wanted else hx.new_empty((0,))
 
         return (grad(output_mask[0], hx), narrow_grad(output_mask[1]),
@@ -467,24 +481,28 @@ def nwj_head(
 if extension_available():
 
     @torch.library.register_fake("infomax_ext::nwj_bound")
-    def _(t_joint, t_marg):
+    def _(t_joint: torch.Tensor, t_marg: torch.Tensor) -> torch.Tensor:
         _fake_same_device("nwj_bound", t_joint=t_joint, t_marg=t_marg)
         return t_joint.new_empty(())
 
     @torch.library.register_fake("infomax_ext::nwj_bound_backward")
-    def _(grad, t_joint, t_marg):
+    def _(grad: torch.Tensor, t_joint: torch.Tensor,
+          t_marg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _fake_same_device("nwj_bound_backward", t_joint=t_joint, t_marg=t_marg, grad=grad)
         return torch.empty_like(t_joint), torch.empty_like(t_marg)
 
     @torch.library.register_fake("infomax_ext::nwj_head")
-    def _(hidden, weight, bias, n_joint, activation, param):
+    def _(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n_joint: int,
+          activation: str, param: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _fake_same_device("nwj_head", hidden=hidden, weight=weight, bias=bias)
         rows = hidden.shape[0]
         return hidden.new_empty(()), hidden.new_empty((rows,)), hidden.new_empty((rows,))
 
     @torch.library.register_fake("infomax_ext::nwj_head_backward")
-    def _(grad_bound, grad_scores, hidden, weight, scores, pre, n_joint, activation, param,
-          output_mask):
+    def _(grad_bound: torch.Tensor, grad_scores: torch.Tensor | None, hidden: torch.Tensor,
+          weight: torch.Tensor, scores: torch.Tensor, pre: torch.Tensor, n_joint: int,
+          activation: str, param: float,
+          output_mask: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _fake_same_device("nwj_head_backward", hidden=hidden, weight=weight, scores=scores,
                           pre=pre, grad_bound=grad_bound, grad_scores=grad_scores)
         return (
@@ -501,10 +519,10 @@ if extension_available():
 
 def nwj_mlp(
     hidden: torch.Tensor,
-    weights: list,
-    biases: list,
-    activations: list,
-    params: list,
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor | None],
+    activations: Sequence[str],
+    params: Sequence[float],
     head_weight: torch.Tensor,
     head_bias: torch.Tensor | None,
     n_joint: int,
@@ -541,7 +559,7 @@ def nwj_mlp(
                              n_joint, head_activation, head_param)
 
 
-def _listed(name: str, tensors) -> dict:
+def _listed(name: str, tensors: Iterable[torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
     """``{"name[i]": tensor}`` for the fake kernels' device check of a list argument."""
     return {f"{name}[{i}]": t for i, t in enumerate(tensors)}
 
@@ -549,16 +567,20 @@ def _listed(name: str, tensors) -> dict:
 if extension_available():
 
     @torch.library.register_fake("infomax_ext::nwj_mlp")
-    def _(hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
-          head_activation, head_param):
+    def _(hidden: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
+          activations: list[str], params: list[float], head_weight: torch.Tensor,
+          head_bias: torch.Tensor | None, n_joint: int, head_activation: str,
+          head_param: float) -> Any:
         _fake_same_device("nwj_mlp", hidden=hidden, head_weight=head_weight, head_bias=head_bias,
                           **_listed("weights", weights), **_listed("biases", biases))
         torch._check(hidden.dim() == 2, lambda: "hidden must be 2-D")
         return hidden.new_empty(()), hidden.new_empty((hidden.shape[0],))
 
     @torch.library.register_fake("infomax_ext::nwj_mlp_forward")
-    def _(hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
-          head_activation, head_param):
+    def _(hidden: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
+          activations: list[str], params: list[float], head_weight: torch.Tensor,
+          head_bias: torch.Tensor | None, n_joint: int, head_activation: str,
+          head_param: float) -> Any:
         bound, scores = torch.ops.infomax_ext.nwj_mlp.default(
             hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
             head_activation, head_param)
@@ -569,8 +591,11 @@ if extension_available():
         return bound, scores, outputs, pres + [hidden.new_empty((rows,))]
 
     @torch.library.register_fake("infomax_ext::nwj_mlp_backward")
-    def _(grad_bound, grad_scores, hidden, weights, biases, activations, params, head_weight,
-          head_bias, scores, outputs, pres, n_joint, head_activation, head_param, output_mask):
+    def _(grad_bound: torch.Tensor, grad_scores: torch.Tensor | None, hidden: torch.Tensor,
+          weights: list[torch.Tensor], biases: list[torch.Tensor | None], activations: list[str],
+          params: list[float], head_weight: torch.Tensor, head_bias: torch.Tensor | None,
+          scores: torch.Tensor, outputs: list[torch.Tensor], pres: list[torch.Tensor], n_joint: int,
+          head_activation: str, head_param: float, output_mask: Sequence[bool]) -> Any:
         _fake_same_device("nwj_mlp_backward", hidden=hidden, head_weight=head_weight,
                           head_bias=head_bias, scores=scores, grad_bound=grad_bound,
                           grad_scores=grad_scores, **_listed("weights", weights),
@@ -578,7 +603,7 @@ if extension_available():
                           **_listed("pres", pres))
         layers = len(weights)
 
-        def grad(wanted, shape):
+        def grad(wanted: bool, shape: Sequence[int]) -> torch.Tensor:
             return hidden.new_empty(shape) if wanted else hidden.new_empty((0,))
 
         return (

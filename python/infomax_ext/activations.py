@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,11 @@ __all__ = [
 def identity(x: torch.Tensor) -> torch.Tensor:
     """The identity activation, ``f(x) = x``."""
     return x
+
+
+ActivationLike = Union[str, nn.Module, Callable[[torch.Tensor], torch.Tensor], None]
+"""An activation as the builders take it: a name of :data:`ACTIVATIONS`, an ``nn.Module``, an
+elementwise callable, or ``None`` (identity)."""
 
 
 class ActivationSpec(NamedTuple):
@@ -72,15 +77,17 @@ class NamedActivation:
     module: type
     param: str | None = None
     default: float | None = None
-    callables: tuple = ()
+    callables: tuple[Callable[..., torch.Tensor], ...] = ()
     exact: Callable[[nn.Module], bool] = _always
     kernel: bool = True
 
     def build(self, param: float | None = None) -> nn.Module:
         """The module, with ``param`` (its default when None) if the activation takes one."""
         if self.param is None:
-            return self.module()
-        return self.module(self.default if param is None else float(param))
+            module: nn.Module = self.module()
+            return module
+        module = self.module(self.default if param is None else float(param))
+        return module
 
     def spec(self, module: nn.Module) -> ActivationSpec:
         """``(name, parameter)`` of an instance of :attr:`module`."""
@@ -100,7 +107,7 @@ _TABLE = (
                     callables=(torch.sigmoid, F.sigmoid)),
     # beta = 1, threshold = 20: the kernels' softplus
     NamedActivation("softplus", lambda x, p: F.softplus(x), nn.Softplus, callables=(F.softplus,),
-                    exact=lambda m: m.beta == 1 and m.threshold == 20),
+                    exact=lambda m: bool(m.beta == 1 and m.threshold == 20)),
     # the exact (erf) form
     NamedActivation("gelu", lambda x, p: F.gelu(x), nn.GELU, callables=(F.gelu,),
                     exact=lambda m: m.approximate == "none"),
@@ -124,7 +131,8 @@ HIDDEN_ACTIVATIONS: tuple[str, ...] = tuple(name for name in ACTIVATIONS if name
 
 _PARAMETRISED = tuple(a.name for a in _TABLE if a.param is not None)
 
-_CALLABLE_NAMES: dict[Callable, str] = {f: a.name for a in _TABLE for f in a.callables}
+_CALLABLE_NAMES: dict[Callable[..., torch.Tensor], str] = {
+    f: a.name for a in _TABLE for f in a.callables}
 
 
 class Activation(nn.Module):
@@ -143,7 +151,7 @@ class Activation(nn.Module):
         return getattr(self.fn, "__name__", repr(self.fn))
 
 
-def as_module(activation) -> nn.Module:
+def as_module(activation: ActivationLike) -> nn.Module:
     """Module for an activation given as a module, a known callable, a name, or ``None`` (identity)."""
     if activation is None:
         return nn.Identity()
@@ -182,14 +190,14 @@ def kernel_spec(module: nn.Module) -> ActivationSpec | None:
     return spec if spec is not None and ACTIVATIONS[spec.name].kernel else None
 
 
-def activation_config(activation):
+def activation_config(activation: ActivationLike | Sequence[ActivationLike]) -> Any:
     """JSON form of an activation in a builder's config: its name, ``{"name": ..., "param": ...}``
     for a leaky ReLU slope or an ELU alpha other than the default, or ``None`` when it has no name
     (a custom callable or module: a config cannot rebuild it). A list or tuple of activations
     gives the list of their entries."""
     if isinstance(activation, (list, tuple)):
         return [activation_config(a) for a in activation]
-    spec = spec_of_module(as_module(activation))
+    spec = spec_of_module(as_module(activation))  # type: ignore[arg-type]  # one activation here
     if spec is None:
         return None
     default = ACTIVATIONS[spec.name].default
@@ -198,7 +206,7 @@ def activation_config(activation):
     return spec.name
 
 
-def activation_from_config(entry, key: str):
+def activation_from_config(entry: Any, key: str) -> nn.Module | list[nn.Module]:
     """The module for an activation entry written by :func:`activation_config`, or a list of
     modules for a list of entries; ``key`` names the entry in errors.
 
@@ -210,7 +218,7 @@ def activation_from_config(entry, key: str):
     return _one_activation_from_config(entry, key)
 
 
-def _one_activation_from_config(entry, key: str) -> nn.Module:
+def _one_activation_from_config(entry: Any, key: str) -> nn.Module:
     where = f"config entry {key!r}"
     known = ", ".join(ACTIVATIONS)
     if isinstance(entry, str):
@@ -244,7 +252,7 @@ def _one_activation_from_config(entry, key: str) -> nn.Module:
     )
 
 
-def _hashable(obj) -> bool:
+def _hashable(obj: object) -> bool:
     try:
         hash(obj)
     except TypeError:

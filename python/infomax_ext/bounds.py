@@ -36,6 +36,7 @@ infonce     mean_i [S_ii - logsumexp_j S_ij] + log N                         the
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +104,7 @@ class Bound:
         return self(torch.diagonal(scores), off_diagonal(scores))
 
     def from_rows(self, rows: torch.Tensor, joint: torch.Tensor, offset: int = 0, *,
-                  lme=log_mean_exp) -> torch.Tensor:
+                  lme: Callable[..., torch.Tensor] = log_mean_exp) -> torch.Tensor:
         """The bound on rows (R, C) of an all-pairs matrix whose entries (i, offset + i) are the
         joint scores ``joint`` (R,) and all others negatives (one process's rows of the whole
         batch's matrix when ``offset`` = its first row)."""

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+from typing import Any
 
 import torch
 
 
 __all__ = ["build_info", "load_failure_message"]
 
-def build_info() -> dict:
+def build_info() -> dict[str, Any]:
     """The build of the compiled kernels, as a dict:
 
     - ``version``: the package version built;

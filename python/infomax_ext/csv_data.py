@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -80,7 +82,7 @@ def _label_index(label_column: str | int, names: list[str] | None, width: int,
     raise TableError(f"{path}: no column named {label_column!r}; the header holds {names}")
 
 
-def _rows(path: Path, delimiter: str):
+def _rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
     """``(line number, fields)`` of the non-blank rows of ``path``."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -94,14 +96,15 @@ def _rows(path: Path, delimiter: str):
         raise TableError(f"{path}: not a valid {path.suffix} file ({exc})") from None
 
 
-def _bad_field(path: Path, line: int, col: int, names, field: str, what: str) -> TableError:
+def _bad_field(path: Path, line: int, col: int, names: list[str] | None, field: str,
+               what: str) -> TableError:
     return TableError(f"{path}: row {line}, {_column_name(col, names)}: {field.strip()!r} is "
                      f"{what}" if field.strip() else
                      f"{path}: row {line}, {_column_name(col, names)}: empty field; every "
                      "sample needs a number in every column")
 
 
-def read_delimited(path, label_column: str | int | None = None,
+def read_delimited(path: str | os.PathLike[str], label_column: str | int | None = None,
                    header: bool | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
     """``(samples (N, F) float64, labels (N,) or None, column names or None)`` of the CSV/TSV
     file ``path`` (delimiter from its suffix; module docstring for the rules). Labels are float64
@@ -162,7 +165,10 @@ def read_delimited(path, label_column: str | int | None = None,
     return x, y, column_names
 
 
-def _chain(first, rest):
+_T = TypeVar("_T")
+
+
+def _chain(first: _T, rest: Iterable[_T]) -> Iterator[_T]:
     yield first
     yield from rest
 

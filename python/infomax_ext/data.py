@@ -39,7 +39,7 @@ import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -126,13 +126,13 @@ class ArrayDataset:
                 chunks, header = t.chunks(), (np.dtype(np.float32).str, tuple(t.shape))
             else:
                 a = t.detach().cpu().contiguous().numpy()
-                chunks, header = [a], (a.dtype.str, a.shape)
+                chunks, header = iter([a]), (a.dtype.str, a.shape)
             h.update(f"{header[0]}{header[1]}".encode())
             for chunk in chunks:
                 h.update(chunk.tobytes())
         return h.hexdigest()
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """JSON summary: source, number of samples, sample shape, classes, fingerprint."""
         return {
             "source": self.source,
@@ -156,13 +156,13 @@ class MappedSamples:
 
     dtype = torch.float32
 
-    def __init__(self, path, shift: float = 0.0, scale: float | None = None,
-                 rows: np.ndarray | None = None):
+    def __init__(self, path: str | os.PathLike[str], shift: float = 0.0, scale: float | None = None,
+                 rows: np.ndarray | None = None) -> None:
         self.path = Path(path)
         self.array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         self.shift, self.scale, self.rows = shift, scale, rows
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return MappedSamples, (str(self.path), self.shift, self.scale, self.rows)
 
     def __len__(self) -> int:
@@ -173,9 +173,10 @@ class MappedSamples:
         return torch.Size((len(self), *self.array.shape[1:]))
 
     def dim(self) -> int:
-        return self.array.ndim
+        ndim: int = self.array.ndim
+        return ndim
 
-    def _read(self, index) -> np.ndarray:
+    def _read(self, index: Any) -> np.ndarray:
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
         if self.rows is not None:
@@ -183,20 +184,20 @@ class MappedSamples:
         x = np.array(self.array[index], dtype=np.float32)
         return x if self.scale is None else _rescaled(x, self.shift, self.scale)
 
-    def __getitem__(self, index) -> torch.Tensor:
+    def __getitem__(self, index: Any) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(self._read(index)))
 
-    def to(self, *args, **kwargs) -> torch.Tensor:
+    def to(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Every row, read into memory as a tensor, then ``Tensor.to(*args, **kwargs)``."""
         return self[:].to(*args, **kwargs)
 
-    def subset(self, index) -> "MappedSamples":
+    def subset(self, index: Any) -> "MappedSamples":
         """The rows ``index`` (K,) of these samples, in that order, still mapped."""
         index = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index)
         rows = index if self.rows is None else self.rows[index]
         return MappedSamples(self.path, self.shift, self.scale, rows)
 
-    def chunks(self, nbytes: int = 2**24):
+    def chunks(self, nbytes: int = 2**24) -> Iterator[np.ndarray]:
         """The rows in order, as float32 arrays of about ``nbytes`` each."""
         step = max(1, nbytes // max(1, 4 * math.prod(self.array.shape[1:])))
         for start in range(0, len(self), step):
@@ -246,7 +247,7 @@ def _tensor_to_numpy(t: torch.Tensor, what: str) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def _as_numpy(value, what: str, path: Path) -> np.ndarray:
+def _as_numpy(value: object, what: str, path: Path) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return _tensor_to_numpy(value, f"{path}: {what}")
     if isinstance(value, np.ndarray):
@@ -254,14 +255,14 @@ def _as_numpy(value, what: str, path: Path) -> np.ndarray:
     raise DataError(f"{path}: {what} must be an array or tensor, found {type(value).__name__}")
 
 
-def _pick(mapping: dict, keys: Sequence[str]):
+def _pick(mapping: dict[Any, Any], keys: Sequence[str]) -> Any:
     for key in keys:
         if key in mapping:
             return key
     return None
 
 
-def _from_mapping(mapping: dict, path: Path):
+def _from_mapping(mapping: dict[Any, Any], path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     names = [str(k) for k in mapping]
     x_key, y_key = _pick(mapping, SAMPLE_KEYS), _pick(mapping, LABEL_KEYS)
     if x_key is None:
@@ -370,7 +371,7 @@ def _image_shape(sample_shape: tuple[int, ...]) -> tuple[int, int] | None:
     return None
 
 
-def _encode_labels(y: np.ndarray, n: int, path) -> tuple[torch.Tensor, list[str]]:
+def _encode_labels(y: np.ndarray, n: int, path: object) -> tuple[torch.Tensor, list[str]]:
     if y.dtype == object or y.dtype.kind not in "biufUS":
         raise DataError(f"{path}: labels must be numbers or strings, found dtype {y.dtype}")
     y = np.squeeze(y) if y.ndim == 2 and 1 in y.shape else y
@@ -449,7 +450,7 @@ def _check_finite(bad: int, source: str) -> None:
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _check_float32(over: int, largest: float, dtype, source: str) -> None:
+def _check_float32(over: int, largest: float, dtype: np.dtype[Any], source: str) -> None:
     """``over`` finite values of ``dtype`` became infinite as float32: say so."""
     if over:
         raise DataError(
@@ -458,9 +459,9 @@ def _check_float32(over: int, largest: float, dtype, source: str) -> None:
             "float32; rescale the data before saving it")
 
 
-def _is_wide_float(dtype) -> bool:
+def _is_wide_float(dtype: np.dtype[Any]) -> bool:
     """Whether values of ``dtype`` can be finite yet beyond float32's range."""
-    return dtype.kind == "f" and dtype.itemsize > 4
+    return bool(dtype.kind == "f" and dtype.itemsize > 4)
 
 
 def _largest(x: np.ndarray) -> float:
@@ -481,7 +482,7 @@ def _check_range(lo: float, hi: float, likelihood: str, source: str) -> None:
                       DataWarning, stacklevel=3)
 
 
-def check_samples(x, likelihood: str = "bernoulli", source: str = "data",
+def check_samples(x: np.ndarray | torch.Tensor, likelihood: str = "bernoulli", source: str = "data",
                   normalize: str = "none") -> torch.Tensor:
     """The samples as float32 ``(N, *sample_shape)`` after checking them, rescaled as
     ``normalize`` says (:func:`normalize_samples`), for ``likelihood``.
@@ -493,7 +494,7 @@ def check_samples(x, likelihood: str = "bernoulli", source: str = "data",
     return _checked(x, likelihood, source, normalize)[0]
 
 
-def _checked(x, likelihood: str, source: str, normalize: str,
+def _checked(x: np.ndarray | torch.Tensor, likelihood: str, source: str, normalize: str,
              min_samples: int = MIN_SAMPLES) -> tuple[torch.Tensor, float, float]:
     """:func:`check_samples` and the ``(shift, scale)`` it rescaled by."""
     _check_likelihood(likelihood)
@@ -559,7 +560,7 @@ def check_mapped(samples: MappedSamples, likelihood: str = "bernoulli", source: 
     return samples
 
 
-def check_values(x, likelihood: str = "bernoulli", source: str = "data") -> None:
+def check_values(x: object, likelihood: str = "bernoulli", source: str = "data") -> None:
     """The value checks of :func:`check_samples` on samples already in a tensor (nothing
     converted or copied): a :class:`DataError` naming ``source`` for NaN or infinite values and,
     for the Bernoulli decoder, values outside [0, 1]; the Gaussian decoder's warning for large
@@ -575,8 +576,8 @@ def check_values(x, likelihood: str = "bernoulli", source: str = "data") -> None
     _check_range(float(values.min()), float(values.max()), likelihood, source)
 
 
-def load_file(path, labels=None, likelihood: str = "bernoulli",
-              normalize: str = "none", *, mmap: bool = False,
+def load_file(path: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None,
+              likelihood: str = "bernoulli", normalize: str = "none", *, mmap: bool = False,
               label_column: str | int | None = None,
               min_samples: int = MIN_SAMPLES) -> ArrayDataset:
     """An :class:`ArrayDataset` from a ``.npy``, ``.npz``, ``.pt``, ``.csv`` or ``.tsv`` file (see
@@ -588,6 +589,7 @@ def load_file(path, labels=None, likelihood: str = "bernoulli",
     ``MIN_SAMPLES``; encoding one sample needs 1)."""
     path = Path(path)
     x, y = _read_file(path, mmap, label_column)
+    samples: MappedSamples | torch.Tensor
     if isinstance(x, MappedSamples):
         samples = check_mapped(x, likelihood, str(path), normalize)
         shift, scale = (0.0, 1.0) if samples.scale is None else (samples.shift, samples.scale)
@@ -608,7 +610,8 @@ def load_file(path, labels=None, likelihood: str = "bernoulli",
                         normalization=(normalize, float(shift), float(scale)))
 
 
-def load_dataset(source: str | None = None, labels=None, likelihood: str = "bernoulli",
+def load_dataset(source: str | None = None, labels: str | os.PathLike[str] | None = None,
+                 likelihood: str = "bernoulli",
                  normalize: str = "none", *, mmap: bool = False,
                  label_column: str | int | None = None,
                  min_samples: int = MIN_SAMPLES) -> ArrayDataset:
@@ -619,7 +622,8 @@ def load_dataset(source: str | None = None, labels=None, likelihood: str = "bern
         if labels is not None or label_column is not None:
             raise DataError("labels go with a data file; the digits carry their labels")
         data = load_digits()
-        data.x, shift, scale = _checked(data.x, likelihood, "digits", normalize)
+        data.x, shift, scale = _checked(data.x, likelihood, "digits",  # type: ignore[arg-type]
+                                        normalize)  # the digits are in memory
         data.normalization = (normalize, shift, scale)
         return data
     return load_file(source, labels, likelihood, normalize, mmap=mmap, label_column=label_column,

@@ -39,13 +39,18 @@ import datetime
 import hashlib
 import os
 import pickle
-from typing import Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from ._ops import seed_to_int64
 from .distributed_failures import set_roll_call_store
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+_R = TypeVar("_R")
 
 __all__ = [
     "DistributedMismatchError",
@@ -73,14 +78,15 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 
-def _all_gather_rows(out, tensor, group):
+def _all_gather_rows(out: torch.Tensor, tensor: torch.Tensor, group: ProcessGroup | None) -> Any:
     """All processes' ``tensor`` concatenated along rows into ``out`` (looked up when called: a
     torch built without torch.distributed still imports this module)."""
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     return gather(out, tensor, group=group)
 
 
-def _reduce_scatter_rows(out, tensor, op, group):
+def _reduce_scatter_rows(out: torch.Tensor, tensor: torch.Tensor, op: Any,
+                         group: ProcessGroup | None) -> Any:
     """``tensor``'s row blocks summed over the processes, this process's block into ``out``."""
     scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
     return scatter(out, tensor, op=op, group=group)
@@ -90,7 +96,7 @@ class DistributedMismatchError(ValueError):
     """The processes of a group disagree on something that must be equal on all of them."""
 
 
-def rank_and_size(group) -> tuple[int, int]:
+def rank_and_size(group: ProcessGroup | None) -> tuple[int, int]:
     """``(rank, world_size)`` of this process in ``group``."""
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("process_group given, but torch.distributed has no process group "
@@ -98,7 +104,7 @@ def rank_and_size(group) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
-def _src(group) -> int:
+def _src(group: ProcessGroup | None) -> int:
     """The global rank of the group's rank 0 (collectives name sources by global rank)."""
     return dist.get_global_rank(group, 0) if group is not None else 0
 
@@ -115,7 +121,7 @@ def _hex(value: int) -> str:
     return f"digest {value & (2**64 - 1):016x}"
 
 
-def _dtype_set(dtypes) -> int:
+def _dtype_set(dtypes: Any) -> int:
     """The set of ``dtypes`` as a bit mask of their codes (:func:`_dtype_code`)."""
     return sum(1 << code for code in {_dtype_code(d) for d in dtypes})
 
@@ -146,7 +152,8 @@ _EXCHANGES = ("train_step's settings", "the MI bound over the whole batch", "gra
               "train_step's weight check")
 
 
-def _exchange(group, device, what: str, checked: dict[str, int], extra: Sequence[int] = (),
+def _exchange(group: ProcessGroup | None, device: torch.device | str, what: str,
+              checked: dict[str, int], extra: Sequence[int] = (),
               describe: dict[str, Callable[[int], str]] | None = None) -> list[list[int]]:
     """All ranks' ``extra`` integers, after checking that every rank is at the same exchange
     ``what`` (one of ``_EXCHANGES``) and gave the same ``checked`` integers (one all_gather of
@@ -196,7 +203,7 @@ class BatchAgreement(NamedTuple):
     world_size: int
 
 
-def agree_on_batch(group, n: int, z: torch.Tensor, seed: int,
+def agree_on_batch(group: ProcessGroup | None, n: int, z: torch.Tensor, seed: int,
                    shuffled_grad: bool = False) -> BatchAgreement:
     """Check that every rank has ``n`` data rows and codes ``z`` of the same shape and dtype, and
     the same ``shuffled_grad`` where it matters (the partners carry a gradient back, a
@@ -221,7 +228,7 @@ class _GatherRows(torch.autograd.Function):
     gathered rows over the ranks and returns this rank's rows (a reduce-scatter)."""
 
     @staticmethod
-    def forward(ctx, z, group):
+    def forward(ctx: Any, z: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor:
         ctx.group = group
         world = dist.get_world_size(group)
         z = z.contiguous()
@@ -230,7 +237,7 @@ class _GatherRows(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         world = dist.get_world_size(ctx.group)
         out = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
         _reduce_scatter_rows(out, grad.contiguous(), op=dist.ReduceOp.SUM, group=ctx.group)
@@ -238,7 +245,7 @@ class _GatherRows(torch.autograd.Function):
 
 
 def partner_codes(z: torch.Tensor, n: int, perm: torch.Tensor, agreement: BatchAgreement,
-                  group, shuffled_grad: bool) -> torch.Tensor:
+                  group: ProcessGroup | None, shuffled_grad: bool) -> torch.Tensor:
     """The codes the whole-batch shuffle pairs with this rank's codes: row ``s n + i`` (sample
     block s, data row i) is the global block-s code that ``perm`` sends this rank's row to.
 
@@ -254,14 +261,15 @@ def partner_codes(z: torch.Tensor, n: int, perm: torch.Tensor, agreement: BatchA
     # Global position p within block s -> rank p // n, its row s n + p % n, at that rank's offset.
     p = (perm.view(s, world * n) - blocks * (world * n))[:, rank * n:(rank + 1) * n]
     index = (p // n) * m + blocks * n + p % n
-    gathered = _GatherRows.apply(z if shuffled_grad else z.detach(), group)
+    gathered: torch.Tensor = _GatherRows.apply(  # type: ignore[no-untyped-call]
+        z if shuffled_grad else z.detach(), group)
     return gathered[index.reshape(-1)]
 
 
 # ----------------------------------------------------------------------------- gradients
 
 
-def average_gradients(params: Sequence[torch.nn.Parameter], group,
+def average_gradients(params: Sequence[torch.nn.Parameter], group: ProcessGroup | None,
                       bucket_bytes: int = BUCKET_BYTES) -> None:
     """``p.grad`` becomes the mean of ``p.grad`` over the ranks of ``group``, for every ``p`` of
     ``params`` that has one (the same parameters on every rank, checked), in all_reduces of flat
@@ -295,7 +303,7 @@ def average_gradients(params: Sequence[torch.nn.Parameter], group,
         _average_bucket(bucket, group, world)
 
 
-def _average_bucket(grads: list[torch.Tensor], group, world: int) -> None:
+def _average_bucket(grads: list[torch.Tensor], group: ProcessGroup | None, world: int) -> None:
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     flat.div_(world)
@@ -307,19 +315,20 @@ class AveragingOptimizer:
     """``optimizer`` whose :meth:`step` first averages the gradients of its parameters over the
     ranks of ``group`` (:func:`average_gradients`); everything else is the optimizer's own."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, group):
+    def __init__(self, optimizer: torch.optim.Optimizer, group: ProcessGroup | None) -> None:
         self.optimizer, self.group = optimizer, group
 
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         average_gradients(params, self.group)
         return self.optimizer.step(closure)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.optimizer, name)
 
 
-def mean_over(group, values: Sequence[float], device="cpu") -> list[float]:
+def mean_over(group: ProcessGroup | None, values: Sequence[float],
+              device: torch.device | str = "cpu") -> list[float]:
     """The mean of each of ``values`` over the ranks of ``group`` (one all_reduce)."""
     _, world = rank_and_size(group)
     t = torch.tensor(list(values), dtype=torch.float64, device=device)
@@ -330,15 +339,15 @@ def mean_over(group, values: Sequence[float], device="cpu") -> list[float]:
 # ----------------------------------------------------------------------------- start of a run
 
 
-def all_objects(group, obj) -> list:
+def all_objects(group: ProcessGroup | None, obj: object) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order."""
     _, world = rank_and_size(group)
-    everyone: list = [None] * world
+    everyone: list[Any] = [None] * world
     dist.all_gather_object(everyone, obj, group=group)
     return everyone
 
 
-def check_same(group, what: str, named: dict) -> None:
+def check_same(group: ProcessGroup | None, what: str, named: dict[str, Any]) -> None:
     """Raise the same :class:`DistributedMismatchError` on every rank unless all ranks hold
     equal values for every key of ``named`` (picklable values; one all_gather_object)."""
     everyone = all_objects(group, named)
@@ -351,14 +360,15 @@ def check_same(group, what: str, named: dict) -> None:
                 "give the same")
 
 
-def data_digest(samples) -> str:
+def data_digest(samples: Any) -> str:
     """SHA-256 (hex) of ``samples`` (N, ...) as this process reads them: a tensor or
     :class:`~infomax_ext.data.MappedSamples` (its file read again, in chunks): the shape and the
     bytes of the values. Ranks that read a file at the same path but see other contents (another
     machine's copy) get other digests."""
     h = hashlib.sha256(repr(tuple(samples.shape)).encode())
     if isinstance(samples, torch.Tensor):
-        chunks = (c.detach().cpu().contiguous().numpy() for c in samples.split(2**16))
+        chunks = (c.detach().cpu().contiguous().numpy()
+              for c in samples.split(2**16))
     else:
         chunks = samples.chunks()
     for chunk in chunks:
@@ -367,13 +377,13 @@ def data_digest(samples) -> str:
 
 
 @torch.no_grad()
-def broadcast_module(module: torch.nn.Module, group) -> None:
+def broadcast_module(module: torch.nn.Module, group: ProcessGroup | None) -> None:
     """Every parameter and buffer of ``module`` set to rank 0's values."""
     for t in module.state_dict().values():
         dist.broadcast(t, src=_src(group), group=group)
 
 
-def from_rank0(group, fn: Callable):
+def from_rank0(group: ProcessGroup | None, fn: Callable[[], _R]) -> _R:
     """``fn()`` run on rank 0 alone, its value (or the exception it raised) sent to every rank
     and returned (raised) there too; ``fn()`` itself when ``group`` is None. For what one process
     decides: a run directory's name, its lock, a saved configuration or checkpoint read where
@@ -384,10 +394,10 @@ def from_rank0(group, fn: Callable):
     if group is None:
         return fn()
     rank, _ = rank_and_size(group)
-    box: list = [None]
+    box: list[Any] = [None]
     if rank == 0:
         try:
-            result = ("value", fn())
+            result: tuple[str, Any] = ("value", fn())
         except BaseException as exc:  # noqa: BLE001 - every rank must leave the same way
             result = ("error", _portable(exc))
         try:
@@ -411,7 +421,8 @@ def from_rank0(group, fn: Callable):
             + "; every process must see the same files")
     if kind == "error":
         raise value
-    return value
+    returned: _R = value
+    return returned
 
 
 # How long the other ranks wait for rank 0's own work (reading and checking the data,
@@ -419,7 +430,8 @@ def from_rank0(group, fn: Callable):
 RANK0_WORK_TIMEOUT = datetime.timedelta(hours=24)
 
 
-def wait_for_rank0(group, timeout: datetime.timedelta = RANK0_WORK_TIMEOUT) -> None:
+def wait_for_rank0(group: ProcessGroup | None,
+                   timeout: datetime.timedelta = RANK0_WORK_TIMEOUT) -> None:
     """Every rank waits here until all have arrived, for up to ``timeout`` (gloo: a
     ``monitored_barrier``, which fails at once when a rank's process is gone; other backends
     wait in a collective, up to the group's timeout). Called where rank 0 alone worked for a
@@ -445,7 +457,8 @@ _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def init_from_env(backend: str | None, device: torch.device,
-                  timeout: datetime.timedelta = datetime.timedelta(minutes=30)):
+                  timeout: datetime.timedelta = datetime.timedelta(minutes=30),
+                  ) -> ProcessGroup | None:
     """The default process group (``torch.distributed.group.WORLD``) when this process was
     started by torchrun (its environment names RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT),
     initialised here if it is not yet; None otherwise. ``backend`` None: nccl for a CUDA
@@ -465,9 +478,9 @@ def init_from_env(backend: str | None, device: torch.device,
             torch.cuda.set_device(device_id)
         # torchrun's store outlives a restart (--max-restarts), and with it the addresses the
         # previous attempt's processes published: each attempt keys its own.
-        store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+        store, rank, world = next(dist.rendezvous("env://", timeout=timeout))  # type: ignore[attr-defined]
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = dist.PrefixStore(f"infomax_ext/{attempt}", store)
+        store = dist.PrefixStore(f"infomax_ext/{attempt}", store)  # type: ignore[attr-defined]
         dist.init_process_group(backend, store=store, rank=rank, world_size=world,
                                 timeout=timeout, device_id=device_id)
         set_roll_call_store(store, rank, world)

@@ -17,8 +17,12 @@ from __future__ import annotations
 import datetime
 import re
 import time
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["LostContactError", "JobStopped", "is_lost_contact", "lost_contact", "set_roll_call_store"]
 
@@ -26,7 +30,7 @@ __all__ = ["LostContactError", "JobStopped", "is_lost_contact", "lost_contact", 
 # collective failed on the same step answer within this).
 ROLL_CALL_SECONDS = 10.0
 
-_STORE: dict = {}
+_STORE: dict[str, Any] = {}
 
 
 class LostContactError(RuntimeError):
@@ -37,10 +41,11 @@ class JobStopped(LostContactError):
     """This process was told to stop (SIGTERM from torchrun's agent) while the job ran."""
 
 
-def set_roll_call_store(store, rank: int, world_size: int) -> None:
+def set_roll_call_store(store: Any, rank: int, world_size: int) -> None:
     """Use ``store`` (a ``torch.distributed.Store`` shared by the job's ranks) for the roll call
     of :func:`lost_contact`."""
-    _STORE.update(store=dist.PrefixStore("roll-call", store), rank=rank, world=world_size)
+    _STORE.update(store=dist.PrefixStore("roll-call", store),  # type: ignore[attr-defined]
+                  rank=rank, world=world_size)
 
 
 _GLOO_WORDS = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting",
@@ -89,7 +94,7 @@ def _cause(exc: BaseException, timeout_s: float | None) -> str:
     return f" ({first[:160]})"
 
 
-def lost_contact(exc: BaseException, group, timeout_s: float | None = None,
+def lost_contact(exc: BaseException, group: ProcessGroup | None, timeout_s: float | None = None,
                  seconds: float = ROLL_CALL_SECONDS) -> LostContactError:
     """The :class:`LostContactError` for the collective failure ``exc`` in ``group``, after a
     roll call of at most ``seconds`` and ``timeout_s`` (the group's timeout, named in the

@@ -11,8 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import weakref
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 from .distributed import (_EXCHANGES, _all_gather_rows, _dtype_code, _dtype_name, _dtype_set,
                           _dtype_set_names, _exchange, _hex, _layout, broadcast_module,
@@ -23,7 +27,8 @@ __all__ = ["agree_on_step", "stepped"]
 # model -> {id(group): ((id(p), p._version) for every parameter)} after the last step on which
 # every rank held the same weights: while those versions stand, nothing changed the weights
 # outside train_step and they need no new check.
-_AGREED_WEIGHTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_AGREED_WEIGHTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, Any]]" = (
+    weakref.WeakKeyDictionary())
 
 
 def _json_digest(value) -> int:
@@ -88,7 +93,7 @@ def agree_on_step(group, model: torch.nn.Module, x: torch.Tensor, *, reuse_forwa
     _AGREED_WEIGHTS.setdefault(model, {})[id(group)] = _versions(model)
 
 
-def stepped(group, model: torch.nn.Module) -> None:
+def stepped(group: ProcessGroup | None, model: torch.nn.Module) -> None:
     """Record that a train_step of ``model`` in ``group`` ended: its weights are equal on every
     rank (same start, same averaged gradients)."""
     _AGREED_WEIGHTS.setdefault(model, {})[id(group)] = _versions(model)
@@ -105,7 +110,7 @@ def _tensor_digest(t: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def _agree_on_weights(group, model: torch.nn.Module, first: bool) -> None:
+def _agree_on_weights(group: ProcessGroup | None, model: torch.nn.Module, first: bool) -> None:
     """Compare every parameter of ``model`` over the ranks (an all_gather of one digest per
     parameter; the ranks agreed on the parameters already); on a difference set them to rank
     0's when ``first``, else raise naming the first parameter that differs."""

@@ -19,14 +19,18 @@ torch's global random state.
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .mutual_info import MutualInfoChain, latent_permutation, paired_mutual_info
-from .vae import decoder_loglikelihood, encoder_kl
+from .vae import VAE, decoder_loglikelihood, encoder_kl
+from .data import MappedSamples
+
+if TYPE_CHECKING:
+    from .infomax import InfoMaxVAE
 
 __all__ = [
     "ACTIVE_UNIT_THRESHOLD",
@@ -43,7 +47,7 @@ _CHUNK = 2048
 
 
 @contextlib.contextmanager
-def _forked(device: torch.device, seed: int):
+def _forked(device: torch.device, seed: int) -> Iterator[None]:
     """Torch's RNG forked (CPU and ``device``) and seeded with ``seed`` for the block."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -56,14 +60,15 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def encoder_mean(vae: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def encoder_mean(vae: VAE, x: torch.Tensor | MappedSamples) -> torch.Tensor:
     """The encoder means ``E[z | x]`` (N, d) for ``x`` (N, *sample_shape), in chunks."""
     device = _device_of(vae)
     parts = [vae.encoder(x[i:i + _CHUNK].to(device))[0] for i in range(0, x.shape[0], _CHUNK)]
     return torch.cat(parts)
 
 
-def active_units(mu: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> tuple[int, list[float]]:
+def active_units(mu: torch.Tensor,
+                 threshold: float = ACTIVE_UNIT_THRESHOLD) -> tuple[int, list[float]]:
     """``(number of active units, per-dimension variances)`` of the encoder means ``mu`` (N, d):
     unit ``j`` is active when ``Var_n(mu[n, j]) > threshold`` (population variance over the N
     samples)."""
@@ -74,7 +79,7 @@ def active_units(mu: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> 
 
 
 @torch.no_grad()
-def reconstruction_and_kl(vae: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+def reconstruction_and_kl(vae: VAE, x: torch.Tensor | MappedSamples) -> tuple[float, float]:
     """``(mean log p(x | z), mean KL(q(z | x) || N(0, I)))`` over ``x`` (N, *sample_shape), one
     ``z ~ q(z | x)`` per sample, drawn from torch's global generator (seed it, or fork it, to
     repeat)."""
@@ -110,7 +115,8 @@ def probe_accuracy(mu_train: torch.Tensor, y_train: torch.Tensor, mu_test: torch
     return float(probe.score(mu_test.double().cpu().numpy(), y_te))
 
 
-def heldout_mutual_info(vae: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor, *,
+def heldout_mutual_info(vae: VAE, x_train: torch.Tensor | MappedSamples,
+                        x_test: torch.Tensor | MappedSamples, *,
                         mi_neurons: Sequence[int] = (128, 128), activation: str = "relu",
                         steps: int = 1500, batch_size: int = 256, lr: float = 1e-3,
                         seed: int = 0, n_eval: int = 16) -> float:
@@ -156,18 +162,18 @@ def heldout_mutual_info(vae: nn.Module, x_train: torch.Tensor, x_test: torch.Ten
     return total / n_eval
 
 
-def evaluate(model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor,
-             y_train: torch.Tensor | None = None, y_test: torch.Tensor | None = None, *,
-             threshold: float = ACTIVE_UNIT_THRESHOLD, mi_steps: int = 1500,
-             mi_neurons: Sequence[int] = (128, 128), activation: str = "relu",
-             seed: int = 0) -> dict:
+def evaluate(model: InfoMaxVAE | VAE, x_train: torch.Tensor | MappedSamples,
+             x_test: torch.Tensor | MappedSamples, y_train: torch.Tensor | None = None,
+             y_test: torch.Tensor | None = None, *, threshold: float = ACTIVE_UNIT_THRESHOLD,
+             mi_steps: int = 1500, mi_neurons: Sequence[int] = (128, 128), activation: str = "relu",
+             seed: int = 0) -> dict[str, Any]:
     """All held-out metrics of an ``InfoMaxVAE`` (or a ``VAE``) as a JSON-ready dict.
 
     Keys: ``mi``, ``active_units``, ``probe_accuracy`` (``None`` without labels),
     ``recon_loglik``, ``kl``, ``elbo``, plus ``latent_dim``, ``active_unit_threshold``,
     ``latent_variances`` (per dimension, held-out), ``n_train``, ``n_test``. Data: x (N, ...),
     labels (N,) int64."""
-    vae = model.vae if hasattr(model, "vae") else model
+    vae: VAE = model.vae if hasattr(model, "vae") else model  # type: ignore[assignment]
     was_training = vae.training
     vae.eval()
     try:

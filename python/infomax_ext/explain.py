@@ -11,7 +11,7 @@ from torch import nn
 from . import _ops
 from .activations import kernel_spec
 from .all_pairs import split_reasons
-from .bounds import NWJ, resolve_bound
+from .bounds import NWJ, Bound, resolve_bound
 from .mutual_info import _plan_and_reasons, _shuffled_half_needs_graph
 
 __all__ = ["PathExplanation", "explain_path", "kernel_reasons"]
@@ -67,7 +67,7 @@ def _stack_reason(middle: list) -> str | None:
 
 
 def explain_path(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, *, shuffled_grad: bool = False,
-                 bound="nwj", negatives: str = "shuffle") -> PathExplanation:
+                 bound: str | Bound = "nwj", negatives: str = "shuffle") -> PathExplanation:
     """The evaluation :func:`~infomax_ext.mutual_info.shuffled_bound` takes for ``mi`` on x (N,
     ...) and z (N, d) with these settings in the current context (:func:`~infomax_ext.use_path`,
     autocast, gradient mode), with the reasons. ``print(im.explain_path(mi, x, z))`` shows it."""

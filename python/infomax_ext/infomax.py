@@ -11,14 +11,15 @@ import json
 import os
 import weakref
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping,
+                    NamedTuple, overload)
 
 import torch
 from torch import nn
 
 from . import distributed, distributed_step, memory, widths
 from .activations import ACTIVATIONS, spec_of_module
-from .bounds import BOUNDS, resolve_bound
+from .bounds import BOUNDS, Bound, resolve_bound
 from .mutual_info import (
     DataHalfCache,
     MIScores,
@@ -41,6 +42,12 @@ from .serialization import (
 )
 from .vae import VAE, VAEOutput, decoder_loglikelihood, encoder_kl
 from .validation import as_count, check_weight, check_weights
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+PathLike = str | os.PathLike[str]
+"""A file or directory path: a ``str`` or a ``pathlib.Path``."""
 
 __all__ = ["InfoMaxVAE", "InfoMaxVAEOutput", "InfoMaxTerms", "infomaxloss", "infomax_terms",
            "miloss", "train_step", "model_config", "save_model", "load_model"]
@@ -72,7 +79,7 @@ class InfoMaxVAE(nn.Module):
     """
 
     def __init__(self, vae: VAE, mi: MutualInfoChain, preprocessing: Preprocessing | None = None,
-                 bound="nwj"):
+                 bound: str | Bound = "nwj") -> None:
         super().__init__()
         if not isinstance(vae, nn.Module) or not isinstance(mi, nn.Module):
             raise TypeError("InfoMaxVAE(vae, mi) takes two nn.Modules")
@@ -82,7 +89,7 @@ class InfoMaxVAE(nn.Module):
         self.bound = resolve_bound(bound)
 
     def forward(self, x: torch.Tensor, latent: bool = False, seed: int | None = None,
-                process_group=None):
+                process_group: ProcessGroup | None = None) -> Any:
         if not latent:
             return self.vae(x)
         check_batch(x)
@@ -92,7 +99,7 @@ class InfoMaxVAE(nn.Module):
         return InfoMaxVAEOutput(out, bound)
 
     @property
-    def config(self) -> dict | None:
+    def config(self) -> dict[str, Any] | None:
         """``{"format": "infomax_ext.InfoMaxVAE", "version": 1, "vae": <VAE config>, "mi":
         <MutualInfoChain config>}``, the file ``model_config.json`` of :meth:`save`; ``None``
         when a part carries no config (it was not built by ``from_sizes``)."""
@@ -106,7 +113,7 @@ class InfoMaxVAE(nn.Module):
         return config
 
     @classmethod
-    def from_config(cls, config: dict) -> "InfoMaxVAE":
+    def from_config(cls, config: dict[str, Any]) -> "InfoMaxVAE":
         """A fresh model with the architecture of ``config`` (:attr:`config`). The builders'
         random initialisation runs under a forked RNG: torch's global generator is left as it
         was. A :class:`SerializationError` names what is wrong with a config it cannot use."""
@@ -141,7 +148,7 @@ class InfoMaxVAE(nn.Module):
             raise SerializationError(f"cannot rebuild the model from its config: "
                                      f"{' '.join(str(exc).split())}") from None
 
-    def save(self, directory) -> None:
+    def save(self, directory: PathLike) -> None:
         """Write the model (architecture and weights) to ``directory``; see :meth:`load`.
 
         Files: ``model_config.json`` (:attr:`config`), ``model.pt`` (the state_dict) and
@@ -155,7 +162,8 @@ class InfoMaxVAE(nn.Module):
         save_model(self, directory)
 
     @classmethod
-    def load(cls, directory, map_location=None) -> "InfoMaxVAE":
+    def load(cls, directory: PathLike,
+             map_location: str | torch.device | None = None) -> "InfoMaxVAE":
         """The model saved by :meth:`save` in ``directory``, rebuilt exactly.
 
         Weights keep their saved dtypes (float64 stays float64); ``map_location`` (as in
@@ -176,7 +184,7 @@ class InfoMaxVAE(nn.Module):
         return model
 
 
-def model_config(model: nn.Module) -> dict:
+def model_config(model: nn.Module) -> dict[str, Any]:
     """:attr:`InfoMaxVAE.config`, checked for saving: a :class:`SerializationError` saying why
     when a part carries no config, when an activation has no name, or when an entry is not
     JSON."""
@@ -201,8 +209,8 @@ def model_config(model: nn.Module) -> dict:
             "from_sizes builders, or save model.state_dict() with torch.save and rebuild the "
             "architecture in code."
         )
-    unnamed = (_unnamed_activation_entries(vae_config, "vae")
-               + _unnamed_activation_entries(mi_config, "mi"))
+    unnamed = (_unnamed_activation_entries(vae_config, "vae")  # type: ignore[arg-type]  # not None here
+               + _unnamed_activation_entries(mi_config, "mi"))  # type: ignore[arg-type]
     if unnamed:
         modules = ", ".join(f"{name} = {module!r}" for name, module in model.named_modules()
                             if _is_unnamed_activation(module))
@@ -226,7 +234,7 @@ def model_config(model: nn.Module) -> dict:
     return config
 
 
-def _unnamed_activation_entries(config: dict, path: str) -> list[str]:
+def _unnamed_activation_entries(config: dict[str, Any], path: str) -> list[str]:
     """``"<path>.<key>[i]"`` for each activation entry of a builder config that holds no name."""
     found = []
     for key, value in config.items():
@@ -247,7 +255,7 @@ def _is_unnamed_activation(module: nn.Module) -> bool:
             and spec_of_module(module) is None)
 
 
-def save_model(model: nn.Module, directory) -> None:
+def save_model(model: nn.Module, directory: PathLike) -> None:
     """``model.save(directory)`` for an :class:`InfoMaxVAE` built by ``from_sizes``
     (:meth:`InfoMaxVAE.save`); a :class:`SerializationError` for any other model."""
     config = model_config(model)
@@ -256,7 +264,7 @@ def save_model(model: nn.Module, directory) -> None:
     write_model_files(directory, config, model.state_dict())
 
 
-def read_preprocessing(directory) -> Preprocessing:
+def read_preprocessing(directory: PathLike) -> Preprocessing:
     """The :class:`Preprocessing` in ``directory/preprocessing.json``; the identity when the
     file is absent (a model saved before the file existed); a :class:`SerializationError` when it
     cannot be used."""
@@ -271,7 +279,8 @@ def read_preprocessing(directory) -> Preprocessing:
         raise SerializationError(f"{path}: {exc}") from None
 
 
-def load_model(directory, map_location=None) -> InfoMaxVAE:
+def load_model(directory: PathLike,
+               map_location: str | torch.device | None = None) -> InfoMaxVAE:
     """:meth:`InfoMaxVAE.load`: the model saved in ``directory``, rebuilt exactly."""
     return InfoMaxVAE.load(directory, map_location=map_location)
 
@@ -298,15 +307,15 @@ def infomax_terms(
     beta: float = 1.0,
     alpha: float = 1.0,
     n_samples: int = 1,
-    reconstruction_loglikelihood: Callable = decoder_loglikelihood,
-    kl_divergence: Callable = encoder_kl,
-    regularization: Callable | None = None,
+    reconstruction_loglikelihood: Callable[..., torch.Tensor] = decoder_loglikelihood,
+    kl_divergence: Callable[..., torch.Tensor] = encoder_kl,
+    regularization: Callable[[VAEOutput], torch.Tensor] | None = None,
     reg_strength: float = 1.0,
     seed: int | None = None,
     shuffled_grad: bool = False,
     data_half_cache: DataHalfCache | None = None,
-    process_group=None,
-    bound="nwj",
+    process_group: ProcessGroup | None = None,
+    bound: str | Bound = "nwj",
     negatives: str = "shuffle",
 ) -> InfoMaxTerms:
     """:func:`infomaxloss` with its terms; the arguments are those of :func:`infomaxloss`."""
@@ -342,7 +351,26 @@ def infomax_terms(
                         MIScores(paired.joint, paired.shuffled), vae_output)
 
 
-def infomaxloss(vae, mi, x, x_out=None, **kwargs) -> torch.Tensor:
+def infomaxloss(
+    vae: VAE,
+    mi: MutualInfoChain,
+    x: torch.Tensor,
+    x_out: torch.Tensor | None = None,
+    *,
+    beta: float = 1.0,
+    alpha: float = 1.0,
+    n_samples: int = 1,
+    reconstruction_loglikelihood: Callable[..., torch.Tensor] = decoder_loglikelihood,
+    kl_divergence: Callable[..., torch.Tensor] = encoder_kl,
+    regularization: Callable[[VAEOutput], torch.Tensor] | None = None,
+    reg_strength: float = 1.0,
+    seed: int | None = None,
+    shuffled_grad: bool = False,
+    data_half_cache: DataHalfCache | None = None,
+    process_group: ProcessGroup | None = None,
+    bound: str | Bound = "nwj",
+    negatives: str = "shuffle",
+) -> torch.Tensor:
     """Loss of the VAE in the InfoMax VAE (a 0-dim tensor).
 
     ``-mean(log p(x_out | z)) + beta * mean(KL(q(z|x) || N(0, I))) - alpha * I(x; z)
@@ -361,12 +389,21 @@ def infomaxloss(vae, mi, x, x_out=None, **kwargs) -> torch.Tensor:
     ``negatives="shuffle"`` (or ``"all"``: every pair of the batch; see
     :func:`~infomax_ext.mutual_info.shuffled_bound`).
     """
-    return infomax_terms(vae, mi, x, x_out, **kwargs).loss
+    return infomax_terms(
+        vae, mi, x, x_out, beta=beta, alpha=alpha, n_samples=n_samples,
+        reconstruction_loglikelihood=reconstruction_loglikelihood, kl_divergence=kl_divergence,
+        regularization=regularization, reg_strength=reg_strength, seed=seed,
+        shuffled_grad=shuffled_grad, data_half_cache=data_half_cache, process_group=process_group,
+        bound=bound, negatives=negatives,
+    ).loss
 
 
-def miloss(vae, mi, x, *, regularization=None, reg_strength=1.0, seed=None,
-           data_half_cache=None, process_group=None, bound="nwj",
-           negatives="shuffle") -> torch.Tensor:
+def miloss(vae: VAE, mi: MutualInfoChain, x: torch.Tensor, *,
+           regularization: Callable[[MIScores], torch.Tensor] | None = None,
+           reg_strength: float = 1.0, seed: int | None = None,
+           data_half_cache: DataHalfCache | None = None,
+           process_group: ProcessGroup | None = None, bound: str | Bound = "nwj",
+           negatives: str = "shuffle") -> torch.Tensor:
     """Loss of the MI chain: ``-I(x; z) + reg_strength * regularization(MIScores(joint, shuffled))``.
 
     z is one sample of the VAE's encoder, drawn without building a graph, so the gradient
@@ -389,7 +426,7 @@ def miloss(vae, mi, x, *, regularization=None, reg_strength=1.0, seed=None,
     return loss
 
 
-def _optimizers(opt):
+def _optimizers(opt: Any) -> tuple[Any, Any, tuple[str, str]]:
     """``(vae optimizer, mi optimizer, (their names as the caller wrote them))``."""
     if isinstance(opt, dict) or hasattr(opt, "keys"):
         try:
@@ -406,10 +443,11 @@ def _optimizers(opt):
 
 # Per optimizer, the layout that passed _check_optimizers: (model parts, the param lists and
 # their lengths). A step whose layout matches skips the check.
-_CHECKED_LAYOUTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CHECKED_LAYOUTS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 
-def _check_optimizers(model, optimizers, names, param_counts) -> None:
+def _check_optimizers(model: InfoMaxVAE, optimizers: tuple[Any, Any], names: tuple[str, str],
+                      param_counts: Any) -> None:
     """A ValueError naming the optimizer when the ``vae`` optimizer holds a parameter that is not
     ``model.vae``'s or the ``mi`` optimizer one that is not ``model.mi``'s (the optimizers
     swapped, or built for another model): its step would change what this step does not train.
@@ -447,7 +485,7 @@ def _check_optimizers(model, optimizers, names, param_counts) -> None:
 
 
 @contextlib.contextmanager
-def _frozen(params: Iterable[nn.Parameter]):
+def _frozen(params: Iterable[nn.Parameter]) -> Iterator[None]:
     """Parameters temporarily set to requires_grad=False, so no graph is built for them."""
     params = [p for p in params if p.requires_grad]
     for p in params:
@@ -459,31 +497,73 @@ def _frozen(params: Iterable[nn.Parameter]):
             p.requires_grad_(True)
 
 
-def _set_grads(loss: torch.Tensor, params: list[nn.Parameter], retain_graph: bool = False):
+def _set_grads(loss: torch.Tensor, params: list[nn.Parameter], retain_graph: bool = False) -> None:
     """``p.grad = d loss / d p`` for exactly these parameters (others' .grad untouched)."""
     grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = g
 
 
+@overload
 def train_step(
     model: InfoMaxVAE,
     x: torch.Tensor,
-    opt,
+    opt: Mapping[str, torch.optim.Optimizer] | Any,
     x_out: torch.Tensor | None = None,
     *,
-    infomaxloss_function: Callable = infomaxloss,
-    infomaxloss_kwargs: dict | None = None,
-    miloss_function: Callable = miloss,
-    miloss_kwargs: dict | None = None,
+    infomaxloss_function: Callable[..., torch.Tensor] = infomaxloss,
+    infomaxloss_kwargs: dict[str, Any] | None = None,
+    miloss_function: Callable[..., torch.Tensor] = miloss,
+    miloss_kwargs: dict[str, Any] | None = None,
+    loss_return: Literal[True],
+    verbose: bool = False,
+    reuse_forward: bool = False,
+    shuffled_grad: bool | None = None,
+    process_group: ProcessGroup | None = None,
+    negatives: str = "global",
+    bound: str | Bound | None = None,
+) -> tuple[float, float]: ...
+
+
+@overload
+def train_step(
+    model: InfoMaxVAE,
+    x: torch.Tensor,
+    opt: Mapping[str, torch.optim.Optimizer] | Any,
+    x_out: torch.Tensor | None = None,
+    *,
+    infomaxloss_function: Callable[..., torch.Tensor] = infomaxloss,
+    infomaxloss_kwargs: dict[str, Any] | None = None,
+    miloss_function: Callable[..., torch.Tensor] = miloss,
+    miloss_kwargs: dict[str, Any] | None = None,
+    loss_return: Literal[False] = False,
+    verbose: bool = False,
+    reuse_forward: bool = False,
+    shuffled_grad: bool | None = None,
+    process_group: ProcessGroup | None = None,
+    negatives: str = "global",
+    bound: str | Bound | None = None,
+) -> None: ...
+
+
+def train_step(
+    model: InfoMaxVAE,
+    x: torch.Tensor,
+    opt: Mapping[str, torch.optim.Optimizer] | Any,
+    x_out: torch.Tensor | None = None,
+    *,
+    infomaxloss_function: Callable[..., torch.Tensor] = infomaxloss,
+    infomaxloss_kwargs: dict[str, Any] | None = None,
+    miloss_function: Callable[..., torch.Tensor] = miloss,
+    miloss_kwargs: dict[str, Any] | None = None,
     loss_return: bool = False,
     verbose: bool = False,
     reuse_forward: bool = False,
     shuffled_grad: bool | None = None,
-    process_group=None,
+    process_group: ProcessGroup | None = None,
     negatives: str = "global",
-    bound=None,
-):
+    bound: str | Bound | None = None,
+) -> tuple[float, float] | None:
     """One training step of the InfoMax VAE (Julia's ``train!``).
 
     ``opt`` holds a ``vae`` and an ``mi`` optimizer. (1) The gradient of the InfoMax loss with
@@ -619,7 +699,7 @@ def _alternating_step(model, args, opt_vae, opt_mi, vae_params, mi_params,
     return vae_loss, mi_loss
 
 
-def _step_cache(model, opt_vae) -> DataHalfCache | None:
+def _step_cache(model: InfoMaxVAE, opt_vae: Any) -> DataHalfCache | None:
     """A :class:`DataHalfCache` for one alternating step, or None when the VAE step could change
     the MI chain's weights (the VAE optimizer holds some of them, or is not a torch optimizer, so
     what it holds is unknown)."""
@@ -632,8 +712,10 @@ def _step_cache(model, opt_vae) -> DataHalfCache | None:
     return DataHalfCache()
 
 
-def _reuse_forward_step(model, args, opt_vae, opt_mi, vae_params, mi_params, vae_kwargs,
-                        mi_kwargs):
+def _reuse_forward_step(model: InfoMaxVAE, args: tuple[torch.Tensor, ...], opt_vae: Any,
+                        opt_mi: Any, vae_params: list[nn.Parameter],
+                        mi_params: list[nn.Parameter], vae_kwargs: dict[str, Any],
+                        mi_kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`train_step` with ``reuse_forward=True`` (the paper's scheme): one forward pass of
     :func:`infomax_terms` feeds both updates; the MI loss uses the pre-update codes and the same
     permutation. ``args`` is ``(x,)`` or ``(x, x_out)``. Returns ``(vae_loss, mi_loss)``."""

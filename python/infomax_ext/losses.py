@@ -24,26 +24,30 @@ maximises I, the encoder's loss uses I too)::
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
 from .infomax import InfoMaxTerms, infomax_terms
-from .bounds import resolve_bound
+from .bounds import Bound, resolve_bound
 from .mutual_info import NEGATIVES, MIScores, check_batch, paired_mutual_info, shuffled_bound
 from .vae import decoder_loglikelihood, encoder_kl
 from .validation import as_count, check_weight
+from .vae import VAEOutput
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["MutualInfoLoss", "InfoMaxVAELoss"]
 
 
-def _finite(name: str, value) -> float:
+def _finite(name: str, value: object) -> float:
     """A loss weight as a float: finite and >= 0 (:func:`~infomax_ext.validation.check_weight`)."""
     return float(check_weight(name, value))
 
 
-def _critic(critic) -> nn.Module:
+def _critic(critic: object) -> nn.Module:
     if not isinstance(critic, nn.Module):
         raise TypeError(f"critic must be an nn.Module T(x, z) such as a MutualInfoChain, got "
                         f"{type(critic).__name__}")
@@ -83,7 +87,8 @@ class MutualInfoLoss(nn.Module):
 
     def __init__(self, critic: nn.Module, *, shuffled_grad: bool = False,
                  regularization: Callable[[MIScores], torch.Tensor] | None = None,
-                 reg_strength: float = 1.0, process_group=None, bound="nwj",
+                 reg_strength: float = 1.0, process_group: ProcessGroup | None = None,
+                 bound: str | Bound = "nwj",
                  negatives: str = "shuffle"):
         super().__init__()
         if not isinstance(shuffled_grad, bool):
@@ -154,7 +159,8 @@ class InfoMaxVAELoss(nn.Module):
                  reconstruction_loglikelihood: Callable = decoder_loglikelihood,
                  kl_divergence: Callable = encoder_kl,
                  regularization: Callable | None = None, reg_strength: float = 1.0,
-                 shuffled_grad: bool = False, process_group=None, bound="nwj",
+                 shuffled_grad: bool = False, process_group: ProcessGroup | None = None,
+                 bound: str | Bound = "nwj",
                  negatives: str = "shuffle"):
         super().__init__()
         n_samples = as_count("n_samples", n_samples)
@@ -176,8 +182,10 @@ class InfoMaxVAELoss(nn.Module):
               seed: int | None = None) -> InfoMaxTerms:
         """The loss and its terms: ``InfoMaxTerms(loss, loglikelihood, kl, mi, regularization,
         scores, vae_output)`` (all 0-dim but the last two)."""
+        # any VAE-like module and critic module (not only VAE and MutualInfoChain)
         return infomax_terms(
-            vae, self.critic, x, x_out, beta=self.beta, alpha=self.alpha,
+            vae, self.critic, x, x_out,  # type: ignore[arg-type]
+            beta=self.beta, alpha=self.alpha,
             n_samples=self.n_samples, reconstruction_loglikelihood=self.reconstruction_loglikelihood,
             kl_divergence=self.kl_divergence, regularization=self.regularization,
             reg_strength=self.reg_strength, seed=seed, shuffled_grad=self.shuffled_grad,

@@ -27,11 +27,15 @@ checkpoint (TensorBoard's ``purge_step``).
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from .vae import VAE
 
 __all__ = ["TensorBoardMonitor", "TensorBoardMissing", "require_tensorboard", "gradient_norm"]
 
@@ -71,19 +75,20 @@ class TensorBoardMonitor:
     first call on rank 0.
     """
 
-    def __init__(self, log_dir, *, val_x: torch.Tensor | None = None,
+    def __init__(self, log_dir: str | os.PathLike[str], *, val_x: torch.Tensor | None = None,
                  labels: torch.Tensor | None = None, classes: Sequence[str] | None = None,
-                 image_shape=None, figures: bool = True, n_images: int = 24, title: str = ""):
+                 image_shape: Sequence[int] | None = None, figures: bool = True,
+                 n_images: int = 24, title: str = "") -> None:
         require_tensorboard()
         self.log_dir = Path(log_dir)
         self.val_x, self.labels, self.classes = val_x, labels, classes
         self.image_shape, self.n_images, self.title = image_shape, n_images, title
         self.figures = figures and val_x is not None
-        self.writer = None
+        self.writer: Any = None
         self._last = (0, 0, 0.0)  # epoch, samples, seconds of the previous step
         self._epoch_end: dict[int, tuple[int, float]] = {}  # epoch: (its last step, samples/s)
 
-    def _open(self, first_step: int):
+    def _open(self, first_step: int) -> Any:
         from torch.utils.tensorboard import SummaryWriter
 
         if self.writer is None:
@@ -91,7 +96,7 @@ class TensorBoardMonitor:
             self.writer = SummaryWriter(str(self.log_dir), purge_step=first_step)
         return self.writer
 
-    def on_step(self, trainer, step: dict) -> None:
+    def on_step(self, trainer: Any, step: dict[str, Any]) -> None:  # trainer: a Trainer
         """Step callback: the step's losses, MI estimate, gradient norms and samples/s."""
         if trainer.rank != 0:
             return
@@ -111,7 +116,7 @@ class TensorBoardMonitor:
         writer.add_scalar("step/grad_norm_mi", gradient_norm(trainer.model.mi), n)
         writer.add_scalar("step/samples_per_s", rate, n)
 
-    def __call__(self, trainer, record: dict) -> None:
+    def __call__(self, trainer: Any, record: dict[str, Any]) -> None:  # trainer: a Trainer
         """Epoch callback: the epoch's means, held-out metrics, samples/s and figures, at the
         epoch's last step."""
         if trainer.rank != 0:
@@ -130,7 +135,7 @@ class TensorBoardMonitor:
             self._add_figures(writer, trainer.model.vae, n)
         writer.flush()
 
-    def _add_figures(self, writer, vae, n: int) -> None:
+    def _add_figures(self, writer: Any, vae: VAE, n: int) -> None:
         from matplotlib.image import imread
 
         from . import plots
@@ -141,11 +146,12 @@ class TensorBoardMonitor:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "figure.png"
-                plots.plot_reconstructions(vae, self.val_x[: self.n_images], path,
+                plots.plot_reconstructions(vae, self.val_x[: self.n_images],  # type: ignore[index]
+                                       path,
                                            image_shape=self.image_shape,
                                            n=self.n_images, title=f"{self.title} reconstructions")
                 writer.add_image("reconstructions", imread(path), n, dataformats="HWC")
-                mu = encoder_mean(vae, self.val_x).cpu()
+                mu = encoder_mean(vae, self.val_x).cpu()  # type: ignore[arg-type]  # figures: val_x
                 plots.plot_latent_space(mu, self.labels, path, classes=self.classes,
                                         title=f"{self.title} held-out latent means")
                 writer.add_image("latent_space", imread(path), n, dataformats="HWC")
@@ -161,15 +167,15 @@ class TensorBoardMonitor:
     def __enter__(self) -> "TensorBoardMonitor":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 # ----------------------------------------------------------------------------- progress display
 
-def _is_terminal(stream) -> bool:
+def _is_terminal(stream: Any) -> bool:
     try:
-        return stream.isatty()
+        return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
 
@@ -177,11 +183,11 @@ def _is_terminal(stream) -> bool:
 class _NoBar:
     """Stands in for a tqdm bar when tqdm is not installed."""
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: None
 
 
-def _progress_bar(**kwargs):
+def _progress_bar(**kwargs: Any) -> Any:
     """A tqdm bar (``tqdm.auto``: a widget in notebooks), or a silent stand-in without tqdm."""
     try:
         from tqdm.auto import tqdm

@@ -14,7 +14,7 @@ for later evaluations on the same data and weights.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -23,8 +23,12 @@ from . import _ops, distributed, distributed_bounds, widths
 from .all_pairs import all_pairs_bound
 from .bounds import NWJ, Bound, resolve_bound
 from ._builders import Built, builder_config, check_layers, check_size, head, linear, mlp, parse_size
-from .activations import ActivationSpec, apply_activation, identity, kernel_spec
+from .activations import ActivationLike, ActivationSpec, apply_activation, identity, kernel_spec
 from .validation import as_count, is_integer_scalar
+from .vae import Init
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 NEGATIVES = ("shuffle", "all")
 """How the negatives of a bound are drawn: a seeded shuffle of the codes, or all pairs."""
@@ -58,7 +62,8 @@ class PairedBound(NamedTuple):
     shuffled: torch.Tensor
 
 
-def check_batch(x: torch.Tensor, z: torch.Tensor | None = None, *, what: str = "the MI bound") -> int:
+def check_batch(x: torch.Tensor, z: torch.Tensor | None = None, *,
+                what: str = "the MI bound") -> int:
     """Batch size of ``x``; raises when it is under 2 or when ``z`` has a different batch size."""
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ValueError(f"x must be a tensor with a batch dimension, got {type(x).__name__}")
@@ -97,7 +102,8 @@ class MutualInfoChain(Built):
         h = None
         try:
             h = torch.cat([self.data(x).reshape(x.shape[0], -1), self.latent(z)], dim=1)
-            return self.mlp(h).squeeze(-1)
+            scores: torch.Tensor = self.mlp(h).squeeze(-1)
+            return scores
         except RuntimeError as exc:
             widths.explain(exc, {"mi.data": (self.data, x), "mi.latent": (self.latent, z),
                                  "mi.mlp": (self.mlp, h)})
@@ -109,10 +115,10 @@ class MutualInfoChain(Built):
         size_input: int | Sequence[int],
         n_latent: int,
         mlp_neurons: Sequence[int],
-        mlp_activations: Sequence,
-        output_activation=identity,
+        mlp_activations: Sequence[ActivationLike],
+        output_activation: ActivationLike = identity,
         *,
-        init=nn.init.xavier_uniform_,
+        init: Init = nn.init.xavier_uniform_,
     ) -> "MutualInfoChain":
         """The default chain of the Julia package.
 
@@ -169,7 +175,7 @@ def latent_permutation(n: int, n_samples: int = 1, seed: int | None = None,
     ])
 
 
-def _traced_permutation(n: int, n_samples: int, device) -> torch.Tensor:
+def _traced_permutation(n: int, n_samples: int, device: torch.device | str) -> torch.Tensor:
     """:func:`latent_permutation` for ``seed=None`` while torch.compile traces: each block a
     ``torch.randperm`` drawn from torch's global generator inside the graph (a drawn seed's value
     would be a data-dependent int, a graph break), uniform over the permutations of the block, as
@@ -196,13 +202,14 @@ def shuffle_latent(z: torch.Tensor, seed: int | None = None) -> torch.Tensor:
 class _FusedPlan(NamedTuple):
     first: nn.Linear
     first_act: ActivationSpec
-    middle: list
+    middle: list[nn.Module]
     head: nn.Linear | None
     head_act: ActivationSpec | None
-    stack: list | None  # middle as (Linear, ActivationSpec) pairs when nwj_mlp can run it
+    # middle as (Linear, ActivationSpec) pairs when nwj_mlp can run it
+    stack: list[tuple[nn.Linear, ActivationSpec]] | None
 
 
-def _linear_stack(middle: list) -> list | None:
+def _linear_stack(middle: list[nn.Module]) -> list[tuple[nn.Linear, ActivationSpec]] | None:
     """``middle`` as (Linear, activation) pairs (identity where a Linear follows a Linear), or
     None when it holds anything else (then its modules run one by one)."""
     stack, i = [], 0
@@ -210,7 +217,7 @@ def _linear_stack(middle: list) -> list | None:
         layer = middle[i]
         if not isinstance(layer, nn.Linear):
             return None
-        act = ActivationSpec("identity")
+        act: ActivationSpec | None = ActivationSpec("identity")
         if i + 1 < len(middle) and not isinstance(middle[i + 1], nn.Linear):
             act = kernel_spec(middle[i + 1])
             if act is None:
@@ -218,7 +225,7 @@ def _linear_stack(middle: list) -> list | None:
             i += 1
         stack.append((layer, act))
         i += 1
-    return stack
+    return stack  # type: ignore[return-value]  # each act is a spec here
 
 
 _BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
@@ -249,7 +256,7 @@ def _plan_and_reasons(mi: nn.Module) -> tuple[_FusedPlan | None, list[str]]:
                       "on the rest of the batch"]
     layers = list(mlp)
     k = 1
-    first_act = ActivationSpec("identity")
+    first_act: ActivationSpec | None = ActivationSpec("identity")
     if len(layers) > 1 and not isinstance(layers[1], nn.Linear):
         first_act = kernel_spec(layers[1])
         if first_act is None:
@@ -285,8 +292,8 @@ class DataHalfCache:
     :meth:`clear` empties the cache (after an in-place change, for instance).
     """
 
-    def __init__(self):
-        self._entries: dict = {}
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -354,8 +361,8 @@ def paired_mutual_info(
     if plan is None:
         return _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad, bound)
     try:
-        hx = mi.data(x).reshape(n, -1)
-        hz = mi.latent(z)
+        hx = mi.data(x).reshape(n, -1)  # type: ignore[operator]  # a chain's parts are modules
+        hz = mi.latent(z)  # type: ignore[operator]
     except RuntimeError as exc:
         widths.explain(exc, {"mi.data": (mi.data, x), "mi.latent": (mi.latent, z)})
         raise
@@ -371,13 +378,14 @@ def paired_mutual_info(
         hz_shuffle = None if z_shuffle is None else mi.latent(z_shuffle.detach())
         return _joint_graph_bound(plan, hx, hz, perm, data_half_cache, hz_shuffle, bound)
     if z_shuffle is not None:
-        source = mi.latent(z_shuffle if shuffled_grad else z_shuffle.detach())
+        source = mi.latent(z_shuffle if shuffled_grad else z_shuffle.detach())  # type: ignore[operator]
         perm = torch.arange(m, device=z.device)
     elif not shuffled_grad and z.requires_grad:
-        source = mi.latent(z.detach())
+        source = mi.latent(z.detach())  # type: ignore[operator]
     else:
         source = None
-    h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
+    h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm,  # type: ignore[arg-type]
+                           plan.first_act.name,
                            plan.first_act.param, _kept_data_half(data_half_cache, hx, weight))
     if plan.stack is not None:
         value, scores = _ops.nwj_mlp(
@@ -420,7 +428,8 @@ def _paired(bound: Bound, joint: torch.Tensor, shuffled: torch.Tensor,
     return PairedBound(value, joint, shuffled)
 
 
-def _shuffled_half_needs_graph(mi, x, z, shuffled_grad) -> bool:
+def _shuffled_half_needs_graph(mi: nn.Module, x: torch.Tensor, z: torch.Tensor,
+                               shuffled_grad: bool) -> bool:
     """Whether any gradient can flow from the shuffled scores: False when the chain is frozen,
     x needs no gradient and the shuffled codes are constants (the VAE step of train_step)."""
     if not torch.is_grad_enabled() or x.requires_grad or (shuffled_grad and z.requires_grad):
@@ -454,7 +463,8 @@ def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
         if plan.head is None:
             return h.reshape(-1)
         out = torch.nn.functional.linear(h, plan.head.weight, plan.head.bias)
-        return apply_activation(out, plan.head_act.name, plan.head_act.param).reshape(-1)
+        return apply_activation(out, plan.head_act.name,  # type: ignore[union-attr]  # set with head
+                                plan.head_act.param).reshape(-1)  # type: ignore[union-attr]
 
     joint = rest(first_layer(latent_half))
     with torch.no_grad():
@@ -529,8 +539,11 @@ def shuffled_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, n_samples: i
     return PairedBound(value, paired.joint, paired.shuffled)
 
 
-def variational_mutual_info(model, x, z=None, z_shuffle=None, *, seed=None, shuffled_grad=False,
-                            process_group=None, bound="nwj", negatives="shuffle"):
+def variational_mutual_info(model: nn.Module, x: torch.Tensor, z: torch.Tensor | None = None,
+                            z_shuffle: torch.Tensor | int | None = None, *,
+                            seed: int | None = None, shuffled_grad: bool = False,
+                            process_group: ProcessGroup | None = None,
+                            bound: str | Bound = "nwj", negatives: str = "shuffle") -> torch.Tensor:
     """Variational estimate of I(x; z) (NWJ by default), a 0-dim tensor.
 
     Forms (``model`` is a :class:`MutualInfoChain` or an ``InfoMaxVAE``):
@@ -550,7 +563,7 @@ def variational_mutual_info(model, x, z=None, z_shuffle=None, *, seed=None, shuf
     (``bound="infonce"`` or ``negatives="all"`` take no ``z_shuffle``).
     """
     if is_integer_scalar(z_shuffle):  # the seed given by position
-        seed, z_shuffle = z_shuffle, None
+        seed, z_shuffle = z_shuffle, None  # type: ignore[assignment]
     mi = model.mi if hasattr(model, "mi") and hasattr(model, "vae") else model
     if not isinstance(mi, nn.Module):
         raise TypeError(f"model must be a MutualInfoChain or an InfoMaxVAE, got {type(model).__name__}")
@@ -558,11 +571,12 @@ def variational_mutual_info(model, x, z=None, z_shuffle=None, *, seed=None, shuf
         if mi is model:
             raise ValueError("variational_mutual_info(mi, x) needs the latent codes z")
         check_batch(x)
-        z = model.vae.sample_latent(model.vae.encoder(x))
+        z = model.vae.sample_latent(model.vae.encoder(x))  # type: ignore[union-attr,operator]
     check_batch(x, z)
     if z_shuffle is not None:
-        if z_shuffle.shape != z.shape:
-            raise ValueError(f"z_shuffle has shape {tuple(z_shuffle.shape)} but z has {tuple(z.shape)}")
+        if z_shuffle.shape != z.shape:  # type: ignore[union-attr]  # an int seed was taken above
+            raise ValueError(f"z_shuffle has shape {tuple(z_shuffle.shape)} "  # type: ignore[union-attr]
+                             f"but z has {tuple(z.shape)}")
         if process_group is not None:
             raise ValueError("process_group applies to the internal-shuffle forms; with z_shuffle "
                              "given, nothing is shuffled")

@@ -16,11 +16,19 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from .data import MappedSamples
+    from .vae import VAE
 
 __all__ = [
     "plot_training_curves",
@@ -34,7 +42,7 @@ __all__ = [
 ]
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -43,7 +51,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path) -> Path:
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     from .serialization import atomic_write_bytes
 
     buffer = io.BytesIO()
@@ -68,14 +76,16 @@ def pca_2d(z: np.ndarray) -> tuple[np.ndarray, list[float]]:
 
 
 @torch.no_grad()
-def decoder_mean(vae, z: torch.Tensor) -> torch.Tensor:
+def decoder_mean(vae: VAE, z: torch.Tensor) -> torch.Tensor:
     """The decoder's mean for codes ``z`` (M, d): ``p`` for a Bernoulli decoder, ``mu`` for a
     Gaussian one; shape (M, *sample_shape)."""
     out = vae.decoder(z)
-    return out.p if hasattr(out, "p") else out.mu
+    mean: torch.Tensor = out.p if hasattr(out, "p") else out.mu
+    return mean
 
 
-def plot_training_curves(history: Sequence[dict], path, title: str = "") -> Path:
+def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str],
+                         title: str = "") -> Path:
     """Per-epoch VAE loss, MI-chain estimate (train), held-out KL and active units."""
     epochs = [r["epoch"] for r in history]
     has_val = bool(history) and "val_kl" in history[0]
@@ -107,7 +117,8 @@ def plot_training_curves(history: Sequence[dict], path, title: str = "") -> Path
     return _save(fig, path)
 
 
-def _scatter_latent(ax, mu: np.ndarray, labels, classes, title: str) -> None:
+def _scatter_latent(ax: Axes, mu: np.ndarray, labels: np.ndarray | None,
+                    classes: Sequence[str] | None, title: str) -> None:
     xy, ratios = pca_2d(mu)
     if labels is None:
         ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.7, color="C0")
@@ -131,8 +142,8 @@ def _scatter_latent(ax, mu: np.ndarray, labels, classes, title: str) -> None:
     ax.set_title(title)
 
 
-def plot_latent_space(mu: torch.Tensor, labels: torch.Tensor | None, path, *,
-                      classes: Sequence[str] | None = None, title: str = "latent space") -> Path:
+def plot_latent_space(mu: torch.Tensor, labels: torch.Tensor | None, path: str | os.PathLike[str],
+                      *, classes: Sequence[str] | None = None, title: str = "latent space") -> Path:
     """Encoder means ``mu`` (N, d), coloured by ``labels`` (N,) when given; PCA to 2-D if d > 2."""
     fig = _figure(5.5, 5)
     ax = fig.subplots()
@@ -143,7 +154,7 @@ def plot_latent_space(mu: torch.Tensor, labels: torch.Tensor | None, path, *,
     return _save(fig, path)
 
 
-def _mosaic(x: torch.Tensor, image_shape, cols: int) -> np.ndarray:
+def _mosaic(x: torch.Tensor, image_shape: Sequence[int] | None, cols: int) -> np.ndarray:
     """Samples ``x`` (N, ...) tiled into one array: ``image_shape`` (H, W) images in rows of
     ``cols`` separated by 1-pixel NaN gaps, or (without an image shape) one row per sample."""
     x = x.detach().cpu().double()
@@ -159,7 +170,7 @@ def _mosaic(x: torch.Tensor, image_shape, cols: int) -> np.ndarray:
     return canvas
 
 
-def _show(ax, canvas: np.ndarray, vmin: float, vmax: float, title: str, *,
+def _show(ax: Axes, canvas: np.ndarray, vmin: float, vmax: float, title: str, *,
           images: bool = True) -> None:
     """``canvas`` drawn in grey levels: a mosaic of images (no axes), or (``images=False``) a
     heatmap with one row per sample and one column per feature, both axes labelled."""
@@ -183,8 +194,10 @@ def _show(ax, canvas: np.ndarray, vmin: float, vmax: float, title: str, *,
 
 
 @torch.no_grad()
-def plot_reconstructions(vae, x: torch.Tensor, path, *, image_shape=None, n: int = 24,
-                         title: str = "reconstructions", units=None) -> Path:
+def plot_reconstructions(vae: VAE, x: torch.Tensor | MappedSamples, path: str | os.PathLike[str], *,
+                         image_shape: Sequence[int] | None = None, n: int = 24,
+                         title: str = "reconstructions",
+                         units: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Path:
     """The first ``n`` samples of ``x`` (N, ...) beside the decoder means at their encoder means
     (left: originals, right: reconstructions, same positions); images when ``image_shape``
     (H, W) is known, otherwise a heatmap of one row per sample (numbered from 0) and one column
@@ -210,8 +223,10 @@ def plot_reconstructions(vae, x: torch.Tensor, path, *, image_shape=None, n: int
 
 
 @torch.no_grad()
-def plot_prior_samples(vae, latent_dim: int, path, *, image_shape=None, n: int = 64,
-                       seed: int = 0, title: str = "samples from the prior", units=None) -> Path:
+def plot_prior_samples(vae: VAE, latent_dim: int, path: str | os.PathLike[str], *,
+                       image_shape: Sequence[int] | None = None, n: int = 64, seed: int = 0,
+                       title: str = "samples from the prior",
+                       units: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Path:
     """Decoder means of ``n`` codes ``z ~ N(0, I_d)`` (drawn from a private generator): images
     when ``image_shape`` (H, W) is known, a heatmap (samples by features) otherwise; ``units``
     as in :func:`plot_reconstructions`."""
@@ -228,7 +243,7 @@ def plot_prior_samples(vae, latent_dim: int, path, *, image_shape=None, n: int =
     return _save(fig, path)
 
 
-def _bars(ax, variances: Sequence[float], threshold: float, title: str) -> None:
+def _bars(ax: Axes, variances: Sequence[float], threshold: float, title: str) -> None:
     v = np.maximum(np.asarray(variances, dtype=np.float64), 1e-8)
     colors = ["C0" if val > threshold else "0.7" for val in variances]
     ax.bar(np.arange(1, len(v) + 1), v, color=colors)
@@ -239,7 +254,7 @@ def _bars(ax, variances: Sequence[float], threshold: float, title: str) -> None:
     ax.legend(fontsize=8, loc="best")
 
 
-def plot_unit_variances(variances: Sequence[float], threshold: float, path,
+def plot_unit_variances(variances: Sequence[float], threshold: float, path: str | os.PathLike[str],
                         title: str = "active units") -> Path:
     """Per-dimension variance of the encoder mean over the held-out data (log scale); units above
     ``threshold`` (dashed line) are active."""
@@ -250,7 +265,7 @@ def plot_unit_variances(variances: Sequence[float], threshold: float, path,
     return _save(fig, path)
 
 
-def plot_comparison(runs: dict, path) -> Path:
+def plot_comparison(runs: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Runs side by side: for each ``name -> {"mu", "labels", "classes", "variances",
     "threshold"}``, the latent space (top) and the unit variances (bottom)."""
     names = list(runs)

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .data import NORMALIZATIONS, DataError, _rescaled
+
+if TYPE_CHECKING:
+    from .data import ArrayDataset
 
 __all__ = ["Preprocessing", "PREPROCESSING_FILE"]
 
@@ -46,7 +50,7 @@ class Preprocessing:
     image_shape: tuple[int, int] | None = None
     fingerprint: str | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.kind not in NORMALIZATIONS:
             raise ValueError(f"preprocessing kind must be one of {list(NORMALIZATIONS)}, got "
                              f"{self.kind!r}")
@@ -75,14 +79,14 @@ class Preprocessing:
         """Whether :meth:`apply` leaves the values as they are."""
         return self.kind == "none"
 
-    def check_shape(self, x, source: str = "data") -> None:
+    def check_shape(self, x: np.ndarray | torch.Tensor, source: str = "data") -> None:
         """A :class:`~infomax_ext.data.DataError` unless ``x`` is ``(N, *sample_shape)``."""
         shape = tuple(x.shape[1:])
         if self.sample_shape is not None and shape != self.sample_shape:
             raise DataError(f"{source}: samples of shape {shape}, but the model was trained on "
                             f"samples of shape {self.sample_shape}")
 
-    def apply(self, raw, source: str = "data") -> torch.Tensor:
+    def apply(self, raw: np.ndarray | torch.Tensor, source: str = "data") -> torch.Tensor:
         """``raw`` (N, *sample_shape), a tensor or array in the training data's units, as the
         model's input: float32 ``(raw - shift) / scale``, on the CPU (a tensor's device kept)."""
         device = raw.device if isinstance(raw, torch.Tensor) else torch.device("cpu")
@@ -104,7 +108,7 @@ class Preprocessing:
             return x
         return (x.double() * self.scale + self.shift).to(x.dtype)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the fields, shapes as lists."""
         d = asdict(self)
         for name in ("sample_shape", "image_shape"):
@@ -112,7 +116,7 @@ class Preprocessing:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
         """The inverse of :meth:`to_dict`; a ``ValueError`` naming a wrong or unknown entry."""
         if not isinstance(d, dict):
             raise ValueError(f"preprocessing must be a JSON object, got {type(d).__name__}")
@@ -126,7 +130,7 @@ class Preprocessing:
         return cls(**d)
 
     @classmethod
-    def of_dataset(cls, dataset, fingerprint: str | None = None) -> "Preprocessing":
+    def of_dataset(cls, dataset: ArrayDataset, fingerprint: str | None = None) -> "Preprocessing":
         """The preprocessing of an :class:`~infomax_ext.data.ArrayDataset` as loaded (its
         ``normalization``, sample and image shapes, and ``fingerprint``, computed when not
         given)."""

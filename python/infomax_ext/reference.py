@@ -5,6 +5,8 @@ Each function computes exactly what the op of the same name in ``infomax_ext._op
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from .activations import apply_activation
@@ -167,10 +169,10 @@ def nwj_head(
 
 def nwj_mlp(
     hidden: torch.Tensor,
-    weights: list,
-    biases: list,
-    activations: list,
-    params: list,
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor | None],
+    activations: Sequence[str],
+    params: Sequence[float],
     head_weight: torch.Tensor,
     head_bias: torch.Tensor | None,
     n_joint: int,

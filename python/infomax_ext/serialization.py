@@ -28,7 +28,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -83,7 +83,7 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, os.replace.
 
     Readers see either the previous content of ``path`` or ``data``, never a mix, even when the
@@ -108,12 +108,12 @@ def atomic_write_bytes(path, data: bytes) -> None:
     _fsync_directory(path.parent)
 
 
-def atomic_write_text(path, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path, obj: Any) -> None:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """``obj`` as indented JSON (with a final newline), written atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
@@ -221,7 +221,7 @@ def read_json(path, what: str = "file") -> Any:
 
 # ----------------------------------------------------------------------------- saved models
 
-def cpu_copy(obj):
+def cpu_copy(obj: Any) -> Any:
     """A copy of a (nested) state dict with every tensor detached and on the CPU."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu().clone()

@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import distributed, memory
 from .activations import HIDDEN_ACTIVATIONS
-from .bounds import BOUNDS, resolve_bound
+from .bounds import BOUNDS, Bound, resolve_bound
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint,
                          restore_training_state, write_checkpoint)
 from .data import LIKELIHOODS, MappedSamples, check_values
@@ -59,6 +60,9 @@ from .serialization import atomic_write_text, cpu_copy
 from .validation import check_weight, is_integer_scalar
 from .vae import VAE, BernoulliDecoder, JointGaussianLogEncoder, SimpleGaussianDecoder
 
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
 __all__ = ["TrainConfig", "TrainingError", "Trainer", "build_model", "fit", "derived_seed",
            "CHECKPOINT_FILE", "METRICS_FILE"]
 
@@ -66,6 +70,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63; every consumer's seed is derived from it
 NEGATIVES = ("global", "local")
+
+Callback = Callable[["Trainer", dict[str, Any]], Any]
+"""``callback(trainer, record)``, called after every epoch with that epoch's record."""
 
 
 class TrainingError(RuntimeError):
@@ -124,12 +131,12 @@ class TrainConfig:
             if is_integer_scalar(getattr(self, name)):
                 setattr(self, name, int(getattr(self, name)))
 
-        def positive_int(name):
+        def positive_int(name: str) -> None:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
-        def nonneg(name, strict=False):
+        def nonneg(name: str, strict: bool = False) -> None:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
                     or v < 0 or (strict and v == 0):
@@ -181,7 +188,7 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         return self
 
-    def mi_bound(self):
+    def mi_bound(self) -> Bound:
         """The :class:`~infomax_ext.bounds.Bound` of ``bound`` (with ``smile_clip`` for smile)."""
         return resolve_bound(self.bound, clip=self.smile_clip) if self.bound == "smile" \
             else resolve_bound(self.bound)
@@ -191,7 +198,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """A validated config from :meth:`to_dict` output (unknown keys are an error)."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
@@ -239,7 +246,8 @@ def _resolve_device(device: str) -> torch.device:
     return dev
 
 
-def _check_data(x, name: str, sample_shape=None, likelihood=None) -> torch.Tensor:
+def _check_data(x: Any, name: str, sample_shape: Sequence[int] | None = None,
+                likelihood: str | None = None) -> Any:
     if not isinstance(x, (torch.Tensor, MappedSamples)) or x.dim() < 2:
         raise ValueError(f"{name} must be a tensor of shape (N, *sample_shape), got "
                          f"{getattr(x, 'shape', type(x).__name__)}")
@@ -276,11 +284,13 @@ class Trainer:
     :meth:`save_checkpoint`.
     """
 
-    def __init__(self, model: InfoMaxVAE, config: TrainConfig, train_data: torch.Tensor,
-                 val_data: torch.Tensor | None = None, run_dir=None, *, progress: bool = True,
-                 desc: str = "train", callbacks: Sequence[Callable] = (),
-                 step_callbacks: Sequence[Callable] = (),
-                 log_interval: float = 5.0, process_group=None):
+    def __init__(self, model: InfoMaxVAE, config: TrainConfig,
+                 train_data: torch.Tensor | MappedSamples,
+                 val_data: torch.Tensor | MappedSamples | None = None,
+                 run_dir: str | os.PathLike[str] | None = None, *, progress: bool = True,
+                 desc: str = "train", callbacks: Sequence[Callback] = (),
+                 step_callbacks: Sequence[Callable[..., Any]] = (),
+                 log_interval: float = 5.0, process_group: ProcessGroup | None = None) -> None:
         if isinstance(log_interval, bool) or not isinstance(log_interval, (int, float)) \
                 or not math.isfinite(log_interval) or log_interval < 0:
             raise ValueError(f"log_interval must be a non-negative number of seconds, got "
@@ -322,8 +332,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, config: TrainConfig, train_data: torch.Tensor, val_data=None, run_dir=None,
-               **kwargs) -> "Trainer":
+    def create(cls, config: TrainConfig, train_data: torch.Tensor | MappedSamples,
+               val_data: torch.Tensor | MappedSamples | None = None,
+               run_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> "Trainer":
         """A fresh model built by :func:`build_model` under ``torch.manual_seed(config.seed)``
         (so equal configs start from equal weights) and its trainer; a ValueError naming the
         size field first when training it needs more memory than the device has."""
@@ -336,9 +347,11 @@ class Trainer:
         return cls(model, config, train_data, val_data, run_dir, **kwargs)
 
     @classmethod
-    def from_checkpoint(cls, path, train_data: torch.Tensor, val_data=None, run_dir=None, *,
+    def from_checkpoint(cls, path: str | os.PathLike[str], train_data: torch.Tensor | MappedSamples,
+                        val_data: torch.Tensor | MappedSamples | None = None,
+                        run_dir: str | os.PathLike[str] | None = None, *,
                         epochs: int | None = None, device: str | None = None,
-                        state: dict | None = None, **kwargs) -> "Trainer":
+                        state: dict[str, Any] | None = None, **kwargs: Any) -> "Trainer":
         """The trainer saved in checkpoint ``path``, ready to continue: model, both optimizers'
         state, epoch count, history and random state. ``epochs`` raises the total epoch budget;
         ``device`` moves the run; ``run_dir`` defaults to the checkpoint's directory. The file
@@ -380,7 +393,7 @@ class Trainer:
         return trainer
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint holds (tensors on the CPU; loadable with weights_only=True).
         Data-parallel, also ``rank_rng``, every process's random state (gathered: call it on
         every process)."""
@@ -407,7 +420,7 @@ class Trainer:
             state["rank_rng"] = distributed.all_objects(self.group, rng)
         return state
 
-    def save_checkpoint(self, path=None) -> Path:
+    def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Write :meth:`state_dict` atomically to ``path`` (default ``run_dir/checkpoint.pt``);
         data-parallel, every process calls it and rank 0 writes."""
         if path is None:
@@ -466,11 +479,11 @@ class Trainer:
                 batches.append(batch[self.rank * share:(self.rank + 1) * share])
         return batches
 
-    def _loader(self, epoch: int) -> DataLoader:
+    def _loader(self, epoch: int) -> DataLoader[tuple[torch.Tensor]]:
         """This process's batches of epoch ``epoch`` (:meth:`_batches`), read as tensors."""
         return DataLoader(_Rows(self.train_data), sampler=self._batches(epoch), batch_size=None)
 
-    def _validation(self) -> dict:
+    def _validation(self) -> dict[str, Any]:
         """Held-out reconstruction log-likelihood, KL and active units, under a forked RNG (rank
         0 alone)."""
         if self.val_data is None or self.rank != 0:
@@ -483,7 +496,7 @@ class Trainer:
                                     self.config.active_threshold)
         return {"val_recon_loglik": loglik, "val_kl": kl, "val_active_units": units}
 
-    def fit(self) -> list[dict]:
+    def fit(self) -> list[dict[str, Any]]:
         """Train from epoch ``self.epoch + 1`` to ``config.epochs``; returns the history.
 
         Each record: ``epoch``, ``vae_loss`` and ``mi_loss`` (means over the epoch's batches),
@@ -567,22 +580,22 @@ class Trainer:
         return self.history
 
 
-class _Rows(Dataset):
+class _Rows(Dataset[tuple[torch.Tensor]]):
     """``data[rows]`` as a 1-tuple, for a loader whose sampler yields index tensors."""
 
-    def __init__(self, data):
+    def __init__(self, data: torch.Tensor | MappedSamples) -> None:
         self.data = data
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, rows):
+    def __getitem__(self, rows: Any) -> tuple[torch.Tensor]:
         return (self.data[rows],)
 
 
 
 
-def _checkpoint_note(path) -> str:
+def _checkpoint_note(path: str | os.PathLike[str] | None) -> str:
     """Where the last good state is: ``path`` is a checkpoint, a run directory or None."""
     if path is not None and Path(path).is_dir():
         path = Path(path) / CHECKPOINT_FILE
@@ -618,7 +631,7 @@ def check_batch_size(batch_size: int, n_train: int, world_size: int = 1,
                          f"the {world_size} processes that gives each at least 2 samples")
 
 
-def _adam(params, lr: float) -> torch.optim.Adam:
+def _adam(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
     """Adam, fused (one kernel per step: faster for many small tensors) where torch allows."""
     params = list(params)
     try:
@@ -627,8 +640,10 @@ def _adam(params, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
-def fit(config: TrainConfig, train_data: torch.Tensor, val_data=None, run_dir=None,
-        **kwargs) -> tuple[InfoMaxVAE, list[dict]]:
+def fit(config: TrainConfig, train_data: torch.Tensor | MappedSamples,
+        val_data: torch.Tensor | MappedSamples | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
+        **kwargs: Any) -> tuple[InfoMaxVAE, list[dict[str, Any]]]:
     """Build a model for ``config`` and train it: ``(model, history)``. Keywords go to
     :class:`Trainer` (``progress``, ``desc``, ``callbacks``, ``log_interval``)."""
     trainer = Trainer.create(config, train_data, val_data, run_dir, **kwargs)

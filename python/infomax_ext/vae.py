@@ -12,15 +12,21 @@ blocks of ``N`` rows (``M = S * N`` rows, row ``r`` belonging to input ``r % N``
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+import sys
+from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import torch
 from torch import nn
 
 from . import widths
 from ._builders import Built, builder_config, check_layers, check_size, head, mlp, parse_size
-from .activations import identity
+from .activations import ActivationLike, identity
 from .validation import as_count
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
 
 __all__ = [
     "GaussianLogOutput",
@@ -46,6 +52,9 @@ __all__ = [
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
+
+Init = Callable[[torch.Tensor], Any]
+"""A weight initialiser that fills its tensor in place (``nn.init.xavier_uniform_``)."""
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -76,6 +85,13 @@ class SimpleGaussianOutput(NamedTuple):
     mu: torch.Tensor
 
 
+EncoderOutput = Union[GaussianLogOutput, GaussianOutput]
+"""What an encoder returns: ``(mu, logsigma)`` or ``(mu, sigma)``, each (N, d)."""
+
+DecoderOutput = Union[BernoulliOutput, SimpleGaussianOutput, GaussianLogOutput, GaussianOutput]
+"""What a decoder returns (one of the four output tuples)."""
+
+
 class VAEOutput(NamedTuple):
     """``vae(x, latent=True)``: the encoder output, the sampled codes ``z`` and their decoding."""
 
@@ -86,7 +102,8 @@ class VAEOutput(NamedTuple):
 
 # ----------------------------------------------------------------------------- builder helpers
 
-def _pair(name: str, activation, second_default) -> tuple:
+def _pair(name: str, activation: ActivationLike | Sequence[ActivationLike],
+          second_default: ActivationLike) -> tuple[Any, Any]:
     """An output activation given once or as a pair ``(first head, second head)``."""
     if isinstance(activation, (list, tuple)):
         if len(activation) != 2:
@@ -104,14 +121,16 @@ class _Encoder(Built):
 
     widths_through = (("encoder", "mu"), ("mu", "encoder"))  # see widths.py
     @classmethod
-    def _build(cls, size_input, n_latent, encoder_neurons, encoder_activation,
-               latent_activation, init, second_default):
+    def _build(cls, size_input: int | Sequence[int], n_latent: int, encoder_neurons: Sequence[int],
+               encoder_activation: Sequence[ActivationLike],
+               latent_activation: ActivationLike | Sequence[ActivationLike], init: Init,
+               second_default: ActivationLike) -> Self:
         n_in, shape = parse_size("size_input", size_input)
         check_size("n_latent", n_latent)
         neurons = check_layers("encoder_neurons", encoder_neurons,
                                 "encoder_activation", encoder_activation)
         first_act, second_act = _pair("latent_activation", latent_activation, second_default)
-        trunk = [nn.Flatten()] if shape is not None else []
+        trunk: list[nn.Module] = [nn.Flatten()] if shape is not None else []
         trunk += mlp(n_in, neurons, encoder_activation, init)
         n_hidden = neurons[-1] if neurons else n_in
         module = cls(
@@ -140,8 +159,10 @@ class JointGaussianLogEncoder(_Encoder):
         return GaussianLogOutput(self.mu(h), self.logsigma(h))
 
     @classmethod
-    def from_sizes(cls, size_input, n_latent, encoder_neurons, encoder_activation,
-                   latent_activation=identity, *, init=nn.init.xavier_uniform_):
+    def from_sizes(cls, size_input: int | Sequence[int], n_latent: int,
+                   encoder_neurons: Sequence[int], encoder_activation: Sequence[ActivationLike],
+                   latent_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
+                   init: Init = nn.init.xavier_uniform_) -> Self:
         """MLP encoder: ``[Flatten,] Linear(n_in -> h1), act1, ..., Linear(.. -> hk), actk`` as
         the trunk, then ``Linear(hk -> n_latent), latent_activation`` for each of ``mu`` and
         ``logsigma``.
@@ -169,8 +190,10 @@ class JointGaussianEncoder(_Encoder):
         return GaussianOutput(self.mu(h), self.sigma(h))
 
     @classmethod
-    def from_sizes(cls, size_input, n_latent, encoder_neurons, encoder_activation,
-                   latent_activation=identity, *, init=nn.init.xavier_uniform_):
+    def from_sizes(cls, size_input: int | Sequence[int], n_latent: int,
+                   encoder_neurons: Sequence[int], encoder_activation: Sequence[ActivationLike],
+                   latent_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
+                   init: Init = nn.init.xavier_uniform_) -> Self:
         """As :meth:`JointGaussianLogEncoder.from_sizes`, but one ``latent_activation`` applies
         to ``mu`` only and the ``sigma`` head ends in softplus; a pair ``(mu, sigma)`` sets both."""
         return cls._build(size_input, n_latent, encoder_neurons, encoder_activation,
@@ -179,7 +202,9 @@ class JointGaussianEncoder(_Encoder):
 
 # ----------------------------------------------------------------------------- decoders
 
-def _decoder_net(n_latent, n_out, shape, neurons, activations, output_activation, init):
+def _decoder_net(n_latent: int, n_out: int, shape: list[int] | None, neurons: list[int],
+                 activations: Sequence[ActivationLike], output_activation: ActivationLike,
+                 init: Init) -> nn.Sequential:
     """``Linear(n_latent -> h1), act1, ..., Linear(hk -> n_out), output_activation``, then an
     unflatten to ``shape`` if given."""
     n_hidden = neurons[-1] if neurons else n_latent
@@ -197,12 +222,13 @@ class _OneNetDecoder(Built):
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, z: torch.Tensor):
+    def forward(self, z: torch.Tensor) -> Any:
         return self._output(self.decoder(z))
 
     @classmethod
-    def _build(cls, size_output, n_latent, decoder_neurons, decoder_activation,
-               output_activation, init):
+    def _build(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
+               decoder_activation: Sequence[ActivationLike], output_activation: ActivationLike,
+               init: Init) -> Self:
         n_out, shape = parse_size("size_output", size_output)
         check_size("n_latent", n_latent)
         neurons = check_layers("decoder_neurons", decoder_neurons,
@@ -223,8 +249,10 @@ class BernoulliDecoder(_OneNetDecoder):
     _output = BernoulliOutput
 
     @classmethod
-    def from_sizes(cls, size_output, n_latent, decoder_neurons, decoder_activation,
-                   output_activation=torch.sigmoid, *, init=nn.init.xavier_uniform_):
+    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
+                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
+                   output_activation: ActivationLike = torch.sigmoid, *,
+                   init: Init = nn.init.xavier_uniform_) -> Self:
         """MLP ``Linear(n_latent -> h1), act1, ..., Linear(hk -> n_out), output_activation``,
         reshaped to ``size_output`` when that is a shape (``n_out`` is then its product).
         Keep the sigmoid so that ``p`` is in (0, 1). ``init`` fills each weight in place
@@ -240,8 +268,10 @@ class SimpleGaussianDecoder(_OneNetDecoder):
     _output = SimpleGaussianOutput
 
     @classmethod
-    def from_sizes(cls, size_output, n_latent, decoder_neurons, decoder_activation,
-                   output_activation=identity, *, init=nn.init.xavier_uniform_):
+    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
+                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
+                   output_activation: ActivationLike = identity, *,
+                   init: Init = nn.init.xavier_uniform_) -> Self:
         """As :meth:`BernoulliDecoder.from_sizes`, with an identity output by default."""
         return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
                           output_activation, init)
@@ -252,8 +282,10 @@ class _JointDecoder(Built):
 
     widths_through = (("decoder", "mu"), ("mu", "decoder"))
     @classmethod
-    def _build(cls, size_output, n_latent, decoder_neurons, decoder_activation,
-               output_activation, init, second_default):
+    def _build(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
+               decoder_activation: Sequence[ActivationLike],
+               output_activation: ActivationLike | Sequence[ActivationLike], init: Init,
+               second_default: ActivationLike) -> Self:
         n_out, shape = parse_size("size_output", size_output)
         check_size("n_latent", n_latent)
         neurons = check_layers("decoder_neurons", decoder_neurons,
@@ -286,8 +318,10 @@ class JointGaussianLogDecoder(_JointDecoder):
         return GaussianLogOutput(self.mu(h), self.logsigma(h))
 
     @classmethod
-    def from_sizes(cls, size_output, n_latent, decoder_neurons, decoder_activation,
-                   output_activation=identity, *, init=nn.init.xavier_uniform_):
+    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
+                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
+                   output_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
+                   init: Init = nn.init.xavier_uniform_) -> Self:
         """Trunk ``Linear(n_latent -> h1), act1, ..., Linear(.. -> hk), actk``, then
         ``Linear(hk -> n_out), output_activation`` for each of ``mu`` and ``logsigma`` (one
         activation for both, as in Julia, or a pair), reshaped to ``size_output`` if a shape."""
@@ -308,8 +342,10 @@ class JointGaussianDecoder(_JointDecoder):
         return GaussianOutput(self.mu(h), self.sigma(h))
 
     @classmethod
-    def from_sizes(cls, size_output, n_latent, decoder_neurons, decoder_activation,
-                   output_activation=identity, *, init=nn.init.xavier_uniform_):
+    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
+                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
+                   output_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
+                   init: Init = nn.init.xavier_uniform_) -> Self:
         """As :meth:`JointGaussianLogDecoder.from_sizes`, but one ``output_activation`` applies
         to ``mu`` only and the ``sigma`` head ends in softplus; a pair ``(mu, sigma)`` sets both."""
         return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
@@ -323,8 +359,12 @@ class _SplitDecoder(Built):
     widths_through = (("mu",), ("mu",))
 
     @classmethod
-    def _build(cls, size_output, n_latent, decoder_neurons, decoder_activation,
-               output_activation, second_neurons, second_activation, init, second_default):
+    def _build(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
+               decoder_activation: Sequence[ActivationLike],
+               output_activation: ActivationLike | Sequence[ActivationLike],
+               second_neurons: Sequence[int] | None,
+               second_activation: Sequence[ActivationLike] | None, init: Init,
+               second_default: ActivationLike) -> Self:
         second = cls._second
         n_out, shape = parse_size("size_output", size_output)
         check_size("n_latent", n_latent)
@@ -365,9 +405,12 @@ class SplitGaussianLogDecoder(_SplitDecoder):
         return GaussianLogOutput(self.mu(z), self.logsigma(z))
 
     @classmethod
-    def from_sizes(cls, size_output, n_latent, decoder_neurons, decoder_activation,
-                   output_activation=identity, *, logsigma_neurons=None,
-                   logsigma_activation=None, init=nn.init.xavier_uniform_):
+    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
+                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
+                   output_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
+                   logsigma_neurons: Sequence[int] | None = None,
+                   logsigma_activation: Sequence[ActivationLike] | None = None,
+                   init: Init = nn.init.xavier_uniform_) -> Self:
         """Two MLPs ``Linear(n_latent -> h1), act1, ..., Linear(hk -> n_out), output act``: the
         ``mu`` net from ``decoder_neurons``/``decoder_activation``, the ``logsigma`` net from
         ``logsigma_neurons``/``logsigma_activation`` (default: the same layers).
@@ -390,9 +433,12 @@ class SplitGaussianDecoder(_SplitDecoder):
         return GaussianOutput(self.mu(z), self.sigma(z))
 
     @classmethod
-    def from_sizes(cls, size_output, n_latent, decoder_neurons, decoder_activation,
-                   output_activation=identity, *, sigma_neurons=None, sigma_activation=None,
-                   init=nn.init.xavier_uniform_):
+    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
+                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
+                   output_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
+                   sigma_neurons: Sequence[int] | None = None,
+                   sigma_activation: Sequence[ActivationLike] | None = None,
+                   init: Init = nn.init.xavier_uniform_) -> Self:
         """As :meth:`SplitGaussianLogDecoder.from_sizes` with a ``sigma`` net; one
         ``output_activation`` applies to ``mu`` only and the ``sigma`` net ends in softplus."""
         return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
@@ -439,7 +485,7 @@ class VAE(nn.Module):
         widths.check_vae(encoder, decoder)
         self.encoder, self.decoder = encoder, decoder
 
-    def sample_latent(self, encoder_output, n_samples: int = 1) -> torch.Tensor:
+    def sample_latent(self, encoder_output: EncoderOutput, n_samples: int = 1) -> torch.Tensor:
         """One :func:`reparameterize` call on the encoder output: ``(N, d)``, or ``(S, N, d)``."""
         if isinstance(encoder_output, GaussianLogOutput):
             return reparameterize(*encoder_output, log=True, n_samples=n_samples)
@@ -450,7 +496,7 @@ class VAE(nn.Module):
             f"got {type(encoder_output).__name__}"
         )
 
-    def forward(self, x: torch.Tensor, latent: bool = False, n_samples: int = 1):
+    def forward(self, x: torch.Tensor, latent: bool = False, n_samples: int = 1) -> Any:
         rows = None
         try:
             encoder_output = self.encoder(x)
@@ -465,7 +511,7 @@ class VAE(nn.Module):
         return decoder_output
 
     @property
-    def config(self) -> dict | None:
+    def config(self) -> dict[str, Any] | None:
         """``{"class": "VAE", "encoder": ..., "decoder": ...}``; ``None`` if a part has none."""
         enc, dec = getattr(self.encoder, "config", None), getattr(self.decoder, "config", None)
         if enc is None or dec is None:
@@ -473,14 +519,14 @@ class VAE(nn.Module):
         return {"class": "VAE", "encoder": enc, "decoder": dec}
 
     @classmethod
-    def from_config(cls, config: dict) -> "VAE":
+    def from_config(cls, config: dict[str, Any]) -> "VAE":
         """Rebuild a VAE from :attr:`config` (fresh weights)."""
         if not isinstance(config, dict) or config.get("class") != "VAE":
             raise ValueError(f"config is not a VAE config: {config!r}")
         return cls(module_from_config(config["encoder"]), module_from_config(config["decoder"]))
 
 
-def module_from_config(config: dict) -> nn.Module:
+def module_from_config(config: dict[str, Any]) -> nn.Module:
     """Rebuild any encoder, decoder or ``VAE`` from its ``config``, found by ``config["class"]``."""
     name = config.get("class") if isinstance(config, dict) else None
     if name == "VAE":
@@ -507,7 +553,8 @@ _ENCODER_OUTPUT_TYPES = (
 )
 
 
-def _expected_output(kind: str, module, table, output):
+def _expected_output(kind: str, module: nn.Module, table: Sequence[tuple[type, type]],
+                     output: object) -> type:
     for cls, out_type in table:
         if isinstance(module, cls):
             if not isinstance(output, out_type):
@@ -537,7 +584,7 @@ def _blocks(t: torch.Tensor, field: str, n: int, d: int) -> torch.Tensor:
 
 
 def decoder_loglikelihood(x: torch.Tensor, z: torch.Tensor, decoder: nn.Module,
-                          decoder_output, *, sigma: float = 1.0) -> torch.Tensor:
+                          decoder_output: DecoderOutput, *, sigma: float = 1.0) -> torch.Tensor:
     """Log-likelihood of ``x`` under the decoder output, summed over the ``D`` features: ``(M,)``.
 
     ``x`` is ``(N, *data_shape)``; each output field is ``(M, *data_shape)`` with ``M = S * N``,
@@ -564,9 +611,9 @@ def decoder_loglikelihood(x: torch.Tensor, z: torch.Tensor, decoder: nn.Module,
         p = p.clamp(eps, 1 - eps)
         loglik = (xb * torch.log(p) + (1 - xb) * torch.log1p(-p)).sum(-1)
     elif out_type is SimpleGaussianOutput:
-        sigma = torch.as_tensor(sigma, dtype=fields[0].dtype, device=fields[0].device)
-        loglik = (-0.5 * ((xb - fields[0]) ** 2).sum(-1) / sigma**2
-                  - d / 2 * (2 * torch.log(sigma) + _LOG_2PI))
+        sigma_t = torch.as_tensor(sigma, dtype=fields[0].dtype, device=fields[0].device)
+        loglik = (-0.5 * ((xb - fields[0]) ** 2).sum(-1) / sigma_t**2
+                  - d / 2 * (2 * torch.log(sigma_t) + _LOG_2PI))
     elif out_type is GaussianLogOutput:
         mu, logsigma = fields
         loglik = (-0.5 * ((xb - mu) ** 2 * torch.exp(-2 * logsigma)).sum(-1)
@@ -578,13 +625,14 @@ def decoder_loglikelihood(x: torch.Tensor, z: torch.Tensor, decoder: nn.Module,
     return loglik.reshape(-1)
 
 
-def _mu_logsigma(encoder: nn.Module, encoder_output) -> tuple[torch.Tensor, torch.Tensor]:
+def _mu_logsigma(encoder: nn.Module,
+                 encoder_output: EncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
     out_type = _expected_output("encoder", encoder, _ENCODER_OUTPUT_TYPES, encoder_output)
     mu, scale = encoder_output
     return mu, (scale if out_type is GaussianLogOutput else torch.log(scale))
 
 
-def encoder_kl(encoder: nn.Module, encoder_output) -> torch.Tensor:
+def encoder_kl(encoder: nn.Module, encoder_output: EncoderOutput) -> torch.Tensor:
     """``KL(q(z | x) || N(0, I))`` per sample, ``(N,)``:
     ``1/2 sum(exp(2 logsigma) + mu^2 - 1 - 2 logsigma)`` over the ``d`` latent dimensions
     (``logsigma = log(sigma)`` for a :class:`JointGaussianEncoder`)."""
@@ -598,7 +646,8 @@ def spherical_logprior(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z**2).sum(-1) - z.shape[-1] / 2 * _LOG_2PI
 
 
-def encoder_logposterior(z: torch.Tensor, encoder: nn.Module, encoder_output) -> torch.Tensor:
+def encoder_logposterior(z: torch.Tensor, encoder: nn.Module,
+                         encoder_output: EncoderOutput) -> torch.Tensor:
     """``log q(z | x) = -1/2 sum((z - mu)^2 exp(-2 logsigma)) - sum(logsigma) - d/2 log 2 pi``.
 
     ``z`` is ``(N, d)`` or ``(S, N, d)`` against ``mu``, ``logsigma`` of shape ``(N, d)``;

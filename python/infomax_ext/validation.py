@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+from typing import Any
 
 import torch
 
@@ -22,7 +23,7 @@ __all__ = ["check_weight", "check_weights", "as_count", "is_integer_scalar", "LO
 LOSS_WEIGHTS = ("beta", "alpha", "reg_strength")
 
 
-def check_weight(name: str, value, where: str = ""):
+def check_weight(name: str, value: Any, where: str = "") -> Any:
     """``value`` unchanged when it is a finite real number >= 0; a TypeError naming ``name`` for a
     non-number (a string, a bool, a tensor of more than one element), a ValueError for NaN,
     infinity or a negative number. ``where`` (e.g. ``"infomaxloss"``) prefixes the message.
@@ -47,7 +48,7 @@ def check_weight(name: str, value, where: str = ""):
     return value
 
 
-def check_weights(kwargs: dict, where: str = "", kwargs_name: str = "") -> None:
+def check_weights(kwargs: dict[str, Any], where: str = "", kwargs_name: str = "") -> None:
     """:func:`check_weight` for each of :data:`LOSS_WEIGHTS` present in ``kwargs``, named
     ``kwargs_name['alpha']`` when ``kwargs_name`` is given (else ``alpha``)."""
     for name in LOSS_WEIGHTS:
@@ -55,7 +56,7 @@ def check_weights(kwargs: dict, where: str = "", kwargs_name: str = "") -> None:
             check_weight(f"{kwargs_name}[{name!r}]" if kwargs_name else name, kwargs[name], where)
 
 
-def is_integer_scalar(value) -> bool:
+def is_integer_scalar(value: Any) -> bool:
     """True for a Python int, a numpy integer or a 0-dim integer tensor (bools excluded)."""
     if isinstance(value, torch.Tensor):
         return value.dim() == 0 and not value.is_floating_point() and not value.is_complex() \
@@ -69,7 +70,7 @@ def is_integer_scalar(value) -> bool:
     return True
 
 
-def as_count(name: str, value, where: str = "") -> int:
+def as_count(name: str, value: Any, where: str = "") -> int:
     """``value`` as a Python int when it is a positive integer scalar (:func:`is_integer_scalar`);
     a TypeError naming ``name`` for floats, bools and anything else, a ValueError under 1."""
     prefix = f"{where}: " if where else ""

@@ -12,7 +12,7 @@ a multiplication error at call time into one that names the module whose input d
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ def _keeps_width(module: nn.Module) -> bool:
             and not isinstance(module, (nn.GLU, nn.MultiheadAttention)))
 
 
-def _parts(module: nn.Module, first: bool) -> tuple | None:
+def _parts(module: nn.Module, first: bool) -> tuple[str, ...] | None:
     """The names of the parts of ``module`` that data flows through, from its input (``first``)
     or back from its output, as its class declares them in ``widths_through`` (``(from the input,
     from the output)``; the encoders, decoders and MI chain of this package); None for any other
@@ -125,10 +125,12 @@ def check_model(vae: nn.Module, mi: nn.Module) -> None:
     if not isinstance(encoder, nn.Module):
         return
     if isinstance(getattr(mi, "latent", None), nn.Module):
-        _check_pair("InfoMaxVAE(vae, mi)", encoder, "vae.encoder", mi.latent, "mi.latent",
+        _check_pair("InfoMaxVAE(vae, mi)", encoder, "vae.encoder",
+                    mi.latent, "mi.latent",  # type: ignore[arg-type]  # a module: checked above
                     "codes")
     if isinstance(getattr(mi, "data", None), nn.Module):
-        takes_x, data_x = in_width(encoder, "vae.encoder"), in_width(mi.data, "mi.data")
+        takes_x = in_width(encoder, "vae.encoder")
+        data_x = in_width(mi.data, "mi.data")  # type: ignore[arg-type]  # a module: checked above
         if takes_x is not None and data_x is not None and takes_x.features != data_x.features:
             raise ValueError(
                 f"InfoMaxVAE(vae, mi): vae.encoder takes samples of {takes_x.features} features (its layer "
@@ -136,13 +138,13 @@ def check_model(vae: nn.Module, mi: nn.Module) -> None:
                 "both see the same data x")
 
 
-def _features(t) -> int | None:
+def _features(t: object) -> int | None:
     if not isinstance(t, torch.Tensor) or t.dim() < 1:
         return None
     return t[0].numel() if t.shape[0] else None
 
 
-def explain(exc: BaseException, inputs: dict) -> None:
+def explain(exc: BaseException, inputs: dict[str, tuple[Any, Any]]) -> None:
     """Raise a ValueError naming the module whose input does not fit, when ``exc`` is torch's
     "mat1 and mat2 shapes cannot be multiplied" and the widths tell which one; return otherwise.
 

@@ -58,6 +58,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from typing import Any
+from typing import Sequence
 
 from .common import PROG, CommandError
 from .parser import build_parser
@@ -65,7 +67,7 @@ from .parser import build_parser
 __all__ = ["main", "build_parser", "PROG", "CommandError"]
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``infomax-ext`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -85,7 +87,8 @@ def main(argv=None) -> int:
         stdout = contextlib.nullcontext() if sys.stdout is None else \
             contextlib.redirect_stdout(_NamedStdout(sys.stdout))
         with stdout:
-            return args.func(args, getattr(args, "command_parser", parser))
+            code: int = args.func(args, getattr(args, "command_parser", parser))
+            return code
     except (CommandError, DataError, DistributedMismatchError, LostContactError,
             SerializationError, TrainingError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr, flush=True)
@@ -123,25 +126,25 @@ class _NamedStdout:
     """Standard output while a command runs: an OSError from writing to it or flushing it (a
     full disk behind ``> file``, ``> /dev/full``) names it as its file."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: Any) -> None:
         self._stream = stream
 
     def _named(self, exc: OSError) -> OSError:
         return OSError(exc.errno, exc.strerror or str(exc), "standard output")
 
-    def write(self, text):
+    def write(self, text: str) -> Any:
         try:
             return self._stream.write(text)
         except OSError as exc:
             raise self._named(exc) from None
 
-    def flush(self):
+    def flush(self) -> Any:
         try:
             return self._stream.flush()
         except OSError as exc:
             raise self._named(exc) from None
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 

@@ -1,7 +1,9 @@
 """The side-by-side table of ``infomax-ext train --compare-vae``."""
 from __future__ import annotations
 
-def _fmt(value, digits=3):
+from typing import Any, Sequence
+
+def _fmt(value: object, digits: int = 3) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, int):
@@ -20,7 +22,8 @@ _ROWS = [
 ]
 
 
-def comparison_table(infomax: dict, vae: dict, alpha: float, beta: float) -> str:
+def comparison_table(infomax: dict[str, Any], vae: dict[str, Any], alpha: float,
+                     beta: float) -> str:
     """The side-by-side table of the two runs' held-out metrics (markdown, aligned)."""
     head = ["held-out metric", f"InfoMax VAE (alpha={alpha:g})", "plain VAE (alpha=0)", "better"]
     rows = []
@@ -39,7 +42,7 @@ def comparison_table(infomax: dict, vae: dict, alpha: float, beta: float) -> str
         rows.append([label, cell_a, cell_b, better])
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
 
-    def line(cells):
+    def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from .common import PROG, _say
 from .model_io import (_npy_path, add_data_arguments, add_model_argument, add_run_arguments,
@@ -11,10 +12,15 @@ from .model_io import (_npy_path, add_data_arguments, add_model_argument, add_ru
                        write_npy)
 from .options import _seed
 
+if TYPE_CHECKING:
+    import torch
+
+    from ..vae import VAE
+
 CODES = ("mean", "sample", "logvar")
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "encode", help="the latent codes of new data (.npy)",
         description=(
@@ -37,7 +43,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
-def latent_codes(vae, x, codes: str, seed: int = 0):
+def latent_codes(vae: VAE, x: torch.Tensor, codes: str, seed: int = 0) -> torch.Tensor:
     """``(N, d)`` codes of the model input ``x`` (N, ...): ``"mean"``, ``"sample"`` (one
     reparameterised draw per row, from a forked RNG seeded with ``seed``) or ``"logvar"``."""
     import torch
@@ -46,10 +52,11 @@ def latent_codes(vae, x, codes: str, seed: int = 0):
 
     device = next(vae.parameters()).device
 
-    def one(xb):
+    def one(xb: torch.Tensor) -> torch.Tensor:
         out = vae.encoder(xb.to(device))
         if codes == "mean":
-            return out[0]
+            mean: torch.Tensor = out[0]
+            return mean
         if codes == "sample":
             return vae.sample_latent(out)
         spread = out[1].double()
@@ -61,11 +68,12 @@ def latent_codes(vae, x, codes: str, seed: int = 0):
         return batched(one, x)
 
 
-def cmd_encode(args, parser) -> int:
+def cmd_encode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     with torch_threads(args.threads):
         trained = load_trained(args.model_dir, resolved_device(args.device))
         data = read_prepared(args, trained, labels=False)
-        z = latent_codes(trained.model.vae, data.x, args.codes, args.seed)
+        z = latent_codes(trained.model.vae, data.x,  # type: ignore[arg-type]  # prepared: a tensor
+                     args.codes, args.seed)
     write_npy(args.out, z.numpy())
     _say(f"{PROG} encode: wrote {args.out}: {z.shape[0]} codes of {z.shape[1]} dimensions "
          f"({args.codes})")

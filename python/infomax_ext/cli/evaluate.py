@@ -14,17 +14,18 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .common import PROG, CommandError, _say
 from .compare import _fmt
-from .model_io import (add_data_arguments, add_model_argument, add_run_arguments,
-                       check_matplotlib, check_unit_range, load_trained, read_prepared,
-                       resolved_device, torch_threads)
+from .model_io import (TrainedModel, add_data_arguments, add_model_argument,
+                       add_run_arguments, check_matplotlib, check_unit_range, load_trained,
+                       read_prepared, resolved_device, torch_threads)
 from .options import _fraction, _nonneg_float, _positive_int, _seed
 from .run_dir import _holds_run
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "evaluate", help="the held-out metrics of a trained model on new data",
         description=(
@@ -56,7 +57,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args, trained) -> dict:
+def _settings(args: argparse.Namespace, trained: TrainedModel) -> dict[str, Any]:
     """The evaluation options: given, else the run's, else the training defaults (the MI chain's
     layers from the model's own MI chain when there is no run)."""
     from ..trainer import TrainConfig
@@ -85,7 +86,7 @@ def _check_out(out: Path) -> None:
                            "replaced: choose another directory")
 
 
-def cmd_evaluate(args, parser) -> int:
+def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..data import train_val_split
     from ..evaluation import encoder_mean, evaluate
     from ..serialization import atomic_write_json

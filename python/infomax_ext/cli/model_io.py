@@ -9,13 +9,16 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .common import PROG, CommandError, _say
 from .options import _device, _positive_int
 from .run_dir import CONFIG_FILE, _holds_run
 
 if TYPE_CHECKING:
+    import torch
+
+    from ..data import ArrayDataset
     from ..infomax import InfoMaxVAE
 
 # A Bernoulli decoder's log-likelihood needs inputs in [0, 1]; prepared data may stray this far
@@ -31,7 +34,7 @@ class TrainedModel:
     model: "InfoMaxVAE"
     model_dir: Path
     run_dir: Path | None
-    train_options: dict | None
+    train_options: dict[str, Any] | None
 
 
 # ----------------------------------------------------------------------------- options
@@ -98,7 +101,7 @@ def _model_dir_of(path: Path) -> tuple[Path, Path | None]:
                        f"model directory (with {MODEL_CONFIG_FILE})")
 
 
-def load_trained(text: str, device) -> TrainedModel:
+def load_trained(text: str, device: torch.device | str) -> TrainedModel:
     """The model of the run or model directory ``text`` on ``device``, in eval mode."""
     from ..infomax import InfoMaxVAE
     from ..serialization import read_json
@@ -113,14 +116,14 @@ def load_trained(text: str, device) -> TrainedModel:
     return TrainedModel(model, model_dir, run_dir, options)
 
 
-def resolved_device(text: str):
+def resolved_device(text: str) -> torch.device:
     from ..trainer import _resolve_device
 
     return _resolve_device(text)
 
 
 @contextlib.contextmanager
-def torch_threads(n: int):
+def torch_threads(n: int) -> Iterator[None]:
     import torch
 
     before = torch.get_num_threads()
@@ -131,7 +134,7 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def is_bernoulli(model) -> bool:
+def is_bernoulli(model: InfoMaxVAE) -> bool:
     from ..vae import BernoulliDecoder
 
     return isinstance(model.vae.decoder, BernoulliDecoder)
@@ -139,7 +142,7 @@ def is_bernoulli(model) -> bool:
 
 # ----------------------------------------------------------------------------- the data
 
-def read_prepared(args, trained: TrainedModel, *, labels: bool):
+def read_prepared(args: argparse.Namespace, trained: TrainedModel, *, labels: bool) -> ArrayDataset:
     """The ``--data`` file (labels from ``--labels`` / ``--label-column`` when ``labels``) as an
     :class:`~infomax_ext.data.ArrayDataset` whose ``x`` is the model's input: the raw values
     checked, then prepared by the model's preprocessing; the shape checked against the model."""
@@ -157,7 +160,7 @@ def read_prepared(args, trained: TrainedModel, *, labels: bool):
         if issubclass(w.category, DataWarning) and "inputs this large" not in str(w.message):
             _say(f"{PROG}: notice: {w.message}")
     prep = trained.model.preprocessing
-    data.x = prep.apply(data.x, data.source)
+    data.x = prep.apply(data.x, data.source)  # type: ignore[arg-type]  # read into memory
     data.normalization = (prep.kind, prep.shift, prep.scale)
     if not labels:
         data.y, data.classes = None, None
@@ -175,13 +178,13 @@ def read_prepared(args, trained: TrainedModel, *, labels: bool):
     return data
 
 
-def check_unit_range(data, trained: TrainedModel) -> None:
+def check_unit_range(data: ArrayDataset, trained: TrainedModel) -> None:
     """A DataError unless a Bernoulli decoder's prepared data lies in [0, 1]."""
     from ..data import DataError
 
     if not is_bernoulli(trained.model):
         return
-    lo, hi = float(data.x.min()), float(data.x.max())
+    lo, hi = float(data.x.min()), float(data.x.max())  # type: ignore[union-attr]  # prepared
     if lo < -_UNIT_SLACK or hi > 1 + _UNIT_SLACK:
         prep = trained.model.preprocessing
         how = "as given" if prep.is_identity else f"after the model's normalisation ({prep.kind})"
@@ -192,7 +195,7 @@ def check_unit_range(data, trained: TrainedModel) -> None:
 
 # ----------------------------------------------------------------------------- outputs
 
-def write_npy(path: Path, array) -> None:
+def write_npy(path: Path, array: Any) -> None:
     """``array`` (a numpy array) saved to the ``.npy`` file ``path``, atomically."""
     import numpy as np
 
@@ -216,7 +219,8 @@ def check_matplotlib() -> None:
                            "--no-plots)")
 
 
-def batched(fn, x, chunk: int = 2048):
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: Any,
+            chunk: int = 2048) -> torch.Tensor:
     """``torch.cat([fn(x[i:i + chunk]) ...])`` under no_grad, ``x`` (N, ...) on the CPU."""
     import torch
 

@@ -4,6 +4,7 @@ units unless ``--model-units``) and a PNG of originals beside their reconstructi
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from .common import PROG, _say
 from .model_io import (_npy_path, add_data_arguments, add_model_argument, add_run_arguments,
@@ -11,8 +12,13 @@ from .model_io import (_npy_path, add_data_arguments, add_model_argument, add_ru
                        torch_threads, write_npy)
 from .options import _positive_int
 
+if TYPE_CHECKING:
+    import torch
 
-def add_parser(sub) -> argparse.ArgumentParser:
+    from ..vae import VAE
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "reconstruct", help="reconstructions of new data (.npy and PNG)",
         description=(
@@ -36,7 +42,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
-def reconstructions(vae, x):
+def reconstructions(vae: VAE, x: torch.Tensor) -> torch.Tensor:
     """Decoder means at the encoder means of the model input ``x`` (N, ...): (N, ...)."""
     from ..plots import decoder_mean
 
@@ -44,14 +50,14 @@ def reconstructions(vae, x):
     return batched(lambda xb: decoder_mean(vae, vae.encoder(xb.to(device))[0]), x)
 
 
-def cmd_reconstruct(args, parser) -> int:
+def cmd_reconstruct(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.no_plots:
         check_matplotlib()
     with torch_threads(args.threads):
         trained = load_trained(args.model_dir, resolved_device(args.device))
         data = read_prepared(args, trained, labels=False)
         prep = trained.model.preprocessing
-        rec = reconstructions(trained.model.vae, data.x)
+        rec = reconstructions(trained.model.vae, data.x)  # type: ignore[arg-type]  # prepared: a tensor
         write_npy(args.out, (rec if args.model_units else prep.invert(rec)).numpy())
         png = args.out.with_suffix(".png")
         if not args.no_plots:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from pathlib import Path
+from typing import Any
 
 from .common import PROG, CommandError
 
@@ -32,7 +33,7 @@ class _RunLock:
     its holder dies, so a killed run never blocks the next one. (No lock where the platform
     lacks flock.)"""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.fd: int | None = None
 
     def acquire(self, directory: Path) -> None:
@@ -78,7 +79,7 @@ def _check_out(out: Path) -> None:
             return
 
 
-def _claim(out: Path, lock: _RunLock, resume: bool, parser) -> None:
+def _claim(out: Path, lock: _RunLock, resume: bool, parser: argparse.ArgumentParser) -> None:
     """Lock the existing directory ``out`` for this run; a new run also needs it to hold none."""
     lock.acquire(out)
     if not resume and _holds_run(out):

@@ -4,14 +4,20 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from .common import PROG, CommandError, _say
 from .model_io import (_npy_path, add_model_argument, add_run_arguments, check_matplotlib,
                        load_trained, resolved_device, torch_threads, write_npy)
 from .options import _positive_int, _seed
 
+if TYPE_CHECKING:
+    import torch
 
-def add_parser(sub) -> argparse.ArgumentParser:
+    from ..vae import VAE
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "sample", help="samples from the prior through the decoder (.npy and PNG)",
         description=(
@@ -34,7 +40,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
-def prior_samples(vae, n: int, seed: int):
+def prior_samples(vae: VAE, n: int, seed: int) -> torch.Tensor:
     """Decoder means of ``n`` codes ``z ~ N(0, I_d)`` drawn from a private generator seeded with
     ``seed`` (the codes of :func:`~infomax_ext.plots.plot_prior_samples`): (n, *sample_shape)."""
     import torch
@@ -48,7 +54,7 @@ def prior_samples(vae, n: int, seed: int):
         return decoder_mean(vae, z.to(device)).cpu()
 
 
-def _latent_dim(vae) -> int:
+def _latent_dim(vae: VAE) -> int:
     config = getattr(vae.decoder, "config", None) or {}
     d = config.get("n_latent")
     if not isinstance(d, int):
@@ -56,7 +62,7 @@ def _latent_dim(vae) -> int:
     return d
 
 
-def cmd_sample(args, parser) -> int:
+def cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.no_plots:
         check_matplotlib()
     with torch_threads(args.threads):

@@ -10,6 +10,7 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .common import PROG, CommandError, _say
 from .compare import _fmt, comparison_table
@@ -18,13 +19,21 @@ from .resume import RESUMABLE, read_resume_states
 from .run_dir import (CONFIG_FILE, _RunLock, _check_out, _claim, _default_out, _holds_run,
                       _path, _read_run_config, _remove_stale_temporaries)
 
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+    from ..data import ArrayDataset
+    from ..preprocessing import Preprocessing
+    from ..trainer import TrainConfig
+
 METRICS_SUMMARY = "metrics.json"
 
-def _given(args, dest):
+def _given(args: argparse.Namespace, dest: str) -> Any:
     return getattr(args, dest, None)
 
 
-def _train_config(args, parser, saved: dict | None):
+def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                  saved: dict[str, Any] | None) -> TrainConfig:
     """The TrainConfig from the defaults (or the saved run) and the options given."""
     from ..trainer import TrainConfig
 
@@ -140,14 +149,16 @@ def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | Non
     return metrics, mu
 
 
-def _monitor(name: str, tensorboard: Path | None, train, val, figures: bool):
+def _monitor(name: str, tensorboard: Path | None, train: ArrayDataset, val: ArrayDataset,
+             figures: bool) -> tuple[Any, dict[str, Any]]:
     """``(monitor, Trainer keywords)`` logging to ``tensorboard/name``; without ``tensorboard``
     a monitor that does nothing and no keywords."""
     if tensorboard is None:
         return contextlib.nullcontext(), {}
     from ..monitor import TensorBoardMonitor
 
-    monitor = TensorBoardMonitor(tensorboard / name, val_x=val.x, labels=val.y,
+    monitor = TensorBoardMonitor(tensorboard / name, val_x=val.x,  # type: ignore[arg-type]
+                                 labels=val.y,
                                  classes=train.classes, image_shape=train.image_shape,
                                  figures=figures, title=name)
     _say(f"{name}: TensorBoard log in {tensorboard / name} (tensorboard --logdir {tensorboard})")
@@ -167,7 +178,7 @@ def _check_extras(plots: bool, quiet: bool) -> None:
                            "with pip install 'infomax_ext[train]'")
 
 
-def cmd_train(args, parser) -> int:
+def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_extras(not args.no_plots, args.quiet)
     if args.tensorboard is not None:
         from ..monitor import TensorBoardMissing, require_tensorboard
@@ -202,14 +213,14 @@ def cmd_train(args, parser) -> int:
                 dist.destroy_process_group()
 
 
-def _tensorboard_dir(args, out: Path) -> Path | None:
+def _tensorboard_dir(args: argparse.Namespace, out: Path) -> Path | None:
     """Where --tensorboard logs go: its DIR, ``out/tensorboard`` without one, None when off."""
     if args.tensorboard is None:
         return None
     return Path(args.tensorboard) if args.tensorboard else out / "tensorboard"
 
 
-def _process_group(args):
+def _process_group(args: argparse.Namespace) -> ProcessGroup | None:
     """The process group when torchrun started this process (None otherwise), its collectives
     waiting ``--dist-timeout`` seconds for a silent process, every process given the same
     options (checked); a restart by ``torchrun --max-restarts`` continues the run in --out
@@ -244,12 +255,12 @@ _PER_PROCESS_OPTIONS = {"device", "threads", "quiet", "log_interval", "dist_time
                         "command_parser"}
 
 
-def _check_same_options(group, args) -> None:
+def _check_same_options(group: ProcessGroup | None, args: argparse.Namespace) -> None:
     """The same :class:`DistributedMismatchError` on every process unless all were given the
     same options (``--resume`` on some only, another ``--out``, ...)."""
     from ..distributed import check_same
 
-    def plain(value) -> bool:  # the options' values, not the parser's bookkeeping
+    def plain(value: object) -> bool:  # the options' values, not the parser's bookkeeping
         return value is None or isinstance(value, (str, int, float, bool)) or (
             isinstance(value, (list, tuple)) and all(plain(v) for v in value))
 
@@ -259,7 +270,7 @@ def _check_same_options(group, args) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_error(group):
+def _sigterm_as_error(group: ProcessGroup | None) -> Iterator[None]:
     """Within a job (``group``), SIGTERM (torchrun's agent stopping the other processes after
     one failed) raises :class:`~infomax_ext.distributed_failures.JobStopped`: one line on stderr instead of a silent
     death; checkpoints are written atomically, so the last one stays intact."""
@@ -275,7 +286,7 @@ def _sigterm_as_error(group):
         return
     rank = dist.get_rank(group)
 
-    def stop(signum, frame):
+    def stop(signum: int, frame: object) -> None:
         raise JobStopped(
             f"rank {rank} lost contact with the job: it was stopped by SIGTERM (torchrun stops "
             "every process when one fails; its summary names that one); the last checkpoint is "
@@ -289,7 +300,7 @@ def _sigterm_as_error(group):
 
 
 @contextlib.contextmanager
-def _only_rank0_prints(group):
+def _only_rank0_prints(group: ProcessGroup | None) -> Iterator[None]:
     """Standard output of every process but rank 0 discarded (errors still go to stderr)."""
     import torch.distributed as dist
 
@@ -300,7 +311,7 @@ def _only_rank0_prints(group):
         yield
 
 
-def _claim_out(args, parser, lock: _RunLock) -> Path:
+def _claim_out(args: argparse.Namespace, parser: argparse.ArgumentParser, lock: _RunLock) -> Path:
     """The run directory: --out or a new name; locked at once when it exists (a directory in use
     is refused before anything else)."""
     out = Path(args.out) if args.out is not None else _default_out()
@@ -310,7 +321,8 @@ def _claim_out(args, parser, lock: _RunLock) -> Path:
     return out
 
 
-def _cmd_train_locked(args, parser, out: Path, lock: _RunLock, group=None) -> int:
+def _cmd_train_locked(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path,
+                      lock: _RunLock, group: ProcessGroup | None = None) -> int:
     import torch
 
     from ..distributed import from_rank0
@@ -362,7 +374,8 @@ def _cmd_train_locked(args, parser, out: Path, lock: _RunLock, group=None) -> in
         torch.set_num_threads(threads)
 
 
-def _load_data(data: dict, config, saved) -> tuple:
+def _load_data(data: dict[str, Any], config: TrainConfig,
+               saved: dict[str, Any] | None) -> tuple[ArrayDataset, dict[str, Any]]:
     """The dataset of the data options ``data`` (a .npy file memory-mapped) and its description
     for config.json, checked against the ``saved`` run's."""
     from ..csv_data import parse_label_column
@@ -425,8 +438,9 @@ def _write_run_config(args, parser, out: Path, lock: _RunLock, saved, compare: b
     })
 
 
-def _train(args, parser, out: Path, lock: _RunLock, saved, compare: bool, data: dict,
-           config, group=None) -> int:
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path, lock: _RunLock,
+           saved: dict[str, Any] | None, compare: bool, data: dict[str, Any], config: TrainConfig,
+           group: ProcessGroup | None = None) -> int:
     """Train with the data options ``data`` (``source``, ``labels``, ``normalize``); with a
     process ``group``, rank 0 reads the data (a .npy file: checks it and sends its mapping) and
     writes, every process trains."""
