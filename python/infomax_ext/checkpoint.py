@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Sequence, cast
+from typing import Any, Mapping, NoReturn, Sequence, cast
 
 import torch
 
@@ -45,9 +45,6 @@ from .serialization import (
     sha256_hex,
     torch_bytes,
 )
-
-if TYPE_CHECKING:
-    from .trainer import Trainer, TrainConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "digest_path", "write_checkpoint",
            "read_checkpoint", "validate_checkpoint", "restore_training_state"]
@@ -102,7 +99,7 @@ def write_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> 
     return path
 
 
-def read_checkpoint(path: str | os.PathLike[str], config_type: type[TrainConfig]) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike[str], config_type: type[Any]) -> dict[str, Any]:
     """The state in checkpoint ``path``, after checking its digest and every entry
     (:func:`validate_checkpoint` with ``config_type``); tensors on the CPU."""
     path = Path(path)
@@ -166,7 +163,7 @@ class _Checker:
 
 
 def validate_checkpoint(state: object, path: str | os.PathLike[str],
-                        config_type: type[TrainConfig]) -> dict[str, Any]:
+                        config_type: type[Any]) -> dict[str, Any]:
     """``state`` (as unpickled from checkpoint ``path``) when every entry is what a trainer
     writes (module docstring); else a :class:`SerializationError` naming the entry.
     ``config_type``: :class:`~infomax_ext.trainer.TrainConfig` (passed in: the trainer imports
@@ -343,7 +340,7 @@ def _check_rng(c: _Checker, rng: object, name: str) -> None:
 
 # ----------------------------------------------------------------------------- restoring
 
-def restore_training_state(trainer: Trainer, state: Mapping[str, Any]) -> None:
+def restore_training_state(trainer: Any, state: Mapping[str, Any]) -> None:
     """Put the checked ``state`` into ``trainer``, whose model already holds its weights: both
     Adam states (under the trainer's own hyperparameters and implementation flags, equal to the
     saved ones by :func:`validate_checkpoint`), the epoch, history and random state."""
