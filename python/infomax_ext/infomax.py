@@ -12,7 +12,7 @@ import os
 import weakref
 from pathlib import Path
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping,
-                    NamedTuple, overload)
+                    NamedTuple, cast, overload)
 
 import torch
 from torch import nn
@@ -128,7 +128,7 @@ class InfoMaxVAE(nn.Module):
             raise SerializationError(f"the model config has more than {memory.MAX_CONFIG_ENTRIES} "
                                      "list entries (layers): not a model this library builds")
 
-        def build():
+        def build() -> InfoMaxVAE:
             with torch.random.fork_rng(devices=[]):
                 return cls(VAE.from_config(config["vae"]), MutualInfoChain.from_config(config["mi"]),
                            bound=config.get("bound", "nwj"))
@@ -655,7 +655,9 @@ def train_step(
     return None
 
 
-def _pass_bound(model, bound, vae_function, vae_kwargs, mi_function, mi_kwargs) -> None:
+def _pass_bound(model: InfoMaxVAE, bound: str | Bound | None,
+                vae_function: Callable[..., torch.Tensor], vae_kwargs: dict[str, Any],
+                mi_function: Callable[..., torch.Tensor], mi_kwargs: dict[str, Any]) -> None:
     """Put train_step's ``bound`` (or, when None, the model's for the default loss functions)
     into both losses' kwargs; a different bound already there is an error."""
     explicit = bound is not None
@@ -663,7 +665,7 @@ def _pass_bound(model, bound, vae_function, vae_kwargs, mi_function, mi_kwargs) 
         bound = getattr(model, "bound", None)
         if bound is None or bound == BOUNDS["nwj"]:
             return
-    bound = resolve_bound(bound)
+    bound = resolve_bound(cast("str | Bound", bound))  # not None: explicit, or returned above
     for name, function, default, kwargs in (("infomaxloss", vae_function, infomaxloss, vae_kwargs),
                                             ("miloss", mi_function, miloss, mi_kwargs)):
         if not explicit and function is not default:
@@ -673,8 +675,11 @@ def _pass_bound(model, bound, vae_function, vae_kwargs, mi_function, mi_kwargs) 
                              f"{kwargs['bound']!r}; give it once")
 
 
-def _alternating_step(model, args, opt_vae, opt_mi, vae_params, mi_params,
-                      infomaxloss_function, vae_kwargs, miloss_function, mi_kwargs):
+def _alternating_step(model: InfoMaxVAE, args: tuple[torch.Tensor, ...], opt_vae: Any,
+                      opt_mi: Any, vae_params: list[nn.Parameter], mi_params: list[nn.Parameter],
+                      infomaxloss_function: Callable[..., torch.Tensor], vae_kwargs: dict[str, Any],
+                      miloss_function: Callable[..., torch.Tensor], mi_kwargs: dict[str, Any]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`train_step`'s default strategy: (1) the InfoMax loss with the MI chain frozen, its
     gradient for the VAE's parameters, the VAE step; (2) a fresh forward pass through the updated
     VAE, the MI loss with the VAE frozen, its gradient for the MI chain, the MI step. The two
