@@ -34,9 +34,9 @@ from .infomax import (
     load_model,
     miloss,
     save_model,
-    train_step,
 )
 from .losses import InfoMaxVAELoss, MutualInfoLoss
+from .training_step import train_step
 from .preprocessing import Preprocessing
 from .mutual_info import (
     DataHalfCache,

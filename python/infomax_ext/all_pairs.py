@@ -10,9 +10,16 @@ not split (see :func:`split_reasons`) runs the same chunks through ``mi(x, z)`` 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable, cast
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+    from .bounds import Bound
 
 __all__ = ["all_pairs_scores", "all_pairs_scores_tile", "all_pairs_bound", "split_reasons",
            "chunk_rows_for"]
@@ -66,10 +73,10 @@ def _rest(mlp: nn.Sequential, pre: torch.Tensor) -> torch.Tensor:
     return h.reshape(-1)
 
 
-def _run(fn, *args):
+def _run(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
     """``fn(*args)``; when a graph is built, its activations are recomputed in the backward."""
     if torch.is_grad_enabled() and any(a.requires_grad for a in args):
-        return checkpoint(fn, *args, use_reentrant=False)
+        return cast(torch.Tensor, checkpoint(fn, *args, use_reentrant=False))
     return fn(*args)
 
 
@@ -95,10 +102,10 @@ def all_pairs_scores(mi: nn.Module, x: torch.Tensor, z: torch.Tensor,
         raise ValueError(f"all pairs: offset {offset} does not place {n} codes within {c}")
     if split_reasons(mi):
         return _unsplit_scores(mi, x, z, codes, offset, negatives_grad, chunk_rows)
-    mlp = mi.mlp
-    first = mlp[0]
-    hx = mi.data(x).reshape(n, -1)
-    hz = mi.latent(z)
+    mlp = cast(nn.Sequential, mi.mlp)  # split_reasons found a Sequential starting with a Linear
+    first = cast(nn.Linear, mlp[0])
+    hx = cast(nn.Module, mi.data)(x).reshape(n, -1)
+    hz = cast(nn.Module, mi.latent)(z)
     dx = hx.shape[1]
     if dx + hz.shape[1] != first.in_features:
         raise ValueError(f"the MI chain's first layer takes {first.in_features} features but "
@@ -107,7 +114,7 @@ def all_pairs_scores(mi: nn.Module, x: torch.Tensor, z: torch.Tensor,
     a = torch.nn.functional.linear(hx, first.weight[:, :dx], first.bias)
     joint = _rest(mlp, a + hz @ w_latent.t())
     source = codes if negatives_grad else codes.detach()
-    b_pairs = mi.latent(source) @ w_latent.t()
+    b_pairs = cast(nn.Module, mi.latent)(source) @ w_latent.t()
     rows = chunk_rows or chunk_rows_for(c, _widest(mlp))
 
     def chunk(a_rows: torch.Tensor, b_all: torch.Tensor) -> torch.Tensor:
@@ -126,24 +133,27 @@ def _with_joint_diagonal(scores: torch.Tensor, joint: torch.Tensor, offset: int)
     return scores.index_put((index, index + offset), joint)
 
 
-def _unsplit_scores(mi, x, z, codes, offset, negatives_grad, chunk_rows):
+def _unsplit_scores(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, codes: torch.Tensor,
+                    offset: int, negatives_grad: bool, chunk_rows: int | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """All pairs for a chain that does not split: ``mi`` on chunks of repeated rows."""
     n, c = x.shape[0], codes.shape[0]
-    joint = mi(x, z)
+    joint: torch.Tensor = mi(x, z)
     z_pairs = codes if negatives_grad else codes.detach()
     rows = chunk_rows or max(1, CHUNK_ELEMENTS // max(1, c * max(z.shape[1], x[0].numel())))
 
     def chunk(x_rows: torch.Tensor, z_all: torch.Tensor) -> torch.Tensor:
         k = x_rows.shape[0]
-        return mi(x_rows.repeat_interleave(c, 0), z_all.repeat(k, 1)).view(k, c)
+        return cast(torch.Tensor, mi(x_rows.repeat_interleave(c, 0), z_all.repeat(k, 1)).view(k, c))
 
     scores = torch.cat([_run(chunk, x[i:i + rows], z_pairs) for i in range(0, n, rows)])
     return joint, _with_joint_diagonal(scores, joint, offset)
 
 
-def all_pairs_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, bound, *,
-                    shuffled_grad: bool = False, process_group=None,
-                    chunk_rows: int | None = None):
+def all_pairs_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, bound: Bound, *,
+                    shuffled_grad: bool = False, process_group: ProcessGroup | None = None,
+                    chunk_rows: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``bound`` (a :class:`~infomax_ext.bounds.Bound`) on every pair: x (N, ...), z (N, d).
     Returns ``(value, joint (N,), negatives (N (C - 1),))`` with C = N, or the whole batch's
     P N codes with a ``process_group`` (then the value is this process's share: see
@@ -170,4 +180,4 @@ def all_pairs_scores_tile(mi: nn.Module, x: torch.Tensor, z: torch.Tensor) -> to
     """The brute-force all-pairs evaluation: ``mi`` on the N C concatenated pairs at once
     (the N C x (Dx + Dz) tile), (N, C). The oracle of the tests and the benchmark's baseline."""
     n, c = x.shape[0], z.shape[0]
-    return mi(x.repeat_interleave(c, 0), z.repeat(n, 1)).view(n, c)
+    return cast(torch.Tensor, mi(x.repeat_interleave(c, 0), z.repeat(n, 1)).view(n, c))

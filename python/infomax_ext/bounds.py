@@ -36,13 +36,17 @@ infonce     mean_i [S_ii - logsumexp_j S_ij] + log N                         the
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, Protocol, cast
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["Bound", "NWJ", "DV", "JS", "SMILE", "InfoNCE", "BOUNDS", "resolve_bound",
            "bound_config", "off_diagonal", "log_mean_exp"]
+
+
+LogMeanExp = Callable[[torch.Tensor], torch.Tensor]
+"""A log-mean-exp of a 1-D tensor's entries (0-dim): :func:`log_mean_exp`, or one over processes."""
 
 
 def log_mean_exp(t: torch.Tensor) -> torch.Tensor:
@@ -71,6 +75,13 @@ def _with_gradient_of(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Ten
     return value.detach() + (surrogate - surrogate.detach())
 
 
+class _LogMeanExpValue(Protocol):
+    """The ``value`` of a ``"log_mean_exp"`` bound: it takes the log-mean-exp to apply."""
+
+    def value(self, joint: torch.Tensor, negatives: torch.Tensor,
+              lme: LogMeanExp = ...) -> torch.Tensor: ...
+
+
 class Bound:
     """One MI lower bound (see the module docstring). Subclasses set ``name`` and ``reduction``
     and define :meth:`value`; :meth:`surrogate` defaults to the value."""
@@ -87,13 +98,13 @@ class Bound:
         return None
 
     def __call__(self, joint: torch.Tensor, negatives: torch.Tensor, *,
-                 lme=log_mean_exp) -> torch.Tensor:
+                 lme: LogMeanExp = log_mean_exp) -> torch.Tensor:
         """The value (0-dim) with the training gradient. joint (M,), negatives (K,). ``lme``
         is the log-mean-exp the ``"log_mean_exp"`` bounds take over the negatives (a whole-batch
         one across processes, :mod:`infomax_ext.distributed_bounds`)."""
         _check_scores(self.name, joint, negatives)
-        value = self.value(joint, negatives, lme) if self.reduction == "log_mean_exp" \
-            else self.value(joint, negatives)
+        value = cast(_LogMeanExpValue, self).value(joint, negatives, lme) \
+            if self.reduction == "log_mean_exp" else self.value(joint, negatives)
         surrogate = self.surrogate(joint, negatives) if torch.is_grad_enabled() else None
         return value if surrogate is None else _with_gradient_of(value, surrogate)
 
@@ -110,11 +121,11 @@ class Bound:
         batch's matrix when ``offset`` = its first row)."""
         return self(joint, _off_diagonal_at(rows, offset), lme=lme)
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """JSON-able settings that :func:`resolve_bound` turns back into this bound."""
         return {"name": self.name}
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Bound) and type(other) is type(self) and other.config() == self.config()
 
     def __hash__(self) -> int:
@@ -125,14 +136,14 @@ class Bound:
         return f"{type(self).__name__}({extra})"
 
 
-def _check_scores(name: str, joint, negatives) -> None:
+def _check_scores(name: str, joint: object, negatives: object) -> None:
     for what, t in (("joint", joint), ("negatives", negatives)):
         if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.numel() < 1:
             raise ValueError(f"bound {name!r}: {what} must be a non-empty 1-D tensor of scores, got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
 
 
-def _check_matrix(name: str, scores) -> None:
+def _check_matrix(name: str, scores: object) -> None:
     if (not isinstance(scores, torch.Tensor) or scores.dim() != 2
             or scores.shape[0] != scores.shape[1] or scores.shape[0] < 2):
         raise ValueError(f"bound {name!r}: all-pairs scores must be an (N, N) matrix with N >= 2, "
@@ -144,7 +155,7 @@ class NWJ(Bound):
 
     name, reduction = "nwj", "mean"
 
-    def value(self, joint, negatives):
+    def value(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         from . import _ops  # the compiled op (the fused kernel) when it applies
 
         return _ops.nwj_bound(joint, negatives)
@@ -170,10 +181,11 @@ class DV(Bound):
         self.moving_average = moving_average
         self.ema: torch.Tensor | None = None
 
-    def value(self, joint, negatives, lme=log_mean_exp):
+    def value(self, joint: torch.Tensor, negatives: torch.Tensor,
+              lme: LogMeanExp = log_mean_exp) -> torch.Tensor:
         return joint.mean() - lme(negatives)
 
-    def surrogate(self, joint, negatives):
+    def surrogate(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor | None:
         if self.moving_average is None:
             return None
         exp_neg = torch.exp(negatives)
@@ -185,8 +197,8 @@ class DV(Bound):
                 self.ema = self.moving_average * self.ema + (1 - self.moving_average) * batch
         return joint.mean() - exp_neg.mean() / self.ema
 
-    def config(self):
-        out = {"name": self.name}
+    def config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
         if self.moving_average is not None:
             out["moving_average"] = self.moving_average
         return out
@@ -203,10 +215,10 @@ class JS(Bound):
 
     name, reduction = "js", "mean"
 
-    def value(self, joint, negatives):
+    def value(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         return joint.mean() + 1 - torch.exp(negatives).mean()
 
-    def surrogate(self, joint, negatives):
+    def surrogate(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         return js_objective(joint, negatives)
 
 
@@ -222,10 +234,11 @@ class SMILE(JS):
             raise ValueError(f"smile: clip must be a positive finite number, got {clip!r}")
         self.clip = float(clip)
 
-    def value(self, joint, negatives, lme=log_mean_exp):
+    def value(self, joint: torch.Tensor, negatives: torch.Tensor,
+              lme: LogMeanExp = log_mean_exp) -> torch.Tensor:
         return joint.mean() - lme(negatives.clamp(-self.clip, self.clip))
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"name": self.name, "clip": self.clip}
 
 
@@ -235,18 +248,20 @@ class InfoNCE(Bound):
 
     name, reduction, needs_all_pairs = "infonce", "rows", True
 
-    def value(self, joint, negatives):
+    def value(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         raise ValueError("bound 'infonce' needs every pair: use negatives='all' (it compares each "
                          "x_i with every code of the batch), or Bound.from_matrix")
 
-    def __call__(self, joint, negatives, *, lme=log_mean_exp):
+    def __call__(self, joint: torch.Tensor, negatives: torch.Tensor, *,
+                 lme: LogMeanExp = log_mean_exp) -> torch.Tensor:
         return self.value(joint, negatives)
 
-    def from_matrix(self, scores):
+    def from_matrix(self, scores: torch.Tensor) -> torch.Tensor:
         _check_matrix(self.name, scores)
         return self.from_rows(scores, torch.diagonal(scores))
 
-    def from_rows(self, rows, joint, offset=0, *, lme=log_mean_exp):
+    def from_rows(self, rows: torch.Tensor, joint: torch.Tensor, offset: int = 0, *,
+                  lme: Callable[..., torch.Tensor] = log_mean_exp) -> torch.Tensor:
         """The mean over ``rows`` (R, C) of ``joint_i - logsumexp_j rows[i, j]``, + log C
         (the rows of one process when the batch is split: their mean over processes is the
         whole batch's bound; ``rows`` holds the joint scores at (i, offset + i))."""
@@ -259,7 +274,7 @@ BOUNDS: dict[str, Bound] = {name: cls() for name, cls in _CLASSES.items()}
 """Every bound by name, with its default settings: nwj, dv, js, smile, infonce."""
 
 
-def resolve_bound(bound, **settings) -> Bound:
+def resolve_bound(bound: str | dict[str, Any] | Bound, **settings: Any) -> Bound:
     """A :class:`Bound` from a name of :data:`BOUNDS` (``settings`` are its keywords, e.g.
     ``clip=5`` for smile), a config dict (:meth:`Bound.config`), or a Bound (returned as is)."""
     if isinstance(bound, Bound):
@@ -269,7 +284,7 @@ def resolve_bound(bound, **settings) -> Bound:
         return bound
     if isinstance(bound, dict):
         settings = {**{k: v for k, v in bound.items() if k != "name"}, **settings}
-        bound = bound.get("name")
+        bound = cast(Any, bound.get("name"))  # any value: checked next
     if not isinstance(bound, str) or bound not in _CLASSES:
         raise ValueError(f"unknown bound {bound!r}; known: {', '.join(_CLASSES)}")
     if not settings:
@@ -280,6 +295,6 @@ def resolve_bound(bound, **settings) -> Bound:
         raise ValueError(f"bound {bound!r} takes no setting among {sorted(settings)}") from None
 
 
-def bound_config(bound) -> dict:
+def bound_config(bound: str | dict[str, Any] | Bound) -> dict[str, Any]:
     """The config dict of ``bound`` (anything :func:`resolve_bound` takes)."""
     return resolve_bound(bound).config()

@@ -14,12 +14,16 @@ process's gradient on the whole batch:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from . import distributed
 from .bounds import Bound
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["global_log_mean_exp", "bound_over_group", "gathered_codes", "check_bound_for_group"]
 
@@ -29,20 +33,20 @@ class _SumOverGroup(torch.autograd.Function):
     every process's summand)."""
 
     @staticmethod
-    def forward(ctx, t, group):
+    def forward(ctx: Any, t: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor:
         ctx.group = group
         out = t.clone()
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
         return out
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         grad = grad.clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         return grad, None
 
 
-def global_log_mean_exp(t: torch.Tensor, group) -> torch.Tensor:
+def global_log_mean_exp(t: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor:
     """``log mean exp`` of the 1-D ``t`` over every process's entries (equal counts per process),
     a 0-dim tensor, the same on every process: ``M + log(sum_p sum exp(t_p - M)) - log(P K)``
     with M the global maximum."""
@@ -52,7 +56,8 @@ def global_log_mean_exp(t: torch.Tensor, group) -> torch.Tensor:
         dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
         if not torch.isfinite(top):
             top = torch.zeros_like(top)
-    total = _SumOverGroup.apply(torch.exp(t - top).sum(), group)
+    total: torch.Tensor = _SumOverGroup.apply(  # type: ignore[no-untyped-call]
+        torch.exp(t - top).sum(), group)
     return top + torch.log(total) - math.log(world * t.numel())
 
 
@@ -65,7 +70,7 @@ def check_bound_for_group(bound: Bound) -> None:
 
 
 def bound_over_group(bound: Bound, joint: torch.Tensor, negatives: torch.Tensor,
-                     group) -> torch.Tensor:
+                     group: ProcessGroup | None) -> torch.Tensor:
     """``bound`` on this process's joint scores (M,) and negatives (K,) as a share of the whole
     batch's (see the module docstring)."""
     check_bound_for_group(bound)
@@ -75,7 +80,7 @@ def bound_over_group(bound: Bound, joint: torch.Tensor, negatives: torch.Tensor,
 
 
 def rows_over_group(bound: Bound, rows: torch.Tensor, joint: torch.Tensor, offset: int,
-                    group) -> torch.Tensor:
+                    group: ProcessGroup | None) -> torch.Tensor:
     """``bound`` on this process's rows (N, P N) of the whole batch's all-pairs matrix."""
     check_bound_for_group(bound)
     if bound.reduction == "log_mean_exp":
@@ -83,9 +88,11 @@ def rows_over_group(bound: Bound, rows: torch.Tensor, joint: torch.Tensor, offse
     return bound.from_rows(rows, joint, offset)
 
 
-def gathered_codes(z: torch.Tensor, group, with_grad: bool) -> tuple[torch.Tensor, int]:
+def gathered_codes(z: torch.Tensor, group: ProcessGroup | None,
+                   with_grad: bool) -> tuple[torch.Tensor, int]:
     """Every process's codes in rank order (P N, d) and this process's first row in them;
     ``with_grad``: the gradient of the gathered codes returns to the processes that own them."""
     rank, world = distributed.rank_and_size(group)
-    gathered = distributed._GatherRows.apply(z if with_grad else z.detach(), group)
+    gathered: torch.Tensor = distributed._GatherRows.apply(  # type: ignore[no-untyped-call]
+        z if with_grad else z.detach(), group)
     return gathered, rank * z.shape[0]

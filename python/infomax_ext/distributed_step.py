@@ -31,19 +31,20 @@ _AGREED_WEIGHTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, Any]]" = 
     weakref.WeakKeyDictionary())
 
 
-def _json_digest(value) -> int:
+def _json_digest(value: object) -> int:
     """A 62-bit digest of ``value``'s JSON form (the same on every rank and run)."""
     text = json.dumps(value, sort_keys=True, default=str).encode()
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 2
 
 
-def _versions(model: torch.nn.Module) -> tuple:
+def _versions(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
     return tuple((id(p), p._version) for p in model.parameters())
 
 
-def agree_on_step(group, model: torch.nn.Module, x: torch.Tensor, *, reuse_forward: bool,
-                  negatives: str, shuffled_grad: bool, n_samples, default_losses: tuple,
-                  x_out_given: bool, objective=None) -> None:
+def agree_on_step(group: ProcessGroup | None, model: torch.nn.Module, x: torch.Tensor, *,
+                  reuse_forward: bool, negatives: str, shuffled_grad: bool, n_samples: object,
+                  default_losses: tuple[bool, ...], x_out_given: bool,
+                  objective: object = None) -> None:
     """The agreement of a data-parallel :func:`~infomax_ext.train_step`: every rank runs the
     step with the same settings (those that decide which collectives run and what they send:
     ``reuse_forward``, ``negatives``, ``shuffled_grad``, ``n_samples``, whether the loss

@@ -24,7 +24,7 @@ class PathExplanation(NamedTuple):
     pair, chunks of calls of the chain); ``notes``: why, one sentence each."""
 
     path: str
-    notes: tuple
+    notes: tuple[str, ...]
 
     def __str__(self) -> str:
         return "\n".join([f"path: {self.path}", *(f"  - {note}" for note in self.notes)])
@@ -52,7 +52,7 @@ def kernel_reasons(*tensors: torch.Tensor | None) -> list[str]:
     return reasons
 
 
-def _stack_reason(middle: list) -> str | None:
+def _stack_reason(middle: list[nn.Module]) -> str | None:
     """Why nwj_mlp cannot run the hidden layers ``middle`` (None when it can)."""
     i = 0
     while i < len(middle):

@@ -54,7 +54,7 @@ def _critic(critic: object) -> nn.Module:
     return critic
 
 
-def _bound_settings(bound, negatives):
+def _bound_settings(bound: str | Bound, negatives: str) -> tuple[Bound, str]:
     """The resolved bound and the checked ``negatives`` of a loss module (before any work)."""
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives must be one of {', '.join(map(repr, NEGATIVES))}, got "
@@ -156,9 +156,10 @@ class InfoMaxVAELoss(nn.Module):
 
     def __init__(self, critic: nn.Module, *, beta: float = 1.0, alpha: float = 1.0,
                  n_samples: int = 1,
-                 reconstruction_loglikelihood: Callable = decoder_loglikelihood,
-                 kl_divergence: Callable = encoder_kl,
-                 regularization: Callable | None = None, reg_strength: float = 1.0,
+                 reconstruction_loglikelihood: Callable[..., torch.Tensor] = decoder_loglikelihood,
+                 kl_divergence: Callable[..., torch.Tensor] = encoder_kl,
+                 regularization: Callable[[VAEOutput], torch.Tensor] | None = None,
+                 reg_strength: float = 1.0,
                  shuffled_grad: bool = False, process_group: ProcessGroup | None = None,
                  bound: str | Bound = "nwj",
                  negatives: str = "shuffle"):

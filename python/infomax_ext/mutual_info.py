@@ -14,7 +14,7 @@ for later evaluations on the same data and weights.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, cast
 
 import torch
 from torch import nn
@@ -271,8 +271,9 @@ def _plan_and_reasons(mi: nn.Module) -> tuple[_FusedPlan | None, list[str]]:
           and layers[-2].out_features == 1 and kernel_spec(last) is not None):
         head, head_act, end = layers[-2], kernel_spec(last), len(layers) - 2
     middle = layers[k:end]
-    return _FusedPlan(layers[0], first_act, middle, head, head_act,
-                      _linear_stack(middle) if head is not None else None), []
+    # layers[0] is a Linear (checked above); first_act is not None (returned above when it was)
+    return _FusedPlan(cast(nn.Linear, layers[0]), cast(ActivationSpec, first_act), middle, head,
+                      head_act, _linear_stack(middle) if head is not None else None), []
 
 
 class DataHalfCache:
@@ -375,7 +376,7 @@ def paired_mutual_info(
         )
     if path != "fused" and not _shuffled_half_needs_graph(
             mi, x, z if z_shuffle is None else z_shuffle, shuffled_grad):
-        hz_shuffle = None if z_shuffle is None else mi.latent(z_shuffle.detach())
+        hz_shuffle = None if z_shuffle is None else cast(nn.Module, mi.latent)(z_shuffle.detach())
         return _joint_graph_bound(plan, hx, hz, perm, data_half_cache, hz_shuffle, bound)
     if z_shuffle is not None:
         source = mi.latent(z_shuffle if shuffled_grad else z_shuffle.detach())  # type: ignore[operator]
@@ -387,7 +388,9 @@ def paired_mutual_info(
     h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm,  # type: ignore[arg-type]
                            plan.first_act.name,
                            plan.first_act.param, _kept_data_half(data_half_cache, hx, weight))
+    value: torch.Tensor | None
     if plan.stack is not None:
+        assert plan.head is not None and plan.head_act is not None  # a stack is planned with a head
         value, scores = _ops.nwj_mlp(
             h, [layer.weight for layer, _ in plan.stack], [layer.bias for layer, _ in plan.stack],
             [act.name for _, act in plan.stack], [act.param for _, act in plan.stack],
@@ -397,6 +400,7 @@ def paired_mutual_info(
     for module in plan.middle:
         h = module(h)
     if plan.head is not None:
+        assert plan.head_act is not None  # planned with every head
         value, scores = _ops.nwj_head(
             h, plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
             plan.head_act.param,
@@ -409,7 +413,7 @@ def paired_mutual_info(
     return _paired(bound, scores[:m], scores[m:], value)
 
 
-def _shuffled_pairs_bound(bound) -> Bound:
+def _shuffled_pairs_bound(bound: str | Bound) -> Bound:
     bound = resolve_bound(bound)
     if bound.needs_all_pairs:
         raise ValueError(f"bound {bound.name!r} needs every pair of the batch, not shuffled pairs: "
@@ -474,7 +478,9 @@ def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
     return _paired(bound, joint, shuffled)
 
 
-def _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad, bound=NWJ()) -> PairedBound:
+def _two_call_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, perm: torch.Tensor | None,
+                    z_shuffle: torch.Tensor | None, shuffled_grad: bool,
+                    bound: Bound = NWJ()) -> PairedBound:
     """The exact two-call evaluation ``T(x, z)``, ``T(x, z_shuffle)`` for any chain."""
     n, m = x.shape[0], z.shape[0]
     x_rep = x.repeat(m // n, *([1] * (x.dim() - 1))) if m != n else x
@@ -488,7 +494,8 @@ def _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad, bound=NWJ()) -> Pa
 
 def shuffled_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, n_samples: int = 1,
                    seed: int | None = None, *, shuffled_grad: bool = False,
-                   process_group=None, data_half_cache: DataHalfCache | None = None,
+                   process_group: ProcessGroup | None = None,
+                   data_half_cache: DataHalfCache | None = None,
                    bound: str | Bound = "nwj", negatives: str = "shuffle") -> PairedBound:
     """:func:`paired_mutual_info` of ``mi`` on x (N, ...) and its codes z (S N, d), the shuffled
     pairs drawn by ``latent_permutation(N, S, seed)``.
@@ -582,7 +589,7 @@ def variational_mutual_info(model: nn.Module, x: torch.Tensor, z: torch.Tensor |
                              "given, nothing is shuffled")
         if negatives != "shuffle":
             raise ValueError(f"negatives={negatives!r} pairs the codes itself; give no z_shuffle")
-        return paired_mutual_info(mi, x, z, z_shuffle=z_shuffle, shuffled_grad=True,
-                                  bound=bound).bound
+        return paired_mutual_info(mi, x, z, z_shuffle=cast(torch.Tensor, z_shuffle),
+                                  shuffled_grad=True, bound=bound).bound
     return shuffled_bound(mi, x, z, seed=seed, shuffled_grad=shuffled_grad,
                           process_group=process_group, bound=bound, negatives=negatives).bound

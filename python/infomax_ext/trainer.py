@@ -52,7 +52,8 @@ from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint,
                          restore_training_state, write_checkpoint)
 from .data import LIKELIHOODS, MappedSamples, check_values
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
-from .infomax import InfoMaxVAE, model_config, train_step
+from .infomax import InfoMaxVAE, model_config
+from .training_step import train_step
 from .monitor import _is_terminal, _progress_bar
 from .mutual_info import MutualInfoChain
 from .preprocessing import Preprocessing
