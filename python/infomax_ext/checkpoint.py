@@ -28,7 +28,9 @@ before it has been checked.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
+from typing import Any, Mapping, NoReturn, Sequence, cast
 
 import torch
 
@@ -61,7 +63,7 @@ _ADAM_STATE_KEYS = {"step", "exp_avg", "exp_avg_sq"}
 _CUDA_RNG_MAX_BYTES = 64  # Philox: seed and offset, 8 bytes each (checked again on the device)
 
 
-def digest_path(path) -> Path:
+def digest_path(path: str | os.PathLike[str]) -> Path:
     """The companion of checkpoint ``path``: ``checkpoint.pt`` -> ``checkpoint.sha256.json``."""
     path = Path(path)
     return path.with_name(f"{path.stem}.sha256.json")
@@ -77,10 +79,10 @@ def _accepted_digests(companion: Path, path: Path) -> list[str]:
     if not all(is_sha256_hex(d) for d in digests):
         raise SerializationError(f"checkpoint digest file {companion} holds an entry that is not "
                                  "a SHA-256 digest")
-    return digests
+    return cast("list[str]", digests)
 
 
-def write_checkpoint(state: dict, path) -> Path:
+def write_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``state`` to ``path`` atomically with its digest in :func:`digest_path` (module
     docstring: the pair is verifiable at every instant)."""
     path = Path(path)
@@ -97,7 +99,7 @@ def write_checkpoint(state: dict, path) -> Path:
     return path
 
 
-def read_checkpoint(path, config_type) -> dict:
+def read_checkpoint(path: str | os.PathLike[str], config_type: type[Any]) -> dict[str, Any]:
     """The state in checkpoint ``path``, after checking its digest and every entry
     (:func:`validate_checkpoint` with ``config_type``); tensors on the CPU."""
     path = Path(path)
@@ -117,7 +119,7 @@ def read_checkpoint(path, config_type) -> dict:
 
 # ----------------------------------------------------------------------------- validation
 
-def _show(value) -> str:
+def _show(value: object) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     text = repr(value)
@@ -130,20 +132,21 @@ class _Checker:
     def __init__(self, path: Path):
         self.path = path
 
-    def fail(self, text: str):
+    def fail(self, text: str) -> NoReturn:
         raise SerializationError(f"checkpoint {self.path}: {text}")
 
-    def integer(self, value, name: str, minimum: int = 0) -> int:
+    def integer(self, value: object, name: str, minimum: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             self.fail(f"{name} must be an integer >= {minimum}, found {_show(value)}")
         return value
 
-    def mapping(self, value, name: str) -> dict:
+    def mapping(self, value: object, name: str) -> dict[Any, Any]:
         if not isinstance(value, dict):
             self.fail(f"{name} must be a dict, found {_show(value)}")
         return value
 
-    def tensor(self, value, name: str, shape=None, dtype=None, finite: bool = True):
+    def tensor(self, value: object, name: str, shape: Sequence[int] | None = None,
+               dtype: torch.dtype | None = None, finite: bool = True) -> torch.Tensor:
         if not isinstance(value, torch.Tensor):
             self.fail(f"{name} must be a tensor, found {_show(value)}")
         if value.layout != torch.strided or value.is_quantized or not value.is_contiguous():
@@ -159,7 +162,8 @@ class _Checker:
         return value
 
 
-def validate_checkpoint(state, path, config_type) -> dict:
+def validate_checkpoint(state: object, path: str | os.PathLike[str],
+                        config_type: type[Any]) -> dict[str, Any]:
     """``state`` (as unpickled from checkpoint ``path``) when every entry is what a trainer
     writes (module docstring); else a :class:`SerializationError` naming the entry.
     ``config_type``: :class:`~infomax_ext.trainer.TrainConfig` (passed in: the trainer imports
@@ -219,7 +223,7 @@ def validate_checkpoint(state, path, config_type) -> dict:
     return state
 
 
-def _check_model(c: _Checker, weights: dict, shell) -> torch.dtype:
+def _check_model(c: _Checker, weights: dict[Any, Any], shell: torch.nn.Module) -> torch.dtype:
     """Check the state dict ``weights`` against the meta model ``shell``; returns its dtype."""
     expected = shell.state_dict()
     missing = [k for k in expected if k not in weights]
@@ -227,7 +231,7 @@ def _check_model(c: _Checker, weights: dict, shell) -> torch.dtype:
     if missing or unknown:
         c.fail(f"model: missing weights {missing[:3]}" if missing else
                f"model: unknown weights {unknown[:3]}")
-    dtypes = set()
+    dtypes: set[torch.dtype] = set()
     for key, meta in expected.items():
         value = c.tensor(weights[key], f"model.{key}", shape=meta.shape)
         if not value.is_floating_point():
@@ -238,7 +242,7 @@ def _check_model(c: _Checker, weights: dict, shell) -> torch.dtype:
     return dtypes.pop() if dtypes else torch.float32
 
 
-def _same(a, b) -> bool:
+def _same(a: object, b: object) -> bool:
     """Plain-value equality that never touches a tensor (a crafted entry may be anything)."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
@@ -249,8 +253,8 @@ def _same(a, b) -> bool:
     return a is None and b is None
 
 
-def _check_adam(c: _Checker, saved, name: str, params: list, dtype: torch.dtype, lr: float,
-                epoch: int) -> None:
+def _check_adam(c: _Checker, saved: object, name: str, params: Sequence[torch.Tensor],
+                dtype: torch.dtype, lr: float, epoch: int) -> None:
     """Check an Adam ``state_dict`` against the (meta) ``params`` of its network."""
     saved = c.mapping(saved, name)
     if set(saved) != {"state", "param_groups"}:
@@ -295,12 +299,12 @@ def _check_adam(c: _Checker, saved, name: str, params: list, dtype: torch.dtype,
             c.fail(f"{where}.exp_avg_sq holds negative values")
 
 
-def _check_history(c: _Checker, history, epoch: int) -> None:
+def _check_history(c: _Checker, history: object, epoch: int) -> None:
     """One record per completed epoch, ``epoch`` 1, 2, ..., finite numbers, the same keys."""
     if not isinstance(history, list) or len(history) != epoch:
         c.fail(f"history must be a list of {epoch} records (one per epoch), found "
                f"{_show(history) if not isinstance(history, list) else f'{len(history)} records'}")
-    keys = None
+    keys: set[Any] | None = None
     for i, record in enumerate(history):
         record = c.mapping(record, f"history[{i}]")
         if keys is None:
@@ -317,7 +321,7 @@ def _check_history(c: _Checker, history, epoch: int) -> None:
             c.fail(f"history[{i}].epoch must be {i + 1}, found {_show(record['epoch'])}")
 
 
-def _check_rng(c: _Checker, rng, name: str) -> None:
+def _check_rng(c: _Checker, rng: object, name: str) -> None:
     """A random state dict: ``torch`` a CPU generator state torch accepts, ``cuda`` optional."""
     rng = c.mapping(rng, name)
     unknown = [str(k) for k in rng if k not in ("torch", "cuda")]
@@ -336,7 +340,7 @@ def _check_rng(c: _Checker, rng, name: str) -> None:
 
 # ----------------------------------------------------------------------------- restoring
 
-def restore_training_state(trainer, state: dict) -> None:
+def restore_training_state(trainer: Any, state: Mapping[str, Any]) -> None:
     """Put the checked ``state`` into ``trainer``, whose model already holds its weights: both
     Adam states (under the trainer's own hyperparameters and implementation flags, equal to the
     saved ones by :func:`validate_checkpoint`), the epoch, history and random state."""

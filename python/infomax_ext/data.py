@@ -39,7 +39,7 @@ import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence, overload
 
 import numpy as np
 import torch
@@ -278,7 +278,7 @@ def _from_mapping(mapping: dict[Any, Any], path: Path) -> tuple[np.ndarray, np.n
     return x, y
 
 
-def file_problem(path, what: str = "file") -> str | None:
+def file_problem(path: str | os.PathLike[str], what: str = "file") -> str | None:
     """None when ``path`` is a regular file (symlinks followed); else what it is, as a message
     naming ``what``: missing, a dangling symlink, a symlink loop, a directory, a pipe or device,
     or unreadable (the reason the system gives). Nothing is opened."""
@@ -300,7 +300,14 @@ def file_problem(path, what: str = "file") -> str | None:
     return None
 
 
-def _read_file(path: Path, mmap: bool = False, label_column=None):
+@overload
+def _read_file(path: Path, mmap: Literal[False] = False, label_column: str | int | None = None
+               ) -> tuple[np.ndarray, np.ndarray | None]: ...
+@overload
+def _read_file(path: Path, mmap: bool, label_column: str | int | None = None
+               ) -> tuple[np.ndarray | MappedSamples, np.ndarray | None]: ...
+def _read_file(path: Path, mmap: bool = False, label_column: str | int | None = None
+               ) -> tuple[np.ndarray | MappedSamples, np.ndarray | None]:
     """``(samples, labels or None)`` as numpy arrays, from a .npy, .npz, .pt, .csv or .tsv file
     (``label_column``: the labels' column of a table); with ``mmap`` a .npy file's samples as
     :class:`MappedSamples`."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -27,7 +27,10 @@ TRAINING_COPIES = 4  # weights, gradients, Adam's exp_avg and exp_avg_sq
 MAX_CONFIG_ENTRIES = 10_000  # list entries of a model config: far beyond any real model
 
 
-def on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def on_meta(build: Callable[[], _M]) -> _M:
     """``build()`` run with torch's default device set to ``meta``: the module's shapes and
     dtypes without allocating its memory."""
     with torch.device("meta"):
@@ -94,7 +97,7 @@ def gib(nbytes: float) -> str:
     return f"{nbytes / 2 ** 30:.1f} GiB" if nbytes >= 2 ** 30 else f"{nbytes / 2 ** 20:.1f} MiB"
 
 
-def shortfall(nbytes: int, device="cpu") -> str | None:
+def shortfall(nbytes: int, device: str | torch.device = "cpu") -> str | None:
     """``"needs X GiB, more than the Y GiB of memory of this machine"`` when ``nbytes`` exceed
     :func:`machine_memory` of ``device``, else None."""
     have = machine_memory(device)
@@ -105,7 +108,7 @@ def shortfall(nbytes: int, device="cpu") -> str | None:
     return f"needs {gib(nbytes)}, more than the {gib(have)} of memory of {where}"
 
 
-def count_list_entries(obj) -> int:
+def count_list_entries(obj: object) -> int:
     """The number of list entries in a nested JSON value (layer widths, activations, ...)."""
     if isinstance(obj, dict):
         return sum(count_list_entries(v) for v in obj.values())
@@ -117,7 +120,9 @@ def count_list_entries(obj) -> int:
 SIZE_FIELDS = ("latent_dim", "encoder_neurons", "decoder_neurons", "mi_neurons")
 
 
-def check_training(config, sample_shape, build: Callable, names: dict | None = None) -> None:
+def check_training(config: Any, sample_shape: Sequence[int],
+                   build: Callable[[Any, Sequence[int]], Any],
+                   names: Mapping[str, str] | None = None) -> None:
     """A ValueError when training the model ``build(config, sample_shape)`` (``config`` a
     TrainConfig dataclass, ``build`` e.g. :func:`~infomax_ext.trainer.build_model`) needs more
     memory than its device has (:func:`training_bytes`, estimated on the meta device: nothing
@@ -128,7 +133,7 @@ def check_training(config, sample_shape, build: Callable, names: dict | None = N
     import dataclasses
     import math
 
-    def need(cfg):
+    def need(cfg: Any) -> tuple[int, int]:
         model = on_meta(lambda: build(cfg, sample_shape))
         return training_bytes(model, model.mi), sum(p.numel() for p in model.parameters())
 

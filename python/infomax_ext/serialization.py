@@ -28,10 +28,13 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, TypeGuard
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from torch.serialization import MAP_LOCATION
 
 __all__ = [
     "SerializationError",
@@ -125,7 +128,7 @@ def torch_bytes(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
-def atomic_torch_save(obj: Any, path) -> str:
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> str:
     """``torch.save(obj, path)`` made atomic: serialised in memory, then :func:`atomic_write_bytes`;
     returns the SHA-256 (hex) of the bytes written."""
     data = torch_bytes(obj)
@@ -140,12 +143,12 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def is_sha256_hex(value) -> bool:
+def is_sha256_hex(value: object) -> TypeGuard[str]:
     """Whether ``value`` is a digest as :func:`sha256_hex` writes it."""
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
-def check_file(path, what: str = "file") -> Path:
+def check_file(path: str | os.PathLike[str], what: str = "file") -> Path:
     """``path`` when it is a regular file (symlinks followed), else a :class:`SerializationError`
     saying what it is (:func:`~infomax_ext.data.file_problem`): missing, a dangling symlink, a
     symlink loop, a directory, a pipe or device, or unreadable."""
@@ -157,7 +160,7 @@ def check_file(path, what: str = "file") -> Path:
     return Path(path)
 
 
-def check_directory(path, what: str = "directory") -> Path:
+def check_directory(path: str | os.PathLike[str], what: str = "directory") -> Path:
     """``path`` when it is a directory (symlinks followed), else a :class:`SerializationError`
     saying what it is (as :func:`check_file`)."""
     path = Path(path)
@@ -174,7 +177,7 @@ def check_directory(path, what: str = "directory") -> Path:
     return path
 
 
-def read_bytes(path, what: str = "file") -> bytes:
+def read_bytes(path: str | os.PathLike[str], what: str = "file") -> bytes:
     """The content of the regular file ``path`` (:func:`check_file`)."""
     path = check_file(path, what)
     try:
@@ -183,7 +186,8 @@ def read_bytes(path, what: str = "file") -> bytes:
         raise SerializationError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
 
 
-def safe_torch_load(path, map_location=None, what: str = "file", sha256=None,
+def safe_torch_load(path: str | os.PathLike[str], map_location: MAP_LOCATION = None,
+                    what: str = "file", sha256: str | Iterable[str] | None = None,
                     digest_source: str | None = None) -> Any:
     """``torch.load(path, weights_only=True)`` with a clear :class:`SerializationError` when the
     file is missing, not a regular file, truncated or not a torch file. ``sha256``: a digest or
@@ -206,7 +210,7 @@ def safe_torch_load(path, map_location=None, what: str = "file", sha256=None,
             f"{what} {path} is corrupt or not a torch file ({short_error(exc)})") from None
 
 
-def read_json(path, what: str = "file") -> Any:
+def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
     """The JSON in ``path``; a :class:`SerializationError` when it is missing, not a regular
     file or not JSON."""
     data = read_bytes(path, what)
@@ -232,7 +236,8 @@ def cpu_copy(obj: Any) -> Any:
     return obj
 
 
-def write_model_files(directory, config: dict, state_dict: dict) -> None:
+def write_model_files(directory: str | os.PathLike[str], config: Mapping[str, Any],
+                      state_dict: Mapping[str, Any]) -> None:
     """Write a model's ``state_dict`` (moved to the CPU) to ``directory/model.pt`` and its
     ``config``, with the file's digest under ``weights_sha256``, to
     ``directory/model_config.json``, each atomically; the directory is created if needed and files
@@ -243,14 +248,14 @@ def write_model_files(directory, config: dict, state_dict: dict) -> None:
         **config, WEIGHTS_DIGEST_KEY: digest, CONFIG_DIGEST_KEY: config_digest(config)})
 
 
-def config_digest(config: dict) -> str:
+def config_digest(config: Mapping[str, Any]) -> str:
     """The SHA-256 of ``config``'s entries but the two digests, as canonical JSON (sorted keys,
     no spaces): what ``config_sha256`` in model_config.json records."""
     body = {k: v for k, v in config.items() if k not in (WEIGHTS_DIGEST_KEY, CONFIG_DIGEST_KEY)}
     return sha256_hex(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))
 
 
-def read_model_config(directory) -> Any:
+def read_model_config(directory: str | os.PathLike[str]) -> Any:
     """The JSON of ``directory/model_config.json`` (with ``weights_sha256``), checked against
     its ``config_sha256``; a :class:`SerializationError` when the directory or the file is
     missing or not what it should be, the file is not JSON, or its entries were edited."""
@@ -269,7 +274,7 @@ def read_model_config(directory) -> Any:
     return config
 
 
-def _tensors_only(state, path) -> None:
+def _tensors_only(state: object, path: str | os.PathLike[str]) -> None:
     """A :class:`SerializationError` unless ``state`` maps names to dense tensors."""
     if not isinstance(state, dict):
         raise SerializationError(f"{path} does not hold a state_dict")
@@ -279,7 +284,8 @@ def _tensors_only(state, path) -> None:
             raise SerializationError(f"{path}: entry {key!r} is not a dense tensor")
 
 
-def read_model_weights(directory, map_location=None, sha256=None) -> dict:
+def read_model_weights(directory: str | os.PathLike[str], map_location: MAP_LOCATION = None,
+                       sha256: str | None = None) -> dict[str, torch.Tensor]:
     """The state dict in ``directory/model.pt``, checked: ``sha256`` is the digest
     ``model_config.json`` records (required: a file without one cannot be checked and is
     refused); dense tensors only, finite, one floating dtype. ``map_location`` as in
@@ -289,6 +295,7 @@ def read_model_weights(directory, map_location=None, sha256=None) -> dict:
         raise SerializationError(
             f"{Path(directory) / MODEL_CONFIG_FILE} records no valid digest of {MODEL_WEIGHTS_FILE} "
             f"({WEIGHTS_DIGEST_KEY}), so the weights cannot be checked; save the model again")
+    state: dict[str, torch.Tensor]
     state = safe_torch_load(path, map_location, what="model weights", sha256=sha256,
                             digest_source=str(Path(directory) / MODEL_CONFIG_FILE))
     _tensors_only(state, path)
@@ -302,7 +309,8 @@ def read_model_weights(directory, map_location=None, sha256=None) -> dict:
     return state
 
 
-def check_weights_fit(module: nn.Module, state: dict, path) -> None:
+def check_weights_fit(module: nn.Module, state: Mapping[str, torch.Tensor],
+                      path: str | os.PathLike[str]) -> None:
     """A :class:`SerializationError` unless ``state`` has exactly the entries of ``module``'s
     state dict, of the same shapes, floating where the module's are (``module`` may live on the
     meta device: nothing is allocated)."""
@@ -323,8 +331,9 @@ def check_weights_fit(module: nn.Module, state: dict, path) -> None:
             f"the weights in {path} do not fit the architecture in {MODEL_CONFIG_FILE}: {problem}")
 
 
-def load_model_weights(module: nn.Module, directory, map_location=None, sha256=None,
-                       state: dict | None = None) -> None:
+def load_model_weights(module: nn.Module, directory: str | os.PathLike[str],
+                       map_location: MAP_LOCATION = None, sha256: str | None = None,
+                       state: Mapping[str, torch.Tensor] | None = None) -> None:
     """Load ``directory/model.pt`` (:func:`read_model_weights`, or the ``state`` it already
     returned) into ``module`` (strict, keeping the saved dtypes). A
     :class:`SerializationError` when the file is missing, corrupt, changed since it was written,

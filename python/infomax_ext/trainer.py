@@ -194,7 +194,7 @@ class TrainConfig:
         return resolve_bound(self.bound, clip=self.smile_clip) if self.bound == "smile" \
             else resolve_bound(self.bound)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
         return asdict(self)
 
@@ -327,8 +327,8 @@ class Trainer:
         self.optimizers = {"vae": _adam(self.model.vae.parameters(), config.lr),
                            "mi": _adam(self.model.mi.parameters(), config.mi_lr)}
         self.epoch = 0          # epochs completed
-        self.history: list[dict] = []
-        self._rng_state: dict | None = None
+        self.history: list[dict[str, Any]] = []
+        self._rng_state: dict[str, torch.Tensor] | None = None
         self.data_fingerprint: str | None = None  # saved with checkpoints (the command sets it)
 
     # ------------------------------------------------------------------ construction

@@ -15,19 +15,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .common import CommandError
 from .run_dir import CONFIG_FILE
 
+if TYPE_CHECKING:
+    from ..trainer import TrainConfig
+
 RESUMABLE = {"epochs", "device"}  # the training options a resumed run may change
 
 
-def _short(value) -> str:
+def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 70 else text[:60] + "..."
 
 
-def _first_difference(a, b, where: str = ""):
+def _first_difference(a: object, b: object, where: str = "") -> tuple[str, object, object] | None:
     """``(path, value in a, value in b)`` of the first place two JSON values differ, or None."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in list(a) + [k for k in b if k not in a]:
@@ -46,8 +50,8 @@ def _first_difference(a, b, where: str = ""):
     return None if same and a == b else (where, a, b)
 
 
-def check_checkpoint_agrees(path: Path, state: dict, config, fingerprint: str, n_train: int,
-                            sample_shape) -> None:
+def check_checkpoint_agrees(path: Path, state: dict[str, Any], config: TrainConfig,
+                            fingerprint: str, n_train: int, sample_shape: Sequence[int]) -> None:
     """A :class:`CommandError` unless the checked checkpoint ``state`` (read from ``path``) was
     trained with the options of ``config`` (a TrainConfig from config.json and the command
     line), on data of this ``fingerprint``, ``n_train`` training samples and ``sample_shape``,
@@ -88,7 +92,7 @@ def check_checkpoint_agrees(path: Path, state: dict, config, fingerprint: str, n
                            f"{config.epochs}")
 
 
-def check_sub_run_config(run_dir: Path, config) -> None:
+def check_sub_run_config(run_dir: Path, config: TrainConfig) -> None:
     """A :class:`CommandError` unless ``run_dir/config.json`` (a model's own file under
     ``--compare-vae``), when there, holds the training options of ``config`` (but the
     resumable ones)."""
@@ -124,7 +128,9 @@ def check_layout(out: Path, compare: bool) -> None:
                 "a checkpoint of the other layout: config.json and the checkpoints disagree")
 
 
-def read_resume_states(out: Path, runs, fingerprint: str, n_train: int, sample_shape) -> dict:
+def read_resume_states(out: Path, runs: list[tuple[str, TrainConfig, Path]], fingerprint: str,
+                       n_train: int, sample_shape: Sequence[int],
+                       ) -> dict[str, dict[str, Any] | None]:
     """For each ``(name, config, run_dir)`` of ``runs`` in the run directory ``out``, the checked
     checkpoint state of ``run_dir/checkpoint.pt`` (None when there is nothing at that path
     yet), after :func:`check_layout`, :func:`check_checkpoint_agrees` and
@@ -133,7 +139,7 @@ def read_resume_states(out: Path, runs, fingerprint: str, n_train: int, sample_s
     from ..trainer import CHECKPOINT_FILE, TrainConfig
 
     check_layout(out, len(runs) > 1)
-    states = {}
+    states: dict[str, dict[str, Any] | None] = {}
     for name, config, run_dir in runs:
         if len(runs) > 1:  # --compare-vae: each model's own config.json
             check_sub_run_config(run_dir, config)

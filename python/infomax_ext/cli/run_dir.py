@@ -4,9 +4,12 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .common import PROG, CommandError
+
+if TYPE_CHECKING:
+    import argparse
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
@@ -87,7 +90,7 @@ def _claim(out: Path, lock: _RunLock, resume: bool, parser: argparse.ArgumentPar
                      "another --out")
 
 
-def _read_run_config(directory: Path) -> dict:
+def _read_run_config(directory: Path) -> dict[str, Any]:
     """The run's config.json, checked for the entries ``--resume`` reads (CommandError naming
     the file and the entry)."""
     from ..data import NORMALIZATIONS
@@ -104,7 +107,7 @@ def _read_run_config(directory: Path) -> dict:
             or not isinstance(config.get("data"), dict):
         raise CommandError(f"{path} is not an infomax-ext run configuration")
     data = config["data"]
-    checks = [
+    checks: list[tuple[str, Any, Callable[[Any], bool]]] = [
         ("data.source", data.get("source"), lambda v: v is None or isinstance(v, str)),
         ("data.labels", data.get("labels"), lambda v: v is None or isinstance(v, str)),
         ("data.label_column", data.get("label_column"),

@@ -10,7 +10,7 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .common import PROG, CommandError, _say
 from .compare import _fmt, comparison_table
@@ -20,6 +20,7 @@ from .run_dir import (CONFIG_FILE, _RunLock, _check_out, _claim, _default_out, _
                       _path, _read_run_config, _remove_stale_temporaries)
 
 if TYPE_CHECKING:
+    import torch
     from torch.distributed import ProcessGroup
 
     from ..data import ArrayDataset
@@ -70,10 +71,13 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
 # ----------------------------------------------------------------------------- one run
 
-def _run_one(name: str, config, run_dir: Path, train, val, data_info: dict | None, *,
-             resume: bool, progress: bool, log_interval: float, plots: bool, group=None,
-             state: dict | None = None, fingerprint: str | None = None, preprocessing=None,
-             tensorboard: Path | None = None):
+def _run_one(name: str, config: TrainConfig, run_dir: Path, train: ArrayDataset, val: ArrayDataset,
+             data_info: dict[str, Any] | None, *,
+             resume: bool, progress: bool, log_interval: float, plots: bool,
+             group: ProcessGroup | None = None,
+             state: dict[str, Any] | None = None, fingerprint: str | None = None,
+             preprocessing: Preprocessing | None = None, tensorboard: Path | None = None,
+             ) -> tuple[dict[str, Any] | None, torch.Tensor | None]:
     """Train (or resume from the checked checkpoint ``state``) one model in ``run_dir``,
     evaluate it, write its files (its own config.json when ``data_info`` is given); returns
     ``(metrics, held-out encoder means)``. Checkpoints record the data's ``fingerprint``. With a
@@ -403,7 +407,7 @@ def _load_data(data: dict[str, Any], config: TrainConfig,
     return dataset, info
 
 
-def _check_memory(config, sample_shape) -> None:
+def _check_memory(config: TrainConfig, sample_shape: Sequence[int]) -> None:
     """A CommandError naming the option (or the data's sample size) when training the model of
     ``config`` for samples of ``sample_shape`` needs more memory than the device has
     (:func:`infomax_ext.memory.check_training`; nothing is allocated)."""
@@ -417,8 +421,10 @@ def _check_memory(config, sample_shape) -> None:
         raise CommandError(str(exc)) from None
 
 
-def _write_run_config(args, parser, out: Path, lock: _RunLock, saved, compare: bool, info: dict,
-                      config, group) -> None:
+def _write_run_config(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path,
+                      lock: _RunLock, saved: dict[str, Any] | None, compare: bool,
+                      info: dict[str, Any], config: TrainConfig,
+                      group: ProcessGroup | None) -> None:
     """Create and lock ``out`` if not yet done and write its config.json."""
     import torch.distributed as dist
 
@@ -457,7 +463,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path,
     world = 1 if group is None else dist.get_world_size(group)
     runs = [("infomax", config, out / "infomax"), ("vae", replace(config, alpha=0.0), out / "vae")] \
         if compare else [("infomax" if config.alpha > 0 else "vae", config, out)]
-    states = {name: None for name, _, _ in runs}
+    states: dict[str, dict[str, Any] | None] = {name: None for name, _, _ in runs}
     if args.resume:  # everything checked before anything in the run directory is written
         states = from_rank0(group, lambda: read_resume_states(
             out, runs, info["fingerprint"], len(train), dataset.sample_shape))
@@ -481,7 +487,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path,
         raise
 
 
-def _forget_failed_start(out: Path, runs) -> None:
+def _forget_failed_start(out: Path, runs: list[tuple[str, TrainConfig, Path]]) -> None:
     """Remove the config.json files of a fresh run that failed before any checkpoint was
     written (what remains holds no run: a rerun into ``out`` starts afresh)."""
     from ..trainer import CHECKPOINT_FILE
@@ -493,8 +499,10 @@ def _forget_failed_start(out: Path, runs) -> None:
             path.unlink()
 
 
-def _train_runs(args, out: Path, dataset, info: dict, train, val, compare: bool, config, runs,
-                states: dict, preprocessing, group=None) -> int:
+def _train_runs(args: argparse.Namespace, out: Path, dataset: ArrayDataset, info: dict[str, Any],
+                train: ArrayDataset, val: ArrayDataset, compare: bool, config: TrainConfig,
+                runs: list[tuple[str, TrainConfig, Path]], states: dict[str, dict[str, Any] | None],
+                preprocessing: Preprocessing | None, group: ProcessGroup | None = None) -> int:
     """Train, evaluate and write each of ``runs`` (``(name, config, run_dir)``), resuming those
     with a checked checkpoint in ``states``; with --compare-vae also the comparison."""
     from ..serialization import atomic_write_json, atomic_write_text
@@ -517,7 +525,8 @@ def _train_runs(args, out: Path, dataset, info: dict, train, val, compare: bool,
         _say(f"{PROG}: wrote {out}")
         return 0
 
-    results, means = {}, {}
+    results: dict[str, Any] = {}  # each a metrics dict (None on the ranks but 0: returns below)
+    means: dict[str, torch.Tensor | None] = {}
     for name, cfg, run_dir in runs:
         results[name], means[name] = _run_one(name, cfg, run_dir, train, val, info,
                                               resume=args.resume, progress=progress,
@@ -538,13 +547,13 @@ def _train_runs(args, out: Path, dataset, info: dict, train, val, compare: bool,
     if plots:
         from ..plots import plot_comparison
 
-        runs = {}
+        panels: dict[str, dict[str, Any]] = {}
         for name, label in (("infomax", f"InfoMax VAE (alpha={config.alpha:g})"),
                             ("vae", "plain VAE (alpha=0)")):
-            runs[label] = {"mu": means[name], "labels": val.y, "classes": train.classes,
+            panels[label] = {"mu": means[name], "labels": val.y, "classes": train.classes,
                            "variances": results[name]["latent_variances"],
                            "threshold": config.active_threshold}
-        plot_comparison(runs, out / "comparison.png")
+        plot_comparison(panels, out / "comparison.png")
     _say()
     _say(table)
     _say(f"{PROG}: wrote {out} (comparison.md, comparison.json"
