@@ -37,29 +37,23 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed, memory
-from .activations import HIDDEN_ACTIVATIONS
-from .bounds import BOUNDS, Bound, resolve_bound
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint,
                          restore_training_state, write_checkpoint)
-from .data import LIKELIHOODS, MappedSamples, check_values
+from .data import MappedSamples, check_values
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
 from .infomax import InfoMaxVAE, model_config
-from .training_step import train_step
 from .monitor import _is_terminal, _progress_bar
-from .mutual_info import MutualInfoChain
+from .train_config import TrainConfig, build_model, derived_seed
+from .training_step import train_step
 from .preprocessing import Preprocessing
 from .serialization import atomic_write_text, cpu_copy
-from .validation import check_weight, is_integer_scalar
-from .vae import VAE, BernoulliDecoder, JointGaussianLogEncoder, SimpleGaussianDecoder
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -69,8 +63,6 @@ __all__ = ["TrainConfig", "TrainingError", "Trainer", "build_model", "fit", "der
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
-SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63; every consumer's seed is derived from it
-NEGATIVES = ("global", "local")
 
 Callback = Callable[["Trainer", dict[str, Any]], Any]
 """``callback(trainer, record)``, called after every epoch with that epoch's record."""
@@ -78,161 +70,6 @@ Callback = Callable[["Trainer", dict[str, Any]], Any]
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a loss became NaN, a checkpoint does not fit, ...)."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run (JSON-serialisable through :meth:`to_dict`).
-
-    Model: ``latent_dim`` d, hidden layer widths of the encoder, decoder and MI chain (MLPs with
-    ``activation``), ``likelihood`` of the decoder (``"bernoulli"``: data in [0, 1];
-    ``"gaussian"``: unit-variance Gaussian). Loss: ``-loglik + beta KL - alpha I`` (``alpha = 0``
-    is a plain beta-VAE; the MI chain is still trained, so its estimate stays comparable).
-    Optimisation: Adam with ``lr`` (VAE) and ``mi_lr`` (MI chain), ``epochs`` passes over the
-    training split in batches of ``batch_size`` (over all processes when data-parallel);
-    ``reuse_forward``, ``shuffled_grad`` and ``negatives`` (data-parallel only: ``"global"``
-    shuffles over the whole batch, ``"local"`` within each process's share) as in
-    :func:`~infomax_ext.train_step`; ``bound`` the MI bound of both losses (a name of
-    :data:`~infomax_ext.BOUNDS`; ``smile_clip`` is smile's tau). Evaluation: ``val_fraction`` of the data held out,
-    ``active_threshold`` for active units, ``eval_mi_steps`` training steps of the fresh MI chain.
-
-    The defaults are the settings of ``make demo``, chosen on the digits: about 30 s of training
-    per model on one CPU thread; with ``beta = 2`` a plain VAE (``alpha = 0``) keeps 3 or 4 of its
-    8 units active (seeds 0-2), the InfoMax VAE with ``alpha = 10`` all 8 (or 7).
-    """
-
-    latent_dim: int = 8
-    encoder_neurons: list[int] = field(default_factory=lambda: [256, 128])
-    decoder_neurons: list[int] = field(default_factory=lambda: [128, 256])
-    mi_neurons: list[int] = field(default_factory=lambda: [128, 128])
-    activation: str = "relu"
-    likelihood: str = "bernoulli"
-    beta: float = 2.0
-    alpha: float = 10.0
-    epochs: int = 150
-    batch_size: int = 128
-    lr: float = 5e-4
-    mi_lr: float = 5e-4
-    seed: int = 0
-    device: str = "cpu"
-    reuse_forward: bool = False
-    shuffled_grad: bool = False
-    negatives: str = "global"
-    bound: str = "nwj"
-    smile_clip: float = 5.0
-    val_fraction: float = 0.2
-    checkpoint_every: int = 1
-    active_threshold: float = 0.01
-    eval_mi_steps: int = 1500
-
-    def validate(self) -> "TrainConfig":
-        """``self``, after checking every field; ``ValueError`` naming the first bad one."""
-        for name in ("latent_dim", "epochs", "batch_size", "checkpoint_every", "eval_mi_steps",
-                     "seed"):  # numpy and 0-dim torch integers become ints
-            if is_integer_scalar(getattr(self, name)):
-                setattr(self, name, int(getattr(self, name)))
-
-        def positive_int(name: str) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
-        def nonneg(name: str, strict: bool = False) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or v < 0 or (strict and v == 0):
-                raise ValueError(f"{name} must be a {'positive' if strict else 'non-negative'} "
-                                 f"finite number, got {v!r}")
-
-        for name in ("latent_dim", "epochs", "batch_size", "checkpoint_every"):
-            positive_int(name)
-        if self.batch_size < 2:
-            raise ValueError(
-                "batch_size must be at least 2 (the MI bound shuffles codes across a batch)")
-        positive_int("eval_mi_steps")
-        for name in ("encoder_neurons", "decoder_neurons", "mi_neurons"):
-            v = getattr(self, name)
-            if not isinstance(v, (list, tuple)) or any(
-                    isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in v):
-                raise ValueError(f"{name} must be a list of positive integers, got {v!r}")
-            setattr(self, name, list(v))
-        if not self.mi_neurons:
-            raise ValueError("mi_neurons needs at least one hidden layer")
-        if self.activation not in HIDDEN_ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {list(HIDDEN_ACTIVATIONS)}, got {self.activation!r}")
-        for name in ("reuse_forward", "shuffled_grad"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if not isinstance(self.device, str):
-            raise ValueError(f"device must be a string such as 'cpu', got {self.device!r}")
-        if self.negatives not in NEGATIVES:
-            raise ValueError(f"negatives must be one of {list(NEGATIVES)}, got {self.negatives!r}")
-        if self.bound not in BOUNDS:
-            raise ValueError(f"bound must be one of {list(BOUNDS)}, got {self.bound!r}")
-        nonneg("smile_clip", strict=True)
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {list(LIKELIHOODS)}, got {self.likelihood!r}")
-        for name in ("beta", "alpha"):
-            try:
-                check_weight(name, getattr(self, name))
-            except TypeError as exc:
-                raise ValueError(str(exc)) from None
-        nonneg("active_threshold")
-        for name in ("lr", "mi_lr"):
-            nonneg(name, strict=True)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(
-                f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
-                or not 0 <= self.seed < SEED_LIMIT:
-            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
-        return self
-
-    def mi_bound(self) -> Bound:
-        """The :class:`~infomax_ext.bounds.Bound` of ``bound`` (with ``smile_clip`` for smile)."""
-        return resolve_bound(self.bound, clip=self.smile_clip) if self.bound == "smile" \
-            else resolve_bound(self.bound)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """A validated config from :meth:`to_dict` output (unknown keys are an error)."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training options {unknown}")
-        return cls(**d).validate()
-
-
-def derived_seed(seed: int, *stream: int) -> int:
-    """A 63-bit seed for the sub-stream ``stream`` of ``seed`` (e.g. ``(seed, epoch)``)."""
-    return int(np.random.SeedSequence([int(seed), *map(int, stream)]).generate_state(2, np.uint64)[0]
-               >> np.uint64(1))
-
-
-def build_model(config: TrainConfig, sample_shape: Sequence[int]) -> InfoMaxVAE:
-    """An :class:`InfoMaxVAE` of MLPs for samples of ``sample_shape`` (e.g. ``(64,)``, ``(28, 28)``).
-
-    Encoder: JointGaussianLogEncoder (``encoder_neurons``) -> (mu, logsigma), each (N, d);
-    decoder: BernoulliDecoder (sigmoid output) or SimpleGaussianDecoder (``decoder_neurons``);
-    MI chain: ``MutualInfoChain.from_sizes`` with ``mi_neurons``. All built by ``from_sizes``, so
-    the model saves and reloads with :meth:`InfoMaxVAE.save` / :meth:`InfoMaxVAE.load`. Weights
-    come from torch's global generator."""
-    config.validate()
-    shape = [int(s) for s in sample_shape]
-    size = shape[0] if len(shape) == 1 else shape
-    d, act = config.latent_dim, config.activation
-    encoder = JointGaussianLogEncoder.from_sizes(size, d, config.encoder_neurons,
-                                                 [act] * len(config.encoder_neurons))
-    decoder_cls = BernoulliDecoder if config.likelihood == "bernoulli" else SimpleGaussianDecoder
-    decoder = decoder_cls.from_sizes(size, d, config.decoder_neurons,
-                                     [act] * len(config.decoder_neurons))
-    mi = MutualInfoChain.from_sizes(size, d, config.mi_neurons, [act] * len(config.mi_neurons))
-    return InfoMaxVAE(VAE(encoder, decoder), mi, bound=config.mi_bound())
 
 
 def _resolve_device(device: str) -> torch.device:

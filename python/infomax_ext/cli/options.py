@@ -33,7 +33,7 @@ def _nonneg_int(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-    from ..trainer import SEED_LIMIT
+    from ..train_config import SEED_LIMIT
 
     value = _nonneg_int(text)
     if value >= SEED_LIMIT:

@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..activations import HIDDEN_ACTIVATIONS
     from ..bounds import BOUNDS
     from ..data import LIKELIHOODS, NORMALIZATIONS
-    from ..trainer import NEGATIVES, TrainConfig
+    from ..train_config import NEGATIVES, TrainConfig
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
