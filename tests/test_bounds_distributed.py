@@ -1,32 +1,21 @@
 """Every bound over a batch split across 2 gloo processes (float64): the values averaged over the
 processes equal the bound of one process on the whole batch, and so do the averaged gradients
 (the chain's parameters and the codes), to 1e-10. One spawn runs every case."""
-import datetime
-import socket
-import time
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from test_distributed import WORLD, spawn
 
 import infomax_ext as im
 from infomax_ext.bounds import DV
 from infomax_ext.mutual_info import shuffled_bound
 
-WORLD, N, DX, DZ = 2, 24, 5, 3
+N, DX, DZ = 24, 5, 3
 ROWS = N // WORLD
-TIMEOUT = 180
 CASES = [(name, negatives, shuffled_grad)
          for name, bound in im.BOUNDS.items()
          for negatives in (("all",) if bound.needs_all_pairs else ("shuffle", "all"))
          for shuffled_grad in (False, True)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _chain():
@@ -50,41 +39,25 @@ def _evaluate(mi, x, z, case, group=None):
     return value.detach(), grads[0], grads[1:]
 
 
-def _rank_main(rank, port, out):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+def _bound_cases(rank, out):
+    """Every case on this rank's rows of the batch, saved to ``out/rank{rank}.pt``."""
+    mi = _chain()
+    x, z = _batch()
+    rows = slice(rank * ROWS, (rank + 1) * ROWS)
+    results = [_evaluate(mi, x[rows], z[rows], case, dist.group.WORLD) for case in CASES]
+    refused = None
     try:
-        mi = _chain()
-        x, z = _batch()
-        rows = slice(rank * ROWS, (rank + 1) * ROWS)
-        results = [_evaluate(mi, x[rows], z[rows], case, dist.group.WORLD) for case in CASES]
-        refused = None
-        try:
-            shuffled_bound(mi, x[rows], z[rows], seed=5, process_group=dist.group.WORLD,
-                           bound=DV(moving_average=0.9))
-        except ValueError as exc:
-            refused = str(exc)
-        torch.save({"results": results, "refused": refused}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+        shuffled_bound(mi, x[rows], z[rows], seed=5, process_group=dist.group.WORLD,
+                       bound=DV(moving_average=0.9))
+    except ValueError as exc:
+        refused = str(exc)
+    torch.save({"results": results, "refused": refused}, f"{out}/rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("bounds_ranks")
-    context = mp.start_processes(_rank_main, args=(_free_port(), str(out)), nprocs=WORLD,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the ranks did not finish in {TIMEOUT} s")
-    finally:
-        for p in context.processes:
-            if p.is_alive():
-                p.kill()
-                p.join()
+    spawn(_bound_cases, str(out))
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
