@@ -336,3 +336,19 @@ def test_demo_model_under_bfloat16_autocast_tracks_float32():
     assert abs(vae16 - vae32) <= 0.03 * abs(vae32), (vae16, vae32)
     mi32, mi16 = -tail_mean(float32, 1), -tail_mean(bfloat16, 1)  # mi_loss = -MI estimate
     assert abs(mi16 - mi32) <= 0.3, (mi16, mi32)
+
+
+def test_a_data_half_kept_under_autocast_is_not_reused_in_float32():
+    torch.manual_seed(2)
+    mi = im.MutualInfoChain(torch.nn.Identity(), torch.nn.Identity(),
+                            torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(),
+                                                torch.nn.Linear(16, 1)))
+    x, z = torch.randn(16, 8), torch.randn(16, 2)
+    perm = torch.randperm(16)
+    cache = im.DataHalfCache()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        im.paired_mutual_info(mi, x, z, perm, data_half_cache=cache)
+    value = im.paired_mutual_info(mi, x, z, perm, data_half_cache=cache).bound
+    want = im.paired_mutual_info(mi, x, z, perm).bound
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, want)

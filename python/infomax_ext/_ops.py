@@ -351,6 +351,8 @@ def paired_linear(
     if kernels_apply(hx, hz, hz_source, weight, bias, data_half):
         hx, hz, hz_source, weight, bias, data_half = precision.autocast_inputs(
             hx.device.type, hx, hz, hz_source, weight, bias, data_half)
+        if data_half is not None and data_half.dtype != hx.dtype:
+            data_half = None  # kept from a call in another precision: computed again instead
         return _autograd.differentiable["paired_linear"](
             hx, hz, hz_source, weight, bias, perm, activation, float(param), data_half
         )
