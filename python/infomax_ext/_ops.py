@@ -186,9 +186,9 @@ def _kernels_serve(device_type: str) -> bool:
 
 def kernels_apply(*tensors: torch.Tensor | None) -> bool:
     """True when the compiled kernels can run on these tensors (loaded, float32/64, bfloat16 or
-    float16, a device with kernels, not inside :func:`use_reference_path` (``torch.autocast`` is
-    served: :mod:`infomax_ext.precision`); no ``torch.func`` transform (grad, vmap, jacrev, ...) and no
-    ``torch.jit.trace`` active: the kernels' autograd has no rules for the transforms and a trace
+    float16, a device with kernels, not inside :func:`use_reference_path`; ``torch.autocast`` is
+    served: :mod:`infomax_ext.precision`; no ``torch.func`` transform (grad, vmap, jacrev, ...)
+    and no ``torch.jit.trace`` active: the kernels' autograd has no rules for the transforms and a trace
     cannot record their arguments). Otherwise callers take the reference path."""
     present = [t for t in tensors if t is not None]
     if not present or (not torch.compiler.is_compiling() and (
@@ -445,7 +445,8 @@ if extension_available():
 
 
 def nwj_bound(t_joint: torch.Tensor, t_marg: torch.Tensor) -> torch.Tensor:
-    """NWJ lower bound ``mean(t_joint) - mean(exp(t_marg - 1))`` (a 0-dim tensor).
+    """NWJ lower bound ``mean(t_joint) - mean(exp(t_marg - 1))`` (a 0-dim tensor; float32 for
+    bfloat16 and float16 scores: :mod:`infomax_ext.precision`).
 
     ``t_joint`` (N,) are a critic's scores on joint pairs, ``t_marg`` (M,) on shuffled pairs.
     For users who bring their own critic."""
