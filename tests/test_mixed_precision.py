@@ -243,7 +243,8 @@ def test_the_ops_cast_under_autocast_when_called_through_torch_ops():
 def test_fake_kernels_give_the_kernels_dtypes():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
-        hidden, weight = torch.empty(10, 6, dtype=torch.float16), torch.empty(6, dtype=torch.float16)
+        hidden = torch.empty(10, 6, dtype=torch.float16)
+        weight = torch.empty(6, dtype=torch.float16)
         bound, scores, pre = ops.nwj_head(hidden, weight, None, 5, "tanh", 0.0)
         mlp_bound, mlp_scores = ops.nwj_mlp(hidden, [], [], [], [], weight, None, 5, "tanh", 0.0)
         alone = ops.nwj_bound(scores[:5], scores[5:])

@@ -188,8 +188,8 @@ def kernels_apply(*tensors: torch.Tensor | None) -> bool:
     """True when the compiled kernels can run on these tensors (loaded, float32/64, bfloat16 or
     float16, a device with kernels, not inside :func:`use_reference_path`; ``torch.autocast`` is
     served: :mod:`infomax_ext.precision`; no ``torch.func`` transform (grad, vmap, jacrev, ...)
-    and no ``torch.jit.trace`` active: the kernels' autograd has no rules for the transforms and a trace
-    cannot record their arguments). Otherwise callers take the reference path."""
+    and no ``torch.jit.trace`` active: the kernels' autograd has no rules for the transforms and
+    a trace cannot record their arguments). Otherwise callers take the reference path."""
     present = [t for t in tensors if t is not None]
     if not present or (not torch.compiler.is_compiling() and (
             torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
