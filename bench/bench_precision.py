@@ -8,8 +8,11 @@ bench/common.py) on this machine's CPU, four ways per batch size:
 - ``reference-bf16``: the plain-PyTorch path under the same autocast (what ran before the
   kernels took bfloat16).
 
-Prints one row per (batch, variant): median and 10th/90th percentile milliseconds of
-interleaved calls, and the bound's difference from the float32 value. Nothing asserts on time.
+Prints one row per (batch, variant): median and 10th/90th percentile wall milliseconds of
+interleaved calls, the median CPU milliseconds of the process (all threads; steadier than wall
+time on a shared machine), and the bound's difference from the float32 value. The CPU's
+bfloat16 instructions (avx512_bf16, amx_bf16) are listed first: oneDNN uses them for bfloat16
+products where present. Nothing asserts on time.
 
     python bench/bench_precision.py [--batches 128 512] [--reps 10] [--threads 2]
 """
@@ -48,6 +51,15 @@ def loss_call(mi: torch.nn.Module, x: torch.Tensor, z: torch.Tensor, perm: torch
     return call
 
 
+def bf16_flags() -> list[str]:
+    """This CPU's bfloat16 instruction sets, from /proc/cpuinfo (empty elsewhere)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return sorted(flags & {"avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16"})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[128, 512])
@@ -57,8 +69,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print("bfloat16 instructions:", " ".join(bf16_flags()) or "none")
     print(f"{'batch':>5} {'variant':>15} {'median ms':>10} {'p10':>8} {'p90':>8} "
-          f"{'bound - fp32':>13}")
+          f"{'cpu ms':>8} {'bound - fp32':>13}")
     for n in args.batches:
         torch.manual_seed(0)
         mi = julia_default_chain()
@@ -75,14 +88,17 @@ def main() -> None:
         }
         values = {name: call() for name, call in variants.items()}  # warm-up
         times: dict[str, list[float]] = {name: [] for name in variants}
+        cpu: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.reps):
             for name, call in variants.items():  # interleaved: drift hits every variant alike
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 call()
                 times[name].append(1e3 * (time.perf_counter() - start))
+                cpu[name].append(1e3 * (time.process_time() - start_cpu))
         for name, ts in times.items():
             q = statistics.quantiles(ts, n=10, method="inclusive")
             print(f"{n:>5} {name:>15} {statistics.median(ts):>10.2f} {q[0]:>8.2f} {q[-1]:>8.2f} "
+                  f"{statistics.median(cpu[name]):>8.2f} "
                   f"{values[name] - values['float32']:>13.2e}")
 
 
