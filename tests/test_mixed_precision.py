@@ -304,7 +304,7 @@ def test_every_activation_is_covered():
 # --------------------------------------------------------------------------------- convergence
 
 
-def train_demo_model(autocast: bool, steps: int = 200) -> list[tuple[float, float]]:
+def train_demo_model(autocast: bool, steps: int = 300) -> list[tuple[float, float]]:
     """The demo's InfoMax VAE (build_model, a small TrainConfig) on the digits, ``steps`` steps of
     train_step on seeded batches of 64; (vae_loss, mi_loss) per step."""
     from infomax_ext.data import load_digits
@@ -330,12 +330,13 @@ def test_demo_model_under_bfloat16_autocast_tracks_float32():
     float32, bfloat16 = train_demo_model(False), train_demo_model(True)
 
     def tail_mean(losses: list[tuple[float, float]], k: int) -> float:
-        return sum(step[k] for step in losses[-50:]) / 50
+        return sum(step[k] for step in losses[-100:]) / 100
 
     vae32, vae16 = tail_mean(float32, 0), tail_mean(bfloat16, 0)
     assert vae32 < float32[0][0] - 5  # it did train
     assert abs(vae16 - vae32) <= 0.03 * abs(vae32), (vae16, vae32)
     mi32, mi16 = -tail_mean(float32, 1), -tail_mean(bfloat16, 1)  # mi_loss = -MI estimate
+    assert mi32 > 0.2  # the critic has learnt something to compare (0.41 nat when written)
     assert abs(mi16 - mi32) <= 0.3, (mi16, mi32)
 
 
