@@ -39,6 +39,7 @@ __all__ = [
     "bound_dtype",
     "autocast_dtype",
     "autocast_inputs",
+    "promoted_inputs",
     "register_autocast_rules",
 ]
 
