@@ -23,6 +23,10 @@ needs_kernels = pytest.mark.skipif(not im.extension_available(),
 pytestmark = needs_kernels
 
 DTYPES = [torch.bfloat16, torch.float16]
+# Every per-op test runs on the CPU and, where a GPU is present, on CUDA.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available() or not _ops.has_kernel("paired_first_layer", "cuda"),
+    reason="no CUDA device or no CUDA kernels in this build"))]
 # (rtol, atol relative to the reference's largest magnitude): bfloat16 keeps 8 significant bits,
 # float16 11.
 TOLERANCES = {torch.bfloat16: (5e-2, 5e-3), torch.float16: (1e-2, 1e-3)}
@@ -41,17 +45,19 @@ def param_of(activation: str) -> float:
 
 
 def rounded(dtype: torch.dtype, *shapes: tuple[int, ...], scale: float = 0.5,
-            seed: int = 0) -> list[torch.Tensor]:
+            seed: int = 0, device: str = "cpu") -> list[torch.Tensor]:
     """Random tensors rounded to dtype: the same values serve both sides."""
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(*s, generator=g) * scale).to(dtype) for s in shapes]
+    return [(torch.randn(*s, generator=g) * scale).to(device=device, dtype=dtype)
+            for s in shapes]
 
 
 def grads_of(outputs: list[torch.Tensor], leaves: list[torch.Tensor],
              seed: int = 1) -> list[torch.Tensor]:
     """Gradients of a fixed random weighting of the outputs (float32 weights, one per entry)."""
     g = torch.Generator().manual_seed(seed)
-    total = sum((o.float() * torch.randn(o.shape, generator=g)).sum() for o in outputs)
+    total = sum((o.float() * torch.randn(o.shape, generator=g).to(o.device)).sum()
+                for o in outputs)
     return list(torch.autograd.grad(total, leaves))
 
 
@@ -68,10 +74,11 @@ def as_leaves(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("activation", KERNEL_ACTIVATIONS)
-def test_paired_linear_matches_float32(dtype, activation):
+@pytest.mark.parametrize("device", DEVICES)
+def test_paired_linear_matches_float32(device, dtype, activation):
     n, s, dx, dz, h = 12, 2, 5, 3, 16
-    tensors = rounded(dtype, (n, dx), (s * n, dz), (h, dx + dz), (h,))
-    perm = torch.randperm(s * n, generator=torch.Generator().manual_seed(3))
+    tensors = rounded(dtype, (n, dx), (s * n, dz), (h, dx + dz), (h,), device=device)
+    perm = torch.randperm(s * n, generator=torch.Generator().manual_seed(3)).to(device)
     p = param_of(activation)
     ours = as_leaves(tensors)
     out = _ops.paired_linear(ours[0], ours[1], None, ours[2], ours[3], perm, activation, p)
@@ -87,10 +94,11 @@ def test_paired_linear_matches_float32(dtype, activation):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("activation", KERNEL_ACTIVATIONS)
-def test_paired_first_layer_matches_float32(dtype, activation):
+@pytest.mark.parametrize("device", DEVICES)
+def test_paired_first_layer_matches_float32(device, dtype, activation):
     n, s, h = 6, 2, 9
-    tensors = rounded(dtype, (n, h), (s * n, h), (s * n, h), (h,))
-    perm = torch.randperm(s * n, generator=torch.Generator().manual_seed(4))
+    tensors = rounded(dtype, (n, h), (s * n, h), (s * n, h), (h,), device=device)
+    perm = torch.randperm(s * n, generator=torch.Generator().manual_seed(4)).to(device)
     p = param_of(activation)
     ours, ref = as_leaves(tensors), as_float32_leaves(tensors)
     out = _ops.paired_first_layer(ours[0], ours[1], ours[2], ours[3], perm, activation, p)
@@ -104,9 +112,10 @@ def test_paired_first_layer_matches_float32(dtype, activation):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("activation", KERNEL_ACTIVATIONS)
-def test_nwj_head_matches_float32(dtype, activation):
+@pytest.mark.parametrize("device", DEVICES)
+def test_nwj_head_matches_float32(device, dtype, activation):
     rows, h = 40, 24
-    tensors = rounded(dtype, (rows, h), (h,), (1,))
+    tensors = rounded(dtype, (rows, h), (h,), (1,), device=device)
     p = param_of(activation)
     ours, ref = as_leaves(tensors), as_float32_leaves(tensors)
     bound, scores = _ops.nwj_head(*ours, rows // 2, activation, p)
@@ -121,10 +130,11 @@ def test_nwj_head_matches_float32(dtype, activation):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("activation", KERNEL_ACTIVATIONS)
-def test_nwj_mlp_matches_float32(dtype, activation):
+@pytest.mark.parametrize("device", DEVICES)
+def test_nwj_mlp_matches_float32(device, dtype, activation):
     n_joint, h0, h1, h2 = 16, 12, 20, 10
     hidden, w0, b0, w1, b1, hw, hb = rounded(dtype, (2 * n_joint, h0), (h1, h0), (h1,), (h2, h1),
-                                             (h2,), (h2,), (1,))
+                                             (h2,), (h2,), (1,), device=device)
     tensors = [hidden, w0, b0, w1, b1, hw, hb]
     p = param_of(activation)
     acts, params = [activation, "tanh"], [p, 0.0]
@@ -145,8 +155,9 @@ def test_nwj_mlp_matches_float32(dtype, activation):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_nwj_bound_is_float32_and_matches(dtype):
-    tj, tm = rounded(dtype, (30,), (50,), scale=2.0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_nwj_bound_is_float32_and_matches(device, dtype):
+    tj, tm = rounded(dtype, (30,), (50,), scale=2.0, device=device)
     ours, ref = as_leaves([tj, tm]), as_float32_leaves([tj, tm])
     bound = _ops.nwj_bound(*ours)
     want = reference.nwj_bound(*ref)
@@ -201,11 +212,12 @@ def small_chain(seed: int = 0) -> im.MutualInfoChain:
     return im.MutualInfoChain.from_sizes(8, 2, [16, 16], [torch.relu, torch.tanh])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_autocast_runs_the_fused_ops_with_products_in_its_dtype(dtype):
-    mi = small_chain()
-    x, z = torch.randn(32, 8), torch.randn(32, 2)
-    with torch.autocast("cpu", dtype=dtype):
+def test_autocast_runs_the_fused_ops_with_products_in_its_dtype(device, dtype):
+    mi = small_chain().to(device)
+    x, z = torch.randn(32, 8, device=device), torch.randn(32, 2, device=device)
+    with torch.autocast(device, dtype=dtype):
         assert _ops.kernels_apply(x, z)
         assert im.explain_path(mi, x, z).path == "fused"
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
