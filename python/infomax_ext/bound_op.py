@@ -1,0 +1,123 @@
+"""The compiled reduction of an MI bound, ``torch.ops.infomax_ext.mi_bound``: its Python wrapper,
+fake kernels and autograd formula.
+
+``mi_bound(t_joint, t_negatives, bound, param)`` takes the M joint scores and the K scores on
+negatives (1-D, one float dtype and device) and returns two 0-dim tensors, for the bounds of the
+C++ table ``csrc/bounds.h`` (nwj, dv, js, smile; ``param`` is SMILE's clip, 0 for the others):
+
+- ``value``: the bound, ``mean t_j + offset - R`` with R = ``mean n(t_k)`` (nwj: n = exp(t - 1);
+  js: n = exp(t), offset 1) or ``log mean exp n(t_k)`` (dv: n = t; smile: n = clip(t, -tau, tau));
+- ``objective``: what trains the critic: the value (nwj, dv), or the Jensen-Shannon f-GAN bound
+  ``-mean softplus(-t_j) - mean softplus(t_k)`` (js, smile).
+
+Each output has its own exact gradient (``mi_bound_backward`` takes the incoming gradient of
+either or both). :class:`~infomax_ext.bounds.Bound` returns the value with the objective's
+gradient. The sums run in double on the CPU, the log-mean-exp shifted by the largest term.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import _ops
+
+__all__ = ["mi_bound", "kernel_applies"]
+
+_OPS = torch.ops.infomax_ext
+
+
+def _kernel_devices() -> frozenset[str]:
+    return frozenset(d for d in ("cpu", "cuda") if _ops.has_kernel("mi_bound", d))
+
+
+# Computed once: a set lookup is all torch.compile has to trace in kernel_applies.
+_KERNEL_DEVICES = _kernel_devices()
+
+
+def kernel_applies(t_joint: torch.Tensor, t_negatives: torch.Tensor) -> bool:
+    """True when the compiled ``mi_bound`` runs on these scores (see
+    :func:`~infomax_ext._ops.kernels_apply`; both of one dtype, on a device with its kernel)."""
+    return (t_joint.device.type in _KERNEL_DEVICES and t_joint.dtype == t_negatives.dtype
+            and _ops.kernels_apply(t_joint, t_negatives))
+
+
+def _check(t_joint: object, t_negatives: object, bound: object, param: object) -> None:
+    """Before any work: tensors on one device, 1-D and non-empty, a bound of the table with a
+    valid parameter (TypeError / ValueError naming the problem)."""
+    _ops._check_args("mi_bound", t_joint=t_joint, t_negatives=t_negatives)
+    assert isinstance(t_joint, torch.Tensor) and isinstance(t_negatives, torch.Tensor)
+    for name, t in (("t_joint", t_joint), ("t_negatives", t_negatives)):
+        if t.dim() != 1 or t.numel() < 1:
+            raise ValueError(f"mi_bound: {name} must be a non-empty 1-D tensor of scores, got "
+                             f"shape {tuple(t.shape)}")
+    if isinstance(param, bool) or not isinstance(param, (int, float)):
+        raise TypeError(f"mi_bound: param must be a number, got {type(param).__name__}")
+    _table_bound(bound, float(param))
+
+
+def _table_bound(bound: object, param: float) -> Any:
+    """The :class:`~infomax_ext.bounds.Bound` the op computes for ``bound`` and ``param``."""
+    from .bounds import compiled_bound  # bounds.py imports this module
+
+    return compiled_bound(bound, param)
+
+
+def mi_bound(t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str = "nwj",
+             param: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(value, objective)`` of ``bound`` (see the module docstring), 0-dim each, from the joint
+    scores ``t_joint`` (M,) and the negatives' scores ``t_negatives`` (K,). The compiled op where
+    it applies, else the plain-PyTorch formulas of :mod:`infomax_ext.bounds`."""
+    _check(t_joint, t_negatives, bound, param)
+    if kernel_applies(t_joint, t_negatives):
+        value, objective = _OPS.mi_bound.default(t_joint, t_negatives, bound, float(param))
+        return value, objective
+    table = _table_bound(bound, float(param))
+    value = table.value(t_joint, t_negatives)
+    surrogate = table.surrogate(t_joint, t_negatives)
+    return value, value.clone() if surrogate is None else surrogate
+
+
+if _ops.extension_available():
+
+    @torch.library.register_fake("infomax_ext::mi_bound")
+    def _(t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str,
+          param: float) -> tuple[torch.Tensor, torch.Tensor]:
+        _ops._fake_same_device("mi_bound", t_joint=t_joint, t_negatives=t_negatives)
+        torch._check(t_joint.dim() == 1 and t_negatives.dim() == 1,
+                     lambda: "mi_bound: the scores must be 1-D")
+        return t_joint.new_empty(()), t_joint.new_empty(())
+
+    @torch.library.register_fake("infomax_ext::mi_bound_backward")
+    def _(grad_value: torch.Tensor | None, grad_objective: torch.Tensor | None,
+          t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str,
+          param: float) -> tuple[torch.Tensor, torch.Tensor]:
+        _ops._fake_same_device("mi_bound_backward", t_joint=t_joint, t_negatives=t_negatives,
+                               grad_value=grad_value, grad_objective=grad_objective)
+        return torch.empty_like(t_joint), torch.empty_like(t_negatives)
+
+    def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        t_joint, t_negatives, bound, param = inputs
+        ctx.save_for_backward(t_joint, t_negatives)
+        ctx.bound, ctx.param = bound, param
+        ctx.set_materialize_grads(False)  # an unused output sends no gradient (None)
+
+    def _backward(ctx: Any, grad_value: torch.Tensor | None,
+                  grad_objective: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        t_joint, t_negatives = ctx.saved_tensors
+        if grad_value is None and grad_objective is None:
+            return None, None, None, None
+        if torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad
+                for t in (grad_value, grad_objective, t_joint, t_negatives)):
+            raise RuntimeError(
+                "infomax_ext: mi_bound does not support double backward (a gradient of its "
+                "gradient, create_graph=True); compute higher derivatives on the plain-PyTorch "
+                "path: inside `with infomax_ext.use_reference_path():`")
+        g_joint, g_negatives = _OPS.mi_bound_backward.default(
+            grad_value, grad_objective, t_joint, t_negatives, ctx.bound, ctx.param)
+        need = ctx.needs_input_grad
+        return (g_joint if need[0] else None, g_negatives if need[1] else None, None, None)
+
+    torch.library.register_autograd("infomax_ext::mi_bound", _backward,
+                                    setup_context=_setup_context)
