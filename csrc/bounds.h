@@ -140,11 +140,12 @@ INFOMAX_HOST_DEVICE T bound_mean_negative_grad(T t, T g, T inv_k, T param) {
   return -g * bound_negative_derivative<B>(t, param) * inv_k;
 }
 
-// d value / d t_k times g for a LogMeanExpOf bound: -g exp(n(t) - lse) n'(t), lse the
-// log-sum-exp of n over all negatives.
+// d value / d t_k times g for a LogMeanExpOf bound: -g exp(n(t) - lse) n'(t), with the
+// log-sum-exp of n over all negatives lse = shift + log_sum (shift: the largest n, or 0), taken
+// as exp((n(t) - shift) - log_sum) so that no rounding of lse's magnitude enters.
 template <MiBound B, typename T>
-INFOMAX_HOST_DEVICE T bound_log_mean_exp_negative_grad(T t, T g, T lse, T param) {
-  return -g * INFOMAX_MATH(exp)(bound_negative_term<B>(t, param) - lse) *
+INFOMAX_HOST_DEVICE T bound_log_mean_exp_negative_grad(T t, T g, T shift, T log_sum, T param) {
+  return -g * INFOMAX_MATH(exp)((bound_negative_term<B>(t, param) - shift) - log_sum) *
          bound_negative_derivative<B>(t, param);
 }
 

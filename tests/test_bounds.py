@@ -83,9 +83,13 @@ def test_nwj_is_the_compiled_bound_bit_for_bit():
 
 def test_surrogate_keeps_the_value_bit_for_bit():
     joint, neg = torch.randn(33, requires_grad=True), torch.randn(40, requires_grad=True)
-    with torch.no_grad():
-        plain = bounds.JS().value(joint, neg)
+    with torch.no_grad():  # no surrogate: the value alone (the compiled op's, or the formula's)
+        plain = bounds.JS()(joint, neg)
     assert torch.equal(im.BOUNDS["js"](joint, neg).detach(), plain)
+    with im.use_reference_path():
+        with torch.no_grad():
+            plain = bounds.JS().value(joint, neg)
+        assert torch.equal(im.BOUNDS["js"](joint, neg).detach(), plain)
 
 
 def test_dv_moving_average_gradient():

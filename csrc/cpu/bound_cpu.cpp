@@ -59,17 +59,18 @@ T chunked_max(int64_t n, const F& term) {
   return top;
 }
 
-// The reductions of bound B: value, objective, and (LogMeanExpOf) lse = log sum_k exp(n(t_k)).
+// The reductions of bound B: value, objective, and (LogMeanExpOf) the log-sum-exp of the
+// negative terms as shift + log_sum, log_sum = log sum_k exp(n(t_k) - shift).
 template <typename acc_t>
 struct BoundSums {
-  acc_t value, objective, lse;
+  acc_t value, objective, shift, log_sum;
 };
 
 template <MiBound B, typename scalar_t, typename acc_t>
 BoundSums<acc_t> bound_sums(const scalar_t* tj, int64_t m, const scalar_t* tn, int64_t k,
                             scalar_t p) {
   using Traits = BoundTraits<B>;
-  BoundSums<acc_t> out{0, 0, 0};
+  BoundSums<acc_t> out{0, 0, 0, 0};
   const acc_t mean_joint = chunked_sum<acc_t>(m, [&](int64_t r) { return acc_t(tj[r]); }) / acc_t(m);
   acc_t reduced;
   if constexpr (Traits::reduction == BoundReduction::MeanOf) {
@@ -79,12 +80,12 @@ BoundSums<acc_t> bound_sums(const scalar_t* tj, int64_t m, const scalar_t* tn, i
   } else {
     const scalar_t top =
         chunked_max<scalar_t>(k, [&](int64_t r) { return bound_negative_term<B>(tn[r], p); });
-    const acc_t shift = std::isfinite(top) ? acc_t(top) : acc_t(0);
+    out.shift = std::isfinite(top) ? acc_t(top) : acc_t(0);
     const acc_t sum = chunked_sum<acc_t>(k, [&](int64_t r) {
-      return std::exp(acc_t(bound_negative_term<B>(tn[r], p)) - shift);
+      return std::exp(acc_t(bound_negative_term<B>(tn[r], p)) - out.shift);
     });
-    out.lse = shift + std::log(sum);
-    reduced = out.lse - std::log(acc_t(k));
+    out.log_sum = std::log(sum);
+    reduced = out.shift + out.log_sum - std::log(acc_t(k));
   }
   out.value = mean_joint - reduced;
   if constexpr (Traits::offset != 0) out.value += acc_t(Traits::offset);
@@ -145,9 +146,9 @@ std::tuple<Tensor, Tensor> mi_bound_backward_cpu(const std::optional<Tensor>& gr
                          : args.has_grad_value                                 ? gv
                                                                                : go;
       const bool js_part = js && args.has_grad_objective;
-      acc_t lse = 0;
+      BoundSums<acc_t> sums{0, 0, 0, 0};
       if constexpr (Traits::reduction == BoundReduction::LogMeanExpOf) {
-        if (value_part) lse = bound_sums<B, scalar_t, acc_t>(tj, args.m, tn, args.k, p).lse;
+        if (value_part) sums = bound_sums<B, scalar_t, acc_t>(tj, args.m, tn, args.k, p);
       }
       torch::stable::parallel_for(0, args.m, 4096, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
@@ -163,8 +164,8 @@ std::tuple<Tensor, Tensor> mi_bound_backward_cpu(const std::optional<Tensor>& gr
             if constexpr (Traits::reduction == BoundReduction::MeanOf) {
               d = bound_mean_negative_grad<B>(tn[r], g, inv_k, p);
             } else {
-              d = static_cast<scalar_t>(
-                  bound_log_mean_exp_negative_grad<B>(acc_t(tn[r]), acc_t(g), lse, acc_t(p)));
+              d = static_cast<scalar_t>(bound_log_mean_exp_negative_grad<B>(
+                  acc_t(tn[r]), acc_t(g), sums.shift, sums.log_sum, acc_t(p)));
             }
           }
           if (js_part) d += js_negative_grad(tn[r], go, inv_k);

@@ -31,7 +31,9 @@ __device__ __forceinline__ T block_max(T v, T* shared) {
   shared[threadIdx.x] = v;
   __syncthreads();
   for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) shared[threadIdx.x] = nan_max(shared[threadIdx.x], shared[threadIdx.x + stride]);
+    if (threadIdx.x < stride) {
+      shared[threadIdx.x] = nan_max(shared[threadIdx.x], shared[threadIdx.x + stride]);
+    }
     __syncthreads();
   }
   const T top = shared[0];
@@ -99,8 +101,8 @@ __global__ void bound_partial_sums_kernel(const T* tj, int64_t m, const T* tn, i
   }
 }
 
-// Last pass (one block): stats = (value, objective, lse), value and objective also as T where
-// not null. lse = log sum_k exp(n(t_k)) for LogMeanExpOf, else 0.
+// Last pass (one block): stats = (value, objective, shift, log_sum), value and objective also as
+// T where not null. log_sum = log sum_k exp(n(t_k) - shift) for LogMeanExpOf, else 0.
 template <MiBound B, typename T, typename acc_t>
 __global__ void bound_finish_kernel(const acc_t* partial, int64_t joint_blocks,
                                     int64_t negative_blocks, int64_t m, int64_t k,
@@ -124,25 +126,26 @@ __global__ void bound_finish_kernel(const acc_t* partial, int64_t joint_blocks,
     js_negative = block_sum(js_negative, shared);
   }
   if (threadIdx.x != 0) return;
-  acc_t reduced, lse = 0;
+  acc_t reduced, log_sum = 0;
   if constexpr (Traits::reduction == BoundReduction::MeanOf) {
     reduced = negative_sum / acc_t(k);
   } else {
-    lse = *shift + log(negative_sum);
-    reduced = lse - log(acc_t(k));
+    log_sum = log(negative_sum);
+    reduced = *shift + log_sum - log(acc_t(k));
   }
   acc_t v = joint_sum / acc_t(m) - reduced;
   if constexpr (Traits::offset != 0) v += acc_t(Traits::offset);
   const acc_t o = js ? js_joint / acc_t(m) - js_negative / acc_t(k) : v;
   stats[0] = v;
   stats[1] = o;
-  stats[2] = lse;
+  stats[2] = Traits::reduction == BoundReduction::MeanOf ? acc_t(0) : *shift;
+  stats[3] = log_sum;
   if (value) *value = static_cast<T>(v);
   if (objective) *objective = static_cast<T>(o);
 }
 
-// stats (3 acc_t on the device: value, objective, lse) of bound B; value and objective (T, on
-// the device) written too where not null.
+// stats (4 acc_t on the device: value, objective, shift, log_sum) of bound B; value and
+// objective (T, on the device) written too where not null.
 template <MiBound B, typename T>
 void launch_bound_sums(const T* tj, int64_t m, const T* tn, int64_t k, T param, const Tensor& like,
                        acc_type<T, true>* stats, T* value, T* objective, cudaStream_t stream) {
@@ -170,7 +173,8 @@ void launch_bound_sums(const T* tj, int64_t m, const T* tn, int64_t k, T param, 
 }
 
 // The gradients of the scores, gj (m) and gn (k), from the incoming gradients of the value and
-// of the objective (null: absent). stats[2] is the log-sum-exp (LogMeanExpOf).
+// of the objective (null: absent). stats[2] and stats[3] are the shift and log_sum
+// (LogMeanExpOf).
 template <MiBound B, typename T, typename acc_t>
 __global__ void mi_bound_backward_kernel(const T* grad_value, const T* grad_objective, const T* tj,
                                          int64_t m, const T* tn, int64_t k, T inv_m, T inv_k,
@@ -195,8 +199,8 @@ __global__ void mi_bound_backward_kernel(const T* grad_value, const T* grad_obje
         if constexpr (Traits::reduction == BoundReduction::MeanOf) {
           d = bound_mean_negative_grad<B>(t, g, inv_k, param);
         } else {
-          d = static_cast<T>(
-              bound_log_mean_exp_negative_grad<B>(acc_t(t), acc_t(g), stats[2], acc_t(param)));
+          d = static_cast<T>(bound_log_mean_exp_negative_grad<B>(acc_t(t), acc_t(g), stats[2],
+                                                                 stats[3], acc_t(param)));
         }
       }
       if (js_part) d += js_negative_grad(t, go, inv_k);
@@ -214,7 +218,7 @@ std::tuple<Tensor, Tensor> mi_bound_cuda(const Tensor& t_joint, const Tensor& t_
   dispatch_floating(args.t_joint.scalar_type(), "mi_bound_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using acc_t = acc_type<scalar_t, true>;
-    Tensor stats = empty_on(args.t_joint, {3}, scalar_type_of<acc_t>());
+    Tensor stats = empty_on(args.t_joint, {4}, scalar_type_of<acc_t>());
     dispatch_bound(args.bound, [&](auto tag) {
       constexpr MiBound B = decltype(tag)::value;
       launch_bound_sums<B, scalar_t>(
@@ -240,7 +244,7 @@ std::tuple<Tensor, Tensor> mi_bound_backward_cuda(const std::optional<Tensor>& g
     const scalar_t* tj = args.t_joint.const_data_ptr<scalar_t>();
     const scalar_t* tn = args.t_negatives.const_data_ptr<scalar_t>();
     const scalar_t p = static_cast<scalar_t>(param);
-    Tensor stats = empty_on(args.t_joint, {3}, scalar_type_of<acc_t>());
+    Tensor stats = empty_on(args.t_joint, {4}, scalar_type_of<acc_t>());
     dispatch_bound(args.bound, [&](auto tag) {
       constexpr MiBound B = decltype(tag)::value;
       if constexpr (BoundTraits<B>::reduction == BoundReduction::LogMeanExpOf) {
