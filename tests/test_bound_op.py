@@ -13,9 +13,12 @@ from torch import nn
 import infomax_ext as im
 from infomax_ext import bound_op
 from infomax_ext.mutual_info import paired_mutual_info
+from test_bounds import bound_objective, bound_value
 
 OPS = torch.ops.infomax_ext
-CASES = [("nwj", 0.0), ("dv", 0.0), ("js", 0.0), ("smile", 5.0), ("smile", 0.5)]
+# Every bound of the compiled table with its default parameter (bounds.py's op_param), and
+# SMILE with a clip the scores exceed.
+CASES = [(name, b.op_param()) for name, b in im.BOUNDS.items() if b.compiled] + [("smile", 0.5)]
 IDS = [f"{b}-{p}" for b, p in CASES]
 DEVICES = ["cpu", pytest.param("cuda", marks=[
     pytest.mark.cuda,
@@ -34,25 +37,6 @@ def sample_inputs(device, dtype=torch.float64, requires_grad=False):
     return out
 
 
-# The bounds in float64, written out independently of csrc/ and of bounds.py.
-def _negative_term(bound, t, tau):
-    return {"nwj": lambda: torch.exp(t - 1), "dv": lambda: t, "js": lambda: torch.exp(t),
-            "smile": lambda: torch.clamp(t, -tau, tau)}[bound]()
-
-
-def reference_value(bound, tj, tn, tau):
-    n = _negative_term(bound, tn, tau)
-    if bound in ("nwj", "js"):
-        return tj.mean() + (1.0 if bound == "js" else 0.0) - n.mean()
-    return tj.mean() - (torch.logsumexp(n, 0) - math.log(tn.numel()))
-
-
-def reference_objective(bound, tj, tn, tau):
-    if bound in ("js", "smile"):
-        return -F.softplus(-tj).mean() - F.softplus(tn).mean()
-    return reference_value(bound, tj, tn, tau)
-
-
 def _f64(*ts):
     return [t.detach().double().cpu().requires_grad_() for t in ts]
 
@@ -63,7 +47,7 @@ def test_values_and_gradients_against_float64_formulas(device, bound, param):
     for tj, tn in sample_inputs(device, requires_grad=True):
         value, objective = OPS.mi_bound.default(tj, tn, bound, param)
         rj, rn = _f64(tj, tn)
-        want_v, want_o = reference_value(bound, rj, rn, param), reference_objective(bound, rj, rn, param)
+        want_v, want_o = bound_value(bound, rj, rn, param), bound_objective(bound, rj, rn, param)
         torch.testing.assert_close(value.cpu(), want_v.detach(), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(objective.cpu(), want_o.detach(), rtol=1e-12, atol=1e-12)
         for got_out, want_out in ((value, want_v), (objective, want_o)):
@@ -81,11 +65,13 @@ def test_float32_within_rounding_of_float64(device, bound, param):
     for tj, tn in sample_inputs(device, torch.float32):
         value, objective = OPS.mi_bound.default(tj, tn, bound, param)
         rj, rn = (t.double().cpu() for t in (tj, tn))
-        scale = (rj.abs().mean() + _negative_term(bound, rn, param).abs().mean()
-                 + F.softplus(rn).mean() + F.softplus(-rj).mean() + 1).item()
+        # the terms' magnitude: |t_j|, exp(t_k) (bounds exp(t_k - 1) and every clipped term's
+        # exponential), the softplus terms
+        scale = (rj.abs().mean() + torch.exp(rn).mean() + F.softplus(rn).mean()
+                 + F.softplus(-rj).mean() + 1).item()
         tol = 64 * torch.finfo(torch.float32).eps * scale
-        assert abs(value.item() - reference_value(bound, rj, rn, param).item()) <= tol
-        assert abs(objective.item() - reference_objective(bound, rj, rn, param).item()) <= tol
+        assert abs(value.item() - bound_value(bound, rj, rn, param).item()) <= tol
+        assert abs(objective.item() - bound_objective(bound, rj, rn, param).item()) <= tol
 
 
 @pytest.mark.parametrize("bound,param", CASES, ids=IDS)
@@ -199,10 +185,13 @@ def test_large_batch_precision_float32():
     few roundings of the float64 value."""
     g = torch.Generator().manual_seed(1)
     tj, tn = torch.randn(1000, generator=g), torch.randn(1_000_000, generator=g)
-    for bound in ("nwj", "dv", "js"):
+    rj, rn = tj.double(), tn.double()
+    want = {"nwj": rj.mean() - torch.exp(rn - 1).mean(),
+            "dv": rj.mean() - (torch.logsumexp(rn, 0) - math.log(rn.numel())),
+            "js": rj.mean() + 1 - torch.exp(rn).mean()}
+    for bound, v in want.items():
         value, _ = OPS.mi_bound.default(tj, tn, bound, 0.0)
-        want = reference_value(bound, tj.double(), tn.double(), 0.0)
-        assert abs(value.item() - want.item()) <= 4 * torch.finfo(torch.float32).eps * 3
+        assert abs(value.item() - v.item()) <= 4 * torch.finfo(torch.float32).eps * 3
 
 
 def test_bad_input_errors_before_any_kernel():
