@@ -80,21 +80,22 @@ def mi_bound(t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str = "nwj
 
 if _ops.extension_available():
 
-    @torch.library.register_fake("infomax_ext::mi_bound")
-    def _(t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str,
+    def _fake_mi_bound(t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str,
           param: float) -> tuple[torch.Tensor, torch.Tensor]:
         _ops._fake_same_device("mi_bound", t_joint=t_joint, t_negatives=t_negatives)
         torch._check(t_joint.dim() == 1 and t_negatives.dim() == 1,
                      lambda: "mi_bound: the scores must be 1-D")
         return t_joint.new_empty(()), t_joint.new_empty(())
 
-    @torch.library.register_fake("infomax_ext::mi_bound_backward")
-    def _(grad_value: torch.Tensor | None, grad_objective: torch.Tensor | None,
+    def _fake_mi_bound_backward(grad_value: torch.Tensor | None, grad_objective: torch.Tensor | None,
           t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str,
           param: float) -> tuple[torch.Tensor, torch.Tensor]:
         _ops._fake_same_device("mi_bound_backward", t_joint=t_joint, t_negatives=t_negatives,
                                grad_value=grad_value, grad_objective=grad_objective)
         return torch.empty_like(t_joint), torch.empty_like(t_negatives)
+
+    torch.library.register_fake("infomax_ext::mi_bound", _fake_mi_bound)
+    torch.library.register_fake("infomax_ext::mi_bound_backward", _fake_mi_bound_backward)
 
     def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         t_joint, t_negatives, bound, param = inputs
