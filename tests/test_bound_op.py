@@ -166,7 +166,7 @@ def test_nonfinite_scores_as_the_formulas(bound, param):
     """NaN and +-inf give what the PyTorch formulas give (value and training gradient)."""
     cases = [[0.5, float("nan")], [float("inf"), 0.0], [float("-inf"), float("-inf")],
              [float("inf"), float("-inf")]]
-    b = im.bounds.compiled_bound(bound, param)
+    b = im.bounds.resolve_bound(bound, clip=param) if bound == "smile" else im.BOUNDS[bound]
     for neg in cases:
         tj = torch.tensor([0.25, -1.0], dtype=torch.float64, requires_grad=True)
         tn = torch.tensor(neg, dtype=torch.float64, requires_grad=True)
@@ -220,27 +220,48 @@ def test_bad_input_errors_before_any_kernel():
         OPS.mi_bound_backward.default(torch.ones(()), None, tj, tn, "tuba", 0.0)
 
 
-def test_python_wrapper_errors_and_fallback():
+def test_python_wrapper_errors():
     tj, tn = torch.randn(4, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"mi_bound: unknown bound 'infonce'; supported: nwj, dv, js, smile"):
+    with pytest.raises(RuntimeError, match=r"unknown bound 'infonce'; supported: nwj, dv, js, smile"):
         bound_op.mi_bound(tj, tn, "infonce")
-    with pytest.raises(ValueError, match=r"bound 'dv' takes no parameter"):
+    with pytest.raises(RuntimeError, match=r"bound 'dv' takes no parameter"):
         bound_op.mi_bound(tj, tn, "dv", 2.0)
-    with pytest.raises(ValueError, match=r"smile: clip must be a positive finite number"):
+    with pytest.raises(RuntimeError, match=r"bound 'smile': clip \(param\) must be a positive"):
         bound_op.mi_bound(tj, tn, "smile", -1.0)
-    with pytest.raises(ValueError, match=r"t_negatives must be a non-empty 1-D tensor of scores, got shape \(0,\)"):
+    with pytest.raises(ValueError, match=r"t_negatives must be a non-empty 1-D tensor of scores, "
+                                         r"got shape \(0,\)"):
         bound_op.mi_bound(tj, tn[:0], "nwj")
+    with pytest.raises(ValueError, match=r"t_joint must be a non-empty 1-D tensor of scores, "
+                                         r"got shape \(2, 2\)"):
+        bound_op.mi_bound(tj.view(2, 2), tn, "nwj")
     with pytest.raises(TypeError, match=r"mi_bound: t_joint must be a torch.Tensor, got list"):
         bound_op.mi_bound([1.0], tn, "nwj")
     with pytest.raises(TypeError, match=r"param must be a number, got str"):
         bound_op.mi_bound(tj, tn, "smile", "5")
-    for bound, param in CASES:
-        compiled = bound_op.mi_bound(tj, tn, bound, param)
+    with im.use_reference_path():
+        assert not bound_op.kernel_applies(tj, tn)
+        with pytest.raises(RuntimeError, match=r"the plain-PyTorch path is chosen.*"
+                                               r"infomax_ext.BOUNDS\['dv'\]"):
+            bound_op.mi_bound(tj, tn, "dv")
+    with pytest.raises(RuntimeError, match=r"do not run torch.float64 and torch.float32 scores"):
+        bound_op.mi_bound(tj, tn.float(), "dv")
+
+
+@pytest.mark.parametrize("bound,param", CASES, ids=IDS)
+def test_bound_classes_compiled_equal_their_pytorch_formulas(bound, param):
+    """Bound(...)(joint, negatives) takes mi_bound where it applies and its own formulas inside
+    use_reference_path: the same values and training gradients (float64, 1e-12)."""
+    b = im.bounds.resolve_bound(bound, clip=param) if bound == "smile" else im.BOUNDS[bound]
+    for tj, tn in sample_inputs("cpu", requires_grad=True):
+        got = b(tj, tn)
+        g_got = torch.autograd.grad(got, (tj, tn))
         with im.use_reference_path():
-            assert not bound_op.kernel_applies(tj, tn)
-            fallback = bound_op.mi_bound(tj, tn, bound, param)
-        for a, b in zip(compiled, fallback):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+            want = b(tj, tn)
+        g_want = torch.autograd.grad(want, (tj, tn))
+        assert any("infomax_ext_mi_bound" in n for n in _graph_names(got))
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        for a, c in zip(g_got, g_want):
+            torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-14)
 
 
 def test_fake_kernels_shapes_and_devices():

@@ -12,7 +12,9 @@ C++ table ``csrc/bounds.h`` (nwj, dv, js, smile; ``param`` is SMILE's clip, 0 fo
 
 Each output has its own exact gradient (``mi_bound_backward`` takes the incoming gradient of
 either or both). :class:`~infomax_ext.bounds.Bound` returns the value with the objective's
-gradient. The sums run in double on the CPU, the log-mean-exp shifted by the largest term.
+gradient, and is the op's plain-PyTorch twin: it calls :func:`mi_bound` where
+:func:`kernel_applies` and its own formulas otherwise. The sums run in double on the CPU, the
+log-mean-exp shifted by the largest term.
 """
 from __future__ import annotations
 
@@ -42,9 +44,9 @@ def kernel_applies(t_joint: torch.Tensor, t_negatives: torch.Tensor) -> bool:
             and _ops.kernels_apply(t_joint, t_negatives))
 
 
-def _check(t_joint: object, t_negatives: object, bound: object, param: object) -> None:
-    """Before any work: tensors on one device, 1-D and non-empty, a bound of the table with a
-    valid parameter (TypeError / ValueError naming the problem)."""
+def _check(t_joint: object, t_negatives: object, param: object) -> None:
+    """Before any work: tensors on one device, 1-D and non-empty, a number for ``param``
+    (TypeError / ValueError naming the problem; the op checks the bound's name and parameter)."""
     _ops._check_args("mi_bound", t_joint=t_joint, t_negatives=t_negatives)
     assert isinstance(t_joint, torch.Tensor) and isinstance(t_negatives, torch.Tensor)
     for name, t in (("t_joint", t_joint), ("t_negatives", t_negatives)):
@@ -53,29 +55,26 @@ def _check(t_joint: object, t_negatives: object, bound: object, param: object) -
                              f"shape {tuple(t.shape)}")
     if isinstance(param, bool) or not isinstance(param, (int, float)):
         raise TypeError(f"mi_bound: param must be a number, got {type(param).__name__}")
-    _table_bound(bound, float(param))
-
-
-def _table_bound(bound: object, param: float) -> Any:
-    """The :class:`~infomax_ext.bounds.Bound` the op computes for ``bound`` and ``param``."""
-    from .bounds import compiled_bound  # bounds.py imports this module
-
-    return compiled_bound(bound, param)
 
 
 def mi_bound(t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str = "nwj",
              param: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(value, objective)`` of ``bound`` (see the module docstring), 0-dim each, from the joint
-    scores ``t_joint`` (M,) and the negatives' scores ``t_negatives`` (K,). The compiled op where
-    it applies, else the plain-PyTorch formulas of :mod:`infomax_ext.bounds`."""
-    _check(t_joint, t_negatives, bound, param)
-    if kernel_applies(t_joint, t_negatives):
-        value, objective = _OPS.mi_bound.default(t_joint, t_negatives, bound, float(param))
-        return value, objective
-    table = _table_bound(bound, float(param))
-    value = table.value(t_joint, t_negatives)
-    surrogate = table.surrogate(t_joint, t_negatives)
-    return value, value.clone() if surrogate is None else surrogate
+    scores ``t_joint`` (M,) and the negatives' scores ``t_negatives`` (K,), by the compiled op.
+    Where it does not apply (:func:`kernel_applies`: no extension, the reference path, another
+    dtype) a RuntimeError says so: ``infomax_ext.BOUNDS[bound](t_joint, t_negatives)`` evaluates
+    the bound on every path."""
+    _check(t_joint, t_negatives, param)
+    if not kernel_applies(t_joint, t_negatives):
+        reason = _ops.extension_error() or (
+            "the plain-PyTorch path is chosen (use_path)" if _ops.current_path() == "reference"
+            else f"the kernels do not run {t_joint.dtype} and {t_negatives.dtype} scores on "
+                 f"{t_joint.device} here")
+        raise RuntimeError(f"mi_bound: the compiled op does not apply: {reason}; "
+                           f"infomax_ext.BOUNDS[{bound!r}](t_joint, t_negatives) evaluates the "
+                           "bound on every path")
+    value, objective = _OPS.mi_bound.default(t_joint, t_negatives, bound, float(param))
+    return value, objective
 
 
 if _ops.extension_available():

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from . import bound_op
 
 __all__ = ["Bound", "NWJ", "DV", "JS", "SMILE", "InfoNCE", "BOUNDS", "resolve_bound",
-           "bound_config", "compiled_bound", "off_diagonal", "log_mean_exp"]
+           "bound_config", "off_diagonal", "log_mean_exp"]
 
 
 LogMeanExp = Callable[[torch.Tensor], torch.Tensor]
@@ -320,25 +320,6 @@ def resolve_bound(bound: str | dict[str, Any] | Bound, **settings: Any) -> Bound
         return _CLASSES[bound](**settings)
     except TypeError:
         raise ValueError(f"bound {bound!r} takes no setting among {sorted(settings)}") from None
-
-
-def compiled_bound(name: object, param: float = 0.0) -> Bound:
-    """The bound ``mi_bound(..., name, param)`` computes (``param``: the setting named by its
-    ``param_name``, 0 when it has none); ValueError for a name outside the compiled table or a
-    bad parameter."""
-    cls = _CLASSES.get(name) if isinstance(name, str) else None
-    if cls is None or not cls.compiled:
-        known = ", ".join(n for n, c in _CLASSES.items() if c.compiled)
-        raise ValueError(f"mi_bound: unknown bound {name!r}; supported: {known}")
-    if cls.param_name is None:
-        if param != 0.0:
-            raise ValueError(f"mi_bound: bound {name!r} takes no parameter (param must be 0), "
-                             f"got param = {param!r}")
-        return BOUNDS[cls.name]
-    try:
-        return resolve_bound(cls.name, **{cls.param_name: param})
-    except ValueError as exc:
-        raise ValueError(f"mi_bound: {exc}") from None
 
 
 def bound_config(bound: str | dict[str, Any] | Bound) -> dict[str, Any]:
