@@ -55,16 +55,26 @@ struct MiBoundArgs {
 };
 
 // mi_bound_backward: the forward's arguments, the incoming gradients of the value and of the
-// objective (one value each, either absent: no gradient from that output) and the gradients of
-// the scores (M) and (K).
+// objective (one value each, either absent: no gradient from that output), the forward's third
+// output log_sum_exp (2: shift, log_sum) or absent (then summed again), and the gradients of the
+// scores (M) and (K).
 struct MiBoundBackwardArgs : MiBoundArgs {
-  Tensor grad_value, grad_objective, grad_joint, grad_negatives;
-  bool has_grad_value, has_grad_objective;
+  Tensor grad_value, grad_objective, log_sum_exp, grad_joint, grad_negatives;
+  bool has_grad_value, has_grad_objective, has_log_sum_exp;
 
   MiBoundBackwardArgs(const std::optional<Tensor>& grad_value_in,
                       const std::optional<Tensor>& grad_objective_in, const Tensor& t_joint_in,
-                      const Tensor& t_negatives_in, std::string_view bound_in, double param_in)
+                      const Tensor& t_negatives_in, std::string_view bound_in, double param_in,
+                      const std::optional<Tensor>& log_sum_exp_in)
       : MiBoundArgs(t_joint_in, t_negatives_in, bound_in, param_in) {
+    has_log_sum_exp = log_sum_exp_in.has_value() && log_sum_exp_in->defined();
+    if (has_log_sum_exp) {
+      check_float_tensor(*log_sum_exp_in, "log_sum_exp", 1);
+      check_same(t_joint, *log_sum_exp_in, "t_joint", "log_sum_exp");
+      INFOMAX_CHECK(log_sum_exp_in->size(0) == 2, "infomax_ext: log_sum_exp must have 2 entries "
+                    "(mi_bound's third output), got ", log_sum_exp_in->size(0));
+      log_sum_exp = as_contiguous(*log_sum_exp_in);
+    }
     has_grad_value = grad_value_in.has_value() && grad_value_in->defined();
     has_grad_objective = grad_objective_in.has_value() && grad_objective_in->defined();
     if (has_grad_value) {

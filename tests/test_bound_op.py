@@ -45,7 +45,7 @@ def _f64(*ts):
 @pytest.mark.parametrize("bound,param", CASES, ids=IDS)
 def test_values_and_gradients_against_float64_formulas(device, bound, param):
     for tj, tn in sample_inputs(device, requires_grad=True):
-        value, objective = OPS.mi_bound.default(tj, tn, bound, param)
+        value, objective, _ = OPS.mi_bound.default(tj, tn, bound, param)
         rj, rn = _f64(tj, tn)
         want_v, want_o = bound_value(bound, rj, rn, param), bound_objective(bound, rj, rn, param)
         torch.testing.assert_close(value.cpu(), want_v.detach(), rtol=1e-12, atol=1e-12)
@@ -63,7 +63,7 @@ def test_float32_within_rounding_of_float64(device, bound, param):
     """float32 scores: the sums run in double on the CPU; the error is a few float32 roundings of
     the terms' magnitude."""
     for tj, tn in sample_inputs(device, torch.float32):
-        value, objective = OPS.mi_bound.default(tj, tn, bound, param)
+        value, objective, _ = OPS.mi_bound.default(tj, tn, bound, param)
         rj, rn = (t.double().cpu() for t in (tj, tn))
         # the terms' magnitude: |t_j|, exp(t_k) (bounds exp(t_k - 1) and every clipped term's
         # exponential), the softplus terms
@@ -78,7 +78,7 @@ def test_float32_within_rounding_of_float64(device, bound, param):
 def test_gradcheck_float64(bound, param):
     for tj, tn in sample_inputs("cpu", requires_grad=True)[:2]:
         assert torch.autograd.gradcheck(
-            lambda a, b: OPS.mi_bound.default(a, b, bound, param), (tj, tn))
+            lambda a, b: OPS.mi_bound.default(a, b, bound, param)[:2], (tj, tn))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -102,7 +102,7 @@ def test_hand_derived_values_and_gradients():
     }
     params = {"smile": 0.5}
     for bound, (v, o) in want.items():
-        value, objective = OPS.mi_bound.default(tj, tn, bound, params.get(bound, 0.0))
+        value, objective, _ = OPS.mi_bound.default(tj, tn, bound, params.get(bound, 0.0))
         assert value.item() == pytest.approx(v, rel=1e-15, abs=1e-15)
         assert objective.item() == pytest.approx(v if o is None else o, rel=1e-15, abs=1e-15)
     # dv: d value / d t_n = -softmax(t_n) = -(1/4, 3/4); d / d t_j = 1/2 each
@@ -125,12 +125,34 @@ def test_nwj_is_nwj_bound_bit_for_bit(dtype):
     for m, k in ((5, 9), (1000, 4097)):
         tj = torch.randn(m, generator=g, dtype=dtype)
         tn = torch.randn(k, generator=g, dtype=dtype)
-        value, _ = OPS.mi_bound.default(tj, tn, "nwj", 0.0)
+        value, _, _ = OPS.mi_bound.default(tj, tn, "nwj", 0.0)
         assert torch.equal(value, OPS.nwj_bound.default(tj, tn))
         grad = torch.tensor(0.37, dtype=dtype)
         got = OPS.mi_bound_backward.default(grad, None, tj, tn, "nwj", 0.0)
         want = OPS.nwj_bound_backward.default(grad, tj, tn)
         assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bound,param", CASES, ids=IDS)
+def test_log_sum_exp_output_and_its_reuse(bound, param, dtype):
+    """The third output is (shift, log sum exp(n - shift)) for a log-mean-exp bound, zeros
+    otherwise; the backward given it computes what it computes when it sums again."""
+    for tj, tn in sample_inputs("cpu", dtype):
+        _, _, parts = OPS.mi_bound.default(tj, tn, bound, param)
+        if im.BOUNDS[bound].reduction == "log_mean_exp":
+            terms = tn.double().clamp(-param, param) if bound == "smile" else tn.double()
+            assert parts[0].item() == terms.max().item()
+            want = torch.log(torch.exp(terms - terms.max()).sum())
+            assert parts[1].item() == pytest.approx(want.item(), rel=4 * torch.finfo(dtype).eps,
+                                                    abs=4 * torch.finfo(dtype).eps)
+        else:
+            assert parts.tolist() == [0.0, 0.0]
+        one = torch.ones((), dtype=dtype)
+        for grads in ((one, None), (None, one), (one, one)):
+            given = OPS.mi_bound_backward.default(*grads, tj, tn, bound, param, parts)
+            again = OPS.mi_bound_backward.default(*grads, tj, tn, bound, param)
+            assert all(torch.equal(a, b) for a, b in zip(given, again))
 
 
 def test_backward_of_either_output_alone():
@@ -152,7 +174,7 @@ def test_log_mean_exp_is_shifted(dtype):
     big = 1000.0 if dtype == torch.float64 else 200.0
     tj = torch.tensor([0.0], dtype=dtype)
     tn = torch.tensor([big, big - math.log(3.0), -big], dtype=dtype)
-    value, _ = OPS.mi_bound.default(tj, tn, "dv", 0.0)
+    value, _, _ = OPS.mi_bound.default(tj, tn, "dv", 0.0)
     want = -torch.logsumexp(tn.double(), 0) + math.log(3.0)
     assert torch.isfinite(value)
     torch.testing.assert_close(value.double(), want, rtol=4 * torch.finfo(dtype).eps, atol=0)
@@ -190,7 +212,7 @@ def test_large_batch_precision_float32():
             "dv": rj.mean() - (torch.logsumexp(rn, 0) - math.log(rn.numel())),
             "js": rj.mean() + 1 - torch.exp(rn).mean()}
     for bound, v in want.items():
-        value, _ = OPS.mi_bound.default(tj, tn, bound, 0.0)
+        value, _, _ = OPS.mi_bound.default(tj, tn, bound, 0.0)
         assert abs(value.item() - v.item()) <= 4 * torch.finfo(torch.float32).eps * 3
 
 
@@ -216,6 +238,9 @@ def test_bad_input_errors_before_any_kernel():
         OPS.mi_bound_backward.default(torch.ones(2), None, tj, tn, "nwj", 0.0)
     with pytest.raises(RuntimeError, match=r"dtype mismatch: grad_objective is Double"):
         OPS.mi_bound_backward.default(None, torch.ones((), dtype=torch.float64), tj, tn, "js", 0.0)
+    with pytest.raises(RuntimeError, match=r"log_sum_exp must have 2 entries \(mi_bound's third "
+                                           r"output\), got 3"):
+        OPS.mi_bound_backward.default(torch.ones(()), None, tj, tn, "dv", 0.0, torch.zeros(3))
     with pytest.raises(RuntimeError, match=r"unknown bound 'tuba'"):
         OPS.mi_bound_backward.default(torch.ones(()), None, tj, tn, "tuba", 0.0)
 
@@ -266,7 +291,7 @@ def test_bound_classes_compiled_equal_their_pytorch_formulas(bound, param):
 
 def test_fake_kernels_shapes_and_devices():
     tj, tn = torch.randn(4, device="meta"), torch.randn(6, device="meta")
-    value, objective = OPS.mi_bound.default(tj, tn, "smile", 5.0)
+    value, objective, _ = OPS.mi_bound.default(tj, tn, "smile", 5.0)
     assert value.shape == objective.shape == () and value.device.type == "meta"
     with pytest.raises(RuntimeError, match="device mismatch in mi_bound: t_negatives is on cpu"):
         OPS.mi_bound.default(tj, torch.randn(6), "nwj", 0.0)
@@ -275,7 +300,7 @@ def test_fake_kernels_shapes_and_devices():
 def test_double_backward_is_refused():
     tj = torch.randn(4, dtype=torch.float64, requires_grad=True)
     tn = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    value, _ = OPS.mi_bound.default(tj, tn, "dv", 0.0)
+    value, _, _ = OPS.mi_bound.default(tj, tn, "dv", 0.0)
     with pytest.raises(RuntimeError, match="mi_bound does not support double backward"):
         torch.autograd.grad(value, tj, create_graph=True)
 
@@ -328,7 +353,7 @@ def test_bound_classes_match_the_compiled_table():
     tj, tn = torch.randn(3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
     for name, b in im.BOUNDS.items():
         if b.compiled:
-            value, objective = OPS.mi_bound.default(tj, tn, name, b.op_param())
+            value, objective, _ = OPS.mi_bound.default(tj, tn, name, b.op_param())
             assert torch.isfinite(value) and torch.isfinite(objective)
         else:
             with pytest.raises(RuntimeError, match=f"unknown bound '{name}'"):

@@ -2,8 +2,10 @@
 // from joint scores and negatives' scores) and of its backward. Sums run over fixed chunks of
 // kScoresPerChunk scores, then over the chunks in order, in double: the same bits whatever the
 // thread count, and for nwj the same bits as nwj_bound (csrc/cpu/nwj_cpu.cpp sums alike).
-// The log-mean-exp is shifted by the largest term (0 when that is not finite), so it neither
-// overflows nor underflows.
+// Per-element terms are computed in the scores' dtype (as torch's own kernels), their sums in
+// double. The log-mean-exp is shifted by the largest term (0 when that is not finite), so it
+// neither overflows nor underflows; the forward returns the shift and the log of the shifted
+// sum, which the backward takes instead of summing again.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -60,17 +62,19 @@ T chunked_max(int64_t n, const F& term) {
 }
 
 // The reductions of bound B: value, objective, and (LogMeanExpOf) the log-sum-exp of the
-// negative terms as shift + log_sum, log_sum = log sum_k exp(n(t_k) - shift).
-template <typename acc_t>
+// negative terms as shift + log_sum, shift the largest term (0 when not finite), log_sum =
+// log sum_k exp(n(t_k) - shift). Per-element terms in scalar_t, sums in acc_t.
+template <typename scalar_t, typename acc_t>
 struct BoundSums {
-  acc_t value, objective, shift, log_sum;
+  acc_t value, objective;
+  scalar_t shift, log_sum;
 };
 
 template <MiBound B, typename scalar_t, typename acc_t>
-BoundSums<acc_t> bound_sums(const scalar_t* tj, int64_t m, const scalar_t* tn, int64_t k,
-                            scalar_t p) {
+BoundSums<scalar_t, acc_t> bound_sums(const scalar_t* tj, int64_t m, const scalar_t* tn, int64_t k,
+                                      scalar_t p) {
   using Traits = BoundTraits<B>;
-  BoundSums<acc_t> out{0, 0, 0, 0};
+  BoundSums<scalar_t, acc_t> out{0, 0, 0, 0};
   const acc_t mean_joint = chunked_sum<acc_t>(m, [&](int64_t r) { return acc_t(tj[r]); }) / acc_t(m);
   acc_t reduced;
   if constexpr (Traits::reduction == BoundReduction::MeanOf) {
@@ -80,50 +84,58 @@ BoundSums<acc_t> bound_sums(const scalar_t* tj, int64_t m, const scalar_t* tn, i
   } else {
     const scalar_t top =
         chunked_max<scalar_t>(k, [&](int64_t r) { return bound_negative_term<B>(tn[r], p); });
-    out.shift = std::isfinite(top) ? acc_t(top) : acc_t(0);
+    const scalar_t shift = std::isfinite(top) ? top : scalar_t(0);
     const acc_t sum = chunked_sum<acc_t>(k, [&](int64_t r) {
-      return std::exp(acc_t(bound_negative_term<B>(tn[r], p)) - out.shift);
+      return acc_t(std::exp(bound_negative_term<B>(tn[r], p) - shift));
     });
-    out.log_sum = std::log(sum);
-    reduced = out.shift + out.log_sum - std::log(acc_t(k));
+    const acc_t log_sum = std::log(sum);
+    out.shift = shift;
+    out.log_sum = static_cast<scalar_t>(log_sum);
+    reduced = acc_t(shift) + log_sum - std::log(acc_t(k));
   }
   out.value = mean_joint - reduced;
   if constexpr (Traits::offset != 0) out.value += acc_t(Traits::offset);
   if constexpr (Traits::objective == BoundObjective::JensenShannon) {
     out.objective =
-        chunked_sum<acc_t>(m, [&](int64_t r) { return js_joint_term(acc_t(tj[r])); }) / acc_t(m) -
-        chunked_sum<acc_t>(k, [&](int64_t r) { return js_negative_term(acc_t(tn[r])); }) / acc_t(k);
+        chunked_sum<acc_t>(m, [&](int64_t r) { return acc_t(js_joint_term(tj[r])); }) / acc_t(m) -
+        chunked_sum<acc_t>(k, [&](int64_t r) { return acc_t(js_negative_term(tn[r])); }) / acc_t(k);
   } else {
     out.objective = out.value;
   }
   return out;
 }
 
-std::tuple<Tensor, Tensor> mi_bound_cpu(const Tensor& t_joint, const Tensor& t_negatives,
-                                        std::string_view bound, double param) {
+std::tuple<Tensor, Tensor, Tensor> mi_bound_cpu(const Tensor& t_joint, const Tensor& t_negatives,
+                                                std::string_view bound, double param) {
   const MiBoundArgs args(t_joint, t_negatives, bound, param);
   Tensor value = empty_on(args.t_joint, {});
   Tensor objective = empty_on(args.t_joint, {});
+  Tensor log_sum_exp = empty_on(args.t_joint, {2});
   dispatch_floating(args.t_joint.scalar_type(), "mi_bound_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using acc_t = acc_type<scalar_t, false>;
     dispatch_bound(args.bound, [&](auto tag) {
       constexpr MiBound B = decltype(tag)::value;
-      const BoundSums<acc_t> sums = bound_sums<B, scalar_t, acc_t>(
+      const BoundSums<scalar_t, acc_t> sums = bound_sums<B, scalar_t, acc_t>(
           args.t_joint.const_data_ptr<scalar_t>(), args.m,
           args.t_negatives.const_data_ptr<scalar_t>(), args.k, static_cast<scalar_t>(param));
       *value.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(sums.value);
       *objective.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(sums.objective);
+      scalar_t* parts = log_sum_exp.mutable_data_ptr<scalar_t>();
+      parts[0] = sums.shift;
+      parts[1] = sums.log_sum;
     });
   });
-  return {value, objective};
+  return {value, objective, log_sum_exp};
 }
 
 std::tuple<Tensor, Tensor> mi_bound_backward_cpu(const std::optional<Tensor>& grad_value,
                                                  const std::optional<Tensor>& grad_objective,
                                                  const Tensor& t_joint, const Tensor& t_negatives,
-                                                 std::string_view bound, double param) {
-  const MiBoundBackwardArgs args(grad_value, grad_objective, t_joint, t_negatives, bound, param);
+                                                 std::string_view bound, double param,
+                                                 const std::optional<Tensor>& log_sum_exp) {
+  const MiBoundBackwardArgs args(grad_value, grad_objective, t_joint, t_negatives, bound, param,
+                                 log_sum_exp);
   dispatch_floating(args.t_joint.scalar_type(), "mi_bound_backward_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using acc_t = acc_type<scalar_t, false>;
@@ -146,9 +158,16 @@ std::tuple<Tensor, Tensor> mi_bound_backward_cpu(const std::optional<Tensor>& gr
                          : args.has_grad_value                                 ? gv
                                                                                : go;
       const bool js_part = js && args.has_grad_objective;
-      BoundSums<acc_t> sums{0, 0, 0, 0};
+      scalar_t shift = 0, log_sum = 0;
       if constexpr (Traits::reduction == BoundReduction::LogMeanExpOf) {
-        if (value_part) sums = bound_sums<B, scalar_t, acc_t>(tj, args.m, tn, args.k, p);
+        if (value_part && args.has_log_sum_exp) {
+          shift = args.log_sum_exp.const_data_ptr<scalar_t>()[0];
+          log_sum = args.log_sum_exp.const_data_ptr<scalar_t>()[1];
+        } else if (value_part) {
+          const BoundSums<scalar_t, acc_t> sums = bound_sums<B, scalar_t, acc_t>(tj, args.m, tn, args.k, p);
+          shift = sums.shift;
+          log_sum = sums.log_sum;
+        }
       }
       torch::stable::parallel_for(0, args.m, 4096, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
@@ -164,8 +183,7 @@ std::tuple<Tensor, Tensor> mi_bound_backward_cpu(const std::optional<Tensor>& gr
             if constexpr (Traits::reduction == BoundReduction::MeanOf) {
               d = bound_mean_negative_grad<B>(tn[r], g, inv_k, p);
             } else {
-              d = static_cast<scalar_t>(bound_log_mean_exp_negative_grad<B>(
-                  acc_t(tn[r]), acc_t(g), sums.shift, sums.log_sum, acc_t(p)));
+              d = bound_log_mean_exp_negative_grad<B>(tn[r], g, shift, log_sum, p);
             }
           }
           if (js_part) d += js_negative_grad(tn[r], go, inv_k);

@@ -4,8 +4,10 @@
 // deterministic: blocks of kScoresPerBlock scores give partial sums (a block tree), then one
 // block combines them in a fixed order; for nwj the sums are those of nwj_bound
 // (csrc/cuda/nwj_cuda.cu). A log-mean-exp first finds the largest term (a max pass) and
-// shifts by it (by 0 when it is not finite). Scalars that live on the device (the shift, the
-// log-sum-exp, the incoming gradients) are read by pointer inside the kernels: no host sync.
+// shifts by it (by 0 when it is not finite); the forward returns the shift and the log of the
+// shifted sum, which the backward takes instead of summing again. Scalars that live on the
+// device (the shift, the log-sum-exp, the incoming gradients) are read by pointer inside the
+// kernels: no host sync.
 #include <cmath>
 
 #include "../bound_args.h"
@@ -83,14 +85,14 @@ __global__ void bound_partial_sums_kernel(const T* tj, int64_t m, const T* tn, i
   for (int64_t e = begin + threadIdx.x; e < begin + kScoresPerBlock && e < end; e += kThreads) {
     if (joint) {
       value_sum += acc_t(tj[e]);
-      if constexpr (js) js_sum += js_joint_term(acc_t(tj[e]));
+      if constexpr (js) js_sum += acc_t(js_joint_term(tj[e]));
     } else {
       if constexpr (Traits::reduction == BoundReduction::MeanOf) {
         value_sum += acc_t(bound_negative_term<B>(tn[e], param));
       } else {
-        value_sum += exp(acc_t(bound_negative_term<B>(tn[e], param)) - *shift);
+        value_sum += acc_t(exp(bound_negative_term<B>(tn[e], param) - static_cast<T>(*shift)));
       }
-      if constexpr (js) js_sum += js_negative_term(acc_t(tn[e]));
+      if constexpr (js) js_sum += acc_t(js_negative_term(tn[e]));
     }
   }
   value_sum = block_sum(value_sum, shared);
@@ -101,12 +103,12 @@ __global__ void bound_partial_sums_kernel(const T* tj, int64_t m, const T* tn, i
   }
 }
 
-// Last pass (one block): stats = (value, objective, shift, log_sum), value and objective also as
-// T where not null. log_sum = log sum_k exp(n(t_k) - shift) for LogMeanExpOf, else 0.
+// Last pass (one block): value, objective and log_sum_exp = (shift, log_sum) with
+// log_sum = log sum_k exp(n(t_k) - shift) for LogMeanExpOf, (0, 0) otherwise.
 template <MiBound B, typename T, typename acc_t>
 __global__ void bound_finish_kernel(const acc_t* partial, int64_t joint_blocks,
                                     int64_t negative_blocks, int64_t m, int64_t k,
-                                    const acc_t* shift, acc_t* stats, T* value, T* objective) {
+                                    const acc_t* shift, T* value, T* objective, T* log_sum_exp) {
   using Traits = BoundTraits<B>;
   constexpr bool js = Traits::objective == BoundObjective::JensenShannon;
   __shared__ acc_t shared[kThreads];
@@ -136,19 +138,16 @@ __global__ void bound_finish_kernel(const acc_t* partial, int64_t joint_blocks,
   acc_t v = joint_sum / acc_t(m) - reduced;
   if constexpr (Traits::offset != 0) v += acc_t(Traits::offset);
   const acc_t o = js ? js_joint / acc_t(m) - js_negative / acc_t(k) : v;
-  stats[0] = v;
-  stats[1] = o;
-  stats[2] = Traits::reduction == BoundReduction::MeanOf ? acc_t(0) : *shift;
-  stats[3] = log_sum;
-  if (value) *value = static_cast<T>(v);
-  if (objective) *objective = static_cast<T>(o);
+  *value = static_cast<T>(v);
+  *objective = static_cast<T>(o);
+  log_sum_exp[0] = Traits::reduction == BoundReduction::MeanOf ? T(0) : static_cast<T>(*shift);
+  log_sum_exp[1] = static_cast<T>(log_sum);
 }
 
-// stats (4 acc_t on the device: value, objective, shift, log_sum) of bound B; value and
-// objective (T, on the device) written too where not null.
+// value, objective (one T each) and log_sum_exp (2 T) of bound B, on the device.
 template <MiBound B, typename T>
 void launch_bound_sums(const T* tj, int64_t m, const T* tn, int64_t k, T param, const Tensor& like,
-                       acc_type<T, true>* stats, T* value, T* objective, cudaStream_t stream) {
+                       T* value, T* objective, T* log_sum_exp, cudaStream_t stream) {
   using acc_t = acc_type<T, true>;
   const int64_t joint_blocks = blocks_for(m), negative_blocks = blocks_for(k);
   Tensor partial = empty_on(like, {2 * (joint_blocks + negative_blocks) + 1}, scalar_type_of<acc_t>());
@@ -168,17 +167,16 @@ void launch_bound_sums(const T* tj, int64_t m, const T* tn, int64_t k, T param, 
           tj, m, tn, k, joint_blocks, param, shift, ppartial);
   INFOMAX_CUDA_LAUNCH_CHECK();
   bound_finish_kernel<B, T, acc_t><<<1, kThreads, 0, stream>>>(
-      ppartial, joint_blocks, negative_blocks, m, k, shift, stats, value, objective);
+      ppartial, joint_blocks, negative_blocks, m, k, shift, value, objective, log_sum_exp);
   INFOMAX_CUDA_LAUNCH_CHECK();
 }
 
 // The gradients of the scores, gj (m) and gn (k), from the incoming gradients of the value and
-// of the objective (null: absent). stats[2] and stats[3] are the shift and log_sum
-// (LogMeanExpOf).
-template <MiBound B, typename T, typename acc_t>
+// of the objective (null: absent). log_sum_exp: the forward's (shift, log_sum) (LogMeanExpOf).
+template <MiBound B, typename T>
 __global__ void mi_bound_backward_kernel(const T* grad_value, const T* grad_objective, const T* tj,
                                          int64_t m, const T* tn, int64_t k, T inv_m, T inv_k,
-                                         T param, const acc_t* stats, T* gj, T* gn) {
+                                         T param, const T* log_sum_exp, T* gj, T* gn) {
   using Traits = BoundTraits<B>;
   constexpr bool js = Traits::objective == BoundObjective::JensenShannon;
   const bool value_part = grad_value != nullptr || (!js && grad_objective != nullptr);
@@ -199,8 +197,7 @@ __global__ void mi_bound_backward_kernel(const T* grad_value, const T* grad_obje
         if constexpr (Traits::reduction == BoundReduction::MeanOf) {
           d = bound_mean_negative_grad<B>(t, g, inv_k, param);
         } else {
-          d = static_cast<T>(bound_log_mean_exp_negative_grad<B>(acc_t(t), acc_t(g), stats[2],
-                                                                 stats[3], acc_t(param)));
+          d = bound_log_mean_exp_negative_grad<B>(t, g, log_sum_exp[0], log_sum_exp[1], param);
         }
       }
       if (js_part) d += js_negative_grad(t, go, inv_k);
@@ -209,54 +206,58 @@ __global__ void mi_bound_backward_kernel(const T* grad_value, const T* grad_obje
   }
 }
 
-std::tuple<Tensor, Tensor> mi_bound_cuda(const Tensor& t_joint, const Tensor& t_negatives,
-                                         std::string_view bound, double param) {
+std::tuple<Tensor, Tensor, Tensor> mi_bound_cuda(const Tensor& t_joint, const Tensor& t_negatives,
+                                                 std::string_view bound, double param) {
   const MiBoundArgs args(t_joint, t_negatives, bound, param);
   const DeviceGuard guard(args.t_joint);
   Tensor value = empty_on(args.t_joint, {});
   Tensor objective = empty_on(args.t_joint, {});
+  Tensor log_sum_exp = empty_on(args.t_joint, {2});
   dispatch_floating(args.t_joint.scalar_type(), "mi_bound_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
-    using acc_t = acc_type<scalar_t, true>;
-    Tensor stats = empty_on(args.t_joint, {4}, scalar_type_of<acc_t>());
     dispatch_bound(args.bound, [&](auto tag) {
       constexpr MiBound B = decltype(tag)::value;
       launch_bound_sums<B, scalar_t>(
           args.t_joint.const_data_ptr<scalar_t>(), args.m,
           args.t_negatives.const_data_ptr<scalar_t>(), args.k, static_cast<scalar_t>(param),
-          args.t_joint, stats.mutable_data_ptr<acc_t>(), value.mutable_data_ptr<scalar_t>(),
-          objective.mutable_data_ptr<scalar_t>(), guard.stream());
+          args.t_joint, value.mutable_data_ptr<scalar_t>(), objective.mutable_data_ptr<scalar_t>(),
+          log_sum_exp.mutable_data_ptr<scalar_t>(), guard.stream());
     });
   });
-  return {value, objective};
+  return {value, objective, log_sum_exp};
 }
 
 std::tuple<Tensor, Tensor> mi_bound_backward_cuda(const std::optional<Tensor>& grad_value,
                                                   const std::optional<Tensor>& grad_objective,
                                                   const Tensor& t_joint, const Tensor& t_negatives,
-                                                  std::string_view bound, double param) {
-  const MiBoundBackwardArgs args(grad_value, grad_objective, t_joint, t_negatives, bound, param);
+                                                  std::string_view bound, double param,
+                                                  const std::optional<Tensor>& log_sum_exp) {
+  const MiBoundBackwardArgs args(grad_value, grad_objective, t_joint, t_negatives, bound, param,
+                                 log_sum_exp);
   const DeviceGuard guard(args.t_joint);
   const int64_t m = args.m, k = args.k;
   dispatch_floating(args.t_joint.scalar_type(), "mi_bound_backward_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
-    using acc_t = acc_type<scalar_t, true>;
     const scalar_t* tj = args.t_joint.const_data_ptr<scalar_t>();
     const scalar_t* tn = args.t_negatives.const_data_ptr<scalar_t>();
     const scalar_t p = static_cast<scalar_t>(param);
-    Tensor stats = empty_on(args.t_joint, {4}, scalar_type_of<acc_t>());
     dispatch_bound(args.bound, [&](auto tag) {
       constexpr MiBound B = decltype(tag)::value;
+      // (shift, log_sum): the forward's, or summed again (then value and objective unused)
+      Tensor parts = args.has_log_sum_exp ? args.log_sum_exp : empty_on(args.t_joint, {4});
       if constexpr (BoundTraits<B>::reduction == BoundReduction::LogMeanExpOf) {
-        launch_bound_sums<B, scalar_t>(tj, m, tn, k, p, args.t_joint, stats.mutable_data_ptr<acc_t>(),
-                                       nullptr, nullptr, guard.stream());
+        if (!args.has_log_sum_exp) {
+          scalar_t* scratch = parts.mutable_data_ptr<scalar_t>();
+          launch_bound_sums<B, scalar_t>(tj, m, tn, k, p, args.t_joint, scratch + 2, scratch + 3,
+                                         scratch, guard.stream());
+        }
       }
-      mi_bound_backward_kernel<B, scalar_t, acc_t>
+      mi_bound_backward_kernel<B, scalar_t>
           <<<grid_size(m + k, kThreads), kThreads, 0, guard.stream()>>>(
               args.has_grad_value ? args.grad_value.const_data_ptr<scalar_t>() : nullptr,
               args.has_grad_objective ? args.grad_objective.const_data_ptr<scalar_t>() : nullptr,
               tj, m, tn, k, scalar_t(1) / scalar_t(m), scalar_t(1) / scalar_t(k), p,
-              stats.const_data_ptr<acc_t>(), args.grad_joint.mutable_data_ptr<scalar_t>(),
+              parts.const_data_ptr<scalar_t>(), args.grad_joint.mutable_data_ptr<scalar_t>(),
               args.grad_negatives.mutable_data_ptr<scalar_t>());
       INFOMAX_CUDA_LAUNCH_CHECK();
     });

@@ -2,13 +2,16 @@
 fake kernels and autograd formula.
 
 ``mi_bound(t_joint, t_negatives, bound, param)`` takes the M joint scores and the K scores on
-negatives (1-D, one float dtype and device) and returns two 0-dim tensors, for the bounds of the
-C++ table ``csrc/bounds.h`` (nwj, dv, js, smile; ``param`` is SMILE's clip, 0 for the others):
+negatives (1-D, one float dtype and device) and returns two 0-dim tensors and the state its
+backward reuses, for the bounds of the C++ table ``csrc/bounds.h`` (nwj, dv, js, smile; ``param``
+is SMILE's clip, 0 for the others):
 
 - ``value``: the bound, ``mean t_j + offset - R`` with R = ``mean n(t_k)`` (nwj: n = exp(t - 1);
   js: n = exp(t), offset 1) or ``log mean exp n(t_k)`` (dv: n = t; smile: n = clip(t, -tau, tau));
 - ``objective``: what trains the critic: the value (nwj, dv), or the Jensen-Shannon f-GAN bound
-  ``-mean softplus(-t_j) - mean softplus(t_k)`` (js, smile).
+  ``-mean softplus(-t_j) - mean softplus(t_k)`` (js, smile);
+- ``log_sum_exp`` (2,): ``(shift, log sum_k exp(n(t_k) - shift))`` with shift the largest n(t_k)
+  (0 when not finite) for dv and smile, zeros for nwj and js; not differentiable.
 
 Each output has its own exact gradient (``mi_bound_backward`` takes the incoming gradient of
 either or both). :class:`~infomax_ext.bounds.Bound` returns the value with the objective's
@@ -73,24 +76,26 @@ def mi_bound(t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str = "nwj
         raise RuntimeError(f"mi_bound: the compiled op does not apply: {reason}; "
                            f"infomax_ext.BOUNDS[{bound!r}](t_joint, t_negatives) evaluates the "
                            "bound on every path")
-    value, objective = _OPS.mi_bound.default(t_joint, t_negatives, bound, float(param))
+    value, objective, _ = _OPS.mi_bound.default(t_joint, t_negatives, bound, float(param))
     return value, objective
 
 
 if _ops.extension_available():
 
     def _fake_mi_bound(t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str,
-          param: float) -> tuple[torch.Tensor, torch.Tensor]:
+                       param: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _ops._fake_same_device("mi_bound", t_joint=t_joint, t_negatives=t_negatives)
         torch._check(t_joint.dim() == 1 and t_negatives.dim() == 1,
                      lambda: "mi_bound: the scores must be 1-D")
-        return t_joint.new_empty(()), t_joint.new_empty(())
+        return t_joint.new_empty(()), t_joint.new_empty(()), t_joint.new_empty((2,))
 
-    def _fake_mi_bound_backward(grad_value: torch.Tensor | None, grad_objective: torch.Tensor | None,
-          t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str,
-          param: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fake_mi_bound_backward(
+            grad_value: torch.Tensor | None, grad_objective: torch.Tensor | None,
+            t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str, param: float,
+            log_sum_exp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         _ops._fake_same_device("mi_bound_backward", t_joint=t_joint, t_negatives=t_negatives,
-                               grad_value=grad_value, grad_objective=grad_objective)
+                               grad_value=grad_value, grad_objective=grad_objective,
+                               log_sum_exp=log_sum_exp)
         return torch.empty_like(t_joint), torch.empty_like(t_negatives)
 
     torch.library.register_fake("infomax_ext::mi_bound", _fake_mi_bound)
@@ -98,13 +103,14 @@ if _ops.extension_available():
 
     def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         t_joint, t_negatives, bound, param = inputs
-        ctx.save_for_backward(t_joint, t_negatives)
+        ctx.save_for_backward(t_joint, t_negatives, output[2])
         ctx.bound, ctx.param = bound, param
+        ctx.mark_non_differentiable(output[2])
         ctx.set_materialize_grads(False)  # an unused output sends no gradient (None)
 
-    def _backward(ctx: Any, grad_value: torch.Tensor | None,
-                  grad_objective: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        t_joint, t_negatives = ctx.saved_tensors
+    def _backward(ctx: Any, grad_value: torch.Tensor | None, grad_objective: torch.Tensor | None,
+                  _grad_log_sum_exp: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        t_joint, t_negatives, log_sum_exp = ctx.saved_tensors
         if grad_value is None and grad_objective is None:
             return None, None, None, None
         if torch.is_grad_enabled() and any(
@@ -115,7 +121,7 @@ if _ops.extension_available():
                 "gradient, create_graph=True); compute higher derivatives on the plain-PyTorch "
                 "path: inside `with infomax_ext.use_reference_path():`")
         g_joint, g_negatives = _OPS.mi_bound_backward.default(
-            grad_value, grad_objective, t_joint, t_negatives, ctx.bound, ctx.param)
+            grad_value, grad_objective, t_joint, t_negatives, ctx.bound, ctx.param, log_sum_exp)
         need = ctx.needs_input_grad
         return (g_joint if need[0] else None, g_negatives if need[1] else None, None, None)
 
