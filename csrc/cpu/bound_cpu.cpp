@@ -70,7 +70,9 @@ struct BoundSums {
   scalar_t shift, log_sum;
 };
 
-template <MiBound B, typename scalar_t, typename acc_t>
+// kObjective: also the JS objective's sums (the backward, summing again, needs only the shift
+// and log_sum).
+template <MiBound B, typename scalar_t, typename acc_t, bool kObjective = true>
 BoundSums<scalar_t, acc_t> bound_sums(const scalar_t* tj, int64_t m, const scalar_t* tn, int64_t k,
                                       scalar_t p) {
   using Traits = BoundTraits<B>;
@@ -95,7 +97,7 @@ BoundSums<scalar_t, acc_t> bound_sums(const scalar_t* tj, int64_t m, const scala
   }
   out.value = mean_joint - reduced;
   if constexpr (Traits::offset != 0) out.value += acc_t(Traits::offset);
-  if constexpr (Traits::objective == BoundObjective::JensenShannon) {
+  if constexpr (Traits::objective == BoundObjective::JensenShannon && kObjective) {
     out.objective =
         chunked_sum<acc_t>(m, [&](int64_t r) { return acc_t(js_joint_term(tj[r])); }) / acc_t(m) -
         chunked_sum<acc_t>(k, [&](int64_t r) { return acc_t(js_negative_term(tn[r])); }) / acc_t(k);
@@ -164,7 +166,8 @@ std::tuple<Tensor, Tensor> mi_bound_backward_cpu(const std::optional<Tensor>& gr
           shift = args.log_sum_exp.const_data_ptr<scalar_t>()[0];
           log_sum = args.log_sum_exp.const_data_ptr<scalar_t>()[1];
         } else if (value_part) {
-          const BoundSums<scalar_t, acc_t> sums = bound_sums<B, scalar_t, acc_t>(tj, args.m, tn, args.k, p);
+          const BoundSums<scalar_t, acc_t> sums =
+              bound_sums<B, scalar_t, acc_t, false>(tj, args.m, tn, args.k, p);
           shift = sums.shift;
           log_sum = sums.log_sum;
         }
