@@ -297,6 +297,25 @@ def test_fake_kernels_shapes_and_devices():
         OPS.mi_bound.default(tj, torch.randn(6), "nwj", 0.0)
 
 
+def _op_args():
+    tj, tn = torch.randn(3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    one = torch.ones((), dtype=torch.float64)
+    return {"mi_bound": (OPS.mi_bound.default, [tj, tn, "dv", 0.0]),
+            "mi_bound_backward": (OPS.mi_bound_backward.default,
+                                  [one, one, tj, tn, "dv", 0.0, torch.zeros(2, dtype=torch.float64)])}
+
+
+@pytest.mark.parametrize("name,index", [(n, i) for n, (_, args) in _op_args().items()
+                                        for i, a in enumerate(args) if isinstance(a, torch.Tensor)])
+def test_an_argument_on_another_device_is_refused(name, index):
+    """A meta tensor among CPU tensors dispatches to the fake kernel, which must refuse it (it
+    would return uninitialised memory): "device mismatch" naming the argument."""
+    op, args = _op_args()[name]
+    args[index] = args[index].to("meta")
+    with pytest.raises(RuntimeError, match="device mismatch"):
+        op(*args)
+
+
 def test_double_backward_is_refused():
     tj = torch.randn(4, dtype=torch.float64, requires_grad=True)
     tn = torch.randn(6, dtype=torch.float64, requires_grad=True)
