@@ -96,7 +96,8 @@ class Bound:
     reduction: str = "mean"
     needs_all_pairs: bool = False
     compiled: bool = False
-    """The compiled ``mi_bound`` (the table in csrc/bounds.h) computes this bound."""
+    """The compiled ``mi_bound`` (the table in csrc/bounds.h) computes this bound (a subclass
+    that changes the formulas sets it back to False)."""
     param_name: str | None = None
     """The setting passed as ``mi_bound``'s ``param`` (SMILE's ``"clip"``), None: 0."""
     trains_on_js: bool = False
@@ -175,7 +176,8 @@ def _check_matrix(name: str, scores: object) -> None:
 
 
 class NWJ(Bound):
-    """Nguyen-Wainwright-Jordan: ``mean T_j - mean exp(T_m - 1)`` (the compiled ``nwj_bound``)."""
+    """Nguyen-Wainwright-Jordan: ``mean T_j - mean exp(T_m - 1)`` (compiled: ``mi_bound``; the
+    value alone: ``nwj_bound``, the same bits)."""
 
     name, reduction, compiled = "nwj", "mean", True
 
