@@ -378,3 +378,18 @@ def test_bound_classes_match_the_compiled_table():
             with pytest.raises(RuntimeError, match=f"unknown bound '{name}'"):
                 OPS.mi_bound.default(tj, tn, name, 0.0)
     assert im.bounds.DV(moving_average=0.9).op_param() is None  # stateful: PyTorch formulas
+
+
+@pytest.mark.parametrize("bound", ["dv", "smile"])
+def test_torch_compile_fullgraph(bound):
+    """Bound(...) with the compiled op traces in one graph (the fake kernel, the registered
+    autograd) and gives the eager value and training gradient."""
+    tj = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    tn = torch.randn(20, dtype=torch.float64, requires_grad=True)
+    b = im.BOUNDS[bound]
+    compiled = torch.compile(lambda x, y: b(x, y), fullgraph=True, backend="aot_eager")
+    got = compiled(tj, tn)
+    want = b(tj, tn)
+    assert torch.equal(got, want)
+    for g, w in zip(torch.autograd.grad(got, (tj, tn)), torch.autograd.grad(want, (tj, tn))):
+        assert torch.equal(g, w)
