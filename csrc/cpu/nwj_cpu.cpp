@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "../activations.h"
+#include "../bounds.h"
 #include "../op_args.h"
-#include "../nwj.h"
 
 namespace infomax_ext {
 namespace {
@@ -47,7 +47,7 @@ void nwj_sums(const scalar_t* t, int64_t rows, int64_t n_joint, acc_t* joint_sum
         if (r < n_joint) {
           js += acc_t(t[r]);
         } else {
-          ms += acc_t(nwj_marginal_term(t[r]));
+          ms += acc_t(bound_negative_term<MiBound::Nwj>(t[r], scalar_t(0)));
         }
       }
       partial[2 * c] = js;
@@ -93,9 +93,13 @@ std::tuple<Tensor, Tensor> nwj_bound_backward_cpu(const Tensor& grad,
     const scalar_t* ptm = tm.const_data_ptr<scalar_t>();
     scalar_t* pgj = gj.mutable_data_ptr<scalar_t>();
     scalar_t* pgm = gm.mutable_data_ptr<scalar_t>();
-    for (int64_t r = 0; r < tj.size(0); ++r) pgj[r] = nwj_score_grad(true, scalar_t(0), g, inv_j, inv_m);
+    for (int64_t r = 0; r < tj.size(0); ++r) {
+      pgj[r] = mean_bound_score_grad<MiBound::Nwj>(true, scalar_t(0), g, inv_j, inv_m);
+    }
     torch::stable::parallel_for(0, tm.size(0), 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) pgm[r] = nwj_score_grad(false, ptm[r], g, inv_j, inv_m);
+      for (int64_t r = begin; r < end; ++r) {
+        pgm[r] = mean_bound_score_grad<MiBound::Nwj>(false, ptm[r], g, inv_j, inv_m);
+      }
     });
   });
   return {gj, gm};
@@ -182,7 +186,8 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
           scalar_t* __restrict__ wsum = want_w ? w_partial.data() + c * h : nullptr;
           acc_t bsum = 0;
           for (int64_t r = c * kRowsPerChunk; r < std::min(rows, (c + 1) * kRowsPerChunk); ++r) {
-            scalar_t dscore = nwj_score_grad(r < n_joint, ps[r], g, inv_j, inv_m);
+            scalar_t dscore =
+                mean_bound_score_grad<MiBound::Nwj>(r < n_joint, ps[r], g, inv_j, inv_m);
             if (pgs) dscore += pgs[r];
             const scalar_t dpre = activation_grad<A>(dscore, ppre[r], p);
             bsum += acc_t(dpre);

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "../activations.h"
+#include "../bounds.h"
 #include "../op_args.h"
-#include "../nwj.h"
 #include "launch.cuh"
 
 namespace infomax_ext {
@@ -37,7 +37,8 @@ __global__ void nwj_partial_sums_kernel(const T* t_joint, int64_t n_joint, const
   const int64_t end = joint ? n_joint : n_marg;
   acc_t sum = 0;
   for (int64_t e = begin + threadIdx.x; e < begin + kScoresPerBlock && e < end; e += kThreads) {
-    sum += joint ? acc_t(t_joint[e]) : acc_t(nwj_marginal_term(t_marg[e]));
+    sum += joint ? acc_t(t_joint[e])
+                 : acc_t(bound_negative_term<MiBound::Nwj>(t_marg[e], T(0)));
   }
   sum = block_sum(sum, shared);
   if (threadIdx.x == 0) partial[blockIdx.x] = sum;
@@ -82,9 +83,10 @@ __global__ void nwj_bound_backward_kernel(const T* grad, const T* t_marg, int64_
   const T g = *grad;
   INFOMAX_GRID_STRIDE_LOOP(e, n_joint + n_marg) {
     if (e < n_joint) {
-      gj[e] = nwj_score_grad(true, T(0), g, inv_joint, inv_marg);
+      gj[e] = mean_bound_score_grad<MiBound::Nwj>(true, T(0), g, inv_joint, inv_marg);
     } else {
-      gm[e - n_joint] = nwj_score_grad(false, t_marg[e - n_joint], g, inv_joint, inv_marg);
+      gm[e - n_joint] =
+          mean_bound_score_grad<MiBound::Nwj>(false, t_marg[e - n_joint], g, inv_joint, inv_marg);
     }
   }
 }
@@ -154,7 +156,7 @@ __global__ void nwj_head_scores_kernel(const T* hidden, const T* w, const T* bia
 }
 
 // Backward. Thread (column j, chunk) walks the chunk's rows r and, per row,
-//   dpre = (nwj_score_grad(r < n_joint, scores[r], *grad_bound) + grad_scores[r]) * act'(pre[r])
+//   dpre = (d bound / d scores[r] * *grad_bound + grad_scores[r]) * act'(pre[r])
 //   grad_hidden[r, j] = dpre * w[j],   w_partial[chunk, j] += dpre * hidden[r, j]
 // and the thread of column 0 sums dpre into b_partial[chunk]. Null outputs are not requested;
 // grad_scores may be null (zero).
@@ -174,7 +176,7 @@ __global__ void nwj_head_backward_kernel(const T* grad_bound, const T* grad_scor
   const T wj = column ? w[j] : T(0);
   acc_t w_sum = 0, b_sum = 0;
   for (int64_t r = r_begin; r < r_end; ++r) {
-    T dscore = nwj_score_grad(r < n_joint, scores[r], g, inv_joint, inv_marg);
+    T dscore = mean_bound_score_grad<MiBound::Nwj>(r < n_joint, scores[r], g, inv_joint, inv_marg);
     if (grad_scores) dscore += grad_scores[r];
     const T dpre = activation_grad<A>(dscore, pre[r], param);
     b_sum += acc_t(dpre);
