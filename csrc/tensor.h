@@ -113,10 +113,20 @@ struct TypeTag {
 using BFloat16 = torch::headeronly::BFloat16;
 using Half = torch::headeronly::Half;
 
-// Calls f(TypeTag<scalar_t>{}) for a float32, float64, bfloat16 or float16 dtype (the dtypes
-// checks.h admits).
+// Calls f(TypeTag<scalar_t>{}) for a float32 or float64 dtype (mi_bound's kernels).
 template <typename F>
 inline void dispatch_floating(ScalarType dtype, const char* op, F&& f) {
+  switch (dtype) {
+    case ScalarType::Float: f(TypeTag<float>{}); break;
+    case ScalarType::Double: f(TypeTag<double>{}); break;
+    default: INFOMAX_CHECK(false, "infomax_ext: ", op, " supports float32 and float64, got ", dtype);
+  }
+}
+
+// Calls f(TypeTag<scalar_t>{}) for a float32, float64, bfloat16 or float16 dtype (the dtypes
+// checks.h admits; the kernels of the MI chain and the NWJ bound).
+template <typename F>
+inline void dispatch_floating_and_reduced(ScalarType dtype, const char* op, F&& f) {
   switch (dtype) {
     case ScalarType::Float: f(TypeTag<float>{}); break;
     case ScalarType::Double: f(TypeTag<double>{}); break;

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "../activations.h"
+#include "../bounds.h"
 #include "../op_args.h"
-#include "../nwj.h"
 
 namespace infomax_ext {
 namespace {
@@ -49,7 +49,8 @@ void nwj_sums(const scalar_t* t, int64_t rows, int64_t n_joint, acc_t* joint_sum
         if (r < n_joint) {
           js += acc_t(t[r]);
         } else {
-          ms += acc_t(nwj_marginal_term(opmath_t<scalar_t>(t[r])));
+          ms += acc_t(bound_negative_term<MiBound::Nwj>(opmath_t<scalar_t>(t[r]),
+                                                        opmath_t<scalar_t>(0)));
         }
       }
       partial[2 * c] = js;
@@ -70,7 +71,7 @@ Tensor nwj_bound_cpu(const Tensor& t_joint_in, const Tensor& t_marg_in) {
   const Tensor tj = as_contiguous(t_joint_in), tm = as_contiguous(t_marg_in);
   const int64_t nj = tj.size(0), nm = tm.size(0);
   Tensor bound = empty_on(tj, {}, bound_scalar_type(tj.scalar_type()));
-  dispatch_floating(tj.scalar_type(), "nwj_bound_cpu", [&](auto type_tag) {
+  dispatch_floating_and_reduced(tj.scalar_type(), "nwj_bound_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using op_t = opmath_t<scalar_t>;
     using acc_t = acc_type<scalar_t, false>;
@@ -89,7 +90,7 @@ std::tuple<Tensor, Tensor> nwj_bound_backward_cpu(const Tensor& grad,
   check_scalar_grad(grad, t_joint_in, "grad");
   const Tensor tj = as_contiguous(t_joint_in), tm = as_contiguous(t_marg_in);
   Tensor gj = empty_like_shape(tj), gm = empty_like_shape(tm);
-  dispatch_floating(tj.scalar_type(), "nwj_bound_backward_cpu", [&](auto type_tag) {
+  dispatch_floating_and_reduced(tj.scalar_type(), "nwj_bound_backward_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using op_t = opmath_t<scalar_t>;
     const op_t g = *grad.const_data_ptr<op_t>();
@@ -98,11 +99,12 @@ std::tuple<Tensor, Tensor> nwj_bound_backward_cpu(const Tensor& grad,
     scalar_t* pgj = gj.mutable_data_ptr<scalar_t>();
     scalar_t* pgm = gm.mutable_data_ptr<scalar_t>();
     for (int64_t r = 0; r < tj.size(0); ++r) {
-      pgj[r] = scalar_t(nwj_score_grad(true, op_t(0), g, inv_j, inv_m));
+      pgj[r] = scalar_t(mean_bound_score_grad<MiBound::Nwj>(true, op_t(0), g, inv_j, inv_m));
     }
     torch::stable::parallel_for(0, tm.size(0), 4096, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        pgm[r] = scalar_t(nwj_score_grad(false, op_t(ptm[r]), g, inv_j, inv_m));
+        pgm[r] = scalar_t(
+            mean_bound_score_grad<MiBound::Nwj>(false, op_t(ptm[r]), g, inv_j, inv_m));
       }
     });
   });
@@ -125,7 +127,7 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_cpu(const Tensor& hidden_in,
   Tensor scores = empty_on(hidden, {rows});
   Tensor pre = empty_on(hidden, {rows});
   Tensor bound = empty_on(hidden, {}, bound_scalar_type(hidden.scalar_type()));
-  dispatch_floating(hidden.scalar_type(), "nwj_head_cpu", [&](auto type_tag) {
+  dispatch_floating_and_reduced(hidden.scalar_type(), "nwj_head_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using op_t = opmath_t<scalar_t>;
     using acc_t = acc_type<scalar_t, false>;
@@ -167,7 +169,7 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
   const int64_t rows = args.rows, h = args.h;
   if (!args.any_wanted()) return args.grads();
 
-  dispatch_floating(hidden.scalar_type(), "nwj_head_backward_cpu", [&](auto type_tag) {
+  dispatch_floating_and_reduced(hidden.scalar_type(), "nwj_head_backward_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using op_t = opmath_t<scalar_t>;
     using acc_t = acc_type<scalar_t, false>;
@@ -191,7 +193,8 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
           op_t* __restrict__ wsum = want_w ? w_partial.data() + c * h : nullptr;
           acc_t bsum = 0;
           for (int64_t r = c * kRowsPerChunk; r < std::min(rows, (c + 1) * kRowsPerChunk); ++r) {
-            op_t dscore = nwj_score_grad(r < n_joint, op_t(ps[r]), g, inv_j, inv_m);
+            op_t dscore =
+                mean_bound_score_grad<MiBound::Nwj>(r < n_joint, op_t(ps[r]), g, inv_j, inv_m);
             if (pgs) dscore += op_t(pgs[r]);
             const op_t dpre = activation_grad<A>(dscore, op_t(ppre[r]), p);
             bsum += acc_t(dpre);

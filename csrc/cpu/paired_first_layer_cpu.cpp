@@ -204,7 +204,7 @@ Tensor paired_first_layer_cpu(const Tensor& data_half_in, const Tensor& latent_h
   check_perm_range(perm.const_data_ptr<int64_t>(), m);
   Tensor out = empty_on(data_half, {2 * m, h});
 
-  dispatch_floating(data_half.scalar_type(), "paired_first_layer_cpu", [&](auto type_tag) {
+  dispatch_floating_and_reduced(data_half.scalar_type(), "paired_first_layer_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using op_t = opmath_t<scalar_t>;
     const scalar_t* pa = data_half.const_data_ptr<scalar_t>();
@@ -253,7 +253,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cpu(
   check_perm_range(inverse_perm.const_data_ptr<int64_t>(), m);
   if (!args.any_wanted()) return args.grads();
 
-  dispatch_floating(data_half.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
+  dispatch_floating_and_reduced(data_half.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     BackwardPointers<scalar_t> ptr{
         data_half.const_data_ptr<scalar_t>(), latent_half.const_data_ptr<scalar_t>(), source.const_data_ptr<scalar_t>(),
@@ -276,7 +276,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_from_outp
                                           inverse_perm_in, want);
   check_perm_range(args.perm.const_data_ptr<int64_t>(), args.m);
   check_perm_range(args.inverse_perm.const_data_ptr<int64_t>(), args.m);
-  dispatch_floating(args.out.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
+  dispatch_floating_and_reduced(args.out.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     auto write = [&](int k) { return args.want[k] ? args.grads[k].mutable_data_ptr<scalar_t>() : nullptr; };
     BackwardPointers<scalar_t> ptr{

@@ -55,7 +55,7 @@ Tensor activation_forward_cuda(const Tensor& pre, const std::optional<Tensor>& b
   const int64_t n = pre.numel(), h = pre.size(1);
   if (n == 0) return out;
   const cudaStream_t stream = guard.stream();
-  dispatch_floating(pre.scalar_type(), "nwj_mlp", [&](auto type_tag) {
+  dispatch_floating_and_reduced(pre.scalar_type(), "nwj_mlp", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
@@ -82,7 +82,7 @@ Tensor activation_backward_cuda(const Tensor& grad, const Tensor& at, Activation
   const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
                   static_cast<unsigned int>((h + kLanes - 1) / kLanes));
   const cudaStream_t stream = guard.stream();
-  dispatch_floating(grad.scalar_type(), "nwj_mlp", [&](auto type_tag) {
+  dispatch_floating_and_reduced(grad.scalar_type(), "nwj_mlp", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using acc_t = acc_type<scalar_t, true>;
     Tensor partial = want_bias ? empty_on(grad, {chunks, h}, scalar_type_of<acc_t>()) : Tensor();

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "../activations.h"
+#include "../bounds.h"
 #include "../op_args.h"
-#include "../nwj.h"
 #include "launch.cuh"
 
 namespace infomax_ext {
@@ -38,7 +38,9 @@ __global__ void nwj_partial_sums_kernel(const T* t_joint, int64_t n_joint, const
   const int64_t end = joint ? n_joint : n_marg;
   acc_t sum = 0;
   for (int64_t e = begin + threadIdx.x; e < begin + kScoresPerBlock && e < end; e += kThreads) {
-    sum += joint ? acc_t(t_joint[e]) : acc_t(nwj_marginal_term(opmath_t<T>(t_marg[e])));
+    sum += joint ? acc_t(t_joint[e])
+                 : acc_t(bound_negative_term<MiBound::Nwj>(opmath_t<T>(t_marg[e]),
+                                                           opmath_t<T>(0)));
   }
   sum = block_sum(sum, shared);
   if (threadIdx.x == 0) partial[blockIdx.x] = sum;
@@ -84,10 +86,10 @@ __global__ void nwj_bound_backward_kernel(const op_t* grad, const T* t_marg, int
   const op_t g = *grad;
   INFOMAX_GRID_STRIDE_LOOP(e, n_joint + n_marg) {
     if (e < n_joint) {
-      gj[e] = T(nwj_score_grad(true, op_t(0), g, inv_joint, inv_marg));
+      gj[e] = T(mean_bound_score_grad<MiBound::Nwj>(true, op_t(0), g, inv_joint, inv_marg));
     } else {
-      gm[e - n_joint] =
-          T(nwj_score_grad(false, op_t(t_marg[e - n_joint]), g, inv_joint, inv_marg));
+      gm[e - n_joint] = T(mean_bound_score_grad<MiBound::Nwj>(false, op_t(t_marg[e - n_joint]),
+                                                              g, inv_joint, inv_marg));
     }
   }
 }
@@ -97,7 +99,7 @@ Tensor nwj_bound_cuda(const Tensor& t_joint_in, const Tensor& t_marg_in) {
   const DeviceGuard guard(t_joint_in);
   const Tensor tj = as_contiguous(t_joint_in), tm = as_contiguous(t_marg_in);
   Tensor bound = empty_on(tj, {}, bound_scalar_type(tj.scalar_type()));
-  dispatch_floating(tj.scalar_type(), "nwj_bound_cuda", [&](auto type_tag) {
+  dispatch_floating_and_reduced(tj.scalar_type(), "nwj_bound_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     launch_nwj_sums<scalar_t>(tj.const_data_ptr<scalar_t>(), tj.size(0), tm.const_data_ptr<scalar_t>(),
                               tm.size(0), tj, bound.mutable_data_ptr<opmath_t<scalar_t>>(),
@@ -116,7 +118,7 @@ std::tuple<Tensor, Tensor> nwj_bound_backward_cuda(const Tensor& grad_in,
   const Tensor grad = as_contiguous(grad_in);
   Tensor gj = empty_like_shape(tj), gm = empty_like_shape(tm);
   const int64_t nj = tj.size(0), nm = tm.size(0);
-  dispatch_floating(tj.scalar_type(), "nwj_bound_backward_cuda", [&](auto type_tag) {
+  dispatch_floating_and_reduced(tj.scalar_type(), "nwj_bound_backward_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using op_t = opmath_t<scalar_t>;
     nwj_bound_backward_kernel<scalar_t>
@@ -159,7 +161,7 @@ __global__ void nwj_head_scores_kernel(const T* hidden, const T* w, const T* bia
 }
 
 // Backward. Thread (column j, chunk) walks the chunk's rows r and, per row,
-//   dpre = (nwj_score_grad(r < n_joint, scores[r], *grad_bound) + grad_scores[r]) * act'(pre[r])
+//   dpre = (d bound / d scores[r] * *grad_bound + grad_scores[r]) * act'(pre[r])
 //   grad_hidden[r, j] = dpre * w[j],   w_partial[chunk, j] += dpre * hidden[r, j]
 // and the thread of column 0 sums dpre into b_partial[chunk]. Null outputs are not requested;
 // grad_scores may be null (zero).
@@ -182,7 +184,8 @@ __global__ void nwj_head_backward_kernel(const opmath_t<T>* grad_bound, const T*
   const op_t wj = column ? op_t(w[j]) : op_t(0);
   acc_t w_sum = 0, b_sum = 0;
   for (int64_t r = r_begin; r < r_end; ++r) {
-    op_t dscore = nwj_score_grad(r < n_joint, op_t(scores[r]), g, inv_joint, inv_marg);
+    op_t dscore =
+        mean_bound_score_grad<MiBound::Nwj>(r < n_joint, op_t(scores[r]), g, inv_joint, inv_marg);
     if (grad_scores) dscore += op_t(grad_scores[r]);
     const op_t dpre = activation_grad<A>(dscore, op_t(pre[r]), param);
     b_sum += acc_t(dpre);
@@ -214,7 +217,7 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_cuda(const Tensor& hidden_in,
   Tensor pre = empty_on(hidden, {rows});
   Tensor bound = empty_on(hidden, {}, bound_scalar_type(hidden.scalar_type()));
   const cudaStream_t stream = guard.stream();
-  dispatch_floating(hidden.scalar_type(), "nwj_head_cuda", [&](auto type_tag) {
+  dispatch_floating_and_reduced(hidden.scalar_type(), "nwj_head_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using acc_t = acc_type<scalar_t, true>;
     scalar_t* ps = scores.mutable_data_ptr<scalar_t>();
@@ -256,7 +259,7 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
   const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
                   static_cast<unsigned int>(std::max<int64_t>(1, (h + kLanes - 1) / kLanes)));
   const cudaStream_t stream = guard.stream();
-  dispatch_floating(hidden.scalar_type(), "nwj_head_backward_cuda", [&](auto type_tag) {
+  dispatch_floating_and_reduced(hidden.scalar_type(), "nwj_head_backward_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using op_t = opmath_t<scalar_t>;
     using acc_t = acc_type<scalar_t, true>;

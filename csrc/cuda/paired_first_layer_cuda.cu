@@ -126,7 +126,7 @@ Tensor paired_first_layer_cuda(const Tensor& data_half_in, const Tensor& latent_
   const dim3 block(kLanes, kRowGroups);
   const unsigned int grid = grid_size(m, kRowGroups);
   const cudaStream_t stream = guard.stream();
-  dispatch_floating(data_half.scalar_type(), "paired_first_layer_cuda", [&](auto type_tag) {
+  dispatch_floating_and_reduced(data_half.scalar_type(), "paired_first_layer_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
@@ -158,7 +158,7 @@ void launch_paired_backward(const Tensor& grad_out, const Tensor& data_half,
   const dim3 block(kLanes, kRowGroups);
   const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
                   static_cast<unsigned int>((h + kLanes - 1) / kLanes));
-  dispatch_floating(grad_out.scalar_type(), "paired_first_layer_backward_cuda", [&](auto type_tag) {
+  dispatch_floating_and_reduced(grad_out.scalar_type(), "paired_first_layer_backward_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using acc_t = acc_type<scalar_t, true>;
     auto read = [](const Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
