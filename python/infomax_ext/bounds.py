@@ -12,6 +12,9 @@ marginals (shuffled pairs, or every x_i with every z_j, j != i). Each entry give
   ``"rows"``: InfoNCE's per-row log-sum-exp over all codes).
 
 Calling a bound, ``bound(joint, negatives)``, returns the value with the surrogate's gradient.
+Every bound reduces in float32 or float64: bfloat16 and float16 scores are converted to float32
+first (:func:`as_reduction_dtype`), so the bound is float32 for them (float64 for float64
+scores) and their gradient returns in their own dtype.
 The bounds of the C++ table ``csrc/bounds.h`` (``compiled = True``: nwj, dv, js, smile) reduce
 the scores with the compiled op ``mi_bound`` (:mod:`infomax_ext.bound_op`) where it applies (the
 extension loaded, float32/64, not inside :func:`~infomax_ext.use_reference_path`); the formulas
@@ -69,10 +72,17 @@ def off_diagonal(scores: torch.Tensor) -> torch.Tensor:
 def _off_diagonal_at(rows: torch.Tensor, offset: int) -> torch.Tensor:
     """Entries of ``rows`` (R, C) other than (i, offset + i), row by row (1-D)."""
     r, c = rows.shape
-    keep = torch.ones(r, c, dtype=torch.bool, device=rows.device)
-    index = torch.arange(r, device=rows.device)
-    keep[index, index + offset] = False
-    return rows[keep]
+    # column k of row i's (C - 1) entries is k, or k + 1 from the joint column on: a gather of a
+    # static shape (a boolean mask would give torch.compile a data-dependent size)
+    columns = torch.arange(c - 1, device=rows.device)
+    joint_columns = torch.arange(r, device=rows.device)[:, None] + offset
+    return rows.gather(1, columns + (columns >= joint_columns).long()).flatten()
+
+
+def as_reduction_dtype(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the dtype every bound reduces in: float32 for bfloat16 and float16 scores (a
+    differentiable conversion: the gradient returns in ``t``'s dtype), ``t`` itself otherwise."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def _with_gradient_of(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
@@ -122,6 +132,7 @@ class Bound:
         is the log-mean-exp the ``"log_mean_exp"`` bounds take over the negatives (a whole-batch
         one across processes, :mod:`infomax_ext.distributed_bounds`)."""
         _check_scores(self.name, joint, negatives)
+        joint, negatives = as_reduction_dtype(joint), as_reduction_dtype(negatives)
         param = self.op_param() if lme is log_mean_exp else None
         if param is not None and bound_op.kernel_applies(joint, negatives):
             value, objective = bound_op.mi_bound(joint, negatives, self.name, param)
@@ -294,6 +305,7 @@ class InfoNCE(Bound):
         """The mean over ``rows`` (R, C) of ``joint_i - logsumexp_j rows[i, j]``, + log C
         (the rows of one process when the batch is split: their mean over processes is the
         whole batch's bound; ``rows`` holds the joint scores at (i, offset + i))."""
+        rows, joint = as_reduction_dtype(rows), as_reduction_dtype(joint)
         return (joint - torch.logsumexp(rows, 1)).mean() + math.log(rows.shape[1])
 
 
