@@ -119,6 +119,11 @@ class Bound:
             return None
         return float(getattr(self, self.param_name)) if self.param_name else 0.0
 
+    def without_state_update(self) -> "Bound":
+        """This bound using whatever state it keeps without updating it (itself when it keeps
+        none; :class:`DV`'s moving average)."""
+        return self
+
     def value(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -203,8 +208,13 @@ class DV(Bound):
 
     ``moving_average`` (gamma in [0, 1), None by default): MINE's bias-corrected gradient. The
     gradient of the log term becomes ``grad mean exp(T_m) / ema`` with ``ema = gamma ema + (1 -
-    gamma) mean exp(T_m)`` (without gradient, clamped to [1e-4, 1e4], the first batch's mean
-    to start; updated on every call that builds a graph). The value is unchanged."""
+    gamma) mean exp(T_m)`` (without gradient, the batch mean clamped to [1e-4, 1e4], the first
+    batch's mean to start). The average is updated on every call that builds a graph, except
+    through :meth:`without_state_update` (a view that reads the same average without updating
+    it: the VAE's loss, :func:`~infomax_ext.infomaxloss`, uses it, so the critic's loss alone
+    updates the average, once per training step, as MINE does). The value is unchanged.
+    :meth:`average_state` / :meth:`load_average_state` save and restore the average
+    (checkpoints)."""
 
     name, reduction, compiled = "dv", "log_mean_exp", True
 
@@ -216,7 +226,65 @@ class DV(Bound):
                                  f"{moving_average!r}")
             moving_average = float(moving_average)
         self.moving_average = moving_average
-        self.ema: torch.Tensor | None = None
+        self._average = _RunningAverage()
+        self.updates_average = True
+
+    @property
+    def ema(self) -> torch.Tensor | None:
+        """The running average of ``mean exp(T_m)`` (0-dim, no gradient), None before the first
+        update."""
+        return self._average.value
+
+    @property
+    def average_updates(self) -> int:
+        """How many batches the running average has taken in."""
+        return self._average.updates
+
+    def without_state_update(self) -> "DV":
+        """This bound reading its running average without updating it (the same settings and
+        the same average object; ``self`` without a moving average)."""
+        if self.moving_average is None:
+            return self
+        view = DV(self.moving_average)
+        view._average = self._average
+        view.updates_average = False
+        return view
+
+    def update_average(self, batch_mean: torch.Tensor) -> torch.Tensor:
+        """Take in one batch's ``mean exp(T_m)`` (0-dim, clamped to [1e-4, 1e4]); returns the
+        new average."""
+        state, gamma = self._average, cast(float, self.moving_average)
+        batch_mean = batch_mean.detach().clamp(1e-4, 1e4)
+        state.value = batch_mean if state.value is None else \
+            gamma * state.value.to(batch_mean) + (1 - gamma) * batch_mean
+        state.updates += 1
+        return state.value
+
+    def average_state(self) -> dict[str, Any] | None:
+        """``{"average": 0-dim tensor on the CPU, "updates": int}``, None without a moving
+        average or before the first update."""
+        if self.moving_average is None or self._average.value is None:
+            return None
+        return {"average": self._average.value.detach().cpu().clone(),
+                "updates": self._average.updates}
+
+    def load_average_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`average_state` returned (ValueError naming the entry when it is
+        not such a state)."""
+        if self.moving_average is None:
+            raise ValueError("dv without moving_average keeps no running average to load")
+        if not isinstance(state, dict) or set(state) != {"average", "updates"}:
+            raise ValueError("dv average state must be a dict with 'average' and 'updates', got "
+                             f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
+        average, updates = state["average"], state["updates"]
+        if not isinstance(average, torch.Tensor) or average.dim() != 0 \
+                or not average.is_floating_point() or not 1e-4 <= float(average) <= 1e4:
+            raise ValueError("dv average state: 'average' must be a 0-dim floating tensor in "
+                             f"[1e-4, 1e4], got {average!r}")
+        if isinstance(updates, bool) or not isinstance(updates, int) or updates < 1:
+            raise ValueError(f"dv average state: 'updates' must be an integer >= 1, got {updates!r}")
+        self._average.value = average.detach().clone()
+        self._average.updates = updates
 
     def op_param(self) -> float | None:
         return None if self.moving_average is not None else super().op_param()
@@ -230,18 +298,28 @@ class DV(Bound):
             return None
         exp_neg = torch.exp(negatives)
         with torch.no_grad():
-            batch = exp_neg.mean().clamp(1e-4, 1e4)
-            if self.ema is None:
-                self.ema = batch
-            else:
-                self.ema = self.moving_average * self.ema + (1 - self.moving_average) * batch
-        return joint.mean() - exp_neg.mean() / self.ema
+            batch = exp_neg.mean()
+            if self.updates_average:
+                average = self.update_average(batch)
+            else:  # before the first update: this batch's mean
+                average = self._average.value if self._average.value is not None \
+                    else batch.clamp(1e-4, 1e4)
+        return joint.mean() - exp_neg.mean() / average.to(exp_neg)
 
     def config(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
         if self.moving_average is not None:
             out["moving_average"] = self.moving_average
         return out
+
+
+class _RunningAverage:
+    """The state of :class:`DV`'s moving average, shared by the bound and its
+    :meth:`~DV.without_state_update` views."""
+
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+        self.updates = 0
 
 
 def js_objective(joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
