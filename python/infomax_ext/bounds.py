@@ -293,12 +293,34 @@ class DV(Bound):
               lme: LogMeanExp = log_mean_exp) -> torch.Tensor:
         return joint.mean() - lme(negatives)
 
-    def surrogate(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor | None:
+    def __call__(self, joint: torch.Tensor, negatives: torch.Tensor, *,
+                 lme: LogMeanExp = log_mean_exp,
+                 mean_over_group: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> torch.Tensor:
+        """As :meth:`Bound.__call__`; ``mean_over_group`` (a batch split across processes with
+        equal numbers of negatives: the mean of a 0-dim tensor over the processes) makes the
+        batch mean of exp(T_m) that the moving average takes in the whole batch's, so every
+        process keeps the same average."""
+        if mean_over_group is None or self.moving_average is None:
+            return super().__call__(joint, negatives, lme=lme)
+        _check_scores(self.name, joint, negatives)
+        joint, negatives = as_reduction_dtype(joint), as_reduction_dtype(negatives)
+        value = self.value(joint, negatives, lme)
+        if not torch.is_grad_enabled():
+            return value
+        return _with_gradient_of(value, self.surrogate(joint, negatives, mean_over_group))
+
+    def surrogate(self, joint: torch.Tensor, negatives: torch.Tensor,
+                  mean_over_group: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> torch.Tensor | None:
         if self.moving_average is None:
             return None
         exp_neg = torch.exp(negatives)
         with torch.no_grad():
             batch = exp_neg.mean()
+            if mean_over_group is not None and (self.updates_average
+                                                or self._average.value is None):
+                batch = mean_over_group(batch)
             if self.updates_average:
                 average = self.update_average(batch)
             else:  # before the first update: this batch's mean
