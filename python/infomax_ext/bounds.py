@@ -308,13 +308,16 @@ class DV(Bound):
         value = self.value(joint, negatives, lme)
         if not torch.is_grad_enabled():
             return value
-        return _with_gradient_of(value, self.surrogate(joint, negatives, mean_over_group))
+        return _with_gradient_of(value, self._corrected(joint, negatives, mean_over_group))
 
-    def surrogate(self, joint: torch.Tensor, negatives: torch.Tensor,
-                  mean_over_group: Callable[[torch.Tensor], torch.Tensor] | None = None
-                  ) -> torch.Tensor | None:
-        if self.moving_average is None:
-            return None
+    def surrogate(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor | None:
+        return None if self.moving_average is None else self._corrected(joint, negatives)
+
+    def _corrected(self, joint: torch.Tensor, negatives: torch.Tensor,
+                   mean_over_group: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> torch.Tensor:
+        """MINE's objective ``mean T_j - mean exp(T_m) / average`` (the average taking in this
+        batch, or read: see the class docstring)."""
         exp_neg = torch.exp(negatives)
         with torch.no_grad():
             batch = exp_neg.mean()
