@@ -170,3 +170,32 @@ def test_checkpoint_refuses_a_bound_state_that_does_not_fit(tmp_path):
     other = dict(plain.state_dict(), bound_state=state["bound_state"])
     with pytest.raises(SerializationError, match="keeps no running average"):
         validate_checkpoint(other, tmp_path / "c.pt", TrainConfig)
+
+
+def test_train_config_and_command_set_the_moving_average(tmp_path, capsys, one_thread):
+    import json
+
+    from infomax_ext.cli import main
+    from infomax_ext.serialization import safe_torch_load
+
+    assert tiny(bound="dv", dv_moving_average=0.9).mi_bound() == bounds.DV(moving_average=0.9)
+    assert tiny(bound="dv").mi_bound() == bounds.DV()
+    with pytest.raises(ValueError, match="dv_moving_average is a setting of bound 'dv'"):
+        tiny(dv_moving_average=0.9).validate()
+    with pytest.raises(ValueError, match=r"dv_moving_average must be a number in \[0, 1\)"):
+        tiny(bound="dv", dv_moving_average=1.0).validate()
+    out = tmp_path / "run"
+    args = ["--latent-dim", "2", "--encoder-neurons", "8", "--decoder-neurons", "8",
+            "--mi-neurons", "8", "--eval-mi-steps", "2", "--batch-size", "256", "--quiet",
+            "--no-plots"]
+    assert main(["train", "--out", str(out), "--epochs", "1", "--bound", "dv",
+                 "--dv-moving-average", "0.9", *args]) == 0
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert train["bound"] == "dv" and train["dv_moving_average"] == 0.9
+    assert im.InfoMaxVAE.load(out / "model").bound == bounds.DV(moving_average=0.9)
+    state = safe_torch_load(out / CHECKPOINT_FILE)["bound_state"]
+    assert state["updates"] >= 1 and 1e-4 <= float(state["average"]) <= 1e4
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(tmp_path / "bad"), "--dv-moving-average", "0.5", "--quiet"])
+    assert "dv_moving_average is a setting of bound 'dv'" in capsys.readouterr().err
