@@ -1076,7 +1076,7 @@ class _SumColumns(nn.Module):
 def test_fused_plan_gives_a_stack_for_linear_and_kernel_activation_middles(name):
     mi = STACK_CHAINS[name]()
     plan = fused_plan(mi)
-    assert plan is not None and plan.stack is not None
+    assert plan and plan.stack is not None
     linears = [m for m in plan.middle if isinstance(m, nn.Linear)]
     assert [layer for layer, _ in plan.stack] == linears
     assert plan.head.out_features == 1
@@ -1091,7 +1091,7 @@ def test_the_stack_of_a_linear_linear_middle_has_an_identity_between():
 @pytest.mark.parametrize("name", list(NO_STACK_CHAINS))
 def test_fused_plan_gives_no_stack_otherwise(name):
     plan = fused_plan(NO_STACK_CHAINS[name]())
-    assert plan is None or plan.stack is None
+    assert not plan or plan.stack is None
 
 
 @pytest.fixture
@@ -1124,7 +1124,7 @@ def test_paired_mutual_info_through_nwj_mlp_equals_two_calls(name, shuffled_grad
     params = [z, *mi.parameters()]
     fused = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
     stack = fused_plan(mi)
-    stack = None if stack is None else stack.stack
+    stack = stack.stack if stack else None
     assert nwj_mlp_calls == ([] if stack is None else [len(stack)])
     if stack is not None:
         assert fused.bound.grad_fn.name() == "_NwjMlpBackward"

@@ -14,6 +14,7 @@ for later evaluations on the same data and weights.
 """
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, cast
 
 import torch
@@ -36,6 +37,10 @@ NEGATIVES = ("shuffle", "all")
 __all__ = [
     "MutualInfoChain",
     "MIScores",
+    "FusedPlan",
+    "NoFusedPlan",
+    "fused_plan",
+    "fused_plan_reasons",
     "PairedBound",
     "shuffle_latent",
     "latent_permutation",
@@ -199,14 +204,34 @@ def shuffle_latent(z: torch.Tensor, seed: int | None = None) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-class _FusedPlan(NamedTuple):
+class FusedPlan(NamedTuple):
+    """How a chain splits for the shared (fused) evaluation: the first Linear and its activation,
+    the modules between it and the head, the head Linear(., 1) and its activation (None when the
+    MLP does not end with one), and ``stack``: the middle as (Linear, activation) pairs when
+    nwj_mlp runs it, else None. A plan holds modules, never their tensors: every call reads the
+    current weights. Truthy; :class:`NoFusedPlan` is its falsy counterpart."""
+
     first: nn.Linear
     first_act: ActivationSpec
     middle: list[nn.Module]
     head: nn.Linear | None
     head_act: ActivationSpec | None
-    # middle as (Linear, ActivationSpec) pairs when nwj_mlp can run it
     stack: list[tuple[nn.Linear, ActivationSpec]] | None
+    # nwj_mlp's activation names and parameters of the stack, built once with the plan
+    stack_activations: tuple[list[str], list[float]] | None = None
+
+
+_FusedPlan = FusedPlan
+
+
+class NoFusedPlan(NamedTuple):
+    """Why a chain cannot take the shared (fused) evaluation: ``reasons``, one sentence per
+    obstacle. Falsy, so ``if fused_plan(mi):`` reads as "the chain takes the fused path"."""
+
+    reasons: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return False
 
 
 def _linear_stack(middle: list[nn.Module]) -> list[tuple[nn.Linear, ActivationSpec]] | None:
@@ -231,19 +256,66 @@ def _linear_stack(middle: list[nn.Module]) -> list[tuple[nn.Linear, ActivationSp
 _BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
-def fused_plan(mi: nn.Module) -> _FusedPlan | None:
-    """How the chain splits for the shared evaluation, or None when it must take two calls
-    (:func:`fused_plan_reasons` says why)."""
-    return _plan_and_reasons(mi)[0]
+def fused_plan(mi: nn.Module) -> FusedPlan | NoFusedPlan:
+    """How the chain splits for the shared evaluation (a :class:`FusedPlan`), or a
+    :class:`NoFusedPlan` (falsy) with the reasons it must take two calls.
+
+    Built once per chain and kept while the chain's structure is unchanged: the key is every
+    submodule's identity and type with its plain settings (a replaced layer, an activation
+    swapped or its slope changed, a module inserted give a new plan). The plan holds modules,
+    not tensors, so optimizer steps, ``load_state_dict`` and ``.to()`` need no new plan. While
+    torch.compile traces, the plan is built without the cache."""
+    if torch.compiler.is_compiling():
+        return _build_plan(mi)
+    key = _structure_key(mi)
+    entry = _PLANS.get(mi)
+    if entry is not None and entry[0] == key:
+        return entry[1]
+    plan = _build_plan(mi)
+    _PLANS[mi] = (key, plan)
+    return plan
 
 
 def fused_plan_reasons(mi: nn.Module) -> list[str]:
     """Why ``mi`` cannot take the shared (fused) evaluation: one sentence per obstacle, an
     empty list when it can (see :func:`~infomax_ext.explain.explain_path` for a whole call)."""
-    return _plan_and_reasons(mi)[1]
+    plan = fused_plan(mi)
+    return [] if isinstance(plan, FusedPlan) else list(plan.reasons)
 
 
-def _plan_and_reasons(mi: nn.Module) -> tuple[_FusedPlan | None, list[str]]:
+# The plan of each chain, with the structure key it was built for; an entry goes with its chain.
+_PLANS: weakref.WeakKeyDictionary[nn.Module, tuple[list[Any], FusedPlan | NoFusedPlan]] = (
+    weakref.WeakKeyDictionary())
+_PLAIN_SETTINGS = (bool, int, float, str, type(None))
+
+
+def _structure_key(mi: nn.Module) -> list[Any]:
+    """What the plan of ``mi`` depends on: each submodule's identity and type, and the public
+    settings of each leaf other than a Linear (an activation's slope; plain values as they are,
+    anything else by identity; ``training`` left out). The plan keeps the Linear layers it names
+    alive, so their identities cannot be reused while it is kept."""
+    key: list[Any] = []
+    pending = [mi]
+    while pending:
+        module = pending.pop()
+        key.append(id(module))
+        key.append(type(module))
+        children = module._modules
+        if children:
+            pending.extend(child for child in children.values() if child is not None)
+        elif type(module) is not nn.Linear:
+            key.append(tuple((name, value if type(value) in _PLAIN_SETTINGS else id(value))
+                             for name, value in module.__dict__.items()
+                             if name[0] != "_" and name != "training"))
+    return key
+
+
+def _build_plan(mi: nn.Module) -> FusedPlan | NoFusedPlan:
+    plan, reasons = _plan_and_reasons(mi)
+    return NoFusedPlan(tuple(reasons)) if plan is None else plan
+
+
+def _plan_and_reasons(mi: nn.Module) -> tuple[FusedPlan | None, list[str]]:
     mlp = getattr(mi, "mlp", None)
     if not isinstance(mlp, nn.Sequential) or len(mlp) == 0:
         return None, [f"mi.mlp is {type(mlp).__name__}, not a non-empty nn.Sequential"]
@@ -271,9 +343,12 @@ def _plan_and_reasons(mi: nn.Module) -> tuple[_FusedPlan | None, list[str]]:
           and layers[-2].out_features == 1 and kernel_spec(last) is not None):
         head, head_act, end = layers[-2], kernel_spec(last), len(layers) - 2
     middle = layers[k:end]
+    stack = _linear_stack(middle) if head is not None else None
+    stack_activations = None if stack is None else (
+        [act.name for _, act in stack], [float(act.param) for _, act in stack])
     # layers[0] is a Linear (checked above); first_act is not None (returned above when it was)
-    return _FusedPlan(cast(nn.Linear, layers[0]), cast(ActivationSpec, first_act), middle, head,
-                      head_act, _linear_stack(middle) if head is not None else None), []
+    return FusedPlan(cast(nn.Linear, layers[0]), cast(ActivationSpec, first_act), middle, head,
+                     head_act, stack, stack_activations), []
 
 
 class DataHalfCache:
@@ -287,8 +362,9 @@ class DataHalfCache:
     update), so the MI loss skips one (N x Dx) @ (Dx x H) product when ``data(x)`` needs no
     gradient; the cache's last use comes before the MI update. An entry is found by the memory ``data(x)`` occupies (the same elements in
     the same layout: ``x`` itself, or a view of it for a chain whose ``data`` has no parameters)
-    and by the weight tensor; it keeps both alive, so no other tensor can take that memory while
-    the cache exists. Only data halves without gradient are kept (``data(x)`` needs none: no
+    and by the weight tensor, each with its version counter (an in-place change of either, such
+    as an optimizer step or ``load_state_dict``, makes the entry unreachable); it keeps both
+    alive, so no other tensor can take that memory while the cache exists. Only data halves without gradient are kept (``data(x)`` needs none: no
     parameters of its own, or frozen, and x constant); while torch.compile traces, none is used.
     :meth:`clear` empties the cache (after an in-place change, for instance).
     """
@@ -308,7 +384,10 @@ class DataHalfCache:
         ``hx`` needs gradient or while torch.compile traces."""
         if torch.compiler.is_compiling() or hx.requires_grad:
             return None
-        key = (hx.data_ptr(), tuple(hx.shape), hx.stride(), hx.dtype, hx.device, id(weight))
+        # The version counters make an entry unreachable after an in-place change of the data or
+        # the weight (an optimizer step, load_state_dict, an edit under torch.no_grad).
+        key = (hx.data_ptr(), tuple(hx.shape), hx.stride(), hx.dtype, hx.device, hx._version,
+               id(weight), weight._version)
         entry = self._entries.get(key)
         if entry is None:
             with torch.no_grad():
@@ -359,7 +438,7 @@ def paired_mutual_info(
                          f"{tuple(perm.shape) if isinstance(perm, torch.Tensor) else type(perm).__name__}")
     path = _ops.current_path()
     plan = None if path == "two_call" else fused_plan(mi)
-    if plan is None:
+    if not isinstance(plan, FusedPlan):
         return _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad, bound)
     try:
         hx = mi.data(x).reshape(n, -1)  # type: ignore[operator]  # a chain's parts are modules
@@ -391,11 +470,11 @@ def paired_mutual_info(
     value: torch.Tensor | None
     if plan.stack is not None:
         assert plan.head is not None and plan.head_act is not None  # a stack is planned with a head
+        assert plan.stack_activations is not None  # built with every stack
         value, scores = _ops.nwj_mlp(
             h, [layer.weight for layer, _ in plan.stack], [layer.bias for layer, _ in plan.stack],
-            [act.name for _, act in plan.stack], [act.param for _, act in plan.stack],
-            plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
-            plan.head_act.param)
+            *plan.stack_activations, plan.head.weight.reshape(-1), plan.head.bias, m,
+            plan.head_act.name, plan.head_act.param)
         return _paired(bound, scores[:m], scores[m:], value)
     for module in plan.middle:
         h = module(h)
@@ -441,7 +520,7 @@ def _shuffled_half_needs_graph(mi: nn.Module, x: torch.Tensor, z: torch.Tensor,
     return any(p.requires_grad for p in mi.parameters())
 
 
-def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
+def _joint_graph_bound(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
                        perm: torch.Tensor | None, cache: DataHalfCache | None,
                        hz_shuffle: torch.Tensor | None = None,
                        bound: Bound = NWJ()) -> PairedBound:
