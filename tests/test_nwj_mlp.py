@@ -1096,15 +1096,21 @@ def test_fused_plan_gives_no_stack_otherwise(name):
 
 @pytest.fixture
 def nwj_mlp_calls(monkeypatch):
-    """The number of calls of _ops.nwj_mlp (what paired_mutual_info calls)."""
+    """The number of hidden layers of each call of _ops.nwj_mlp or of the one-node chain
+    _autograd.nwj_chain (paired_linear then nwj_mlp), what paired_mutual_info calls."""
     calls = []
-    real = _ops.nwj_mlp
+    real, real_chain = _ops.nwj_mlp, _autograd.nwj_chain
 
     def counting(*args, **kwargs):
         calls.append(len(args[1]))
         return real(*args, **kwargs)
 
+    def counting_chain(*args, **kwargs):
+        calls.append(len(args[9]))
+        return real_chain(*args, **kwargs)
+
     monkeypatch.setattr(_ops, "nwj_mlp", counting)
+    monkeypatch.setattr(_autograd, "nwj_chain", counting_chain)
     return calls
 
 
@@ -1127,7 +1133,7 @@ def test_paired_mutual_info_through_nwj_mlp_equals_two_calls(name, shuffled_grad
     stack = stack.stack if stack else None
     assert nwj_mlp_calls == ([] if stack is None else [len(stack)])
     if stack is not None:
-        assert fused.bound.grad_fn.name() == "_NwjMlpBackward"
+        assert fused.bound.grad_fn.name() == "_NwjChainBackward"
     with im.use_path("two_call"):
         plain = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
     assert nwj_mlp_calls == ([] if stack is None else [len(stack)])  # two calls: the modules

@@ -464,10 +464,21 @@ def paired_mutual_info(
         source = mi.latent(z.detach())  # type: ignore[operator]
     else:
         source = None
-    h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm,  # type: ignore[arg-type]
-                           plan.first_act.name,
-                           plan.first_act.param, _kept_data_half(data_half_cache, hx, weight))
+    data_half = _kept_data_half(data_half_cache, hx, weight)
     value: torch.Tensor | None
+    if plan.stack is not None and _one_node(plan, hx, hz, source, data_half, perm):
+        from . import _autograd  # loaded with the extension, which _one_node found
+        assert plan.head is not None and plan.head_act is not None  # a stack is planned with a head
+        assert plan.stack_activations is not None and perm is not None  # as _one_node found
+        value, scores = _autograd.nwj_chain(
+            hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
+            plan.first_act.param, data_half, [layer.weight for layer, _ in plan.stack],
+            [layer.bias for layer, _ in plan.stack], *plan.stack_activations,
+            plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
+            plan.head_act.param)
+        return _paired(bound, scores[:m], scores[m:], value)
+    h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm,  # type: ignore[arg-type]
+                           plan.first_act.name, plan.first_act.param, data_half)
     if plan.stack is not None:
         assert plan.head is not None and plan.head_act is not None  # a stack is planned with a head
         assert plan.stack_activations is not None  # built with every stack
@@ -490,6 +501,26 @@ def paired_mutual_info(
         scores = h.reshape(-1)
         value = None
     return _paired(bound, scores[:m], scores[m:], value)
+
+
+def _one_node(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor, source: torch.Tensor | None,
+              data_half: torch.Tensor | None, perm: torch.Tensor | None) -> bool:
+    """Whether the chain from its first layer to the bound runs as one autograd node
+    (_autograd.nwj_chain): eager mode, a gradient to compute, every tensor on one device and the
+    kernels apply to them. Otherwise paired_linear and nwj_mlp run as two ops (as torch.compile's
+    graphs hold them), whose wrappers name any argument that does not fit."""
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled() or perm is None:
+        return False
+    assert plan.stack is not None and plan.head is not None
+    tensors = [hx, hz, source, data_half, plan.first.weight, plan.first.bias, plan.head.weight,
+               plan.head.bias]
+    for layer, _ in plan.stack:
+        tensors += [layer.weight, layer.bias]
+    device = hx.device
+    return (perm.device == device
+            and all(t is None or t.device == device for t in tensors)
+            and any(t is not None and t.requires_grad for t in tensors)
+            and _ops.kernels_apply(*tensors))
 
 
 def _shuffled_pairs_bound(bound: str | Bound) -> Bound:
