@@ -1,6 +1,4 @@
 """``python -m infomax_ext ...``: the ``infomax-ext`` command (see :mod:`infomax_ext.cli`)."""
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

@@ -15,7 +15,7 @@ from torch import nn
 from .activations import ActivationLike, activation_config, activation_from_config, as_module
 
 __all__ = ["check_size", "parse_size", "check_layers", "linear", "mlp", "head", "builder_config",
-           "Built"]
+           "Built", "output_pair"]
 
 # Config keys that hold an activation or a list of them.
 _ACTIVATION_KEYS = ("activation", "activations")
@@ -121,3 +121,15 @@ class Built(nn.Module):
         }
         built: _BuiltT = cls.from_sizes(**kwargs)  # type: ignore[attr-defined]  # each subclass has it
         return built
+
+
+def output_pair(name: str, activation: ActivationLike | Sequence[ActivationLike],
+          second_default: ActivationLike) -> tuple[Any, Any]:
+    """An output activation given once or as a pair ``(first head, second head)``."""
+    if isinstance(activation, (list, tuple)):
+        if len(activation) != 2:
+            raise ValueError(
+                f"{name} must be one activation or a pair of two, got {len(activation)} items"
+            )
+        return tuple(activation)
+    return activation, (activation if second_default is None else second_default)

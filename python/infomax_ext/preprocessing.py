@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .data import NORMALIZATIONS, DataError, _rescaled
+from .data_checks import NORMALIZATIONS, DataError, _rescaled
 
 if TYPE_CHECKING:
     from .data import ArrayDataset

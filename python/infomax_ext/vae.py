@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Callable, NamedTuple, Sequence, Union
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from . import widths
-from ._builders import Built, builder_config, check_layers, check_size, head, mlp, parse_size
+from ._builders import Built, builder_config, check_layers, check_size, head, mlp, output_pair, \
+    parse_size
+from .decoders import (BernoulliDecoder, JointGaussianDecoder, JointGaussianLogDecoder,
+                       SimpleGaussianDecoder, SplitGaussianDecoder, SplitGaussianLogDecoder)
 from .activations import ActivationLike, identity
 from .validation import as_count
+from .vae_outputs import (BernoulliOutput, DecoderOutput, EncoderOutput, GaussianLogOutput,
+                          GaussianOutput, SimpleGaussianOutput, VAEOutput)
+from .vae_outputs import Init as Init  # re-exported: the chain builders take one too
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -53,66 +59,6 @@ __all__ = [
 
 _LOG_2PI = math.log(2 * math.pi)
 
-Init = Callable[[torch.Tensor], Any]
-"""A weight initialiser that fills its tensor in place (``nn.init.xavier_uniform_``)."""
-
-
-# ----------------------------------------------------------------------------- outputs
-
-class GaussianLogOutput(NamedTuple):
-    """A diagonal Gaussian: mean ``mu`` and log standard deviation ``logsigma``, same shape."""
-
-    mu: torch.Tensor
-    logsigma: torch.Tensor
-
-
-class GaussianOutput(NamedTuple):
-    """A diagonal Gaussian: mean ``mu`` and standard deviation ``sigma > 0``, same shape."""
-
-    mu: torch.Tensor
-    sigma: torch.Tensor
-
-
-class BernoulliOutput(NamedTuple):
-    """Independent Bernoulli probabilities ``p`` in ``(0, 1)``."""
-
-    p: torch.Tensor
-
-
-class SimpleGaussianOutput(NamedTuple):
-    """A Gaussian mean ``mu`` with unit standard deviation."""
-
-    mu: torch.Tensor
-
-
-EncoderOutput = Union[GaussianLogOutput, GaussianOutput]
-"""What an encoder returns: ``(mu, logsigma)`` or ``(mu, sigma)``, each (N, d)."""
-
-DecoderOutput = Union[BernoulliOutput, SimpleGaussianOutput, GaussianLogOutput, GaussianOutput]
-"""What a decoder returns (one of the four output tuples)."""
-
-
-class VAEOutput(NamedTuple):
-    """``vae(x, latent=True)``: the encoder output, the sampled codes ``z`` and their decoding."""
-
-    encoder: GaussianLogOutput | GaussianOutput
-    z: torch.Tensor
-    decoder: NamedTuple
-
-
-# ----------------------------------------------------------------------------- builder helpers
-
-def _pair(name: str, activation: ActivationLike | Sequence[ActivationLike],
-          second_default: ActivationLike) -> tuple[Any, Any]:
-    """An output activation given once or as a pair ``(first head, second head)``."""
-    if isinstance(activation, (list, tuple)):
-        if len(activation) != 2:
-            raise ValueError(
-                f"{name} must be one activation or a pair of two, got {len(activation)} items"
-            )
-        return tuple(activation)
-    return activation, (activation if second_default is None else second_default)
-
 
 # ----------------------------------------------------------------------------- encoders
 
@@ -129,7 +75,7 @@ class _Encoder(Built):
         check_size("n_latent", n_latent)
         neurons = check_layers("encoder_neurons", encoder_neurons,
                                 "encoder_activation", encoder_activation)
-        first_act, second_act = _pair("latent_activation", latent_activation, second_default)
+        first_act, second_act = output_pair("latent_activation", latent_activation, second_default)
         trunk: list[nn.Module] = [nn.Flatten()] if shape is not None else []
         trunk += mlp(n_in, neurons, encoder_activation, init)
         n_hidden = neurons[-1] if neurons else n_in
@@ -198,252 +144,6 @@ class JointGaussianEncoder(_Encoder):
         to ``mu`` only and the ``sigma`` head ends in softplus; a pair ``(mu, sigma)`` sets both."""
         return cls._build(size_input, n_latent, encoder_neurons, encoder_activation,
                           latent_activation, init, "softplus")
-
-
-# ----------------------------------------------------------------------------- decoders
-
-def _decoder_net(n_latent: int, n_out: int, shape: list[int] | None, neurons: list[int],
-                 activations: Sequence[ActivationLike], output_activation: ActivationLike,
-                 init: Init) -> nn.Sequential:
-    """``Linear(n_latent -> h1), act1, ..., Linear(hk -> n_out), output_activation``, then an
-    unflatten to ``shape`` if given."""
-    n_hidden = neurons[-1] if neurons else n_latent
-    return nn.Sequential(*mlp(n_latent, neurons, activations, init),
-                         *head(n_hidden, n_out, output_activation, init, shape))
-
-
-class _OneNetDecoder(Built):
-    """One network ``decoder`` on ``z``; its output is the one field of ``_output``."""
-
-    widths_through = (("decoder",), ("decoder",))
-    _output: type = BernoulliOutput
-
-    def __init__(self, decoder: nn.Module):
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, z: torch.Tensor) -> Any:
-        return self._output(self.decoder(z))
-
-    @classmethod
-    def _build(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
-               decoder_activation: Sequence[ActivationLike], output_activation: ActivationLike,
-               init: Init) -> Self:
-        n_out, shape = parse_size("size_output", size_output)
-        check_size("n_latent", n_latent)
-        neurons = check_layers("decoder_neurons", decoder_neurons,
-                                "decoder_activation", decoder_activation)
-        module = cls(_decoder_net(n_latent, n_out, shape, neurons, decoder_activation,
-                                  output_activation, init))
-        module.config = builder_config(
-            cls.__name__, size_output=size_output, n_latent=n_latent,
-            decoder_neurons=list(decoder_neurons), decoder_activation=list(decoder_activation),
-            output_activation=output_activation,
-        )
-        return module
-
-
-class BernoulliDecoder(_OneNetDecoder):
-    """``z (M, d) -> BernoulliOutput(p)``, ``p = decoder(z)`` of shape ``(M, *data_shape)``."""
-
-    _output = BernoulliOutput
-
-    @classmethod
-    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
-                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
-                   output_activation: ActivationLike = torch.sigmoid, *,
-                   init: Init = nn.init.xavier_uniform_) -> Self:
-        """MLP ``Linear(n_latent -> h1), act1, ..., Linear(hk -> n_out), output_activation``,
-        reshaped to ``size_output`` when that is a shape (``n_out`` is then its product).
-        Keep the sigmoid so that ``p`` is in (0, 1). ``init`` fills each weight in place
-        (xavier uniform by default); biases start at zero."""
-        return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
-                          output_activation, init)
-
-
-class SimpleGaussianDecoder(_OneNetDecoder):
-    """``z (M, d) -> SimpleGaussianOutput(mu)``, ``mu = decoder(z)`` of shape
-    ``(M, *data_shape)``; the standard deviation is 1."""
-
-    _output = SimpleGaussianOutput
-
-    @classmethod
-    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
-                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
-                   output_activation: ActivationLike = identity, *,
-                   init: Init = nn.init.xavier_uniform_) -> Self:
-        """As :meth:`BernoulliDecoder.from_sizes`, with an identity output by default."""
-        return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
-                          output_activation, init)
-
-
-class _JointDecoder(Built):
-    """Shared trunk ``decoder`` on ``z``, then two heads."""
-
-    widths_through = (("decoder", "mu"), ("mu", "decoder"))
-    @classmethod
-    def _build(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
-               decoder_activation: Sequence[ActivationLike],
-               output_activation: ActivationLike | Sequence[ActivationLike], init: Init,
-               second_default: ActivationLike) -> Self:
-        n_out, shape = parse_size("size_output", size_output)
-        check_size("n_latent", n_latent)
-        neurons = check_layers("decoder_neurons", decoder_neurons,
-                                "decoder_activation", decoder_activation)
-        first_act, second_act = _pair("output_activation", output_activation, second_default)
-        n_hidden = neurons[-1] if neurons else n_latent
-        module = cls(
-            nn.Sequential(*mlp(n_latent, neurons, decoder_activation, init)),
-            head(n_hidden, n_out, first_act, init, shape),
-            head(n_hidden, n_out, second_act, init, shape),
-        )
-        module.config = builder_config(
-            cls.__name__, size_output=size_output, n_latent=n_latent,
-            decoder_neurons=list(decoder_neurons), decoder_activation=list(decoder_activation),
-            output_activation=output_activation,
-        )
-        return module
-
-
-class JointGaussianLogDecoder(_JointDecoder):
-    """``z (M, d) -> GaussianLogOutput(mu, logsigma)``, each ``(M, *data_shape)``:
-    ``h = decoder(z)``, ``mu = mu(h)``, ``logsigma = logsigma(h)``."""
-
-    def __init__(self, decoder: nn.Module, mu: nn.Module, logsigma: nn.Module):
-        super().__init__()
-        self.decoder, self.mu, self.logsigma = decoder, mu, logsigma
-
-    def forward(self, z: torch.Tensor) -> GaussianLogOutput:
-        h = self.decoder(z)
-        return GaussianLogOutput(self.mu(h), self.logsigma(h))
-
-    @classmethod
-    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
-                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
-                   output_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
-                   init: Init = nn.init.xavier_uniform_) -> Self:
-        """Trunk ``Linear(n_latent -> h1), act1, ..., Linear(.. -> hk), actk``, then
-        ``Linear(hk -> n_out), output_activation`` for each of ``mu`` and ``logsigma`` (one
-        activation for both, as in Julia, or a pair), reshaped to ``size_output`` if a shape."""
-        return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
-                          output_activation, init, None)
-
-
-class JointGaussianDecoder(_JointDecoder):
-    """``z (M, d) -> GaussianOutput(mu, sigma)``, each ``(M, *data_shape)``: ``h = decoder(z)``,
-    ``mu = mu(h)``, ``sigma = sigma(h) > 0``."""
-
-    def __init__(self, decoder: nn.Module, mu: nn.Module, sigma: nn.Module):
-        super().__init__()
-        self.decoder, self.mu, self.sigma = decoder, mu, sigma
-
-    def forward(self, z: torch.Tensor) -> GaussianOutput:
-        h = self.decoder(z)
-        return GaussianOutput(self.mu(h), self.sigma(h))
-
-    @classmethod
-    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
-                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
-                   output_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
-                   init: Init = nn.init.xavier_uniform_) -> Self:
-        """As :meth:`JointGaussianLogDecoder.from_sizes`, but one ``output_activation`` applies
-        to ``mu`` only and the ``sigma`` head ends in softplus; a pair ``(mu, sigma)`` sets both."""
-        return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
-                          output_activation, init, "softplus")
-
-
-class _SplitDecoder(Built):
-    """Two separate networks on ``z``; ``_second`` names the second one's fields."""
-
-    _second = ""
-    widths_through = (("mu",), ("mu",))
-
-    @classmethod
-    def _build(cls, size_output: int | Sequence[int], n_latent: int, decoder_neurons: Sequence[int],
-               decoder_activation: Sequence[ActivationLike],
-               output_activation: ActivationLike | Sequence[ActivationLike],
-               second_neurons: Sequence[int] | None,
-               second_activation: Sequence[ActivationLike] | None, init: Init,
-               second_default: ActivationLike) -> Self:
-        second = cls._second
-        n_out, shape = parse_size("size_output", size_output)
-        check_size("n_latent", n_latent)
-        neurons = check_layers("decoder_neurons", decoder_neurons,
-                                "decoder_activation", decoder_activation)
-        if second_neurons is None:
-            second_neurons = decoder_neurons
-        if second_activation is None:
-            second_activation = decoder_activation
-        neurons2 = check_layers(f"{second}_neurons", second_neurons,
-                                 f"{second}_activation", second_activation)
-        first_act, second_act = _pair("output_activation", output_activation, second_default)
-        module = cls(
-            _decoder_net(n_latent, n_out, shape, neurons, decoder_activation, first_act, init),
-            _decoder_net(n_latent, n_out, shape, neurons2, second_activation, second_act, init),
-        )
-        module.config = builder_config(
-            cls.__name__, size_output=size_output, n_latent=n_latent,
-            decoder_neurons=list(decoder_neurons), decoder_activation=list(decoder_activation),
-            output_activation=output_activation,
-            **{f"{second}_neurons": list(second_neurons),
-               f"{second}_activation": list(second_activation)},
-        )
-        return module
-
-
-class SplitGaussianLogDecoder(_SplitDecoder):
-    """``z (M, d) -> GaussianLogOutput(mu(z), logsigma(z))``, each ``(M, *data_shape)``, from two
-    separate networks."""
-
-    _second = "logsigma"
-
-    def __init__(self, mu: nn.Module, logsigma: nn.Module):
-        super().__init__()
-        self.mu, self.logsigma = mu, logsigma
-
-    def forward(self, z: torch.Tensor) -> GaussianLogOutput:
-        return GaussianLogOutput(self.mu(z), self.logsigma(z))
-
-    @classmethod
-    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
-                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
-                   output_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
-                   logsigma_neurons: Sequence[int] | None = None,
-                   logsigma_activation: Sequence[ActivationLike] | None = None,
-                   init: Init = nn.init.xavier_uniform_) -> Self:
-        """Two MLPs ``Linear(n_latent -> h1), act1, ..., Linear(hk -> n_out), output act``: the
-        ``mu`` net from ``decoder_neurons``/``decoder_activation``, the ``logsigma`` net from
-        ``logsigma_neurons``/``logsigma_activation`` (default: the same layers).
-        ``output_activation`` is one activation for both nets or a pair ``(mu, logsigma)``."""
-        return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
-                          output_activation, logsigma_neurons, logsigma_activation, init, None)
-
-
-class SplitGaussianDecoder(_SplitDecoder):
-    """``z (M, d) -> GaussianOutput(mu(z), sigma(z))``, each ``(M, *data_shape)``, from two
-    separate networks; ``sigma > 0``."""
-
-    _second = "sigma"
-
-    def __init__(self, mu: nn.Module, sigma: nn.Module):
-        super().__init__()
-        self.mu, self.sigma = mu, sigma
-
-    def forward(self, z: torch.Tensor) -> GaussianOutput:
-        return GaussianOutput(self.mu(z), self.sigma(z))
-
-    @classmethod
-    def from_sizes(cls, size_output: int | Sequence[int], n_latent: int,
-                   decoder_neurons: Sequence[int], decoder_activation: Sequence[ActivationLike],
-                   output_activation: ActivationLike | Sequence[ActivationLike] = identity, *,
-                   sigma_neurons: Sequence[int] | None = None,
-                   sigma_activation: Sequence[ActivationLike] | None = None,
-                   init: Init = nn.init.xavier_uniform_) -> Self:
-        """As :meth:`SplitGaussianLogDecoder.from_sizes` with a ``sigma`` net; one
-        ``output_activation`` applies to ``mu`` only and the ``sigma`` net ends in softplus."""
-        return cls._build(size_output, n_latent, decoder_neurons, decoder_activation,
-                          output_activation, sigma_neurons, sigma_activation, init, "softplus")
-
 
 _BUILT_CLASSES = {
     cls.__name__: cls

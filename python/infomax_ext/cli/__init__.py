@@ -57,14 +57,15 @@ intact; ``--resume`` continues).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Any
 from typing import Sequence
 
-from .common import PROG, CommandError
+from .common import JOINED_A_JOB, PROG, CommandError
 from .parser import build_parser
 
-__all__ = ["main", "build_parser", "PROG", "CommandError"]
+__all__ = ["main", "run", "build_parser", "PROG", "CommandError"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,6 +123,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The ``infomax-ext`` executable: :func:`main`, then exit with its code. A process of a
+    torchrun job ends with ``os._exit`` once its output is flushed: gloo's worker threads can
+    still hold work (tensors) of a collective that a failure interrupted, and releasing them
+    during interpreter finalization aborts the process (SIGABRT) on recent torch versions,
+    turning a clean one-line error into a signal death. Every file the command writes is
+    complete (written and renamed) before this point."""
+    code = main()
+    if JOINED_A_JOB[0]:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 class _NamedStdout:
     """Standard output while a command runs: an OSError from writing to it or flushing it (a
     full disk behind ``> file``, ``> /dev/full``) names it as its file."""
@@ -149,4 +169,4 @@ class _NamedStdout:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from .common import PROG, CommandError, _say
+from .common import JOINED_A_JOB, PROG, CommandError, _say
 from .compare import _fmt, comparison_table
 from .options import _TRAIN_OPTIONS, _device
 from .resume import RESUMABLE, read_resume_states
@@ -239,6 +239,7 @@ def _process_group(args: argparse.Namespace) -> ProcessGroup | None:
     group = init_from_env(args.dist_backend, torch.device(device),
                           _dt.timedelta(seconds=args.dist_timeout))
     if group is not None:
+        JOINED_A_JOB[0] = True
         try:
             _check_same_options(group, args)
         except BaseException:
