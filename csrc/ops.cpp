@@ -62,4 +62,10 @@ STABLE_TORCH_LIBRARY(infomax_ext, m) {
       "-> (Tensor, Tensor[], Tensor[], Tensor, Tensor)");
   m.def("nwj_bound(Tensor t_joint, Tensor t_marg) -> Tensor");
   m.def("nwj_bound_backward(Tensor grad, Tensor t_joint, Tensor t_marg) -> (Tensor, Tensor)");
+  m.def(
+      "mi_bound(Tensor t_joint, Tensor t_negatives, str bound, float param) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "mi_bound_backward(Tensor? grad_value, Tensor? grad_objective, Tensor t_joint, "
+      "Tensor t_negatives, str bound, float param, Tensor? log_sum_exp=None) -> (Tensor, Tensor)");
 }

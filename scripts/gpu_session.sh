@@ -48,13 +48,14 @@ step build 240 python3 -m pip install -v --no-build-isolation --no-deps "${extra
 step env 30 bash -c 'cd /tmp && python3 -c "
 import torch, infomax_ext as im
 ops = [\"permutation_keys\", \"inverse_permutation\", \"paired_first_layer\", \"paired_first_layer_backward\",
-       \"nwj_head\", \"nwj_head_backward\", \"nwj_bound\", \"nwj_bound_backward\"]
+       \"nwj_head\", \"nwj_head_backward\", \"nwj_bound\", \"nwj_bound_backward\",
+       \"mi_bound\", \"mi_bound_backward\"]
 missing = [o for o in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(\"infomax_ext::\" + o, \"CUDA\")]
 assert not missing, missing
 print(\"CUDA kernels for all ops; backend(cuda) =\", im.backend(\"cuda\"))
 "'
 
-step test_cuda 200 python3 -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider -rs --durations=8
+step test_cuda 200 python3 -m pytest -q -m cuda tests/test_cuda.py tests/test_bound_op.py -p no:cacheprovider -rs --durations=8
 
 # compute-sanitizer: no caching allocator, so out-of-bounds accesses hit real allocation edges.
 SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

@@ -26,34 +26,44 @@ def _offdiag(s):
     return torch.stack([s[i, j] for i in range(n) for j in range(n) if i != j])
 
 
-# Formulas written out element by element (float64), independent of bounds.py.
-def _value(name, s, tau=5.0):
-    n = s.shape[0]
-    joint = sum(s[i, i] for i in range(n)) / n
-    neg = _offdiag(s)
-    k = neg.numel()
+# Formulas written out element by element (float64), independent of bounds.py and of csrc/:
+# bound_value / bound_objective on joint scores (M,) and negatives (K,) for the bounds that take
+# shuffled negatives (also the oracle of tests/test_bound_op.py), _value / _objective on an
+# (N, N) matrix of all pairs.
+def bound_value(name, joint, neg, tau=5.0):
+    m, k = joint.numel(), neg.numel()
+    mean_joint = sum(joint) / m
     if name == "nwj":
-        return joint - sum(torch.exp(t - 1) for t in neg) / k
+        return mean_joint - sum(torch.exp(t - 1) for t in neg) / k
     if name == "dv":
-        return joint - torch.log(sum(torch.exp(t) for t in neg) / k)
+        return mean_joint - torch.log(sum(torch.exp(t) for t in neg) / k)
     if name == "js":
-        return joint + 1 - sum(torch.exp(t) for t in neg) / k
+        return mean_joint + 1 - sum(torch.exp(t) for t in neg) / k
     if name == "smile":
-        return joint - torch.log(sum(torch.exp(torch.clamp(t, -tau, tau)) for t in neg) / k)
-    if name == "infonce":
-        rows = [s[i, i] - torch.log(sum(torch.exp(s[i, j]) for j in range(n))) for i in range(n)]
-        return sum(rows) / n + math.log(n)
+        return mean_joint - torch.log(sum(torch.exp(torch.clamp(t, -tau, tau)) for t in neg) / k)
     raise AssertionError(name)
 
 
-def _objective(name, s):
+def bound_objective(name, joint, neg, tau=5.0):
     """The function whose gradient trains the critic."""
     if name in ("js", "smile"):
-        n = s.shape[0]
-        neg = _offdiag(s)
-        return (-sum(F.softplus(-s[i, i]) for i in range(n)) / n
+        return (-sum(F.softplus(-t) for t in joint) / joint.numel()
                 - sum(F.softplus(t) for t in neg) / neg.numel())
-    return _value(name, s)
+    return bound_value(name, joint, neg, tau)
+
+
+def _value(name, s, tau=5.0):
+    n = s.shape[0]
+    if name == "infonce":
+        rows = [s[i, i] - torch.log(sum(torch.exp(s[i, j]) for j in range(n))) for i in range(n)]
+        return sum(rows) / n + math.log(n)
+    return bound_value(name, torch.diagonal(s), _offdiag(s), tau)
+
+
+def _objective(name, s):
+    if name == "infonce":
+        return _value(name, s)
+    return bound_objective(name, torch.diagonal(s), _offdiag(s))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -83,9 +93,13 @@ def test_nwj_is_the_compiled_bound_bit_for_bit():
 
 def test_surrogate_keeps_the_value_bit_for_bit():
     joint, neg = torch.randn(33, requires_grad=True), torch.randn(40, requires_grad=True)
-    with torch.no_grad():
-        plain = bounds.JS().value(joint, neg)
+    with torch.no_grad():  # no surrogate: the value alone (the compiled op's, or the formula's)
+        plain = bounds.JS()(joint, neg)
     assert torch.equal(im.BOUNDS["js"](joint, neg).detach(), plain)
+    with im.use_reference_path():
+        with torch.no_grad():
+            plain = bounds.JS().value(joint, neg)
+        assert torch.equal(im.BOUNDS["js"](joint, neg).detach(), plain)
 
 
 def test_dv_moving_average_gradient():

@@ -12,6 +12,10 @@ marginals (shuffled pairs, or every x_i with every z_j, j != i). Each entry give
   ``"rows"``: InfoNCE's per-row log-sum-exp over all codes).
 
 Calling a bound, ``bound(joint, negatives)``, returns the value with the surrogate's gradient.
+The bounds of the C++ table ``csrc/bounds.h`` (``compiled = True``: nwj, dv, js, smile) reduce
+the scores with the compiled op ``mi_bound`` (:mod:`infomax_ext.bound_op`) where it applies (the
+extension loaded, float32/64, not inside :func:`~infomax_ext.use_reference_path`); the formulas
+here are its plain-PyTorch twin (the fallback, and the oracle of the tests).
 ``BOUNDS`` maps each name to its default instance; :func:`resolve_bound` turns a name, a config
 dict or an instance into an instance. InfoNCE needs every pair: :meth:`Bound.from_matrix` takes
 the (N, N) score matrix ``S[i, j] = T(x_i, z_j)``.
@@ -40,6 +44,8 @@ from typing import Any, Callable, Protocol, cast
 
 import torch
 import torch.nn.functional as F
+
+from . import bound_op
 
 __all__ = ["Bound", "NWJ", "DV", "JS", "SMILE", "InfoNCE", "BOUNDS", "resolve_bound",
            "bound_config", "off_diagonal", "log_mean_exp"]
@@ -89,6 +95,19 @@ class Bound:
     name: str = ""
     reduction: str = "mean"
     needs_all_pairs: bool = False
+    compiled: bool = False
+    """The compiled ``mi_bound`` (the table in csrc/bounds.h) computes this bound (a subclass
+    that changes the formulas sets it back to False)."""
+    param_name: str | None = None
+    """The setting passed as ``mi_bound``'s ``param`` (SMILE's ``"clip"``), None: 0."""
+    trains_on_js: bool = False
+    """The critic trains on the Jensen-Shannon objective (``mi_bound``'s ``objective``)."""
+
+    def op_param(self) -> float | None:
+        """``mi_bound``'s ``param`` for this bound, None when the op does not compute it."""
+        if not self.compiled:
+            return None
+        return float(getattr(self, self.param_name)) if self.param_name else 0.0
 
     def value(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -103,6 +122,12 @@ class Bound:
         is the log-mean-exp the ``"log_mean_exp"`` bounds take over the negatives (a whole-batch
         one across processes, :mod:`infomax_ext.distributed_bounds`)."""
         _check_scores(self.name, joint, negatives)
+        param = self.op_param() if lme is log_mean_exp else None
+        if param is not None and bound_op.kernel_applies(joint, negatives):
+            value, objective = bound_op.mi_bound(joint, negatives, self.name, param)
+            if self.trains_on_js and torch.is_grad_enabled():
+                return _with_gradient_of(value, objective)
+            return value
         value = cast(_LogMeanExpValue, self).value(joint, negatives, lme) \
             if self.reduction == "log_mean_exp" else self.value(joint, negatives)
         surrogate = self.surrogate(joint, negatives) if torch.is_grad_enabled() else None
@@ -151,9 +176,10 @@ def _check_matrix(name: str, scores: object) -> None:
 
 
 class NWJ(Bound):
-    """Nguyen-Wainwright-Jordan: ``mean T_j - mean exp(T_m - 1)`` (the compiled ``nwj_bound``)."""
+    """Nguyen-Wainwright-Jordan: ``mean T_j - mean exp(T_m - 1)`` (compiled: ``mi_bound``; the
+    value alone: ``nwj_bound``, the same bits)."""
 
-    name, reduction = "nwj", "mean"
+    name, reduction, compiled = "nwj", "mean", True
 
     def value(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         from . import _ops  # the compiled op (the fused kernel) when it applies
@@ -169,7 +195,7 @@ class DV(Bound):
     gamma) mean exp(T_m)`` (without gradient, clamped to [1e-4, 1e4], the first batch's mean
     to start; updated on every call that builds a graph). The value is unchanged."""
 
-    name, reduction = "dv", "log_mean_exp"
+    name, reduction, compiled = "dv", "log_mean_exp", True
 
     def __init__(self, moving_average: float | None = None):
         if moving_average is not None:
@@ -180,6 +206,9 @@ class DV(Bound):
             moving_average = float(moving_average)
         self.moving_average = moving_average
         self.ema: torch.Tensor | None = None
+
+    def op_param(self) -> float | None:
+        return None if self.moving_average is not None else super().op_param()
 
     def value(self, joint: torch.Tensor, negatives: torch.Tensor,
               lme: LogMeanExp = log_mean_exp) -> torch.Tensor:
@@ -213,7 +242,7 @@ class JS(Bound):
     """Value NWJ(T + 1) = ``mean T_j + 1 - mean exp(T_m)``, gradient of the JS f-GAN bound
     (Poole et al. 2019)."""
 
-    name, reduction = "js", "mean"
+    name, reduction, compiled, trains_on_js = "js", "mean", True, True
 
     def value(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         return joint.mean() + 1 - torch.exp(negatives).mean()
@@ -226,7 +255,7 @@ class SMILE(JS):
     """Song & Ermon (ICLR 2020): value ``mean T_j - log mean exp(clip(T_m, -clip, clip))``,
     gradient of the JS bound. ``clip`` (tau) > 0, default 5."""
 
-    name, reduction = "smile", "log_mean_exp"
+    name, reduction, param_name = "smile", "log_mean_exp", "clip"
 
     def __init__(self, clip: float = 5.0):
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not float(clip) > 0 \

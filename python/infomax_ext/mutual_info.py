@@ -361,19 +361,22 @@ def paired_mutual_info(
 def _one_node(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor, source: torch.Tensor | None,
               data_half: torch.Tensor | None, perm: torch.Tensor | None) -> bool:
     """Whether the chain from its first layer to the bound runs as one autograd node
-    (_autograd.nwj_chain): eager mode, a gradient to compute, every tensor on one device and the
-    kernels apply to them. Otherwise paired_linear and nwj_mlp run as two ops (as torch.compile's
-    graphs hold them), whose wrappers name any argument that does not fit."""
+    (_autograd.nwj_chain): eager mode, a gradient to compute, no torch.autocast on the device,
+    every tensor on one device and of one dtype, and the kernels apply to them. Otherwise
+    paired_linear and nwj_mlp run as two ops (as torch.compile's graphs hold them), whose
+    wrappers cast under autocast and name any argument that does not fit."""
     if torch.compiler.is_compiling() or not torch.is_grad_enabled() or perm is None:
+        return False
+    if torch.is_autocast_enabled(hx.device.type):
         return False
     assert plan.stack is not None and plan.head is not None
     tensors = [hx, hz, source, data_half, plan.first.weight, plan.first.bias, plan.head.weight,
                plan.head.bias]
     for layer, _ in plan.stack:
         tensors += [layer.weight, layer.bias]
-    device = hx.device
+    device, dtype = hx.device, hx.dtype
     return (perm.device == device
-            and all(t is None or t.device == device for t in tensors)
+            and all(t is None or (t.device == device and t.dtype == dtype) for t in tensors)
             and any(t is not None and t.requires_grad for t in tensors)
             and _ops.kernels_apply(*tensors))
 
