@@ -1,0 +1,163 @@
+#pragma once
+// exp, softplus and sigmoid for float and double written so that GCC vectorises a loop that
+// calls them (no calls, no branches: every special case is a select, integer work in the lanes'
+// own width), on the baseline x86-64 ISA (SSE2) the wheel is built for. The same operations
+// run whether a loop is vectorised or not and whatever the vector width (no fused multiply-add
+// is available to contract into), so a scalar call gives the same bits as a vectorised loop.
+//
+// exp(x) = 2^k p(r): k = round(x / ln 2), r = x - k ln 2 in two parts (Cody-Waite, the high
+// part of ln 2 short enough that k ln2_hi is exact), |r| <= ln(2) / 2, p the Taylor polynomial
+// of exp to degree 7 (float; truncation 5e-9 relative) or 13 (double; 4e-18), 2^k applied as
+// 2^k1 2^k2 (k1 + k2 = k, each a normal power of 2) so that results near overflow and in the
+// subnormal range round once. Above the largest x with a finite exp: +inf; below the smallest
+// with a nonzero one: 0; NaN stays NaN. Error (tests/test_bound_op.py asserts it): float within
+// 4e-7 relative (normal results), double within 4e-16.
+#include <cstdint>
+#include <cstring>
+
+namespace infomax_ext {
+namespace vec {
+
+inline float bits_float(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+inline uint32_t float_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  return b;
+}
+inline double bits_double(uint64_t b) {
+  double d;
+  std::memcpy(&d, &b, sizeof d);
+  return d;
+}
+inline uint64_t double_bits(double d) {
+  uint64_t b;
+  std::memcpy(&b, &d, sizeof b);
+  return b;
+}
+
+// 2^k for an integer-valued k of [-126, 127] given as float: adding 1.5 * 2^23 puts k in the low
+// mantissa bits, so (bits + 127) << 23 are the bits of 2^k.
+inline float pow2_float(float k) {
+  return bits_float((float_bits(k + 12582912.0f) + 127u) << 23);
+}
+// 2^k for an integer-valued k of [-1022, 1023] given as double (1.5 * 2^52 alike).
+inline double pow2_double(double k) {
+  return bits_double((double_bits(k + 6755399441055744.0) + 1023u) << 52);
+}
+
+inline float exp(float x) {
+  // exp(88.72283172607421875f) is the largest finite float exp; below -104 every exp rounds to 0.
+  constexpr float kMaxArg = 88.72283172607421875f, kMinArg = -104.0f;
+  const float xc = x < kMinArg ? kMinArg : (x > 89.0f ? 89.0f : x);  // NaN stays NaN
+  // k = round(xc / ln 2) by the 1.5 * 2^23 trick (round to nearest even); |k| <= 151.
+  const float k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (xc - k * 0.693145751953125f) - k * 1.42860682030941723212e-6f;
+  float p = 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r * r + r;  // r + r^2 (1/2 + ...): the small part first, then 1
+  p = p + 1.0f;
+  const float k1 = (k * 0.5f + 12582912.0f) - 12582912.0f;  // k1 + k2 = k, |k1|, |k2| <= 76
+  const float y = p * pow2_float(k1) * pow2_float(k - k1);
+  return x > kMaxArg ? __builtin_inff() : (x < kMinArg ? 0.0f : y);
+}
+
+inline double exp(double x) {
+  // exp(709.782712893383973096) is the largest finite double exp; below -746 every exp is 0.
+  constexpr double kMaxArg = 709.782712893383973096, kMinArg = -746.0;
+  const double xc = x < kMinArg ? kMinArg : (x > 710.0 ? 710.0 : x);
+  const double k = (xc * 1.44269504088896338700 + 6755399441055744.0) - 6755399441055744.0;
+  const double r = (xc - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
+  double p = 1.0 / 6227020800.0;  // 1/13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r * r + r;
+  p = p + 1.0;
+  const double k1 = (k * 0.5 + 6755399441055744.0) - 6755399441055744.0;  // |k1|, |k2| <= 539
+  const double y = p * pow2_double(k1) * pow2_double(k - k1);
+  return x > kMaxArg ? __builtin_inf() : (x < kMinArg ? 0.0 : y);
+}
+
+// log(y) for y in [1, 2^30] (finite, normal): y = m 2^e with m in [sqrt(1/2), sqrt(2)),
+// log m = 2 atanh(f), f = (m - 1) / (m + 1), |f| <= 0.1716, the odd series of atanh.
+inline float log_from_one(float y) {
+  const uint32_t b = float_bits(y);
+  const float e0 = static_cast<float>(static_cast<int32_t>(b >> 23) - 127);
+  const float m0 = bits_float((b & 0x007FFFFFu) | 0x3F800000u);  // [1, 2)
+  const bool high = m0 > 1.41421356f;
+  const float m = high ? m0 * 0.5f : m0;
+  const float e = high ? e0 + 1.0f : e0;
+  const float f = (m - 1.0f) / (m + 1.0f);
+  const float f2 = f * f;
+  float s = 1.0f / 11;
+  s = s * f2 + 1.0f / 9;
+  s = s * f2 + 1.0f / 7;
+  s = s * f2 + 1.0f / 5;
+  s = s * f2 + 1.0f / 3;
+  const float log_m = 2.0f * f + 2.0f * f * f2 * s;
+  return e * 0.693145751953125f + (log_m + e * 1.42860682030941723212e-6f);
+}
+
+inline double log_from_one(double y) {
+  const uint64_t b = double_bits(y);
+  // e as a double without an int64 conversion: its bits added to those of 1.5 * 2^52.
+  const double e0 =
+      bits_double(double_bits(6755399441055744.0) + (b >> 52)) - 6755399441055744.0 - 1023.0;
+  const double m0 = bits_double((b & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull);
+  const bool high = m0 > 1.4142135623730951;
+  const double m = high ? m0 * 0.5 : m0;
+  const double e = high ? e0 + 1.0 : e0;
+  const double f = (m - 1.0) / (m + 1.0);
+  const double f2 = f * f;
+  double s = 1.0 / 25;
+  s = s * f2 + 1.0 / 23;
+  s = s * f2 + 1.0 / 21;
+  s = s * f2 + 1.0 / 19;
+  s = s * f2 + 1.0 / 17;
+  s = s * f2 + 1.0 / 15;
+  s = s * f2 + 1.0 / 13;
+  s = s * f2 + 1.0 / 11;
+  s = s * f2 + 1.0 / 9;
+  s = s * f2 + 1.0 / 7;
+  s = s * f2 + 1.0 / 5;
+  s = s * f2 + 1.0 / 3;
+  const double log_m = 2.0 * f + 2.0 * f * f2 * s;
+  return e * 6.93147180369123816490e-01 + (log_m + e * 1.90821492927058770002e-10);
+}
+
+// softplus(x) = log(1 + exp(x)), x itself above 20 (torch's threshold); NaN stays NaN. log1p
+// of u = exp(x) as log(1 + u) + c / (1 + u), c = u - ((1 + u) - 1) the rounding of 1 + u, so
+// that small u keep their relative precision.
+template <typename T>
+inline T softplus(T x) {
+  const T u = exp(x < T(20) ? x : T(20));
+  const T y = T(1) + u;
+  const T c = u - (y - T(1));
+  const T lp = log_from_one(y) + c / y;
+  return (x > T(20) || x != x) ? x : lp;
+}
+
+// softplus'(x) = sigmoid(x) = 1 / (1 + exp(-x)), 1 above 20 (torch's softplus backward).
+template <typename T>
+inline T softplus_grad(T x) {
+  return x > T(20) ? T(1) : T(1) / (T(1) + exp(-x));
+}
+
+}  // namespace vec
+}  // namespace infomax_ext
