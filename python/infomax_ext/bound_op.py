@@ -80,7 +80,8 @@ def mi_bound(t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str = "nwj
             t_joint.requires_grad or t_negatives.requires_grad):
         value, objective, _ = _OPS.mi_bound.default(t_joint, t_negatives, bound, float(param))
     else:
-        value, objective, _ = _MiBound.apply(t_joint, t_negatives, bound, float(param))
+        value, objective, _ = _MiBound.apply(  # type: ignore[no-untyped-call]
+            t_joint, t_negatives, bound, float(param))
     return value, objective
 
 
@@ -146,7 +147,7 @@ if _ops.extension_available():
             return out
 
         @staticmethod
-        def backward(ctx: Any, grad_value: torch.Tensor | None,  # type: ignore[override]
+        def backward(ctx: Any, grad_value: torch.Tensor | None,
                      grad_objective: torch.Tensor | None,
                      _grad_log_sum_exp: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
             return _backward(ctx, grad_value, grad_objective, _grad_log_sum_exp)
