@@ -49,6 +49,18 @@ void map_scores(const scalar_t* x, int64_t n, scalar_t* out, const F& f) {
   });
 }
 
+// out[c] = the sum of chunk c of a full block, each in order: the chunks side by side, one
+// vector lane each.
+template <typename acc_t, typename scalar_t>
+INFOMAX_TARGET_CLONES void block_chunk_sums(const scalar_t* __restrict__ buf,
+                                            acc_t* __restrict__ out) {
+  acc_t sums[kChunksPerBlock] = {};
+  for (int64_t i = 0; i < kScoresPerChunk; ++i) {
+    for (int64_t c = 0; c < kChunksPerBlock; ++c) sums[c] += acc_t(buf[c * kScoresPerChunk + i]);
+  }
+  for (int64_t c = 0; c < kChunksPerBlock; ++c) out[c] = sums[c];
+}
+
 // sum over r < n of acc_t(term(x[r])): each chunk of kScoresPerChunk summed in order, then the
 // chunks in order (the bits of a plain loop per chunk, whatever the thread count).
 template <typename acc_t, typename scalar_t, typename F>
@@ -64,11 +76,7 @@ acc_t chunked_sum(const scalar_t* x, int64_t n, const F& term) {
       fill_terms(x + first, count, buf, term);
       const int64_t c0 = b * kChunksPerBlock;
       if (count == kScoresPerBlock) {
-        acc_t sums[kChunksPerBlock] = {};
-        for (int64_t i = 0; i < kScoresPerChunk; ++i) {
-          for (int64_t c = 0; c < kChunksPerBlock; ++c) sums[c] += acc_t(buf[c * kScoresPerChunk + i]);
-        }
-        for (int64_t c = 0; c < kChunksPerBlock; ++c) partial[c0 + c] = sums[c];
+        block_chunk_sums(buf, partial.data() + c0);
       } else {
         for (int64_t i = 0; i < count; i += kScoresPerChunk) {
           acc_t sum = 0;
