@@ -96,6 +96,8 @@ def test_sigmoid_of_the_js_gradient(dtype):
     want = torch.where(td > 20, torch.ones_like(td), torch.sigmoid(td))
     eps = torch.finfo(dtype).eps
     assert ((gn - want).abs() <= 2 * eps * want + torch.finfo(dtype).tiny).all()
+    nan = torch.tensor([math.nan, 0.0], dtype=dtype)
+    assert torch.isnan(OPS.mi_bound_backward.default(None, g, nan, nan, "js", 0.0, None)[1][0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
