@@ -2,6 +2,9 @@
 // from joint scores and negatives' scores) and of its backward. Sums run over fixed chunks of
 // kScoresPerChunk scores, then over the chunks in order, in double: the same bits whatever the
 // thread count, and for nwj the same bits as nwj_bound (csrc/cpu/nwj_cpu.cpp sums alike).
+// Each block of chunks first fills its terms in one vectorised loop (the math of
+// csrc/cpu/vec_math.h through csrc/bounds.h; AVX-512, AVX2 or baseline builds, the same bits),
+// the backward maps the scores to their gradients alike.
 // Per-element terms are computed in the scores' dtype (as torch's own kernels), their sums in
 // double. The log-mean-exp is shifted by the largest term (0 when that is not finite), so it
 // neither overflows nor underflows; the forward returns the shift and the log of the shifted
@@ -36,7 +39,8 @@ int64_t chunk_count(int64_t n) { return (n + kScoresPerChunk - 1) / kScoresPerCh
 // Without fused multiply-adds (-ffp-contract=off for this file) every build computes the same
 // bits, and the same as a scalar call of the terms (nwj_bound's loop).
 template <typename scalar_t, typename F>
-INFOMAX_TARGET_CLONES void fill_terms(const scalar_t* __restrict__ in, int64_t n, scalar_t* __restrict__ out,
+INFOMAX_TARGET_CLONES void fill_terms(const scalar_t* __restrict__ in, int64_t n,
+                                      scalar_t* __restrict__ out,
                        const F& term) {
   for (int64_t i = 0; i < n; ++i) out[i] = term(in[i]);
 }
@@ -253,7 +257,8 @@ std::tuple<Tensor, Tensor> mi_bound_backward_cpu(const std::optional<Tensor>& gr
       // gj = (g / M where the value's gradient flows) + the JS objective's term.
       const scalar_t joint_part = value_part ? g * inv_m : scalar_t(0);
       if (js_part) {
-        map_scores(tj, args.m, gj, [=](scalar_t t) { return joint_part + js_joint_grad(t, go, inv_m); });
+        map_scores(tj, args.m, gj,
+                   [=](scalar_t t) { return joint_part + js_joint_grad(t, go, inv_m); });
       } else {
         map_scores(tj, args.m, gj, [=](scalar_t) { return joint_part; });
       }

@@ -1,17 +1,18 @@
 #pragma once
 // exp, softplus and sigmoid for float and double written so that GCC vectorises a loop that
-// calls them (no calls, no branches: every special case is a select, integer work in the lanes'
-// own width), on the baseline x86-64 ISA (SSE2) the wheel is built for. The same operations
-// run whether a loop is vectorised or not and whatever the vector width (no fused multiply-add
-// is available to contract into), so a scalar call gives the same bits as a vectorised loop.
+// calls them (always inlined, no branches: every special case is a select, integer work in the
+// lanes' own width), for the baseline x86-64 ISA the wheel is built for and for the AVX2 and
+// AVX-512 builds of csrc/cpu/bound_cpu.cpp's loops (target_clones). Nothing is contracted into
+// fused multiply-adds (the baseline has none; bound_cpu.cpp is built with -ffp-contract=off),
+// so every build and a scalar call (nwj_bound's loop) compute the same bits.
 //
 // exp(x) = 2^k p(r): k = round(x / ln 2), r = x - k ln 2 in two parts (Cody-Waite, the high
 // part of ln 2 short enough that k ln2_hi is exact), |r| <= ln(2) / 2, p the Taylor polynomial
 // of exp to degree 7 (float; truncation 5e-9 relative) or 13 (double; 4e-18), 2^k applied as
 // 2^k1 2^k2 (k1 + k2 = k, each a normal power of 2) so that results near overflow and in the
 // subnormal range round once. Above the largest x with a finite exp: +inf; below the smallest
-// with a nonzero one: 0; NaN stays NaN. Error (tests/test_bound_vec_math.py asserts it): float within
-// 1.2e-7 relative (about 1 ulp; normal results), double within 2.3e-16.
+// with a nonzero one: 0; NaN stays NaN. Error (tests/test_bound_vec_math.py asserts it): float
+// within 1.2e-7 relative (about 1 ulp; normal results), double within 2.3e-16.
 #include <cstdint>
 #include <cstring>
 
