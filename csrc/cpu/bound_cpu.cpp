@@ -33,15 +33,14 @@ constexpr int64_t kScoresPerBlock = kScoresPerChunk * kChunksPerBlock;
 
 int64_t chunk_count(int64_t n) { return (n + kScoresPerChunk - 1) / kScoresPerChunk; }
 
-// out[i] = term(in[i]) for i < n: one loop GCC vectorises (term inlines, flatten: every call in
-// it, to branch-free math),
-// built for AVX-512, AVX2 and the x86-64 baseline, the widest the CPU runs chosen at load time.
+// out[i] = term(in[i]) for i < n: one loop GCC vectorises (flatten: every call in term inlines,
+// to branch-free math), built for AVX-512, AVX2 and the x86-64 baseline, the widest the CPU
+// runs chosen at load time.
 // Without fused multiply-adds (-ffp-contract=off for this file) every build computes the same
 // bits, and the same as a scalar call of the terms (nwj_bound's loop).
 template <typename scalar_t, typename F>
 INFOMAX_TARGET_CLONES void fill_terms(const scalar_t* __restrict__ in, int64_t n,
-                                      scalar_t* __restrict__ out,
-                       const F& term) {
+                                      scalar_t* __restrict__ out, const F& term) {
   for (int64_t i = 0; i < n; ++i) out[i] = term(in[i]);
 }
 
