@@ -39,8 +39,8 @@ struct MiBoundArgs {
 
   MiBoundArgs(const Tensor& t_joint_in, const Tensor& t_negatives_in, std::string_view bound_in,
               double param_in) {
-    check_float_tensor(t_joint_in, "t_joint", 1);
-    check_float_tensor(t_negatives_in, "t_negatives", 1);
+    check_float32_or_64_tensor(t_joint_in, "t_joint", 1);
+    check_float32_or_64_tensor(t_negatives_in, "t_negatives", 1);
     check_same(t_joint_in, t_negatives_in, "t_joint", "t_negatives");
     INFOMAX_CHECK(t_joint_in.size(0) >= 1 && t_negatives_in.size(0) >= 1,
                   "infomax_ext: mi_bound needs at least one joint and one negative score, got ",

@@ -15,8 +15,19 @@ inline void check_float_tensor(const Tensor& t, const char* name, int64_t dim) {
   INFOMAX_CHECK(t.defined(), "infomax_ext: ", name, " is undefined");
   INFOMAX_CHECK(t.dim() == dim, "infomax_ext: ", name, " must have ", dim, " dimension(s), got shape ",
               shape_of(t));
+  const ScalarType dtype = t.scalar_type();
+  INFOMAX_CHECK(dtype == ScalarType::Float || dtype == ScalarType::Double || is_reduced_float(dtype),
+                "infomax_ext: ", name, " must be float32, float64, bfloat16 or float16, got ",
+                dtype);
+}
+
+// A tensor of dim dimensions in float32 or float64 only (mi_bound's kernels).
+inline void check_float32_or_64_tensor(const Tensor& t, const char* name, int64_t dim) {
+  INFOMAX_CHECK(t.defined(), "infomax_ext: ", name, " is undefined");
+  INFOMAX_CHECK(t.dim() == dim, "infomax_ext: ", name, " must have ", dim, " dimension(s), got shape ",
+                shape_of(t));
   INFOMAX_CHECK(t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::Double,
-              "infomax_ext: ", name, " must be float32 or float64, got ", t.scalar_type());
+                "infomax_ext: ", name, " must be float32 or float64, got ", t.scalar_type());
 }
 
 inline void check_same(const Tensor& ref, const Tensor& t, const char* ref_name,

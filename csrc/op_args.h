@@ -114,11 +114,17 @@ struct PairedFromOutputBackwardArgs {
   }
 };
 
-// A gradient that must be a single value (of the bound) on the data's device and dtype.
+// A gradient that must be a single value (of the bound) on the scores' device, in the bound's
+// dtype (bound_scalar_type: float32 for bfloat16 and float16 scores, else the scores' dtype).
 inline void check_scalar_grad(const Tensor& grad, const Tensor& ref, const char* name) {
   INFOMAX_CHECK(grad.defined() && grad.numel() == 1, "infomax_ext: ", name,
               " must hold one value, got shape ", shape_of(grad));
-  check_same(ref, grad, "the scores", name);
+  const ScalarType expected = bound_scalar_type(ref.scalar_type());
+  INFOMAX_CHECK(grad.scalar_type() == expected, "infomax_ext: dtype mismatch: ", name, " is ",
+                grad.scalar_type(), " but the bound of ", ref.scalar_type(), " scores is ",
+                expected);
+  INFOMAX_CHECK(same_device(grad, ref), "infomax_ext: device mismatch: ", name, " is on ",
+                device_of(grad), " but the scores are on ", device_of(ref));
 }
 
 // nwj_head_backward: hidden (R, h), weight (h), scores and pre (R), grad_bound (one value),

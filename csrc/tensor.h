@@ -6,6 +6,8 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 #include <torch/headeronly/util/Exception.h>
 
 #include <array>
@@ -108,7 +110,10 @@ struct TypeTag {
   using type = T;
 };
 
-// Calls f(TypeTag<scalar_t>{}) for a float32 or float64 dtype (the dtypes checks.h admits).
+using BFloat16 = torch::headeronly::BFloat16;
+using Half = torch::headeronly::Half;
+
+// Calls f(TypeTag<scalar_t>{}) for a float32 or float64 dtype (mi_bound's kernels).
 template <typename F>
 inline void dispatch_floating(ScalarType dtype, const char* op, F&& f) {
   switch (dtype) {
@@ -118,13 +123,65 @@ inline void dispatch_floating(ScalarType dtype, const char* op, F&& f) {
   }
 }
 
-// Accumulation type of sums: double on the CPU, the input type on the GPU (as ATen's acc_type).
+// Calls f(TypeTag<scalar_t>{}) for a float32, float64, bfloat16 or float16 dtype (the dtypes
+// checks.h admits; the kernels of the MI chain and the NWJ bound).
+template <typename F>
+inline void dispatch_floating_and_reduced(ScalarType dtype, const char* op, F&& f) {
+  switch (dtype) {
+    case ScalarType::Float: f(TypeTag<float>{}); break;
+    case ScalarType::Double: f(TypeTag<double>{}); break;
+    case ScalarType::BFloat16: f(TypeTag<BFloat16>{}); break;
+    case ScalarType::Half: f(TypeTag<Half>{}); break;
+    default:
+      INFOMAX_CHECK(false, "infomax_ext: ", op,
+                    " supports float32, float64, bfloat16 and float16, got ", dtype);
+  }
+}
+
+// The type the kernels compute in for a stored type T (as ATen's opmath_type): float for
+// bfloat16 and float16 (activations, their derivatives, exp, the bound), T itself otherwise.
+// Tensors are read as T, converted, computed on, and rounded back to T once when stored.
+template <typename T>
+struct OpMath {
+  using type = T;
+};
+template <>
+struct OpMath<BFloat16> {
+  using type = float;
+};
+template <>
+struct OpMath<Half> {
+  using type = float;
+};
+template <typename T>
+using opmath_t = typename OpMath<T>::type;
+
+// Accumulation type of sums: double on the CPU; on the GPU the compute type (float for float32,
+// bfloat16 and float16; double for float64), as ATen's acc_type.
 template <typename T, bool kCuda>
-using acc_type = std::conditional_t<kCuda, T, double>;
+using acc_type = std::conditional_t<kCuda, opmath_t<T>, double>;
 
 template <typename T>
 constexpr ScalarType scalar_type_of() {
-  return std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
+  if constexpr (std::is_same_v<T, float>) return ScalarType::Float;
+  else if constexpr (std::is_same_v<T, double>) return ScalarType::Double;
+  else if constexpr (std::is_same_v<T, BFloat16>) return ScalarType::BFloat16;
+  else {
+    static_assert(std::is_same_v<T, Half>, "scalar_type_of: not a floating type of the kernels");
+    return ScalarType::Half;
+  }
+}
+
+// bfloat16 and float16: stored in 16 bits, computed in float32.
+inline bool is_reduced_float(ScalarType dtype) {
+  return dtype == ScalarType::BFloat16 || dtype == ScalarType::Half;
+}
+
+// The dtype of the bound (and of its incoming gradient) for scores of dtype `dtype`: float32 for
+// bfloat16 and float16 scores (its sums and exp run in float32, where exp(t - 1) of a float16
+// score near 15 overflows float16), the scores' dtype otherwise.
+inline ScalarType bound_scalar_type(ScalarType dtype) {
+  return is_reduced_float(dtype) ? ScalarType::Float : dtype;
 }
 
 }  // namespace infomax_ext

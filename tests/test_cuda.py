@@ -185,10 +185,10 @@ def test_paired_linear_matches_cpu(dtype, n, with_source, with_bias, given_data_
         assert_same(got, want, dtype)
 
 
-def test_paired_first_layer_rejects_half_precision():
+def test_paired_first_layer_rejects_integer_tensors():
     a, b, c, bias, perm = to_cuda(*paired_inputs(4, 3, 1, torch.float32, False))
-    with pytest.raises(RuntimeError, match="float32 or float64"):
-        ops.paired_first_layer.default(a.bfloat16(), b.bfloat16(), None, bias.bfloat16(), perm, "relu", 0.0)
+    with pytest.raises(RuntimeError, match="float32, float64, bfloat16 or float16"):
+        ops.paired_first_layer.default(a.int(), b.int(), None, bias.int(), perm, "relu", 0.0)
 
 
 # ------------------------------------------------------------------------------------ NWJ head/bound

@@ -786,13 +786,13 @@ BAD_INPUTS = {
         "dtype mismatch: head_bias is Float but hidden is Double", RuntimeError),
     "int64 hidden": (
         lambda m: _set(m, hidden=torch.ones(6, 4, dtype=torch.long)),
-        "hidden must be float32 or float64, got Long", RuntimeError),
+        "hidden must be float32, float64, bfloat16 or float16, got Long", RuntimeError),
     "an int32 weight": (
         lambda m: _set(m, weights=[m.weights[0], torch.ones(3, 5, dtype=torch.int32)]),
-        r"weights\[1\] must be float32 or float64, got Int", RuntimeError),
-    "float16 everywhere": (  # the Python entry runs the reference in float16 (as autocast)
-        lambda m: m.with_tensors([t.half() for t in m.tensors()]),
-        "hidden must be float32 or float64, got Half", None),
+        r"weights\[1\] must be float32, float64, bfloat16 or float16, got Int", RuntimeError),
+    "a float16 weight with float64 hidden": (
+        lambda m: _set(m, weights=[m.weights[0].half(), m.weights[1]]),
+        r"dtype mismatch: weights\[0\] is Half but hidden is Double", RuntimeError),
     "a 1-D hidden": (
         lambda m: _set(m, hidden=_randn(4)),
         r"hidden must have 2 dimension\(s\), got shape \[4\]", RuntimeError),

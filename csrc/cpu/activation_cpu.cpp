@@ -2,6 +2,8 @@
 // (rows, H) pre-activation, and its backward fused with the bias gradient: one pass that
 // multiplies the incoming gradient by f' in place and sums its columns. Column sums run over
 // fixed chunks of rows, then over the chunks in order: the same bits whatever the thread count.
+// bfloat16 and float16 tensors are computed on in float32 (opmath_t), the column sums too, and
+// rounded to their dtype once when stored.
 #include <algorithm>
 #include <optional>
 #include <vector>
@@ -22,12 +24,13 @@ Tensor activation_forward_cpu(const Tensor& pre, const std::optional<Tensor>& bi
   const bool has_bias = bias.has_value();
   if (!has_bias && act == Activation::Identity) return pre;
   Tensor out = keep_pre && act != Activation::Identity ? empty_like_shape(pre) : pre;
-  dispatch_floating(pre.scalar_type(), "nwj_mlp", [&](auto type_tag) {
+  dispatch_floating_and_reduced(pre.scalar_type(), "nwj_mlp", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
+    using op_t = opmath_t<scalar_t>;
     scalar_t* px = pre.mutable_data_ptr<scalar_t>();
     scalar_t* py = out.mutable_data_ptr<scalar_t>();
     const scalar_t* pb = has_bias ? bias->const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t p = static_cast<scalar_t>(param);
+    const op_t p = static_cast<op_t>(param);
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       torch::stable::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(h, 1)),
@@ -36,10 +39,10 @@ Tensor activation_forward_cpu(const Tensor& pre, const std::optional<Tensor>& bi
           scalar_t* __restrict__ xr = px + r * h;
           scalar_t* __restrict__ yr = py + r * h;
           if (pb) {
-            for (int64_t j = 0; j < h; ++j) xr[j] += pb[j];
+            for (int64_t j = 0; j < h; ++j) xr[j] = scalar_t(op_t(xr[j]) + op_t(pb[j]));
           }
           if constexpr (A != Activation::Identity) {
-            for (int64_t j = 0; j < h; ++j) yr[j] = activation_value<A>(xr[j], p);
+            for (int64_t j = 0; j < h; ++j) yr[j] = scalar_t(activation_value<A>(op_t(xr[j]), p));
           }
         }
       });
@@ -54,26 +57,29 @@ Tensor activation_backward_cpu(const Tensor& grad, const Tensor& at, Activation 
   const int64_t chunks = std::max<int64_t>(1, (rows + kRowsPerChunk - 1) / kRowsPerChunk);
   Tensor bias_grad = want_bias ? empty_on(grad, {h}) : empty_on(grad, {0});
   if (act == Activation::Identity && !want_bias) return bias_grad;  // nothing to do
-  dispatch_floating(grad.scalar_type(), "nwj_mlp", [&](auto type_tag) {
+  dispatch_floating_and_reduced(grad.scalar_type(), "nwj_mlp", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
+    using op_t = opmath_t<scalar_t>;
     using acc_t = acc_type<scalar_t, false>;
     scalar_t* pg = grad.mutable_data_ptr<scalar_t>();
     const scalar_t* px = at.const_data_ptr<scalar_t>();
-    const scalar_t p = static_cast<scalar_t>(param);
-    std::vector<scalar_t> partial(want_bias ? chunks * h : 0, scalar_t(0));
+    const op_t p = static_cast<op_t>(param);
+    std::vector<op_t> partial(want_bias ? chunks * h : 0, op_t(0));
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       torch::stable::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t c = begin; c < end; ++c) {
-          scalar_t* __restrict__ sum = want_bias ? partial.data() + c * h : nullptr;
+          op_t* __restrict__ sum = want_bias ? partial.data() + c * h : nullptr;
           for (int64_t r = c * kRowsPerChunk; r < std::min(rows, (c + 1) * kRowsPerChunk); ++r) {
             scalar_t* __restrict__ gr = pg + r * h;
             const scalar_t* __restrict__ xr = px + r * h;
             if constexpr (A != Activation::Identity) {
-              for (int64_t j = 0; j < h; ++j) gr[j] = activation_grad<A>(gr[j], xr[j], p);
+              for (int64_t j = 0; j < h; ++j) {
+                gr[j] = scalar_t(activation_grad<A>(op_t(gr[j]), op_t(xr[j]), p));
+              }
             }
             if (sum) {
-              for (int64_t j = 0; j < h; ++j) sum[j] += gr[j];
+              for (int64_t j = 0; j < h; ++j) sum[j] += op_t(gr[j]);
             }
           }
         }

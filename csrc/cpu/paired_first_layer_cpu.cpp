@@ -2,6 +2,8 @@
 //   joint row r    : act(data_half[r % N] + latent_half[r]             + bias)
 //   shuffled row r : act(data_half[r % N] + shuffled_source[perm[r]]   + bias)
 // with shuffled_source = latent_half when it is absent. Output rows: M joint, then M shuffled.
+// bfloat16 and float16: the sums, the activation and its derivative in float32 (opmath_t), each
+// result rounded to the input dtype once.
 
 #include <algorithm>
 #include <vector>
@@ -37,7 +39,8 @@ struct BackwardPointers {
 // The inner loop over the H units of one row, with every choice made at compile time so that it
 // vectorises. g1, g2: gradients at the joint and shuffled pre-activations of latent row r, the
 // derivative taken at the pre-activation (ar + br + bias, ar + cr + bias) or, kFromOutput, read
-// from the outputs oj, os of the two rows.
+// from the outputs oj, os of the two rows. Computed in op_t (float32 for bfloat16 and float16),
+// rounded to scalar_t once when stored; the bias sums bsum stay in op_t.
 template <Activation A, bool kFromOutput, bool kAccumulateA, bool kWantA, bool kWantB, bool kWantC,
           bool kWantBias, typename scalar_t>
 inline void backward_units(const scalar_t* __restrict__ ar, const scalar_t* __restrict__ br,
@@ -45,30 +48,31 @@ inline void backward_units(const scalar_t* __restrict__ ar, const scalar_t* __re
                            const scalar_t* __restrict__ oj, const scalar_t* __restrict__ os,
                            const scalar_t* __restrict__ g_joint, const scalar_t* __restrict__ g_shuf,
                            scalar_t* __restrict__ gar, scalar_t* __restrict__ gbr,
-                           scalar_t* __restrict__ gcr, scalar_t* __restrict__ bsum, int64_t h,
-                           scalar_t p) {
+                           scalar_t* __restrict__ gcr, opmath_t<scalar_t>* __restrict__ bsum,
+                           int64_t h, opmath_t<scalar_t> p) {
+  using op_t = opmath_t<scalar_t>;
   for (int64_t j = 0; j < h; ++j) {
-    scalar_t x1, x2;
+    op_t x1, x2;
     if constexpr (kFromOutput) {
-      x1 = oj[j];
-      x2 = os[j];
+      x1 = op_t(oj[j]);
+      x2 = op_t(os[j]);
     } else {
-      x1 = (ar[j] + br[j]) + bias[j];
-      x2 = (ar[j] + cr[j]) + bias[j];
+      x1 = (op_t(ar[j]) + op_t(br[j])) + op_t(bias[j]);
+      x2 = (op_t(ar[j]) + op_t(cr[j])) + op_t(bias[j]);
     }
-    const scalar_t g1 = activation_grad<A>(g_joint[j], x1, p);
-    const scalar_t g2 = activation_grad<A>(g_shuf[j], x2, p);
-    const scalar_t both = g1 + g2;
+    const op_t g1 = activation_grad<A>(op_t(g_joint[j]), x1, p);
+    const op_t g2 = activation_grad<A>(op_t(g_shuf[j]), x2, p);
+    const op_t both = g1 + g2;
     if constexpr (kWantA) {
       if constexpr (kAccumulateA) {
-        gar[j] += both;
+        gar[j] = scalar_t(op_t(gar[j]) + both);
       } else {
-        gar[j] = both;
+        gar[j] = scalar_t(both);
       }
     }
     if constexpr (kWantBias) bsum[j] += both;
-    if constexpr (kWantB) gbr[j] = g1;
-    if constexpr (kWantC) gcr[j] = g2;
+    if constexpr (kWantB) gbr[j] = scalar_t(g1);
+    if constexpr (kWantC) gcr[j] = scalar_t(g2);
   }
 }
 
@@ -80,8 +84,8 @@ inline void backward_units_dispatch(bool from_output, bool accumulate, bool want
                                     const scalar_t* ar, const scalar_t* br, const scalar_t* cr,
                                     const scalar_t* bias, const scalar_t* oj, const scalar_t* os,
                                     const scalar_t* g_joint, const scalar_t* g_shuf, scalar_t* gar,
-                                    scalar_t* gbr, scalar_t* gcr, scalar_t* bsum, int64_t h,
-                                    scalar_t p) {
+                                    scalar_t* gbr, scalar_t* gcr, opmath_t<scalar_t>* bsum,
+                                    int64_t h, opmath_t<scalar_t> p) {
   auto branch = [](bool v, auto g) {
     if (v) g(std::true_type{}); else g(std::false_type{});
   };
@@ -108,8 +112,9 @@ inline void backward_units_dispatch(bool from_output, bool accumulate, bool want
 // Gradients of latent row r (data row i = r % N, sample block r / N).
 template <Activation A, typename scalar_t>
 inline void backward_row(const BackwardPointers<scalar_t>& ptr, int64_t r, int64_t i, int64_t n,
-                         int64_t m, int64_t h, scalar_t p, bool accumulate_a, bool has_source,
-                         scalar_t* bsum) {
+                         int64_t m, int64_t h, opmath_t<scalar_t> p, bool accumulate_a,
+                         bool has_source, opmath_t<scalar_t>* bsum) {
+  using op_t = opmath_t<scalar_t>;
   const int64_t src_row = ptr.perm[r];
   const bool from_output = ptr.out != nullptr;
   scalar_t* gbr = ptr.grad_latent_half ? ptr.grad_latent_half + r * h : nullptr;
@@ -129,13 +134,16 @@ inline void backward_row(const BackwardPointers<scalar_t>& ptr, int64_t r, int64
     scalar_t* __restrict__ out = gbr;
     if (from_output) {
       const scalar_t* __restrict__ oq = ptr.out + (m + q) * h;
-      for (int64_t j = 0; j < h; ++j) out[j] += activation_grad<A>(g_q[j], oq[j], p);
+      for (int64_t j = 0; j < h; ++j) {
+        out[j] = scalar_t(op_t(out[j]) + activation_grad<A>(op_t(g_q[j]), op_t(oq[j]), p));
+      }
     } else {
       const scalar_t* __restrict__ aq = ptr.data_half + (q % n) * h;
       const scalar_t* __restrict__ br = ptr.latent_half + r * h;
       const scalar_t* __restrict__ bias = ptr.bias;
       for (int64_t j = 0; j < h; ++j) {
-        out[j] += activation_grad<A>(g_q[j], (aq[j] + br[j]) + bias[j], p);
+        const op_t x = (op_t(aq[j]) + op_t(br[j])) + op_t(bias[j]);
+        out[j] = scalar_t(op_t(out[j]) + activation_grad<A>(op_t(g_q[j]), x, p));
       }
     }
   }
@@ -146,16 +154,17 @@ inline void backward_row(const BackwardPointers<scalar_t>& ptr, int64_t r, int64
 // bias gradient (grad_bias, or null) from per-chunk partial sums added in chunk order.
 template <typename scalar_t>
 void backward_pass(const BackwardPointers<scalar_t>& ptr, int64_t n, int64_t m, int64_t h,
-                   Activation act, scalar_t p, bool has_source, scalar_t* grad_bias) {
+                   Activation act, opmath_t<scalar_t> p, bool has_source, scalar_t* grad_bias) {
+  using op_t = opmath_t<scalar_t>;
   using acc_t = acc_type<scalar_t, false>;
   const int64_t s = m / n;
   const int64_t n_chunks = (n + kRowsPerChunk - 1) / kRowsPerChunk;
-  std::vector<scalar_t> bias_partial(grad_bias ? n_chunks * h : 0, scalar_t(0));
+  std::vector<op_t> bias_partial(grad_bias ? n_chunks * h : 0, op_t(0));
   dispatch_activation(act, [&](auto tag) {
     constexpr Activation A = decltype(tag)::value;
     torch::stable::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
       for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-        scalar_t* bsum = grad_bias ? bias_partial.data() + chunk * h : nullptr;
+        op_t* bsum = grad_bias ? bias_partial.data() + chunk * h : nullptr;
         const int64_t i_end = std::min(n, (chunk + 1) * kRowsPerChunk);
         for (int64_t i = chunk * kRowsPerChunk; i < i_end; ++i) {
           for (int64_t smp = 0; smp < s; ++smp) {
@@ -195,15 +204,16 @@ Tensor paired_first_layer_cpu(const Tensor& data_half_in, const Tensor& latent_h
   check_perm_range(perm.const_data_ptr<int64_t>(), m);
   Tensor out = empty_on(data_half, {2 * m, h});
 
-  dispatch_floating(data_half.scalar_type(), "paired_first_layer_cpu", [&](auto type_tag) {
+  dispatch_floating_and_reduced(data_half.scalar_type(), "paired_first_layer_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
+    using op_t = opmath_t<scalar_t>;
     const scalar_t* pa = data_half.const_data_ptr<scalar_t>();
     const scalar_t* pb = latent_half.const_data_ptr<scalar_t>();
     const scalar_t* pc = source.const_data_ptr<scalar_t>();
     const scalar_t* pbias = bias.const_data_ptr<scalar_t>();
     const int64_t* pp = perm.const_data_ptr<int64_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
-    const scalar_t p = static_cast<scalar_t>(param);
+    const op_t p = static_cast<op_t>(param);
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(h, 1));
@@ -215,8 +225,9 @@ Tensor paired_first_layer_cpu(const Tensor& data_half_in, const Tensor& latent_h
           scalar_t* joint = po + r * h;
           scalar_t* shuffled = po + (m + r) * h;
           for (int64_t j = 0; j < h; ++j) {
-            joint[j] = activation_value<A>((ar[j] + br[j]) + pbias[j], p);
-            shuffled[j] = activation_value<A>((ar[j] + cr[j]) + pbias[j], p);
+            const op_t a = op_t(ar[j]), bj = op_t(pbias[j]);
+            joint[j] = scalar_t(activation_value<A>((a + op_t(br[j])) + bj, p));
+            shuffled[j] = scalar_t(activation_value<A>((a + op_t(cr[j])) + bj, p));
           }
         }
       });
@@ -242,7 +253,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cpu(
   check_perm_range(inverse_perm.const_data_ptr<int64_t>(), m);
   if (!args.any_wanted()) return args.grads();
 
-  dispatch_floating(data_half.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
+  dispatch_floating_and_reduced(data_half.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     BackwardPointers<scalar_t> ptr{
         data_half.const_data_ptr<scalar_t>(), latent_half.const_data_ptr<scalar_t>(), source.const_data_ptr<scalar_t>(),
@@ -251,7 +262,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cpu(
         args.want_data_half ? args.grad_data_half.mutable_data_ptr<scalar_t>() : nullptr,
         args.want_latent_half ? args.grad_latent_half.mutable_data_ptr<scalar_t>() : nullptr,
         args.want_source ? args.grad_source.mutable_data_ptr<scalar_t>() : nullptr};
-    backward_pass(ptr, n, m, h, act, static_cast<scalar_t>(param), has_source,
+    backward_pass(ptr, n, m, h, act, static_cast<opmath_t<scalar_t>>(param), has_source,
                   want_bias ? args.grad_bias.mutable_data_ptr<scalar_t>() : nullptr);
   });
   return args.grads();
@@ -265,14 +276,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_from_outp
                                           inverse_perm_in, want);
   check_perm_range(args.perm.const_data_ptr<int64_t>(), args.m);
   check_perm_range(args.inverse_perm.const_data_ptr<int64_t>(), args.m);
-  dispatch_floating(args.out.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
+  dispatch_floating_and_reduced(args.out.scalar_type(), "paired_first_layer_backward_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     auto write = [&](int k) { return args.want[k] ? args.grads[k].mutable_data_ptr<scalar_t>() : nullptr; };
     BackwardPointers<scalar_t> ptr{
         nullptr, nullptr, nullptr, nullptr, args.out.const_data_ptr<scalar_t>(),
         args.grad_out.const_data_ptr<scalar_t>(), args.perm.const_data_ptr<int64_t>(),
         args.inverse_perm.const_data_ptr<int64_t>(), write(0), write(1), write(2)};
-    backward_pass(ptr, n, args.m, args.h, act, scalar_t(0), has_source, write(3));
+    backward_pass(ptr, n, args.m, args.h, act, opmath_t<scalar_t>(0), has_source, write(3));
   });
   return args.result();
 }

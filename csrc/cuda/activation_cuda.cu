@@ -1,7 +1,8 @@
 // CUDA kernels of the hidden layers of nwj_mlp (csrc/nwj_mlp.cpp), the semantics of
 // csrc/cpu/activation_cpu.cpp: an activation applied to a (rows, H) pre-activation, and its
 // backward fused with the bias gradient (grad *= f' in place and per-chunk column sums in the
-// same pass, then an ordered sum over the chunks: deterministic).
+// same pass, then an ordered sum over the chunks: deterministic). bfloat16 and float16 are
+// computed on in float32 (opmath_t) and rounded once when stored.
 #include "../activations.h"
 #include "../kernels.h"
 #include "launch.cuh"
@@ -13,20 +14,22 @@ constexpr int64_t kRowsPerChunk = 32;
 
 // x = pre + bias (written back when keep_pre), out = act(x); one thread per element.
 template <Activation A, typename T>
-__global__ void activation_forward_kernel(T* pre, const T* bias, int64_t n, int64_t h, T param,
-                                          bool keep_pre, T* out) {
+__global__ void activation_forward_kernel(T* pre, const T* bias, int64_t n, int64_t h,
+                                          opmath_t<T> param, bool keep_pre, T* out) {
+  using op_t = opmath_t<T>;
   INFOMAX_GRID_STRIDE_LOOP(i, n) {
-    const T x = bias ? pre[i] + bias[i % h] : pre[i];
+    const T x = bias ? T(op_t(pre[i]) + op_t(bias[i % h])) : pre[i];
     if (keep_pre) pre[i] = x;
-    out[i] = activation_value<A>(x, param);
+    out[i] = T(activation_value<A>(op_t(x), param));
   }
 }
 
 // grid (column blocks of kLanes, chunk groups of kRowGroups); each thread owns one column of
 // one chunk of rows.
 template <Activation A, typename T, typename acc_t>
-__global__ void activation_backward_kernel(T* grad, const T* at, int64_t rows, int64_t h, T param,
-                                           acc_t* partial) {
+__global__ void activation_backward_kernel(T* grad, const T* at, int64_t rows, int64_t h,
+                                           opmath_t<T> param, acc_t* partial) {
+  using op_t = opmath_t<T>;
   const int64_t j = int64_t(blockIdx.y) * kLanes + threadIdx.x;
   const int64_t chunk = int64_t(blockIdx.x) * kRowGroups + threadIdx.y;
   const int64_t first = chunk * kRowsPerChunk;
@@ -34,7 +37,7 @@ __global__ void activation_backward_kernel(T* grad, const T* at, int64_t rows, i
   const int64_t last = first + kRowsPerChunk < rows ? first + kRowsPerChunk : rows;
   acc_t sum = 0;
   for (int64_t r = first; r < last; ++r) {
-    const T g = activation_grad<A>(grad[r * h + j], at[r * h + j], param);
+    const T g = T(activation_grad<A>(op_t(grad[r * h + j]), op_t(at[r * h + j]), param));
     grad[r * h + j] = g;
     sum += acc_t(g);
   }
@@ -52,13 +55,13 @@ Tensor activation_forward_cuda(const Tensor& pre, const std::optional<Tensor>& b
   const int64_t n = pre.numel(), h = pre.size(1);
   if (n == 0) return out;
   const cudaStream_t stream = guard.stream();
-  dispatch_floating(pre.scalar_type(), "nwj_mlp", [&](auto type_tag) {
+  dispatch_floating_and_reduced(pre.scalar_type(), "nwj_mlp", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       activation_forward_kernel<A, scalar_t><<<grid_size(n, 4 * kThreads), kThreads, 0, stream>>>(
           pre.mutable_data_ptr<scalar_t>(), has_bias ? bias->const_data_ptr<scalar_t>() : nullptr,
-          n, h, static_cast<scalar_t>(param), keep_pre && out.data_ptr() != pre.data_ptr(),
+          n, h, static_cast<opmath_t<scalar_t>>(param), keep_pre && out.data_ptr() != pre.data_ptr(),
           out.mutable_data_ptr<scalar_t>());
       INFOMAX_CUDA_LAUNCH_CHECK();
     });
@@ -79,7 +82,7 @@ Tensor activation_backward_cuda(const Tensor& grad, const Tensor& at, Activation
   const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
                   static_cast<unsigned int>((h + kLanes - 1) / kLanes));
   const cudaStream_t stream = guard.stream();
-  dispatch_floating(grad.scalar_type(), "nwj_mlp", [&](auto type_tag) {
+  dispatch_floating_and_reduced(grad.scalar_type(), "nwj_mlp", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using acc_t = acc_type<scalar_t, true>;
     Tensor partial = want_bias ? empty_on(grad, {chunks, h}, scalar_type_of<acc_t>()) : Tensor();
@@ -88,7 +91,7 @@ Tensor activation_backward_cuda(const Tensor& grad, const Tensor& at, Activation
       constexpr Activation A = decltype(tag)::value;
       activation_backward_kernel<A, scalar_t, acc_t><<<grid, block, 0, stream>>>(
           grad.mutable_data_ptr<scalar_t>(), at.const_data_ptr<scalar_t>(), rows, h,
-          static_cast<scalar_t>(param), pp);
+          static_cast<opmath_t<scalar_t>>(param), pp);
       INFOMAX_CUDA_LAUNCH_CHECK();
     });
     if (want_bias) {

@@ -4,7 +4,8 @@
 // Semantics are those of csrc/cpu/nwj_cpu.cpp. Reductions are deterministic: fixed-size chunks
 // give partial sums (a block tree or one thread per chunk), then a second ordered pass.
 // Scalars that live on the device (the head's bias, incoming gradients) are read by pointer
-// inside the kernels: no host sync.
+// inside the kernels: no host sync. bfloat16 and float16 scores: products, exp and sums in
+// float32 (opmath_t), the bound and its incoming gradient float32 (bound_scalar_type).
 
 #include <vector>
 
@@ -38,7 +39,8 @@ __global__ void nwj_partial_sums_kernel(const T* t_joint, int64_t n_joint, const
   acc_t sum = 0;
   for (int64_t e = begin + threadIdx.x; e < begin + kScoresPerBlock && e < end; e += kThreads) {
     sum += joint ? acc_t(t_joint[e])
-                 : acc_t(bound_negative_term<MiBound::Nwj>(t_marg[e], T(0)));
+                 : acc_t(bound_negative_term<MiBound::Nwj>(opmath_t<T>(t_marg[e]),
+                                                           opmath_t<T>(0)));
   }
   sum = block_sum(sum, shared);
   if (threadIdx.x == 0) partial[blockIdx.x] = sum;
@@ -61,7 +63,7 @@ __global__ void nwj_finish_kernel(const acc_t* partial, int64_t joint_blocks, in
 // bound (0-dim, written on the device; `like` gives the device) from joint scores (n_joint) and shuffled scores (n_marg).
 template <typename T>
 void launch_nwj_sums(const T* t_joint, int64_t n_joint, const T* t_marg, int64_t n_marg,
-                     const Tensor& like, T* bound, cudaStream_t stream) {
+                     const Tensor& like, opmath_t<T>* bound, cudaStream_t stream) {
   using acc_t = acc_type<T, true>;
   const int64_t joint_blocks = (n_joint + kScoresPerBlock - 1) / kScoresPerBlock;
   const int64_t marg_blocks = (n_marg + kScoresPerBlock - 1) / kScoresPerBlock;
@@ -71,22 +73,23 @@ void launch_nwj_sums(const T* t_joint, int64_t n_joint, const T* t_marg, int64_t
       <<<static_cast<unsigned int>(joint_blocks + marg_blocks), kThreads, 0, stream>>>(
           t_joint, n_joint, t_marg, n_marg, joint_blocks, ppartial);
   INFOMAX_CUDA_LAUNCH_CHECK();
-  nwj_finish_kernel<T, acc_t><<<1, kThreads, 0, stream>>>(ppartial, joint_blocks, marg_blocks,
+  nwj_finish_kernel<opmath_t<T>, acc_t><<<1, kThreads, 0, stream>>>(ppartial, joint_blocks, marg_blocks,
                                                           n_joint, n_marg, bound);
   INFOMAX_CUDA_LAUNCH_CHECK();
 }
 
 // d bound / d t times the incoming gradient *grad: gj (n_joint), gm (n_marg).
-template <typename T>
-__global__ void nwj_bound_backward_kernel(const T* grad, const T* t_marg, int64_t n_joint,
-                                          int64_t n_marg, T inv_joint, T inv_marg, T* gj, T* gm) {
-  const T g = *grad;
+template <typename T, typename op_t = opmath_t<T>>
+__global__ void nwj_bound_backward_kernel(const op_t* grad, const T* t_marg, int64_t n_joint,
+                                          int64_t n_marg, op_t inv_joint, op_t inv_marg, T* gj,
+                                          T* gm) {
+  const op_t g = *grad;
   INFOMAX_GRID_STRIDE_LOOP(e, n_joint + n_marg) {
     if (e < n_joint) {
-      gj[e] = mean_bound_score_grad<MiBound::Nwj>(true, T(0), g, inv_joint, inv_marg);
+      gj[e] = T(mean_bound_score_grad<MiBound::Nwj>(true, op_t(0), g, inv_joint, inv_marg));
     } else {
-      gm[e - n_joint] =
-          mean_bound_score_grad<MiBound::Nwj>(false, t_marg[e - n_joint], g, inv_joint, inv_marg);
+      gm[e - n_joint] = T(mean_bound_score_grad<MiBound::Nwj>(false, op_t(t_marg[e - n_joint]),
+                                                              g, inv_joint, inv_marg));
     }
   }
 }
@@ -95,11 +98,11 @@ Tensor nwj_bound_cuda(const Tensor& t_joint_in, const Tensor& t_marg_in) {
   check_nwj_bound(t_joint_in, t_marg_in);
   const DeviceGuard guard(t_joint_in);
   const Tensor tj = as_contiguous(t_joint_in), tm = as_contiguous(t_marg_in);
-  Tensor bound = empty_on(tj, {});
-  dispatch_floating(tj.scalar_type(), "nwj_bound_cuda", [&](auto type_tag) {
+  Tensor bound = empty_on(tj, {}, bound_scalar_type(tj.scalar_type()));
+  dispatch_floating_and_reduced(tj.scalar_type(), "nwj_bound_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     launch_nwj_sums<scalar_t>(tj.const_data_ptr<scalar_t>(), tj.size(0), tm.const_data_ptr<scalar_t>(),
-                              tm.size(0), tj, bound.mutable_data_ptr<scalar_t>(),
+                              tm.size(0), tj, bound.mutable_data_ptr<opmath_t<scalar_t>>(),
                               guard.stream());
   });
   return bound;
@@ -115,12 +118,13 @@ std::tuple<Tensor, Tensor> nwj_bound_backward_cuda(const Tensor& grad_in,
   const Tensor grad = as_contiguous(grad_in);
   Tensor gj = empty_like_shape(tj), gm = empty_like_shape(tm);
   const int64_t nj = tj.size(0), nm = tm.size(0);
-  dispatch_floating(tj.scalar_type(), "nwj_bound_backward_cuda", [&](auto type_tag) {
+  dispatch_floating_and_reduced(tj.scalar_type(), "nwj_bound_backward_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
+    using op_t = opmath_t<scalar_t>;
     nwj_bound_backward_kernel<scalar_t>
         <<<grid_size(nj + nm, kThreads), kThreads, 0, guard.stream()>>>(
-            grad.const_data_ptr<scalar_t>(), tm.const_data_ptr<scalar_t>(), nj, nm,
-            scalar_t(1) / scalar_t(nj), scalar_t(1) / scalar_t(nm), gj.mutable_data_ptr<scalar_t>(),
+            grad.const_data_ptr<op_t>(), tm.const_data_ptr<scalar_t>(), nj, nm,
+            op_t(1) / op_t(nj), op_t(1) / op_t(nm), gj.mutable_data_ptr<scalar_t>(),
             gm.mutable_data_ptr<scalar_t>());
     INFOMAX_CUDA_LAUNCH_CHECK();
   });
@@ -135,10 +139,11 @@ std::tuple<Tensor, Tensor> nwj_bound_backward_cuda(const Tensor& grad_in,
 // hidden (R, h), w (h). The warp's partial dot products are combined in a fixed shuffle tree.
 template <Activation A, typename T, typename acc_t>
 __global__ void nwj_head_scores_kernel(const T* hidden, const T* w, const T* bias, int64_t rows,
-                                       int64_t h, T param, T* scores, T* pre) {
+                                       int64_t h, opmath_t<T> param, T* scores, T* pre) {
+  using op_t = opmath_t<T>;
   const int lane = threadIdx.x % kLanes;
   const int warps = kThreads / kLanes;
-  const T b = bias ? *bias : T(0);
+  const op_t b = bias ? op_t(*bias) : op_t(0);
   for (int64_t r = int64_t(blockIdx.x) * warps + threadIdx.x / kLanes; r < rows;
        r += int64_t(gridDim.x) * warps) {
     const T* hr = hidden + r * h;
@@ -148,9 +153,9 @@ __global__ void nwj_head_scores_kernel(const T* hidden, const T* w, const T* bia
       dot += __shfl_down_sync(0xffffffffu, dot, offset);
     }
     if (lane == 0) {
-      const T z = static_cast<T>(dot) + b;
+      const T z = T(static_cast<op_t>(dot) + b);
       pre[r] = z;
-      scores[r] = activation_value<A>(z, param);
+      scores[r] = T(activation_value<A>(op_t(z), param));
     }
   }
 }
@@ -161,10 +166,13 @@ __global__ void nwj_head_scores_kernel(const T* hidden, const T* w, const T* bia
 // and the thread of column 0 sums dpre into b_partial[chunk]. Null outputs are not requested;
 // grad_scores may be null (zero).
 template <Activation A, typename T, typename acc_t>
-__global__ void nwj_head_backward_kernel(const T* grad_bound, const T* grad_scores, const T* hidden,
-                                         const T* w, const T* scores, const T* pre, int64_t rows,
-                                         int64_t h, int64_t n_joint, T inv_joint, T inv_marg, T param,
-                                         T* grad_hidden, acc_t* w_partial, acc_t* b_partial) {
+__global__ void nwj_head_backward_kernel(const opmath_t<T>* grad_bound, const T* grad_scores,
+                                         const T* hidden, const T* w, const T* scores, const T* pre,
+                                         int64_t rows, int64_t h, int64_t n_joint,
+                                         opmath_t<T> inv_joint, opmath_t<T> inv_marg,
+                                         opmath_t<T> param, T* grad_hidden, acc_t* w_partial,
+                                         acc_t* b_partial) {
+  using op_t = opmath_t<T>;
   const int64_t j = int64_t(blockIdx.y) * kLanes + threadIdx.x;
   const int64_t chunk = int64_t(blockIdx.x) * kRowGroups + threadIdx.y;
   const int64_t r_begin = chunk * kRowsPerChunk;
@@ -172,16 +180,17 @@ __global__ void nwj_head_backward_kernel(const T* grad_bound, const T* grad_scor
   const bool bias_thread = b_partial != nullptr && j == 0;
   if (r_begin >= rows || !(column || bias_thread)) return;
   const int64_t r_end = r_begin + kRowsPerChunk < rows ? r_begin + kRowsPerChunk : rows;
-  const T g = *grad_bound;
-  const T wj = column ? w[j] : T(0);
+  const op_t g = *grad_bound;
+  const op_t wj = column ? op_t(w[j]) : op_t(0);
   acc_t w_sum = 0, b_sum = 0;
   for (int64_t r = r_begin; r < r_end; ++r) {
-    T dscore = mean_bound_score_grad<MiBound::Nwj>(r < n_joint, scores[r], g, inv_joint, inv_marg);
-    if (grad_scores) dscore += grad_scores[r];
-    const T dpre = activation_grad<A>(dscore, pre[r], param);
+    op_t dscore =
+        mean_bound_score_grad<MiBound::Nwj>(r < n_joint, op_t(scores[r]), g, inv_joint, inv_marg);
+    if (grad_scores) dscore += op_t(grad_scores[r]);
+    const op_t dpre = activation_grad<A>(dscore, op_t(pre[r]), param);
     b_sum += acc_t(dpre);
     if (column) {
-      if (grad_hidden) grad_hidden[r * h + j] = dpre * wj;
+      if (grad_hidden) grad_hidden[r * h + j] = T(dpre * wj);
       if (w_partial) w_sum += acc_t(dpre) * acc_t(hidden[r * h + j]);
     }
   }
@@ -206,9 +215,9 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_cuda(const Tensor& hidden_in,
   const int64_t rows = hidden.size(0), h = hidden.size(1);
   Tensor scores = empty_on(hidden, {rows});
   Tensor pre = empty_on(hidden, {rows});
-  Tensor bound = empty_on(hidden, {});
+  Tensor bound = empty_on(hidden, {}, bound_scalar_type(hidden.scalar_type()));
   const cudaStream_t stream = guard.stream();
-  dispatch_floating(hidden.scalar_type(), "nwj_head_cuda", [&](auto type_tag) {
+  dispatch_floating_and_reduced(hidden.scalar_type(), "nwj_head_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using acc_t = acc_type<scalar_t, true>;
     scalar_t* ps = scores.mutable_data_ptr<scalar_t>();
@@ -218,11 +227,11 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_cuda(const Tensor& hidden_in,
           <<<grid_size(rows, kThreads / kLanes), kThreads, 0, stream>>>(
               hidden.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
               has_bias ? bias.const_data_ptr<scalar_t>() : nullptr, rows, h,
-              static_cast<scalar_t>(param), ps, pre.mutable_data_ptr<scalar_t>());
+              static_cast<opmath_t<scalar_t>>(param), ps, pre.mutable_data_ptr<scalar_t>());
       INFOMAX_CUDA_LAUNCH_CHECK();
     });
     launch_nwj_sums<scalar_t>(ps, n_joint, ps + n_joint, rows - n_joint, hidden,
-                              bound.mutable_data_ptr<scalar_t>(), stream);
+                              bound.mutable_data_ptr<opmath_t<scalar_t>>(), stream);
   });
   return {bound, scores, pre};
 }
@@ -250,8 +259,9 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
   const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
                   static_cast<unsigned int>(std::max<int64_t>(1, (h + kLanes - 1) / kLanes)));
   const cudaStream_t stream = guard.stream();
-  dispatch_floating(hidden.scalar_type(), "nwj_head_backward_cuda", [&](auto type_tag) {
+  dispatch_floating_and_reduced(hidden.scalar_type(), "nwj_head_backward_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
+    using op_t = opmath_t<scalar_t>;
     using acc_t = acc_type<scalar_t, true>;
     Tensor w_partial = want_w ? empty_on(hidden, {chunks, h}, scalar_type_of<acc_t>()) : Tensor();
     Tensor b_partial = want_b ? empty_on(hidden, {chunks}, scalar_type_of<acc_t>()) : Tensor();
@@ -260,11 +270,11 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       nwj_head_backward_kernel<A, scalar_t, acc_t><<<grid, block, 0, stream>>>(
-          grad_bound.const_data_ptr<scalar_t>(), has_grad_scores ? grad_scores.const_data_ptr<scalar_t>() : nullptr,
+          grad_bound.const_data_ptr<op_t>(), has_grad_scores ? grad_scores.const_data_ptr<scalar_t>() : nullptr,
           hidden.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
           scores.const_data_ptr<scalar_t>(), pre.const_data_ptr<scalar_t>(), rows, h, n_joint,
-          scalar_t(1) / scalar_t(n_joint), scalar_t(1) / scalar_t(rows - n_joint),
-          static_cast<scalar_t>(param), want_hidden ? args.grad_hidden.mutable_data_ptr<scalar_t>() : nullptr,
+          op_t(1) / op_t(n_joint), op_t(1) / op_t(rows - n_joint),
+          static_cast<op_t>(param), want_hidden ? args.grad_hidden.mutable_data_ptr<scalar_t>() : nullptr,
           pw_partial, pb_partial);
       INFOMAX_CUDA_LAUNCH_CHECK();
     });

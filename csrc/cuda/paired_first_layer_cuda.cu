@@ -4,6 +4,8 @@
 //   joint row r    : act(data_half[r % N] + latent_half[r]           + bias)
 //   shuffled row r : act(data_half[r % N] + shuffled_source[perm[r]] + bias)
 // Permutation entries are range-checked on the device (INFOMAX_KERNEL_ASSERT): no host sync.
+// bfloat16 and float16: sums, activations and derivatives in float32 (opmath_t), each result
+// rounded to the input dtype once.
 
 #include <array>
 #include <vector>
@@ -29,7 +31,8 @@ constexpr int64_t kDataRowsPerChunk = 16;
 template <Activation A, typename T>
 __global__ void paired_first_layer_kernel(const T* data_half, const T* latent_half, const T* source, const T* bias,
                                           const int64_t* perm, int64_t n, int64_t m, int64_t h,
-                                          T param, T* out) {
+                                          opmath_t<T> param, T* out) {
+  using op_t = opmath_t<T>;
   for (int64_t r = int64_t(blockIdx.x) * kRowGroups + threadIdx.y; r < m;
        r += int64_t(gridDim.x) * kRowGroups) {
     const int64_t k = perm[r];
@@ -40,8 +43,9 @@ __global__ void paired_first_layer_kernel(const T* data_half, const T* latent_ha
     T* joint = out + r * h;
     T* shuffled = out + (m + r) * h;
     for (int64_t j = threadIdx.x; j < h; j += kLanes) {
-      joint[j] = activation_value<A>((ar[j] + br[j]) + bias[j], param);
-      shuffled[j] = activation_value<A>((ar[j] + cr[j]) + bias[j], param);
+      const op_t a = op_t(ar[j]), bj = op_t(bias[j]);
+      joint[j] = T(activation_value<A>((a + op_t(br[j])) + bj, param));
+      shuffled[j] = T(activation_value<A>((a + op_t(cr[j])) + bj, param));
     }
   }
 }
@@ -61,39 +65,41 @@ template <Activation A, typename T, typename acc_t>
 __global__ void paired_first_layer_backward_kernel(
     const T* grad_out, const T* data_half, const T* latent_half, const T* source, const T* bias,
     const T* out, const int64_t* perm, const int64_t* inverse_perm, bool has_source, int64_t n,
-    int64_t m, int64_t h, T param, T* grad_data_half, T* grad_latent_half, T* grad_source,
-    acc_t* bias_partial) {
+    int64_t m, int64_t h, opmath_t<T> param, T* grad_data_half, T* grad_latent_half,
+    T* grad_source, acc_t* bias_partial) {
+  using op_t = opmath_t<T>;
   const int64_t j = int64_t(blockIdx.y) * kLanes + threadIdx.x;
   const int64_t chunk = int64_t(blockIdx.x) * kRowGroups + threadIdx.y;
   const int64_t i_begin = chunk * kDataRowsPerChunk;
   if (j >= h || i_begin >= n) return;
   const int64_t i_end = i_begin + kDataRowsPerChunk < n ? i_begin + kDataRowsPerChunk : n;
   const int64_t s_count = m / n;
-  const T bias_j = out ? T(0) : bias[j];
+  const op_t bias_j = out ? op_t(0) : op_t(bias[j]);
   acc_t bias_sum = 0;
   for (int64_t i = i_begin; i < i_end; ++i) {
-    const T ai = out ? T(0) : data_half[i * h + j];
+    const op_t ai = out ? op_t(0) : op_t(data_half[i * h + j]);
     acc_t row_sum = 0;
     for (int64_t s = 0; s < s_count; ++s) {
       const int64_t r = s * n + i;
       const int64_t k = perm[r];
       INFOMAX_KERNEL_ASSERT(k >= 0 && k < m && "infomax_ext: perm entry outside [0, M)");
-      const T br = out ? T(0) : latent_half[r * h + j];
-      const T x1 = out ? out[r * h + j] : (ai + br) + bias_j;
-      const T x2 = out ? out[(m + r) * h + j] : (ai + source[k * h + j]) + bias_j;
-      const T g1 = activation_grad<A>(grad_out[r * h + j], x1, param);
-      const T g2 = activation_grad<A>(grad_out[(m + r) * h + j], x2, param);
+      const op_t br = out ? op_t(0) : op_t(latent_half[r * h + j]);
+      const op_t x1 = out ? op_t(out[r * h + j]) : (ai + br) + bias_j;
+      const op_t x2 = out ? op_t(out[(m + r) * h + j]) : (ai + op_t(source[k * h + j])) + bias_j;
+      const op_t g1 = activation_grad<A>(op_t(grad_out[r * h + j]), x1, param);
+      const op_t g2 = activation_grad<A>(op_t(grad_out[(m + r) * h + j]), x2, param);
       row_sum += acc_t(g1) + acc_t(g2);
-      if (grad_source) grad_source[k * h + j] = g2;
+      if (grad_source) grad_source[k * h + j] = T(g2);
       if (grad_latent_half) {
-        T grad = g1;
+        op_t grad = g1;
         if (!has_source) {
           const int64_t q = inverse_perm[r];
           INFOMAX_KERNEL_ASSERT(q >= 0 && q < m && "infomax_ext: inverse_perm entry outside [0, M)");
-          const T xq = out ? out[(m + q) * h + j] : (data_half[(q % n) * h + j] + br) + bias_j;
-          grad += activation_grad<A>(grad_out[(m + q) * h + j], xq, param);
+          const op_t xq = out ? op_t(out[(m + q) * h + j])
+                              : (op_t(data_half[(q % n) * h + j]) + br) + bias_j;
+          grad += activation_grad<A>(op_t(grad_out[(m + q) * h + j]), xq, param);
         }
-        grad_latent_half[r * h + j] = grad;
+        grad_latent_half[r * h + j] = T(grad);
       }
     }
     if (grad_data_half) grad_data_half[i * h + j] = static_cast<T>(row_sum);
@@ -120,14 +126,14 @@ Tensor paired_first_layer_cuda(const Tensor& data_half_in, const Tensor& latent_
   const dim3 block(kLanes, kRowGroups);
   const unsigned int grid = grid_size(m, kRowGroups);
   const cudaStream_t stream = guard.stream();
-  dispatch_floating(data_half.scalar_type(), "paired_first_layer_cuda", [&](auto type_tag) {
+  dispatch_floating_and_reduced(data_half.scalar_type(), "paired_first_layer_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       paired_first_layer_kernel<A, scalar_t><<<grid, block, 0, stream>>>(
           data_half.const_data_ptr<scalar_t>(), latent_half.const_data_ptr<scalar_t>(), source.const_data_ptr<scalar_t>(),
           bias.const_data_ptr<scalar_t>(), perm.const_data_ptr<int64_t>(), n, m, h,
-          static_cast<scalar_t>(param), out.mutable_data_ptr<scalar_t>());
+          static_cast<opmath_t<scalar_t>>(param), out.mutable_data_ptr<scalar_t>());
       INFOMAX_CUDA_LAUNCH_CHECK();
     });
   });
@@ -152,7 +158,7 @@ void launch_paired_backward(const Tensor& grad_out, const Tensor& data_half,
   const dim3 block(kLanes, kRowGroups);
   const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
                   static_cast<unsigned int>((h + kLanes - 1) / kLanes));
-  dispatch_floating(grad_out.scalar_type(), "paired_first_layer_backward_cuda", [&](auto type_tag) {
+  dispatch_floating_and_reduced(grad_out.scalar_type(), "paired_first_layer_backward_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using acc_t = acc_type<scalar_t, true>;
     auto read = [](const Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
@@ -165,7 +171,7 @@ void launch_paired_backward(const Tensor& grad_out, const Tensor& data_half,
           grad_out.const_data_ptr<scalar_t>(), read(data_half), read(latent_half), read(source),
           read(bias), read(out), perm.const_data_ptr<int64_t>(),
           inverse_perm.const_data_ptr<int64_t>(), has_source, n, m, h,
-          static_cast<scalar_t>(param), write(0), write(1), write(2), ppartial);
+          static_cast<opmath_t<scalar_t>>(param), write(0), write(1), write(2), ppartial);
       INFOMAX_CUDA_LAUNCH_CHECK();
     });
     if (want[3]) {

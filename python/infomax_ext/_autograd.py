@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .activations import OUTPUT_DERIVATIVE_ACTIVATIONS
+from .precision import bound_dtype
 
 _OPS = torch.ops.infomax_ext
 
@@ -160,7 +161,7 @@ class _NwjHead(torch.autograd.Function):
         if not any(want) or (grad_bound is None and grad_scores is None):
             return (None,) * 6
         if grad_bound is None:
-            grad_bound = hidden.new_zeros(())
+            grad_bound = hidden.new_zeros((), dtype=bound_dtype(hidden.dtype))
         g_hidden, g_weight, g_bias = _OPS.nwj_head_backward.default(
             grad_bound, grad_scores, hidden, weight, scores, pre, ctx.n_joint, ctx.activation,
             ctx.param, want
@@ -214,7 +215,7 @@ class _NwjMlp(torch.autograd.Function):
         if not any(mask) or (grad_bound is None and grad_scores is None):
             return (None,) * (4 + len(layer_tensors))
         if grad_bound is None:
-            grad_bound = hidden.new_zeros(())
+            grad_bound = hidden.new_zeros((), dtype=bound_dtype(hidden.dtype))
         g_hidden, g_weights, g_biases, g_head_w, g_head_b = _OPS.nwj_mlp_backward.default(
             grad_bound, grad_scores, hidden, weights, biases, activations, params, head_weight,
             head_bias, scores, outputs, pres, n_joint, head_act, head_param, mask)

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
-from . import reference
+from . import precision, reference
 from .activations import OUTPUT_DERIVATIVE_ACTIVATIONS
 from .build_info import load_failure_message
 
@@ -63,7 +63,9 @@ except Exception as exc:  # ImportError, or an OSError from a missing libtorch s
         stacklevel=2,
     )
 
-_FLOAT_TYPES = (torch.float32, torch.float64)
+_FLOAT_TYPES = precision.KERNEL_DTYPES
+if _LOAD_ERROR is None:
+    precision.register_autocast_rules()
 
 
 def extension_available() -> bool:
@@ -183,18 +185,18 @@ def _kernels_serve(device_type: str) -> bool:
 
 
 def kernels_apply(*tensors: torch.Tensor | None) -> bool:
-    """True when the compiled kernels can run on these tensors (loaded, float32/64, a device
-    with kernels, not inside :func:`use_reference_path`, no ``torch.autocast`` on that device:
-    the kernels take float32/64 only; no ``torch.func`` transform (grad, vmap, jacrev, ...) and no
-    ``torch.jit.trace`` active: the kernels' autograd has no rules for the transforms and a trace
-    cannot record their arguments). Otherwise callers take the reference path."""
+    """True when the compiled kernels can run on these tensors (loaded, float32/64, bfloat16 or
+    float16, a device with kernels, not inside :func:`use_reference_path`; ``torch.autocast`` is
+    served: :mod:`infomax_ext.precision`; no ``torch.func`` transform (grad, vmap, jacrev, ...)
+    and no ``torch.jit.trace`` active: the kernels' autograd has no rules for the transforms and
+    a trace cannot record their arguments). Otherwise callers take the reference path."""
     present = [t for t in tensors if t is not None]
     if not present or (not torch.compiler.is_compiling() and (
             torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
             or torch._C._functorch.peek_interpreter_stack() is not None)):
         return False
     device_type = present[0].device.type
-    if not _kernels_serve(device_type) or torch.is_autocast_enabled(device_type):
+    if not _kernels_serve(device_type):
         return False
     return all(t.dtype in _FLOAT_TYPES for t in present if t.is_floating_point())
 
@@ -314,9 +316,9 @@ def paired_first_layer(
     _check_args("paired_first_layer", data_half=data_half, latent_half=latent_half,
                 shuffled_source=shuffled_source, bias=bias, perm=perm)
     if kernels_apply(data_half, latent_half, shuffled_source, bias):
-        return _autograd.differentiable["paired_first_layer"](
-            data_half, latent_half, shuffled_source, bias, perm, activation, float(param)
-        )
+        return _autograd.differentiable["paired_first_layer"](*precision.autocast_inputs(
+            data_half.device.type, data_half, latent_half, shuffled_source, bias), perm,
+            activation, float(param))
     return reference.paired_first_layer(
         data_half, latent_half, shuffled_source, bias, perm, activation, param
     )
@@ -347,6 +349,10 @@ def paired_linear(
     _check_args("paired_linear", hx=hx, hz=hz, hz_source=hz_source, weight=weight, bias=bias,
                 perm=perm, data_half=data_half)
     if kernels_apply(hx, hz, hz_source, weight, bias, data_half):
+        hx, hz, hz_source, weight, bias, data_half = precision.autocast_inputs(
+            hx.device.type, hx, hz, hz_source, weight, bias, data_half)
+        if data_half is not None and data_half.dtype != hx.dtype:
+            data_half = None  # kept from a call in another precision: computed again instead
         return _autograd.differentiable["paired_linear"](
             hx, hz, hz_source, weight, bias, perm, activation, float(param), data_half
         )
@@ -439,7 +445,8 @@ if extension_available():
 
 
 def nwj_bound(t_joint: torch.Tensor, t_marg: torch.Tensor) -> torch.Tensor:
-    """NWJ lower bound ``mean(t_joint) - mean(exp(t_marg - 1))`` (a 0-dim tensor).
+    """NWJ lower bound ``mean(t_joint) - mean(exp(t_marg - 1))`` (a 0-dim tensor; float32 for
+    bfloat16 and float16 scores: :mod:`infomax_ext.precision`).
 
     ``t_joint`` (N,) are a critic's scores on joint pairs, ``t_marg`` (M,) on shuffled pairs.
     For users who bring their own critic."""
@@ -451,8 +458,9 @@ def nwj_bound(t_joint: torch.Tensor, t_marg: torch.Tensor) -> torch.Tensor:
         )
     if t_joint.numel() < 1 or t_marg.numel() < 1:
         raise ValueError("nwj_bound needs at least one joint and one shuffled score")
-    if kernels_apply(t_joint, t_marg) and t_joint.dtype == t_marg.dtype:
-        return _autograd.differentiable["nwj_bound"](t_joint, t_marg)
+    if kernels_apply(t_joint, t_marg):  # two dtypes: both cast to the wider, as torch promotes
+        return _autograd.differentiable["nwj_bound"](
+            *precision.promoted_inputs(t_joint.device.type, t_joint, t_marg))
     return reference.nwj_bound(t_joint, t_marg)
 
 
@@ -471,9 +479,8 @@ def nwj_head(
     ``mean(t[:n_joint]) - mean(exp(t[n_joint:] - 1))`` and the (R,) scores."""
     _check_args("nwj_head", hidden=hidden, weight=weight, bias=bias)
     if kernels_apply(hidden, weight, bias):
-        bound, scores, _pre = _autograd.differentiable["nwj_head"](
-            hidden, weight, bias, n_joint, activation, float(param)
-        )
+        bound, scores, _pre = _autograd.differentiable["nwj_head"](*precision.autocast_inputs(
+            hidden.device.type, hidden, weight, bias), n_joint, activation, float(param))
         return bound, scores
     return reference.nwj_head(hidden, weight, bias, n_joint, activation, param)
 
@@ -483,7 +490,7 @@ if extension_available():
     @torch.library.register_fake("infomax_ext::nwj_bound")
     def _(t_joint: torch.Tensor, t_marg: torch.Tensor) -> torch.Tensor:
         _fake_same_device("nwj_bound", t_joint=t_joint, t_marg=t_marg)
-        return t_joint.new_empty(())
+        return t_joint.new_empty((), dtype=precision.bound_dtype(t_joint.dtype))
 
     @torch.library.register_fake("infomax_ext::nwj_bound_backward")
     def _(grad: torch.Tensor, t_joint: torch.Tensor,
@@ -496,7 +503,8 @@ if extension_available():
           activation: str, param: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _fake_same_device("nwj_head", hidden=hidden, weight=weight, bias=bias)
         rows = hidden.shape[0]
-        return hidden.new_empty(()), hidden.new_empty((rows,)), hidden.new_empty((rows,))
+        return (hidden.new_empty((), dtype=precision.bound_dtype(hidden.dtype)),
+                hidden.new_empty((rows,)), hidden.new_empty((rows,)))
 
     @torch.library.register_fake("infomax_ext::nwj_head_backward")
     def _(grad_bound: torch.Tensor, grad_scores: torch.Tensor | None, hidden: torch.Tensor,
@@ -553,6 +561,8 @@ def nwj_mlp(
             f"weights, {len(biases)} biases, {len(activations)} activations and {len(params)} "
             "parameters")
     if kernels_apply(hidden, head_weight, head_bias, *weights, *biases):
+        hidden, weights, biases, head_weight, head_bias = precision.autocast_inputs(
+            hidden.device.type, hidden, weights, biases, head_weight, head_bias)
         return _autograd.nwj_mlp(hidden, weights, biases, activations, params, head_weight,
                                  head_bias, n_joint, head_activation, float(head_param))
     return reference.nwj_mlp(hidden, weights, biases, activations, params, head_weight, head_bias,
@@ -574,7 +584,8 @@ if extension_available():
         _fake_same_device("nwj_mlp", hidden=hidden, head_weight=head_weight, head_bias=head_bias,
                           **_listed("weights", weights), **_listed("biases", biases))
         torch._check(hidden.dim() == 2, lambda: "hidden must be 2-D")
-        return hidden.new_empty(()), hidden.new_empty((hidden.shape[0],))
+        return (hidden.new_empty((), dtype=precision.bound_dtype(hidden.dtype)),
+                hidden.new_empty((hidden.shape[0],)))
 
     @torch.library.register_fake("infomax_ext::nwj_mlp_forward")
     def _(hidden: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],

@@ -44,6 +44,7 @@ def kernel_applies(t_joint: torch.Tensor, t_negatives: torch.Tensor) -> bool:
     """True when the compiled ``mi_bound`` runs on these scores (see
     :func:`~infomax_ext._ops.kernels_apply`; both of one dtype, on a device with its kernel)."""
     return (t_joint.device.type in _KERNEL_DEVICES and t_joint.dtype == t_negatives.dtype
+            and t_joint.dtype in (torch.float32, torch.float64)  # not bfloat16, float16
             and _ops.kernels_apply(t_joint, t_negatives))
 
 

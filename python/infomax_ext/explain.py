@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from . import _ops
+from . import _ops, precision
 from .activations import kernel_spec
 from .all_pairs import split_reasons
 from .bounds import NWJ, Bound, resolve_bound
@@ -43,12 +43,11 @@ def kernel_reasons(*tensors: torch.Tensor | None) -> list[str]:
         device = present[0].device.type
         if not _ops.has_kernel("paired_first_layer", device):
             reasons.append(f"no compiled kernels for device {device!r} in this build")
-        if torch.is_autocast_enabled(device):
-            reasons.append(f"torch.autocast is on for {device!r}: the kernels take float32/64 only")
         dtypes = sorted({str(t.dtype) for t in present
-                         if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64)})
+                         if t.is_floating_point() and t.dtype not in precision.KERNEL_DTYPES})
         if dtypes:
-            reasons.append(f"dtype {', '.join(dtypes)}: the kernels take float32 and float64")
+            reasons.append(f"dtype {', '.join(dtypes)}: the kernels take float32, float64, "
+                           "bfloat16 and float16")
     return reasons
 
 
