@@ -1,6 +1,6 @@
 // paired_linear: the MI chain's whole first Linear layer on joint and shuffled pairs,
 //   joint row r    : act(W [hx[r % N]; hz[r]]        + b)
-//   shuffled row r : act(W [hx[r % N]; src[perm[r]]] + b),   src = hz_source or hz,
+//   shuffled row r : act(W [hx[r % N]; src[perm[r]]] + b),   src = hz_shuffled or hz,
 // with the weight split into its data and latent columns, so hx Wx^T is computed once for both
 // halves and the shuffled rows are never copied. Device-agnostic (CompositeExplicitAutograd): the
 // GEMMs go through the dispatcher (MKL or oneDNN on the CPU, cuBLAS on CUDA), the paired layer to
@@ -24,13 +24,6 @@
 
 namespace infomax_ext {
 namespace {
-
-// Up to this many units, the data-half weight gradient runs faster as (hx^T g)^T plus a
-// transposed copy into the weight's slice than as g^T hx written into the strided slice: MKL,
-// Dx = 784, 2 threads, native AVX-512 and capped at AVX2 alike: 256 units, 0.45 / 0.76 / 2.3 ms
-// against 0.49 / 0.90 / 2.8 ms at N = 64 / 256 / 1024; 1000 units, 0.65 / 2.2 / 8.6 ms direct
-// against 1.1 / 2.6 / 9.0 ms transposed (the copy grows with the units, the gain does not).
-constexpr int64_t kTransposedWeightGradMaxUnits = 512;
 
 Tensor columns(const Tensor& weight, int64_t start, int64_t count) {
   Tensor w = weight;
@@ -102,16 +95,16 @@ Tensor bias_or_zeros(const std::optional<Tensor>& bias, const Tensor& weight) {
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> paired_linear_forward(
-    const Tensor& hx, const Tensor& hz, const std::optional<Tensor>& hz_source,
+    const Tensor& hx, const Tensor& hz, const std::optional<Tensor>& hz_shuffled,
     const Tensor& weight, const std::optional<Tensor>& bias, const Tensor& perm,
     std::string_view activation, double param, const std::optional<Tensor>& data_half) {
-  check_paired_linear(hx, hz, hz_source, weight, bias, perm, std::string(activation), data_half);
+  check_paired_linear(hx, hz, hz_shuffled, weight, bias, perm, std::string(activation), data_half);
   const int64_t dx = hx.size(1);
   const Tensor w_latent_t = t(columns(weight, dx, hz.size(1)));
   const Tensor data = data_half.has_value() ? *data_half : data_product(hx, weight);
   const Tensor latent = mm(hz, w_latent_t);
   const std::optional<Tensor> source =
-      hz_source.has_value() ? std::optional<Tensor>(mm(*hz_source, w_latent_t)) : std::nullopt;
+      hz_shuffled.has_value() ? std::optional<Tensor>(mm(*hz_shuffled, w_latent_t)) : std::nullopt;
   const Tensor out = paired_first_layer_on_device(data, latent, source, bias_or_zeros(bias, weight),
                                                   perm, activation, param);
   // Absent outputs are empty tensors, each its own (outputs must not alias).
@@ -119,28 +112,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_linear_forward(
           source.has_value() ? *source : empty_on(weight, {0})};
 }
 
-Tensor paired_linear(const Tensor& hx, const Tensor& hz, const std::optional<Tensor>& hz_source,
+Tensor paired_linear(const Tensor& hx, const Tensor& hz, const std::optional<Tensor>& hz_shuffled,
                      const Tensor& weight, const std::optional<Tensor>& bias, const Tensor& perm,
                      std::string_view activation, double param,
                      const std::optional<Tensor>& data_half) {
   return std::get<0>(
-      paired_linear_forward(hx, hz, hz_source, weight, bias, perm, activation, param, data_half));
+      paired_linear_forward(hx, hz, hz_shuffled, weight, bias, perm, activation, param, data_half));
 }
 
-// Gradients of paired_linear for output_mask = (hx, hz, hz_source, weight, bias); data_half,
-// latent_half and source_half (present with hz_source) are the halves of the forward. With out
+// Gradients of paired_linear for output_mask = (hx, hz, hz_shuffled, weight, bias); data_half,
+// latent_half and shuffled_half (present with hz_shuffled) are the halves of the forward. With out
 // (the forward's output (2M, H); identity and relu only) the derivative is read from it and the
 // halves are not read: the autograd node keeps the output instead of the three halves.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     const Tensor& grad_out, const Tensor& hx, const Tensor& hz,
-    const std::optional<Tensor>& hz_source, const Tensor& weight, const Tensor& data_half,
-    const Tensor& latent_half, const std::optional<Tensor>& source_half,
+    const std::optional<Tensor>& hz_shuffled, const Tensor& weight, const Tensor& data_half,
+    const Tensor& latent_half, const std::optional<Tensor>& shuffled_half,
     const std::optional<Tensor>& bias, const Tensor& perm, std::string_view activation, double param,
     const std::vector<bool>& output_mask, const std::optional<Tensor>& out) {
   const bool from_output = out.has_value();
   const Activation act = checked_activation(std::string(activation));
   if (from_output) {
-    check_paired_linear(hx, hz, hz_source, weight, bias, perm, std::string(activation),
+    check_paired_linear(hx, hz, hz_shuffled, weight, bias, perm, std::string(activation),
                         std::nullopt);
     INFOMAX_CHECK(derivative_from_output(act),
                   "infomax_ext: paired_linear_backward reads the derivative from out for identity "
@@ -154,10 +147,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
                     " has shape ", shape_of(t), ", expected [", rows, ", ", units, "]");
     }
   } else {
-    check_paired_linear(hx, hz, hz_source, weight, bias, perm, std::string(activation),
+    check_paired_linear(hx, hz, hz_shuffled, weight, bias, perm, std::string(activation),
                         data_half);
-    INFOMAX_CHECK(hz_source.has_value() == source_half.has_value(),
-                  "infomax_ext: source_half must be given exactly when hz_source is");
+    INFOMAX_CHECK(hz_shuffled.has_value() == shuffled_half.has_value(),
+                  "infomax_ext: shuffled_half must be given exactly when hz_shuffled is");
     check_same(hx, latent_half, "hx", "latent_half");
     INFOMAX_CHECK(latent_half.dim() == 2 && latent_half.size(0) == hz.size(0) &&
                       latent_half.size(1) == weight.size(0),
@@ -165,7 +158,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
                   hz.size(0), ", ", weight.size(0), "]");
   }
   const std::vector<bool> mask = checked_mask(output_mask, 5);
-  const bool has_source = hz_source.has_value();
+  const bool has_source = hz_shuffled.has_value();
   const bool need_hx = mask[0], need_hz = mask[1];
   const bool need_source = mask[2] && has_source, need_w = mask[3];
   const bool need_bias = mask[4];
@@ -183,7 +176,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
       from_output
           ? paired_backward_from_output_on_device(grad_out, *out, hx.size(0), has_source, perm,
                                                   need_inverse, act, want)
-          : paired_first_layer_backward_on_device(grad_out, data_half, latent_half, source_half,
+          : paired_first_layer_backward_on_device(grad_out, data_half, latent_half, shuffled_half,
                                                   bias_or_zeros(bias, weight), perm, need_inverse,
                                                   activation, param, want);
 
@@ -197,7 +190,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
   if (need_w) {
     // (hz^T g)^T runs several times faster than g^T hz for the narrow side.
     latent_t = mm(t(hz), g_latent);
-    if (has_source) latent_t = torch::stable::subtract(latent_t, mm(t(*hz_source), g_source), -1.0);
+    if (has_source) latent_t = torch::stable::subtract(latent_t, mm(t(*hz_shuffled), g_source), -1.0);
   }
   g_latent = Tensor();
   g_source = Tensor();
@@ -206,11 +199,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     // One buffer, each half written in place: no zero fill, slice copies or adds.
     grad_w = empty_like_shape(weight);
     Tensor data_part = columns(grad_w, 0, dx), latent_part = columns(grad_w, dx, dz);
-    if (weight.size(0) <= kTransposedWeightGradMaxUnits) {
-      torch::stable::copy_(data_part, t(mm(t(hx), g_data)));
-    } else {
-      mm_out(data_part, t(g_data), hx);
-    }
+    // g^T hx written straight into the strided slice (the BLAS takes the row stride): no
+    // temporary and no transposed copy. AVX-512 EPYC, 2 threads, Dx = 784, minima of
+    // interleaved runs: 256 units 0.21 / 0.60 / 2.3 ms at N = 64 / 256 / 1024 against 0.24 /
+    // 0.60 / 2.3 ms for (hx^T g)^T plus a transposed copy; 512 units 0.32 against 0.73 ms and
+    // 1000 units 0.56 against 0.77 ms at N = 64 (bench/README.md, "Fixed cost per call").
+    mm_out(data_part, t(g_data), hx);
     torch::stable::copy_(latent_part, t(latent_t));
   }
   return {need_hx ? linear_input_grad(g_data, w_data) : none(), grad_hz, grad_source, grad_w,
