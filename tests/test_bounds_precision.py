@@ -153,3 +153,17 @@ def test_torch_compile_fullgraph_under_autocast(name, negatives):
     for g, w in zip(compiled_grads, eager_grads):
         assert g.dtype == torch.float32
         assert_close_scaled(g, w)
+
+
+@pytest.mark.parametrize("r,c,offset", [(5, 5, 0), (3, 9, 0), (3, 9, 4), (3, 9, 6), (1, 4, 3),
+                                        (2, 2, 0)])
+def test_off_diagonal_rows_without_a_mask_equal_the_masked_entries(r, c, offset):
+    """The static-shape extraction (views and a pad, fit for fullgraph compile) picks exactly
+    the entries a boolean mask keeps, in row order, with the identity gradient."""
+    from infomax_ext.bounds import _off_diagonal_at
+
+    rows = torch.randn(r, c, dtype=torch.float64, requires_grad=True)
+    keep = torch.ones(r, c, dtype=torch.bool)
+    keep[torch.arange(r), torch.arange(r) + offset] = False
+    assert torch.equal(_off_diagonal_at(rows, offset), rows[keep])
+    assert torch.autograd.gradcheck(lambda t: _off_diagonal_at(t, offset), (rows,))

@@ -72,11 +72,12 @@ def off_diagonal(scores: torch.Tensor) -> torch.Tensor:
 def _off_diagonal_at(rows: torch.Tensor, offset: int) -> torch.Tensor:
     """Entries of ``rows`` (R, C) other than (i, offset + i), row by row (1-D)."""
     r, c = rows.shape
-    # column k of row i's (C - 1) entries is k, or k + 1 from the joint column on: a gather of a
-    # static shape (a boolean mask would give torch.compile a data-dependent size)
-    columns = torch.arange(c - 1, device=rows.device)
-    joint_columns = torch.arange(r, device=rows.device)[:, None] + offset
-    return rows.gather(1, columns + (columns >= joint_columns).long()).flatten()
+    # Views and a pad only (static shapes for torch.compile, nothing saved for the backward):
+    # the joint entries lie at flat positions offset + i (C + 1); after the first one, the
+    # entries between two of them are the rows of a (R, C + 1) view, padded at the end.
+    flat = rows.reshape(-1)
+    between = F.pad(flat[offset + 1:], (0, r + offset + 1)).view(r, c + 1)[:, :c].reshape(-1)
+    return torch.cat([flat[:offset], between[:r * c - r - offset]])
 
 
 def as_reduction_dtype(t: torch.Tensor) -> torch.Tensor:
