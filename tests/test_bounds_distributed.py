@@ -45,13 +45,28 @@ def _bound_cases(rank, out):
     x, z = _batch()
     rows = slice(rank * ROWS, (rank + 1) * ROWS)
     results = [_evaluate(mi, x[rows], z[rows], case, dist.group.WORLD) for case in CASES]
+    dv_runs = {"all": _dv_average_run(mi, x[rows], z[rows], "all", dist.group.WORLD)}
     refused = None
     try:
         shuffled_bound(mi, x[rows], z[rows], seed=5, process_group=dist.group.WORLD,
                        bound=DV(moving_average=0.9))
     except ValueError as exc:
         refused = str(exc)
-    torch.save({"results": results, "refused": refused}, f"{out}/rank{rank}.pt")
+    torch.save({"results": results, "dv_runs": dv_runs, "refused": refused},
+               f"{out}/rank{rank}.pt")
+
+
+def _dv_average_run(mi, x, z, negatives, group=None, steps=3):
+    """DV with MINE's moving average over ``steps`` evaluations (seeds 5, 6, 7): each one's
+    value and chain gradient, and the average after it."""
+    dv = DV(moving_average=0.9)
+    out = []
+    for step in range(steps):
+        value = shuffled_bound(mi, x, z, seed=5 + step, process_group=group, bound=dv,
+                               negatives=negatives).bound
+        grads = torch.autograd.grad(value, list(mi.parameters()))
+        out.append((value.detach(), grads, dv.ema.clone(), dv.average_updates))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -80,5 +95,25 @@ def test_whole_batch_over_processes(ranks, index):
     assert torch.allclose(got_z, z_grad, rtol=0, atol=1e-10)
 
 
-def test_dv_moving_average_refused_over_processes(ranks):
-    assert all("moving_average" in r["refused"] for r in ranks)
+def test_dv_moving_average_with_shuffled_negatives_refused_over_processes(ranks):
+    assert all("moving_average" in r["refused"] and "negatives='all'" in r["refused"]
+               for r in ranks)
+
+
+@pytest.mark.parametrize("negatives", ["all"])
+def test_dv_moving_average_is_the_whole_batch_s_on_every_process(ranks, negatives):
+    """Every process keeps the average one process keeps on the whole batch; the averaged
+    gradients (the average's correction included) are the whole batch's."""
+    mi = _chain()
+    x, z = _batch()
+    whole = _dv_average_run(mi, x, z, negatives)
+    for step, (value, grads, average, updates) in enumerate(whole):
+        per_rank = [r["dv_runs"][negatives][step] for r in ranks]
+        assert all(r[3] == updates == step + 1 for r in per_rank)
+        for r in per_rank:
+            assert torch.allclose(r[2], average, rtol=0, atol=1e-10), (float(r[2]), float(average))
+        mean_value = sum(r[0] for r in per_rank) / WORLD
+        assert torch.allclose(mean_value, value, rtol=0, atol=1e-10)
+        for i, want in enumerate(grads):
+            got = sum(r[1][i] for r in per_rank) / WORLD
+            assert torch.allclose(got, want, rtol=0, atol=1e-10)

@@ -289,7 +289,7 @@ def test_torch_compile_under_autocast_matches_eager():
 
     eager = value_of(mi, x, z)
     eager_grads = torch.autograd.grad(eager, list(mi.parameters()))
-    compiled = torch.compile(value_of, fullgraph=False)(mi, x, z)
+    compiled = torch.compile(value_of, fullgraph=True)(mi, x, z)
     assert compiled.dtype == torch.float32
     compiled_grads = torch.autograd.grad(compiled, list(mi.parameters()))
     torch.testing.assert_close(compiled, eager, rtol=1e-2, atol=1e-2)

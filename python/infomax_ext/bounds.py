@@ -12,6 +12,9 @@ marginals (shuffled pairs, or every x_i with every z_j, j != i). Each entry give
   ``"rows"``: InfoNCE's per-row log-sum-exp over all codes).
 
 Calling a bound, ``bound(joint, negatives)``, returns the value with the surrogate's gradient.
+Every bound reduces in float32 or float64: bfloat16 and float16 scores are converted to float32
+first (:func:`as_reduction_dtype`), so the bound is float32 for them (float64 for float64
+scores) and their gradient returns in their own dtype.
 The bounds of the C++ table ``csrc/bounds.h`` (``compiled = True``: nwj, dv, js, smile) reduce
 the scores with the compiled op ``mi_bound`` (:mod:`infomax_ext.bound_op`) where it applies (the
 extension loaded, float32/64, not inside :func:`~infomax_ext.use_reference_path`); the formulas
@@ -69,10 +72,18 @@ def off_diagonal(scores: torch.Tensor) -> torch.Tensor:
 def _off_diagonal_at(rows: torch.Tensor, offset: int) -> torch.Tensor:
     """Entries of ``rows`` (R, C) other than (i, offset + i), row by row (1-D)."""
     r, c = rows.shape
-    keep = torch.ones(r, c, dtype=torch.bool, device=rows.device)
-    index = torch.arange(r, device=rows.device)
-    keep[index, index + offset] = False
-    return rows[keep]
+    # Views and a pad only (static shapes for torch.compile, nothing saved for the backward):
+    # the joint entries lie at flat positions offset + i (C + 1); after the first one, the
+    # entries between two of them are the rows of a (R, C + 1) view, padded at the end.
+    flat = rows.reshape(-1)
+    between = F.pad(flat[offset + 1:], (0, r + offset + 1)).view(r, c + 1)[:, :c].reshape(-1)
+    return torch.cat([flat[:offset], between[:r * c - r - offset]])
+
+
+def as_reduction_dtype(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the dtype every bound reduces in: float32 for bfloat16 and float16 scores (a
+    differentiable conversion: the gradient returns in ``t``'s dtype), ``t`` itself otherwise."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def _with_gradient_of(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
@@ -109,6 +120,11 @@ class Bound:
             return None
         return float(getattr(self, self.param_name)) if self.param_name else 0.0
 
+    def without_state_update(self) -> "Bound":
+        """This bound using whatever state it keeps without updating it (itself when it keeps
+        none; :class:`DV`'s moving average)."""
+        return self
+
     def value(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -122,6 +138,7 @@ class Bound:
         is the log-mean-exp the ``"log_mean_exp"`` bounds take over the negatives (a whole-batch
         one across processes, :mod:`infomax_ext.distributed_bounds`)."""
         _check_scores(self.name, joint, negatives)
+        joint, negatives = as_reduction_dtype(joint), as_reduction_dtype(negatives)
         param = self.op_param() if lme is log_mean_exp else None
         if param is not None and bound_op.kernel_applies(joint, negatives):
             value, objective = bound_op.mi_bound(joint, negatives, self.name, param)
@@ -192,8 +209,13 @@ class DV(Bound):
 
     ``moving_average`` (gamma in [0, 1), None by default): MINE's bias-corrected gradient. The
     gradient of the log term becomes ``grad mean exp(T_m) / ema`` with ``ema = gamma ema + (1 -
-    gamma) mean exp(T_m)`` (without gradient, clamped to [1e-4, 1e4], the first batch's mean
-    to start; updated on every call that builds a graph). The value is unchanged."""
+    gamma) mean exp(T_m)`` (without gradient, the batch mean clamped to [1e-4, 1e4], the first
+    batch's mean to start). The average is updated on every call that builds a graph, except
+    through :meth:`without_state_update` (a view that reads the same average without updating
+    it: the VAE's loss, :func:`~infomax_ext.infomaxloss`, uses it, so the critic's loss alone
+    updates the average, once per training step, as MINE does). The value is unchanged.
+    :meth:`average_state` / :meth:`load_average_state` save and restore the average
+    (checkpoints)."""
 
     name, reduction, compiled = "dv", "log_mean_exp", True
 
@@ -205,7 +227,65 @@ class DV(Bound):
                                  f"{moving_average!r}")
             moving_average = float(moving_average)
         self.moving_average = moving_average
-        self.ema: torch.Tensor | None = None
+        self._average = _RunningAverage()
+        self.updates_average = True
+
+    @property
+    def ema(self) -> torch.Tensor | None:
+        """The running average of ``mean exp(T_m)`` (0-dim, no gradient), None before the first
+        update."""
+        return self._average.value
+
+    @property
+    def average_updates(self) -> int:
+        """How many batches the running average has taken in."""
+        return self._average.updates
+
+    def without_state_update(self) -> "DV":
+        """This bound reading its running average without updating it (the same settings and
+        the same average object; ``self`` without a moving average)."""
+        if self.moving_average is None:
+            return self
+        view = DV(self.moving_average)
+        view._average = self._average
+        view.updates_average = False
+        return view
+
+    def update_average(self, batch_mean: torch.Tensor) -> torch.Tensor:
+        """Take in one batch's ``mean exp(T_m)`` (0-dim, clamped to [1e-4, 1e4]); returns the
+        new average."""
+        state, gamma = self._average, cast(float, self.moving_average)
+        batch_mean = batch_mean.detach().clamp(1e-4, 1e4)
+        state.value = batch_mean if state.value is None else \
+            gamma * state.value.to(batch_mean) + (1 - gamma) * batch_mean
+        state.updates += 1
+        return state.value
+
+    def average_state(self) -> dict[str, Any] | None:
+        """``{"average": 0-dim tensor on the CPU, "updates": int}``, None without a moving
+        average or before the first update."""
+        if self.moving_average is None or self._average.value is None:
+            return None
+        return {"average": self._average.value.detach().cpu().clone(),
+                "updates": self._average.updates}
+
+    def load_average_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`average_state` returned (ValueError naming the entry when it is
+        not such a state)."""
+        if self.moving_average is None:
+            raise ValueError("dv without moving_average keeps no running average to load")
+        if not isinstance(state, dict) or set(state) != {"average", "updates"}:
+            raise ValueError("dv average state must be a dict with 'average' and 'updates', got "
+                             f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
+        average, updates = state["average"], state["updates"]
+        if not isinstance(average, torch.Tensor) or average.dim() != 0 \
+                or not average.is_floating_point() or not 1e-4 <= float(average) <= 1e4:
+            raise ValueError("dv average state: 'average' must be a 0-dim floating tensor in "
+                             f"[1e-4, 1e4], got {average!r}")
+        if isinstance(updates, bool) or not isinstance(updates, int) or updates < 1:
+            raise ValueError(f"dv average state: 'updates' must be an integer >= 1, got {updates!r}")
+        self._average.value = average.detach().clone()
+        self._average.updates = updates
 
     def op_param(self) -> float | None:
         return None if self.moving_average is not None else super().op_param()
@@ -214,23 +294,58 @@ class DV(Bound):
               lme: LogMeanExp = log_mean_exp) -> torch.Tensor:
         return joint.mean() - lme(negatives)
 
+    def __call__(self, joint: torch.Tensor, negatives: torch.Tensor, *,
+                 lme: LogMeanExp = log_mean_exp,
+                 mean_over_group: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> torch.Tensor:
+        """As :meth:`Bound.__call__`; ``mean_over_group`` (a batch split across processes with
+        equal numbers of negatives: the mean of a 0-dim tensor over the processes) makes the
+        batch mean of exp(T_m) that the moving average takes in the whole batch's, so every
+        process keeps the same average."""
+        if mean_over_group is None or self.moving_average is None:
+            return super().__call__(joint, negatives, lme=lme)
+        _check_scores(self.name, joint, negatives)
+        joint, negatives = as_reduction_dtype(joint), as_reduction_dtype(negatives)
+        value = self.value(joint, negatives, lme)
+        if not torch.is_grad_enabled():
+            return value
+        return _with_gradient_of(value, self._corrected(joint, negatives, mean_over_group))
+
     def surrogate(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor | None:
-        if self.moving_average is None:
-            return None
+        return None if self.moving_average is None else self._corrected(joint, negatives)
+
+    def _corrected(self, joint: torch.Tensor, negatives: torch.Tensor,
+                   mean_over_group: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> torch.Tensor:
+        """MINE's objective ``mean T_j - mean exp(T_m) / average`` (the average taking in this
+        batch, or read: see the class docstring)."""
         exp_neg = torch.exp(negatives)
         with torch.no_grad():
-            batch = exp_neg.mean().clamp(1e-4, 1e4)
-            if self.ema is None:
-                self.ema = batch
-            else:
-                self.ema = self.moving_average * self.ema + (1 - self.moving_average) * batch
-        return joint.mean() - exp_neg.mean() / self.ema
+            batch = exp_neg.mean()
+            if mean_over_group is not None and (self.updates_average
+                                                or self._average.value is None):
+                batch = mean_over_group(batch)
+            if self.updates_average:
+                average = self.update_average(batch)
+            else:  # before the first update: this batch's mean
+                average = self._average.value if self._average.value is not None \
+                    else batch.clamp(1e-4, 1e4)
+        return joint.mean() - exp_neg.mean() / average.to(exp_neg)
 
     def config(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
         if self.moving_average is not None:
             out["moving_average"] = self.moving_average
         return out
+
+
+class _RunningAverage:
+    """The state of :class:`DV`'s moving average, shared by the bound and its
+    :meth:`~DV.without_state_update` views."""
+
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+        self.updates = 0
 
 
 def js_objective(joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
@@ -294,6 +409,7 @@ class InfoNCE(Bound):
         """The mean over ``rows`` (R, C) of ``joint_i - logsumexp_j rows[i, j]``, + log C
         (the rows of one process when the batch is split: their mean over processes is the
         whole batch's bound; ``rows`` holds the joint scores at (i, offset + i))."""
+        rows, joint = as_reduction_dtype(rows), as_reduction_dtype(joint)
         return (joint - torch.logsumexp(rows, 1)).mean() + math.log(rows.shape[1])
 
 

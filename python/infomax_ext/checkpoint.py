@@ -6,7 +6,9 @@ is a ``torch.save`` dict of tensors and plain values: ``format``, ``version``, `
 state dict), ``optimizers`` (``"vae"`` and ``"mi"``: Adam state dicts), ``history`` (one record
 per epoch), ``n_train``, ``rng`` (``{"torch": ByteTensor[, "cuda": ByteTensor]}``),
 ``world_size``, and optionally ``rank_rng`` (one rng dict per process), ``data_fingerprint``
-(the SHA-256 of the data, set by the command) and ``preprocessing`` (how the data was prepared). Next to it, ``NAME.sha256.json`` records the
+(the SHA-256 of the data, set by the command), ``preprocessing`` (how the data was prepared)
+and ``bound_state`` (the running average of a DV bound with ``moving_average``:
+``{"average": 0-dim tensor, "updates": int}``, :func:`bound_state`). Next to it, ``NAME.sha256.json`` records the
 digest of its bytes (:func:`digest_path`).
 
 Writing (:func:`write_checkpoint`) keeps the pair verifiable at every instant: the companion is
@@ -47,7 +49,7 @@ from .serialization import (
 )
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "digest_path", "write_checkpoint",
-           "read_checkpoint", "validate_checkpoint", "restore_training_state"]
+           "read_checkpoint", "validate_checkpoint", "restore_training_state", "bound_state"]
 
 CHECKPOINT_FORMAT = "infomax_ext.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -55,7 +57,7 @@ DIGEST_FORMAT = "infomax_ext.checkpoint-digest"
 
 _REQUIRED = ("format", "version", "epoch", "config", "model_config", "model", "optimizers",
              "history", "n_train", "rng", "world_size")
-_OPTIONAL = ("rank_rng", "data_fingerprint", "preprocessing")
+_OPTIONAL = ("rank_rng", "data_fingerprint", "preprocessing", "bound_state")
 _RECORD_KEYS = {"epoch", "vae_loss", "mi_loss", "mi"}
 _ADAM_HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
                          "decoupled_weight_decay")
@@ -213,6 +215,8 @@ def validate_checkpoint(state: object, path: str | os.PathLike[str],
         _check_adam(c, optimizers[name], f"optimizers.{name}", list(network.parameters()),
                     dtype, lr, epoch)
     _check_history(c, state["history"], epoch)
+    if "bound_state" in state:
+        _check_bound_state(c, state["bound_state"], getattr(shell, "bound", None))
     _check_rng(c, state["rng"], "rng")
     if state.get("rank_rng") is not None:
         ranks = state["rank_rng"]
@@ -321,6 +325,31 @@ def _check_history(c: _Checker, history: object, epoch: int) -> None:
             c.fail(f"history[{i}].epoch must be {i + 1}, found {_show(record['epoch'])}")
 
 
+def bound_state(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The checkpoint's ``bound_state`` entry for ``model``: its DV bound's running average
+    (:meth:`~infomax_ext.bounds.DV.average_state`), None when it keeps none."""
+    from .bounds import DV
+
+    bound = getattr(model, "bound", None)
+    return bound.average_state() if isinstance(bound, DV) else None
+
+
+def _check_bound_state(c: _Checker, saved: object, bound: object) -> None:
+    """``bound_state`` fits the model's bound: a DV with a moving average, and a state its
+    :meth:`~infomax_ext.bounds.DV.load_average_state` takes."""
+    from .bounds import DV
+
+    if not isinstance(bound, DV) or bound.moving_average is None:
+        c.fail(f"bound_state is given but the model's bound {bound!r} keeps no running average")
+    saved = c.mapping(saved, "bound_state")
+    if "average" in saved:
+        c.tensor(saved["average"], "bound_state.average", shape=())
+    try:
+        DV(bound.moving_average).load_average_state(saved)
+    except ValueError as exc:
+        c.fail(f"bound_state: {exc}")
+
+
 def _check_rng(c: _Checker, rng: object, name: str) -> None:
     """A random state dict: ``torch`` a CPU generator state torch accepts, ``cuda`` optional."""
     rng = c.mapping(rng, name)
@@ -343,11 +372,14 @@ def _check_rng(c: _Checker, rng: object, name: str) -> None:
 def restore_training_state(trainer: Any, state: Mapping[str, Any]) -> None:
     """Put the checked ``state`` into ``trainer``, whose model already holds its weights: both
     Adam states (under the trainer's own hyperparameters and implementation flags, equal to the
-    saved ones by :func:`validate_checkpoint`), the epoch, history and random state."""
+    saved ones by :func:`validate_checkpoint`), a DV bound's running average, the epoch,
+    history and random state."""
     for name, opt in trainer.optimizers.items():
         target = opt.state_dict()
         target["state"] = state["optimizers"][name]["state"]
         opt.load_state_dict(target)
+    if state.get("bound_state") is not None:  # checked against the model's bound
+        trainer.model.bound.load_average_state(state["bound_state"])
     trainer.epoch = state["epoch"]
     trainer.history = [dict(r) for r in state["history"]]
     trainer.data_fingerprint = state.get("data_fingerprint")

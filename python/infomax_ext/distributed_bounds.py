@@ -10,6 +10,10 @@ process's gradient on the whole batch:
   process's maximum (all-reduce MAX, no gradient) and sum of exponentials (all-reduce SUM, whose
   backward sums the processes' gradients);
 - ``"rows"`` (infonce): each process's rows against the gathered codes of all processes.
+
+DV with a moving average (MINE), all-pairs negatives: the average takes in the whole batch's
+mean of exp(T_m) (all-reduced), so every process keeps the same average and the averaged
+gradients are the whole batch's (shuffled negatives: refused, :func:`check_bound_for_group`).
 """
 from __future__ import annotations
 
@@ -20,12 +24,13 @@ import torch
 import torch.distributed as dist
 
 from . import distributed
-from .bounds import Bound
+from .bounds import DV, Bound, _off_diagonal_at
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
-__all__ = ["global_log_mean_exp", "bound_over_group", "gathered_codes", "check_bound_for_group"]
+__all__ = ["global_log_mean_exp", "bound_over_group", "gathered_codes", "check_bound_for_group",
+           "mean_over_group"]
 
 
 class _SumOverGroup(torch.autograd.Function):
@@ -61,12 +66,37 @@ def global_log_mean_exp(t: torch.Tensor, group: ProcessGroup | None) -> torch.Te
     return top + torch.log(total) - math.log(world * t.numel())
 
 
-def check_bound_for_group(bound: Bound) -> None:
-    """Bounds whose state cannot be shared across processes are refused before any work."""
-    if getattr(bound, "moving_average", None) is not None:
-        raise ValueError("bound 'dv' with a moving_average keeps a per-process average of "
-                         "mean exp(T_m); it is not supported with a process_group (use dv without "
-                         "it, or smile)")
+def mean_over_group(t: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor:
+    """The mean of the 0-dim ``t`` over the processes (all-reduce SUM over the world size; no
+    gradient: DV's moving average takes it in)."""
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out / dist.get_world_size(group)
+
+
+def check_bound_for_group(bound: Bound, all_pairs: bool = False) -> None:
+    """Before any work: ``bound`` is a :class:`Bound` that runs over processes with these
+    negatives. DV with a moving average runs with all-pairs negatives (``all_pairs``), every
+    process keeping the whole batch's average; with shuffled negatives it is refused (a
+    ValueError), as the shuffled path evaluates the bound on this process's pairs first, which
+    would update the average with this process's batch alone."""
+    if not isinstance(bound, Bound):
+        raise TypeError(f"bound must be an infomax_ext Bound, got {type(bound).__name__}")
+    if not all_pairs and getattr(bound, "moving_average", None) is not None:
+        raise ValueError("bound 'dv' with a moving_average runs over a process_group with "
+                         "negatives='all' (every process keeps the whole batch's average of "
+                         "mean exp(T_m)); with shuffled negatives it is not supported (use "
+                         "negatives='all', dv without it, or smile)")
+
+
+def _group_keywords(bound: Bound, group: ProcessGroup | None) -> dict[str, Any]:
+    """The keywords of ``bound``'s call that reduce over ``group``."""
+    keywords: dict[str, Any] = {}
+    if bound.reduction == "log_mean_exp":
+        keywords["lme"] = lambda t: global_log_mean_exp(t, group)
+    if isinstance(bound, DV) and bound.moving_average is not None:
+        keywords["mean_over_group"] = lambda t: mean_over_group(t, group)
+    return keywords
 
 
 def bound_over_group(bound: Bound, joint: torch.Tensor, negatives: torch.Tensor,
@@ -74,18 +104,17 @@ def bound_over_group(bound: Bound, joint: torch.Tensor, negatives: torch.Tensor,
     """``bound`` on this process's joint scores (M,) and negatives (K,) as a share of the whole
     batch's (see the module docstring)."""
     check_bound_for_group(bound)
-    if bound.reduction == "log_mean_exp":
-        return bound(joint, negatives, lme=lambda t: global_log_mean_exp(t, group))
-    return bound(joint, negatives)
+    return bound(joint, negatives, **_group_keywords(bound, group))
 
 
 def rows_over_group(bound: Bound, rows: torch.Tensor, joint: torch.Tensor, offset: int,
                     group: ProcessGroup | None) -> torch.Tensor:
     """``bound`` on this process's rows (N, P N) of the whole batch's all-pairs matrix."""
-    check_bound_for_group(bound)
-    if bound.reduction == "log_mean_exp":
-        return bound.from_rows(rows, joint, offset, lme=lambda t: global_log_mean_exp(t, group))
-    return bound.from_rows(rows, joint, offset)
+    check_bound_for_group(bound, all_pairs=True)
+    keywords = _group_keywords(bound, group)
+    if "mean_over_group" in keywords:  # DV's moving average: the call takes it
+        return bound(joint, _off_diagonal_at(rows, offset), **keywords)
+    return bound.from_rows(rows, joint, offset, **keywords)
 
 
 def gathered_codes(z: torch.Tensor, group: ProcessGroup | None,

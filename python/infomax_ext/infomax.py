@@ -384,14 +384,17 @@ def infomaxloss(
     process's rows; see :mod:`infomax_ext.distributed`), ``bound="nwj"`` (the MI bound: a name
     of :data:`~infomax_ext.BOUNDS` or a :class:`~infomax_ext.bounds.Bound`),
     ``negatives="shuffle"`` (or ``"all"``: every pair of the batch; see
-    :func:`~infomax_ext.mutual_info.shuffled_bound`).
+    :func:`~infomax_ext.mutual_info.shuffled_bound`). The bound's state is read, not updated
+    (:meth:`~infomax_ext.bounds.Bound.without_state_update`: DV's moving average is the
+    critic's, updated by :func:`miloss`; :func:`infomax_terms` updates it).
     """
     return infomax_terms(
         vae, mi, x, x_out, beta=beta, alpha=alpha, n_samples=n_samples,
         reconstruction_loglikelihood=reconstruction_loglikelihood, kl_divergence=kl_divergence,
         regularization=regularization, reg_strength=reg_strength, seed=seed,
         shuffled_grad=shuffled_grad, data_half_cache=data_half_cache, process_group=process_group,
-        bound=bound, negatives=negatives,
+        # the critic's loss (miloss) alone updates a bound's state, e.g. DV's moving average
+        bound=resolve_bound(bound).without_state_update(), negatives=negatives,
     ).loss
 
 

@@ -35,7 +35,8 @@ class TrainConfig:
     ``reuse_forward``, ``shuffled_grad`` and ``negatives`` (data-parallel only: ``"global"``
     shuffles over the whole batch, ``"local"`` within each process's share) as in
     :func:`~infomax_ext.train_step`; ``bound`` the MI bound of both losses (a name of
-    :data:`~infomax_ext.BOUNDS`; ``smile_clip`` is smile's tau). Evaluation: ``val_fraction`` of the data held out,
+    :data:`~infomax_ext.BOUNDS`; ``smile_clip`` is smile's tau, ``dv_moving_average`` dv's
+    MINE moving-average rate, None: off). Evaluation: ``val_fraction`` of the data held out,
     ``active_threshold`` for active units, ``eval_mi_steps`` training steps of the fresh MI chain.
 
     The defaults are the settings of ``make demo``, chosen on the digits: about 30 s of training
@@ -62,6 +63,7 @@ class TrainConfig:
     negatives: str = "global"
     bound: str = "nwj"
     smile_clip: float = 5.0
+    dv_moving_average: float | None = None
     val_fraction: float = 0.2
     checkpoint_every: int = 1
     active_threshold: float = 0.01
@@ -113,6 +115,14 @@ class TrainConfig:
         if self.bound not in BOUNDS:
             raise ValueError(f"bound must be one of {list(BOUNDS)}, got {self.bound!r}")
         nonneg("smile_clip", strict=True)
+        if self.dv_moving_average is not None:
+            v = self.dv_moving_average
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ValueError(f"dv_moving_average must be a number in [0, 1) or None, got {v!r}")
+            if self.bound != "dv":
+                raise ValueError(f"dv_moving_average is a setting of bound 'dv', but bound is "
+                                 f"{self.bound!r}")
+            self.dv_moving_average = float(v)
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {list(LIKELIHOODS)}, got {self.likelihood!r}")
         for name in ("beta", "alpha"):
@@ -132,7 +142,10 @@ class TrainConfig:
         return self
 
     def mi_bound(self) -> Bound:
-        """The :class:`~infomax_ext.bounds.Bound` of ``bound`` (with ``smile_clip`` for smile)."""
+        """The :class:`~infomax_ext.bounds.Bound` of ``bound`` (with ``smile_clip`` for smile,
+        ``dv_moving_average`` for dv)."""
+        if self.bound == "dv" and self.dv_moving_average is not None:
+            return resolve_bound("dv", moving_average=self.dv_moving_average)
         return resolve_bound(self.bound, clip=self.smile_clip) if self.bound == "smile" \
             else resolve_bound(self.bound)
 

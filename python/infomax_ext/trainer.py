@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed, memory
-from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint,
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, bound_state, read_checkpoint,
                          restore_training_state, write_checkpoint)
 from .data import MappedSamples, check_values
 from .evaluation import active_units, encoder_mean, reconstruction_and_kl
@@ -254,6 +254,8 @@ class Trainer:
         }
         if self.data_fingerprint is not None:
             state["data_fingerprint"] = self.data_fingerprint
+        if bound_state(self.model) is not None:  # a DV bound's running average
+            state["bound_state"] = bound_state(self.model)
         if self.group is not None:
             state["rank_rng"] = distributed.all_objects(self.group, rng)
         return state

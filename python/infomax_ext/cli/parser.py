@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "docs/bounds.md)")
     model.add_argument("--smile-clip", dest="smile_clip", type=float, metavar="TAU", default=None,
                        help=f"smile's clip tau (default {defaults.smile_clip})")
+    model.add_argument("--dv-moving-average", dest="dv_moving_average", type=float,
+                       metavar="RATE", default=None,
+                       help="dv: MINE's bias-corrected gradient with this moving-average rate "
+                            "in [0, 1) (default: off)")
     run = train.add_argument_group("run")
     run.add_argument("--out", metavar="DIR", default=None,
                      help="run directory (default: a new folder under runs/)")

@@ -40,7 +40,8 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
     dests = [dest for _, dest, *_ in _TRAIN_OPTIONS] + ["activation", "likelihood",
                                                         "reuse_forward", "shuffled_grad",
-                                                        "negatives", "bound", "smile_clip"]
+                                                        "negatives", "bound", "smile_clip",
+                                                        "dv_moving_average"]
     if saved is None:
         values = TrainConfig().to_dict()
         values.update({d: _given(args, d) for d in dests if _given(args, d) is not None})
