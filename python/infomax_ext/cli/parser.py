@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--negatives", type=_negatives, choices=NEGATIVES, default=None,
                        help="how the MI bound pairs the negatives: shuffle (each sample with one "
                             "shuffled code, N pairs) or all (each sample with every other "
-                            "sample's code, N(N - 1) pairs, evaluated in row chunks); infonce "
-                            f"always uses all pairs (default {defaults.negatives})")
+                            "sample's code, N(N - 1) pairs, evaluated in row chunks); --bound "
+                            "infonce always uses all pairs, whichever is given (default "
+                            f"{defaults.negatives})")
     model.add_argument("--bound", choices=list(BOUNDS), default=None,
                        help="the MI bound both losses use: nwj, dv (MINE's estimate), js (value "
                             "NWJ(T + 1), trained on Jensen-Shannon), smile (clipped DV value, JS "
