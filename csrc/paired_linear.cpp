@@ -25,13 +25,6 @@
 namespace infomax_ext {
 namespace {
 
-// Up to this many units, the data-half weight gradient runs faster as (hx^T g)^T plus a
-// transposed copy into the weight's slice than as g^T hx written into the strided slice: MKL,
-// Dx = 784, 2 threads, native AVX-512 and capped at AVX2 alike: 256 units, 0.45 / 0.76 / 2.3 ms
-// against 0.49 / 0.90 / 2.8 ms at N = 64 / 256 / 1024; 1000 units, 0.65 / 2.2 / 8.6 ms direct
-// against 1.1 / 2.6 / 9.0 ms transposed (the copy grows with the units, the gain does not).
-constexpr int64_t kTransposedWeightGradMaxUnits = 512;
-
 Tensor columns(const Tensor& weight, int64_t start, int64_t count) {
   Tensor w = weight;
   return torch::stable::narrow(w, 1, start, count);
@@ -206,11 +199,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     // One buffer, each half written in place: no zero fill, slice copies or adds.
     grad_w = empty_like_shape(weight);
     Tensor data_part = columns(grad_w, 0, dx), latent_part = columns(grad_w, dx, dz);
-    if (weight.size(0) <= kTransposedWeightGradMaxUnits) {
-      torch::stable::copy_(data_part, t(mm(t(hx), g_data)));
-    } else {
-      mm_out(data_part, t(g_data), hx);
-    }
+    // g^T hx written straight into the strided slice (the BLAS takes the row stride): no
+    // temporary and no transposed copy. AVX-512 EPYC, 2 threads, Dx = 784, minima of
+    // interleaved runs: 256 units 0.21 / 0.60 / 2.3 ms at N = 64 / 256 / 1024 against 0.24 /
+    // 0.60 / 2.3 ms for (hx^T g)^T plus a transposed copy; 512 units 0.32 against 0.73 ms and
+    // 1000 units 0.56 against 0.77 ms at N = 64 (bench/README.md, "Fixed cost per call").
+    mm_out(data_part, t(g_data), hx);
     torch::stable::copy_(latent_part, t(latent_t));
   }
   return {need_hx ? linear_input_grad(g_data, w_data) : none(), grad_hz, grad_source, grad_w,

@@ -18,18 +18,24 @@ def one_thread():
 
 @pytest.fixture
 def data_half_spy(monkeypatch):
-    """A list that gets, for each fused first-layer call (``_ops.paired_linear``), the
+    """A list that gets, for each fused first-layer call (``_ops.paired_linear``, or the
+    one-node chain ``_autograd.nwj_chain``, whose first nine arguments are paired_linear's), the
     precomputed data half it was given, or None."""
-    from infomax_ext import _ops
+    from infomax_ext import _autograd, _ops
 
     calls = []
-    real = _ops.paired_linear
 
-    def spy(*args, **kwargs):
-        calls.append(args[8] if len(args) > 8 else kwargs.get("data_half"))
-        return real(*args, **kwargs)
+    def spy_on(module, name):
+        real = getattr(module, name)
 
-    monkeypatch.setattr(_ops, "paired_linear", spy)
+        def spy(*args, **kwargs):
+            calls.append(args[8] if len(args) > 8 else kwargs.get("data_half"))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+
+    spy_on(_ops, "paired_linear")
+    spy_on(_autograd, "nwj_chain")
     return calls
 
 

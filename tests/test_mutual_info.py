@@ -228,13 +228,13 @@ def test_shared_evaluation_equals_two_calls(name, shuffled_grad, n_samples):
 
 
 def test_fused_plan_detection():
-    assert fused_plan(paper_like_chain()) is not None
-    assert fused_plan(paper_like_chain(act=nn.Hardswish)) is None
-    assert fused_plan(CHAINS["batchnorm"]()) is None
+    assert fused_plan(paper_like_chain())
+    assert not fused_plan(paper_like_chain(act=nn.Hardswish))
+    assert not fused_plan(CHAINS["batchnorm"]())
     plan = fused_plan(paper_like_chain(out_act=nn.Sigmoid()))
     assert plan.head_act.name == "sigmoid" and plan.first_act.name == "relu" and len(plan.middle) == 2
     not_linear_first = im.MutualInfoChain(nn.Identity(), nn.Identity(), nn.Sequential(nn.ReLU(), nn.Linear(15, 1)))
-    assert fused_plan(not_linear_first) is None
+    assert not fused_plan(not_linear_first)
 
 
 @pytest.mark.parametrize("shuffled_grad", [False, True])

@@ -1076,7 +1076,7 @@ class _SumColumns(nn.Module):
 def test_fused_plan_gives_a_stack_for_linear_and_kernel_activation_middles(name):
     mi = STACK_CHAINS[name]()
     plan = fused_plan(mi)
-    assert plan is not None and plan.stack is not None
+    assert plan and plan.stack is not None
     linears = [m for m in plan.middle if isinstance(m, nn.Linear)]
     assert [layer for layer, _ in plan.stack] == linears
     assert plan.head.out_features == 1
@@ -1091,20 +1091,26 @@ def test_the_stack_of_a_linear_linear_middle_has_an_identity_between():
 @pytest.mark.parametrize("name", list(NO_STACK_CHAINS))
 def test_fused_plan_gives_no_stack_otherwise(name):
     plan = fused_plan(NO_STACK_CHAINS[name]())
-    assert plan is None or plan.stack is None
+    assert not plan or plan.stack is None
 
 
 @pytest.fixture
 def nwj_mlp_calls(monkeypatch):
-    """The number of calls of _ops.nwj_mlp (what paired_mutual_info calls)."""
+    """The number of hidden layers of each call of _ops.nwj_mlp or of the one-node chain
+    _autograd.nwj_chain (paired_linear then nwj_mlp), what paired_mutual_info calls."""
     calls = []
-    real = _ops.nwj_mlp
+    real, real_chain = _ops.nwj_mlp, _autograd.nwj_chain
 
     def counting(*args, **kwargs):
         calls.append(len(args[1]))
         return real(*args, **kwargs)
 
+    def counting_chain(*args, **kwargs):
+        calls.append(len(args[9]))
+        return real_chain(*args, **kwargs)
+
     monkeypatch.setattr(_ops, "nwj_mlp", counting)
+    monkeypatch.setattr(_autograd, "nwj_chain", counting_chain)
     return calls
 
 
@@ -1124,10 +1130,10 @@ def test_paired_mutual_info_through_nwj_mlp_equals_two_calls(name, shuffled_grad
     params = [z, *mi.parameters()]
     fused = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
     stack = fused_plan(mi)
-    stack = None if stack is None else stack.stack
+    stack = stack.stack if stack else None
     assert nwj_mlp_calls == ([] if stack is None else [len(stack)])
     if stack is not None:
-        assert fused.bound.grad_fn.name() == "_NwjMlpBackward"
+        assert fused.bound.grad_fn.name() == "_NwjChainBackward"
     with im.use_path("two_call"):
         plain = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
     assert nwj_mlp_calls == ([] if stack is None else [len(stack)])  # two calls: the modules

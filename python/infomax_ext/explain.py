@@ -12,7 +12,7 @@ from . import _ops, precision
 from .activations import kernel_spec
 from .all_pairs import split_reasons
 from .bounds import NWJ, Bound, resolve_bound
-from .mutual_info import _plan_and_reasons, _shuffled_half_needs_graph
+from .mutual_info import FusedPlan, _shuffled_half_needs_graph, fused_plan
 
 __all__ = ["PathExplanation", "explain_path", "kernel_reasons"]
 
@@ -85,10 +85,10 @@ def explain_path(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, *, shuffled_gr
     path = _ops.current_path()
     if path == "two_call":
         return PathExplanation("two_call", ("use_path('two_call') is active",))
-    plan, reasons = _plan_and_reasons(mi)
-    if plan is None:
-        return PathExplanation("two_call", tuple(
-            reasons + ["the chain runs twice: T(x, z) and T(x, z_shuffle)"]))
+    plan = fused_plan(mi)
+    if not isinstance(plan, FusedPlan):
+        return PathExplanation("two_call", (
+            *plan.reasons, "the chain runs twice: T(x, z) and T(x, z_shuffle)"))
     notes = []
     params = [p for p in mi.parameters()]
     notes += [f"the fused ops run their plain-PyTorch twins: {r}"

@@ -23,7 +23,8 @@ from . import _ops, distributed, distributed_bounds, widths
 from .all_pairs import all_pairs_bound
 from .bounds import NWJ, Bound, resolve_bound
 from ._builders import Built, builder_config, check_layers, check_size, head, linear, mlp, parse_size
-from .activations import ActivationLike, ActivationSpec, apply_activation, identity, kernel_spec
+from .activations import ActivationLike, apply_activation, identity
+from .chain_plan import FusedPlan, NoFusedPlan, fused_plan, fused_plan_reasons
 from .validation import as_count, is_integer_scalar
 from .vae import Init
 
@@ -36,6 +37,10 @@ NEGATIVES = ("shuffle", "all")
 __all__ = [
     "MutualInfoChain",
     "MIScores",
+    "FusedPlan",
+    "NoFusedPlan",
+    "fused_plan",
+    "fused_plan_reasons",
     "PairedBound",
     "shuffle_latent",
     "latent_permutation",
@@ -199,83 +204,6 @@ def shuffle_latent(z: torch.Tensor, seed: int | None = None) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-class _FusedPlan(NamedTuple):
-    first: nn.Linear
-    first_act: ActivationSpec
-    middle: list[nn.Module]
-    head: nn.Linear | None
-    head_act: ActivationSpec | None
-    # middle as (Linear, ActivationSpec) pairs when nwj_mlp can run it
-    stack: list[tuple[nn.Linear, ActivationSpec]] | None
-
-
-def _linear_stack(middle: list[nn.Module]) -> list[tuple[nn.Linear, ActivationSpec]] | None:
-    """``middle`` as (Linear, activation) pairs (identity where a Linear follows a Linear), or
-    None when it holds anything else (then its modules run one by one)."""
-    stack, i = [], 0
-    while i < len(middle):
-        layer = middle[i]
-        if not isinstance(layer, nn.Linear):
-            return None
-        act: ActivationSpec | None = ActivationSpec("identity")
-        if i + 1 < len(middle) and not isinstance(middle[i + 1], nn.Linear):
-            act = kernel_spec(middle[i + 1])
-            if act is None:
-                return None
-            i += 1
-        stack.append((layer, act))
-        i += 1
-    return stack  # type: ignore[return-value]  # each act is a spec here
-
-
-_BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
-
-
-def fused_plan(mi: nn.Module) -> _FusedPlan | None:
-    """How the chain splits for the shared evaluation, or None when it must take two calls
-    (:func:`fused_plan_reasons` says why)."""
-    return _plan_and_reasons(mi)[0]
-
-
-def fused_plan_reasons(mi: nn.Module) -> list[str]:
-    """Why ``mi`` cannot take the shared (fused) evaluation: one sentence per obstacle, an
-    empty list when it can (see :func:`~infomax_ext.explain.explain_path` for a whole call)."""
-    return _plan_and_reasons(mi)[1]
-
-
-def _plan_and_reasons(mi: nn.Module) -> tuple[_FusedPlan | None, list[str]]:
-    mlp = getattr(mi, "mlp", None)
-    if not isinstance(mlp, nn.Sequential) or len(mlp) == 0:
-        return None, [f"mi.mlp is {type(mlp).__name__}, not a non-empty nn.Sequential"]
-    if not isinstance(mlp[0], nn.Linear):
-        return None, [f"the MLP's first layer is {type(mlp[0]).__name__}, not an nn.Linear "
-                      "(its weight cannot be split into data and latent columns)"]
-    coupled = sorted({type(m).__name__ for m in mi.modules() if isinstance(m, _BATCH_COUPLED)})
-    if coupled:
-        return None, [f"batch-coupled layers ({', '.join(coupled)}): a sample's score depends "
-                      "on the rest of the batch"]
-    layers = list(mlp)
-    k = 1
-    first_act: ActivationSpec | None = ActivationSpec("identity")
-    if len(layers) > 1 and not isinstance(layers[1], nn.Linear):
-        first_act = kernel_spec(layers[1])
-        if first_act is None:
-            return None, [f"the first layer's activation {layers[1]!r} is not one the kernels run "
-                          "(activations.ACTIVATIONS entries with kernel=True)"]
-        k = 2
-    head, head_act, end = None, None, len(layers)
-    last = layers[-1]
-    if isinstance(last, nn.Linear) and last.out_features == 1 and len(layers) - 1 >= k:
-        head, head_act, end = last, ActivationSpec("identity"), len(layers) - 1
-    elif (len(layers) - 2 >= k and isinstance(layers[-2], nn.Linear)
-          and layers[-2].out_features == 1 and kernel_spec(last) is not None):
-        head, head_act, end = layers[-2], kernel_spec(last), len(layers) - 2
-    middle = layers[k:end]
-    # layers[0] is a Linear (checked above); first_act is not None (returned above when it was)
-    return _FusedPlan(cast(nn.Linear, layers[0]), cast(ActivationSpec, first_act), middle, head,
-                      head_act, _linear_stack(middle) if head is not None else None), []
-
-
 class DataHalfCache:
     """The MI chain's data half ``data(x) @ Wx.T`` (the first layer's data columns), computed once
     and reused by the later evaluations of the bound on the same data and weights.
@@ -285,11 +213,14 @@ class DataHalfCache:
     chain's ``data`` network nor its first-layer weight changes in place. ``train_step`` owns one per step: its VAE loss
     and its MI loss see the same x and the same MI weights (the MI loss comes before the MI
     update), so the MI loss skips one (N x Dx) @ (Dx x H) product when ``data(x)`` needs no
-    gradient; the cache's last use comes before the MI update. An entry is found by the memory ``data(x)`` occupies (the same elements in
-    the same layout: ``x`` itself, or a view of it for a chain whose ``data`` has no parameters)
-    and by the weight tensor; it keeps both alive, so no other tensor can take that memory while
-    the cache exists. Only data halves without gradient are kept (``data(x)`` needs none: no
-    parameters of its own, or frozen, and x constant); while torch.compile traces, none is used.
+    gradient; the cache's last use comes before the MI update. An entry is found by the memory
+    ``data(x)`` occupies (the same elements in the same layout: ``x`` itself, or a view of it for
+    a chain whose ``data`` has no parameters) and by the weight tensor, each with its version
+    counter (an in-place change of either, such as an optimizer step or ``load_state_dict``,
+    makes the entry unreachable); it keeps both alive, so no other tensor can take that memory
+    while the cache exists. Only data halves without gradient are kept (``data(x)`` needs none:
+    no parameters of its own, or frozen, and x constant); while torch.compile traces, none is
+    used.
     :meth:`clear` empties the cache (after an in-place change, for instance).
     """
 
@@ -308,7 +239,10 @@ class DataHalfCache:
         ``hx`` needs gradient or while torch.compile traces."""
         if torch.compiler.is_compiling() or hx.requires_grad:
             return None
-        key = (hx.data_ptr(), tuple(hx.shape), hx.stride(), hx.dtype, hx.device, id(weight))
+        # The version counters make an entry unreachable after an in-place change of the data or
+        # the weight (an optimizer step, load_state_dict, an edit under torch.no_grad).
+        key = (hx.data_ptr(), tuple(hx.shape), hx.stride(), hx.dtype, hx.device, hx._version,
+               id(weight), weight._version)
         entry = self._entries.get(key)
         if entry is None:
             with torch.no_grad():
@@ -359,7 +293,7 @@ def paired_mutual_info(
                          f"{tuple(perm.shape) if isinstance(perm, torch.Tensor) else type(perm).__name__}")
     path = _ops.current_path()
     plan = None if path == "two_call" else fused_plan(mi)
-    if plan is None:
+    if not isinstance(plan, FusedPlan):
         return _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad, bound)
     try:
         hx = mi.data(x).reshape(n, -1)  # type: ignore[operator]  # a chain's parts are modules
@@ -385,17 +319,28 @@ def paired_mutual_info(
         source = mi.latent(z.detach())  # type: ignore[operator]
     else:
         source = None
-    h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm,  # type: ignore[arg-type]
-                           plan.first_act.name,
-                           plan.first_act.param, _kept_data_half(data_half_cache, hx, weight))
+    data_half = _kept_data_half(data_half_cache, hx, weight)
     value: torch.Tensor | None
-    if plan.stack is not None:
+    if plan.stack is not None and _one_node(plan, hx, hz, source, data_half, perm):
+        from . import _autograd  # loaded with the extension, which _one_node found
         assert plan.head is not None and plan.head_act is not None  # a stack is planned with a head
-        value, scores = _ops.nwj_mlp(
-            h, [layer.weight for layer, _ in plan.stack], [layer.bias for layer, _ in plan.stack],
-            [act.name for _, act in plan.stack], [act.param for _, act in plan.stack],
+        assert plan.stack_activations is not None and perm is not None  # as _one_node found
+        value, scores = _autograd.nwj_chain(
+            hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
+            plan.first_act.param, data_half, [layer.weight for layer, _ in plan.stack],
+            [layer.bias for layer, _ in plan.stack], *plan.stack_activations,
             plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
             plan.head_act.param)
+        return _paired(bound, scores[:m], scores[m:], value)
+    h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm,  # type: ignore[arg-type]
+                           plan.first_act.name, plan.first_act.param, data_half)
+    if plan.stack is not None:
+        assert plan.head is not None and plan.head_act is not None  # a stack is planned with a head
+        assert plan.stack_activations is not None  # built with every stack
+        value, scores = _ops.nwj_mlp(
+            h, [layer.weight for layer, _ in plan.stack], [layer.bias for layer, _ in plan.stack],
+            *plan.stack_activations, plan.head.weight.reshape(-1), plan.head.bias, m,
+            plan.head_act.name, plan.head_act.param)
         return _paired(bound, scores[:m], scores[m:], value)
     for module in plan.middle:
         h = module(h)
@@ -411,6 +356,29 @@ def paired_mutual_info(
         scores = h.reshape(-1)
         value = None
     return _paired(bound, scores[:m], scores[m:], value)
+
+
+def _one_node(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor, source: torch.Tensor | None,
+              data_half: torch.Tensor | None, perm: torch.Tensor | None) -> bool:
+    """Whether the chain from its first layer to the bound runs as one autograd node
+    (_autograd.nwj_chain): eager mode, a gradient to compute, no torch.autocast on the device,
+    every tensor on one device and of one dtype, and the kernels apply to them. Otherwise
+    paired_linear and nwj_mlp run as two ops (as torch.compile's graphs hold them), whose
+    wrappers cast under autocast and name any argument that does not fit."""
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled() or perm is None:
+        return False
+    if torch.is_autocast_enabled(hx.device.type):
+        return False
+    assert plan.stack is not None and plan.head is not None
+    tensors = [hx, hz, source, data_half, plan.first.weight, plan.first.bias, plan.head.weight,
+               plan.head.bias]
+    for layer, _ in plan.stack:
+        tensors += [layer.weight, layer.bias]
+    device, dtype = hx.device, hx.dtype
+    return (perm.device == device
+            and all(t is None or (t.device == device and t.dtype == dtype) for t in tensors)
+            and any(t is not None and t.requires_grad for t in tensors)
+            and _ops.kernels_apply(*tensors))
 
 
 def _shuffled_pairs_bound(bound: str | Bound) -> Bound:
@@ -441,7 +409,7 @@ def _shuffled_half_needs_graph(mi: nn.Module, x: torch.Tensor, z: torch.Tensor,
     return any(p.requires_grad for p in mi.parameters())
 
 
-def _joint_graph_bound(plan: _FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
+def _joint_graph_bound(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
                        perm: torch.Tensor | None, cache: DataHalfCache | None,
                        hz_shuffle: torch.Tensor | None = None,
                        bound: Bound = NWJ()) -> PairedBound:
