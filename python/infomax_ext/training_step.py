@@ -182,8 +182,8 @@ def train_step(
     step. ``negatives_scope="global"`` passes the group on to both losses (unless their kwargs
     name a ``process_group``): the negatives come from all processes' rows and the rank average
     of the gradients is the whole-batch gradient. ``"local"``: each process draws its negatives
-    from its own rows and no codes travel. The losses returned are this process's. Before the step the processes
-    check that they run it with the same settings and weights
+    from its own rows and no codes travel. The losses returned are this process's. Before the
+    step the processes check that they run it with the same settings and weights
     (:func:`~infomax_ext.distributed_step.agree_on_step`): on the first step of a model,
     weights that differ are set to rank 0's; a later difference raises
     :class:`~infomax_ext.distributed.DistributedMismatchError` naming the parameter.
