@@ -201,7 +201,7 @@ def shared_gemms(layout: ChainLayout, n: int, shuffled_grad: bool) -> list:
     gemms += _stack("mlp.0.latent_half", n, [(layout.dz, h1)], input_grad=True)
     if not shuffled_grad:
         gemms += _stack("latent.detached", n, layout.latent, input_grad=False)
-        gemms += _stack("mlp.0.shuffled_source", n, [(layout.dz, h1)], input_grad=bool(layout.latent))
+        gemms += _stack("mlp.0.shuffled_half", n, [(layout.dz, h1)], input_grad=bool(layout.latent))
     gemms += _stack("mlp", 2 * n, layout.mlp[1:], input_grad=True, start=1)
     return gemms
 

@@ -20,6 +20,9 @@
 
 #include "activations.h"
 #include "macros.h"
+#if !defined(__CUDA_ARCH__)
+#include "cpu/vec_math.h"
+#endif
 
 namespace infomax_ext {
 
@@ -102,16 +105,28 @@ inline void dispatch_bound(MiBound b, F&& f) {
   }
 }
 
+// exp as the bounds take it: on the host the vectorisable exp of csrc/cpu/vec_math.h (the CPU
+// kernels' loops over scores vectorise, and every CPU kernel using these terms gets the same
+// bits), CUDA's exp on the device.
+template <typename T>
+INFOMAX_HOST_DEVICE T bound_exp(T x) {
+#if defined(__CUDA_ARCH__)
+  return ::exp(x);
+#else
+  return vec::exp(x);
+#endif
+}
+
 // n(t): the negative term the reduction averages (MeanOf) or takes the log-mean-exp of
 // (LogMeanExpOf). NaN stays NaN (SMILE's clip as torch.clamp).
 template <MiBound B, typename T>
 INFOMAX_HOST_DEVICE T bound_negative_term(T t, T param) {
   if constexpr (B == MiBound::Nwj) {
-    return INFOMAX_MATH(exp)(t - T(1));
+    return bound_exp(t - T(1));
   } else if constexpr (B == MiBound::Dv) {
     return t;
   } else if constexpr (B == MiBound::Js) {
-    return INFOMAX_MATH(exp)(t);
+    return bound_exp(t);
   } else {
     static_assert(B == MiBound::Smile, "bound_negative_term: no formula for this bound");
     return t < -param ? -param : (t > param ? param : t);
@@ -123,14 +138,14 @@ INFOMAX_HOST_DEVICE T bound_negative_term(T t, T param) {
 template <MiBound B, typename T>
 INFOMAX_HOST_DEVICE T bound_negative_derivative(T t, T param) {
   if constexpr (B == MiBound::Nwj) {
-    return INFOMAX_MATH(exp)(t - T(1));
+    return bound_exp(t - T(1));
   } else if constexpr (B == MiBound::Dv) {
     return T(1);
   } else if constexpr (B == MiBound::Js) {
-    return INFOMAX_MATH(exp)(t);
+    return bound_exp(t);
   } else {
     static_assert(B == MiBound::Smile, "bound_negative_derivative: no formula for this bound");
-    return (t >= -param && t <= param) ? T(1) : T(0);
+    return ((t >= -param) & (t <= param)) ? T(1) : T(0);  // no branch: loops vectorise
   }
 }
 
@@ -145,7 +160,7 @@ INFOMAX_HOST_DEVICE T bound_mean_negative_grad(T t, T g, T inv_k, T param) {
 // as exp((n(t) - shift) - log_sum) so that no rounding of lse's magnitude enters.
 template <MiBound B, typename T>
 INFOMAX_HOST_DEVICE T bound_log_mean_exp_negative_grad(T t, T g, T shift, T log_sum, T param) {
-  return -g * INFOMAX_MATH(exp)((bound_negative_term<B>(t, param) - shift) - log_sum) *
+  return -g * bound_exp((bound_negative_term<B>(t, param) - shift) - log_sum) *
          bound_negative_derivative<B>(t, param);
 }
 
@@ -159,12 +174,26 @@ INFOMAX_HOST_DEVICE T mean_bound_score_grad(bool joint, T t, T g, T inv_m, T inv
   return joint ? g * inv_m : bound_mean_negative_grad<B>(t, g, inv_k, T(0));
 }
 
-// softplus(x) = log(1 + exp(x)), x itself above 20 (torch's threshold). Written with log, not
-// log1p (several times slower in glibc): the absolute error stays within a rounding of 1, and
-// the terms are averaged, so the mean is as precise as torch's.
+// softplus(x) = log(1 + exp(x)), x itself above 20 (torch's threshold). On the device written
+// with log, not log1p (several times slower): the absolute error stays within a rounding of 1,
+// and the terms are averaged; on the host vec::softplus (log1p's precision, vectorisable).
 template <typename T>
 INFOMAX_HOST_DEVICE T js_softplus(T x) {
+#if defined(__CUDA_ARCH__)
   return x > T(20) ? x : INFOMAX_MATH(log)(T(1) + INFOMAX_MATH(exp)(x));
+#else
+  return vec::softplus(x);
+#endif
+}
+
+// softplus'(x): sigmoid(x), 1 above 20 (torch's softplus backward).
+template <typename T>
+INFOMAX_HOST_DEVICE T js_softplus_grad(T x) {
+#if defined(__CUDA_ARCH__)
+  return activation_derivative<Activation::Softplus>(x, T(0));
+#else
+  return vec::softplus_grad(x);
+#endif
 }
 
 // The Jensen-Shannon objective's terms: -softplus(-t) per joint score, softplus(t) per negative
@@ -179,11 +208,11 @@ INFOMAX_HOST_DEVICE T js_negative_term(T t) {
 }
 template <typename T>
 INFOMAX_HOST_DEVICE T js_joint_grad(T t, T g, T inv_m) {
-  return g * activation_derivative<Activation::Softplus>(-t, T(0)) * inv_m;
+  return g * js_softplus_grad(-t) * inv_m;
 }
 template <typename T>
 INFOMAX_HOST_DEVICE T js_negative_grad(T t, T g, T inv_k) {
-  return -g * activation_derivative<Activation::Softplus>(t, T(0)) * inv_k;
+  return -g * js_softplus_grad(t) * inv_k;
 }
 
 }  // namespace infomax_ext

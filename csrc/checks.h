@@ -71,9 +71,9 @@ inline Activation checked_activation(const std::string& name) {
 }
 
 // Shapes of the paired first layer: data_half (N, H), latent_half (M, H) with M = S * N,
-// shuffled_source (M, H) or absent, bias (H), perm (M).
+// shuffled_half (M, H) or absent, bias (H), perm (M).
 inline void check_paired_first_layer(const Tensor& data_half, const Tensor& latent_half,
-                                     const std::optional<Tensor>& shuffled_source,
+                                     const std::optional<Tensor>& shuffled_half,
                                      const Tensor& bias, const Tensor& perm) {
   check_float_tensor(data_half, "data_half", 2);
   check_float_tensor(latent_half, "latent_half", 2);
@@ -88,21 +88,21 @@ inline void check_paired_first_layer(const Tensor& data_half, const Tensor& late
               " rows, which is not a positive multiple of the ", n, " rows of data_half");
   INFOMAX_CHECK(bias.size(0) == h, "infomax_ext: bias has ", bias.size(0), " entries but the layer has ",
               h, " units");
-  if (shuffled_source.has_value() && shuffled_source->defined()) {
-    check_float_tensor(*shuffled_source, "shuffled_source", 2);
-    check_same(data_half, *shuffled_source, "data_half", "shuffled_source");
-    INFOMAX_CHECK(shape_of(*shuffled_source) == shape_of(latent_half),
-                  "infomax_ext: shuffled_source has shape ", shape_of(*shuffled_source),
+  if (shuffled_half.has_value() && shuffled_half->defined()) {
+    check_float_tensor(*shuffled_half, "shuffled_half", 2);
+    check_same(data_half, *shuffled_half, "data_half", "shuffled_half");
+    INFOMAX_CHECK(shape_of(*shuffled_half) == shape_of(latent_half),
+                  "infomax_ext: shuffled_half has shape ", shape_of(*shuffled_half),
                   " but latent_half has shape ", shape_of(latent_half));
   }
   check_index_vector(perm, data_half, "perm", m);
 }
 
 // The MI chain's first Linear layer on joint and shuffled pairs: hx (N, Dx), hz (M, Dz),
-// hz_source like hz or absent, weight (H, Dx + Dz), bias (H) or absent, perm (M), data_half
+// hz_shuffled like hz or absent, weight (H, Dx + Dz), bias (H) or absent, perm (M), data_half
 // (N, H) or absent (a precomputed constant), M = S N.
 inline void check_paired_linear(const Tensor& hx, const Tensor& hz,
-                                const std::optional<Tensor>& hz_source, const Tensor& weight,
+                                const std::optional<Tensor>& hz_shuffled, const Tensor& weight,
                                 const std::optional<Tensor>& bias, const Tensor& perm,
                                 const std::string& activation,
                                 const std::optional<Tensor>& data_half) {
@@ -113,11 +113,11 @@ inline void check_paired_linear(const Tensor& hx, const Tensor& hz,
   check_same(hx, weight, "hx", "weight");
   INFOMAX_CHECK(weight.size(1) == hx.size(1) + hz.size(1), "infomax_ext: the first layer's weight takes ",
                 weight.size(1), " features but hx has ", hx.size(1), " and hz has ", hz.size(1));
-  if (hz_source.has_value()) {
-    check_float_tensor(*hz_source, "hz_source", 2);
-    check_same(hx, *hz_source, "hx", "hz_source");
-    INFOMAX_CHECK(shape_of(*hz_source) == shape_of(hz), "infomax_ext: hz_source has shape ",
-                  shape_of(*hz_source), " but hz has shape ", shape_of(hz));
+  if (hz_shuffled.has_value()) {
+    check_float_tensor(*hz_shuffled, "hz_shuffled", 2);
+    check_same(hx, *hz_shuffled, "hx", "hz_shuffled");
+    INFOMAX_CHECK(shape_of(*hz_shuffled) == shape_of(hz), "infomax_ext: hz_shuffled has shape ",
+                  shape_of(*hz_shuffled), " but hz has shape ", shape_of(hz));
   }
   if (bias.has_value()) {
     check_float_tensor(*bias, "bias", 1);
@@ -159,11 +159,11 @@ inline void check_nwj_head(const Tensor& hidden, const Tensor& weight,
               " must leave at least one joint and one shuffled row of the ", hidden.size(0), " rows");
 }
 
-inline void check_nwj_bound(const Tensor& t_joint, const Tensor& t_marg) {
+inline void check_nwj_bound(const Tensor& t_joint, const Tensor& t_shuffled) {
   check_float_tensor(t_joint, "t_joint", 1);
-  check_float_tensor(t_marg, "t_marg", 1);
-  check_same(t_joint, t_marg, "t_joint", "t_marg");
-  INFOMAX_CHECK(t_joint.size(0) >= 1 && t_marg.size(0) >= 1,
+  check_float_tensor(t_shuffled, "t_shuffled", 1);
+  check_same(t_joint, t_shuffled, "t_joint", "t_shuffled");
+  INFOMAX_CHECK(t_joint.size(0) >= 1 && t_shuffled.size(0) >= 1,
               "infomax_ext: nwj_bound needs at least one joint and one shuffled score");
 }
 

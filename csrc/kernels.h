@@ -13,11 +13,11 @@
 namespace infomax_ext {
 
 Tensor paired_first_layer_cpu(const Tensor& data_half, const Tensor& latent_half,
-                              const std::optional<Tensor>& shuffled_source, const Tensor& bias,
+                              const std::optional<Tensor>& shuffled_half, const Tensor& bias,
                               const Tensor& perm, std::string_view activation, double param);
 std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cpu(
     const Tensor& grad_out, const Tensor& data_half, const Tensor& latent_half,
-    const std::optional<Tensor>& shuffled_source, const Tensor& bias, const Tensor& perm,
+    const std::optional<Tensor>& shuffled_half, const Tensor& bias, const Tensor& perm,
     const Tensor& inverse_perm, std::string_view activation, double param,
     const std::vector<bool>& output_mask);
 Tensor inverse_permutation_cpu(const Tensor& perm);
@@ -48,11 +48,11 @@ Tensor activation_backward_cpu(const Tensor& grad, const Tensor& at, Activation 
 
 #ifdef USE_CUDA
 Tensor paired_first_layer_cuda(const Tensor& data_half, const Tensor& latent_half,
-                               const std::optional<Tensor>& shuffled_source, const Tensor& bias,
+                               const std::optional<Tensor>& shuffled_half, const Tensor& bias,
                                const Tensor& perm, std::string_view activation, double param);
 std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_cuda(
     const Tensor& grad_out, const Tensor& data_half, const Tensor& latent_half,
-    const std::optional<Tensor>& shuffled_source, const Tensor& bias, const Tensor& perm,
+    const std::optional<Tensor>& shuffled_half, const Tensor& bias, const Tensor& perm,
     const Tensor& inverse_perm, std::string_view activation, double param,
     const std::vector<bool>& output_mask);
 Tensor inverse_permutation_cuda(const Tensor& perm);

@@ -34,14 +34,14 @@ struct PairedFirstLayerArgs {
   int64_t n, h, m;
 
   PairedFirstLayerArgs(const Tensor& data_half_in, const Tensor& latent_half_in,
-                       const std::optional<Tensor>& shuffled_source, const Tensor& bias_in,
+                       const std::optional<Tensor>& shuffled_half, const Tensor& bias_in,
                        const Tensor& perm_in, std::string_view activation) {
-    check_paired_first_layer(data_half_in, latent_half_in, shuffled_source, bias_in, perm_in);
+    check_paired_first_layer(data_half_in, latent_half_in, shuffled_half, bias_in, perm_in);
     act = checked_activation(std::string(activation));
     data_half = as_contiguous(data_half_in);
     latent_half = as_contiguous(latent_half_in);
-    has_source = shuffled_source.has_value() && shuffled_source->defined();
-    source = has_source ? as_contiguous(*shuffled_source) : latent_half;
+    has_source = shuffled_half.has_value() && shuffled_half->defined();
+    source = has_source ? as_contiguous(*shuffled_half) : latent_half;
     bias = as_contiguous(bias_in);
     perm = as_contiguous(perm_in);
     n = data_half.size(0);
@@ -58,11 +58,11 @@ struct PairedFirstLayerBackwardArgs : PairedFirstLayerArgs {
 
   PairedFirstLayerBackwardArgs(const Tensor& grad_out_in, const Tensor& data_half_in,
                                const Tensor& latent_half_in,
-                               const std::optional<Tensor>& shuffled_source,
+                               const std::optional<Tensor>& shuffled_half,
                                const Tensor& bias_in, const Tensor& perm_in,
                                const Tensor& inverse_perm_in, std::string_view activation,
                                const std::vector<bool>& mask_in)
-      : PairedFirstLayerArgs(data_half_in, latent_half_in, shuffled_source, bias_in, perm_in,
+      : PairedFirstLayerArgs(data_half_in, latent_half_in, shuffled_half, bias_in, perm_in,
                              activation) {
     check_float_tensor(grad_out_in, "grad_out", 2);
     check_same(data_half, grad_out_in, "data_half", "grad_out");

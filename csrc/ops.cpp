@@ -21,22 +21,22 @@ STABLE_TORCH_LIBRARY(infomax_ext, m) {
   m.def("permutation_keys(Tensor index, int seed) -> Tensor");
   m.def("inverse_permutation(Tensor perm) -> Tensor");
   m.def(
-      "paired_first_layer(Tensor data_half, Tensor latent_half, Tensor? shuffled_source, "
+      "paired_first_layer(Tensor data_half, Tensor latent_half, Tensor? shuffled_half, "
       "Tensor bias, Tensor perm, str activation, float param) -> Tensor");
   m.def(
       "paired_first_layer_backward(Tensor grad_out, Tensor data_half, Tensor latent_half, "
-      "Tensor? shuffled_source, Tensor bias, Tensor perm, Tensor inverse_perm, str activation, "
+      "Tensor? shuffled_half, Tensor bias, Tensor perm, Tensor inverse_perm, str activation, "
       "float param, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "paired_linear(Tensor hx, Tensor hz, Tensor? hz_source, Tensor weight, Tensor? bias, "
+      "paired_linear(Tensor hx, Tensor hz, Tensor? hz_shuffled, Tensor weight, Tensor? bias, "
       "Tensor perm, str activation, float param, Tensor? data_half=None) -> Tensor");
   m.def(
-      "paired_linear_forward(Tensor hx, Tensor hz, Tensor? hz_source, Tensor weight, Tensor? bias, "
+      "paired_linear_forward(Tensor hx, Tensor hz, Tensor? hz_shuffled, Tensor weight, Tensor? bias, "
       "Tensor perm, str activation, float param, Tensor? data_half=None) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "paired_linear_backward(Tensor grad_out, Tensor hx, Tensor hz, Tensor? hz_source, "
-      "Tensor weight, Tensor data_half, Tensor latent_half, Tensor? source_half, Tensor? bias, "
+      "paired_linear_backward(Tensor grad_out, Tensor hx, Tensor hz, Tensor? hz_shuffled, "
+      "Tensor weight, Tensor data_half, Tensor latent_half, Tensor? shuffled_half, Tensor? bias, "
       "Tensor perm, str activation, float param, bool[5] output_mask, Tensor? out=None) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
@@ -60,8 +60,8 @@ STABLE_TORCH_LIBRARY(infomax_ext, m) {
       "Tensor? head_bias, Tensor scores, Tensor[] outputs, Tensor[] pres, int n_joint, "
       "str head_activation, float head_param, bool[] output_mask) "
       "-> (Tensor, Tensor[], Tensor[], Tensor, Tensor)");
-  m.def("nwj_bound(Tensor t_joint, Tensor t_marg) -> Tensor");
-  m.def("nwj_bound_backward(Tensor grad, Tensor t_joint, Tensor t_marg) -> (Tensor, Tensor)");
+  m.def("nwj_bound(Tensor t_joint, Tensor t_shuffled) -> Tensor");
+  m.def("nwj_bound_backward(Tensor grad, Tensor t_joint, Tensor t_shuffled) -> (Tensor, Tensor)");
   m.def(
       "mi_bound(Tensor t_joint, Tensor t_negatives, str bound, float param) "
       "-> (Tensor, Tensor, Tensor)");

@@ -1,6 +1,6 @@
 // paired_linear: the MI chain's whole first Linear layer on joint and shuffled pairs,
 //   joint row r    : act(W [hx[r % N]; hz[r]]        + b)
-//   shuffled row r : act(W [hx[r % N]; src[perm[r]]] + b),   src = hz_source or hz,
+//   shuffled row r : act(W [hx[r % N]; src[perm[r]]] + b),   src = hz_shuffled or hz,
 // with the weight split into its data and latent columns, so hx Wx^T is computed once for both
 // halves and the shuffled rows are never copied. Device-agnostic (CompositeExplicitAutograd): the
 // GEMMs go through the dispatcher (MKL or oneDNN on the CPU, cuBLAS on CUDA), the paired layer to
@@ -95,16 +95,16 @@ Tensor bias_or_zeros(const std::optional<Tensor>& bias, const Tensor& weight) {
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> paired_linear_forward(
-    const Tensor& hx, const Tensor& hz, const std::optional<Tensor>& hz_source,
+    const Tensor& hx, const Tensor& hz, const std::optional<Tensor>& hz_shuffled,
     const Tensor& weight, const std::optional<Tensor>& bias, const Tensor& perm,
     std::string_view activation, double param, const std::optional<Tensor>& data_half) {
-  check_paired_linear(hx, hz, hz_source, weight, bias, perm, std::string(activation), data_half);
+  check_paired_linear(hx, hz, hz_shuffled, weight, bias, perm, std::string(activation), data_half);
   const int64_t dx = hx.size(1);
   const Tensor w_latent_t = t(columns(weight, dx, hz.size(1)));
   const Tensor data = data_half.has_value() ? *data_half : data_product(hx, weight);
   const Tensor latent = mm(hz, w_latent_t);
   const std::optional<Tensor> source =
-      hz_source.has_value() ? std::optional<Tensor>(mm(*hz_source, w_latent_t)) : std::nullopt;
+      hz_shuffled.has_value() ? std::optional<Tensor>(mm(*hz_shuffled, w_latent_t)) : std::nullopt;
   const Tensor out = paired_first_layer_on_device(data, latent, source, bias_or_zeros(bias, weight),
                                                   perm, activation, param);
   // Absent outputs are empty tensors, each its own (outputs must not alias).
@@ -112,28 +112,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_linear_forward(
           source.has_value() ? *source : empty_on(weight, {0})};
 }
 
-Tensor paired_linear(const Tensor& hx, const Tensor& hz, const std::optional<Tensor>& hz_source,
+Tensor paired_linear(const Tensor& hx, const Tensor& hz, const std::optional<Tensor>& hz_shuffled,
                      const Tensor& weight, const std::optional<Tensor>& bias, const Tensor& perm,
                      std::string_view activation, double param,
                      const std::optional<Tensor>& data_half) {
   return std::get<0>(
-      paired_linear_forward(hx, hz, hz_source, weight, bias, perm, activation, param, data_half));
+      paired_linear_forward(hx, hz, hz_shuffled, weight, bias, perm, activation, param, data_half));
 }
 
-// Gradients of paired_linear for output_mask = (hx, hz, hz_source, weight, bias); data_half,
-// latent_half and source_half (present with hz_source) are the halves of the forward. With out
+// Gradients of paired_linear for output_mask = (hx, hz, hz_shuffled, weight, bias); data_half,
+// latent_half and shuffled_half (present with hz_shuffled) are the halves of the forward. With out
 // (the forward's output (2M, H); identity and relu only) the derivative is read from it and the
 // halves are not read: the autograd node keeps the output instead of the three halves.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     const Tensor& grad_out, const Tensor& hx, const Tensor& hz,
-    const std::optional<Tensor>& hz_source, const Tensor& weight, const Tensor& data_half,
-    const Tensor& latent_half, const std::optional<Tensor>& source_half,
+    const std::optional<Tensor>& hz_shuffled, const Tensor& weight, const Tensor& data_half,
+    const Tensor& latent_half, const std::optional<Tensor>& shuffled_half,
     const std::optional<Tensor>& bias, const Tensor& perm, std::string_view activation, double param,
     const std::vector<bool>& output_mask, const std::optional<Tensor>& out) {
   const bool from_output = out.has_value();
   const Activation act = checked_activation(std::string(activation));
   if (from_output) {
-    check_paired_linear(hx, hz, hz_source, weight, bias, perm, std::string(activation),
+    check_paired_linear(hx, hz, hz_shuffled, weight, bias, perm, std::string(activation),
                         std::nullopt);
     INFOMAX_CHECK(derivative_from_output(act),
                   "infomax_ext: paired_linear_backward reads the derivative from out for identity "
@@ -147,10 +147,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
                     " has shape ", shape_of(t), ", expected [", rows, ", ", units, "]");
     }
   } else {
-    check_paired_linear(hx, hz, hz_source, weight, bias, perm, std::string(activation),
+    check_paired_linear(hx, hz, hz_shuffled, weight, bias, perm, std::string(activation),
                         data_half);
-    INFOMAX_CHECK(hz_source.has_value() == source_half.has_value(),
-                  "infomax_ext: source_half must be given exactly when hz_source is");
+    INFOMAX_CHECK(hz_shuffled.has_value() == shuffled_half.has_value(),
+                  "infomax_ext: shuffled_half must be given exactly when hz_shuffled is");
     check_same(hx, latent_half, "hx", "latent_half");
     INFOMAX_CHECK(latent_half.dim() == 2 && latent_half.size(0) == hz.size(0) &&
                       latent_half.size(1) == weight.size(0),
@@ -158,7 +158,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
                   hz.size(0), ", ", weight.size(0), "]");
   }
   const std::vector<bool> mask = checked_mask(output_mask, 5);
-  const bool has_source = hz_source.has_value();
+  const bool has_source = hz_shuffled.has_value();
   const bool need_hx = mask[0], need_hz = mask[1];
   const bool need_source = mask[2] && has_source, need_w = mask[3];
   const bool need_bias = mask[4];
@@ -176,7 +176,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
       from_output
           ? paired_backward_from_output_on_device(grad_out, *out, hx.size(0), has_source, perm,
                                                   need_inverse, act, want)
-          : paired_first_layer_backward_on_device(grad_out, data_half, latent_half, source_half,
+          : paired_first_layer_backward_on_device(grad_out, data_half, latent_half, shuffled_half,
                                                   bias_or_zeros(bias, weight), perm, need_inverse,
                                                   activation, param, want);
 
@@ -190,7 +190,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
   if (need_w) {
     // (hz^T g)^T runs several times faster than g^T hz for the narrow side.
     latent_t = mm(t(hz), g_latent);
-    if (has_source) latent_t = torch::stable::subtract(latent_t, mm(t(*hz_source), g_source), -1.0);
+    if (has_source) latent_t = torch::stable::subtract(latent_t, mm(t(*hz_shuffled), g_source), -1.0);
   }
   g_latent = Tensor();
   g_source = Tensor();

@@ -234,9 +234,9 @@ def test_paired_linear_with_nan_and_inf(activation, case, with_source, dtype, pa
     w_data, w_latent = t["weight"][:, :dx], t["weight"][:, dx:]
     data_half = (t["hx"] @ w_data.t())[rows]
     latent_half = t["hz"] @ w_latent.t()
-    source_half = latent_half if t["src"] is None else t["src"] @ w_latent.t()
+    shuffled_half = latent_half if t["src"] is None else t["src"] @ w_latent.t()
     pre = torch.cat([data_half + latent_half + t["bias"],
-                     data_half + source_half[perm] + t["bias"]])
+                     data_half + shuffled_half[perm] + t["bias"]])
     want = torch_activation(pre, activation, p, path)
     grad_out = torch.randn(out.shape, generator=g, dtype=dtype)
     forward, grad_scales = paired_scales(im.reference.paired_linear, [finite(v) for v in args],
@@ -313,7 +313,7 @@ def test_nwj_bound_with_nan_and_inf(case, dtype, path):
     growth = torch.exp(finite(tm) - 1)
     scale = finite(tj).abs().mean() + growth.mean() * (1 + finite(tm).abs().max())
     assert_same(bound, want, scale, "bound")
-    for name, g1, g2 in zip(("t_joint", "t_marg"), torch.autograd.grad(bound, [tj, tm]),
+    for name, g1, g2 in zip(("t_joint", "t_shuffled"), torch.autograd.grad(bound, [tj, tm]),
                             torch.autograd.grad(want, [tj, tm])):
         assert_same(g1, g2, finite(g2).abs() + 1 / tj.numel(), f"gradient of {name}")
 

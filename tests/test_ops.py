@@ -136,7 +136,7 @@ def test_paired_first_layer_matches_reference(activation, dtype, n, h, s):
         forward, grad_scales = paired_scales(reference.paired_first_layer, (a, b, c, bias), perm,
                                              activation, p, grad)
         assert_close_scaled(out, ref, forward, k=8, what="output")
-        named = [(name, t) for name, t in zip(("data_half", "latent_half", "shuffled_source", "bias"),
+        named = [(name, t) for name, t in zip(("data_half", "latent_half", "shuffled_half", "bias"),
                                                (a, b, c, bias)) if t is not None]
         inputs = [t for _, t in named]
         got = torch.autograd.grad(out, inputs, grad)
@@ -333,13 +333,13 @@ def test_paired_linear_backward_from_the_output_equals_from_the_halves(activatio
     weight[0, :] = 0.0
     if b is not None:
         b[0] = 0.0
-    out, data, latent, source_half = ops.paired_linear_forward(hx, hz, src, weight, b, perm,
+    out, data, latent, shuffled_half = ops.paired_linear_forward(hx, hz, src, weight, b, perm,
                                                                activation, 0.0)
     assert out[:, 0].eq(0).all()
     grad = torch.randn_like(out)
     mask = [True, True, source, True, bias]
     halves = ops.paired_linear_backward(grad, hx, hz, src, weight, data, latent,
-                                        source_half if source else None, b, perm, activation,
+                                        shuffled_half if source else None, b, perm, activation,
                                         0.0, mask)
     empty = hx.new_empty((0,))
     from_out = ops.paired_linear_backward(grad, hx, hz, src, weight, empty, empty,
@@ -370,7 +370,7 @@ def test_paired_linear_bad_input():
         ops.paired_linear(hx, torch.randn(4, 3, dtype=torch.float64), None, weight, b, perm, "relu", 0.0)
     with pytest.raises(RuntimeError, match="dtype mismatch"):
         ops.paired_linear(hx, hz.float(), None, weight, b, perm, "relu", 0.0)
-    with pytest.raises(RuntimeError, match="hz_source has shape"):
+    with pytest.raises(RuntimeError, match="hz_shuffled has shape"):
         ops.paired_linear(hx, hz, src[:3], weight, b, perm, "relu", 0.0)
     with pytest.raises(RuntimeError, match="bias has 4 entries but the layer has 5 units"):
         ops.paired_linear(hx, hz, None, weight, b[:4], perm, "relu", 0.0)
@@ -561,7 +561,7 @@ def test_a_meta_permutation_with_cpu_data_in_the_mi_bound():
 def test_op_arguments_that_are_not_tensors_are_named():
     with pytest.raises(TypeError, match="nwj_bound: t_joint must be a torch.Tensor, got list"):
         im.nwj_bound([0.5, 1.0], torch.randn(3))
-    with pytest.raises(TypeError, match="nwj_bound: t_marg must be a torch.Tensor, got float"):
+    with pytest.raises(TypeError, match="nwj_bound: t_shuffled must be a torch.Tensor, got float"):
         im.nwj_bound(torch.randn(3), 1.0)
     a, b, _, bias, perm = paired_inputs(4, 3, requires_grad=False)
     with pytest.raises(TypeError, match="paired_first_layer: perm must be a torch.Tensor"):
@@ -606,10 +606,10 @@ def test_paired_linear_backward_op_matches_its_fake_kernel(source):
     # shapes and strides with the real ones (torch.compile's graphs rely on them).
     hx, hz, src, weight, b, perm = (t.detach() if t is not None else None
                                     for t in linear_inputs(4, 3, 2, 5, s=2, source=source))
-    out, data, latent, source_half = ops.paired_linear_forward(hx, hz, src, weight, b, perm, "relu",
+    out, data, latent, shuffled_half = ops.paired_linear_forward(hx, hz, src, weight, b, perm, "relu",
                                                                0.0)
     args = (torch.randn_like(out), hx, hz, src, weight, data, latent,
-            source_half if source else None, b, perm, "relu", 0.0, [True] * 5)
+            shuffled_half if source else None, b, perm, "relu", 0.0, [True] * 5)
     grads = ops.paired_linear_backward(*args)
     want = torch.autograd.grad(
         reference.paired_linear(*(t.requires_grad_() if t is not None else None

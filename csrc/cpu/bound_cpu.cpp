@@ -2,12 +2,16 @@
 // from joint scores and negatives' scores) and of its backward. Sums run over fixed chunks of
 // kScoresPerChunk scores, then over the chunks in order, in double: the same bits whatever the
 // thread count, and for nwj the same bits as nwj_bound (csrc/cpu/nwj_cpu.cpp sums alike).
+// Each block of chunks first fills its terms in one vectorised loop (the math of
+// csrc/cpu/vec_math.h through csrc/bounds.h; AVX-512, AVX2 or baseline builds, the same bits),
+// the backward maps the scores to their gradients alike.
 // Per-element terms are computed in the scores' dtype (as torch's own kernels), their sums in
 // double. The log-mean-exp is shifted by the largest term (0 when that is not finite), so it
 // neither overflows nor underflows; the forward returns the shift and the log of the shifted
 // sum, which the backward takes instead of summing again.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "../bound_args.h"
@@ -15,22 +19,74 @@
 namespace infomax_ext {
 namespace {
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define INFOMAX_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
+#else
+#define INFOMAX_TARGET_CLONES __attribute__((flatten))
+#endif
+
 constexpr int64_t kScoresPerChunk = 64;
+// Chunks filled and summed together: the terms of a block are computed in one vectorised loop
+// into a buffer, then its chunks are summed side by side (independent additions in flight).
+constexpr int64_t kChunksPerBlock = 8;
+constexpr int64_t kScoresPerBlock = kScoresPerChunk * kChunksPerBlock;
 
 int64_t chunk_count(int64_t n) { return (n + kScoresPerChunk - 1) / kScoresPerChunk; }
 
-// sum over r < n of term(r) (acc_t), chunk by chunk, then the chunks in order.
-template <typename acc_t, typename F>
-acc_t chunked_sum(int64_t n, const F& term) {
+// out[i] = term(in[i]) for i < n: one loop GCC vectorises (flatten: every call in term inlines,
+// to branch-free math), built for AVX-512, AVX2 and the x86-64 baseline, the widest the CPU
+// runs chosen at load time.
+// Without fused multiply-adds (-ffp-contract=off for this file) every build computes the same
+// bits, and the same as a scalar call of the terms (nwj_bound's loop).
+template <typename scalar_t, typename F>
+INFOMAX_TARGET_CLONES void fill_terms(const scalar_t* __restrict__ in, int64_t n,
+                                      scalar_t* __restrict__ out, const F& term) {
+  for (int64_t i = 0; i < n; ++i) out[i] = term(in[i]);
+}
+
+// out[r] = f(x[r]) for r < n, in parallel; f inlines into one vectorised loop per range.
+template <typename scalar_t, typename F>
+void map_scores(const scalar_t* x, int64_t n, scalar_t* out, const F& f) {
+  torch::stable::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+    fill_terms(x + begin, end - begin, out + begin, f);
+  });
+}
+
+// out[c] = the sum of chunk c of a full block, each in order: the chunks side by side, one
+// vector lane each.
+template <typename acc_t, typename scalar_t>
+INFOMAX_TARGET_CLONES void block_chunk_sums(const scalar_t* __restrict__ buf,
+                                            acc_t* __restrict__ out) {
+  acc_t sums[kChunksPerBlock] = {};
+  for (int64_t i = 0; i < kScoresPerChunk; ++i) {
+    for (int64_t c = 0; c < kChunksPerBlock; ++c) sums[c] += acc_t(buf[c * kScoresPerChunk + i]);
+  }
+  for (int64_t c = 0; c < kChunksPerBlock; ++c) out[c] = sums[c];
+}
+
+// sum over r < n of acc_t(term(x[r])): each chunk of kScoresPerChunk summed in order, then the
+// chunks in order (the bits of a plain loop per chunk, whatever the thread count).
+template <typename acc_t, typename scalar_t, typename F>
+acc_t chunked_sum(const scalar_t* x, int64_t n, const F& term) {
   const int64_t chunks = chunk_count(n);
+  const int64_t blocks = (n + kScoresPerBlock - 1) / kScoresPerBlock;
   std::vector<acc_t> partial(chunks, acc_t(0));
-  torch::stable::parallel_for(0, chunks, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      acc_t sum = 0;
-      for (int64_t r = c * kScoresPerChunk; r < std::min(n, (c + 1) * kScoresPerChunk); ++r) {
-        sum += term(r);
+  torch::stable::parallel_for(0, blocks, 2, [&](int64_t begin, int64_t end) {
+    alignas(64) scalar_t buf[kScoresPerBlock];
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = b * kScoresPerBlock;
+      const int64_t count = std::min(n - first, kScoresPerBlock);
+      fill_terms(x + first, count, buf, term);
+      const int64_t c0 = b * kChunksPerBlock;
+      if (count == kScoresPerBlock) {
+        block_chunk_sums(buf, partial.data() + c0);
+      } else {
+        for (int64_t i = 0; i < count; i += kScoresPerChunk) {
+          acc_t sum = 0;
+          for (int64_t j = i; j < std::min(count, i + kScoresPerChunk); ++j) sum += acc_t(buf[j]);
+          partial[c0 + i / kScoresPerChunk] = sum;
+        }
       }
-      partial[c] = sum;
     }
   });
   acc_t total = 0;
@@ -38,25 +94,50 @@ acc_t chunked_sum(int64_t n, const F& term) {
   return total;
 }
 
-// max over r < n of term(r); NaN when any term is NaN.
-template <typename T, typename F>
-T chunked_max(int64_t n, const F& term) {
-  const int64_t chunks = chunk_count(n);
-  std::vector<T> partial(chunks, T(0));
-  torch::stable::parallel_for(0, chunks, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      const int64_t first = c * kScoresPerChunk;
-      T top = term(first);
-      for (int64_t r = first + 1; r < std::min(n, first + kScoresPerChunk); ++r) {
-        const T v = term(r);
-        top = (v > top || v != v) && top == top ? v : top;
+// max over r < n of term(x[r]); NaN when any term is NaN. In lanes (the largest of each lane,
+// and whether a lane saw a NaN), combined at the end: max is exact, so the order is free.
+template <typename scalar_t, typename F>
+scalar_t chunked_max(const scalar_t* x, int64_t n, const F& term) {
+  constexpr int kLanes = 16;
+  const int64_t blocks = (n + kScoresPerBlock - 1) / kScoresPerBlock;
+  std::vector<scalar_t> partial(blocks, scalar_t(0));
+  std::vector<char> nan(blocks, 0);
+  torch::stable::parallel_for(0, blocks, 2, [&](int64_t begin, int64_t end) {
+    alignas(64) scalar_t buf[kScoresPerBlock];
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = b * kScoresPerBlock;
+      const int64_t count = std::min(n - first, kScoresPerBlock);
+      fill_terms(x + first, count, buf, term);
+      scalar_t top[kLanes];
+      scalar_t seen_nan[kLanes];  // != 0 where a lane saw a NaN
+      for (int l = 0; l < kLanes; ++l) top[l] = buf[0], seen_nan[l] = 0;
+      int64_t i = 0;
+      for (; i + kLanes <= count; i += kLanes) {
+        for (int l = 0; l < kLanes; ++l) {
+          const scalar_t v = buf[i + l];
+          top[l] = v > top[l] ? v : top[l];
+          seen_nan[l] = v != v ? scalar_t(1) : seen_nan[l];
+        }
       }
-      partial[c] = top;
+      for (; i < count; ++i) {
+        const scalar_t v = buf[i];
+        top[0] = v > top[0] ? v : top[0];
+        seen_nan[0] = v != v ? scalar_t(1) : seen_nan[0];
+      }
+      scalar_t best = top[0];
+      bool any_nan = false;
+      for (int l = 0; l < kLanes; ++l) {
+        best = top[l] > best ? top[l] : best;
+        any_nan = any_nan || seen_nan[l] != 0 || top[l] != top[l];
+      }
+      partial[b] = best;
+      nan[b] = any_nan;
     }
   });
-  T top = partial[0];
-  for (int64_t c = 1; c < chunks; ++c) {
-    top = (partial[c] > top || partial[c] != partial[c]) && top == top ? partial[c] : top;
+  scalar_t top = partial[0];
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (nan[b]) return std::numeric_limits<scalar_t>::quiet_NaN();
+    top = partial[b] > top ? partial[b] : top;
   }
   return top;
 }
@@ -77,18 +158,18 @@ BoundSums<scalar_t, acc_t> bound_sums(const scalar_t* tj, int64_t m, const scala
                                       scalar_t p) {
   using Traits = BoundTraits<B>;
   BoundSums<scalar_t, acc_t> out{0, 0, 0, 0};
-  const acc_t mean_joint = chunked_sum<acc_t>(m, [&](int64_t r) { return acc_t(tj[r]); }) / acc_t(m);
+  const acc_t mean_joint = chunked_sum<acc_t>(tj, m, [](scalar_t t) { return t; }) / acc_t(m);
   acc_t reduced;
   if constexpr (Traits::reduction == BoundReduction::MeanOf) {
-    reduced = chunked_sum<acc_t>(k, [&](int64_t r) {
-                return acc_t(bound_negative_term<B>(tn[r], p));
+    reduced = chunked_sum<acc_t>(tn, k, [p](scalar_t t) {
+                return bound_negative_term<B>(t, p);
               }) / acc_t(k);
   } else {
     const scalar_t top =
-        chunked_max<scalar_t>(k, [&](int64_t r) { return bound_negative_term<B>(tn[r], p); });
+        chunked_max(tn, k, [p](scalar_t t) { return bound_negative_term<B>(t, p); });
     const scalar_t shift = std::isfinite(top) ? top : scalar_t(0);
-    const acc_t sum = chunked_sum<acc_t>(k, [&](int64_t r) {
-      return acc_t(std::exp(bound_negative_term<B>(tn[r], p) - shift));
+    const acc_t sum = chunked_sum<acc_t>(tn, k, [p, shift](scalar_t t) {
+      return bound_exp(bound_negative_term<B>(t, p) - shift);
     });
     const acc_t log_sum = std::log(sum);
     out.shift = shift;
@@ -99,8 +180,8 @@ BoundSums<scalar_t, acc_t> bound_sums(const scalar_t* tj, int64_t m, const scala
   if constexpr (Traits::offset != 0) out.value += acc_t(Traits::offset);
   if constexpr (Traits::objective == BoundObjective::JensenShannon && kObjective) {
     out.objective =
-        chunked_sum<acc_t>(m, [&](int64_t r) { return acc_t(js_joint_term(tj[r])); }) / acc_t(m) -
-        chunked_sum<acc_t>(k, [&](int64_t r) { return acc_t(js_negative_term(tn[r])); }) / acc_t(k);
+        chunked_sum<acc_t>(tj, m, [](scalar_t t) { return js_joint_term(t); }) / acc_t(m) -
+        chunked_sum<acc_t>(tn, k, [](scalar_t t) { return js_negative_term(t); }) / acc_t(k);
   } else {
     out.objective = out.value;
   }
@@ -172,27 +253,33 @@ std::tuple<Tensor, Tensor> mi_bound_backward_cpu(const std::optional<Tensor>& gr
           log_sum = sums.log_sum;
         }
       }
-      torch::stable::parallel_for(0, args.m, 4096, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          scalar_t d = value_part ? g * inv_m : scalar_t(0);
-          if (js_part) d += js_joint_grad(tj[r], go, inv_m);
-          gj[r] = d;
+      // gj = (g / M where the value's gradient flows) + the JS objective's term.
+      const scalar_t joint_part = value_part ? g * inv_m : scalar_t(0);
+      if (js_part) {
+        map_scores(tj, args.m, gj,
+                   [=](scalar_t t) { return joint_part + js_joint_grad(t, go, inv_m); });
+      } else {
+        map_scores(tj, args.m, gj, [=](scalar_t) { return joint_part; });
+      }
+      // gn = the value's gradient through the reduction + the JS objective's term.
+      const auto value_grad = [=](scalar_t t) {
+        if constexpr (Traits::reduction == BoundReduction::MeanOf) {
+          return bound_mean_negative_grad<B>(t, g, inv_k, p);
+        } else {
+          return bound_log_mean_exp_negative_grad<B>(t, g, shift, log_sum, p);
         }
-      });
-      torch::stable::parallel_for(0, args.k, 4096, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          scalar_t d = 0;
-          if (value_part) {
-            if constexpr (Traits::reduction == BoundReduction::MeanOf) {
-              d = bound_mean_negative_grad<B>(tn[r], g, inv_k, p);
-            } else {
-              d = bound_log_mean_exp_negative_grad<B>(tn[r], g, shift, log_sum, p);
-            }
-          }
-          if (js_part) d += js_negative_grad(tn[r], go, inv_k);
-          gn[r] = d;
-        }
-      });
+      };
+      if (value_part && js_part) {
+        map_scores(tn, args.k, gn,
+                   [=](scalar_t t) { return value_grad(t) + js_negative_grad(t, go, inv_k); });
+      } else if (value_part) {
+        map_scores(tn, args.k, gn, value_grad);
+      } else if (js_part) {
+        map_scores(tn, args.k, gn,
+                   [=](scalar_t t) { return scalar_t(0) + js_negative_grad(t, go, inv_k); });
+      } else {
+        map_scores(tn, args.k, gn, [](scalar_t) { return scalar_t(0); });
+      }
     });
   });
   return args.grads();

@@ -1,4 +1,4 @@
-// CPU kernels of the NWJ bound  I = mean(t_joint) - mean(exp(t_marg - 1)):
+// CPU kernels of the NWJ bound  I = mean(t_joint) - mean(exp(t_shuffled - 1)):
 // on its own (nwj_bound), and fused with the MI chain's last layer t = act(hidden . w + b)
 // (nwj_head), where rows [0, n_joint) of hidden are joint pairs and the rest shuffled pairs.
 // Reductions use fixed row chunks summed in order, so results do not depend on thread count.

@@ -1,7 +1,7 @@
 // CPU kernels of the paired first layer of the MI chain.
 //   joint row r    : act(data_half[r % N] + latent_half[r]             + bias)
-//   shuffled row r : act(data_half[r % N] + shuffled_source[perm[r]]   + bias)
-// with shuffled_source = latent_half when it is absent. Output rows: M joint, then M shuffled.
+//   shuffled row r : act(data_half[r % N] + shuffled_half[perm[r]]   + bias)
+// with shuffled_half = latent_half when it is absent. Output rows: M joint, then M shuffled.
 // bfloat16 and float16: the sums, the activation and its derivative in float32 (opmath_t), each
 // result rounded to the input dtype once.
 

@@ -1,4 +1,4 @@
-// CUDA kernels of the NWJ bound  I = mean(t_joint) - mean(exp(t_marg - 1)):
+// CUDA kernels of the NWJ bound  I = mean(t_joint) - mean(exp(t_shuffled - 1)):
 // on its own (nwj_bound), and fused with the MI chain's last layer t = act(hidden . w + b)
 // (nwj_head), where rows [0, n_joint) of hidden are joint pairs and the rest shuffled pairs.
 // Semantics are those of csrc/cpu/nwj_cpu.cpp. Reductions are deterministic: fixed-size chunks
@@ -23,13 +23,13 @@ constexpr int64_t kScoresPerBlock = 4 * kThreads;
 constexpr int64_t kRowsPerChunk = 32;
 
 // ---------------------------------------------------------------------------------------------
-// The NWJ sums: sum(t_joint) and sum(exp(t_marg - 1))
+// The NWJ sums: sum(t_joint) and sum(exp(t_shuffled - 1))
 // ---------------------------------------------------------------------------------------------
 
 // First pass. Blocks [0, joint_blocks) sum kScoresPerBlock joint scores each, the others
 // marginal terms of the shuffled scores: partial (joint_blocks + marg_blocks).
 template <typename T, typename acc_t>
-__global__ void nwj_partial_sums_kernel(const T* t_joint, int64_t n_joint, const T* t_marg,
+__global__ void nwj_partial_sums_kernel(const T* t_joint, int64_t n_joint, const T* t_shuffled,
                                         int64_t n_marg, int64_t joint_blocks, acc_t* partial) {
   __shared__ acc_t shared[kThreads];
   const bool joint = blockIdx.x < joint_blocks;
@@ -39,7 +39,7 @@ __global__ void nwj_partial_sums_kernel(const T* t_joint, int64_t n_joint, const
   acc_t sum = 0;
   for (int64_t e = begin + threadIdx.x; e < begin + kScoresPerBlock && e < end; e += kThreads) {
     sum += joint ? acc_t(t_joint[e])
-                 : acc_t(bound_negative_term<MiBound::Nwj>(opmath_t<T>(t_marg[e]),
+                 : acc_t(bound_negative_term<MiBound::Nwj>(opmath_t<T>(t_shuffled[e]),
                                                            opmath_t<T>(0)));
   }
   sum = block_sum(sum, shared);
@@ -62,7 +62,7 @@ __global__ void nwj_finish_kernel(const acc_t* partial, int64_t joint_blocks, in
 
 // bound (0-dim, written on the device; `like` gives the device) from joint scores (n_joint) and shuffled scores (n_marg).
 template <typename T>
-void launch_nwj_sums(const T* t_joint, int64_t n_joint, const T* t_marg, int64_t n_marg,
+void launch_nwj_sums(const T* t_joint, int64_t n_joint, const T* t_shuffled, int64_t n_marg,
                      const Tensor& like, opmath_t<T>* bound, cudaStream_t stream) {
   using acc_t = acc_type<T, true>;
   const int64_t joint_blocks = (n_joint + kScoresPerBlock - 1) / kScoresPerBlock;
@@ -71,7 +71,7 @@ void launch_nwj_sums(const T* t_joint, int64_t n_joint, const T* t_marg, int64_t
   acc_t* ppartial = partial.mutable_data_ptr<acc_t>();
   nwj_partial_sums_kernel<T, acc_t>
       <<<static_cast<unsigned int>(joint_blocks + marg_blocks), kThreads, 0, stream>>>(
-          t_joint, n_joint, t_marg, n_marg, joint_blocks, ppartial);
+          t_joint, n_joint, t_shuffled, n_marg, joint_blocks, ppartial);
   INFOMAX_CUDA_LAUNCH_CHECK();
   nwj_finish_kernel<opmath_t<T>, acc_t><<<1, kThreads, 0, stream>>>(ppartial, joint_blocks, marg_blocks,
                                                           n_joint, n_marg, bound);
@@ -80,7 +80,7 @@ void launch_nwj_sums(const T* t_joint, int64_t n_joint, const T* t_marg, int64_t
 
 // d bound / d t times the incoming gradient *grad: gj (n_joint), gm (n_marg).
 template <typename T, typename op_t = opmath_t<T>>
-__global__ void nwj_bound_backward_kernel(const op_t* grad, const T* t_marg, int64_t n_joint,
+__global__ void nwj_bound_backward_kernel(const op_t* grad, const T* t_shuffled, int64_t n_joint,
                                           int64_t n_marg, op_t inv_joint, op_t inv_marg, T* gj,
                                           T* gm) {
   const op_t g = *grad;
@@ -88,7 +88,7 @@ __global__ void nwj_bound_backward_kernel(const op_t* grad, const T* t_marg, int
     if (e < n_joint) {
       gj[e] = T(mean_bound_score_grad<MiBound::Nwj>(true, op_t(0), g, inv_joint, inv_marg));
     } else {
-      gm[e - n_joint] = T(mean_bound_score_grad<MiBound::Nwj>(false, op_t(t_marg[e - n_joint]),
+      gm[e - n_joint] = T(mean_bound_score_grad<MiBound::Nwj>(false, op_t(t_shuffled[e - n_joint]),
                                                               g, inv_joint, inv_marg));
     }
   }

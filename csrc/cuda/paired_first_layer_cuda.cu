@@ -2,7 +2,7 @@
 // csrc/cpu/paired_first_layer_cpu.cpp; the per-element math comes from the shared headers, this
 // file holds indexing and launches.
 //   joint row r    : act(data_half[r % N] + latent_half[r]           + bias)
-//   shuffled row r : act(data_half[r % N] + shuffled_source[perm[r]] + bias)
+//   shuffled row r : act(data_half[r % N] + shuffled_half[perm[r]] + bias)
 // Permutation entries are range-checked on the device (INFOMAX_KERNEL_ASSERT): no host sync.
 // bfloat16 and float16: sums, activations and derivatives in float32 (opmath_t), each result
 // rounded to the input dtype once.

@@ -58,13 +58,13 @@ def _paired_backward(grad_out: torch.Tensor, data_half: torch.Tensor, latent_hal
 class _PairedFirstLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, data_half: torch.Tensor, latent_half: torch.Tensor,
-                shuffled_source: torch.Tensor | None, bias: torch.Tensor, perm: torch.Tensor,
+                shuffled_half: torch.Tensor | None, bias: torch.Tensor, perm: torch.Tensor,
                 activation: str, param: float) -> Any:
         with _below_autograd():
             out = _OPS.paired_first_layer.default(
-                data_half, latent_half, shuffled_source, bias, perm, activation, param
+                data_half, latent_half, shuffled_half, bias, perm, activation, param
             )
-        ctx.save_for_backward(data_half, latent_half, shuffled_source, bias, perm)
+        ctx.save_for_backward(data_half, latent_half, shuffled_half, bias, perm)
         ctx.activation, ctx.param = activation, param
         return out
 
@@ -94,7 +94,7 @@ class _PairedLinear(torch.autograd.Function):
     anyway) instead of the three halves (N, M and M rows of H)."""
 
     @staticmethod
-    def forward(ctx: Any, hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None,
+    def forward(ctx: Any, hx: torch.Tensor, hz: torch.Tensor, hz_shuffled: torch.Tensor | None,
                 weight: torch.Tensor, bias: torch.Tensor | None, perm: torch.Tensor,
                 activation: str, param: float, data_half: torch.Tensor | None = None) -> Any:
         if data_half is not None and data_half.requires_grad:
@@ -103,33 +103,33 @@ class _PairedLinear(torch.autograd.Function):
                 "must not require grad")
         with _below_autograd():
             out, computed_data, latent, source = _OPS.paired_linear_forward.default(
-                hx, hz, hz_source, weight, bias, perm, activation, param, data_half
+                hx, hz, hz_shuffled, weight, bias, perm, activation, param, data_half
             )
         ctx.from_output = activation in OUTPUT_DERIVATIVE_ACTIVATIONS
         if ctx.from_output:
-            ctx.save_for_backward(hx, hz, hz_source, weight, bias, perm, out)
+            ctx.save_for_backward(hx, hz, hz_shuffled, weight, bias, perm, out)
         else:
-            ctx.save_for_backward(hx, hz, hz_source, weight, bias, perm,
+            ctx.save_for_backward(hx, hz, hz_shuffled, weight, bias, perm,
                                   computed_data if data_half is None else data_half, latent,
-                                  source if hz_source is not None else None)
+                                  source if hz_shuffled is not None else None)
         ctx.activation, ctx.param = activation, param
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> Any:
         if ctx.from_output:
-            hx, hz, hz_source, weight, bias, perm, out = ctx.saved_tensors
+            hx, hz, hz_shuffled, weight, bias, perm, out = ctx.saved_tensors
             unused = hx.new_empty((0,))
-            data, latent, source = unused, unused, (unused if hz_source is not None else None)
+            data, latent, source = unused, unused, (unused if hz_shuffled is not None else None)
         else:
-            hx, hz, hz_source, weight, bias, perm, data, latent, source = ctx.saved_tensors
+            hx, hz, hz_shuffled, weight, bias, perm, data, latent, source = ctx.saved_tensors
             out = None
-        _refuse_double_backward("paired_linear", grad_out, hx, hz, hz_source, weight, bias)
+        _refuse_double_backward("paired_linear", grad_out, hx, hz, hz_shuffled, weight, bias)
         need = list(ctx.needs_input_grad[:5])
         if not any(need):
             return (None,) * 9
         grads = _OPS.paired_linear_backward.default(
-            grad_out, hx, hz, hz_source, weight, data, latent, source, bias, perm,
+            grad_out, hx, hz, hz_shuffled, weight, data, latent, source, bias, perm,
             ctx.activation, ctx.param, need, out
         )
         return tuple(_grad_if(wanted, g) for wanted, g in zip(need, grads)) + (None,) * 4
@@ -268,12 +268,12 @@ class _NwjChain(torch.autograd.Function):
     nwj_mlp_backward and paired_linear_backward, so a call builds one node instead of two and
     the first layer's output, which both keep, is saved once. ``apply`` takes the tensors spread
     out: ``layout`` = (nwj_mlp's layout as in _NwjMlp, the first layer's activation and param),
-    then hx, hz, hz_source, first weight, first bias, perm, data_half, head_weight, head_bias,
+    then hx, hz, hz_shuffled, first weight, first bias, perm, data_half, head_weight, head_bias,
     the hidden layers' weights and their present biases."""
 
     @staticmethod
     def forward(ctx: Any, layout: tuple[Any, ...], hx: torch.Tensor, hz: torch.Tensor,
-                hz_source: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None,
+                hz_shuffled: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None,
                 perm: torch.Tensor, data_half: torch.Tensor | None, head_weight: torch.Tensor,
                 head_bias: torch.Tensor | None, *layer_tensors: torch.Tensor) -> Any:
         mlp_layout, activation, param = layout
@@ -285,7 +285,7 @@ class _NwjChain(torch.autograd.Function):
         weights, biases = _layer_lists(layers, has_bias, layer_tensors)
         with _below_autograd():
             hidden, computed_data, latent, source = _OPS.paired_linear_forward.default(
-                hx, hz, hz_source, weight, bias, perm, activation, param, data_half)
+                hx, hz, hz_shuffled, weight, bias, perm, activation, param, data_half)
             bound, scores, outputs, pres = _OPS.nwj_mlp_forward.default(
                 hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
                 head_act, head_param)
@@ -295,8 +295,8 @@ class _NwjChain(torch.autograd.Function):
         ctx.from_output = activation in OUTPUT_DERIVATIVE_ACTIVATIONS
         halves = () if ctx.from_output else (
             computed_data if data_half is None else data_half, latent,
-            source if hz_source is not None else None)
-        ctx.save_for_backward(hx, hz, hz_source, weight, bias, perm, hidden, head_weight,
+            source if hz_shuffled is not None else None)
+        ctx.save_for_backward(hx, hz, hz_shuffled, weight, bias, perm, hidden, head_weight,
                               head_bias, scores, *outputs, *pres, *layer_tensors, *halves)
         return bound, scores
 
@@ -306,16 +306,16 @@ class _NwjChain(torch.autograd.Function):
         mlp_layout, activation, param = ctx.layout
         layers, has_bias, activations, params, n_joint, head_act, head_param = mlp_layout
         saved = ctx.saved_tensors
-        hx, hz, hz_source, weight, bias, perm, hidden, head_weight, head_bias, scores = saved[:10]
+        hx, hz, hz_shuffled, weight, bias, perm, hidden, head_weight, head_bias, scores = saved[:10]
         k = 10 + ctx.n_outputs
         outputs, pres = list(saved[10:k]), list(saved[k:k + layers + 1])
         n_layer_tensors = layers + sum(has_bias)
         layer_tensors = saved[k + layers + 1:k + layers + 1 + n_layer_tensors]
         halves = saved[k + layers + 1 + n_layer_tensors:]
         weights, biases = _layer_lists(layers, has_bias, layer_tensors)
-        _refuse_double_backward("nwj_chain", grad_bound, grad_scores, hx, hz, hz_source, weight,
+        _refuse_double_backward("nwj_chain", grad_bound, grad_scores, hx, hz, hz_shuffled, weight,
                                 bias, head_weight, head_bias, *layer_tensors)
-        # (layout, hx, hz, hz_source, weight, bias, perm, data_half, head_weight, head_bias,
+        # (layout, hx, hz, hz_shuffled, weight, bias, perm, data_half, head_weight, head_bias,
         #  *layer_tensors)
         need = ctx.needs_input_grad
         first_need = [need[1], need[2], need[3], need[4], need[5]]
@@ -335,13 +335,13 @@ class _NwjChain(torch.autograd.Function):
         if mask[0]:
             if ctx.from_output:
                 unused = hx.new_empty((0,))
-                data, latent, source = unused, unused, (unused if hz_source is not None else None)
+                data, latent, source = unused, unused, (unused if hz_shuffled is not None else None)
                 out = hidden
             else:
                 data, latent, source = halves
                 out = None
             grads = _OPS.paired_linear_backward.default(
-                g_hidden, hx, hz, hz_source, weight, data, latent, source, bias, perm,
+                g_hidden, hx, hz, hz_shuffled, weight, data, latent, source, bias, perm,
                 activation, param, first_need, out)
             first_grads = [_grad_if(wanted, g) for wanted, g in zip(first_need, grads)]
         grads_b = [_grad_if(wanted, g) for wanted, g, present in zip(need_b, g_biases, has_bias)
@@ -351,7 +351,7 @@ class _NwjChain(torch.autograd.Function):
                 *[_grad_if(w, g) for w, g in zip(need_w, g_weights)], *grads_b)
 
 
-def nwj_chain(hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None,
+def nwj_chain(hx: torch.Tensor, hz: torch.Tensor, hz_shuffled: torch.Tensor | None,
               weight: torch.Tensor, bias: torch.Tensor | None, perm: torch.Tensor,
               activation: str, param: float, data_half: torch.Tensor | None,
               weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None],
@@ -364,7 +364,7 @@ def nwj_chain(hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None
     layout = ((len(weights), tuple(b is not None for b in biases), activations, params, n_joint,
                head_activation, float(head_param)), activation, float(param))
     result: tuple[torch.Tensor, torch.Tensor] = _NwjChain.apply(  # type: ignore[no-untyped-call]
-        layout, hx, hz, hz_source, weight, bias, perm, data_half, head_weight, head_bias,
+        layout, hx, hz, hz_shuffled, weight, bias, perm, data_half, head_weight, head_bias,
         *weights, *[b for b in biases if b is not None])
     return result
 
@@ -374,17 +374,17 @@ def nwj_chain(hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None
 
 class _NwjBound(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, t_joint: torch.Tensor, t_marg: torch.Tensor) -> Any:
+    def forward(ctx: Any, t_joint: torch.Tensor, t_shuffled: torch.Tensor) -> Any:
         with _below_autograd():
-            bound = _OPS.nwj_bound.default(t_joint, t_marg)
-        ctx.save_for_backward(t_joint, t_marg)
+            bound = _OPS.nwj_bound.default(t_joint, t_shuffled)
+        ctx.save_for_backward(t_joint, t_shuffled)
         return bound
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        t_joint, t_marg = ctx.saved_tensors
-        _refuse_double_backward("nwj_bound", grad, t_joint, t_marg)
-        g_joint, g_marg = _OPS.nwj_bound_backward.default(grad, t_joint, t_marg)
+        t_joint, t_shuffled = ctx.saved_tensors
+        _refuse_double_backward("nwj_bound", grad, t_joint, t_shuffled)
+        g_joint, g_marg = _OPS.nwj_bound_backward.default(grad, t_joint, t_shuffled)
         need = ctx.needs_input_grad
         return _grad_if(need[0], g_joint), _grad_if(need[1], g_marg)
 

@@ -298,7 +298,7 @@ if extension_available():
 def paired_first_layer(
     data_half: torch.Tensor,
     latent_half: torch.Tensor,
-    shuffled_source: torch.Tensor | None,
+    shuffled_half: torch.Tensor | None,
     bias: torch.Tensor,
     perm: torch.Tensor,
     activation: str = "identity",
@@ -309,25 +309,25 @@ def paired_first_layer(
     ``data_half`` (N, H) is ``data(x) @ Wx.T``, ``latent_half`` (M, H) with M = S N is
     ``latent(z) @ Wz.T``, ``bias`` (H,), ``perm`` (M,) int64. Returns (2M, H): rows ``r < M`` are
     ``act(data_half[r % N] + latent_half[r] + bias)`` and rows ``M + r`` are
-    ``act(data_half[r % N] + source[perm[r]] + bias)``, where ``source`` is ``shuffled_source``
+    ``act(data_half[r % N] + source[perm[r]] + bias)``, where ``source`` is ``shuffled_half``
     or, when None, ``latent_half`` (then the shuffled rows' gradient flows back into
     ``latent_half`` through the inverse permutation). The shuffled rows are never copied.
     """
     _check_args("paired_first_layer", data_half=data_half, latent_half=latent_half,
-                shuffled_source=shuffled_source, bias=bias, perm=perm)
-    if kernels_apply(data_half, latent_half, shuffled_source, bias):
+                shuffled_half=shuffled_half, bias=bias, perm=perm)
+    if kernels_apply(data_half, latent_half, shuffled_half, bias):
         return _autograd.differentiable["paired_first_layer"](*precision.autocast_inputs(
-            data_half.device.type, data_half, latent_half, shuffled_source, bias), perm,
+            data_half.device.type, data_half, latent_half, shuffled_half, bias), perm,
             activation, float(param))
     return reference.paired_first_layer(
-        data_half, latent_half, shuffled_source, bias, perm, activation, param
+        data_half, latent_half, shuffled_half, bias, perm, activation, param
     )
 
 
 def paired_linear(
     hx: torch.Tensor,
     hz: torch.Tensor,
-    hz_source: torch.Tensor | None,
+    hz_shuffled: torch.Tensor | None,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     perm: torch.Tensor,
@@ -340,46 +340,46 @@ def paired_linear(
     ``hx`` (N, Dx) = data(x), ``hz`` (M, Dz) = latent(z) with M = S N, ``weight`` (H, Dx + Dz),
     ``bias`` (H,) or None, ``perm`` (M,) int64. Returns (2M, H): joint row r is
     ``act(W [hx[r % N]; hz[r]] + b)``, shuffled row r is ``act(W [hx[r % N]; src[perm[r]]] + b)``
-    with ``src = hz_source`` or, when None, ``hz``. The weight is split into its data and latent
+    with ``src = hz_shuffled`` or, when None, ``hz``. The weight is split into its data and latent
     columns: ``hx Wx^T`` is computed once for both halves, the shuffled rows are never copied, and
     the backward writes the weight gradient into one buffer. ``data_half`` (N, H), when given, is
     ``hx @ weight[:, :Dx].T`` computed earlier (a constant that saves that product; gradients are
     unchanged).
     """
-    _check_args("paired_linear", hx=hx, hz=hz, hz_source=hz_source, weight=weight, bias=bias,
+    _check_args("paired_linear", hx=hx, hz=hz, hz_shuffled=hz_shuffled, weight=weight, bias=bias,
                 perm=perm, data_half=data_half)
-    if kernels_apply(hx, hz, hz_source, weight, bias, data_half):
-        hx, hz, hz_source, weight, bias, data_half = precision.autocast_inputs(
-            hx.device.type, hx, hz, hz_source, weight, bias, data_half)
+    if kernels_apply(hx, hz, hz_shuffled, weight, bias, data_half):
+        hx, hz, hz_shuffled, weight, bias, data_half = precision.autocast_inputs(
+            hx.device.type, hx, hz, hz_shuffled, weight, bias, data_half)
         if data_half is not None and data_half.dtype != hx.dtype:
             data_half = None  # kept from a call in another precision: computed again instead
         return _autograd.differentiable["paired_linear"](
-            hx, hz, hz_source, weight, bias, perm, activation, float(param), data_half
+            hx, hz, hz_shuffled, weight, bias, perm, activation, float(param), data_half
         )
-    return reference.paired_linear(hx, hz, hz_source, weight, bias, perm, activation, param,
+    return reference.paired_linear(hx, hz, hz_shuffled, weight, bias, perm, activation, param,
                                    data_half)
 
 
 if extension_available():
 
     @torch.library.register_fake("infomax_ext::paired_first_layer")
-    def _(data_half: torch.Tensor, latent_half: torch.Tensor, shuffled_source: torch.Tensor | None,
+    def _(data_half: torch.Tensor, latent_half: torch.Tensor, shuffled_half: torch.Tensor | None,
           bias: torch.Tensor, perm: torch.Tensor, activation: str, param: float) -> torch.Tensor:
         _fake_same_device("paired_first_layer", data_half=data_half, latent_half=latent_half,
-                          shuffled_source=shuffled_source, bias=bias, perm=perm)
+                          shuffled_half=shuffled_half, bias=bias, perm=perm)
         torch._check(data_half.dim() == 2 and latent_half.dim() == 2, lambda: "halves must be 2-D")
         torch._check(data_half.shape[1] == latent_half.shape[1], lambda: "half widths differ")
         return data_half.new_empty((2 * latent_half.shape[0], data_half.shape[1]))
 
     @torch.library.register_fake("infomax_ext::paired_first_layer_backward")
     def _(grad_out: torch.Tensor, data_half: torch.Tensor, latent_half: torch.Tensor,
-          shuffled_source: torch.Tensor | None, bias: torch.Tensor, perm: torch.Tensor,
+          shuffled_half: torch.Tensor | None, bias: torch.Tensor, perm: torch.Tensor,
           inverse_perm: torch.Tensor, activation: str, param: float,
           output_mask: Sequence[bool]) -> tuple[torch.Tensor, ...]:
         _fake_same_device("paired_first_layer_backward", data_half=data_half, grad_out=grad_out,
-                          latent_half=latent_half, shuffled_source=shuffled_source, bias=bias,
+                          latent_half=latent_half, shuffled_half=shuffled_half, bias=bias,
                           perm=perm, inverse_perm=inverse_perm)
-        has_source = shuffled_source is not None
+        has_source = shuffled_half is not None
 
         def grad(wanted: bool, like: torch.Tensor) -> torch.Tensor:
             return like.new_empty(like.shape) if wanted else data_half.new_empty((0,))
@@ -392,10 +392,10 @@ if extension_available():
         )
 
     @torch.library.register_fake("infomax_ext::paired_linear")
-    def _(hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None, weight: torch.Tensor,
+    def _(hx: torch.Tensor, hz: torch.Tensor, hz_shuffled: torch.Tensor | None, weight: torch.Tensor,
           bias: torch.Tensor | None, perm: torch.Tensor, activation: str, param: float,
           data_half: torch.Tensor | None = None) -> Any:
-        _fake_same_device("paired_linear", hx=hx, hz=hz, hz_source=hz_source, weight=weight,
+        _fake_same_device("paired_linear", hx=hx, hz=hz, hz_shuffled=hz_shuffled, weight=weight,
                           bias=bias, perm=perm, data_half=data_half)
         torch._check(hx.dim() == 2 and hz.dim() == 2 and weight.dim() == 2,
                      lambda: "hx, hz and weight must be 2-D")
@@ -404,28 +404,28 @@ if extension_available():
         return hx.new_empty((2 * hz.shape[0], weight.shape[0]))
 
     @torch.library.register_fake("infomax_ext::paired_linear_forward")
-    def _(hx: torch.Tensor, hz: torch.Tensor, hz_source: torch.Tensor | None, weight: torch.Tensor,
+    def _(hx: torch.Tensor, hz: torch.Tensor, hz_shuffled: torch.Tensor | None, weight: torch.Tensor,
           bias: torch.Tensor | None, perm: torch.Tensor, activation: str, param: float,
           data_half: torch.Tensor | None = None) -> Any:
         out = torch.ops.infomax_ext.paired_linear.default(
-            hx, hz, hz_source, weight, bias, perm, activation, param, data_half)
+            hx, hz, hz_shuffled, weight, bias, perm, activation, param, data_half)
         units = weight.shape[0]
         return (
             out,
             hx.new_empty((0,) if data_half is not None else (hx.shape[0], units)),
             hx.new_empty((hz.shape[0], units)),
-            hx.new_empty((0,) if hz_source is None else (hz.shape[0], units)),
+            hx.new_empty((0,) if hz_shuffled is None else (hz.shape[0], units)),
         )
 
     @torch.library.register_fake("infomax_ext::paired_linear_backward")
     def _(grad_out: torch.Tensor, hx: torch.Tensor, hz: torch.Tensor,
-          hz_source: torch.Tensor | None, weight: torch.Tensor, data_half: torch.Tensor | None,
-          latent_half: torch.Tensor | None, source_half: torch.Tensor | None,
+          hz_shuffled: torch.Tensor | None, weight: torch.Tensor, data_half: torch.Tensor | None,
+          latent_half: torch.Tensor | None, shuffled_half: torch.Tensor | None,
           bias: torch.Tensor | None, perm: torch.Tensor, activation: str, param: float,
           output_mask: Sequence[bool],
           out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         _fake_same_device("paired_linear_backward", grad_out=grad_out, hx=hx, hz=hz,
-                          hz_source=hz_source, weight=weight, bias=bias, perm=perm, out=out)
+                          hz_shuffled=hz_shuffled, weight=weight, bias=bias, perm=perm, out=out)
 
         def grad(wanted: bool, like: torch.Tensor) -> torch.Tensor:
             return like.new_empty(like.shape) if wanted else hx.new_empty((0,))
@@ -435,7 +435,7 @@ if extension_available():
             return hz.new_empty((hz.shape[1], hz.shape[0])).t() if wanted else hx.new_empty((0,))
 
         return (grad(output_mask[0], hx), narrow_grad(output_mask[1]),
-                narrow_grad(output_mask[2] and hz_source is not None), grad(output_mask[3], weight),
+                narrow_grad(output_mask[2] and hz_shuffled is not None), grad(output_mask[3], weight),
                 grad(output_mask[4], weight.new_empty((weight.shape[0],))))
 
 
@@ -444,24 +444,24 @@ if extension_available():
 # ----------------------------------------------------------------------------------------------
 
 
-def nwj_bound(t_joint: torch.Tensor, t_marg: torch.Tensor) -> torch.Tensor:
-    """NWJ lower bound ``mean(t_joint) - mean(exp(t_marg - 1))`` (a 0-dim tensor; float32 for
+def nwj_bound(t_joint: torch.Tensor, t_shuffled: torch.Tensor) -> torch.Tensor:
+    """NWJ lower bound ``mean(t_joint) - mean(exp(t_shuffled - 1))`` (a 0-dim tensor; float32 for
     bfloat16 and float16 scores: :mod:`infomax_ext.precision`).
 
-    ``t_joint`` (N,) are a critic's scores on joint pairs, ``t_marg`` (M,) on shuffled pairs.
+    ``t_joint`` (N,) are a critic's scores on joint pairs, ``t_shuffled`` (M,) on shuffled pairs.
     For users who bring their own critic."""
-    _check_args("nwj_bound", t_joint=t_joint, t_marg=t_marg)
-    if t_joint.dim() != 1 or t_marg.dim() != 1:
+    _check_args("nwj_bound", t_joint=t_joint, t_shuffled=t_shuffled)
+    if t_joint.dim() != 1 or t_shuffled.dim() != 1:
         raise ValueError(
             f"nwj_bound takes 1-D score tensors, got shapes {tuple(t_joint.shape)} and "
-            f"{tuple(t_marg.shape)}"
+            f"{tuple(t_shuffled.shape)}"
         )
-    if t_joint.numel() < 1 or t_marg.numel() < 1:
+    if t_joint.numel() < 1 or t_shuffled.numel() < 1:
         raise ValueError("nwj_bound needs at least one joint and one shuffled score")
-    if kernels_apply(t_joint, t_marg):  # two dtypes: both cast to the wider, as torch promotes
+    if kernels_apply(t_joint, t_shuffled):  # two dtypes: both cast to the wider, as torch promotes
         return _autograd.differentiable["nwj_bound"](
-            *precision.promoted_inputs(t_joint.device.type, t_joint, t_marg))
-    return reference.nwj_bound(t_joint, t_marg)
+            *precision.promoted_inputs(t_joint.device.type, t_joint, t_shuffled))
+    return reference.nwj_bound(t_joint, t_shuffled)
 
 
 def nwj_head(
@@ -488,15 +488,15 @@ def nwj_head(
 if extension_available():
 
     @torch.library.register_fake("infomax_ext::nwj_bound")
-    def _(t_joint: torch.Tensor, t_marg: torch.Tensor) -> torch.Tensor:
-        _fake_same_device("nwj_bound", t_joint=t_joint, t_marg=t_marg)
+    def _(t_joint: torch.Tensor, t_shuffled: torch.Tensor) -> torch.Tensor:
+        _fake_same_device("nwj_bound", t_joint=t_joint, t_shuffled=t_shuffled)
         return t_joint.new_empty((), dtype=precision.bound_dtype(t_joint.dtype))
 
     @torch.library.register_fake("infomax_ext::nwj_bound_backward")
     def _(grad: torch.Tensor, t_joint: torch.Tensor,
-          t_marg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _fake_same_device("nwj_bound_backward", t_joint=t_joint, t_marg=t_marg, grad=grad)
-        return torch.empty_like(t_joint), torch.empty_like(t_marg)
+          t_shuffled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _fake_same_device("nwj_bound_backward", t_joint=t_joint, t_shuffled=t_shuffled, grad=grad)
+        return torch.empty_like(t_joint), torch.empty_like(t_shuffled)
 
     @torch.library.register_fake("infomax_ext::nwj_head")
     def _(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n_joint: int,

@@ -310,8 +310,8 @@ def paired_mutual_info(
         )
     if path != "fused" and not _shuffled_half_needs_graph(
             mi, x, z if z_shuffle is None else z_shuffle, shuffled_grad):
-        hz_shuffle = None if z_shuffle is None else cast(nn.Module, mi.latent)(z_shuffle.detach())
-        return _joint_graph_bound(plan, hx, hz, perm, data_half_cache, hz_shuffle, bound)
+        hz_shuffled = None if z_shuffle is None else cast(nn.Module, mi.latent)(z_shuffle.detach())
+        return _joint_graph_bound(plan, hx, hz, perm, data_half_cache, hz_shuffled, bound)
     if z_shuffle is not None:
         source = mi.latent(z_shuffle if shuffled_grad else z_shuffle.detach())  # type: ignore[operator]
         perm = torch.arange(m, device=z.device)
@@ -411,10 +411,10 @@ def _shuffled_half_needs_graph(mi: nn.Module, x: torch.Tensor, z: torch.Tensor,
 
 def _joint_graph_bound(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
                        perm: torch.Tensor | None, cache: DataHalfCache | None,
-                       hz_shuffle: torch.Tensor | None = None,
+                       hz_shuffled: torch.Tensor | None = None,
                        bound: Bound = NWJ()) -> PairedBound:
     """The shared evaluation when only the joint half needs a graph: the data half once, the
-    joint rows with autograd, the shuffled rows (``hz[perm]``, or ``hz_shuffle`` = latent of the
+    joint rows with autograd, the shuffled rows (``hz[perm]``, or ``hz_shuffled`` = latent of the
     given shuffled codes) without, so the backward runs on M rows, not 2M."""
     weight, bias = plan.first.weight, plan.first.bias
     dx, m, n = hx.shape[1], hz.shape[0], hx.shape[0]
@@ -440,8 +440,8 @@ def _joint_graph_bound(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
 
     joint = rest(first_layer(latent_half))
     with torch.no_grad():
-        shuffled_half = (latent_half[perm] if hz_shuffle is None
-                         else torch.mm(hz_shuffle, weight[:, dx:].t()))
+        shuffled_half = (latent_half[perm] if hz_shuffled is None
+                         else torch.mm(hz_shuffled, weight[:, dx:].t()))
         shuffled = rest(first_layer(shuffled_half))
     return _paired(bound, joint, shuffled)
 

@@ -86,7 +86,7 @@ def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
 def paired_first_layer(
     data_half: torch.Tensor,
     latent_half: torch.Tensor,
-    shuffled_source: torch.Tensor | None,
+    shuffled_half: torch.Tensor | None,
     bias: torch.Tensor,
     perm: torch.Tensor,
     activation: str,
@@ -94,15 +94,15 @@ def paired_first_layer(
 ) -> torch.Tensor:
     """First MLP layer of the MI chain on joint and shuffled pairs at once.
 
-    Shapes: ``data_half`` (N, H), ``latent_half`` and ``shuffled_source`` (M, H) with M = S N,
+    Shapes: ``data_half`` (N, H), ``latent_half`` and ``shuffled_half`` (M, H) with M = S N,
     ``bias`` (H,), ``perm`` (M,). Returns (2M, H): rows r < M are
     ``act(data_half[r % N] + latent_half[r] + bias)``, rows M + r are
-    ``act(data_half[r % N] + source[perm[r]] + bias)`` with ``source = shuffled_source`` or,
+    ``act(data_half[r % N] + source[perm[r]] + bias)`` with ``source = shuffled_half`` or,
     when it is None, ``latent_half``.
     """
     n, m = data_half.shape[0], latent_half.shape[0]
     a = data_half.repeat(m // n, 1) if m != n else data_half
-    source = latent_half if shuffled_source is None else shuffled_source
+    source = latent_half if shuffled_half is None else shuffled_half
     joint = apply_activation((a + latent_half) + bias, activation, param)
     shuffled = apply_activation((a + source[perm]) + bias, activation, param)
     return torch.cat([joint, shuffled])
@@ -111,7 +111,7 @@ def paired_first_layer(
 def paired_linear(
     hx: torch.Tensor,
     hz: torch.Tensor,
-    hz_source: torch.Tensor | None,
+    hz_shuffled: torch.Tensor | None,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     perm: torch.Tensor,
@@ -121,29 +121,29 @@ def paired_linear(
 ) -> torch.Tensor:
     """The MI chain's first Linear layer ``act(W [hx; hz] + b)`` on joint and shuffled pairs.
 
-    Shapes: ``hx`` (N, Dx), ``hz`` and ``hz_source`` (M, Dz) with M = S N, ``weight``
+    Shapes: ``hx`` (N, Dx), ``hz`` and ``hz_shuffled`` (M, Dz) with M = S N, ``weight``
     (H, Dx + Dz), ``bias`` (H,) or None, ``perm`` (M,). Returns (2M, H): joint row r is
     ``act(W [hx[r % N]; hz[r]] + b)``, shuffled row r is ``act(W [hx[r % N]; src[perm[r]]] + b)``
-    with ``src = hz_source`` or, when None, ``hz``: :func:`paired_first_layer` of the two halves
+    with ``src = hz_shuffled`` or, when None, ``hz``: :func:`paired_first_layer` of the two halves
     of the weight applied to ``hx`` and ``hz``. ``data_half`` (N, H), when given, is the
     precomputed ``hx @ weight[:, :Dx].T`` (a constant; the gradients of ``hx`` and ``weight`` are
     those of the product it stands for).
     """
     dx = hx.shape[1]
     w_data, w_latent = weight[:, :dx], weight[:, dx:]
-    source_half = None if hz_source is None else hz_source @ w_latent.t()
+    shuffled_half = None if hz_shuffled is None else hz_shuffled @ w_latent.t()
     bias_vec = bias if bias is not None else weight.new_zeros(weight.shape[0])
     product = hx @ w_data.t()
     if data_half is not None:
         # The given value, with the product's gradient.
         product = product + (data_half - product).detach()
-    return paired_first_layer(product, hz @ w_latent.t(), source_half, bias_vec, perm,
+    return paired_first_layer(product, hz @ w_latent.t(), shuffled_half, bias_vec, perm,
                               activation, param)
 
 
-def nwj_bound(t_joint: torch.Tensor, t_marg: torch.Tensor) -> torch.Tensor:
-    """NWJ lower bound ``mean(t_joint) - mean(exp(t_marg - 1))`` of 1-D score tensors."""
-    return t_joint.mean() - torch.exp(t_marg - 1).mean()
+def nwj_bound(t_joint: torch.Tensor, t_shuffled: torch.Tensor) -> torch.Tensor:
+    """NWJ lower bound ``mean(t_joint) - mean(exp(t_shuffled - 1))`` of 1-D score tensors."""
+    return t_joint.mean() - torch.exp(t_shuffled - 1).mean()
 
 
 def nwj_head(

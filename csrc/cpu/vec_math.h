@@ -1,0 +1,142 @@
+#pragma once
+// exp, softplus and sigmoid for float and double written so that GCC vectorises a loop that
+// calls them (always inlined, no branches: every special case is a select, integer work in the
+// lanes' own width), for the baseline x86-64 ISA the wheel is built for and for the AVX2 and
+// AVX-512 builds of csrc/cpu/bound_cpu.cpp's loops (target_clones). Nothing is contracted into
+// fused multiply-adds (the baseline has none; bound_cpu.cpp is built with -ffp-contract=off),
+// so every build and a scalar call (nwj_bound's loop) compute the same bits.
+//
+// exp(x) = 2^k p(r): k = round(x / ln 2), r = x - k ln 2 in two parts (Cody-Waite, the high
+// part of ln 2 short enough that k ln2_hi is exact), |r| <= ln(2) / 2, p the Taylor polynomial
+// of exp to degree 7 (float; truncation 5e-9 relative) or 13 (double; 4e-18), 2^k applied as
+// 2^k1 2^k2 (k1 + k2 = k, each a normal power of 2) so that results near overflow and in the
+// subnormal range round once. Above the largest x with a finite exp: +inf; below the smallest
+// with a nonzero one: 0; NaN stays NaN. Error (tests/test_bound_vec_math.py asserts it): float
+// within 1.2e-7 relative (about 1 ulp; normal results), double within 2.3e-16.
+#include <cstdint>
+#include <cstring>
+
+// Always inlined: a call left in a loop stops its vectorisation.
+#define INFOMAX_VEC_INLINE inline __attribute__((always_inline))
+
+namespace infomax_ext {
+namespace vec {
+
+INFOMAX_VEC_INLINE float bits_float(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+INFOMAX_VEC_INLINE uint32_t float_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  return b;
+}
+INFOMAX_VEC_INLINE double bits_double(uint64_t b) {
+  double d;
+  std::memcpy(&d, &b, sizeof d);
+  return d;
+}
+INFOMAX_VEC_INLINE uint64_t double_bits(double d) {
+  uint64_t b;
+  std::memcpy(&b, &d, sizeof b);
+  return b;
+}
+
+// 2^k for an integer-valued k of [-126, 127] given as float: adding 1.5 * 2^23 puts k in the low
+// mantissa bits, so (bits + 127) << 23 are the bits of 2^k.
+INFOMAX_VEC_INLINE float pow2_float(float k) {
+  return bits_float((float_bits(k + 12582912.0f) + 127u) << 23);
+}
+// 2^k for an integer-valued k of [-1022, 1023] given as double (1.5 * 2^52 alike).
+INFOMAX_VEC_INLINE double pow2_double(double k) {
+  return bits_double((double_bits(k + 6755399441055744.0) + 1023u) << 52);
+}
+
+INFOMAX_VEC_INLINE float exp(float x) {
+  // exp(88.72283172607421875f) is the largest finite float exp; below -104 every exp rounds to 0.
+  constexpr float kMaxArg = 88.72283172607421875f, kMinArg = -104.0f;
+  const float xc = x < kMinArg ? kMinArg : (x > 89.0f ? 89.0f : x);  // NaN stays NaN
+  // k = round(xc / ln 2) by the 1.5 * 2^23 trick (round to nearest even); |k| <= 151.
+  const float k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (xc - k * 0.693145751953125f) - k * 1.42860682030941723212e-6f;
+  float p = 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r * r + r;  // r + r^2 (1/2 + ...): the small part first, then 1
+  p = p + 1.0f;
+  const float k1 = (k * 0.5f + 12582912.0f) - 12582912.0f;  // k1 + k2 = k, |k1|, |k2| <= 76
+  const float y = p * pow2_float(k1) * pow2_float(k - k1);
+  return x > kMaxArg ? __builtin_inff() : (x < kMinArg ? 0.0f : y);
+}
+
+INFOMAX_VEC_INLINE double exp(double x) {
+  // exp(709.782712893383973096) is the largest finite double exp; below -746 every exp is 0.
+  constexpr double kMaxArg = 709.782712893383973096, kMinArg = -746.0;
+  const double xc = x < kMinArg ? kMinArg : (x > 710.0 ? 710.0 : x);
+  const double k = (xc * 1.44269504088896338700 + 6755399441055744.0) - 6755399441055744.0;
+  const double r = (xc - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
+  double p = 1.0 / 6227020800.0;  // 1/13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r * r + r;
+  p = p + 1.0;
+  const double k1 = (k * 0.5 + 6755399441055744.0) - 6755399441055744.0;  // |k1|, |k2| <= 539
+  const double y = p * pow2_double(k1) * pow2_double(k - k1);
+  return x > kMaxArg ? __builtin_inf() : (x < kMinArg ? 0.0 : y);
+}
+
+// log1p(u) for u in [0, 1]: 2 atanh(f), f = u / (2 + u) in [0, 1/3] (exact: (1 + u) = (1 + f) /
+// (1 - f)), the odd series of atanh to f^15 (float; truncation 1e-9 relative) or f^33 (double;
+// 5e-18). One division; small u keep their relative precision.
+INFOMAX_VEC_INLINE float log1p_unit(float u) {
+  const float f = u / (2.0f + u);
+  const float f2 = f * f;
+  float s = 1.0f / 15;
+  s = s * f2 + 1.0f / 13;
+  s = s * f2 + 1.0f / 11;
+  s = s * f2 + 1.0f / 9;
+  s = s * f2 + 1.0f / 7;
+  s = s * f2 + 1.0f / 5;
+  s = s * f2 + 1.0f / 3;
+  return 2.0f * f + 2.0f * f * (f2 * s);
+}
+INFOMAX_VEC_INLINE double log1p_unit(double u) {
+  const double f = u / (2.0 + u);
+  const double f2 = f * f;
+  double s = 1.0 / 33;
+  for (int n = 31; n >= 3; n -= 2) s = s * f2 + 1.0 / n;  // unrolled: constant trip count
+  return 2.0 * f + 2.0 * f * (f2 * s);
+}
+
+// softplus(x) = log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), x itself above 20 (torch's
+// threshold); NaN stays NaN.
+template <typename T>
+INFOMAX_VEC_INLINE T softplus(T x) {
+  const T a = x < T(0) ? -x : x;
+  const T sp = (x > T(0) ? x : T(0)) + log1p_unit(exp(-a));
+  return ((x > T(20)) | (x != x)) ? x : sp;
+}
+
+// softplus'(x) = sigmoid(x) = z / (z + 1), z = exp(x), 1 above 20 (torch's softplus backward,
+// its formula: a loop that also takes exp(x) computes it once).
+template <typename T>
+INFOMAX_VEC_INLINE T softplus_grad(T x) {
+  const T z = exp(x > T(20) ? T(20) : x);  // NaN stays NaN
+  return x > T(20) ? T(1) : z / (z + T(1));
+}
+
+}  // namespace vec
+}  // namespace infomax_ext
