@@ -137,14 +137,15 @@ def data_x():
     return torch.rand(N, DX, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
 
 
-def train(m, x, settings, group=None, steps=3, negatives="global"):
+def train(m, x, settings, group=None, steps=3, negatives_scope="global"):
     """``steps`` train_steps of ``m`` on x with Adam; the shuffle seeds come from torch's global
     generator, seeded with 11 here and on rank 0 (rank 1 draws other seeds, which must not
     matter)."""
     opt = {"vae": torch.optim.Adam(m.vae.parameters(), 1e-2),
            "mi": torch.optim.Adam(m.mi.parameters(), 1e-2)}
     torch.manual_seed(11 if group is None or dist.get_rank() == 0 else 12)
-    losses = [im.train_step(m, x, opt, loss_return=True, process_group=group, negatives=negatives,
+    losses = [im.train_step(m, x, opt, loss_return=True, process_group=group,
+                            negatives_scope=negatives_scope,
                             **settings) for _ in range(steps)]
     return {k: v.detach().clone() for k, v in m.state_dict().items()}, losses
 
@@ -245,7 +246,7 @@ def worker(rank, out):
     real_partners = distributed.partner_codes
     distributed.partner_codes = lambda *a: sent.append(1) or real_partners(*a)
     results["local"] = train(model(rank, WORLD), share(data_x(), rank), STEPS[0], group,
-                             steps=2, negatives="local") + (len(sent),)
+                             steps=2, negatives_scope="local") + (len(sent),)
     distributed.partner_codes = real_partners
     results["mismatch"] = mismatch_messages(rank, group)
     results["trainer"] = trainer_run(rank, group, out / "x.npy")
@@ -451,7 +452,8 @@ def test_torchrun_writes_one_run_directory_and_resumes(tmp_path, digits_npy, tor
     assert "wrote" in output, output
     config = json.loads((run / "config.json").read_text())
     assert config["distributed"] == {"world_size": 2, "backend": "gloo"}
-    assert config["train"]["negatives"] == "global"
+    assert config["train"]["negatives_scope"] == "global"
+    assert config["train"]["negatives"] == "shuffle"
     assert epochs_logged(run) == [1, 2]
     assert output.count("infomax epoch 2/2:") == 1  # rank 0 alone prints
     trainer = checkpoint_loads(run, digits_npy, 2)

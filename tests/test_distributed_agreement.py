@@ -72,11 +72,16 @@ def disagreements(rank, group, out):
         # models of other dtypes, with local negatives (no bound exchange runs before averaging)
         "model dtype": lambda: train(model(rank, WORLD).to(torch.float64 if rank == 0 else
                                                            torch.float32),
-                                     x, STEPS[0], group, steps=1, negatives="local"),
+                                     x, STEPS[0], group, steps=1, negatives_scope="local"),
         "reuse_forward": lambda: train(model(rank, WORLD), x, dict(reuse_forward=rank == 0),
                                        group, steps=1),
         "bound": lambda: train(model(rank, WORLD), x,
                                dict(bound="nwj" if rank == 0 else "js"), group, steps=1),
+        "negatives": lambda: train(model(rank, WORLD), x,
+                                   dict(negatives="shuffle" if rank == 0 else "all"), group,
+                                   steps=1),
+        "negatives_scope": lambda: train(model(rank, WORLD), x, STEPS[0], group, steps=1,
+                                         negatives_scope="global" if rank == 0 else "local"),
         "shuffled_grad": lambda: im.variational_mutual_info(
             mi, xb, z, seed=1, shuffled_grad=rank == 1, process_group=group),
         "collectives": lambda: (distributed.average_gradients([grad_param(torch.float64)], group)
@@ -138,6 +143,10 @@ def ranks(tmp_path_factory):
     ("reuse_forward", ["reuse_forward", "rank 0 has True", "rank 1 has False"]),
     ("bound", ["train_step's settings", "MI bound and negatives", "rank 0 has digest",
                "rank 1 has digest"]),
+    ("negatives", ["train_step's settings", "MI bound and negatives", "rank 0 has digest",
+                   "rank 1 has digest"]),
+    ("negatives_scope", ["train_step's settings", "negatives_scope", "rank 0 has global",
+                         "rank 1 has local"]),
     ("shuffled_grad", ["shuffled_grad", "rank 0 has none", "rank 1 has it"]),
     ("collectives", ["different collectives", "rank 0 at gradient averaging",
                      "rank 1 at the MI bound over the whole batch"]),
@@ -175,14 +184,15 @@ def test_different_starting_weights_become_rank_0s_on_the_first_step(ranks):
 
 def test_a_local_negatives_checkpoint_resumes_only_on_its_number_of_processes(tmp_path):
     config = TrainConfig(latent_dim=2, encoder_neurons=[4], decoder_neurons=[4], mi_neurons=[4],
-                         epochs=1, batch_size=8, negatives="local")
+                         epochs=1, batch_size=8, negatives_scope="local")
     x = torch.rand(24, 5, generator=torch.Generator().manual_seed(0))
     Trainer.create(config, x, run_dir=tmp_path, progress=False).fit()
     path = tmp_path / "checkpoint.pt"
     assert Trainer.from_checkpoint(path, x, progress=False).epoch == 1
     state = torch.load(path, weights_only=True)
     write_checkpoint({**state, "world_size": 2}, path)  # with its digest, as a trainer writes
-    with pytest.raises(TrainingError, match=r"negatives='local' on 2 processes, now resumed on 1"):
+    with pytest.raises(TrainingError,
+                       match=r"negatives_scope='local' on 2 processes, now resumed on 1"):
         Trainer.from_checkpoint(path, x, progress=False)
 
 
@@ -269,7 +279,8 @@ def test_a_stopped_rank_ends_the_job_after_dist_timeout_naming_it(tmp_path, digi
 def test_when_rank_0_dies_the_others_report_lost_contact_in_one_line(tmp_path, digits_npy,
                                                                     ranks_of_a_job):
     run = tmp_path / "run"
-    argv = ["--data", digits_npy, "--out", run, "--epochs", 500, "--negatives", "local", *TINY]
+    argv = ["--data", digits_npy, "--out", run, "--epochs", 500, "--negatives-scope", "local",
+            *TINY]
     rank0, rank1 = ranks_of_a_job([argv, argv], tmp_path)
     wait_for(run / "checkpoint.pt", rank0)
     os.kill(rank0.pid, signal.SIGKILL)
@@ -284,7 +295,7 @@ def test_when_rank_0_dies_the_others_report_lost_contact_in_one_line(tmp_path, d
                               run, *TINY], capture_output=True, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
     assert resumed.returncode == 1, resumed.stderr
-    assert "--negatives local on 2 processes; resuming on 1" in resumed.stderr, resumed.stderr
+    assert "--negatives-scope local on 2 processes; resuming on 1" in resumed.stderr, resumed.stderr
 
 
 def test_a_rank_stopped_by_sigterm_says_so_and_the_other_names_it(tmp_path, digits_npy,

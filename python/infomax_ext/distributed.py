@@ -177,8 +177,8 @@ def _exchange(group: ProcessGroup | None, device: torch.device | str, what: str,
         each = ", ".join(f"rank {r} at {names[t]}" for r, t in enumerate(tags))
         raise DistributedMismatchError(
             f"the processes reached different collectives ({each}): a setting that decides which "
-            "collectives run differs between them (reuse_forward, negatives, shuffled_grad, a "
-            "custom loss function, ...); every process must make the same calls")
+            "collectives run differs between them (reuse_forward, negatives_scope, negatives, "
+            "shuffled_grad, a custom loss function, ...); every process must make the same calls")
     rows = [row[1:1 + len(values)] for row in rows]
     for k, name in enumerate(checked):
         values = [row[k] for row in rows]

@@ -42,12 +42,12 @@ def _versions(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
 
 
 def agree_on_step(group: ProcessGroup | None, model: torch.nn.Module, x: torch.Tensor, *,
-                  reuse_forward: bool, negatives: str, shuffled_grad: bool, n_samples: object,
+                  reuse_forward: bool, negatives_scope: str, shuffled_grad: bool, n_samples: object,
                   default_losses: tuple[bool, ...], x_out_given: bool,
                   objective: object = None) -> None:
     """The agreement of a data-parallel :func:`~infomax_ext.train_step`: every rank runs the
     step with the same settings (those that decide which collectives run and what they send:
-    ``reuse_forward``, ``negatives``, ``shuffled_grad``, ``n_samples``, whether the loss
+    ``reuse_forward``, ``negatives_scope``, ``shuffled_grad``, ``n_samples``, whether the loss
     functions are the defaults, ``objective`` (the losses' MI bounds and how they pair
     negatives: any JSON-able value, compared by digest), ``x_out``, the dtype of x, the parameters' names, shapes, dtypes
     and requires_grad flags) and the same weights; one all_gather of a few integers, else the
@@ -65,7 +65,7 @@ def agree_on_step(group: ProcessGroup | None, model: torch.nn.Module, x: torch.T
     agreed = _AGREED_WEIGHTS.get(model, {}).get(id(group))
     flags = _exchange(group, x.device, "train_step's settings", {
         "reuse_forward": int(bool(reuse_forward)),
-        "negatives": int(negatives == "local"),
+        "negatives_scope": int(negatives_scope == "local"),
         "shuffled_grad": int(bool(shuffled_grad)),
         "n_samples": n_samples if isinstance(n_samples, int) else -1,
         "loss functions": sum(int(bool(d)) << k for k, d in enumerate(default_losses)),
@@ -78,7 +78,7 @@ def agree_on_step(group: ProcessGroup | None, model: torch.nn.Module, x: torch.T
             list(model.named_parameters())),
     }, [int(agreed is None), int(agreed != _versions(model))], {
         "reuse_forward": lambda v: str(bool(v)),
-        "negatives": lambda v: "local" if v else "global",
+        "negatives_scope": lambda v: "local" if v else "global",
         "shuffled_grad": lambda v: str(bool(v)),
         "loss functions": lambda v: ", ".join(
             f"{'the default' if v >> k & 1 else 'a custom'} {name}"

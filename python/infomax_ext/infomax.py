@@ -20,6 +20,7 @@ from .bounds import BOUNDS, Bound, resolve_bound
 from .mutual_info import (
     DataHalfCache,
     MIScores,
+    NEGATIVES,
     MutualInfoChain,
     check_batch,
     shuffled_bound,
@@ -69,21 +70,27 @@ class InfoMaxVAE(nn.Module):
     codes are shuffled over all processes' rows (:func:`~infomax_ext.mutual_info.shuffled_bound`).
     ``bound`` (default ``"nwj"``; a name of :data:`~infomax_ext.BOUNDS` or a
     :class:`~infomax_ext.bounds.Bound`) is the MI bound of ``model(x, latent=True)`` and of
-    :func:`train_step`'s losses; it is saved with the model's config.
+    :func:`train_step`'s losses, ``negatives`` (default ``"shuffle"``: each x_i with one shuffled
+    code; ``"all"``: with every z_j, j != i; ``"infonce"`` always takes all pairs) how they pair
+    the negatives; both are saved with the model's config.
 
     ``preprocessing`` (:class:`~infomax_ext.preprocessing.Preprocessing`, the identity unless
     set) is how raw data becomes the model's input; :meth:`save` and :meth:`load` keep it.
     """
 
     def __init__(self, vae: VAE, mi: MutualInfoChain, preprocessing: Preprocessing | None = None,
-                 bound: str | Bound = "nwj") -> None:
+                 bound: str | Bound = "nwj", negatives: str = "shuffle") -> None:
         super().__init__()
         if not isinstance(vae, nn.Module) or not isinstance(mi, nn.Module):
             raise TypeError("InfoMaxVAE(vae, mi) takes two nn.Modules")
+        if not isinstance(negatives, str) or negatives not in NEGATIVES:
+            raise ValueError(f"InfoMaxVAE: negatives must be one of "
+                             f"{', '.join(map(repr, NEGATIVES))}, got {negatives!r}")
         widths.check_model(vae, mi)
         self.vae, self.mi = vae, mi
         self.preprocessing = Preprocessing() if preprocessing is None else preprocessing
         self.bound = resolve_bound(bound)
+        self.negatives = negatives
 
     def forward(self, x: torch.Tensor, latent: bool = False, seed: int | None = None,
                 process_group: ProcessGroup | None = None) -> Any:
@@ -92,7 +99,7 @@ class InfoMaxVAE(nn.Module):
         check_batch(x)
         out = self.vae(x, latent=True)
         bound = shuffled_bound(self.mi, x, out.z, seed=seed, process_group=process_group,
-                               bound=self.bound).bound
+                               bound=self.bound, negatives=self.negatives).bound
         return InfoMaxVAEOutput(out, bound)
 
     @property
@@ -107,6 +114,8 @@ class InfoMaxVAE(nn.Module):
         config = {"format": FORMAT, "version": VERSION, "vae": vae_config, "mi": mi_config}
         if self.bound != BOUNDS["nwj"]:  # absent: nwj, as in configs written before bounds
             config["bound"] = self.bound.config()
+        if self.negatives != "shuffle":  # absent: shuffle
+            config["negatives"] = self.negatives
         return config
 
     @classmethod
@@ -128,7 +137,8 @@ class InfoMaxVAE(nn.Module):
         def build() -> InfoMaxVAE:
             with torch.random.fork_rng(devices=[]):
                 return cls(VAE.from_config(config["vae"]), MutualInfoChain.from_config(config["mi"]),
-                           bound=config.get("bound", "nwj"))
+                           bound=config.get("bound", "nwj"),
+                           negatives=config.get("negatives", "shuffle"))
 
         try:  # first on the meta device: sizes are checked before any memory is allocated
             shell = memory.on_meta(build)
@@ -228,6 +238,9 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     bound = getattr(model, "bound", None)
     if bound is not None and bound != BOUNDS["nwj"]:  # absent: nwj
         config["bound"] = resolve_bound(bound).config()
+    negatives = getattr(model, "negatives", "shuffle")
+    if negatives != "shuffle":  # absent: shuffle
+        config["negatives"] = negatives
     return config
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -12,14 +12,17 @@ from .activations import HIDDEN_ACTIVATIONS
 from .bounds import BOUNDS, Bound, resolve_bound
 from .data import LIKELIHOODS
 from .infomax import InfoMaxVAE
-from .mutual_info import MutualInfoChain
+from .mutual_info import NEGATIVES, MutualInfoChain
 from .validation import check_weight, is_integer_scalar
 from .vae import VAE, BernoulliDecoder, JointGaussianLogEncoder, SimpleGaussianDecoder
 
-__all__ = ["TrainConfig", "build_model", "derived_seed", "SEED_LIMIT", "NEGATIVES"]
+__all__ = ["TrainConfig", "build_model", "derived_seed", "upgrade_options", "SEED_LIMIT",
+           "NEGATIVES", "NEGATIVES_SCOPES"]
 
 SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63; every consumer's seed is derived from it
-NEGATIVES = ("global", "local")
+NEGATIVES_SCOPES = ("global", "local")
+"""Where a data-parallel run draws the MI bound's negatives: the whole batch of all processes
+(``"global"``) or each process's own share (``"local"``)."""
 
 
 @dataclass
@@ -32,11 +35,14 @@ class TrainConfig:
     is a plain beta-VAE; the MI chain is still trained, so its estimate stays comparable).
     Optimisation: Adam with ``lr`` (VAE) and ``mi_lr`` (MI chain), ``epochs`` passes over the
     training split in batches of ``batch_size`` (over all processes when data-parallel);
-    ``reuse_forward``, ``shuffled_grad`` and ``negatives`` (data-parallel only: ``"global"``
-    shuffles over the whole batch, ``"local"`` within each process's share) as in
+    ``reuse_forward``, ``shuffled_grad`` and ``negatives_scope`` (data-parallel only: ``"global"``
+    draws the negatives from the whole batch, ``"local"`` within each process's share) as in
     :func:`~infomax_ext.train_step`; ``bound`` the MI bound of both losses (a name of
     :data:`~infomax_ext.BOUNDS`; ``smile_clip`` is smile's tau, ``dv_moving_average`` dv's
-    MINE moving-average rate, None: off). Evaluation: ``val_fraction`` of the data held out,
+    MINE moving-average rate, None: off) and ``negatives`` how it pairs the negatives
+    (``"shuffle"``: each x_i with one shuffled code; ``"all"``: with every z_j, j != i;
+    ``"infonce"`` always takes all pairs), both kept in the model's config
+    (:class:`~infomax_ext.InfoMaxVAE`). Evaluation: ``val_fraction`` of the data held out,
     ``active_threshold`` for active units, ``eval_mi_steps`` training steps of the fresh MI chain.
 
     The defaults are the settings of ``make demo``, chosen on the digits: about 30 s of training
@@ -60,10 +66,11 @@ class TrainConfig:
     device: str = "cpu"
     reuse_forward: bool = False
     shuffled_grad: bool = False
-    negatives: str = "global"
+    negatives_scope: str = "global"
     bound: str = "nwj"
     smile_clip: float = 5.0
     dv_moving_average: float | None = None
+    negatives: str = "shuffle"
     val_fraction: float = 0.2
     checkpoint_every: int = 1
     active_threshold: float = 0.01
@@ -110,8 +117,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.device, str):
             raise ValueError(f"device must be a string such as 'cpu', got {self.device!r}")
+        if self.negatives_scope not in NEGATIVES_SCOPES:
+            raise ValueError(f"negatives_scope must be one of {list(NEGATIVES_SCOPES)}, got "
+                             f"{self.negatives_scope!r}")
         if self.negatives not in NEGATIVES:
-            raise ValueError(f"negatives must be one of {list(NEGATIVES)}, got {self.negatives!r}")
+            scope = (" (the data-parallel scope 'global'/'local' is negatives_scope)"
+                     if self.negatives in NEGATIVES_SCOPES else "")
+            raise ValueError(f"negatives must be one of {list(NEGATIVES)}, got "
+                             f"{self.negatives!r}{scope}")
         if self.bound not in BOUNDS:
             raise ValueError(f"bound must be one of {list(BOUNDS)}, got {self.bound!r}")
         nonneg("smile_clip", strict=True)
@@ -155,12 +168,29 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """A validated config from :meth:`to_dict` output (unknown keys are an error)."""
+        """A validated config from :meth:`to_dict` output, of this version or an earlier one
+        (:func:`upgrade_options`; unknown keys are an error)."""
+        d = upgrade_options(d, defaults=False)
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown training options {unknown}")
         return cls(**d).validate()
+
+
+def upgrade_options(d: Mapping[str, Any], defaults: bool = True) -> dict[str, Any]:
+    """A copy of the training options ``d`` (:meth:`TrainConfig.to_dict` output, as a
+    config.json or a checkpoint holds them) in today's keys: ``"negatives": "global"`` or
+    ``"local"`` (files written when that key named the data-parallel scope) becomes
+    ``"negatives_scope"`` (``"negatives"``, the pairing, then takes its default ``"shuffle"``,
+    what those runs trained with). With ``defaults``, a field absent from ``d`` takes its
+    default, as :meth:`TrainConfig.from_dict` reads it. Nothing is checked here."""
+    out = dict(d)
+    if "negatives_scope" not in out and out.get("negatives") in NEGATIVES_SCOPES:
+        out["negatives_scope"] = out.pop("negatives")
+    if defaults:
+        out = {**TrainConfig().to_dict(), **out}
+    return out
 
 
 def derived_seed(seed: int, *stream: int) -> int:
@@ -187,4 +217,5 @@ def build_model(config: TrainConfig, sample_shape: Sequence[int]) -> InfoMaxVAE:
     decoder = decoder_cls.from_sizes(size, d, config.decoder_neurons,
                                      [act] * len(config.decoder_neurons))
     mi = MutualInfoChain.from_sizes(size, d, config.mi_neurons, [act] * len(config.mi_neurons))
-    return InfoMaxVAE(VAE(encoder, decoder), mi, bound=config.mi_bound())
+    return InfoMaxVAE(VAE(encoder, decoder), mi, bound=config.mi_bound(),
+                      negatives=config.negatives)

@@ -21,7 +21,7 @@ uninterrupted one exactly (same device and thread count).
 Data-parallel (``process_group``, one trainer per process, e.g. under torchrun): every process
 takes an equal, disjoint share of each batch of the same global order (``batch_size`` is the
 global batch), gradients are averaged every step and the MI bound's negatives come from the whole
-batch (``negatives``; :mod:`.distributed`); each process draws its own latent noise (rank 0 from
+batch (``negatives_scope``; :mod:`.distributed`); each process draws its own latent noise (rank 0 from
 ``seed``, rank r from a seed derived from it), and checkpoints hold every rank's random state.
 Rank 0 alone writes the run directory and evaluates on the held-out data.
 
@@ -134,6 +134,11 @@ class Trainer:
             raise ValueError(f"log_interval must be a non-negative number of seconds, got "
                              f"{log_interval!r}")
         self.config = config.validate()
+        if getattr(model, "negatives", "shuffle") != config.negatives:
+            raise ValueError(f"Trainer: config.negatives is {config.negatives!r} but the model "
+                             f"pairs its negatives by {getattr(model, 'negatives', 'shuffle')!r}; "
+                             "build the model with build_model(config) or "
+                             "InfoMaxVAE(..., negatives=config.negatives)")
         self.group = process_group
         self.rank, self.world_size = (0, 1) if process_group is None else \
             distributed.rank_and_size(process_group)
@@ -197,9 +202,9 @@ class Trainer:
         (:func:`~infomax_ext.checkpoint.read_checkpoint`); ``state``: a state that function
         already returned for ``path``. With a ``process_group`` keyword, rank 0 reads the
         checkpoint and sends it to every process (each takes its own saved random state when
-        the number of processes is unchanged). A run with ``negatives="local"`` resumes only on
-        the number of processes it was trained on (:class:`TrainingError` naming both): its
-        objective depends on it."""
+        the number of processes is unchanged). A run with ``negatives_scope="local"`` resumes
+        only on the number of processes it was trained on (:class:`TrainingError` naming both):
+        its objective depends on it."""
         path = Path(path)
         if state is None:
             state = distributed.from_rank0(kwargs.get("process_group"),
@@ -217,9 +222,9 @@ class Trainer:
         trainer = cls(model, config, train_data, val_data,
                       path.parent if run_dir is None else run_dir, **kwargs)
         saved_world = state.get("world_size", 1)
-        if config.negatives == "local" and saved_world != trainer.world_size:
+        if config.negatives_scope == "local" and saved_world != trainer.world_size:
             raise TrainingError(
-                f"{path} was trained with negatives='local' on {saved_world} process"
+                f"{path} was trained with negatives_scope='local' on {saved_world} process"
                 f"{'es' if saved_world != 1 else ''}, now resumed on {trainer.world_size}: each "
                 "process shuffles within its share of the batch, so another number of processes "
                 f"changes the objective; resume with {saved_world} process"
@@ -378,7 +383,7 @@ class Trainer:
                     vae_loss, mi_loss = train_step(
                         model, xb, self.optimizers, loss_return=True,
                         infomaxloss_kwargs=loss_kwargs, reuse_forward=config.reuse_forward,
-                        process_group=self.group, negatives=config.negatives)
+                        process_group=self.group, negatives_scope=config.negatives_scope)
                     if self.group is not None:  # the whole batch's losses and MI bound
                         vae_loss, mi_loss = distributed.mean_over(self.group, [vae_loss, mi_loss],
                                                                   self.device)

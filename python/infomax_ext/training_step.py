@@ -14,7 +14,7 @@ from torch import nn
 from . import distributed, distributed_step
 from .bounds import BOUNDS, Bound, resolve_bound
 from .infomax import InfoMaxVAE, infomax_terms, infomaxloss, miloss
-from .mutual_info import DataHalfCache
+from .mutual_info import NEGATIVES, DataHalfCache
 from .validation import check_weights
 
 if TYPE_CHECKING:
@@ -117,8 +117,9 @@ def train_step(
     reuse_forward: bool = False,
     shuffled_grad: bool | None = None,
     process_group: ProcessGroup | None = None,
-    negatives: str = "global",
+    negatives_scope: str = "global",
     bound: str | Bound | None = None,
+    negatives: str | None = None,
 ) -> tuple[float, float]: ...
 
 
@@ -138,8 +139,9 @@ def train_step(
     reuse_forward: bool = False,
     shuffled_grad: bool | None = None,
     process_group: ProcessGroup | None = None,
-    negatives: str = "global",
+    negatives_scope: str = "global",
     bound: str | Bound | None = None,
+    negatives: str | None = None,
 ) -> None: ...
 
 
@@ -158,8 +160,9 @@ def train_step(
     reuse_forward: bool = False,
     shuffled_grad: bool | None = None,
     process_group: ProcessGroup | None = None,
-    negatives: str = "global",
+    negatives_scope: str = "global",
     bound: str | Bound | None = None,
+    negatives: str | None = None,
 ) -> tuple[float, float] | None:
     """One training step of the InfoMax VAE (Julia's ``train!``).
 
@@ -176,18 +179,20 @@ def train_step(
     ``process_group`` (torch.distributed) makes the step data-parallel: every process passes its
     own rows x and both networks' gradients are averaged over the group before each optimizer
     step (:class:`~infomax_ext.distributed.AveragingOptimizer`), so every process takes the same
-    step. ``negatives="global"`` passes the group on to both losses (unless their kwargs name a
-    ``process_group``): the codes are shuffled over all processes' rows and the rank average of
-    the gradients is the whole-batch gradient. ``"local"``: each process shuffles its own rows
-    and no codes travel. The losses returned are this process's. Before the step the processes
-    check that they run it with the same settings and weights
+    step. ``negatives_scope="global"`` passes the group on to both losses (unless their kwargs
+    name a ``process_group``): the negatives come from all processes' rows and the rank average
+    of the gradients is the whole-batch gradient. ``"local"``: each process draws its negatives
+    from its own rows and no codes travel. The losses returned are this process's. Before the
+    step the processes check that they run it with the same settings and weights
     (:func:`~infomax_ext.distributed_step.agree_on_step`): on the first step of a model,
     weights that differ are set to rank 0's; a later difference raises
     :class:`~infomax_ext.distributed.DistributedMismatchError` naming the parameter.
 
     ``bound`` (a name of :data:`~infomax_ext.BOUNDS` or a :class:`~infomax_ext.bounds.Bound`) is
     passed on to both losses; None takes the model's ``bound`` (:class:`InfoMaxVAE`) when the
-    losses are the default functions.
+    losses are the default functions. ``negatives`` (``"shuffle"`` or ``"all"``, how the bound
+    pairs the negatives) likewise: given, it is passed on to both losses; None takes the
+    model's ``negatives`` for the default loss functions.
     """
     opt_vae, opt_mi, opt_names = _optimizers(opt)
     vae_kwargs = dict(infomaxloss_kwargs or {})
@@ -207,6 +212,8 @@ def train_step(
                 f"{vae_kwargs['shuffled_grad']!r}; give it once"
             )
     _pass_bound(model, bound, infomaxloss_function, vae_kwargs, miloss_function, mi_kwargs)
+    _pass_negatives(model, negatives, infomaxloss_function, vae_kwargs, miloss_function,
+                    mi_kwargs)
     vae_params = [p for p in model.vae.parameters() if p.requires_grad]
     mi_params = [p for p in model.mi.parameters() if p.requires_grad]
     frozen = [name for name, params in (("model.vae", vae_params), ("model.mi", mi_params))
@@ -217,19 +224,21 @@ def train_step(
             "trainable parameters (every parameter has requires_grad=False), so there is nothing "
             "to step; unfreeze some parameters"
         )
-    if negatives not in ("global", "local"):
-        raise ValueError(f"negatives must be 'global' or 'local', got {negatives!r}")
+    if negatives_scope not in ("global", "local"):
+        raise ValueError(f"negatives_scope must be 'global' or 'local', got {negatives_scope!r}")
     _check_optimizers(model, (opt_vae, opt_mi), opt_names, (len(vae_params), len(mi_params)))
     if process_group is not None:
         distributed_step.agree_on_step(
-            process_group, model, x, reuse_forward=reuse_forward, negatives=negatives,
+            process_group, model, x, reuse_forward=reuse_forward,
+            negatives_scope=negatives_scope,
             shuffled_grad=vae_kwargs.get("shuffled_grad", False),
             n_samples=vae_kwargs.get("n_samples", 1), x_out_given=x_out is not None,
             default_losses=(infomaxloss_function is infomaxloss, miloss_function is miloss),
             objective=[(resolve_bound(kw.get("bound", "nwj")).config(),
                         kw.get("negatives", "shuffle")) for kw in (vae_kwargs, mi_kwargs)])
         for kwargs in (vae_kwargs, mi_kwargs):
-            kwargs.setdefault("process_group", process_group if negatives == "global" else None)
+            kwargs.setdefault("process_group",
+                              process_group if negatives_scope == "global" else None)
         opt_vae = distributed.AveragingOptimizer(opt_vae, process_group)
         opt_mi = distributed.AveragingOptimizer(opt_mi, process_group)
     args = (x,) if x_out is None else (x, x_out)
@@ -270,6 +279,34 @@ def _pass_bound(model: InfoMaxVAE, bound: str | Bound | None,
         if resolve_bound(kwargs.setdefault("bound", bound)) != bound:
             raise ValueError(f"bound={bound!r} contradicts {name}_kwargs['bound']="
                              f"{kwargs['bound']!r}; give it once")
+
+
+def _pass_negatives(model: InfoMaxVAE, negatives: str | None,
+                    vae_function: Callable[..., torch.Tensor], vae_kwargs: dict[str, Any],
+                    mi_function: Callable[..., torch.Tensor], mi_kwargs: dict[str, Any]) -> None:
+    """Put train_step's ``negatives`` (or, when None, the model's for the default loss
+    functions) into both losses' kwargs; a different value already there is an error."""
+    explicit = negatives is not None
+    if explicit:
+        if negatives not in NEGATIVES:
+            scope = (" (the data-parallel scope 'global'/'local' is negatives_scope)"
+                     if negatives in ("global", "local") else "")
+            raise ValueError(f"train_step: negatives must be one of "
+                             f"{', '.join(map(repr, NEGATIVES))} or None, got {negatives!r}{scope}")
+        given = f"negatives={negatives!r}"
+    else:
+        negatives = getattr(model, "negatives", "shuffle")
+        if negatives == "shuffle":
+            return
+        given = f"the model's negatives={negatives!r}"
+    for name, function, default, kwargs in (("infomaxloss", vae_function, infomaxloss, vae_kwargs),
+                                            ("miloss", mi_function, miloss, mi_kwargs)):
+        if not explicit and function is not default:
+            continue
+        if kwargs.setdefault("negatives", negatives) != negatives:
+            raise ValueError(f"train_step: {given} contradicts {name}_kwargs['negatives']="
+                             f"{kwargs['negatives']!r}; give it once (train_step's negatives= "
+                             "overrides the model's)")
 
 
 def _alternating_step(model: InfoMaxVAE, args: tuple[torch.Tensor, ...], opt_vae: Any,

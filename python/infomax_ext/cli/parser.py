@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..activations import HIDDEN_ACTIVATIONS
     from ..bounds import BOUNDS
     from ..data import LIKELIHOODS, NORMALIZATIONS
-    from ..train_config import NEGATIVES, TrainConfig
+    from ..train_config import NEGATIVES, NEGATIVES_SCOPES, TrainConfig
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -63,10 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one forward pass feeds both updates (the paper's cheaper scheme)")
     model.add_argument("--shuffled-grad", action="store_const", const=True, default=None,
                        help="let the MI gradient reach the encoder through the shuffled codes too")
-    model.add_argument("--negatives", choices=NEGATIVES, default=None,
-                       help="under torchrun: shuffle the codes over the whole batch of all "
-                            "processes (global, the single-process bound) or within each "
-                            f"process's share (local: no codes travel) (default {defaults.negatives})")
+    model.add_argument("--negatives-scope", dest="negatives_scope", choices=NEGATIVES_SCOPES,
+                       default=None,
+                       help="under torchrun: draw the MI bound's negatives from the whole batch "
+                            "of all processes (global, the single-process bound) or within each "
+                            "process's share (local: no codes travel) (default "
+                            f"{defaults.negatives_scope})")
+    model.add_argument("--negatives", type=_negatives, choices=NEGATIVES, default=None,
+                       help="how the MI bound pairs the negatives: shuffle (each sample with one "
+                            "shuffled code, N pairs) or all (each sample with every other "
+                            "sample's code, N(N - 1) pairs, evaluated in row chunks); --bound "
+                            "infonce always uses all pairs, whichever is given (default "
+                            f"{defaults.negatives})")
     model.add_argument("--bound", choices=list(BOUNDS), default=None,
                        help="the MI bound both losses use: nwj, dv (MINE's estimate), js (value "
                             "NWJ(T + 1), trained on Jensen-Shannon), smile (clipped DV value, JS "
@@ -109,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (evaluate, encode, reconstruct, sample):
         command.add_parser(sub)
     return parser
+
+
+def _negatives(text: str) -> str:
+    """``--negatives``'s value; the scope's words get a hint to ``--negatives-scope``."""
+    if text in ("global", "local"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a data-parallel scope: give it as --negatives-scope {text} (--negatives "
+            "takes shuffle or all)")
+    return text
 
 
 def _version() -> str:

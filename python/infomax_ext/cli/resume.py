@@ -58,9 +58,10 @@ def check_checkpoint_agrees(path: Path, state: dict[str, Any], config: TrainConf
     and its epoch is within ``config.epochs``."""
     from ..infomax import model_config
     from ..memory import on_meta
+    from ..train_config import upgrade_options
     from ..trainer import build_model
 
-    saved, wanted = state["config"], config.to_dict()
+    saved, wanted = upgrade_options(state["config"]), config.to_dict()
     for field, value in wanted.items():
         if field in RESUMABLE:
             continue
@@ -97,6 +98,7 @@ def check_sub_run_config(run_dir: Path, config: TrainConfig) -> None:
     ``--compare-vae``), when there, holds the training options of ``config`` (but the
     resumable ones)."""
     from ..serialization import SerializationError, read_json
+    from ..train_config import upgrade_options
 
     path = run_dir / CONFIG_FILE
     if not os.path.lexists(path):
@@ -108,6 +110,7 @@ def check_sub_run_config(run_dir: Path, config: TrainConfig) -> None:
     train = saved.get("train") if isinstance(saved, dict) else None
     if not isinstance(train, dict):
         raise CommandError(f"{path} is not an infomax-ext run configuration")
+    train = upgrade_options(train)  # today's keys, every field
     for field, value in config.to_dict().items():
         if field not in RESUMABLE and _first_difference(train.get(field), value):
             raise CommandError(f"{path} says {field} {_short(train.get(field))}, the run's "

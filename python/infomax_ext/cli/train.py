@@ -36,12 +36,14 @@ def _given(args: argparse.Namespace, dest: str) -> Any:
 def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
                   saved: dict[str, Any] | None) -> TrainConfig:
     """The TrainConfig from the defaults (or the saved run) and the options given."""
+    from ..train_config import upgrade_options
     from ..trainer import TrainConfig
 
     dests = [dest for _, dest, *_ in _TRAIN_OPTIONS] + ["activation", "likelihood",
                                                         "reuse_forward", "shuffled_grad",
-                                                        "negatives", "bound", "smile_clip",
-                                                        "dv_moving_average"]
+                                                        "negatives_scope", "bound",
+                                                        "smile_clip", "dv_moving_average",
+                                                        "negatives"]
     if saved is None:
         values = TrainConfig().to_dict()
         values.update({d: _given(args, d) for d in dests if _given(args, d) is not None})
@@ -52,6 +54,7 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
                 _device(checked.device)
         except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
             raise CommandError(f"{CONFIG_FILE} of the run: {exc}") from None
+        saved = upgrade_options(saved)  # today's keys, every field
         values = dict(saved)
         for d in dests:
             value = _given(args, d)
@@ -361,16 +364,17 @@ def _cmd_train_locked(args: argparse.Namespace, parser: argparse.ArgumentParser,
         compare = args.compare_vae
         data = {key: unset if given is None else given for _, key, given, unset in options}
     config = _train_config(args, parser, None if saved is None else saved["train"])
-    if saved is not None and config.negatives == "local":
+    if saved is not None and config.negatives_scope == "local":
         import torch.distributed as dist
 
         before = (saved.get("distributed") or {}).get("world_size", 1)
         now = 1 if group is None else dist.get_world_size(group)
         if before != now:
             raise CommandError(
-                f"the run in {out} was trained with --negatives local on {before} process"
+                f"the run in {out} was trained with --negatives-scope local on {before} process"
                 f"{'es' if before != 1 else ''}; resuming on {now} would change its objective "
-                f"(each process shuffles within its share of the batch): resume with {before}")
+                f"(each process draws its negatives from its share of the batch): resume with "
+                f"{before}")
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
