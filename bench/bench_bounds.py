@@ -28,7 +28,7 @@ from infomax_ext.mutual_info import shuffled_bound
 
 D = 20
 LEVELS = (2.0, 4.0, 6.0, 8.0, 10.0)
-BOUND_NAMES = ("nwj", "dv", "js", "smile", "infonce")
+BOUND_NAMES = tuple(im.BOUNDS)  # every bound of the table
 
 
 def rho_for(mi: float, d: int = D) -> float:

@@ -76,9 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "infonce always uses all pairs, whichever is given (default "
                             f"{defaults.negatives})")
     model.add_argument("--bound", choices=list(BOUNDS), default=None,
-                       help="the MI bound both losses use: nwj, dv (MINE's estimate), js (value "
-                            "NWJ(T + 1), trained on Jensen-Shannon), smile (clipped DV value, JS "
-                            f"training) or infonce (all pairs) (default {defaults.bound}; "
+                       help="the MI bound both losses use (default "
+                            f"{defaults.bound}; each bound's formula and when to use it: "
                             "docs/bounds.md)")
     model.add_argument("--smile-clip", dest="smile_clip", type=float, metavar="TAU", default=None,
                        help=f"smile's clip tau (default {defaults.smile_clip})")
