@@ -95,7 +95,7 @@ def _rank(rank: int, port: int, repeats: int, queue) -> None:
 
     def codes():
         agreed = distributed.agree_on_batch(group, BATCH // 2, z, 0)
-        distributed.partner_codes(z, BATCH // 2, perm, agreed, group, False)
+        distributed.shuffled_codes(z, BATCH // 2, perm, agreed, group, False)
 
     timings = {
         "average both networks' gradients": median_ms(lambda: (

@@ -243,11 +243,11 @@ def worker(rank, out):
                         for settings in STEPS]
     results["forward"] = model_bounds(model(rank, WORLD), share(data_x(), rank), group)
     sent = []
-    real_partners = distributed.partner_codes
-    distributed.partner_codes = lambda *a: sent.append(1) or real_partners(*a)
+    real_shuffled_codes = distributed.shuffled_codes
+    distributed.shuffled_codes = lambda *a: sent.append(1) or real_shuffled_codes(*a)
     results["local"] = train(model(rank, WORLD), share(data_x(), rank), STEPS[0], group,
                              steps=2, negatives_scope="local") + (len(sent),)
-    distributed.partner_codes = real_partners
+    distributed.shuffled_codes = real_shuffled_codes
     results["mismatch"] = mismatch_messages(rank, group)
     results["trainer"] = trainer_run(rank, group, out / "x.npy")
     torch.save(results, out / f"rank{rank}.pt")
@@ -284,7 +284,7 @@ def test_whole_batch_bound_and_gradients_match_one_process(ranks, s, shuffled_gr
 
 
 def test_the_shuffle_pairs_across_ranks():
-    """Half the shuffled partners of a rank's rows lie with the other rank (so the test above
+    """Half the shuffled codes paired with a rank's rows lie with the other rank (so the test above
     compares a real exchange)."""
     perm = im.latent_permutation(N, 1, 7)
     assert 8 < int((perm[:ROWS] >= ROWS).sum()) < 24

@@ -3,7 +3,7 @@
 Every process (rank) of a group holds the same model and its own rows of each batch; the ranks'
 rows, concatenated in rank order, are the global batch a single process would see.
 
-- Whole-batch negatives (:func:`agree_on_batch`, :func:`partner_codes`): the MI bound's shuffle
+- Whole-batch negatives (:func:`agree_on_batch`, :func:`shuffled_codes`): the MI bound's shuffle
   runs over the latent codes of the global batch, with exactly the permutation
   :func:`~infomax_ext.latent_permutation` gives that batch for rank 0's seed. Only codes travel:
   an all_gather of every rank's z (N d numbers for a global batch of N rows and d latent
@@ -57,7 +57,7 @@ __all__ = [
     "BatchAgreement",
     "rank_and_size",
     "agree_on_batch",
-    "partner_codes",
+    "shuffled_codes",
     "average_gradients",
     "AveragingOptimizer",
     "mean_over",
@@ -206,7 +206,7 @@ class BatchAgreement(NamedTuple):
 def agree_on_batch(group: ProcessGroup | None, n: int, z: torch.Tensor, seed: int,
                    shuffled_grad: bool = False) -> BatchAgreement:
     """Check that every rank has ``n`` data rows and codes ``z`` of the same shape and dtype, and
-    the same ``shuffled_grad`` where it matters (the partners carry a gradient back, a
+    the same ``shuffled_grad`` where it matters (the shuffled codes carry a gradient back, a
     reduce-scatter in the backward pass, when ``z`` requires one), and agree on the shuffle's
     seed: rank 0's ``seed``."""
     rank, world = rank_and_size(group)
@@ -244,14 +244,14 @@ class _GatherRows(torch.autograd.Function):
         return out, None
 
 
-def partner_codes(z: torch.Tensor, n: int, perm: torch.Tensor, agreement: BatchAgreement,
+def shuffled_codes(z: torch.Tensor, n: int, perm: torch.Tensor, agreement: BatchAgreement,
                   group: ProcessGroup | None, shuffled_grad: bool) -> torch.Tensor:
     """The codes the whole-batch shuffle pairs with this rank's codes: row ``s n + i`` (sample
     block s, data row i) is the global block-s code that ``perm`` sends this rank's row to.
 
     ``z`` (S n, d) holds this rank's codes, S sample blocks of its ``n`` data rows; ``perm``
     (S W n,) is ``latent_permutation(W n, S, agreement.seed)`` for the global batch, whose block
-    s is every rank's block s in rank order. ``shuffled_grad=False``: the partners are constants
+    s is every rank's block s in rank order. ``shuffled_grad=False``: the shuffled codes are constants
     and only the forward all_gather runs; ``True``: their gradient returns to the ranks that own
     them (a reduce-scatter in the backward pass)."""
     rank, world = agreement.rank, agreement.world_size

@@ -470,8 +470,8 @@ def shuffled_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, n_samples: i
 
     With a ``process_group`` (torch.distributed), each process passes its own rows and the
     shuffle runs over the whole batch, all processes' rows in rank order, with the permutation
-    ``latent_permutation`` gives that batch for rank 0's seed: the partners of this process's
-    codes are gathered (:func:`~infomax_ext.distributed.partner_codes`) and evaluated as the
+    ``latent_permutation`` gives that batch for rank 0's seed: the shuffled codes of this process's
+    codes are gathered (:func:`~infomax_ext.distributed.shuffled_codes`) and evaluated as the
     shuffled codes of the same fused path. The bound returned is the mean of its terms over this
     process's rows (:mod:`infomax_ext.distributed`). ``data_half_cache`` as in
     :func:`paired_mutual_info`.
@@ -505,8 +505,8 @@ def shuffled_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, n_samples: i
     agreed = distributed.agree_on_batch(process_group, n, z, draw_seed() if seed is None else seed,
                                         shuffled_grad)
     perm = latent_permutation(agreed.world_size * n, n_samples, agreed.seed, z.device)
-    partners = distributed.partner_codes(z, n, perm, agreed, process_group, shuffled_grad)
-    paired = paired_mutual_info(mi, x, z, z_shuffle=partners, shuffled_grad=shuffled_grad,
+    z_shuffled = distributed.shuffled_codes(z, n, perm, agreed, process_group, shuffled_grad)
+    paired = paired_mutual_info(mi, x, z, z_shuffle=z_shuffled, shuffled_grad=shuffled_grad,
                                 data_half_cache=data_half_cache, bound=bound)
     if bound.reduction == "mean":
         return paired
