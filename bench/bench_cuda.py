@@ -215,7 +215,7 @@ def roofline_cases(n: int, h1: int, h_last: int) -> list[tuple[str, Callable[[],
     grad_out = torch.randn(2 * m, h1, device="cuda")
     hidden = torch.randn(rows, h_last, device="cuda")
     w, hb = torch.randn(h_last, device="cuda") / h_last**0.5, torch.randn(1, device="cuda")
-    _, scores, pre = ops.nwj_head.default(hidden, w, hb, m, "identity", 0.0)
+    _, scores, pre = ops.critic_head.default(hidden, w, hb, m, "identity", 0.0)
     one = torch.ones((), device="cuda")
     index = torch.arange(n, device="cuda")
     return [
@@ -227,10 +227,10 @@ def roofline_cases(n: int, h1: int, h_last: int) -> list[tuple[str, Callable[[],
          lambda: ops.paired_first_layer_backward.default(grad_out, a, b, None, bias, perm, inverse,
                                                          "relu", 0.0, [True, True, False, True]),
          (2 * m * h1 + n * h1 + m * h1 + h1 + n * h1 + m * h1 + h1) * f + 2 * m * 8, 8 * m * h1),
-        ("nwj_head", lambda: ops.nwj_head.default(hidden, w, hb, m, "identity", 0.0),
+        ("critic_head", lambda: ops.critic_head.default(hidden, w, hb, m, "identity", 0.0),
          (rows * h_last + h_last + 1 + 2 * rows + 1) * f, 2 * rows * h_last),
-        ("nwj_head_backward",
-         lambda: ops.nwj_head_backward.default(one, None, hidden, w, scores, pre, m, "identity", 0.0,
+        ("critic_head_backward",
+         lambda: ops.critic_head_backward.default(one, None, hidden, w, scores, pre, m, "identity", 0.0,
                                                [True, True, True]),
          (rows * h_last + h_last + 2 * rows + rows * h_last + h_last + 1) * f, 4 * rows * h_last),
         ("nwj_bound", lambda: ops.nwj_bound.default(scores[:m], scores[m:]), (rows + 1) * f, 2 * rows),

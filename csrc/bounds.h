@@ -1,6 +1,6 @@
 #pragma once
 // The MI lower bounds the compiled reductions support (the mi_bound op, and the NWJ head of
-// nwj_head / nwj_mlp): per element, what both the CPU and the CUDA kernels compute.
+// critic_head / critic_mlp): per element, what both the CPU and the CUDA kernels compute.
 //
 // With t_j the M joint scores and t_k the K scores on negatives, every bound here is
 //   value     = mean_j t_j + offset - R,   R = mean_k n(t_k)              (reduction MeanOf)
@@ -165,7 +165,7 @@ INFOMAX_HOST_DEVICE T bound_log_mean_exp_negative_grad(T t, T g, T shift, T log_
 }
 
 // d value / d t times g for one score of a vector holding joint scores and negatives (the NWJ
-// head: nwj_head, nwj_mlp): g / M for a joint score, bound_mean_negative_grad for a negative.
+// head: critic_head, critic_mlp): g / M for a joint score, bound_mean_negative_grad for a negative.
 template <MiBound B, typename T>
 INFOMAX_HOST_DEVICE T mean_bound_score_grad(bool joint, T t, T g, T inv_m, T inv_k) {
   static_assert(BoundTraits<B>::reduction == BoundReduction::MeanOf &&

@@ -142,7 +142,7 @@ inline void check_paired_linear(const Tensor& hx, const Tensor& hz,
 
 // Shapes of the NWJ head: hidden (R, h) whose first n_joint rows are joint pairs, weight (h),
 // bias (1) or absent.
-inline void check_nwj_head(const Tensor& hidden, const Tensor& weight,
+inline void check_critic_head(const Tensor& hidden, const Tensor& weight,
                            const std::optional<Tensor>& bias, int64_t n_joint) {
   check_float_tensor(hidden, "hidden", 2);
   check_float_tensor(weight, "weight", 1);
@@ -167,10 +167,10 @@ inline void check_nwj_bound(const Tensor& t_joint, const Tensor& t_shuffled) {
               "infomax_ext: nwj_bound needs at least one joint and one shuffled score");
 }
 
-// The layers of nwj_mlp: hidden (R, H_0); weights[l] (H_{l+1}, H_l); biases[l] (H_{l+1}) or
+// The layers of critic_mlp: hidden (R, H_0); weights[l] (H_{l+1}, H_l); biases[l] (H_{l+1}) or
 // absent; one activation name and parameter per layer; head_weight (H_L), head_bias (1) or
 // absent; R = 2 n_joint. Returns the layers' activations.
-inline std::vector<Activation> check_nwj_mlp(
+inline std::vector<Activation> check_critic_mlp(
     const Tensor& hidden, const std::vector<Tensor>& weights,
     const std::vector<std::optional<Tensor>>& biases, const std::vector<std::string>& activations,
     const std::vector<double>& params, const Tensor& head_weight,
@@ -178,7 +178,7 @@ inline std::vector<Activation> check_nwj_mlp(
   check_float_tensor(hidden, "hidden", 2);
   const size_t layers = weights.size();
   INFOMAX_CHECK(biases.size() == layers && activations.size() == layers && params.size() == layers,
-                "infomax_ext: nwj_mlp takes one bias, activation and parameter per weight: got ",
+                "infomax_ext: critic_mlp takes one bias, activation and parameter per weight: got ",
                 layers, " weights, ", biases.size(), " biases, ", activations.size(),
                 " activations and ", params.size(), " parameters");
   std::vector<Activation> acts;
@@ -216,17 +216,17 @@ inline std::vector<Activation> check_nwj_mlp(
   return acts;
 }
 
-// What nwj_mlp_forward kept: outputs[l] (R, H_{l+1}); pres[l] the same shape, or empty for
+// What critic_mlp_forward kept: outputs[l] (R, H_{l+1}); pres[l] the same shape, or empty for
 // identity and relu; pres[L] (R), the head's pre-activation; scores (R).
-inline void check_nwj_mlp_saved(const Tensor& hidden, const std::vector<Tensor>& weights,
+inline void check_critic_mlp_saved(const Tensor& hidden, const std::vector<Tensor>& weights,
                                 const std::vector<Activation>& acts, const Tensor& scores,
                                 const std::vector<Tensor>& outputs,
                                 const std::vector<Tensor>& pres) {
   const size_t layers = weights.size();
   const int64_t rows = hidden.size(0);
   INFOMAX_CHECK(outputs.size() == layers && pres.size() == layers + 1,
-                "infomax_ext: nwj_mlp_backward needs ", layers, " outputs and ", layers + 1,
-                " pre-activations (what nwj_mlp_forward returned), got ", outputs.size(), " and ",
+                "infomax_ext: critic_mlp_backward needs ", layers, " outputs and ", layers + 1,
+                " pre-activations (what critic_mlp_forward returned), got ", outputs.size(), " and ",
                 pres.size());
   for (size_t l = 0; l < layers; ++l) {
     const std::string name = "outputs[" + std::to_string(l) + "]";

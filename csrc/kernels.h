@@ -1,5 +1,5 @@
 #pragma once
-// The device kernels that csrc/paired_linear.cpp and csrc/nwj_mlp.cpp call directly (no second trip through the
+// The device kernels that csrc/paired_linear.cpp and csrc/critic_mlp.cpp call directly (no second trip through the
 // dispatcher; every argument error is caught before them). Each is also registered as its op's
 // CPU or CUDA kernel.
 #include <optional>
@@ -28,14 +28,14 @@ Tensor inverse_permutation_cpu(const Tensor& perm);
 std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_from_output_cpu(
     const Tensor& grad_out, const Tensor& out, int64_t n, bool has_source, const Tensor& perm,
     const Tensor& inverse_perm, Activation act, const std::vector<bool>& want);
-std::tuple<Tensor, Tensor, Tensor> nwj_head_cpu(const Tensor& hidden, const Tensor& weight,
+std::tuple<Tensor, Tensor, Tensor> critic_head_cpu(const Tensor& hidden, const Tensor& weight,
                                                 const std::optional<Tensor>& bias, int64_t n_joint,
                                                 std::string_view activation, double param);
-std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
+std::tuple<Tensor, Tensor, Tensor> critic_head_backward_cpu(
     const Tensor& grad_bound, const std::optional<Tensor>& grad_scores, const Tensor& hidden,
     const Tensor& weight, const Tensor& scores, const Tensor& pre, int64_t n_joint,
     std::string_view activation, double param, const std::vector<bool>& output_mask);
-// The hidden layers of nwj_mlp (not ops of their own; contiguous (rows, H) arguments).
+// The hidden layers of critic_mlp (not ops of their own; contiguous (rows, H) arguments).
 // activation_forward: pre += bias in place, then act(pre): in place (the result is pre) unless
 // keep_pre, which writes a new tensor and leaves pre (with the bias) for the backward.
 // activation_backward: grad *= act'(at) in place (at: the pre-activation, or the output for
@@ -59,10 +59,10 @@ Tensor inverse_permutation_cuda(const Tensor& perm);
 std::tuple<Tensor, Tensor, Tensor, Tensor> paired_first_layer_backward_from_output_cuda(
     const Tensor& grad_out, const Tensor& out, int64_t n, bool has_source, const Tensor& perm,
     const Tensor& inverse_perm, Activation act, const std::vector<bool>& want);
-std::tuple<Tensor, Tensor, Tensor> nwj_head_cuda(const Tensor& hidden, const Tensor& weight,
+std::tuple<Tensor, Tensor, Tensor> critic_head_cuda(const Tensor& hidden, const Tensor& weight,
                                                  const std::optional<Tensor>& bias, int64_t n_joint,
                                                  std::string_view activation, double param);
-std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
+std::tuple<Tensor, Tensor, Tensor> critic_head_backward_cuda(
     const Tensor& grad_bound, const std::optional<Tensor>& grad_scores, const Tensor& hidden,
     const Tensor& weight, const Tensor& scores, const Tensor& pre, int64_t n_joint,
     std::string_view activation, double param, const std::vector<bool>& output_mask);

@@ -127,19 +127,19 @@ inline void check_scalar_grad(const Tensor& grad, const Tensor& ref, const char*
                 device_of(grad), " but the scores are on ", device_of(ref));
 }
 
-// nwj_head_backward: hidden (R, h), weight (h), scores and pre (R), grad_bound (one value),
+// critic_head_backward: hidden (R, h), weight (h), scores and pre (R), grad_bound (one value),
 // grad_scores (R) or absent, and the three gradients (hidden, weight, bias).
-struct NwjHeadBackwardArgs {
+struct CriticHeadBackwardArgs {
   Tensor hidden, weight, scores, pre, grad_bound, grad_scores, grad_hidden, grad_weight, grad_bias;
   bool has_grad_scores, want_hidden, want_weight, want_bias;
   Activation act;
   int64_t rows, h;
 
-  NwjHeadBackwardArgs(const Tensor& grad_bound_in, const std::optional<Tensor>& grad_scores_in,
+  CriticHeadBackwardArgs(const Tensor& grad_bound_in, const std::optional<Tensor>& grad_scores_in,
                       const Tensor& hidden_in, const Tensor& weight_in,
                       const Tensor& scores_in, const Tensor& pre_in, int64_t n_joint,
                       std::string_view activation, const std::vector<bool>& mask_in) {
-    check_nwj_head(hidden_in, weight_in, std::nullopt, n_joint);
+    check_critic_head(hidden_in, weight_in, std::nullopt, n_joint);
     check_scalar_grad(grad_bound_in, hidden_in, "grad_bound");
     act = checked_activation(std::string(activation));
     hidden = as_contiguous(hidden_in);

@@ -1,6 +1,6 @@
 // The operator schemas of the infomax_ext namespace. Each backend (csrc/cpu, csrc/cuda)
-// registers its kernels against them, csrc/paired_linear.cpp and csrc/nwj_mlp.cpp the
-// device-agnostic paired_linear and nwj_mlp;
+// registers its kernels against them, csrc/paired_linear.cpp and csrc/critic_mlp.cpp the
+// device-agnostic paired_linear and critic_mlp;
 // python/infomax_ext/_autograd.py adds the autograd formulas, python/infomax_ext/_ops.py the fake
 // kernels.
 // Built against the limited Python API (abi3) and the stable torch ABI: one binary serves every
@@ -40,22 +40,22 @@ STABLE_TORCH_LIBRARY(infomax_ext, m) {
       "Tensor perm, str activation, float param, bool[5] output_mask, Tensor? out=None) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "nwj_head(Tensor hidden, Tensor weight, Tensor? bias, int n_joint, str activation, "
+      "critic_head(Tensor hidden, Tensor weight, Tensor? bias, int n_joint, str activation, "
       "float param) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "nwj_head_backward(Tensor grad_bound, Tensor? grad_scores, Tensor hidden, Tensor weight, "
+      "critic_head_backward(Tensor grad_bound, Tensor? grad_scores, Tensor hidden, Tensor weight, "
       "Tensor scores, Tensor pre, int n_joint, str activation, float param, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
   m.def(
-      "nwj_mlp(Tensor hidden, Tensor[] weights, Tensor?[] biases, str[] activations, "
+      "critic_mlp(Tensor hidden, Tensor[] weights, Tensor?[] biases, str[] activations, "
       "float[] params, Tensor head_weight, Tensor? head_bias, int n_joint, str head_activation, "
       "float head_param) -> (Tensor, Tensor)");
   m.def(
-      "nwj_mlp_forward(Tensor hidden, Tensor[] weights, Tensor?[] biases, str[] activations, "
+      "critic_mlp_forward(Tensor hidden, Tensor[] weights, Tensor?[] biases, str[] activations, "
       "float[] params, Tensor head_weight, Tensor? head_bias, int n_joint, str head_activation, "
       "float head_param) -> (Tensor, Tensor, Tensor[], Tensor[])");
   m.def(
-      "nwj_mlp_backward(Tensor grad_bound, Tensor? grad_scores, Tensor hidden, Tensor[] weights, "
+      "critic_mlp_backward(Tensor grad_bound, Tensor? grad_scores, Tensor hidden, Tensor[] weights, "
       "Tensor?[] biases, str[] activations, float[] params, Tensor head_weight, "
       "Tensor? head_bias, Tensor scores, Tensor[] outputs, Tensor[] pres, int n_joint, "
       "str head_activation, float head_param, bool[] output_mask) "

@@ -30,7 +30,7 @@ composite = [op for op in ops if has(op, "CompositeExplicitAutograd")]
 missing = [op for op in ops if op not in composite and not has(op, "CUDA")]
 assert ops and not missing, f"no CUDA kernel for: {missing}"
 no_autograd = [op for op in ["infomax_ext::paired_first_layer", "infomax_ext::paired_linear",
-                             "infomax_ext::nwj_head", "infomax_ext::nwj_bound"]
+                             "infomax_ext::critic_head", "infomax_ext::nwj_bound"]
                if not has(op, "Autograd")]
 assert not no_autograd, f"no autograd formula for: {no_autograd}"
 print(f"   {len(ops) - len(composite)} ops with CUDA kernels, composite: {composite}; "

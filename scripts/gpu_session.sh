@@ -48,7 +48,7 @@ step build 240 python3 -m pip install -v --no-build-isolation --no-deps "${extra
 step env 30 bash -c 'cd /tmp && python3 -c "
 import torch, infomax_ext as im
 ops = [\"permutation_keys\", \"inverse_permutation\", \"paired_first_layer\", \"paired_first_layer_backward\",
-       \"nwj_head\", \"nwj_head_backward\", \"nwj_bound\", \"nwj_bound_backward\",
+       \"critic_head\", \"critic_head_backward\", \"nwj_bound\", \"nwj_bound_backward\",
        \"mi_bound\", \"mi_bound_backward\"]
 missing = [o for o in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(\"infomax_ext::\" + o, \"CUDA\")]
 assert not missing, missing
@@ -63,7 +63,7 @@ export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 step memcheck 120 "$SANITIZER" --tool memcheck --error-exitcode 9 \
   python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "shapes and float32"
 step racecheck 60 "$SANITIZER" --tool racecheck --error-exitcode 9 \
-  python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "nwj_bound_matches_cpu or (nwj_head_shapes and 12000 and float32)"
+  python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "nwj_bound_matches_cpu or (critic_head_shapes and 12000 and float32)"
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
 
 step bench 230 python3 bench/bench_cuda.py --sizes "${BENCH_SIZES:-64,1024,16384}" --chains P,T \

@@ -19,7 +19,7 @@ def one_thread():
 @pytest.fixture
 def data_half_spy(monkeypatch):
     """A list that gets, for each fused first-layer call (``_ops.paired_linear``, or the
-    one-node chain ``_autograd.nwj_chain``, whose first nine arguments are paired_linear's), the
+    one-node chain ``_autograd.critic_chain``, whose first nine arguments are paired_linear's), the
     precomputed data half it was given, or None."""
     from infomax_ext import _autograd, _ops
 
@@ -35,7 +35,7 @@ def data_half_spy(monkeypatch):
         monkeypatch.setattr(module, name, spy)
 
     spy_on(_ops, "paired_linear")
-    spy_on(_autograd, "nwj_chain")
+    spy_on(_autograd, "critic_chain")
     return calls
 
 

@@ -1,4 +1,4 @@
-"""Every bound on each shape of the fused path (nwj_mlp; hidden layers one by one then nwj_head;
+"""Every bound on each shape of the fused path (critic_mlp; hidden layers one by one then critic_head;
 no fused head; the joint-graph evaluation): values and gradients equal the two-call evaluation
 in float64; and the path chooser's explanations (fused_plan_reasons, im.explain_path)."""
 import pytest
@@ -13,9 +13,9 @@ NAMES = [name for name, b in im.BOUNDS.items() if not b.needs_all_pairs]
 
 def _chain(kind: str):
     torch.manual_seed(0)
-    if kind == "nwj_mlp":
+    if kind == "critic_mlp":
         mlp = nn.Sequential(nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 1))
-    elif kind == "nwj_head":  # a LayerNorm in the middle: the hidden layers run one by one
+    elif kind == "critic_head":  # a LayerNorm in the middle: the hidden layers run one by one
         mlp = nn.Sequential(nn.Linear(8, 7), nn.ReLU(), nn.LayerNorm(7), nn.Linear(7, 1))
     elif kind == "no_head":  # ends with an activation the kernels do not run
         mlp = nn.Sequential(nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 1), nn.Hardswish())
@@ -30,7 +30,7 @@ def _batch(n=10):
             torch.randn(n, 3, generator=g, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("kind", ["nwj_mlp", "nwj_head", "no_head"])
+@pytest.mark.parametrize("kind", ["critic_mlp", "critic_head", "no_head"])
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("shuffled_grad", [False, True])
 def test_fused_equals_two_call(kind, name, shuffled_grad):
@@ -53,7 +53,7 @@ def test_fused_equals_two_call(kind, name, shuffled_grad):
 @pytest.mark.parametrize("name", NAMES)
 def test_joint_graph_equals_two_call(name):
     """The VAE step's evaluation (chain frozen, shuffled codes constant) for every bound."""
-    mi = _chain("nwj_mlp").requires_grad_(False)
+    mi = _chain("critic_mlp").requires_grad_(False)
     x, z = _batch()
     z.requires_grad_()
     perm = im.latent_permutation(10, 1, 3)
@@ -84,23 +84,23 @@ def test_float32_fused_bounds_within_rounding():
 
 
 def test_fused_plan_reasons():
-    assert fused_plan_reasons(_chain("nwj_mlp")) == []
-    hard = _chain("nwj_mlp")
+    assert fused_plan_reasons(_chain("critic_mlp")) == []
+    hard = _chain("critic_mlp")
     hard.mlp[1] = nn.Hardswish()
     assert not fused_plan(hard)
     assert "Hardswish" in fused_plan_reasons(hard)[0]
-    bn = _chain("nwj_mlp")
+    bn = _chain("critic_mlp")
     bn.mlp.insert(2, nn.BatchNorm1d(7))
     assert "batch-coupled" in fused_plan_reasons(bn)[0]
-    first = _chain("nwj_mlp")
+    first = _chain("critic_mlp")
     first.mlp.insert(0, nn.Identity())
     assert "not an nn.Linear" in fused_plan_reasons(first)[0]
     assert "not a non-empty nn.Sequential" in fused_plan_reasons(nn.Linear(2, 1))[0]
 
 
 @pytest.mark.parametrize("kind, path, words", [
-    ("nwj_mlp", "fused", "one op (nwj_mlp)"),
-    ("nwj_head", "fused", "LayerNorm"),
+    ("critic_mlp", "fused", "one op (critic_mlp)"),
+    ("critic_head", "fused", "LayerNorm"),
     ("no_head", "fused", "does not end with Linear(., 1)"),
 ])
 def test_explain_path(kind, path, words):
@@ -112,7 +112,7 @@ def test_explain_path(kind, path, words):
 
 
 def test_explain_path_names_every_fallback():
-    mi = _chain("nwj_mlp")
+    mi = _chain("critic_mlp")
     x, z = _batch()
     with im.use_path("two_call"):
         assert im.explain_path(mi, x, z).path == "two_call"
@@ -122,13 +122,13 @@ def test_explain_path_names_every_fallback():
     half = im.explain_path(mi.half(), x.half(), z.half())  # float16 runs the kernels
     assert (half.path == "fused" and not any("plain-PyTorch" in n for n in half.notes)
             or not im.extension_available())
-    hard = _chain("nwj_mlp")
+    hard = _chain("critic_mlp")
     hard.mlp[1] = nn.Hardswish()
     two = im.explain_path(hard, x, z)
     assert two.path == "two_call" and "Hardswish" in two.notes[0]
     assert im.explain_path(hard, x, z, bound="infonce").path == "all_pairs"
-    assert im.explain_path(_chain("nwj_mlp"), x, z, bound="smile").notes[-1].startswith(
+    assert im.explain_path(_chain("critic_mlp"), x, z, bound="smile").notes[-1].startswith(
         "bound 'smile'")
-    first = _chain("nwj_mlp")
+    first = _chain("critic_mlp")
     first.mlp.insert(0, nn.Identity())
     assert im.explain_path(first, x, z, negatives="all").path == "all_pairs_calls"

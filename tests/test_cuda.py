@@ -199,17 +199,17 @@ def check_head(rows, h, n_joint, dtype, activation, param, with_bias, with_grad_
     hidden = randn(rows, h, dtype=dtype, seed=1, scale=0.5)
     w = randn(h, dtype=dtype, seed=2, scale=h ** -0.5)
     bias = randn(1, dtype=dtype, seed=3) if with_bias else None
-    bound_cpu, scores_cpu, pre_cpu = ops.nwj_head.default(hidden, w, bias, n_joint, activation, param)
-    bound_cuda, scores_cuda, pre_cuda = ops.nwj_head.default(
+    bound_cpu, scores_cpu, pre_cpu = ops.critic_head.default(hidden, w, bias, n_joint, activation, param)
+    bound_cuda, scores_cuda, pre_cuda = ops.critic_head.default(
         *to_cuda(hidden, w, bias), n_joint, activation, param)
     for got, want in [(bound_cuda, bound_cpu), (scores_cuda, scores_cpu), (pre_cuda, pre_cpu)]:
         assert_same(got, want, dtype)
     grad_bound = torch.tensor(-1.3, dtype=dtype)
     grad_scores = randn(rows, dtype=dtype, seed=4) if with_grad_scores else None
     args = (hidden, w, scores_cpu, pre_cpu)
-    grads_cpu = ops.nwj_head_backward.default(grad_bound, grad_scores, *args, n_joint, activation,
+    grads_cpu = ops.critic_head_backward.default(grad_bound, grad_scores, *args, n_joint, activation,
                                               param, list(mask))
-    grads_cuda = ops.nwj_head_backward.default(*to_cuda(grad_bound, grad_scores, *args), n_joint,
+    grads_cuda = ops.critic_head_backward.default(*to_cuda(grad_bound, grad_scores, *args), n_joint,
                                                activation, param, list(mask))
     for want, g_cuda, g_cpu in zip(mask, grads_cuda, grads_cpu):
         assert (g_cuda.numel() > 0) == want
@@ -218,7 +218,7 @@ def check_head(rows, h, n_joint, dtype, activation, param, with_bias, with_grad_
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation,param", KERNEL_CASES)
-def test_nwj_head_every_activation(dtype, activation, param):
+def test_critic_head_every_activation(dtype, activation, param):
     check_head(70, 40, 35, dtype, activation, param, True, True)
 
 
@@ -227,13 +227,13 @@ def test_nwj_head_every_activation(dtype, activation, param):
                                             (12000, 300, 6000), (2050, 64, 1)])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_bias,with_grad_scores", [(True, False), (False, True)])
-def test_nwj_head_shapes(rows, h, n_joint, dtype, with_bias, with_grad_scores):
+def test_critic_head_shapes(rows, h, n_joint, dtype, with_bias, with_grad_scores):
     check_head(rows, h, n_joint, dtype, "identity", 0.0, with_bias, with_grad_scores)
 
 
 @pytest.mark.parametrize("mask", [(True, False, False), (False, True, False), (False, False, True),
                                   (False, False, False)])
-def test_nwj_head_only_requested_grads(mask):
+def test_critic_head_only_requested_grads(mask):
     check_head(300, 20, 150, torch.float64, "relu", 0.0, True, False, mask)
 
 
@@ -248,13 +248,13 @@ def test_nwj_bound_matches_cpu(n_joint, n_marg, dtype):
         assert_same(got, want, dtype)
 
 
-def test_nwj_head_autograd_matches_cpu():
+def test_critic_head_autograd_matches_cpu():
     hidden, w, bias = randn(200, 30, seed=1), randn(30, seed=2), randn(1, seed=3)
     leaves_cpu = [t.clone().requires_grad_() for t in (hidden, w, bias)]
     leaves_cuda = [t.to(CUDA).requires_grad_() for t in leaves_cpu]
 
     def run(leaves):
-        bound, scores = im.nwj_head(*leaves, 100, "softplus")
+        bound, scores = im.critic_head(*leaves, 100, "softplus")
         return torch.autograd.grad(bound + scores.square().sum(), leaves)
 
     for g_cuda, g_cpu in zip(run(leaves_cuda), run(leaves_cpu)):
@@ -307,16 +307,16 @@ def test_nan_and_inf_propagate_as_on_the_cpu(dtype, activation, param, with_sour
     hidden = poisoned(randn(2100, 40, dtype=dtype, seed=1, scale=0.5),
                       {(3, 0): nan, (1500, 5): inf, (2099, 39): -inf})
     w, hb = randn(40, dtype=dtype, seed=2, scale=40 ** -0.5), randn(1, dtype=dtype, seed=3)
-    head_cpu = ops.nwj_head.default(hidden, w, hb, 1050, activation, param)
-    head_cuda = ops.nwj_head.default(*to_cuda(hidden, w, hb), 1050, activation, param)
+    head_cpu = ops.critic_head.default(hidden, w, hb, 1050, activation, param)
+    head_cuda = ops.critic_head.default(*to_cuda(hidden, w, hb), 1050, activation, param)
     for got, want in zip(head_cuda, head_cpu):
         assert_same_nonfinite(got, want, dtype)
     grad_bound = torch.tensor(1.0, dtype=dtype)
     back_args = (hidden, w, head_cpu[1], head_cpu[2])
     for g_cuda, g_cpu in zip(
-            ops.nwj_head_backward.default(*to_cuda(grad_bound, None, *back_args), 1050, activation,
+            ops.critic_head_backward.default(*to_cuda(grad_bound, None, *back_args), 1050, activation,
                                           param, [True, True, True]),
-            ops.nwj_head_backward.default(grad_bound, None, *back_args, 1050, activation, param,
+            ops.critic_head_backward.default(grad_bound, None, *back_args, 1050, activation, param,
                                           [True, True, True])):
         assert_same_nonfinite(g_cuda, g_cpu, dtype)
     for tj, tm in [(poisoned(randn(3000, dtype=dtype, seed=4), {2999: nan}), randn(5, dtype=dtype)),
@@ -340,8 +340,8 @@ def test_kernels_are_bit_identical_run_to_run():
         out = ops.paired_first_layer.default(a, b, c, bias, perm, "relu", 0.0)
         grads = ops.paired_first_layer_backward.default(grad_out, a, b, None, bias, perm, inverse,
                                                         "relu", 0.0, [True, True, False, True])
-        bound, scores, pre = ops.nwj_head.default(hidden, w, hb, s * n, "identity", 0.0)
-        head_grads = ops.nwj_head_backward.default(bound * 0 + 1, scores, hidden, w, scores, pre,
+        bound, scores, pre = ops.critic_head.default(hidden, w, hb, s * n, "identity", 0.0)
+        head_grads = ops.critic_head_backward.default(bound * 0 + 1, scores, hidden, w, scores, pre,
                                                    s * n, "identity", 0.0, [True, True, True])
         nb = ops.nwj_bound.default(scores[: s * n], scores[s * n:])
         nb_grads = ops.nwj_bound_backward.default(nb, scores[: s * n], scores[s * n:])
@@ -438,14 +438,14 @@ def test_train_step_on_cuda_matches_the_plain_pytorch_path():
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
-# ------------------------------------------------------------------------------------ nwj_mlp
+# ------------------------------------------------------------------------------------ critic_mlp
 
 
-def check_nwj_mlp(rows, widths, activations, biases, head_activation, head_bias, dtype, seed=0):
-    """nwj_mlp on CUDA against the CPU on the same inputs: scores, bound and every gradient of
-    a loss of bound and scores, to k = 8 eps x the scales of tests/test_nwj_mlp.py (both devices
+def check_critic_mlp(rows, widths, activations, biases, head_activation, head_bias, dtype, seed=0):
+    """critic_mlp on CUDA against the CPU on the same inputs: scores, bound and every gradient of
+    a loss of bound and scores, to k = 8 eps x the scales of tests/test_critic_mlp.py (both devices
     are within them of the exact result)."""
-    from test_nwj_mlp import make_mlp, mlp_scales
+    from test_critic_mlp import make_mlp, mlp_scales
     from tolerances import assert_close_scaled
 
     mlp = make_mlp(rows, widths, activations, biases, head_activation, head_bias, dtype,
@@ -455,8 +455,8 @@ def check_nwj_mlp(rows, widths, activations, biases, head_activation, head_bias,
     on_cuda = mlp.with_tensors([t.detach().to(CUDA).requires_grad_() for t in mlp.tensors()])
     results = []
     for m, device in ((mlp, "cpu"), (on_cuda, CUDA)):
-        bound, scores = _ops.nwj_mlp(*m.args())
-        assert bound.grad_fn.name() == "_NwjMlpBackward" and bound.device.type == device
+        bound, scores = _ops.critic_mlp(*m.args())
+        assert bound.grad_fn.name() == "_CriticMlpBackward" and bound.device.type == device
         grads = torch.autograd.grad((bound, scores), m.tensors(),
                                     (grad_bound.to(device), grad_scores.to(device)))
         results.append([scores, bound, *grads])
@@ -472,9 +472,9 @@ def check_nwj_mlp(rows, widths, activations, biases, head_activation, head_bias,
 @pytest.mark.parametrize("activation,param", KERNEL_CASES)
 @pytest.mark.parametrize("biases,head_bias", [((True, True), True), ((False, False), False),
                                               ((False, True), True)])
-def test_nwj_mlp_every_activation_matches_cpu(dtype, activation, param, biases, head_bias):
+def test_critic_mlp_every_activation_matches_cpu(dtype, activation, param, biases, head_bias):
     # In both hidden layers and as the head's activation (activation_cases.py's parameters).
-    check_nwj_mlp(70, [20, 33, 17], [activation, activation], list(biases), activation,
+    check_critic_mlp(70, [20, 33, 17], [activation, activation], list(biases), activation,
                   head_bias, dtype)
 
 
@@ -488,14 +488,14 @@ def test_nwj_mlp_every_activation_matches_cpu(dtype, activation, param, biases, 
     (6000, [40, 300], ["silu"], [True]),
 ])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_nwj_mlp_shapes_match_cpu(rows, widths, activations, biases, dtype):
-    check_nwj_mlp(rows, widths, activations, biases, "softplus", True, dtype, seed=rows)
+def test_critic_mlp_shapes_match_cpu(rows, widths, activations, biases, dtype):
+    check_critic_mlp(rows, widths, activations, biases, "softplus", True, dtype, seed=rows)
 
 
 @pytest.mark.parametrize("wanted", [("hidden",), ("weights[0]",), ("head_weight", "head_bias"),
                                     ("biases[1]", "weights[1]")])
-def test_nwj_mlp_only_requested_grads_match_cpu(wanted):
-    from test_nwj_mlp import make_mlp
+def test_critic_mlp_only_requested_grads_match_cpu(wanted):
+    from test_critic_mlp import make_mlp
 
     mlp = make_mlp(40, [6, 8, 5], ["elu", "mish"], [True, True], "identity", True,
                    requires_grad=False, seed=3)
@@ -503,22 +503,22 @@ def test_nwj_mlp_only_requested_grads_match_cpu(wanted):
     for device in ("cpu", CUDA):
         m = mlp.with_tensors([t.detach().to(device).requires_grad_(name in wanted)
                               for name, t in zip(mlp.names(), mlp.tensors())])
-        bound, scores = _ops.nwj_mlp(*m.args())
+        bound, scores = _ops.critic_mlp(*m.args())
         results.append(torch.autograd.grad(bound, [t for t in m.tensors() if t.requires_grad]))
     assert len(results[1]) == len(wanted)
     for g_cuda, g_cpu in zip(results[1], results[0]):
         assert_same(g_cuda, g_cpu, torch.float64)
 
 
-def test_nwj_mlp_is_bit_identical_run_to_run():
-    from test_nwj_mlp import make_mlp
+def test_critic_mlp_is_bit_identical_run_to_run():
+    from test_critic_mlp import make_mlp
 
     mlp = make_mlp(4096, [128, 256, 64], ["relu", "gelu"], [True, True], "identity", True,
                    torch.float32, seed=4)
     m = mlp.with_tensors([t.detach().to(CUDA).requires_grad_() for t in mlp.tensors()])
 
     def run():
-        bound, scores = _ops.nwj_mlp(*m.args())
+        bound, scores = _ops.critic_mlp(*m.args())
         return [bound, scores, *torch.autograd.grad(bound + scores.mean(), m.tensors())]
 
     for x, y in zip(run(), run()):
@@ -526,7 +526,7 @@ def test_nwj_mlp_is_bit_identical_run_to_run():
 
 
 def mlp_chain(dtype=torch.float64):
-    """An MI chain whose middle runs in nwj_mlp: Linear + relu, Linear, Linear + tanh, and a
+    """An MI chain whose middle runs in critic_mlp: Linear + relu, Linear, Linear + tanh, and a
     1-unit head with a sigmoid."""
     torch.manual_seed(4)
     mlp = torch.nn.Sequential(
@@ -538,15 +538,15 @@ def mlp_chain(dtype=torch.float64):
 
 @pytest.mark.parametrize("shuffled_grad", [False, True])
 @pytest.mark.parametrize("n,s", [(2, 1), (40, 2)])
-def test_paired_mutual_info_through_nwj_mlp_matches_cpu(shuffled_grad, n, s, monkeypatch):
+def test_paired_mutual_info_through_critic_mlp_matches_cpu(shuffled_grad, n, s, monkeypatch):
     calls = []
-    real = _ops.nwj_mlp
+    real = _ops.critic_mlp
 
     def counting(*args):
         calls.append(args[0].device.type)
         return real(*args)
 
-    monkeypatch.setattr(_ops, "nwj_mlp", counting)
+    monkeypatch.setattr(_ops, "critic_mlp", counting)
     mi_cpu, mi_cuda = mlp_chain(), mlp_chain().to(CUDA)
     x, z = randn(n, 12, seed=1), randn(s * n, 3, seed=2)
     perm = im.latent_permutation(n, s, seed=7)
@@ -555,7 +555,7 @@ def test_paired_mutual_info_through_nwj_mlp_matches_cpu(shuffled_grad, n, s, mon
         zz = z.to(device).requires_grad_()
         out = im.paired_mutual_info(mi, x.to(device), zz, perm.to(device),
                                     shuffled_grad=shuffled_grad)
-        assert out.bound.grad_fn.name() == "_NwjChainBackward"
+        assert out.bound.grad_fn.name() == "_CriticChainBackward"
         return [out.bound, out.joint, out.shuffled,
                 *torch.autograd.grad(out.bound + out.shuffled.sum(), [zz, *mi.parameters()])]
 

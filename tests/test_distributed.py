@@ -216,7 +216,7 @@ def worker(rank, out):
     group = dist.group.WORLD
     results = {"bounds": {}}
     calls = []
-    real_linear, real_chain = im._ops.paired_linear, _autograd.nwj_chain
+    real_linear, real_chain = im._ops.paired_linear, _autograd.critic_chain
 
     def counting(real):
         def count(*args, **kwargs):
@@ -225,9 +225,9 @@ def worker(rank, out):
 
         return count
 
-    # the fused first layer serves every case: paired_linear, or the one-node chain nwj_chain
+    # the fused first layer serves every case: paired_linear, or the one-node chain critic_chain
     im._ops.paired_linear = counting(real_linear)
-    _autograd.nwj_chain = counting(real_chain)
+    _autograd.critic_chain = counting(real_chain)
     forward = im.MutualInfoChain.forward
     im.MutualInfoChain.forward = lambda *a: pytest.fail("the two-call path ran")
     for s, shuffled_grad, frozen in CASES:
@@ -237,7 +237,7 @@ def worker(rank, out):
             bound_and_grads(chain(), share(x, rank), share(z, rank), s, shuffled_grad, frozen,
                             group), len(calls))
     im._ops.paired_linear = real_linear
-    _autograd.nwj_chain = real_chain
+    _autograd.critic_chain = real_chain
     im.MutualInfoChain.forward = forward
     results["steps"] = [train(model(rank, WORLD), share(data_x(), rank), settings, group)
                         for settings in STEPS]

@@ -33,7 +33,7 @@ def check_against_two_calls(mi, x, z, perm):
     """The fused bound and its gradients equal the two-call path of the same chain now."""
     params = [z, *mi.parameters()]
     fused = im.paired_mutual_info(mi, x, z, perm)
-    assert fused.bound.grad_fn is not None and fused.bound.grad_fn.name() == "_NwjChainBackward"
+    assert fused.bound.grad_fn is not None and fused.bound.grad_fn.name() == "_CriticChainBackward"
     with im.use_path("two_call"):
         plain = im.paired_mutual_info(mi, x, z, perm)
     torch.testing.assert_close(fused.bound, plain.bound, rtol=1e-12, atol=1e-12)
@@ -83,7 +83,7 @@ def test_an_activation_swapped_or_its_setting_changed_gives_a_new_plan():
     plan = fused_plan(mi)
     assert isinstance(plan, NoFusedPlan) and not plan
     assert "Hardswish" in plan.reasons[0] and fused_plan_reasons(mi) == list(plan.reasons)
-    assert im.paired_mutual_info(mi, x, z, perm).bound.grad_fn.name() != "_NwjChainBackward"
+    assert im.paired_mutual_info(mi, x, z, perm).bound.grad_fn.name() != "_CriticChainBackward"
     mi.mlp[1] = nn.ReLU()
     assert fused_plan(mi) and fused_plan_reasons(mi) == []
     check_against_two_calls(mi, x, z, perm)

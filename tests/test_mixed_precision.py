@@ -113,13 +113,13 @@ def test_paired_first_layer_matches_float32(device, dtype, activation):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("activation", KERNEL_ACTIVATIONS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_nwj_head_matches_float32(device, dtype, activation):
+def test_critic_head_matches_float32(device, dtype, activation):
     rows, h = 40, 24
     tensors = rounded(dtype, (rows, h), (h,), (1,), device=device)
     p = param_of(activation)
     ours, ref = as_leaves(tensors), as_float32_leaves(tensors)
-    bound, scores = _ops.nwj_head(*ours, rows // 2, activation, p)
-    want_bound, want_scores = reference.nwj_head(*ref, rows // 2, activation, p)
+    bound, scores = _ops.critic_head(*ours, rows // 2, activation, p)
+    want_bound, want_scores = reference.critic_head(*ref, rows // 2, activation, p)
     assert bound.dtype == torch.float32 and scores.dtype == dtype
     assert_close_scaled(scores, want_scores, dtype)
     assert_close_scaled(bound, want_bound, dtype)
@@ -131,7 +131,7 @@ def test_nwj_head_matches_float32(device, dtype, activation):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("activation", KERNEL_ACTIVATIONS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_nwj_mlp_matches_float32(device, dtype, activation):
+def test_critic_mlp_matches_float32(device, dtype, activation):
     n_joint, h0, h1, h2 = 16, 12, 20, 10
     hidden, w0, b0, w1, b1, hw, hb = rounded(dtype, (2 * n_joint, h0), (h1, h0), (h1,), (h2, h1),
                                              (h2,), (h2,), (1,), device=device)
@@ -144,8 +144,8 @@ def test_nwj_mlp_matches_float32(device, dtype, activation):
                   activation, p)
 
     ours, ref = as_leaves(tensors), as_float32_leaves(tensors)
-    bound, scores = run(_ops.nwj_mlp, ours)
-    want_bound, want_scores = run(reference.nwj_mlp, ref)
+    bound, scores = run(_ops.critic_mlp, ours)
+    want_bound, want_scores = run(reference.critic_mlp, ref)
     assert bound.dtype == torch.float32 and scores.dtype == dtype
     assert_close_scaled(scores, want_scores, dtype, factor=2.0)
     assert_close_scaled(bound, want_bound, dtype, factor=2.0)
@@ -196,11 +196,11 @@ def test_float16_head_with_scores_near_15_is_finite_and_matches_float32():
     rows, h = 32, 8
     hidden = torch.full((rows, h), 1.875, dtype=torch.float16)  # hidden . w = 15 (exactly)
     weight = torch.ones(h, dtype=torch.float16)
-    bound, scores = _ops.nwj_head(hidden, weight, None, rows // 2, "identity")
-    want, _ = reference.nwj_head(hidden.float(), weight.float(), None, rows // 2, "identity")
+    bound, scores = _ops.critic_head(hidden, weight, None, rows // 2, "identity")
+    want, _ = reference.critic_head(hidden.float(), weight.float(), None, rows // 2, "identity")
     assert math.isfinite(bound.item()) and math.isfinite(want.item())
     torch.testing.assert_close(bound, want, rtol=1e-6, atol=0.0)
-    mlp_bound, _ = _ops.nwj_mlp(hidden, [], [], [], [], weight, None, rows // 2, "identity")
+    mlp_bound, _ = _ops.critic_mlp(hidden, [], [], [], [], weight, None, rows // 2, "identity")
     torch.testing.assert_close(mlp_bound, want, rtol=1e-6, atol=0.0)
 
 
@@ -224,9 +224,9 @@ def test_autocast_runs_the_fused_ops_with_products_in_its_dtype(device, dtype):
             value = im.variational_mutual_info(mi, x, z, seed=3)
             value.backward()
     names = {e.name for e in prof.events()}
-    assert {"infomax_ext::paired_linear_forward", "infomax_ext::nwj_mlp_forward",
-            "infomax_ext::nwj_mlp_backward"} <= names, sorted(n for n in names if "infomax" in n)
-    assert "NwjMlp" in type(value.grad_fn).__name__
+    assert {"infomax_ext::paired_linear_forward", "infomax_ext::critic_mlp_forward",
+            "infomax_ext::critic_mlp_backward"} <= names, sorted(n for n in names if "infomax" in n)
+    assert "CriticMlp" in type(value.grad_fn).__name__
     assert value.dtype == torch.float32
     grads = [p.grad.clone() for p in mi.parameters()]
     assert all(g.dtype == torch.float32 for g in grads)  # the parameters' dtype
@@ -241,13 +241,13 @@ def test_autocast_runs_the_fused_ops_with_products_in_its_dtype(device, dtype):
 def test_the_ops_cast_under_autocast_when_called_through_torch_ops():
     hidden, weight = torch.randn(10, 6), torch.randn(6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bound, scores, pre = ops.nwj_head(hidden, weight, None, 5, "tanh", 0.0)
+        bound, scores, pre = ops.critic_head(hidden, weight, None, 5, "tanh", 0.0)
         kept = ops.nwj_bound(scores[:5], scores[5:].double())  # a reduction: promoted, not cast
-        float64 = ops.nwj_head(hidden.double(), weight.double(), None, 5, "tanh", 0.0)[0]
+        float64 = ops.critic_head(hidden.double(), weight.double(), None, 5, "tanh", 0.0)[0]
     assert scores.dtype == pre.dtype == torch.bfloat16 and bound.dtype == torch.float32
     assert kept.dtype == torch.float64
     assert float64.dtype == torch.float64  # autocast leaves float64 alone, as torch does
-    want, _ = reference.nwj_head(hidden.bfloat16().float(), weight.bfloat16().float(), None, 5,
+    want, _ = reference.critic_head(hidden.bfloat16().float(), weight.bfloat16().float(), None, 5,
                                  "tanh")
     assert_close_scaled(bound, want, torch.bfloat16)
 
@@ -257,8 +257,8 @@ def test_fake_kernels_give_the_kernels_dtypes():
     with FakeTensorMode():
         hidden = torch.empty(10, 6, dtype=torch.float16)
         weight = torch.empty(6, dtype=torch.float16)
-        bound, scores, pre = ops.nwj_head(hidden, weight, None, 5, "tanh", 0.0)
-        mlp_bound, mlp_scores = ops.nwj_mlp(hidden, [], [], [], [], weight, None, 5, "tanh", 0.0)
+        bound, scores, pre = ops.critic_head(hidden, weight, None, 5, "tanh", 0.0)
+        mlp_bound, mlp_scores = ops.critic_mlp(hidden, [], [], [], [], weight, None, 5, "tanh", 0.0)
         alone = ops.nwj_bound(scores[:5], scores[5:])
     assert bound.dtype == mlp_bound.dtype == alone.dtype == torch.float32
     assert scores.dtype == pre.dtype == mlp_scores.dtype == torch.float16
@@ -271,9 +271,9 @@ def test_opcheck_with_bfloat16_inputs():
     torch.library.opcheck(ops.paired_linear.default,
                           (hx, hz, None, w, b, perm, "gelu", 0.0, None))
     hidden, hw, hb = (t.requires_grad_() for t in rounded(dtype, (12, 8), (8,), (1,)))
-    torch.library.opcheck(ops.nwj_head.default, (hidden, hw, hb, 6, "silu", 0.0))
+    torch.library.opcheck(ops.critic_head.default, (hidden, hw, hb, 6, "silu", 0.0))
     w1, b1 = (t.requires_grad_() for t in rounded(dtype, (8, 8), (8,), seed=2))
-    torch.library.opcheck(ops.nwj_mlp.default,
+    torch.library.opcheck(ops.critic_mlp.default,
                           (hidden, [w1], [b1], ["elu"], [1.0], hw, hb, 6, "identity", 0.0))
     tj, tm = (t.requires_grad_() for t in rounded(dtype, (5,), (7,)))
     torch.library.opcheck(ops.nwj_bound.default, (tj, tm))
@@ -300,10 +300,10 @@ def test_torch_compile_under_autocast_matches_eager():
 
 def test_a_bound_gradient_in_the_wrong_dtype_is_refused_by_name():
     hidden, weight = rounded(torch.bfloat16, (8, 4), (4,))
-    bound, scores, pre = ops.nwj_head(hidden, weight, None, 4, "identity", 0.0)
+    bound, scores, pre = ops.critic_head(hidden, weight, None, 4, "identity", 0.0)
     with pytest.raises(RuntimeError, match="grad_bound is BFloat16 but the bound of BFloat16 "
                                            "scores is Float"):
-        ops.nwj_head_backward(torch.ones((), dtype=torch.bfloat16), None, hidden, weight, scores,
+        ops.critic_head_backward(torch.ones((), dtype=torch.bfloat16), None, hidden, weight, scores,
                               pre, 4, "identity", 0.0, [True, True, False])
 
 

@@ -241,7 +241,7 @@ def test_fused_plan_detection():
 @pytest.mark.parametrize("n_samples", [1, 2])
 def test_mish_chain_on_the_fused_path_equals_the_reference_path(shuffled_grad, n_samples):
     # mish as the first layer's, a middle layer's and the head's activation: all three run in
-    # the fused kernels (paired_linear and nwj_head); values and gradients in float64 equal the
+    # the fused kernels (paired_linear and critic_head); values and gradients in float64 equal the
     # plain-PyTorch path.
     mi = paper_like_chain(hidden=(16, 8), act=nn.Mish, out_act=nn.Mish())
     plan = fused_plan(mi)

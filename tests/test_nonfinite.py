@@ -25,7 +25,7 @@ import infomax_ext as im
 from infomax_ext import _ops
 from infomax_ext.activations import KERNEL_ACTIVATIONS, apply_activation
 from activation_cases import param_of
-from tolerances import activation_slope, assert_close_scaled, nwj_head_scales, paired_scales
+from tolerances import activation_slope, assert_close_scaled, critic_head_scales, paired_scales
 
 pytestmark = pytest.mark.skipif(not im.extension_available(), reason="compiled ops not loaded")
 
@@ -266,7 +266,7 @@ HEAD_CASES = {
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(HEAD_CASES))
 @pytest.mark.parametrize("activation", KERNEL_ACTIVATIONS)
-def test_nwj_head_with_nan_and_inf(activation, case, dtype, path):
+def test_critic_head_with_nan_and_inf(activation, case, dtype, path):
     g = torch.Generator().manual_seed(2)
     rows, h, n_joint = 8, 4, 4
     base = dict(hidden=torch.randn(rows, h, generator=g, dtype=dtype),
@@ -274,11 +274,11 @@ def test_nwj_head_with_nan_and_inf(activation, case, dtype, path):
                 bias=torch.randn(1, generator=g, dtype=dtype))
     t = {k: poison(v, HEAD_CASES[case].get(k, {})) for k, v in base.items()}
     p = param_of(activation)
-    bound, scores = on_path(path, _ops.nwj_head, t["hidden"], t["weight"], t["bias"], n_joint,
+    bound, scores = on_path(path, _ops.critic_head, t["hidden"], t["weight"], t["bias"], n_joint,
                             activation, p)
     want_scores = torch_activation(t["hidden"] @ t["weight"] + t["bias"], activation, p, path)
     want = want_scores[:n_joint].mean() - torch.exp(want_scores[n_joint:] - 1).mean()
-    score_scale, bound_scale, grad_scales = nwj_head_scales(
+    score_scale, bound_scale, grad_scales = critic_head_scales(
         finite(t["hidden"]), finite(t["weight"]), finite(t["bias"]), n_joint, activation, p)
     assert_same(scores, want_scores, score_scale, "scores")
     assert_same(bound, want, bound_scale, "bound")
@@ -321,7 +321,7 @@ def test_nwj_bound_with_nan_and_inf(case, dtype, path):
 @pytest.mark.parametrize("rows", [130, 5000])
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 def test_the_chunked_reductions_keep_a_single_nan(rows, where):
-    """nwj_bound and nwj_head sum their rows in chunks, across threads: one NaN row anywhere,
+    """nwj_bound and critic_head sum their rows in chunks, across threads: one NaN row anywhere,
     in the joint or the shuffled half, makes the bound NaN, as torch's mean does."""
     g = torch.Generator().manual_seed(4)
     n_joint = rows // 2
@@ -332,7 +332,7 @@ def test_the_chunked_reductions_keep_a_single_nan(rows, where):
     hidden = torch.randn(rows, 16, generator=g)
     hidden[index, 5] = NAN
     for activation in ("relu", "identity", "sigmoid"):
-        bound, out = im._ops.nwj_head(hidden, torch.randn(16, generator=g), None, n_joint,
+        bound, out = im._ops.critic_head(hidden, torch.randn(16, generator=g), None, n_joint,
                                       activation)
         assert torch.isnan(bound) and torch.isnan(out[index]) and torch.isnan(out).sum() == 1
 
@@ -402,7 +402,7 @@ def test_miloss_with_a_nan_input_is_nan(path):
         torch.testing.assert_close(g1, g2, equal_nan=True)
 
 
-# ---------------------------------------------------------------------------------- nwj_mlp
+# ---------------------------------------------------------------------------------- critic_mlp
 
 
 MLP_CASES = {
@@ -417,7 +417,7 @@ MLP_CASES = {
 
 def mlp_plain(hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
               head_activation, head_param, path):
-    """nwj_mlp written out: h = act(h W^T + b) per layer, then the head and the bound."""
+    """critic_mlp written out: h = act(h W^T + b) per layer, then the head and the bound."""
     h = hidden
     for w, b, act, p in zip(weights, biases, activations, params):
         pre = h @ w.t()
@@ -438,11 +438,11 @@ def _mlp_params():
 
 
 @pytest.mark.parametrize("activation,dtype,path,case", list(_mlp_params()))
-def test_nwj_mlp_with_nan_and_inf(activation, dtype, path, case):
+def test_critic_mlp_with_nan_and_inf(activation, dtype, path, case):
     """NaN and inf in hidden (or a weight) through two hidden layers and the head: the same NaN
     positions and infinities as torch written out, in the scores, the bound and every
-    gradient; the finite values to the scaled tolerance of tests/test_nwj_mlp.py."""
-    from test_nwj_mlp import make_mlp, mlp_scales
+    gradient; the finite values to the scaled tolerance of tests/test_critic_mlp.py."""
+    from test_critic_mlp import make_mlp, mlp_scales
 
     mlp = make_mlp(8, [4, 5, 3], [activation, activation], [True, False], "identity", True,
                    dtype, seed=6, requires_grad=False)
@@ -451,7 +451,7 @@ def test_nwj_mlp_with_nan_and_inf(activation, dtype, path, case):
     w1 = poison(mlp.weights[1], entries.get("w1", {}))
     mlp = mlp.with_tensors([hidden, poison(mlp.weights[0], {}), w1,
                             *[poison(t, {}) for t in mlp.tensors()[3:]]])
-    bound, scores = on_path(path, _ops.nwj_mlp, *mlp.args())
+    bound, scores = on_path(path, _ops.critic_mlp, *mlp.args())
     want_bound, want_scores = mlp_plain(*mlp.args(), path)
     finite_mlp = mlp.with_tensors([finite(t) for t in mlp.tensors()])
     score_scale, bound_scale, grad_scales = mlp_scales(finite_mlp, dtype, 1.0,
@@ -476,12 +476,12 @@ def _at_least_the_value(scale, want):
 @pytest.mark.parametrize("dtype", [
     pytest.param(torch.float32, id="float32"),
     pytest.param(torch.float64, id="float64")])
-def test_nwj_mlp_relu_keeps_nan_and_passes_its_gradient(dtype):
+def test_critic_mlp_relu_keeps_nan_and_passes_its_gradient(dtype):
     # The smallest case: one relu layer, W = [[1]], head weight [1], no biases. Row 0 is NaN:
     # torch.relu(NaN) = NaN, so score 0 and the bound are NaN; relu'(NaN) passes the gradient.
     hidden = torch.tensor([[NAN], [1.0]], dtype=dtype, requires_grad=True)
     one = torch.ones(1, 1, dtype=dtype)
-    bound, scores = _ops.nwj_mlp(hidden, [one], [None], ["relu"], [0.0], one[0], None, 1,
+    bound, scores = _ops.critic_mlp(hidden, [one], [None], ["relu"], [0.0], one[0], None, 1,
                                  "identity", 0.0)
     assert torch.isnan(scores[0]) and scores[1] == 1.0 and torch.isnan(bound)
     grad, = torch.autograd.grad(scores.sum(), [hidden])

@@ -8,7 +8,7 @@ import infomax_ext as im
 from infomax_ext import _ops, reference
 from infomax_ext.activations import KERNEL_ACTIVATIONS
 from activation_cases import param_of
-from tolerances import assert_close_scaled, nwj_head_scales, paired_scales
+from tolerances import assert_close_scaled, critic_head_scales, paired_scales
 
 pytestmark = pytest.mark.skipif(not im.extension_available(), reason="compiled ops not loaded")
 
@@ -410,7 +410,7 @@ def test_nwj_bound_bad_input():
 
 
 @pytest.mark.parametrize("activation", KERNEL_ACTIVATIONS)
-def test_nwj_head_gradcheck(activation):
+def test_critic_head_gradcheck(activation):
     g = torch.Generator().manual_seed(1)
     hidden = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
@@ -418,19 +418,19 @@ def test_nwj_head_gradcheck(activation):
     p = param_of(activation)
     # Gradient of bound and of scores together (miloss regularizers use the scores).
     f = lambda h, w, b: (lambda out: out[0] + 0.3 * out[1].pow(2).sum())(
-        _ops.nwj_head(h, w, b, 4, activation, p))
+        _ops.critic_head(h, w, b, 4, activation, p))
     assert torch.autograd.gradcheck(f, (hidden, w, b))
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_nwj_head_gradients_of_each_input_alone(with_bias):
+def test_critic_head_gradients_of_each_input_alone(with_bias):
     # Without a bias the op has one tensor input fewer: the gradient slots must still line up.
     g = torch.Generator().manual_seed(2)
     hidden = torch.randn(10, 6, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(1, generator=g, dtype=torch.float64, requires_grad=True) if with_bias else None
-    bound, _ = _ops.nwj_head(hidden, w, b, 5, "sigmoid")
-    ref, _ = reference.nwj_head(hidden, w, b, 5, "sigmoid")
+    bound, _ = _ops.critic_head(hidden, w, b, 5, "sigmoid")
+    ref, _ = reference.critic_head(hidden, w, b, 5, "sigmoid")
     for t in [hidden, w] + ([b] if with_bias else []):
         got, = torch.autograd.grad(bound, [t], retain_graph=True)
         want, = torch.autograd.grad(ref, [t], retain_graph=True)
@@ -439,16 +439,16 @@ def test_nwj_head_gradients_of_each_input_alone(with_bias):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rows,h,n_joint", [(4, 1, 2), (130, 100, 65), (2048, 37, 1024)])
-def test_nwj_head_matches_reference(dtype, rows, h, n_joint):
+def test_critic_head_matches_reference(dtype, rows, h, n_joint):
     hidden = torch.randn(rows, h, dtype=dtype, requires_grad=True)
     w = (torch.randn(h, dtype=dtype) / h**0.5).requires_grad_()
     b = torch.randn(1, dtype=dtype, requires_grad=True)
-    # Tolerances: tests/tolerances.py (nwj_head_scales): dot products of h terms, sums of up to
+    # Tolerances: tests/tolerances.py (critic_head_scales): dot products of h terms, sums of up to
     # 1024 scores, both in other orders than torch's.
     for bias in (b, None):
-        got = _ops.nwj_head(hidden, w, bias, n_joint, "softplus")
-        want = reference.nwj_head(hidden, w, bias, n_joint, "softplus")
-        scores, bound, grad_scales = nwj_head_scales(hidden, w, bias, n_joint, "softplus", 0.0)
+        got = _ops.critic_head(hidden, w, bias, n_joint, "softplus")
+        want = reference.critic_head(hidden, w, bias, n_joint, "softplus")
+        scores, bound, grad_scales = critic_head_scales(hidden, w, bias, n_joint, "softplus", 0.0)
         assert_close_scaled(got[0], want[0], bound, k=8, what="bound")
         assert_close_scaled(got[1], want[1], scores, k=8, what="scores")
         inputs = [hidden, w] + ([bias] if bias is not None else [])
@@ -457,21 +457,21 @@ def test_nwj_head_matches_reference(dtype, rows, h, n_joint):
             assert_close_scaled(g1, g2, scale, k=8, what="gradient")
 
 
-def test_nwj_head_opcheck():
+def test_critic_head_opcheck():
     hidden = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(1, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(ops.nwj_head.default, (hidden, w, b, 3, "identity", 0.0))
+    torch.library.opcheck(ops.critic_head.default, (hidden, w, b, 3, "identity", 0.0))
 
 
-def test_nwj_head_bad_input():
+def test_critic_head_bad_input():
     hidden, w = torch.randn(6, 3), torch.randn(3)
     with pytest.raises(RuntimeError, match="weight has 4 entries"):
-        ops.nwj_head(hidden, torch.randn(4), None, 3, "identity", 0.0)
+        ops.critic_head(hidden, torch.randn(4), None, 3, "identity", 0.0)
     with pytest.raises(RuntimeError, match="n_joint"):
-        ops.nwj_head(hidden, w, None, 6, "identity", 0.0)
+        ops.critic_head(hidden, w, None, 6, "identity", 0.0)
     with pytest.raises(RuntimeError, match="device|dtype"):
-        ops.nwj_head(hidden, w.double(), None, 3, "identity", 0.0)
+        ops.critic_head(hidden, w.double(), None, 3, "identity", 0.0)
 
 
 def test_reductions_do_not_depend_on_thread_count():
@@ -482,7 +482,7 @@ def test_reductions_do_not_depend_on_thread_count():
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            bound, _ = _ops.nwj_head(hidden, w, None, 1500, "identity")
+            bound, _ = _ops.critic_head(hidden, w, None, 1500, "identity")
             results.append((bound.detach(), *torch.autograd.grad(bound, [hidden, w])))
     finally:
         torch.set_num_threads(old)
@@ -501,7 +501,7 @@ def op_calls():
     data_half = hx @ weight[:, :3].t()
     hidden = torch.randn(6, 3, dtype=torch.float64)
     w, hbias = torch.randn(3, dtype=torch.float64), torch.randn(1, dtype=torch.float64)
-    bound, scores, pre = ops.nwj_head(hidden, w, hbias, 3, "relu", 0.0)
+    bound, scores, pre = ops.critic_head(hidden, w, hbias, 3, "relu", 0.0)
     tj, tm = torch.randn(3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
     return {
         "paired_first_layer": (_ops.paired_first_layer, ops.paired_first_layer.default,
@@ -512,8 +512,8 @@ def op_calls():
                                          [True] * 4]),
         "paired_linear": (_ops.paired_linear, ops.paired_linear.default,
                           [hx, hz, src, weight, lbias, lperm, "relu", 0.0, data_half]),
-        "nwj_head": (_ops.nwj_head, ops.nwj_head.default, [hidden, w, hbias, 3, "relu", 0.0]),
-        "nwj_head_backward": (None, ops.nwj_head_backward.default,
+        "critic_head": (_ops.critic_head, ops.critic_head.default, [hidden, w, hbias, 3, "relu", 0.0]),
+        "critic_head_backward": (None, ops.critic_head_backward.default,
                               [torch.ones((), dtype=torch.float64), torch.ones_like(scores), hidden,
                                w, scores, pre, 3, "relu", 0.0, [True] * 3]),
         "nwj_bound": (_ops.nwj_bound, ops.nwj_bound.default, [tj, tm]),
@@ -566,8 +566,8 @@ def test_op_arguments_that_are_not_tensors_are_named():
     a, b, _, bias, perm = paired_inputs(4, 3, requires_grad=False)
     with pytest.raises(TypeError, match="paired_first_layer: perm must be a torch.Tensor"):
         im._ops.paired_first_layer(a, b, None, bias, [0, 1, 2, 3], "relu")
-    with pytest.raises(TypeError, match="nwj_head: weight must be a torch.Tensor, got tuple"):
-        im._ops.nwj_head(torch.randn(4, 2), (1.0, 2.0), None, 2)
+    with pytest.raises(TypeError, match="critic_head: weight must be a torch.Tensor, got tuple"):
+        im._ops.critic_head(torch.randn(4, 2), (1.0, 2.0), None, 2)
     with pytest.raises(TypeError, match="inverse_permutation: perm must be a torch.Tensor"):
         im.inverse_permutation([1, 0])
 
@@ -649,7 +649,7 @@ def test_autocast_runs_the_fused_kernels_close_to_the_plain_path():
                                atol=5e-2)
 
 
-@pytest.mark.parametrize("op", ["paired_linear", "nwj_head"])
+@pytest.mark.parametrize("op", ["paired_linear", "critic_head"])
 def test_double_backward_is_refused_when_only_the_bias_needs_it(op):
     if op == "paired_linear":
         hx, hz, _, weight, b, perm = (t.detach() if t is not None else None
@@ -659,6 +659,6 @@ def test_double_backward_is_refused_when_only_the_bias_needs_it(op):
     else:
         hidden, weight, b = torch.randn(6, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64), \
             torch.randn(1, dtype=torch.float64, requires_grad=True)
-        out, _ = _ops.nwj_head(hidden, weight, b, 3, "softplus")
+        out, _ = _ops.critic_head(hidden, weight, b, 3, "softplus")
     with pytest.raises(RuntimeError, match="does not support double backward"):
         torch.autograd.grad(out, [b], create_graph=True)

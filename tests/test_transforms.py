@@ -47,7 +47,7 @@ def test_the_eager_path_runs_the_compiled_kernels():
     x, z = inputs()
     value = im.variational_mutual_info(mi, x, z.requires_grad_(), seed=3)
     if im.extension_available():
-        assert type(value.grad_fn).__name__ == "_NwjChainBackward"
+        assert type(value.grad_fn).__name__ == "_CriticChainBackward"
 
 
 def test_grad_over_the_bound_matches_autograd():
@@ -142,10 +142,10 @@ def test_nwj_ops_under_grad_match_autograd():
     head = r(4)
 
     def head_bound(h):
-        return im.nwj_head(h, w, b, 6, "identity")[0]
+        return im.critic_head(h, w, b, 6, "identity")[0]
 
     def mlp_bound(h):
-        return im.nwj_mlp(h, weights, biases, ["relu"], [0.0], head, b, 6)[0]
+        return im.critic_mlp(h, weights, biases, ["relu"], [0.0], head, b, 6)[0]
 
     for f in (head_bound, mlp_bound, lambda t: im.nwj_bound(t[:6, 0], t[6:, 1])):
         h = hidden.clone().requires_grad_(True)

@@ -86,8 +86,8 @@ def paired_scales(op, inputs, perm, activation, param, grad_out):
     return forward, _through_identity_layer(op, [_abs64(t) for t in inputs], perm, tau)
 
 
-def nwj_head_scales(hidden, weight, bias, n_joint, activation, param):
-    """Scales of nwj_head's scores, bound and bound gradients (hidden, weight[, bias]).
+def critic_head_scales(hidden, weight, bias, n_joint, activation, param):
+    """Scales of critic_head's scores, bound and bound gradients (hidden, weight[, bias]).
 
     Scores ``t = f(hidden . w + b)``: sum of |terms| of the dot product plus |t|, as above. The
     bound ``mean(t_j) - mean(exp(t_m - 1))``: the scores' errors through the means (times

@@ -1,4 +1,4 @@
-// CPU kernels of the hidden layers of nwj_mlp (csrc/nwj_mlp.cpp): an activation applied to a
+// CPU kernels of the hidden layers of critic_mlp (csrc/critic_mlp.cpp): an activation applied to a
 // (rows, H) pre-activation, and its backward fused with the bias gradient: one pass that
 // multiplies the incoming gradient by f' in place and sums its columns. Column sums run over
 // fixed chunks of rows, then over the chunks in order: the same bits whatever the thread count.
@@ -24,7 +24,7 @@ Tensor activation_forward_cpu(const Tensor& pre, const std::optional<Tensor>& bi
   const bool has_bias = bias.has_value();
   if (!has_bias && act == Activation::Identity) return pre;
   Tensor out = keep_pre && act != Activation::Identity ? empty_like_shape(pre) : pre;
-  dispatch_floating_and_reduced(pre.scalar_type(), "nwj_mlp", [&](auto type_tag) {
+  dispatch_floating_and_reduced(pre.scalar_type(), "critic_mlp", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using op_t = opmath_t<scalar_t>;
     scalar_t* px = pre.mutable_data_ptr<scalar_t>();
@@ -57,7 +57,7 @@ Tensor activation_backward_cpu(const Tensor& grad, const Tensor& at, Activation 
   const int64_t chunks = std::max<int64_t>(1, (rows + kRowsPerChunk - 1) / kRowsPerChunk);
   Tensor bias_grad = want_bias ? empty_on(grad, {h}) : empty_on(grad, {0});
   if (act == Activation::Identity && !want_bias) return bias_grad;  // nothing to do
-  dispatch_floating_and_reduced(grad.scalar_type(), "nwj_mlp", [&](auto type_tag) {
+  dispatch_floating_and_reduced(grad.scalar_type(), "critic_mlp", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using op_t = opmath_t<scalar_t>;
     using acc_t = acc_type<scalar_t, false>;

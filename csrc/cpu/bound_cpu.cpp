@@ -1,7 +1,7 @@
 // CPU kernels of mi_bound (the value and the training objective of a bound of csrc/bounds.h
 // from joint scores and negatives' scores) and of its backward. Sums run over fixed chunks of
 // kScoresPerChunk scores, then over the chunks in order, in double: the same bits whatever the
-// thread count, and for nwj the same bits as nwj_bound (csrc/cpu/nwj_cpu.cpp sums alike).
+// thread count, and for nwj the same bits as nwj_bound (csrc/cpu/critic_head_cpu.cpp sums alike).
 // Each block of chunks first fills its terms in one vectorised loop (the math of
 // csrc/cpu/vec_math.h through csrc/bounds.h; AVX-512, AVX2 or baseline builds, the same bits),
 // the backward maps the scores to their gradients alike.

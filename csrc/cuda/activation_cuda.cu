@@ -1,4 +1,4 @@
-// CUDA kernels of the hidden layers of nwj_mlp (csrc/nwj_mlp.cpp), the semantics of
+// CUDA kernels of the hidden layers of critic_mlp (csrc/critic_mlp.cpp), the semantics of
 // csrc/cpu/activation_cpu.cpp: an activation applied to a (rows, H) pre-activation, and its
 // backward fused with the bias gradient (grad *= f' in place and per-chunk column sums in the
 // same pass, then an ordered sum over the chunks: deterministic). bfloat16 and float16 are
@@ -55,7 +55,7 @@ Tensor activation_forward_cuda(const Tensor& pre, const std::optional<Tensor>& b
   const int64_t n = pre.numel(), h = pre.size(1);
   if (n == 0) return out;
   const cudaStream_t stream = guard.stream();
-  dispatch_floating_and_reduced(pre.scalar_type(), "nwj_mlp", [&](auto type_tag) {
+  dispatch_floating_and_reduced(pre.scalar_type(), "critic_mlp", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
@@ -75,14 +75,14 @@ Tensor activation_backward_cuda(const Tensor& grad, const Tensor& at, Activation
   const int64_t rows = grad.size(0), h = grad.size(1);
   Tensor bias_grad = want_bias ? empty_on(grad, {h}) : empty_on(grad, {0});
   if (rows == 0 || h == 0 || (act == Activation::Identity && !want_bias)) return bias_grad;
-  INFOMAX_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: nwj_mlp supports at most ",
+  INFOMAX_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: critic_mlp supports at most ",
                 65535 * kLanes, " hidden units per layer on CUDA, got ", h);
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
   const dim3 block(kLanes, kRowGroups);
   const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
                   static_cast<unsigned int>((h + kLanes - 1) / kLanes));
   const cudaStream_t stream = guard.stream();
-  dispatch_floating_and_reduced(grad.scalar_type(), "nwj_mlp", [&](auto type_tag) {
+  dispatch_floating_and_reduced(grad.scalar_type(), "critic_mlp", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using acc_t = acc_type<scalar_t, true>;
     Tensor partial = want_bias ? empty_on(grad, {chunks, h}, scalar_type_of<acc_t>()) : Tensor();

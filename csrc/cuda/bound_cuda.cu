@@ -3,7 +3,7 @@
 // csrc/cpu/bound_cpu.cpp; the per-element formulas are the same header's. Reductions are
 // deterministic: blocks of kScoresPerBlock scores give partial sums (a block tree), then one
 // block combines them in a fixed order; for nwj the sums are those of nwj_bound
-// (csrc/cuda/nwj_cuda.cu). A log-mean-exp first finds the largest term (a max pass) and
+// (csrc/cuda/critic_head_cuda.cu). A log-mean-exp first finds the largest term (a max pass) and
 // shifts by it (by 0 when it is not finite); the forward returns the shift and the log of the
 // shifted sum, which the backward takes instead of summing again. Scalars that live on the
 // device (the shift, the log-sum-exp, the incoming gradients) are read by pointer inside the

@@ -6,7 +6,7 @@ is a ``torch.autograd.Function`` here, registered as the op's ``Autograd`` kerne
 ``torch.compile``). Forwards run the kernels below autograd; backwards call the ``*_backward``
 ops. ``paired_linear`` (the MI chain's whole first Linear layer, csrc/paired_linear.cpp) is one
 node: ``paired_linear_forward`` keeps the halves, ``paired_linear_backward`` computes every
-gradient; ``nwj_mlp`` (the rest of the chain with the NWJ head, csrc/nwj_mlp.cpp) likewise. Both
+gradient; ``critic_mlp`` (the rest of the chain with the NWJ head, csrc/critic_mlp.cpp) likewise. Both
 run on the CPU and on CUDA.
 """
 from __future__ import annotations
@@ -135,15 +135,15 @@ class _PairedLinear(torch.autograd.Function):
         return tuple(_grad_if(wanted, g) for wanted, g in zip(need, grads)) + (None,) * 4
 
 
-# ----------------------------------------------------------------------------------- nwj_head
+# ----------------------------------------------------------------------------------- critic_head
 
 
-class _NwjHead(torch.autograd.Function):
+class _CriticHead(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 n_joint: int, activation: str, param: float) -> Any:
         with _below_autograd():
-            bound, scores, pre = _OPS.nwj_head.default(hidden, weight, bias, n_joint, activation,
+            bound, scores, pre = _OPS.critic_head.default(hidden, weight, bias, n_joint, activation,
                                                        param)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(pre)
@@ -155,14 +155,14 @@ class _NwjHead(torch.autograd.Function):
     def backward(ctx: Any, grad_bound: torch.Tensor, grad_scores: torch.Tensor | None,
                  _grad_pre: torch.Tensor | None) -> Any:
         hidden, weight, bias, scores, pre = ctx.saved_tensors
-        _refuse_double_backward("nwj_head", grad_bound, grad_scores, hidden, weight, bias)
+        _refuse_double_backward("critic_head", grad_bound, grad_scores, hidden, weight, bias)
         need = ctx.needs_input_grad
         want = [need[0], need[1], need[2]]
         if not any(want) or (grad_bound is None and grad_scores is None):
             return (None,) * 6
         if grad_bound is None:
             grad_bound = hidden.new_zeros((), dtype=bound_dtype(hidden.dtype))
-        g_hidden, g_weight, g_bias = _OPS.nwj_head_backward.default(
+        g_hidden, g_weight, g_bias = _OPS.critic_head_backward.default(
             grad_bound, grad_scores, hidden, weight, scores, pre, ctx.n_joint, ctx.activation,
             ctx.param, want
         )
@@ -170,11 +170,11 @@ class _NwjHead(torch.autograd.Function):
                 _grad_if(want[2], g_bias), None, None, None)
 
 
-# ------------------------------------------------------------------------------------ nwj_mlp
+# ------------------------------------------------------------------------------------ critic_mlp
 
 
-class _NwjMlp(torch.autograd.Function):
-    """nwj_mlp as one node. Tensors inside lists are invisible to autograd, so ``apply`` takes
+class _CriticMlp(torch.autograd.Function):
+    """critic_mlp as one node. Tensors inside lists are invisible to autograd, so ``apply`` takes
     them spread out: ``layout`` = (layers, which biases are present, activations, params,
     n_joint, head activation, head param), then hidden, head_weight, head_bias, the weights and
     the present biases."""
@@ -185,7 +185,7 @@ class _NwjMlp(torch.autograd.Function):
         layers, has_bias, activations, params, n_joint, head_act, head_param = layout
         weights, biases = _layer_lists(layers, has_bias, layer_tensors)
         with _below_autograd():
-            bound, scores, outputs, pres = _OPS.nwj_mlp_forward.default(
+            bound, scores, outputs, pres = _OPS.critic_mlp_forward.default(
                 hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
                 head_act, head_param)
         ctx.set_materialize_grads(False)
@@ -205,7 +205,7 @@ class _NwjMlp(torch.autograd.Function):
         outputs, pres = list(saved[4:k]), list(saved[k:k + layers + 1])
         layer_tensors = saved[k + layers + 1:]
         weights, biases = _layer_lists(layers, has_bias, layer_tensors)
-        _refuse_double_backward("nwj_mlp", grad_bound, grad_scores, hidden, head_weight,
+        _refuse_double_backward("critic_mlp", grad_bound, grad_scores, hidden, head_weight,
                                 head_bias, *layer_tensors)
         need = ctx.needs_input_grad  # (layout, hidden, head_weight, head_bias, *layer_tensors)
         need_w = list(need[4:4 + layers])
@@ -216,7 +216,7 @@ class _NwjMlp(torch.autograd.Function):
             return (None,) * (4 + len(layer_tensors))
         if grad_bound is None:
             grad_bound = hidden.new_zeros((), dtype=bound_dtype(hidden.dtype))
-        g_hidden, g_weights, g_biases, g_head_w, g_head_b = _OPS.nwj_mlp_backward.default(
+        g_hidden, g_weights, g_biases, g_head_w, g_head_b = _OPS.critic_mlp_backward.default(
             grad_bound, grad_scores, hidden, weights, biases, activations, params, head_weight,
             head_bias, scores, outputs, pres, n_joint, head_act, head_param, mask)
         grads_b = [_grad_if(wanted, g) for wanted, g, present in zip(need_b, g_biases, has_bias)
@@ -234,40 +234,40 @@ def _layer_lists(layers: int, has_bias: tuple[bool, ...], layer_tensors: tuple[t
     return weights, [next(present) if b else None for b in has_bias]
 
 
-def _nwj_mlp_kernel(hidden: torch.Tensor, weights: Sequence[torch.Tensor],
+def _critic_mlp_kernel(hidden: torch.Tensor, weights: Sequence[torch.Tensor],
                     biases: Sequence[torch.Tensor | None], activations: Sequence[str],
                     params: Sequence[float], head_weight: torch.Tensor,
                     head_bias: torch.Tensor | None, n_joint: int, head_activation: str,
                     head_param: float) -> Any:
-    """nwj_mlp's Autograd kernel: _NwjMlp when a gradient can flow, else the op below autograd."""
+    """critic_mlp's Autograd kernel: _CriticMlp when a gradient can flow, else the op below autograd."""
     tensors = [hidden, head_weight, head_bias, *weights, *biases]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         layout = (len(weights), tuple(b is not None for b in biases), list(activations),
                   list(params), n_joint, head_activation, head_param)
-        return _NwjMlp.apply(layout, hidden, head_weight, head_bias, *weights,  # type: ignore[no-untyped-call]
+        return _CriticMlp.apply(layout, hidden, head_weight, head_bias, *weights,  # type: ignore[no-untyped-call]
                              *[b for b in biases if b is not None])
     with _below_autograd():
-        return _OPS.nwj_mlp.default(hidden, weights, biases, activations, params, head_weight,
+        return _OPS.critic_mlp.default(hidden, weights, biases, activations, params, head_weight,
                                     head_bias, n_joint, head_activation, head_param)
 
 
-def nwj_mlp(*args: Any) -> Any:
-    """``torch.ops.infomax_ext.nwj_mlp`` for _ops.py: its Autograd kernel called directly in
+def critic_mlp(*args: Any) -> Any:
+    """``torch.ops.infomax_ext.critic_mlp`` for _ops.py: its Autograd kernel called directly in
     eager mode, the op itself while torch.compile traces."""
     if torch.compiler.is_compiling():
-        return _OPS.nwj_mlp.default(*args)
-    return _nwj_mlp_kernel(*args)
+        return _OPS.critic_mlp.default(*args)
+    return _critic_mlp_kernel(*args)
 
 
 # ------------------------------------------------------------------- the whole chain, one node
 
 
-class _NwjChain(torch.autograd.Function):
-    """paired_linear then nwj_mlp as one node (the MI chain from its first Linear layer to the
-    NWJ bound): the forward runs paired_linear_forward and nwj_mlp_forward, the backward
-    nwj_mlp_backward and paired_linear_backward, so a call builds one node instead of two and
+class _CriticChain(torch.autograd.Function):
+    """paired_linear then critic_mlp as one node (the MI chain from its first Linear layer to the
+    NWJ bound): the forward runs paired_linear_forward and critic_mlp_forward, the backward
+    critic_mlp_backward and paired_linear_backward, so a call builds one node instead of two and
     the first layer's output, which both keep, is saved once. ``apply`` takes the tensors spread
-    out: ``layout`` = (nwj_mlp's layout as in _NwjMlp, the first layer's activation and param),
+    out: ``layout`` = (critic_mlp's layout as in _CriticMlp, the first layer's activation and param),
     then hx, hz, hz_shuffled, first weight, first bias, perm, data_half, head_weight, head_bias,
     the hidden layers' weights and their present biases."""
 
@@ -286,7 +286,7 @@ class _NwjChain(torch.autograd.Function):
         with _below_autograd():
             hidden, computed_data, latent, source = _OPS.paired_linear_forward.default(
                 hx, hz, hz_shuffled, weight, bias, perm, activation, param, data_half)
-            bound, scores, outputs, pres = _OPS.nwj_mlp_forward.default(
+            bound, scores, outputs, pres = _OPS.critic_mlp_forward.default(
                 hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
                 head_act, head_param)
         ctx.set_materialize_grads(False)
@@ -313,7 +313,7 @@ class _NwjChain(torch.autograd.Function):
         layer_tensors = saved[k + layers + 1:k + layers + 1 + n_layer_tensors]
         halves = saved[k + layers + 1 + n_layer_tensors:]
         weights, biases = _layer_lists(layers, has_bias, layer_tensors)
-        _refuse_double_backward("nwj_chain", grad_bound, grad_scores, hx, hz, hz_shuffled, weight,
+        _refuse_double_backward("critic_chain", grad_bound, grad_scores, hx, hz, hz_shuffled, weight,
                                 bias, head_weight, head_bias, *layer_tensors)
         # (layout, hx, hz, hz_shuffled, weight, bias, perm, data_half, head_weight, head_bias,
         #  *layer_tensors)
@@ -328,7 +328,7 @@ class _NwjChain(torch.autograd.Function):
             return none
         if grad_bound is None:
             grad_bound = hidden.new_zeros((), dtype=bound_dtype(hidden.dtype))
-        g_hidden, g_weights, g_biases, g_head_w, g_head_b = _OPS.nwj_mlp_backward.default(
+        g_hidden, g_weights, g_biases, g_head_w, g_head_b = _OPS.critic_mlp_backward.default(
             grad_bound, grad_scores, hidden, weights, biases, activations, params, head_weight,
             head_bias, scores, outputs, pres, n_joint, head_act, head_param, mask)
         first_grads: Sequence[torch.Tensor | None] = (None,) * 5
@@ -351,19 +351,19 @@ class _NwjChain(torch.autograd.Function):
                 *[_grad_if(w, g) for w, g in zip(need_w, g_weights)], *grads_b)
 
 
-def nwj_chain(hx: torch.Tensor, hz: torch.Tensor, hz_shuffled: torch.Tensor | None,
+def critic_chain(hx: torch.Tensor, hz: torch.Tensor, hz_shuffled: torch.Tensor | None,
               weight: torch.Tensor, bias: torch.Tensor | None, perm: torch.Tensor,
               activation: str, param: float, data_half: torch.Tensor | None,
               weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None],
               activations: list[str], params: list[float], head_weight: torch.Tensor,
               head_bias: torch.Tensor | None, n_joint: int, head_activation: str,
               head_param: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``nwj_mlp(paired_linear(hx, hz, ...), weights, ...)`` in eager mode with a gradient to
-    compute, as one autograd node (_NwjChain); the same values and gradients as the two ops.
+    """``critic_mlp(paired_linear(hx, hz, ...), weights, ...)`` in eager mode with a gradient to
+    compute, as one autograd node (_CriticChain); the same values and gradients as the two ops.
     The caller has checked that the kernels apply (``_ops.kernels_apply``)."""
     layout = ((len(weights), tuple(b is not None for b in biases), activations, params, n_joint,
                head_activation, float(head_param)), activation, float(param))
-    result: tuple[torch.Tensor, torch.Tensor] = _NwjChain.apply(  # type: ignore[no-untyped-call]
+    result: tuple[torch.Tensor, torch.Tensor] = _CriticChain.apply(  # type: ignore[no-untyped-call]
         layout, hx, hz, hz_shuffled, weight, bias, perm, data_half, head_weight, head_bias,
         *weights, *[b for b in biases if b is not None])
     return result
@@ -412,12 +412,12 @@ _LIB = torch.library.Library("infomax_ext", "IMPL")
 _KERNELS = {
     name: _autograd_kernel(function, getattr(_OPS, name).default)
     for name, function in [("paired_first_layer", _PairedFirstLayer),
-                           ("paired_linear", _PairedLinear), ("nwj_head", _NwjHead),
+                           ("paired_linear", _PairedLinear), ("critic_head", _CriticHead),
                            ("nwj_bound", _NwjBound)]
 }
 for _name, _kernel in _KERNELS.items():
     _LIB.impl(_name, _kernel, "Autograd")
-_LIB.impl("nwj_mlp", _nwj_mlp_kernel, "Autograd")
+_LIB.impl("critic_mlp", _critic_mlp_kernel, "Autograd")
 
 
 def _eager_or_op(name: str) -> Callable[..., Any]:

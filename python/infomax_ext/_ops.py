@@ -40,8 +40,8 @@ __all__ = [
     "inverse_permutation",
     "paired_first_layer",
     "paired_linear",
-    "nwj_head",
-    "nwj_mlp",
+    "critic_head",
+    "critic_mlp",
     "nwj_bound",
 ]
 
@@ -464,7 +464,7 @@ def nwj_bound(t_joint: torch.Tensor, t_shuffled: torch.Tensor) -> torch.Tensor:
     return reference.nwj_bound(t_joint, t_shuffled)
 
 
-def nwj_head(
+def critic_head(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -477,12 +477,12 @@ def nwj_head(
     ``hidden`` (R, h) holds joint rows ``[0, n_joint)`` then shuffled rows; ``weight`` (h,);
     ``bias`` (1,) or None. Returns ``(bound, scores)``: the 0-dim bound
     ``mean(t[:n_joint]) - mean(exp(t[n_joint:] - 1))`` and the (R,) scores."""
-    _check_args("nwj_head", hidden=hidden, weight=weight, bias=bias)
+    _check_args("critic_head", hidden=hidden, weight=weight, bias=bias)
     if kernels_apply(hidden, weight, bias):
-        bound, scores, _pre = _autograd.differentiable["nwj_head"](*precision.autocast_inputs(
+        bound, scores, _pre = _autograd.differentiable["critic_head"](*precision.autocast_inputs(
             hidden.device.type, hidden, weight, bias), n_joint, activation, float(param))
         return bound, scores
-    return reference.nwj_head(hidden, weight, bias, n_joint, activation, param)
+    return reference.critic_head(hidden, weight, bias, n_joint, activation, param)
 
 
 if extension_available():
@@ -498,20 +498,20 @@ if extension_available():
         _fake_same_device("nwj_bound_backward", t_joint=t_joint, t_shuffled=t_shuffled, grad=grad)
         return torch.empty_like(t_joint), torch.empty_like(t_shuffled)
 
-    @torch.library.register_fake("infomax_ext::nwj_head")
+    @torch.library.register_fake("infomax_ext::critic_head")
     def _(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n_joint: int,
           activation: str, param: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        _fake_same_device("nwj_head", hidden=hidden, weight=weight, bias=bias)
+        _fake_same_device("critic_head", hidden=hidden, weight=weight, bias=bias)
         rows = hidden.shape[0]
         return (hidden.new_empty((), dtype=precision.bound_dtype(hidden.dtype)),
                 hidden.new_empty((rows,)), hidden.new_empty((rows,)))
 
-    @torch.library.register_fake("infomax_ext::nwj_head_backward")
+    @torch.library.register_fake("infomax_ext::critic_head_backward")
     def _(grad_bound: torch.Tensor, grad_scores: torch.Tensor | None, hidden: torch.Tensor,
           weight: torch.Tensor, scores: torch.Tensor, pre: torch.Tensor, n_joint: int,
           activation: str, param: float,
           output_mask: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        _fake_same_device("nwj_head_backward", hidden=hidden, weight=weight, scores=scores,
+        _fake_same_device("critic_head_backward", hidden=hidden, weight=weight, scores=scores,
                           pre=pre, grad_bound=grad_bound, grad_scores=grad_scores)
         return (
             hidden.new_empty(hidden.shape) if output_mask[0] else hidden.new_empty((0,)),
@@ -525,7 +525,7 @@ if extension_available():
 # ----------------------------------------------------------------------------------------------
 
 
-def nwj_mlp(
+def critic_mlp(
     hidden: torch.Tensor,
     weights: Sequence[torch.Tensor],
     biases: Sequence[torch.Tensor | None],
@@ -554,18 +554,18 @@ def nwj_mlp(
     named = {"hidden": hidden, "head_weight": head_weight, "head_bias": head_bias}
     named.update({f"weights[{i}]": w for i, w in enumerate(weights)})
     named.update({f"biases[{i}]": b for i, b in enumerate(biases)})
-    _check_args("nwj_mlp", **named)
+    _check_args("critic_mlp", **named)
     if not len(weights) == len(biases) == len(activations) == len(params):
         raise ValueError(
-            f"nwj_mlp takes one bias, activation and parameter per weight: got {len(weights)} "
+            f"critic_mlp takes one bias, activation and parameter per weight: got {len(weights)} "
             f"weights, {len(biases)} biases, {len(activations)} activations and {len(params)} "
             "parameters")
     if kernels_apply(hidden, head_weight, head_bias, *weights, *biases):
         hidden, weights, biases, head_weight, head_bias = precision.autocast_inputs(
             hidden.device.type, hidden, weights, biases, head_weight, head_bias)
-        return _autograd.nwj_mlp(hidden, weights, biases, activations, params, head_weight,
+        return _autograd.critic_mlp(hidden, weights, biases, activations, params, head_weight,
                                  head_bias, n_joint, head_activation, float(head_param))
-    return reference.nwj_mlp(hidden, weights, biases, activations, params, head_weight, head_bias,
+    return reference.critic_mlp(hidden, weights, biases, activations, params, head_weight, head_bias,
                              n_joint, head_activation, head_param)
 
 
@@ -576,23 +576,23 @@ def _listed(name: str, tensors: Iterable[torch.Tensor | None]) -> dict[str, torc
 
 if extension_available():
 
-    @torch.library.register_fake("infomax_ext::nwj_mlp")
+    @torch.library.register_fake("infomax_ext::critic_mlp")
     def _(hidden: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
           activations: list[str], params: list[float], head_weight: torch.Tensor,
           head_bias: torch.Tensor | None, n_joint: int, head_activation: str,
           head_param: float) -> Any:
-        _fake_same_device("nwj_mlp", hidden=hidden, head_weight=head_weight, head_bias=head_bias,
+        _fake_same_device("critic_mlp", hidden=hidden, head_weight=head_weight, head_bias=head_bias,
                           **_listed("weights", weights), **_listed("biases", biases))
         torch._check(hidden.dim() == 2, lambda: "hidden must be 2-D")
         return (hidden.new_empty((), dtype=precision.bound_dtype(hidden.dtype)),
                 hidden.new_empty((hidden.shape[0],)))
 
-    @torch.library.register_fake("infomax_ext::nwj_mlp_forward")
+    @torch.library.register_fake("infomax_ext::critic_mlp_forward")
     def _(hidden: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
           activations: list[str], params: list[float], head_weight: torch.Tensor,
           head_bias: torch.Tensor | None, n_joint: int, head_activation: str,
           head_param: float) -> Any:
-        bound, scores = torch.ops.infomax_ext.nwj_mlp.default(
+        bound, scores = torch.ops.infomax_ext.critic_mlp.default(
             hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
             head_activation, head_param)
         rows = hidden.shape[0]
@@ -601,13 +601,13 @@ if extension_available():
                 for a, o in zip(activations, outputs)]
         return bound, scores, outputs, pres + [hidden.new_empty((rows,))]
 
-    @torch.library.register_fake("infomax_ext::nwj_mlp_backward")
+    @torch.library.register_fake("infomax_ext::critic_mlp_backward")
     def _(grad_bound: torch.Tensor, grad_scores: torch.Tensor | None, hidden: torch.Tensor,
           weights: list[torch.Tensor], biases: list[torch.Tensor | None], activations: list[str],
           params: list[float], head_weight: torch.Tensor, head_bias: torch.Tensor | None,
           scores: torch.Tensor, outputs: list[torch.Tensor], pres: list[torch.Tensor], n_joint: int,
           head_activation: str, head_param: float, output_mask: Sequence[bool]) -> Any:
-        _fake_same_device("nwj_mlp_backward", hidden=hidden, head_weight=head_weight,
+        _fake_same_device("critic_mlp_backward", hidden=hidden, head_weight=head_weight,
                           head_bias=head_bias, scores=scores, grad_bound=grad_bound,
                           grad_scores=grad_scores, **_listed("weights", weights),
                           **_listed("biases", biases), **_listed("outputs", outputs),

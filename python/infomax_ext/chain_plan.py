@@ -1,5 +1,5 @@
 """The plan of an MI chain for the shared (fused) evaluation of the bound: how the chain
-``mlp`` splits into its first Linear layer, the hidden layers (as nwj_mlp's stack when it can run
+``mlp`` splits into its first Linear layer, the hidden layers (as critic_mlp's stack when it can run
 them) and the head Linear(., 1), or why it cannot (:class:`NoFusedPlan`). :func:`fused_plan`
 builds a chain's plan once and keeps it while the chain's structure is unchanged;
 :mod:`infomax_ext.mutual_info` evaluates it."""
@@ -20,7 +20,7 @@ class FusedPlan(NamedTuple):
     """How a chain splits for the shared (fused) evaluation: the first Linear and its activation,
     the modules between it and the head, the head Linear(., 1) and its activation (None when the
     MLP does not end with one), and ``stack``: the middle as (Linear, activation) pairs when
-    nwj_mlp runs it, else None. A plan holds modules, never their tensors: every call reads the
+    critic_mlp runs it, else None. A plan holds modules, never their tensors: every call reads the
     current weights. Truthy; :class:`NoFusedPlan` is its falsy counterpart."""
 
     first: nn.Linear
@@ -29,7 +29,7 @@ class FusedPlan(NamedTuple):
     head: nn.Linear | None
     head_act: ActivationSpec | None
     stack: list[tuple[nn.Linear, ActivationSpec]] | None
-    # nwj_mlp's activation names and parameters of the stack, built once with the plan
+    # critic_mlp's activation names and parameters of the stack, built once with the plan
     stack_activations: tuple[list[str], list[float]] | None = None
 
 

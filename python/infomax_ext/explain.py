@@ -52,11 +52,11 @@ def kernel_reasons(*tensors: torch.Tensor | None) -> list[str]:
 
 
 def _stack_reason(middle: list[nn.Module]) -> str | None:
-    """Why nwj_mlp cannot run the hidden layers ``middle`` (None when it can)."""
+    """Why critic_mlp cannot run the hidden layers ``middle`` (None when it can)."""
     i = 0
     while i < len(middle):
         if not isinstance(middle[i], nn.Linear):
-            return f"the hidden layers hold {middle[i]!r} where nwj_mlp takes a Linear"
+            return f"the hidden layers hold {middle[i]!r} where critic_mlp takes a Linear"
         if i + 1 < len(middle) and not isinstance(middle[i + 1], nn.Linear):
             if kernel_spec(middle[i + 1]) is None:
                 return f"the activation {middle[i + 1]!r} is not one the kernels run"
@@ -102,10 +102,10 @@ def explain_path(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, *, shuffled_gr
                      "the kernels run): after the fused first layer its modules run one by one")
     elif plan.stack is None:
         notes.append(f"{_stack_reason(plan.middle)}: after the fused first layer the hidden "
-                     "layers run one by one, then the fused last layer (nwj_head)")
+                     "layers run one by one, then the fused last layer (critic_head)")
     else:
         notes.append("fused first layer (paired_linear), then the hidden layers and the last "
-                     "layer in one op (nwj_mlp)")
+                     "layer in one op (critic_mlp)")
     if type(bound) is not NWJ:
         notes.append(f"bound {bound.name!r}: reduced from the fused ops' scores "
                      "(infomax_ext.bounds)")

@@ -325,7 +325,7 @@ def paired_mutual_info(
         from . import _autograd  # loaded with the extension, which _one_node found
         assert plan.head is not None and plan.head_act is not None  # a stack is planned with a head
         assert plan.stack_activations is not None and perm is not None  # as _one_node found
-        value, scores = _autograd.nwj_chain(
+        value, scores = _autograd.critic_chain(
             hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
             plan.first_act.param, data_half, [layer.weight for layer, _ in plan.stack],
             [layer.bias for layer, _ in plan.stack], *plan.stack_activations,
@@ -337,7 +337,7 @@ def paired_mutual_info(
     if plan.stack is not None:
         assert plan.head is not None and plan.head_act is not None  # a stack is planned with a head
         assert plan.stack_activations is not None  # built with every stack
-        value, scores = _ops.nwj_mlp(
+        value, scores = _ops.critic_mlp(
             h, [layer.weight for layer, _ in plan.stack], [layer.bias for layer, _ in plan.stack],
             *plan.stack_activations, plan.head.weight.reshape(-1), plan.head.bias, m,
             plan.head_act.name, plan.head_act.param)
@@ -346,7 +346,7 @@ def paired_mutual_info(
         h = module(h)
     if plan.head is not None:
         assert plan.head_act is not None  # planned with every head
-        value, scores = _ops.nwj_head(
+        value, scores = _ops.critic_head(
             h, plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
             plan.head_act.param,
         )
@@ -361,9 +361,9 @@ def paired_mutual_info(
 def _one_node(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor, source: torch.Tensor | None,
               data_half: torch.Tensor | None, perm: torch.Tensor | None) -> bool:
     """Whether the chain from its first layer to the bound runs as one autograd node
-    (_autograd.nwj_chain): eager mode, a gradient to compute, no torch.autocast on the device,
+    (_autograd.critic_chain): eager mode, a gradient to compute, no torch.autocast on the device,
     every tensor on one device and of one dtype, and the kernels apply to them. Otherwise
-    paired_linear and nwj_mlp run as two ops (as torch.compile's graphs hold them), whose
+    paired_linear and critic_mlp run as two ops (as torch.compile's graphs hold them), whose
     wrappers cast under autocast and name any argument that does not fit."""
     if torch.compiler.is_compiling() or not torch.is_grad_enabled() or perm is None:
         return False

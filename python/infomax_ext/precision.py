@@ -49,15 +49,15 @@ KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 REDUCED_DTYPES = (torch.bfloat16, torch.float16)
 """Stored in 16 bits, computed on in float32."""
 
-CAST_OPS = ("paired_first_layer", "paired_linear", "paired_linear_forward", "nwj_head",
-            "nwj_mlp", "nwj_mlp_forward")
+CAST_OPS = ("paired_first_layer", "paired_linear", "paired_linear_forward", "critic_head",
+            "critic_mlp", "critic_mlp_forward")
 """Under autocast: float32, bfloat16 and float16 inputs cast to the autocast dtype."""
 
 PROMOTE_OPS = ("nwj_bound",)
 """Under autocast: the floating inputs cast to their common (widest) dtype."""
 
 KEEP_OPS = ("nwj_bound_backward", "paired_first_layer_backward", "paired_linear_backward",
-            "nwj_head_backward", "nwj_mlp_backward")
+            "critic_head_backward", "critic_mlp_backward")
 """Under autocast: inputs as they are (the forward fixed their dtypes), autocast off inside."""
 
 _AUTOCAST_KEYS = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA"}

@@ -16,8 +16,8 @@ __all__ = [
     "inverse_permutation",
     "paired_first_layer",
     "paired_linear",
-    "nwj_head",
-    "nwj_mlp",
+    "critic_head",
+    "critic_mlp",
     "nwj_bound",
 ]
 
@@ -146,7 +146,7 @@ def nwj_bound(t_joint: torch.Tensor, t_shuffled: torch.Tensor) -> torch.Tensor:
     return t_joint.mean() - torch.exp(t_shuffled - 1).mean()
 
 
-def nwj_head(
+def critic_head(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -167,7 +167,7 @@ def nwj_head(
     return nwj_bound(scores[:n_joint], scores[n_joint:]), scores
 
 
-def nwj_mlp(
+def critic_mlp(
     hidden: torch.Tensor,
     weights: Sequence[torch.Tensor],
     biases: Sequence[torch.Tensor | None],
@@ -183,10 +183,10 @@ def nwj_mlp(
 
     ``hidden`` (R, H_0) with R = 2 ``n_joint`` (joint rows, then shuffled rows); layer l is
     ``h = act_l(h @ weights[l].T + biases[l])`` (weights[l] (H_{l+1}, H_l), biases[l]
-    (H_{l+1},) or None, ``activations[l]`` with ``params[l]``); then :func:`nwj_head` with
+    (H_{l+1},) or None, ``activations[l]`` with ``params[l]``); then :func:`critic_head` with
     ``head_weight`` (H_L,) and ``head_bias`` (1,) or None. Returns ``(bound, scores)``.
     """
     h = hidden
     for weight, bias, activation, param in zip(weights, biases, activations, params):
         h = apply_activation(torch.nn.functional.linear(h, weight, bias), activation, param)
-    return nwj_head(h, head_weight, head_bias, n_joint, head_activation, head_param)
+    return critic_head(h, head_weight, head_bias, n_joint, head_activation, head_param)

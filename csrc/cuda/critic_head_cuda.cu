@@ -1,7 +1,7 @@
 // CUDA kernels of the NWJ bound  I = mean(t_joint) - mean(exp(t_shuffled - 1)):
 // on its own (nwj_bound), and fused with the MI chain's last layer t = act(hidden . w + b)
-// (nwj_head), where rows [0, n_joint) of hidden are joint pairs and the rest shuffled pairs.
-// Semantics are those of csrc/cpu/nwj_cpu.cpp. Reductions are deterministic: fixed-size chunks
+// (critic_head), where rows [0, n_joint) of hidden are joint pairs and the rest shuffled pairs.
+// Semantics are those of csrc/cpu/critic_head_cpu.cpp. Reductions are deterministic: fixed-size chunks
 // give partial sums (a block tree or one thread per chunk), then a second ordered pass.
 // Scalars that live on the device (the head's bias, incoming gradients) are read by pointer
 // inside the kernels: no host sync. bfloat16 and float16 scores: products, exp and sums in
@@ -138,7 +138,7 @@ std::tuple<Tensor, Tensor> nwj_bound_backward_cuda(const Tensor& grad_in,
 // One warp per row: pre[r] = hidden[r] . w + *bias (bias may be null), scores[r] = act(pre[r]).
 // hidden (R, h), w (h). The warp's partial dot products are combined in a fixed shuffle tree.
 template <Activation A, typename T, typename acc_t>
-__global__ void nwj_head_scores_kernel(const T* hidden, const T* w, const T* bias, int64_t rows,
+__global__ void critic_head_scores_kernel(const T* hidden, const T* w, const T* bias, int64_t rows,
                                        int64_t h, opmath_t<T> param, T* scores, T* pre) {
   using op_t = opmath_t<T>;
   const int lane = threadIdx.x % kLanes;
@@ -166,7 +166,7 @@ __global__ void nwj_head_scores_kernel(const T* hidden, const T* w, const T* bia
 // and the thread of column 0 sums dpre into b_partial[chunk]. Null outputs are not requested;
 // grad_scores may be null (zero).
 template <Activation A, typename T, typename acc_t>
-__global__ void nwj_head_backward_kernel(const opmath_t<T>* grad_bound, const T* grad_scores,
+__global__ void critic_head_backward_kernel(const opmath_t<T>* grad_bound, const T* grad_scores,
                                          const T* hidden, const T* w, const T* scores, const T* pre,
                                          int64_t rows, int64_t h, int64_t n_joint,
                                          opmath_t<T> inv_joint, opmath_t<T> inv_marg,
@@ -200,13 +200,13 @@ __global__ void nwj_head_backward_kernel(const opmath_t<T>* grad_bound, const T*
 
 }  // namespace
 
-// Also called directly by nwj_mlp (csrc/kernels.h).
-std::tuple<Tensor, Tensor, Tensor> nwj_head_cuda(const Tensor& hidden_in,
+// Also called directly by critic_mlp (csrc/kernels.h).
+std::tuple<Tensor, Tensor, Tensor> critic_head_cuda(const Tensor& hidden_in,
                                                              const Tensor& weight_in,
                                                              const std::optional<Tensor>& bias_in,
                                                              int64_t n_joint, std::string_view activation,
                                                              double param) {
-  check_nwj_head(hidden_in, weight_in, bias_in, n_joint);
+  check_critic_head(hidden_in, weight_in, bias_in, n_joint);
   const Activation act = checked_activation(std::string(activation));
   const DeviceGuard guard(hidden_in);
   const Tensor hidden = as_contiguous(hidden_in), w = as_contiguous(weight_in);
@@ -217,13 +217,13 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_cuda(const Tensor& hidden_in,
   Tensor pre = empty_on(hidden, {rows});
   Tensor bound = empty_on(hidden, {}, bound_scalar_type(hidden.scalar_type()));
   const cudaStream_t stream = guard.stream();
-  dispatch_floating_and_reduced(hidden.scalar_type(), "nwj_head_cuda", [&](auto type_tag) {
+  dispatch_floating_and_reduced(hidden.scalar_type(), "critic_head_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using acc_t = acc_type<scalar_t, true>;
     scalar_t* ps = scores.mutable_data_ptr<scalar_t>();
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
-      nwj_head_scores_kernel<A, scalar_t, acc_t>
+      critic_head_scores_kernel<A, scalar_t, acc_t>
           <<<grid_size(rows, kThreads / kLanes), kThreads, 0, stream>>>(
               hidden.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
               has_bias ? bias.const_data_ptr<scalar_t>() : nullptr, rows, h,
@@ -236,12 +236,12 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_cuda(const Tensor& hidden_in,
   return {bound, scores, pre};
 }
 
-std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
+std::tuple<Tensor, Tensor, Tensor> critic_head_backward_cuda(
     const Tensor& grad_bound_in, const std::optional<Tensor>& grad_scores_in,
     const Tensor& hidden_in, const Tensor& weight_in, const Tensor& scores_in,
     const Tensor& pre_in, int64_t n_joint, std::string_view activation, double param,
     const std::vector<bool>& output_mask) {
-  const NwjHeadBackwardArgs args(grad_bound_in, grad_scores_in, hidden_in, weight_in, scores_in,
+  const CriticHeadBackwardArgs args(grad_bound_in, grad_scores_in, hidden_in, weight_in, scores_in,
                                  pre_in, n_joint, activation, output_mask);
   const DeviceGuard guard(hidden_in);
   const Tensor &hidden = args.hidden, &w = args.weight, &scores = args.scores, &pre = args.pre;
@@ -251,7 +251,7 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
   const bool want_b = args.want_bias;
   const int64_t rows = args.rows, h = args.h;
   if (!args.any_wanted()) return args.grads();
-  INFOMAX_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: nwj_head supports at most ",
+  INFOMAX_CHECK((h + kLanes - 1) / kLanes <= 65535, "infomax_ext: critic_head supports at most ",
               65535 * kLanes, " hidden units on CUDA, got ", h);
 
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
@@ -259,7 +259,7 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
   const dim3 grid(static_cast<unsigned int>((chunks + kRowGroups - 1) / kRowGroups),
                   static_cast<unsigned int>(std::max<int64_t>(1, (h + kLanes - 1) / kLanes)));
   const cudaStream_t stream = guard.stream();
-  dispatch_floating_and_reduced(hidden.scalar_type(), "nwj_head_backward_cuda", [&](auto type_tag) {
+  dispatch_floating_and_reduced(hidden.scalar_type(), "critic_head_backward_cuda", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using op_t = opmath_t<scalar_t>;
     using acc_t = acc_type<scalar_t, true>;
@@ -269,7 +269,7 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
     acc_t* pb_partial = want_b ? b_partial.mutable_data_ptr<acc_t>() : nullptr;
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
-      nwj_head_backward_kernel<A, scalar_t, acc_t><<<grid, block, 0, stream>>>(
+      critic_head_backward_kernel<A, scalar_t, acc_t><<<grid, block, 0, stream>>>(
           grad_bound.const_data_ptr<op_t>(), has_grad_scores ? grad_scores.const_data_ptr<scalar_t>() : nullptr,
           hidden.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
           scores.const_data_ptr<scalar_t>(), pre.const_data_ptr<scalar_t>(), rows, h, n_joint,
@@ -293,8 +293,8 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cuda(
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CUDA, m) {
   m.impl("nwj_bound", TORCH_BOX(&nwj_bound_cuda));
   m.impl("nwj_bound_backward", TORCH_BOX(&nwj_bound_backward_cuda));
-  m.impl("nwj_head", TORCH_BOX(&nwj_head_cuda));
-  m.impl("nwj_head_backward", TORCH_BOX(&nwj_head_backward_cuda));
+  m.impl("critic_head", TORCH_BOX(&critic_head_cuda));
+  m.impl("critic_head_backward", TORCH_BOX(&critic_head_backward_cuda));
 }
 
 }  // namespace infomax_ext

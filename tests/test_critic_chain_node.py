@@ -1,5 +1,5 @@
 """The MI chain from its first Linear layer to the NWJ bound as one autograd node
-(_autograd.nwj_chain, eager mode): the values and every gradient equal the two-call evaluation in
+(_autograd.critic_chain, eager mode): the values and every gradient equal the two-call evaluation in
 float64 whichever tensors need a gradient and whichever outputs the gradient comes from."""
 import pytest
 import torch
@@ -43,7 +43,7 @@ def test_one_node_equals_two_calls(acts, frozen, wrt_output, shuffled_grad):
                 "both": out.bound + (scores * weights).sum()}[wrt_output]
 
     fused = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
-    assert fused.bound.grad_fn.name() == "_NwjChainBackward"
+    assert fused.bound.grad_fn.name() == "_CriticChainBackward"
     with im.use_path("two_call"):
         plain = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
     torch.testing.assert_close(fused.bound, plain.bound, rtol=1e-12, atol=1e-12)
@@ -59,7 +59,7 @@ def test_one_node_refuses_double_backward():
     x = torch.randn(6, 12, dtype=F64)
     z = torch.randn(6, 3, dtype=F64, requires_grad=True)
     bound = im.paired_mutual_info(mi, x, z, im.latent_permutation(6, 1, seed=1)).bound
-    with pytest.raises(RuntimeError, match="nwj_chain does not support double backward"):
+    with pytest.raises(RuntimeError, match="critic_chain does not support double backward"):
         torch.autograd.grad(bound, [z], create_graph=True)
 
 

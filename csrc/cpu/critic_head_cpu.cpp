@@ -1,6 +1,6 @@
 // CPU kernels of the NWJ bound  I = mean(t_joint) - mean(exp(t_shuffled - 1)):
 // on its own (nwj_bound), and fused with the MI chain's last layer t = act(hidden . w + b)
-// (nwj_head), where rows [0, n_joint) of hidden are joint pairs and the rest shuffled pairs.
+// (critic_head), where rows [0, n_joint) of hidden are joint pairs and the rest shuffled pairs.
 // Reductions use fixed row chunks summed in order, so results do not depend on thread count.
 // bfloat16 and float16 scores: products, exp and sums in float32 (opmath_t); the bound is
 // float32 (bound_scalar_type), scores and gradients in the input dtype.
@@ -113,13 +113,13 @@ std::tuple<Tensor, Tensor> nwj_bound_backward_cpu(const Tensor& grad,
 
 }  // namespace
 
-// Also called directly by nwj_mlp (csrc/kernels.h).
-std::tuple<Tensor, Tensor, Tensor> nwj_head_cpu(const Tensor& hidden_in,
+// Also called directly by critic_mlp (csrc/kernels.h).
+std::tuple<Tensor, Tensor, Tensor> critic_head_cpu(const Tensor& hidden_in,
                                                             const Tensor& weight_in,
                                                             const std::optional<Tensor>& bias_in,
                                                             int64_t n_joint, std::string_view activation,
                                                             double param) {
-  check_nwj_head(hidden_in, weight_in, bias_in, n_joint);
+  check_critic_head(hidden_in, weight_in, bias_in, n_joint);
   const Activation act = checked_activation(std::string(activation));
   const Tensor hidden = as_contiguous(hidden_in), w = as_contiguous(weight_in);
   const bool has_bias = bias_in.has_value() && bias_in->defined();
@@ -127,7 +127,7 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_cpu(const Tensor& hidden_in,
   Tensor scores = empty_on(hidden, {rows});
   Tensor pre = empty_on(hidden, {rows});
   Tensor bound = empty_on(hidden, {}, bound_scalar_type(hidden.scalar_type()));
-  dispatch_floating_and_reduced(hidden.scalar_type(), "nwj_head_cpu", [&](auto type_tag) {
+  dispatch_floating_and_reduced(hidden.scalar_type(), "critic_head_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using op_t = opmath_t<scalar_t>;
     using acc_t = acc_type<scalar_t, false>;
@@ -155,12 +155,12 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_cpu(const Tensor& hidden_in,
   return {bound, scores, pre};
 }
 
-std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
+std::tuple<Tensor, Tensor, Tensor> critic_head_backward_cpu(
     const Tensor& grad_bound_in, const std::optional<Tensor>& grad_scores_in,
     const Tensor& hidden_in, const Tensor& weight_in, const Tensor& scores_in,
     const Tensor& pre_in, int64_t n_joint, std::string_view activation, double param,
     const std::vector<bool>& output_mask) {
-  const NwjHeadBackwardArgs args(grad_bound_in, grad_scores_in, hidden_in, weight_in, scores_in,
+  const CriticHeadBackwardArgs args(grad_bound_in, grad_scores_in, hidden_in, weight_in, scores_in,
                                  pre_in, n_joint, activation, output_mask);
   const Tensor &hidden = args.hidden, &w = args.weight, &scores = args.scores, &pre = args.pre;
   const Tensor &grad_scores = args.grad_scores, &grad_bound = args.grad_bound;
@@ -169,7 +169,7 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
   const int64_t rows = args.rows, h = args.h;
   if (!args.any_wanted()) return args.grads();
 
-  dispatch_floating_and_reduced(hidden.scalar_type(), "nwj_head_backward_cpu", [&](auto type_tag) {
+  dispatch_floating_and_reduced(hidden.scalar_type(), "critic_head_backward_cpu", [&](auto type_tag) {
     using scalar_t = typename decltype(type_tag)::type;
     using op_t = opmath_t<scalar_t>;
     using acc_t = acc_type<scalar_t, false>;
@@ -231,8 +231,8 @@ std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_cpu(
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CPU, m) {
   m.impl("nwj_bound", TORCH_BOX(&nwj_bound_cpu));
   m.impl("nwj_bound_backward", TORCH_BOX(&nwj_bound_backward_cpu));
-  m.impl("nwj_head", TORCH_BOX(&nwj_head_cpu));
-  m.impl("nwj_head_backward", TORCH_BOX(&nwj_head_backward_cpu));
+  m.impl("critic_head", TORCH_BOX(&critic_head_cpu));
+  m.impl("critic_head_backward", TORCH_BOX(&critic_head_backward_cpu));
 }
 
 }  // namespace infomax_ext

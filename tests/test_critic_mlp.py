@@ -1,5 +1,5 @@
-"""nwj_mlp, the MI chain after its paired first layer as one op (csrc/nwj_mlp.cpp): values and
-every gradient against its plain-PyTorch twin (reference.nwj_mlp), gradcheck, opcheck and the
+"""critic_mlp, the MI chain after its paired first layer as one op (csrc/critic_mlp.cpp): values and
+every gradient against its plain-PyTorch twin (reference.critic_mlp), gradcheck, opcheck and the
 fake kernels, torch.compile, the gradients asked for, double backward, bad input, determinism,
 and paired_mutual_info running it on the chains it applies to."""
 from __future__ import annotations
@@ -34,7 +34,7 @@ DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(F64, id="float
 
 @dataclass
 class Mlp:
-    """The arguments of nwj_mlp: hidden (R, H_0), per layer a weight (H_{l+1}, H_l), a bias or
+    """The arguments of critic_mlp: hidden (R, H_0), per layer a weight (H_{l+1}, H_l), a bias or
     None, an activation and its parameter; the head's weight (H_L,), bias (1,) or None,
     activation and parameter; n_joint = R / 2."""
 
@@ -135,7 +135,7 @@ NEAR_ZERO = 16  # a pre-activation within 16 eps x its scale of 0 may fall on ei
 
 
 def mlp_scales(mlp: Mlp, dtype, grad_bound=1.0, grad_scores=None):
-    """Scales for ``assert_close_scaled`` (|got - want| <= k eps scale) of nwj_mlp's scores,
+    """Scales for ``assert_close_scaled`` (|got - want| <= k eps scale) of critic_mlp's scores,
     bound and gradients (order of Mlp.tensors), with ``grad_bound`` on the bound and
     ``grad_scores`` (or none) on the scores.
 
@@ -212,9 +212,9 @@ K = 8
 def check_against_reference(mlp: Mlp, dtype, seed=0):
     """Scores, bound and every gradient of the op equal the reference's: the bound's gradient
     alone, then bound and scores together (random grad_bound and grad_scores)."""
-    got = _ops.nwj_mlp(*mlp.args())
-    want = reference.nwj_mlp(*mlp.args())
-    assert got[0].grad_fn.name() == "_NwjMlpBackward"  # the op, not the reference
+    got = _ops.critic_mlp(*mlp.args())
+    want = reference.critic_mlp(*mlp.args())
+    assert got[0].grad_fn.name() == "_CriticMlpBackward"  # the op, not the reference
     score_scale, bound_scale, _ = mlp_scales(mlp, dtype)
     assert_close_scaled(got[1], want[1], score_scale, k=K, what="scores")
     assert_close_scaled(got[0], want[0], bound_scale, k=K, what="bound")
@@ -281,7 +281,7 @@ def test_the_scaled_tolerance_catches_an_error_of_the_size_of_a_bug():
     mlp = make_mlp(300, [5, 8, 6, 3], ["leaky_relu", "identity", "relu"], [True, False, True],
                    "sigmoid", True, torch.float32, seed=3)
     leaves = mlp.tensors()
-    got, want = _ops.nwj_mlp(*mlp.args()), reference.nwj_mlp(*mlp.args())
+    got, want = _ops.critic_mlp(*mlp.args()), reference.critic_mlp(*mlp.args())
     got_grads = torch.autograd.grad(got[0], leaves)
     want_grads = torch.autograd.grad(want[0], leaves)
     score_scale, _, scales = mlp_scales(mlp, torch.float32)
@@ -303,7 +303,7 @@ def test_exact_hand_computed_values():
     bias = torch.tensor([0.5], dtype=F64, requires_grad=True)
     head_weight = torch.tensor([2.0], dtype=F64, requires_grad=True)
     head_bias = torch.tensor([-1.0], dtype=F64, requires_grad=True)
-    bound, scores = _ops.nwj_mlp(hidden, [weight], [bias], ["relu"], [0.0], head_weight,
+    bound, scores = _ops.critic_mlp(hidden, [weight], [bias], ["relu"], [0.0], head_weight,
                                  head_bias, 2, "identity", 0.0)
     e = torch.e
     assert scores.tolist() == [2.0, -1.0, 4.0, 0.0]
@@ -340,8 +340,8 @@ def test_noncontiguous_inputs():
         assert not strided.head_weight.is_contiguous()
         contiguous = strided.with_tensors([t.detach().contiguous().requires_grad_()
                                            for t in strided.tensors()])
-        got = _ops.nwj_mlp(*strided.args())
-        want = _ops.nwj_mlp(*contiguous.args())
+        got = _ops.critic_mlp(*strided.args())
+        want = _ops.critic_mlp(*contiguous.args())
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
         for g1, g2 in zip(torch.autograd.grad(got[0], strided.tensors()),
                           torch.autograd.grad(want[0], contiguous.tensors())):
@@ -355,7 +355,7 @@ def test_the_inputs_are_left_unchanged():
         for activations in (["identity", "identity"], ["relu", "tanh"]):
             mlp = make_mlp(6, [3, 4, 2], activations, [True, False], "identity", True, dtype)
             before = [t.detach().clone() for t in mlp.tensors()]
-            bound, scores = _ops.nwj_mlp(*mlp.args())
+            bound, scores = _ops.critic_mlp(*mlp.args())
             grad_scores = torch.randn_like(scores)
             kept = grad_scores.clone()
             torch.autograd.grad((bound, scores), mlp.tensors(), (torch.ones_like(bound),
@@ -385,7 +385,7 @@ def test_gradcheck(case):
     mlp = make_mlp(6, widths, activations, biases, head_activation, True, seed=7)
 
     def f(*tensors):
-        return _ops.nwj_mlp(*mlp.with_tensors(tensors).args())
+        return _ops.critic_mlp(*mlp.with_tensors(tensors).args())
 
     assert torch.autograd.gradcheck(f, mlp.tensors())
 
@@ -395,7 +395,7 @@ def test_gradcheck_of_a_loss_of_bound_and_scores():
     mlp = make_mlp(6, [3, 4, 3], ["elu", "silu"], [True, True], "mish", True, seed=8)
 
     def loss(*tensors):
-        bound, scores = _ops.nwj_mlp(*mlp.with_tensors(tensors).args())
+        bound, scores = _ops.critic_mlp(*mlp.with_tensors(tensors).args())
         return bound + 0.3 * scores.pow(2).sum()
 
     assert torch.autograd.gradcheck(loss, mlp.tensors())
@@ -405,12 +405,12 @@ def test_gradcheck_of_a_loss_of_bound_and_scores():
 
 
 def product_ops(mlp: Mlp) -> set:
-    """The matrix-product ops one forward and backward of nwj_mlp call (torch's profiler sees
+    """The matrix-product ops one forward and backward of critic_mlp call (torch's profiler sees
     the dispatcher calls the C++ op makes)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        bound, _ = _ops.nwj_mlp(*mlp.args())
+        bound, _ = _ops.critic_mlp(*mlp.args())
         torch.autograd.grad(bound, mlp.tensors())
     return {e.key for e in prof.key_averages()
             if e.key in ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::linear")}
@@ -445,7 +445,7 @@ def test_zero_width_layers_match_reference(case, dtype):
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
 def test_a_failing_first_onednn_call_does_not_switch_onednn_off():
-    # A fresh interpreter whose first float32 nwj_mlp has a layer of 0 inputs: its later
+    # A fresh interpreter whose first float32 critic_mlp has a layer of 0 inputs: its later
     # ordinary calls must still run their products on oneDNN.
     script = textwrap.dedent("""
         import torch
@@ -453,12 +453,12 @@ def test_a_failing_first_onednn_call_does_not_switch_onednn_off():
         from torch.profiler import ProfilerActivity, profile
         ops = torch.ops.infomax_ext
         try:
-            ops.nwj_mlp(torch.randn(6, 0), [torch.randn(3, 0)], [None], ["relu"], [0.0],
+            ops.critic_mlp(torch.randn(6, 0), [torch.randn(3, 0)], [None], ["relu"], [0.0],
                         torch.randn(3), None, 3, "identity", 0.0)
         except RuntimeError:
             pass
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            ops.nwj_mlp(torch.randn(6, 4), [torch.randn(3, 4)], [None], ["relu"], [0.0],
+            ops.critic_mlp(torch.randn(6, 4), [torch.randn(3, 4)], [None], ["relu"], [0.0],
                         torch.randn(3), None, 3, "identity", 0.0)
         print("products:", sorted(e.key for e in prof.key_averages()
                                   if e.key in ("mkldnn::_linear_pointwise", "aten::mm")))
@@ -474,7 +474,7 @@ def test_a_failing_first_onednn_call_does_not_switch_onednn_off():
 
 
 class _BackwardSpy:
-    """Stands for torch.ops.infomax_ext in _autograd: records each nwj_mlp_backward call's
+    """Stands for torch.ops.infomax_ext in _autograd: records each critic_mlp_backward call's
     output_mask and results."""
 
     def __init__(self):
@@ -484,11 +484,11 @@ class _BackwardSpy:
         class Overload:
             @staticmethod
             def default(*args):
-                result = ops.nwj_mlp_backward.default(*args)
+                result = ops.critic_mlp_backward.default(*args)
                 spy.calls.append((list(args[-1]), result))
                 return result
 
-        self.nwj_mlp_backward = Overload
+        self.critic_mlp_backward = Overload
 
     def __getattr__(self, name):
         return getattr(ops, name)
@@ -517,8 +517,8 @@ def test_only_the_requested_gradients_are_computed(case, monkeypatch):
     requested = [t for t in leaves if t.requires_grad]
     spy = _BackwardSpy()
     monkeypatch.setattr(_autograd, "_OPS", spy)
-    got = _ops.nwj_mlp(*mlp.args())
-    want = reference.nwj_mlp(*mlp.args())
+    got = _ops.critic_mlp(*mlp.args())
+    want = reference.critic_mlp(*mlp.args())
     torch.testing.assert_close(got[0], want[0], rtol=1e-13, atol=0)
     torch.testing.assert_close(got[1], want[1], rtol=1e-13, atol=1e-15)
     grads = (torch.tensor(0.7, dtype=F64), torch.linspace(-1, 1, 10, dtype=F64))
@@ -543,10 +543,10 @@ def test_no_backward_call_when_no_gradient_flows(monkeypatch):
     monkeypatch.setattr(_autograd, "_OPS", spy)
     mlp = make_mlp(6, [3, 4], ["relu"], [True], "identity", True)
     with torch.no_grad():
-        bound, scores = _ops.nwj_mlp(*mlp.args())
+        bound, scores = _ops.critic_mlp(*mlp.args())
     assert bound.grad_fn is None and scores.grad_fn is None
     plain = make_mlp(6, [3, 4], ["relu"], [True], "identity", True, requires_grad=False)
-    bound2, _ = _ops.nwj_mlp(*plain.args())
+    bound2, _ = _ops.critic_mlp(*plain.args())
     assert bound2.grad_fn is None and torch.equal(bound, bound2)
     assert spy.calls == []
 
@@ -554,8 +554,8 @@ def test_no_backward_call_when_no_gradient_flows(monkeypatch):
 def test_a_gradient_through_the_scores_alone():
     # Only the scores are used: the bound's incoming gradient is None (zero) in the backward.
     mlp = make_mlp(8, [3, 5], ["sigmoid"], [True], "tanh", False, seed=10)
-    got = torch.autograd.grad(_ops.nwj_mlp(*mlp.args())[1][::3].sum(), mlp.tensors())
-    want = torch.autograd.grad(reference.nwj_mlp(*mlp.args())[1][::3].sum(), mlp.tensors())
+    got = torch.autograd.grad(_ops.critic_mlp(*mlp.args())[1][::3].sum(), mlp.tensors())
+    want = torch.autograd.grad(reference.critic_mlp(*mlp.args())[1][::3].sum(), mlp.tensors())
     for g1, g2 in zip(got, want):
         torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-15)
 
@@ -576,19 +576,19 @@ def test_opcheck(case):
     # Schema, autograd registration, the fake kernel against the real one, AOT dispatch.
     widths, activations, biases, head_bias = OPCHECK_CASES[case]
     mlp = make_mlp(6, widths, activations, biases, "softplus", head_bias, seed=11)
-    torch.library.opcheck(ops.nwj_mlp.default, mlp.args())
+    torch.library.opcheck(ops.critic_mlp.default, mlp.args())
 
 
 @pytest.mark.parametrize("case", list(OPCHECK_CASES))
 def test_forward_and_backward_ops_match_their_fake_kernels(case):
-    # nwj_mlp_forward (what it keeps: each layer's output, the pre-activations only where the
-    # derivative needs them) and nwj_mlp_backward, internal ops without autograd of their own:
+    # critic_mlp_forward (what it keeps: each layer's output, the pre-activations only where the
+    # derivative needs them) and critic_mlp_backward, internal ops without autograd of their own:
     # opcheck compares their fake kernels' shapes, dtypes and strides with the real outputs.
     widths, activations, biases, head_bias = OPCHECK_CASES[case]
     mlp = make_mlp(6, widths, activations, biases, "softplus", head_bias, seed=11,
                    requires_grad=False)
-    torch.library.opcheck(ops.nwj_mlp_forward.default, mlp.args())
-    bound, scores, outputs, pres = ops.nwj_mlp_forward.default(*mlp.args())
+    torch.library.opcheck(ops.critic_mlp_forward.default, mlp.args())
+    bound, scores, outputs, pres = ops.critic_mlp_forward.default(*mlp.args())
     assert len(outputs) == len(activations) and len(pres) == len(activations) + 1
     for act, out, pre in zip(activations, outputs, pres):
         assert (pre.numel() == 0) == (act in ("identity", "relu"))
@@ -599,7 +599,7 @@ def test_forward_and_backward_ops_match_their_fake_kernels(case):
     args = (torch.tensor(0.5, dtype=F64), torch.randn(6, dtype=F64), mlp.hidden, mlp.weights,
             mlp.biases, mlp.activations, mlp.params, mlp.head_weight, mlp.head_bias, scores,
             outputs, pres, mlp.n_joint, mlp.head_activation, mlp.head_param, mask)
-    torch.library.opcheck(ops.nwj_mlp_backward.default, args,
+    torch.library.opcheck(ops.critic_mlp_backward.default, args,
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -610,21 +610,21 @@ def test_fake_tensor_shapes_equal_the_real_ones():
 
     mlp = make_mlp(8, [3, 5, 4], ["silu", "relu"], [True, False], "identity", True,
                    requires_grad=False)
-    real_forward = ops.nwj_mlp_forward.default(*mlp.args())
+    real_forward = ops.critic_mlp_forward.default(*mlp.args())
     mask = [True, True, True, True, False, True, True]
     back_args = lambda m, fwd: (torch.ones((), dtype=F64, device=m.hidden.device), None,
                                 m.hidden, m.weights, m.biases, m.activations, m.params,
                                 m.head_weight, m.head_bias, fwd[1], fwd[2], fwd[3], m.n_joint,
                                 m.head_activation, m.head_param, mask)
-    real_backward = ops.nwj_mlp_backward.default(*back_args(mlp, real_forward))
-    real_mlp = ops.nwj_mlp.default(*mlp.args())
+    real_backward = ops.critic_mlp_backward.default(*back_args(mlp, real_forward))
+    real_mlp = ops.critic_mlp.default(*mlp.args())
     with FakeTensorMode() as mode:
         fake = mlp.with_tensors([mode.from_tensor(t) for t in mlp.tensors()])
-        fake_forward = ops.nwj_mlp_forward.default(*fake.args())
-        fake_backward = ops.nwj_mlp_backward.default(
+        fake_forward = ops.critic_mlp_forward.default(*fake.args())
+        fake_backward = ops.critic_mlp_backward.default(
             *back_args(fake, [mode.from_tensor(t) if isinstance(t, torch.Tensor)
                               else [mode.from_tensor(x) for x in t] for t in real_forward]))
-        fake_mlp = ops.nwj_mlp.default(*fake.args())
+        fake_mlp = ops.critic_mlp.default(*fake.args())
 
     def flat(results):
         for r in results:
@@ -653,7 +653,7 @@ def test_torch_compile_fullgraph_gives_the_eager_values_and_gradients():
         return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
 
     def loss(*tensors):
-        bound, scores = _ops.nwj_mlp(*mlp.with_tensors(tensors).args())
+        bound, scores = _ops.critic_mlp(*mlp.with_tensors(tensors).args())
         return bound + 0.1 * scores.square().sum()
 
     torch._dynamo.reset()
@@ -663,7 +663,7 @@ def test_torch_compile_fullgraph_gives_the_eager_values_and_gradients():
         got_grads = torch.autograd.grad(got, mlp.tensors())
     finally:
         torch._dynamo.reset()
-    assert len(graphs) == 1 and ops.nwj_mlp.default in graphs[0]
+    assert len(graphs) == 1 and ops.critic_mlp.default in graphs[0]
     want = loss(*mlp.tensors())
     torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
     for g1, g2 in zip(got_grads, torch.autograd.grad(want, mlp.tensors())):
@@ -679,8 +679,8 @@ def test_double_backward_is_refused(which):
     # only one bias needs gradient.
     mlp = make_mlp(6, [3, 4], ["tanh"], [True], "identity", True, requires_grad=False)
     leaf = dict(zip(mlp.names(), mlp.tensors()))[which].requires_grad_()
-    bound, _ = _ops.nwj_mlp(*mlp.args())
-    with pytest.raises(RuntimeError, match="nwj_mlp does not support double backward .*"
+    bound, _ = _ops.critic_mlp(*mlp.args())
+    with pytest.raises(RuntimeError, match="critic_mlp does not support double backward .*"
                                            "use_reference_path"):
         torch.autograd.grad(bound, [leaf], create_graph=True)
 
@@ -689,15 +689,15 @@ def test_double_backward_on_the_reference_path():
     mlp = make_mlp(6, [3, 4], ["tanh"], [True], "softplus", True, seed=13)
 
     def bound(*tensors):
-        return _ops.nwj_mlp(*mlp.with_tensors(tensors).args())[0]
+        return _ops.critic_mlp(*mlp.with_tensors(tensors).args())[0]
 
     with im.use_reference_path():
-        assert bound(*mlp.tensors()).grad_fn.name() != "_NwjMlpBackward"
+        assert bound(*mlp.tensors()).grad_fn.name() != "_CriticMlpBackward"
         assert torch.autograd.gradgradcheck(bound, mlp.tensors())
         g, = torch.autograd.grad(bound(*mlp.tensors()), [mlp.hidden], create_graph=True)
         second, = torch.autograd.grad(g.square().sum(), [mlp.weights[0]])
     # the same second derivative from the reference op directly
-    g, = torch.autograd.grad(reference.nwj_mlp(*mlp.args())[0], [mlp.hidden], create_graph=True)
+    g, = torch.autograd.grad(reference.critic_mlp(*mlp.args())[0], [mlp.hidden], create_graph=True)
     want, = torch.autograd.grad(g.square().sum(), [mlp.weights[0]])
     torch.testing.assert_close(second, want, rtol=1e-14, atol=0)
 
@@ -724,7 +724,7 @@ def _randn(*shape, dtype=F64):
 BAD_INPUTS = {
     "one bias fewer": (
         lambda m: _set(m, biases=m.biases[:1]),
-        "nwj_mlp takes one bias, activation and parameter per weight: got 2 weights, 1 biases, "
+        "critic_mlp takes one bias, activation and parameter per weight: got 2 weights, 1 biases, "
         "2 activations and 2 parameters", ValueError),
     "one weight fewer": (
         lambda m: _set(m, weights=m.weights[:1]),
@@ -802,7 +802,7 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no grad", "grad"])
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_refused_with_a_message_naming_it(case, requires_grad):
-    # Through the Python entry and through torch.ops.infomax_ext.nwj_mlp, with and without
+    # Through the Python entry and through torch.ops.infomax_ext.critic_mlp, with and without
     # tensors needing gradient (then through the autograd node): the check's own message, raised
     # before any product runs (a product on such arguments would fail with torch's words, or
     # not at all).
@@ -814,26 +814,26 @@ def test_bad_input_is_refused_with_a_message_naming_it(case, requires_grad):
                 t.requires_grad_()
     op_error = RuntimeError
     with pytest.raises(op_error, match=message):
-        ops.nwj_mlp.default(*mlp.args())
+        ops.critic_mlp.default(*mlp.args())
     if entry_error is not None:
         with pytest.raises(entry_error, match=message):
-            _ops.nwj_mlp(*mlp.args())
+            _ops.critic_mlp(*mlp.args())
 
 
 def test_the_unknown_activation_message_lists_the_kernel_activations():
     mlp = _set(base_args(), activations=["relu", "swish"])
     with pytest.raises(RuntimeError, match="supported: ") as error:
-        ops.nwj_mlp.default(*mlp.args())
+        ops.critic_mlp.default(*mlp.args())
     listed = str(error.value).split("supported: ", 1)[1].splitlines()[0]
     assert sorted(name.strip(" .") for name in listed.split(",")) == sorted(KERNEL_ACTIVATIONS)
 
 
 def test_arguments_that_are_not_tensors_are_named():
     mlp = base_args()
-    with pytest.raises(TypeError, match=r"nwj_mlp: weights\[1\] must be a torch.Tensor, got list"):
-        _ops.nwj_mlp(*_set(mlp, weights=[mlp.weights[0], [[1.0]]]).args())
-    with pytest.raises(TypeError, match="nwj_mlp: head_bias must be a torch.Tensor, got float"):
-        _ops.nwj_mlp(*_set(mlp, head_bias=0.5).args())
+    with pytest.raises(TypeError, match=r"critic_mlp: weights\[1\] must be a torch.Tensor, got list"):
+        _ops.critic_mlp(*_set(mlp, weights=[mlp.weights[0], [[1.0]]]).args())
+    with pytest.raises(TypeError, match="critic_mlp: head_bias must be a torch.Tensor, got float"):
+        _ops.critic_mlp(*_set(mlp, head_bias=0.5).args())
 
 
 def _meta_cases():
@@ -851,10 +851,10 @@ def test_an_argument_on_another_device_is_refused_by_the_python_entry(name):
     mlp = _with_meta(base_args(), name)
     other = "head_weight is on cpu but hidden is on meta" if name == "hidden" else \
         f"{name} is on meta but hidden is on cpu"
-    with pytest.raises(ValueError, match=f"nwj_mlp: device mismatch: {re.escape(other)}"):
-        _ops.nwj_mlp(*mlp.args())
+    with pytest.raises(ValueError, match=f"critic_mlp: device mismatch: {re.escape(other)}"):
+        _ops.critic_mlp(*mlp.args())
     with im.use_reference_path(), pytest.raises(ValueError, match="device mismatch"):
-        _ops.nwj_mlp(*mlp.args())
+        _ops.critic_mlp(*mlp.args())
 
 
 @pytest.mark.parametrize("name", list(_meta_cases()))
@@ -863,13 +863,13 @@ def test_an_argument_on_another_device_is_refused_by_the_op(name):
     # uninitialised memory: it must say "device mismatch".
     mlp = _with_meta(base_args(), name)
     try:
-        ops.nwj_mlp.default(*mlp.args())
+        ops.critic_mlp.default(*mlp.args())
     except RuntimeError as error:
         assert "device mismatch" in str(error)
     else:
-        raise AssertionError(f"nwj_mlp with {name} on meta and the rest on cpu raised nothing")
+        raise AssertionError(f"critic_mlp with {name} on meta and the rest on cpu raised nothing")
     with pytest.raises(RuntimeError, match="device mismatch"):
-        ops.nwj_mlp_forward.default(*mlp.args())
+        ops.critic_mlp_forward.default(*mlp.args())
 
 
 def _backward_meta_cases():
@@ -882,7 +882,7 @@ def _backward_meta_cases():
 @pytest.mark.parametrize("name", list(_backward_meta_cases()))
 def test_an_argument_of_the_backward_op_on_another_device_is_refused(name):
     mlp = valid = base_args()
-    _, scores, outputs, pres = ops.nwj_mlp_forward.default(*mlp.args())
+    _, scores, outputs, pres = ops.critic_mlp_forward.default(*mlp.args())
     named = dict(grad_bound=torch.ones((), dtype=F64), grad_scores=torch.ones(6, dtype=F64),
                  scores=scores, outputs=list(outputs), pres=list(pres))
     if name in mlp.names():
@@ -893,17 +893,17 @@ def test_an_argument_of_the_backward_op_on_another_device_is_refused(name):
     else:
         named[name] = named[name].to("meta")
     try:
-        ops.nwj_mlp_backward.default(*_backward_args(mlp, forward_of=valid, **named))
+        ops.critic_mlp_backward.default(*_backward_args(mlp, forward_of=valid, **named))
     except RuntimeError as error:
         assert "device mismatch" in str(error)
     else:
-        raise AssertionError(f"nwj_mlp_backward with {name} on meta raised nothing")
+        raise AssertionError(f"critic_mlp_backward with {name} on meta raised nothing")
 
 
 def _backward_args(mlp, forward_of=None, **changes):
-    """nwj_mlp_backward's arguments for ``mlp`` (every gradient wanted) after nwj_mlp_forward
+    """critic_mlp_backward's arguments for ``mlp`` (every gradient wanted) after critic_mlp_forward
     (of ``forward_of``, else of ``mlp``), with ``changes`` to its saved tensors or mask."""
-    _, scores, outputs, pres = ops.nwj_mlp_forward.default(*(forward_of or mlp).args())
+    _, scores, outputs, pres = ops.critic_mlp_forward.default(*(forward_of or mlp).args())
     layers = len(mlp.weights)
     args = dict(grad_bound=torch.ones((), dtype=F64), grad_scores=None, scores=scores,
                 outputs=list(outputs), pres=list(pres),
@@ -917,7 +917,7 @@ def _backward_args(mlp, forward_of=None, **changes):
 
 
 def _saved(mlp):
-    _, scores, outputs, pres = ops.nwj_mlp_forward.default(*mlp.args())
+    _, scores, outputs, pres = ops.critic_mlp_forward.default(*mlp.args())
     return scores, list(outputs), list(pres)
 
 
@@ -925,7 +925,7 @@ def _saved(mlp):
 BAD_SAVED = {
     "one output fewer": (
         lambda s, o, p: dict(outputs=o[:1]),
-        r"nwj_mlp_backward needs 2 outputs and 3 pre-activations \(what nwj_mlp_forward "
+        r"critic_mlp_backward needs 2 outputs and 3 pre-activations \(what critic_mlp_forward "
         r"returned\), got 1 and 3"),
     "one pre-activation fewer": (
         lambda s, o, p: dict(pres=p[:2]),
@@ -959,22 +959,22 @@ def test_the_backward_op_refuses_saved_tensors_or_a_mask_that_do_not_fit(case):
     mlp = base_args()
     change, message = BAD_SAVED[case]
     with pytest.raises(RuntimeError, match=message):
-        ops.nwj_mlp_backward.default(*_backward_args(mlp, **change(*_saved(mlp))))
+        ops.critic_mlp_backward.default(*_backward_args(mlp, **change(*_saved(mlp))))
 
 
 def test_the_backward_op_refuses_to_compute_the_gradient_of_an_absent_bias():
     mlp = _set(base_args(), biases=[base_args().biases[0], None], head_bias=None)
     with pytest.raises(RuntimeError, match="output_mask asks for the gradient of bias 1, "
                                            "which is absent"):
-        ops.nwj_mlp_backward.default(*_backward_args(mlp, mask=[True] * 7))
+        ops.critic_mlp_backward.default(*_backward_args(mlp, mask=[True] * 7))
     with pytest.raises(RuntimeError, match="output_mask asks for the gradient of head_bias, "
                                            "which is absent"):
         # slots: hidden, weights[0..1], biases[0] (present), biases[1] (absent: False), head
-        ops.nwj_mlp_backward.default(*_backward_args(mlp, mask=[True] * 4 + [False, True, True]))
+        ops.critic_mlp_backward.default(*_backward_args(mlp, mask=[True] * 4 + [False, True, True]))
     # the same arguments with a mask that fits run, and give the reference's gradients
-    grads = ops.nwj_mlp_backward.default(*_backward_args(mlp))
+    grads = ops.critic_mlp_backward.default(*_backward_args(mlp))
     leaves = [t.requires_grad_() for t in mlp.tensors()]
-    want = torch.autograd.grad(reference.nwj_mlp(*mlp.args())[0], leaves)
+    want = torch.autograd.grad(reference.critic_mlp(*mlp.args())[0], leaves)
     got = [grads[0], *grads[1], grads[2][0], grads[3]]
     for g1, g2 in zip(got, want):
         torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-15)
@@ -988,7 +988,7 @@ def _gradients_with_threads(mlp, threads):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        bound, scores = _ops.nwj_mlp(*mlp.args())
+        bound, scores = _ops.critic_mlp(*mlp.args())
         grads = torch.autograd.grad((bound, scores), mlp.tensors(),
                                     (torch.ones_like(bound), torch.ones_like(scores) / 7))
         return [bound.detach(), scores.detach(), *grads]
@@ -1028,7 +1028,7 @@ def _chain(*mlp, data=None, latent=None):
 
 # Chains whose middle (after the first Linear and its activation) is Linear + kernel-activation
 # pairs and whose end is a Linear(..., 1), optionally with a kernel activation: fused_plan gives
-# their middle as a stack and paired_mutual_info runs it through nwj_mlp. n_x = 12, n_z = 3.
+# their middle as a stack and paired_mutual_info runs it through critic_mlp. n_x = 12, n_z = 3.
 STACK_CHAINS = {
     # bench/common.py's paper chain (794-1000-400-100-1 with ReLU), narrower
     "paper chain": lambda: _chain(nn.Linear(15, 20), nn.ReLU(), nn.Linear(20, 12), nn.ReLU(),
@@ -1048,7 +1048,7 @@ STACK_CHAINS = {
 }
 
 
-# Chains paired_mutual_info evaluates without nwj_mlp (their middle runs module by module, or
+# Chains paired_mutual_info evaluates without critic_mlp (their middle runs module by module, or
 # two calls).
 NO_STACK_CHAINS = {
     "a Dropout in the middle": lambda: _chain(nn.Linear(15, 9), nn.ReLU(), nn.Linear(9, 7),
@@ -1095,11 +1095,11 @@ def test_fused_plan_gives_no_stack_otherwise(name):
 
 
 @pytest.fixture
-def nwj_mlp_calls(monkeypatch):
-    """The number of hidden layers of each call of _ops.nwj_mlp or of the one-node chain
-    _autograd.nwj_chain (paired_linear then nwj_mlp), what paired_mutual_info calls."""
+def critic_mlp_calls(monkeypatch):
+    """The number of hidden layers of each call of _ops.critic_mlp or of the one-node chain
+    _autograd.critic_chain (paired_linear then critic_mlp), what paired_mutual_info calls."""
     calls = []
-    real, real_chain = _ops.nwj_mlp, _autograd.nwj_chain
+    real, real_chain = _ops.critic_mlp, _autograd.critic_chain
 
     def counting(*args, **kwargs):
         calls.append(len(args[1]))
@@ -1109,18 +1109,18 @@ def nwj_mlp_calls(monkeypatch):
         calls.append(len(args[9]))
         return real_chain(*args, **kwargs)
 
-    monkeypatch.setattr(_ops, "nwj_mlp", counting)
-    monkeypatch.setattr(_autograd, "nwj_chain", counting_chain)
+    monkeypatch.setattr(_ops, "critic_mlp", counting)
+    monkeypatch.setattr(_autograd, "critic_chain", counting_chain)
     return calls
 
 
 @pytest.mark.parametrize("n_samples", [1, 2])
 @pytest.mark.parametrize("shuffled_grad", [False, True])
 @pytest.mark.parametrize("name", list(STACK_CHAINS) + list(NO_STACK_CHAINS))
-def test_paired_mutual_info_through_nwj_mlp_equals_two_calls(name, shuffled_grad, n_samples,
-                                                             nwj_mlp_calls):
+def test_paired_mutual_info_through_critic_mlp_equals_two_calls(name, shuffled_grad, n_samples,
+                                                             critic_mlp_calls):
     # float64: bound, scores and the gradients of z and of every parameter equal the two-call
-    # evaluation; nwj_mlp runs (once, on the whole middle) exactly for the stack chains.
+    # evaluation; critic_mlp runs (once, on the whole middle) exactly for the stack chains.
     torch.manual_seed(1)
     mi = {**STACK_CHAINS, **NO_STACK_CHAINS}[name]().eval()
     n = 6
@@ -1131,12 +1131,12 @@ def test_paired_mutual_info_through_nwj_mlp_equals_two_calls(name, shuffled_grad
     fused = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
     stack = fused_plan(mi)
     stack = stack.stack if stack else None
-    assert nwj_mlp_calls == ([] if stack is None else [len(stack)])
+    assert critic_mlp_calls == ([] if stack is None else [len(stack)])
     if stack is not None:
-        assert fused.bound.grad_fn.name() == "_NwjChainBackward"
+        assert fused.bound.grad_fn.name() == "_CriticChainBackward"
     with im.use_path("two_call"):
         plain = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
-    assert nwj_mlp_calls == ([] if stack is None else [len(stack)])  # two calls: the modules
+    assert critic_mlp_calls == ([] if stack is None else [len(stack)])  # two calls: the modules
     torch.testing.assert_close(fused.bound, plain.bound, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fused.joint, plain.joint, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fused.shuffled, plain.shuffled, rtol=1e-10, atol=1e-12)

@@ -1,4 +1,4 @@
-// nwj_mlp: the MI chain after its paired first layer, as one op: the hidden Linear layers
+// critic_mlp: the MI chain after its paired first layer, as one op: the hidden Linear layers
 //   h_{l+1} = act_l(h_l W_l^T + b_l),   l = 0 .. L-1   (h_0 = hidden, (R, H_0), R = 2 M rows:
 //                                                       M joint pairs, then M shuffled pairs)
 // and the NWJ head: scores t = act(h_L . w + b) and the bound
@@ -8,9 +8,9 @@
 // passes and the head to our kernels for the device, called directly. Every argument is
 // checked before any work.
 //
-// nwj_mlp_forward keeps what the backward needs: each layer's output h_{l+1}, and its
+// critic_mlp_forward keeps what the backward needs: each layer's output h_{l+1}, and its
 // pre-activation only for activations whose derivative needs it (not identity or relu, whose
-// derivative is read from the output); the head's pre-activation. nwj_mlp_backward computes
+// derivative is read from the output); the head's pre-activation. critic_mlp_backward computes
 // every gradient in one call, the activation derivative applied in place to the incoming
 // gradient in the same pass that sums the bias gradient: python/infomax_ext/_autograd.py wraps
 // the pair in one autograd node.
@@ -40,7 +40,7 @@ Tensor activation_forward_on_device(const Tensor& pre, const std::optional<Tenso
 #ifdef USE_CUDA
   if (pre.is_cuda()) return activation_forward_cuda(pre, bias, act, param, keep_pre);
 #endif
-  INFOMAX_CHECK(pre.is_cpu(), "infomax_ext: nwj_mlp has no kernel for device ", device_of(pre));
+  INFOMAX_CHECK(pre.is_cpu(), "infomax_ext: critic_mlp has no kernel for device ", device_of(pre));
   return activation_forward_cpu(pre, bias, act, param, keep_pre);
 }
 
@@ -52,38 +52,38 @@ Tensor activation_backward_on_device(const Tensor& grad, const Tensor& at, Activ
   return activation_backward_cpu(grad, at, act, param, want_bias);
 }
 
-std::tuple<Tensor, Tensor, Tensor> nwj_head_on_device(const Tensor& hidden, const Tensor& weight,
+std::tuple<Tensor, Tensor, Tensor> critic_head_on_device(const Tensor& hidden, const Tensor& weight,
                                                       const std::optional<Tensor>& bias,
                                                       int64_t n_joint, std::string_view act,
                                                       double param) {
 #ifdef USE_CUDA
-  if (hidden.is_cuda()) return nwj_head_cuda(hidden, weight, bias, n_joint, act, param);
+  if (hidden.is_cuda()) return critic_head_cuda(hidden, weight, bias, n_joint, act, param);
 #endif
-  return nwj_head_cpu(hidden, weight, bias, n_joint, act, param);
+  return critic_head_cpu(hidden, weight, bias, n_joint, act, param);
 }
 
-std::tuple<Tensor, Tensor, Tensor> nwj_head_backward_on_device(
+std::tuple<Tensor, Tensor, Tensor> critic_head_backward_on_device(
     const Tensor& grad_bound, const std::optional<Tensor>& grad_scores, const Tensor& hidden,
     const Tensor& weight, const Tensor& scores, const Tensor& pre, int64_t n_joint,
     std::string_view act, double param, const std::vector<bool>& mask) {
 #ifdef USE_CUDA
   if (hidden.is_cuda()) {
-    return nwj_head_backward_cuda(grad_bound, grad_scores, hidden, weight, scores, pre, n_joint,
+    return critic_head_backward_cuda(grad_bound, grad_scores, hidden, weight, scores, pre, n_joint,
                                   act, param, mask);
   }
 #endif
-  return nwj_head_backward_cpu(grad_bound, grad_scores, hidden, weight, scores, pre, n_joint, act,
+  return critic_head_backward_cpu(grad_bound, grad_scores, hidden, weight, scores, pre, n_joint, act,
                                param, mask);
 }
 
 // ---------------------------------------------------------------------------------- forward
 
-std::tuple<Tensor, Tensor, Tensors, Tensors> nwj_mlp_forward(
+std::tuple<Tensor, Tensor, Tensors, Tensors> critic_mlp_forward(
     const Tensor& hidden, const Tensors& weights, const OptionalTensors& biases,
     const Names& activations, const std::vector<double>& params, const Tensor& head_weight,
     const std::optional<Tensor>& head_bias, int64_t n_joint, std::string_view head_activation,
     double head_param) {
-  const std::vector<Activation> acts = check_nwj_mlp(
+  const std::vector<Activation> acts = check_critic_mlp(
       hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
       std::string(head_activation));
   Tensors outputs, pres;
@@ -102,18 +102,18 @@ std::tuple<Tensor, Tensor, Tensors, Tensors> nwj_mlp_forward(
     h = out;
   }
   auto [bound, scores, head_pre] =
-      nwj_head_on_device(h, head_weight, head_bias, n_joint, head_activation, head_param);
+      critic_head_on_device(h, head_weight, head_bias, n_joint, head_activation, head_param);
   pres.push_back(head_pre);
   return {bound, scores, outputs, pres};
 }
 
-std::tuple<Tensor, Tensor> nwj_mlp(const Tensor& hidden, const Tensors& weights,
+std::tuple<Tensor, Tensor> critic_mlp(const Tensor& hidden, const Tensors& weights,
                                    const OptionalTensors& biases, const Names& activations,
                                    const std::vector<double>& params, const Tensor& head_weight,
                                    const std::optional<Tensor>& head_bias, int64_t n_joint,
                                    std::string_view head_activation, double head_param) {
   auto [bound, scores, outputs, pres] =
-      nwj_mlp_forward(hidden, weights, biases, activations, params, head_weight, head_bias,
+      critic_mlp_forward(hidden, weights, biases, activations, params, head_weight, head_bias,
                       n_joint, head_activation, head_param);
   return {bound, scores};
 }
@@ -121,18 +121,18 @@ std::tuple<Tensor, Tensor> nwj_mlp(const Tensor& hidden, const Tensors& weights,
 // --------------------------------------------------------------------------------- backward
 
 // Gradients for output_mask = (hidden, weights..., biases..., head_weight, head_bias); outputs
-// and pres are what nwj_mlp_forward kept. A gradient not asked for is an empty tensor.
-std::tuple<Tensor, Tensors, Tensors, Tensor, Tensor> nwj_mlp_backward(
+// and pres are what critic_mlp_forward kept. A gradient not asked for is an empty tensor.
+std::tuple<Tensor, Tensors, Tensors, Tensor, Tensor> critic_mlp_backward(
     const Tensor& grad_bound, const std::optional<Tensor>& grad_scores, const Tensor& hidden,
     const Tensors& weights, const OptionalTensors& biases, const Names& activations,
     const std::vector<double>& params, const Tensor& head_weight,
     const std::optional<Tensor>& head_bias, const Tensor& scores, const Tensors& outputs,
     const Tensors& pres, int64_t n_joint, std::string_view head_activation, double head_param,
     const std::vector<bool>& output_mask) {
-  const std::vector<Activation> acts = check_nwj_mlp(
+  const std::vector<Activation> acts = check_critic_mlp(
       hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
       std::string(head_activation));
-  check_nwj_mlp_saved(hidden, weights, acts, scores, outputs, pres);
+  check_critic_mlp_saved(hidden, weights, acts, scores, outputs, pres);
   const int64_t layers = static_cast<int64_t>(weights.size());
   const std::vector<bool> mask = checked_mask(output_mask, 2 * layers + 3);
   const bool want_hidden = mask[0];
@@ -162,7 +162,7 @@ std::tuple<Tensor, Tensors, Tensors, Tensor, Tensor> nwj_mlp_backward(
   }
   const Tensor x0 = as_contiguous(hidden);
   const Tensor top = layers > 0 ? outputs[layers - 1] : x0;
-  auto [g, grad_head_w, grad_head_b] = nwj_head_backward_on_device(
+  auto [g, grad_head_w, grad_head_b] = critic_head_backward_on_device(
       grad_bound, grad_scores, top, head_weight, scores, pres[layers], n_joint, head_activation,
       head_param, {lowest < layers || want_hidden, want_head_w, want_head_b});
   for (int64_t l = layers - 1; l >= lowest; --l) {
@@ -183,9 +183,9 @@ std::tuple<Tensor, Tensors, Tensors, Tensor, Tensor> nwj_mlp_backward(
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CompositeExplicitAutograd, m) {
-  m.impl("nwj_mlp", TORCH_BOX(&nwj_mlp));
-  m.impl("nwj_mlp_forward", TORCH_BOX(&nwj_mlp_forward));
-  m.impl("nwj_mlp_backward", TORCH_BOX(&nwj_mlp_backward));
+  m.impl("critic_mlp", TORCH_BOX(&critic_mlp));
+  m.impl("critic_mlp_forward", TORCH_BOX(&critic_mlp_forward));
+  m.impl("critic_mlp_backward", TORCH_BOX(&critic_mlp_backward));
 }
 
 }  // namespace infomax_ext
