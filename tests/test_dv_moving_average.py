@@ -10,20 +10,11 @@ from infomax_ext import bounds
 from infomax_ext.checkpoint import validate_checkpoint
 from infomax_ext.serialization import SerializationError
 from infomax_ext.trainer import CHECKPOINT_FILE, TrainConfig, Trainer, build_model
+from test_trainer import data, tiny
 
 GAMMA = 0.8
 
 
-def tiny(**kw):
-    base = dict(latent_dim=2, encoder_neurons=[8], decoder_neurons=[8], mi_neurons=[8],
-                epochs=2, batch_size=16, seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def data(n=50, size=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, size, generator=g), torch.rand(12, size, generator=g)
 
 
 def dv_model(config: TrainConfig, shape=(6,)) -> im.InfoMaxVAE:
