@@ -173,6 +173,19 @@ class _CriticHead(torch.autograd.Function):
 # ------------------------------------------------------------------------------------ critic_mlp
 
 
+def _critic_mlp_forward(layout: tuple[Any, ...], hidden: torch.Tensor, head_weight: torch.Tensor,
+                        head_bias: torch.Tensor | None, layer_tensors: tuple[torch.Tensor, ...]
+                        ) -> Any:
+    """critic_mlp_forward below autograd for ``layout`` (as :class:`_CriticMlp` takes it):
+    (bound, scores, each layer's output, each layer's pre-activation)."""
+    layers, has_bias, activations, params, n_joint, head_act, head_param = layout
+    weights, biases = _layer_lists(layers, has_bias, layer_tensors)
+    with _below_autograd():
+        return _OPS.critic_mlp_forward.default(hidden, weights, biases, activations, params,
+                                               head_weight, head_bias, n_joint, head_act,
+                                               head_param)
+
+
 class _CriticMlp(torch.autograd.Function):
     """critic_mlp as one node. Tensors inside lists are invisible to autograd, so ``apply`` takes
     them spread out: ``layout`` = (layers, which biases are present, activations, params,
@@ -182,12 +195,8 @@ class _CriticMlp(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, layout: tuple[Any, ...], hidden: torch.Tensor, head_weight: torch.Tensor,
                 head_bias: torch.Tensor | None, *layer_tensors: torch.Tensor) -> Any:
-        layers, has_bias, activations, params, n_joint, head_act, head_param = layout
-        weights, biases = _layer_lists(layers, has_bias, layer_tensors)
-        with _below_autograd():
-            bound, scores, outputs, pres = _OPS.critic_mlp_forward.default(
-                hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
-                head_act, head_param)
+        bound, scores, outputs, pres = _critic_mlp_forward(layout, hidden, head_weight, head_bias,
+                                                           layer_tensors)
         ctx.set_materialize_grads(False)
         ctx.layout = layout
         ctx.n_outputs = len(outputs)
@@ -277,18 +286,15 @@ class _CriticChain(torch.autograd.Function):
                 perm: torch.Tensor, data_half: torch.Tensor | None, head_weight: torch.Tensor,
                 head_bias: torch.Tensor | None, *layer_tensors: torch.Tensor) -> Any:
         mlp_layout, activation, param = layout
-        layers, has_bias, activations, params, n_joint, head_act, head_param = mlp_layout
         if data_half is not None and data_half.requires_grad:
             raise RuntimeError(
                 "infomax_ext: data_half is a precomputed constant (hx @ weight[:, :Dx].T); it "
                 "must not require grad")
-        weights, biases = _layer_lists(layers, has_bias, layer_tensors)
         with _below_autograd():
             hidden, computed_data, latent, source = _OPS.paired_linear_forward.default(
                 hx, hz, hz_shuffled, weight, bias, perm, activation, param, data_half)
-            bound, scores, outputs, pres = _OPS.critic_mlp_forward.default(
-                hidden, weights, biases, activations, params, head_weight, head_bias, n_joint,
-                head_act, head_param)
+        bound, scores, outputs, pres = _critic_mlp_forward(mlp_layout, hidden, head_weight,
+                                                           head_bias, layer_tensors)
         ctx.set_materialize_grads(False)
         ctx.layout = layout
         ctx.n_outputs = len(outputs)
