@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/profile_fixed_cost.py                # T:64, P:64, P:256, 2 threads
     .venv/bin/python bench/profile_fixed_cost.py --cases T:64 --iters 50
+    .venv/bin/python bench/profile_fixed_cost.py --bound --cases T:64,T:256,P:64 --iters 100
 
 For each chain and N: the median time of one call without the profiler, the replay of its
 GEMMs alone (bench/common.py), then torch.profiler's self CPU time per call grouped by kind
@@ -10,6 +11,17 @@ GEMMs alone (bench/common.py), then torch.profiler's self CPU time per call grou
 Python outside any op = profiled wall time minus the time inside ops), and the Python pieces
 of the call timed alone (plan lookup, argument checks). The profiler adds its own cost to every
 op: read the groups as shares, the unprofiled median as the time. Prints a markdown table.
+
+``--bound``: the best ratio compile(shared) / ours that any eager implementation of the shared
+algorithm could reach. An eager call must run the chain's ``data`` and ``latent`` modules as
+they are (eager, with their own autograd nodes: ``data(x)``, ``latent(z)``,
+``latent(z.detach())``), at least one autograd node for the MLP from its first layer to the
+bound, and the MLP's GEMMs. The skeleton times the first two: the three modules and one
+custom Function with a trivial op forward and backward (``torch.autograd.grad`` through all
+of them); the replay of ours' MLP GEMMs alone (bench/common.py) the third. ``eager floor =
+skeleton + MLP GEMM replay``; ``compile(shared) / eager floor`` bounds the ratio from above (the
+floor leaves out every activation, bias and bound pass): where it is under a target, no eager
+path meets it. All timed interleaved; fastest calls and medians.
 """
 from __future__ import annotations
 
@@ -113,13 +125,85 @@ def measure(chain: str, n: int, iters: int) -> dict:
             "shared_calls": shared_calls, "shared_wall_us": shared_wall}
 
 
+class _TrivialNode(torch.autograd.Function):
+    """The smallest node standing for the MLP: one op forward, views backward."""
+
+    @staticmethod
+    def forward(ctx, hx, hz, source):
+        ctx.shapes = hx.shape, hz.shape, source.shape
+        return hx.sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return tuple(grad.expand(shape) for shape in ctx.shapes)
+
+
+def measure_bound(chain: str, n: int, iters: int) -> dict:
+    """Fastest and median ms of ours, compile(shared), the skeleton and the MLP GEMM replay."""
+    from bench_cpu import configure_dynamo
+
+    configure_dynamo()
+    torch.manual_seed(0)
+    mi = CHAINS[chain][1]()
+    x = torch.rand(n, N_DATA)
+    z = torch.randn(n, N_LATENT, requires_grad=True)
+    perm = latent_permutation(n, 1, 0)
+    wrt = list(mi.parameters()) + [z]
+    compiled = torch.compile(shared_loss, dynamic=False)
+    gemms = ours_gemms(chain_layout(mi, N_DATA, N_LATENT), n, False)
+
+    def skeleton():
+        hx = mi.data(x).reshape(n, -1)
+        out = _TrivialNode.apply(hx, mi.latent(z), mi.latent(z.detach()))
+        return torch.autograd.grad(out, wrt, allow_unused=True)
+
+    fns = {
+        "ours": lambda: torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt),
+        "compile(shared)": lambda: torch.autograd.grad(compiled(mi, x, z, perm, False), wrt),
+        "replay": make_replay(gemms),
+        "MLP replay": make_replay([g for g in gemms if g.layer.startswith("mlp")]),
+        "skeleton": skeleton,
+    }
+    for _ in range(5):
+        for fn in fns.values():
+            fn()
+    times = {k: summary_ms(v) for k, v in interleaved(fns, iters).items()}
+    return {"chain": chain, "n": n, "times": times}
+
+
+def print_bound(results: list[dict], threads: int, iters: int) -> None:
+    import os
+
+    print(f"torch {torch.__version__}, {threads} threads, {iters} interleaved rounds, "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end\n")
+    print("| chain, N | ours ms | compile(shared) ms | GEMM replay ms | skeleton ms | "
+          "MLP GEMM replay ms | eager floor ms | ours - replay ms | compile(shared) - replay ms "
+          "| compile(shared) / ours | bound: compile(shared) / eager floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        for stat in ("min", "median"):
+            t = {k: v[stat] for k, v in r["times"].items()}
+            cs, ours, rep = t["compile(shared)"], t["ours"], t["replay"]
+            floor = t["skeleton"] + t["MLP replay"]
+            print(f"| {r['chain']} {r['n']} ({'fastest' if stat == 'min' else 'median'}) | "
+                  f"{ours:.2f} | {cs:.2f} | {rep:.2f} | {t['skeleton']:.2f} | "
+                  f"{t['MLP replay']:.2f} | {floor:.2f} | {ours - rep:.2f} | {cs - rep:.2f} | "
+                  f"{cs / ours:.2f} | {cs / floor:.2f} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default="T:64,P:64,P:256")
     p.add_argument("--iters", type=int, default=40)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bound", action="store_true",
+                   help="the eager floor against compile(shared) (docstring)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.bound:
+        print_bound([measure_bound(c.split(":")[0], int(c.split(":")[1]), args.iters)
+                     for c in args.cases.split(",")], args.threads, args.iters)
+        return 0
     results = [measure(c.split(":")[0], int(c.split(":")[1]), args.iters)
                for c in args.cases.split(",")]
     heads = [f"{r['chain']} N={r['n']} ours / shared" for r in results]
