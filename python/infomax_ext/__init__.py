@@ -15,8 +15,9 @@ from ._ops import (
     use_path,
     use_reference_path,
 )
-# Importing each op module registers its op's fake kernels and autograd formula.
-from . import critic_chain_op as critic_chain_op
+# Importing each op module registers its op's fake kernels and autograd formula (bound_op's
+# through .bounds below; critic_chain_op holds the one-node chain, no op of its own).
+from . import critic_chain_op  # noqa: F401
 from .critic_head_op import critic_head
 from .critic_mlp_op import critic_mlp
 from .nwj_bound_op import nwj_bound
