@@ -48,7 +48,7 @@ class _CriticHead(torch.autograd.Function):
                 n_joint: int, activation: str, param: float) -> Any:
         with below_autograd():
             bound, scores, pre = OPS.critic_head.default(hidden, weight, bias, n_joint, activation,
-                                                       param)
+                                                         param)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(pre)
         ctx.save_for_backward(hidden, weight, bias, scores, pre)

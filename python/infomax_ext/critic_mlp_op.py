@@ -76,8 +76,8 @@ def _critic_mlp_forward(layout: tuple[Any, ...], hidden: torch.Tensor, head_weig
     weights, biases = _layer_lists(layers, has_bias, layer_tensors)
     with below_autograd():
         return OPS.critic_mlp_forward.default(hidden, weights, biases, activations, params,
-                                               head_weight, head_bias, n_joint, head_act,
-                                               head_param)
+                                              head_weight, head_bias, n_joint, head_act,
+                                              head_param)
 
 
 class _CriticMlp(torch.autograd.Function):
@@ -138,10 +138,10 @@ def _layer_lists(layers: int, has_bias: tuple[bool, ...], layer_tensors: tuple[t
 
 
 def _critic_mlp_kernel(hidden: torch.Tensor, weights: Sequence[torch.Tensor],
-                    biases: Sequence[torch.Tensor | None], activations: Sequence[str],
-                    params: Sequence[float], head_weight: torch.Tensor,
-                    head_bias: torch.Tensor | None, n_joint: int, head_activation: str,
-                    head_param: float) -> Any:
+                       biases: Sequence[torch.Tensor | None], activations: Sequence[str],
+                       params: Sequence[float], head_weight: torch.Tensor,
+                       head_bias: torch.Tensor | None, n_joint: int, head_activation: str,
+                       head_param: float) -> Any:
     """critic_mlp's Autograd kernel: _CriticMlp when a gradient can flow, else the op below autograd."""
     tensors = [hidden, head_weight, head_bias, *weights, *biases]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
@@ -151,7 +151,7 @@ def _critic_mlp_kernel(hidden: torch.Tensor, weights: Sequence[torch.Tensor],
                              *[b for b in biases if b is not None])
     with below_autograd():
         return OPS.critic_mlp.default(hidden, weights, biases, activations, params, head_weight,
-                                    head_bias, n_joint, head_activation, head_param)
+                                      head_bias, n_joint, head_activation, head_param)
 
 
 if extension_available():
@@ -204,6 +204,5 @@ if extension_available():
             grad(output_mask[1 + 2 * layers], head_weight.shape),
             grad(output_mask[2 + 2 * layers], (1,)),
         )
-
 
     _differentiable = register_autograd("critic_mlp", _critic_mlp_kernel)
