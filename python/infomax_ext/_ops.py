@@ -43,9 +43,30 @@ __all__ = [
     "inverse_permutation",
 ]
 
+COMPILED_OPS = (
+    "permutation_keys", "inverse_permutation",
+    "paired_first_layer", "paired_first_layer_backward",
+    "paired_linear", "paired_linear_forward", "paired_linear_backward",
+    "critic_head", "critic_head_backward",
+    "critic_mlp", "critic_mlp_forward", "critic_mlp_backward",
+    "nwj_bound", "nwj_bound_backward",
+    "mi_bound", "mi_bound_backward",
+)
+"""Every op ``infomax_ext._C`` defines (csrc/ops.cpp): a build that lacks one (stale) counts as
+not loaded, before the op modules register their formulas on it."""
+
+
+def _check_compiled_ops() -> None:
+    missing = [op for op in COMPILED_OPS if not hasattr(torch.ops.infomax_ext, op)]
+    if missing:
+        raise ImportError(f"infomax_ext._C lacks the ops {', '.join(missing)} (a build older "
+                          "than this Python package: rebuild or reinstall it)")
+
+
 _LOAD_ERROR: str | None = None
 try:
     from . import _C  # noqa: F401  (registers torch.ops.infomax_ext.*)
+    _check_compiled_ops()
 except Exception as exc:  # ImportError, or an OSError from a missing libtorch symbol
     _LOAD_ERROR = load_failure_message(exc)
     if os.environ.get("INFOMAX_EXT_REQUIRE_COMPILED", "") not in ("", "0"):
