@@ -73,3 +73,20 @@ def test_without_a_gradient_no_node_is_built():
     with im.use_path("two_call"), torch.no_grad():
         plain = im.paired_mutual_info(mi, x, z, im.latent_permutation(6, 1, seed=1))
     torch.testing.assert_close(out.bound, plain.bound, rtol=1e-12, atol=1e-12)
+
+
+def test_the_node_takes_data_and_head_weight_without_view_nodes():
+    """data(x) of shape (N, Dx) and the head Linear's (1, H) weight reach the node as they are:
+    no view node between them and it (each would be one more node per call)."""
+    mi = chain(nn.ReLU(), nn.ReLU())
+    x = torch.randn(6, 12, dtype=F64)
+    z = torch.randn(6, 3, dtype=F64, requires_grad=True)
+    bound = im.paired_mutual_info(mi, x, z, im.latent_permutation(6, 1, seed=1)).bound
+    node = bound.grad_fn
+    assert node.name() == "_CriticChainBackward"
+    names = [f.name() for f, _ in node.next_functions if f is not None]
+    assert not any("View" in name for name in names), names
+    leaves = {id(f.variable) for f, _ in node.next_functions
+              if f is not None and f.name() == "torch::autograd::AccumulateGrad"}
+    assert id(mi.mlp[4].weight) in leaves
+    assert names.count("AddmmBackward0") == 3  # data(x), latent(z), latent(z.detach())

@@ -333,8 +333,7 @@ def paired_mutual_info(
             hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
             plan.first_act.param, data_half, [layer.weight for layer, _ in plan.stack],
             [layer.bias for layer, _ in plan.stack], *plan.stack_activations,
-            plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
-            plan.head_act.param)
+            plan.head.weight, plan.head.bias, m, plan.head_act.name, plan.head_act.param)
         return _paired(bound, scores[:m], scores[m:], value)
     h = paired_linear_op.paired_linear(
         hx, hz, source, weight, plan.first.bias, perm,  # type: ignore[arg-type]
