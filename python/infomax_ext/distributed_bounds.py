@@ -11,9 +11,10 @@ process's gradient on the whole batch:
   backward sums the processes' gradients);
 - ``"rows"`` (infonce): each process's rows against the gathered codes of all processes.
 
-DV with a moving average (MINE), all-pairs negatives: the average takes in the whole batch's
-mean of exp(T_m) (all-reduced), so every process keeps the same average and the averaged
-gradients are the whole batch's (shuffled negatives: refused, :func:`check_bound_for_group`).
+DV with a moving average (MINE), with shuffled or all-pairs negatives: the average takes in the
+whole batch's mean of exp(T_m) (all-reduced) once per evaluation, so every process keeps the
+same average and the averaged gradients are the whole batch's (the shuffled path evaluates this
+process's pairs with :meth:`~infomax_ext.bounds.Bound.without_state_update` first).
 """
 from __future__ import annotations
 
@@ -74,19 +75,12 @@ def mean_over_group(t: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor
     return out / dist.get_world_size(group)
 
 
-def check_bound_for_group(bound: Bound, all_pairs: bool = False) -> None:
-    """Before any work: ``bound`` is a :class:`Bound` that runs over processes with these
-    negatives. DV with a moving average runs with all-pairs negatives (``all_pairs``), every
-    process keeping the whole batch's average; with shuffled negatives it is refused (a
-    ValueError), as the shuffled path evaluates the bound on this process's pairs first, which
-    would update the average with this process's batch alone."""
+def check_bound_for_group(bound: Bound) -> None:
+    """Before any work: ``bound`` is a :class:`Bound` (a TypeError otherwise). Every bound runs
+    over processes with either negatives; DV with a moving average keeps the whole batch's
+    average on every process (see the module docstring)."""
     if not isinstance(bound, Bound):
         raise TypeError(f"bound must be an infomax_ext Bound, got {type(bound).__name__}")
-    if not all_pairs and getattr(bound, "moving_average", None) is not None:
-        raise ValueError("bound 'dv' with a moving_average runs over a process_group with "
-                         "negatives='all' (every process keeps the whole batch's average of "
-                         "mean exp(T_m)); with shuffled negatives it is not supported (use "
-                         "negatives='all', dv without it, or smile)")
 
 
 def _group_keywords(bound: Bound, group: ProcessGroup | None) -> dict[str, Any]:
@@ -110,7 +104,7 @@ def bound_over_group(bound: Bound, joint: torch.Tensor, negatives: torch.Tensor,
 def rows_over_group(bound: Bound, rows: torch.Tensor, joint: torch.Tensor, offset: int,
                     group: ProcessGroup | None) -> torch.Tensor:
     """``bound`` on this process's rows (N, P N) of the whole batch's all-pairs matrix."""
-    check_bound_for_group(bound, all_pairs=True)
+    check_bound_for_group(bound)
     keywords = _group_keywords(bound, group)
     if "mean_over_group" in keywords:  # DV's moving average: the call takes it
         return bound(joint, _off_diagonal_at(rows, offset), **keywords)
