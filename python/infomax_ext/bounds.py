@@ -18,7 +18,8 @@ scores) and their gradient returns in their own dtype.
 The bounds of the C++ table ``csrc/bounds.h`` (``compiled = True``: nwj, dv, js, smile) reduce
 the scores with the compiled op ``mi_bound`` (:mod:`infomax_ext.bound_op`) where it applies (the
 extension loaded, float32/64, not inside :func:`~infomax_ext.use_reference_path`); the formulas
-here are its plain-PyTorch twin (the fallback, and the oracle of the tests).
+here are its plain-PyTorch twin (the fallback, and the oracle of the tests). InfoNCE's rows
+are reduced alike by ``infonce_rows`` (:mod:`infomax_ext.infonce_op`).
 ``BOUNDS`` maps each name to its default instance; :func:`resolve_bound` turns a name, a config
 dict or an instance into an instance. InfoNCE needs every pair: :meth:`Bound.from_matrix` takes
 the (N, N) score matrix ``S[i, j] = T(x_i, z_j)``.
