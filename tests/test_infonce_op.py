@@ -217,3 +217,16 @@ def test_from_rows_takes_the_op_and_equals_its_formula(dtype):
     g_tol = tol * (1 + g_ref.abs()) if dtype != torch.bfloat16 else \
         2 * torch.finfo(dtype).eps * g_ref.abs() + 1e-6
     assert ((g_op.double() - g_ref).abs() <= g_tol).all()
+
+
+def test_torch_compile_fullgraph():
+    """InfoNCE.from_matrix with the compiled op traces in one graph (the fake kernel, the
+    registered autograd) and gives the eager value and gradient."""
+    scores = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
+    infonce = im.BOUNDS["infonce"]
+    compiled = torch.compile(lambda s: infonce.from_matrix(s), fullgraph=True,
+                             backend="aot_eager")
+    got, want = compiled(scores), infonce.from_matrix(scores)
+    assert torch.equal(got, want)
+    (g,), (w,) = torch.autograd.grad(got, scores), torch.autograd.grad(want, scores)
+    assert torch.equal(g, w)
