@@ -12,8 +12,8 @@
 // pre-activation only for activations whose derivative needs it (not identity or relu, whose
 // derivative is read from the output); the head's pre-activation. critic_mlp_backward computes
 // every gradient in one call, the activation derivative applied in place to the incoming
-// gradient in the same pass that sums the bias gradient: python/infomax_ext/_autograd.py wraps
-// the pair in one autograd node.
+// gradient in the same pass that sums the bias gradient: python/infomax_ext/critic_mlp_op.py
+// wraps the pair in one autograd node.
 #include <optional>
 #include <string>
 #include <string_view>

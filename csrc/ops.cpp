@@ -1,8 +1,7 @@
 // The operator schemas of the infomax_ext namespace. Each backend (csrc/cpu, csrc/cuda)
 // registers its kernels against them, csrc/paired_linear.cpp and csrc/critic_mlp.cpp the
 // device-agnostic paired_linear and critic_mlp;
-// python/infomax_ext/_autograd.py adds the autograd formulas, python/infomax_ext/_ops.py the fake
-// kernels.
+// each op's module python/infomax_ext/<op>_op.py adds its autograd formula and fake kernels.
 // Built against the limited Python API (abi3) and the stable torch ABI: one binary serves every
 // CPython >= 3.10 and every torch from TORCH_TARGET_VERSION on.
 #include <Python.h>

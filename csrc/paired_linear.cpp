@@ -8,8 +8,8 @@
 //
 // paired_linear_forward also returns the halves the backward needs (hx Wx^T when it computed it,
 // else an empty tensor; the source half, or an empty tensor), and paired_linear_backward
-// computes every gradient in one call: python/infomax_ext/_autograd.py wraps the pair in one
-// autograd node.
+// computes every gradient in one call: python/infomax_ext/paired_linear_op.py wraps the pair in
+// one autograd node.
 #include <optional>
 #include <string_view>
 #include <tuple>

@@ -18,10 +18,10 @@ def one_thread():
 
 @pytest.fixture
 def data_half_spy(monkeypatch):
-    """A list that gets, for each fused first-layer call (``_ops.paired_linear``, or the
-    one-node chain ``_autograd.critic_chain``, whose first nine arguments are paired_linear's), the
+    """A list that gets, for each fused first-layer call (``paired_linear_op.paired_linear``, or the
+    one-node chain ``critic_chain_op.critic_chain``, whose first nine arguments are paired_linear's), the
     precomputed data half it was given, or None."""
-    from infomax_ext import _autograd, _ops
+    from infomax_ext import critic_chain_op, paired_linear_op
 
     calls = []
 
@@ -34,8 +34,8 @@ def data_half_spy(monkeypatch):
 
         monkeypatch.setattr(module, name, spy)
 
-    spy_on(_ops, "paired_linear")
-    spy_on(_autograd, "critic_chain")
+    spy_on(paired_linear_op, "paired_linear")
+    spy_on(critic_chain_op, "critic_chain")
     return calls
 
 

@@ -1,6 +1,7 @@
 """The MI chain from its first Linear layer to the NWJ bound as one autograd node
-(_autograd.critic_chain, eager mode): the values and every gradient equal the two-call evaluation in
-float64 whichever tensors need a gradient and whichever outputs the gradient comes from."""
+(critic_chain_op.critic_chain, eager mode): the values and every gradient equal the two-call
+evaluation in float64 whichever tensors need a gradient and whichever outputs the gradient comes
+from."""
 import pytest
 import torch
 from torch import nn

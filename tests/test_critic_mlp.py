@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import infomax_ext as im
-from infomax_ext import _autograd, _ops, reference
+from infomax_ext import critic_chain_op, critic_mlp_op, reference
 from infomax_ext.activations import KERNEL_ACTIVATIONS, apply_activation
 from infomax_ext.mutual_info import fused_plan
 from activation_cases import param_of
@@ -212,7 +212,7 @@ K = 8
 def check_against_reference(mlp: Mlp, dtype, seed=0):
     """Scores, bound and every gradient of the op equal the reference's: the bound's gradient
     alone, then bound and scores together (random grad_bound and grad_scores)."""
-    got = _ops.critic_mlp(*mlp.args())
+    got = critic_mlp_op.critic_mlp(*mlp.args())
     want = reference.critic_mlp(*mlp.args())
     assert got[0].grad_fn.name() == "_CriticMlpBackward"  # the op, not the reference
     score_scale, bound_scale, _ = mlp_scales(mlp, dtype)
@@ -281,7 +281,7 @@ def test_the_scaled_tolerance_catches_an_error_of_the_size_of_a_bug():
     mlp = make_mlp(300, [5, 8, 6, 3], ["leaky_relu", "identity", "relu"], [True, False, True],
                    "sigmoid", True, torch.float32, seed=3)
     leaves = mlp.tensors()
-    got, want = _ops.critic_mlp(*mlp.args()), reference.critic_mlp(*mlp.args())
+    got, want = critic_mlp_op.critic_mlp(*mlp.args()), reference.critic_mlp(*mlp.args())
     got_grads = torch.autograd.grad(got[0], leaves)
     want_grads = torch.autograd.grad(want[0], leaves)
     score_scale, _, scales = mlp_scales(mlp, torch.float32)
@@ -303,7 +303,7 @@ def test_exact_hand_computed_values():
     bias = torch.tensor([0.5], dtype=F64, requires_grad=True)
     head_weight = torch.tensor([2.0], dtype=F64, requires_grad=True)
     head_bias = torch.tensor([-1.0], dtype=F64, requires_grad=True)
-    bound, scores = _ops.critic_mlp(hidden, [weight], [bias], ["relu"], [0.0], head_weight,
+    bound, scores = critic_mlp_op.critic_mlp(hidden, [weight], [bias], ["relu"], [0.0], head_weight,
                                  head_bias, 2, "identity", 0.0)
     e = torch.e
     assert scores.tolist() == [2.0, -1.0, 4.0, 0.0]
@@ -340,8 +340,8 @@ def test_noncontiguous_inputs():
         assert not strided.head_weight.is_contiguous()
         contiguous = strided.with_tensors([t.detach().contiguous().requires_grad_()
                                            for t in strided.tensors()])
-        got = _ops.critic_mlp(*strided.args())
-        want = _ops.critic_mlp(*contiguous.args())
+        got = critic_mlp_op.critic_mlp(*strided.args())
+        want = critic_mlp_op.critic_mlp(*contiguous.args())
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
         for g1, g2 in zip(torch.autograd.grad(got[0], strided.tensors()),
                           torch.autograd.grad(want[0], contiguous.tensors())):
@@ -355,7 +355,7 @@ def test_the_inputs_are_left_unchanged():
         for activations in (["identity", "identity"], ["relu", "tanh"]):
             mlp = make_mlp(6, [3, 4, 2], activations, [True, False], "identity", True, dtype)
             before = [t.detach().clone() for t in mlp.tensors()]
-            bound, scores = _ops.critic_mlp(*mlp.args())
+            bound, scores = critic_mlp_op.critic_mlp(*mlp.args())
             grad_scores = torch.randn_like(scores)
             kept = grad_scores.clone()
             torch.autograd.grad((bound, scores), mlp.tensors(), (torch.ones_like(bound),
@@ -385,7 +385,7 @@ def test_gradcheck(case):
     mlp = make_mlp(6, widths, activations, biases, head_activation, True, seed=7)
 
     def f(*tensors):
-        return _ops.critic_mlp(*mlp.with_tensors(tensors).args())
+        return critic_mlp_op.critic_mlp(*mlp.with_tensors(tensors).args())
 
     assert torch.autograd.gradcheck(f, mlp.tensors())
 
@@ -395,7 +395,7 @@ def test_gradcheck_of_a_loss_of_bound_and_scores():
     mlp = make_mlp(6, [3, 4, 3], ["elu", "silu"], [True, True], "mish", True, seed=8)
 
     def loss(*tensors):
-        bound, scores = _ops.critic_mlp(*mlp.with_tensors(tensors).args())
+        bound, scores = critic_mlp_op.critic_mlp(*mlp.with_tensors(tensors).args())
         return bound + 0.3 * scores.pow(2).sum()
 
     assert torch.autograd.gradcheck(loss, mlp.tensors())
@@ -410,7 +410,7 @@ def product_ops(mlp: Mlp) -> set:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        bound, _ = _ops.critic_mlp(*mlp.args())
+        bound, _ = critic_mlp_op.critic_mlp(*mlp.args())
         torch.autograd.grad(bound, mlp.tensors())
     return {e.key for e in prof.key_averages()
             if e.key in ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::linear")}
@@ -474,7 +474,7 @@ def test_a_failing_first_onednn_call_does_not_switch_onednn_off():
 
 
 class _BackwardSpy:
-    """Stands for torch.ops.infomax_ext in _autograd: records each critic_mlp_backward call's
+    """Stands for torch.ops.infomax_ext in critic_mlp_op: records each critic_mlp_backward call's
     output_mask and results."""
 
     def __init__(self):
@@ -516,8 +516,8 @@ def test_only_the_requested_gradients_are_computed(case, monkeypatch):
     leaves = [t.requires_grad_(name in wanted) for name, t in zip(mlp.names(), mlp.tensors())]
     requested = [t for t in leaves if t.requires_grad]
     spy = _BackwardSpy()
-    monkeypatch.setattr(_autograd, "_OPS", spy)
-    got = _ops.critic_mlp(*mlp.args())
+    monkeypatch.setattr(critic_mlp_op, "OPS", spy)
+    got = critic_mlp_op.critic_mlp(*mlp.args())
     want = reference.critic_mlp(*mlp.args())
     torch.testing.assert_close(got[0], want[0], rtol=1e-13, atol=0)
     torch.testing.assert_close(got[1], want[1], rtol=1e-13, atol=1e-15)
@@ -540,13 +540,13 @@ def test_no_backward_call_when_no_gradient_flows(monkeypatch):
     # Under no_grad, or with no tensor needing gradient, the op runs without an autograd node
     # and no backward op is called.
     spy = _BackwardSpy()
-    monkeypatch.setattr(_autograd, "_OPS", spy)
+    monkeypatch.setattr(critic_mlp_op, "OPS", spy)
     mlp = make_mlp(6, [3, 4], ["relu"], [True], "identity", True)
     with torch.no_grad():
-        bound, scores = _ops.critic_mlp(*mlp.args())
+        bound, scores = critic_mlp_op.critic_mlp(*mlp.args())
     assert bound.grad_fn is None and scores.grad_fn is None
     plain = make_mlp(6, [3, 4], ["relu"], [True], "identity", True, requires_grad=False)
-    bound2, _ = _ops.critic_mlp(*plain.args())
+    bound2, _ = critic_mlp_op.critic_mlp(*plain.args())
     assert bound2.grad_fn is None and torch.equal(bound, bound2)
     assert spy.calls == []
 
@@ -554,7 +554,7 @@ def test_no_backward_call_when_no_gradient_flows(monkeypatch):
 def test_a_gradient_through_the_scores_alone():
     # Only the scores are used: the bound's incoming gradient is None (zero) in the backward.
     mlp = make_mlp(8, [3, 5], ["sigmoid"], [True], "tanh", False, seed=10)
-    got = torch.autograd.grad(_ops.critic_mlp(*mlp.args())[1][::3].sum(), mlp.tensors())
+    got = torch.autograd.grad(critic_mlp_op.critic_mlp(*mlp.args())[1][::3].sum(), mlp.tensors())
     want = torch.autograd.grad(reference.critic_mlp(*mlp.args())[1][::3].sum(), mlp.tensors())
     for g1, g2 in zip(got, want):
         torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-15)
@@ -653,7 +653,7 @@ def test_torch_compile_fullgraph_gives_the_eager_values_and_gradients():
         return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
 
     def loss(*tensors):
-        bound, scores = _ops.critic_mlp(*mlp.with_tensors(tensors).args())
+        bound, scores = critic_mlp_op.critic_mlp(*mlp.with_tensors(tensors).args())
         return bound + 0.1 * scores.square().sum()
 
     torch._dynamo.reset()
@@ -679,7 +679,7 @@ def test_double_backward_is_refused(which):
     # only one bias needs gradient.
     mlp = make_mlp(6, [3, 4], ["tanh"], [True], "identity", True, requires_grad=False)
     leaf = dict(zip(mlp.names(), mlp.tensors()))[which].requires_grad_()
-    bound, _ = _ops.critic_mlp(*mlp.args())
+    bound, _ = critic_mlp_op.critic_mlp(*mlp.args())
     with pytest.raises(RuntimeError, match="critic_mlp does not support double backward .*"
                                            "use_reference_path"):
         torch.autograd.grad(bound, [leaf], create_graph=True)
@@ -689,7 +689,7 @@ def test_double_backward_on_the_reference_path():
     mlp = make_mlp(6, [3, 4], ["tanh"], [True], "softplus", True, seed=13)
 
     def bound(*tensors):
-        return _ops.critic_mlp(*mlp.with_tensors(tensors).args())[0]
+        return critic_mlp_op.critic_mlp(*mlp.with_tensors(tensors).args())[0]
 
     with im.use_reference_path():
         assert bound(*mlp.tensors()).grad_fn.name() != "_CriticMlpBackward"
@@ -817,7 +817,7 @@ def test_bad_input_is_refused_with_a_message_naming_it(case, requires_grad):
         ops.critic_mlp.default(*mlp.args())
     if entry_error is not None:
         with pytest.raises(entry_error, match=message):
-            _ops.critic_mlp(*mlp.args())
+            critic_mlp_op.critic_mlp(*mlp.args())
 
 
 def test_the_unknown_activation_message_lists_the_kernel_activations():
@@ -831,9 +831,9 @@ def test_the_unknown_activation_message_lists_the_kernel_activations():
 def test_arguments_that_are_not_tensors_are_named():
     mlp = base_args()
     with pytest.raises(TypeError, match=r"critic_mlp: weights\[1\] must be a torch.Tensor, got list"):
-        _ops.critic_mlp(*_set(mlp, weights=[mlp.weights[0], [[1.0]]]).args())
+        critic_mlp_op.critic_mlp(*_set(mlp, weights=[mlp.weights[0], [[1.0]]]).args())
     with pytest.raises(TypeError, match="critic_mlp: head_bias must be a torch.Tensor, got float"):
-        _ops.critic_mlp(*_set(mlp, head_bias=0.5).args())
+        critic_mlp_op.critic_mlp(*_set(mlp, head_bias=0.5).args())
 
 
 def _meta_cases():
@@ -852,9 +852,9 @@ def test_an_argument_on_another_device_is_refused_by_the_python_entry(name):
     other = "head_weight is on cpu but hidden is on meta" if name == "hidden" else \
         f"{name} is on meta but hidden is on cpu"
     with pytest.raises(ValueError, match=f"critic_mlp: device mismatch: {re.escape(other)}"):
-        _ops.critic_mlp(*mlp.args())
+        critic_mlp_op.critic_mlp(*mlp.args())
     with im.use_reference_path(), pytest.raises(ValueError, match="device mismatch"):
-        _ops.critic_mlp(*mlp.args())
+        critic_mlp_op.critic_mlp(*mlp.args())
 
 
 @pytest.mark.parametrize("name", list(_meta_cases()))
@@ -988,7 +988,7 @@ def _gradients_with_threads(mlp, threads):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        bound, scores = _ops.critic_mlp(*mlp.args())
+        bound, scores = critic_mlp_op.critic_mlp(*mlp.args())
         grads = torch.autograd.grad((bound, scores), mlp.tensors(),
                                     (torch.ones_like(bound), torch.ones_like(scores) / 7))
         return [bound.detach(), scores.detach(), *grads]
@@ -1096,10 +1096,10 @@ def test_fused_plan_gives_no_stack_otherwise(name):
 
 @pytest.fixture
 def critic_mlp_calls(monkeypatch):
-    """The number of hidden layers of each call of _ops.critic_mlp or of the one-node chain
-    _autograd.critic_chain (paired_linear then critic_mlp), what paired_mutual_info calls."""
+    """The number of hidden layers of each call of critic_mlp_op.critic_mlp or of the one-node chain
+    critic_chain_op.critic_chain (paired_linear then critic_mlp), what paired_mutual_info calls."""
     calls = []
-    real, real_chain = _ops.critic_mlp, _autograd.critic_chain
+    real, real_chain = critic_mlp_op.critic_mlp, critic_chain_op.critic_chain
 
     def counting(*args, **kwargs):
         calls.append(len(args[1]))
@@ -1109,8 +1109,8 @@ def critic_mlp_calls(monkeypatch):
         calls.append(len(args[9]))
         return real_chain(*args, **kwargs)
 
-    monkeypatch.setattr(_ops, "critic_mlp", counting)
-    monkeypatch.setattr(_autograd, "critic_chain", counting_chain)
+    monkeypatch.setattr(critic_mlp_op, "critic_mlp", counting)
+    monkeypatch.setattr(critic_chain_op, "critic_chain", counting_chain)
     return calls
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import infomax_ext as im
-from infomax_ext import _ops
+from infomax_ext import _ops, critic_mlp_op, paired_linear_op
 from activation_cases import KERNEL_CASES
 
 pytestmark = [
@@ -177,7 +177,7 @@ def test_paired_linear_matches_cpu(dtype, n, with_source, with_bias, given_data_
         w_ = next(it)
         bias_ = next(it) if with_bias else None
         data_half = (hx_ @ w_[:, :dx].t()).detach() if given_data_half else None
-        out = _ops.paired_linear(hx_, hz_, src_, w_, bias_, perm.to(device), activation, 0.0,
+        out = paired_linear_op.paired_linear(hx_, hz_, src_, w_, bias_, perm.to(device), activation, 0.0,
                                  data_half)
         return [out, *torch.autograd.grad((out * weights.to(device)).sum(), leaves)]
 
@@ -455,7 +455,7 @@ def check_critic_mlp(rows, widths, activations, biases, head_activation, head_bi
     on_cuda = mlp.with_tensors([t.detach().to(CUDA).requires_grad_() for t in mlp.tensors()])
     results = []
     for m, device in ((mlp, "cpu"), (on_cuda, CUDA)):
-        bound, scores = _ops.critic_mlp(*m.args())
+        bound, scores = critic_mlp_op.critic_mlp(*m.args())
         assert bound.grad_fn.name() == "_CriticMlpBackward" and bound.device.type == device
         grads = torch.autograd.grad((bound, scores), m.tensors(),
                                     (grad_bound.to(device), grad_scores.to(device)))
@@ -503,7 +503,7 @@ def test_critic_mlp_only_requested_grads_match_cpu(wanted):
     for device in ("cpu", CUDA):
         m = mlp.with_tensors([t.detach().to(device).requires_grad_(name in wanted)
                               for name, t in zip(mlp.names(), mlp.tensors())])
-        bound, scores = _ops.critic_mlp(*m.args())
+        bound, scores = critic_mlp_op.critic_mlp(*m.args())
         results.append(torch.autograd.grad(bound, [t for t in m.tensors() if t.requires_grad]))
     assert len(results[1]) == len(wanted)
     for g_cuda, g_cpu in zip(results[1], results[0]):
@@ -518,7 +518,7 @@ def test_critic_mlp_is_bit_identical_run_to_run():
     m = mlp.with_tensors([t.detach().to(CUDA).requires_grad_() for t in mlp.tensors()])
 
     def run():
-        bound, scores = _ops.critic_mlp(*m.args())
+        bound, scores = critic_mlp_op.critic_mlp(*m.args())
         return [bound, scores, *torch.autograd.grad(bound + scores.mean(), m.tensors())]
 
     for x, y in zip(run(), run()):
@@ -540,13 +540,13 @@ def mlp_chain(dtype=torch.float64):
 @pytest.mark.parametrize("n,s", [(2, 1), (40, 2)])
 def test_paired_mutual_info_through_critic_mlp_matches_cpu(shuffled_grad, n, s, monkeypatch):
     calls = []
-    real = _ops.critic_mlp
+    real = critic_mlp_op.critic_mlp
 
     def counting(*args):
         calls.append(args[0].device.type)
         return real(*args)
 
-    monkeypatch.setattr(_ops, "critic_mlp", counting)
+    monkeypatch.setattr(critic_mlp_op, "critic_mlp", counting)
     mi_cpu, mi_cuda = mlp_chain(), mlp_chain().to(CUDA)
     x, z = randn(n, 12, seed=1), randn(s * n, 3, seed=2)
     perm = im.latent_permutation(n, s, seed=7)

@@ -211,12 +211,12 @@ def trainer_run(rank, group, path):
 
 
 def worker(rank, out):
-    from infomax_ext import _autograd
+    from infomax_ext import critic_chain_op
 
     group = dist.group.WORLD
     results = {"bounds": {}}
     calls = []
-    real_linear, real_chain = im._ops.paired_linear, _autograd.critic_chain
+    real_linear, real_chain = im.paired_linear_op.paired_linear, critic_chain_op.critic_chain
 
     def counting(real):
         def count(*args, **kwargs):
@@ -226,8 +226,8 @@ def worker(rank, out):
         return count
 
     # the fused first layer serves every case: paired_linear, or the one-node chain critic_chain
-    im._ops.paired_linear = counting(real_linear)
-    _autograd.critic_chain = counting(real_chain)
+    im.paired_linear_op.paired_linear = counting(real_linear)
+    critic_chain_op.critic_chain = counting(real_chain)
     forward = im.MutualInfoChain.forward
     im.MutualInfoChain.forward = lambda *a: pytest.fail("the two-call path ran")
     for s, shuffled_grad, frozen in CASES:
@@ -236,8 +236,8 @@ def worker(rank, out):
         results["bounds"][s, shuffled_grad, frozen] = (
             bound_and_grads(chain(), share(x, rank), share(z, rank), s, shuffled_grad, frozen,
                             group), len(calls))
-    im._ops.paired_linear = real_linear
-    _autograd.critic_chain = real_chain
+    im.paired_linear_op.paired_linear = real_linear
+    critic_chain_op.critic_chain = real_chain
     im.MutualInfoChain.forward = forward
     results["steps"] = [train(model(rank, WORLD), share(data_x(), rank), settings, group)
                         for settings in STEPS]

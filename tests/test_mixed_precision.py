@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import infomax_ext as im
-from infomax_ext import _ops, precision, reference
+from infomax_ext import (_ops, critic_head_op, critic_mlp_op, nwj_bound_op, paired_first_layer_op,
+                         paired_linear_op, precision, reference)
 from infomax_ext.activations import ACTIVATIONS, KERNEL_ACTIVATIONS
 
 ops = torch.ops.infomax_ext
@@ -81,7 +82,7 @@ def test_paired_linear_matches_float32(device, dtype, activation):
     perm = torch.randperm(s * n, generator=torch.Generator().manual_seed(3)).to(device)
     p = param_of(activation)
     ours = as_leaves(tensors)
-    out = _ops.paired_linear(ours[0], ours[1], None, ours[2], ours[3], perm, activation, p)
+    out = paired_linear_op.paired_linear(ours[0], ours[1], None, ours[2], ours[3], perm, activation, p)
     assert out.dtype == dtype and out.grad_fn is not None
     assert "PairedLinear" in type(out.grad_fn).__name__
     ref = as_float32_leaves(tensors)
@@ -101,7 +102,7 @@ def test_paired_first_layer_matches_float32(device, dtype, activation):
     perm = torch.randperm(s * n, generator=torch.Generator().manual_seed(4)).to(device)
     p = param_of(activation)
     ours, ref = as_leaves(tensors), as_float32_leaves(tensors)
-    out = _ops.paired_first_layer(ours[0], ours[1], ours[2], ours[3], perm, activation, p)
+    out = paired_first_layer_op.paired_first_layer(ours[0], ours[1], ours[2], ours[3], perm, activation, p)
     want = reference.paired_first_layer(ref[0], ref[1], ref[2], ref[3], perm, activation, p)
     assert out.dtype == dtype
     assert_close_scaled(out, want, dtype)
@@ -118,7 +119,7 @@ def test_critic_head_matches_float32(device, dtype, activation):
     tensors = rounded(dtype, (rows, h), (h,), (1,), device=device)
     p = param_of(activation)
     ours, ref = as_leaves(tensors), as_float32_leaves(tensors)
-    bound, scores = _ops.critic_head(*ours, rows // 2, activation, p)
+    bound, scores = critic_head_op.critic_head(*ours, rows // 2, activation, p)
     want_bound, want_scores = reference.critic_head(*ref, rows // 2, activation, p)
     assert bound.dtype == torch.float32 and scores.dtype == dtype
     assert_close_scaled(scores, want_scores, dtype)
@@ -144,7 +145,7 @@ def test_critic_mlp_matches_float32(device, dtype, activation):
                   activation, p)
 
     ours, ref = as_leaves(tensors), as_float32_leaves(tensors)
-    bound, scores = run(_ops.critic_mlp, ours)
+    bound, scores = run(critic_mlp_op.critic_mlp, ours)
     want_bound, want_scores = run(reference.critic_mlp, ref)
     assert bound.dtype == torch.float32 and scores.dtype == dtype
     assert_close_scaled(scores, want_scores, dtype, factor=2.0)
@@ -159,7 +160,7 @@ def test_critic_mlp_matches_float32(device, dtype, activation):
 def test_nwj_bound_is_float32_and_matches(device, dtype):
     tj, tm = rounded(dtype, (30,), (50,), scale=2.0, device=device)
     ours, ref = as_leaves([tj, tm]), as_float32_leaves([tj, tm])
-    bound = _ops.nwj_bound(*ours)
+    bound = nwj_bound_op.nwj_bound(*ours)
     want = reference.nwj_bound(*ref)
     assert bound.dtype == torch.float32
     # The sums run in float32 on the same rounded scores: only float32 rounding differs.
@@ -179,7 +180,7 @@ def test_float16_scores_near_15_give_a_finite_bound_where_float32_does():
     assert torch.isinf(reference.nwj_bound(scores, marg))  # the float16 reference overflows
     want = reference.nwj_bound(scores.float(), marg.float())
     ours = as_leaves([scores, marg])
-    bound = _ops.nwj_bound(*ours)
+    bound = nwj_bound_op.nwj_bound(*ours)
     assert math.isfinite(bound.item())
     torch.testing.assert_close(bound, want, rtol=1e-6, atol=0.0)
     grads = torch.autograd.grad(bound, ours)
@@ -196,11 +197,11 @@ def test_float16_head_with_scores_near_15_is_finite_and_matches_float32():
     rows, h = 32, 8
     hidden = torch.full((rows, h), 1.875, dtype=torch.float16)  # hidden . w = 15 (exactly)
     weight = torch.ones(h, dtype=torch.float16)
-    bound, scores = _ops.critic_head(hidden, weight, None, rows // 2, "identity")
+    bound, scores = critic_head_op.critic_head(hidden, weight, None, rows // 2, "identity")
     want, _ = reference.critic_head(hidden.float(), weight.float(), None, rows // 2, "identity")
     assert math.isfinite(bound.item()) and math.isfinite(want.item())
     torch.testing.assert_close(bound, want, rtol=1e-6, atol=0.0)
-    mlp_bound, _ = _ops.critic_mlp(hidden, [], [], [], [], weight, None, rows // 2, "identity")
+    mlp_bound, _ = critic_mlp_op.critic_mlp(hidden, [], [], [], [], weight, None, rows // 2, "identity")
     torch.testing.assert_close(mlp_bound, want, rtol=1e-6, atol=0.0)
 
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 import infomax_ext as im
-from infomax_ext import _ops
+from infomax_ext import (critic_head_op, critic_mlp_op, nwj_bound_op, paired_first_layer_op,
+                         paired_linear_op)
 from infomax_ext.activations import KERNEL_ACTIVATIONS, apply_activation
 from activation_cases import param_of
 from tolerances import activation_slope, assert_close_scaled, critic_head_scales, paired_scales
@@ -104,7 +105,7 @@ def test_activation_forward_and_backward_at_nan_inf_and_zero(activation, dtype, 
     b = torch.zeros(n, 1, dtype=dtype, requires_grad=True)
     source = torch.zeros(n, 1, dtype=dtype)
     bias = torch.zeros(1, dtype=dtype)
-    out = on_path(path, _ops.paired_first_layer, a, b, source, bias, torch.arange(n), activation, p)
+    out = on_path(path, paired_first_layer_op.paired_first_layer, a, b, source, bias, torch.arange(n), activation, p)
     grad_out = torch.cat([g[:, None], torch.zeros(n, 1, dtype=dtype)])
     grad_b, = torch.autograd.grad(out, [b], grad_out)  # the joint rows' gradient alone
 
@@ -121,7 +122,7 @@ def test_activation_forward_and_backward_at_nan_inf_and_zero(activation, dtype, 
 def test_relu_keeps_nan_and_passes_its_gradient():
     # The bug this file was written for: the fused ReLU turned NaN into 0.
     x = torch.tensor([[NAN], [1.0]], requires_grad=True)
-    out = _ops.paired_first_layer(x, torch.zeros(2, 1), None, torch.zeros(1), torch.tensor([1, 0]),
+    out = paired_first_layer_op.paired_first_layer(x, torch.zeros(2, 1), None, torch.zeros(1), torch.tensor([1, 0]),
                                   "relu", 0.0)
     assert torch.isnan(out[0, 0]) and torch.isnan(out[2, 0])  # joint and shuffled row 0
     assert out[1, 0] == 1.0 and out[3, 0] == 1.0
@@ -180,7 +181,7 @@ def test_paired_first_layer_with_nan_and_inf(activation, case, with_source, dtyp
     perm = im.latent_permutation(n, s, seed=3)
     p = param_of(activation)
     args = (t["a"], t["b"], t["c"], t["bias"])
-    out = on_path(path, _ops.paired_first_layer, *args, perm, activation, p)
+    out = on_path(path, paired_first_layer_op.paired_first_layer, *args, perm, activation, p)
     want = paired_plain(*args, perm, activation, p, path)
     grad_out = torch.randn(out.shape, generator=g, dtype=dtype)
     forward, grad_scales = paired_scales(im.reference.paired_first_layer, [finite(v) for v in args],
@@ -226,7 +227,7 @@ def test_paired_linear_with_nan_and_inf(activation, case, with_source, dtype, pa
     perm = im.latent_permutation(n, s, seed=4)
     p = param_of(activation)
     args = (t["hx"], t["hz"], t["src"], t["weight"], t["bias"])
-    out = on_path(path, _ops.paired_linear, *args, perm, activation, p)
+    out = on_path(path, paired_linear_op.paired_linear, *args, perm, activation, p)
     # Plain torch: the op's definition, the weight split into its data and latent columns (a
     # Linear layer on the concatenated pairs sums the same products in another grouping, where
     # 0 * inf terms can give NaN in one grouping and inf in the other).
@@ -274,7 +275,7 @@ def test_critic_head_with_nan_and_inf(activation, case, dtype, path):
                 bias=torch.randn(1, generator=g, dtype=dtype))
     t = {k: poison(v, HEAD_CASES[case].get(k, {})) for k, v in base.items()}
     p = param_of(activation)
-    bound, scores = on_path(path, _ops.critic_head, t["hidden"], t["weight"], t["bias"], n_joint,
+    bound, scores = on_path(path, critic_head_op.critic_head, t["hidden"], t["weight"], t["bias"], n_joint,
                             activation, p)
     want_scores = torch_activation(t["hidden"] @ t["weight"] + t["bias"], activation, p, path)
     want = want_scores[:n_joint].mean() - torch.exp(want_scores[n_joint:] - 1).mean()
@@ -308,7 +309,7 @@ def test_nwj_bound_with_nan_and_inf(case, dtype, path):
     joint_entries, marg_entries = NWJ_CASES[case]
     tj = poison(torch.randn(5, generator=g, dtype=dtype), joint_entries)
     tm = poison(torch.randn(4, generator=g, dtype=dtype), marg_entries)
-    bound = on_path(path, _ops.nwj_bound, tj, tm)
+    bound = on_path(path, nwj_bound_op.nwj_bound, tj, tm)
     want = tj.mean() - torch.exp(tm - 1).mean()
     growth = torch.exp(finite(tm) - 1)
     scale = finite(tj).abs().mean() + growth.mean() * (1 + finite(tm).abs().max())
@@ -332,7 +333,7 @@ def test_the_chunked_reductions_keep_a_single_nan(rows, where):
     hidden = torch.randn(rows, 16, generator=g)
     hidden[index, 5] = NAN
     for activation in ("relu", "identity", "sigmoid"):
-        bound, out = im._ops.critic_head(hidden, torch.randn(16, generator=g), None, n_joint,
+        bound, out = im.critic_head_op.critic_head(hidden, torch.randn(16, generator=g), None, n_joint,
                                       activation)
         assert torch.isnan(bound) and torch.isnan(out[index]) and torch.isnan(out).sum() == 1
 
@@ -451,7 +452,7 @@ def test_critic_mlp_with_nan_and_inf(activation, dtype, path, case):
     w1 = poison(mlp.weights[1], entries.get("w1", {}))
     mlp = mlp.with_tensors([hidden, poison(mlp.weights[0], {}), w1,
                             *[poison(t, {}) for t in mlp.tensors()[3:]]])
-    bound, scores = on_path(path, _ops.critic_mlp, *mlp.args())
+    bound, scores = on_path(path, critic_mlp_op.critic_mlp, *mlp.args())
     want_bound, want_scores = mlp_plain(*mlp.args(), path)
     finite_mlp = mlp.with_tensors([finite(t) for t in mlp.tensors()])
     score_scale, bound_scale, grad_scales = mlp_scales(finite_mlp, dtype, 1.0,
@@ -481,7 +482,7 @@ def test_critic_mlp_relu_keeps_nan_and_passes_its_gradient(dtype):
     # torch.relu(NaN) = NaN, so score 0 and the bound are NaN; relu'(NaN) passes the gradient.
     hidden = torch.tensor([[NAN], [1.0]], dtype=dtype, requires_grad=True)
     one = torch.ones(1, 1, dtype=dtype)
-    bound, scores = _ops.critic_mlp(hidden, [one], [None], ["relu"], [0.0], one[0], None, 1,
+    bound, scores = critic_mlp_op.critic_mlp(hidden, [one], [None], ["relu"], [0.0], one[0], None, 1,
                                  "identity", 0.0)
     assert torch.isnan(scores[0]) and scores[1] == 1.0 and torch.isnan(bound)
     grad, = torch.autograd.grad(scores.sum(), [hidden])

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import infomax_ext as im
-from infomax_ext import _ops, reference
+from infomax_ext import (_ops, critic_head_op, nwj_bound_op, paired_first_layer_op,
+                         paired_linear_op, reference)
 from infomax_ext.activations import KERNEL_ACTIVATIONS
 from activation_cases import param_of
 from tolerances import assert_close_scaled, critic_head_scales, paired_scales
@@ -112,7 +113,7 @@ def test_paired_first_layer_gradcheck(activation, source):
     inputs = [a, b, bias] + ([c] if source else [])
 
     def f(a, b, bias, *rest):
-        return _ops.paired_first_layer(a, b, rest[0] if rest else None, bias, perm, activation, p)
+        return paired_first_layer_op.paired_first_layer(a, b, rest[0] if rest else None, bias, perm, activation, p)
 
     assert torch.autograd.gradcheck(f, inputs)
 
@@ -130,7 +131,7 @@ def test_paired_first_layer_matches_reference(activation, dtype, n, h, s):
     for source in (False, True):
         a, b, c, bias, perm = paired_inputs(n, h, s, dtype=dtype, source=source)
         p = param_of(activation)
-        out = _ops.paired_first_layer(a, b, c, bias, perm, activation, p)
+        out = paired_first_layer_op.paired_first_layer(a, b, c, bias, perm, activation, p)
         ref = reference.paired_first_layer(a, b, c, bias, perm, activation, p)
         grad = torch.randn_like(out)
         forward, grad_scales = paired_scales(reference.paired_first_layer, (a, b, c, bias), perm,
@@ -149,7 +150,7 @@ def test_paired_first_layer_noncontiguous_inputs():
     a, b, _, bias, perm = paired_inputs(12, 9)
     a_t = a.detach().t().contiguous().t()  # transposed storage
     b_wide = torch.randn(12, 18, dtype=torch.float64)[:, ::2]  # strided view
-    out = _ops.paired_first_layer(a_t, b_wide, None, bias, perm, "tanh", 0.0)
+    out = paired_first_layer_op.paired_first_layer(a_t, b_wide, None, bias, perm, "tanh", 0.0)
     ref = reference.paired_first_layer(a_t.contiguous(), b_wide.contiguous(), None, bias, perm, "tanh")
     torch.testing.assert_close(out, ref)
 
@@ -158,7 +159,7 @@ def test_paired_first_layer_only_requested_grads():
     a, b, c, bias, perm = paired_inputs(6, 5, source=True)
     a.requires_grad_(False)
     c.requires_grad_(False)
-    out = _ops.paired_first_layer(a, b, c, bias, perm, "relu", 0.0)
+    out = paired_first_layer_op.paired_first_layer(a, b, c, bias, perm, "relu", 0.0)
     gb, gbias = torch.autograd.grad(out.sum(), [b, bias])
     rb, rbias = torch.autograd.grad(reference.paired_first_layer(a, b, c, bias, perm, "relu").sum(), [b, bias])
     torch.testing.assert_close(gb, rb)
@@ -167,7 +168,7 @@ def test_paired_first_layer_only_requested_grads():
 
 def test_paired_first_layer_backward_is_deterministic():
     a, b, c, bias, perm = paired_inputs(257, 64, s=2, dtype=torch.float32)
-    out = _ops.paired_first_layer(a, b, c, bias, perm, "gelu", 0.0)
+    out = paired_first_layer_op.paired_first_layer(a, b, c, bias, perm, "gelu", 0.0)
     grad = torch.randn_like(out)
     first = torch.autograd.grad(out, [a, b, bias], grad, retain_graph=True)
     for threads in (1, 2):
@@ -244,7 +245,7 @@ def test_paired_linear_gradcheck(source, bias, activation):
         src_ = next(it) if source else None
         weight = next(it)
         b_ = next(it) if bias else None
-        return _ops.paired_linear(hx, hz, src_, weight, b_, perm, activation)
+        return paired_linear_op.paired_linear(hx, hz, src_, weight, b_, perm, activation)
 
     assert torch.autograd.gradcheck(f, inputs)
 
@@ -260,7 +261,7 @@ def test_paired_linear_matches_reference(dtype, n, dx, dz, h, s):
     for source, bias in itertools.product((False, True), (False, True)):
         args = linear_inputs(n, dx, dz, h, s, dtype=dtype, source=source, bias=bias)
         perm = args[-1]
-        out = _ops.paired_linear(*args, "gelu")
+        out = paired_linear_op.paired_linear(*args, "gelu")
         ref = reference.paired_linear(*args, "gelu")
         grad = torch.randn_like(out)
         forward, grad_scales = paired_scales(reference.paired_linear, args[:-1], perm, "gelu",
@@ -279,7 +280,7 @@ def test_paired_linear_returns_exactly_the_requested_gradients(source, bias):
     # must get its own gradients, equal to the reference's.
     hx, hz, src, weight, b, perm = linear_inputs(5, 4, 2, 3, s=2, source=source, bias=bias)
     present = [t for t in (hx, hz, src, weight, b) if t is not None]
-    out = _ops.paired_linear(hx, hz, src, weight, b, perm, "tanh")
+    out = paired_linear_op.paired_linear(hx, hz, src, weight, b, perm, "tanh")
     ref = reference.paired_linear(hx, hz, src, weight, b, perm, "tanh")
     grad = torch.randn_like(out)
     for k in range(1, len(present) + 1):
@@ -293,7 +294,7 @@ def test_paired_linear_returns_exactly_the_requested_gradients(source, bias):
 def test_paired_linear_without_any_gradient_is_the_forward_only():
     hx, hz, _, weight, b, perm = linear_inputs(4, 3, 2, 5)
     with torch.no_grad():
-        out = _ops.paired_linear(hx, hz, None, weight, b, perm, "relu")
+        out = paired_linear_op.paired_linear(hx, hz, None, weight, b, perm, "relu")
     assert not out.requires_grad
     torch.testing.assert_close(out, reference.paired_linear(hx, hz, None, weight, b, perm, "relu").detach())
 
@@ -310,7 +311,7 @@ def test_paired_linear_with_a_precomputed_data_half(source):
     hx, hz, src, weight, b, perm = linear_inputs(6, 4, 2, 5, s=2, source=source)
     data_half = (hx @ weight[:, :4].t()).detach()
     present = [t for t in (hx, hz, src, weight, b) if t is not None]
-    for op in (_ops.paired_linear, reference.paired_linear):
+    for op in (paired_linear_op.paired_linear, reference.paired_linear):
         out = op(hx, hz, src, weight, b, perm, "silu", 0.0, data_half)
         ref = reference.paired_linear(hx, hz, src, weight, b, perm, "silu")
         torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
@@ -418,7 +419,7 @@ def test_critic_head_gradcheck(activation):
     p = param_of(activation)
     # Gradient of bound and of scores together (miloss regularizers use the scores).
     f = lambda h, w, b: (lambda out: out[0] + 0.3 * out[1].pow(2).sum())(
-        _ops.critic_head(h, w, b, 4, activation, p))
+        critic_head_op.critic_head(h, w, b, 4, activation, p))
     assert torch.autograd.gradcheck(f, (hidden, w, b))
 
 
@@ -429,7 +430,7 @@ def test_critic_head_gradients_of_each_input_alone(with_bias):
     hidden = torch.randn(10, 6, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(1, generator=g, dtype=torch.float64, requires_grad=True) if with_bias else None
-    bound, _ = _ops.critic_head(hidden, w, b, 5, "sigmoid")
+    bound, _ = critic_head_op.critic_head(hidden, w, b, 5, "sigmoid")
     ref, _ = reference.critic_head(hidden, w, b, 5, "sigmoid")
     for t in [hidden, w] + ([b] if with_bias else []):
         got, = torch.autograd.grad(bound, [t], retain_graph=True)
@@ -446,7 +447,7 @@ def test_critic_head_matches_reference(dtype, rows, h, n_joint):
     # Tolerances: tests/tolerances.py (critic_head_scales): dot products of h terms, sums of up to
     # 1024 scores, both in other orders than torch's.
     for bias in (b, None):
-        got = _ops.critic_head(hidden, w, bias, n_joint, "softplus")
+        got = critic_head_op.critic_head(hidden, w, bias, n_joint, "softplus")
         want = reference.critic_head(hidden, w, bias, n_joint, "softplus")
         scores, bound, grad_scales = critic_head_scales(hidden, w, bias, n_joint, "softplus", 0.0)
         assert_close_scaled(got[0], want[0], bound, k=8, what="bound")
@@ -482,7 +483,7 @@ def test_reductions_do_not_depend_on_thread_count():
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            bound, _ = _ops.critic_head(hidden, w, None, 1500, "identity")
+            bound, _ = critic_head_op.critic_head(hidden, w, None, 1500, "identity")
             results.append((bound.detach(), *torch.autograd.grad(bound, [hidden, w])))
     finally:
         torch.set_num_threads(old)
@@ -504,19 +505,19 @@ def op_calls():
     bound, scores, pre = ops.critic_head(hidden, w, hbias, 3, "relu", 0.0)
     tj, tm = torch.randn(3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
     return {
-        "paired_first_layer": (_ops.paired_first_layer, ops.paired_first_layer.default,
+        "paired_first_layer": (paired_first_layer_op.paired_first_layer, ops.paired_first_layer.default,
                                [a, b, c, bias, perm, "relu", 0.0]),
         "paired_first_layer_backward": (None, ops.paired_first_layer_backward.default,
                                         [torch.ones(16, 3, dtype=torch.float64), a, b, c, bias,
                                          perm, ops.inverse_permutation(perm), "relu", 0.0,
                                          [True] * 4]),
-        "paired_linear": (_ops.paired_linear, ops.paired_linear.default,
+        "paired_linear": (paired_linear_op.paired_linear, ops.paired_linear.default,
                           [hx, hz, src, weight, lbias, lperm, "relu", 0.0, data_half]),
-        "critic_head": (_ops.critic_head, ops.critic_head.default, [hidden, w, hbias, 3, "relu", 0.0]),
+        "critic_head": (critic_head_op.critic_head, ops.critic_head.default, [hidden, w, hbias, 3, "relu", 0.0]),
         "critic_head_backward": (None, ops.critic_head_backward.default,
                               [torch.ones((), dtype=torch.float64), torch.ones_like(scores), hidden,
                                w, scores, pre, 3, "relu", 0.0, [True] * 3]),
-        "nwj_bound": (_ops.nwj_bound, ops.nwj_bound.default, [tj, tm]),
+        "nwj_bound": (nwj_bound_op.nwj_bound, ops.nwj_bound.default, [tj, tm]),
         "nwj_bound_backward": (None, ops.nwj_bound_backward.default,
                                [torch.ones((), dtype=torch.float64), tj, tm]),
     }
@@ -565,9 +566,9 @@ def test_op_arguments_that_are_not_tensors_are_named():
         im.nwj_bound(torch.randn(3), 1.0)
     a, b, _, bias, perm = paired_inputs(4, 3, requires_grad=False)
     with pytest.raises(TypeError, match="paired_first_layer: perm must be a torch.Tensor"):
-        im._ops.paired_first_layer(a, b, None, bias, [0, 1, 2, 3], "relu")
+        im.paired_first_layer_op.paired_first_layer(a, b, None, bias, [0, 1, 2, 3], "relu")
     with pytest.raises(TypeError, match="critic_head: weight must be a torch.Tensor, got tuple"):
-        im._ops.critic_head(torch.randn(4, 2), (1.0, 2.0), None, 2)
+        im.critic_head_op.critic_head(torch.randn(4, 2), (1.0, 2.0), None, 2)
     with pytest.raises(TypeError, match="inverse_permutation: perm must be a torch.Tensor"):
         im.inverse_permutation([1, 0])
 
@@ -627,7 +628,7 @@ def test_a_perm_with_repeats_is_refused_in_backward_not_turned_into_gradients(so
     hx, hz, src, weight, b, perm = linear_inputs(4, 3, 2, 5, s=1, source=source)
     repeated = perm.clone()
     repeated[1] = repeated[0]
-    out = _ops.paired_linear(hx, hz, src, weight, b, repeated, "relu")
+    out = paired_linear_op.paired_linear(hx, hz, src, weight, b, repeated, "relu")
     leaves = [t for t in (hx, hz, src, weight, b) if t is not None]
     with pytest.raises(RuntimeError, match="not a permutation"):
         torch.autograd.grad(out.sum(), leaves)
@@ -655,10 +656,10 @@ def test_double_backward_is_refused_when_only_the_bias_needs_it(op):
         hx, hz, _, weight, b, perm = (t.detach() if t is not None else None
                                       for t in linear_inputs(4, 3, 2, 5))
         b.requires_grad_()
-        out = _ops.paired_linear(hx, hz, None, weight, b, perm, "softplus").sum()
+        out = paired_linear_op.paired_linear(hx, hz, None, weight, b, perm, "softplus").sum()
     else:
         hidden, weight, b = torch.randn(6, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64), \
             torch.randn(1, dtype=torch.float64, requires_grad=True)
-        out, _ = _ops.critic_head(hidden, weight, b, 3, "softplus")
+        out, _ = critic_head_op.critic_head(hidden, weight, b, 3, "softplus")
     with pytest.raises(RuntimeError, match="does not support double backward"):
         torch.autograd.grad(out, [b], create_graph=True)

@@ -187,3 +187,25 @@ def test_no_import_cycle_among_the_modules():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def test_compiled_ops_list_names_every_op_of_ops_cpp():
+    """_ops.COMPILED_OPS (what a loaded build must define) is the op list of csrc/ops.cpp."""
+    import re
+    from pathlib import Path
+
+    from infomax_ext import _ops
+
+    source = Path(__file__).resolve().parents[1] / "csrc" / "ops.cpp"
+    if not source.exists():
+        pytest.skip("no source tree beside the tests")
+    defined = re.findall(r'"([a-z_0-9]+)\(', source.read_text())
+    assert sorted(defined) == sorted(_ops.COMPILED_OPS)
+
+
+def test_a_build_lacking_an_op_is_refused_by_name(monkeypatch):
+    from infomax_ext import _ops
+
+    monkeypatch.setattr(_ops, "COMPILED_OPS", _ops.COMPILED_OPS + ("no_such_op",))
+    with pytest.raises(ImportError, match="lacks the ops no_such_op"):
+        _ops._check_compiled_ops()

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import infomax_ext as im
-from infomax_ext import _ops
+from infomax_ext import _ops, paired_first_layer_op
 
 pytestmark = pytest.mark.skipif(not im.extension_available(), reason="compiled ops not loaded")
 
@@ -21,7 +21,7 @@ def path_taken() -> str:
     """Which path a paired_first_layer call takes here: the fused op's autograd node or the
     reference's torch.cat."""
     a = torch.randn(4, 3, requires_grad=True)
-    out = _ops.paired_first_layer(a, torch.randn(4, 3), None, torch.zeros(3), torch.arange(4),
+    out = paired_first_layer_op.paired_first_layer(a, torch.randn(4, 3), None, torch.zeros(3), torch.arange(4),
                                   "relu", 0.0)
     return "reference" if out.grad_fn.name().startswith("Cat") else "compiled"
 
@@ -161,7 +161,7 @@ def test_torch_compile_follows_the_context_per_thread():
         return gm.forward
 
     def f(a, b):
-        return _ops.paired_first_layer(a, b, None, torch.zeros(3), torch.arange(4), "tanh", 0.0)
+        return paired_first_layer_op.paired_first_layer(a, b, None, torch.zeros(3), torch.arange(4), "tanh", 0.0)
 
     compiled = torch.compile(f, backend=backend, fullgraph=True)
     a, b = torch.randn(4, 3), torch.randn(4, 3)

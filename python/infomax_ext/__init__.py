@@ -10,16 +10,19 @@ from ._ops import (
     extension_available,
     extension_error,
     inverse_permutation,
-    nwj_bound,
-    critic_head,
-    critic_mlp,
-    paired_first_layer,
-    paired_linear,
     seeded_permutation,
     current_path,
     use_path,
     use_reference_path,
 )
+# Importing each op module registers its op's fake kernels and autograd formula (bound_op's
+# through .bounds below; critic_chain_op holds the one-node chain, no op of its own).
+from . import critic_chain_op  # noqa: F401
+from .critic_head_op import critic_head
+from .critic_mlp_op import critic_mlp
+from .nwj_bound_op import nwj_bound
+from .paired_first_layer_op import paired_first_layer
+from .paired_linear_op import paired_linear
 from ._version import __version__ as __version__
 from .activations import Activation, identity
 from .bounds import BOUNDS, Bound

@@ -200,9 +200,9 @@ class NWJ(Bound):
     name, reduction, compiled = "nwj", "mean", True
 
     def value(self, joint: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        from . import _ops  # the compiled op (the fused kernel) when it applies
+        from . import nwj_bound_op  # the compiled op (the fused kernel) when it applies
 
-        return _ops.nwj_bound(joint, negatives)
+        return nwj_bound_op.nwj_bound(joint, negatives)
 
 
 class DV(Bound):

@@ -5,7 +5,7 @@
 The pair ``T(x, z)``, ``T(x, z[perm])`` is evaluated the shared way whenever the chain allows:
 ``data(x)`` and ``latent(z)`` once, the first MLP layer ``W [hx; hz] + b`` split into
 ``hx @ Wx.T`` (computed once for both halves) and ``hz @ Wz.T`` (gathered through ``perm`` for the
-shuffled half), then the fused ops of :mod:`infomax_ext._ops`. When no gradient can flow from the
+shuffled half), then the fused ops (the ``*_op`` modules). When no gradient can flow from the
 shuffled scores, only the joint rows build a graph (the joint-graph evaluation). Chains that do not
 allow the shared evaluation (first MLP layer not a Linear, an activation the kernels do not run,
 batch-coupled layers) take the exact two-call path ``T(x, z)``, ``T(x, z_shuffle)``.
@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, cast
 import torch
 from torch import nn
 
-from . import _ops, distributed, distributed_bounds, widths
+from . import (_ops, critic_chain_op, critic_head_op, critic_mlp_op, distributed,
+               distributed_bounds, nwj_bound_op, paired_linear_op, widths)
 from .all_pairs import all_pairs_bound
 from .bounds import NWJ, Bound, resolve_bound
 from ._builders import Built, builder_config, check_layers, check_size, head, linear, mlp, parse_size
@@ -322,22 +323,22 @@ def paired_mutual_info(
     data_half = _kept_data_half(data_half_cache, hx, weight)
     value: torch.Tensor | None
     if plan.stack is not None and _one_node(plan, hx, hz, source, data_half, perm):
-        from . import _autograd  # loaded with the extension, which _one_node found
         assert plan.head is not None and plan.head_act is not None  # a stack is planned with a head
         assert plan.stack_activations is not None and perm is not None  # as _one_node found
-        value, scores = _autograd.critic_chain(
+        value, scores = critic_chain_op.critic_chain(
             hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
             plan.first_act.param, data_half, [layer.weight for layer, _ in plan.stack],
             [layer.bias for layer, _ in plan.stack], *plan.stack_activations,
             plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
             plan.head_act.param)
         return _paired(bound, scores[:m], scores[m:], value)
-    h = _ops.paired_linear(hx, hz, source, weight, plan.first.bias, perm,  # type: ignore[arg-type]
-                           plan.first_act.name, plan.first_act.param, data_half)
+    h = paired_linear_op.paired_linear(
+        hx, hz, source, weight, plan.first.bias, perm,  # type: ignore[arg-type]
+        plan.first_act.name, plan.first_act.param, data_half)
     if plan.stack is not None:
         assert plan.head is not None and plan.head_act is not None  # a stack is planned with a head
         assert plan.stack_activations is not None  # built with every stack
-        value, scores = _ops.critic_mlp(
+        value, scores = critic_mlp_op.critic_mlp(
             h, [layer.weight for layer, _ in plan.stack], [layer.bias for layer, _ in plan.stack],
             *plan.stack_activations, plan.head.weight.reshape(-1), plan.head.bias, m,
             plan.head_act.name, plan.head_act.param)
@@ -346,7 +347,7 @@ def paired_mutual_info(
         h = module(h)
     if plan.head is not None:
         assert plan.head_act is not None  # planned with every head
-        value, scores = _ops.critic_head(
+        value, scores = critic_head_op.critic_head(
             h, plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
             plan.head_act.param,
         )
@@ -361,7 +362,7 @@ def paired_mutual_info(
 def _one_node(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor, source: torch.Tensor | None,
               data_half: torch.Tensor | None, perm: torch.Tensor | None) -> bool:
     """Whether the chain from its first layer to the bound runs as one autograd node
-    (_autograd.critic_chain): eager mode, a gradient to compute, no torch.autocast on the device,
+    (critic_chain_op.critic_chain): eager mode, a gradient to compute, no torch.autocast on the device,
     every tensor on one device and of one dtype, and the kernels apply to them. Otherwise
     paired_linear and critic_mlp run as two ops (as torch.compile's graphs hold them), whose
     wrappers cast under autocast and name any argument that does not fit."""
@@ -394,7 +395,7 @@ def _paired(bound: Bound, joint: torch.Tensor, shuffled: torch.Tensor,
     """The PairedBound of ``bound`` on the scores; ``nwj_value`` is the fused ops' NWJ value,
     used as is when the bound is NWJ (the other bounds reduce the scores the ops returned)."""
     if type(bound) is NWJ:
-        value = nwj_value if nwj_value is not None else _ops.nwj_bound(joint, shuffled)
+        value = nwj_value if nwj_value is not None else nwj_bound_op.nwj_bound(joint, shuffled)
     else:
         value = bound(joint, shuffled)
     return PairedBound(value, joint, shuffled)

@@ -19,7 +19,7 @@ they are. Each then runs with autocast off, so the products it calls inside use 
 was given. Registered once per op (:func:`register_autocast_rules`) at the ``AutocastCPU`` and
 ``AutocastCUDA`` dispatch keys, as ``torch.library.register_autocast`` does but with the autocast
 dtype read at call time (which that function fixes per device); the Python wrappers of
-:mod:`infomax_ext._ops`, which call the autograd kernels directly in eager mode, cast the same
+the op modules (``*_op``), which call the autograd kernels directly in eager mode, cast the same
 way first (:func:`autocast_inputs`), so the autograd nodes see the cast tensors and the
 gradients reach the parameters in their own dtype through the casts.
 """

@@ -1,6 +1,6 @@
 """Plain-PyTorch twins of every fused op: the test oracle and the fallback path.
 
-Each function computes exactly what the op of the same name in ``infomax_ext._ops`` computes
+Each function computes exactly what the op of the same name (``infomax_ext.<name>_op``) computes
 (same argument meaning, same shapes), with ordinary differentiable torch operations.
 """
 from __future__ import annotations
