@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from . import _ops
+from ._op_autograd import refuse_double_backward
 
 __all__ = ["mi_bound", "kernel_applies"]
 
@@ -90,16 +91,6 @@ def not_applied_error(op: str, a: torch.Tensor, b: torch.Tensor, fallback: str) 
         "the plain-PyTorch path is chosen (use_path)" if _ops.current_path() == "reference"
         else f"the kernels do not run {a.dtype} and {b.dtype} scores on {a.device} here")
     return RuntimeError(f"{op}: the compiled op does not apply: {reason}; {fallback}")
-
-
-def refuse_double_backward(op: str, *tensors: torch.Tensor | None) -> None:
-    """In a compiled reduction's backward: a RuntimeError when a gradient of the gradient is
-    being built (create_graph=True with any of ``tensors`` requiring grad)."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(
-            f"infomax_ext: {op} does not support double backward (a gradient of its gradient, "
-            "create_graph=True); compute higher derivatives on the plain-PyTorch path: inside "
-            "`with infomax_ext.use_reference_path():`")
 
 
 if _ops.extension_available():

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from . import bound_op, distributed
+from ._op_autograd import refuse_double_backward
 from .bounds import (DV, Bound, _check_scores, _off_diagonal_at, _with_gradient_of,
                      as_reduction_dtype)
 
@@ -115,7 +116,7 @@ class _MiBoundOverGroup(torch.autograd.Function):
             else:
                 grad_value = grad_value + grad_objective
             grad_objective = None
-        bound_op.refuse_double_backward("mi_bound", grad_value, grad_objective, joint, negatives)
+        refuse_double_backward("mi_bound", grad_value, grad_objective, joint, negatives)
         grad_joint = grad_negatives = None
         if grad_value is not None:
             total = grad_value.clone()

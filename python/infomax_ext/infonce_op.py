@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from . import _ops
-from .bound_op import not_applied_error, refuse_double_backward
+from ._op_autograd import refuse_double_backward
+from .bound_op import not_applied_error
 
 __all__ = ["infonce_rows", "kernel_applies"]
 
