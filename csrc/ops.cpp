@@ -67,4 +67,8 @@ STABLE_TORCH_LIBRARY(infomax_ext, m) {
   m.def(
       "mi_bound_backward(Tensor? grad_value, Tensor? grad_objective, Tensor t_joint, "
       "Tensor t_negatives, str bound, float param, Tensor? log_sum_exp=None) -> (Tensor, Tensor)");
+  m.def("infonce_rows(Tensor rows, Tensor joint) -> (Tensor, Tensor)");
+  m.def(
+      "infonce_rows_backward(Tensor grad, Tensor rows, Tensor joint, Tensor row_lse) "
+      "-> (Tensor, Tensor)");
 }

@@ -16,6 +16,7 @@ CASES = [(name, negatives, shuffled_grad)
          for name, bound in im.BOUNDS.items()
          for negatives in (("all",) if bound.needs_all_pairs else ("shuffle", "all"))
          for shuffled_grad in (False, True)]
+LOG_MEAN_EXP = [name for name, bound in im.BOUNDS.items() if bound.reduction == "log_mean_exp"]
 
 
 def _chain():
@@ -45,15 +46,16 @@ def _bound_cases(rank, out):
     x, z = _batch()
     rows = slice(rank * ROWS, (rank + 1) * ROWS)
     results = [_evaluate(mi, x[rows], z[rows], case, dist.group.WORLD) for case in CASES]
-    dv_runs = {"all": _dv_average_run(mi, x[rows], z[rows], "all", dist.group.WORLD)}
-    refused = None
-    try:
-        shuffled_bound(mi, x[rows], z[rows], seed=5, process_group=dist.group.WORLD,
-                       bound=DV(moving_average=0.9))
-    except ValueError as exc:
-        refused = str(exc)
-    torch.save({"results": results, "dv_runs": dv_runs, "refused": refused},
-               f"{out}/rank{rank}.pt")
+    with im.use_reference_path():  # the plain-PyTorch global log-mean-exp
+        reference = [_evaluate(mi, x[rows], z[rows], case, dist.group.WORLD)
+                     if case[0] in LOG_MEAN_EXP else None for case in CASES]
+    value = shuffled_bound(mi, x[rows], z[rows], seed=5, process_group=dist.group.WORLD,
+                           bound="dv").bound
+    dv_node = type(value.grad_fn).__name__
+    dv_runs = {negatives: _dv_average_run(mi, x[rows], z[rows], negatives, dist.group.WORLD)
+               for negatives in ("shuffle", "all")}
+    torch.save({"results": results, "reference": reference, "dv_node": dv_node,
+                "dv_runs": dv_runs}, f"{out}/rank{rank}.pt")
 
 
 def _dv_average_run(mi, x, z, negatives, group=None, steps=3):
@@ -95,12 +97,28 @@ def test_whole_batch_over_processes(ranks, index):
     assert torch.allclose(got_z, z_grad, rtol=0, atol=1e-10)
 
 
-def test_dv_moving_average_with_shuffled_negatives_refused_over_processes(ranks):
-    assert all("moving_average" in r["refused"] and "negatives='all'" in r["refused"]
-               for r in ranks)
+def test_log_mean_exp_bounds_take_the_compiled_op_across_processes(ranks):
+    """dv and smile over processes: each process's (shift, log sum) from mi_bound, combined by
+    one all-gather (_MiBoundOverGroup), give the values and gradients of the plain-PyTorch
+    global log-mean-exp (use_reference_path) on every rank (which both equal one process on the
+    whole batch: test_whole_batch_over_processes)."""
+    assert all(r["dv_node"] == "_MiBoundOverGroupBackward" for r in ranks)
+    checked = 0
+    for index, case in enumerate(CASES):
+        if case[0] not in LOG_MEAN_EXP:
+            continue
+        for r in ranks:
+            (value, z_grad, grads), (ref_value, ref_z_grad, ref_grads) = \
+                r["results"][index], r["reference"][index]
+            assert torch.allclose(value, ref_value, rtol=0, atol=1e-10), case
+            assert torch.allclose(z_grad, ref_z_grad, rtol=0, atol=1e-10), case
+            for got, want in zip(grads, ref_grads):
+                assert torch.allclose(got, want, rtol=0, atol=1e-10), case
+            checked += 1
+    assert checked == 2 * len(LOG_MEAN_EXP) * 2 * 2  # ranks x bounds x negatives x shuffled_grad
 
 
-@pytest.mark.parametrize("negatives", ["all"])
+@pytest.mark.parametrize("negatives", ["shuffle", "all"])
 def test_dv_moving_average_is_the_whole_batch_s_on_every_process(ranks, negatives):
     """Every process keeps the average one process keeps on the whole batch; the averaged
     gradients (the average's correction included) are the whole batch's."""

@@ -2,9 +2,9 @@
 // from joint scores and negatives' scores) and of its backward. Sums run over fixed chunks of
 // kScoresPerChunk scores, then over the chunks in order, in double: the same bits whatever the
 // thread count, and for nwj the same bits as nwj_bound (csrc/cpu/critic_head_cpu.cpp sums alike).
-// Each block of chunks first fills its terms in one vectorised loop (the math of
-// csrc/cpu/vec_math.h through csrc/bounds.h; AVX-512, AVX2 or baseline builds, the same bits),
-// the backward maps the scores to their gradients alike.
+// Each block of chunks first fills its terms in one vectorised loop (csrc/cpu/vec_loops.h: the
+// math of csrc/cpu/vec_math.h through csrc/bounds.h; AVX-512, AVX2 or baseline builds, the
+// same bits), the backward maps the scores to their gradients alike.
 // Per-element terms are computed in the scores' dtype (as torch's own kernels), their sums in
 // double. The log-mean-exp is shifted by the largest term (0 when that is not finite), so it
 // neither overflows nor underflows; the forward returns the shift and the log of the shifted
@@ -15,15 +15,10 @@
 #include <vector>
 
 #include "../bound_args.h"
+#include "vec_loops.h"
 
 namespace infomax_ext {
 namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define INFOMAX_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
-#else
-#define INFOMAX_TARGET_CLONES __attribute__((flatten))
-#endif
 
 constexpr int64_t kScoresPerChunk = 64;
 // Chunks filled and summed together: the terms of a block are computed in one vectorised loop
@@ -32,17 +27,6 @@ constexpr int64_t kChunksPerBlock = 8;
 constexpr int64_t kScoresPerBlock = kScoresPerChunk * kChunksPerBlock;
 
 int64_t chunk_count(int64_t n) { return (n + kScoresPerChunk - 1) / kScoresPerChunk; }
-
-// out[i] = term(in[i]) for i < n: one loop GCC vectorises (flatten: every call in term inlines,
-// to branch-free math), built for AVX-512, AVX2 and the x86-64 baseline, the widest the CPU
-// runs chosen at load time.
-// Without fused multiply-adds (-ffp-contract=off for this file) every build computes the same
-// bits, and the same as a scalar call of the terms (nwj_bound's loop).
-template <typename scalar_t, typename F>
-INFOMAX_TARGET_CLONES void fill_terms(const scalar_t* __restrict__ in, int64_t n,
-                                      scalar_t* __restrict__ out, const F& term) {
-  for (int64_t i = 0; i < n; ++i) out[i] = term(in[i]);
-}
 
 // out[r] = f(x[r]) for r < n, in parallel; f inlines into one vectorised loop per range.
 template <typename scalar_t, typename F>

@@ -21,28 +21,6 @@ constexpr int64_t kScoresPerBlock = 4 * kThreads;
 
 int64_t blocks_for(int64_t n) { return (n + kScoresPerBlock - 1) / kScoresPerBlock; }
 
-// max(a, b), NaN when either is NaN.
-template <typename T>
-__device__ __forceinline__ T nan_max(T a, T b) {
-  return (b > a || b != b) && a == a ? b : a;
-}
-
-// nan_max of v over the kThreads threads of a 1-D block in a fixed tree; every thread gets it.
-template <typename T>
-__device__ __forceinline__ T block_max(T v, T* shared) {
-  shared[threadIdx.x] = v;
-  __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) {
-      shared[threadIdx.x] = nan_max(shared[threadIdx.x], shared[threadIdx.x + stride]);
-    }
-    __syncthreads();
-  }
-  const T top = shared[0];
-  __syncthreads();
-  return top;
-}
-
 // LogMeanExpOf, first pass: partial[block] = max of n(t_k) over the block's negatives.
 template <MiBound B, typename T>
 __global__ void negative_max_kernel(const T* tn, int64_t k, T param, T* partial) {

@@ -1,6 +1,6 @@
 #pragma once
-// Launch helpers shared by the CUDA kernels: grid sizes, a grid-stride loop, and the two
-// deterministic reductions (a block tree sum, and column sums of per-chunk partial sums).
+// Launch helpers shared by the CUDA kernels: grid sizes, a grid-stride loop, and the
+// deterministic reductions (a block tree sum and max, and column sums of per-chunk partial sums).
 // Every reduction has a fixed shape that depends only on the problem size, never on the device,
 // so results are bit-identical from run to run and between GPUs of the same architecture.
 #include <cuda_runtime.h>
@@ -79,6 +79,28 @@ __device__ __forceinline__ T block_sum(T v, T* shared) {
   const T total = shared[0];
   __syncthreads();  // shared may be reused right after
   return total;
+}
+
+// max(a, b), NaN when either is NaN.
+template <typename T>
+__device__ __forceinline__ T nan_max(T a, T b) {
+  return (b > a || b != b) && a == a ? b : a;
+}
+
+// nan_max of v over the kThreads threads of a 1-D block in a fixed tree; every thread gets it.
+template <typename T>
+__device__ __forceinline__ T block_max(T v, T* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) {
+      shared[threadIdx.x] = nan_max(shared[threadIdx.x], shared[threadIdx.x + stride]);
+    }
+    __syncthreads();
+  }
+  const T top = shared[0];
+  __syncthreads();
+  return top;
 }
 
 // Second pass of a chunked reduction: out[col] = sum over c < chunks of partial[c * cols + col],

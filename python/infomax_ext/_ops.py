@@ -51,6 +51,7 @@ COMPILED_OPS = (
     "critic_mlp", "critic_mlp_forward", "critic_mlp_backward",
     "nwj_bound", "nwj_bound_backward",
     "mi_bound", "mi_bound_backward",
+    "infonce_rows", "infonce_rows_backward",
 )
 """Every op ``infomax_ext._C`` defines (csrc/ops.cpp): a build that lacks one (stale) counts as
 not loaded, before the op modules register their formulas on it."""

@@ -168,7 +168,7 @@ def all_pairs_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, bound: Boun
         return value, joint, _off_diagonal_at(scores, 0)
     from . import distributed_bounds
 
-    distributed_bounds.check_bound_for_group(bound, all_pairs=True)
+    distributed_bounds.check_bound_for_group(bound)
     codes, offset = distributed_bounds.gathered_codes(z, process_group, shuffled_grad)
     joint, scores = all_pairs_scores(mi, x, z, codes, offset, negatives_grad=shuffled_grad,
                                      chunk_rows=chunk_rows)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from . import _ops
+from ._op_autograd import refuse_double_backward
 
 __all__ = ["mi_bound", "kernel_applies"]
 
@@ -70,13 +71,9 @@ def mi_bound(t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str = "nwj
     the bound on every path."""
     _check(t_joint, t_negatives, param)
     if not kernel_applies(t_joint, t_negatives):
-        reason = _ops.extension_error() or (
-            "the plain-PyTorch path is chosen (use_path)" if _ops.current_path() == "reference"
-            else f"the kernels do not run {t_joint.dtype} and {t_negatives.dtype} scores on "
-                 f"{t_joint.device} here")
-        raise RuntimeError(f"mi_bound: the compiled op does not apply: {reason}; "
-                           f"infomax_ext.BOUNDS[{bound!r}](t_joint, t_negatives) evaluates the "
-                           "bound on every path")
+        raise not_applied_error("mi_bound", t_joint, t_negatives,
+                                f"infomax_ext.BOUNDS[{bound!r}](t_joint, t_negatives) evaluates "
+                                "the bound on every path")
     if torch.compiler.is_compiling() or not torch.is_grad_enabled() or not (
             t_joint.requires_grad or t_negatives.requires_grad):
         value, objective, _ = _OPS.mi_bound.default(t_joint, t_negatives, bound, float(param))
@@ -84,6 +81,16 @@ def mi_bound(t_joint: torch.Tensor, t_negatives: torch.Tensor, bound: str = "nwj
         value, objective, _ = _MiBound.apply(  # type: ignore[no-untyped-call]
             t_joint, t_negatives, bound, float(param))
     return value, objective
+
+
+def not_applied_error(op: str, a: torch.Tensor, b: torch.Tensor, fallback: str) -> RuntimeError:
+    """The error of a compiled reduction ``op`` called where its kernel does not apply to ``a``
+    and ``b``: why (no extension, the reference path, their dtypes or device), then ``fallback``
+    (what evaluates it on every path)."""
+    reason = _ops.extension_error() or (
+        "the plain-PyTorch path is chosen (use_path)" if _ops.current_path() == "reference"
+        else f"the kernels do not run {a.dtype} and {b.dtype} scores on {a.device} here")
+    return RuntimeError(f"{op}: the compiled op does not apply: {reason}; {fallback}")
 
 
 if _ops.extension_available():
@@ -119,13 +126,7 @@ if _ops.extension_available():
         t_joint, t_negatives, log_sum_exp = ctx.saved_tensors
         if grad_value is None and grad_objective is None:
             return None, None, None, None
-        if torch.is_grad_enabled() and any(
-                t is not None and t.requires_grad
-                for t in (grad_value, grad_objective, t_joint, t_negatives)):
-            raise RuntimeError(
-                "infomax_ext: mi_bound does not support double backward (a gradient of its "
-                "gradient, create_graph=True); compute higher derivatives on the plain-PyTorch "
-                "path: inside `with infomax_ext.use_reference_path():`")
+        refuse_double_backward("mi_bound", grad_value, grad_objective, t_joint, t_negatives)
         g_joint, g_negatives = _OPS.mi_bound_backward.default(
             grad_value, grad_objective, t_joint, t_negatives, ctx.bound, ctx.param, log_sum_exp)
         need = ctx.needs_input_grad

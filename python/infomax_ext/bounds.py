@@ -18,7 +18,8 @@ scores) and their gradient returns in their own dtype.
 The bounds of the C++ table ``csrc/bounds.h`` (``compiled = True``: nwj, dv, js, smile) reduce
 the scores with the compiled op ``mi_bound`` (:mod:`infomax_ext.bound_op`) where it applies (the
 extension loaded, float32/64, not inside :func:`~infomax_ext.use_reference_path`); the formulas
-here are its plain-PyTorch twin (the fallback, and the oracle of the tests).
+here are its plain-PyTorch twin (the fallback, and the oracle of the tests). InfoNCE's rows
+are reduced alike by ``infonce_rows`` (:mod:`infomax_ext.infonce_op`).
 ``BOUNDS`` maps each name to its default instance; :func:`resolve_bound` turns a name, a config
 dict or an instance into an instance. InfoNCE needs every pair: :meth:`Bound.from_matrix` takes
 the (N, N) score matrix ``S[i, j] = T(x_i, z_j)``.
@@ -48,7 +49,7 @@ from typing import Any, Callable, Protocol, cast
 import torch
 import torch.nn.functional as F
 
-from . import bound_op
+from . import bound_op, infonce_op
 
 __all__ = ["Bound", "NWJ", "DV", "JS", "SMILE", "InfoNCE", "BOUNDS", "resolve_bound",
            "bound_config", "off_diagonal", "log_mean_exp"]
@@ -388,7 +389,8 @@ class SMILE(JS):
 
 class InfoNCE(Bound):
     """van den Oord et al. 2018: ``mean_i [S_ii - logsumexp_j S_ij] + log N`` over all pairs
-    (at most log N)."""
+    (at most log N); reduced by the compiled ``infonce_rows`` (:mod:`infomax_ext.infonce_op`)
+    where it applies, by the formula here otherwise."""
 
     name, reduction, needs_all_pairs = "infonce", "rows", True
 
@@ -410,6 +412,8 @@ class InfoNCE(Bound):
         (the rows of one process when the batch is split: their mean over processes is the
         whole batch's bound; ``rows`` holds the joint scores at (i, offset + i))."""
         rows, joint = as_reduction_dtype(rows), as_reduction_dtype(joint)
+        if infonce_op.kernel_applies(rows, joint):
+            return infonce_op.infonce_rows(rows, joint)
         return (joint - torch.logsumexp(rows, 1)).mean() + math.log(rows.shape[1])
 
 

@@ -7,24 +7,30 @@ process's gradient on the whole batch:
 - ``"mean"`` bounds (nwj, js): means of per-pair terms over equal numbers of pairs per process,
   so each process's own value serves;
 - ``"log_mean_exp"`` bounds (dv, smile): the log-mean-exp over all processes' negatives, from each
-  process's maximum (all-reduce MAX, no gradient) and sum of exponentials (all-reduce SUM, whose
-  backward sums the processes' gradients);
+  process's maximum and sum of exponentials. Where the compiled ``mi_bound`` applies
+  (:func:`~infomax_ext.bound_op.kernel_applies`) it gives each process's (shift, log sum) and one
+  all-gather combines them (:class:`_MiBoundOverGroup`); otherwise :func:`global_log_mean_exp`
+  in plain PyTorch (all-reduce MAX, no gradient, then an all-reduce SUM whose backward sums the
+  processes' gradients);
 - ``"rows"`` (infonce): each process's rows against the gathered codes of all processes.
 
-DV with a moving average (MINE), all-pairs negatives: the average takes in the whole batch's
-mean of exp(T_m) (all-reduced), so every process keeps the same average and the averaged
-gradients are the whole batch's (shuffled negatives: refused, :func:`check_bound_for_group`).
+DV with a moving average (MINE), with shuffled or all-pairs negatives: the average takes in the
+whole batch's mean of exp(T_m) (all-reduced) once per evaluation, so every process keeps the
+same average and the averaged gradients are the whole batch's (the shuffled path evaluates this
+process's pairs with :meth:`~infomax_ext.bounds.Bound.without_state_update` first).
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
 
-from . import distributed
-from .bounds import DV, Bound, _off_diagonal_at
+from . import bound_op, distributed
+from ._op_autograd import refuse_double_backward
+from .bounds import (DV, Bound, _check_scores, _off_diagonal_at, _with_gradient_of,
+                     as_reduction_dtype)
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -66,6 +72,86 @@ def global_log_mean_exp(t: torch.Tensor, group: ProcessGroup | None) -> torch.Te
     return top + torch.log(total) - math.log(world * t.numel())
 
 
+class _MiBoundOverGroup(torch.autograd.Function):
+    """``mi_bound`` of a ``"log_mean_exp"`` bound (dv, smile) on this process's scores, its
+    log-mean-exp made the whole batch's: ``(value, objective)``. Each process's
+    ``log_sum_exp`` = (shift_p, log_sum_p) is all-gathered and combined into the batch's
+    (top, log_sum) = (max_p shift_p, log sum_p exp(shift_p - top + log_sum_p)); the value is the
+    local one with its log-mean-exp replaced (``+ (shift_p - top) + (log_sum_p - log_sum) +
+    log P``, equal counts per process). The objective is the value for a bound that trains on it
+    (dv); for one that trains on the JS objective (smile) it is this process's own (a mean of
+    per-pair terms). Backward: the value's gradient reaches every process's negatives, so its
+    incoming gradients are all-reduced and ``mi_bound_backward`` takes the batch's (top,
+    log_sum): ``-G exp(n(t) - lse) n'(t)``; the joint scores get this process's own ``g / M``."""
+
+    @staticmethod
+    def forward(ctx: Any, joint: torch.Tensor, negatives: torch.Tensor, name: str, param: float,
+                js: bool, group: ProcessGroup | None) -> tuple[torch.Tensor, torch.Tensor]:
+        value, objective, parts = torch.ops.infomax_ext.mi_bound.default(joint, negatives, name,
+                                                                         param)
+        world = dist.get_world_size(group)
+        gathered = [torch.empty_like(parts) for _ in range(world)]
+        dist.all_gather(gathered, parts, group=group)
+        every = torch.stack(gathered)  # (P, 2): each process's (shift, log_sum)
+        top = every[:, 0].max()
+        log_sum = torch.log(torch.exp((every[:, 0] - top) + every[:, 1]).sum())
+        # An infinite or NaN batch log_sum (a score of +inf or NaN somewhere) makes every
+        # process's value -inf or NaN, as the formula's.
+        value = torch.where(torch.isfinite(log_sum),
+                            value + ((parts[0] - top) + (parts[1] - log_sum)) + math.log(world),
+                            value - log_sum)
+        ctx.save_for_backward(joint, negatives, torch.stack([top, log_sum]))
+        ctx.name, ctx.param, ctx.js, ctx.group = name, param, js, group
+        ctx.set_materialize_grads(False)
+        return value, (objective if js else value.clone())
+
+    @staticmethod
+    def backward(ctx: Any, grad_value: torch.Tensor | None, grad_objective: torch.Tensor | None
+                 ) -> tuple[torch.Tensor | None, ...]:
+        joint, negatives, batch_parts = ctx.saved_tensors
+        backward_op = torch.ops.infomax_ext.mi_bound_backward.default
+        if not ctx.js:  # the objective is the value
+            if grad_value is None or grad_objective is None:
+                grad_value = grad_objective if grad_value is None else grad_value
+            else:
+                grad_value = grad_value + grad_objective
+            grad_objective = None
+        refuse_double_backward("mi_bound", grad_value, grad_objective, joint, negatives)
+        grad_joint = grad_negatives = None
+        if grad_value is not None:
+            total = grad_value.clone()
+            dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+            _, grad_negatives = backward_op(total, None, joint, negatives, ctx.name, ctx.param,
+                                            batch_parts)
+            grad_joint = (grad_value * (1.0 / joint.shape[0])).expand_as(joint).clone()
+        if grad_objective is not None:  # js: this process's own objective
+            g_joint, g_negatives = backward_op(None, grad_objective, joint, negatives, ctx.name,
+                                               ctx.param, None)
+            grad_joint = g_joint if grad_joint is None else grad_joint + g_joint
+            grad_negatives = g_negatives if grad_negatives is None else grad_negatives + g_negatives
+        return grad_joint, grad_negatives, None, None, None, None
+
+
+def _compiled_over_group(bound: Bound, joint: torch.Tensor, negatives: torch.Tensor,
+                         group: ProcessGroup | None) -> torch.Tensor | None:
+    """``bound`` (a ``"log_mean_exp"`` bound) over ``group`` by :class:`_MiBoundOverGroup`, as
+    :meth:`Bound.__call__` returns it (the value with the training gradient); None where the
+    compiled op does not apply (a setting it lacks, such as DV's moving average; the reference
+    path; another dtype; while torch.compile traces)."""
+    param = bound.op_param()
+    if param is None or torch.compiler.is_compiling():
+        return None
+    _check_scores(bound.name, joint, negatives)
+    joint, negatives = as_reduction_dtype(joint), as_reduction_dtype(negatives)
+    if not bound_op.kernel_applies(joint, negatives):
+        return None
+    value, objective = _MiBoundOverGroup.apply(  # type: ignore[no-untyped-call]
+        joint, negatives, bound.name, param, bound.trains_on_js, group)
+    if bound.trains_on_js and torch.is_grad_enabled():
+        return _with_gradient_of(value, objective)
+    return cast(torch.Tensor, value)
+
+
 def mean_over_group(t: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor:
     """The mean of the 0-dim ``t`` over the processes (all-reduce SUM over the world size; no
     gradient: DV's moving average takes it in)."""
@@ -74,19 +160,12 @@ def mean_over_group(t: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor
     return out / dist.get_world_size(group)
 
 
-def check_bound_for_group(bound: Bound, all_pairs: bool = False) -> None:
-    """Before any work: ``bound`` is a :class:`Bound` that runs over processes with these
-    negatives. DV with a moving average runs with all-pairs negatives (``all_pairs``), every
-    process keeping the whole batch's average; with shuffled negatives it is refused (a
-    ValueError), as the shuffled path evaluates the bound on this process's pairs first, which
-    would update the average with this process's batch alone."""
+def check_bound_for_group(bound: Bound) -> None:
+    """Before any work: ``bound`` is a :class:`Bound` (a TypeError otherwise). Every bound runs
+    over processes with either negatives; DV with a moving average keeps the whole batch's
+    average on every process (see the module docstring)."""
     if not isinstance(bound, Bound):
         raise TypeError(f"bound must be an infomax_ext Bound, got {type(bound).__name__}")
-    if not all_pairs and getattr(bound, "moving_average", None) is not None:
-        raise ValueError("bound 'dv' with a moving_average runs over a process_group with "
-                         "negatives='all' (every process keeps the whole batch's average of "
-                         "mean exp(T_m)); with shuffled negatives it is not supported (use "
-                         "negatives='all', dv without it, or smile)")
 
 
 def _group_keywords(bound: Bound, group: ProcessGroup | None) -> dict[str, Any]:
@@ -104,17 +183,20 @@ def bound_over_group(bound: Bound, joint: torch.Tensor, negatives: torch.Tensor,
     """``bound`` on this process's joint scores (M,) and negatives (K,) as a share of the whole
     batch's (see the module docstring)."""
     check_bound_for_group(bound)
+    if bound.reduction == "log_mean_exp":
+        compiled = _compiled_over_group(bound, joint, negatives, group)
+        if compiled is not None:
+            return compiled
     return bound(joint, negatives, **_group_keywords(bound, group))
 
 
 def rows_over_group(bound: Bound, rows: torch.Tensor, joint: torch.Tensor, offset: int,
                     group: ProcessGroup | None) -> torch.Tensor:
     """``bound`` on this process's rows (N, P N) of the whole batch's all-pairs matrix."""
-    check_bound_for_group(bound, all_pairs=True)
-    keywords = _group_keywords(bound, group)
-    if "mean_over_group" in keywords:  # DV's moving average: the call takes it
-        return bound(joint, _off_diagonal_at(rows, offset), **keywords)
-    return bound.from_rows(rows, joint, offset, **keywords)
+    check_bound_for_group(bound)
+    if bound.reduction == "log_mean_exp":  # dv, smile: the negatives' log-mean-exp
+        return bound_over_group(bound, joint, _off_diagonal_at(rows, offset), group)
+    return bound.from_rows(rows, joint, offset, **_group_keywords(bound, group))
 
 
 def gathered_codes(z: torch.Tensor, group: ProcessGroup | None,

@@ -505,14 +505,15 @@ def shuffled_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, n_samples: i
         perm = latent_permutation(n, n_samples, seed, z.device)
         return paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad,
                                   data_half_cache=data_half_cache, bound=bound)
-    if bound.reduction != "mean":
-        distributed_bounds.check_bound_for_group(bound)
     agreed = distributed.agree_on_batch(process_group, n, z, draw_seed() if seed is None else seed,
                                         shuffled_grad)
     perm = latent_permutation(agreed.world_size * n, n_samples, agreed.seed, z.device)
     z_shuffled = distributed.shuffled_codes(z, n, perm, agreed, process_group, shuffled_grad)
+    # A bound that keeps state (DV's moving average) takes in the whole batch once, in
+    # bound_over_group below, never this process's pairs alone.
     paired = paired_mutual_info(mi, x, z, z_shuffle=z_shuffled, shuffled_grad=shuffled_grad,
-                                data_half_cache=data_half_cache, bound=bound)
+                                data_half_cache=data_half_cache,
+                                bound=bound.without_state_update())
     if bound.reduction == "mean":
         return paired
     value = distributed_bounds.bound_over_group(bound, paired.joint, paired.shuffled, process_group)
