@@ -95,13 +95,18 @@ def profile_groups(step, iters: int) -> tuple[dict, dict, float]:
     return groups, calls, wall_us
 
 
-def measure(chain: str, n: int, iters: int) -> dict:
+def case(chain: str, n: int) -> tuple:
+    """The chain (seed 0), x (N, 784), z (N, 10) needing gradient, the permutation and the
+    tensors the gradient is taken of (every chain parameter and z)."""
     torch.manual_seed(0)
     mi = CHAINS[chain][1]()
     x = torch.rand(n, N_DATA)
     z = torch.randn(n, N_LATENT, requires_grad=True)
-    perm = latent_permutation(n, 1, 0)
-    wrt = list(mi.parameters()) + [z]
+    return mi, x, z, latent_permutation(n, 1, 0), list(mi.parameters()) + [z]
+
+
+def measure(chain: str, n: int, iters: int) -> dict:
+    mi, x, z, perm, wrt = case(chain, n)
 
     def step_of(loss):
         return lambda: torch.autograd.grad(loss(mi, x, z, perm, False), wrt)
@@ -143,12 +148,7 @@ def measure_bound(chain: str, n: int, iters: int) -> dict:
     from bench_cpu import configure_dynamo
 
     configure_dynamo()
-    torch.manual_seed(0)
-    mi = CHAINS[chain][1]()
-    x = torch.rand(n, N_DATA)
-    z = torch.randn(n, N_LATENT, requires_grad=True)
-    perm = latent_permutation(n, 1, 0)
-    wrt = list(mi.parameters()) + [z]
+    mi, x, z, perm, wrt = case(chain, n)
     compiled = torch.compile(shared_loss, dynamic=False)
     gemms = ours_gemms(chain_layout(mi, N_DATA, N_LATENT), n, False)
 
