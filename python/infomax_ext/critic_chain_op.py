@@ -95,8 +95,9 @@ class _CriticChain(torch.autograd.Function):
         first_grads: Sequence[torch.Tensor | None] = (None,) * 5
         if mask[0]:
             if ctx.from_output:
-                unused = hx.new_empty((0,))
-                data, latent, source = unused, unused, (unused if hz_shuffled is not None else None)
+                # With out given the halves are not read: hidden stands in for them (no
+                # placeholder to allocate).
+                data, latent, source = hidden, hidden, (hidden if hz_shuffled is not None else None)
                 out = hidden
             else:
                 data, latent, source = halves
