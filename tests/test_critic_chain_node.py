@@ -19,7 +19,8 @@ def chain(first_act, act):
 
 @pytest.mark.parametrize("acts", [(nn.ReLU(), nn.ReLU()), (nn.Tanh(), nn.ELU(0.7)),
                                   (nn.LeakyReLU(0.2), nn.Identity())])
-@pytest.mark.parametrize("frozen", ["nothing", "first layer", "data and latent", "hidden"])
+@pytest.mark.parametrize("frozen", ["nothing", "first layer", "data and latent", "hidden",
+                                    "head"])
 @pytest.mark.parametrize("wrt_output", ["bound", "scores", "both"])
 @pytest.mark.parametrize("shuffled_grad", [False, True])
 def test_one_node_equals_two_calls(acts, frozen, wrt_output, shuffled_grad):
@@ -28,7 +29,8 @@ def test_one_node_equals_two_calls(acts, frozen, wrt_output, shuffled_grad):
         del mi.mlp[3]
     frozen_params = {"nothing": [], "first layer": list(mi.mlp[0].parameters()),
                      "data and latent": [*mi.data.parameters(), *mi.latent.parameters()],
-                     "hidden": list(mi.mlp[2].parameters())}[frozen]
+                     "hidden": list(mi.mlp[2].parameters()),
+                     "head": list(mi.mlp[-1].parameters())}[frozen]
     for p in frozen_params:
         p.requires_grad_(False)
     n, s = 7, 2

@@ -108,7 +108,8 @@ class _CriticChain(torch.autograd.Function):
             first_grads = [grad_if(wanted, g) for wanted, g in zip(first_need, grads)]
         grads_b = [grad_if(wanted, g) for wanted, g, present in zip(need_b, g_biases, has_bias)
                    if present]
-        return (None, *first_grads, None, None, grad_if(mask[-2], g_head_w.view(head_shape)),
+        return (None, *first_grads, None, None,
+                g_head_w.view(head_shape) if mask[-2] else None,
                 grad_if(mask[-1], g_head_b),
                 *[grad_if(w, g) for w, g in zip(need_w, g_weights)], *grads_b)
 
