@@ -21,7 +21,9 @@ custom Function with a trivial op forward and backward (``torch.autograd.grad`` 
 of them); the replay of ours' MLP GEMMs alone (bench/common.py) the third. ``eager floor =
 skeleton + MLP GEMM replay``; ``compile(shared) / eager floor`` bounds the ratio from above (the
 floor leaves out every activation, bias and bound pass): where it is under a target, no eager
-path meets it. All timed interleaved; fastest calls and medians.
+path meets it. Likewise ``eager floor / FLOP floor`` (the FLOP floor as bench_cpu.py's: ours'
+GEMM FLOPs at the rate of ``torch.mm`` on the dominant shape) is the lowest ``ours / floor``
+any eager implementation could reach. All timed interleaved; fastest calls and medians.
 """
 from __future__ import annotations
 
@@ -41,12 +43,15 @@ from common import (  # noqa: E402
     N_DATA,
     N_LATENT,
     chain_layout,
+    dominant_gemm,
     interleaved,
+    make_mm,
     make_replay,
     ours_gemms,
     ours_loss,
     shared_loss,
     summary_ms,
+    total_flops,
 )
 
 GEMM_OPS = {"aten::mm", "aten::addmm", "mkldnn::_linear_pointwise", "aten::bmm"}
@@ -163,12 +168,15 @@ def measure_bound(chain: str, n: int, iters: int) -> dict:
         "replay": make_replay(gemms),
         "MLP replay": make_replay([g for g in gemms if g.layer.startswith("mlp")]),
         "skeleton": skeleton,
+        "mm": make_mm(*dominant_gemm(gemms)),
     }
     for _ in range(5):
         for fn in fns.values():
             fn()
     times = {k: summary_ms(v) for k, v in interleaved(fns, iters).items()}
-    return {"chain": chain, "n": n, "times": times}
+    dom = dominant_gemm(gemms)
+    return {"chain": chain, "n": n, "times": times,
+            "flops_per_mm": total_flops(gemms) / (2 * dom[0] * dom[1] * dom[2])}
 
 
 def print_bound(results: list[dict], threads: int, iters: int) -> None:
@@ -178,17 +186,20 @@ def print_bound(results: list[dict], threads: int, iters: int) -> None:
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end\n")
     print("| chain, N | ours ms | compile(shared) ms | GEMM replay ms | skeleton ms | "
           "MLP GEMM replay ms | eager floor ms | ours - replay ms | compile(shared) - replay ms "
-          "| compile(shared) / ours | bound: compile(shared) / eager floor |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| compile(shared) / ours | bound: compile(shared) / eager floor | ours / FLOP floor "
+          "| bound: eager floor / FLOP floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         for stat in ("min", "median"):
             t = {k: v[stat] for k, v in r["times"].items()}
             cs, ours, rep = t["compile(shared)"], t["ours"], t["replay"]
             floor = t["skeleton"] + t["MLP replay"]
+            flop_floor = r["flops_per_mm"] * t["mm"]  # ours' FLOPs at the dominant GEMM's rate
             print(f"| {r['chain']} {r['n']} ({'fastest' if stat == 'min' else 'median'}) | "
                   f"{ours:.2f} | {cs:.2f} | {rep:.2f} | {t['skeleton']:.2f} | "
                   f"{t['MLP replay']:.2f} | {floor:.2f} | {ours - rep:.2f} | {cs - rep:.2f} | "
-                  f"{cs / ours:.2f} | {cs / floor:.2f} |")
+                  f"{cs / ours:.2f} | {cs / floor:.2f} | {ours / flop_floor:.2f} | "
+                  f"{floor / flop_floor:.2f} |")
 
 
 def main(argv=None) -> int:
