@@ -16,9 +16,10 @@ op: read the groups as shares, the unprofiled median as the time. Prints a markd
 algorithm could reach. An eager call must run the chain's ``data`` and ``latent`` modules as
 they are (eager, with their own autograd nodes: ``data(x)``, ``latent(z)``,
 ``latent(z.detach())``), at least one autograd node for the MLP from its first layer to the
-bound, and the MLP's GEMMs. The skeleton times the first two: the three modules and one
-custom Function with a trivial op forward and backward (``torch.autograd.grad`` through all
-of them); the replay of ours' MLP GEMMs alone (bench/common.py) the third. ``eager floor =
+bound, taking hx, hz, the shuffled half and every MLP parameter and returning a gradient for
+each, and the MLP's GEMMs. The skeleton times the first two: the three modules and one custom
+Function with those inputs, a trivial op forward and a view of the incoming gradient per input
+backward (``torch.autograd.grad`` through all of them); the replay of ours' MLP GEMMs alone (bench/common.py) the third. ``eager floor =
 skeleton + MLP GEMM replay``; ``compile(shared) / eager floor`` bounds the ratio from above (the
 floor leaves out every activation, bias and bound pass): where it is under a target, no eager
 path meets it. Likewise ``eager floor / FLOP floor`` (the FLOP floor as bench_cpu.py's: ours'
@@ -136,12 +137,13 @@ def measure(chain: str, n: int, iters: int) -> dict:
 
 
 class _TrivialNode(torch.autograd.Function):
-    """The smallest node standing for the MLP: one op forward, views backward."""
+    """The smallest node standing for the MLP: its inputs (hx, hz, the shuffled half, the MLP's
+    parameters), one op forward, a view of the incoming gradient per input backward."""
 
     @staticmethod
-    def forward(ctx, hx, hz, source):
-        ctx.shapes = hx.shape, hz.shape, source.shape
-        return hx.sum()
+    def forward(ctx, *inputs):
+        ctx.shapes = [t.shape for t in inputs]
+        return inputs[0].sum()
 
     @staticmethod
     def backward(ctx, grad):
@@ -159,7 +161,7 @@ def measure_bound(chain: str, n: int, iters: int) -> dict:
 
     def skeleton():
         hx = mi.data(x).reshape(n, -1)
-        out = _TrivialNode.apply(hx, mi.latent(z), mi.latent(z.detach()))
+        out = _TrivialNode.apply(hx, mi.latent(z), mi.latent(z.detach()), *mi.mlp.parameters())
         return torch.autograd.grad(out, wrt, allow_unused=True)
 
     fns = {
