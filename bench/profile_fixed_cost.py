@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/profile_fixed_cost.py                # T:64, P:64, P:256, 2 threads
     .venv/bin/python bench/profile_fixed_cost.py --cases T:64 --iters 50
+    .venv/bin/python bench/profile_fixed_cost.py --bound --cases T:64,T:256,P:64 --iters 100
 
 For each chain and N: the median time of one call without the profiler, the replay of its
 GEMMs alone (bench/common.py), then torch.profiler's self CPU time per call grouped by kind
@@ -10,6 +11,20 @@ GEMMs alone (bench/common.py), then torch.profiler's self CPU time per call grou
 Python outside any op = profiled wall time minus the time inside ops), and the Python pieces
 of the call timed alone (plan lookup, argument checks). The profiler adds its own cost to every
 op: read the groups as shares, the unprofiled median as the time. Prints a markdown table.
+
+``--bound``: the best ratio compile(shared) / ours that any eager implementation of the shared
+algorithm could reach. An eager call must run the chain's ``data`` and ``latent`` modules as
+they are (eager, with their own autograd nodes: ``data(x)``, ``latent(z)``,
+``latent(z.detach())``), at least one autograd node for the MLP from its first layer to the
+bound, taking hx, hz, the shuffled half and every MLP parameter and returning a gradient for
+each, and the MLP's GEMMs. The skeleton times the first two: the three modules and one custom
+Function with those inputs, a trivial op forward and a view of the incoming gradient per input
+backward (``torch.autograd.grad`` through all of them); the replay of ours' MLP GEMMs alone (bench/common.py) the third. ``eager floor =
+skeleton + MLP GEMM replay``; ``compile(shared) / eager floor`` bounds the ratio from above (the
+floor leaves out every activation, bias and bound pass): where it is under a target, no eager
+path meets it. Likewise ``eager floor / FLOP floor`` (the FLOP floor as bench_cpu.py's: ours'
+GEMM FLOPs at the rate of ``torch.mm`` on the dominant shape) is the lowest ``ours / floor``
+any eager implementation could reach. All timed interleaved; fastest calls and medians.
 """
 from __future__ import annotations
 
@@ -29,12 +44,15 @@ from common import (  # noqa: E402
     N_DATA,
     N_LATENT,
     chain_layout,
+    dominant_gemm,
     interleaved,
+    make_mm,
     make_replay,
     ours_gemms,
     ours_loss,
     shared_loss,
     summary_ms,
+    total_flops,
 )
 
 GEMM_OPS = {"aten::mm", "aten::addmm", "mkldnn::_linear_pointwise", "aten::bmm"}
@@ -83,13 +101,18 @@ def profile_groups(step, iters: int) -> tuple[dict, dict, float]:
     return groups, calls, wall_us
 
 
-def measure(chain: str, n: int, iters: int) -> dict:
+def case(chain: str, n: int) -> tuple:
+    """The chain (seed 0), x (N, 784), z (N, 10) needing gradient, the permutation and the
+    tensors the gradient is taken of (every chain parameter and z)."""
     torch.manual_seed(0)
     mi = CHAINS[chain][1]()
     x = torch.rand(n, N_DATA)
     z = torch.randn(n, N_LATENT, requires_grad=True)
-    perm = latent_permutation(n, 1, 0)
-    wrt = list(mi.parameters()) + [z]
+    return mi, x, z, latent_permutation(n, 1, 0), list(mi.parameters()) + [z]
+
+
+def measure(chain: str, n: int, iters: int) -> dict:
+    mi, x, z, perm, wrt = case(chain, n)
 
     def step_of(loss):
         return lambda: torch.autograd.grad(loss(mi, x, z, perm, False), wrt)
@@ -113,13 +136,87 @@ def measure(chain: str, n: int, iters: int) -> dict:
             "shared_calls": shared_calls, "shared_wall_us": shared_wall}
 
 
+class _TrivialNode(torch.autograd.Function):
+    """The smallest node standing for the MLP: its inputs (hx, hz, the shuffled half, the MLP's
+    parameters), one op forward, a view of the incoming gradient per input backward."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        ctx.shapes = [t.shape for t in inputs]
+        return inputs[0].sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return tuple(grad.expand(shape) for shape in ctx.shapes)
+
+
+def measure_bound(chain: str, n: int, iters: int) -> dict:
+    """Fastest and median ms of ours, compile(shared), the skeleton and the MLP GEMM replay."""
+    from bench_cpu import configure_dynamo
+
+    configure_dynamo()
+    mi, x, z, perm, wrt = case(chain, n)
+    compiled = torch.compile(shared_loss, dynamic=False)
+    gemms = ours_gemms(chain_layout(mi, N_DATA, N_LATENT), n, False)
+
+    def skeleton():
+        hx = mi.data(x).reshape(n, -1)
+        out = _TrivialNode.apply(hx, mi.latent(z), mi.latent(z.detach()), *mi.mlp.parameters())
+        return torch.autograd.grad(out, wrt, allow_unused=True)
+
+    fns = {
+        "ours": lambda: torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt),
+        "compile(shared)": lambda: torch.autograd.grad(compiled(mi, x, z, perm, False), wrt),
+        "replay": make_replay(gemms),
+        "MLP replay": make_replay([g for g in gemms if g.layer.startswith("mlp")]),
+        "skeleton": skeleton,
+        "mm": make_mm(*dominant_gemm(gemms)),
+    }
+    for _ in range(5):
+        for fn in fns.values():
+            fn()
+    times = {k: summary_ms(v) for k, v in interleaved(fns, iters).items()}
+    dom = dominant_gemm(gemms)
+    return {"chain": chain, "n": n, "times": times,
+            "flops_per_mm": total_flops(gemms) / (2 * dom[0] * dom[1] * dom[2])}
+
+
+def print_bound(results: list[dict], threads: int, iters: int) -> None:
+    import os
+
+    print(f"torch {torch.__version__}, {threads} threads, {iters} interleaved rounds, "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end\n")
+    print("| chain, N | ours ms | compile(shared) ms | GEMM replay ms | skeleton ms | "
+          "MLP GEMM replay ms | eager floor ms | ours - replay ms | compile(shared) - replay ms "
+          "| compile(shared) / ours | bound: compile(shared) / eager floor | ours / FLOP floor "
+          "| bound: eager floor / FLOP floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        for stat in ("min", "median"):
+            t = {k: v[stat] for k, v in r["times"].items()}
+            cs, ours, rep = t["compile(shared)"], t["ours"], t["replay"]
+            floor = t["skeleton"] + t["MLP replay"]
+            flop_floor = r["flops_per_mm"] * t["mm"]  # ours' FLOPs at the dominant GEMM's rate
+            print(f"| {r['chain']} {r['n']} ({'fastest' if stat == 'min' else 'median'}) | "
+                  f"{ours:.2f} | {cs:.2f} | {rep:.2f} | {t['skeleton']:.2f} | "
+                  f"{t['MLP replay']:.2f} | {floor:.2f} | {ours - rep:.2f} | {cs - rep:.2f} | "
+                  f"{cs / ours:.2f} | {cs / floor:.2f} | {ours / flop_floor:.2f} | "
+                  f"{floor / flop_floor:.2f} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default="T:64,P:64,P:256")
     p.add_argument("--iters", type=int, default=40)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bound", action="store_true",
+                   help="the eager floor against compile(shared) (docstring)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.bound:
+        print_bound([measure_bound(c.split(":")[0], int(c.split(":")[1]), args.iters)
+                     for c in args.cases.split(",")], args.threads, args.iters)
+        return 0
     results = [measure(c.split(":")[0], int(c.split(":")[1]), args.iters)
                for c in args.cases.split(",")]
     heads = [f"{r['chain']} N={r['n']} ours / shared" for r in results]

@@ -151,13 +151,17 @@ std::tuple<Tensor, Tensors, Tensors, Tensor, Tensor> critic_mlp_backward(
   if (want_hidden) lowest = 0;
 
   auto none = [&] { return empty_on(hidden, {0}); };
-  Tensors grad_weights, grad_biases;
-  for (int64_t l = 0; l < layers; ++l) {
-    grad_weights.push_back(none());
-    grad_biases.push_back(none());
-  }
+  // Filled below: a gradient computed, or an empty tensor where none is asked for (each its own).
+  Tensors grad_weights(layers), grad_biases(layers);
+  auto fill_absent = [&] {
+    for (int64_t l = 0; l < layers; ++l) {
+      if (!grad_weights[l].defined()) grad_weights[l] = none();
+      if (!grad_biases[l].defined()) grad_biases[l] = none();
+    }
+  };
   const bool want_head_w = mask[1 + 2 * layers], want_head_b = mask[2 + 2 * layers];
   if (lowest == layers && !want_hidden && !want_head_w && !want_head_b) {
+    fill_absent();
     return {none(), grad_weights, grad_biases, none(), none()};
   }
   const Tensor x0 = as_contiguous(hidden);
@@ -176,6 +180,7 @@ std::tuple<Tensor, Tensors, Tensors, Tensor, Tensor> critic_mlp_backward(
     if (want_w) grad_weights[l] = linear_weight_grad(g, x);
     if (l > lowest || want_hidden) g = linear_input_grad(g, as_contiguous(weights[l]));
   }
+  fill_absent();
   return {want_hidden ? g : none(), grad_weights, grad_biases,
           want_head_w ? grad_head_w : none(), want_head_b ? grad_head_b : none()};
 }

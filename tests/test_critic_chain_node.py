@@ -19,7 +19,8 @@ def chain(first_act, act):
 
 @pytest.mark.parametrize("acts", [(nn.ReLU(), nn.ReLU()), (nn.Tanh(), nn.ELU(0.7)),
                                   (nn.LeakyReLU(0.2), nn.Identity())])
-@pytest.mark.parametrize("frozen", ["nothing", "first layer", "data and latent", "hidden"])
+@pytest.mark.parametrize("frozen", ["nothing", "first layer", "data and latent", "hidden",
+                                    "head"])
 @pytest.mark.parametrize("wrt_output", ["bound", "scores", "both"])
 @pytest.mark.parametrize("shuffled_grad", [False, True])
 def test_one_node_equals_two_calls(acts, frozen, wrt_output, shuffled_grad):
@@ -28,7 +29,8 @@ def test_one_node_equals_two_calls(acts, frozen, wrt_output, shuffled_grad):
         del mi.mlp[3]
     frozen_params = {"nothing": [], "first layer": list(mi.mlp[0].parameters()),
                      "data and latent": [*mi.data.parameters(), *mi.latent.parameters()],
-                     "hidden": list(mi.mlp[2].parameters())}[frozen]
+                     "hidden": list(mi.mlp[2].parameters()),
+                     "head": list(mi.mlp[-1].parameters())}[frozen]
     for p in frozen_params:
         p.requires_grad_(False)
     n, s = 7, 2
@@ -73,3 +75,20 @@ def test_without_a_gradient_no_node_is_built():
     with im.use_path("two_call"), torch.no_grad():
         plain = im.paired_mutual_info(mi, x, z, im.latent_permutation(6, 1, seed=1))
     torch.testing.assert_close(out.bound, plain.bound, rtol=1e-12, atol=1e-12)
+
+
+def test_the_node_takes_data_and_head_weight_without_view_nodes():
+    """data(x) of shape (N, Dx) and the head Linear's (1, H) weight reach the node as they are:
+    no view node between them and it (each would be one more node per call)."""
+    mi = chain(nn.ReLU(), nn.ReLU())
+    x = torch.randn(6, 12, dtype=F64)
+    z = torch.randn(6, 3, dtype=F64, requires_grad=True)
+    bound = im.paired_mutual_info(mi, x, z, im.latent_permutation(6, 1, seed=1)).bound
+    node = bound.grad_fn
+    assert node.name() == "_CriticChainBackward"
+    names = [f.name() for f, _ in node.next_functions if f is not None]
+    assert not any("View" in name for name in names), names
+    leaves = {id(f.variable) for f, _ in node.next_functions
+              if f is not None and f.name() == "torch::autograd::AccumulateGrad"}
+    assert id(mi.mlp[4].weight) in leaves
+    assert names.count("AddmmBackward0") == 3  # data(x), latent(z), latent(z.detach())

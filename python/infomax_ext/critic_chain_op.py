@@ -32,7 +32,9 @@ class _CriticChain(torch.autograd.Function):
     the first layer's output, which both keep, is saved once. ``apply`` takes the tensors spread
     out: ``layout`` = (critic_mlp's layout as in _CriticMlp, the first layer's activation and param),
     then hx, hz, hz_shuffled, first weight, first bias, perm, data_half, head_weight, head_bias,
-    the hidden layers' weights and their present biases."""
+    the hidden layers' weights and their present biases. head_weight is (H,) or the head Linear's
+    own (1, H) weight, flattened inside the node (no view node of its own); its gradient has its
+    shape."""
 
     @staticmethod
     def forward(ctx: Any, layout: tuple[Any, ...], hx: torch.Tensor, hz: torch.Tensor,
@@ -44,8 +46,9 @@ class _CriticChain(torch.autograd.Function):
         with below_autograd():
             hidden, computed_data, latent, source = OPS.paired_linear_forward.default(
                 hx, hz, hz_shuffled, weight, bias, perm, activation, param, data_half)
-        bound, scores, outputs, pres = _critic_mlp_forward(mlp_layout, hidden, head_weight,
-                                                           head_bias, layer_tensors)
+        bound, scores, outputs, pres = _critic_mlp_forward(mlp_layout, hidden,
+                                                           head_weight.reshape(-1), head_bias,
+                                                           layer_tensors)
         ctx.set_materialize_grads(False)
         ctx.layout = layout
         ctx.n_outputs = len(outputs)
@@ -72,6 +75,7 @@ class _CriticChain(torch.autograd.Function):
         weights, biases = _layer_lists(layers, has_bias, layer_tensors)
         refuse_double_backward("critic_chain", grad_bound, grad_scores, hx, hz, hz_shuffled, weight,
                                 bias, head_weight, head_bias, *layer_tensors)
+        head_shape, head_weight = head_weight.shape, head_weight.reshape(-1)
         # (layout, hx, hz, hz_shuffled, weight, bias, perm, data_half, head_weight, head_bias,
         #  *layer_tensors)
         need = ctx.needs_input_grad
@@ -91,8 +95,9 @@ class _CriticChain(torch.autograd.Function):
         first_grads: Sequence[torch.Tensor | None] = (None,) * 5
         if mask[0]:
             if ctx.from_output:
-                unused = hx.new_empty((0,))
-                data, latent, source = unused, unused, (unused if hz_shuffled is not None else None)
+                # With out given the halves are not read: hidden stands in for them (no
+                # placeholder to allocate).
+                data, latent, source = hidden, hidden, (hidden if hz_shuffled is not None else None)
                 out = hidden
             else:
                 data, latent, source = halves
@@ -103,7 +108,8 @@ class _CriticChain(torch.autograd.Function):
             first_grads = [grad_if(wanted, g) for wanted, g in zip(first_need, grads)]
         grads_b = [grad_if(wanted, g) for wanted, g, present in zip(need_b, g_biases, has_bias)
                    if present]
-        return (None, *first_grads, None, None, grad_if(mask[-2], g_head_w),
+        return (None, *first_grads, None, None,
+                g_head_w.view(head_shape) if mask[-2] else None,
                 grad_if(mask[-1], g_head_b),
                 *[grad_if(w, g) for w, g in zip(need_w, g_weights)], *grads_b)
 
@@ -117,6 +123,7 @@ def critic_chain(hx: torch.Tensor, hz: torch.Tensor, hz_shuffled: torch.Tensor |
                  head_param: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``critic_mlp(paired_linear(hx, hz, ...), weights, ...)`` in eager mode with a gradient to
     compute, as one autograd node (_CriticChain); the same values and gradients as the two ops.
+    ``head_weight`` may also be the head Linear's (1, H) weight.
     The caller has checked that the kernels apply (``_ops.kernels_apply``)."""
     layout = ((len(weights), tuple(b is not None for b in biases), activations, params, n_joint,
                head_activation, float(head_param)), activation, float(param))

@@ -297,11 +297,13 @@ def paired_mutual_info(
     if not isinstance(plan, FusedPlan):
         return _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad, bound)
     try:
-        hx = mi.data(x).reshape(n, -1)  # type: ignore[operator]  # a chain's parts are modules
+        hx = mi.data(x)  # type: ignore[operator]  # a chain's parts are modules
         hz = mi.latent(z)  # type: ignore[operator]
     except RuntimeError as exc:
         widths.explain(exc, {"mi.data": (mi.data, x), "mi.latent": (mi.latent, z)})
         raise
+    if hx.dim() != 2 or hx.shape[0] != n:  # (N, Dx) as it is: no view, no ViewBackward node
+        hx = hx.reshape(n, -1)
     weight = plan.first.weight
     dx = hx.shape[1]
     if dx + hz.shape[1] != weight.shape[1]:
@@ -309,7 +311,9 @@ def paired_mutual_info(
             f"the MI chain's first layer takes {weight.shape[1]} features but data(x) gives {dx} "
             f"and latent(z) gives {hz.shape[1]}"
         )
-    if path != "fused" and not _shuffled_half_needs_graph(
+    # A first-layer weight that needs gradient is a parameter that does: the shuffled half needs
+    # its graph, found without walking the chain's parameters.
+    if path != "fused" and not weight.requires_grad and not _shuffled_half_needs_graph(
             mi, x, z if z_shuffle is None else z_shuffle, shuffled_grad):
         hz_shuffled = None if z_shuffle is None else cast(nn.Module, mi.latent)(z_shuffle.detach())
         return _joint_graph_bound(plan, hx, hz, perm, data_half_cache, hz_shuffled, bound)
@@ -329,8 +333,7 @@ def paired_mutual_info(
             hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
             plan.first_act.param, data_half, [layer.weight for layer, _ in plan.stack],
             [layer.bias for layer, _ in plan.stack], *plan.stack_activations,
-            plan.head.weight.reshape(-1), plan.head.bias, m, plan.head_act.name,
-            plan.head_act.param)
+            plan.head.weight, plan.head.bias, m, plan.head_act.name, plan.head_act.param)
         return _paired(bound, scores[:m], scores[m:], value)
     h = paired_linear_op.paired_linear(
         hx, hz, source, weight, plan.first.bias, perm,  # type: ignore[arg-type]
@@ -376,10 +379,11 @@ def _one_node(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor, source: torch
     for layer, _ in plan.stack:
         tensors += [layer.weight, layer.bias]
     device, dtype = hx.device, hx.dtype
+    # With every tensor of hx's device and dtype, the kernels apply to all when they apply to hx.
     return (perm.device == device
-            and all(t is None or (t.device == device and t.dtype == dtype) for t in tensors)
+            and all(t is None or (t.dtype == dtype and t.device == device) for t in tensors)
             and any(t is not None and t.requires_grad for t in tensors)
-            and _ops.kernels_apply(*tensors))
+            and _ops.kernels_apply(hx))
 
 
 def _shuffled_pairs_bound(bound: str | Bound) -> Bound:
