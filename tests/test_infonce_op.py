@@ -83,6 +83,19 @@ def test_opcheck(device):
             torch.library.opcheck(OPS.infonce_rows.default, (rows, joint))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_backward_with_transposed_rows(device):
+    """The backward op's fake kernel gives the strides its kernels give (a contiguous
+    grad_rows) also for transposed or sliced rows: torch.compile plans with the fake's."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(6, 5, generator=g, dtype=torch.float64).to(device)
+    for rows in (base.t(), base[:, 1:4], base):
+        joint = rows[:, 0].contiguous()
+        row_lse = torch.logsumexp(rows, 1)
+        grad = torch.tensor(0.5, dtype=torch.float64, device=device)
+        torch.library.opcheck(OPS.infonce_rows_backward.default, (grad, rows, joint, row_lse))
+
+
 def test_hand_derived_value_and_gradients():
     rows = torch.tensor([[0.0, math.log(3.0)], [1.0, 1.0]], dtype=torch.float64,
                         requires_grad=True)

@@ -91,7 +91,9 @@ if _ops.extension_available():
             row_lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _ops._fake_same_device("infonce_rows_backward", grad=grad, rows=rows, joint=joint,
                                row_lse=row_lse)
-        return torch.empty_like(rows), torch.empty_like(joint)
+        # contiguous, as the kernels allocate them (empty_like would keep a transposed rows'
+        # strides)
+        return rows.new_empty(rows.shape), joint.new_empty(joint.shape)
 
     torch.library.register_fake("infomax_ext::infonce_rows", _fake_infonce_rows)
     torch.library.register_fake("infomax_ext::infonce_rows_backward",
