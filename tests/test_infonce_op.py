@@ -232,6 +232,26 @@ def test_from_rows_takes_the_op_and_equals_its_formula(dtype):
     assert ((g_op.double() - g_ref).abs() <= g_tol).all()
 
 
+@pytest.mark.parametrize("reference", [False, True])
+def test_from_rows_refuses_bad_shapes_on_every_path(reference):
+    """A joint that is not one score per row, or empty rows, is a ValueError on the plain path
+    too (int scores, use_reference_path), never a broadcast value or a NaN."""
+    infonce = im.BOUNDS["infonce"]
+    rows = torch.randn(5, 3, dtype=torch.float64)
+    cases = [(rows, rows[:1, 0], r"joint must hold one score per row"),
+             (rows, rows[:, :1], r"joint must hold one score per row"),
+             (rows.long(), torch.zeros(1, dtype=torch.long), r"joint must hold one score"),
+             (rows[:0], rows[:0, 0], r"rows must be a non-empty \(R, C\) matrix"),
+             (rows[:, :0], rows[:, 0], r"rows must be a non-empty \(R, C\) matrix")]
+    for r, j, message in cases:
+        with pytest.raises(ValueError, match=message):
+            if reference:
+                with im.use_reference_path():
+                    infonce.from_rows(r, j)
+            else:
+                infonce.from_rows(r, j)
+
+
 def test_torch_compile_fullgraph():
     """InfoNCE.from_matrix with the compiled op traces in one graph (the fake kernel, the
     registered autograd) and gives the eager value and gradient."""
