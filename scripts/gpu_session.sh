@@ -55,7 +55,7 @@ assert not missing, missing
 print(\"CUDA kernels for all ops; backend(cuda) =\", im.backend(\"cuda\"))
 "'
 
-step test_cuda 200 python3 -m pytest -q -m cuda tests/test_cuda.py tests/test_bound_op.py -p no:cacheprovider -rs --durations=8
+step test_cuda 200 python3 -m pytest -q -m cuda tests/test_cuda.py tests/test_bound_op.py tests/test_infonce_op.py -p no:cacheprovider -rs --durations=8
 
 # compute-sanitizer: no caching allocator, so out-of-bounds accesses hit real allocation edges.
 SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
