@@ -8,6 +8,8 @@ from test_distributed import WORLD, spawn
 
 import infomax_ext as im
 from infomax_ext.bounds import DV
+from infomax_ext.distributed import DistributedMismatchError
+from infomax_ext.distributed_bounds import bound_over_group
 from infomax_ext.mutual_info import shuffled_bound
 
 N, DX, DZ = 24, 5, 3
@@ -135,3 +137,35 @@ def test_dv_moving_average_is_the_whole_batch_s_on_every_process(ranks, negative
         for i, want in enumerate(grads):
             got = sum(r[1][i] for r in per_rank) / WORLD
             assert torch.allclose(got, want, rtol=0, atol=1e-10)
+
+
+def _unequal_counts(rank, out):
+    """bound_over_group with 6 negatives on rank 0 and 4 on rank 1 (dv, smile; the compiled
+    op's all-gather and the plain global log-mean-exp): what each rank raised."""
+    joint = torch.randn(3, dtype=torch.float64)
+    negatives = torch.randn(6 - 2 * rank, dtype=torch.float64)
+    errors = {}
+    for name in LOG_MEAN_EXP:
+        for reference in (False, True):
+            try:
+                if reference:
+                    with im.use_reference_path():
+                        bound_over_group(im.BOUNDS[name], joint, negatives, dist.group.WORLD)
+                else:
+                    bound_over_group(im.BOUNDS[name], joint, negatives, dist.group.WORLD)
+                errors[name, reference] = None
+            except DistributedMismatchError as exc:
+                errors[name, reference] = str(exc)
+    torch.save(errors, f"{out}/rank{rank}.pt")
+
+
+def test_unequal_counts_over_processes_are_an_error_on_every_rank(tmp_path):
+    """The whole batch's log-mean-exp needs equal numbers of scores per process: otherwise the
+    same DistributedMismatchError on every rank (never a value that is not the batch's)."""
+    spawn(_unequal_counts, str(tmp_path))
+    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    for errors in per_rank:
+        assert len(errors) == 2 * len(LOG_MEAN_EXP)
+        for key, message in errors.items():
+            assert message is not None and "number of negatives" in message, key
+            assert "rank 0 has 6" in message and "rank 1 has 4" in message, (key, message)

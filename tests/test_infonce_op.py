@@ -83,6 +83,19 @@ def test_opcheck(device):
             torch.library.opcheck(OPS.infonce_rows.default, (rows, joint))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_backward_with_transposed_rows(device):
+    """The backward op's fake kernel gives the strides its kernels give (a contiguous
+    grad_rows) also for transposed or sliced rows: torch.compile plans with the fake's."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(6, 5, generator=g, dtype=torch.float64).to(device)
+    for rows in (base.t(), base[:, 1:4], base):
+        joint = rows[:, 0].contiguous()
+        row_lse = torch.logsumexp(rows, 1)
+        grad = torch.tensor(0.5, dtype=torch.float64, device=device)
+        torch.library.opcheck(OPS.infonce_rows_backward.default, (grad, rows, joint, row_lse))
+
+
 def test_hand_derived_value_and_gradients():
     rows = torch.tensor([[0.0, math.log(3.0)], [1.0, 1.0]], dtype=torch.float64,
                         requires_grad=True)
@@ -217,6 +230,26 @@ def test_from_rows_takes_the_op_and_equals_its_formula(dtype):
     g_tol = tol * (1 + g_ref.abs()) if dtype != torch.bfloat16 else \
         2 * torch.finfo(dtype).eps * g_ref.abs() + 1e-6
     assert ((g_op.double() - g_ref).abs() <= g_tol).all()
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_from_rows_refuses_bad_shapes_on_every_path(reference):
+    """A joint that is not one score per row, or empty rows, is a ValueError on the plain path
+    too (int scores, use_reference_path), never a broadcast value or a NaN."""
+    infonce = im.BOUNDS["infonce"]
+    rows = torch.randn(5, 3, dtype=torch.float64)
+    cases = [(rows, rows[:1, 0], r"joint must hold one score per row"),
+             (rows, rows[:, :1], r"joint must hold one score per row"),
+             (rows.long(), torch.zeros(1, dtype=torch.long), r"joint must hold one score"),
+             (rows[:0], rows[:0, 0], r"rows must be a non-empty \(R, C\) matrix"),
+             (rows[:, :0], rows[:, 0], r"rows must be a non-empty \(R, C\) matrix")]
+    for r, j, message in cases:
+        with pytest.raises(ValueError, match=message):
+            if reference:
+                with im.use_reference_path():
+                    infonce.from_rows(r, j)
+            else:
+                infonce.from_rows(r, j)
 
 
 def test_torch_compile_fullgraph():

@@ -411,6 +411,7 @@ class InfoNCE(Bound):
         """The mean over ``rows`` (R, C) of ``joint_i - logsumexp_j rows[i, j]``, + log C
         (the rows of one process when the batch is split: their mean over processes is the
         whole batch's bound; ``rows`` holds the joint scores at (i, offset + i))."""
+        infonce_op.check_rows(rows, joint)  # on every path: the formula would broadcast
         rows, joint = as_reduction_dtype(rows), as_reduction_dtype(joint)
         if infonce_op.kernel_applies(rows, joint):
             return infonce_op.infonce_rows(rows, joint)

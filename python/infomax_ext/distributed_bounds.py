@@ -57,14 +57,31 @@ class _SumOverGroup(torch.autograd.Function):
         return grad, None
 
 
+def _check_equal_counts(what: str, counts: dict[str, torch.Tensor]) -> None:
+    """Every process gave the same count (``counts[name]``: each process's, gathered): the
+    same DistributedMismatchError on every process otherwise, naming each one's."""
+    for name, values in counts.items():
+        each = [int(v) for v in values.tolist()]
+        if len(set(each)) > 1:
+            shown = ", ".join(f"rank {r} has {v}" for r, v in enumerate(each))
+            raise distributed.DistributedMismatchError(
+                f"{what}: the processes disagree on the {name} ({shown}); the whole batch's "
+                "bound needs the same number on every process")
+
+
 def global_log_mean_exp(t: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor:
     """``log mean exp`` of the 1-D ``t`` over every process's entries (equal counts per process),
     a 0-dim tensor, the same on every process: ``M + log(sum_p sum exp(t_p - M)) - log(P K)``
     with M the global maximum."""
     world = dist.get_world_size(group)
     with torch.no_grad():
-        top = t.max().clone()
-        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+        # each process's (max, count): the counts checked equal, the largest max taken
+        mine = torch.stack([t.max(), t.new_tensor(float(t.numel()))])
+        gathered = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(gathered, mine, group=group)
+        every = torch.stack(gathered)
+        _check_equal_counts("the global log-mean-exp", {"number of negatives": every[:, 1]})
+        top = every[:, 0].max()
         if not torch.isfinite(top):
             top = torch.zeros_like(top)
     total: torch.Tensor = _SumOverGroup.apply(  # type: ignore[no-untyped-call]
@@ -90,9 +107,13 @@ class _MiBoundOverGroup(torch.autograd.Function):
         value, objective, parts = torch.ops.infomax_ext.mi_bound.default(joint, negatives, name,
                                                                          param)
         world = dist.get_world_size(group)
-        gathered = [torch.empty_like(parts) for _ in range(world)]
-        dist.all_gather(gathered, parts, group=group)
-        every = torch.stack(gathered)  # (P, 2): each process's (shift, log_sum)
+        mine = torch.cat([parts, parts.new_tensor([joint.shape[0], negatives.shape[0]])])
+        gathered = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(gathered, mine, group=group)
+        # (P, 4): each process's (shift, log_sum, number of joint scores, of negatives)
+        every = torch.stack(gathered)
+        _check_equal_counts(f"{name} over processes", {"number of joint scores": every[:, 2],
+                                                      "number of negatives": every[:, 3]})
         top = every[:, 0].max()
         log_sum = torch.log(torch.exp((every[:, 0] - top) + every[:, 1]).sum())
         # An infinite or NaN batch log_sum (a score of +inf or NaN somewhere) makes every

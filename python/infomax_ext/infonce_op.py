@@ -28,7 +28,7 @@ from . import _ops
 from ._op_autograd import refuse_double_backward
 from .bound_op import not_applied_error
 
-__all__ = ["infonce_rows", "kernel_applies"]
+__all__ = ["infonce_rows", "kernel_applies", "check_rows"]
 
 _OPS = torch.ops.infomax_ext
 
@@ -45,7 +45,7 @@ def kernel_applies(rows: torch.Tensor, joint: torch.Tensor) -> bool:
             and _ops.kernels_apply(rows, joint))
 
 
-def _check(rows: object, joint: object) -> None:
+def check_rows(rows: object, joint: object) -> None:
     """Before any work: tensors on one device, rows (R, C) with R, C >= 1 and joint (R,)
     (TypeError / ValueError naming the problem)."""
     _ops._check_args("infonce_rows", rows=rows, joint=joint)
@@ -63,7 +63,7 @@ def infonce_rows(rows: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
     (R, C) and ``joint`` (R,), by the compiled op (see the module docstring). Where it does not
     apply (:func:`kernel_applies`) a RuntimeError says so:
     ``infomax_ext.BOUNDS['infonce'].from_rows(rows, joint)`` evaluates it on every path."""
-    _check(rows, joint)
+    check_rows(rows, joint)
     if not kernel_applies(rows, joint):
         raise not_applied_error("infonce_rows", rows, joint,
                                 "infomax_ext.BOUNDS['infonce'].from_rows(rows, joint) evaluates "
@@ -91,7 +91,9 @@ if _ops.extension_available():
             row_lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _ops._fake_same_device("infonce_rows_backward", grad=grad, rows=rows, joint=joint,
                                row_lse=row_lse)
-        return torch.empty_like(rows), torch.empty_like(joint)
+        # contiguous, as the kernels allocate them (empty_like would keep a transposed rows'
+        # strides)
+        return rows.new_empty(rows.shape), joint.new_empty(joint.shape)
 
     torch.library.register_fake("infomax_ext::infonce_rows", _fake_infonce_rows)
     torch.library.register_fake("infomax_ext::infonce_rows_backward",
