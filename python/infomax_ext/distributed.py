@@ -180,15 +180,23 @@ def _exchange(group: ProcessGroup | None, device: torch.device | str, what: str,
             "collectives run differs between them (reuse_forward, negatives_scope, negatives, "
             "shuffled_grad, a custom loss function, ...); every process must make the same calls")
     rows = [row[1:1 + len(values)] for row in rows]
-    for k, name in enumerate(checked):
-        values = [row[k] for row in rows]
+    check_agreement(what, {name: [row[k] for row in rows] for k, name in enumerate(checked)},
+                    describe)
+    return [row[len(checked):] for row in rows]
+
+
+def check_agreement(what: str, each_rank: dict[str, list[int]],
+                    describe: dict[str, Callable[[int], str]] | None = None) -> None:
+    """Every rank gave the same value of each quantity (``each_rank[name]``: the ranks' values in
+    rank order, already gathered); else the same :class:`DistributedMismatchError` on every rank,
+    naming ``what``, the quantity and each rank's value (through ``describe[name]`` when given)."""
+    for name, values in each_rank.items():
         if len(set(values)) > 1:
             show = (describe or {}).get(name, str)
             each = ", ".join(f"rank {r} has {show(v)}" for r, v in enumerate(values))
             raise DistributedMismatchError(
                 f"{what}: the processes disagree on the {name} ({each}); every process must "
                 "give the same")
-    return [row[len(checked):] for row in rows]
 
 
 # ----------------------------------------------------------------------------- negatives

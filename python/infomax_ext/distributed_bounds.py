@@ -58,15 +58,9 @@ class _SumOverGroup(torch.autograd.Function):
 
 
 def _check_equal_counts(what: str, counts: dict[str, torch.Tensor]) -> None:
-    """Every process gave the same count (``counts[name]``: each process's, gathered): the
-    same DistributedMismatchError on every process otherwise, naming each one's."""
-    for name, values in counts.items():
-        each = [int(v) for v in values.tolist()]
-        if len(set(each)) > 1:
-            shown = ", ".join(f"rank {r} has {v}" for r, v in enumerate(each))
-            raise distributed.DistributedMismatchError(
-                f"{what}: the processes disagree on the {name} ({shown}); the whole batch's "
-                "bound needs the same number on every process")
+    """Every process gave the same count (``counts[name]``: each process's, gathered)."""
+    distributed.check_agreement(what, {name: [int(v) for v in values.tolist()]
+                                       for name, values in counts.items()})
 
 
 def global_log_mean_exp(t: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor:
