@@ -299,6 +299,74 @@ def test_paired_linear_without_any_gradient_is_the_forward_only():
     torch.testing.assert_close(out, reference.paired_linear(hx, hz, None, weight, b, perm, "relu").detach())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dz", [paired_linear_op.NARROW_MAX_FEATURES,
+                                paired_linear_op.NARROW_MAX_FEATURES + 1])
+def test_paired_linear_on_both_sides_of_the_narrow_product_limit(dz, dtype):
+    # Up to NARROW_MAX_FEATURES latent features the CPU narrow-product loops compute the latent
+    # side's three products (forward, input and weight gradients), above it the BLAS: both match
+    # the float64 reference to the scaled tolerance, and their gradients' strides match the fake
+    # kernel's (opcheck).
+    assert paired_linear_op.narrow_products_serve(torch.empty(1, dz, dtype=dtype)) == (dz <= 32)
+    for source in (False, True):
+        args = linear_inputs(5, 6, dz, 37, s=2, dtype=dtype, source=source)
+        perm = args[-1]
+        out = paired_linear_op.paired_linear(*args, "tanh")
+        ref = reference.paired_linear(*args, "tanh")
+        grad = torch.randn_like(out)
+        forward, grad_scales = paired_scales(reference.paired_linear, args[:-1], perm, "tanh",
+                                             0.0, grad)
+        assert_close_scaled(out, ref, forward, k=8, what="output")
+        inputs = [t for t in args[:-1] if t is not None]
+        for got, want, scale in zip(torch.autograd.grad(out, inputs, grad),
+                                    torch.autograd.grad(ref, inputs, grad), grad_scales):
+            assert_close_scaled(got, want, scale, k=8, what="gradient")
+        detached = [t.detach() if t is not None else None for t in args]
+        torch.library.opcheck(ops.paired_linear.default, (*detached[:-1], perm, "relu", 0.0))
+
+
+def test_paired_linear_latent_side_takes_strided_codes_and_weights():
+    # The narrow-product loops read the weight's latent columns through its strides and take
+    # codes of any layout: a transposed hz and a weight cut from a wider buffer give the values
+    # and gradients of contiguous copies, to the last bit.
+    hx, hz, src, weight, b, perm = (t.detach() for t in linear_inputs(6, 4, 3, 9, s=1, source=True))
+    wide = torch.randn(9, 20, dtype=torch.float64)
+    wide[:, 5:12] = weight
+    strided = [hx, hz.t().contiguous().t(), src.t().contiguous().t(), wide[:, 5:12], b]
+    assert not strided[1].is_contiguous() and not strided[3].is_contiguous()
+    contiguous = [hx, hz, src, weight, b]
+    results = []
+    for inputs in (strided, contiguous):
+        inputs = [t.clone() if t.is_contiguous() else t for t in inputs]
+        for t in inputs:
+            t.requires_grad_(True)
+        out = paired_linear_op.paired_linear(*inputs, perm, "relu")
+        grad = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+        results.append((out.detach(), *torch.autograd.grad(out, inputs, grad)))
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+def test_paired_linear_latent_side_does_not_depend_on_thread_count():
+    # The narrow-product loops give each output entry to one task and sum in a fixed order: the
+    # latent side's gradients (hz, hz_shuffled, the weight's latent columns) have the same bits
+    # at 1 and 2 threads (sizes above the loops' parallel grain).
+    hx, hz, src, weight, b, perm = linear_inputs(700, 8, 10, 300, s=1, dtype=torch.float32,
+                                                 source=True)
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = paired_linear_op.paired_linear(hx, hz, src, weight, b, perm, "relu")
+            g_hz, g_src, g_w = torch.autograd.grad(out, [hz, src, weight], torch.ones_like(out))
+            results.append((g_hz, g_src, g_w[:, 8:]))
+    finally:
+        torch.set_num_threads(old)
+    for x, y in zip(*results):
+        assert torch.equal(x, y)
+
+
 @pytest.mark.parametrize("source,bias", [(False, True), (True, False)])
 def test_paired_linear_opcheck(source, bias):
     args = linear_inputs(4, 3, 2, 5, s=2, source=source, bias=bias)
