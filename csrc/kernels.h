@@ -45,17 +45,6 @@ Tensor activation_forward_cpu(const Tensor& pre, const std::optional<Tensor>& bi
                               Activation act, double param, bool keep_pre);
 Tensor activation_backward_cpu(const Tensor& grad, const Tensor& at, Activation act, double param,
                                bool want_bias);
-// The products of the first layer's narrow latent side (csrc/cpu/narrow_products_cpu.cpp), for
-// x (M, K) contiguous or not, w (H, K) with any strides (a column slice of the weight), K <=
-// kNarrowMaxFeatures, float32 or float64 CPU tensors (narrow_products_serve):
-// narrow_linear: x w^T (M, H); narrow_input_grad: g w (M, K) for g (M, H);
-// narrow_weight_grad: out (H, K), any strides, = (x^T g + x2^T g2)^T, the second pair optional.
-constexpr int64_t kNarrowMaxFeatures = 32;
-bool narrow_products_serve(const Tensor& x, int64_t k);
-Tensor narrow_linear_cpu(const Tensor& x, const Tensor& w);
-Tensor narrow_input_grad_cpu(const Tensor& g, const Tensor& w);
-void narrow_weight_grad_cpu(const Tensor& out, const Tensor& x, const Tensor& g,
-                            const std::optional<Tensor>& x2, const std::optional<Tensor>& g2);
 
 #ifdef USE_CUDA
 Tensor paired_first_layer_cuda(const Tensor& data_half, const Tensor& latent_half,

@@ -30,37 +30,10 @@ Tensor columns(const Tensor& weight, int64_t start, int64_t count) {
   return torch::stable::narrow(w, 1, start, count);
 }
 
-// z w_latent^T (M, H) for codes z (M, Dz): our narrow-product loops where they serve (CPU,
-// float32/float64, Dz <= kNarrowMaxFeatures), else the BLAS.
-Tensor latent_product(const Tensor& z, const Tensor& w_latent) {
-  if (narrow_products_serve(z, w_latent.size(1))) return narrow_linear_cpu(z, w_latent);
-  return mm(z, t(w_latent));
-}
-
-// grad @ w_latent (M, Dz): the narrow-product loops where they serve, else the BLAS as
-// (w_latent^T grad^T)^T, several times faster than the direct product for a narrow Dz.
+// grad @ w_latent (M, Dz) for a narrow Dz, as (w_latent^T grad^T)^T: several times faster than
+// the direct product on the CPU.
 Tensor narrow_input_grad(const Tensor& grad, const Tensor& w_latent) {
-  if (narrow_products_serve(grad, w_latent.size(1))) return narrow_input_grad_cpu(grad, w_latent);
   return t(mm(t(w_latent), t(grad)));
-}
-
-// The latent columns' weight gradient (H, Dz) = (hz^T g_latent + hz_shuffled^T g_source)^T, the
-// second term with a source.
-Tensor latent_weight_grad(const Tensor& hz, const Tensor& g_latent,
-                          const std::optional<Tensor>& hz_shuffled, const Tensor& g_source,
-                          const Tensor& weight) {
-  const int64_t dz = hz.size(1);
-  const bool has_source = hz_shuffled.has_value();
-  if (narrow_products_serve(hz, dz)) {
-    Tensor out = empty_on(weight, {weight.size(0), dz});
-    narrow_weight_grad_cpu(out, hz, g_latent, hz_shuffled,
-                           has_source ? std::optional<Tensor>(g_source) : std::nullopt);
-    return out;
-  }
-  // (hz^T g)^T runs several times faster than g^T hz for the narrow side.
-  Tensor latent_t = mm(t(hz), g_latent);
-  if (has_source) latent_t = torch::stable::subtract(latent_t, mm(t(*hz_shuffled), g_source), -1.0);
-  return t(latent_t);
 }
 
 // hx Wx^T (N, H): the data columns' product, without the bias (the paired kernel adds it).
@@ -127,12 +100,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_linear_forward(
     std::string_view activation, double param, const std::optional<Tensor>& data_half) {
   check_paired_linear(hx, hz, hz_shuffled, weight, bias, perm, std::string(activation), data_half);
   const int64_t dx = hx.size(1);
-  const Tensor w_latent = columns(weight, dx, hz.size(1));
+  const Tensor w_latent_t = t(columns(weight, dx, hz.size(1)));
   const Tensor data = data_half.has_value() ? *data_half : data_product(hx, weight);
-  const Tensor latent = latent_product(hz, w_latent);
+  const Tensor latent = mm(hz, w_latent_t);
   const std::optional<Tensor> source =
-      hz_shuffled.has_value() ? std::optional<Tensor>(latent_product(*hz_shuffled, w_latent))
-                              : std::nullopt;
+      hz_shuffled.has_value() ? std::optional<Tensor>(mm(*hz_shuffled, w_latent_t)) : std::nullopt;
   const Tensor out = paired_first_layer_on_device(data, latent, source, bias_or_zeros(bias, weight),
                                                   perm, activation, param);
   // Absent outputs are empty tensors, each its own (outputs must not alias).
@@ -214,8 +186,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
   const Tensor w_data = columns(weight, 0, dx), w_latent = columns(weight, dx, dz);
   const Tensor grad_hz = need_hz ? narrow_input_grad(g_latent, w_latent) : none();
   const Tensor grad_source = need_source ? narrow_input_grad(g_source, w_latent) : none();
-  const Tensor latent_w =  // (H, Dz): the latent columns' weight gradient
-      need_w ? latent_weight_grad(hz, g_latent, hz_shuffled, g_source, weight) : Tensor();
+  Tensor latent_t;  // (Dz, H): the latent columns' weight gradient, transposed
+  if (need_w) {
+    // (hz^T g)^T runs several times faster than g^T hz for the narrow side.
+    latent_t = mm(t(hz), g_latent);
+    if (has_source) latent_t = torch::stable::subtract(latent_t, mm(t(*hz_shuffled), g_source), -1.0);
+  }
   g_latent = Tensor();
   g_source = Tensor();
   Tensor grad_w = none();
@@ -229,7 +205,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     // 0.60 / 2.3 ms for (hx^T g)^T plus a transposed copy; 512 units 0.32 against 0.73 ms and
     // 1000 units 0.56 against 0.77 ms at N = 64 (bench/README.md, "Fixed cost per call").
     mm_out(data_part, t(g_data), hx);
-    torch::stable::copy_(latent_part, latent_w);
+    torch::stable::copy_(latent_part, t(latent_t));
   }
   return {need_hx ? linear_input_grad(g_data, w_data) : none(), grad_hz, grad_source, grad_w,
           need_bias ? g_bias : none()};

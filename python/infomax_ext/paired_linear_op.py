@@ -60,19 +60,6 @@ def paired_linear(
                                    data_half)
 
 
-NARROW_MAX_FEATURES = 32
-"""The widest latent side (Dz) the CPU narrow-product loops take (csrc/kernels.h,
-kNarrowMaxFeatures); wider ones, other dtypes and CUDA go to the BLAS."""
-
-
-def narrow_products_serve(hz: torch.Tensor) -> bool:
-    """Whether paired_linear's latent-side products of codes ``hz`` (M, Dz) run in the CPU
-    narrow-product loops (contiguous (M, Dz) input gradients) rather than the BLAS (transposed
-    ones): what csrc/cpu/narrow_products_cpu.cpp's ``narrow_products_serve`` decides."""
-    return (hz.device.type == "cpu" and hz.dtype in (torch.float32, torch.float64)
-            and 0 < hz.shape[1] <= NARROW_MAX_FEATURES)
-
-
 def refuse_grad_of_data_half(data_half: torch.Tensor | None) -> None:
     """``data_half`` is a constant computed earlier: a gradient through it is refused."""
     if data_half is not None and data_half.requires_grad:
@@ -167,14 +154,9 @@ if extension_available():
         def grad(wanted: bool, like: torch.Tensor) -> torch.Tensor:
             return like.new_empty(like.shape) if wanted else hx.new_empty((0,))
 
-        # the kernel's (M, Dz) gradients: contiguous from the narrow-product loops, else
-        # transposed (Dz, M) BLAS products
+        # the kernel's (M, Dz) gradients are transposed (Dz, M) products
         def narrow_grad(wanted: bool) -> torch.Tensor:
-            if not wanted:
-                return hx.new_empty((0,))
-            if narrow_products_serve(hz):
-                return hz.new_empty(hz.shape)
-            return hz.new_empty((hz.shape[1], hz.shape[0])).t()
+            return hz.new_empty((hz.shape[1], hz.shape[0])).t() if wanted else hx.new_empty((0,))
 
         return (grad(output_mask[0], hx), narrow_grad(output_mask[1]),
                 narrow_grad(output_mask[2] and hz_shuffled is not None), grad(output_mask[3], weight),
