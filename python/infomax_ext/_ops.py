@@ -20,7 +20,7 @@ import operator
 import os
 import threading
 import warnings
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -218,6 +218,21 @@ def kernels_apply(*tensors: torch.Tensor | None) -> bool:
     if not _kernels_serve(device_type):
         return False
     return all(t.dtype in _FLOAT_TYPES for t in present if t.is_floating_point())
+
+
+def full_precision_test(op: str) -> Callable[[torch.Tensor, torch.Tensor], bool]:
+    """The ``kernel_applies`` test of ``torch.ops.infomax_ext.<op>`` for the ops whose kernels
+    take two score tensors of float32 or float64 (``mi_bound``, ``infonce_rows``): both of one
+    dtype, on a device with the op's kernel, and :func:`kernels_apply`. The devices are found
+    once, here: a set lookup is all torch.compile has to trace."""
+    devices = frozenset(d for d in ("cpu", "cuda") if has_kernel(op, d))
+
+    def applies(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return (a.device.type in devices and a.dtype == b.dtype
+                and a.dtype in (torch.float32, torch.float64)  # not bfloat16, float16
+                and kernels_apply(a, b))
+
+    return applies
 
 
 def _check_args(op: str, **named: object) -> None:

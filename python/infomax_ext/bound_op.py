@@ -33,20 +33,13 @@ __all__ = ["mi_bound", "kernel_applies"]
 _OPS = torch.ops.infomax_ext
 
 
-def _kernel_devices() -> frozenset[str]:
-    return frozenset(d for d in ("cpu", "cuda") if _ops.has_kernel("mi_bound", d))
-
-
-# Computed once: a set lookup is all torch.compile has to trace in kernel_applies.
-_KERNEL_DEVICES = _kernel_devices()
+_APPLIES = _ops.full_precision_test("mi_bound")
 
 
 def kernel_applies(t_joint: torch.Tensor, t_negatives: torch.Tensor) -> bool:
     """True when the compiled ``mi_bound`` runs on these scores (see
     :func:`~infomax_ext._ops.kernels_apply`; both of one dtype, on a device with its kernel)."""
-    return (t_joint.device.type in _KERNEL_DEVICES and t_joint.dtype == t_negatives.dtype
-            and t_joint.dtype in (torch.float32, torch.float64)  # not bfloat16, float16
-            and _ops.kernels_apply(t_joint, t_negatives))
+    return _APPLIES(t_joint, t_negatives)
 
 
 def _check(t_joint: object, t_negatives: object, param: object) -> None:

@@ -414,7 +414,7 @@ class InfoNCE(Bound):
         infonce_op.check_rows(rows, joint)  # on every path: the formula would broadcast
         rows, joint = as_reduction_dtype(rows), as_reduction_dtype(joint)
         if infonce_op.kernel_applies(rows, joint):
-            return infonce_op.infonce_rows(rows, joint)
+            return infonce_op.infonce_rows_checked(rows, joint)
         return (joint - torch.logsumexp(rows, 1)).mean() + math.log(rows.shape[1])
 
 

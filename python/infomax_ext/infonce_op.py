@@ -32,17 +32,14 @@ __all__ = ["infonce_rows", "kernel_applies", "check_rows"]
 
 _OPS = torch.ops.infomax_ext
 
-# Computed once: a set lookup is all torch.compile has to trace in kernel_applies.
-_KERNEL_DEVICES = frozenset(d for d in ("cpu", "cuda") if _ops.has_kernel("infonce_rows", d))
+_APPLIES = _ops.full_precision_test("infonce_rows")
 
 
 def kernel_applies(rows: torch.Tensor, joint: torch.Tensor) -> bool:
     """True when the compiled ``infonce_rows`` runs on these scores (see
     :func:`~infomax_ext._ops.kernels_apply`; both of one dtype, float32 or float64, on a device
     with its kernel)."""
-    return (rows.device.type in _KERNEL_DEVICES and rows.dtype == joint.dtype
-            and rows.dtype in (torch.float32, torch.float64)  # not bfloat16, float16
-            and _ops.kernels_apply(rows, joint))
+    return _APPLIES(rows, joint)
 
 
 def check_rows(rows: object, joint: object) -> None:
@@ -68,6 +65,12 @@ def infonce_rows(rows: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
         raise not_applied_error("infonce_rows", rows, joint,
                                 "infomax_ext.BOUNDS['infonce'].from_rows(rows, joint) evaluates "
                                 "it on every path")
+    return infonce_rows_checked(rows, joint)
+
+
+def infonce_rows_checked(rows: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
+    """:func:`infonce_rows` on arguments that :func:`check_rows` has passed and
+    :func:`kernel_applies` accepts (``InfoNCE.from_rows`` checks them once, for either path)."""
     value: torch.Tensor
     if torch.compiler.is_compiling() or not torch.is_grad_enabled() or not (
             rows.requires_grad or joint.requires_grad):
