@@ -7,9 +7,9 @@ set -euo pipefail
 # The op tests (every kernel, its checks, opcheck, autocast, the package's loading; the CUDA cases
 # run where a GPU is present): the Python layer above the ops is the same as the +cpu wheel's,
 # whose whole suite wheel-check runs on torch 2.14.1.
-OP_TESTS="tests/test_ops.py tests/test_bound_op.py tests/test_infonce_op.py tests/test_critic_mlp.py
-tests/test_mixed_precision.py tests/test_package.py tests/test_cuda.py"
 cd "$(dirname "$0")/.."
+source scripts/op_tests.sh
+OP_TESTS="$OP_TESTS tests/test_cuda.py"
 start=$SECONDS
 py=$PWD/.venv-cuda/bin/python
 wheel=$(ls dist/infomax_ext-*+cu130-*.whl)

@@ -12,8 +12,8 @@ NOT_TRAINING_JOBS="not torchrun and not killed_rank and not max_restarts"
 # (editable build) and the wheel's binary runs it on 2.14.1: on the build version the wheel runs
 # the op tests only (every op, fake kernel, opcheck, dtype), which keeps CI under 30 minutes.
 # FULL_SUITE_VERSIONS (default "2.14.1") names the versions that run the whole suite.
-OP_TESTS="tests/test_ops.py tests/test_bound_op.py tests/test_infonce_op.py tests/test_critic_mlp.py tests/test_mixed_precision.py tests/test_package.py"
 cd "$(dirname "$0")/.."
+source scripts/op_tests.sh
 wheel=$(ls dist/infomax_ext-*+cpu-*.whl)
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
