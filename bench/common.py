@@ -277,10 +277,10 @@ def make_replay(gemms: Sequence[Gemm], generator=None) -> Callable[[], None]:
 # ----------------------------------------------------------------------------------------------
 
 
-def interleaved(fns: dict, rounds: int) -> dict:
+def interleaved(fns: dict, rounds: int, before: Callable[[], object] | None = None) -> dict:
     """Round-robin timing: each round calls every function once (the starting function rotates
-    from round to round). Returns {name: [seconds per call]}. The garbage collector is off while
-    timing."""
+    from round to round); ``before``, when given, runs untimed before each call. Returns
+    {name: [seconds per call]}. The garbage collector is off while timing."""
     names = list(fns)
     samples = {name: [] for name in names}
     gc.collect()
@@ -291,6 +291,8 @@ def interleaved(fns: dict, rounds: int) -> dict:
             k = r % len(names)
             for name in names[k:] + names[:k]:
                 fn = fns[name]
+                if before is not None:
+                    before()
                 t0 = time.perf_counter()
                 fn()
                 samples[name].append(time.perf_counter() - t0)

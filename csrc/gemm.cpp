@@ -34,7 +34,10 @@ bool onednn_available() {
 
 bool onednn_linear_serves(const Tensor& x, const Tensor& w) {
   return x.is_cpu() && x.scalar_type() == ScalarType::Float && x.is_contiguous() &&
-         w.is_contiguous() && x.numel() > 0 && w.numel() > 0 && onednn_available();
+         w.is_contiguous() && x.numel() > 0 && w.numel() > 0 &&
+         2.0 * static_cast<double>(x.size(0)) * static_cast<double>(w.numel()) >=
+             kOneDnnMinFlops &&
+         onednn_available();
 }
 
 Tensor linear_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b,

@@ -1,13 +1,16 @@
 #pragma once
 // The matrix products of a Linear layer y = x W^T + b, each through the fastest backend measured
-// for it (bench/bench_gemm.py; bench/README.md, "GEMM backends"): on the CPU in float32 with a
-// contiguous weight, oneDNN's linear (mkldnn::_linear_pointwise, part of torch's CPU build) with
-// the bias fused into its epilogue, for the forward and the input gradient (up to 30% faster
-// than MKL's sgemm on the chains' shapes with AVX-512, level with AVX2; a strided weight, such as
-// a column slice, makes it hundreds of times slower, so it never gets one); the weight
-// gradient, and everything elsewhere (float64,
-// CUDA, a torch without oneDNN), on aten::mm, whose kernel is MKL or cuBLAS. All through the
-// dispatcher, so the stable ABI suffices.
+// for it inside a chain call (bench/bench_gemm.py; bench/README.md, "GEMM backends"): on the CPU
+// in float32 with a contiguous weight, a product of at least kOneDnnMinFlops runs on oneDNN's
+// linear (mkldnn::_linear_pointwise, part of torch's CPU build) with the bias fused into its
+// epilogue, for the forward and the input gradient (5-30% faster than MKL's sgemm there, e.g. the
+// paper chain's 1000 -> 400 layer). A smaller product (the Julia chain's 256 -> 256 layer at
+// N = 64, the paper chain's 400 -> 100 at N <= 256) runs on MKL: with the caches holding the rest
+// of a call, oneDNN's linear costs 20-60 us more per call than MKL's sgemm, more than its faster
+// kernel saves on such a product. A strided weight, such as a column slice, never goes to
+// oneDNN: it makes it hundreds of times slower. The weight gradient, and everything elsewhere
+// (float64, CUDA, a torch without oneDNN), runs on aten::mm, whose kernel is MKL or cuBLAS. All
+// through the dispatcher, so the stable ABI suffices.
 #include <optional>
 #include <string>
 #include <vector>
@@ -16,8 +19,14 @@
 
 namespace infomax_ext {
 
-// True when oneDNN's linear serves the product of x and the weight w: x a non-empty contiguous
-// float32 CPU tensor, w contiguous and non-empty, torch built with oneDNN (probed once).
+// The fewest FLOPs (2 x rows x in x out) of a product that oneDNN's linear serves: 2^26, e.g.
+// 128 rows of a 512 -> 512 layer or 512 rows of a 256 -> 256 one. Measured on the chains' layers
+// at 64-2048 rows, with AVX-512 and AVX2 (bench/README.md, "GEMM backends").
+inline constexpr double kOneDnnMinFlops = 67108864.0;
+
+// True when oneDNN's linear serves the product of x (R, in) and the weight w (out, in), or of
+// the gradient x (R, out) and w^T: x a non-empty contiguous float32 CPU tensor, w contiguous and
+// non-empty, 2 R (out x in) >= kOneDnnMinFlops, torch built with oneDNN (probed once).
 bool onednn_linear_serves(const Tensor& x, const Tensor& w);
 
 // x W^T (+ b) for x (R, in), w (out, in), b (out) optional; *bias_added says whether the bias is

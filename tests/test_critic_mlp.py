@@ -404,26 +404,38 @@ def test_gradcheck_of_a_loss_of_bound_and_scores():
 # --------------------------------------------------------------- the products' backends
 
 
-def product_ops(mlp: Mlp) -> set:
-    """The matrix-product ops one forward and backward of critic_mlp call (torch's profiler sees
-    the dispatcher calls the C++ op makes)."""
+def product_ops(mlp: Mlp) -> dict:
+    """How often each matrix-product op runs in one forward and backward of critic_mlp (torch's
+    profiler sees the dispatcher calls the C++ op makes)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         bound, _ = critic_mlp_op.critic_mlp(*mlp.args())
         torch.autograd.grad(bound, mlp.tensors())
-    return {e.key for e in prof.key_averages()
+    return {e.key: e.count for e in prof.key_averages()
             if e.key in ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::linear")}
 
 
+# csrc/gemm.h: the fewest FLOPs (2 x rows x in x out) of a product oneDNN's linear serves.
+ONEDNN_MIN_FLOPS = 2 ** 26
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
-def test_float32_products_run_on_onednn_and_float64_on_mm():
-    # csrc/gemm.h: in float32 oneDNN's linear (forward and input gradient; the weight gradient
-    # on mm), in float64 mm only.
-    mlp = make_mlp(8, [4, 5, 3], ["relu", "gelu"], [True, False], "identity", True,
-                   torch.float32)
-    assert product_ops(mlp) == {"mkldnn::_linear_pointwise", "aten::mm"}
-    assert product_ops(make_mlp(8, [4, 5, 3], ["relu", "gelu"], [True, False])) == {"aten::mm"}
+def test_float32_large_products_run_on_onednn_and_the_rest_on_mm():
+    # csrc/gemm.h: in float32 a layer's forward and input gradient of at least 2^26 FLOPs run on
+    # oneDNN's linear; smaller products, every weight gradient and float64 on mm. Layers
+    # 512 -> 512 (at 128 rows 2^26 FLOPs: oneDNN) and 512 -> 3; every gradient asked for.
+    large = make_mlp(128, [512, 512, 3], ["relu", "gelu"], [True, False], "identity", True,
+                     torch.float32)
+    assert 2 * 128 * large.weights[0].numel() == ONEDNN_MIN_FLOPS
+    product_ops(large)  # the process's first float32 call also probes oneDNN (one more product)
+    assert product_ops(large) == {"mkldnn::_linear_pointwise": 2, "aten::mm": 4}
+    # 126 rows: 2^20 FLOPs short of the threshold, every product on mm.
+    small = make_mlp(126, [512, 512, 3], ["relu", "gelu"], [True, False], "identity", True,
+                     torch.float32)
+    assert product_ops(small) == {"aten::mm": 6}
+    assert product_ops(make_mlp(128, [512, 512, 3], ["relu", "gelu"], [True, False])) == {
+        "aten::mm": 6}
 
 
 ZERO_WIDTH = {  # (widths, activations): a layer with no units, a layer with no inputs
@@ -457,9 +469,9 @@ def test_a_failing_first_onednn_call_does_not_switch_onednn_off():
                         torch.randn(3), None, 3, "identity", 0.0)
         except RuntimeError:
             pass
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            ops.critic_mlp(torch.randn(6, 4), [torch.randn(3, 4)], [None], ["relu"], [0.0],
-                        torch.randn(3), None, 3, "identity", 0.0)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:  # 2^26 FLOPs: oneDNN's
+            ops.critic_mlp(torch.randn(128, 512), [torch.randn(512, 512)], [None], ["relu"],
+                        [0.0], torch.randn(512), None, 64, "identity", 0.0)
         print("products:", sorted(e.key for e in prof.key_averages()
                                   if e.key in ("mkldnn::_linear_pointwise", "aten::mm")))
         """)

@@ -45,7 +45,8 @@ def critic_mlp(
     (H_L,), ``head_bias`` (1,) or None. Returns ``(bound, scores)``: the 0-dim bound
     ``mean(t[:n_joint]) - mean(exp(t[n_joint:] - 1))`` and the (R,) scores. The backward computes
     every gradient in one call (the activation derivative applied in the pass that sums each bias
-    gradient); on the CPU in float32 the products run on oneDNN with bias and ReLU fused.
+    gradient); on the CPU in float32 a forward or input-gradient product of at least 2^26 FLOPs
+    runs on oneDNN with the bias fused, a smaller one on MKL (csrc/gemm.h).
     """
     weights, biases = list(weights), list(biases)
     activations, params = [str(a) for a in activations], [float(p) for p in params]
