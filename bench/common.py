@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import math
+import random
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -278,18 +279,24 @@ def make_replay(gemms: Sequence[Gemm], generator=None) -> Callable[[], None]:
 
 
 def interleaved(fns: dict, rounds: int, before: Callable[[], object] | None = None) -> dict:
-    """Round-robin timing: each round calls every function once (the starting function rotates
-    from round to round); ``before``, when given, runs untimed before each call. Returns
-    {name: [seconds per call]}. The garbage collector is off while timing."""
+    """Interleaved timing: each round calls every function once, in an order drawn afresh each
+    round (seeded, so a run is repeatable); ``before``, when given, runs untimed before each
+    call. Returns {name: [seconds per call]}. The garbage collector is off while timing.
+
+    A call's time depends on the call before it (what the caches hold): ours at T N = 64, 2
+    threads, took 3.84 ms (median) after itself, 4.02 after shared and 4.17 after bench_cpu's
+    GEMM replay; shared 3.95, 4.07 and 4.28. A fixed order, even rotated, gives each function
+    mostly one predecessor (bench_cpu's ours followed the replay in 7 rounds of 8) and so a bias
+    of that size; with the order drawn, every function follows every other alike."""
     names = list(fns)
     samples = {name: [] for name in names}
+    order = random.Random(0)
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for r in range(rounds):
-            k = r % len(names)
-            for name in names[k:] + names[:k]:
+        for _ in range(rounds):
+            for name in order.sample(names, len(names)):
                 fn = fns[name]
                 if before is not None:
                     before()
