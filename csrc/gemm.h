@@ -3,8 +3,9 @@
 // for it inside a chain call (bench/bench_gemm.py; bench/README.md, "GEMM backends"): on the CPU
 // in float32 with a contiguous weight, a product of at least kOneDnnMinFlops runs on oneDNN's
 // linear (mkldnn::_linear_pointwise, part of torch's CPU build) with the bias fused into its
-// epilogue, for the forward and the input gradient (5-30% faster than MKL's sgemm there, e.g. the
-// paper chain's 1000 -> 400 layer). A smaller product (the Julia chain's 256 -> 256 layer at
+// epilogue, for the forward and the input gradient (with AVX-512 level to 30% faster than MKL's
+// sgemm there, e.g. the paper chain's 1000 -> 400 layer; under the AVX2 capability level or
+// slower, which this choice does not detect). A smaller product (the Julia chain's 256 -> 256 layer at
 // N = 64, the paper chain's 400 -> 100 at N <= 256) runs on MKL: with the caches holding the rest
 // of a call, oneDNN's linear costs 20-60 us more per call than MKL's sgemm, more than its faster
 // kernel saves on such a product. A strided weight, such as a column slice, never goes to
