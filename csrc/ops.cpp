@@ -71,4 +71,8 @@ STABLE_TORCH_LIBRARY(infomax_ext, m) {
   m.def(
       "infonce_rows_backward(Tensor grad, Tensor rows, Tensor joint, Tensor row_lse) "
       "-> (Tensor, Tensor)");
+  m.def("bernoulli_loglik(Tensor p, Tensor x) -> Tensor");
+  m.def(
+      "bernoulli_loglik_backward(Tensor grad, Tensor p, Tensor x, bool[2] output_mask) "
+      "-> (Tensor, Tensor)");
 }

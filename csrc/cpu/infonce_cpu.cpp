@@ -21,14 +21,6 @@
 namespace infomax_ext {
 namespace {
 
-// Entries of a row whose exponentials are filled in one vectorised loop, then summed.
-constexpr int64_t kBlock = 512;
-// Independent partial sums of a block (additions in flight side by side, in a fixed order).
-constexpr int kLanes = 8;
-
-// Rows per task of parallel_for: about 16K entries each.
-int64_t row_grain(int64_t c) { return std::max<int64_t>(1, 16384 / c); }
-
 // The largest of x[0..c), NaN when any entry is NaN.
 template <typename scalar_t>
 scalar_t row_max(const scalar_t* x, int64_t c) {
@@ -46,20 +38,14 @@ template <typename scalar_t, typename acc_t>
 acc_t row_log_sum_exp(const scalar_t* x, int64_t c) {
   const scalar_t top = row_max(x, c);
   const scalar_t shift = std::isfinite(top) ? top : scalar_t(0);
-  alignas(64) scalar_t buf[kBlock];
-  acc_t lanes[kLanes] = {};
-  for (int64_t first = 0; first < c; first += kBlock) {
-    const int64_t count = std::min(kBlock, c - first);
+  alignas(64) scalar_t buf[kTermBlock];
+  acc_t lanes[kSumLanes] = {};
+  for (int64_t first = 0; first < c; first += kTermBlock) {
+    const int64_t count = std::min(kTermBlock, c - first);
     fill_terms(x + first, count, buf, [shift](scalar_t t) { return bound_exp(t - shift); });
-    int64_t i = 0;
-    for (; i + kLanes <= count; i += kLanes) {
-      for (int l = 0; l < kLanes; ++l) lanes[l] += acc_t(buf[i + l]);
-    }
-    for (; i < count; ++i) lanes[0] += acc_t(buf[i]);
+    add_to_lanes(buf, count, lanes);
   }
-  acc_t sum = 0;
-  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
-  return acc_t(shift) + std::log(sum);
+  return acc_t(shift) + std::log(lanes_total(lanes));
 }
 
 std::tuple<Tensor, Tensor> infonce_rows_cpu(const Tensor& rows, const Tensor& joint) {

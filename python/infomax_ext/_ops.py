@@ -52,6 +52,7 @@ COMPILED_OPS = (
     "nwj_bound", "nwj_bound_backward",
     "mi_bound", "mi_bound_backward",
     "infonce_rows", "infonce_rows_backward",
+    "bernoulli_loglik", "bernoulli_loglik_backward",
 )
 """Every op ``infomax_ext._C`` defines (csrc/ops.cpp): a build that lacks one (stale) counts as
 not loaded, before the op modules register their formulas on it."""

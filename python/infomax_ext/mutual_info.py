@@ -447,8 +447,11 @@ def _joint_graph_bound(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
     with torch.no_grad():
         # index_select, not latent_half[perm]: advanced indexing took 160 us on (256, 1000)
         # float32 rows on the CPU, index_select 28 us.
-        shuffled_half = (latent_half.index_select(0, perm) if hz_shuffled is None
-                         else torch.mm(hz_shuffled, weight[:, dx:].t()))
+        if hz_shuffled is None:
+            assert perm is not None  # the caller gives one of perm and the shuffled codes
+            shuffled_half = latent_half.index_select(0, perm)
+        else:
+            shuffled_half = torch.mm(hz_shuffled, weight[:, dx:].t())
         shuffled = rest(first_layer(shuffled_half))
     return _paired(bound, joint, shuffled)
 

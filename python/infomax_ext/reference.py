@@ -19,6 +19,7 @@ __all__ = [
     "critic_head",
     "critic_mlp",
     "nwj_bound",
+    "bernoulli_loglik",
 ]
 
 _MASK64 = (1 << 64) - 1
@@ -144,6 +145,18 @@ def paired_linear(
 def nwj_bound(t_joint: torch.Tensor, t_shuffled: torch.Tensor) -> torch.Tensor:
     """NWJ lower bound ``mean(t_joint) - mean(exp(t_shuffled - 1))`` of 1-D score tensors."""
     return t_joint.mean() - torch.exp(t_shuffled - 1).mean()
+
+
+def bernoulli_loglik(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``sum_j x log pc + (1 - x) log1p(-pc)`` per row of ``p`` (M, D), ``pc = clamp(p, eps,
+    1 - eps)``, ``eps = torch.finfo(p.dtype).eps``; row ``r`` against row ``r % N`` of ``x``
+    (N, D), M a multiple of N (``x`` broadcast over the M / N blocks, not copied): (M,)."""
+    eps = torch.finfo(p.dtype).eps
+    pc = p.clamp(eps, 1 - eps)
+    m, (n, d) = p.shape[0], x.shape
+    xb = x.reshape(1, n, d)
+    pb = pc.reshape(m // n, n, d)
+    return (xb * torch.log(pb) + (1 - xb) * torch.log1p(-pb)).sum(-1).reshape(m)
 
 
 def critic_head(

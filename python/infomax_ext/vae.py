@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from . import widths
+from . import bernoulli_op, widths
 from ._builders import Built, builder_config, check_layers, check_size, head, mlp, output_pair, \
     parse_size
 from .decoders import (BernoulliDecoder, JointGaussianDecoder, JointGaussianLogDecoder,
@@ -292,7 +292,8 @@ def decoder_loglikelihood(x: torch.Tensor, z: torch.Tensor, decoder: nn.Module,
     ``z`` is unused (kept for the Julia signature).
 
     - Bernoulli: ``sum(x log p + (1 - x) log(1 - p))`` with ``p`` clamped to
-      ``[eps, 1 - eps]``, ``eps = torch.finfo(p.dtype).eps``: finite at ``p = 0`` or ``1``.
+      ``[eps, 1 - eps]``, ``eps = torch.finfo(p.dtype).eps``: finite at ``p = 0`` or ``1``
+      (one pass of the compiled op where it applies: :mod:`infomax_ext.bernoulli_op`).
     - SimpleGaussian (std ``sigma``, 1 by default):
       ``-1/2 sum((x - mu)^2) / sigma^2 - D/2 (2 log sigma + log 2 pi)``.
     - Gaussian with logsigma:
@@ -306,10 +307,8 @@ def decoder_loglikelihood(x: torch.Tensor, z: torch.Tensor, decoder: nn.Module,
     xb = x.reshape(1, n, d)
     fields = [_blocks(t, name, n, d) for name, t in zip(decoder_output._fields, decoder_output)]
     if out_type is BernoulliOutput:
-        p = fields[0]
-        eps = torch.finfo(p.dtype).eps
-        p = p.clamp(eps, 1 - eps)
-        loglik = (xb * torch.log(p) + (1 - xb) * torch.log1p(-p)).sum(-1)
+        # one pass over p (the compiled bernoulli_loglik) where it applies, else the formula
+        loglik = bernoulli_op.bernoulli_loglik(fields[0].reshape(-1, d), x.reshape(n, d))
     elif out_type is SimpleGaussianOutput:
         sigma_t = torch.as_tensor(sigma, dtype=fields[0].dtype, device=fields[0].device)
         loglik = (-0.5 * ((xb - fields[0]) ** 2).sum(-1) / sigma_t**2
