@@ -3,8 +3,9 @@
 // CUDA kernels compute it:
 //   pc = clamp(p, eps, 1 - eps)   (eps = the dtype's machine epsilon; NaN stays NaN)
 //   term(p, x)      = x log(pc) + (1 - x) log(1 - pc)
-//   d term / d p    = (x - pc) / (pc (1 - pc)) inside [eps, 1 - eps] (ends included), 0 outside
-//                     and at NaN, as torch.clamp's gradient
+//   d term / d p    = (x - pc) / (pc (1 - pc)) inside [eps, 1 - eps] (ends included, as
+//                     torch.clamp's gradient up to torch 2.13; 2.14 stops it at the ends), 0
+//                     outside and at NaN
 //   d term / d x    = log(pc) - log(1 - pc)
 // The logs: the vectorisable ones of csrc/cpu/vec_math.h on the CPU, CUDA's log and log1p on
 // the device.
