@@ -259,3 +259,21 @@ def test_decoder_loglikelihood_takes_the_op(monkeypatch):
     monkeypatch.setattr(bernoulli_op, "_differentiable", lambda *a: counting(*a))
     im.decoder_loglikelihood(x, None, im.BernoulliDecoder(nn.Identity()), BernoulliOutput(p))
     assert calls == [(10, 6)]
+
+
+def test_torch_compile_fullgraph():
+    """decoder_loglikelihood with the compiled op traces in one graph (the fake kernel, the
+    registered autograd) and gives the eager value and gradients."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(4, 6, generator=g, dtype=F64)
+    p = torch.rand(8, 6, generator=g, dtype=F64, requires_grad=True)
+    dec = im.BernoulliDecoder(nn.Identity())
+
+    def loss(p, x):
+        return im.decoder_loglikelihood(x, None, dec, BernoulliOutput(p)).mean()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    got, want = compiled(p, x), loss(p, x)
+    assert torch.equal(got, want)
+    (gp,), (wp,) = torch.autograd.grad(got, p), torch.autograd.grad(want, p)
+    assert torch.equal(gp, wp)
