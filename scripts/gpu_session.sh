@@ -55,13 +55,14 @@ assert not missing, missing
 print(\"CUDA kernels for all ops; backend(cuda) =\", im.backend(\"cuda\"))
 "'
 
-step test_cuda 200 python3 -m pytest -q -m cuda tests/test_cuda.py tests/test_bound_op.py tests/test_infonce_op.py -p no:cacheprovider -rs --durations=8
+step test_cuda 200 python3 -m pytest -q -m cuda tests/test_cuda.py tests/test_bound_op.py tests/test_infonce_op.py tests/test_bernoulli_op.py -p no:cacheprovider -rs --durations=8
 
 # compute-sanitizer: no caching allocator, so out-of-bounds accesses hit real allocation edges.
 SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 step memcheck 120 "$SANITIZER" --tool memcheck --error-exitcode 9 \
-  python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "shapes and float32"
+  python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_bernoulli_op.py \
+  -k "(shapes and float32) or (float32_within and cuda)"
 step racecheck 60 "$SANITIZER" --tool racecheck --error-exitcode 9 \
   python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "nwj_bound_matches_cpu or (critic_head_shapes and 12000 and float32)"
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
