@@ -61,7 +61,7 @@ test: install
 # default (no SIMD) and AVX2 code paths, with oneDNN and MKL capped to the same generation
 # (the native run is `make test`). Each inductor cache is kept apart: its key ignores the
 # capability.
-OP_TESTS := tests/test_ops.py tests/test_nonfinite.py tests/test_critic_mlp.py
+OP_TESTS := tests/test_ops.py tests/test_nonfinite.py tests/test_critic_mlp.py tests/test_bernoulli_op.py
 test-capabilities: install
 	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2 \
 	  TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/build/inductor-default $(PY) -m pytest -q $(OP_TESTS)
