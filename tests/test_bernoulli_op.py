@@ -236,7 +236,8 @@ def test_other_dtypes_take_the_formula():
     p, x = torch.rand(4, 3, generator=g), torch.rand(2, 3, generator=g)
     for pp, xx in ((p.bfloat16(), x.bfloat16()), (p.half(), x.half()), (p, x.double())):
         assert not bernoulli_op.kernel_applies(pp, xx)
-        assert torch.equal(bernoulli_op.bernoulli_loglik(pp, xx), reference.bernoulli_loglik(pp, xx))
+        assert torch.equal(bernoulli_op.bernoulli_loglik(pp, xx),
+                           reference.bernoulli_loglik(pp, xx))
 
 
 def test_decoder_loglikelihood_takes_the_op(monkeypatch):

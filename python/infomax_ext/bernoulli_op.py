@@ -1,5 +1,5 @@
-"""The Bernoulli log-likelihood of a decoder's probabilities, ``torch.ops.infomax_ext.bernoulli_loglik``:
-its Python wrapper, fake kernels and autograd formula.
+"""The Bernoulli log-likelihood of a decoder's probabilities,
+``torch.ops.infomax_ext.bernoulli_loglik``: its Python wrapper, fake kernels and autograd formula.
 
 ``bernoulli_loglik(p, x)`` takes probabilities ``p`` (M, D) and data ``x`` (N, D), M = S N (S
 blocks of N rows, row ``r`` scored against row ``r % N`` of ``x``), one dtype (float32 or
@@ -13,8 +13,8 @@ in one pass over ``p`` (csrc/bernoulli.h; the CPU's logs vectorised, within 2 ul
 nine elementwise torch ops, and a backward of one pass:
 ``grad_p = grad (x - pc) / (pc (1 - pc))`` inside the clamp's range, 0 outside and at NaN (the
 ends included, as torch.clamp's gradient up to torch 2.13; torch 2.14's stops at them), and
-``grad_x = sum over the blocks of grad (log pc - log(1 - pc))``. The CPU kernel sums each row in double in a fixed order (the same bits whatever the
-thread count). Where it does not apply (:func:`kernel_applies`: bfloat16, float16, two dtypes,
+``grad_x = sum over the blocks of grad (log pc - log(1 - pc))``. The CPU kernel sums each row
+in double in a fixed order (the same bits whatever the thread count). Where it does not apply (:func:`kernel_applies`: bfloat16, float16, two dtypes,
 a device without the kernel, a ``torch.func`` transform) the plain formula
 (:func:`infomax_ext.reference.bernoulli_loglik`) runs. No double backward (create_graph=True
 raises; the plain formula has it: ``infomax_ext.use_reference_path()``).
