@@ -14,10 +14,11 @@ nine elementwise torch ops, and a backward of one pass:
 ``grad_p = grad (x - pc) / (pc (1 - pc))`` inside the clamp's range, 0 outside and at NaN (the
 ends included, as torch.clamp's gradient up to torch 2.13; torch 2.14's stops at them), and
 ``grad_x = sum over the blocks of grad (log pc - log(1 - pc))``. The CPU kernel sums each row
-in double in a fixed order (the same bits whatever the thread count). Where it does not apply (:func:`kernel_applies`: bfloat16, float16, two dtypes,
-a device without the kernel, a ``torch.func`` transform) the plain formula
-(:func:`infomax_ext.reference.bernoulli_loglik`) runs. No double backward (create_graph=True
-raises; the plain formula has it: ``infomax_ext.use_reference_path()``).
+in double in a fixed order (the same bits whatever the thread count). Where it does not apply
+(:func:`kernel_applies`: bfloat16, float16, two dtypes, a device without the kernel, a
+``torch.func`` transform) the plain formula (:func:`infomax_ext.reference.bernoulli_loglik`)
+runs. No double backward (create_graph=True raises; the plain formula has it:
+``infomax_ext.use_reference_path()``).
 """
 from __future__ import annotations
 
