@@ -11,7 +11,6 @@
 // the device.
 #include <cmath>
 
-#include "bernoulli_args.h"
 #include "macros.h"
 #if !defined(__CUDA_ARCH__)
 #include "cpu/vec_math.h"
@@ -33,6 +32,13 @@ template <typename T>
 INFOMAX_HOST_DEVICE T bernoulli_clamp(T p) {
   const T lo = bernoulli_eps<T>(), hi = T(1) - bernoulli_eps<T>();
   return p < lo ? lo : (p > hi ? hi : p);
+}
+
+// Whether the clamp passes p unchanged (its ends included; false at NaN): where its gradient
+// passes.
+template <typename T>
+INFOMAX_HOST_DEVICE bool bernoulli_inside(T p) {
+  return (p >= bernoulli_eps<T>()) & (p <= T(1) - bernoulli_eps<T>());
 }
 
 // log(pc) and log(1 - pc) of a clamped probability.
@@ -62,8 +68,7 @@ INFOMAX_HOST_DEVICE T bernoulli_term(T p, T x) {
 // g d term / d p.
 template <typename T>
 INFOMAX_HOST_DEVICE T bernoulli_grad_p(T g, T p, T x) {
-  const T lo = bernoulli_eps<T>(), hi = T(1) - bernoulli_eps<T>();
-  const bool inside = (p >= lo) & (p <= hi);
+  const bool inside = bernoulli_inside(p);
   const T pc = inside ? p : T(0.5);  // any value with a finite quotient: the result is 0
   const T d = g * ((x - pc) / (pc * (T(1) - pc)));
   return inside ? d : T(0);

@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "../bernoulli.h"
+#include "../bernoulli_args.h"
 #include "vec_loops.h"
 
 namespace infomax_ext {

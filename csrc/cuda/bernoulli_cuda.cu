@@ -5,6 +5,7 @@
 // grid-stride loop over the entries of p for grad_p, one over the entries of x for grad_x (each
 // summing its S samples in order).
 #include "../bernoulli.h"
+#include "../bernoulli_args.h"
 #include "launch.cuh"
 
 namespace infomax_ext {
