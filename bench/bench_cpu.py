@@ -64,9 +64,11 @@ from common import (  # noqa: E402
     relative_errors,
     shared_gemms,
     shared_loss,
+    skeleton_loss,
     summary_ms,
     total_flops,
 )
+from targets import evaluate_targets, floor_bounds, summary_line, target_rows  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ["ours", "naive", "compile(naive)", "shared", "compile(shared)", "compile(ours)"]
@@ -259,14 +261,29 @@ def bench_mi(chain: str, n: int, args, compiled: dict, sg: bool) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     mm = make_mm(*dom, generator=gen)
     replay = make_replay(gemms["ours"], generator=gen)
-    mm(), replay()
+    mlp_replay = make_replay([g for g in gemms["ours"] if g.layer.startswith("mlp")],
+                             generator=gen)
+    mm(), replay(), mlp_replay()
 
     def step(fn):
         return lambda: torch.autograd.grad(fn(mi, x, z, perm, sg), wrt)
 
+    def skeleton_step(fn):
+        return lambda: torch.autograd.grad(fn(mi, x, z, perm, sg), wrt, allow_unused=True)
+
     timed = {name: step(fn) for name, fn in fns.items()}
     timed["mm"] = mm
     timed["replay"] = replay
+    # The parts of the bounds (bench/targets.py): the skeleton, eager and compiled, and the
+    # replay of ours' MLP GEMMs.
+    timed["skeleton"] = skeleton_step(skeleton_loss)
+    timed["MLP replay"] = mlp_replay
+    if "skeleton" in compiled:
+        timed["compile(skeleton)"] = skeleton_step(compiled["skeleton"])
+    for name in ("skeleton", "compile(skeleton)"):
+        if name in timed:
+            for _ in range(3):  # warm-up; the compiled one is built here
+                timed[name]()
     rounds = args.rounds * (2 if n < 256 else 1)
     samples = interleaved(timed, rounds)
     times = {name: summary_ms(s) for name, s in samples.items()}
@@ -286,12 +303,14 @@ def bench_mi(chain: str, n: int, args, compiled: dict, sg: bool) -> dict:
     ratios_min = {f"{name}/ours": times[name]["min"] / ours_min for name in fns if name != "ours"}
     ratios_min["ours/floor"] = ours_min / floor_min_ms
     ratios_min["ours/replay"] = ours_min / times["replay"]["min"]
+    bounds = floor_bounds(times, floor_ms, "median")
+    bounds_min = floor_bounds(times, floor_min_ms, "min")
 
     # Peak memory of one call of each variant, after (never inside) the timed rounds.
     memory = None
     if args.memory:
         peaks = {name: peak_cpu_memory(fn) for name, fn in timed.items()
-                 if name not in ("mm", "replay")}
+                 if name in fns}
         mib = {name: p["peak_bytes"] / 2**20 for name, p in peaks.items()}
         memory = {"peak_mib": mib, "detail_bytes": peaks,
                   # the call's outputs (the gradients), held at the end of every variant's call
@@ -300,7 +319,9 @@ def bench_mi(chain: str, n: int, args, compiled: dict, sg: bool) -> dict:
                              if name != "ours" and mib[name] > 0}}
     return {
         "chain": chain, "n": n, "shuffled_grad": sg, "rounds": rounds,
-        "times_ms": {k: v for k, v in times.items() if k not in ("mm", "replay")},
+        "times_ms": {k: v for k, v in times.items() if k in fns},
+        "floor_parts_ms": {k: times[k] for k in ("skeleton", "MLP replay", "compile(skeleton)")
+                           if k in times},
         "samples_ms": {k: [1e3 * s for s in v] for k, v in samples.items()},
         "gemm_rate": {"shape": {"rows": dom[0], "n_in": dom[1], "n_out": dom[2]},
                       "desc": f"({dom[0]} x {dom[1]}) @ ({dom[1]} x {dom[2]})",
@@ -314,6 +335,8 @@ def bench_mi(chain: str, n: int, args, compiled: dict, sg: bool) -> dict:
         "not_gemm_ms": not_gemm_ms,
         "ratios": ratios,
         "ratios_min": ratios_min,
+        "bounds": bounds,
+        "bounds_min": bounds_min,
         "floor_min_ms": floor_min_ms,
         "check": check,
         "compile_s": compile_s,
@@ -529,42 +552,6 @@ def profile_ours(chain: str, n: int, args, iters: int, top: int = 15) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-TARGET_SIZES = (64, 256, 1024)
-
-
-def evaluate_targets(mi_results: list, train: dict | None) -> list:
-    """The targets of issue 20 for every (mode, chain, N) of part 1 at N = 64, 256, 1024 and the
-    train_step part; a configuration that was not run is left out. Each ratio is of medians of
-    one interleaved run."""
-    targets = []
-
-    def add(name, ratios, ratios_min, key, op, goal):
-        value, value_min = ratios.get(key), ratios_min.get(key)
-        met = None if value is None else (value >= goal if op == ">=" else value <= goal)
-        targets.append({"target": name, "value": value, "value_from_minima": value_min,
-                        "goal": f"{op} {goal}", "met": met})
-
-    for r in mi_results:
-        n = r["n"]
-        if n not in TARGET_SIZES:
-            continue
-        label = f"sg={r['shuffled_grad']} {r['chain']} N={n}"
-        both = r["ratios"], r["ratios_min"]
-        add(f"{label}: plain eager shared / ours", *both, "shared/ours", ">=", 1.0)
-        add(f"{label}: compile(shared) / ours", *both, "compile(shared)/ours", ">=",
-            1.15 if n == 64 else 1.0)
-        add(f"{label}: compile(ours) / ours", *both, "compile(ours)/ours", "<=", 1.05)
-        if n >= 256:
-            add(f"{label}: ours / FLOP floor", *both, "ours/floor", "<=", 1.20)
-    if train is not None:
-        label = f"train_step P N={train['n']}"
-        both = train["ratios"], train["ratios_min"]
-        add(f"{label}: two-call eager / ours", *both, "two-call eager/ours", ">=", 1.3)
-        add(f"{label}: compile(naive two-call) / ours", *both, "compile(naive two-call)/ours",
-            ">=", 1.3)
-    return targets
-
-
 def fmt_time(t: dict | None) -> str:
     if t is None:
         return "-"
@@ -682,12 +669,10 @@ def report(result: dict):
 
     if result["targets"]:
         print("\nTargets of issue 20 (medians of one interleaved run; timing is noisy on shared "
-              "machines)")
-        rows = [[t["target"], "-" if t["value"] is None else f"{t['value']:.3f}",
-                 "-" if t["value_from_minima"] is None else f"{t['value_from_minima']:.3f}",
-                 t["goal"], {True: "met", False: "MISSED", None: "-"}[t["met"]]]
-                for t in result["targets"]]
-        print_table(["target", "value (medians)", "(from minima)", "goal", "medians"], rows)
+              "machines). Bound: the best any eager implementation could reach, measured in the "
+              "same rounds (bench/targets.py)")
+        print_table(*target_rows(result["targets"]))
+        print(summary_line(result["targets"]))
 
 
 def main(argv=None) -> int:
@@ -708,7 +693,9 @@ def main(argv=None) -> int:
         compiled = {"naive": torch.compile(naive_loss, dynamic=False),
                     "shared": torch.compile(shared_loss, dynamic=False),
                     # a user's function that calls ours, traced whole (no graph break)
-                    "ours": torch.compile(ours_loss, dynamic=False, fullgraph=True)}
+                    "ours": torch.compile(ours_loss, dynamic=False, fullgraph=True),
+                    # the bound of compile(ours) / ours (bench/targets.py)
+                    "skeleton": torch.compile(skeleton_loss, dynamic=False, fullgraph=True)}
 
     mi_results = []
     for sg in args.modes:

@@ -2,7 +2,8 @@
 
 - the two MI chains of the benchmark (``paper_chain``, ``julia_default_chain``);
 - the loss variants (``ours_loss``, ``naive_loss``, ``shared_loss``), all returning the MI loss
-  ``-(mean T(x, z) - mean exp(T(x, z[perm]) - 1))``;
+  ``-(mean T(x, z) - mean exp(T(x, z[perm]) - 1))``, and the ``skeleton_loss`` of the eager
+  floor (the part of a call no eager implementation avoids);
 - the analytic GEMM FLOP model of each variant (``chain_layout``, ``naive_gemms``,
   ``shared_gemms``, ``ours_gemms``) and the GEMM replay used as a second floor;
 - interleaved round-robin timing and percentile helpers;
@@ -104,6 +105,36 @@ def shared_loss(mi, x, z, perm, shuffled_grad: bool):
         h = layer(h)
     t = h.reshape(-1)
     return -(t[:n].mean() - torch.exp(t[n:] - 1).mean())
+
+
+class TrivialNode(torch.autograd.Function):
+    """The smallest autograd node standing for the MI chain's MLP: its inputs (hx, hz, the
+    shuffled half, the MLP's parameters), one op forward (a sum of hx), a view of the incoming
+    gradient per input backward."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        ctx.shapes = [t.shape for t in inputs]
+        return inputs[0].sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return tuple(grad.expand(shape) for shape in ctx.shapes)
+
+
+def skeleton_loss(mi, x, z, perm, shuffled_grad: bool):
+    """What any eager implementation of the shared algorithm runs besides the MLP's GEMMs: the
+    chain's ``data`` and ``latent`` modules as they are (their own autograd nodes: ``data(x)``,
+    ``latent(z)`` and, when the shuffled codes are constants, ``latent(z.detach())``) and one
+    autograd node taking hx, hz, the shuffled half and every MLP parameter (:class:`TrivialNode`;
+    with ``shuffled_grad`` the shuffled half, a row gather of hz, is left out). Leaves out every
+    activation, bias, head and bound pass; with the replay of ours' MLP GEMMs it makes the eager
+    floor of ``bench/targets.py``. ``perm`` is not read."""
+    n = x.shape[0]
+    hx = mi.data(x).reshape(n, -1)
+    hz = mi.latent(z)
+    halves = (hx, hz) if shuffled_grad else (hx, hz, mi.latent(z.detach()))
+    return TrivialNode.apply(*halves, *mi.mlp.parameters())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ algorithm could reach. An eager call must run the chain's ``data`` and ``latent`
 they are (eager, with their own autograd nodes: ``data(x)``, ``latent(z)``,
 ``latent(z.detach())``), at least one autograd node for the MLP from its first layer to the
 bound, taking hx, hz, the shuffled half and every MLP parameter and returning a gradient for
-each, and the MLP's GEMMs. The skeleton times the first two: the three modules and one custom
-Function with those inputs, a trivial op forward and a view of the incoming gradient per input
-backward (``torch.autograd.grad`` through all of them); the replay of ours' MLP GEMMs alone (bench/common.py) the third. ``eager floor =
+each, and the MLP's GEMMs. The skeleton (``common.skeleton_loss``) times the first two: the three
+modules and one custom Function with those inputs, a trivial op forward and a view of the
+incoming gradient per input backward (``torch.autograd.grad`` through all of them); the replay of ours' MLP GEMMs alone (bench/common.py) the third. ``eager floor =
 skeleton + MLP GEMM replay``; ``compile(shared) / eager floor`` bounds the ratio from above (the
 floor leaves out every activation, bias and bound pass): where it is under a target, no eager
 path meets it. Likewise ``eager floor / FLOP floor`` (the FLOP floor as bench_cpu.py's: ours'
@@ -51,6 +51,7 @@ from common import (  # noqa: E402
     ours_gemms,
     ours_loss,
     shared_loss,
+    skeleton_loss,
     summary_ms,
     total_flops,
 )
@@ -136,20 +137,6 @@ def measure(chain: str, n: int, iters: int) -> dict:
             "shared_calls": shared_calls, "shared_wall_us": shared_wall}
 
 
-class _TrivialNode(torch.autograd.Function):
-    """The smallest node standing for the MLP: its inputs (hx, hz, the shuffled half, the MLP's
-    parameters), one op forward, a view of the incoming gradient per input backward."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        ctx.shapes = [t.shape for t in inputs]
-        return inputs[0].sum()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return tuple(grad.expand(shape) for shape in ctx.shapes)
-
-
 def measure_bound(chain: str, n: int, iters: int) -> dict:
     """Fastest and median ms of ours, compile(shared), the skeleton and the MLP GEMM replay."""
     from bench_cpu import configure_dynamo
@@ -160,9 +147,7 @@ def measure_bound(chain: str, n: int, iters: int) -> dict:
     gemms = ours_gemms(chain_layout(mi, N_DATA, N_LATENT), n, False)
 
     def skeleton():
-        hx = mi.data(x).reshape(n, -1)
-        out = _TrivialNode.apply(hx, mi.latent(z), mi.latent(z.detach()), *mi.mlp.parameters())
-        return torch.autograd.grad(out, wrt, allow_unused=True)
+        return torch.autograd.grad(skeleton_loss(mi, x, z, perm, False), wrt, allow_unused=True)
 
     fns = {
         "ours": lambda: torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt),
