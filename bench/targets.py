@@ -94,9 +94,12 @@ def target_rows(targets: list) -> tuple[list, list]:
 
 
 def summary_line(targets: list) -> str:
-    """``k of n met; m missed within their bound; b missed and bounded``."""
-    met = sum(t["met"] is True for t in targets)
-    bounded = sum(t.get("status") == "MISSED (bounded)" for t in targets)
-    missed = sum(t["met"] is False for t in targets) - bounded
-    return (f"{met} of {len(targets)} met; {missed} missed with room under their bound; "
-            f"{bounded} missed and bounded (out of reach on this machine in this run)")
+    """``k of n evaluated met; m missed with room under their bound; b missed and bounded``
+    (a target of a variant not run, such as compile(...) under ``--no-compile``, is not
+    evaluated)."""
+    evaluated = [t for t in targets if t["met"] is not None]
+    met = sum(t["met"] is True for t in evaluated)
+    bounded = sum(t.get("status") == "MISSED (bounded)" for t in evaluated)
+    missed = len(evaluated) - met - bounded
+    return (f"{met} of {len(evaluated)} evaluated targets met; {missed} missed with room under "
+            f"their bound; {bounded} missed and bounded (out of reach on this machine in this run)")
