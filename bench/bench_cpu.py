@@ -9,7 +9,9 @@ P (paper) and T (Julia default) at each N, in both gradient modes (shuffled_grad
 default, first; then True): ours / naive / compile(naive) / shared / compile(shared) /
 compile(ours) (a function calling ours, compiled with fullgraph=True), all checked
 against naive first, then timed round-robin in one process together with a torch.mm of the
-dominant GEMM shape (the GEMM rate of the FLOP floor) and a replay of ours' GEMMs; then the peak
+dominant GEMM shape (the GEMM rate of the FLOP floor), a replay of ours' GEMMs and the parts of
+the targets' bounds (bench/targets.py: the skeleton, eager and compiled, and the replay of the
+MLP's GEMMs); then the peak
 memory of one call of each variant (torch.profiler's allocation events). Part 2, a whole
 train_step of an MLP InfoMax VAE on the paper chain: ours vs the two-call eager path vs the
 user's naive two-call step under torch.compile vs reuse_forward=True. Part 3, torch.profiler on
