@@ -267,21 +267,18 @@ def bench_mi(chain: str, n: int, args, compiled: dict, sg: bool) -> dict:
                              generator=gen)
     mm(), replay(), mlp_replay()
 
-    def step(fn):
-        return lambda: torch.autograd.grad(fn(mi, x, z, perm, sg), wrt)
-
-    def skeleton_step(fn):
-        return lambda: torch.autograd.grad(fn(mi, x, z, perm, sg), wrt, allow_unused=True)
+    def step(fn, allow_unused=False):
+        return lambda: torch.autograd.grad(fn(mi, x, z, perm, sg), wrt, allow_unused=allow_unused)
 
     timed = {name: step(fn) for name, fn in fns.items()}
     timed["mm"] = mm
     timed["replay"] = replay
     # The parts of the bounds (bench/targets.py): the skeleton, eager and compiled, and the
     # replay of ours' MLP GEMMs.
-    timed["skeleton"] = skeleton_step(skeleton_loss)
+    timed["skeleton"] = step(skeleton_loss, allow_unused=True)
     timed["MLP replay"] = mlp_replay
     if "skeleton" in compiled:
-        timed["compile(skeleton)"] = skeleton_step(compiled["skeleton"])
+        timed["compile(skeleton)"] = step(compiled["skeleton"], allow_unused=True)
     for name in ("skeleton", "compile(skeleton)"):
         if name in timed:
             for _ in range(3):  # warm-up; the compiled one is built here

@@ -54,14 +54,13 @@ def evaluate_targets(mi_results: list, train: dict | None) -> list:
     def add(name, result, key, op, goal):
         value = result["ratios"].get(key)
         bound = result.get("bounds", {}).get(key)
-        met, bound_met = _met(value, op, goal), _met(bound, op, goal)
+        met = _met(value, op, goal)
         status = {True: "met", False: "MISSED", None: "-"}[met]
-        if met is False and bound_met is False:
+        if met is False and _met(bound, op, goal) is False:
             status = "MISSED (bounded)"
         targets.append({"target": name, "value": value,
                         "value_from_minima": result["ratios_min"].get(key),
-                        "goal": f"{op} {goal}", "bound": bound, "met": met,
-                        "bound_met": bound_met, "status": status})
+                        "goal": f"{op} {goal}", "bound": bound, "met": met, "status": status})
 
     for r in mi_results:
         n = r["n"]
@@ -88,8 +87,7 @@ def target_rows(targets: list) -> tuple[list, list]:
         return "-" if v is None else f"{v:.3f}"
 
     rows = [[t["target"], num(t["value"]), num(t["value_from_minima"]), t["goal"],
-             num(t.get("bound")), t.get("status", {True: "met", False: "MISSED", None: "-"}[t["met"]])]
-            for t in targets]
+             num(t["bound"]), t["status"]] for t in targets]
     return ["target", "value (medians)", "(from minima)", "goal", "bound (medians)", "status"], rows
 
 
@@ -99,7 +97,7 @@ def summary_line(targets: list) -> str:
     evaluated)."""
     evaluated = [t for t in targets if t["met"] is not None]
     met = sum(t["met"] is True for t in evaluated)
-    bounded = sum(t.get("status") == "MISSED (bounded)" for t in evaluated)
+    bounded = sum(t["status"] == "MISSED (bounded)" for t in evaluated)
     missed = len(evaluated) - met - bounded
     return (f"{met} of {len(evaluated)} evaluated targets met; {missed} missed with room under "
             f"their bound; {bounded} missed and bounded (out of reach on this machine in this run)")
