@@ -19,6 +19,9 @@
 #include <type_traits>
 
 #include "macros.h"
+#if !defined(__CUDA_ARCH__)
+#include "cpu/vec_math.h"
+#endif
 
 namespace infomax_ext {
 
@@ -84,9 +87,47 @@ inline void dispatch_activation(Activation act, F&& f) {
   }
 }
 
+// exp, expm1, tanh and softplus as the activations take them: on the host the vectorisable
+// functions of csrc/cpu/vec_math.h (a loop over a layer's units vectorises; a libm call would
+// keep it scalar, 10-100x slower), CUDA's on the device. erf stays libm's on the host (gelu).
+template <typename T>
+INFOMAX_HOST_DEVICE T act_exp(T x) {
+#if defined(__CUDA_ARCH__)
+  return ::exp(x);
+#else
+  return vec::exp(x);
+#endif
+}
+template <typename T>
+INFOMAX_HOST_DEVICE T act_expm1(T x) {
+#if defined(__CUDA_ARCH__)
+  return ::expm1(x);
+#else
+  return vec::expm1(x);
+#endif
+}
+template <typename T>
+INFOMAX_HOST_DEVICE T act_tanh(T x) {
+#if defined(__CUDA_ARCH__)
+  return ::tanh(x);
+#else
+  return vec::tanh(x);
+#endif
+}
+// log(1 + exp(x)); x itself above 20 on the host (vec::softplus, torch's softplus threshold),
+// where log1p(exp(x)) rounds to x in float and double alike.
+template <typename T>
+INFOMAX_HOST_DEVICE T act_softplus(T x) {
+#if defined(__CUDA_ARCH__)
+  return ::log1p(::exp(x));
+#else
+  return vec::softplus(x);
+#endif
+}
+
 template <typename T>
 INFOMAX_HOST_DEVICE T sigmoid_of(T x) {
-  return T(1) / (T(1) + INFOMAX_MATH(exp)(-x));
+  return T(1) / (T(1) + act_exp(-x));
 }
 
 template <Activation A, typename T>
@@ -98,20 +139,20 @@ INFOMAX_HOST_DEVICE T activation_value(T x, T param) {
   } else if constexpr (A == Activation::LeakyRelu) {
     return x > T(0) ? x : x * param;
   } else if constexpr (A == Activation::Elu) {
-    return x > T(0) ? x : param * INFOMAX_MATH(expm1)(x);
+    return x > T(0) ? x : param * act_expm1(x);
   } else if constexpr (A == Activation::Tanh) {
-    return INFOMAX_MATH(tanh)(x);
+    return act_tanh(x);
   } else if constexpr (A == Activation::Sigmoid) {
     return sigmoid_of(x);
   } else if constexpr (A == Activation::Softplus) {
-    return x > T(20) ? x : INFOMAX_MATH(log1p)(INFOMAX_MATH(exp)(x));
+    return x > T(20) ? x : act_softplus(x);
   } else if constexpr (A == Activation::Gelu) {
     return T(0.5) * x * (T(1) + INFOMAX_MATH(erf)(x * T(0.70710678118654752440)));
   } else if constexpr (A == Activation::Silu) {
     return x * sigmoid_of(x);
   } else {
     static_assert(A == Activation::Mish, "activation_value: no formula for this activation");
-    return x * INFOMAX_MATH(tanh)(INFOMAX_MATH(log1p)(INFOMAX_MATH(exp)(x)));  // x tanh(softplus x)
+    return x * act_tanh(act_softplus(x));  // x tanh(softplus x)
   }
 }
 
@@ -127,9 +168,9 @@ INFOMAX_HOST_DEVICE T activation_derivative(T x, T param) {
   } else if constexpr (A == Activation::LeakyRelu) {
     return x > T(0) ? T(1) : param;
   } else if constexpr (A == Activation::Elu) {
-    return x > T(0) ? T(1) : param * INFOMAX_MATH(exp)(x);
+    return x > T(0) ? T(1) : param * act_exp(x);
   } else if constexpr (A == Activation::Tanh) {
-    const T t = INFOMAX_MATH(tanh)(x);
+    const T t = act_tanh(x);
     return T(1) - t * t;
   } else if constexpr (A == Activation::Sigmoid) {
     const T s = sigmoid_of(x);
@@ -138,7 +179,7 @@ INFOMAX_HOST_DEVICE T activation_derivative(T x, T param) {
     return x > T(20) ? T(1) : sigmoid_of(x);
   } else if constexpr (A == Activation::Gelu) {
     const T cdf = T(0.5) * (T(1) + INFOMAX_MATH(erf)(x * T(0.70710678118654752440)));
-    const T pdf = INFOMAX_MATH(exp)(T(-0.5) * x * x) * T(0.39894228040143267794);  // 1/sqrt(2 pi)
+    const T pdf = act_exp(T(-0.5) * x * x) * T(0.39894228040143267794);  // 1/sqrt(2 pi)
     return cdf + x * pdf;
   } else if constexpr (A == Activation::Silu) {
     const T s = sigmoid_of(x);
@@ -146,7 +187,7 @@ INFOMAX_HOST_DEVICE T activation_derivative(T x, T param) {
   } else {
     static_assert(A == Activation::Mish, "activation_derivative: no formula for this activation");
     // tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2) with sp = softplus(x), as torch's mish_backward.
-    const T t = INFOMAX_MATH(tanh)(INFOMAX_MATH(log1p)(INFOMAX_MATH(exp)(x)));
+    const T t = act_tanh(act_softplus(x));
     return t + x * sigmoid_of(x) * (T(1) - t * t);
   }
 }

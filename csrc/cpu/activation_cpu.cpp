@@ -10,11 +10,63 @@
 
 #include "../activations.h"
 #include "../kernels.h"
+#include "vec_loops.h"
 
 namespace infomax_ext {
 namespace {
 
 constexpr int64_t kRowsPerChunk = 32;
+
+// The loops over the H units of one row, built for AVX-512, AVX2 and the x86-64 baseline
+// (INFOMAX_TARGET_CLONES, csrc/cpu/vec_loops.h): a transcendental activation runs 4-16 lanes
+// wide. In place and out of place are separate loops, so that neither needs an alias check.
+
+// x += bias (when kBias), then x = f(x).
+template <Activation A, bool kBias, typename scalar_t>
+INFOMAX_TARGET_CLONES void activate_in_place(scalar_t* __restrict__ x,
+                                             const scalar_t* __restrict__ bias, int64_t h,
+                                             opmath_t<scalar_t> p) {
+  using op_t = opmath_t<scalar_t>;
+  for (int64_t j = 0; j < h; ++j) {
+    op_t v = op_t(x[j]);
+    if constexpr (kBias) v = op_t(scalar_t(v + op_t(bias[j])));  // the pre-activation's rounding
+    x[j] = scalar_t(activation_value<A>(v, p));
+  }
+}
+
+// x += bias (when kBias; x keeps the pre-activation), then y = f(x).
+template <Activation A, bool kBias, typename scalar_t>
+INFOMAX_TARGET_CLONES void activate_into(scalar_t* __restrict__ x,
+                                         const scalar_t* __restrict__ bias,
+                                         scalar_t* __restrict__ y, int64_t h,
+                                         opmath_t<scalar_t> p) {
+  using op_t = opmath_t<scalar_t>;
+  for (int64_t j = 0; j < h; ++j) {
+    op_t v = op_t(x[j]);
+    if constexpr (kBias) {
+      x[j] = scalar_t(v + op_t(bias[j]));
+      v = op_t(x[j]);
+    }
+    y[j] = scalar_t(activation_value<A>(v, p));
+  }
+}
+
+// g = g f'(x) in place (identity: unchanged), and sum += g when kSum.
+template <Activation A, bool kSum, typename scalar_t>
+INFOMAX_TARGET_CLONES void gradient_units(scalar_t* __restrict__ g,
+                                          const scalar_t* __restrict__ x,
+                                          opmath_t<scalar_t>* __restrict__ sum, int64_t h,
+                                          opmath_t<scalar_t> p) {
+  using op_t = opmath_t<scalar_t>;
+  for (int64_t j = 0; j < h; ++j) {
+    op_t v = op_t(g[j]);
+    if constexpr (A != Activation::Identity) {
+      v = activation_grad<A>(v, op_t(x[j]), p);
+      g[j] = scalar_t(v);
+    }
+    if constexpr (kSum) sum[j] += op_t(scalar_t(v));
+  }
+}
 
 }  // namespace
 
@@ -36,13 +88,13 @@ Tensor activation_forward_cpu(const Tensor& pre, const std::optional<Tensor>& bi
       torch::stable::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(h, 1)),
                                   [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
-          scalar_t* __restrict__ xr = px + r * h;
-          scalar_t* __restrict__ yr = py + r * h;
-          if (pb) {
-            for (int64_t j = 0; j < h; ++j) xr[j] = scalar_t(op_t(xr[j]) + op_t(pb[j]));
-          }
-          if constexpr (A != Activation::Identity) {
-            for (int64_t j = 0; j < h; ++j) yr[j] = scalar_t(activation_value<A>(op_t(xr[j]), p));
+          scalar_t* xr = px + r * h;
+          if (py == px) {
+            pb ? activate_in_place<A, true>(xr, pb, h, p)
+               : activate_in_place<A, false>(xr, pb, h, p);
+          } else {
+            pb ? activate_into<A, true>(xr, pb, py + r * h, h, p)
+               : activate_into<A, false>(xr, pb, py + r * h, h, p);
           }
         }
       });
@@ -71,16 +123,8 @@ Tensor activation_backward_cpu(const Tensor& grad, const Tensor& at, Activation 
         for (int64_t c = begin; c < end; ++c) {
           op_t* __restrict__ sum = want_bias ? partial.data() + c * h : nullptr;
           for (int64_t r = c * kRowsPerChunk; r < std::min(rows, (c + 1) * kRowsPerChunk); ++r) {
-            scalar_t* __restrict__ gr = pg + r * h;
-            const scalar_t* __restrict__ xr = px + r * h;
-            if constexpr (A != Activation::Identity) {
-              for (int64_t j = 0; j < h; ++j) {
-                gr[j] = scalar_t(activation_grad<A>(op_t(gr[j]), op_t(xr[j]), p));
-              }
-            }
-            if (sum) {
-              for (int64_t j = 0; j < h; ++j) sum[j] += op_t(gr[j]);
-            }
+            sum ? gradient_units<A, true>(pg + r * h, px + r * h, sum, h, p)
+                : gradient_units<A, false>(pg + r * h, px + r * h, sum, h, p);
           }
         }
       });

@@ -11,6 +11,7 @@
 #include "../activations.h"
 #include "../kernels.h"
 #include "../op_args.h"
+#include "vec_loops.h"
 
 namespace infomax_ext {
 namespace {
@@ -36,14 +37,35 @@ struct BackwardPointers {
   scalar_t* grad_source;       // (M, H) or null
 };
 
-// The inner loop over the H units of one row, with every choice made at compile time so that it
-// vectorises. g1, g2: gradients at the joint and shuffled pre-activations of latent row r, the
+// The inner loops over the H units of one row take every choice at compile time and are built
+// for AVX-512, AVX2 and the x86-64 baseline (INFOMAX_TARGET_CLONES, csrc/cpu/vec_loops.h), so
+// that a transcendental activation (tanh, sigmoid, ...) runs 4-16 lanes wide.
+
+// The forward of latent row r: joint and shuffled outputs from the data row ar, the latent row
+// br, the source row cr and the bias.
+template <Activation A, typename scalar_t>
+INFOMAX_TARGET_CLONES void forward_units(const scalar_t* __restrict__ ar,
+                                         const scalar_t* __restrict__ br,
+                                         const scalar_t* __restrict__ cr,
+                                         const scalar_t* __restrict__ bias,
+                                         scalar_t* __restrict__ joint,
+                                         scalar_t* __restrict__ shuffled, int64_t h,
+                                         opmath_t<scalar_t> p) {
+  using op_t = opmath_t<scalar_t>;
+  for (int64_t j = 0; j < h; ++j) {
+    const op_t a = op_t(ar[j]), bj = op_t(bias[j]);
+    joint[j] = scalar_t(activation_value<A>((a + op_t(br[j])) + bj, p));
+    shuffled[j] = scalar_t(activation_value<A>((a + op_t(cr[j])) + bj, p));
+  }
+}
+
+// The backward of latent row r. g1, g2: gradients at the joint and shuffled pre-activations of latent row r, the
 // derivative taken at the pre-activation (ar + br + bias, ar + cr + bias) or, kFromOutput, read
 // from the outputs oj, os of the two rows. Computed in op_t (float32 for bfloat16 and float16),
 // rounded to scalar_t once when stored; the bias sums bsum stay in op_t.
 template <Activation A, bool kFromOutput, bool kAccumulateA, bool kWantA, bool kWantB, bool kWantC,
           bool kWantBias, typename scalar_t>
-inline void backward_units(const scalar_t* __restrict__ ar, const scalar_t* __restrict__ br,
+INFOMAX_TARGET_CLONES void backward_units(const scalar_t* __restrict__ ar, const scalar_t* __restrict__ br,
                            const scalar_t* __restrict__ cr, const scalar_t* __restrict__ bias,
                            const scalar_t* __restrict__ oj, const scalar_t* __restrict__ os,
                            const scalar_t* __restrict__ g_joint, const scalar_t* __restrict__ g_shuf,
@@ -109,12 +131,28 @@ inline void backward_units_dispatch(bool from_output, bool accumulate, bool want
   }
 }
 
+// out += the gradient of a shuffled row that read this latent row: g_q through the activation at
+// the row's pre-activation aq + br + bias or, kFromOutput, read from its output oq.
+template <Activation A, bool kFromOutput, typename scalar_t>
+INFOMAX_TARGET_CLONES void add_returned_units(const scalar_t* __restrict__ aq,
+                                              const scalar_t* __restrict__ br,
+                                              const scalar_t* __restrict__ bias,
+                                              const scalar_t* __restrict__ oq,
+                                              const scalar_t* __restrict__ g_q,
+                                              scalar_t* __restrict__ out, int64_t h,
+                                              opmath_t<scalar_t> p) {
+  using op_t = opmath_t<scalar_t>;
+  for (int64_t j = 0; j < h; ++j) {
+    const op_t x = kFromOutput ? op_t(oq[j]) : (op_t(aq[j]) + op_t(br[j])) + op_t(bias[j]);
+    out[j] = scalar_t(op_t(out[j]) + activation_grad<A>(op_t(g_q[j]), x, p));
+  }
+}
+
 // Gradients of latent row r (data row i = r % N, sample block r / N).
 template <Activation A, typename scalar_t>
 inline void backward_row(const BackwardPointers<scalar_t>& ptr, int64_t r, int64_t i, int64_t n,
                          int64_t m, int64_t h, opmath_t<scalar_t> p, bool accumulate_a,
                          bool has_source, opmath_t<scalar_t>* bsum) {
-  using op_t = opmath_t<scalar_t>;
   const int64_t src_row = ptr.perm[r];
   const bool from_output = ptr.out != nullptr;
   scalar_t* gbr = ptr.grad_latent_half ? ptr.grad_latent_half + r * h : nullptr;
@@ -130,21 +168,12 @@ inline void backward_row(const BackwardPointers<scalar_t>& ptr, int64_t r, int64
   if (gbr && !has_source) {
     // Shuffled row q = inverse_perm[r] read latent row r: its gradient comes back here.
     const int64_t q = ptr.inverse_perm[r];
-    const scalar_t* __restrict__ g_q = ptr.grad_out + (m + q) * h;
-    scalar_t* __restrict__ out = gbr;
     if (from_output) {
-      const scalar_t* __restrict__ oq = ptr.out + (m + q) * h;
-      for (int64_t j = 0; j < h; ++j) {
-        out[j] = scalar_t(op_t(out[j]) + activation_grad<A>(op_t(g_q[j]), op_t(oq[j]), p));
-      }
+      add_returned_units<A, true, scalar_t>(nullptr, nullptr, nullptr, ptr.out + (m + q) * h,
+                                  ptr.grad_out + (m + q) * h, gbr, h, p);
     } else {
-      const scalar_t* __restrict__ aq = ptr.data_half + (q % n) * h;
-      const scalar_t* __restrict__ br = ptr.latent_half + r * h;
-      const scalar_t* __restrict__ bias = ptr.bias;
-      for (int64_t j = 0; j < h; ++j) {
-        const op_t x = (op_t(aq[j]) + op_t(br[j])) + op_t(bias[j]);
-        out[j] = scalar_t(op_t(out[j]) + activation_grad<A>(op_t(g_q[j]), x, p));
-      }
+      add_returned_units<A, false, scalar_t>(ptr.data_half + (q % n) * h, ptr.latent_half + r * h, ptr.bias,
+                                   nullptr, ptr.grad_out + (m + q) * h, gbr, h, p);
     }
   }
 }
@@ -219,16 +248,8 @@ Tensor paired_first_layer_cpu(const Tensor& data_half_in, const Tensor& latent_h
       const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(h, 1));
       torch::stable::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
-          const scalar_t* ar = pa + (r % n) * h;
-          const scalar_t* br = pb + r * h;
-          const scalar_t* cr = pc + pp[r] * h;
-          scalar_t* joint = po + r * h;
-          scalar_t* shuffled = po + (m + r) * h;
-          for (int64_t j = 0; j < h; ++j) {
-            const op_t a = op_t(ar[j]), bj = op_t(pbias[j]);
-            joint[j] = scalar_t(activation_value<A>((a + op_t(br[j])) + bj, p));
-            shuffled[j] = scalar_t(activation_value<A>((a + op_t(cr[j])) + bj, p));
-          }
+          forward_units<A>(pa + (r % n) * h, pb + r * h, pc + pp[r] * h, pbias, po + r * h,
+                           po + (m + r) * h, h, p);
         }
       });
     });
