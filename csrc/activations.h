@@ -89,7 +89,7 @@ inline void dispatch_activation(Activation act, F&& f) {
 
 // exp, expm1, tanh and softplus as the activations take them: on the host the vectorisable
 // functions of csrc/cpu/vec_math.h (a loop over a layer's units vectorises; a libm call would
-// keep it scalar, 10-100x slower), CUDA's on the device. erf stays libm's on the host (gelu).
+// keep it scalar, 10-100x slower), CUDA's on the device.
 template <typename T>
 INFOMAX_HOST_DEVICE T act_exp(T x) {
 #if defined(__CUDA_ARCH__)
@@ -112,6 +112,19 @@ INFOMAX_HOST_DEVICE T act_tanh(T x) {
   return ::tanh(x);
 #else
   return vec::tanh(x);
+#endif
+}
+// erf: on the host vec::erf for float, libm's for double.
+template <typename T>
+INFOMAX_HOST_DEVICE T act_erf(T x) {
+#if defined(__CUDA_ARCH__)
+  return ::erf(x);
+#else
+  if constexpr (std::is_same_v<T, float>) {
+    return vec::erf(x);
+  } else {
+    return std::erf(x);
+  }
 #endif
 }
 // log(1 + exp(x)); x itself above 20 on the host (vec::softplus, torch's softplus threshold),
@@ -147,7 +160,7 @@ INFOMAX_HOST_DEVICE T activation_value(T x, T param) {
   } else if constexpr (A == Activation::Softplus) {
     return x > T(20) ? x : act_softplus(x);
   } else if constexpr (A == Activation::Gelu) {
-    return T(0.5) * x * (T(1) + INFOMAX_MATH(erf)(x * T(0.70710678118654752440)));
+    return T(0.5) * x * (T(1) + act_erf(x * T(0.70710678118654752440)));
   } else if constexpr (A == Activation::Silu) {
     return x * sigmoid_of(x);
   } else {
@@ -178,7 +191,7 @@ INFOMAX_HOST_DEVICE T activation_derivative(T x, T param) {
   } else if constexpr (A == Activation::Softplus) {
     return x > T(20) ? T(1) : sigmoid_of(x);
   } else if constexpr (A == Activation::Gelu) {
-    const T cdf = T(0.5) * (T(1) + INFOMAX_MATH(erf)(x * T(0.70710678118654752440)));
+    const T cdf = T(0.5) * (T(1) + act_erf(x * T(0.70710678118654752440)));
     const T pdf = act_exp(T(-0.5) * x * x) * T(0.39894228040143267794);  // 1/sqrt(2 pi)
     return cdf + x * pdf;
   } else if constexpr (A == Activation::Silu) {
