@@ -17,13 +17,13 @@ namespace {
 
 constexpr int64_t kRowsPerChunk = 32;
 
-// The loops over the H units of one row, built for AVX-512, AVX2 and the x86-64 baseline
-// (INFOMAX_TARGET_CLONES, csrc/cpu/vec_loops.h): a transcendental activation runs 4-16 lanes
-// wide. In place and out of place are separate loops, so that neither needs an alias check.
+// The loops over the H units of one row, run through run_vectorised (csrc/cpu/vec_loops.h):
+// built for AVX-512, AVX2 and the x86-64 baseline, so that a transcendental activation runs 4-16
+// lanes wide. In place and out of place are separate loops, so that neither needs an alias check.
 
 // x += bias (when kBias), then x = f(x).
 template <Activation A, bool kBias, typename scalar_t>
-INFOMAX_TARGET_CLONES void activate_in_place(scalar_t* __restrict__ x,
+inline void activate_in_place(scalar_t* __restrict__ x,
                                              const scalar_t* __restrict__ bias, int64_t h,
                                              opmath_t<scalar_t> p) {
   using op_t = opmath_t<scalar_t>;
@@ -36,7 +36,7 @@ INFOMAX_TARGET_CLONES void activate_in_place(scalar_t* __restrict__ x,
 
 // x += bias (when kBias; x keeps the pre-activation), then y = f(x).
 template <Activation A, bool kBias, typename scalar_t>
-INFOMAX_TARGET_CLONES void activate_into(scalar_t* __restrict__ x,
+inline void activate_into(scalar_t* __restrict__ x,
                                          const scalar_t* __restrict__ bias,
                                          scalar_t* __restrict__ y, int64_t h,
                                          opmath_t<scalar_t> p) {
@@ -53,7 +53,7 @@ INFOMAX_TARGET_CLONES void activate_into(scalar_t* __restrict__ x,
 
 // g = g f'(x) in place (identity: unchanged), and sum += g when kSum.
 template <Activation A, bool kSum, typename scalar_t>
-INFOMAX_TARGET_CLONES void gradient_units(scalar_t* __restrict__ g,
+inline void gradient_units(scalar_t* __restrict__ g,
                                           const scalar_t* __restrict__ x,
                                           opmath_t<scalar_t>* __restrict__ sum, int64_t h,
                                           opmath_t<scalar_t> p) {
@@ -89,13 +89,15 @@ Tensor activation_forward_cpu(const Tensor& pre, const std::optional<Tensor>& bi
                                   [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           scalar_t* xr = px + r * h;
-          if (py == px) {
-            pb ? activate_in_place<A, true>(xr, pb, h, p)
-               : activate_in_place<A, false>(xr, pb, h, p);
-          } else {
-            pb ? activate_into<A, true>(xr, pb, py + r * h, h, p)
-               : activate_into<A, false>(xr, pb, py + r * h, h, p);
-          }
+          run_vectorised<scalar_t>([&] {
+            if (py == px) {
+              pb ? activate_in_place<A, true>(xr, pb, h, p)
+                 : activate_in_place<A, false>(xr, pb, h, p);
+            } else {
+              pb ? activate_into<A, true>(xr, pb, py + r * h, h, p)
+                 : activate_into<A, false>(xr, pb, py + r * h, h, p);
+            }
+          });
         }
       });
     });
@@ -123,8 +125,10 @@ Tensor activation_backward_cpu(const Tensor& grad, const Tensor& at, Activation 
         for (int64_t c = begin; c < end; ++c) {
           op_t* __restrict__ sum = want_bias ? partial.data() + c * h : nullptr;
           for (int64_t r = c * kRowsPerChunk; r < std::min(rows, (c + 1) * kRowsPerChunk); ++r) {
-            sum ? gradient_units<A, true>(pg + r * h, px + r * h, sum, h, p)
-                : gradient_units<A, false>(pg + r * h, px + r * h, sum, h, p);
+            run_vectorised<scalar_t>([&] {
+              sum ? gradient_units<A, true>(pg + r * h, px + r * h, sum, h, p)
+                  : gradient_units<A, false>(pg + r * h, px + r * h, sum, h, p);
+            });
           }
         }
       });

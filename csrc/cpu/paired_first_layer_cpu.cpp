@@ -37,20 +37,20 @@ struct BackwardPointers {
   scalar_t* grad_source;       // (M, H) or null
 };
 
-// The inner loops over the H units of one row take every choice at compile time and are built
-// for AVX-512, AVX2 and the x86-64 baseline (INFOMAX_TARGET_CLONES, csrc/cpu/vec_loops.h), so
-// that a transcendental activation (tanh, sigmoid, ...) runs 4-16 lanes wide.
+// The loops over the H units of one row take every choice at compile time; their activation
+// math runs in run_vectorised (csrc/cpu/vec_loops.h): built for AVX-512, AVX2 and the x86-64
+// baseline, so that a transcendental activation (tanh, sigmoid, ...) runs 4-16 lanes wide.
+
+// Units per block of the backward's gradient buffers (on the stack).
+constexpr int64_t kUnitBlock = 256;
 
 // The forward of latent row r: joint and shuffled outputs from the data row ar, the latent row
 // br, the source row cr and the bias.
 template <Activation A, typename scalar_t>
-INFOMAX_TARGET_CLONES void forward_units(const scalar_t* __restrict__ ar,
-                                         const scalar_t* __restrict__ br,
-                                         const scalar_t* __restrict__ cr,
-                                         const scalar_t* __restrict__ bias,
-                                         scalar_t* __restrict__ joint,
-                                         scalar_t* __restrict__ shuffled, int64_t h,
-                                         opmath_t<scalar_t> p) {
+inline void forward_units(const scalar_t* __restrict__ ar, const scalar_t* __restrict__ br,
+                          const scalar_t* __restrict__ cr, const scalar_t* __restrict__ bias,
+                          scalar_t* __restrict__ joint, scalar_t* __restrict__ shuffled, int64_t h,
+                          opmath_t<scalar_t> p) {
   using op_t = opmath_t<scalar_t>;
   for (int64_t j = 0; j < h; ++j) {
     const op_t a = op_t(ar[j]), bj = op_t(bias[j]);
@@ -59,21 +59,21 @@ INFOMAX_TARGET_CLONES void forward_units(const scalar_t* __restrict__ ar,
   }
 }
 
-// The backward of latent row r. g1, g2: gradients at the joint and shuffled pre-activations of latent row r, the
-// derivative taken at the pre-activation (ar + br + bias, ar + cr + bias) or, kFromOutput, read
-// from the outputs oj, os of the two rows. Computed in op_t (float32 for bfloat16 and float16),
-// rounded to scalar_t once when stored; the bias sums bsum stay in op_t.
-template <Activation A, bool kFromOutput, bool kAccumulateA, bool kWantA, bool kWantB, bool kWantC,
-          bool kWantBias, typename scalar_t>
-INFOMAX_TARGET_CLONES void backward_units(const scalar_t* __restrict__ ar, const scalar_t* __restrict__ br,
-                           const scalar_t* __restrict__ cr, const scalar_t* __restrict__ bias,
-                           const scalar_t* __restrict__ oj, const scalar_t* __restrict__ os,
-                           const scalar_t* __restrict__ g_joint, const scalar_t* __restrict__ g_shuf,
-                           scalar_t* __restrict__ gar, scalar_t* __restrict__ gbr,
-                           scalar_t* __restrict__ gcr, opmath_t<scalar_t>* __restrict__ bsum,
-                           int64_t h, opmath_t<scalar_t> p) {
+// g1, g2 (count entries, op_t): the gradients at the joint and shuffled pre-activations of latent
+// row r, the derivative taken at the pre-activation (ar + br + bias, ar + cr + bias) or,
+// kFromOutput, read from the outputs oj, os of the two rows.
+template <Activation A, bool kFromOutput, typename scalar_t>
+inline void pre_activation_grads(const scalar_t* __restrict__ ar, const scalar_t* __restrict__ br,
+                                 const scalar_t* __restrict__ cr,
+                                 const scalar_t* __restrict__ bias,
+                                 const scalar_t* __restrict__ oj, const scalar_t* __restrict__ os,
+                                 const scalar_t* __restrict__ g_joint,
+                                 const scalar_t* __restrict__ g_shuf,
+                                 opmath_t<scalar_t>* __restrict__ g1,
+                                 opmath_t<scalar_t>* __restrict__ g2, int64_t count,
+                                 opmath_t<scalar_t> p) {
   using op_t = opmath_t<scalar_t>;
-  for (int64_t j = 0; j < h; ++j) {
+  for (int64_t j = 0; j < count; ++j) {
     op_t x1, x2;
     if constexpr (kFromOutput) {
       x1 = op_t(oj[j]);
@@ -82,19 +82,60 @@ INFOMAX_TARGET_CLONES void backward_units(const scalar_t* __restrict__ ar, const
       x1 = (op_t(ar[j]) + op_t(br[j])) + op_t(bias[j]);
       x2 = (op_t(ar[j]) + op_t(cr[j])) + op_t(bias[j]);
     }
-    const op_t g1 = activation_grad<A>(op_t(g_joint[j]), x1, p);
-    const op_t g2 = activation_grad<A>(op_t(g_shuf[j]), x2, p);
-    const op_t both = g1 + g2;
-    if constexpr (kWantA) {
-      if constexpr (kAccumulateA) {
-        gar[j] = scalar_t(op_t(gar[j]) + both);
-      } else {
-        gar[j] = scalar_t(both);
+    g1[j] = activation_grad<A>(op_t(g_joint[j]), x1, p);
+    g2[j] = activation_grad<A>(op_t(g_shuf[j]), x2, p);
+  }
+}
+
+// pre_activation_grads built wide (run_vectorised): one build per activation, kFromOutput and
+// dtype, shared by every backward_units below.
+template <Activation A, bool kFromOutput, typename scalar_t>
+void pre_activation_grads_vectorised(const scalar_t* ar, const scalar_t* br, const scalar_t* cr,
+                                     const scalar_t* bias, const scalar_t* oj, const scalar_t* os,
+                                     const scalar_t* g_joint, const scalar_t* g_shuf,
+                                     opmath_t<scalar_t>* g1, opmath_t<scalar_t>* g2,
+                                     int64_t count, opmath_t<scalar_t> p) {
+  run_vectorised<scalar_t>([&] {
+    pre_activation_grads<A, kFromOutput>(ar, br, cr, bias, oj, os, g_joint, g_shuf, g1, g2, count,
+                                         p);
+  });
+}
+
+// The backward of latent row r, a block of kUnitBlock units at a time: g1, g2 as above, then
+// their sum into the data row's gradient gar (added to it, kAccumulateA), the bias sums bsum, g1
+// into the latent row's gradient gbr, g2 into the source row's gcr. Computed in op_t (float32 for
+// bfloat16 and float16), rounded to scalar_t once when stored; bsum stays in op_t.
+template <Activation A, bool kFromOutput, bool kAccumulateA, bool kWantA, bool kWantB, bool kWantC,
+          bool kWantBias, typename scalar_t>
+inline void backward_units(const scalar_t* ar, const scalar_t* br, const scalar_t* cr,
+                           const scalar_t* bias, const scalar_t* oj, const scalar_t* os,
+                           const scalar_t* g_joint, const scalar_t* g_shuf,
+                           scalar_t* __restrict__ gar, scalar_t* __restrict__ gbr,
+                           scalar_t* __restrict__ gcr, opmath_t<scalar_t>* __restrict__ bsum,
+                           int64_t h, opmath_t<scalar_t> p) {
+  using op_t = opmath_t<scalar_t>;
+  alignas(64) op_t g1[kUnitBlock];
+  alignas(64) op_t g2[kUnitBlock];
+  for (int64_t j0 = 0; j0 < h; j0 += kUnitBlock) {
+    const int64_t count = std::min(kUnitBlock, h - j0);
+    auto at = [j0](const scalar_t* ptr) { return ptr ? ptr + j0 : ptr; };
+    pre_activation_grads_vectorised<A, kFromOutput>(at(ar), at(br), at(cr), at(bias), at(oj),
+                                                    at(os), g_joint + j0, g_shuf + j0, g1, g2,
+                                                    count, p);
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t j = j0 + k;
+      const op_t both = g1[k] + g2[k];
+      if constexpr (kWantA) {
+        if constexpr (kAccumulateA) {
+          gar[j] = scalar_t(op_t(gar[j]) + both);
+        } else {
+          gar[j] = scalar_t(both);
+        }
       }
+      if constexpr (kWantBias) bsum[j] += both;
+      if constexpr (kWantB) gbr[j] = scalar_t(g1[k]);
+      if constexpr (kWantC) gcr[j] = scalar_t(g2[k]);
     }
-    if constexpr (kWantBias) bsum[j] += both;
-    if constexpr (kWantB) gbr[j] = scalar_t(g1);
-    if constexpr (kWantC) gcr[j] = scalar_t(g2);
   }
 }
 
@@ -134,13 +175,11 @@ inline void backward_units_dispatch(bool from_output, bool accumulate, bool want
 // out += the gradient of a shuffled row that read this latent row: g_q through the activation at
 // the row's pre-activation aq + br + bias or, kFromOutput, read from its output oq.
 template <Activation A, bool kFromOutput, typename scalar_t>
-INFOMAX_TARGET_CLONES void add_returned_units(const scalar_t* __restrict__ aq,
-                                              const scalar_t* __restrict__ br,
-                                              const scalar_t* __restrict__ bias,
-                                              const scalar_t* __restrict__ oq,
-                                              const scalar_t* __restrict__ g_q,
-                                              scalar_t* __restrict__ out, int64_t h,
-                                              opmath_t<scalar_t> p) {
+inline void add_returned_units(const scalar_t* __restrict__ aq, const scalar_t* __restrict__ br,
+                               const scalar_t* __restrict__ bias,
+                               const scalar_t* __restrict__ oq,
+                               const scalar_t* __restrict__ g_q, scalar_t* __restrict__ out,
+                               int64_t h, opmath_t<scalar_t> p) {
   using op_t = opmath_t<scalar_t>;
   for (int64_t j = 0; j < h; ++j) {
     const op_t x = kFromOutput ? op_t(oq[j]) : (op_t(aq[j]) + op_t(br[j])) + op_t(bias[j]);
@@ -169,11 +208,16 @@ inline void backward_row(const BackwardPointers<scalar_t>& ptr, int64_t r, int64
     // Shuffled row q = inverse_perm[r] read latent row r: its gradient comes back here.
     const int64_t q = ptr.inverse_perm[r];
     if (from_output) {
-      add_returned_units<A, true, scalar_t>(nullptr, nullptr, nullptr, ptr.out + (m + q) * h,
-                                  ptr.grad_out + (m + q) * h, gbr, h, p);
+      run_vectorised<scalar_t>([&] {
+        add_returned_units<A, true, scalar_t>(nullptr, nullptr, nullptr, ptr.out + (m + q) * h,
+                                              ptr.grad_out + (m + q) * h, gbr, h, p);
+      });
     } else {
-      add_returned_units<A, false, scalar_t>(ptr.data_half + (q % n) * h, ptr.latent_half + r * h, ptr.bias,
-                                   nullptr, ptr.grad_out + (m + q) * h, gbr, h, p);
+      run_vectorised<scalar_t>([&] {
+        add_returned_units<A, false, scalar_t>(ptr.data_half + (q % n) * h,
+                                               ptr.latent_half + r * h, ptr.bias, nullptr,
+                                               ptr.grad_out + (m + q) * h, gbr, h, p);
+      });
     }
   }
 }
@@ -248,8 +292,10 @@ Tensor paired_first_layer_cpu(const Tensor& data_half_in, const Tensor& latent_h
       const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(h, 1));
       torch::stable::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
-          forward_units<A>(pa + (r % n) * h, pb + r * h, pc + pp[r] * h, pbias, po + r * h,
-                           po + (m + r) * h, h, p);
+          run_vectorised<scalar_t>([&] {
+            forward_units<A>(pa + (r % n) * h, pb + r * h, pc + pp[r] * h, pbias, po + r * h,
+                             po + (m + r) * h, h, p);
+          });
         }
       });
     });

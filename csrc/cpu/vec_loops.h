@@ -8,6 +8,7 @@
 // -ffp-contract=off (no fused multiply-adds: every build computes the same bits, and the same
 // as a scalar call of the terms); see CMakeLists.txt.
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define INFOMAX_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
@@ -22,6 +23,26 @@ template <typename scalar_t, typename F>
 INFOMAX_TARGET_CLONES void fill_terms(const scalar_t* __restrict__ in, int64_t n,
                                       scalar_t* __restrict__ out, const F& term) {
   for (int64_t i = 0; i < n; ++i) out[i] = term(in[i]);
+}
+
+// Runs body() built for AVX-512, AVX2 and the baseline, the widest the CPU runs: with flatten,
+// body and everything it calls inline into each build, so its loops vectorise at that width
+// (one build per lambda type).
+template <typename F>
+INFOMAX_TARGET_CLONES void run_widened(const F& body) {
+  body();
+}
+
+// run_widened for float and double; the loops of bfloat16 and float16 (computed in float32
+// through conversions) run as built for the baseline, which keeps the build time and the binary
+// small.
+template <typename scalar_t, typename F>
+inline void run_vectorised(const F& body) {
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+    run_widened(body);
+  } else {
+    body();
+  }
 }
 
 // The per-row sums of the row reductions (csrc/cpu/infonce_cpu.cpp, bernoulli_cpu.cpp): a row's
