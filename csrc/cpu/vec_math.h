@@ -53,13 +53,35 @@ INFOMAX_VEC_INLINE double pow2_double(double k) {
   return bits_double((double_bits(k + 6755399441055744.0) + 1023u) << 52);
 }
 
+// k = round(x / ln 2) (the 1.5 * 2^23 or 2^52 trick: round to nearest even) and r = x - k ln 2
+// in two parts (Cody-Waite: the high part of ln 2 short enough that k ln2_hi is exact), for the
+// clamped argument of exp and expm1.
+INFOMAX_VEC_INLINE void reduce_ln2(float x, float* k, float* r) {
+  *k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  *r = (x - *k * 0.693145751953125f) - *k * 1.42860682030941723212e-6f;
+}
+INFOMAX_VEC_INLINE void reduce_ln2(double x, double* k, double* r) {
+  *k = (x * 1.44269504088896338700 + 6755399441055744.0) - 6755399441055744.0;
+  *r = (x - *k * 6.93147180369123816490e-01) - *k * 1.90821492927058770002e-10;
+}
+
+// v 2^k for an integer-valued k as 2^k1 2^k2 (k1 = round(k / 2), k1 + k2 = k, each a normal
+// power of 2), so that results near overflow and in the subnormal range round once.
+INFOMAX_VEC_INLINE float scale_pow2(float v, float k) {
+  const float k1 = (k * 0.5f + 12582912.0f) - 12582912.0f;
+  return v * pow2_float(k1) * pow2_float(k - k1);
+}
+INFOMAX_VEC_INLINE double scale_pow2(double v, double k) {
+  const double k1 = (k * 0.5 + 6755399441055744.0) - 6755399441055744.0;
+  return v * pow2_double(k1) * pow2_double(k - k1);
+}
+
 INFOMAX_VEC_INLINE float exp(float x) {
   // exp(88.72283172607421875f) is the largest finite float exp; below -104 every exp rounds to 0.
   constexpr float kMaxArg = 88.72283172607421875f, kMinArg = -104.0f;
   const float xc = x < kMinArg ? kMinArg : (x > 89.0f ? 89.0f : x);  // NaN stays NaN
-  // k = round(xc / ln 2) by the 1.5 * 2^23 trick (round to nearest even); |k| <= 151.
-  const float k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (xc - k * 0.693145751953125f) - k * 1.42860682030941723212e-6f;
+  float k, r;
+  reduce_ln2(xc, &k, &r);  // |k| <= 151
   float p = 1.0f / 5040;
   p = p * r + 1.0f / 720;
   p = p * r + 1.0f / 120;
@@ -68,8 +90,7 @@ INFOMAX_VEC_INLINE float exp(float x) {
   p = p * r + 0.5f;
   p = p * r * r + r;  // r + r^2 (1/2 + ...): the small part first, then 1
   p = p + 1.0f;
-  const float k1 = (k * 0.5f + 12582912.0f) - 12582912.0f;  // k1 + k2 = k, |k1|, |k2| <= 76
-  const float y = p * pow2_float(k1) * pow2_float(k - k1);
+  const float y = scale_pow2(p, k);  // |k1|, |k2| <= 76
   return x > kMaxArg ? __builtin_inff() : (x < kMinArg ? 0.0f : y);
 }
 
@@ -77,8 +98,8 @@ INFOMAX_VEC_INLINE double exp(double x) {
   // exp(709.782712893383973096) is the largest finite double exp; below -746 every exp is 0.
   constexpr double kMaxArg = 709.782712893383973096, kMinArg = -746.0;
   const double xc = x < kMinArg ? kMinArg : (x > 710.0 ? 710.0 : x);
-  const double k = (xc * 1.44269504088896338700 + 6755399441055744.0) - 6755399441055744.0;
-  const double r = (xc - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
+  double k, r;
+  reduce_ln2(xc, &k, &r);
   double p = 1.0 / 6227020800.0;  // 1/13!
   p = p * r + 1.0 / 479001600.0;
   p = p * r + 1.0 / 39916800.0;
@@ -93,8 +114,7 @@ INFOMAX_VEC_INLINE double exp(double x) {
   p = p * r + 0.5;
   p = p * r * r + r;
   p = p + 1.0;
-  const double k1 = (k * 0.5 + 6755399441055744.0) - 6755399441055744.0;  // |k1|, |k2| <= 539
-  const double y = p * pow2_double(k1) * pow2_double(k - k1);
+  const double y = scale_pow2(p, k);  // |k1|, |k2| <= 539
   return x > kMaxArg ? __builtin_inf() : (x < kMinArg ? 0.0 : y);
 }
 
@@ -109,8 +129,8 @@ INFOMAX_VEC_INLINE double exp(double x) {
 INFOMAX_VEC_INLINE float expm1(float x) {
   constexpr float kMaxArg = 88.72283172607421875f, kMinArg = -17.5f;
   const float xc = x < kMinArg ? kMinArg : (x > 89.0f ? 89.0f : x);  // NaN stays NaN
-  const float k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (xc - k * 0.693145751953125f) - k * 1.42860682030941723212e-6f;
+  float k, r;
+  reduce_ln2(xc, &k, &r);
   float p = 1.0f / 362880;
   p = p * r + 1.0f / 40320;
   p = p * r + 1.0f / 5040;
@@ -121,8 +141,7 @@ INFOMAX_VEC_INLINE float expm1(float x) {
   p = p * r + 0.5f;
   const float em = p * r * r + r;
   const float s = pow2_float(k > 24.0f ? 24.0f : k);
-  const float k1 = (k * 0.5f + 12582912.0f) - 12582912.0f;  // k up to 128: 2^k as 2^k1 2^k2
-  const float big = ((em + 1.0f) * pow2_float(k1)) * pow2_float(k - k1) - 1.0f;
+  const float big = scale_pow2(em + 1.0f, k) - 1.0f;  // k up to 128
   const float y = k > 24.0f ? big : s * em + (s - 1.0f);
   return x > kMaxArg ? __builtin_inff() : (x < kMinArg ? -1.0f : y);
 }
@@ -130,8 +149,8 @@ INFOMAX_VEC_INLINE float expm1(float x) {
 INFOMAX_VEC_INLINE double expm1(double x) {
   constexpr double kMaxArg = 709.782712893383973096, kMinArg = -40.0;
   const double xc = x < kMinArg ? kMinArg : (x > 710.0 ? 710.0 : x);
-  const double k = (xc * 1.44269504088896338700 + 6755399441055744.0) - 6755399441055744.0;
-  const double r = (xc - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
+  double k, r;
+  reduce_ln2(xc, &k, &r);
   double p = 1.0 / 20922789888000.0;  // 1/16!
   p = p * r + 1.0 / 1307674368000.0;
   p = p * r + 1.0 / 87178291200.0;
@@ -149,8 +168,7 @@ INFOMAX_VEC_INLINE double expm1(double x) {
   p = p * r + 0.5;
   const double em = p * r * r + r;
   const double s = pow2_double(k > 53.0 ? 53.0 : k);
-  const double k1 = (k * 0.5 + 6755399441055744.0) - 6755399441055744.0;  // k up to 1024
-  const double big = ((em + 1.0) * pow2_double(k1)) * pow2_double(k - k1) - 1.0;
+  const double big = scale_pow2(em + 1.0, k) - 1.0;  // k up to 1024
   const double y = k > 53.0 ? big : s * em + (s - 1.0);
   return x > kMaxArg ? __builtin_inf() : (x < kMinArg ? -1.0 : y);
 }
