@@ -22,8 +22,12 @@ every variant once, median/p10/p90). The FLOP floor of ours is its GEMM FLOPs ov
 GEMM rate. Part 2, a roofline line per op of ours on the shapes of chain P: minimal bytes moved
 over the measured bandwidth, FLOPs over the GEMM rate, against the op's measured time.
 
-float32 only: the kernels take float32 and float64 (bf16 is rejected by design), so no bf16
-variant is run. Prints tables and writes JSON (--out). Timings are reported, never asserted.
+Part 3 (--autocast-sizes), mixed precision: the same float32 chain inside
+``torch.autocast("cuda", dtype=torch.bfloat16)``: ours (the products in bfloat16, the kernels on
+bfloat16 activations, the bound in float32), shared and compile(shared) under the same autocast,
+beside float32 ours; each variant's disagreement with float32 naive is reported (bfloat16 has
+8 bits of mantissa: about 1e-2 is expected), not asserted. Prints tables and writes JSON (--out).
+Timings are reported, never asserted.
 """
 from __future__ import annotations
 
@@ -198,6 +202,41 @@ def mi_loss_case(chain_key: str, n: int, args, ceilings: dict) -> dict:
     }
 
 
+def autocast_case(chain_key: str, n: int, args) -> dict:
+    """Part 3: bfloat16 autocast against float32 for one chain and batch size."""
+    torch.manual_seed(0)
+    mi = CHAINS[chain_key][1]().cuda()
+    x = torch.rand(n, N_DATA, device="cuda")
+    z = torch.randn(n, N_LATENT, device="cuda", requires_grad=True)
+    perm = latent_permutation(n, 1, seed=1, device="cuda")
+    wrt = [z, *mi.parameters()]
+    sg = args.shuffled_grad
+
+    def step(loss_fn, bf16: bool):
+        def run():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(mi, x, z, perm, sg)
+            return (loss.detach().float(), *torch.autograd.grad(loss, wrt))
+        return run
+
+    steps = {"ours float32": step(ours_loss, False), "ours bf16": step(ours_loss, True),
+             "shared bf16": step(shared_loss, True)}
+    if args.compile:
+        torch._dynamo.reset()
+        steps["compile(shared) bf16"] = step(torch.compile(shared_loss, dynamic=False), True)
+    reference = step(naive_loss, False)()
+    errors = {}
+    for name, fn in steps.items():
+        result = fn()
+        loss_err, grad_err = relative_errors((reference[0], list(reference[1:])),
+                                             (result[0], list(result[1:])))
+        errors[name] = {"loss": loss_err, "grad": grad_err}
+    times = time_rounds(steps, args.rounds, args.warmup)
+    base = times["ours bf16"]["median"]
+    return {"chain": chain_key, "n": n, "times_ms": times, "errors_vs_float32_naive": errors,
+            "ratios": {name: t["median"] / base for name, t in times.items()}}
+
+
 # ----------------------------------------------------------------------------------------------
 # Part 2: roofline per op
 # ----------------------------------------------------------------------------------------------
@@ -274,6 +313,8 @@ def parse_args(argv=None):
                    help="time torch.compile(naive) and torch.compile(shared)")
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="time CUDA-graph replays of naive and ours")
+    p.add_argument("--autocast-sizes", default="1024,16384",
+                   help="N of part 3, bfloat16 autocast ('' skips it)")
     p.add_argument("--tol", type=float, default=1e-3, help="largest relative disagreement with naive")
     p.add_argument("--out", default="bench/results/cuda.json", help="JSON output")
     return p.parse_args(argv)
@@ -299,7 +340,12 @@ def print_tables(result: dict) -> None:
         print(f"{line['op']:>28} {line['n']:>6} {line['median_ms']:8.4f} {line['bytes'] / 1e6:8.2f} "
               f"{line['achieved_GBps']:7.0f} {line['memory_floor_ms']:9.4f} "
               f"{line['compute_floor_ms']:10.5f} {line['time_over_floor']:7.1f}")
-    print(f"\nbf16: {result['bf16']}")
+    print("\nbfloat16 autocast, median ms (ratio = variant / ours bf16); error vs float32 naive (grad)")
+    for case in result.get("autocast", []):
+        print(f"{case['chain']:>5} {case['n']:>6} " + "  ".join(
+            f"{name} {t['median']:.3f} ({case['ratios'][name]:.2f}, "
+            f"{case['errors_vs_float32_naive'][name]['grad']:.1e})"
+            for name, t in case["times_ms"].items()))
 
 
 def main(argv=None) -> None:
@@ -315,7 +361,6 @@ def main(argv=None) -> None:
                         "torch": torch.__version__, "cuda": torch.version.cuda,
                         "date": datetime.datetime.now().isoformat(timespec="seconds")},
         "config": vars(args),
-        "bf16": "skipped: the kernels take float32/float64 only (bf16 is rejected by a TORCH_CHECK)",
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -339,6 +384,14 @@ def main(argv=None) -> None:
                   + f" ms; floor {case['floor_ms']:.3f} ms; "
                   f"compile {sum(case['compile_s'].values()):.0f} s",
                   flush=True)
+    result["autocast"] = []
+    for chain in args.chains.split(","):
+        for n in (int(s) for s in args.autocast_sizes.split(",") if s):
+            result["autocast"].append(autocast_case(chain, n, args))
+            save()
+            print(f"{chain} N={n} autocast: " + ", ".join(
+                f"{name} {t['median']:.3f}" for name, t in result["autocast"][-1]["times_ms"].items())
+                + " ms", flush=True)
     print_tables(result)
     print(f"\nwrote {out} ({result['wall_s']:.0f} s)")
 
