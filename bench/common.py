@@ -28,6 +28,7 @@ from torch import nn
 import infomax_ext
 from infomax_ext import MutualInfoChain, paired_mutual_info
 from infomax_ext.activations import ACTIVATIONS
+from infomax_ext.chain_plan import fused_plan
 
 # ----------------------------------------------------------------------------------------------
 # Chains
@@ -122,15 +123,46 @@ class TrivialNode(torch.autograd.Function):
         return tuple(grad.expand(shape) for shape in ctx.shapes)
 
 
+class TrivialEndsNode(torch.autograd.Function):
+    """:class:`TrivialNode` for a chain whose ``data`` and ``latent`` are single Linear layers,
+    which ours runs inside its node: the node also runs the two layers' products, forward
+    (``F.linear``) and backward (the weight and bias gradients; z's input gradient), on views of
+    the incoming gradient. Takes x, Wd, bd, z, Wl, bl, then the MLP's parameters."""
+
+    @staticmethod
+    def forward(ctx, x, data_w, data_b, z, latent_w, latent_b, *params):
+        hx = torch.nn.functional.linear(x, data_w, data_b)
+        hz = torch.nn.functional.linear(z, latent_w, latent_b)
+        ctx.save_for_backward(x, z, latent_w)
+        ctx.shapes = (hx.shape, hz.shape, [p.shape for p in params])
+        return hx.sum() + hz.sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, z, latent_w = ctx.saved_tensors
+        hx_shape, hz_shape, shapes = ctx.shapes
+        need = ctx.needs_input_grad
+        g_hx, g_hz = grad.expand(hx_shape), grad.expand(hz_shape)
+        return (None, g_hx.t().mm(x) if need[1] else None, g_hx.sum(0) if need[2] else None,
+                g_hz.mm(latent_w) if need[3] else None, g_hz.t().mm(z) if need[4] else None,
+                g_hz.sum(0) if need[5] else None, *(grad.expand(shape) for shape in shapes))
+
+
 def skeleton_loss(mi, x, z, perm, shuffled_grad: bool):
     """What any eager implementation of the shared algorithm runs besides the MLP's GEMMs: the
     chain's ``data`` and ``latent`` modules as they are (their own autograd nodes: ``data(x)``,
     ``latent(z)`` and, when the shuffled codes are constants, ``latent(z.detach())``) and one
     autograd node taking hx, hz, the shuffled half and every MLP parameter (:class:`TrivialNode`;
-    with ``shuffled_grad`` the shuffled half, a row gather of hz, is left out). Leaves out every
+    with ``shuffled_grad`` the shuffled half, a row gather of hz, is left out). Where ours runs
+    single-Linear data and latent layers inside its node (``fused_plan(mi).ends``), so does the
+    skeleton (:class:`TrivialEndsNode`: the layers' products, one node). Leaves out every
     activation, bias, head and bound pass; with the replay of ours' MLP GEMMs it makes the eager
     floor of ``bench/targets.py``. ``perm`` is not read."""
     n = x.shape[0]
+    ends = getattr(fused_plan(mi), "ends", None)
+    if ends is not None and x.dim() == 2 and ends.data.weight.requires_grad:
+        return TrivialEndsNode.apply(x, ends.data.weight, ends.data.bias, z, ends.latent.weight,
+                                     ends.latent.bias, *mi.mlp.parameters())
     hx = mi.data(x).reshape(n, -1)
     hz = mi.latent(z)
     halves = (hx, hz) if shuffled_grad else (hx, hz, mi.latent(z.detach()))

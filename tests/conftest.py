@@ -19,8 +19,9 @@ def one_thread():
 @pytest.fixture
 def data_half_spy(monkeypatch):
     """A list that gets, for each fused first-layer call (``paired_linear_op.paired_linear``, or the
-    one-node chain ``critic_chain_op.critic_chain``, whose first nine arguments are paired_linear's), the
-    precomputed data half it was given, or None."""
+    one-node chain ``critic_chain_op.critic_chain``, whose first nine arguments are paired_linear's, or
+    ``critic_chain_with_linear_ends``, which computes data(x) itself), the precomputed data half it
+    was given, or None."""
     from infomax_ext import critic_chain_op, paired_linear_op
 
     calls = []
@@ -36,6 +37,13 @@ def data_half_spy(monkeypatch):
 
     spy_on(paired_linear_op, "paired_linear")
     spy_on(critic_chain_op, "critic_chain")
+    with_ends = critic_chain_op.critic_chain_with_linear_ends
+
+    def spy_with_ends(*args, **kwargs):  # computes data(x) itself: never given a data half
+        calls.append(None)
+        return with_ends(*args, **kwargs)
+
+    monkeypatch.setattr(critic_chain_op, "critic_chain_with_linear_ends", spy_with_ends)
     return calls
 
 

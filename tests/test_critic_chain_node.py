@@ -46,7 +46,9 @@ def test_one_node_equals_two_calls(acts, frozen, wrt_output, shuffled_grad):
                 "both": out.bound + (scores * weights).sum()}[wrt_output]
 
     fused = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
-    assert fused.bound.grad_fn.name() == "_CriticChainBackward"
+    # data and latent are Linear layers: inside the node unless data(x) needs no gradient
+    node = "_CriticChainBackward" if frozen == "data and latent" else "_LinearEndsChainBackward"
+    assert fused.bound.grad_fn.name() == node
     with im.use_path("two_call"):
         plain = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
     torch.testing.assert_close(fused.bound, plain.bound, rtol=1e-12, atol=1e-12)
@@ -79,16 +81,132 @@ def test_without_a_gradient_no_node_is_built():
 
 def test_the_node_takes_data_and_head_weight_without_view_nodes():
     """data(x) of shape (N, Dx) and the head Linear's (1, H) weight reach the node as they are:
-    no view node between them and it (each would be one more node per call)."""
+    no view node between them and it (each would be one more node per call). With data and
+    latent Linear layers that need gradient, the node runs them too: every parameter and z are
+    its direct leaves."""
     mi = chain(nn.ReLU(), nn.ReLU())
     x = torch.randn(6, 12, dtype=F64)
     z = torch.randn(6, 3, dtype=F64, requires_grad=True)
     bound = im.paired_mutual_info(mi, x, z, im.latent_permutation(6, 1, seed=1)).bound
     node = bound.grad_fn
+    assert node.name() == "_LinearEndsChainBackward"
+    names = [f.name() for f, _ in node.next_functions if f is not None]
+    assert set(names) == {"torch::autograd::AccumulateGrad"}, names
+    leaves = {id(f.variable) for f, _ in node.next_functions if f is not None}
+    assert leaves == {id(z), *(id(p) for p in mi.parameters())}
+
+    for p in [*mi.data.parameters(), *mi.latent.parameters()]:
+        p.requires_grad_(False)
+    node = im.paired_mutual_info(mi, x, z, im.latent_permutation(6, 1, seed=1)).bound.grad_fn
     assert node.name() == "_CriticChainBackward"
     names = [f.name() for f, _ in node.next_functions if f is not None]
     assert not any("View" in name for name in names), names
     leaves = {id(f.variable) for f, _ in node.next_functions
               if f is not None and f.name() == "torch::autograd::AccumulateGrad"}
     assert id(mi.mlp[4].weight) in leaves
-    assert names.count("AddmmBackward0") == 3  # data(x), latent(z), latent(z.detach())
+    assert names.count("AddmmBackward0") == 1  # latent(z); latent(z.detach()) is frozen
+
+
+def _bound_and_grads(mi, x, z, perm, **kwargs):
+    out = im.paired_mutual_info(mi, x, z, perm, **kwargs)
+    wrt = [t for t in (x, z) if t.requires_grad] + [p for p in mi.parameters() if p.requires_grad]
+    return out.bound, out.bound.grad_fn.name(), torch.autograd.grad(out.bound, wrt)
+
+
+def _assert_equal_to_two_calls(mi, x, z, perm, node, **kwargs):
+    bound, name, grads = _bound_and_grads(mi, x, z, perm, **kwargs)
+    assert name == node
+    with im.use_path("two_call"):
+        plain, _, plain_grads = _bound_and_grads(mi, x, z, perm, **kwargs)
+    torch.testing.assert_close(bound, plain, rtol=1e-12, atol=1e-12)
+    for g1, g2 in zip(grads, plain_grads):
+        torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_from_sizes_with_a_shaped_input_runs_flatten_and_both_layers_in_the_node(x_grad):
+    torch.manual_seed(2)
+    mi = im.MutualInfoChain.from_sizes((1, 4, 3), 3, [8, 8], [torch.relu, torch.tanh]).to(F64)
+    assert isinstance(mi.data[0], nn.Flatten)
+    x = torch.randn(5, 1, 4, 3, dtype=F64, requires_grad=x_grad)
+    z = torch.randn(10, 3, dtype=F64, requires_grad=True)
+    perm = im.latent_permutation(5, 2, seed=3)
+    for shuffled_grad in (False, True):
+        _assert_equal_to_two_calls(mi, x, z, perm, "_LinearEndsChainBackward",
+                                   shuffled_grad=shuffled_grad)
+
+
+def test_float32_with_linear_ends_matches_float64_within_rounding():
+    mi = chain(nn.ReLU(), nn.ReLU())
+    x = torch.randn(64, 12, dtype=F64)
+    z = torch.randn(64, 3, dtype=F64, requires_grad=True)
+    perm = im.latent_permutation(64, 1, seed=5)
+    bound, name, grads = _bound_and_grads(mi, x, z, perm)
+    mi32 = chain(nn.ReLU(), nn.ReLU()).float()
+    z32 = z.detach().float().requires_grad_()
+    bound32, name32, grads32 = _bound_and_grads(mi32, x.float(), z32, perm)
+    assert name == name32 == "_LinearEndsChainBackward"
+    eps = torch.finfo(torch.float32).eps
+    bound, bound32 = float(bound.detach()), float(bound32.detach())
+    assert abs(bound32 - bound) <= 64 * eps * max(1.0, abs(bound))
+    for g32, g in zip(grads32, grads):
+        assert float((g32.double() - g).abs().max()) <= 64 * eps * float(g.abs().max())
+
+
+def _counting_hook(counter):
+    def hook(module, args, output):
+        counter.append(type(module).__name__)
+    return hook
+
+
+class _ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+@pytest.mark.parametrize("case", ["data hook", "latent hook", "global hook", "instance forward",
+                                  "Linear subclass"])
+def test_the_modules_run_as_modules_where_calling_them_does_more_than_forward(case):
+    """A hook, an instance forward or a subclass of Linear: the node leaves data and latent to
+    their module calls, so the hook runs and the subclass computes as it says."""
+    mi = chain(nn.ReLU(), nn.Tanh())
+    seen = []
+    handle = None
+    if case == "data hook":
+        handle = mi.data.register_forward_hook(_counting_hook(seen))
+    elif case == "latent hook":
+        handle = mi.latent.register_forward_hook(_counting_hook(seen))
+    elif case == "global hook":
+        handle = torch.nn.modules.module.register_module_forward_hook(_counting_hook(seen))
+    elif case == "instance forward":
+        plain_forward = mi.latent.forward
+        mi.latent.forward = lambda z: (seen.append("Linear"), plain_forward(z))[1]
+    else:
+        scaled = _ScaledLinear(12, 12).to(F64)
+        scaled.load_state_dict(mi.data.state_dict())
+        mi.data = scaled
+    x = torch.randn(6, 12, dtype=F64)
+    z = torch.randn(6, 3, dtype=F64, requires_grad=True)
+    perm = im.latent_permutation(6, 1, seed=1)
+    try:
+        _assert_equal_to_two_calls(mi, x, z, perm, "_CriticChainBackward")
+        if case == "Linear subclass":
+            scaled_bound = im.paired_mutual_info(mi, x, z, perm).bound.detach()
+            mi.data = nn.Linear(12, 12).to(F64)
+            mi.data.load_state_dict(scaled.state_dict())
+            assert float(scaled_bound) != float(im.paired_mutual_info(mi, x, z, perm).bound.detach())
+        else:
+            assert "Linear" in seen
+    finally:
+        if handle is not None:
+            handle.remove()
+    # Without the hook (or with the plain Linear back), the node runs the layers again.
+    if case in ("data hook", "latent hook", "global hook", "Linear subclass"):
+        _assert_equal_to_two_calls(mi, x, z, perm, "_LinearEndsChainBackward")
+
+
+def test_a_wrong_width_of_x_is_named_as_on_the_module_path():
+    mi = chain(nn.ReLU(), nn.ReLU())
+    z = torch.randn(6, 3, dtype=F64, requires_grad=True)
+    with pytest.raises(ValueError, match=r"mi.data \(Linear\) takes 12 features .* given 11"):
+        im.paired_mutual_info(mi, torch.randn(6, 11, dtype=F64), z, im.latent_permutation(6, 1, seed=1))

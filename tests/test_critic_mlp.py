@@ -1109,9 +1109,15 @@ def test_fused_plan_gives_no_stack_otherwise(name):
 @pytest.fixture
 def critic_mlp_calls(monkeypatch):
     """The number of hidden layers of each call of critic_mlp_op.critic_mlp or of the one-node chain
-    critic_chain_op.critic_chain (paired_linear then critic_mlp), what paired_mutual_info calls."""
+    critic_chain_op.critic_chain (paired_linear then critic_mlp) or critic_chain_with_linear_ends
+    (with the data and latent Linear layers), what paired_mutual_info calls."""
     calls = []
     real, real_chain = critic_mlp_op.critic_mlp, critic_chain_op.critic_chain
+    real_ends = critic_chain_op.critic_chain_with_linear_ends
+
+    def counting_ends(*args, **kwargs):
+        calls.append(len(args[12]))
+        return real_ends(*args, **kwargs)
 
     def counting(*args, **kwargs):
         calls.append(len(args[1]))
@@ -1123,6 +1129,7 @@ def critic_mlp_calls(monkeypatch):
 
     monkeypatch.setattr(critic_mlp_op, "critic_mlp", counting)
     monkeypatch.setattr(critic_chain_op, "critic_chain", counting_chain)
+    monkeypatch.setattr(critic_chain_op, "critic_chain_with_linear_ends", counting_ends)
     return calls
 
 
@@ -1141,11 +1148,12 @@ def test_paired_mutual_info_through_critic_mlp_equals_two_calls(name, shuffled_g
     perm = im.latent_permutation(n, n_samples, seed=3)
     params = [z, *mi.parameters()]
     fused = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
-    stack = fused_plan(mi)
-    stack = stack.stack if stack else None
+    plan = fused_plan(mi)
+    stack = plan.stack if plan else None
     assert critic_mlp_calls == ([] if stack is None else [len(stack)])
-    if stack is not None:
-        assert fused.bound.grad_fn.name() == "_CriticChainBackward"
+    if stack is not None:  # from_sizes: data and latent are Linear layers, run inside the node
+        assert fused.bound.grad_fn.name() == (
+            "_CriticChainBackward" if plan.ends is None else "_LinearEndsChainBackward")
     with im.use_path("two_call"):
         plain = im.paired_mutual_info(mi, x, z, perm, shuffled_grad=shuffled_grad)
     assert critic_mlp_calls == ([] if stack is None else [len(stack)])  # two calls: the modules

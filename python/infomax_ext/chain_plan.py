@@ -13,7 +13,62 @@ from torch import nn
 
 from .activations import ActivationSpec, kernel_spec
 
-__all__ = ["FusedPlan", "NoFusedPlan", "fused_plan", "fused_plan_reasons"]
+__all__ = ["FusedPlan", "LinearEnds", "NoFusedPlan", "fused_plan", "fused_plan_reasons"]
+
+
+class LinearEnds(NamedTuple):
+    """The chain's ``data`` and ``latent`` networks when each is one plain ``nn.Linear`` (alone or
+    the only layer of an ``nn.Sequential``; data may start with ``nn.Flatten()``): the chain of
+    ``MutualInfoChain.from_sizes``. The chain node then runs them itself
+    (:func:`~infomax_ext.critic_chain_op.critic_chain_with_linear_ends`) while
+    :meth:`runs_as_modules` holds. ``modules``: every module of the two networks (containers
+    included), whose hooks would be skipped."""
+
+    data: nn.Linear
+    flatten: bool
+    latent: nn.Linear
+    modules: tuple[nn.Module, ...]
+
+    def runs_as_modules(self) -> bool:
+        """True when calling the modules would do nothing but their ``forward``: no hook on any of
+        them or registered globally, and no instance ``forward`` replacing the class's."""
+        if any(getattr(_module_hooks, name, None) for name in _GLOBAL_HOOKS):
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                       or m._backward_pre_hooks or "forward" in m.__dict__ for m in self.modules)
+
+
+_module_hooks = nn.modules.module
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
+
+
+def _one_linear(network: nn.Module, may_flatten: bool) -> tuple[nn.Linear, bool] | None:
+    """(the Linear, whether an nn.Flatten() comes first) when ``network`` is one plain Linear,
+    alone or in an nn.Sequential; else None. Exact types: a subclass may compute otherwise."""
+    if type(network) is nn.Linear:
+        return network, False
+    if type(network) is not nn.Sequential:
+        return None
+    parts = list(network)
+    flatten = (may_flatten and len(parts) == 2 and type(parts[0]) is nn.Flatten
+               and parts[0].start_dim == 1 and parts[0].end_dim == -1)
+    if flatten:
+        parts = parts[1:]
+    if len(parts) == 1 and type(parts[0]) is nn.Linear:
+        return parts[0], flatten
+    return None
+
+
+def _linear_ends(mi: nn.Module) -> LinearEnds | None:
+    data, latent = getattr(mi, "data", None), getattr(mi, "latent", None)
+    if not isinstance(data, nn.Module) or not isinstance(latent, nn.Module):
+        return None
+    data_end, latent_end = _one_linear(data, True), _one_linear(latent, False)
+    if data_end is None or latent_end is None:
+        return None
+    return LinearEnds(data_end[0], data_end[1], latent_end[0],
+                      (*data.modules(), *latent.modules()))
 
 
 class FusedPlan(NamedTuple):
@@ -31,6 +86,8 @@ class FusedPlan(NamedTuple):
     stack: list[tuple[nn.Linear, ActivationSpec]] | None
     # critic_mlp's activation names and parameters of the stack, built once with the plan
     stack_activations: tuple[list[str], list[float]] | None = None
+    # the data and latent networks when each is one Linear (run inside the chain node)
+    ends: LinearEnds | None = None
 
 
 _FusedPlan = FusedPlan
@@ -160,4 +217,5 @@ def _plan_and_reasons(mi: nn.Module) -> tuple[FusedPlan | None, list[str]]:
         [act.name for _, act in stack], [float(act.param) for _, act in stack])
     # layers[0] is a Linear (checked above); first_act is not None (returned above when it was)
     return FusedPlan(cast(nn.Linear, layers[0]), cast(ActivationSpec, first_act), middle, head,
-                     head_act, stack, stack_activations), []
+                     head_act, stack, stack_activations,
+                     None if stack is None else _linear_ends(mi)), []

@@ -25,7 +25,7 @@ from .all_pairs import all_pairs_bound
 from .bounds import NWJ, Bound, resolve_bound
 from ._builders import Built, builder_config, check_layers, check_size, head, linear, mlp, parse_size
 from .activations import ActivationLike, apply_activation, identity
-from .chain_plan import FusedPlan, NoFusedPlan, fused_plan, fused_plan_reasons
+from .chain_plan import FusedPlan, LinearEnds, NoFusedPlan, fused_plan, fused_plan_reasons
 from .validation import as_count, is_integer_scalar
 from .vae import Init
 
@@ -296,6 +296,10 @@ def paired_mutual_info(
     plan = None if path == "two_call" else fused_plan(mi)
     if not isinstance(plan, FusedPlan):
         return _two_call_bound(mi, x, z, perm, z_shuffle, shuffled_grad, bound)
+    if plan.ends is not None and perm is not None:
+        folded = _linear_ends_bound(plan, plan.ends, x, z, perm, shuffled_grad, bound)
+        if folded is not None:
+            return folded
     try:
         hx = mi.data(x)  # type: ignore[operator]  # a chain's parts are modules
         hz = mi.latent(z)  # type: ignore[operator]
@@ -384,6 +388,44 @@ def _one_node(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor, source: torch
             and all(t is None or (t.dtype == dtype and t.device == device) for t in tensors)
             and any(t is not None and t.requires_grad for t in tensors)
             and _ops.kernels_apply(hx))
+
+
+def _linear_ends_bound(plan: FusedPlan, ends: LinearEnds, x: torch.Tensor, z: torch.Tensor,
+                       perm: torch.Tensor, shuffled_grad: bool,
+                       bound: Bound) -> PairedBound | None:
+    """The bound with the chain's data and latent Linear layers inside the chain node
+    (critic_chain_op.critic_chain_with_linear_ends), or None where that does not apply: as for
+    :func:`_one_node`, and the modules would run their forward alone, x and z are plain tensors
+    of the layers' widths, and data(x) needs gradient (so no data half is kept)."""
+    if (torch.compiler.is_compiling() or not torch.is_grad_enabled()
+            or type(x) is not torch.Tensor or type(z) is not torch.Tensor or z.dim() != 2
+            or x.dim() < 2 or (x.dim() > 2 and not ends.flatten)
+            or torch.is_autocast_enabled(x.device.type) or not ends.runs_as_modules()):
+        return None
+    data, latent, first, head = ends.data, ends.latent, plan.first, plan.head
+    assert plan.stack is not None and plan.stack_activations is not None and head is not None
+    x = x if x.dim() == 2 else x.flatten(1)
+    if (x.shape[1] != data.in_features or z.shape[1] != latent.in_features
+            or data.out_features + latent.out_features != first.in_features
+            or not (x.requires_grad or data.weight.requires_grad
+                    or (data.bias is not None and data.bias.requires_grad))):
+        return None
+    tensors = [z, data.weight, data.bias, latent.weight, latent.bias, first.weight, first.bias,
+               head.weight, head.bias]
+    for layer, _ in plan.stack:
+        tensors += [layer.weight, layer.bias]
+    device, dtype = x.device, x.dtype
+    if (perm.device != device or not _ops.kernels_apply(x)
+            or not all(t is None or (t.dtype == dtype and t.device == device) for t in tensors)):
+        return None
+    m = z.shape[0]
+    value, scores = critic_chain_op.critic_chain_with_linear_ends(
+        x, data.weight, data.bias, z, latent.weight, latent.bias,
+        not shuffled_grad and z.requires_grad, first.weight, first.bias, perm,
+        plan.first_act.name, plan.first_act.param, [layer.weight for layer, _ in plan.stack],
+        [layer.bias for layer, _ in plan.stack], *plan.stack_activations, head.weight,
+        head.bias, m, plan.head_act.name, plan.head_act.param)  # type: ignore[union-attr]
+    return _paired(bound, scores[:m], scores[m:], value)
 
 
 def _shuffled_pairs_bound(bound: str | Bound) -> Bound:
