@@ -218,4 +218,5 @@ def _plan_and_reasons(mi: nn.Module) -> tuple[FusedPlan | None, list[str]]:
     # layers[0] is a Linear (checked above); first_act is not None (returned above when it was)
     return FusedPlan(cast(nn.Linear, layers[0]), cast(ActivationSpec, first_act), middle, head,
                      head_act, stack, stack_activations,
-                     None if stack is None else _linear_ends(mi)), []
+                     # the compiled path never runs the ends in the node: no guards on them
+                     None if stack is None or torch.compiler.is_compiling() else _linear_ends(mi)), []
