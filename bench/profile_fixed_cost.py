@@ -13,13 +13,15 @@ of the call timed alone (plan lookup, argument checks). The profiler adds its ow
 op: read the groups as shares, the unprofiled median as the time. Prints a markdown table.
 
 ``--bound``: the best ratio compile(shared) / ours that any eager implementation of the shared
-algorithm could reach. An eager call must run the chain's ``data`` and ``latent`` modules as
-they are (eager, with their own autograd nodes: ``data(x)``, ``latent(z)``,
-``latent(z.detach())``), at least one autograd node for the MLP from its first layer to the
-bound, taking hx, hz, the shuffled half and every MLP parameter and returning a gradient for
-each, and the MLP's GEMMs. The skeleton (``common.skeleton_loss``) times the first two: the three
-modules and one custom Function with those inputs, a trivial op forward and a view of the
-incoming gradient per input backward (``torch.autograd.grad`` through all of them); the replay of ours' MLP GEMMs alone (bench/common.py) the third. ``eager floor =
+algorithm could reach. An eager call must run the chain's ``data`` and ``latent`` modules (eager,
+with their own autograd nodes: ``data(x)``, ``latent(z)``, ``latent(z.detach())``; or, for
+single Linear layers, their products inside the chain's node, as ours does), at least one
+autograd node for the MLP from its first layer to the bound, taking hx, hz, the shuffled half
+and every MLP parameter and returning a gradient for each, and the MLP's GEMMs. The skeleton
+(``common.skeleton_loss``) times the first two: the modules (or the layers' products) and one
+custom Function with those inputs, a trivial op forward and a view of the incoming gradient per
+input backward (``torch.autograd.grad`` through all of them); the replay of ours' MLP GEMMs alone
+(bench/common.py) the third. ``eager floor =
 skeleton + MLP GEMM replay``; ``compile(shared) / eager floor`` bounds the ratio from above (the
 floor leaves out every activation, bias and bound pass): where it is under a target, no eager
 path meets it. Likewise ``eager floor / FLOP floor`` (the FLOP floor as bench_cpu.py's: ours'
