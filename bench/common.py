@@ -110,13 +110,13 @@ def shared_loss(mi, x, z, perm, shuffled_grad: bool):
 
 class TrivialNode(torch.autograd.Function):
     """The smallest autograd node standing for the MI chain's MLP: its inputs (hx, hz, the
-    shuffled half, the MLP's parameters), one op forward (a sum of hx), a view of the incoming
+    shuffled half, the MLP's parameters), one op forward (a 0-dim zero), a view of the incoming
     gradient per input backward."""
 
     @staticmethod
     def forward(ctx, *inputs):
         ctx.shapes = [t.shape for t in inputs]
-        return inputs[0].sum()
+        return inputs[0].new_zeros(())
 
     @staticmethod
     def backward(ctx, grad):
@@ -126,26 +126,26 @@ class TrivialNode(torch.autograd.Function):
 class TrivialEndsNode(torch.autograd.Function):
     """:class:`TrivialNode` for a chain whose ``data`` and ``latent`` are single Linear layers,
     which ours runs inside its node: the node also runs the two layers' products, forward
-    (``F.linear``) and backward (the weight and bias gradients; z's input gradient), on views of
-    the incoming gradient. Takes x, Wd, bd, z, Wl, bl, then the MLP's parameters."""
+    (``F.linear``) and backward (the weight and bias gradients; z's input gradient). hx and hz
+    stand in for their incoming gradients (dense tensors of the right shapes: a view of the
+    0-dim gradient would make every product copy it first). Takes x, Wd, bd, z, Wl, bl, then
+    the MLP's parameters."""
 
     @staticmethod
     def forward(ctx, x, data_w, data_b, z, latent_w, latent_b, *params):
         hx = torch.nn.functional.linear(x, data_w, data_b)
         hz = torch.nn.functional.linear(z, latent_w, latent_b)
-        ctx.save_for_backward(x, z, latent_w)
-        ctx.shapes = (hx.shape, hz.shape, [p.shape for p in params])
-        return hx.sum() + hz.sum()
+        ctx.save_for_backward(x, z, latent_w, hx, hz)
+        ctx.shapes = [p.shape for p in params]
+        return hx.new_zeros(())
 
     @staticmethod
     def backward(ctx, grad):
-        x, z, latent_w = ctx.saved_tensors
-        hx_shape, hz_shape, shapes = ctx.shapes
+        x, z, latent_w, g_hx, g_hz = ctx.saved_tensors
         need = ctx.needs_input_grad
-        g_hx, g_hz = grad.expand(hx_shape), grad.expand(hz_shape)
         return (None, g_hx.t().mm(x) if need[1] else None, g_hx.sum(0) if need[2] else None,
                 g_hz.mm(latent_w) if need[3] else None, g_hz.t().mm(z) if need[4] else None,
-                g_hz.sum(0) if need[5] else None, *(grad.expand(shape) for shape in shapes))
+                g_hz.sum(0) if need[5] else None, *(grad.expand(shape) for shape in ctx.shapes))
 
 
 def skeleton_loss(mi, x, z, perm, shuffled_grad: bool):
