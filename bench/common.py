@@ -109,18 +109,21 @@ def shared_loss(mi, x, z, perm, shuffled_grad: bool):
 
 
 class TrivialNode(torch.autograd.Function):
-    """The smallest autograd node standing for the MI chain's MLP: its inputs (hx, hz, the
-    shuffled half, the MLP's parameters), one op forward (a 0-dim zero), a view of the incoming
-    gradient per input backward."""
+    """The smallest autograd node standing for the MI chain's MLP: its inputs (``n_halves``
+    halves: hx, hz and the shuffled half; then the MLP's parameters), one op forward (a 0-dim
+    zero), backward each half itself as its gradient and a view of the incoming gradient per
+    parameter. The halves' gradients are dense tensors, as an MLP's are: a broadcast view would
+    make eager products copy it and let torch.compile reduce the products behind it to sums."""
 
     @staticmethod
-    def forward(ctx, *inputs):
-        ctx.shapes = [t.shape for t in inputs]
+    def forward(ctx, n_halves, *inputs):
+        ctx.save_for_backward(*inputs[:n_halves])
+        ctx.shapes = [t.shape for t in inputs[n_halves:]]
         return inputs[0].new_zeros(())
 
     @staticmethod
     def backward(ctx, grad):
-        return tuple(grad.expand(shape) for shape in ctx.shapes)
+        return (None, *ctx.saved_tensors, *(grad.expand(shape) for shape in ctx.shapes))
 
 
 class TrivialEndsNode(torch.autograd.Function):
@@ -166,7 +169,7 @@ def skeleton_loss(mi, x, z, perm, shuffled_grad: bool):
     hx = mi.data(x).reshape(n, -1)
     hz = mi.latent(z)
     halves = (hx, hz) if shuffled_grad else (hx, hz, mi.latent(z.detach()))
-    return TrivialNode.apply(*halves, *mi.mlp.parameters())
+    return TrivialNode.apply(len(halves), *halves, *mi.mlp.parameters())
 
 
 # ----------------------------------------------------------------------------------------------
