@@ -9,6 +9,8 @@ the head, ``n_joint`` = M), and returns ``(bound, scores)``: the 0-dim NWJ bound
 scores. Not an op of its own: the node runs ``paired_linear_forward`` and ``critic_mlp_forward``,
 its backward ``critic_mlp_backward`` and ``paired_linear_backward``; under torch.compile the
 callers use the two ops (:mod:`~infomax_ext.paired_linear_op`, :mod:`~infomax_ext.critic_mlp_op`).
+:func:`critic_chain_with_linear_ends` is the same node with the chain's single-Linear ``data``
+and ``latent`` layers inside (x (N, Dx_in) and z (M, Dz_in) in place of hx and hz).
 """
 from __future__ import annotations
 
