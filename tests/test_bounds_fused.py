@@ -111,6 +111,18 @@ def test_explain_path(kind, path, words):
     assert str(got).startswith(f"path: {path}\n  - ")
 
 
+def test_explain_path_says_where_linear_data_and_latent_run():
+    mi = im.MutualInfoChain.from_sizes(5, 3, [8], ["relu"]).double()
+    x, z = _batch()
+    assert any("inside the chain's autograd node" in n for n in im.explain_path(mi, x, z).notes)
+    handle = mi.latent.register_forward_pre_hook(lambda module, args: None)
+    try:
+        notes = im.explain_path(mi, x, z).notes
+    finally:
+        handle.remove()
+    assert any("run as module calls" in n and "hook" in n for n in notes), notes
+
+
 def test_explain_path_names_every_fallback():
     mi = _chain("critic_mlp")
     x, z = _batch()

@@ -106,6 +106,12 @@ def explain_path(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, *, shuffled_gr
     else:
         notes.append("fused first layer (paired_linear), then the hidden layers and the last "
                      "layer in one op (critic_mlp)")
+        if plan.ends is not None:
+            notes.append(
+                "data and latent (one Linear each) run inside the chain's autograd node when "
+                "data(x) needs gradient" if plan.ends.runs_as_modules() else
+                "data and latent run as module calls with their own autograd nodes: a hook or an "
+                "instance forward on them, or a global module hook, must see the calls")
     if type(bound) is not NWJ:
         notes.append(f"bound {bound.name!r}: reduced from the fused ops' scores "
                      "(infomax_ext.bounds)")
