@@ -134,14 +134,20 @@ def measure_ceilings(rounds: int) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def mi_loss_case(chain_key: str, n: int, args, ceilings: dict) -> dict:
-    """Check and time every variant for one chain and batch size."""
+def cuda_case(chain_key: str, n: int) -> tuple:
+    """The chain (seed 0) on the GPU, x (N, 784), z (N, 10) needing gradient, the permutation
+    and the tensors the gradient is taken of (z and every chain parameter)."""
     torch.manual_seed(0)
     mi = CHAINS[chain_key][1]().cuda()
     x = torch.rand(n, N_DATA, device="cuda")
     z = torch.randn(n, N_LATENT, device="cuda", requires_grad=True)
     perm = latent_permutation(n, 1, seed=1, device="cuda")
-    wrt = [z, *mi.parameters()]
+    return mi, x, z, perm, [z, *mi.parameters()]
+
+
+def mi_loss_case(chain_key: str, n: int, args, ceilings: dict) -> dict:
+    """Check and time every variant for one chain and batch size."""
+    mi, x, z, perm, wrt = cuda_case(chain_key, n)
     sg = args.shuffled_grad
 
     def step(loss_fn):
@@ -204,12 +210,7 @@ def mi_loss_case(chain_key: str, n: int, args, ceilings: dict) -> dict:
 
 def autocast_case(chain_key: str, n: int, args) -> dict:
     """Part 3: bfloat16 autocast against float32 for one chain and batch size."""
-    torch.manual_seed(0)
-    mi = CHAINS[chain_key][1]().cuda()
-    x = torch.rand(n, N_DATA, device="cuda")
-    z = torch.randn(n, N_LATENT, device="cuda", requires_grad=True)
-    perm = latent_permutation(n, 1, seed=1, device="cuda")
-    wrt = [z, *mi.parameters()]
+    mi, x, z, perm, wrt = cuda_case(chain_key, n)
     sg = args.shuffled_grad
 
     def step(loss_fn, bf16: bool):
