@@ -367,19 +367,20 @@ def paired_mutual_info(
 
 
 def _one_node(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor, source: torch.Tensor | None,
-              data_half: torch.Tensor | None, perm: torch.Tensor | None) -> bool:
+              data_half: torch.Tensor | None, perm: torch.Tensor | None,
+              extra: Sequence[torch.Tensor | None] = ()) -> bool:
     """Whether the chain from its first layer to the bound runs as one autograd node
     (critic_chain_op.critic_chain): eager mode, a gradient to compute, no torch.autocast on the device,
-    every tensor on one device and of one dtype, and the kernels apply to them. Otherwise
-    paired_linear and critic_mlp run as two ops (as torch.compile's graphs hold them), whose
-    wrappers cast under autocast and name any argument that does not fit."""
+    every tensor (``extra`` too) on one device and of one dtype, and the kernels apply to them.
+    Otherwise paired_linear and critic_mlp run as two ops (as torch.compile's graphs hold them),
+    whose wrappers cast under autocast and name any argument that does not fit."""
     if torch.compiler.is_compiling() or not torch.is_grad_enabled() or perm is None:
         return False
     if torch.is_autocast_enabled(hx.device.type):
         return False
     assert plan.stack is not None and plan.head is not None
     tensors = [hx, hz, source, data_half, plan.first.weight, plan.first.bias, plan.head.weight,
-               plan.head.bias]
+               plan.head.bias, *extra]
     for layer, _ in plan.stack:
         tensors += [layer.weight, layer.bias]
     device, dtype = hx.device, hx.dtype
@@ -395,12 +396,11 @@ def _linear_ends_bound(plan: FusedPlan, ends: LinearEnds, x: torch.Tensor, z: to
                        bound: Bound) -> PairedBound | None:
     """The bound with the chain's data and latent Linear layers inside the chain node
     (critic_chain_op.critic_chain_with_linear_ends), or None where that does not apply: as for
-    :func:`_one_node`, and the modules would run their forward alone, x and z are plain tensors
-    of the layers' widths, and data(x) needs gradient (so no data half is kept)."""
-    if (torch.compiler.is_compiling() or not torch.is_grad_enabled()
-            or type(x) is not torch.Tensor or type(z) is not torch.Tensor or z.dim() != 2
-            or x.dim() < 2 or (x.dim() > 2 and not ends.flatten)
-            or torch.is_autocast_enabled(x.device.type) or not ends.runs_as_modules()):
+    :func:`_one_node` (with x and z for hx and hz), and the modules would run their forward alone,
+    x and z are plain tensors of the layers' widths, and data(x) needs gradient (so no data half
+    is kept)."""
+    if (type(x) is not torch.Tensor or type(z) is not torch.Tensor or z.dim() != 2
+            or x.dim() < 2 or (x.dim() > 2 and not ends.flatten) or not ends.runs_as_modules()):
         return None
     data, latent, first, head = ends.data, ends.latent, plan.first, plan.head
     assert plan.stack is not None and plan.stack_activations is not None and head is not None
@@ -408,15 +408,9 @@ def _linear_ends_bound(plan: FusedPlan, ends: LinearEnds, x: torch.Tensor, z: to
     if (x.shape[1] != data.in_features or z.shape[1] != latent.in_features
             or data.out_features + latent.out_features != first.in_features
             or not (x.requires_grad or data.weight.requires_grad
-                    or (data.bias is not None and data.bias.requires_grad))):
-        return None
-    tensors = [z, data.weight, data.bias, latent.weight, latent.bias, first.weight, first.bias,
-               head.weight, head.bias]
-    for layer, _ in plan.stack:
-        tensors += [layer.weight, layer.bias]
-    device, dtype = x.device, x.dtype
-    if (perm.device != device or not _ops.kernels_apply(x)
-            or not all(t is None or (t.dtype == dtype and t.device == device) for t in tensors)):
+                    or (data.bias is not None and data.bias.requires_grad))
+            or not _one_node(plan, x, z, None, None, perm,
+                             (data.weight, data.bias, latent.weight, latent.bias))):
         return None
     m = z.shape[0]
     value, scores = critic_chain_op.critic_chain_with_linear_ends(
