@@ -404,14 +404,20 @@ def test_gradcheck_of_a_loss_of_bound_and_scores():
 # --------------------------------------------------------------- the products' backends
 
 
-def product_ops(mlp: Mlp) -> dict:
-    """How often each matrix-product op runs in one forward and backward of critic_mlp (torch's
-    profiler sees the dispatcher calls the C++ op makes)."""
+def product_ops(mlp: Mlp, threads: int = 1, wrt: list | None = None) -> dict:
+    """How often each matrix-product op runs in one forward and backward of critic_mlp, as torch's
+    profiler sees the dispatcher calls the C++ op makes on the calling thread (with ``threads``
+    intra-op threads; with two, a layer's weight gradient runs on the other one, unseen)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        bound, _ = critic_mlp_op.critic_mlp(*mlp.args())
-        torch.autograd.grad(bound, mlp.tensors())
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            bound, _ = critic_mlp_op.critic_mlp(*mlp.args())
+            torch.autograd.grad(bound, mlp.tensors() if wrt is None else wrt)
+    finally:
+        torch.set_num_threads(old)
     return {e.key: e.count for e in prof.key_averages()
             if e.key in ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::linear")}
 
@@ -436,6 +442,22 @@ def test_float32_large_products_run_on_onednn_and_the_rest_on_mm():
     assert product_ops(small) == {"aten::mm": 6}
     assert product_ops(make_mlp(128, [512, 512, 3], ["relu", "gelu"], [True, False])) == {
         "aten::mm": 6}
+
+
+def test_with_two_threads_each_layers_weight_gradient_runs_beside_its_input_gradient():
+    # csrc/gemm.h (side_by_side): with exactly two intra-op threads a layer's weight and input
+    # gradients run at once, the weight gradient on the other thread (which the calling thread's
+    # profiler does not see); with one thread, or on the first layer when the hidden input needs
+    # no gradient, one after the other. Layers 24 -> 16 -> 8, then the head.
+    mlp = make_mlp(40, [24, 16, 8], ["relu", "tanh"], [True, True], "identity", True,
+                   torch.float32)
+    # 2 forward products; backward each layer's weight and input gradient
+    assert product_ops(mlp, threads=1) == {"aten::mm": 6}
+    assert product_ops(mlp, threads=2) == {"aten::mm": 4}  # both weight gradients unseen
+    frozen_input = replace(mlp, hidden=mlp.hidden.detach())
+    wrt = frozen_input.tensors()[1:]
+    assert product_ops(frozen_input, threads=1, wrt=wrt) == {"aten::mm": 5}  # no input gradient
+    assert product_ops(frozen_input, threads=2, wrt=wrt) == {"aten::mm": 4}  # of the first layer
 
 
 ZERO_WIDTH = {  # (widths, activations): a layer with no units, a layer with no inputs
@@ -1164,3 +1186,30 @@ def test_paired_mutual_info_through_critic_mlp_equals_two_calls(name, shuffled_g
                          torch.autograd.grad(fused.bound, params),
                          torch.autograd.grad(plain.bound, params)):
         torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-12, msg=lambda m: f"{p}: {m}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("state", ["no_grad", "inference_mode"])
+def test_critic_mlp_backward_in_any_thread_state(state, threads):
+    # With two intra-op threads each layer's weight gradient runs on the other thread
+    # (csrc/gemm.h, side_by_side), whose thread-local state is the default (gradient mode on):
+    # called as autograd calls it (gradient mode off), or under inference mode, the op must give
+    # the reference's gradients, none of them part of a graph, and leave the caller's modes as
+    # they were.
+    mlp = make_mlp(50, [24, 16, 8], ["relu", "tanh"], [True, False])
+    args = _backward_args(mlp)
+    want = torch.autograd.grad(reference.critic_mlp(*mlp.args())[0], mlp.tensors())
+    mode = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[state]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with mode():
+            grads = ops.critic_mlp_backward.default(*args)
+            assert not torch.is_grad_enabled()
+            assert torch.is_inference_mode_enabled() == (state == "inference_mode")
+    finally:
+        torch.set_num_threads(old)
+    got = [grads[0], *grads[1], grads[2][0], grads[3], grads[4]]
+    for g, w in zip(got, want):
+        assert not g.requires_grad
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-15)

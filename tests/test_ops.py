@@ -663,3 +663,33 @@ def test_double_backward_is_refused_when_only_the_bias_needs_it(op):
         out, _ = critic_head_op.critic_head(hidden, weight, b, 3, "softplus")
     with pytest.raises(RuntimeError, match="does not support double backward"):
         torch.autograd.grad(out, [b], create_graph=True)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("state", ["no_grad", "inference_mode"])
+def test_paired_linear_backward_in_any_thread_state(state, threads):
+    # With two intra-op threads hx's gradient runs on the other thread (csrc/gemm.h,
+    # side_by_side), whose thread-local state is the default (gradient mode on): called as
+    # autograd calls it (gradient mode off), or under inference mode, on tensors that require
+    # gradient, the op must give the reference's gradients, none of them part of a graph, and
+    # leave the caller's modes as they were.
+    hx, hz, src, weight, b, perm = linear_inputs(70, 30, 3, 40, s=1, source=True)
+    out, data, latent, shuffled_half = (t.detach() for t in ops.paired_linear_forward(
+        hx, hz, src, weight, b, perm, "relu", 0.0))
+    grad = torch.randn_like(out)
+    want = torch.autograd.grad(reference.paired_linear(hx, hz, src, weight, b, perm, "relu"),
+                               [hx, hz, src, weight, b], grad)
+    mode = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[state]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with mode():
+            got = ops.paired_linear_backward(grad, hx, hz, src, weight, data, latent,
+                                             shuffled_half, b, perm, "relu", 0.0, [True] * 5)
+            assert not torch.is_grad_enabled()
+            assert torch.is_inference_mode_enabled() == (state == "inference_mode")
+    finally:
+        torch.set_num_threads(old)
+    for g, w in zip(got, want):
+        assert not g.requires_grad
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
