@@ -279,6 +279,15 @@ def ours_gemms(layout: ChainLayout, n: int, shuffled_grad: bool) -> list:
     return shared_gemms(layout, n, shuffled_grad)
 
 
+def ours_paired_layers(layout: ChainLayout) -> frozenset:
+    """The layers of :func:`ours_gemms` whose weight and input gradients ours computes in one
+    ``linear_grads`` (csrc/gemm.h: at once where the intra-op pool has two threads): the first
+    layer's data columns when data(x) needs gradient, and every hidden layer after the first
+    (not the head, whose gradients a kernel computes)."""
+    hidden = {f"mlp.{i}" for i in range(1, len(layout.mlp) - 1)}
+    return frozenset(hidden | ({"mlp.0.data_half.0"} if layout.data else set()))
+
+
 def counted_flops(loss_fn, mi, x, z, perm, shuffled_grad, wrt) -> int:
     """Matrix-product FLOPs torch's FlopCounterMode sees in one forward+backward (a cross-check
     of the analytic model: it misses in-place ``addmm_`` and products inside custom kernels)."""
@@ -312,9 +321,11 @@ def make_mm(rows: int, n_in: int, n_out: int, generator=None) -> Callable[[], to
     return lambda: torch.mm(a, w.t())
 
 
-def make_replay(gemms: Sequence[Gemm], generator=None) -> Callable[[], None]:
+def make_replay(gemms: Sequence[Gemm], generator=None,
+                paired: frozenset = frozenset()) -> Callable[[], None]:
     """Every GEMM of the list alone, in the operand layout autograd uses (preallocated operands,
-    fresh outputs as in the real run)."""
+    fresh outputs as in the real run); the weight and input gradients of a layer in ``paired``
+    in one ``torch.ops.infomax_ext.linear_grads``, as ours runs them (:func:`ours_paired_layers`)."""
     cache: dict[tuple, torch.Tensor] = {}
 
     def operand(*shape):
@@ -322,19 +333,23 @@ def make_replay(gemms: Sequence[Gemm], generator=None) -> Callable[[], None]:
             cache[shape] = torch.randn(*shape, generator=generator)
         return cache[shape]
 
+    both = {g.layer for g in gemms if g.kind == "wgrad"} & {g.layer for g in gemms if g.kind == "igrad"}
     calls = []
     for g in gemms:
         x, w, gy = operand(g.rows, g.n_in), operand(g.n_out, g.n_in), operand(g.rows, g.n_out)
         if g.kind == "fwd":
-            calls.append((x, w.t()))
+            calls.append((torch.mm, (x, w.t())))
+        elif g.layer in paired and g.layer in both:
+            if g.kind == "wgrad":  # the pair runs once, in the weight gradient's place
+                calls.append((torch.ops.infomax_ext.linear_grads, (gy, x, w)))
         elif g.kind == "wgrad":
-            calls.append((gy.t(), x))
+            calls.append((torch.mm, (gy.t(), x)))
         else:
-            calls.append((gy, w))
+            calls.append((torch.mm, (gy, w)))
 
     def replay():
-        for a, b in calls:
-            torch.mm(a, b)
+        for fn, args in calls:
+            fn(*args)
 
     return replay
 

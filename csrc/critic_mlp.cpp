@@ -179,12 +179,8 @@ std::tuple<Tensor, Tensors, Tensors, Tensor, Tensor> critic_mlp_backward(
     const Tensor& x = l > 0 ? outputs[l - 1] : x0;
     const bool down = l > lowest || want_hidden;
     if (want_w && down) {
-      // The layer's weight and input gradients at the same time where that is faster.
-      const Tensor w = as_contiguous(weights[l]);
-      Tensor g_below;
-      side_by_side(g, [&] { g_below = linear_input_grad(g, w); },
-                   [&] { grad_weights[l] = linear_weight_grad(g, x); });
-      g = g_below;
+      // The layer's input and weight gradients at once where that is faster (linear_grads).
+      std::tie(g, grad_weights[l]) = linear_grads(g, x, as_contiguous(weights[l]));
     } else if (want_w) {
       grad_weights[l] = linear_weight_grad(g, x);
     } else if (down) {

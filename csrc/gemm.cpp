@@ -59,4 +59,11 @@ Tensor linear_input_grad(const Tensor& g, const Tensor& w) {
 
 Tensor linear_weight_grad(const Tensor& g, const Tensor& x) { return mm(t(g), x); }
 
+std::pair<Tensor, Tensor> linear_grads(const Tensor& g, const Tensor& x, const Tensor& w) {
+  Tensor grad_x, grad_w;
+  side_by_side(g, [&] { grad_x = linear_input_grad(g, w); },
+               [&] { grad_w = linear_weight_grad(g, x); });
+  return {grad_x, grad_w};
+}
+
 }  // namespace infomax_ext

@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "tensor.h"
@@ -97,5 +98,10 @@ void side_by_side(const Tensor& like, const Here& here, const There& there) {
   });
   if (!here_done) here();
 }
+
+// A Linear layer's input and weight gradients, (g W, g^T x) for g (R, out), x (R, in), w (out,
+// in), computed side by side (side_by_side): linear_input_grad on the calling thread,
+// linear_weight_grad on the other.
+std::pair<Tensor, Tensor> linear_grads(const Tensor& g, const Tensor& x, const Tensor& w);
 
 }  // namespace infomax_ext

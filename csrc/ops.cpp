@@ -59,6 +59,7 @@ STABLE_TORCH_LIBRARY(infomax_ext, m) {
       "Tensor? head_bias, Tensor scores, Tensor[] outputs, Tensor[] pres, int n_joint, "
       "str head_activation, float head_param, bool[] output_mask) "
       "-> (Tensor, Tensor[], Tensor[], Tensor, Tensor)");
+  m.def("linear_grads(Tensor grad, Tensor input, Tensor weight) -> (Tensor, Tensor)");
   m.def("nwj_bound(Tensor t_joint, Tensor t_shuffled) -> Tensor");
   m.def("nwj_bound_backward(Tensor grad, Tensor t_joint, Tensor t_shuffled) -> (Tensor, Tensor)");
   m.def(

@@ -1213,3 +1213,58 @@ def test_critic_mlp_backward_in_any_thread_state(state, threads):
     for g, w in zip(got, want):
         assert not g.requires_grad
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-15)
+
+
+# ------------------------------------------------------------------- linear_grads (csrc/gemm.h)
+
+LINEAR_GRADS_CASES = {  # (rows, out, in, dtype, weight a column slice)
+    "float64": (30, 7, 5, F64, False),
+    "float32 over the oneDNN threshold": (128, 512, 512, torch.float32, False),
+    "float32, weight a column slice": (64, 40, 33, torch.float32, True),
+    "no rows": (0, 4, 3, torch.float32, False),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", list(LINEAR_GRADS_CASES))
+def test_linear_grads_against_float64_products(case, threads):
+    # (grad @ weight, grad^T @ input), with two threads computed at once on the two threads:
+    # each entry within 4 eps of its float64 value times the sum of its terms' magnitudes.
+    rows, n_out, n_in, dtype, sliced = LINEAR_GRADS_CASES[case]
+    g = torch.Generator().manual_seed(rows + n_out)
+    grad = torch.randn(rows, n_out, generator=g).to(dtype)
+    x = torch.randn(rows, n_in, generator=g).to(dtype)
+    weight = torch.randn(n_out, n_in + 3 * sliced, generator=g).to(dtype)[:, :n_in]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got_x, got_w = ops.linear_grads(grad, x, weight)
+    finally:
+        torch.set_num_threads(old)
+    g64, x64, w64 = grad.to(F64), x.to(F64), weight.to(F64)
+    assert_close_scaled(got_x, (g64 @ w64).to(dtype), g64.abs() @ w64.abs() + 1e-300, k=4,
+                        what="input gradient")
+    assert_close_scaled(got_w, (g64.t() @ x64).to(dtype), g64.abs().t() @ x64.abs() + 1e-300,
+                        k=4, what="weight gradient")
+    assert got_w.is_contiguous() and got_x.shape == x.shape and got_w.shape == weight.shape
+
+
+def test_linear_grads_schema_and_fake_kernel():
+    args = (torch.randn(6, 4, dtype=F64), torch.randn(6, 3, dtype=F64), torch.randn(4, 3, dtype=F64))
+    torch.library.opcheck(ops.linear_grads.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    for got, want in zip(ops.linear_grads(*args), reference.linear_grads(*args)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("args,message", [
+    ((torch.randn(6, 4), torch.randn(6, 3), torch.randn(4)), "weight must have 2 dimension"),
+    ((torch.randn(6, 4), torch.randn(5, 3), torch.randn(4, 3)), "input has 5 rows but grad has 6"),
+    ((torch.randn(6, 4), torch.randn(6, 3), torch.randn(3, 4)), r"weight has shape \[3, 4\]"),
+    ((torch.randn(6, 4), torch.randn(6, 3, dtype=F64), torch.randn(4, 3)), "dtype mismatch"),
+    ((torch.ones(6, 4, dtype=torch.long),) * 2 + (torch.ones(4, 4, dtype=torch.long),),
+     "grad must be float32, float64"),
+])
+def test_linear_grads_names_a_bad_argument(args, message):
+    with pytest.raises(RuntimeError, match=message):
+        ops.linear_grads(*args)

@@ -7,7 +7,10 @@ shuffled rows), the hidden Linear layers (``weights[l]`` (H_{l+1}, H_l), ``biase
 (H_{l+1},) or None) and the head (``head_weight`` (H_L,), ``head_bias`` (1,) or None), and
 returns ``(bound, scores)``: the 0-dim NWJ bound and the (R,) scores (csrc/critic_mlp.cpp). The
 autograd node runs ``critic_mlp_forward`` (which also keeps each layer's output and
-pre-activation) and ``critic_mlp_backward`` (every gradient in one call).
+pre-activation) and ``critic_mlp_backward`` (every gradient in one call), which computes each
+hidden layer's input and weight gradients as ``linear_grads(grad, input, weight) -> (grad @
+weight, grad.T @ input)`` does: the two products at once with two intra-op threads (csrc/gemm.h);
+that op's fake kernel is here too.
 """
 from __future__ import annotations
 
@@ -205,5 +208,11 @@ if extension_available():
             grad(output_mask[1 + 2 * layers], head_weight.shape),
             grad(output_mask[2 + 2 * layers], (1,)),
         )
+
+    @torch.library.register_fake("infomax_ext::linear_grads")
+    def _(grad: torch.Tensor, input: torch.Tensor,
+          weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _fake_same_device("linear_grads", grad=grad, input=input, weight=weight)
+        return grad.new_empty(input.shape), grad.new_empty(weight.shape)
 
     _differentiable = register_autograd("critic_mlp", _critic_mlp_kernel)

@@ -18,6 +18,7 @@ __all__ = [
     "paired_linear",
     "critic_head",
     "critic_mlp",
+    "linear_grads",
     "nwj_bound",
     "bernoulli_loglik",
 ]
@@ -140,6 +141,13 @@ def paired_linear(
         product = product + (data_half - product).detach()
     return paired_first_layer(product, hz @ w_latent.t(), shuffled_half, bias_vec, perm,
                               activation, param)
+
+
+def linear_grads(grad: torch.Tensor, input: torch.Tensor,
+                 weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Linear layer's input and weight gradients ``(grad @ weight, grad.T @ input)`` for grad
+    (R, out), input (R, in), weight (out, in)."""
+    return grad @ weight, grad.t() @ input
 
 
 def nwj_bound(t_joint: torch.Tensor, t_shuffled: torch.Tensor) -> torch.Tensor:
