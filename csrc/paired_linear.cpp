@@ -195,6 +195,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
   g_latent = Tensor();
   g_source = Tensor();
   Tensor grad_w = none(), grad_hx = none();
+  auto hx_grad = [&] { grad_hx = linear_input_grad(g_data, w_data); };
   if (need_w) {
     // One buffer, each half written in place: no zero fill, slice copies or adds.
     grad_w = empty_like_shape(weight);
@@ -208,12 +209,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     // hx's gradient, independent of it, at the same time where that is faster.
     auto data_columns_grad = [&] { mm_out(data_part, t(g_data), hx); };
     if (need_hx) {
-      side_by_side(hx, data_columns_grad, [&] { grad_hx = linear_input_grad(g_data, w_data); });
+      side_by_side(hx, data_columns_grad, hx_grad);
     } else {
       data_columns_grad();
     }
   } else if (need_hx) {
-    grad_hx = linear_input_grad(g_data, w_data);
+    hx_grad();
   }
   return {grad_hx, grad_hz, grad_source, grad_w, need_bias ? g_bias : none()};
 }

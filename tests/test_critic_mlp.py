@@ -20,6 +20,7 @@ from infomax_ext import critic_chain_op, critic_mlp_op, reference
 from infomax_ext.activations import KERNEL_ACTIVATIONS, apply_activation
 from infomax_ext.mutual_info import fused_plan
 from activation_cases import param_of
+from infomax_ext.cli.model_io import torch_threads
 from tolerances import assert_close_scaled, eps
 
 pytestmark = pytest.mark.skipif(not im.extension_available(), reason="compiled ops not loaded")
@@ -410,14 +411,9 @@ def product_ops(mlp: Mlp, threads: int = 1, wrt: list | None = None) -> dict:
     intra-op threads; with two, a layer's weight gradient runs on the other one, unseen)."""
     from torch.profiler import ProfilerActivity, profile
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            bound, _ = critic_mlp_op.critic_mlp(*mlp.args())
-            torch.autograd.grad(bound, mlp.tensors() if wrt is None else wrt)
-    finally:
-        torch.set_num_threads(old)
+    with torch_threads(threads), profile(activities=[ProfilerActivity.CPU]) as prof:
+        bound, _ = critic_mlp_op.critic_mlp(*mlp.args())
+        torch.autograd.grad(bound, mlp.tensors() if wrt is None else wrt)
     return {e.key: e.count for e in prof.key_averages()
             if e.key in ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::linear")}
 
@@ -1019,15 +1015,11 @@ def test_the_backward_op_refuses_to_compute_the_gradient_of_an_absent_bias():
 
 
 def _gradients_with_threads(mlp, threads):
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         bound, scores = critic_mlp_op.critic_mlp(*mlp.args())
         grads = torch.autograd.grad((bound, scores), mlp.tensors(),
                                     (torch.ones_like(bound), torch.ones_like(scores) / 7))
-        return [bound.detach(), scores.detach(), *grads]
-    finally:
-        torch.set_num_threads(old)
+    return [bound.detach(), scores.detach(), *grads]
 
 
 def test_backward_is_bit_identical_run_to_run_and_close_across_thread_counts():
@@ -1200,15 +1192,10 @@ def test_critic_mlp_backward_in_any_thread_state(state, threads):
     args = _backward_args(mlp)
     want = torch.autograd.grad(reference.critic_mlp(*mlp.args())[0], mlp.tensors())
     mode = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[state]
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with mode():
-            grads = ops.critic_mlp_backward.default(*args)
-            assert not torch.is_grad_enabled()
-            assert torch.is_inference_mode_enabled() == (state == "inference_mode")
-    finally:
-        torch.set_num_threads(old)
+    with torch_threads(threads), mode():
+        grads = ops.critic_mlp_backward.default(*args)
+        assert not torch.is_grad_enabled()
+        assert torch.is_inference_mode_enabled() == (state == "inference_mode")
     got = [grads[0], *grads[1], grads[2][0], grads[3], grads[4]]
     for g, w in zip(got, want):
         assert not g.requires_grad
@@ -1235,12 +1222,8 @@ def test_linear_grads_against_float64_products(case, threads):
     grad = torch.randn(rows, n_out, generator=g).to(dtype)
     x = torch.randn(rows, n_in, generator=g).to(dtype)
     weight = torch.randn(n_out, n_in + 3 * sliced, generator=g).to(dtype)[:, :n_in]
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         got_x, got_w = ops.linear_grads(grad, x, weight)
-    finally:
-        torch.set_num_threads(old)
     g64, x64, w64 = grad.to(F64), x.to(F64), weight.to(F64)
     assert_close_scaled(got_x, (g64 @ w64).to(dtype), g64.abs() @ w64.abs() + 1e-300, k=4,
                         what="input gradient")

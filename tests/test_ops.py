@@ -9,6 +9,7 @@ from infomax_ext import (_ops, critic_head_op, nwj_bound_op, paired_first_layer_
                          paired_linear_op, reference)
 from infomax_ext.activations import KERNEL_ACTIVATIONS
 from activation_cases import param_of
+from infomax_ext.cli.model_io import torch_threads
 from tolerances import assert_close_scaled, critic_head_scales, paired_scales
 
 pytestmark = pytest.mark.skipif(not im.extension_available(), reason="compiled ops not loaded")
@@ -172,12 +173,8 @@ def test_paired_first_layer_backward_is_deterministic():
     grad = torch.randn_like(out)
     first = torch.autograd.grad(out, [a, b, bias], grad, retain_graph=True)
     for threads in (1, 2):
-        old = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             again = torch.autograd.grad(out, [a, b, bias], grad, retain_graph=True)
-        finally:
-            torch.set_num_threads(old)
         for g1, g2 in zip(first, again):
             assert torch.equal(g1, g2)
 
@@ -479,14 +476,10 @@ def test_reductions_do_not_depend_on_thread_count():
     hidden = torch.randn(3000, 50, requires_grad=True)
     w = torch.randn(50, requires_grad=True)
     results = []
-    old = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
+    for threads in (1, 2):
+        with torch_threads(threads):
             bound, _ = critic_head_op.critic_head(hidden, w, None, 1500, "identity")
             results.append((bound.detach(), *torch.autograd.grad(bound, [hidden, w])))
-    finally:
-        torch.set_num_threads(old)
     for x, y in zip(*results):
         assert torch.equal(x, y)
 
@@ -680,16 +673,11 @@ def test_paired_linear_backward_in_any_thread_state(state, threads):
     want = torch.autograd.grad(reference.paired_linear(hx, hz, src, weight, b, perm, "relu"),
                                [hx, hz, src, weight, b], grad)
     mode = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[state]
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with mode():
-            got = ops.paired_linear_backward(grad, hx, hz, src, weight, data, latent,
-                                             shuffled_half, b, perm, "relu", 0.0, [True] * 5)
-            assert not torch.is_grad_enabled()
-            assert torch.is_inference_mode_enabled() == (state == "inference_mode")
-    finally:
-        torch.set_num_threads(old)
+    with torch_threads(threads), mode():
+        got = ops.paired_linear_backward(grad, hx, hz, src, weight, data, latent, shuffled_half, b,
+                                         perm, "relu", 0.0, [True] * 5)
+        assert not torch.is_grad_enabled()
+        assert torch.is_inference_mode_enabled() == (state == "inference_mode")
     for g, w in zip(got, want):
         assert not g.requires_grad
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
