@@ -61,7 +61,7 @@ from common import (  # noqa: E402
     naive_gemms,
     naive_loss,
     ours_gemms,
-    ours_paired_layers,
+    ours_schedule,
     ours_loss,
     peak_cpu_memory,
     relative_errors,
@@ -263,10 +263,10 @@ def bench_mi(chain: str, n: int, args, compiled: dict, sg: bool) -> dict:
     dom = dominant_gemm(gemms["ours"])
     gen = torch.Generator().manual_seed(args.seed)
     mm = make_mm(*dom, generator=gen)
-    paired = ours_paired_layers(layout)
-    replay = make_replay(gemms["ours"], generator=gen, paired=paired)
+    schedule = ours_schedule(layout)
+    replay = make_replay(gemms["ours"], generator=gen, **schedule)
     mlp_replay = make_replay([g for g in gemms["ours"] if g.layer.startswith("mlp")],
-                             generator=gen, paired=paired)
+                             generator=gen, **schedule)
     mm(), replay(), mlp_replay()
 
     def step(fn, allow_unused=False):

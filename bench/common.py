@@ -275,17 +275,30 @@ def shared_gemms(layout: ChainLayout, n: int, shuffled_grad: bool) -> list:
 
 def ours_gemms(layout: ChainLayout, n: int, shuffled_grad: bool) -> list:
     """paired_mutual_info runs the GEMMs of the shared algorithm (its fused ops do no GEMM beyond
-    the head's matrix-vector product, counted as the last layer's three products)."""
-    return shared_gemms(layout, n, shuffled_grad)
+    the head's matrix-vector product, counted as the last layer's three products), but for one:
+    where the chain's data and latent networks are single Linear layers (run inside ours' node)
+    and the shuffled codes are constants, the shuffled rows' latent half is the joint rows'
+    (the same values), so its forward product is not run."""
+    gemms = shared_gemms(layout, n, shuffled_grad)
+    if len(layout.data) == 1 and len(layout.latent) == 1 and not shuffled_grad:
+        gemms = [g for g in gemms if not (g.layer == NARROW_LAYERS[1] and g.kind == "fwd")]
+    return gemms
 
 
-def ours_paired_layers(layout: ChainLayout) -> frozenset:
-    """The layers of :func:`ours_gemms` whose weight and input gradients ours computes in one
-    ``linear_grads`` (csrc/gemm.h: at once where the intra-op pool has two threads): the first
-    layer's data columns when data(x) needs gradient, and every hidden layer after the first
-    (not the head, whose gradients a kernel computes)."""
+NARROW_LAYERS = ("mlp.0.latent_half.0", "mlp.0.shuffled_half.0")
+"""The first layer's latent-column products in :func:`shared_gemms` (Dz = 10 wide)."""
+
+
+def ours_schedule(layout: ChainLayout) -> dict:
+    """How ours runs its products, as :func:`make_replay` takes it: ``paired``, the layers whose
+    weight and input gradients ours computes in one ``linear_grads`` (csrc/gemm.h: at once where
+    the intra-op pool has two threads): the first layer's data columns when data(x) needs
+    gradient, and every hidden layer after the first (not the head, whose gradients a kernel
+    computes); ``narrow``, the latent-column layers, whose products run as
+    csrc/paired_linear.cpp runs them (``mm_pair``)."""
     hidden = {f"mlp.{i}" for i in range(1, len(layout.mlp) - 1)}
-    return frozenset(hidden | ({"mlp.0.data_half.0"} if layout.data else set()))
+    return {"paired": frozenset(hidden | ({"mlp.0.data_half.0"} if layout.data else set())),
+            "narrow": frozenset(NARROW_LAYERS)}
 
 
 def counted_flops(loss_fn, mi, x, z, perm, shuffled_grad, wrt) -> int:
@@ -321,11 +334,15 @@ def make_mm(rows: int, n_in: int, n_out: int, generator=None) -> Callable[[], to
     return lambda: torch.mm(a, w.t())
 
 
-def make_replay(gemms: Sequence[Gemm], generator=None,
-                paired: frozenset = frozenset()) -> Callable[[], None]:
+def make_replay(gemms: Sequence[Gemm], generator=None, paired: frozenset = frozenset(),
+                narrow: frozenset = frozenset()) -> Callable[[], None]:
     """Every GEMM of the list alone, in the operand layout autograd uses (preallocated operands,
     fresh outputs as in the real run); the weight and input gradients of a layer in ``paired``
-    in one ``torch.ops.infomax_ext.linear_grads``, as ours runs them (:func:`ours_paired_layers`)."""
+    in one ``torch.ops.infomax_ext.linear_grads``, as ours runs them; a layer in ``narrow`` as
+    csrc/paired_linear.cpp runs the latent columns' products: the forwards of two such layers
+    in one ``torch.ops.infomax_ext.mm_pair``, each layer's input gradient ``(W^T g^T)^T`` and
+    weight-gradient term ``x^T g`` in one ``mm_pair`` where it has both (:func:`ours_schedule`
+    gives both sets)."""
     cache: dict[tuple, torch.Tensor] = {}
 
     def operand(*shape):
@@ -333,15 +350,30 @@ def make_replay(gemms: Sequence[Gemm], generator=None,
             cache[shape] = torch.randn(*shape, generator=generator)
         return cache[shape]
 
+    ops = torch.ops.infomax_ext
     both = {g.layer for g in gemms if g.kind == "wgrad"} & {g.layer for g in gemms if g.kind == "igrad"}
+    narrow_fwd = [g for g in gemms if g.layer in narrow and g.kind == "fwd"]
     calls = []
     for g in gemms:
         x, w, gy = operand(g.rows, g.n_in), operand(g.n_out, g.n_in), operand(g.rows, g.n_out)
-        if g.kind == "fwd":
+        if g.layer in narrow:
+            if g.kind == "fwd" and len(narrow_fwd) == 2:
+                if g is narrow_fwd[0]:  # the pair runs once, in the first forward's place
+                    calls.append((ops.mm_pair, (x, w.t(), x, w.t())))
+            elif g.kind == "fwd":
+                calls.append((torch.mm, (x, w.t())))
+            elif g.layer in both:
+                if g.kind == "wgrad":  # the pair runs once, in the weight gradient's place
+                    calls.append((ops.mm_pair, (w.t(), gy.t(), x.t(), gy)))
+            elif g.kind == "wgrad":
+                calls.append((torch.mm, (x.t(), gy)))
+            else:
+                calls.append((torch.mm, (w.t(), gy.t())))
+        elif g.kind == "fwd":
             calls.append((torch.mm, (x, w.t())))
         elif g.layer in paired and g.layer in both:
             if g.kind == "wgrad":  # the pair runs once, in the weight gradient's place
-                calls.append((torch.ops.infomax_ext.linear_grads, (gy, x, w)))
+                calls.append((ops.linear_grads, (gy, x, w)))
         elif g.kind == "wgrad":
             calls.append((torch.mm, (gy.t(), x)))
         else:

@@ -51,7 +51,7 @@ from common import (  # noqa: E402
     make_mm,
     make_replay,
     ours_gemms,
-    ours_paired_layers,
+    ours_schedule,
     ours_loss,
     shared_loss,
     skeleton_loss,
@@ -123,7 +123,7 @@ def measure(chain: str, n: int, iters: int) -> dict:
 
     step, shared = step_of(ours_loss), step_of(shared_loss)
     layout = chain_layout(mi, N_DATA, N_LATENT)
-    replay = make_replay(ours_gemms(layout, n, False), paired=ours_paired_layers(layout))
+    replay = make_replay(ours_gemms(layout, n, False), **ours_schedule(layout))
     for _ in range(5):
         step(), shared(), replay()
     times = {k: summary_ms(v) for k, v in interleaved(
@@ -149,7 +149,7 @@ def measure_bound(chain: str, n: int, iters: int) -> dict:
     mi, x, z, perm, wrt = case(chain, n)
     compiled = torch.compile(shared_loss, dynamic=False)
     layout = chain_layout(mi, N_DATA, N_LATENT)
-    gemms, paired = ours_gemms(layout, n, False), ours_paired_layers(layout)
+    gemms, schedule = ours_gemms(layout, n, False), ours_schedule(layout)
 
     def skeleton():
         return torch.autograd.grad(skeleton_loss(mi, x, z, perm, False), wrt, allow_unused=True)
@@ -157,8 +157,8 @@ def measure_bound(chain: str, n: int, iters: int) -> dict:
     fns = {
         "ours": lambda: torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt),
         "compile(shared)": lambda: torch.autograd.grad(compiled(mi, x, z, perm, False), wrt),
-        "replay": make_replay(gemms, paired=paired),
-        "MLP replay": make_replay([g for g in gemms if g.layer.startswith("mlp")], paired=paired),
+        "replay": make_replay(gemms, **schedule),
+        "MLP replay": make_replay([g for g in gemms if g.layer.startswith("mlp")], **schedule),
         "skeleton": skeleton,
         "mm": make_mm(*dominant_gemm(gemms)),
     }

@@ -66,4 +66,11 @@ std::pair<Tensor, Tensor> linear_grads(const Tensor& g, const Tensor& x, const T
   return {grad_x, grad_w};
 }
 
+std::pair<Tensor, Tensor> mm_pair(const Tensor& a, const Tensor& b, const Tensor& c,
+                                  const Tensor& d) {
+  Tensor ab, cd;
+  side_by_side(a, [&] { ab = mm(a, b); }, [&] { cd = mm(c, d); });
+  return {ab, cd};
+}
+
 }  // namespace infomax_ext

@@ -105,4 +105,12 @@ void side_by_side(const Tensor& like, const Here& here, const There& there) {
 // linear_weight_grad on the other.
 std::pair<Tensor, Tensor> linear_grads(const Tensor& g, const Tensor& x, const Tensor& w);
 
+// (a b, c d): two independent matrix products, side by side (side_by_side: at once on the two
+// intra-op threads where products_side_by_side(a) holds, a b on the calling thread). The
+// latent columns' narrow products of paired_linear run this way: with K or the output 10
+// wide, MKL's split of one product over two threads runs it slower than one thread does
+// (bench/README.md, "Two products at once").
+std::pair<Tensor, Tensor> mm_pair(const Tensor& a, const Tensor& b, const Tensor& c,
+                                  const Tensor& d);
+
 }  // namespace infomax_ext

@@ -60,6 +60,7 @@ STABLE_TORCH_LIBRARY(infomax_ext, m) {
       "str head_activation, float head_param, bool[] output_mask) "
       "-> (Tensor, Tensor[], Tensor[], Tensor, Tensor)");
   m.def("linear_grads(Tensor grad, Tensor input, Tensor weight) -> (Tensor, Tensor)");
+  m.def("mm_pair(Tensor a, Tensor b, Tensor c, Tensor d) -> (Tensor, Tensor)");
   m.def("nwj_bound(Tensor t_joint, Tensor t_shuffled) -> Tensor");
   m.def("nwj_bound_backward(Tensor grad, Tensor t_joint, Tensor t_shuffled) -> (Tensor, Tensor)");
   m.def(

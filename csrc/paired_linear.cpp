@@ -102,9 +102,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> paired_linear_forward(
   const int64_t dx = hx.size(1);
   const Tensor w_latent_t = t(columns(weight, dx, hz.size(1)));
   const Tensor data = data_half.has_value() ? *data_half : data_product(hx, weight);
-  const Tensor latent = mm(hz, w_latent_t);
-  const std::optional<Tensor> source =
-      hz_shuffled.has_value() ? std::optional<Tensor>(mm(*hz_shuffled, w_latent_t)) : std::nullopt;
+  // The two narrow products side by side (mm_pair) where the shuffled codes have their own.
+  Tensor latent;
+  std::optional<Tensor> source;
+  if (hz_shuffled.has_value()) {
+    std::tie(latent, source) = mm_pair(hz, w_latent_t, *hz_shuffled, w_latent_t);
+  } else {
+    latent = mm(hz, w_latent_t);
+  }
   const Tensor out = paired_first_layer_on_device(data, latent, source, bias_or_zeros(bias, weight),
                                                   perm, activation, param);
   // Absent outputs are empty tensors, each its own (outputs must not alias).
@@ -184,13 +189,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
   // gradient's buffer is allocated: this backward holds the call's peak memory.
   const int64_t dx = hx.size(1), dz = hz.size(1);
   const Tensor w_data = columns(weight, 0, dx), w_latent = columns(weight, dx, dz);
-  const Tensor grad_hz = need_hz ? narrow_input_grad(g_latent, w_latent) : none();
-  const Tensor grad_source = need_source ? narrow_input_grad(g_source, w_latent) : none();
+  // Each side's input gradient g W_latent (as (W_latent^T g^T)^T) and weight-gradient term
+  // hz^T g ((hz^T g)^T runs several times faster than g^T hz for the narrow side), the two of
+  // a side side by side (mm_pair) where both are needed.
   Tensor latent_t;  // (Dz, H): the latent columns' weight gradient, transposed
-  if (need_w) {
-    // (hz^T g)^T runs several times faster than g^T hz for the narrow side.
-    latent_t = mm(t(hz), g_latent);
-    if (has_source) latent_t = torch::stable::subtract(latent_t, mm(t(*hz_shuffled), g_source), -1.0);
+  auto narrow_side = [&](const Tensor& g, const Tensor& codes, bool need_input) {
+    Tensor grad_codes = none(), term;
+    if (need_input && need_w) {
+      std::tie(grad_codes, term) = mm_pair(t(w_latent), t(g), t(codes), g);
+      grad_codes = t(grad_codes);
+    } else if (need_input) {
+      grad_codes = narrow_input_grad(g, w_latent);
+    } else if (need_w) {
+      term = mm(t(codes), g);
+    }
+    return std::make_pair(grad_codes, term);
+  };
+  auto [grad_hz, joint_term] = narrow_side(g_latent, hz, need_hz);
+  latent_t = joint_term;
+  Tensor grad_source = none();
+  if (has_source) {
+    Tensor source_term;
+    std::tie(grad_source, source_term) = narrow_side(g_source, *hz_shuffled, need_source);
+    if (need_w) latent_t = torch::stable::subtract(latent_t, source_term, -1.0);
   }
   g_latent = Tensor();
   g_source = Tensor();

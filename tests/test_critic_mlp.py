@@ -1251,3 +1251,65 @@ def test_linear_grads_schema_and_fake_kernel():
 def test_linear_grads_names_a_bad_argument(args, message):
     with pytest.raises(RuntimeError, match=message):
         ops.linear_grads(*args)
+
+
+# ------------------------------------------------------------------------ mm_pair (csrc/gemm.h)
+
+MM_PAIR_CASES = {  # (a's shape, b's columns, c's shape, d's columns, dtype, transposed views)
+    "float64": ((30, 7), 5, (4, 9), 3, F64, False),
+    "float32, narrow as paired_linear's": ((256, 10), 300, (10, 256), 300, torch.float32, True),
+    "no rows": ((0, 4), 3, (5, 2), 0, torch.float32, False),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", list(MM_PAIR_CASES))
+def test_mm_pair_against_float64_products(case, threads):
+    # (a @ b, c @ d), with two threads computed at once on the two threads (transposed views as
+    # paired_linear passes them): each entry within 4 eps of its float64 value times the sum of
+    # its terms' magnitudes.
+    (ra, ka), nb, (rc, kc), nd, dtype, transposed = MM_PAIR_CASES[case]
+    g = torch.Generator().manual_seed(ra + kc)
+    make = lambda r, c: (torch.randn(c, r, generator=g).to(dtype).t() if transposed
+                         else torch.randn(r, c, generator=g).to(dtype))
+    a, b, c, d = make(ra, ka), make(ka, nb), make(rc, kc), make(kc, nd)
+    with torch_threads(threads):
+        ab, cd = ops.mm_pair(a, b, c, d)
+    for got, x, y, what in ((ab, a, b, "a @ b"), (cd, c, d, "c @ d")):
+        x64, y64 = x.to(F64), y.to(F64)
+        assert got.shape == (x.shape[0], y.shape[1]) and got.dtype == dtype
+        assert_close_scaled(got, (x64 @ y64).to(dtype), x64.abs() @ y64.abs() + 1e-300, k=4,
+                            what=what)
+
+
+def test_mm_pair_schema_and_fake_kernel():
+    args = (torch.randn(6, 4, dtype=F64), torch.randn(4, 3, dtype=F64),
+            torch.randn(2, 5, dtype=F64), torch.randn(5, 7, dtype=F64))
+    torch.library.opcheck(ops.mm_pair.default, args, test_utils=("test_schema", "test_faketensor"))
+    for got, want in zip(ops.mm_pair(*args), reference.mm_pair(*args)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("args,message", [
+    ((torch.randn(6, 4), torch.randn(4), torch.randn(2, 5), torch.randn(5, 7)),
+     "b must have 2 dimension"),
+    ((torch.randn(6, 4), torch.randn(3, 3), torch.randn(2, 5), torch.randn(5, 7)),
+     r"a has shape \[6, 4\] and b \[3, 3\]: a's columns must equal b's rows"),
+    ((torch.randn(6, 4), torch.randn(4, 3), torch.randn(2, 5), torch.randn(4, 7)),
+     r"c has shape \[2, 5\] and d \[4, 7\]"),
+    ((torch.randn(6, 4), torch.randn(4, 3), torch.randn(2, 5, dtype=F64), torch.randn(5, 7)),
+     "dtype mismatch: c is"),
+    ((torch.ones(6, 4, dtype=torch.long),) * 4, "a must be float32, float64"),
+])
+def test_mm_pair_names_a_bad_argument(args, message):
+    with pytest.raises(RuntimeError, match=message):
+        ops.mm_pair(*args)
+
+
+def test_mm_pair_fake_kernel_names_shapes_that_do_not_multiply():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        a, b = torch.empty(6, 4), torch.empty(3, 3)
+        with pytest.raises(RuntimeError, match=r"mm_pair: a and b have shapes \(6, 4\) and \(3, 3\)"):
+            ops.mm_pair(a, b, a, torch.empty(4, 2))

@@ -48,7 +48,7 @@ COMPILED_OPS = (
     "paired_first_layer", "paired_first_layer_backward",
     "paired_linear", "paired_linear_forward", "paired_linear_backward",
     "critic_head", "critic_head_backward",
-    "critic_mlp", "critic_mlp_forward", "critic_mlp_backward", "linear_grads",
+    "critic_mlp", "critic_mlp_forward", "critic_mlp_backward", "linear_grads", "mm_pair",
     "nwj_bound", "nwj_bound_backward",
     "mi_bound", "mi_bound_backward",
     "infonce_rows", "infonce_rows_backward",

@@ -9,8 +9,9 @@ returns ``(bound, scores)``: the 0-dim NWJ bound and the (R,) scores (csrc/criti
 autograd node runs ``critic_mlp_forward`` (which also keeps each layer's output and
 pre-activation) and ``critic_mlp_backward`` (every gradient in one call), which computes each
 hidden layer's input and weight gradients as ``linear_grads(grad, input, weight) -> (grad @
-weight, grad.T @ input)`` does: the two products at once with two intra-op threads (csrc/gemm.h);
-that op's fake kernel is here too.
+weight, grad.T @ input)`` does: the two products at once with two intra-op threads (csrc/gemm.h).
+The fake kernels of ``linear_grads`` and of ``mm_pair(a, b, c, d) -> (a @ b, c @ d)`` (two
+independent products the same way: paired_linear's narrow latent-column products) are here too.
 """
 from __future__ import annotations
 
@@ -214,5 +215,15 @@ if extension_available():
           weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _fake_same_device("linear_grads", grad=grad, input=input, weight=weight)
         return grad.new_empty(input.shape), grad.new_empty(weight.shape)
+
+    @torch.library.register_fake("infomax_ext::mm_pair")
+    def _(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+          d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _fake_same_device("mm_pair", a=a, b=b, c=c, d=d)
+        for x, y, names in ((a, b, "a and b"), (c, d, "c and d")):
+            if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[0]:
+                raise RuntimeError(f"infomax_ext: mm_pair: {names} have shapes {tuple(x.shape)} "
+                                   f"and {tuple(y.shape)}, not two matrices that multiply")
+        return a.new_empty((a.shape[0], b.shape[1])), a.new_empty((c.shape[0], d.shape[1]))
 
     _differentiable = register_autograd("critic_mlp", _critic_mlp_kernel)

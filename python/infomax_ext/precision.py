@@ -57,7 +57,7 @@ PROMOTE_OPS = ("nwj_bound",)
 """Under autocast: the floating inputs cast to their common (widest) dtype."""
 
 KEEP_OPS = ("nwj_bound_backward", "paired_first_layer_backward", "paired_linear_backward",
-            "critic_head_backward", "critic_mlp_backward", "linear_grads")
+            "critic_head_backward", "critic_mlp_backward", "linear_grads", "mm_pair")
 """Under autocast: inputs as they are (the forward fixed their dtypes), autocast off inside."""
 
 _AUTOCAST_KEYS = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA"}

@@ -19,6 +19,7 @@ __all__ = [
     "critic_head",
     "critic_mlp",
     "linear_grads",
+    "mm_pair",
     "nwj_bound",
     "bernoulli_loglik",
 ]
@@ -148,6 +149,12 @@ def linear_grads(grad: torch.Tensor, input: torch.Tensor,
     """A Linear layer's input and weight gradients ``(grad @ weight, grad.T @ input)`` for grad
     (R, out), input (R, in), weight (out, in)."""
     return grad @ weight, grad.t() @ input
+
+
+def mm_pair(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+            d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent matrix products ``(a @ b, c @ d)``."""
+    return a @ b, c @ d
 
 
 def nwj_bound(t_joint: torch.Tensor, t_shuffled: torch.Tensor) -> torch.Tensor:
