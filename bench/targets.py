@@ -7,7 +7,8 @@ Where no implementation of ours could meet a goal, the bound says so:
 - ``compile(shared) / ours >= goal``: the **eager floor** is ``skeleton + MLP GEMM replay``
   (``common.skeleton_loss``: the chain's own modules and one trivial autograd node with the
   MLP's inputs; then ours' MLP GEMMs replayed alone, each layer's weight and input gradients
-  through ``linear_grads`` where ours runs them so). It leaves out every activation, bias, head
+  through ``linear_grads`` and the latent columns' products through ``mm_pair`` where ours
+  runs them so). It leaves out every activation, bias, head
   and bound pass, so no eager call of the shared algorithm is faster, and
   ``compile(shared) / eager floor`` is the most this ratio can be.
 - ``ours / FLOP floor <= goal``: ``eager floor / FLOP floor`` is the least it can be.
