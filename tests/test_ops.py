@@ -723,6 +723,27 @@ def test_with_two_threads_the_narrow_products_run_in_pairs():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("state", ["no_grad", "inference_mode"])
+def test_paired_linear_forward_in_any_thread_state(state, threads):
+    # With two intra-op threads the shuffled codes' narrow product runs on the other thread
+    # (mm_pair), whose thread-local state is the default: under no_grad or inference mode the
+    # forward must give the reference's output and halves, none part of a graph, and leave the
+    # caller's modes as they were.
+    hx, hz, src, weight, b, perm = linear_inputs(70, 30, 10, 40, s=1, source=True)
+    want = reference.paired_linear(hx, hz, src, weight, b, perm, "relu")
+    w_latent = weight[:, 30:]
+    mode = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[state]
+    with torch_threads(threads), mode():
+        out, data, latent, shuffled_half = ops.paired_linear_forward(hx, hz, src, weight, b, perm,
+                                                                     "relu", 0.0)
+        assert not torch.is_grad_enabled()
+        assert torch.is_inference_mode_enabled() == (state == "inference_mode")
+    for got, w in ((out, want), (latent, hz @ w_latent.t()), (shuffled_half, src @ w_latent.t())):
+        assert not got.requires_grad
+        torch.testing.assert_close(got, w.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("state", ["no_grad", "inference_mode"])
 def test_paired_linear_backward_in_any_thread_state(state, threads):
     # With two intra-op threads hx's gradient runs on the other thread (csrc/gemm.h,
     # side_by_side), whose thread-local state is the default (gradient mode on): called as
