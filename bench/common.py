@@ -275,13 +275,17 @@ def shared_gemms(layout: ChainLayout, n: int, shuffled_grad: bool) -> list:
 
 def ours_gemms(layout: ChainLayout, n: int, shuffled_grad: bool) -> list:
     """paired_mutual_info runs the GEMMs of the shared algorithm (its fused ops do no GEMM beyond
-    the head's matrix-vector product, counted as the last layer's three products), but for one:
-    where the chain's data and latent networks are single Linear layers (run inside ours' node)
-    and the shuffled codes are constants, the shuffled rows' latent half is the joint rows'
-    (the same values), so its forward product is not run."""
+    the head's matrix-vector product, counted as the last layer's three products), but where the
+    chain's data and latent networks are single Linear layers (the benchmark's T; ours runs
+    them inside its node, ``critic_chain_op._LinearEndsChain``) and the shuffled codes are
+    constants (with z needing gradient, as in the benchmark): there the shuffled codes' latent
+    output is z's own (the same values), so neither ``latent(z.detach())`` (forward and weight
+    gradient: the latent layer's weight gradient is one product of both sides' gradients) nor
+    the shuffled half's forward product runs."""
     gemms = shared_gemms(layout, n, shuffled_grad)
     if len(layout.data) == 1 and len(layout.latent) == 1 and not shuffled_grad:
-        gemms = [g for g in gemms if not (g.layer == NARROW_LAYERS[1] and g.kind == "fwd")]
+        gemms = [g for g in gemms if not g.layer.startswith("latent.detached.")
+                 and not (g.layer == NARROW_LAYERS[1] and g.kind == "fwd")]
     return gemms
 
 
@@ -295,10 +299,11 @@ def ours_schedule(layout: ChainLayout) -> dict:
     the intra-op pool has two threads): the first layer's data columns when data(x) needs
     gradient, and every hidden layer after the first (not the head, whose gradients a kernel
     computes); ``narrow``, the latent-column layers, whose products run as
-    csrc/paired_linear.cpp runs them (``mm_pair``)."""
+    csrc/paired_linear.cpp runs them (``mm_pair``), each with the first layer's data width
+    (their weight is a column slice of the first layer's, rows ``dx + dz`` apart)."""
     hidden = {f"mlp.{i}" for i in range(1, len(layout.mlp) - 1)}
     return {"paired": frozenset(hidden | ({"mlp.0.data_half.0"} if layout.data else set())),
-            "narrow": frozenset(NARROW_LAYERS)}
+            "narrow": {layer: layout.dx for layer in NARROW_LAYERS}}
 
 
 def counted_flops(loss_fn, mi, x, z, perm, shuffled_grad, wrt) -> int:
@@ -335,11 +340,12 @@ def make_mm(rows: int, n_in: int, n_out: int, generator=None) -> Callable[[], to
 
 
 def make_replay(gemms: Sequence[Gemm], generator=None, paired: frozenset = frozenset(),
-                narrow: frozenset = frozenset()) -> Callable[[], None]:
+                narrow: dict | None = None) -> Callable[[], None]:
     """Every GEMM of the list alone, in the operand layout autograd uses (preallocated operands,
     fresh outputs as in the real run); the weight and input gradients of a layer in ``paired``
     in one ``torch.ops.infomax_ext.linear_grads``, as ours runs them; a layer in ``narrow`` as
-    csrc/paired_linear.cpp runs the latent columns' products: the forwards of two such layers
+    csrc/paired_linear.cpp runs the latent columns' products (``narrow``: layer -> the data
+    columns before them; the weight a column slice, as ours'): the forwards of two such layers
     in one ``torch.ops.infomax_ext.mm_pair``, each layer's input gradient ``(W^T g^T)^T`` and
     weight-gradient term ``x^T g`` in one ``mm_pair`` where it has both (:func:`ours_schedule`
     gives both sets)."""
@@ -351,12 +357,15 @@ def make_replay(gemms: Sequence[Gemm], generator=None, paired: frozenset = froze
         return cache[shape]
 
     ops = torch.ops.infomax_ext
+    narrow = narrow or {}
     both = {g.layer for g in gemms if g.kind == "wgrad"} & {g.layer for g in gemms if g.kind == "igrad"}
     narrow_fwd = [g for g in gemms if g.layer in narrow and g.kind == "fwd"]
     calls = []
     for g in gemms:
         x, w, gy = operand(g.rows, g.n_in), operand(g.n_out, g.n_in), operand(g.rows, g.n_out)
         if g.layer in narrow:
+            dx = narrow[g.layer]
+            w = operand(g.n_out, dx + g.n_in)[:, dx:]
             if g.kind == "fwd" and len(narrow_fwd) == 2:
                 if g is narrow_fwd[0]:  # the pair runs once, in the first forward's place
                     calls.append((ops.mm_pair, (x, w.t(), x, w.t())))

@@ -192,9 +192,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
   // Each side's input gradient g W_latent (as (W_latent^T g^T)^T) and weight-gradient term
   // hz^T g ((hz^T g)^T runs several times faster than g^T hz for the narrow side), the two of
   // a side side by side (mm_pair) where both are needed.
-  Tensor latent_t;  // (Dz, H): the latent columns' weight gradient, transposed
   auto narrow_side = [&](const Tensor& g, const Tensor& codes, bool need_input) {
-    Tensor grad_codes = none(), term;
+    Tensor grad_codes, term;
+    if (!need_input) grad_codes = none();
     if (need_input && need_w) {
       std::tie(grad_codes, term) = mm_pair(t(w_latent), t(g), t(codes), g);
       grad_codes = t(grad_codes);
@@ -205,8 +205,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     }
     return std::make_pair(grad_codes, term);
   };
-  auto [grad_hz, joint_term] = narrow_side(g_latent, hz, need_hz);
-  latent_t = joint_term;
+  // latent_t (Dz, H): the latent columns' weight gradient, transposed.
+  auto [grad_hz, latent_t] = narrow_side(g_latent, hz, need_hz);
   Tensor grad_source = none();
   if (has_source) {
     Tensor source_term;

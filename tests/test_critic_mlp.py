@@ -1313,3 +1313,6 @@ def test_mm_pair_fake_kernel_names_shapes_that_do_not_multiply():
         a, b = torch.empty(6, 4), torch.empty(3, 3)
         with pytest.raises(RuntimeError, match=r"mm_pair: a and b have shapes \(6, 4\) and \(3, 3\)"):
             ops.mm_pair(a, b, a, torch.empty(4, 2))
+        with pytest.raises(RuntimeError, match="one floating dtype, got torch.float32, "
+                                                "torch.float32, torch.float64"):
+            ops.mm_pair(a, torch.empty(4, 3), torch.empty(6, 4, dtype=F64), torch.empty(4, 2))

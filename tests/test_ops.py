@@ -659,33 +659,41 @@ def test_double_backward_is_refused_when_only_the_bias_needs_it(op):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("activation", ["softplus", "relu"])
 @pytest.mark.parametrize("source", [False, True])
-@pytest.mark.parametrize("mask", [m for m in itertools.product([False, True], repeat=4) if any(m)])
-def test_paired_linear_backward_every_gradient_subset(mask, source, threads):
-    # Each side's narrow products (the codes' input gradient, the latent columns' weight-gradient
-    # term) run side by side when both are asked for (csrc/paired_linear.cpp, mm_pair; at once
-    # with two threads); any subset of (hz, hz_shuffled, weight, bias) must give the reference's
-    # gradients, the others empty. float64, 2 samples per datum, 40 units.
+@pytest.mark.parametrize("mask", [m for m in itertools.product([False, True], repeat=5) if any(m)])
+def test_paired_linear_backward_every_gradient_subset(mask, source, activation, threads):
+    # hx's gradient runs beside the data columns' weight gradient, and each side's narrow
+    # products (the codes' input gradient, the latent columns' weight-gradient term) beside each
+    # other when both are asked for (csrc/paired_linear.cpp, side_by_side and mm_pair; at once
+    # with two threads); any subset of (hx, hz, hz_shuffled, weight, bias) must give the
+    # reference's gradients, the others empty. softplus reads the halves, relu the layer's
+    # output. float64, 2 samples per datum, 40 units.
     hx, hz, src, weight, b, perm = linear_inputs(9, 6, 3, 40, s=2, source=source)
     out, data, latent, shuffled_half = (t.detach() for t in ops.paired_linear_forward(
-        hx, hz, src, weight, b, perm, "softplus", 0.0))
+        hx, hz, src, weight, b, perm, activation, 0.0))
     grad = torch.randn_like(out)
-    inputs = [hz, src, weight, b]
-    want = torch.autograd.grad(reference.paired_linear(hx, hz, src, weight, b, perm, "softplus"),
-                               [t for t in inputs if t is not None], grad)
-    want = iter(want)
+    inputs = [hx, hz, src, weight, b]
+    want = iter(torch.autograd.grad(
+        reference.paired_linear(hx, hz, src, weight, b, perm, activation),
+        [t for t in inputs if t is not None], grad))
     want = [next(want) if t is not None else None for t in inputs]
-    output_mask = [False, *mask]
     with torch_threads(threads), torch.no_grad():
         got = ops.paired_linear_backward(grad, hx, hz, src, weight, data, latent,
-                                         shuffled_half if source else None, b, perm, "softplus",
-                                         0.0, output_mask)
-    assert got[0].numel() == 0
-    for asked, g, w, name in zip(mask, got[1:], want, ["hz", "hz_shuffled", "weight", "bias"]):
+                                         shuffled_half if source else None, b, perm, activation,
+                                         0.0, list(mask), out if activation == "relu" else None)
+    for asked, g, w, name in zip(mask, got, want, ["hx", "hz", "hz_shuffled", "weight", "bias"]):
         if asked and w is not None:
             torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
         else:
             assert g.numel() == 0, name
+
+
+def _calling_thread_mm_calls(prof, op: str) -> int:
+    """aten::mm events on the thread that ran ``op`` (the calling thread)."""
+    events = prof.events()
+    caller = next(e.thread for e in events if e.name == op)
+    return sum(e.name == "aten::mm" and e.thread == caller for e in events)
 
 
 def _paired_linear_mm_calls(threads: int, source: bool) -> tuple[int, int]:
@@ -700,20 +708,20 @@ def _paired_linear_mm_calls(threads: int, source: bool) -> tuple[int, int]:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             out, data, latent, shuffled_half = ops.paired_linear_forward(
                 hx, hz, src, weight, b, perm, "softplus", 0.0)
-        counts.append(sum(e.count for e in prof.key_averages() if e.key == "aten::mm"))
+        counts.append(_calling_thread_mm_calls(prof, "infomax_ext::paired_linear_forward"))
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             ops.paired_linear_backward(torch.ones_like(out), hx, hz, src, weight, data, latent,
                                        shuffled_half if source else None, b, perm, "softplus", 0.0,
                                        [False, True, source, True, True])
-        counts.append(sum(e.count for e in prof.key_averages() if e.key == "aten::mm"))
+        counts.append(_calling_thread_mm_calls(prof, "infomax_ext::paired_linear_backward"))
     return counts[0], counts[1]
 
 
 def test_with_two_threads_the_narrow_products_run_in_pairs():
     # csrc/paired_linear.cpp: the shuffled codes' product beside the joint codes' in the
     # forward; in the backward each side's input-gradient product beside its weight-gradient
-    # term, the second of each pair on the other thread, which the calling thread's profiler
-    # does not see. Forward: data product + 2 narrow (1 without a source); backward: data
+    # term, the second of each pair on the other thread (counted here: the calling thread's
+    # products only). Forward: data product + 2 narrow (1 without a source); backward: data
     # columns' weight gradient + 2 per side.
     assert _paired_linear_mm_calls(1, source=True) == (3, 5)
     assert _paired_linear_mm_calls(2, source=True) == (2, 3)

@@ -220,10 +220,13 @@ if extension_available():
     def _(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
           d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _fake_same_device("mm_pair", a=a, b=b, c=c, d=d)
+        if a.dtype not in precision.KERNEL_DTYPES or any(t.dtype != a.dtype for t in (b, c, d)):
+            raise RuntimeError(f"infomax_ext: mm_pair takes four tensors of one floating dtype, "
+                               f"got {a.dtype}, {b.dtype}, {c.dtype}, {d.dtype}")
         for x, y, names in ((a, b, "a and b"), (c, d, "c and d")):
             if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[0]:
                 raise RuntimeError(f"infomax_ext: mm_pair: {names} have shapes {tuple(x.shape)} "
                                    f"and {tuple(y.shape)}, not two matrices that multiply")
-        return a.new_empty((a.shape[0], b.shape[1])), a.new_empty((c.shape[0], d.shape[1]))
+        return a.new_empty((a.shape[0], b.shape[1])), c.new_empty((c.shape[0], d.shape[1]))
 
     _differentiable = register_autograd("critic_mlp", _critic_mlp_kernel)
