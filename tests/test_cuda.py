@@ -185,6 +185,20 @@ def test_paired_linear_matches_cpu(dtype, n, with_source, with_bias, given_data_
         assert_same(got, want, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_products_at_once_match_cpu(dtype):
+    """linear_grads and mm_pair (two products in one call; at once only on the CPU) on CUDA: two
+    cuBLAS products one after the other, equal to the CPU's (a transposed view as an operand, as
+    paired_linear passes them)."""
+    g, x, w = randn(40, 17, dtype=dtype, seed=1), randn(40, 23, dtype=dtype, seed=2), randn(17, 23, dtype=dtype, seed=3)
+    a, b = randn(10, 40, dtype=dtype, seed=4).t(), randn(10, 17, dtype=dtype, seed=5)
+    c, d = randn(9, 40, dtype=dtype, seed=6), randn(40, 17, dtype=dtype, seed=7)
+    for op, args in ((ops.linear_grads, (g, x, w)), (ops.mm_pair, (a, b, c, d))):
+        for got, want in zip(op(*to_cuda(*args)), op(*args)):
+            assert got.device.type == CUDA
+            assert_same(got, want, dtype)
+
+
 def test_paired_first_layer_rejects_integer_tensors():
     a, b, c, bias, perm = to_cuda(*paired_inputs(4, 3, 1, torch.float32, False))
     with pytest.raises(RuntimeError, match="float32, float64, bfloat16 or float16"):
