@@ -362,10 +362,12 @@ def make_replay(gemms: Sequence[Gemm], generator=None, paired: frozenset = froze
     narrow_fwd = [g for g in gemms if g.layer in narrow and g.kind == "fwd"]
     calls = []
     for g in gemms:
-        x, w, gy = operand(g.rows, g.n_in), operand(g.n_out, g.n_in), operand(g.rows, g.n_out)
+        x, gy = operand(g.rows, g.n_in), operand(g.rows, g.n_out)
+        if g.layer in narrow:  # the weight a column slice, rows dx + n_in apart
+            w = operand(g.n_out, narrow[g.layer] + g.n_in)[:, narrow[g.layer]:]
+        else:
+            w = operand(g.n_out, g.n_in)
         if g.layer in narrow:
-            dx = narrow[g.layer]
-            w = operand(g.n_out, dx + g.n_in)[:, dx:]
             if g.kind == "fwd" and len(narrow_fwd) == 2:
                 if g is narrow_fwd[0]:  # the pair runs once, in the first forward's place
                     calls.append((ops.mm_pair, (x, w.t(), x, w.t())))

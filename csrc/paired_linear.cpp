@@ -193,17 +193,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
   // hz^T g ((hz^T g)^T runs several times faster than g^T hz for the narrow side), the two of
   // a side side by side (mm_pair) where both are needed.
   auto narrow_side = [&](const Tensor& g, const Tensor& codes, bool need_input) {
-    Tensor grad_codes, term;
-    if (!need_input) grad_codes = none();
     if (need_input && need_w) {
-      std::tie(grad_codes, term) = mm_pair(t(w_latent), t(g), t(codes), g);
-      grad_codes = t(grad_codes);
-    } else if (need_input) {
-      grad_codes = narrow_input_grad(g, w_latent);
-    } else if (need_w) {
-      term = mm(t(codes), g);
+      auto [grad_codes_t, term] = mm_pair(t(w_latent), t(g), t(codes), g);
+      return std::make_pair(t(grad_codes_t), term);
     }
-    return std::make_pair(grad_codes, term);
+    return std::make_pair(need_input ? narrow_input_grad(g, w_latent) : none(),
+                          need_w ? mm(t(codes), g) : Tensor());
   };
   // latent_t (Dz, H): the latent columns' weight gradient, transposed.
   auto [grad_hz, latent_t] = narrow_side(g_latent, hz, need_hz);

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from infomax_ext.cli.model_io import torch_threads
+from op_counts import calling_thread_counts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from common import (  # noqa: E402
@@ -24,16 +25,9 @@ from common import (  # noqa: E402
     ours_schedule,
 )
 
-PRODUCT_OPS = ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise")
-
-
 def _products(fn) -> int:
     """Matrix-product op calls torch's profiler sees in ``fn()`` (one thread)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    return sum(e.count for e in prof.key_averages() if e.key in PRODUCT_OPS)
+    return sum(calling_thread_counts(fn).values())
 
 
 @pytest.mark.parametrize("shuffled_grad", [False, True])

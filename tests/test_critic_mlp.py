@@ -21,6 +21,7 @@ from infomax_ext.activations import KERNEL_ACTIVATIONS, apply_activation
 from infomax_ext.mutual_info import fused_plan
 from activation_cases import param_of
 from infomax_ext.cli.model_io import torch_threads
+from op_counts import calling_thread_counts
 from tolerances import assert_close_scaled, eps
 
 pytestmark = pytest.mark.skipif(not im.extension_available(), reason="compiled ops not loaded")
@@ -406,16 +407,16 @@ def test_gradcheck_of_a_loss_of_bound_and_scores():
 
 
 def product_ops(mlp: Mlp, threads: int = 1, wrt: list | None = None) -> dict:
-    """How often each matrix-product op runs in one forward and backward of critic_mlp, as torch's
-    profiler sees the dispatcher calls the C++ op makes on the calling thread (with ``threads``
-    intra-op threads; with two, a layer's weight gradient runs on the other one, unseen)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with torch_threads(threads), profile(activities=[ProfilerActivity.CPU]) as prof:
+    """How often each matrix-product op runs in one forward and backward of critic_mlp on the
+    calling thread (with ``threads`` intra-op threads; with two, a layer's weight gradient runs
+    on the other one, not counted)."""
+    def call():
         bound, _ = critic_mlp_op.critic_mlp(*mlp.args())
         torch.autograd.grad(bound, mlp.tensors() if wrt is None else wrt)
-    return {e.key: e.count for e in prof.key_averages()
-            if e.key in ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::linear")}
+
+    with torch_threads(threads):
+        return calling_thread_counts(call, ("mkldnn::_linear_pointwise", "aten::mm",
+                                            "aten::addmm", "aten::linear"))
 
 
 # csrc/gemm.h: the fewest FLOPs (2 x rows x in x out) of a product oneDNN's linear serves.

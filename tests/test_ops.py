@@ -10,6 +10,7 @@ from infomax_ext import (_ops, critic_head_op, nwj_bound_op, paired_first_layer_
 from infomax_ext.activations import KERNEL_ACTIVATIONS
 from activation_cases import param_of
 from infomax_ext.cli.model_io import torch_threads
+from op_counts import calling_thread_counts
 from tolerances import assert_close_scaled, critic_head_scales, paired_scales
 
 pytestmark = pytest.mark.skipif(not im.extension_available(), reason="compiled ops not loaded")
@@ -689,32 +690,21 @@ def test_paired_linear_backward_every_gradient_subset(mask, source, activation, 
             assert g.numel() == 0, name
 
 
-def _calling_thread_mm_calls(prof, op: str) -> int:
-    """aten::mm events on the thread that ran ``op`` (the calling thread)."""
-    events = prof.events()
-    caller = next(e.thread for e in events if e.name == op)
-    return sum(e.name == "aten::mm" and e.thread == caller for e in events)
-
-
 def _paired_linear_mm_calls(threads: int, source: bool) -> tuple[int, int]:
-    """aten::mm calls torch's profiler sees on the calling thread in paired_linear_forward and
-    paired_linear_backward (every gradient but hx's), float32, 40 units."""
-    from torch.profiler import ProfilerActivity, profile
-
+    """aten::mm calls on the calling thread in paired_linear_forward and paired_linear_backward
+    (every gradient but hx's), float32, 40 units."""
     hx, hz, src, weight, b, perm = linear_inputs(9, 6, 3, 40, s=1, source=source,
                                                  dtype=torch.float32)
-    counts = []
     with torch_threads(threads), torch.no_grad():
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            out, data, latent, shuffled_half = ops.paired_linear_forward(
-                hx, hz, src, weight, b, perm, "softplus", 0.0)
-        counts.append(_calling_thread_mm_calls(prof, "infomax_ext::paired_linear_forward"))
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            ops.paired_linear_backward(torch.ones_like(out), hx, hz, src, weight, data, latent,
-                                       shuffled_half if source else None, b, perm, "softplus", 0.0,
-                                       [False, True, source, True, True])
-        counts.append(_calling_thread_mm_calls(prof, "infomax_ext::paired_linear_backward"))
-    return counts[0], counts[1]
+        out, data, latent, shuffled_half = ops.paired_linear_forward(
+            hx, hz, src, weight, b, perm, "softplus", 0.0)
+        forward = calling_thread_counts(lambda: ops.paired_linear_forward(
+            hx, hz, src, weight, b, perm, "softplus", 0.0), ("aten::mm",))
+        backward = calling_thread_counts(lambda: ops.paired_linear_backward(
+            torch.ones_like(out), hx, hz, src, weight, data, latent,
+            shuffled_half if source else None, b, perm, "softplus", 0.0,
+            [False, True, source, True, True]), ("aten::mm",))
+    return forward.get("aten::mm", 0), backward.get("aten::mm", 0)
 
 
 def test_with_two_threads_the_narrow_products_run_in_pairs():
