@@ -286,7 +286,8 @@ def bench_mi(chain: str, n: int, args, compiled: dict, sg: bool) -> dict:
             for _ in range(3):  # warm-up; the compiled one is built here
                 timed[name]()
     rounds = args.rounds * (2 if n < 256 else 1)
-    samples = interleaved(timed, rounds)
+    kernel: dict = {}
+    samples = interleaved(timed, rounds, kernel=kernel)
     times = {name: summary_ms(s) for name, s in samples.items()}
 
     mm_flops = 2 * dom[0] * dom[1] * dom[2]
@@ -324,6 +325,7 @@ def bench_mi(chain: str, n: int, args, compiled: dict, sg: bool) -> dict:
         "floor_parts_ms": {k: times[k] for k in ("skeleton", "MLP replay", "compile(skeleton)")
                            if k in times},
         "samples_ms": {k: [1e3 * s for s in v] for k, v in samples.items()},
+        "kernel_per_call": kernel,
         "gemm_rate": {"shape": {"rows": dom[0], "n_in": dom[1], "n_out": dom[2]},
                       "desc": f"({dom[0]} x {dom[1]}) @ ({dom[1]} x {dom[2]})",
                       "mm_ms": times["mm"], "gflops": rate / 1e9},
@@ -511,6 +513,7 @@ def bench_train_step(args, n: int = 256) -> dict:
         "variants": variants,
         "times_ms": times,
         "samples_ms": {k: [1e3 * s for s in v] for k, v in samples.items()},
+        "kernel_per_call": kernel,
         "ratios": {f"{name}/ours": times[name]["median"] / ours_ms
                    for name in variants if name != "ours"},
         "ratios_min": {f"{name}/ours": times[name]["min"] / times["ours"]["min"]
@@ -604,6 +607,20 @@ def report(result: dict):
                 + [f"{r['ratios_min'][k]:.2f}" if k in r["ratios_min"] else "-" for k in names]
                 for r in mi_results]
         print_table(["shuffled_grad", "chain", "N"] + names, rows)
+
+        with_kernel = [r for r in mi_results if r.get("kernel_per_call")]
+        if with_kernel:
+            print("\nThe operating system's share of a call (getrusage, all threads, means over "
+                  "the rounds): kernel CPU ms / minor page faults per call. Fresh memory costs "
+                  "faults and zeroing, and each variant's allocations change what the next call "
+                  "finds: a noise source at N = 64 (bench/README.md, \"Run-to-run spread\")")
+            names = [v for v in VARIANTS if v in with_kernel[0]["kernel_per_call"]]
+            names += [k for k in ("replay", "skeleton") if k in with_kernel[0]["kernel_per_call"]]
+            rows = [[r["shuffled_grad"], r["chain"], r["n"]]
+                    + [f"{r['kernel_per_call'][v]['sys_ms']:.2f} / "
+                       f"{r['kernel_per_call'][v]['faults']:.0f}" for v in names]
+                    for r in with_kernel]
+            print_table(["shuffled_grad", "chain", "N"] + names, rows)
 
         with_memory = [r for r in mi_results if r.get("peak_memory")]
         if with_memory:

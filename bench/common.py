@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import math
 import random
+import resource
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -29,6 +30,7 @@ import infomax_ext
 from infomax_ext import MutualInfoChain, paired_mutual_info
 from infomax_ext.activations import ACTIVATIONS
 from infomax_ext.chain_plan import fused_plan
+from infomax_ext.critic_chain_op import _data_linear
 
 # ----------------------------------------------------------------------------------------------
 # Chains
@@ -129,14 +131,15 @@ class TrivialNode(torch.autograd.Function):
 class TrivialEndsNode(torch.autograd.Function):
     """:class:`TrivialNode` for a chain whose ``data`` and ``latent`` are single Linear layers,
     which ours runs inside its node: the node also runs the two layers' products, forward
-    (``F.linear``) and backward (the weight and bias gradients; z's input gradient). hx and hz
+    (as ours: the data layer through ``critic_chain_op._data_linear``, which picks oneDNN's
+    linear where csrc/gemm.h would; the latent layer through ``F.linear``) and backward (the weight and bias gradients; z's input gradient). hx and hz
     stand in for their incoming gradients (dense tensors of the right shapes: a view of the
     0-dim gradient would make every product copy it first). Takes x, Wd, bd, z, Wl, bl, then
     the MLP's parameters."""
 
     @staticmethod
     def forward(ctx, x, data_w, data_b, z, latent_w, latent_b, *params):
-        hx = torch.nn.functional.linear(x, data_w, data_b)
+        hx = _data_linear(x, data_w, data_b)
         hz = torch.nn.functional.linear(z, latent_w, latent_b)
         ctx.save_for_backward(x, z, latent_w, hx, hz)
         ctx.shapes = [p.shape for p in params]
@@ -402,10 +405,15 @@ def make_replay(gemms: Sequence[Gemm], generator=None, paired: frozenset = froze
 # ----------------------------------------------------------------------------------------------
 
 
-def interleaved(fns: dict, rounds: int, before: Callable[[], object] | None = None) -> dict:
+def interleaved(fns: dict, rounds: int, before: Callable[[], object] | None = None,
+                kernel: dict | None = None) -> dict:
     """Interleaved timing: each round calls every function once, in an order drawn afresh each
     round (seeded, so a run is repeatable); ``before``, when given, runs untimed before each
     call. Returns {name: [seconds per call]}. The garbage collector is off while timing.
+    ``kernel``, when given (a dict), receives {name: {"sys_ms": kernel CPU time per call, all
+    threads, "faults": minor page faults per call}}, means over the rounds from getrusage read
+    outside the timed window: the operating system's share of a call (page faults of fresh
+    memory, returning it), which other variants' allocations change from round to round.
 
     A call's time depends on the call before it (what the caches hold): ours at T N = 64, 2
     threads, took 3.84 ms (median) after itself, 4.02 after shared and 4.17 after bench_cpu's
@@ -414,6 +422,8 @@ def interleaved(fns: dict, rounds: int, before: Callable[[], object] | None = No
     of that size; with the order drawn, every function follows every other alike."""
     names = list(fns)
     samples = {name: [] for name in names}
+    sys_s = dict.fromkeys(names, 0.0)
+    faults = dict.fromkeys(names, 0)
     order = random.Random(0)
     gc.collect()
     was_enabled = gc.isenabled()
@@ -424,12 +434,22 @@ def interleaved(fns: dict, rounds: int, before: Callable[[], object] | None = No
                 fn = fns[name]
                 if before is not None:
                     before()
+                if kernel is not None:
+                    use0 = resource.getrusage(resource.RUSAGE_SELF)
                 t0 = time.perf_counter()
                 fn()
                 samples[name].append(time.perf_counter() - t0)
+                if kernel is not None:
+                    use1 = resource.getrusage(resource.RUSAGE_SELF)
+                    sys_s[name] += use1.ru_stime - use0.ru_stime
+                    faults[name] += use1.ru_minflt - use0.ru_minflt
     finally:
         if was_enabled:
             gc.enable()
+    if kernel is not None:
+        for name in names:
+            kernel[name] = {"sys_ms": 1e3 * sys_s[name] / max(rounds, 1),
+                            "faults": faults[name] / max(rounds, 1)}
     return samples
 
 
