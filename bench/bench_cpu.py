@@ -502,7 +502,8 @@ def bench_train_step(args, n: int = 256) -> dict:
     for step in steps.values():
         for _ in range(2):
             step()
-    samples = interleaved(steps, args.train_rounds)
+    kernel: dict = {}
+    samples = interleaved(steps, args.train_rounds, kernel=kernel)
     times = {name: summary_ms(s) for name, s in samples.items()}
     ours_ms = times["ours"]["median"]
     return {
