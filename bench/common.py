@@ -30,7 +30,6 @@ import infomax_ext
 from infomax_ext import MutualInfoChain, paired_mutual_info
 from infomax_ext.activations import ACTIVATIONS
 from infomax_ext.chain_plan import fused_plan
-from infomax_ext.critic_chain_op import _data_linear
 
 # ----------------------------------------------------------------------------------------------
 # Chains
@@ -131,15 +130,14 @@ class TrivialNode(torch.autograd.Function):
 class TrivialEndsNode(torch.autograd.Function):
     """:class:`TrivialNode` for a chain whose ``data`` and ``latent`` are single Linear layers,
     which ours runs inside its node: the node also runs the two layers' products, forward
-    (as ours: the data layer through ``critic_chain_op._data_linear``, which picks oneDNN's
-    linear where csrc/gemm.h would; the latent layer through ``F.linear``) and backward (the weight and bias gradients; z's input gradient). hx and hz
+    (``F.linear``) and backward (the weight and bias gradients; z's input gradient). hx and hz
     stand in for their incoming gradients (dense tensors of the right shapes: a view of the
     0-dim gradient would make every product copy it first). Takes x, Wd, bd, z, Wl, bl, then
     the MLP's parameters."""
 
     @staticmethod
     def forward(ctx, x, data_w, data_b, z, latent_w, latent_b, *params):
-        hx = _data_linear(x, data_w, data_b)
+        hx = torch.nn.functional.linear(x, data_w, data_b)
         hz = torch.nn.functional.linear(z, latent_w, latent_b)
         ctx.save_for_backward(x, z, latent_w, hx, hz)
         ctx.shapes = [p.shape for p in params]

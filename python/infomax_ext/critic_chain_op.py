@@ -14,7 +14,6 @@ and ``latent`` layers inside (x (N, Dx_in) and z (M, Dz_in) in place of hx and h
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
 import torch
@@ -27,37 +26,6 @@ from .critic_mlp_op import _critic_mlp_forward, _layer_lists
 from .paired_linear_op import refuse_grad_of_data_half
 
 __all__ = ["critic_chain", "critic_chain_with_linear_ends"]
-
-# The fewest FLOPs (2 x rows x in x out) of a forward product that runs on oneDNN's linear: the
-# threshold of csrc/gemm.h (kOneDnnMinFlops), which the node's own ops apply to theirs.
-ONEDNN_MIN_FLOPS = 2 ** 26
-
-
-@functools.cache
-def _onednn_linear_runs() -> bool:
-    """Whether this torch runs oneDNN's linear (``mkldnn::_linear_pointwise``): found out once,
-    on tensors of our own, as csrc/gemm.cpp does."""
-    try:
-        one = torch.zeros(1, 1)
-        torch.ops.mkldnn._linear_pointwise(one, one, None, "none", [], "")
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-    return True
-
-
-def _data_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` below autograd for x (N, Dx_in), weight (Dx, Dx_in), bias
-    (Dx,) or None, with csrc/gemm.h's choice of backend: a float32 CPU product of at least
-    ONEDNN_MIN_FLOPS with contiguous operands runs on oneDNN's linear (the Julia chain's
-    784 -> 784 data layer from N = 64 on: 3-5% of a call at N = 64-256, bench/fixed_cost_notes.md),
-    anything else on F.linear."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and 2 * x.shape[0] * weight.numel() >= ONEDNN_MIN_FLOPS and x.is_contiguous()
-            and weight.is_contiguous() and (bias is None or bias.is_contiguous())
-            and _onednn_linear_runs()):
-        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-        return out
-    return F.linear(x, weight, bias)
 
 
 def _chain_forward(ctx: Any, layout: tuple[Any, ...], hx: torch.Tensor, hz: torch.Tensor,
@@ -181,11 +149,10 @@ class _CriticChain(torch.autograd.Function):
 
 class _LinearEndsChain(torch.autograd.Function):
     """The chain with its ``data`` and ``latent`` networks when each is one Linear layer (the
-    chain of ``MutualInfoChain.from_sizes``) as one node: hx = x Wd^T + bd (:func:`_data_linear`)
-    and hz = z Wl^T + bl (``F.linear``, the module's own forward) then _CriticChain's forward;
-    the backward returns the two layers' gradients too, so a call builds one node where the
-    modules' calls build five more (two products with their transposes, and the shuffled codes'
-    second latent call).
+    chain of ``MutualInfoChain.from_sizes``) as one node: hx = x Wd^T + bd and hz = z Wl^T + bl
+    (``F.linear``, the modules' own forward) then _CriticChain's forward; the backward returns
+    the two layers' gradients too, so a call builds one node where the modules' calls build
+    five more (two products with their transposes, and the shuffled codes' second latent call).
     ``apply`` takes ``layout`` (as _CriticChain), ``source_is_hz`` (the shuffled codes are z's
     own values, constants for z: shuffled_grad=False with z needing gradient), then x, Wd, bd, z,
     Wl, bl, and _CriticChain's arguments from the first weight on (without data_half)."""
@@ -198,7 +165,7 @@ class _LinearEndsChain(torch.autograd.Function):
                 head_weight: torch.Tensor, head_bias: torch.Tensor | None,
                 *layer_tensors: torch.Tensor) -> Any:
         with below_autograd():
-            hx = _data_linear(x, data_weight, data_bias)
+            hx = F.linear(x, data_weight, data_bias)
             hz = F.linear(z, latent_weight, latent_bias)
         ctx.source_is_hz = source_is_hz
         return _chain_forward(ctx, layout, hx, hz, hz if source_is_hz else None, weight, bias,
