@@ -25,9 +25,10 @@
 namespace infomax_ext {
 namespace {
 
+// Columns [start, start + count) of a 2-D weight (or of its gradient, to write into): a view.
 Tensor columns(const Tensor& weight, int64_t start, int64_t count) {
-  Tensor w = weight;
-  return torch::stable::narrow(w, 1, start, count);
+  return restrided(weight, weight.size(0), count, weight.stride(0), weight.stride(1),
+                   start * weight.stride(1));
 }
 
 // grad @ w_latent (M, Dz) for a narrow Dz, as (w_latent^T grad^T)^T: several times faster than

@@ -10,6 +10,7 @@
 #include <torch/headeronly/util/Half.h>
 #include <torch/headeronly/util/Exception.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <initializer_list>
@@ -67,16 +68,71 @@ inline bool same_device(const Tensor& a, const Tensor& b) {
   return a.device().type() == b.device().type() && a.get_device_index() == b.get_device_index();
 }
 
+// Tensors the ops make for themselves (their outputs, scratch, views of operands) come from the C
+// shim's functions directly, not from ops called by name through the dispatcher: each dispatcher
+// call costs 0.5-0.8 us alone and more inside a call (boxing, the view's autograd metadata), and an
+// eager call of the Julia chain made about fifty (bench/fixed_cost_notes.md, "Twelfth session").
+
+namespace detail {
+// Contiguous strides of `sizes` (a size of 0 counts as 1, as torch's).
+inline void contiguous_strides(const int64_t* sizes, size_t ndim, int64_t* strides) {
+  int64_t stride = 1;
+  for (size_t d = ndim; d-- > 0;) {
+    strides[d] = stride;
+    stride *= sizes[d] > 1 ? sizes[d] : 1;
+  }
+}
+
+// A new uninitialised contiguous tensor of `sizes` with like's device and dtype code `dtype`
+// (like's own when null).
+inline Tensor empty_with(const Tensor& like, const int64_t* sizes, size_t ndim,
+                         const int32_t* dtype) {
+  constexpr size_t kMaxDim = 8;
+  INFOMAX_CHECK(ndim <= kMaxDim, "infomax_ext: a tensor of ", ndim, " dimensions (at most ",
+                kMaxDim, ")");
+  int64_t strides[kMaxDim];
+  contiguous_strides(sizes, ndim, strides);
+  int32_t device_type = 0, device_index = 0, code = 0;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_index(like.get(), &device_index));
+  if (dtype != nullptr) {
+    code = *dtype;
+  } else {
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dtype(like.get(), &code));
+  }
+  AtenTensorHandle out = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(static_cast<int64_t>(ndim), sizes,
+                                                         strides, code, device_type,
+                                                         device_index, &out));
+  return Tensor(out);
+}
+}  // namespace detail
+
 // An uninitialised tensor of `shape` with t's device and the given (default: t's) dtype.
 inline Tensor empty_on(const Tensor& t, std::initializer_list<int64_t> shape) {
-  return torch::stable::new_empty(t, std::vector<int64_t>(shape));
+  return detail::empty_with(t, shape.begin(), shape.size(), nullptr);
 }
 inline Tensor empty_on(const Tensor& t, std::initializer_list<int64_t> shape, ScalarType dtype) {
-  return torch::stable::new_empty(t, std::vector<int64_t>(shape), dtype);
+  const int32_t code = torch::stable::detail::to<int32_t>(torch::stable::detail::from(dtype));
+  return detail::empty_with(t, shape.begin(), shape.size(), &code);
 }
 inline Tensor empty_like_shape(const Tensor& t) {
-  std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
-  return torch::stable::new_empty(t, shape);
+  const auto sizes = t.sizes();
+  return detail::empty_with(t, sizes.data(), sizes.size(), nullptr);
+}
+
+// The 2-D tensor (rows, cols) with strides (row_stride, col_stride) on x's storage, starting
+// `offset` elements after x's first element: a view of x for the ops' own use (operands and
+// places to write), made by the shim without the dispatcher. Autograd does not know it as a view
+// (no shared version counter): the ops never return one that aliases an input.
+inline Tensor restrided(const Tensor& x, int64_t rows, int64_t cols, int64_t row_stride,
+                        int64_t col_stride, int64_t offset) {
+  const int64_t sizes[2] = {rows, cols};
+  const int64_t strides[2] = {row_stride, col_stride};
+  AtenTensorHandle out = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(
+      aoti_torch__reinterpret_tensor(x.get(), 2, sizes, strides, offset, &out));
+  return Tensor(out);
 }
 
 // t itself when it is already contiguous (no dispatcher call), else a contiguous copy.
@@ -102,8 +158,10 @@ inline void mm_out(const Tensor& out, const Tensor& a, const Tensor& b) {
   call_op("aten::mm", "out", a, b, out);
 }
 
-// The transpose of a 2-D tensor (a view).
-inline Tensor t(const Tensor& x) { return torch::stable::transpose(x, 0, 1); }
+// The transpose of a 2-D tensor (restrided: a view for the ops' own use).
+inline Tensor t(const Tensor& x) {
+  return restrided(x, x.size(1), x.size(0), x.stride(1), x.stride(0), 0);
+}
 
 template <typename T>
 struct TypeTag {
