@@ -289,6 +289,44 @@ def test_paired_linear_returns_exactly_the_requested_gradients(source, bias):
                 torch.testing.assert_close(g1, g2)
 
 
+def _strided_weight(weight, layout):
+    """The same values as ``weight`` (H, D) in another memory layout: "transposed" (column-major
+    storage), "offset" (a window into a larger buffer: storage offset and a row stride above D),
+    "both" (a column-major window with an offset)."""
+    h, d = weight.shape
+    w = weight.detach()
+    if layout == "transposed":
+        out = w.t().contiguous().t()
+    elif layout == "offset":
+        out = torch.zeros(h + 2, d + 5, dtype=w.dtype)[1:h + 1, 3:d + 3]
+        out.copy_(w)
+    else:
+        out = torch.zeros(d + 4, h + 3, dtype=w.dtype)[2:d + 2, 1:h + 1].t()
+        out.copy_(w)
+    assert not out.is_contiguous() and torch.equal(out, w)
+    return out.requires_grad_(True)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "offset", "both"])
+@pytest.mark.parametrize("source", [False, True])
+def test_paired_linear_with_a_strided_weight_equals_the_reference(layout, source):
+    # The op takes the weight's data and latent columns as views of it in place (its strides and
+    # storage offset as they are): the values and every gradient equal the reference's, and the
+    # weight's gradient has the weight's shape.
+    hx, hz, src, weight, b, perm = linear_inputs(6, 5, 3, 4, s=2, source=source)
+    strided = _strided_weight(weight, layout)
+    out = paired_linear_op.paired_linear(hx, hz, src, strided, b, perm, "softplus")
+    ref = reference.paired_linear(hx, hz, src, weight, b, perm, "softplus")
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out)
+    inputs = [t for t in (hx, hz, src) if t is not None]
+    got = torch.autograd.grad(out, [*inputs, strided, b], grad)
+    want = torch.autograd.grad(ref, [*inputs, weight, b], grad)
+    for g1, g2 in zip(got, want):
+        assert g1.shape == g2.shape
+        torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
+
+
 def test_paired_linear_without_any_gradient_is_the_forward_only():
     hx, hz, _, weight, b, perm = linear_inputs(4, 3, 2, 5)
     with torch.no_grad():
