@@ -10,7 +10,6 @@
 #include <torch/headeronly/util/Half.h>
 #include <torch/headeronly/util/Exception.h>
 
-#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <initializer_list>
