@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""Where one call of ours goes, timed in place: each part of the MI loss forward + backward
+(shuffled_grad=False) in ordinary calls, beside the replay of the same layers' GEMMs alone.
+
+    .venv/bin/python bench/profile_phases.py                    # T:64, T:256, P:64, 2 threads
+    .venv/bin/python bench/profile_phases.py --cases T:64 --rounds 200
+
+torch.profiler (bench/profile_fixed_cost.py) adds its own cost to every op and cannot say what
+a product costs inside the call. Here each part is timed by a wrapper around the Python call that
+runs it (two ``perf_counter`` reads), in calls interleaved with the replays of
+``common.make_replay`` (ours' own products, per group of layers, preallocated operands):
+
+- ``data and latent layers``: for a chain whose ``data`` and ``latent`` are single Linear layers
+  (T), their forward products inside the node and their gradients in its backward (the node's
+  backward less ``_chain_backward``); for identity ends (P) nothing;
+- ``first layer (paired_linear)``: ``paired_linear_forward`` + ``paired_linear_backward``;
+- ``hidden layers, head, bound (critic_mlp)``: ``critic_mlp_forward`` + ``critic_mlp_backward``;
+- ``rest of the call``: the call less the parts: Python (the plan, the checks, the node's
+  bookkeeping), ``Function.apply``, autograd's engine, the harness's ``autograd.grad``.
+
+Each part's time against its replay is what the part adds beyond its GEMMs (pointwise passes, the
+op's fixed cost, and the products running slower inside a call whose other work evicted their
+operands from the caches). Medians per call over the rounds; the parts' medians need not add up to
+the call's. Prints a markdown table per case.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+import infomax_ext.critic_chain_op as chain_op
+import infomax_ext.critic_mlp_op as mlp_op
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    N_DATA,
+    N_LATENT,
+    chain_layout,
+    interleaved,
+    make_replay,
+    ours_gemms,
+    ours_loss,
+    ours_schedule,
+    percentile,
+)
+from profile_fixed_cost import case  # noqa: E402
+
+ENDS = "data and latent layers"
+FIRST = "first layer (paired_linear)"
+MLP = "hidden layers, head, bound (critic_mlp)"
+REST = "rest of the call"
+PARTS = (ENDS, FIRST, MLP)
+_PART_OF_OP = {"paired_linear_forward": FIRST, "paired_linear_backward": FIRST,
+               "critic_mlp_forward": MLP, "critic_mlp_backward": MLP}
+
+
+def part_of_layer(layer: str) -> str:
+    """The part of a call that runs the products of ``common.Gemm.layer``."""
+    if layer.startswith("mlp.0."):
+        return FIRST
+    return MLP if layer.startswith("mlp.") else ENDS
+
+
+class _Clock:
+    """Seconds spent in each part during the current call."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+
+    def timed(self, part: str, fn: Callable) -> Callable:
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[part] = self.spent.get(part, 0.0) + time.perf_counter() - t0
+        return call
+
+
+class _TimedOps:
+    """Stands for ``torch.ops.infomax_ext`` in the op modules: each op's ``.default`` timed."""
+
+    def __init__(self, clock: _Clock) -> None:
+        self._clock = clock
+
+    def __getattr__(self, name: str):
+        op = getattr(torch.ops.infomax_ext, name)
+        return type("TimedOverload", (), {"default": staticmethod(
+            self._clock.timed(_PART_OF_OP.get(name, REST), op.default))})
+
+
+class _TimedLinear:
+    """Stands for ``torch.nn.functional`` in critic_chain_op (its only use: ``F.linear``)."""
+
+    def __init__(self, clock: _Clock) -> None:
+        self.linear = clock.timed(ENDS, torch.nn.functional.linear)
+
+
+@contextlib.contextmanager
+def timed_parts(clock: _Clock) -> Iterator[None]:
+    """Inside: the op modules' calls are timed into ``clock`` (their attributes restored after)."""
+    ends = chain_op._LinearEndsChain
+    saved = (chain_op.OPS, mlp_op.OPS, chain_op.F, chain_op._chain_backward, ends.backward)
+    node_backward, chain_backward = ends.backward, chain_op._chain_backward
+
+    def backward(ctx, *grads):  # the ends' gradients: the node's backward less _chain_backward
+        t0 = time.perf_counter()
+        inner0 = clock.spent.get("_chain_backward", 0.0)
+        try:
+            return node_backward(ctx, *grads)
+        finally:
+            outer = time.perf_counter() - t0
+            inner = clock.spent.get("_chain_backward", 0.0) - inner0
+            clock.spent[ENDS] = clock.spent.get(ENDS, 0.0) + outer - inner
+
+    def chain_backward_timed(*args):
+        t0 = time.perf_counter()
+        try:
+            return chain_backward(*args)
+        finally:
+            clock.spent["_chain_backward"] = (clock.spent.get("_chain_backward", 0.0)
+                                              + time.perf_counter() - t0)
+
+    chain_op.OPS = mlp_op.OPS = _TimedOps(clock)
+    chain_op.F = _TimedLinear(clock)
+    chain_op._chain_backward = chain_backward_timed
+    ends.backward = staticmethod(backward)
+    try:
+        yield
+    finally:
+        chain_op.OPS, mlp_op.OPS, chain_op.F, chain_op._chain_backward = saved[:4]
+        ends.backward = staticmethod(saved[4])
+
+
+def measure(chain: str, n: int, rounds: int) -> dict:
+    """Medians (ms per call) of ours, of each part inside it, and of each part's GEMM replay."""
+    mi, x, z, perm, wrt = case(chain, n)
+    clock = _Clock()
+    per_call: dict[str, list[float]] = {part: [] for part in (*PARTS, REST)}
+
+    def ours():
+        clock.spent.clear()
+        t0 = time.perf_counter()
+        grads = torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt)
+        total = time.perf_counter() - t0
+        parts = {part: clock.spent.get(part, 0.0) for part in PARTS}
+        for part, seconds in parts.items():
+            per_call[part].append(seconds)
+        per_call[REST].append(total - sum(parts.values()))
+        return grads
+
+    layout = chain_layout(mi, N_DATA, N_LATENT)
+    groups: dict[str, list] = {}
+    for gemm in ours_gemms(layout, n, False):
+        groups.setdefault(part_of_layer(gemm.layer), []).append(gemm)
+    replays = {f"replay: {part}": make_replay(gemms, **ours_schedule(layout))
+               for part, gemms in groups.items()}
+    plain = torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt)
+    with timed_parts(clock):
+        timed = ours()
+        if not all(torch.equal(a, b) for a, b in zip(plain, timed)):
+            raise RuntimeError("the timed call's gradients differ from the plain call's")
+        for _ in range(5):
+            ours()
+            for replay in replays.values():
+                replay()
+        for samples in per_call.values():
+            samples.clear()
+        times = interleaved({"ours": ours, **replays}, rounds)
+
+    def median_ms(samples: list[float]) -> float:
+        return 1e3 * percentile(samples, 50)
+
+    return {"chain": chain, "n": n, "rounds": rounds,
+            "ours_ms": median_ms(times["ours"]),
+            "parts_ms": {part: median_ms(samples) for part, samples in per_call.items()},
+            "replay_ms": {name.removeprefix("replay: "): median_ms(times[name])
+                          for name in replays}}
+
+
+def table(result: dict) -> list[str]:
+    """Markdown rows: each part in ours, its replay, the difference; the rest; the whole call."""
+    rows = [f"{result['chain']} N = {result['n']} ({result['rounds']} interleaved rounds, "
+            f"medians per call)", "",
+            "| part | in ours, ms | its GEMMs alone, ms | beyond the GEMMs, ms |", "|---|---|---|---|"]
+    replay_total = 0.0
+    for part in PARTS:
+        inside, alone = result["parts_ms"][part], result["replay_ms"].get(part)
+        if alone is None and inside == 0.0:
+            continue
+        replay_total += alone or 0.0
+        rows.append(f"| {part} | {inside:.3f} | {'-' if alone is None else f'{alone:.3f}'} | "
+                    f"{inside - (alone or 0.0):.3f} |")
+    rest = result["parts_ms"][REST]
+    rows.append(f"| {REST} (Python, Function.apply, autograd's engine) | {rest:.3f} | - | {rest:.3f} |")
+    rows.append(f"| the call | {result['ours_ms']:.3f} | {replay_total:.3f} | "
+                f"{result['ours_ms'] - replay_total:.3f} |")
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", default="T:64,T:256,P:64")
+    p.add_argument("--rounds", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = [measure(c.split(":")[0], int(c.split(":")[1]), args.rounds)
+               for c in args.cases.split(",")]
+    print(f"torch {torch.__version__}, {args.threads} threads, load average "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end\n")
+    for result in results:
+        print("\n".join(table(result)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
