@@ -330,15 +330,16 @@ def paired_mutual_info(
         source = None
     data_half = _kept_data_half(data_half_cache, hx, weight)
     value: torch.Tensor | None
-    if plan.stack is not None and _one_node(plan, hx, hz, source, data_half, perm):
-        assert plan.head is not None and plan.head_act is not None  # a stack is planned with a head
-        assert plan.stack_activations is not None and perm is not None  # as _one_node found
-        value, scores = critic_chain_op.critic_chain(
-            hx, hz, source, weight, plan.first.bias, perm, plan.first_act.name,
-            plan.first_act.param, data_half, [layer.weight for layer, _ in plan.stack],
-            [layer.bias for layer, _ in plan.stack], *plan.stack_activations,
-            plan.head.weight, plan.head.bias, m, plan.head_act.name, plan.head_act.param)
-        return _paired(bound, scores[:m], scores[m:], value)
+    if plan.stack is not None:
+        assert plan.head_act is not None and plan.stack_activations is not None  # with a stack
+        _, first_bias, head_weight, head_bias, weights, biases = tensors = _chain_tensors(plan)
+        if _one_node(hx, perm, (hz, source, data_half, *tensors[:4], *weights, *biases)):
+            assert perm is not None  # as _one_node found
+            value, scores = critic_chain_op.critic_chain(
+                hx, hz, source, weight, first_bias, perm, plan.first_act.name,
+                plan.first_act.param, data_half, weights, biases, *plan.stack_activations,
+                head_weight, head_bias, m, plan.head_act.name, plan.head_act.param)
+            return _paired(bound, scores[:m], scores[m:], value)
     h = paired_linear_op.paired_linear(
         hx, hz, source, weight, plan.first.bias, perm,  # type: ignore[arg-type]
         plan.first_act.name, plan.first_act.param, data_half)
@@ -366,29 +367,40 @@ def paired_mutual_info(
     return _paired(bound, scores[:m], scores[m:], value)
 
 
-def _one_node(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor, source: torch.Tensor | None,
-              data_half: torch.Tensor | None, perm: torch.Tensor | None,
-              extra: Sequence[torch.Tensor | None] = ()) -> bool:
+def _chain_tensors(plan: FusedPlan) -> tuple[Any, ...]:
+    """The chain's tensors from its first layer to the head, each read once per call: (first
+    weight, first bias, head weight, head bias, [stack weights], [stack biases]); the biases may
+    be None. For a plan with a stack (and so a head)."""
+    assert plan.stack is not None and plan.head is not None
+    first, head = plan.first, plan.head
+    weights, biases = [], []
+    for layer, _ in plan.stack:
+        weights.append(layer.weight)
+        biases.append(layer.bias)
+    return first.weight, first.bias, head.weight, head.bias, weights, biases
+
+
+def _one_node(hx: torch.Tensor, perm: torch.Tensor | None,
+              tensors: Sequence[torch.Tensor | None]) -> bool:
     """Whether the chain from its first layer to the bound runs as one autograd node
     (critic_chain_op.critic_chain): eager mode, a gradient to compute, no torch.autocast on the device,
-    every tensor (``extra`` too) on one device and of one dtype, and the kernels apply to them.
-    Otherwise paired_linear and critic_mlp run as two ops (as torch.compile's graphs hold them),
-    whose wrappers cast under autocast and name any argument that does not fit."""
-    if torch.compiler.is_compiling() or not torch.is_grad_enabled() or perm is None:
+    every tensor (hx, perm and ``tensors``, where None entries are absent ones) on one device,
+    every tensor but perm of one dtype, and the kernels apply to them. Otherwise paired_linear and
+    critic_mlp run as two ops (as torch.compile's graphs hold them), whose wrappers cast under
+    autocast and name any argument that does not fit."""
+    if perm is None or not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
-    if torch.is_autocast_enabled(hx.device.type):
-        return False
-    assert plan.stack is not None and plan.head is not None
-    tensors = [hx, hz, source, data_half, plan.first.weight, plan.first.bias, plan.head.weight,
-               plan.head.bias, *extra]
-    for layer, _ in plan.stack:
-        tensors += [layer.weight, layer.bias]
     device, dtype = hx.device, hx.dtype
+    if perm.device != device or torch.is_autocast_enabled(device.type):
+        return False
+    grad = hx.requires_grad
+    for t in tensors:
+        if t is not None:
+            if t.dtype != dtype or t.device != device:
+                return False
+            grad = grad or t.requires_grad
     # With every tensor of hx's device and dtype, the kernels apply to all when they apply to hx.
-    return (perm.device == device
-            and all(t is None or (t.dtype == dtype and t.device == device) for t in tensors)
-            and any(t is not None and t.requires_grad for t in tensors)
-            and _ops.kernels_apply(hx))
+    return grad and _ops.kernels_apply(hx)
 
 
 def _linear_ends_bound(plan: FusedPlan, ends: LinearEnds, x: torch.Tensor, z: torch.Tensor,
@@ -402,23 +414,27 @@ def _linear_ends_bound(plan: FusedPlan, ends: LinearEnds, x: torch.Tensor, z: to
     if (type(x) is not torch.Tensor or type(z) is not torch.Tensor or z.dim() != 2
             or x.dim() < 2 or (x.dim() > 2 and not ends.flatten) or not ends.runs_as_modules()):
         return None
-    data, latent, first, head = ends.data, ends.latent, plan.first, plan.head
-    assert plan.stack is not None and plan.stack_activations is not None and head is not None
+    data, latent = ends.data, ends.latent
+    assert plan.stack_activations is not None and plan.head_act is not None  # a stack, a head
     x = x if x.dim() == 2 else x.flatten(1)
     if (x.shape[1] != data.in_features or z.shape[1] != latent.in_features
-            or data.out_features + latent.out_features != first.in_features
-            or not (x.requires_grad or data.weight.requires_grad
-                    or (data.bias is not None and data.bias.requires_grad))
-            or not _one_node(plan, x, z, None, None, perm,
-                             (data.weight, data.bias, latent.weight, latent.bias))):
+            or data.out_features + latent.out_features != plan.first.in_features):
+        return None
+    data_weight, data_bias, latent_weight, latent_bias = (
+        data.weight, data.bias, latent.weight, latent.bias)
+    if not (x.requires_grad or data_weight.requires_grad
+            or (data_bias is not None and data_bias.requires_grad)):
+        return None
+    weight, bias, head_weight, head_bias, weights, biases = tensors = _chain_tensors(plan)
+    if not _one_node(x, perm, (z, data_weight, data_bias, latent_weight, latent_bias,
+                               *tensors[:4], *weights, *biases)):
         return None
     m = z.shape[0]
     value, scores = critic_chain_op.critic_chain_with_linear_ends(
-        x, data.weight, data.bias, z, latent.weight, latent.bias,
-        not shuffled_grad and z.requires_grad, first.weight, first.bias, perm,
-        plan.first_act.name, plan.first_act.param, [layer.weight for layer, _ in plan.stack],
-        [layer.bias for layer, _ in plan.stack], *plan.stack_activations, head.weight,
-        head.bias, m, plan.head_act.name, plan.head_act.param)  # type: ignore[union-attr]
+        x, data_weight, data_bias, z, latent_weight, latent_bias,
+        not shuffled_grad and z.requires_grad, weight, bias, perm,
+        plan.first_act.name, plan.first_act.param, weights, biases, *plan.stack_activations,
+        head_weight, head_bias, m, plan.head_act.name, plan.head_act.param)
     return _paired(bound, scores[:m], scores[m:], value)
 
 
