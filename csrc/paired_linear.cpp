@@ -31,6 +31,15 @@ Tensor columns(const Tensor& weight, int64_t start, int64_t count) {
                    start * weight.stride(1));
 }
 
+// Whether the rows of a CPU matrix lie a distance apart that is no multiple of 64 bytes (the
+// cache line): MKL writes such an output slower than a fresh one.
+bool rows_cross_cache_lines(const Tensor& m) {
+  if (!m.is_cpu()) return false;
+  const ScalarType dtype = m.scalar_type();
+  const int64_t bytes = dtype == ScalarType::Double ? 8 : dtype == ScalarType::Float ? 4 : 2;
+  return (m.stride(0) * bytes) % 64 != 0;
+}
+
 // grad @ w_latent (M, Dz) for a narrow Dz, as (w_latent^T grad^T)^T: several times faster than
 // the direct product on the CPU.
 Tensor narrow_input_grad(const Tensor& grad, const Tensor& w_latent) {
@@ -218,13 +227,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     grad_w = empty_like_shape(weight);
     Tensor data_part = columns(grad_w, 0, dx), latent_part = columns(grad_w, dx, dz);
     torch::stable::copy_(latent_part, t(latent_t));
-    // g^T hx written straight into the strided slice (the BLAS takes the row stride): no
-    // temporary and no transposed copy. AVX-512 EPYC, 2 threads, Dx = 784, minima of
-    // interleaved runs: 256 units 0.21 / 0.60 / 2.3 ms at N = 64 / 256 / 1024 against 0.24 /
-    // 0.60 / 2.3 ms for (hx^T g)^T plus a transposed copy; 512 units 0.32 against 0.73 ms and
-    // 1000 units 0.56 against 0.77 ms at N = 64 (bench/README.md, "Fixed cost per call").
+    // g^T hx written straight into the strided slice (the BLAS takes the row stride), except
+    // on the CPU where the weight's rows do not start on cache lines (Dx + Dz = 794 floats): MKL
+    // writes such rows about 25% slower than a fresh (H, Dx) product, so the product is fresh and
+    // copied in (bench/fixed_cost_notes.md, "Thirteenth session").
     // hx's gradient, independent of it, at the same time where that is faster.
-    auto data_columns_grad = [&] { mm_out(data_part, t(g_data), hx); };
+    auto data_columns_grad = [&] {
+      if (rows_cross_cache_lines(grad_w)) {
+        torch::stable::copy_(data_part, mm(t(g_data), hx));
+      } else {
+        mm_out(data_part, t(g_data), hx);
+      }
+    };
     if (need_hx) {
       side_by_side(hx, data_columns_grad, hx_grad);
     } else {

@@ -327,6 +327,30 @@ def test_paired_linear_with_a_strided_weight_equals_the_reference(layout, source
         torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype,dx,dz", [
+    (torch.float64, 6, 2), (torch.float64, 6, 3),  # rows of 64 bytes / 72 bytes apart
+    (torch.float32, 12, 4), (torch.float32, 12, 5),  # 64 / 68 bytes
+])
+@pytest.mark.parametrize("hx_grad", [False, True])
+def test_paired_linear_weight_gradient_whether_its_rows_fill_cache_lines(dtype, dx, dz, hx_grad):
+    # The data columns' weight gradient is written into the gradient in place where the weight's
+    # rows lie a multiple of 64 bytes apart, else computed apart and copied in: both equal the
+    # float64 reference, with hx's gradient computed beside it or not.
+    hx, hz, src, weight, b, perm = linear_inputs(7, dx, dz, 9, s=2, source=True, dtype=dtype)
+    hx.requires_grad_(hx_grad)
+    out = paired_linear_op.paired_linear(hx, hz, src, weight, b, perm, "relu")
+    grad = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    inputs = [hx, hz, src, weight, b] if hx_grad else [hz, src, weight, b]
+    got = torch.autograd.grad(out, inputs, grad.to(dtype))
+    wide = [t.detach().double().requires_grad_(True) for t in (hx, hz, src, weight, b)]
+    ref = reference.paired_linear(*wide[:4], wide[4], perm, "relu")
+    want = torch.autograd.grad(ref, wide if hx_grad else wide[1:], grad)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for g1, g2 in zip(got, want):
+        assert g1.shape == g2.shape and g1.dtype == dtype
+        torch.testing.assert_close(g1.double(), g2, rtol=tol, atol=tol * float(g2.abs().max()))
+
+
 def test_paired_linear_without_any_gradient_is_the_forward_only():
     hx, hz, _, weight, b, perm = linear_inputs(4, 3, 2, 5)
     with torch.no_grad():
