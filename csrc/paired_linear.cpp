@@ -31,13 +31,17 @@ Tensor columns(const Tensor& weight, int64_t start, int64_t count) {
                    start * weight.stride(1));
 }
 
-// Whether the rows of a CPU matrix lie a distance apart that is no multiple of 64 bytes (the
-// cache line): MKL writes such an output slower than a fresh one.
-bool rows_cross_cache_lines(const Tensor& m) {
-  if (!m.is_cpu()) return false;
-  const ScalarType dtype = m.scalar_type();
+// Whether the (H, Dx) product written into the first columns of the CPU weight gradient
+// grad_w (H, Dx + Dz) is faster computed apart and copied in: where grad_w's rows lie a distance
+// apart that is no multiple of 64 bytes (the cache line), MKL writes them slower than a fresh
+// product's, which pays for the copy from about 2^17 elements (AVX-512 EPYC, 2 threads, N = 64:
+// 1.0x at 256 x 784, 1.07x slower at 128 x 784 when warm; bench/fixed_cost_notes.md,
+// "Thirteenth session").
+bool product_apart_pays(const Tensor& grad_w, int64_t dx) {
+  if (!grad_w.is_cpu() || grad_w.size(0) * dx < (int64_t{1} << 17)) return false;
+  const ScalarType dtype = grad_w.scalar_type();
   const int64_t bytes = dtype == ScalarType::Double ? 8 : dtype == ScalarType::Float ? 4 : 2;
-  return (m.stride(0) * bytes) % 64 != 0;
+  return (grad_w.stride(0) * bytes) % 64 != 0;
 }
 
 // grad @ w_latent (M, Dz) for a narrow Dz, as (w_latent^T grad^T)^T: several times faster than
@@ -227,13 +231,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     grad_w = empty_like_shape(weight);
     Tensor data_part = columns(grad_w, 0, dx), latent_part = columns(grad_w, dx, dz);
     torch::stable::copy_(latent_part, t(latent_t));
-    // g^T hx written straight into the strided slice (the BLAS takes the row stride), except
-    // on the CPU where the weight's rows do not start on cache lines (Dx + Dz = 794 floats): MKL
-    // writes such rows about 25% slower than a fresh (H, Dx) product, so the product is fresh and
-    // copied in (bench/fixed_cost_notes.md, "Thirteenth session").
+    // g^T hx written straight into the strided slice (the BLAS takes the row stride), or where
+    // that is slower (product_apart_pays: the benchmark's chains, Dx + Dz = 794 floats) a fresh
+    // (H, Dx) product copied in.
     // hx's gradient, independent of it, at the same time where that is faster.
     auto data_columns_grad = [&] {
-      if (rows_cross_cache_lines(grad_w)) {
+      if (product_apart_pays(grad_w, dx)) {
         torch::stable::copy_(data_part, mm(t(g_data), hx));
       } else {
         mm_out(data_part, t(g_data), hx);

@@ -327,16 +327,18 @@ def test_paired_linear_with_a_strided_weight_equals_the_reference(layout, source
         torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype,dx,dz", [
-    (torch.float64, 6, 2), (torch.float64, 6, 3),  # rows of 64 bytes / 72 bytes apart
-    (torch.float32, 12, 4), (torch.float32, 12, 5),  # 64 / 68 bytes
+@pytest.mark.parametrize("dtype,dx,dz,h", [
+    (torch.float64, 784, 16, 168), (torch.float64, 784, 10, 168),  # rows 6400 / 6352 bytes apart
+    (torch.float32, 784, 16, 168), (torch.float32, 784, 10, 168),  # 3200 / 3176 bytes
+    (torch.float64, 6, 3, 9),  # rows off the cache lines, a product too small to compute apart
 ])
 @pytest.mark.parametrize("hx_grad", [False, True])
-def test_paired_linear_weight_gradient_whether_its_rows_fill_cache_lines(dtype, dx, dz, hx_grad):
-    # The data columns' weight gradient is written into the gradient in place where the weight's
-    # rows lie a multiple of 64 bytes apart, else computed apart and copied in: both equal the
-    # float64 reference, with hx's gradient computed beside it or not.
-    hx, hz, src, weight, b, perm = linear_inputs(7, dx, dz, 9, s=2, source=True, dtype=dtype)
+def test_paired_linear_weight_gradient_whether_its_rows_fill_cache_lines(dtype, dx, dz, h, hx_grad):
+    # The data columns' weight gradient (h x dx) is written into the gradient in place, or, where
+    # the weight's rows lie no multiple of 64 bytes apart and it has 2^17 elements or more,
+    # computed apart and copied in: each equals the float64 reference, with hx's gradient
+    # computed beside it or not.
+    hx, hz, src, weight, b, perm = linear_inputs(7, dx, dz, h, s=2, source=True, dtype=dtype)
     hx.requires_grad_(hx_grad)
     out = paired_linear_op.paired_linear(hx, hz, src, weight, b, perm, "relu")
     grad = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
