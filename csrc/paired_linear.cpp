@@ -32,13 +32,18 @@ Tensor columns(const Tensor& weight, int64_t start, int64_t count) {
 }
 
 // Whether the (H, Dx) product written into the first columns of the CPU weight gradient
-// grad_w (H, Dx + Dz) is faster computed apart and copied in: where grad_w's rows lie a distance
+// grad_w (H, Dx + Dz) is better computed apart and copied in: where grad_w's rows lie a distance
 // apart that is no multiple of 64 bytes (the cache line), MKL writes them slower than a fresh
 // product's, which pays for the copy from about 2^17 elements (AVX-512 EPYC, 2 threads, N = 64:
-// 1.0x at 256 x 784, 1.07x slower at 128 x 784 when warm; bench/fixed_cost_notes.md,
-// "Thirteenth session").
+// 1.0x at 256 x 784, 1.07x slower at 128 x 784 when warm). Above 2^18 elements the temporary
+// raises the call's peak memory by more than 1 MB (the paper chain's 1000 x 784 at N = 64: 4.5
+// -> 7.5 MB), so the product is written in place there (bench/fixed_cost_notes.md, "Thirteenth
+// session").
 bool product_apart_pays(const Tensor& grad_w, int64_t dx) {
-  if (!grad_w.is_cpu() || grad_w.size(0) * dx < (int64_t{1} << 17)) return false;
+  const int64_t elements = grad_w.size(0) * dx;
+  if (!grad_w.is_cpu() || elements < (int64_t{1} << 17) || elements > (int64_t{1} << 18)) {
+    return false;
+  }
   const ScalarType dtype = grad_w.scalar_type();
   const int64_t bytes = dtype == ScalarType::Double ? 8 : dtype == ScalarType::Float ? 4 : 2;
   return (grad_w.stride(0) * bytes) % 64 != 0;
@@ -232,8 +237,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
     Tensor data_part = columns(grad_w, 0, dx), latent_part = columns(grad_w, dx, dz);
     torch::stable::copy_(latent_part, t(latent_t));
     // g^T hx written straight into the strided slice (the BLAS takes the row stride), or where
-    // that is slower (product_apart_pays: the benchmark's chains, Dx + Dz = 794 floats) a fresh
-    // (H, Dx) product copied in.
+    // that is slower and the temporary small (product_apart_pays: the Julia chain, 256 x 784 in
+    // a (256, 794) gradient) a fresh (H, Dx) product copied in.
     // hx's gradient, independent of it, at the same time where that is faster.
     auto data_columns_grad = [&] {
       if (product_apart_pays(grad_w, dx)) {

@@ -331,11 +331,12 @@ def test_paired_linear_with_a_strided_weight_equals_the_reference(layout, source
     (torch.float64, 784, 16, 168), (torch.float64, 784, 10, 168),  # rows 6400 / 6352 bytes apart
     (torch.float32, 784, 16, 168), (torch.float32, 784, 10, 168),  # 3200 / 3176 bytes
     (torch.float64, 6, 3, 9),  # rows off the cache lines, a product too small to compute apart
+    (torch.float32, 784, 10, 400),  # and one too large: its temporary would raise the peak
 ])
 @pytest.mark.parametrize("hx_grad", [False, True])
 def test_paired_linear_weight_gradient_whether_its_rows_fill_cache_lines(dtype, dx, dz, h, hx_grad):
     # The data columns' weight gradient (h x dx) is written into the gradient in place, or, where
-    # the weight's rows lie no multiple of 64 bytes apart and it has 2^17 elements or more,
+    # the weight's rows lie no multiple of 64 bytes apart and it has 2^17 to 2^18 elements,
     # computed apart and copied in: each equals the float64 reference, with hx's gradient
     # computed beside it or not.
     hx, hz, src, weight, b, perm = linear_inputs(7, dx, dz, h, s=2, source=True, dtype=dtype)
