@@ -167,16 +167,28 @@ def _structure_key(mi: nn.Module) -> list[Any]:
     pending = [mi]
     while pending:
         module = pending.pop()
+        if module is None:  # a registered None child
+            continue
         key.append(id(module))
         key.append(type(module))
         children = module._modules
         if children:
-            pending.extend(child for child in children.values() if child is not None)
+            pending.extend(children.values())
         elif type(module) is not nn.Linear:
-            key.append(tuple((name, value if type(value) in _PLAIN_SETTINGS else id(value))
-                             for name, value in module.__dict__.items()
-                             if name[0] != "_" and name != "training"))
+            settings = module.__dict__
+            # The names nn.Module itself sets are set apart in C: a leaf adds a few of its own.
+            names = settings.keys() - _MODULE_NAMES
+            key.append(tuple((name, _setting(settings[name])) for name in sorted(names)
+                             if name[0] != "_") if names else ())
     return key
+
+
+def _setting(value: Any) -> Any:
+    return value if type(value) in _PLAIN_SETTINGS else id(value)
+
+
+# What nn.Module.__init__ sets: "training" and private names, none of them a leaf's settings.
+_MODULE_NAMES = frozenset(nn.Module().__dict__)
 
 
 def _build_plan(mi: nn.Module) -> FusedPlan | NoFusedPlan:
