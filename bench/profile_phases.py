@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Where one call of ours goes, timed in place: each part of the MI loss forward + backward
-(shuffled_grad=False) in ordinary calls, beside the replay of the same layers' GEMMs alone.
+"""Where one call of ours goes, timed in place: the forward and the backward of the chain node in
+ordinary calls of the MI loss forward + backward (shuffled_grad=False), beside the replay of the
+same GEMMs alone.
 
     .venv/bin/python bench/profile_phases.py                    # T:64, T:256, P:64, 2 threads
     .venv/bin/python bench/profile_phases.py --cases T:64 --rounds 200
@@ -8,15 +9,15 @@
 torch.profiler (bench/profile_fixed_cost.py) adds its own cost to every op and cannot say what
 a product costs inside the call. Here each part is timed by a wrapper around the Python call that
 runs it (two ``perf_counter`` reads), in calls interleaved with the replays of
-``common.make_replay`` (ours' own products, per group of layers, preallocated operands):
+``common.make_replay`` (ours' own products, forward and backward apart, preallocated operands):
 
-- ``data and latent layers``: for a chain whose ``data`` and ``latent`` are single Linear layers
-  (T), their forward products inside the node and their gradients in its backward (the node's
-  backward less ``_chain_backward``); for identity ends (P) nothing;
-- ``first layer (paired_linear)``: ``paired_linear_forward`` + ``paired_linear_backward``;
-- ``hidden layers, head, bound (critic_mlp)``: ``critic_mlp_forward`` + ``critic_mlp_backward``;
+- ``forward (critic_chain_forward)``: the node's one forward op: for a chain whose ``data`` and
+  ``latent`` are single Linear layers (T) their products too, then the first layer, the hidden
+  layers, the head and the bound;
+- ``backward (critic_chain_backward)``: the node's one backward op, every gradient;
 - ``rest of the call``: the call less the parts: Python (the plan, the checks, the node's
-  bookkeeping), ``Function.apply``, autograd's engine, the harness's ``autograd.grad``.
+  bookkeeping), ``Function.apply``, autograd's engine, the harness's ``autograd.grad``; for a
+  chain whose data and latent networks run as modules (P: identity), their calls.
 
 Each part's time against its replay is what the part adds beyond its GEMMs (pointwise passes, the
 op's fixed cost, and the products running slower inside a call whose other work evicted their
@@ -36,7 +37,6 @@ from typing import Callable, Iterator
 import torch
 
 import infomax_ext.critic_chain_op as chain_op
-import infomax_ext.critic_mlp_op as mlp_op
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
@@ -52,20 +52,16 @@ from common import (  # noqa: E402
 )
 from profile_fixed_cost import case  # noqa: E402
 
-ENDS = "data and latent layers"
-FIRST = "first layer (paired_linear)"
-MLP = "hidden layers, head, bound (critic_mlp)"
+FORWARD = "forward (critic_chain_forward)"
+BACKWARD = "backward (critic_chain_backward)"
 REST = "rest of the call"
-PARTS = (ENDS, FIRST, MLP)
-_PART_OF_OP = {"paired_linear_forward": FIRST, "paired_linear_backward": FIRST,
-               "critic_mlp_forward": MLP, "critic_mlp_backward": MLP}
+PARTS = (FORWARD, BACKWARD)
+_PART_OF_OP = {"critic_chain_forward": FORWARD, "critic_chain_backward": BACKWARD}
 
 
-def part_of_layer(layer: str) -> str:
-    """The part of a call that runs the products of ``common.Gemm.layer``."""
-    if layer.startswith("mlp.0."):
-        return FIRST
-    return MLP if layer.startswith("mlp.") else ENDS
+def part_of_gemm(kind: str) -> str:
+    """The part of a call that runs a product of ``common.Gemm.kind``."""
+    return FORWARD if kind == "fwd" else BACKWARD
 
 
 class _Clock:
@@ -85,7 +81,7 @@ class _Clock:
 
 
 class _TimedOps:
-    """Stands for ``torch.ops.infomax_ext`` in the op modules: each op's ``.default`` timed."""
+    """Stands for ``torch.ops.infomax_ext`` in critic_chain_op: each op's ``.default`` timed."""
 
     def __init__(self, clock: _Clock) -> None:
         self._clock = clock
@@ -96,47 +92,15 @@ class _TimedOps:
             self._clock.timed(_PART_OF_OP.get(name, REST), op.default))})
 
 
-class _TimedLinear:
-    """Stands for ``torch.nn.functional`` in critic_chain_op (its only use: ``F.linear``)."""
-
-    def __init__(self, clock: _Clock) -> None:
-        self.linear = clock.timed(ENDS, torch.nn.functional.linear)
-
-
 @contextlib.contextmanager
 def timed_parts(clock: _Clock) -> Iterator[None]:
-    """Inside: the op modules' calls are timed into ``clock`` (their attributes restored after)."""
-    ends = chain_op._LinearEndsChain
-    saved = (chain_op.OPS, mlp_op.OPS, chain_op.F, chain_op._chain_backward, ends.backward)
-    node_backward, chain_backward = ends.backward, chain_op._chain_backward
-
-    def backward(ctx, *grads):  # the ends' gradients: the node's backward less _chain_backward
-        t0 = time.perf_counter()
-        inner0 = clock.spent.get("_chain_backward", 0.0)
-        try:
-            return node_backward(ctx, *grads)
-        finally:
-            outer = time.perf_counter() - t0
-            inner = clock.spent.get("_chain_backward", 0.0) - inner0
-            clock.spent[ENDS] = clock.spent.get(ENDS, 0.0) + outer - inner
-
-    def chain_backward_timed(*args):
-        t0 = time.perf_counter()
-        try:
-            return chain_backward(*args)
-        finally:
-            clock.spent["_chain_backward"] = (clock.spent.get("_chain_backward", 0.0)
-                                              + time.perf_counter() - t0)
-
-    chain_op.OPS = mlp_op.OPS = _TimedOps(clock)
-    chain_op.F = _TimedLinear(clock)
-    chain_op._chain_backward = chain_backward_timed
-    ends.backward = staticmethod(backward)
+    """Inside: critic_chain_op's op calls are timed into ``clock`` (its OPS restored after)."""
+    saved = chain_op.OPS
+    chain_op.OPS = _TimedOps(clock)
     try:
         yield
     finally:
-        chain_op.OPS, mlp_op.OPS, chain_op.F, chain_op._chain_backward = saved[:4]
-        ends.backward = staticmethod(saved[4])
+        chain_op.OPS = saved
 
 
 def measure(chain: str, n: int, rounds: int) -> dict:
@@ -159,7 +123,7 @@ def measure(chain: str, n: int, rounds: int) -> dict:
     layout = chain_layout(mi, N_DATA, N_LATENT)
     groups: dict[str, list] = {}
     for gemm in ours_gemms(layout, n, False):
-        groups.setdefault(part_of_layer(gemm.layer), []).append(gemm)
+        groups.setdefault(part_of_gemm(gemm.kind), []).append(gemm)
     replays = {f"replay: {part}": make_replay(gemms, **ours_schedule(layout))
                for part, gemms in groups.items()}
     plain = torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt)

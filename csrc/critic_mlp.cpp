@@ -20,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "chain_parts.h"
 #include "checks.h"
 #include "gemm.h"
 #include "kernels.h"
@@ -75,6 +76,8 @@ std::tuple<Tensor, Tensor, Tensor> critic_head_backward_on_device(
   return critic_head_backward_cpu(grad_bound, grad_scores, hidden, weight, scores, pre, n_joint, act,
                                param, mask);
 }
+
+}  // namespace
 
 // ---------------------------------------------------------------------------------- forward
 
@@ -191,8 +194,6 @@ std::tuple<Tensor, Tensors, Tensors, Tensor, Tensor> critic_mlp_backward(
   return {want_hidden ? g : none(), grad_weights, grad_biases,
           want_head_w ? grad_head_w : none(), want_head_b ? grad_head_b : none()};
 }
-
-}  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CompositeExplicitAutograd, m) {
   m.impl("critic_mlp", TORCH_BOX(&critic_mlp));

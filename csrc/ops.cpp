@@ -59,6 +59,20 @@ STABLE_TORCH_LIBRARY(infomax_ext, m) {
       "Tensor? head_bias, Tensor scores, Tensor[] outputs, Tensor[] pres, int n_joint, "
       "str head_activation, float head_param, bool[] output_mask) "
       "-> (Tensor, Tensor[], Tensor[], Tensor, Tensor)");
+  m.def(
+      "critic_chain_forward(Tensor hx, Tensor hz, Tensor? hz_shuffled, Tensor weight, Tensor? bias, "
+      "Tensor perm, str activation, float param, Tensor? data_half, Tensor[] weights, "
+      "Tensor?[] biases, str[] activations, float[] params, Tensor head_weight, Tensor? head_bias, "
+      "int n_joint, str head_activation, float head_param, Tensor? data_weight=None, "
+      "Tensor? data_bias=None, Tensor? latent_weight=None, Tensor? latent_bias=None) "
+      "-> (Tensor, Tensor, Tensor[])");
+  m.def(
+      "critic_chain_backward(Tensor? grad_bound, Tensor? grad_scores, Tensor hx, Tensor hz, "
+      "Tensor? hz_shuffled, Tensor weight, Tensor? bias, Tensor perm, str activation, float param, "
+      "Tensor hidden, Tensor[] halves, Tensor[] weights, Tensor?[] biases, str[] activations, "
+      "float[] params, Tensor head_weight, Tensor? head_bias, Tensor scores, Tensor[] outputs, "
+      "Tensor[] pres, int n_joint, str head_activation, float head_param, Tensor? x, Tensor? z, "
+      "Tensor? data_weight, Tensor? latent_weight, bool[] output_mask) -> Tensor[]");
   m.def("linear_grads(Tensor grad, Tensor input, Tensor weight) -> (Tensor, Tensor)");
   m.def("mm_pair(Tensor a, Tensor b, Tensor c, Tensor d) -> (Tensor, Tensor)");
   m.def("nwj_bound(Tensor t_joint, Tensor t_shuffled) -> Tensor");

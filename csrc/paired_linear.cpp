@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "chain_parts.h"
 #include "checks.h"
 #include "gemm.h"
 #include "kernels.h"
@@ -112,6 +113,8 @@ Tensor bias_or_zeros(const std::optional<Tensor>& bias, const Tensor& weight) {
   return bias.has_value() ? *bias
                           : torch::stable::new_zeros(weight, std::vector<int64_t>{weight.size(0)});
 }
+
+}  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> paired_linear_forward(
     const Tensor& hx, const Tensor& hz, const std::optional<Tensor>& hz_shuffled,
@@ -257,8 +260,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> paired_linear_backward(
   }
   return {grad_hx, grad_hz, grad_source, grad_w, need_bias ? g_bias : none()};
 }
-
-}  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(infomax_ext, CompositeExplicitAutograd, m) {
   m.impl("paired_linear", TORCH_BOX(&paired_linear));

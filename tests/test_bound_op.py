@@ -355,7 +355,8 @@ def _graph_names(t):
 @pytest.mark.parametrize("bound", ["nwj", "dv", "js", "smile"])
 def test_fused_path_runs_the_compiled_reduction(bound):
     """On the fused path the bound's reduction is a compiled op, seen in the graph and by the
-    profiler: nwj's inside the fused head (critic_mlp), the others' in mi_bound."""
+    profiler: nwj's inside the fused head (in the chain node's critic_chain_forward), the others'
+    in mi_bound."""
     mi, x, z = _chain_and_batch()
     perm = im.latent_permutation(10, 1, 3)
     with im.use_path("fused"), torch.profiler.profile() as prof:
@@ -364,12 +365,12 @@ def test_fused_path_runs_the_compiled_reduction(bound):
     events = {e.name for e in prof.events()}
     names = _graph_names(got.bound)
     if bound == "nwj":
-        assert "infomax_ext::critic_mlp_forward" in events
+        assert "infomax_ext::critic_chain_forward" in events
         assert "infomax_ext::mi_bound" not in events
     else:
         assert {"infomax_ext::mi_bound", "infomax_ext::mi_bound_backward"} <= events
         assert any(_is_mi_bound_node(n) for n in names), names
-        assert "infomax_ext::critic_mlp_forward" in events  # the scores: the fused chain
+        assert "infomax_ext::critic_chain_forward" in events  # the scores: the fused chain
 
 
 def test_bound_classes_match_the_compiled_table():

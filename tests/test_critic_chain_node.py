@@ -210,3 +210,37 @@ def test_a_wrong_width_of_x_is_named_as_on_the_module_path():
     z = torch.randn(6, 3, dtype=F64, requires_grad=True)
     with pytest.raises(ValueError, match=r"mi.data \(Linear\) takes 12 features .* given 11"):
         im.paired_mutual_info(mi, torch.randn(6, 11, dtype=F64), z, im.latent_permutation(6, 1, seed=1))
+
+
+def test_the_chain_ops_name_a_bad_argument_before_any_work():
+    """critic_chain_forward and critic_chain_backward (the node's one op each way) refuse
+    arguments that do not fit, with the argument named, before computing anything."""
+    ops = torch.ops.infomax_ext
+    torch.manual_seed(0)
+    n, dx, dz, h, h1 = 4, 5, 3, 6, 7
+    hx, hz = torch.randn(n, dx), torch.randn(n, dz)
+    weight, bias = torch.randn(h, dx + dz), torch.randn(h)
+    w1, b1, head_w, head_b = torch.randn(h1, h), torch.randn(h1), torch.randn(1, h1), torch.randn(1)
+    perm = im.latent_permutation(n, 1, seed=1)
+    layers = ([w1], [b1], ["relu"], [0.0], head_w, head_b, n, "identity", 0.0)
+    forward_args = (hx, hz, None, weight, bias, perm, "relu", 0.0, None, *layers)
+    bound, scores, kept = ops.critic_chain_forward(*forward_args)
+    with pytest.raises(RuntimeError, match="data_weight and latent_weight together"):
+        ops.critic_chain_forward(*forward_args, torch.randn(dx, dx))
+    with pytest.raises(RuntimeError, match="perm"):
+        ops.critic_chain_forward(hx, hz, None, weight, bias, perm[:-1], "relu", 0.0, None, *layers)
+    hidden, outputs, pres = kept[2], kept[6:7], kept[7:]
+
+    def backward(mask, activation="relu", halves=()):
+        return ops.critic_chain_backward(
+            torch.tensor(1.0), None, hx, hz, None, weight, bias, perm, activation, 0.0, hidden,
+            list(halves), [w1], [b1], ["relu"], [0.0], head_w, head_b, scores, outputs, pres, n,
+            "identity", 0.0, None, None, None, None, mask)
+
+    # hx, hz, hz_shuffled, weight, bias, head_weight, head_bias, w1, b1
+    grads = backward([False, False, False, True, False, False, False, False, False])
+    assert grads[3].shape == weight.shape and all(g.numel() == 0 for i, g in enumerate(grads) if i != 3)
+    with pytest.raises(RuntimeError, match="output_mask must have 9 entries, got 8"):
+        backward([True] * 8)
+    with pytest.raises(RuntimeError, match="needs the first layer's halves"):
+        backward([True] * 9, activation="tanh")

@@ -164,7 +164,7 @@ def _structure_key(mi: nn.Module) -> list[Any]:
     anything else by identity; ``training`` left out). The plan keeps the Linear layers it names
     alive, so their identities cannot be reused while it is kept."""
     key: list[Any] = []
-    pending = [mi]
+    pending: list[nn.Module | None] = [mi]
     while pending:
         module = pending.pop()
         if module is None:  # a registered None child
