@@ -36,7 +36,7 @@ def _chain_forward(ctx: Any, layout: tuple[Any, ...], hx: torch.Tensor, hz: torc
                    source_is_hz: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The chain's forward below autograd (one ``critic_chain_forward`` call), saving what
     :func:`_chain_backward` reads, then the ``extra`` tensors of the calling node
-    (:func:`_chain_extra` returns them). With ``ends`` (the data and latent layers' weight and
+    (the last ``len(extra)`` saved tensors). With ``ends`` (the data and latent layers' weight and
     bias: Wd, bd, Wl, bl) hx and hz are those layers' inputs x and z, and the op computes the
     layers' outputs. With ``source_is_hz`` the shuffled rows' source codes are hz itself (the
     same values): the forward reads the shuffled half from the latent half (one product fewer)
@@ -57,7 +57,6 @@ def _chain_forward(ctx: Any, layout: tuple[Any, ...], hx: torch.Tensor, hz: torc
     hidden, computed_data, latent, source = kept[2:6]
     ctx.set_materialize_grads(False)
     ctx.layout = layout
-    ctx.n_extra = len(extra)
     halves: tuple[torch.Tensor, ...] = ()
     if activation not in OUTPUT_DERIVATIVE_ACTIVATIONS:
         halves = (computed_data if data_half is None else data_half, latent)
@@ -68,23 +67,16 @@ def _chain_forward(ctx: Any, layout: tuple[Any, ...], hx: torch.Tensor, hz: torc
     return bound, scores
 
 
-def _chain_extra(ctx: Any) -> tuple[torch.Tensor, ...]:
-    """The ``extra`` tensors :func:`_chain_forward` saved."""
-    saved = ctx.saved_tensors
-    return tuple(saved[len(saved) - ctx.n_extra:])
-
-
-def _chain_backward(ctx: Any, mask: list[bool], grad_bound: torch.Tensor | None,
-                    grad_scores: torch.Tensor | None,
-                    ends: tuple[torch.Tensor | None, ...] = (None, None, None, None)
+def _chain_backward(ctx: Any, saved: Sequence[torch.Tensor | None], mask: list[bool],
+                    grad_bound: torch.Tensor | None, grad_scores: torch.Tensor | None,
+                    ends: Sequence[torch.Tensor | None] = (None, None, None, None)
                     ) -> list[torch.Tensor | None]:
-    """The gradients ``critic_chain_backward`` computes from what :func:`_chain_forward` saved,
-    for ``mask`` in its order (see csrc/critic_chain.cpp), None where ``mask`` is False. ``ends``:
-    (x, z, Wd, Wl) of a chain with linear ends."""
+    """The gradients ``critic_chain_backward`` computes from what :func:`_chain_forward` saved
+    (``saved``: ``ctx.saved_tensors`` without the ``extra`` ones), for ``mask`` in its order (see
+    csrc/critic_chain.cpp), None where ``mask`` is False. ``ends``: (x, z, Wd, Wl) of a chain
+    with linear ends."""
     mlp_layout, activation, param = ctx.layout
     layers, has_bias, activations, params, n_joint, head_act, head_param = mlp_layout
-    saved = ctx.saved_tensors
-    saved = saved[:len(saved) - ctx.n_extra]
     hx, hz, hz_shuffled, weight, bias, perm, hidden, head_weight, head_bias, scores = saved[:10]
     k = 10 + layers
     outputs, pres = list(saved[10:k]), list(saved[k:k + layers + 1])
@@ -129,7 +121,7 @@ class _CriticChain(torch.autograd.Function):
         mask = [*need[1:6], *need[8:]]
         if not any(mask) or (grad_bound is None and grad_scores is None):
             return (None,) * len(need)
-        grads = _chain_backward(ctx, mask, grad_bound, grad_scores)
+        grads = _chain_backward(ctx, ctx.saved_tensors, mask, grad_bound, grad_scores)
         return (None, *grads[:5], None, None, *grads[5:])
 
 
@@ -166,9 +158,10 @@ class _LinearEndsChain(torch.autograd.Function):
         mask = [*need[2:10], *need[11:]]
         if not any(mask) or (grad_bound is None and grad_scores is None):
             return (None,) * len(need)
-        ends = _chain_extra(ctx)
+        saved = ctx.saved_tensors
+        ends = saved[-4:]  # x, z, Wd, Wl: the extra tensors the forward saved last
         refuse_double_backward("critic_chain", *ends)
-        grads = _chain_backward(ctx, mask, grad_bound, grad_scores, ends)
+        grads = _chain_backward(ctx, saved[:-4], mask, grad_bound, grad_scores, ends)
         return (None, None, *grads[:8], None, *grads[8:])
 
 
