@@ -67,7 +67,7 @@ def _chain_forward(ctx: Any, layout: tuple[Any, ...], hx: torch.Tensor, hz: torc
     return bound, scores
 
 
-def _chain_backward(ctx: Any, saved: Sequence[torch.Tensor | None], mask: list[bool],
+def _chain_backward(ctx: Any, saved: tuple[Any, ...], mask: list[bool],
                     grad_bound: torch.Tensor | None, grad_scores: torch.Tensor | None,
                     ends: Sequence[torch.Tensor | None] = (None, None, None, None)
                     ) -> list[torch.Tensor | None]:
