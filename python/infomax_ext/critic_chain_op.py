@@ -32,13 +32,13 @@ def _chain_forward(ctx: Any, layout: tuple[Any, ...], hx: torch.Tensor, hz: torc
                    hz_shuffled: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None,
                    perm: torch.Tensor, data_half: torch.Tensor | None, head_weight: torch.Tensor,
                    head_bias: torch.Tensor | None, layer_tensors: tuple[torch.Tensor, ...],
-                   ends: tuple[Any, ...] = (), extra: tuple[torch.Tensor, ...] = (),
+                   ends: tuple[Any, ...] = (),
                    source_is_hz: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The chain's forward below autograd (one ``critic_chain_forward`` call), saving what
-    :func:`_chain_backward` reads, then the ``extra`` tensors of the calling node
-    (the last ``len(extra)`` saved tensors). With ``ends`` (the data and latent layers' weight and
+    :func:`_chain_backward` reads. With ``ends`` (the data and latent layers' weight and
     bias: Wd, bd, Wl, bl) hx and hz are those layers' inputs x and z, and the op computes the
-    layers' outputs. With ``source_is_hz`` the shuffled rows' source codes are hz itself (the
+    layers' outputs, and x, z, Wd, Wl are saved last (the ends' gradients read them). With
+    ``source_is_hz`` the shuffled rows' source codes are hz itself (the
     same values): the forward reads the shuffled half from the latent half (one product fewer)
     and the backward still returns the shuffled rows' gradient apart."""
     mlp_layout, activation, _ = layout
@@ -50,6 +50,7 @@ def _chain_forward(ctx: Any, layout: tuple[Any, ...], hx: torch.Tensor, hz: torc
             hx, hz, None if source_is_hz else hz_shuffled, weight, bias, perm, activation,
             layout[2], data_half, weights, biases, activations, params, head_weight, head_bias,
             n_joint, head_act, head_param, *ends)
+    extra = (hx, hz, ends[0], ends[2]) if ends else ()  # x, z, Wd, Wl
     if ends:
         hx, hz = kept[0], kept[1]
     if source_is_hz:
@@ -72,7 +73,7 @@ def _chain_backward(ctx: Any, saved: tuple[Any, ...], mask: list[bool],
                     ends: Sequence[torch.Tensor | None] = (None, None, None, None)
                     ) -> list[torch.Tensor | None]:
     """The gradients ``critic_chain_backward`` computes from what :func:`_chain_forward` saved
-    (``saved``: ``ctx.saved_tensors`` without the ``extra`` ones), for ``mask`` in its order (see
+    (``saved``: ``ctx.saved_tensors`` without the linear ends' x, z, Wd, Wl), for ``mask`` in its order (see
     csrc/critic_chain.cpp), None where ``mask`` is False. ``ends``: (x, z, Wd, Wl) of a chain
     with linear ends."""
     mlp_layout, activation, param = ctx.layout
@@ -147,7 +148,7 @@ class _LinearEndsChain(torch.autograd.Function):
         return _chain_forward(ctx, layout, x, z, None, weight, bias, perm, None, head_weight,
                               head_bias, layer_tensors,
                               ends=(data_weight, data_bias, latent_weight, latent_bias),
-                              extra=(x, z, data_weight, latent_weight), source_is_hz=source_is_hz)
+                              source_is_hz=source_is_hz)
 
     @staticmethod
     def backward(ctx: Any, grad_bound: torch.Tensor | None,
