@@ -83,6 +83,7 @@ def demo_model():
 
 def _rank(rank: int, port: int, repeats: int, queue) -> None:
     torch.set_num_threads(1)
+    distributed.import_before_init()  # else the group outlives destroy_process_group
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=2, timeout=datetime.timedelta(seconds=120))
     group = dist.group.WORLD

@@ -6,6 +6,8 @@ what each rank computed; the tests compare it with the same computation in this 
 """
 import contextlib
 import datetime
+import faulthandler
+import gc
 import json
 import os
 import re
@@ -45,20 +47,30 @@ def free_port() -> int:
 
 
 def _rank_main(rank, fn, port, args):
+    faulthandler.enable(all_threads=True)  # a rank killed by a signal shows its Python stacks
     torch.set_num_threads(1)
+    distributed.import_before_init()  # else destroy_process_group leaves gloo's threads running
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     try:
         fn(rank, *args)
     finally:
         dist.destroy_process_group()
+        # Free the group (joining its gloo threads) while the interpreter runs: reference cycles
+        # (a caught exception's frames) may still hold it.
+        gc.collect()
 
 
 def spawn(fn, *args):
     """``fn(rank, *args)`` in WORLD fresh processes joined in a gloo group; a rank's exception
     fails the caller with its traceback; processes still running after TIMEOUT are killed."""
-    context = mp.start_processes(_rank_main, args=(fn, free_port(), args), nprocs=WORLD,
-                                 join=False, start_method="spawn")
+    start(_rank_main, fn, free_port(), args)
+
+
+def start(main, fn, *args):
+    """``main(rank, fn, *args)`` in WORLD fresh processes, as :func:`spawn` runs them."""
+    context = mp.start_processes(main, args=(fn, *args), nprocs=WORLD, join=False,
+                                 start_method="spawn")
     deadline = time.monotonic() + TIMEOUT
     try:
         while not context.join(timeout=1.0):

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib
 import os
 import pickle
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence, TypeVar
@@ -67,6 +68,7 @@ __all__ = [
     "broadcast_module",
     "from_rank0",
     "wait_for_rank0",
+    "import_before_init",
     "init_from_env",
     "local_device",
 ]
@@ -464,6 +466,24 @@ def _portable(exc: BaseException) -> BaseException:
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+# torch modules that bind the default process group as a default argument value when they are
+# imported after it exists (torch.distributed.nn.functional: ten functions with
+# ``group=group.WORLD``; importing torch._dynamo imports it, and so does creating the first
+# optimizer). Imported later, they keep the group alive after destroy_process_group: its gloo
+# threads live on into the interpreter's shutdown, and one that is still releasing the last
+# collective's tensors then aborts the process (SIGABRT, "terminate called without an active
+# exception"), after all of its work succeeded.
+_MODULES_THAT_BIND_THE_GROUP = ("torch.distributed.nn.functional",)
+
+
+def import_before_init() -> None:
+    """Import :data:`_MODULES_THAT_BIND_THE_GROUP` (about 10 ms): call before
+    ``torch.distributed.init_process_group`` so that ``destroy_process_group`` frees the group
+    and joins its threads. :func:`init_from_env` calls it."""
+    for name in _MODULES_THAT_BIND_THE_GROUP:
+        importlib.import_module(name)
+
+
 def init_from_env(backend: str | None, device: torch.device,
                   timeout: datetime.timedelta = datetime.timedelta(minutes=30),
                   ) -> ProcessGroup | None:
@@ -486,6 +506,7 @@ def init_from_env(backend: str | None, device: torch.device,
             torch.cuda.set_device(device_id)
         # torchrun's store outlives a restart (--max-restarts), and with it the addresses the
         # previous attempt's processes published: each attempt keys its own.
+        import_before_init()
         store, rank, world = next(dist.rendezvous("env://", timeout=timeout))  # type: ignore[attr-defined]
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         store = dist.PrefixStore(f"infomax_ext/{attempt}", store)  # type: ignore[attr-defined]
