@@ -22,13 +22,22 @@ runs it (two ``perf_counter`` reads), in calls interleaved with the replays of
 Each part's time against its replay is what the part adds beyond its GEMMs (pointwise passes, the
 op's fixed cost, and the products running slower inside a call whose other work evicted their
 operands from the caches). Medians per call over the rounds; the parts' medians need not add up to
-the call's. Prints a markdown table per case.
+the call's.
+
+After the timed rounds, as many calls again count what each part spends in the kernel
+(``getrusage``, all threads): the CPU time in system calls and page faults, and the minor page
+faults. Means per call (the kernel's time is sampled at its clock ticks, so only a mean over
+many calls means anything). Memory that the C library's allocator returns to the system when a
+call frees it (``free`` trims the heap's top, or unmaps a large block) is faulted in page by page
+when the next call writes it: a cost of the call's allocations, not of its arithmetic. Prints a
+markdown table per case.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -55,6 +64,7 @@ from profile_fixed_cost import case  # noqa: E402
 FORWARD = "forward (critic_chain_forward)"
 BACKWARD = "backward (critic_chain_backward)"
 REST = "rest of the call"
+CALL = "the call"
 PARTS = (FORWARD, BACKWARD)
 _PART_OF_OP = {"critic_chain_forward": FORWARD, "critic_chain_backward": BACKWARD}
 
@@ -64,19 +74,34 @@ def part_of_gemm(kind: str) -> str:
     return FORWARD if kind == "fwd" else BACKWARD
 
 
-class _Clock:
-    """Seconds spent in each part during the current call."""
+def usage() -> tuple[float, int]:
+    """(seconds of CPU time in the kernel, minor page faults) of this process so far, every
+    thread."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_stime, u.ru_minflt
 
-    def __init__(self) -> None:
+
+class _Clock:
+    """Seconds spent in each part during the current call; with ``kernel``, also what each part
+    spent in the kernel, summed over calls (``in_kernel[part]``: [seconds, page faults])."""
+
+    def __init__(self, kernel: bool = False) -> None:
         self.spent: dict[str, float] = {}
+        self.in_kernel: dict[str, list] | None = {} if kernel else None
 
     def timed(self, part: str, fn: Callable) -> Callable:
         def call(*args, **kwargs):
+            before = usage() if self.in_kernel is not None else None
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.spent[part] = self.spent.get(part, 0.0) + time.perf_counter() - t0
+                if before is not None and self.in_kernel is not None:
+                    after = usage()
+                    total = self.in_kernel.setdefault(part, [0.0, 0])
+                    total[0] += after[0] - before[0]
+                    total[1] += after[1] - before[1]
         return call
 
 
@@ -146,14 +171,44 @@ def measure(chain: str, n: int, rounds: int) -> dict:
             "ours_ms": median_ms(times["ours"]),
             "parts_ms": {part: median_ms(samples) for part, samples in per_call.items()},
             "replay_ms": {name.removeprefix("replay: "): median_ms(times[name])
-                          for name in replays}}
+                          for name in replays},
+            "kernel": in_kernel(mi, x, z, perm, wrt, rounds)}
+
+
+def in_kernel(mi, x, z, perm, wrt, calls: int) -> dict:
+    """{part, REST, CALL: (ms in the kernel, minor page faults)}, means per call over ``calls``
+    ordinary calls of ours (after 3 more)."""
+    clock = _Clock(kernel=True)
+    with timed_parts(clock):
+        for _ in range(3):
+            torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt)
+        assert clock.in_kernel is not None
+        clock.in_kernel.clear()
+        before = usage()
+        for _ in range(calls):
+            torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt)
+        after = usage()
+    whole = (after[0] - before[0], after[1] - before[1])
+    parts = {part: tuple(clock.in_kernel.get(part, (0.0, 0))) for part in PARTS}
+    parts[REST] = (whole[0] - sum(v[0] for v in parts.values()),
+                   whole[1] - sum(v[1] for v in parts.values()))
+    parts[CALL] = whole
+    return {part: (1e3 * seconds / calls, faults / calls) for part, (seconds, faults) in parts.items()}
 
 
 def table(result: dict) -> list[str]:
-    """Markdown rows: each part in ours, its replay, the difference; the rest; the whole call."""
+    """Markdown rows: each part in ours, its replay, the difference, and what it spent in the
+    kernel; the rest; the whole call."""
+    kernel = result["kernel"]
+
+    def in_kernel_cells(part: str) -> str:
+        ms, faults = kernel[part]
+        return f"{ms:.3f} | {faults:.0f}"
+
     rows = [f"{result['chain']} N = {result['n']} ({result['rounds']} interleaved rounds, "
-            f"medians per call)", "",
-            "| part | in ours, ms | its GEMMs alone, ms | beyond the GEMMs, ms |", "|---|---|---|---|"]
+            f"medians per call; the kernel's share: means over {result['rounds']} more calls)", "",
+            "| part | in ours, ms | its GEMMs alone, ms | beyond the GEMMs, ms | in the kernel, ms "
+            "| page faults |", "|---|---|---|---|---|---|"]
     replay_total = 0.0
     for part in PARTS:
         inside, alone = result["parts_ms"][part], result["replay_ms"].get(part)
@@ -161,11 +216,12 @@ def table(result: dict) -> list[str]:
             continue
         replay_total += alone or 0.0
         rows.append(f"| {part} | {inside:.3f} | {'-' if alone is None else f'{alone:.3f}'} | "
-                    f"{inside - (alone or 0.0):.3f} |")
+                    f"{inside - (alone or 0.0):.3f} | {in_kernel_cells(part)} |")
     rest = result["parts_ms"][REST]
-    rows.append(f"| {REST} (Python, Function.apply, autograd's engine) | {rest:.3f} | - | {rest:.3f} |")
-    rows.append(f"| the call | {result['ours_ms']:.3f} | {replay_total:.3f} | "
-                f"{result['ours_ms'] - replay_total:.3f} |")
+    rows.append(f"| {REST} (Python, Function.apply, autograd's engine) | {rest:.3f} | - | "
+                f"{rest:.3f} | {in_kernel_cells(REST)} |")
+    rows.append(f"| {CALL} | {result['ours_ms']:.3f} | {replay_total:.3f} | "
+                f"{result['ours_ms'] - replay_total:.3f} | {in_kernel_cells(CALL)} |")
     return rows
 
 

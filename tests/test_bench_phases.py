@@ -3,9 +3,11 @@ replay of the same GEMMs. The timing wrappers must leave the call's results as t
 every part the call runs, and put the op module back as they found it."""
 from __future__ import annotations
 
+import mmap
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import infomax_ext.critic_chain_op as chain_op
@@ -57,5 +59,27 @@ def test_measure_and_table_on_the_smallest_case():
     assert 0 < result["parts_ms"][profile_phases.REST] < result["ours_ms"]
     rows = profile_phases.table(result)
     assert rows[-1].startswith("| the call |") and len(rows) == 4 + 2 + 2
+    # the kernel's share: the parts and the rest add up to the call (counted, not sampled)
+    kernel = result["kernel"]
+    assert set(kernel) == {*profile_phases.PARTS, profile_phases.REST, profile_phases.CALL}
+    assert all(faults >= 0 for _, faults in kernel.values())
+    assert sum(kernel[part][1] for part in (*profile_phases.PARTS, profile_phases.REST)) == (
+        pytest.approx(kernel[profile_phases.CALL][1]))
+    assert all(len(row.split("|")) == 8 for row in rows if row.startswith("| "))
     p = profile_phases.measure("P", 8, rounds=2)  # the paper chain's node: the same two parts
     assert all(p["parts_ms"][part] > 0 for part in profile_phases.PARTS)
+
+
+def test_usage_counts_the_page_faults_of_fresh_memory():
+    pages, size = 2048, mmap.PAGESIZE
+    block = mmap.mmap(-1, pages * size)  # anonymous, fresh: no page is in memory yet
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # 4 KiB pages even where huge pages are the default
+        block.madvise(mmap.MADV_NOHUGEPAGE)
+    try:
+        faults_before = profile_phases.usage()[1]
+        for page in range(pages):
+            block[page * size] = 1  # one write per page: each page faults in once
+        faults = profile_phases.usage()[1] - faults_before
+    finally:
+        block.close()
+    assert pages <= faults < pages + 100, faults
