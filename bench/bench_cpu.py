@@ -164,6 +164,12 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------
 
 
+# The environment variables that change how the C library's allocator takes memory from the
+# system and gives it back (bench/fixed_cost_notes.md: the paper chain's page faults).
+ALLOCATOR_VARIABLES = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_",
+                       "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_")
+
+
 def environment() -> dict:
     cpu = platform.processor()
     with contextlib.suppress(OSError):
@@ -187,6 +193,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "commit": commit,
         "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "allocator": {k: os.environ[k] for k in ALLOCATOR_VARIABLES if k in os.environ},
     }
 
 
@@ -704,7 +711,8 @@ def main(argv=None) -> int:
         print(f"WARNING: infomax_ext backend is {env['backend']!r} ({infomax_ext.extension_error()}):"
               " 'ours' runs the pure-PyTorch reference ops", file=sys.stderr)
     print(f"infomax_ext {env['infomax_ext']} ({env['backend']}), torch {env['torch']}, "
-          f"{env['threads']} threads, {env['cpu']}")
+          f"{env['threads']} threads, {env['cpu']}"
+          + "".join(f", {k}={v}" for k, v in env["allocator"].items()))
 
     compiled = {}
     if not args.no_compile:
