@@ -237,6 +237,14 @@ def destroy_frees_the_group(rank, out):
                 "freed": freed() is None}, out / f"rank{rank}.pt")
 
 
+def test_import_before_init_skips_a_module_this_torch_cannot_import(monkeypatch):
+    monkeypatch.setattr(distributed, "_MODULES_THAT_BIND_THE_GROUP",
+                        ("infomax_ext_no_such_module", "json"))
+    monkeypatch.delitem(sys.modules, "json")
+    distributed.import_before_init()
+    assert "json" in sys.modules and "infomax_ext_no_such_module" not in sys.modules
+
+
 def test_destroying_the_group_frees_it_so_no_gloo_thread_outlives_the_interpreter(tmp_path):
     # A group kept alive after destroy_process_group keeps its gloo threads, and one that
     # releases the last collective's tensors while the interpreter shuts down aborts the process

@@ -479,9 +479,13 @@ _MODULES_THAT_BIND_THE_GROUP = ("torch.distributed.nn.functional",)
 def import_before_init() -> None:
     """Import :data:`_MODULES_THAT_BIND_THE_GROUP` (about 10 ms): call before
     ``torch.distributed.init_process_group`` so that ``destroy_process_group`` frees the group
-    and joins its threads. :func:`init_from_env` calls it."""
+    and joins its threads. :func:`init_from_env` calls it. A module that this torch build
+    cannot import cannot bind the group either, and is skipped."""
     for name in _MODULES_THAT_BIND_THE_GROUP:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
 
 
 def init_from_env(backend: str | None, device: torch.device,
@@ -504,9 +508,9 @@ def init_from_env(backend: str | None, device: torch.device,
         if device.type == "cuda":
             device_id = local_device(device)
             torch.cuda.set_device(device_id)
+        import_before_init()
         # torchrun's store outlives a restart (--max-restarts), and with it the addresses the
         # previous attempt's processes published: each attempt keys its own.
-        import_before_init()
         store, rank, world = next(dist.rendezvous("env://", timeout=timeout))  # type: ignore[attr-defined]
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         store = dist.PrefixStore(f"infomax_ext/{attempt}", store)  # type: ignore[attr-defined]
