@@ -19,8 +19,9 @@ Where no implementation of ours could meet a goal, the bound says so:
 - ``plain eager shared / ours`` and the train_step targets have no bound.
 
 A missed target whose bound fails its goal too prints ``MISSED (bounded)``: out of reach of
-any eager implementation (any implementation of ours, for compile(ours)) on this machine in
-this run.
+any eager implementation whose autograd node is a Python ``autograd.Function``, as the
+skeleton's is (any implementation of ours, for compile(ours)) on this machine in this run. A
+C++ autograd node runs no Python and can go beyond the bound (bench/README.md, "Targets").
 """
 from __future__ import annotations
 
