@@ -164,10 +164,17 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------
 
 
-# The environment variables that change how the C library's allocator takes memory from the
-# system and gives it back (bench/fixed_cost_notes.md: the paper chain's page faults).
-ALLOCATOR_VARIABLES = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_",
-                       "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_")
+# The environment variables that change how the memory allocator takes memory from the system
+# and gives it back (bench/fixed_cost_notes.md: the paper chain's page faults): glibc's tunables
+# and MALLOC_* variables, a preloaded allocator, jemalloc's and tcmalloc's settings.
+ALLOCATOR_VARIABLES = ("GLIBC_TUNABLES", "LD_PRELOAD")
+ALLOCATOR_PREFIXES = ("MALLOC_", "TCMALLOC_", "JE_MALLOC_", "JEMALLOC_")
+
+
+def allocator_environment() -> dict:
+    """The allocator's environment variables that are set, by name."""
+    return {k: v for k, v in sorted(os.environ.items())
+            if k in ALLOCATOR_VARIABLES or k.startswith(ALLOCATOR_PREFIXES)}
 
 
 def environment() -> dict:
@@ -193,7 +200,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "commit": commit,
         "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "allocator": {k: os.environ[k] for k in ALLOCATOR_VARIABLES if k in os.environ},
+        "allocator": allocator_environment(),
     }
 
 

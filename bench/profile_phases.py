@@ -29,7 +29,8 @@ After the timed rounds, as many calls again count what each part spends in the k
 faults. Means per call (the kernel's time is sampled at its clock ticks, so only a mean over
 many calls means anything). Memory that the C library's allocator returns to the system when a
 call frees it (``free`` trims the heap's top, or unmaps a large block) is faulted in page by page
-when the next call writes it: a cost of the call's allocations, not of its arithmetic. Prints a
+when the next call writes it: a cost of the call's allocations, not of its arithmetic. (The four
+``getrusage`` calls per part and call add about 1 us each to the rest's kernel time.) Prints a
 markdown table per case.
 """
 from __future__ import annotations
@@ -189,7 +190,11 @@ def in_kernel(mi, x, z, perm, wrt, calls: int) -> dict:
             torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt)
         after = usage()
     whole = (after[0] - before[0], after[1] - before[1])
-    parts = {part: tuple(clock.in_kernel.get(part, (0.0, 0))) for part in PARTS}
+    missing = [part for part in PARTS if part not in clock.in_kernel]
+    if missing:
+        raise RuntimeError(f"the parts {missing} never ran in the timed calls: their kernel time "
+                           "would count as the rest's")
+    parts = {part: tuple(clock.in_kernel[part]) for part in PARTS}
     parts[REST] = (whole[0] - sum(v[0] for v in parts.values()),
                    whole[1] - sum(v[1] for v in parts.values()))
     parts[CALL] = whole

@@ -6,7 +6,8 @@ Where no implementation of ours could meet a goal, the bound says so:
 
 - ``compile(shared) / ours >= goal``: the **eager floor** is ``skeleton + MLP GEMM replay``
   (``common.skeleton_loss``: the chain's own modules and one trivial autograd node with the
-  MLP's inputs; then ours' MLP GEMMs replayed alone, each layer's weight and input gradients
+  MLP's inputs, or one that also runs the single-Linear data and latent layers where ours runs
+  them inside its node; then ours' MLP GEMMs replayed alone, each layer's weight and input gradients
   through ``linear_grads`` and the latent columns' products through ``mm_pair`` where ours
   runs them so). It leaves out every activation, bias, head
   and bound pass, so no eager call of the shared algorithm is faster, and
@@ -21,7 +22,7 @@ Where no implementation of ours could meet a goal, the bound says so:
 A missed target whose bound fails its goal too prints ``MISSED (bounded)``: out of reach of
 any eager implementation whose autograd node is a Python ``autograd.Function``, as the
 skeleton's is (any implementation of ours, for compile(ours)) on this machine in this run. A
-C++ autograd node runs no Python and can go beyond the bound (bench/README.md, "Targets").
+C++ autograd node runs no Python and may go beyond it (bench/README.md, "Targets").
 """
 from __future__ import annotations
 

@@ -233,8 +233,8 @@ def destroy_frees_the_group(rank, out):
     dist.all_reduce(torch.ones(2))
     dist.destroy_process_group()
     gc.collect()
-    torch.save({"imported before": imported_before, "imported": pinning in sys.modules,
-                "freed": freed() is None}, out / f"rank{rank}.pt")
+    torch.save({"imported before": imported_before, "freed": freed() is None},
+               out / f"rank{rank}.pt")
 
 
 def test_import_before_init_skips_a_module_this_torch_cannot_import(monkeypatch):
@@ -248,13 +248,13 @@ def test_import_before_init_skips_a_module_this_torch_cannot_import(monkeypatch)
 def test_destroying_the_group_frees_it_so_no_gloo_thread_outlives_the_interpreter(tmp_path):
     # A group kept alive after destroy_process_group keeps its gloo threads, and one that
     # releases the last collective's tensors while the interpreter shuts down aborts the process
-    # after its work succeeded (SIGABRT): about 1 spawn in 10 of the fixture above did.
+    # after its work succeeded (SIGABRT; docs/known-issues.md).
     start(_as_torchrun_rank, destroy_frees_the_group, free_port(), tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    if any(r["imported before"] for r in ranks):
-        pytest.skip("the modules that bind the group were imported before the group existed")
-    assert all(r["imported"] for r in ranks), "creating an optimizer no longer imports them"
     assert all(r["freed"] for r in ranks)
+    # Without init_from_env's import the module would first come in through the optimizer,
+    # after the group existed: the case this test is about (else it checks nothing).
+    assert not any(r["imported before"] for r in ranks), "imported before the group existed"
 
 
 # ----------------------------------------------------------------------------- the command
