@@ -403,6 +403,13 @@ def make_replay(gemms: Sequence[Gemm], generator=None, paired: frozenset = froze
 # ----------------------------------------------------------------------------------------------
 
 
+def kernel_usage() -> tuple[float, int]:
+    """(seconds of CPU time in the kernel, minor page faults) of this process so far, every
+    thread (getrusage)."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_stime, use.ru_minflt
+
+
 def interleaved(fns: dict, rounds: int, before: Callable[[], object] | None = None,
                 kernel: dict | None = None) -> dict:
     """Interleaved timing: each round calls every function once, in an order drawn afresh each
@@ -433,14 +440,14 @@ def interleaved(fns: dict, rounds: int, before: Callable[[], object] | None = No
                 if before is not None:
                     before()
                 if kernel is not None:
-                    use0 = resource.getrusage(resource.RUSAGE_SELF)
+                    use0 = kernel_usage()
                 t0 = time.perf_counter()
                 fn()
                 samples[name].append(time.perf_counter() - t0)
                 if kernel is not None:
-                    use1 = resource.getrusage(resource.RUSAGE_SELF)
-                    sys_s[name] += use1.ru_stime - use0.ru_stime
-                    faults[name] += use1.ru_minflt - use0.ru_minflt
+                    use1 = kernel_usage()
+                    sys_s[name] += use1[0] - use0[0]
+                    faults[name] += use1[1] - use0[1]
     finally:
         if was_enabled:
             gc.enable()

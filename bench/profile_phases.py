@@ -25,7 +25,8 @@ operands from the caches). Medians per call over the rounds; the parts' medians 
 the call's.
 
 After the timed rounds, as many calls again count what each part spends in the kernel
-(``getrusage``, all threads): the CPU time in system calls and page faults, and the minor page
+(``common.kernel_usage``: ``getrusage``, all threads, as bench_cpu's "operating system's share"
+table reads it per variant): the CPU time in system calls and page faults, and the minor page
 faults. Means per call (the kernel's time is sampled at its clock ticks, so only a mean over
 many calls means anything). Memory that the C library's allocator returns to the system when a
 call frees it (``free`` trims the heap's top, or unmaps a large block) is faulted in page by page
@@ -38,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -54,6 +54,7 @@ from common import (  # noqa: E402
     N_LATENT,
     chain_layout,
     interleaved,
+    kernel_usage,
     make_replay,
     ours_gemms,
     ours_loss,
@@ -75,13 +76,6 @@ def part_of_gemm(kind: str) -> str:
     return FORWARD if kind == "fwd" else BACKWARD
 
 
-def usage() -> tuple[float, int]:
-    """(seconds of CPU time in the kernel, minor page faults) of this process so far, every
-    thread."""
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_stime, u.ru_minflt
-
-
 class _Clock:
     """Seconds spent in each part during the current call; with ``kernel``, also what each part
     spent in the kernel, summed over calls (``in_kernel[part]``: [seconds, page faults])."""
@@ -91,16 +85,18 @@ class _Clock:
         self.in_kernel: dict[str, list] | None = {} if kernel else None
 
     def timed(self, part: str, fn: Callable) -> Callable:
+        kernel = self.in_kernel
+
         def call(*args, **kwargs):
-            before = usage() if self.in_kernel is not None else None
+            before = kernel_usage() if kernel is not None else (0.0, 0)
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.spent[part] = self.spent.get(part, 0.0) + time.perf_counter() - t0
-                if before is not None and self.in_kernel is not None:
-                    after = usage()
-                    total = self.in_kernel.setdefault(part, [0.0, 0])
+                if kernel is not None:
+                    after = kernel_usage()
+                    total = kernel.setdefault(part, [0.0, 0])
                     total[0] += after[0] - before[0]
                     total[1] += after[1] - before[1]
         return call
@@ -185,10 +181,10 @@ def in_kernel(mi, x, z, perm, wrt, calls: int) -> dict:
             torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt)
         assert clock.in_kernel is not None
         clock.in_kernel.clear()
-        before = usage()
+        before = kernel_usage()
         for _ in range(calls):
             torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt)
-        after = usage()
+        after = kernel_usage()
     whole = (after[0] - before[0], after[1] - before[1])
     missing = [part for part in PARTS if part not in clock.in_kernel]
     if missing:

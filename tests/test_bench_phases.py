@@ -15,7 +15,8 @@ import infomax_ext.critic_chain_op as chain_op
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import profile_phases  # noqa: E402
-from common import N_DATA, N_LATENT, chain_layout, ours_gemms, ours_loss  # noqa: E402
+from common import (N_DATA, N_LATENT, chain_layout, kernel_usage, ours_gemms,  # noqa: E402
+                    ours_loss)
 from profile_fixed_cost import case  # noqa: E402
 
 
@@ -82,10 +83,10 @@ def test_usage_counts_the_page_faults_of_fresh_memory():
     block = mmap.mmap(-1, pages * size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     block.madvise(mmap.MADV_NOHUGEPAGE)  # 4 KiB pages even where huge pages are the default
     try:
-        faults_before = profile_phases.usage()[1]
+        faults_before = kernel_usage()[1]
         for page in range(pages):
             block[page * size] = 1  # one write per page: each page faults in once
-        faults = profile_phases.usage()[1] - faults_before
+        faults = kernel_usage()[1] - faults_before
     finally:
         block.close()
     assert pages <= faults < pages + 100, faults

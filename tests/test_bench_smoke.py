@@ -33,19 +33,19 @@ def test_the_cpu_benchmark_runs_and_writes_its_json(tmp_path, capsys):
     assert "evaluated targets met" in capsys.readouterr().out
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__]))
-
 
 def test_the_run_records_the_allocators_settings(monkeypatch):
     import bench_cpu
 
-    for name in list(bench_cpu.os.environ):
-        if name in bench_cpu.ALLOCATOR_VARIABLES or name.startswith(bench_cpu.ALLOCATOR_PREFIXES):
-            monkeypatch.delenv(name)
+    for name in bench_cpu.allocator_environment():
+        monkeypatch.delenv(name)
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=268435456")
     monkeypatch.setenv("MALLOC_CONF", "background_thread:true")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert bench_cpu.environment()["allocator"] == {
         "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=268435456",
         "MALLOC_CONF": "background_thread:true"}
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))
