@@ -17,7 +17,10 @@ runs it (two ``perf_counter`` reads), in calls interleaved with the replays of
 - ``backward (critic_chain_backward)``: the node's one backward op, every gradient;
 - ``rest of the call``: the call less the parts: Python (the plan, the checks, the node's
   bookkeeping), ``Function.apply``, autograd's engine, the harness's ``autograd.grad``; for a
-  chain whose data and latent networks run as modules (P: identity), their calls.
+  chain whose data and latent networks run as modules (P: identity), their calls. Its first
+  piece, from the call's start to the forward op's, is shown apart: the loss's own Python (the
+  bound's checks, the plan, the node's arguments) and ``Function.apply`` up to the op, for P
+  with the identity modules' calls.
 
 Each part's time against its replay is what the part adds beyond its GEMMs (pointwise passes, the
 op's fixed cost, and the products running slower inside a call whose other work evicted their
@@ -66,6 +69,7 @@ from profile_fixed_cost import case  # noqa: E402
 FORWARD = "forward (critic_chain_forward)"
 BACKWARD = "backward (critic_chain_backward)"
 REST = "rest of the call"
+BEFORE = "the rest up to the forward op"
 CALL = "the call"
 PARTS = (FORWARD, BACKWARD)
 _PART_OF_OP = {"critic_chain_forward": FORWARD, "critic_chain_backward": BACKWARD}
@@ -82,6 +86,7 @@ class _Clock:
 
     def __init__(self, kernel: bool = False) -> None:
         self.spent: dict[str, float] = {}
+        self.started: dict[str, float] = {}  # each part's first perf_counter in the current call
         self.in_kernel: dict[str, list] | None = {} if kernel else None
 
     def timed(self, part: str, fn: Callable) -> Callable:
@@ -90,6 +95,7 @@ class _Clock:
         def call(*args, **kwargs):
             before = kernel_usage() if kernel is not None else (0.0, 0)
             t0 = time.perf_counter()
+            self.started.setdefault(part, t0)
             try:
                 return fn(*args, **kwargs)
             finally:
@@ -129,10 +135,11 @@ def measure(chain: str, n: int, rounds: int) -> dict:
     """Medians (ms per call) of ours, of each part inside it, and of each part's GEMM replay."""
     mi, x, z, perm, wrt = case(chain, n)
     clock = _Clock()
-    per_call: dict[str, list[float]] = {part: [] for part in (*PARTS, REST)}
+    per_call: dict[str, list[float]] = {part: [] for part in (*PARTS, REST, BEFORE)}
 
     def ours():
         clock.spent.clear()
+        clock.started.clear()
         t0 = time.perf_counter()
         grads = torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt)
         total = time.perf_counter() - t0
@@ -140,6 +147,7 @@ def measure(chain: str, n: int, rounds: int) -> dict:
         for part, seconds in parts.items():
             per_call[part].append(seconds)
         per_call[REST].append(total - sum(parts.values()))
+        per_call[BEFORE].append(clock.started[FORWARD] - t0)
         return grads
 
     layout = chain_layout(mi, N_DATA, N_LATENT)
@@ -221,6 +229,9 @@ def table(result: dict) -> list[str]:
     rest = result["parts_ms"][REST]
     rows.append(f"| {REST} (Python, Function.apply, autograd's engine) | {rest:.3f} | - | "
                 f"{rest:.3f} | {in_kernel_cells(REST)} |")
+    before = result["parts_ms"][BEFORE]
+    rows.append(f"| of which {BEFORE} (the loss's Python, Function.apply) | {before:.3f} | - | "
+                f"{before:.3f} | - | - |")
     rows.append(f"| {CALL} | {result['ours_ms']:.3f} | {replay_total:.3f} | "
                 f"{result['ours_ms'] - replay_total:.3f} | {in_kernel_cells(CALL)} |")
     return rows

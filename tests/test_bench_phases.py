@@ -54,13 +54,17 @@ def test_the_op_module_is_put_back():
 
 def test_measure_and_table_on_the_smallest_case():
     result = profile_phases.measure("T", 8, rounds=2)
-    assert set(result["parts_ms"]) == {*profile_phases.PARTS, profile_phases.REST}
+    assert set(result["parts_ms"]) == {*profile_phases.PARTS, profile_phases.REST,
+                                       profile_phases.BEFORE}
     assert set(result["replay_ms"]) == set(profile_phases.PARTS)
     assert all(result["parts_ms"][part] > 0 for part in profile_phases.PARTS)
     # the parts are timed inside the call: what is left of it is positive
     assert 0 < result["parts_ms"][profile_phases.REST] < result["ours_ms"]
+    # the loss's Python runs before the forward op: a piece of the rest (medians of the same
+    # calls, so at most the rest's median)
+    assert 0 < result["parts_ms"][profile_phases.BEFORE] <= result["parts_ms"][profile_phases.REST]
     rows = profile_phases.table(result)
-    assert rows[-1].startswith("| the call |") and len(rows) == 4 + 2 + 2
+    assert rows[-1].startswith("| the call |") and len(rows) == 4 + 2 + 3
     assert set(result["kernel"]) == {*profile_phases.PARTS, profile_phases.REST,
                                      profile_phases.CALL}
     assert all(len(row.split("|")) == 8 for row in rows if row.startswith("| "))
