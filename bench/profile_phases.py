@@ -109,15 +109,19 @@ class _Clock:
 
 
 class _TimedOps:
-    """Stands for ``torch.ops.infomax_ext`` in critic_chain_op: each op's ``.default`` timed."""
+    """Stands for ``torch.ops.infomax_ext`` in critic_chain_op: each op's ``.default`` timed. The
+    timed stand-in of an op is built on its first use and kept, so that a call's Python up to the
+    forward op does not include building it."""
 
     def __init__(self, clock: _Clock) -> None:
         self._clock = clock
 
     def __getattr__(self, name: str):
         op = getattr(torch.ops.infomax_ext, name)
-        return type("TimedOverload", (), {"default": staticmethod(
+        overload = type("TimedOverload", (), {"default": staticmethod(
             self._clock.timed(_PART_OF_OP.get(name, REST), op.default))})
+        setattr(self, name, overload)  # found as an attribute from now on: no __getattr__
+        return overload
 
 
 @contextlib.contextmanager
