@@ -41,6 +41,22 @@ def test_timed_calls_give_the_plain_gradients_and_time_each_part():
         assert clock.spent[part] > 0, part
 
 
+def test_stand_in_ops_give_the_real_call_without_running_the_ops():
+    mi, x, z, perm, wrt = case("T", 8)
+    outputs: dict = {}
+    with profile_phases.timed_parts(profile_phases._Clock(), outputs):
+        real = torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt)
+    assert set(outputs) == {"critic_chain_forward", "critic_chain_backward"}
+    # a changed input changes nothing while the ops are stand-ins: their outputs are the record's
+    x2 = x + 1.0
+    with profile_phases.timed_parts(profile_phases._Clock(), outputs, replay=True):
+        replayed = torch.autograd.grad(ours_loss(mi, x2, z, perm, False), wrt)
+    computed = torch.autograd.grad(ours_loss(mi, x2, z, perm, False), wrt)
+    for a, b, c in zip(real, replayed, computed):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, c) for a, c in zip(real, computed))
+
+
 def test_the_op_module_is_put_back():
     clock = profile_phases._Clock()
     try:
@@ -64,7 +80,9 @@ def test_measure_and_table_on_the_smallest_case():
     # calls, so at most the rest's median)
     assert 0 < result["parts_ms"][profile_phases.BEFORE] <= result["parts_ms"][profile_phases.REST]
     rows = profile_phases.table(result)
-    assert rows[-1].startswith("| the call |") and len(rows) == 4 + 2 + 3
+    assert rows[-1].startswith("| the call |") and len(rows) == 4 + 2 + 5
+    warm = result["warm_ms"]
+    assert 0 < warm[profile_phases.BEFORE] <= warm[profile_phases.REST]
     assert set(result["kernel"]) == {*profile_phases.PARTS, profile_phases.REST,
                                      profile_phases.CALL}
     assert all(len(row.split("|")) == 8 for row in rows if row.startswith("| "))
