@@ -57,6 +57,11 @@ def test_stand_in_ops_give_the_real_call_without_running_the_ops():
     assert not all(torch.equal(a, c) for a, c in zip(real, computed))
 
 
+def test_a_call_that_never_reaches_the_forward_op_is_named():
+    with pytest.raises(RuntimeError, match="never reached critic_chain_forward"):
+        profile_phases._forward_start(profile_phases._Clock())
+
+
 def test_the_op_module_is_put_back():
     clock = profile_phases._Clock()
     try:
