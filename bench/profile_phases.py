@@ -160,6 +160,17 @@ def _forward_start(clock: _Clock) -> float:
     return clock.started[FORWARD]
 
 
+def _one_call(clock: _Clock, mi, x, z, perm, wrt) -> tuple:
+    """One call of ours (the MI loss forward + ``autograd.grad``) with ``clock`` reset for it:
+    (the gradients, the call's seconds, the seconds from its start to the forward op)."""
+    clock.spent.clear()
+    clock.started.clear()
+    t0 = time.perf_counter()
+    grads = torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt)
+    total = time.perf_counter() - t0
+    return grads, total, _forward_start(clock) - t0
+
+
 def measure(chain: str, n: int, rounds: int) -> dict:
     """Medians (ms per call) of ours, of each part inside it, and of each part's GEMM replay."""
     mi, x, z, perm, wrt = case(chain, n)
@@ -167,16 +178,12 @@ def measure(chain: str, n: int, rounds: int) -> dict:
     per_call: dict[str, list[float]] = {part: [] for part in (*PARTS, REST, BEFORE)}
 
     def ours():
-        clock.spent.clear()
-        clock.started.clear()
-        t0 = time.perf_counter()
-        grads = torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt)
-        total = time.perf_counter() - t0
+        grads, total, before = _one_call(clock, mi, x, z, perm, wrt)
         parts = {part: clock.spent.get(part, 0.0) for part in PARTS}
         for part, seconds in parts.items():
             per_call[part].append(seconds)
         per_call[REST].append(total - sum(parts.values()))
-        per_call[BEFORE].append(_forward_start(clock) - t0)
+        per_call[BEFORE].append(before)
         return grads
 
     layout = chain_layout(mi, N_DATA, N_LATENT)
@@ -222,18 +229,14 @@ def warm_rest(mi, x, z, perm, wrt, calls: int) -> dict:
     rest: list[float] = []
     before: list[float] = []
     with timed_parts(clock, outputs, replay=True):
+        grads = _one_call(clock, mi, x, z, perm, wrt)[0]
+        if not all(torch.equal(a, b) for a, b in zip(real, grads)):
+            raise RuntimeError("the stand-in ops do not give the real call's gradients")
         for i in range(calls + 50):
-            clock.spent.clear()
-            clock.started.clear()
-            t0 = time.perf_counter()
-            grads = torch.autograd.grad(ours_loss(mi, x, z, perm, False), wrt)
-            total = time.perf_counter() - t0
-            if i < 50:
-                if i == 0 and not all(torch.equal(a, b) for a, b in zip(real, grads)):
-                    raise RuntimeError("the stand-in ops do not give the real call's gradients")
-                continue
-            rest.append(total - sum(clock.spent.values()))
-            before.append(_forward_start(clock) - t0)
+            _, total, to_forward = _one_call(clock, mi, x, z, perm, wrt)
+            if i >= 50:
+                rest.append(total - sum(clock.spent.values()))
+                before.append(to_forward)
     return {REST: 1e3 * percentile(rest, 50), BEFORE: 1e3 * percentile(before, 50)}
 
 
