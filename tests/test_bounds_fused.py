@@ -95,7 +95,11 @@ def test_fused_plan_reasons():
     first = _chain("critic_mlp")
     first.mlp.insert(0, nn.Identity())
     assert "not an nn.Linear" in fused_plan_reasons(first)[0]
-    assert "not a non-empty nn.Sequential" in fused_plan_reasons(nn.Linear(2, 1))[0]
+    assert "not a non-empty nn.Sequential" in fused_plan_reasons(
+        im.MutualInfoChain(nn.Identity(), nn.Identity(), nn.Linear(7, 1)))[0]
+    assert fused_plan_reasons(nn.Linear(2, 1))[:3] == [
+        f"the chain has no module {name!r} (expected data, latent and mlp, as MutualInfoChain)"
+        for name in ("data", "latent", "mlp")]
 
 
 @pytest.mark.parametrize("kind, path, words", [

@@ -167,8 +167,9 @@ class _ScaledLinear(nn.Linear):
 @pytest.mark.parametrize("case", ["data hook", "latent hook", "global hook", "instance forward",
                                   "Linear subclass"])
 def test_the_modules_run_as_modules_where_calling_them_does_more_than_forward(case):
-    """A hook, an instance forward or a subclass of Linear: the node leaves data and latent to
-    their module calls, so the hook runs and the subclass computes as it says."""
+    """A hook, an instance forward or a subclass of Linear on data or latent: the node leaves
+    them to their module calls, so the hook runs and the subclass computes as it says. A global
+    hook would see the MLP's layers too: the chain takes two calls."""
     mi = chain(nn.ReLU(), nn.Tanh())
     seen = []
     handle = None
@@ -189,7 +190,15 @@ def test_the_modules_run_as_modules_where_calling_them_does_more_than_forward(ca
     z = torch.randn(6, 3, dtype=F64, requires_grad=True)
     perm = im.latent_permutation(6, 1, seed=1)
     try:
-        _assert_equal_to_two_calls(mi, x, z, perm, "_CriticChainBackward")
+        if case == "global hook":
+            with im.use_path("two_call"):
+                two_call_node = im.paired_mutual_info(mi, x, z, perm).bound.grad_fn.name()
+            seen.clear()
+            _assert_equal_to_two_calls(mi, x, z, perm, two_call_node)
+            # every Linear of both calls: data, latent and the MLP's three, twice over
+            assert seen.count("Linear") == 2 * 2 * 5
+        else:
+            _assert_equal_to_two_calls(mi, x, z, perm, "_CriticChainBackward")
         if case == "Linear subclass":
             scaled_bound = im.paired_mutual_info(mi, x, z, perm).bound.detach()
             mi.data = nn.Linear(12, 12).to(F64)

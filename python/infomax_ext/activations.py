@@ -173,11 +173,12 @@ def as_module(activation: ActivationLike) -> nn.Module:
 
 def spec_of_module(module: nn.Module) -> ActivationSpec | None:
     """The named activation equal to ``module`` as ``(name, parameter)``, or ``None`` when it is
-    none of :data:`ACTIVATIONS` exactly (the kernels run it when ``ACTIVATIONS[name].kernel``)."""
-    for entry in _TABLE:
-        if isinstance(module, entry.module) and entry.exact(module):
+    none of :data:`ACTIVATIONS` exactly, its type included (a subclass of ``nn.ReLU`` is not
+    ``"relu"``: its forward may differ); the kernels run it when ``ACTIVATIONS[name].kernel``."""
+    for entry in _TABLE:  # exact types: a subclass may compute otherwise
+        if type(module) is entry.module and entry.exact(module):
             return entry.spec(module)
-    if isinstance(module, Activation):
+    if type(module) is Activation:
         name = _CALLABLE_NAMES.get(module.fn) if _hashable(module.fn) else None
         if name is not None:
             return ActivationSpec(name, ACTIVATIONS[name].default or 0.0)

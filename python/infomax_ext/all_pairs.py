@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .chain_plan import split_reasons
+
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
@@ -26,31 +28,6 @@ __all__ = ["all_pairs_scores", "all_pairs_scores_tile", "all_pairs_bound", "spli
 
 # Pairs (rows of the MLP) per chunk times the widest layer: about 8 MiB of float32 per layer.
 CHUNK_ELEMENTS = 1 << 21
-
-_BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
-
-
-def split_reasons(mi: nn.Module) -> list[str]:
-    """Why the first layer of ``mi`` cannot be split into a data half and a latent half
-    (an empty list when it can)."""
-    reasons = []
-    for attr in ("data", "latent", "mlp"):
-        if not isinstance(getattr(mi, attr, None), nn.Module):
-            reasons.append(f"the chain has no module {attr!r} (expected data, latent and mlp, as "
-                           "MutualInfoChain)")
-    if reasons:
-        return reasons
-    mlp = mi.mlp
-    if not isinstance(mlp, nn.Sequential) or len(mlp) == 0:
-        reasons.append(f"mi.mlp is a {type(mlp).__name__}, not a non-empty nn.Sequential")
-    elif not isinstance(mlp[0], nn.Linear):
-        reasons.append(f"the MLP's first layer is a {type(mlp[0]).__name__}, not an nn.Linear "
-                       "(its weight cannot be split into data and latent columns)")
-    coupled = sorted({type(m).__name__ for m in mi.modules() if isinstance(m, _BATCH_COUPLED)})
-    if coupled:
-        reasons.append(f"batch-coupled layers ({', '.join(coupled)}): a sample's score depends on "
-                       "the rest of the batch")
-    return reasons
 
 
 def chunk_rows_for(n_codes: int, width: int, budget: int = CHUNK_ELEMENTS) -> int:

@@ -6,14 +6,15 @@ builds a chain's plan once and keeps it while the chain's structure is unchanged
 from __future__ import annotations
 
 import weakref
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, Sequence, cast
 
 import torch
 from torch import nn
 
 from .activations import ActivationSpec, kernel_spec
 
-__all__ = ["FusedPlan", "LinearEnds", "NoFusedPlan", "fused_plan", "fused_plan_reasons"]
+__all__ = ["FusedPlan", "LinearEnds", "NoFusedPlan", "calls_are_plain", "fused_plan",
+           "fused_plan_reasons", "skipped_call_reasons", "split_reasons"]
 
 
 class LinearEnds(NamedTuple):
@@ -30,17 +31,44 @@ class LinearEnds(NamedTuple):
     modules: tuple[nn.Module, ...]
 
     def runs_as_modules(self) -> bool:
-        """True when calling the modules would do nothing but their ``forward``: no hook on any of
-        them or registered globally, and no instance ``forward`` replacing the class's."""
-        if any(getattr(_module_hooks, name, None) for name in _GLOBAL_HOOKS):
-            return False
-        return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                       or m._backward_pre_hooks or "forward" in m.__dict__ for m in self.modules)
+        """True when calling the modules would do nothing but their ``forward``
+        (:func:`calls_are_plain`)."""
+        return calls_are_plain(self.modules)
 
 
 _module_hooks = nn.modules.module
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks")
+_HOOKS = (("_forward_hooks", "a forward hook"), ("_forward_pre_hooks", "a forward pre-hook"),
+          ("_backward_hooks", "a backward hook"), ("_backward_pre_hooks", "a backward pre-hook"))
+
+
+def calls_are_plain(modules: Sequence[nn.Module]) -> bool:
+    """True when calling each of ``modules`` would do nothing but its class's ``forward``: no
+    hook on any of them or registered globally, and no instance ``forward`` replacing the
+    class's. A shared evaluation that computes what ``modules`` compute without calling them is
+    exact only then. Checked on every call (hooks come and go without changing a plan)."""
+    if any(getattr(_module_hooks, name, None) for name in _GLOBAL_HOOKS):
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                   or m._backward_pre_hooks or "forward" in m.__dict__ for m in modules)
+
+
+def skipped_call_reasons(named: Sequence[tuple[str, nn.Module]]) -> list[str]:
+    """Why calling the ``named`` modules does more than their forward (:func:`calls_are_plain`),
+    one sentence per module (and one for global hooks); empty when it does not."""
+    reasons = [f"a module {what} is registered globally (nn.modules.module): the shared "
+               "evaluation would skip it" for attr, what in
+               zip(_GLOBAL_HOOKS, ("forward hook", "forward pre-hook", "backward hook",
+                                   "backward pre-hook")) if getattr(_module_hooks, attr, None)]
+    for name, module in named:
+        found = [what for attr, what in _HOOKS if getattr(module, attr)]
+        if "forward" in module.__dict__:
+            found.append("an instance forward")
+        if found:
+            reasons.append(f"{name} has {' and '.join(found)}: the shared evaluation computes it "
+                           "without calling it")
+    return reasons
 
 
 def _one_linear(network: nn.Module, may_flatten: bool) -> tuple[nn.Linear, bool] | None:
@@ -88,6 +116,10 @@ class FusedPlan(NamedTuple):
     stack_activations: tuple[list[str], list[float]] | None = None
     # the data and latent networks when each is one Linear (run inside the chain node)
     ends: LinearEnds | None = None
+    # the modules the shared evaluation computes without calling them, with their names in
+    # messages (the chain's mlp and the layers the ops run; the chain itself too, which the plan
+    # does not hold): checked on every call
+    replaced: tuple[tuple[str, nn.Module], ...] = ()
 
 
 _FusedPlan = FusedPlan
@@ -109,7 +141,7 @@ def _linear_stack(middle: list[nn.Module]) -> list[tuple[nn.Linear, ActivationSp
     stack, i = [], 0
     while i < len(middle):
         layer = middle[i]
-        if not isinstance(layer, nn.Linear):
+        if type(layer) is not nn.Linear:  # a subclass may compute otherwise: runs as a module
             return None
         act: ActivationSpec | None = ActivationSpec("identity")
         if i + 1 < len(middle) and not isinstance(middle[i + 1], nn.Linear):
@@ -135,14 +167,23 @@ def fused_plan(mi: nn.Module) -> FusedPlan | NoFusedPlan:
     not tensors, so optimizer steps, ``load_state_dict`` and ``.to()`` need no new plan. While
     torch.compile traces, the plan is built without the cache."""
     if torch.compiler.is_compiling():
-        return _build_plan(mi)
+        return _with_plain_calls(mi, _build_plan(mi))
     key = _structure_key(mi)
     entry = _PLANS.get(mi)
     if entry is not None and entry[0] == key:
-        return entry[1]
+        return _with_plain_calls(mi, entry[1])
     plan = _build_plan(mi)
     _PLANS[mi] = (key, plan)
-    return plan
+    return _with_plain_calls(mi, plan)
+
+
+def _with_plain_calls(mi: nn.Module, plan: FusedPlan | NoFusedPlan) -> FusedPlan | NoFusedPlan:
+    """``plan``, or why not while ``mi`` or a module the plan replaces has a hook or an instance
+    forward."""
+    if not isinstance(plan, FusedPlan) or calls_are_plain(
+            [mi, *[module for _, module in plan.replaced]]):
+        return plan
+    return NoFusedPlan(tuple(skipped_call_reasons((("the chain", mi), *plan.replaced))))
 
 
 def fused_plan_reasons(mi: nn.Module) -> list[str]:
@@ -196,17 +237,55 @@ def _build_plan(mi: nn.Module) -> FusedPlan | NoFusedPlan:
     return NoFusedPlan(tuple(reasons)) if plan is None else plan
 
 
-def _plan_and_reasons(mi: nn.Module) -> tuple[FusedPlan | None, list[str]]:
-    mlp = getattr(mi, "mlp", None)
+def split_reasons(mi: nn.Module) -> list[str]:
+    """Why the first layer of ``mi`` cannot be split into a data half and a latent half, the
+    step every shared evaluation starts with (an empty list when it can): ``mi`` computes
+    ``mlp(cat([data(x), latent(z)]))`` (MutualInfoChain's forward, not a subclass's own), its
+    ``mlp`` is an nn.Sequential starting with a plain nn.Linear, no layer couples the batch's
+    samples, and no hook or instance forward on the chain, its mlp or that Linear would be
+    skipped (:func:`skipped_call_reasons`; hooks come and go, so ask on every call)."""
+    reasons = _split_structure_reasons(mi)
+    if not reasons:
+        mlp = cast(nn.Sequential, mi.mlp)  # as found
+        reasons = skipped_call_reasons((("the chain", mi), ("mi.mlp", mlp), ("mi.mlp[0]", mlp[0])))
+    return reasons
+
+
+def _split_structure_reasons(mi: nn.Module) -> list[str]:
+    """:func:`split_reasons` without the hooks: what a plan may keep."""
+    reasons = [f"the chain has no module {attr!r} (expected data, latent and mlp, as "
+               "MutualInfoChain)" for attr in ("data", "latent", "mlp")
+               if not isinstance(getattr(mi, attr, None), nn.Module)]
+    if reasons:
+        return reasons
+    forward = getattr(type(mi), "forward", None)
+    if forward not in CHAIN_FORWARDS:
+        reasons.append(f"{type(mi).__name__} has its own forward (not MutualInfoChain's "
+                       "mlp(cat([data(x), latent(z)]))): the shared evaluation would skip it")
+    mlp = mi.mlp
     if not isinstance(mlp, nn.Sequential) or len(mlp) == 0:
-        return None, [f"mi.mlp is {type(mlp).__name__}, not a non-empty nn.Sequential"]
-    if not isinstance(mlp[0], nn.Linear):
-        return None, [f"the MLP's first layer is {type(mlp[0]).__name__}, not an nn.Linear "
-                      "(its weight cannot be split into data and latent columns)"]
+        reasons.append(f"mi.mlp is a {type(mlp).__name__}, not a non-empty nn.Sequential")
+    elif type(mlp[0]) is not nn.Linear:
+        reasons.append(f"the MLP's first layer is a {type(mlp[0]).__name__}, not an nn.Linear "
+                       "(its weight cannot be split into data and latent columns; a subclass "
+                       "may compute otherwise)")
     coupled = sorted({type(m).__name__ for m in mi.modules() if isinstance(m, _BATCH_COUPLED)})
     if coupled:
-        return None, [f"batch-coupled layers ({', '.join(coupled)}): a sample's score depends "
-                      "on the rest of the batch"]
+        reasons.append(f"batch-coupled layers ({', '.join(coupled)}): a sample's score depends "
+                       "on the rest of the batch")
+    return reasons
+
+
+# The forward methods that compute mlp(cat([data(x), latent(z)])): MutualInfoChain's, added by
+# infomax_ext.mutual_info (which imports this module).
+CHAIN_FORWARDS: set[Any] = set()
+
+
+def _plan_and_reasons(mi: nn.Module) -> tuple[FusedPlan | None, list[str]]:
+    reasons = _split_structure_reasons(mi)
+    if reasons:
+        return None, reasons
+    mlp = cast(nn.Sequential, mi.mlp)  # as split_reasons found
     layers = list(mlp)
     k = 1
     first_act: ActivationSpec | None = ActivationSpec("identity")
@@ -218,17 +297,24 @@ def _plan_and_reasons(mi: nn.Module) -> tuple[FusedPlan | None, list[str]]:
         k = 2
     head, head_act, end = None, None, len(layers)
     last = layers[-1]
-    if isinstance(last, nn.Linear) and last.out_features == 1 and len(layers) - 1 >= k:
+    if type(last) is nn.Linear and last.out_features == 1 and len(layers) - 1 >= k:
         head, head_act, end = last, ActivationSpec("identity"), len(layers) - 1
-    elif (len(layers) - 2 >= k and isinstance(layers[-2], nn.Linear)
+    elif (len(layers) - 2 >= k and type(layers[-2]) is nn.Linear
           and layers[-2].out_features == 1 and kernel_spec(last) is not None):
         head, head_act, end = layers[-2], kernel_spec(last), len(layers) - 2
     middle = layers[k:end]
     stack = _linear_stack(middle) if head is not None else None
     stack_activations = None if stack is None else (
         [act.name for _, act in stack], [float(act.param) for _, act in stack])
+    # The modules the ops compute without calling them: the chain, its mlp, the first layer and
+    # its activation, and with a head the head and what follows it, with a stack the hidden
+    # layers (without one they run as module calls).
+    replaced_at = [*range(k), *(range(end, len(layers)) if head is not None else ()),
+                   *(range(k, end) if stack is not None else ())]
+    replaced = (("mi.mlp", mlp), *((f"mi.mlp[{i}]", layers[i]) for i in sorted(replaced_at)))
     # layers[0] is a Linear (checked above); first_act is not None (returned above when it was)
     return FusedPlan(cast(nn.Linear, layers[0]), cast(ActivationSpec, first_act), middle, head,
                      head_act, stack, stack_activations,
                      # the compiled path never runs the ends in the node: no guards on them
-                     None if stack is None or torch.compiler.is_compiling() else _linear_ends(mi)), []
+                     None if stack is None or torch.compiler.is_compiling() else _linear_ends(mi),
+                     replaced), []

@@ -55,8 +55,8 @@ def _stack_reason(middle: list[nn.Module]) -> str | None:
     """Why critic_mlp cannot run the hidden layers ``middle`` (None when it can)."""
     i = 0
     while i < len(middle):
-        if not isinstance(middle[i], nn.Linear):
-            return f"the hidden layers hold {middle[i]!r} where critic_mlp takes a Linear"
+        if type(middle[i]) is not nn.Linear:
+            return f"the hidden layers hold {middle[i]!r} where critic_mlp takes a plain Linear"
         if i + 1 < len(middle) and not isinstance(middle[i + 1], nn.Linear):
             if kernel_spec(middle[i + 1]) is None:
                 return f"the activation {middle[i + 1]!r} is not one the kernels run"

@@ -25,7 +25,8 @@ from .all_pairs import all_pairs_bound
 from .bounds import NWJ, Bound, resolve_bound
 from ._builders import Built, builder_config, check_layers, check_size, head, linear, mlp, parse_size
 from .activations import ActivationLike, apply_activation, identity
-from .chain_plan import FusedPlan, LinearEnds, NoFusedPlan, fused_plan, fused_plan_reasons
+from .chain_plan import (CHAIN_FORWARDS, FusedPlan, LinearEnds, NoFusedPlan, fused_plan,
+                         fused_plan_reasons)
 from .validation import as_count, is_integer_scalar
 from .vae import Init
 
@@ -154,6 +155,10 @@ class MutualInfoChain(Built):
 # Permutations
 # ----------------------------------------------------------------------------------------------
 
+
+# The shared evaluations compute MutualInfoChain's forward without calling it (a subclass with a
+# forward of its own takes two calls).
+CHAIN_FORWARDS.add(MutualInfoChain.forward)
 
 def draw_seed() -> int:
     """A 63-bit seed drawn from torch's global generator (used when ``seed=None``)."""
