@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from targets import evaluate_targets, floor_bounds, summary_line  # noqa: E402
+from targets import evaluate_targets, floor_bounds, summary_line, target_rows  # noqa: E402
 
 
 def test_floor_bounds_by_hand():
@@ -61,3 +61,21 @@ def test_summary_counts_only_evaluated_targets():
                                      "ratios_min": {}})
     assert [t["status"] for t in targets] == ["met", "-", "-", "MISSED", "-"]
     assert summary_line(targets).startswith("1 of 2 evaluated targets met; 1 missed")
+
+
+def test_headroom_is_the_factor_by_which_the_bound_clears_the_goal():
+    r64 = _result(64, {"compile(shared)/ours": 1.04, "compile(ours)/ours": 1.10},
+                  {"compile(shared)/ours": 1.173, "compile(ours)/ours": 1.125})
+    r256 = _result(256, {"ours/floor": 1.21}, {"ours/floor": 1.15})
+    targets = {t["target"]: t for t in evaluate_targets([r64, r256], None)}
+    # >= 1.15: 1.173 / 1.15 = 1.02, so ours may take at most 1.02x the eager floor
+    assert targets["sg=False T N=64: compile(shared) / ours"]["headroom"] == pytest.approx(1.02)
+    # <= 1.05 with a bound of 1.125: 1.05 / 1.125 < 1, out of reach
+    assert targets["sg=False T N=64: compile(ours) / ours"]["headroom"] == pytest.approx(1.05 / 1.125)
+    # <= 1.20 with a bound of 1.15: ours / eager floor may be up to 1.20 / 1.15
+    assert targets["sg=False T N=256: ours / FLOP floor"]["headroom"] == pytest.approx(1.2 / 1.15)
+    assert targets["sg=False T N=64: plain eager shared / ours"]["headroom"] is None
+    headers, rows = target_rows(list(targets.values()))
+    row = dict(zip(headers, rows[1]))
+    assert (row["target"], row["headroom"], row["status"]) == (
+        "sg=False T N=64: compile(shared) / ours", "1.020", "MISSED")
