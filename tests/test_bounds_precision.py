@@ -106,13 +106,15 @@ def brute_force_value(name: str, joint: torch.Tensor, negatives: torch.Tensor) -
     return float(j.mean() - torch.log(torch.exp(m.clamp(-5, 5)).mean()))
 
 
+@pytest.mark.parametrize("path", ["auto", "reference"])  # the kernels and their twins
 @pytest.mark.parametrize("name", [n for n in im.BOUNDS if n != "infonce"])
-def test_float16_scores_near_15_give_the_float32_answer(name):
+def test_float16_scores_near_15_give_the_float32_answer(name, path):
     """exp(15) = 3.3e6 overflows float16 (max 65504): the bound must still be finite and equal
     the float32 one wherever that is finite (JS: about -3.27e6)."""
     joint = torch.full((16,), 15.0, dtype=torch.float16)
     negatives = torch.linspace(14.0, 15.5, 48).to(torch.float16)
-    got = im.BOUNDS[name](joint, negatives)
+    with im.use_path(path):
+        got = im.BOUNDS[name](joint, negatives)
     want = im.BOUNDS[name](joint.float(), negatives.float())
     assert torch.isfinite(want)
     assert torch.isfinite(got), f"{name}: {got}"
@@ -167,3 +169,21 @@ def test_off_diagonal_rows_without_a_mask_equal_the_masked_entries(r, c, offset)
     keep[torch.arange(r), torch.arange(r) + offset] = False
     assert torch.equal(_off_diagonal_at(rows, offset), rows[keep])
     assert torch.autograd.gradcheck(lambda t: _off_diagonal_at(t, offset), (rows,))
+
+
+@pytest.mark.parametrize("path", im.PATHS)
+def test_a_float16_chain_with_large_scores_gives_a_finite_float32_bound_on_every_path(path):
+    """The chain's own NWJ value (critic_head's, or its twin's on the reference path) reduces
+    float16 scores in float32 too: shuffled scores near 13 would overflow exp in float16."""
+    mi = small_chain().half()
+    head = [m for m in mi.mlp if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias.fill_(13.0)
+        head.weight.mul_(0.01)
+    x, z = correlated_batch(8)
+    perm = im.latent_permutation(8, 1, seed=1)
+    with im.use_path(path):
+        got = im.paired_mutual_info(mi, x.half(), z.half(), perm)
+    assert got.bound.dtype == torch.float32 and torch.isfinite(got.bound)
+    want = got.joint.double().mean() - torch.exp(got.shuffled.double() - 1).mean()
+    assert float(got.bound) == pytest.approx(float(want), rel=1e-5)

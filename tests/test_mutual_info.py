@@ -480,5 +480,57 @@ def test_paired_mutual_info_takes_exactly_one_of_perm_and_z_shuffle():
                 im.paired_mutual_info(mi, x, z)
             with pytest.raises(ValueError, match="exactly one of perm"):
                 im.paired_mutual_info(mi, x, z, torch.arange(10), z_shuffle=z)
-            with pytest.raises(ValueError, match=r"perm must be a tensor of shape \(10,\)"):
+            with pytest.raises(ValueError, match=r"perm must be an int64 tensor of shape \(10,\)"):
                 im.paired_mutual_info(mi, x, z, torch.arange(5))
+
+
+def _layer_norm_chain():
+    """A chain the shared evaluation cannot split (a LayerNorm): two calls on every path."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 1))
+    return im.MutualInfoChain(nn.Linear(6, 6), nn.Linear(2, 2), mlp)
+
+
+@pytest.mark.parametrize("path", im.PATHS)
+@pytest.mark.parametrize("make_chain", [
+    lambda: im.MutualInfoChain.from_sizes(6, 2, [8], ["relu"]), _layer_norm_chain,
+    # frozen: with z needing gradient the auto path builds the joint rows' graph only
+    lambda: im.MutualInfoChain.from_sizes(6, 2, [8], ["relu"]).requires_grad_(False)],
+    ids=["from_sizes", "layer_norm", "frozen"])
+@pytest.mark.parametrize("args, error, message", [
+    ((torch.randn(1, 6), torch.randn(1, 2), torch.zeros(1, dtype=torch.long)), ValueError,
+     "needs a batch of at least 2 samples .* got a batch of 1"),
+    ((torch.randn(0, 6), torch.randn(0, 2), torch.zeros(0, dtype=torch.long)), ValueError,
+     "got a batch of 0"),
+    ((torch.randn(4, 6), torch.randn(6, 2), torch.arange(6)), ValueError,
+     r"z has 6 codes for x's 4 samples: M must be a multiple S N"),
+    ((torch.randn(4, 6), torch.randn(2, 2), torch.arange(2)), ValueError,
+     r"z has 2 codes for x's 4 samples"),
+    ((torch.randn(4, 6), torch.randn(4, 2, 1), torch.arange(4)), ValueError,
+     r"z must be \(M, d\) codes, got \(4, 2, 1\)"),
+    ((torch.randn(4, 6), torch.randn(4, 2), torch.ones(4, dtype=torch.bool)), ValueError,
+     r"perm must be an int64 tensor of shape \(4,\), one entry per code, got torch.bool"),
+    ((torch.randn(4, 6), torch.randn(4, 2), torch.arange(4, dtype=torch.int32)), ValueError,
+     r"got torch.int32 of shape \(4,\)"),
+    ((torch.randn(4, 6), torch.randn(4, 2), torch.tensor([-1, 0, 1, 2])), RuntimeError,
+     r"perm entry 0 is -1, outside \[0, 4\)"),
+    ((torch.randn(4, 6), torch.randn(4, 2), torch.tensor([0, 1, 2, 4])), RuntimeError,
+     r"perm entry 3 is 4, outside \[0, 4\)"),
+])
+def test_paired_mutual_info_names_a_bad_argument_on_every_path(path, make_chain, args, error,
+                                                               message):
+    """The same error on every path and for chains that take two calls; a negative perm entry
+    is never wrapped around into a wrong bound."""
+    mi = make_chain()
+    x, z, perm = args
+    with im.use_path(path), pytest.raises(error, match=message):
+        im.paired_mutual_info(mi, x, z.requires_grad_(), perm)
+
+
+@pytest.mark.parametrize("path", im.PATHS)
+def test_paired_mutual_info_names_shuffled_codes_of_another_shape(path):
+    mi = im.MutualInfoChain.from_sizes(6, 2, [8], ["relu"])
+    x, z = torch.randn(4, 6), torch.randn(4, 2)
+    with im.use_path(path), pytest.raises(ValueError,
+                                          match=r"z_shuffle must have z's shape \(4, 2\), got \(3, 2\)"):
+        im.paired_mutual_info(mi, x, z, z_shuffle=torch.randn(3, 2))

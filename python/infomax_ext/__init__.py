@@ -49,6 +49,7 @@ from .mutual_info import (
     latent_permutation,
     paired_mutual_info,
     shuffle_latent,
+    shuffled_bound,
     variational_mutual_info,
 )
 from .trainer import TrainConfig, Trainer, fit
@@ -90,6 +91,6 @@ __all__ = [
     "inverse_permutation", "latent_permutation", "load_model", "miloss", "module_from_config",
     "nwj_bound", "critic_head", "critic_mlp", "paired_first_layer", "paired_linear",
     "paired_mutual_info", "reparameterize", "save_model", "seeded_permutation", "shuffle_latent",
-    "spherical_logprior", "train_step", "use_path", "use_reference_path",
+    "shuffled_bound", "spherical_logprior", "train_step", "use_path", "use_reference_path",
     "variational_mutual_info",
 ]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import (_ops, critic_chain_op, critic_head_op, critic_mlp_op, distributed,
-               distributed_bounds, nwj_bound_op, paired_linear_op, widths)
+               distributed_bounds, nwj_bound_op, paired_linear_op, reference, widths)
 from .all_pairs import all_pairs_bound
 from .bounds import NWJ, Bound, resolve_bound
 from ._builders import Built, builder_config, check_layers, check_size, head, linear, mlp, parse_size
@@ -289,14 +289,8 @@ def paired_mutual_info(
     of :data:`~infomax_ext.bounds.BOUNDS` (not ``"infonce"``, which needs all pairs: see
     :func:`shuffled_bound`) or a :class:`~infomax_ext.bounds.Bound`; default ``"nwj"``.
     """
-    n, m = x.shape[0], z.shape[0]
+    n, m = _check_pairs(x, z, perm, z_shuffle)
     bound = _shuffled_pairs_bound(bound)
-    if (perm is None) == (z_shuffle is None):
-        raise ValueError("paired_mutual_info takes exactly one of perm (a permutation of the M "
-                         "codes' rows) and z_shuffle (the shuffled codes)")
-    if perm is not None and (not isinstance(perm, torch.Tensor) or tuple(perm.shape) != (m,)):
-        raise ValueError(f"perm must be a tensor of shape ({m},), one entry per code, got "
-                         f"{tuple(perm.shape) if isinstance(perm, torch.Tensor) else type(perm).__name__}")
     path = _ops.current_path()
     plan = None if path == "two_call" else fused_plan(mi)
     if not isinstance(plan, FusedPlan):
@@ -370,6 +364,36 @@ def paired_mutual_info(
         scores = h.reshape(-1)
         value = None
     return _paired(bound, scores[:m], scores[m:], value)
+
+
+def _check_pairs(x: torch.Tensor, z: torch.Tensor, perm: torch.Tensor | None,
+                 z_shuffle: torch.Tensor | None) -> tuple[int, int]:
+    """(N, M) of :func:`paired_mutual_info`'s arguments, or a ValueError naming the one that
+    does not fit, before any work: x with a batch of N >= 2, z (M, d) with M = S N, and exactly
+    one of perm ((M,) int64; its entries are checked where they are read) and z_shuffle (M, d)."""
+    n = check_batch(x, what="paired_mutual_info")
+    if not isinstance(z, torch.Tensor) or z.dim() != 2:
+        raise ValueError(f"z must be (M, d) codes, got "
+                         f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+    m = z.shape[0]
+    if m < n or m % n:
+        raise ValueError(f"z has {m} codes for x's {n} samples: M must be a multiple S N of the "
+                         "batch (S codes per sample, sample block s pairing row s N + i with x[i])")
+    if (perm is None) == (z_shuffle is None):
+        raise ValueError("paired_mutual_info takes exactly one of perm (a permutation of the M "
+                         "codes' rows) and z_shuffle (the shuffled codes)")
+    if perm is not None:
+        if (not isinstance(perm, torch.Tensor) or tuple(perm.shape) != (m,)
+                or perm.dtype != torch.int64):
+            got = (f"{perm.dtype} of shape {tuple(perm.shape)}" if isinstance(perm, torch.Tensor)
+                   else type(perm).__name__)
+            raise ValueError(f"perm must be an int64 tensor of shape ({m},), one entry per code, "
+                             f"got {got}")
+    elif not isinstance(z_shuffle, torch.Tensor) or z_shuffle.shape != z.shape:
+        shape = (str(tuple(z_shuffle.shape)) if isinstance(z_shuffle, torch.Tensor)
+                 else type(z_shuffle).__name__)
+        raise ValueError(f"z_shuffle must have z's shape {tuple(z.shape)}, got {shape}")
+    return n, m
 
 
 def _chain_tensors(plan: FusedPlan) -> tuple[Any, ...]:
@@ -506,6 +530,8 @@ def _joint_graph_bound(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
         # float32 rows on the CPU, index_select 28 us.
         if hz_shuffled is None:
             assert perm is not None  # the caller gives one of perm and the shuffled codes
+            if perm.device.type == "cpu":  # free there; a GPU's index_select asserts on its own
+                reference.check_perm_entries(perm, m)
             shuffled_half = latent_half.index_select(0, perm)
         else:
             shuffled_half = torch.mm(hz_shuffled, weight[:, dx:].t())
@@ -520,6 +546,8 @@ def _two_call_bound(mi: nn.Module, x: torch.Tensor, z: torch.Tensor, perm: torch
     n, m = x.shape[0], z.shape[0]
     x_rep = x.repeat(m // n, *([1] * (x.dim() - 1))) if m != n else x
     if z_shuffle is None:
+        assert perm is not None  # the caller gives one of perm and the shuffled codes
+        reference.check_perm_entries(perm, m)  # z[perm] would wrap a negative entry around
         z_shuffle = (z if shuffled_grad else z.detach())[perm]
     elif not shuffled_grad:
         z_shuffle = z_shuffle.detach()

@@ -14,6 +14,7 @@ from .activations import apply_activation
 __all__ = [
     "permutation_keys",
     "inverse_permutation",
+    "check_perm_entries",
     "paired_first_layer",
     "paired_linear",
     "critic_head",
@@ -86,6 +87,20 @@ def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
     return inverse
 
 
+def check_perm_entries(perm: torch.Tensor, m: int) -> None:
+    """Raises RuntimeError, with the compiled kernels' message, naming the first entry of
+    ``perm`` outside ``[0, m)`` (indexing would wrap a negative one around). One host
+    synchronisation; skipped where the values cannot be read: a ``meta`` tensor, a tensor
+    inside a torch.func transform, or while torch.compile traces."""
+    if (perm.numel() == 0 or perm.device.type == "meta" or torch.compiler.is_compiling()
+            or torch._C._functorch.is_functorch_wrapped_tensor(perm)):
+        return
+    bad = ((perm < 0) | (perm >= m)).nonzero()
+    if bad.numel():
+        r = int(bad[0, 0])
+        raise RuntimeError(f"infomax_ext: perm entry {r} is {int(perm[r])}, outside [0, {m})")
+
+
 def paired_first_layer(
     data_half: torch.Tensor,
     latent_half: torch.Tensor,
@@ -104,6 +119,7 @@ def paired_first_layer(
     when it is None, ``latent_half``.
     """
     n, m = data_half.shape[0], latent_half.shape[0]
+    check_perm_entries(perm, m)
     a = data_half.repeat(m // n, 1) if m != n else data_half
     source = latent_half if shuffled_half is None else shuffled_half
     joint = apply_activation((a + latent_half) + bias, activation, param)
@@ -158,7 +174,11 @@ def mm_pair(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
 
 
 def nwj_bound(t_joint: torch.Tensor, t_shuffled: torch.Tensor) -> torch.Tensor:
-    """NWJ lower bound ``mean(t_joint) - mean(exp(t_shuffled - 1))`` of 1-D score tensors."""
+    """NWJ lower bound ``mean(t_joint) - mean(exp(t_shuffled - 1))`` of 1-D score tensors,
+    reduced as the kernels reduce: bfloat16 and float16 scores in float32, to a float32 bound
+    (``exp`` of a float16 score above 12 would overflow to inf)."""
+    t_joint, t_shuffled = (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+                           for t in (t_joint, t_shuffled))
     return t_joint.mean() - torch.exp(t_shuffled - 1).mean()
 
 
