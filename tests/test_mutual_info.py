@@ -534,3 +534,42 @@ def test_paired_mutual_info_names_shuffled_codes_of_another_shape(path):
     with im.use_path(path), pytest.raises(ValueError,
                                           match=r"z_shuffle must have z's shape \(4, 2\), got \(3, 2\)"):
         im.paired_mutual_info(mi, x, z, z_shuffle=torch.randn(3, 2))
+
+
+class _CountedReads(nn.Module):
+    """A parametrization that counts how often the weight is computed (as spectral_norm's
+    power iteration would run once per read)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def forward(self, weight):
+        self.reads += 1
+        return weight
+
+
+@pytest.mark.parametrize("data", ["identity", "linear"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_the_shared_evaluation_reads_each_parametrized_weight_once(data, grad):
+    """One read per weight and call on the fused path (one node with a gradient, the two ops
+    without), where two calls read each weight twice; the bound equals the two calls'."""
+    torch.manual_seed(0)
+    mi = paper_like_chain(n_x=12, n_z=3)
+    if data == "linear":
+        mi.data = nn.Linear(6, 12).double()
+    counters = []
+    for layer in [m for m in mi.mlp if isinstance(m, nn.Linear)]:
+        counters.append(_CountedReads())
+        nn.utils.parametrize.register_parametrization(layer, "weight", counters[-1])
+    x = torch.randn(10, 12 if data == "identity" else 6, dtype=torch.float64)
+    z = torch.randn(10, 3, dtype=torch.float64, requires_grad=grad)
+    perm = im.latent_permutation(10, 1, seed=1)
+    assert [c.reads for c in counters] == [1, 1, 1]  # registering computes the weight once
+    with torch.set_grad_enabled(grad), im.use_path("fused"):
+        fused = im.paired_mutual_info(mi, x, z, perm)
+    assert [c.reads for c in counters] == [2, 2, 2]
+    with torch.set_grad_enabled(grad):
+        plain = two_calls(mi, x, z, perm)
+    assert [c.reads for c in counters] == [4, 4, 4]
+    torch.testing.assert_close(fused.bound, plain.bound, rtol=1e-12, atol=1e-12)

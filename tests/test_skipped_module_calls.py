@@ -161,3 +161,24 @@ def test_the_reasons_name_the_module_and_the_plan_returns_when_the_hook_goes():
 def test_an_activation_subclass_is_not_the_named_activation():
     assert im.activations.spec_of_module(nn.ReLU()) == ("relu", 0.0)
     assert im.activations.spec_of_module(_ShiftedReLU()) is None
+
+
+def test_a_parametrized_layer_keeps_the_fused_plan_and_a_hook_based_weight_norm_takes_two_calls():
+    """torch.nn.utils.parametrize gives a Linear a subclass that keeps Linear's forward (its
+    weight is computed on each read): still fused. The old weight_norm recomputes the weight in
+    a forward pre-hook: two calls, so the weight is never stale."""
+    x, z, perm = _inputs()
+    mi = chain()
+    nn.utils.parametrizations.weight_norm(mi.mlp[2])
+    assert isinstance(fused_plan(mi), FusedPlan)
+    out = im.paired_mutual_info(mi, x, z, perm)
+    assert out.bound.grad_fn.name() == "_LinearEndsChainBackward"
+    _check(out.bound, _plain_nwj(mi, x, z, perm), mi, z)
+
+    mi = chain()
+    with pytest.warns(FutureWarning):
+        nn.utils.weight_norm(mi.mlp[2])
+    with torch.no_grad():
+        mi.mlp[2].weight_g.mul_(1.5)  # the weight itself is recomputed only by the pre-hook
+    assert "mi.mlp[2] has a forward pre-hook" in fused_plan_reasons(mi)[0]
+    _check(im.paired_mutual_info(mi, x, z, perm).bound, _plain_nwj(mi, x, z, perm), mi, z)

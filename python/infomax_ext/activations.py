@@ -74,7 +74,7 @@ class NamedActivation:
 
     name: str
     function: Callable[[torch.Tensor, float], torch.Tensor]
-    module: type
+    module: type[nn.Module]
     param: str | None = None
     default: float | None = None
     callables: tuple[Callable[..., torch.Tensor], ...] = ()
@@ -173,12 +173,14 @@ def as_module(activation: ActivationLike) -> nn.Module:
 
 def spec_of_module(module: nn.Module) -> ActivationSpec | None:
     """The named activation equal to ``module`` as ``(name, parameter)``, or ``None`` when it is
-    none of :data:`ACTIVATIONS` exactly, its type included (a subclass of ``nn.ReLU`` is not
-    ``"relu"``: its forward may differ); the kernels run it when ``ACTIVATIONS[name].kernel``."""
-    for entry in _TABLE:  # exact types: a subclass may compute otherwise
-        if type(module) is entry.module and entry.exact(module):
+    none of :data:`ACTIVATIONS` exactly, its forward included (a subclass of ``nn.ReLU`` with a
+    forward of its own is not ``"relu"``); the kernels run it when ``ACTIVATIONS[name].kernel``."""
+    forward = type(module).forward  # a subclass with a forward of its own may compute otherwise
+    for entry in _TABLE:
+        if isinstance(module, entry.module) and forward is entry.module.forward \
+                and entry.exact(module):
             return entry.spec(module)
-    if type(module) is Activation:
+    if isinstance(module, Activation) and forward is Activation.forward:
         name = _CALLABLE_NAMES.get(module.fn) if _hashable(module.fn) else None
         if name is not None:
             return ActivationSpec(name, ACTIVATIONS[name].default or 0.0)

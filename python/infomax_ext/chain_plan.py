@@ -6,7 +6,7 @@ builds a chain's plan once and keeps it while the chain's structure is unchanged
 from __future__ import annotations
 
 import weakref
-from typing import Any, NamedTuple, Sequence, cast
+from typing import Any, NamedTuple, Sequence, TypeGuard, cast
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from torch import nn
 from .activations import ActivationSpec, kernel_spec
 
 __all__ = ["FusedPlan", "LinearEnds", "NoFusedPlan", "calls_are_plain", "fused_plan",
-           "fused_plan_reasons", "skipped_call_reasons", "split_reasons"]
+           "fused_plan_reasons", "plain_linear", "skipped_call_reasons", "split_reasons"]
 
 
 class LinearEnds(NamedTuple):
@@ -71,10 +71,17 @@ def skipped_call_reasons(named: Sequence[tuple[str, nn.Module]]) -> list[str]:
     return reasons
 
 
+def plain_linear(module: nn.Module | None) -> TypeGuard[nn.Linear]:
+    """Whether ``module`` is an nn.Linear that computes nn.Linear's forward: the class itself, or
+    a subclass that keeps the forward (``torch.nn.utils.parametrize`` makes one, whose weight is
+    computed on each read); a subclass with a forward of its own may compute otherwise."""
+    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+
+
 def _one_linear(network: nn.Module, may_flatten: bool) -> tuple[nn.Linear, bool] | None:
-    """(the Linear, whether an nn.Flatten() comes first) when ``network`` is one plain Linear,
-    alone or in an nn.Sequential; else None. Exact types: a subclass may compute otherwise."""
-    if type(network) is nn.Linear:
+    """(the Linear, whether an nn.Flatten() comes first) when ``network`` is one plain Linear
+    (:func:`plain_linear`), alone or in an nn.Sequential; else None."""
+    if plain_linear(network):
         return network, False
     if type(network) is not nn.Sequential:
         return None
@@ -83,7 +90,7 @@ def _one_linear(network: nn.Module, may_flatten: bool) -> tuple[nn.Linear, bool]
                and parts[0].start_dim == 1 and parts[0].end_dim == -1)
     if flatten:
         parts = parts[1:]
-    if len(parts) == 1 and type(parts[0]) is nn.Linear:
+    if len(parts) == 1 and plain_linear(parts[0]):
         return parts[0], flatten
     return None
 
@@ -141,7 +148,7 @@ def _linear_stack(middle: list[nn.Module]) -> list[tuple[nn.Linear, ActivationSp
     stack, i = [], 0
     while i < len(middle):
         layer = middle[i]
-        if type(layer) is not nn.Linear:  # a subclass may compute otherwise: runs as a module
+        if not plain_linear(layer):  # it may compute otherwise: runs as a module
             return None
         act: ActivationSpec | None = ActivationSpec("identity")
         if i + 1 < len(middle) and not isinstance(middle[i + 1], nn.Linear):
@@ -265,10 +272,10 @@ def _split_structure_reasons(mi: nn.Module) -> list[str]:
     mlp = mi.mlp
     if not isinstance(mlp, nn.Sequential) or len(mlp) == 0:
         reasons.append(f"mi.mlp is a {type(mlp).__name__}, not a non-empty nn.Sequential")
-    elif type(mlp[0]) is not nn.Linear:
+    elif not plain_linear(mlp[0]):
         reasons.append(f"the MLP's first layer is a {type(mlp[0]).__name__}, not an nn.Linear "
-                       "(its weight cannot be split into data and latent columns; a subclass "
-                       "may compute otherwise)")
+                       "with nn.Linear's forward (its weight cannot be split into data and "
+                       "latent columns)")
     coupled = sorted({type(m).__name__ for m in mi.modules() if isinstance(m, _BATCH_COUPLED)})
     if coupled:
         reasons.append(f"batch-coupled layers ({', '.join(coupled)}): a sample's score depends "
@@ -297,9 +304,9 @@ def _plan_and_reasons(mi: nn.Module) -> tuple[FusedPlan | None, list[str]]:
         k = 2
     head, head_act, end = None, None, len(layers)
     last = layers[-1]
-    if type(last) is nn.Linear and last.out_features == 1 and len(layers) - 1 >= k:
+    if plain_linear(last) and last.out_features == 1 and len(layers) - 1 >= k:
         head, head_act, end = last, ActivationSpec("identity"), len(layers) - 1
-    elif (len(layers) - 2 >= k and type(layers[-2]) is nn.Linear
+    elif (len(layers) - 2 >= k and plain_linear(layers[-2])
           and layers[-2].out_features == 1 and kernel_spec(last) is not None):
         head, head_act, end = layers[-2], kernel_spec(last), len(layers) - 2
     middle = layers[k:end]

@@ -12,6 +12,7 @@ from . import _ops, precision
 from .activations import kernel_spec
 from .all_pairs import split_reasons
 from .bounds import NWJ, Bound, resolve_bound
+from .chain_plan import plain_linear
 from .mutual_info import FusedPlan, _shuffled_half_needs_graph, fused_plan
 
 __all__ = ["PathExplanation", "explain_path", "kernel_reasons"]
@@ -55,8 +56,9 @@ def _stack_reason(middle: list[nn.Module]) -> str | None:
     """Why critic_mlp cannot run the hidden layers ``middle`` (None when it can)."""
     i = 0
     while i < len(middle):
-        if type(middle[i]) is not nn.Linear:
-            return f"the hidden layers hold {middle[i]!r} where critic_mlp takes a plain Linear"
+        if not plain_linear(middle[i]):
+            return (f"the hidden layers hold {middle[i]!r} where critic_mlp takes an nn.Linear "
+                    "with nn.Linear's forward")
         if i + 1 < len(middle) and not isinstance(middle[i + 1], nn.Linear):
             if kernel_spec(middle[i + 1]) is None:
                 return f"the activation {middle[i + 1]!r} is not one the kernels run"

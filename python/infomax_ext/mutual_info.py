@@ -331,7 +331,8 @@ def paired_mutual_info(
     value: torch.Tensor | None
     if plan.stack is not None:
         assert plan.head_act is not None and plan.stack_activations is not None  # with a stack
-        _, first_bias, head_weight, head_bias, weights, biases = tensors = _chain_tensors(plan)
+        _, first_bias, head_weight, head_bias, weights, biases = tensors = _chain_tensors(
+            plan, weight)
         if _one_node(hx, perm, (hz, source, data_half, *tensors[:4], *weights, *biases)):
             assert perm is not None  # as _one_node found
             value, scores = critic_chain_op.critic_chain(
@@ -345,9 +346,8 @@ def paired_mutual_info(
     if plan.stack is not None:
         assert plan.head is not None and plan.head_act is not None  # a stack is planned with a head
         assert plan.stack_activations is not None  # built with every stack
-        value, scores = critic_mlp_op.critic_mlp(
-            h, [layer.weight for layer, _ in plan.stack], [layer.bias for layer, _ in plan.stack],
-            *plan.stack_activations, plan.head.weight.reshape(-1), plan.head.bias, m,
+        value, scores = critic_mlp_op.critic_mlp(  # the tensors read above
+            h, weights, biases, *plan.stack_activations, head_weight.reshape(-1), head_bias, m,
             plan.head_act.name, plan.head_act.param)
         return _paired(bound, scores[:m], scores[m:], value)
     for module in plan.middle:
@@ -396,17 +396,19 @@ def _check_pairs(x: torch.Tensor, z: torch.Tensor, perm: torch.Tensor | None,
     return n, m
 
 
-def _chain_tensors(plan: FusedPlan) -> tuple[Any, ...]:
-    """The chain's tensors from its first layer to the head, each read once per call: (first
-    weight, first bias, head weight, head bias, [stack weights], [stack biases]); the biases may
-    be None. For a plan with a stack (and so a head)."""
+def _chain_tensors(plan: FusedPlan, first_weight: torch.Tensor | None = None) -> tuple[Any, ...]:
+    """The chain's tensors from its first layer to the head, each read once per call (a
+    parametrized weight is computed on each read): (first weight, first bias, head weight, head
+    bias, [stack weights], [stack biases]); the biases may be None; ``first_weight``: the first
+    layer's weight where the caller has read it. For a plan with a stack (and so a head)."""
     assert plan.stack is not None and plan.head is not None
     first, head = plan.first, plan.head
     weights, biases = [], []
     for layer, _ in plan.stack:
         weights.append(layer.weight)
         biases.append(layer.bias)
-    return first.weight, first.bias, head.weight, head.bias, weights, biases
+    return (first.weight if first_weight is None else first_weight, first.bias, head.weight,
+            head.bias, weights, biases)
 
 
 def _one_node(hx: torch.Tensor, perm: torch.Tensor | None,
