@@ -13,6 +13,7 @@ from infomax_ext.cli import main
 from infomax_ext.evaluation import encoder_mean
 from infomax_ext.plots import decoder_mean
 from infomax_ext.preprocessing import PREPROCESSING_FILE
+from tiny_runs import error_line, usage_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,23 +54,6 @@ def run(tmp_path_factory):
         torch.set_num_threads(threads)
     assert code == 0
     return {"dir": base, "run": base / "run", "x": x, "new_x": new_x, "new_labels": new_labels}
-
-
-def error_line(argv, capsys, code=1) -> str:
-    """Run ``main(argv)``; expect exit code 1 and one line on stderr, return it."""
-    capsys.readouterr()
-    assert main(argv) == code
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err.strip()
-
-
-def usage_error(argv, capsys) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    return capsys.readouterr().err
 
 
 def model_input(raw, prep):

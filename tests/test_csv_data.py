@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from infomax_ext.csv_data import TableError, parse_label_column, read_delimited
+from infomax_ext.csv_data import (TableError, parse_label_column, read_delimited,
+                                  read_label_table)
 from infomax_ext.data import DataError, load_dataset, load_file
 
 
@@ -130,3 +131,24 @@ def test_load_file_errors_are_data_errors(tmp_path):
         load_file(tmp_path / "x.npy", label_column=0)
     with pytest.raises(DataError, match="labels go with a data file"):
         load_dataset(None, label_column="y")
+
+
+@pytest.mark.parametrize("text, n, want", [
+    ("cls0\ncls1\ncls0\n", 3, ["cls0", "cls1", "cls0"]),          # no header: n rows
+    ("label\ncls0\ncls1\ncls0\n", 3, ["cls0", "cls1", "cls0"]),  # a header: n + 1 rows
+    ("label\n1\n2\n1\n", None, [1.0, 2.0, 1.0]),                 # text over numbers: a header
+    ("1\n2\n1\n", 3, [1.0, 2.0, 1.0]),
+    ("\"a, b\"\n\n c \n", None, ["a, b", "c"]),                   # quoted, blank line, spaces
+])
+def test_a_labels_table_is_one_column_of_labels(tmp_path, text, n, want):
+    y = read_label_table(write(tmp_path, "labels.csv", text), n)
+    assert y.tolist() == want and y.dtype.kind == ("f" if isinstance(want[0], float) else "U")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "holds no rows"),
+    ("a,1\nb,2\n", "row 1 has 2 fields; a labels file holds one column, one label per row"),
+])
+def test_a_bad_labels_table_is_named(tmp_path, text, message):
+    with pytest.raises(TableError, match=message):
+        read_label_table(write(tmp_path, "labels.csv", text))

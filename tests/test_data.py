@@ -1,6 +1,7 @@
 """infomax_ext.data: the digits, users' files, validation with clear messages, splits."""
 import contextlib
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -218,3 +219,61 @@ def load_file_free(n):
     from infomax_ext.data import ArrayDataset
 
     return ArrayDataset(torch.from_numpy(samples(n)), torch.arange(n) % 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_is_converted_to_float32_with_a_warning(tmp_path, dtype):
+    x = torch.from_numpy(samples()).to(dtype)
+    torch.save({"x": x, "y": (torch.arange(20) % 3).to(dtype)}, tmp_path / "f8.pt")
+    name = str(dtype).removeprefix("torch.")
+    with pytest.warns(DataWarning) as caught:
+        data = load_file(tmp_path / "f8.pt")
+    assert [str(w.message) for w in caught] == [
+        f"{tmp_path / 'f8.pt'}: entry {key!r} holds {name} values; converted to float32 (exactly)"
+        for key in ("x", "y")]
+    assert data.x.dtype == torch.float32 and torch.equal(data.x, x.float())  # exactly
+    assert data.y.tolist() == (torch.arange(20) % 3).tolist() and data.classes == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda x: x.to_sparse(), "holds a sparse_coo tensor; save a dense one (tensor.to_dense())"),
+    (lambda x: x.to_sparse_csr(),
+     "holds a sparse_csr tensor; save a dense one (tensor.to_dense())"),
+    (lambda x: torch.quantize_per_tensor(x, 0.1, 0, torch.quint8),
+     "holds a quantized tensor (quint8); save its values (tensor.dequantize())"),
+    (lambda x: x.to(torch.complex32), "holds complex32 values, which cannot be read as numbers "
+     "here; save float32, float64 or integer values"),
+])
+def test_tensors_numpy_cannot_hold_are_refused_by_name(tmp_path, make, message):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # complex32 is "experimental"
+        torch.save({"x": make(torch.from_numpy(samples()))}, tmp_path / "odd.pt")
+    with pytest.raises(DataError) as exc:
+        load_file(tmp_path / "odd.pt")
+    assert str(exc.value) == f"{tmp_path / 'odd.pt'}: entry 'x' {message}"
+
+
+def test_labels_csv_of_class_names(tmp_path):
+    np.save(tmp_path / "x.npy", samples())
+    names = [f"cls{k % 3}" for k in range(20)]
+    (tmp_path / "header.csv").write_text("label\n" + "\n".join(names) + "\n")
+    (tmp_path / "bare.tsv").write_text("\n".join(names) + "\n")
+    np.save(tmp_path / "names.npy", np.array(names))
+    want = load_file(tmp_path / "x.npy", labels=tmp_path / "names.npy")
+    for name in ("header.csv", "bare.tsv"):
+        data = load_file(tmp_path / "x.npy", labels=tmp_path / name)
+        assert data.classes == ["cls0", "cls1", "cls2"] == want.classes
+        assert torch.equal(data.y, want.y)
+    (tmp_path / "two.csv").write_text("id,label\n" + "\n".join(f"{k},{n}" for k, n in
+                                                               enumerate(names)) + "\n")
+    with pytest.raises(DataError, match=r"two\.csv: row 1 has 2 fields; a labels file holds one "
+                                        "column"):
+        load_file(tmp_path / "x.npy", labels=tmp_path / "two.csv")
+
+
+def test_labels_a_use_does_not_need_are_not_read(tmp_path):
+    np.savez(tmp_path / "short.npz", x=samples(), y=np.arange(19))
+    with pytest.raises(DataError, match="19 labels for 20 samples"):
+        load_file(tmp_path / "short.npz")
+    data = load_file(tmp_path / "short.npz", keep_labels=False)
+    assert data.y is None and data.classes is None and data.x.shape == (20, 6)

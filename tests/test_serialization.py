@@ -27,6 +27,7 @@ from infomax_ext.serialization import (
     SerializationError,
     atomic_torch_save,
     atomic_write_text,
+    atomic_write_with,
     safe_torch_load,
 )
 
@@ -297,3 +298,33 @@ def test_interrupt_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+def test_a_failed_atomic_write_names_its_target_not_the_temp_file(tmp_path):
+    (tmp_path / "plot.png").mkdir()  # os.replace cannot put a file over a directory
+    with pytest.raises(IsADirectoryError) as exc:
+        atomic_write_text(tmp_path / "plot.png", "x")
+    assert exc.value.filename == str(tmp_path / "plot.png") and ".tmp" not in str(exc.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]  # no temp file left
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(NotADirectoryError) as exc:  # a folder on the path is a file
+        atomic_write_text(tmp_path / "file" / "x.json", "x")
+    assert exc.value.filename == str(tmp_path / "file" / "x.json")
+    assert exc.value.strerror == "a folder on its path is a file"
+    assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_atomic_write_with_streams_into_the_target(tmp_path):
+    path = tmp_path / "data.bin"
+    atomic_write_with(path, lambda f: [f.write(bytes([k]) * 1000) for k in range(3)])
+    assert path.read_bytes() == b"\x00" * 1000 + b"\x01" * 1000 + b"\x02" * 1000
+
+    def disk_full(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError) as exc:
+        atomic_write_with(path, disk_full)
+    assert exc.value.errno == 28 and exc.value.filename == str(path)
+    assert path.read_bytes()[:1000] == b"\x00" * 1000  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]

@@ -17,7 +17,7 @@ from infomax_ext.checkpoint import digest_path, read_checkpoint, write_checkpoin
 from infomax_ext.cli import main
 from infomax_ext.serialization import SerializationError
 from infomax_ext.trainer import TrainConfig, Trainer
-from tiny_runs import TINY_RUN, rewrite_checkpoint, save_data, snapshot, train
+from tiny_runs import TINY_RUN, rewrite_checkpoint, save_data, snapshot, train, trained_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,15 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny run after one epoch (its directory is copied by each test that changes it)."""
-    root = tmp_path_factory.mktemp("untrusted")
-    data = save_data(root / "x.npy")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert train(root / "run", data) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return root / "run"
+    return trained_run(tmp_path_factory.mktemp("untrusted"))[0]
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from infomax_ext.checkpoint import DIGEST_FORMAT, digest_path
@@ -25,6 +26,42 @@ def train(out: Path, data: Path, *extra: str, epochs: int = 1) -> int:
     """``infomax-ext train`` of a tiny model on ``data`` into ``out``; the exit code."""
     return main(["train", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
                  *TINY_RUN, *extra])
+
+
+def trained_run(base: Path) -> tuple[Path, Path]:
+    """``(base/run, base/train.npy)``: a tiny run after one epoch on one thread, trained on (40,
+    4) samples in [0, 1) (for a module-scoped fixture: each test that changes it copies it)."""
+    data = save_data(base / "train.npy")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train(base / "run", data) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return base / "run", data
+
+
+def error_line(argv: list[str], capsys, code: int = 1) -> str:
+    """Run ``main(argv)``; expect exit code ``code`` and one line on stderr, return it."""
+    capsys.readouterr()
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def usage_error(argv: list[str], capsys) -> str:
+    """Run ``main(argv)``, expect argparse's exit code 2, return stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def digest(path: Path) -> str:
+    """The SHA-256 of the file ``path``."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def resign_checkpoint(path: Path) -> None:

@@ -18,6 +18,9 @@ ignored, blank lines skipped):
 
 The samples come back as float64 ``(N, F)``; :func:`~infomax_ext.data.load_file` checks and
 converts them like the samples of any other file.
+
+A labels file (``--labels labels.csv``) is read by :func:`read_label_table`: one column, one
+label per row, numbers or text (class names), header optional.
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
 
-__all__ = ["DELIMITED_SUFFIXES", "TableError", "read_delimited", "parse_label_column"]
+__all__ = ["DELIMITED_SUFFIXES", "TableError", "read_delimited", "read_label_table",
+           "parse_label_column"]
 
 DELIMITED_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 
@@ -163,6 +167,31 @@ def read_delimited(path: str | os.PathLike[str], label_column: str | int | None 
             y = y.astype(np.float64)
     column_names = None if names is None else [names[c] for c in feature_cols]
     return x, y, column_names
+
+
+def read_label_table(path: str | os.PathLike[str], n: int | None = None) -> np.ndarray:
+    """The labels (N,) of the CSV/TSV file ``path`` of one column: float64 when every label is
+    a number, strings otherwise (blank rows are skipped). A header is optional: the first row is
+    one when it is text and every other row a number, or, when labels are text, when the file
+    holds ``n + 1`` rows for ``n`` samples (it cannot be told from a class name otherwise)."""
+    path = Path(path)
+    rows = list(_rows(path, DELIMITED_SUFFIXES[path.suffix.lower()]))
+    if not rows:
+        raise TableError(f"{path} holds no rows")
+    labels = []
+    for line, fields in rows:
+        if len(fields) != 1:
+            raise TableError(f"{path}: row {line} has {len(fields)} fields; a labels file holds "
+                             "one column, one label per row (for a table with a label column, "
+                             "give it as --data with --label-column)")
+        labels.append(fields[0].strip())
+    numbers = [_is_number(v) for v in labels]
+    header = (not numbers[0] and len(labels) > 1 and all(numbers[1:])) or (
+        n is not None and len(labels) == n + 1 and not all(numbers))
+    if header:
+        labels = labels[1:]
+    y = np.asarray(labels)
+    return y.astype(np.float64) if all(_is_number(v) for v in labels) else y
 
 
 _T = TypeVar("_T")

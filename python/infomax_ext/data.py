@@ -13,11 +13,13 @@ File formats (:func:`load_file`):
 - ``.pt`` (read with ``torch.load(weights_only=True)``): a tensor (the samples), a tuple or list
   ``(x,)`` / ``(x, y)``, or a dict with the keys above.
 - ``.csv`` / ``.tsv``: a table of numbers, one sample per row, header optional, labels from the
-  column ``label_column`` (:mod:`.csv_data`). Table rows are feature vectors, never images.
+  column ``label_column`` (:mod:`.csv_data`). Table rows are feature vectors, never images. As
+  a labels file: one column of labels, numbers or class names, header optional.
 
 Labels may be integers, integral floats or strings; they are mapped to codes ``0..K-1`` in sorted
 order, the original values kept as ``classes``. Object (pickled) arrays are refused; float16 and
-bfloat16 tensors are converted to float32 (exactly) with a :class:`DataWarning`.
+bfloat16 (and float8) tensors are converted to float32 (exactly) with a :class:`DataWarning`;
+sparse, quantized and complex tensors are refused.
 
 Samples may be rescaled on loading (``normalize``, :func:`normalize_samples`): ``"unit"`` maps
 them to [0, 1] (what the Bernoulli decoder needs), ``"standardize"`` to mean 0 and variance 1
@@ -414,17 +416,39 @@ def check_mapped(samples: MappedSamples, likelihood: str = "bernoulli", source: 
     return samples
 
 
+def _read_labels(path: Path, n: int) -> np.ndarray:
+    """The labels in the labels file ``path`` for ``n`` samples: a table's one column
+    (:func:`~.csv_data.read_label_table`: numbers or class names), or the single array of a
+    .npy, .npz or .pt file."""
+    problem = file_problem(path, "labels file")
+    if problem is not None:
+        raise DataError(problem)
+    if path.suffix.lower() in (".csv", ".tsv"):
+        from .csv_data import TableError, read_label_table
+
+        try:
+            return read_label_table(path, n)
+        except TableError as exc:
+            raise DataError(str(exc)) from None
+    y, extra = _read_file(path)
+    if extra is not None:
+        raise DataError(f"{path}: a labels file must hold a single array")
+    return y
+
+
 def load_file(path: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None,
               likelihood: str = "bernoulli", normalize: str = "none", *, mmap: bool = False,
               label_column: str | int | None = None,
-              min_samples: int = MIN_SAMPLES) -> ArrayDataset:
+              min_samples: int = MIN_SAMPLES, keep_labels: bool = True) -> ArrayDataset:
     """An :class:`ArrayDataset` from a ``.npy``, ``.npz``, ``.pt``, ``.csv`` or ``.tsv`` file (see
     the module docstring), labels optionally from a second file ``labels`` (same formats, one
     array) or, for a table, from its column ``label_column`` (a header name or a 0-based index),
     samples checked and rescaled by :func:`check_samples`. ``mmap=True``: a ``.npy`` file's
     samples stay in the file, memory-mapped (:class:`MappedSamples`, :func:`check_mapped`); other
     formats are read into memory. ``min_samples``: the fewest samples accepted (training needs
-    ``MIN_SAMPLES``; encoding one sample needs 1)."""
+    ``MIN_SAMPLES``; encoding one sample needs 1). ``keep_labels=False``: labels the file holds
+    are dropped unread (no labels file may be given): a use that needs none of them is not
+    refused for them."""
     path = Path(path)
     x, y = _read_file(path, mmap, label_column)
     samples: MappedSamples | torch.Tensor
@@ -433,13 +457,15 @@ def load_file(path: str | os.PathLike[str], labels: str | os.PathLike[str] | Non
         shift, scale = (0.0, 1.0) if samples.scale is None else (samples.shift, samples.scale)
     else:
         samples, shift, scale = _checked(x, likelihood, str(path), normalize, min_samples)
+    if not keep_labels:
+        if labels is not None:
+            raise DataError(f"{labels}: labels are not used here; do not pass a labels file")
+        y = None
     if labels is not None:
         if y is not None:
             raise DataError(f"{path} already holds labels; do not also pass a labels file")
         labels = Path(labels)
-        y, extra = _read_file(labels)
-        if extra is not None:
-            raise DataError(f"{labels}: a labels file must hold a single array")
+        y = _read_labels(labels, samples.shape[0])
     codes, classes = (None, None) if y is None else _encode_labels(
         y, samples.shape[0], labels if labels is not None else path)
     table = path.suffix.lower() in (".csv", ".tsv")
@@ -452,10 +478,10 @@ def load_dataset(source: str | None = None, labels: str | os.PathLike[str] | Non
                  likelihood: str = "bernoulli",
                  normalize: str = "none", *, mmap: bool = False,
                  label_column: str | int | None = None,
-                 min_samples: int = MIN_SAMPLES) -> ArrayDataset:
+                 min_samples: int = MIN_SAMPLES, keep_labels: bool = True) -> ArrayDataset:
     """``source`` None or ``"digits"``: :func:`load_digits`; otherwise :func:`load_file` (with
-    ``mmap``, ``label_column`` and ``min_samples``); the samples checked and rescaled by
-    :func:`check_samples`."""
+    ``mmap``, ``label_column``, ``min_samples`` and ``keep_labels``); the samples checked and
+    rescaled by :func:`check_samples`."""
     if source is None or source == "digits":
         if labels is not None or label_column is not None:
             raise DataError("labels go with a data file; the digits carry their labels")
@@ -463,9 +489,11 @@ def load_dataset(source: str | None = None, labels: str | os.PathLike[str] | Non
         data.x, shift, scale = _checked(data.x, likelihood, "digits",  # type: ignore[arg-type]
                                         normalize)  # the digits are in memory
         data.normalization = (normalize, shift, scale)
+        if not keep_labels:
+            data.y, data.classes = None, None
         return data
     return load_file(source, labels, likelihood, normalize, mmap=mmap, label_column=label_column,
-                     min_samples=min_samples)
+                     min_samples=min_samples, keep_labels=keep_labels)
 
 
 # ----------------------------------------------------------------------------- splits

@@ -34,14 +34,34 @@ class DataWarning(UserWarning):
     """The data was usable after a change worth knowing about (e.g. half precision to float32)."""
 
 
+# Floating dtypes numpy lacks (or, float16, holds but the model does not compute in): each value
+# is a float32 value too, so converting is exact.
+_NARROW_FLOATS = tuple(getattr(torch, name) for name in (
+    "float16", "bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
+    "float8_e8m0fnu") if hasattr(torch, name))
+
+
 def _tensor_to_numpy(t: torch.Tensor, what: str) -> np.ndarray:
-    """``t`` as a numpy array; half precision (numpy has no bfloat16) becomes float32, exactly,
-    with a :class:`DataWarning`."""
-    if t.dtype in (torch.float16, torch.bfloat16):
-        warnings.warn(f"{what} holds {str(t.dtype).removeprefix('torch.')} values; converted to "
-                      "float32 (exactly)", DataWarning, stacklevel=3)
+    """``t`` as a numpy array. Half precision and the float8 formats (numpy has no bfloat16 or
+    float8) become float32, exactly, with a :class:`DataWarning`; a :class:`DataError` for a
+    tensor that is not a plain dense one (sparse, quantized, ...) or whose dtype numpy cannot
+    hold (complex32, packed sub-byte types, ...)."""
+    dtype = str(t.dtype).removeprefix("torch.")
+    if t.layout != torch.strided:
+        raise DataError(f"{what} holds a {str(t.layout).removeprefix('torch.')} tensor; save a "
+                        "dense one (tensor.to_dense())")
+    if t.is_quantized:
+        raise DataError(f"{what} holds a quantized tensor ({dtype}); save its values "
+                        "(tensor.dequantize())")
+    if t.dtype in _NARROW_FLOATS:
+        warnings.warn(f"{what} holds {dtype} values; converted to float32 (exactly)",
+                      DataWarning, stacklevel=3)
         t = t.float()
-    return t.detach().cpu().numpy()
+    try:
+        return t.detach().cpu().numpy()
+    except (TypeError, RuntimeError):
+        raise DataError(f"{what} holds {dtype} values, which cannot be read as numbers here; "
+                        "save float32, float64 or integer values") from None
 
 
 def _check_normalization(mode: str) -> None:

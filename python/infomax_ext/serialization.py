@@ -28,7 +28,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, TypeGuard
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Mapping, TypeGuard
 
 import torch
 from torch import nn
@@ -48,6 +48,7 @@ __all__ = [
     "sha256_hex",
     "is_sha256_hex",
     "atomic_write_bytes",
+    "atomic_write_with",
     "atomic_write_text",
     "atomic_write_json",
     "atomic_torch_save",
@@ -91,24 +92,49 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
     Readers see either the previous content of ``path`` or ``data``, never a mix, even when the
     process dies mid-write; a failed write removes its temporary file (``.NAME.XXXX.tmp``). The
-    file gets the permissions of ``open()``: 0o666 less the umask."""
+    file gets the permissions of ``open()``: 0o666 less the umask. An OSError names ``path``
+    (its ``filename``), never the temporary file."""
+    atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
+    """:func:`atomic_write_bytes` of what ``write(f)`` writes to the binary file ``f`` (the temp
+    file): the bytes are streamed, never held in memory as one block."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OSError(errno.ENOTDIR, "a folder on its path is a file", str(path)) from None
+    except OSError as exc:
+        raise _naming(exc, path) from None
+    try:
+        tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt included: never leave the temp file behind
+    except BaseException as exc:  # KeyboardInterrupt included: never leave the temp file behind
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from None
         raise
     _fsync_directory(path.parent)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` as the same kind of OSError (``errno`` and reason kept) with ``path`` as its file:
+    the target the caller asked for, not a temporary file or an ancestor."""
+    if exc.errno is None:
+        return OSError(f"{path}: {exc}")
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -25,7 +25,9 @@ checks, before it writes anything, that every checkpoint, config.json and the co
 the field and both values when they do not; a data file that moved may be given again with
 ``--data`` (its fingerprint decides). Sizes that need more memory than the machine has are
 refused naming the option, and a fresh run that fails before its first checkpoint leaves no
-config.json behind.
+config.json (or metrics.jsonl) behind. A fresh run's --out may hold none of the files a run
+writes (model/, metrics.json, ...: named, never overwritten); the commands for a trained model
+check every file they write before any work (never over their own --data or --labels).
 
 With ``--compare-vae`` the same architecture is also trained with ``alpha = 0`` (a plain VAE)
 under the same seed and budget: DIR/infomax/ and DIR/vae/ are two such run directories, and
@@ -94,18 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             SerializationError, TrainingError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return 1
+    except (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)) as exc:
+        return _out_of_memory(args.command, exc)  # before RuntimeError: CUDA's is one
     except (dist.DistError, RuntimeError) as exc:  # another process of a torchrun job stopped
+        if _is_allocator_failure(exc):
+            return _out_of_memory(args.command, exc)
         if not is_lost_contact(exc):
             raise
         print(f"{PROG} {args.command}: error: lost contact with another process of the job "
               f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
               "torchrun's summary names the process that stopped; the last checkpoint is intact",
               file=sys.stderr, flush=True)
-        return 1
-    except (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)) as exc:
-        text = str(exc).strip().splitlines()
-        print(f"{PROG} {args.command}: error: out of memory ({text[0][:200] if text else 'no detail'}"
-              "); choose smaller sizes or --batch-size", file=sys.stderr, flush=True)
         return 1
     except OSError as exc:  # a full disk, a vanished directory, a full stdout, ...
         where = f" ({exc.filename})" if exc.filename else ""
@@ -121,6 +122,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{PROG}: interrupted. Completed epochs are in the last checkpoint; continue "
               f"with: {PROG} train --resume{hint}", file=sys.stderr, flush=True)
         return 130
+
+
+# What to make smaller when a command runs out of memory.
+_MEMORY_HINTS = {"train": "choose smaller sizes or --batch-size", "sample": "choose a smaller --n"}
+
+
+def _is_allocator_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch's allocator failing: a RuntimeError, not a MemoryError, on the
+    CPU (``DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes``)."""
+    text = str(exc)
+    return "can't allocate memory" in text or "not enough memory: you tried to allocate" in text
+
+
+def _out_of_memory(command: str, exc: BaseException) -> int:
+    """Say that ``command`` ran out of memory (the first line of ``exc``) and what to make
+    smaller; exit code 1."""
+    text = str(exc).strip().splitlines()
+    hint = _MEMORY_HINTS.get(command, "give less data at a time")
+    print(f"{PROG} {command}: error: out of memory ({text[0][:200] if text else 'no detail'}); "
+          f"{hint}", file=sys.stderr, flush=True)
+    return 1
 
 
 def run() -> None:

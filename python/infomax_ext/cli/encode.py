@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from .common import PROG, _say
 from .model_io import (_npy_path, add_data_arguments, add_model_argument, add_run_arguments,
-                       batched, load_trained, read_prepared, resolved_device, torch_threads,
-                       write_npy)
+                       batched, check_outputs, load_trained, read_prepared, resolved_device,
+                       torch_threads, write_npy)
 from .options import _seed
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ def latent_codes(vae: VAE, x: torch.Tensor, codes: str, seed: int = 0) -> torch.
 
 
 def cmd_encode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    check_outputs(args, [("--out", args.out)])
     with torch_threads(args.threads):
         trained = load_trained(args.model_dir, resolved_device(args.device))
         data = read_prepared(args, trained, labels=False)

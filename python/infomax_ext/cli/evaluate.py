@@ -19,10 +19,13 @@ from typing import Any
 from .common import PROG, CommandError, _say
 from .compare import _fmt
 from .model_io import (TrainedModel, add_data_arguments, add_model_argument,
-                       add_run_arguments, check_matplotlib, check_unit_range, load_trained,
-                       read_prepared, resolved_device, torch_threads)
+                       add_run_arguments, check_matplotlib, check_outputs, check_unit_range,
+                       load_trained, read_prepared, resolved_device, torch_threads)
 from .options import _fraction, _nonneg_float, _positive_int, _seed
-from .run_dir import _holds_run
+from .run_dir import (CONFIG_FILE, METRICS_SUMMARY, _check_out as _check_directory, _holds_run,
+                      check_train_options)
+
+PLOTS = ("latent_space.png", "reconstructions.png", "active_units.png")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -58,13 +61,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
 
 
 def _settings(args: argparse.Namespace, trained: TrainedModel) -> dict[str, Any]:
-    """The evaluation options: given, else the run's, else the training defaults (the MI chain's
-    layers from the model's own MI chain when there is no run)."""
+    """The evaluation options: given, else the run's (its config.json checked as ``train
+    --resume`` checks it: a CommandError naming the file and the field), else the training
+    defaults (the MI chain's layers from the model's own MI chain when there is no run)."""
     from ..trainer import TrainConfig
 
     base = TrainConfig().to_dict()
-    if trained.train_options:
-        base.update({k: v for k, v in trained.train_options.items() if k in base})
+    if trained.run_dir is not None:
+        base = check_train_options(trained.train_options, trained.run_dir / CONFIG_FILE).to_dict()
     else:
         mi = (trained.model.config or {}).get("mi", {})
         if isinstance(mi.get("mlp_neurons"), list):
@@ -78,12 +82,15 @@ def _settings(args: argparse.Namespace, trained: TrainedModel) -> dict[str, Any]
     return base
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"--out {out} is a file, not a directory")
+def _check_out(args: argparse.Namespace, out: Path) -> None:
+    """A CommandError unless ``out`` can take the evaluation: a directory (or one that can be
+    created) holding no training run, its files writable (:func:`~.model_io.check_outputs`)."""
+    _check_directory(out)
     if _holds_run(out):
         raise CommandError(f"--out {out} holds a training run; its metrics.json would be "
                            "replaced: choose another directory")
+    names = [METRICS_SUMMARY] + ([] if args.no_plots else list(PLOTS))
+    check_outputs(args, [("the output", out / name) for name in names])
 
 
 def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -93,15 +100,15 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
     out = None if args.out is None else Path(args.out)
     if out is not None:
-        _check_out(out)
+        _check_out(args, out)
         if not args.no_plots:
             check_matplotlib()
     device = resolved_device(args.device)
     with torch_threads(args.threads):
         trained = load_trained(args.model_dir, device)
+        s = _settings(args, trained)
         data = read_prepared(args, trained, labels=True)
         check_unit_range(data, trained)
-        s = _settings(args, trained)
         train, val = train_val_split(data, s["val_fraction"], s["seed"])
         if data.y is not None:
             import importlib.util
@@ -134,19 +141,19 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CommandError(f"cannot create --out {out}: {exc.strerror}") from None
-        atomic_write_json(out / "metrics.json", metrics)
+        atomic_write_json(out / METRICS_SUMMARY, metrics)
         if not args.no_plots:
             from .. import plots as P
 
             vae = trained.model.vae
             name = trained.model_dir.parent.name if trained.run_dir else trained.model_dir.name
-            P.plot_latent_space(encoder_mean(vae, val.x).cpu(), val.y, out / "latent_space.png",
+            P.plot_latent_space(encoder_mean(vae, val.x).cpu(), val.y, out / PLOTS[0],
                                 classes=data.classes, title=f"{name}: latent means, {val.source}")
-            P.plot_reconstructions(vae, val.x, out / "reconstructions.png",
+            P.plot_reconstructions(vae, val.x, out / PLOTS[1],
                                    image_shape=data.image_shape, units=prep.invert,
                                    title=f"{name}: reconstructions, {Path(val.source).name}")
             P.plot_unit_variances(metrics["latent_variances"], s["active_threshold"],
-                                  out / "active_units.png", title=name)
+                                  out / PLOTS[2], title=name)
     _say(f"{PROG} evaluate: MI {metrics['mi']:.3f} nats, {metrics['active_units']}/"
          f"{metrics['latent_dim']} active units, probe accuracy {_fmt(metrics['probe_accuracy'])}, "
          f"recon log-lik {metrics['recon_loglik']:.2f}, KL {metrics['kl']:.2f} (on "

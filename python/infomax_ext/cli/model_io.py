@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .common import PROG, CommandError, _say
 from .options import _device, _positive_int
@@ -28,13 +28,14 @@ _UNIT_SLACK = 1e-6
 
 @dataclass
 class TrainedModel:
-    """A loaded model, where it came from and its run's training options (``None`` for a bare
-    model directory)."""
+    """A loaded model, where it came from and its run's training options (config.json's
+    ``train`` entry as read, unchecked: ``evaluate`` checks it, :func:`~.run_dir.
+    check_train_options`; ``None`` for a bare model directory)."""
 
     model: "InfoMaxVAE"
     model_dir: Path
     run_dir: Path | None
-    train_options: dict[str, Any] | None
+    train_options: Any
 
 
 # ----------------------------------------------------------------------------- options
@@ -111,8 +112,7 @@ def load_trained(text: str, device: torch.device | str) -> TrainedModel:
     options = None
     if run_dir is not None:
         saved = read_json(run_dir / CONFIG_FILE, "run configuration")
-        if isinstance(saved, dict) and isinstance(saved.get("train"), dict):
-            options = saved["train"]
+        options = saved.get("train") if isinstance(saved, dict) else saved
     return TrainedModel(model, model_dir, run_dir, options)
 
 
@@ -155,27 +155,53 @@ def read_prepared(args: argparse.Namespace, trained: TrainedModel, *, labels: bo
         warnings.simplefilter("always", DataWarning)
         data = load_dataset(args.data, getattr(args, "labels", None) if labels else None,
                             "gaussian", "none", label_column=parse_label_column(args.label_column),
-                            min_samples=2 if labels else 1)
+                            min_samples=2 if labels else 1, keep_labels=labels)
     for w in caught:  # a large raw range is what preprocessing is for: not worth a notice
         if issubclass(w.category, DataWarning) and "inputs this large" not in str(w.message):
             _say(f"{PROG}: notice: {w.message}")
     prep = trained.model.preprocessing
     data.x = prep.apply(data.x, data.source)  # type: ignore[arg-type]  # read into memory
     data.normalization = (prep.kind, prep.shift, prep.scale)
-    if not labels:
-        data.y, data.classes = None, None
     if prep.image_shape is not None and data.image_shape is None:
         data.image_shape = prep.image_shape
+    check_model_input(data, trained)
+    return data
+
+
+def check_model_input(data: ArrayDataset, trained: TrainedModel) -> None:
+    """A DataError unless the model takes ``data``'s samples: of the shape its encoder was
+    built for (``size_input`` of its config, when it records one) and, on a probe of one
+    sample, giving one code ``(1, d)``. (A model saved from Python records no sample shape in
+    its preprocessing: only these checks stand between it and wrongly shaped data, which its
+    layers would otherwise map row by row into codes of a wrong shape.)"""
+    import torch
+
+    from ..data import DataError
+    from ..serialization import MODEL_CONFIG_FILE
+
     encoder = trained.model.vae.encoder
+    config = getattr(encoder, "config", None) or {}
+    size, d = config.get("size_input"), config.get("n_latent")
+    shape = tuple(data.sample_shape)
+    expected = (size,) if isinstance(size, int) else tuple(size) if isinstance(size, list) \
+        and all(isinstance(s, int) for s in size) else None
+    if expected is not None and shape != expected:
+        raise DataError(f"{data.source}: samples of shape {shape} do not fit the model's input: "
+                        f"its encoder takes samples of shape {expected} (size_input in "
+                        f"{trained.model_dir / MODEL_CONFIG_FILE})")
     device = next(trained.model.parameters()).device
     try:
         with torch.no_grad():
-            encoder(data.x[:1].to(device))
+            mu = encoder(data.x[:1].to(device))[0]
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{data.source}: samples of shape {tuple(data.sample_shape)} do not fit "
-                        f"the model's input ({first})") from None
-    return data
+        raise DataError(f"{data.source}: samples of shape {shape} do not fit the model's input "
+                        f"({first})") from None
+    width = d if isinstance(d, int) else mu.shape[-1]
+    if tuple(mu.shape) != (1, width):
+        raise DataError(f"{data.source}: samples of shape {shape} do not fit the model's input: "
+                        f"its encoder maps one of them to codes of shape {tuple(mu.shape)}, not "
+                        f"(1, {width})")
 
 
 def check_unit_range(data: ArrayDataset, trained: TrainedModel) -> None:
@@ -195,18 +221,50 @@ def check_unit_range(data: ArrayDataset, trained: TrainedModel) -> None:
 
 # ----------------------------------------------------------------------------- outputs
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same path once links are resolved, or the
+    same inode (a hard link)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet)
+        return False
+
+
+def check_outputs(args: argparse.Namespace, outputs: Sequence[tuple[str, Path]]) -> None:
+    """A CommandError, before any work, unless every output ``(what, path)`` (``what`` names it
+    in the message: ``"--out"``, ``"the PNG"``) can be written without harm: not a directory,
+    not under a file, and not one of the command's input files (``--data``, ``--labels``: an
+    output there would replace the input it is computed from)."""
+    inputs = [(flag, Path(text)) for flag, text in (("--data", getattr(args, "data", None)),
+                                                    ("--labels", getattr(args, "labels", None)))
+              if text is not None and os.path.lexists(text)]
+    for what, path in outputs:
+        for flag, source in inputs:
+            if _same_file(path, source):
+                raise CommandError(f"{what} {path} is the {flag} file: writing it would replace "
+                                   "the input; choose another file name")
+        if path.is_dir():
+            raise CommandError(f"{what} {path} is a directory; it must be a file name" + (
+                " (remove it or pass --no-plots)" if path.suffix == ".png" else ""))
+        for parent in path.parents:  # the nearest existing ancestor must be a directory
+            if os.path.lexists(parent):
+                if not parent.is_dir():
+                    raise CommandError(f"{what} {path} cannot be written: {parent} is a file, "
+                                       "not a directory")
+                break
+
+
 def write_npy(path: Path, array: Any) -> None:
-    """``array`` (a numpy array) saved to the ``.npy`` file ``path``, atomically."""
+    """``array`` (a numpy array) saved to the ``.npy`` file ``path``, atomically and streamed
+    (no second copy of it in memory); the path checked before (:func:`check_outputs`)."""
     import numpy as np
 
-    from ..serialization import atomic_write_bytes
+    from ..serialization import atomic_write_with
 
-    if path.is_dir():
-        raise CommandError(f"--out {path} is a directory; give a .npy file name")
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
     try:
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_with(path, lambda f: np.save(f, array, allow_pickle=False))
     except OSError as exc:
         raise CommandError(f"cannot write --out {path}: {exc.strerror or exc}") from None
 
@@ -219,10 +277,18 @@ def check_matplotlib() -> None:
                            "--no-plots)")
 
 
-def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: Any,
-            chunk: int = 2048) -> torch.Tensor:
-    """``torch.cat([fn(x[i:i + chunk]) ...])`` under no_grad, ``x`` (N, ...) on the CPU."""
+def batched(fn: Callable[[Any], torch.Tensor], x: Any, chunk: int = 2048) -> torch.Tensor:
+    """``torch.cat([fn(x[i:i + chunk]) ...])`` under no_grad, on the CPU, for ``x`` (N, ...)
+    (anything sliceable along its first dimension of ``N`` rows: a tensor, a ``range``): each
+    result written into one output allocated at the first chunk, so the whole result is held
+    once."""
     import torch
 
+    n = len(x)
     with torch.no_grad():
-        return torch.cat([fn(x[i:i + chunk]).cpu() for i in range(0, x.shape[0], chunk)])
+        first = fn(x[:chunk]).cpu()
+        out = torch.empty((n, *first.shape[1:]), dtype=first.dtype)
+        out[:len(first)] = first
+        for i in range(chunk, n, chunk):
+            out[i:i + chunk] = fn(x[i:i + chunk])
+    return out

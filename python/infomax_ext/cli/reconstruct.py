@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING
 
 from .common import PROG, _say
 from .model_io import (_npy_path, add_data_arguments, add_model_argument, add_run_arguments,
-                       batched, check_matplotlib, load_trained, read_prepared, resolved_device,
-                       torch_threads, write_npy)
+                       batched, check_matplotlib, check_outputs, load_trained, read_prepared,
+                       resolved_device, torch_threads, write_npy)
 from .options import _positive_int
 
 if TYPE_CHECKING:
+    from typing import Callable
+
     import torch
 
     from ..vae import VAE
@@ -42,29 +44,38 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     return parser
 
 
-def reconstructions(vae: VAE, x: torch.Tensor) -> torch.Tensor:
-    """Decoder means at the encoder means of the model input ``x`` (N, ...): (N, ...)."""
+def reconstructions(vae: VAE, x: torch.Tensor,
+                    units: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Decoder means at the encoder means of the model input ``x`` (N, ...): (N, ...), each
+    batch mapped by ``units`` (e.g. into the data's units) when given."""
     from ..plots import decoder_mean
 
     device = next(vae.parameters()).device
-    return batched(lambda xb: decoder_mean(vae, vae.encoder(xb.to(device))[0]), x)
+
+    def one(xb: torch.Tensor) -> torch.Tensor:
+        rec = decoder_mean(vae, vae.encoder(xb.to(device))[0]).cpu()
+        return rec if units is None else units(rec)
+
+    return batched(one, x)
 
 
 def cmd_reconstruct(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    png = args.out.with_suffix(".png")
+    check_outputs(args, [("--out", args.out)] + ([] if args.no_plots else [("the PNG", png)]))
     if not args.no_plots:
         check_matplotlib()
     with torch_threads(args.threads):
         trained = load_trained(args.model_dir, resolved_device(args.device))
         data = read_prepared(args, trained, labels=False)
         prep = trained.model.preprocessing
-        rec = reconstructions(trained.model.vae, data.x)  # type: ignore[arg-type]  # prepared: a tensor
-        write_npy(args.out, (rec if args.model_units else prep.invert(rec)).numpy())
-        png = args.out.with_suffix(".png")
+        to_units = None if args.model_units else prep.invert
+        rec = reconstructions(trained.model.vae, data.x, to_units)  # type: ignore[arg-type]  # a tensor
+        write_npy(args.out, rec.numpy())
         if not args.no_plots:
             from ..plots import plot_reconstructions
 
             plot_reconstructions(trained.model.vae, data.x, png, image_shape=data.image_shape,
-                                 n=args.n, units=None if args.model_units else prep.invert,
+                                 n=args.n, units=to_units,
                                  title=f"reconstructions of {data.source}")
     units = "model units" if args.model_units or prep.is_identity else "the data's units"
     _say(f"{PROG} reconstruct: wrote {args.out} ({len(data)} reconstructions of shape "

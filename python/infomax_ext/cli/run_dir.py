@@ -4,15 +4,27 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .common import PROG, CommandError
 
 if TYPE_CHECKING:
     import argparse
 
+    from ..train_config import TrainConfig
+
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
+METRICS_SUMMARY = "metrics.json"
+# What a run writes into its directory besides config.json and checkpoint.pt (which mark a run,
+# _holds_run): the checkpoint's digest, the metrics, the model and, unless --no-plots, the plots.
+RUN_FILES = ("checkpoint.sha256.json", "metrics.jsonl", METRICS_SUMMARY, "model")
+RUN_PLOTS = ("training_curves.png", "latent_space.png", "reconstructions.png",
+             "prior_samples.png", "active_units.png")
+# What a --compare-vae run writes beside its two run directories infomax/ and vae/.
+COMPARISON_FILES = ("comparison.md", "comparison.json")
+COMPARISON_PLOT = "comparison.png"
+
 
 def _default_out() -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -71,23 +83,49 @@ class _RunLock:
             self.fd = None
 
 
-def _check_out(out: Path) -> None:
-    """CommandError unless ``out`` is, or can be created as, a directory."""
+def _check_out(out: Path, flag: str = "--out") -> None:
+    """CommandError unless ``out`` (the directory option ``flag``) is, or can be created as, a
+    directory."""
     if out.exists() and not out.is_dir():
-        raise CommandError(f"--out {out} is a file, not a directory")
+        raise CommandError(f"{flag} {out} is a file, not a directory")
     for parent in out.parents:  # the nearest existing ancestor must be a directory
         if parent.exists():
             if not parent.is_dir():
-                raise CommandError(f"--out {out} cannot be created: {parent} is a file")
+                raise CommandError(f"{flag} {out} cannot be created: {parent} is a file")
             return
 
 
-def _claim(out: Path, lock: _RunLock, resume: bool, parser: argparse.ArgumentParser) -> None:
-    """Lock the existing directory ``out`` for this run; a new run also needs it to hold none."""
+def run_outputs(compare: bool, plots: bool) -> list[str]:
+    """The paths, relative to the run directory, of everything a run writes (with ``compare``:
+    its two run directories' files and the comparison; with ``plots``: the PNGs)."""
+    one = [CONFIG_FILE, "checkpoint.pt", *RUN_FILES, *(RUN_PLOTS if plots else ())]
+    if not compare:
+        return one
+    return [f"{sub}/{name}" for sub in ("infomax", "vae") for name in one] + [
+        CONFIG_FILE, *COMPARISON_FILES, *((COMPARISON_PLOT,) if plots else ())]
+
+
+def _claim(out: Path, lock: _RunLock, resume: bool, parser: argparse.ArgumentParser,
+           outputs: Sequence[str] = ()) -> None:
+    """Lock the existing directory ``out`` for this run. A new run also needs it to hold no run
+    and none of the files ``outputs`` (relative paths) it would write: a directory holding the
+    files of something else (a model, an evaluation) is refused, naming them, not overwritten.
+    A resumed run rewrites its own files, but none of ``outputs`` may be a directory."""
     lock.acquire(out)
     if not resume and _holds_run(out):
         parser.error(f"{out} already holds a run; pass --resume to continue it, or choose "
                      "another --out")
+    if not resume:
+        taken = [name for name in outputs if os.path.lexists(out / name)]
+        if taken:
+            shown = ", ".join(taken[:4]) + (f" and {len(taken) - 4} more" if len(taken) > 4 else "")
+            raise CommandError(f"--out {out} holds no run but already holds {shown}, which "
+                               "this run would overwrite; choose another --out (or move them)")
+    for name in outputs:  # config.json and checkpoint.pt: --resume reads them and names them
+        if Path(name).name not in ("model", CONFIG_FILE, "checkpoint.pt") \
+                and (out / name).is_dir():
+            raise CommandError(f"{out / name} is a directory; the run writes a file there: "
+                               "remove it or choose another --out")
 
 
 def _read_run_config(directory: Path) -> dict[str, Any]:
@@ -122,6 +160,35 @@ def _read_run_config(directory: Path) -> dict[str, Any]:
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
             raise CommandError(f"{path}: {name} {shown} is not a valid entry (an edited file?)")
     return config
+
+
+def check_train_options(options: Any, path: Path) -> TrainConfig:
+    """The training options ``options`` (config.json's ``train`` entry, read from ``path``) as a
+    validated TrainConfig (:meth:`TrainConfig.from_dict`, what ``--resume`` continues with and
+    ``evaluate`` measures with); else a one-line CommandError naming ``path`` and the field."""
+    from dataclasses import fields
+
+    from ..train_config import TrainConfig
+
+    if not isinstance(options, dict):
+        raise CommandError(f"{path}: entry train is not a JSON object of training options (an "
+                           "edited file?)")
+    try:
+        return TrainConfig.from_dict(dict(options))
+    except (TypeError, ValueError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        names = [f.name for f in fields(TrainConfig)]
+        if any(text.startswith(name + " ") for name in names):  # the message names the field
+            raise CommandError(f"{path}: train.{text}") from None
+        for name, value in options.items():  # a TypeError names none: find the field that fails
+            if name in names:
+                try:
+                    TrainConfig.from_dict({name: value})
+                except (TypeError, ValueError):
+                    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                    raise CommandError(f"{path}: train.{name} {shown} is not a valid value (an "
+                                       "edited file?)") from None
+        raise CommandError(f"{path}: train: {text}") from None
 
 
 def _path(text: str | None) -> str | None:

@@ -7,11 +7,14 @@ import argparse
 from typing import TYPE_CHECKING
 
 from .common import PROG, CommandError, _say
-from .model_io import (_npy_path, add_model_argument, add_run_arguments, check_matplotlib,
-                       load_trained, resolved_device, torch_threads, write_npy)
+from .model_io import (_npy_path, add_model_argument, add_run_arguments, batched,
+                       check_matplotlib, check_outputs, load_trained, resolved_device,
+                       torch_threads, write_npy)
 from .options import _positive_int, _seed
 
 if TYPE_CHECKING:
+    from typing import Callable
+
     import torch
 
     from ..vae import VAE
@@ -40,9 +43,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     return parser
 
 
-def prior_samples(vae: VAE, n: int, seed: int) -> torch.Tensor:
+def prior_samples(vae: VAE, n: int, seed: int,
+                  units: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Decoder means of ``n`` codes ``z ~ N(0, I_d)`` drawn from a private generator seeded with
-    ``seed`` (the codes of :func:`~infomax_ext.plots.plot_prior_samples`): (n, *sample_shape)."""
+    ``seed`` (the codes of :func:`~infomax_ext.plots.plot_prior_samples`): (n, *sample_shape),
+    decoded in batches (:func:`~.model_io.batched`), each mapped by ``units`` when given."""
     import torch
 
     from ..plots import decoder_mean
@@ -50,8 +55,30 @@ def prior_samples(vae: VAE, n: int, seed: int) -> torch.Tensor:
     d = _latent_dim(vae)
     device = next(vae.parameters()).device
     z = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+    def one(zb: torch.Tensor) -> torch.Tensor:
+        x = decoder_mean(vae, zb.to(device)).cpu()
+        return x if units is None else units(x)
+
+    return batched(one, z)
+
+
+def check_memory(vae: VAE, n: int) -> None:
+    """A CommandError naming ``--n`` when ``n`` samples (and their codes) need more memory than
+    the machine has (:func:`infomax_ext.memory.shortfall`); one sample is decoded to learn its
+    size."""
+    import torch
+
+    from ..memory import shortfall
+    from ..plots import decoder_mean
+
+    d = _latent_dim(vae)
     with torch.no_grad():
-        return decoder_mean(vae, z.to(device)).cpu()
+        one = decoder_mean(vae, torch.zeros(1, d, device=next(vae.parameters()).device))
+    problem = shortfall(n * (one.numel() * one.element_size() + 4 * d))
+    if problem is not None:
+        raise CommandError(f"--n {n}: writing {n} samples of shape {tuple(one.shape[1:])} "
+                           f"{problem}; choose a smaller --n")
 
 
 def _latent_dim(vae: VAE) -> int:
@@ -63,16 +90,17 @@ def _latent_dim(vae: VAE) -> int:
 
 
 def cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    png = args.out.with_suffix(".png")
+    check_outputs(args, [("--out", args.out)] + ([] if args.no_plots else [("the PNG", png)]))
     if not args.no_plots:
         check_matplotlib()
     with torch_threads(args.threads):
         trained = load_trained(args.model_dir, resolved_device(args.device))
         prep = trained.model.preprocessing
         vae = trained.model.vae
-        x = prior_samples(vae, args.n, args.seed)
-        values = x if args.model_units else prep.invert(x)
-        write_npy(args.out, values.numpy())
-        png = args.out.with_suffix(".png")
+        check_memory(vae, args.n)
+        x = prior_samples(vae, args.n, args.seed, None if args.model_units else prep.invert)
+        write_npy(args.out, x.numpy())
         if not args.no_plots:
             from ..plots import plot_prior_samples
 

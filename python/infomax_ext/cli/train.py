@@ -10,14 +10,16 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from .common import JOINED_A_JOB, PROG, CommandError, _say
+from .common import PROG, CommandError, _say
 from .compare import _fmt, comparison_table
+from .job import _only_rank0_prints, _process_group, _sigterm_as_error
 from .options import _TRAIN_OPTIONS, _device
 from .resume import RESUMABLE, read_resume_states
-from .run_dir import (CONFIG_FILE, _RunLock, _check_out, _claim, _default_out, _holds_run,
-                      _path, _read_run_config, _remove_stale_temporaries)
+from .run_dir import (CONFIG_FILE, METRICS_SUMMARY, _RunLock, _check_out, _claim, _default_out,
+                      _path, _read_run_config, _remove_stale_temporaries, check_train_options,
+                      run_outputs)
 
 if TYPE_CHECKING:
     import torch
@@ -26,8 +28,6 @@ if TYPE_CHECKING:
     from ..data import ArrayDataset
     from ..preprocessing import Preprocessing
     from ..trainer import TrainConfig
-
-METRICS_SUMMARY = "metrics.json"
 
 def _given(args: argparse.Namespace, dest: str) -> Any:
     return getattr(args, dest, None)
@@ -48,12 +48,13 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
         values = TrainConfig().to_dict()
         values.update({d: _given(args, d) for d in dests if _given(args, d) is not None})
     else:
-        try:  # the saved options alone: an edited config.json is named as such
-            checked = TrainConfig.from_dict(dict(saved))
-            if _given(args, "device") is None:
+        # the saved options alone: an edited config.json is named as such
+        checked = check_train_options(saved, Path(args.out) / CONFIG_FILE)
+        if _given(args, "device") is None:
+            try:
                 _device(checked.device)
-        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
-            raise CommandError(f"{CONFIG_FILE} of the run: {exc}") from None
+            except argparse.ArgumentTypeError as exc:
+                raise CommandError(f"{CONFIG_FILE} of the run: {exc}") from None
         saved = upgrade_options(saved)  # today's keys, every field
         values = dict(saved)
         for d in dests:
@@ -68,9 +69,14 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
             if _given(args, d) is not None:
                 values[d] = _given(args, d)
     try:
-        return TrainConfig.from_dict(values)
+        config = TrainConfig.from_dict(values)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
+    if _given(args, "smile_clip") is not None and config.bound != "smile":
+        # as TrainConfig refuses dv_moving_average with another bound than dv
+        parser.error(f"--smile-clip is a setting of --bound smile, but the bound is "
+                     f"{config.bound!r}")
+    return config
 
 
 # ----------------------------------------------------------------------------- one run
@@ -228,106 +234,27 @@ def _tensorboard_dir(args: argparse.Namespace, out: Path) -> Path | None:
     return Path(args.tensorboard) if args.tensorboard else out / "tensorboard"
 
 
-def _process_group(args: argparse.Namespace) -> ProcessGroup | None:
-    """The process group when torchrun started this process (None otherwise), its collectives
-    waiting ``--dist-timeout`` seconds for a silent process, every process given the same
-    options (checked); a restart by ``torchrun --max-restarts`` continues the run in --out
-    (``args.resume``)."""
-    import torch
-
-    from ..distributed import from_rank0, init_from_env
-
-    device = args.device or "cpu"
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    group = init_from_env(args.dist_backend, torch.device(device),
-                          _dt.timedelta(seconds=args.dist_timeout))
-    if group is not None:
-        JOINED_A_JOB[0] = True
-        try:
-            _check_same_options(group, args)
-        except BaseException:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            raise
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    if group is not None and restarts > 0 and not args.resume and args.out is not None:
-        if from_rank0(group, lambda: _holds_run(Path(args.out))):
-            args.resume = True
-    return group
-
-
-# Options that may differ between the processes of a job: each process's own resources and
-# what rank 0 alone prints.
-_PER_PROCESS_OPTIONS = {"device", "threads", "quiet", "log_interval", "dist_timeout", "func",
-                        "command_parser"}
-
-
-def _check_same_options(group: ProcessGroup | None, args: argparse.Namespace) -> None:
-    """The same :class:`DistributedMismatchError` on every process unless all were given the
-    same options (``--resume`` on some only, another ``--out``, ...)."""
-    from ..distributed import check_same
-
-    def plain(value: object) -> bool:  # the options' values, not the parser's bookkeeping
-        return value is None or isinstance(value, (str, int, float, bool)) or (
-            isinstance(value, (list, tuple)) and all(plain(v) for v in value))
-
-    check_same(group, f"{PROG} train", {
-        f"--{dest.replace('_', '-')} option": value for dest, value in sorted(vars(args).items())
-        if dest not in _PER_PROCESS_OPTIONS and plain(value)})
-
-
-@contextlib.contextmanager
-def _sigterm_as_error(group: ProcessGroup | None) -> Iterator[None]:
-    """Within a job (``group``), SIGTERM (torchrun's agent stopping the other processes after
-    one failed) raises :class:`~infomax_ext.distributed_failures.JobStopped`: one line on stderr instead of a silent
-    death; checkpoints are written atomically, so the last one stays intact."""
-    import signal
-    import threading
-
-    import torch.distributed as dist
-
-    from ..distributed_failures import JobStopped
-
-    if group is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    rank = dist.get_rank(group)
-
-    def stop(signum: int, frame: object) -> None:
-        raise JobStopped(
-            f"rank {rank} lost contact with the job: it was stopped by SIGTERM (torchrun stops "
-            "every process when one fails; its summary names that one); the last checkpoint is "
-            "intact")
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _only_rank0_prints(group: ProcessGroup | None) -> Iterator[None]:
-    """Standard output of every process but rank 0 discarded (errors still go to stderr)."""
-    import torch.distributed as dist
-
-    if group is None or dist.get_rank(group) == 0:
-        yield
-        return
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        yield
-
-
 def _claim_out(args: argparse.Namespace, parser: argparse.ArgumentParser, lock: _RunLock) -> Path:
     """The run directory: --out or a new name; locked at once when it exists (a directory in use
     is refused before anything else)."""
     out = Path(args.out) if args.out is not None else _default_out()
     _check_out(out)
+    tensorboard = _tensorboard_dir(args, out)
+    if tensorboard is not None:
+        _check_out(tensorboard, "--tensorboard")
     if out.is_dir():
-        _claim(out, lock, args.resume, parser)
+        _claim(out, lock, args.resume, parser, _outputs(args, out))
     return out
+
+
+def _outputs(args: argparse.Namespace, out: Path) -> list[str]:
+    """What this run writes into ``out`` (:func:`~.run_dir.run_outputs`): a fresh --out must
+    hold none of it. A resumed run rewrites its own files: a --compare-vae layout when ``out``
+    holds its two run directories (config.json, read later, decides the rest)."""
+    compare = args.compare_vae
+    if args.resume:
+        compare = os.path.isdir(out / "infomax") and os.path.isdir(out / "vae")
+    return run_outputs(compare, not args.no_plots)
 
 
 def _cmd_train_locked(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path,
@@ -441,7 +368,7 @@ def _write_run_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
     except OSError as exc:
         raise CommandError(f"cannot create --out {out}: {exc.strerror}") from None
     if not lock.held:
-        _claim(out, lock, args.resume, parser)
+        _claim(out, lock, args.resume, parser, _outputs(args, out))
     atomic_write_json(out / CONFIG_FILE, {
         "command": "train", "compare_vae": compare, "data": info, "train": config.to_dict(),
         "created": saved.get("created") if saved else _dt.datetime.now().isoformat(timespec="seconds"),
@@ -494,13 +421,16 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path,
 
 
 def _forget_failed_start(out: Path, runs: list[tuple[str, TrainConfig, Path]]) -> None:
-    """Remove the config.json files of a fresh run that failed before any checkpoint was
-    written (what remains holds no run: a rerun into ``out`` starts afresh)."""
-    from ..trainer import CHECKPOINT_FILE
+    """Remove the config.json and metrics.jsonl files of a fresh run that failed before any
+    checkpoint was written (what remains holds no run and none of a run's files: a rerun into
+    ``out`` starts afresh). A fresh run starts only where none of them exists (_claim): they
+    are this run's."""
+    from ..trainer import CHECKPOINT_FILE, METRICS_FILE
 
     if any(os.path.lexists(run_dir / CHECKPOINT_FILE) for _, _, run_dir in runs):
         return
-    for path in [out / CONFIG_FILE] + [run_dir / CONFIG_FILE for _, _, run_dir in runs]:
+    for path in [out / CONFIG_FILE] + [run_dir / name for _, _, run_dir in runs
+                                       for name in (CONFIG_FILE, METRICS_FILE)]:
         with contextlib.suppress(OSError):
             path.unlink()
 
