@@ -168,3 +168,61 @@ def test_the_two_step_pattern_trains_the_critic_on_detached_codes():
     assert all(p.grad is not None for p in critic.parameters())
     torch.manual_seed(5)
     assert torch.equal(value.detach(), im.miloss(model, critic, x, seed=6).detach())
+
+
+def test_infomax_vae_loss_reads_the_dv_average_and_the_critic_loss_updates_it():
+    """One DV bound with a moving average shared by both modules: the critic's loss takes in
+    one batch per step, the VAE's loss reads that average (value and gradient), as infomaxloss
+    does; the critic's gradient is MINE's ``mean T_j - mean exp(T_m) / average``, in float64."""
+    from infomax_ext.bounds import resolve_bound
+
+    model, critic = vae(F64), chain(F64)
+    x = torch.rand(10, 6, dtype=F64)
+    dv = resolve_bound("dv", moving_average=0.9)
+    vae_loss = InfoMaxVAELoss(critic, alpha=3.0, bound=dv)
+    critic_loss = MutualInfoLoss(critic, bound=dv)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        z = model.sample_latent(model.encoder(x))
+    critic_loss(x, z, seed=6).backward()
+    assert dv.average_updates == 1
+    average = dv.ema.clone()
+    critic_params = list(critic.parameters())
+    torch.manual_seed(7)
+    loss = vae_loss(model, x, seed=8)
+    grads = torch.autograd.grad(loss, critic_params)
+    assert dv.average_updates == 1 and torch.equal(dv.ema, average)
+    torch.manual_seed(7)
+    vae_loss.terms(model, x, seed=8)
+    assert dv.average_updates == 1 and torch.equal(dv.ema, average)
+
+    torch.manual_seed(7)
+    want = im.infomaxloss(model, critic, x, alpha=3.0, seed=8, bound=dv)
+    assert torch.equal(loss, want)
+    torch.manual_seed(7)
+    mu, logsigma = model.encoder(x)
+    z = mu + torch.randn_like(mu) * torch.exp(logsigma)
+    perm = latent_permutation(10, 1, 8, z.device)
+    joint, negatives = critic(x, z), critic(x, z[perm].detach())
+    mine = joint.mean() - torch.exp(negatives).mean() / average
+    for got, w in zip(grads, torch.autograd.grad(-3.0 * mine, critic_params)):
+        torch.testing.assert_close(got, w, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: MutualInfoLoss(chain(), regularization="joint"), TypeError,
+     "regularization must be a function of MIScores(joint, shuffled), got str 'joint'"),
+    (lambda: MutualInfoLoss(chain(), process_group=3), TypeError,
+     "process_group must be a torch.distributed ProcessGroup or None, got int (3)"),
+    (lambda: InfoMaxVAELoss(chain(), process_group="world"), TypeError,
+     "process_group must be a torch.distributed ProcessGroup or None, got str ('world')"),
+    (lambda: MutualInfoLoss(chain(), negatives="every"), ValueError,
+     "negatives must be one of 'shuffle', 'all', got 'every'"),
+    (lambda: MutualInfoLoss(chain(), bound="tuba"), ValueError,
+     "unknown bound 'tuba'; known: nwj, dv, js, smile, infonce"),
+])
+def test_the_modules_check_their_mi_settings_as_train_step_does(make, error, message):
+    # the one check of the MI loss's settings (losses.mi_loss_settings), train_step's too
+    with pytest.raises(error) as err:
+        make()
+    assert str(err.value) == message

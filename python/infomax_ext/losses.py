@@ -33,7 +33,7 @@ from .infomax import InfoMaxTerms, infomax_terms
 from .bounds import Bound, resolve_bound
 from .mutual_info import NEGATIVES, MIScores, check_batch, paired_mutual_info, shuffled_bound
 from .vae import decoder_loglikelihood, encoder_kl
-from .validation import as_count, check_weight
+from .validation import as_count, check_weight, is_integer_scalar
 from .vae import VAEOutput
 
 if TYPE_CHECKING:
@@ -54,12 +54,52 @@ def _critic(critic: object) -> nn.Module:
     return critic
 
 
-def _bound_settings(bound: str | Bound, negatives: str) -> tuple[Bound, str]:
-    """The resolved bound and the checked ``negatives`` of a loss module (before any work)."""
-    if negatives not in NEGATIVES:
-        raise ValueError(f"negatives must be one of {', '.join(map(repr, NEGATIVES))}, got "
-                         f"{negatives!r}")
-    return resolve_bound(bound), negatives
+def _same(key: str) -> str:
+    return key
+
+
+def mi_loss_settings(*, regularization: object = None, reg_strength: object = 1.0,
+                     bound: object = "nwj", negatives: object = "shuffle", seed: object = None,
+                     process_group: object = None, where: str = "",
+                     name: Callable[[str], str] = _same) -> tuple[Bound, str, float]:
+    """The checked settings of an MI loss, before any work: ``(bound, negatives, reg_strength)``
+    (the bound resolved, the weight as a float). One check for :class:`MutualInfoLoss`,
+    :class:`InfoMaxVAELoss` and :func:`~infomax_ext.train_step`'s ``miloss_kwargs`` (the
+    keywords of :func:`~infomax_ext.miloss`), each refused with a TypeError or ValueError that
+    names it: ``regularization`` None or callable, ``reg_strength`` a finite number >= 0,
+    ``bound`` one :func:`~infomax_ext.bounds.resolve_bound` takes, ``negatives`` one of
+    ``NEGATIVES``, ``seed`` None or an integer scalar, ``process_group`` None or a
+    torch.distributed ProcessGroup. ``where`` (e.g. ``"train_step"``) prefixes the messages;
+    ``name(key)`` is how a setting is named in them (e.g. ``miloss_kwargs['seed']``)."""
+    prefix = f"{where}: " if where else ""
+    if regularization is not None and not callable(regularization):
+        raise TypeError(f"{prefix}{name('regularization')} must be a function of "
+                        f"MIScores(joint, shuffled), got {type(regularization).__name__} "
+                        f"{regularization!r}")
+    weight = float(check_weight(name("reg_strength"), reg_strength, where))
+    if not isinstance(negatives, str) or negatives not in NEGATIVES:
+        raise ValueError(f"{prefix}{name('negatives')} must be one of "
+                         f"{', '.join(map(repr, NEGATIVES))}, got {negatives!r}")
+    try:
+        resolved = resolve_bound(bound)  # type: ignore[arg-type]  # any value: checked there
+    except ValueError as exc:
+        if not where:
+            raise
+        raise ValueError(f"{prefix}{name('bound')}: {exc}") from None
+    if seed is not None and not is_integer_scalar(seed):
+        raise TypeError(f"{prefix}{name('seed')} must be an integer or None, got "
+                        f"{type(seed).__name__} ({seed!r})")
+    if process_group is not None and not _is_process_group(process_group):
+        raise TypeError(f"{prefix}{name('process_group')} must be a torch.distributed "
+                        f"ProcessGroup or None, got {type(process_group).__name__} "
+                        f"({process_group!r})")
+    return resolved, negatives, weight
+
+
+def _is_process_group(value: object) -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and isinstance(value, dist.ProcessGroup)
 
 
 class MutualInfoLoss(nn.Module):
@@ -93,14 +133,14 @@ class MutualInfoLoss(nn.Module):
         super().__init__()
         if not isinstance(shuffled_grad, bool):
             raise TypeError(f"shuffled_grad must be True or False, got {shuffled_grad!r}")
-        if regularization is not None and not callable(regularization):
-            raise TypeError("regularization must be a function of MIScores(joint, shuffled)")
-        self.critic = _critic(critic)
+        critic = _critic(critic)
+        self.bound, self.negatives, self.reg_strength = mi_loss_settings(
+            regularization=regularization, reg_strength=reg_strength, bound=bound,
+            negatives=negatives, process_group=process_group)
+        self.critic = critic
         self.shuffled_grad = shuffled_grad
         self.regularization = regularization
-        self.reg_strength = _finite("reg_strength", reg_strength)
         self.process_group = process_group
-        self.bound, self.negatives = _bound_settings(bound, negatives)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, z_shuffle: torch.Tensor | None = None,
                 *, seed: int | None = None) -> torch.Tensor:
@@ -144,7 +184,8 @@ class InfoMaxVAELoss(nn.Module):
 
     with ``z ~ q(z | x)`` (``n_samples`` codes per sample, reparameterised) and ``I`` the NWJ
     bound of the critic on ``(x, z)`` (as in :class:`MutualInfoLoss`; the shuffled codes are
-    constants unless ``shuffled_grad``; ``bound`` and ``negatives`` as there).
+    constants unless ``shuffled_grad``; ``bound`` and ``negatives`` as there; a bound's state,
+    DV's moving average, is read, not updated: the critic's loss updates it).
 
     ``forward(vae, x, x_out=None, *, seed=None)``: ``vae`` a :class:`~infomax_ext.VAE` (its
     ``encoder``, ``decoder`` and ``sample_latent``), ``x`` (N, ...) with N >= 2, ``x_out`` the
@@ -177,12 +218,15 @@ class InfoMaxVAELoss(nn.Module):
         self.reg_strength = _finite("reg_strength", reg_strength)
         self.shuffled_grad = shuffled_grad
         self.process_group = process_group
-        self.bound, self.negatives = _bound_settings(bound, negatives)
+        self.bound, self.negatives, _ = mi_loss_settings(bound=bound, negatives=negatives,
+                                                         process_group=process_group)
 
     def terms(self, vae: nn.Module, x: torch.Tensor, x_out: torch.Tensor | None = None, *,
               seed: int | None = None) -> InfoMaxTerms:
         """The loss and its terms: ``InfoMaxTerms(loss, loglikelihood, kl, mi, regularization,
-        scores, vae_output)`` (all 0-dim but the last two)."""
+        scores, vae_output)`` (all 0-dim but the last two). The bound's state is read, not
+        updated, as in :func:`~infomax_ext.infomaxloss`: DV's moving average is the critic's,
+        updated by its own loss (:class:`MutualInfoLoss`), once per training step."""
         # any VAE-like module and critic module (not only VAE and MutualInfoChain)
         return infomax_terms(
             vae, self.critic, x, x_out,  # type: ignore[arg-type]
@@ -190,7 +234,8 @@ class InfoMaxVAELoss(nn.Module):
             n_samples=self.n_samples, reconstruction_loglikelihood=self.reconstruction_loglikelihood,
             kl_divergence=self.kl_divergence, regularization=self.regularization,
             reg_strength=self.reg_strength, seed=seed, shuffled_grad=self.shuffled_grad,
-            process_group=self.process_group, bound=self.bound, negatives=self.negatives)
+            process_group=self.process_group, bound=self.bound.without_state_update(),
+            negatives=self.negatives)
 
     def forward(self, vae: nn.Module, x: torch.Tensor, x_out: torch.Tensor | None = None, *,
                 seed: int | None = None) -> torch.Tensor:

@@ -1,17 +1,17 @@
 """The training step of the InfoMax VAE: :func:`train_step` updates the VAE on its loss and the
 MI chain on its own (alternating, or from one shared forward pass with ``reuse_forward``), after
-checking the optimizers and, with a process group, that every process runs the same step."""
+checking the optimizers, ``miloss_kwargs`` and ``x`` (:mod:`~infomax_ext.training_checks`) and,
+with a process group, that every process runs the same step."""
 from __future__ import annotations
 
 import contextlib
-import weakref
-from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping, cast,
-                    overload)
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping,
+                    NamedTuple, cast, overload)
 
 import torch
 from torch import nn
 
-from . import distributed, distributed_step
+from . import distributed, distributed_step, training_checks
 from .bounds import BOUNDS, Bound, resolve_bound
 from .infomax import InfoMaxVAE, infomax_terms, infomaxloss, miloss
 from .mutual_info import NEGATIVES, DataHalfCache
@@ -38,49 +38,6 @@ def _optimizers(opt: Any) -> tuple[Any, Any, tuple[str, str]]:
     )
 
 
-# Per optimizer, the layout that passed _check_optimizers: (model parts, the param lists and
-# their lengths). A step whose layout matches skips the check.
-_CHECKED_LAYOUTS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-
-
-def _check_optimizers(model: InfoMaxVAE, optimizers: tuple[Any, Any], names: tuple[str, str],
-                      param_counts: Any) -> None:
-    """A ValueError naming the optimizer when the ``vae`` optimizer holds a parameter that is not
-    ``model.vae``'s or the ``mi`` optimizer one that is not ``model.mi``'s (the optimizers
-    swapped, or built for another model): its step would change what this step does not train.
-    Checked once per layout of the optimizer's parameter groups (cached). Optimizers that are not
-    torch optimizers (no ``param_groups`` list) are not checked."""
-    parts = {"model.vae": model.vae, "model.mi": model.mi}
-    for (own, module), opt, name in zip(parts.items(), optimizers, names):
-        groups = getattr(opt, "param_groups", None)
-        if not isinstance(groups, list):
-            continue
-        layout = (id(model.vae), id(model.mi), param_counts,
-                  tuple((id(g.get("params")), len(g.get("params", ()))) for g in groups))
-        try:
-            if _CHECKED_LAYOUTS.get(opt) == layout:
-                continue
-        except TypeError:  # not weak-referenceable: checked every step
-            pass
-        owners = {id(p): part for part, m in parts.items() for p in m.parameters()}
-        held = [p for g in groups for p in g.get("params", ())]
-        foreign = [p for p in held if owners.get(id(p)) != own]
-        if foreign:
-            others = sorted({owners.get(id(p), "no part of this model") for p in foreign})
-            swapped = " (are the two optimizers swapped?)" if "model.mi" in others or \
-                "model.vae" in others else ""
-            raise ValueError(
-                f"train_step: {name} holds {len(foreign)} of its {len(held)} parameters from "
-                f"{' and '.join(others)}, not {own}{swapped}; build it over "
-                f"{own}.parameters()")
-        if not any(owners.get(id(p)) == own and p.requires_grad for p in held):
-            raise ValueError(f"train_step: {name} holds no trainable parameter of {own}")
-        try:
-            _CHECKED_LAYOUTS[opt] = layout
-        except TypeError:
-            pass
-
-
 @contextlib.contextmanager
 def _frozen(params: Iterable[nn.Parameter]) -> Iterator[None]:
     """Parameters temporarily set to requires_grad=False, so no graph is built for them."""
@@ -94,11 +51,26 @@ def _frozen(params: Iterable[nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def _set_grads(loss: torch.Tensor, params: list[nn.Parameter], retain_graph: bool = False) -> None:
-    """``p.grad = d loss / d p`` for exactly these parameters (others' .grad untouched)."""
+class _Parts(NamedTuple):
+    """The parameters of one step: the trainable ones of ``model.vae`` and ``model.mi``, and
+    their frozen ones (requires_grad=False)."""
+
+    vae: list[nn.Parameter]
+    mi: list[nn.Parameter]
+    vae_frozen: list[nn.Parameter]
+    mi_frozen: list[nn.Parameter]
+
+
+def _set_grads(loss: torch.Tensor, params: list[nn.Parameter], frozen: list[nn.Parameter],
+               retain_graph: bool = False) -> None:
+    """``p.grad = d loss / d p`` for these parameters and ``p.grad = None`` for the ``frozen``
+    ones of the same network, so that no optimizer applies a gradient of an earlier step to a
+    parameter frozen since (others' .grad untouched)."""
     grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = g
+    for p in frozen:
+        p.grad = None
 
 
 @overload
@@ -169,10 +141,17 @@ def train_step(
     ``opt`` holds a ``vae`` and an ``mi`` optimizer. (1) The gradient of the InfoMax loss with
     respect to the VAE's parameters only, then the VAE step; (2) a fresh forward pass through the
     updated VAE, the gradient of the MI loss with respect to the MI chain only, then the MI step.
-    Neither loss writes the other network's ``.grad``. ``reuse_forward=True`` is the paper's
-    cheaper scheme: one forward pass feeds both updates (the MI step uses the pre-update codes and
-    the same permutation); it needs the default loss functions. ``shuffled_grad`` (True or False)
-    is passed on to the VAE loss, as in ``infomaxloss(..., shuffled_grad=...)``; None leaves it to
+    Neither loss writes the other network's ``.grad``; a parameter with ``requires_grad=False``
+    gets ``.grad = None``, so no optimizer moves it with a gradient of an earlier step.
+    ``reuse_forward=True`` is the paper's cheaper scheme: one forward pass feeds both updates (the
+    MI step uses the pre-update codes and the same permutation); it needs the default loss
+    functions, and of ``miloss_kwargs`` it uses ``regularization`` and ``reg_strength`` and takes
+    ``seed``, ``bound``, ``negatives`` and ``process_group`` only where they agree with the VAE
+    loss's (a ValueError naming the key otherwise, and for ``data_half_cache``). The critic's
+    gradient comes from the VAE loss's backward pass divided by ``alpha`` when that is exact in
+    the parameters' dtype, else from a backward pass of its own
+    (:func:`~infomax_ext.training_checks.reuse_gradient_is_exact`). ``shuffled_grad`` (True or
+    False) is passed on to the VAE loss, as in ``infomaxloss(..., shuffled_grad=...)``; None leaves it to
     ``infomaxloss_kwargs`` or the loss's default (False: the shuffled codes are constants).
     Returns ``(vae_loss, mi_loss)`` as floats when ``loss_return``.
 
@@ -183,7 +162,8 @@ def train_step(
     name a ``process_group``): the negatives come from all processes' rows and the rank average
     of the gradients is the whole-batch gradient. ``"local"``: each process draws its negatives
     from its own rows and no codes travel. The losses returned are this process's. Before the
-    step the processes check that they run it with the same settings and weights
+    step the processes check that they run it with the same settings (the losses' bounds,
+    negatives and weights, the optimizers' classes and settings among them) and weights
     (:func:`~infomax_ext.distributed_step.agree_on_step`): on the first step of a model,
     weights that differ are set to rank 0's; a later difference raises
     :class:`~infomax_ext.distributed.DistributedMismatchError` naming the parameter.
@@ -193,16 +173,29 @@ def train_step(
     losses are the default functions. ``negatives`` (``"shuffle"`` or ``"all"``, how the bound
     pairs the negatives) likewise: given, it is passed on to both losses; None takes the
     model's ``negatives`` for the default loss functions.
+
+    Refused before any parameter changes, naming the problem: optimizers that hold parameters
+    other than their network's (a submodule replaced since they were built included), a
+    ``miloss_kwargs`` key :func:`miloss` does not take or a value it refuses (with the default
+    ``miloss``), an ``x`` whose dtype is not the model's, and a loss that is not finite because
+    ``x`` holds NaN or inf: each loss is checked before its own step (the alternating step's MI
+    loss after the VAE's step; the error says so). The check reads the loss's value: always on
+    the CPU, where that costs nothing; on another device (CUDA) only when ``loss_return`` or
+    ``verbose`` reads the losses anyway, and only where that adds no device sync (the VAE loss
+    is read before its step instead of after; the alternating step's MI loss is not checked
+    there); not with a ``process_group`` (a refusal on one process would leave the others
+    waiting in the gradient average). A non-finite loss of a finite ``x``
+    (weights or settings that overflow) is stepped and returned, as before: the Trainer names
+    the network that diverged.
     """
     opt_vae, opt_mi, opt_names = _optimizers(opt)
     vae_kwargs = dict(infomaxloss_kwargs or {})
     mi_kwargs = dict(miloss_kwargs or {})
-    # Before any step: a bad weight found by the MI loss would come after the VAE step.
+    # Before any step: a bad weight or setting found by the MI loss would come after the VAE step.
     if infomaxloss_function is infomaxloss:
         check_weights(vae_kwargs, "train_step", "infomaxloss_kwargs")
     if miloss_function is miloss or reuse_forward:
-        check_weights({k: v for k, v in mi_kwargs.items() if k == "reg_strength"}, "train_step",
-                      "miloss_kwargs")
+        training_checks.check_miloss_kwargs(mi_kwargs)
     if shuffled_grad is not None:
         if not isinstance(shuffled_grad, bool):
             raise TypeError(f"shuffled_grad must be True, False or None, got {shuffled_grad!r}")
@@ -214,9 +207,11 @@ def train_step(
     _pass_bound(model, bound, infomaxloss_function, vae_kwargs, miloss_function, mi_kwargs)
     _pass_negatives(model, negatives, infomaxloss_function, vae_kwargs, miloss_function,
                     mi_kwargs)
-    vae_params = [p for p in model.vae.parameters() if p.requires_grad]
-    mi_params = [p for p in model.mi.parameters() if p.requires_grad]
-    frozen = [name for name, params in (("model.vae", vae_params), ("model.mi", mi_params))
+    vae_all, mi_all = list(model.vae.parameters()), list(model.mi.parameters())
+    parts = _Parts([p for p in vae_all if p.requires_grad], [p for p in mi_all if p.requires_grad],
+                   [p for p in vae_all if not p.requires_grad],
+                   [p for p in mi_all if not p.requires_grad])
+    frozen = [name for name, params in (("model.vae", parts.vae), ("model.mi", parts.mi))
               if not params]
     if frozen:
         raise ValueError(
@@ -226,7 +221,15 @@ def train_step(
         )
     if negatives_scope not in ("global", "local"):
         raise ValueError(f"negatives_scope must be 'global' or 'local', got {negatives_scope!r}")
-    _check_optimizers(model, (opt_vae, opt_mi), opt_names, (len(vae_params), len(mi_params)))
+    training_checks.check_optimizers(model, (opt_vae, opt_mi), opt_names, (vae_all, mi_all))
+    if process_group is not None:
+        for kwargs in (vae_kwargs, mi_kwargs):
+            kwargs.setdefault("process_group",
+                              process_group if negatives_scope == "global" else None)
+    if reuse_forward:
+        if infomaxloss_function is not infomaxloss or miloss_function is not miloss:
+            raise ValueError("reuse_forward=True needs the default infomaxloss and miloss functions")
+        training_checks.check_reuse_kwargs(mi_kwargs, vae_kwargs)
     if process_group is not None:
         distributed_step.agree_on_step(
             process_group, model, x, reuse_forward=reuse_forward,
@@ -234,31 +237,54 @@ def train_step(
             shuffled_grad=vae_kwargs.get("shuffled_grad", False),
             n_samples=vae_kwargs.get("n_samples", 1), x_out_given=x_out is not None,
             default_losses=(infomaxloss_function is infomaxloss, miloss_function is miloss),
-            objective=[(resolve_bound(kw.get("bound", "nwj")).config(),
-                        kw.get("negatives", "shuffle")) for kw in (vae_kwargs, mi_kwargs)])
-        for kwargs in (vae_kwargs, mi_kwargs):
-            kwargs.setdefault("process_group",
-                              process_group if negatives_scope == "global" else None)
+            objective=[distributed_step.loss_settings(kw) for kw in (vae_kwargs, mi_kwargs)],
+            optimizers=(opt_vae, opt_mi))
         opt_vae = distributed.AveragingOptimizer(opt_vae, process_group)
         opt_mi = distributed.AveragingOptimizer(opt_mi, process_group)
+    # After the processes' agreement (on the model's dtypes among others): a process that does
+    # not take part in it would leave the others waiting.
+    training_checks.check_x_dtype(x, {p.dtype for p in vae_all + mi_all})
+    # The finiteness check of each loss before its step (see the docstring).
+    check = _LossCheck(x, process_group is None, loss_return or verbose)
     args = (x,) if x_out is None else (x, x_out)
     if reuse_forward:
-        if infomaxloss_function is not infomaxloss or miloss_function is not miloss:
-            raise ValueError("reuse_forward=True needs the default infomaxloss and miloss functions")
-        vae_loss, mi_loss = _reuse_forward_step(model, args, opt_vae, opt_mi, vae_params,
-                                                mi_params, vae_kwargs, mi_kwargs)
+        vae_loss, mi_loss = _reuse_forward_step(model, args, opt_vae, opt_mi, parts, vae_kwargs,
+                                                mi_kwargs, check)
     else:
-        vae_loss, mi_loss = _alternating_step(model, args, opt_vae, opt_mi, vae_params,
-                                              mi_params, infomaxloss_function, vae_kwargs,
-                                              miloss_function, mi_kwargs)
+        vae_loss, mi_loss = _alternating_step(model, args, opt_vae, opt_mi, parts,
+                                              infomaxloss_function, vae_kwargs,
+                                              miloss_function, mi_kwargs, check)
 
     if process_group is not None:
         distributed_step.stepped(process_group, model)
+    if not (verbose or loss_return):
+        return None
+    values = (check.read(vae_loss, 0), check.read(mi_loss, 1))
     if verbose:
-        print(f"vae_loss = {vae_loss.item():.6g}, mi_loss = {mi_loss.item():.6g}")
-    if loss_return:
-        return float(vae_loss.detach()), float(mi_loss.detach())
-    return None
+        print(f"vae_loss = {values[0]:.6g}, mi_loss = {values[1]:.6g}")
+    return values if loss_return else None
+
+
+class _LossCheck:
+    """The finiteness check of train_step's losses before their steps
+    (:func:`~infomax_ext.training_checks.finite_loss`), keeping the values it read for the
+    return value. ``enabled``: without a process group; ``read``: the losses are read anyway."""
+
+    def __init__(self, x: torch.Tensor, enabled: bool, read: bool) -> None:
+        self.x, self.enabled, self.reading = x, enabled, read
+        self.values: list[float | None] = [None, None]
+
+    def __call__(self, loss: torch.Tensor, index: int, what: str,
+                 changed: str = "no parameter changed", may_sync: bool = True) -> None:
+        """Check ``loss`` (``index`` 0: the VAE's, 1: the MI chain's); ``may_sync`` False: off
+        the CPU, leave it to be read after the steps (as train_step always did)."""
+        if self.enabled:
+            self.values[index] = training_checks.finite_loss(
+                loss, what, self.x, self.reading and may_sync, changed)
+
+    def read(self, loss: torch.Tensor, index: int) -> float:
+        value = self.values[index]
+        return float(loss.detach()) if value is None else value
 
 
 def _pass_bound(model: InfoMaxVAE, bound: str | Bound | None,
@@ -310,16 +336,16 @@ def _pass_negatives(model: InfoMaxVAE, negatives: str | None,
 
 
 def _alternating_step(model: InfoMaxVAE, args: tuple[torch.Tensor, ...], opt_vae: Any,
-                      opt_mi: Any, vae_params: list[nn.Parameter], mi_params: list[nn.Parameter],
+                      opt_mi: Any, parts: _Parts,
                       infomaxloss_function: Callable[..., torch.Tensor], vae_kwargs: dict[str, Any],
-                      miloss_function: Callable[..., torch.Tensor], mi_kwargs: dict[str, Any]
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      miloss_function: Callable[..., torch.Tensor], mi_kwargs: dict[str, Any],
+                      check: _LossCheck) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`train_step`'s default strategy: (1) the InfoMax loss with the MI chain frozen, its
     gradient for the VAE's parameters, the VAE step; (2) a fresh forward pass through the updated
-    VAE, the MI loss with the VAE frozen, its gradient for the MI chain, the MI step. The two
-    losses share a :class:`DataHalfCache` when they are the default functions and the VAE step
-    leaves the MI weights alone. ``args`` is ``(x,)`` or ``(x, x_out)``. Returns
-    ``(vae_loss, mi_loss)``."""
+    VAE, the MI loss with the VAE frozen, its gradient for the MI chain, the MI step. Each loss is
+    checked (``check``) before its step. The two losses share a :class:`DataHalfCache` when they
+    are the default functions and the VAE step leaves the MI weights alone. ``args`` is ``(x,)``
+    or ``(x, x_out)``. Returns ``(vae_loss, mi_loss)``."""
     x = args[0]
     # Both losses see the same x and MI weights: a data half without gradient is computed once.
     cache = _step_cache(model, opt_vae)
@@ -327,13 +353,18 @@ def _alternating_step(model: InfoMaxVAE, args: tuple[torch.Tensor, ...], opt_vae
         vae_kwargs = {"data_half_cache": cache, **vae_kwargs}
     if cache is not None and miloss_function is miloss:
         mi_kwargs = {"data_half_cache": cache, **mi_kwargs}
-    with _frozen(mi_params):
+    with _frozen(parts.mi):
         vae_loss = infomaxloss_function(model.vae, model.mi, *args, **vae_kwargs)
-    _set_grads(vae_loss, vae_params)
+    check(vae_loss, 0, "the VAE loss")
+    _set_grads(vae_loss, parts.vae, parts.vae_frozen)
     opt_vae.step()
-    with _frozen(vae_params):
+    with _frozen(parts.vae):
         mi_loss = miloss_function(model.vae, model.mi, x, **mi_kwargs)
-    _set_grads(mi_loss, mi_params)
+    # Off the CPU, reading the MI loss here would add a device sync: a non-finite x made the
+    # VAE loss non-finite already.
+    check(mi_loss, 1, "the MI loss (after the VAE's step)",
+          "model.vae has taken this step's update, model.mi is unchanged", may_sync=False)
+    _set_grads(mi_loss, parts.mi, parts.mi_frozen)
     opt_mi.step()
     return vae_loss, mi_loss
 
@@ -352,31 +383,47 @@ def _step_cache(model: InfoMaxVAE, opt_vae: Any) -> DataHalfCache | None:
 
 
 def _reuse_forward_step(model: InfoMaxVAE, args: tuple[torch.Tensor, ...], opt_vae: Any,
-                        opt_mi: Any, vae_params: list[nn.Parameter],
-                        mi_params: list[nn.Parameter], vae_kwargs: dict[str, Any],
-                        mi_kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+                        opt_mi: Any, parts: _Parts, vae_kwargs: dict[str, Any],
+                        mi_kwargs: dict[str, Any], check: _LossCheck
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`train_step` with ``reuse_forward=True`` (the paper's scheme): one forward pass of
     :func:`infomax_terms` feeds both updates; the MI loss uses the pre-update codes and the same
-    permutation. ``args`` is ``(x,)`` or ``(x, x_out)``. Returns ``(vae_loss, mi_loss)``."""
-    if "seed" not in vae_kwargs:
+    permutation. Both losses are checked (``check``) before either step. ``args`` is ``(x,)`` or
+    ``(x, x_out)``. Returns ``(vae_loss, mi_loss)``."""
+    if vae_kwargs.get("seed") is None:  # the MI loss's seed, if any, draws for both
         vae_kwargs["seed"] = mi_kwargs.get("seed")
     terms = infomax_terms(model.vae, model.mi, *args, **vae_kwargs)
     vae_loss = terms.loss
     mi_loss = -terms.mi
     if mi_kwargs.get("regularization") is not None:
         mi_loss = mi_loss + mi_kwargs.get("reg_strength", 1.0) * mi_kwargs["regularization"](terms.scores)
+    check(vae_loss, 0, "the VAE loss")
+    check(mi_loss, 1, "the MI loss")
     alpha = float(vae_kwargs.get("alpha", 1.0))
-    if alpha != 0.0 and mi_kwargs.get("regularization") is None:
+    if mi_kwargs.get("regularization") is None and \
+            training_checks.reuse_gradient_is_exact(alpha, _backward_dtypes(parts.mi, args[0])):
         # d vae_loss / d theta_mi = -alpha dI / d theta_mi = alpha * d mi_loss / d theta_mi:
         # one backward pass gives both gradients.
-        grads = torch.autograd.grad(vae_loss, vae_params + mi_params, allow_unused=True)
-        for p, g in zip(vae_params, grads[: len(vae_params)]):
+        n_vae = len(parts.vae)
+        grads = torch.autograd.grad(vae_loss, parts.vae + parts.mi, allow_unused=True)
+        for p, g in zip(parts.vae, grads[:n_vae]):
             p.grad = g
-        for p, g in zip(mi_params, grads[len(vae_params):]):
+        for p, g in zip(parts.mi, grads[n_vae:]):
             p.grad = None if g is None else g / alpha
+        for p in parts.vae_frozen + parts.mi_frozen:
+            p.grad = None
     else:
-        _set_grads(vae_loss, vae_params, retain_graph=True)
-        _set_grads(mi_loss, mi_params)
+        _set_grads(vae_loss, parts.vae, parts.vae_frozen, retain_graph=True)
+        _set_grads(mi_loss, parts.mi, parts.mi_frozen)
     opt_vae.step()
     opt_mi.step()
     return vae_loss, mi_loss
+
+
+def _backward_dtypes(params: list[nn.Parameter], x: torch.Tensor) -> set[torch.dtype]:
+    """The dtypes the critic's backward pass runs in: its parameters', and torch.autocast's
+    on x's device when it is on."""
+    dtypes = {p.dtype for p in params}
+    if torch.is_autocast_enabled(x.device.type):
+        dtypes.add(torch.get_autocast_dtype(x.device.type))
+    return dtypes
