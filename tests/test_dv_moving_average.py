@@ -17,6 +17,11 @@ GAMMA = 0.8
 
 
 
+def dv_tiny(**kw) -> TrainConfig:
+    """tiny() training with DV and GAMMA: the config a dv_model trains under."""
+    return tiny(bound="dv", dv_moving_average=GAMMA, **kw)
+
+
 def dv_model(config: TrainConfig, shape=(6,)) -> im.InfoMaxVAE:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -126,11 +131,11 @@ def test_average_state_roundtrip_and_bad_states():
 
 def test_resume_continues_the_average_bit_for_bit(tmp_path):
     x, v = data()
-    straight = Trainer(dv_model(tiny(epochs=3)), tiny(epochs=3), x, v, tmp_path / "a",
+    straight = Trainer(dv_model(dv_tiny(epochs=3)), dv_tiny(epochs=3), x, v, tmp_path / "a",
                        progress=False)
     straight.fit()
 
-    first = Trainer(dv_model(tiny(epochs=1)), tiny(epochs=1), x, v, tmp_path / "b",
+    first = Trainer(dv_model(dv_tiny(epochs=1)), dv_tiny(epochs=1), x, v, tmp_path / "b",
                     progress=False)
     first.fit()
     torch.manual_seed(123)  # whatever happens in between does not matter
@@ -149,7 +154,7 @@ def test_resume_continues_the_average_bit_for_bit(tmp_path):
 
 def test_checkpoint_refuses_a_bound_state_that_does_not_fit(tmp_path):
     x, v = data()
-    trainer = Trainer(dv_model(tiny(epochs=1)), tiny(epochs=1), x, v, progress=False)
+    trainer = Trainer(dv_model(dv_tiny(epochs=1)), dv_tiny(epochs=1), x, v, progress=False)
     trainer.fit()
     state = trainer.state_dict()
     assert validate_checkpoint(state, tmp_path / "c.pt", TrainConfig) is state

@@ -100,7 +100,10 @@ def test_config_and_from_config_like_its_parts(tmp_path):
     digest = hashlib.sha256((tmp_path / MODEL_WEIGHTS_FILE).read_bytes()).hexdigest()
     from infomax_ext.serialization import config_digest
 
-    assert written == {**config, "weights_sha256": digest, "config_sha256": config_digest(config)}
+    recorded = {**config, "preprocessing_sha256": hashlib.sha256(
+        (tmp_path / "preprocessing.json").read_bytes()).hexdigest()}
+    assert written == {**recorded, "weights_sha256": digest,
+                       "config_sha256": config_digest(recorded)}
     hand_built = InfoMaxVAE(model.vae, MutualInfoChain(nn.Identity(), nn.Identity(), nn.Linear(9, 1)))
     assert hand_built.config is None
     with pytest.raises(SerializationError, match="not an InfoMaxVAE model config"):

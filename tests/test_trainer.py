@@ -251,3 +251,192 @@ def test_fit_runs_without_tqdm(monkeypatch):
     x, v = data()
     history = Trainer.create(tiny(epochs=1), x, v, progress=True).fit()
     assert len(history) == 1
+
+
+# ----------------------------------------------------------------------------- numpy settings
+
+def test_numpy_and_tensor_numbers_become_plain_python_values():
+    import numpy as np
+
+    config = tiny(beta=np.float32(1.5), alpha=torch.tensor(2.0), lr=np.float64(1e-3),
+                  mi_lr=np.float32(0.5), val_fraction=np.float64(0.25), latent_dim=np.int64(3),
+                  encoder_neurons=np.array([4, 5]), decoder_neurons=[np.int32(8)],
+                  reuse_forward=np.bool_(True), activation=np.str_("tanh"),
+                  active_threshold=np.float16(0.5)).validate()
+    values = config.to_dict()
+    assert values == {**tiny().to_dict(), "beta": 1.5, "alpha": 2.0, "lr": 1e-3, "mi_lr": 0.5,
+                      "val_fraction": 0.25, "latent_dim": 3, "encoder_neurons": [4, 5],
+                      "decoder_neurons": [8], "reuse_forward": True, "activation": "tanh",
+                      "active_threshold": 0.5}
+    plain = (int, float, bool, str, list, type(None))
+    assert all(type(v) in plain for v in values.values()), values
+    assert all(type(h) is int for h in values["encoder_neurons"] + values["decoder_neurons"])
+    json.dumps(values)
+    with pytest.raises(ValueError, match="lr must be a positive finite number, got nan"):
+        tiny(lr=np.float64("nan")).validate()
+    with pytest.raises(ValueError, match="beta must be a non-negative finite number, got a "
+                                         "tensor of dtype torch.float32 and shape"):
+        tiny(beta=torch.ones(2)).validate()
+
+
+def test_a_run_with_numpy_settings_resumes(tmp_path):
+    import numpy as np
+
+    x, v = data()
+    config = tiny(epochs=1, alpha=np.float64(5.0), beta=np.float64(1.0), lr=np.float64(1e-3),
+                  val_fraction=np.float64(0.2))
+    Trainer.create(config, x, v, tmp_path, progress=False).fit()
+    resumed = Trainer.from_checkpoint(tmp_path / CHECKPOINT_FILE, x, v, epochs=2, progress=False)
+    assert resumed.epoch == 1 and resumed.config.alpha == 5.0 and type(resumed.config.lr) is float
+    resumed.fit()
+    assert resumed.epoch == 2
+
+
+# ----------------------------------------------------------------------------- run directory
+
+def run_files(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_a_fresh_trainer_refuses_a_directory_holding_a_run(tmp_path):
+    x, v = data()
+    Trainer.create(tiny(epochs=2), x, v, tmp_path, progress=False).fit()
+    before = run_files(tmp_path)
+    message = re.escape(
+        f"run directory {tmp_path} already holds a run (checkpoint.pt and metrics.jsonl with 2 "
+        "epoch records); a fresh Trainer would overwrite it: resume it with "
+        f"Trainer.from_checkpoint({str(tmp_path / CHECKPOINT_FILE)!r}, ...) or give another "
+        "run_dir")
+    with pytest.raises(ValueError, match=message):
+        Trainer.create(tiny(epochs=1, seed=7), x, v, tmp_path, progress=False)
+    with pytest.raises(ValueError, match=message):
+        fit(tiny(epochs=1), x, v, tmp_path, progress=False)
+    assert run_files(tmp_path) == before  # nothing written
+    (tmp_path / CHECKPOINT_FILE).unlink()  # metrics alone are still a run's record
+    with pytest.raises(ValueError, match=re.escape(
+            f"run directory {tmp_path} already holds a run (metrics.jsonl with 2 epoch records); "
+            "a fresh Trainer would overwrite it: remove it or give another run_dir")):
+        Trainer.create(tiny(epochs=1), x, v, tmp_path, progress=False)
+    (tmp_path / METRICS_FILE).write_text("")  # a run that stopped in its first epoch: nothing
+    Trainer.create(tiny(epochs=1), x, v, tmp_path, progress=False).fit()
+    assert len((tmp_path / METRICS_FILE).read_text().splitlines()) == 1
+
+
+def test_resuming_into_another_runs_directory_is_refused(tmp_path):
+    import shutil
+
+    from infomax_ext.checkpoint import digest_path
+
+    x, v = data()
+    Trainer.create(tiny(epochs=1), x, v, tmp_path / "a", progress=False).fit()
+    Trainer.create(tiny(epochs=2, seed=3), x, v, tmp_path / "b", progress=False).fit()
+    before = run_files(tmp_path / "b")
+    with pytest.raises(ValueError, match=re.escape(
+            f"run directory {tmp_path / 'b'} already holds a run (checkpoint.pt and metrics.jsonl "
+            f"with 2 epoch records); resuming {tmp_path / 'a' / CHECKPOINT_FILE}, a checkpoint "
+            "of another run, there would overwrite it: resume into the checkpoint's own "
+            "directory (run_dir=None) or an empty one")):
+        Trainer.from_checkpoint(tmp_path / "a" / CHECKPOINT_FILE, x, v, tmp_path / "b",
+                                epochs=2, progress=False)
+    assert run_files(tmp_path / "b") == before
+    shutil.copy(tmp_path / "b" / CHECKPOINT_FILE, tmp_path / "b-epoch2.pt")  # a kept snapshot
+    shutil.copy(digest_path(tmp_path / "b" / CHECKPOINT_FILE), digest_path(tmp_path / "b-epoch2.pt"))
+    back = Trainer.from_checkpoint(tmp_path / "b-epoch2.pt", x, v, tmp_path / "b", epochs=3,
+                                   progress=False)  # the same run (its records begin metrics)
+    assert back.epoch == 2 and back.run_dir == tmp_path / "b"
+    moved = Trainer.from_checkpoint(tmp_path / "a" / CHECKPOINT_FILE, x, v, tmp_path / "c",
+                                    epochs=2, progress=False)  # an empty directory: fine
+    moved.fit()
+    assert [r["epoch"] for r in moved.history] == [1, 2]
+
+
+# ----------------------------------------------------------------------------- config vs model
+
+def test_trainer_refuses_a_model_its_config_does_not_describe(tmp_path):
+    x, _ = data(size=10)
+    model = build_model(tiny(latent_dim=3), (10,))
+    config = tiny(bound="js", latent_dim=5, likelihood="gaussian")
+    with pytest.raises(ValueError, match=re.escape(
+            "Trainer: the model is not the one config describes: config.bound is 'js' but the "
+            "model's bound is 'nwj'; config.latent_dim is 5 but the model has "
+            "vae.encoder.n_latent = 3; config.likelihood is 'gaussian' but the model's decoder "
+            "is BernoulliDecoder; build the model with build_model(config, sample_shape) (as "
+            "Trainer.create does)")):
+        Trainer(model, config, x, run_dir=tmp_path / "run", progress=False)
+    for field, value, text in (
+            ("encoder_neurons", [8, 8], "config.encoder_neurons is [8, 8] but the model has "
+                                        "vae.encoder.encoder_neurons = [8]"),
+            ("mi_neurons", [4], "config.mi_neurons is [4] but the model has mi.mlp_neurons = [8]"),
+            ("activation", "tanh", "config.activation is 'tanh' but the model has "
+                                   "vae.encoder.encoder_activation = ['relu']")):
+        with pytest.raises(ValueError, match=re.escape(text)):
+            Trainer(model, tiny(latent_dim=3, **{field: value}), x, progress=False)
+    smile = build_model(tiny(latent_dim=3, bound="smile", smile_clip=2.0), (10,))
+    with pytest.raises(ValueError, match=re.escape(
+            "config.smile_clip is 5.0 but the model's bound is")):
+        Trainer(smile, tiny(latent_dim=3, bound="smile"), x, progress=False)
+    with pytest.raises(ValueError, match=re.escape(
+            "train_data has samples of shape (6,), the model takes (10,)")):
+        Trainer(model, tiny(latent_dim=3), data()[0], progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_whose_config_contradicts_its_model_is_refused(tmp_path):
+    from infomax_ext.checkpoint import read_checkpoint, write_checkpoint
+
+    x, v = data()
+    Trainer.create(tiny(epochs=1), x, v, tmp_path, progress=False).fit()
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    for change, text in (({"bound": "js"}, "config.bound is 'js' but the model's bound is 'nwj'"),
+                         ({"likelihood": "gaussian"},
+                          "config.likelihood is 'gaussian' but the model's decoder is "
+                          "BernoulliDecoder"),
+                         ({"latent_dim": 3},
+                          "config.latent_dim is 3 but the model has vae.encoder.n_latent = 2")):
+        path = tmp_path / "crafted" / CHECKPOINT_FILE
+        write_checkpoint({**state, "config": {**state["config"], **change}}, path)
+        with pytest.raises(ValueError, match=re.escape(
+                f"checkpoint {path}: config contradicts model_config: {text}")):
+            read_checkpoint(path, TrainConfig)
+
+
+def test_a_checkpoint_whose_tensors_share_storage_is_refused(tmp_path):
+    from infomax_ext.checkpoint import read_checkpoint, write_checkpoint
+
+    x, v = data()
+    Trainer.create(tiny(epochs=1), x, v, tmp_path, progress=False).fit()
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    entry = state["optimizers"]["vae"]["state"][0]
+    entry["exp_avg"] = entry["exp_avg_sq"]  # Adam would update both moments in one tensor
+    path = tmp_path / "shared" / CHECKPOINT_FILE
+    write_checkpoint(state, path)
+    with pytest.raises(ValueError, match=re.escape(
+            f"checkpoint {path}: optimizers.vae.state[0].exp_avg_sq and "
+            "optimizers.vae.state[0].exp_avg share one storage (a checkpoint holds each tensor in "
+            "its own storage)")):
+        read_checkpoint(path, TrainConfig)
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_data_of_another_dtype_than_the_model_is_refused_before_writing(tmp_path, dtype):
+    x, v = data()
+    model = build_model(tiny(), (6,)).to(dtype)
+    with pytest.raises(ValueError, match=re.escape(
+            f"train_data holds torch.float32 samples but the model's weights are {dtype}: give "
+            f"train_data in the model's dtype (train_data.to({dtype})) or convert the model "
+            "(model.to(torch.float32))")):
+        Trainer(model, tiny(), x, v.to(dtype), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="val_data holds torch.float32 samples"):
+        Trainer(model, tiny(), x.to(dtype), v, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    trainer = Trainer(model, tiny(epochs=1), x.to(dtype), v.to(dtype), tmp_path / "run",
+                      progress=False)
+    trainer.fit()  # the model's own dtype trains
+    before = run_files(tmp_path / "run")
+    with pytest.raises(ValueError, match=re.escape(
+            f"train_data holds torch.float32 samples but the model's weights are {dtype}")):
+        Trainer.from_checkpoint(tmp_path / "run" / CHECKPOINT_FILE, x, v, epochs=2,
+                                progress=False)
+    assert run_files(tmp_path / "run") == before

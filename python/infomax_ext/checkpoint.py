@@ -24,8 +24,10 @@ names, shapes or dtypes do not match the architecture of ``model_config`` (built
 device first, its size checked against the machine's memory); non-finite weights or moments; an
 Adam state that lacks a parameter after the first epoch or whose hyperparameters differ from the
 config's; an epoch beyond the config's budget; a history that does not have one record per
-epoch; random generator states torch would not accept. Nothing of it reaches torch's kernels
-before it has been checked.
+epoch; random generator states torch would not accept; a ``config`` that contradicts
+``model_config`` (bound, sizes, likelihood, ...: :func:`~infomax_ext.trainer_checks.config_mismatches`);
+weights or Adam states that do not each own exactly their memory (shared, views, expanded).
+Nothing of it reaches torch's kernels before it has been checked.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from .serialization import (
     read_json,
     safe_torch_load,
     sha256_hex,
+    storage_problem,
     torch_bytes,
 )
 
@@ -207,6 +210,11 @@ def validate_checkpoint(state: object, path: str | os.PathLike[str],
         shell = memory.on_meta(lambda: InfoMaxVAE.from_config(model_config))
     except SerializationError as exc:
         c.fail(f"model_config: {exc}")
+    from .trainer_checks import config_mismatches
+
+    mismatches = config_mismatches(config, shell)
+    if mismatches:  # resumed, the model would train under another config than it records
+        c.fail(f"config contradicts model_config: {'; '.join(mismatches)}")
     dtype = _check_model(c, c.mapping(state["model"], "model"), shell)
     optimizers = c.mapping(state["optimizers"], "optimizers")
     if set(optimizers) != {"vae", "mi"}:
@@ -214,6 +222,7 @@ def validate_checkpoint(state: object, path: str | os.PathLike[str],
     for name, network, lr in (("vae", shell.vae, config.lr), ("mi", shell.mi, config.mi_lr)):
         _check_adam(c, optimizers[name], f"optimizers.{name}", list(network.parameters()),
                     dtype, lr, epoch)
+    _check_storage(c, state["model"], optimizers)
     _check_history(c, state["history"], epoch)
     if "bound_state" in state:
         _check_bound_state(c, state["bound_state"], getattr(shell, "bound", None))
@@ -244,6 +253,21 @@ def _check_model(c: _Checker, weights: dict[Any, Any], shell: torch.nn.Module) -
     if len(dtypes) > 1:
         c.fail(f"model holds weights of several dtypes {sorted(map(str, dtypes))}")
     return dtypes.pop() if dtypes else torch.float32
+
+
+def _check_storage(c: _Checker, weights: Mapping[str, torch.Tensor],
+                   optimizers: Mapping[str, Any]) -> None:
+    """The weights and Adam states (already checked) each own exactly their memory
+    (:func:`~infomax_ext.serialization.storage_problem`): Adam updates its moments and step
+    counts in place, as the weights are updated, and must never update two at once."""
+    named = [(f"model.{key}", value) for key, value in weights.items()]
+    for name, saved in optimizers.items():
+        for index, entry in saved["state"].items():
+            named += [(f"optimizers.{name}.state[{index}].{key}", entry[key])
+                      for key in sorted(_ADAM_STATE_KEYS)]
+    problem = storage_problem(named)
+    if problem is not None:
+        c.fail(f"{problem} (a checkpoint holds each tensor in its own storage)")
 
 
 def _same(a: object, b: object) -> bool:

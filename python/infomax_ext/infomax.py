@@ -27,15 +27,19 @@ from .mutual_info import (
 )
 from .preprocessing import PREPROCESSING_FILE, Preprocessing
 from .serialization import (
+    MODEL_CONFIG_FILE,
     MODEL_WEIGHTS_FILE,
+    PREPROCESSING_DIGEST_KEY,
     WEIGHTS_DIGEST_KEY,
     SerializationError,
-    atomic_write_json,
+    atomic_write_bytes,
     check_weights_fit,
+    is_sha256_hex,
     load_model_weights,
-    read_json,
+    read_bytes,
     read_model_config,
     read_model_weights,
+    sha256_hex,
     write_model_files,
 )
 from .vae import VAE, VAEOutput, decoder_loglikelihood, encoder_kl
@@ -158,10 +162,12 @@ class InfoMaxVAE(nn.Module):
     def save(self, directory: PathLike) -> None:
         """Write the model (architecture and weights) to ``directory``; see :meth:`load`.
 
-        Files: ``model_config.json`` (:attr:`config`), ``model.pt`` (the state_dict) and
-        ``preprocessing.json`` (:attr:`preprocessing`), each written atomically; the weights are stored on the CPU, so a model trained on a GPU loads
-        anywhere. Only a model whose encoder, decoder and MI chain were built by ``from_sizes``
-        with named activations (``activations.ACTIVATIONS``) can be saved: for any other, a
+        Files: ``preprocessing.json`` (:attr:`preprocessing`), ``model.pt`` (the state_dict)
+        and last ``model_config.json`` (:attr:`config` and the digests of the other two), each
+        written atomically: a save that fails halfway leaves a set :meth:`load` refuses, never
+        a mix. The weights are stored on the CPU, so a model trained on a GPU loads anywhere.
+        Only a model whose encoder, decoder and MI chain were built by ``from_sizes`` with named
+        activations (``activations.ACTIVATIONS``) can be saved: for any other, a
         custom callable or module as an activation included, a :class:`SerializationError` is
         raised before anything is written (a pickle would need the defining code at load time
         and cannot be read back safely); save ``state_dict()`` with ``torch.save`` and rebuild
@@ -179,15 +185,19 @@ class InfoMaxVAE(nn.Module):
         (an unknown activation name, a parameter on an activation that takes none, a wrong
         type, ...), sizes beyond the machine's memory (checked before allocating), a
         ``model.pt`` that does not match the digest ``model_config.json`` records, or weights
-        that do not fit the architecture or are not finite. ``preprocessing.json`` restores
-        :attr:`preprocessing` (a directory without it: the identity)."""
+        that do not fit the architecture, are not finite or do not each own exactly their
+        memory (aliased, views, expanded). ``preprocessing.json`` restores :attr:`preprocessing`
+        (a directory without it: the identity), refused when it does not match the digest
+        ``model_config.json`` records (an edited file, or a save that failed halfway; a
+        directory saved before that digest was recorded has none to compare)."""
         config = read_model_config(directory)
+        preprocessing = read_preprocessing(directory, config.get(PREPROCESSING_DIGEST_KEY))
         shell = memory.on_meta(lambda: cls.from_config(config))  # sizes, before allocating
         state = read_model_weights(directory, map_location, config.get(WEIGHTS_DIGEST_KEY))
         check_weights_fit(shell, state, Path(directory) / MODEL_WEIGHTS_FILE)
         model = cls.from_config(config)
         load_model_weights(model, directory, state=state)
-        model.preprocessing = read_preprocessing(directory)
+        model.preprocessing = preprocessing
         return model
 
 
@@ -267,26 +277,48 @@ def _is_unnamed_activation(module: nn.Module) -> bool:
 
 def save_model(model: nn.Module, directory: PathLike) -> None:
     """``model.save(directory)`` for an :class:`InfoMaxVAE` built by ``from_sizes``
-    (:meth:`InfoMaxVAE.save`); a :class:`SerializationError` for any other model."""
+    (:meth:`InfoMaxVAE.save`); a :class:`SerializationError` for any other model.
+
+    ``preprocessing.json`` is written first, then ``model.pt``, then ``model_config.json``
+    recording both digests: a save that fails before its end leaves a config whose digests
+    the new files do not match, which :meth:`InfoMaxVAE.load` refuses (never new preprocessing
+    beside old weights)."""
     config = model_config(model)
     preprocessing = getattr(model, "preprocessing", None) or Preprocessing()
-    atomic_write_json(Path(directory) / PREPROCESSING_FILE, preprocessing.to_dict())
-    write_model_files(directory, config, model.state_dict())
+    text = json.dumps(preprocessing.to_dict(), indent=2) + "\n"
+    data = text.encode("utf-8")
+    atomic_write_bytes(Path(directory) / PREPROCESSING_FILE, data)
+    write_model_files(directory, {**config, PREPROCESSING_DIGEST_KEY: sha256_hex(data)},
+                      model.state_dict())
 
 
-def read_preprocessing(directory: PathLike) -> Preprocessing:
-    """The :class:`Preprocessing` in ``directory/preprocessing.json``; the identity when the
-    file is absent (a model saved before the file existed); a :class:`SerializationError` when it
-    cannot be used."""
+def read_preprocessing(directory: PathLike, sha256: object = None) -> Preprocessing:
+    """The :class:`Preprocessing` in ``directory/preprocessing.json``, whose bytes must match
+    ``sha256`` (the digest model_config.json records; None: a directory saved before digests of
+    it were recorded, nothing to compare); the identity when the file is absent (a model saved
+    before the file existed). A :class:`SerializationError` when it cannot be used."""
     path = Path(directory) / PREPROCESSING_FILE
-    if not os.path.lexists(path):  # a broken link or a loop is named by read_json
+    if sha256 is not None and not is_sha256_hex(sha256):
+        raise SerializationError(f"{Path(directory) / MODEL_CONFIG_FILE}: "
+                                 f"{PREPROCESSING_DIGEST_KEY} is not a SHA-256 digest")
+    if not os.path.lexists(path):  # a broken link or a loop is named by read_bytes
         return Preprocessing()
-    try:
-        return Preprocessing.from_dict(read_json(path, "preprocessing"))
+    data = read_bytes(path, "preprocessing")
+    try:  # plain JSON, safe to read before the digest: a broken file is named as such
+        preprocessing = Preprocessing.from_dict(json.loads(data.decode("utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SerializationError(f"preprocessing {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise SerializationError(f"preprocessing {path} is not valid JSON (nested too "
+                                 "deeply)") from None
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, SerializationError):
-            raise
         raise SerializationError(f"{path}: {exc}") from None
+    if sha256 is not None and sha256_hex(data) != sha256:
+        raise SerializationError(
+            f"preprocessing {path} does not match the SHA-256 digest recorded in "
+            f"{Path(directory) / MODEL_CONFIG_FILE}: it was edited, or a save was interrupted "
+            "before it wrote its weights and config; refusing the set (save the model again)")
+    return preprocessing
 
 
 def load_model(directory: PathLike,

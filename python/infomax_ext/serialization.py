@@ -1,10 +1,11 @@
-"""Files: atomic writes, safe reads, and a saved model's two files.
+"""Files: atomic writes, safe reads, and the files of a saved model.
 
 A saved model is a directory holding ``model_config.json``, the JSON config of its architecture
 (written by :meth:`InfoMaxVAE.save <infomax_ext.InfoMaxVAE.save>`, which says what it holds) plus
-``weights_sha256``, the SHA-256 digest of ``model.pt``, and ``config_sha256``, that of its
-own other entries (:func:`config_digest`: an edited architecture is refused too), and
-``model.pt``, its ``state_dict``
+``weights_sha256``, the SHA-256 digest of ``model.pt``, ``preprocessing_sha256``, that of
+``preprocessing.json`` (absent in directories saved before it was recorded), and
+``config_sha256``, that of its own other entries (:func:`config_digest`: an edited architecture
+is refused too), and ``model.pt``, its ``state_dict``
 (tensors only, on the CPU; read back with ``torch.load(weights_only=True)``, so loading runs no
 pickled code). This module writes and reads those files and knows nothing of the models:
 :mod:`.infomax` builds the model from the config.
@@ -41,6 +42,7 @@ __all__ = [
     "MODEL_CONFIG_FILE",
     "MODEL_WEIGHTS_FILE",
     "WEIGHTS_DIGEST_KEY",
+    "PREPROCESSING_DIGEST_KEY",
     "CONFIG_DIGEST_KEY",
     "config_digest",
     "check_file",
@@ -54,16 +56,19 @@ __all__ = [
     "atomic_torch_save",
     "safe_torch_load",
     "read_json",
+    "read_bytes",
     "write_model_files",
     "read_model_config",
     "read_model_weights",
     "check_weights_fit",
     "load_model_weights",
+    "storage_problem",
 ]
 
 MODEL_CONFIG_FILE = "model_config.json"
 MODEL_WEIGHTS_FILE = "model.pt"
 WEIGHTS_DIGEST_KEY = "weights_sha256"  # in model_config.json: the SHA-256 of model.pt
+PREPROCESSING_DIGEST_KEY = "preprocessing_sha256"  # in model_config.json: of preprocessing.json
 CONFIG_DIGEST_KEY = "config_sha256"  # in model_config.json: the SHA-256 of its other entries
 
 
@@ -266,8 +271,10 @@ def write_model_files(directory: str | os.PathLike[str], config: Mapping[str, An
                       state_dict: Mapping[str, Any]) -> None:
     """Write a model's ``state_dict`` (moved to the CPU) to ``directory/model.pt`` and its
     ``config``, with the file's digest under ``weights_sha256``, to
-    ``directory/model_config.json``, each atomically; the directory is created if needed and files
-    already there are replaced."""
+    ``directory/model_config.json``, each atomically and the config last (it records the
+    digests of the files written before it, so a save that fails halfway leaves a set that is
+    refused, never a mix that loads); the directory is created if needed and files already
+    there are replaced."""
     directory = Path(directory)
     digest = atomic_torch_save(cpu_copy(state_dict), directory / MODEL_WEIGHTS_FILE)
     atomic_write_json(directory / MODEL_CONFIG_FILE, {
@@ -300,21 +307,52 @@ def read_model_config(directory: str | os.PathLike[str]) -> Any:
     return config
 
 
+def storage_problem(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """Why the tensors ``named`` (``(name, tensor)`` pairs) do not each own exactly their own
+    memory, None when they do.
+
+    Every tensor must be contiguous, start at offset 0 of its storage and fill it exactly (no
+    view into a larger storage, no expanded or overlapping strides), and no two may share a
+    storage. ``torch.save`` of cloned tensors (what this package writes) always passes; a crafted
+    file could otherwise alias two parameters (one optimizer step would change both), keep a
+    huge storage alive behind a small view, or hand an optimizer a tensor it cannot update in
+    place."""
+    owners: dict[tuple[str, int], str] = {}
+    for name, tensor in named:
+        nbytes = tensor.numel() * tensor.element_size()
+        storage_bytes = tensor.untyped_storage().nbytes()
+        if not tensor.is_contiguous() or tensor.storage_offset() != 0 or storage_bytes != nbytes:
+            return (f"{name} does not own exactly its memory (strides {tuple(tensor.stride())}, "
+                    f"offset {tensor.storage_offset()}, {storage_bytes} bytes of storage for "
+                    f"{nbytes}): a view, an expanded or an overlapping tensor")
+        if nbytes:
+            key = (str(tensor.device), tensor.untyped_storage().data_ptr())
+            if key in owners:
+                return f"{name} and {owners[key]} share one storage"
+            owners[key] = name
+    return None
+
+
 def _tensors_only(state: object, path: str | os.PathLike[str]) -> None:
-    """A :class:`SerializationError` unless ``state`` maps names to dense tensors."""
+    """A :class:`SerializationError` unless ``state`` maps names to dense tensors that each own
+    exactly their memory (:func:`storage_problem`)."""
     if not isinstance(state, dict):
         raise SerializationError(f"{path} does not hold a state_dict")
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor) \
                 or value.layout != torch.strided or value.is_quantized:
             raise SerializationError(f"{path}: entry {key!r} is not a dense tensor")
+    problem = storage_problem(state.items())
+    if problem is not None:
+        raise SerializationError(f"{path}: {problem}; not a file save() writes, refusing it")
 
 
 def read_model_weights(directory: str | os.PathLike[str], map_location: MAP_LOCATION = None,
                        sha256: str | None = None) -> dict[str, torch.Tensor]:
     """The state dict in ``directory/model.pt``, checked: ``sha256`` is the digest
     ``model_config.json`` records (required: a file without one cannot be checked and is
-    refused); dense tensors only, finite, one floating dtype. ``map_location`` as in
+    refused); dense tensors only, each owning exactly its memory (:func:`storage_problem`),
+    finite, one floating dtype. ``map_location`` as in
     ``torch.load``."""
     path = Path(directory) / MODEL_WEIGHTS_FILE
     if not is_sha256_hex(sha256):
@@ -363,9 +401,14 @@ def load_model_weights(module: nn.Module, directory: str | os.PathLike[str],
     """Load ``directory/model.pt`` (:func:`read_model_weights`, or the ``state`` it already
     returned) into ``module`` (strict, keeping the saved dtypes). A
     :class:`SerializationError` when the file is missing, corrupt, changed since it was written,
-    or its weights do not fit the module (names, shapes, floating dtypes) or are not finite."""
+    or its weights do not fit the module (names, shapes, floating dtypes), are not finite, or do
+    not each own exactly their memory (:func:`storage_problem`: aliased parameters, views,
+    expanded tensors)."""
     path = Path(directory) / MODEL_WEIGHTS_FILE
     if state is None:
         state = read_model_weights(directory, map_location, sha256)
+    else:
+        _tensors_only(state, path)
     check_weights_fit(module, state, path)
+    # assign: each tensor owns its memory alone (checked), so it becomes the parameter uncopied
     module.load_state_dict(state, strict=True, assign=True)

@@ -3,10 +3,12 @@ JSON-serialisable) and :func:`build_model`, the InfoMax VAE of MLPs it describes
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from .activations import HIDDEN_ACTIVATIONS
 from .bounds import BOUNDS, Bound, resolve_bound
@@ -77,11 +79,10 @@ class TrainConfig:
     eval_mi_steps: int = 1500
 
     def validate(self) -> "TrainConfig":
-        """``self``, after checking every field; ``ValueError`` naming the first bad one."""
-        for name in ("latent_dim", "epochs", "batch_size", "checkpoint_every", "eval_mi_steps",
-                     "seed"):  # numpy and 0-dim torch integers become ints
-            if is_integer_scalar(getattr(self, name)):
-                setattr(self, name, int(getattr(self, name)))
+        """``self``, after checking every field; ``ValueError`` naming the first bad one.
+        Numpy and 0-dim torch scalars (and numpy strings) become the plain Python values
+        (:meth:`_plain_values`) first: checkpoints and config.json hold plain values only."""
+        self._plain_values()
 
         def positive_int(name: str) -> None:
             v = getattr(self, name)
@@ -154,6 +155,32 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         return self
 
+    def _plain_values(self) -> None:
+        """Replace each numpy scalar or 0-dim torch tensor of the right kind by the Python value
+        (an int, float, bool or str; a neuron list's entries too); anything else is left for
+        :meth:`validate` to refuse. A numpy float in a checkpoint would make it unreadable
+        (``torch.load(weights_only=True)`` refuses numpy objects) and np.float32 is not JSON."""
+        for name in _INT_FIELDS:
+            if is_integer_scalar(getattr(self, name)):
+                setattr(self, name, int(getattr(self, name)))
+        for name in _FLOAT_FIELDS:
+            setattr(self, name, _plain_real(getattr(self, name)))
+        for name in _BOOL_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, np.bool_) or (isinstance(v, torch.Tensor) and v.dim() == 0
+                                           and v.dtype == torch.bool):
+                setattr(self, name, bool(v))
+        for name in _STR_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, str) and type(v) is not str:  # np.str_
+                setattr(self, name, str(v))
+        for name in _NEURON_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, np.ndarray) and v.ndim == 1:
+                v = v.tolist()
+            if isinstance(v, (list, tuple)):
+                setattr(self, name, [int(h) if is_integer_scalar(h) else h for h in v])
+
     def mi_bound(self) -> Bound:
         """The :class:`~infomax_ext.bounds.Bound` of ``bound`` (with ``smile_clip`` for smile,
         ``dv_moving_average`` for dv)."""
@@ -163,7 +190,8 @@ class TrainConfig:
             else resolve_bound(self.bound)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict."""
+        """The fields as a JSON-ready dict (numpy and 0-dim torch scalars as Python values)."""
+        self._plain_values()
         return asdict(self)
 
     @classmethod
@@ -176,6 +204,28 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {unknown}")
         return cls(**d).validate()
+
+
+_INT_FIELDS = ("latent_dim", "epochs", "batch_size", "checkpoint_every", "eval_mi_steps", "seed")
+_FLOAT_FIELDS = ("beta", "alpha", "lr", "mi_lr", "smile_clip", "dv_moving_average",
+                 "val_fraction", "active_threshold")
+_BOOL_FIELDS = ("reuse_forward", "shuffled_grad")
+_STR_FIELDS = ("activation", "likelihood", "device", "negatives_scope", "bound", "negatives")
+_NEURON_FIELDS = ("encoder_neurons", "decoder_neurons", "mi_neurons")
+
+
+def _plain_real(v: Any) -> Any:
+    """``v`` as a Python float when it is a real number of another type than int or float (a
+    numpy scalar, a 0-dim real torch tensor); bools and everything else unchanged."""
+    if isinstance(v, bool) or type(v) in (int, float):
+        return v
+    if isinstance(v, torch.Tensor):
+        if v.dim() == 0 and v.dtype != torch.bool and not v.is_complex():
+            return float(v.item())
+        return v
+    if isinstance(v, numbers.Real) and not isinstance(v, np.bool_):
+        return float(v)
+    return v
 
 
 def upgrade_options(d: Mapping[str, Any], defaults: bool = True) -> dict[str, Any]:

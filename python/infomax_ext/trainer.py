@@ -28,7 +28,9 @@ Rank 0 alone writes the run directory and evaluates on the held-out data.
 Run directory files written here: ``checkpoint.pt`` (atomic, see :mod:`.serialization`) with
 its digest in ``checkpoint.sha256.json`` (checked, like every entry, when it is read back: see
 :mod:`.checkpoint`) and ``metrics.jsonl`` (one JSON object per epoch; rewritten atomically every
-epoch).
+epoch). A trainer never replaces another run's files: a fresh one refuses a ``run_dir`` that
+holds a checkpoint or epoch records, and a resumed one a ``run_dir`` holding a run it does not
+continue (:func:`~infomax_ext.trainer_checks.check_run_dir`), before writing anything.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ from .evaluation import active_units, encoder_mean, reconstruction_and_kl
 from .infomax import InfoMaxVAE, model_config
 from .monitor import _is_terminal, _progress_bar
 from .train_config import TrainConfig, build_model, derived_seed
+from .trainer_checks import check_data_dtype, check_run_dir, config_mismatches, model_sample_shape
 from .training_step import train_step
 from .preprocessing import Preprocessing
 from .serialization import atomic_write_text, cpu_copy
@@ -120,6 +123,12 @@ class Trainer:
     on another machine is refused; the model's weights are set to rank 0's); rank 0 alone
     shows progress, validates and writes ``run_dir``, but every process calls :meth:`fit` and
     :meth:`save_checkpoint`.
+
+    Refused at once, with a ValueError naming the problem, before anything is written: a model
+    that is not the one ``config`` describes (bound, negatives, sizes, activation, likelihood:
+    :func:`~infomax_ext.trainer_checks.config_mismatches`; :func:`build_model` builds it), data
+    whose sample shape or dtype is not the model's (a float64 or bfloat16 model takes data of
+    its own dtype), a ``run_dir`` that holds another run (module docstring).
     """
 
     def __init__(self, model: InfoMaxVAE, config: TrainConfig,
@@ -134,21 +143,25 @@ class Trainer:
             raise ValueError(f"log_interval must be a non-negative number of seconds, got "
                              f"{log_interval!r}")
         self.config = config.validate()
-        if getattr(model, "negatives", "shuffle") != config.negatives:
-            raise ValueError(f"Trainer: config.negatives is {config.negatives!r} but the model "
-                             f"pairs its negatives by {getattr(model, 'negatives', 'shuffle')!r}; "
-                             "build the model with build_model(config) or "
-                             "InfoMaxVAE(..., negatives=config.negatives)")
+        mismatches = config_mismatches(config, model)
+        if mismatches:  # what the checkpoint would record as config must be the model
+            raise ValueError(f"Trainer: the model is not the one config describes: "
+                             f"{'; '.join(mismatches)}; build the model with "
+                             "build_model(config, sample_shape) (as Trainer.create does)")
         self.group = process_group
         self.rank, self.world_size = (0, 1) if process_group is None else \
             distributed.rank_and_size(process_group)
         self.device = _resolve_device(config.device)
         if process_group is not None:
             self.device = distributed.local_device(self.device)
-        self.model = model.to(self.device)
-        self.train_data = _check_data(train_data, "train_data", likelihood=config.likelihood)
+        shape = model_sample_shape(model)
+        self.train_data = _check_data(train_data, "train_data", shape, config.likelihood)
         self.val_data = None if val_data is None else _check_data(
             val_data, "val_data", train_data.shape[1:], config.likelihood)
+        for name, x in (("train_data", self.train_data), ("val_data", self.val_data)):
+            if x is not None:
+                check_data_dtype(x, name, model)
+        self.model = model.to(self.device)
         if process_group is not None:
             distributed.check_same(process_group, "Trainer", {
                 "training options": {k: v for k, v in config.to_dict().items() if k != "device"},
@@ -163,6 +176,8 @@ class Trainer:
             distributed.broadcast_module(self.model, process_group)
         check_batch_size(config.batch_size, len(self.train_data), self.world_size)
         self.run_dir = None if run_dir is None else Path(run_dir)
+        if self.run_dir is not None:  # a fresh run never replaces another one's files
+            self._check_run_dir()
         self.progress = progress and self.rank == 0
         self.desc, self.callbacks, self.step_callbacks = desc, list(callbacks), list(step_callbacks)
         self.log_interval = float(log_interval)
@@ -183,6 +198,9 @@ class Trainer:
         size field first when training it needs more memory than the device has."""
         config.validate()
         _check_data(train_data, "train_data")
+        if run_dir is not None:  # before building: a directory holding a run is refused anyway
+            distributed.from_rank0(kwargs.get("process_group"), lambda: check_run_dir(
+                Path(run_dir), CHECKPOINT_FILE, METRICS_FILE))
         memory.check_training(config, train_data.shape[1:], build_model)  # names the field
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -197,8 +215,9 @@ class Trainer:
                         state: dict[str, Any] | None = None, **kwargs: Any) -> "Trainer":
         """The trainer saved in checkpoint ``path``, ready to continue: model, both optimizers'
         state, epoch count, history and random state. ``epochs`` raises the total epoch budget;
-        ``device`` moves the run; ``run_dir`` defaults to the checkpoint's directory. The file
-        is untrusted input: its digest and every entry are checked before use
+        ``device`` moves the run; ``run_dir`` defaults to the checkpoint's directory (another
+        one must hold no run, or the same run: its metrics begin with the checkpoint's
+        history). The file is untrusted input: its digest and every entry are checked before use
         (:func:`~infomax_ext.checkpoint.read_checkpoint`); ``state``: a state that function
         already returned for ``path``. With a ``process_group`` keyword, rank 0 reads the
         checkpoint and sends it to every process (each takes its own saved random state when
@@ -219,8 +238,9 @@ class Trainer:
         model.to(next(iter(state["model"].values())).dtype).load_state_dict(state["model"])
         if state.get("preprocessing") is not None:  # checked by read_checkpoint
             model.preprocessing = Preprocessing.from_dict(state["preprocessing"])
-        trainer = cls(model, config, train_data, val_data,
-                      path.parent if run_dir is None else run_dir, **kwargs)
+        trainer = cls(model, config, train_data, val_data, None, **kwargs)
+        trainer.run_dir = path.parent if run_dir is None else Path(run_dir)
+        trainer._check_run_dir(path, state["history"])  # its own run, or a directory holding none
         saved_world = state.get("world_size", 1)
         if config.negatives_scope == "local" and saved_world != trainer.world_size:
             raise TrainingError(
@@ -234,6 +254,17 @@ class Trainer:
                                 f"{len(trainer.train_data)}: not the same data")
         restore_training_state(trainer, state)
         return trainer
+
+    def _check_run_dir(self, resuming: Path | None = None,
+                       history: Sequence[dict[str, Any]] = ()) -> None:
+        """A ValueError naming ``run_dir`` and what it holds when it holds a run's checkpoint or
+        metrics and this trainer is not resuming that run (from checkpoint ``resuming`` with
+        epoch records ``history``: :func:`~infomax_ext.trainer_checks.check_run_dir`); rank 0
+        decides for every process."""
+        run_dir = self.run_dir
+        assert run_dir is not None
+        distributed.from_rank0(self.group, lambda: check_run_dir(
+            run_dir, CHECKPOINT_FILE, METRICS_FILE, resuming, history))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
