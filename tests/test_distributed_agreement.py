@@ -65,6 +65,13 @@ def nudge(p):
     p.add_(1.0)
 
 
+def step_with(m, x, group, optimizer, **settings):
+    """One train_step of ``m`` whose VAE optimizer is ``optimizer(**settings)``."""
+    opt = {"vae": optimizer(m.vae.parameters(), **settings),
+           "mi": torch.optim.Adam(m.mi.parameters(), 1e-2)}
+    im.train_step(m, x, opt, process_group=group)
+
+
 def disagreements(rank, group, out):
     """Each call's error message on this rank; every call disagrees between the two ranks."""
     x = share(data_x(), rank)
@@ -97,6 +104,14 @@ def disagreements(rank, group, out):
                         epochs=1, batch_size=8), load_file(out / f"x{rank}.npy", mmap=True).x,
             progress=False, process_group=group),
         "unpickle": lambda: distributed.from_rank0(group, MissingOnRank1),
+        # what the step does to equal weights differs: they would drift apart unseen
+        "learning rate": lambda: step_with(model(rank, WORLD), x, group,
+                                           torch.optim.Adam, lr=1e-2 * (rank + 1)),
+        "optimizer class": lambda: step_with(model(rank, WORLD), x, group,
+                                             torch.optim.Adam if rank == 0 else torch.optim.AdamW),
+        "loss weight": lambda: train(model(rank, WORLD), x,
+                                     dict(infomaxloss_kwargs={"alpha": 5.0 + rank}), group,
+                                     steps=1),
         # weights changed on rank 1 alone after a step: refused, naming the parameter
         "weights changed": lambda: (train(single, x, STEPS[0], group, steps=1),
                                     rank == 1 and nudge(first_layer),
@@ -145,10 +160,15 @@ def ranks(tmp_path_factory):
     ("model dtype", ["train_step's settings", "dtypes of the parameters", "rank 0 has float64",
                      "rank 1 has float32"]),
     ("reuse_forward", ["reuse_forward", "rank 0 has True", "rank 1 has False"]),
-    ("bound", ["train_step's settings", "MI bound and negatives", "rank 0 has digest",
-               "rank 1 has digest"]),
-    ("negatives", ["train_step's settings", "MI bound and negatives", "rank 0 has digest",
+    ("bound", ["train_step's settings", "the losses' settings: MI bounds, negatives, weights",
+               "rank 0 has digest", "rank 1 has digest"]),
+    ("negatives", ["train_step's settings", "the losses' settings", "rank 0 has digest",
                    "rank 1 has digest"]),
+    ("loss weight", ["train_step's settings", "the losses' settings", "rank 0 has digest",
+                     "rank 1 has digest"]),
+    ("learning rate", ["train_step's settings", "the optimizers' classes and settings",
+                       "rank 0 has digest", "rank 1 has digest"]),
+    ("optimizer class", ["the optimizers' classes and settings", "rank 0 has digest"]),
     ("negatives_scope", ["train_step's settings", "negatives_scope", "rank 0 has global",
                          "rank 1 has local"]),
     ("shuffled_grad", ["shuffled_grad", "rank 0 has none", "rank 1 has it"]),
@@ -360,3 +380,25 @@ def test_a_rank_stopped_by_sigterm_says_so_and_the_other_names_it(tmp_path, digi
     assert "rank 1 lost contact with the job: it was stopped by SIGTERM" in errors[1][0], errors
 
     assert "rank 0 lost contact" in errors[0][0] and "rank 1 did not answer" in errors[0][0]
+
+
+def test_optimizer_settings_are_plain_values_that_differ_only_with_the_step():
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    same = distributed_step.optimizer_settings
+    assert same([torch.optim.Adam(a.parameters(), 1e-3)]) == same(
+        [torch.optim.Adam(b.parameters(), 1e-3)])  # other parameters, the same step
+    assert same([torch.optim.Adam(a.parameters(), torch.tensor(1e-3))])[0][1][0]["lr"] == \
+        pytest.approx(1e-3)  # a tensor learning rate as its number
+    assert same([torch.optim.Adam(a.parameters(), 1e-3)]) != same(
+        [torch.optim.Adam(b.parameters(), 2e-3)])
+    assert same([torch.optim.Adam(a.parameters())]) != same([torch.optim.AdamW(a.parameters())])
+    settings = same([torch.optim.SGD(a.parameters(), 0.1, momentum=0.9)])
+    assert settings[0][0] == "SGD" and settings[0][1][0]["momentum"] == 0.9
+    assert json.dumps(settings)  # plain JSON: the same digest on every rank
+    # a value with an address (a function, a group) is named by its type, never by its address
+    assert distributed_step.plain_settings({"f": nn_function, "g": [object()]}) == {
+        "f": "function", "g": ["object"]}
+
+
+def nn_function(x):
+    return x

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -22,7 +22,7 @@ from .distributed import (_EXCHANGES, _all_gather_rows, _dtype_code, _dtype_name
                           _dtype_set_names, _exchange, _hex, _layout, broadcast_module,
                           DistributedMismatchError, rank_and_size)
 
-__all__ = ["agree_on_step", "stepped"]
+__all__ = ["agree_on_step", "loss_settings", "optimizer_settings", "plain_settings", "stepped"]
 
 # model -> {id(group): ((id(p), p._version) for every parameter)} after the last step on which
 # every rank held the same weights: while those versions stand, nothing changed the weights
@@ -41,17 +41,58 @@ def _versions(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
     return tuple((id(p), p._version) for p in model.parameters())
 
 
+def plain_settings(value: object) -> object:
+    """``value`` as plain JSON values, the same on every rank for the same setting: numbers,
+    strings and None as they are, one-element tensors as numbers, lists and tuples entry by
+    entry, dicts by sorted key, anything else by its type's name (a function, a process
+    group: never an address, which differs between processes)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [plain_settings(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain_settings(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    return type(value).__qualname__
+
+
+def loss_settings(kwargs: dict[str, Any]) -> list[object]:
+    """What a loss's keyword arguments decide of a step, as plain values: its MI bound (with
+    the bound's own settings), how it pairs negatives, and every other setting (weights such as
+    ``alpha``, ``beta`` and ``reg_strength``, ``n_samples``, ...); not the process group, the
+    shuffle seed (drawn per process, then agreed) or a data-half cache, which may differ."""
+    from .bounds import resolve_bound
+
+    rest = {k: v for k, v in kwargs.items()
+            if k not in ("bound", "negatives", "process_group", "seed", "data_half_cache")}
+    return [resolve_bound(kwargs.get("bound", "nwj")).config(), kwargs.get("negatives", "shuffle"),
+            plain_settings(rest)]
+
+
+def optimizer_settings(optimizers: Sequence[torch.optim.Optimizer]) -> list[object]:
+    """What each optimizer's step does with a gradient, as plain values: its class and each
+    parameter group's settings (lr, momentum, betas, weight decay, ...; not the parameters)."""
+    return [[type(o).__qualname__, [plain_settings({k: v for k, v in g.items() if k != "params"})
+                                    for g in o.param_groups]] for o in optimizers]
+
+
 def agree_on_step(group: ProcessGroup | None, model: torch.nn.Module, x: torch.Tensor, *,
                   reuse_forward: bool, negatives_scope: str, shuffled_grad: bool, n_samples: object,
                   default_losses: tuple[bool, ...], x_out_given: bool,
-                  objective: object = None) -> None:
+                  objective: object = None,
+                  optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
     """The agreement of a data-parallel :func:`~infomax_ext.train_step`: every rank runs the
     step with the same settings (those that decide which collectives run and what they send:
     ``reuse_forward``, ``negatives_scope``, ``shuffled_grad``, ``n_samples``, whether the loss
-    functions are the defaults, ``objective`` (the losses' MI bounds and how they pair
-    negatives: any JSON-able value, compared by digest), ``x_out``, the dtype of x, the parameters' names, shapes, dtypes
-    and requires_grad flags) and the same weights; one all_gather of a few integers, else the
-    same :class:`DistributedMismatchError` on every rank.
+    functions are the defaults, ``x_out``, the dtype of x, the parameters' names, shapes, dtypes
+    and requires_grad flags; and those that decide what the step does to the weights:
+    ``objective`` (the losses' settings: their MI bounds, how they pair negatives, their
+    weights; any value :func:`plain_settings` takes, compared by digest) and the
+    ``optimizers``' classes and settings (:func:`optimizer_settings`, by digest)) and the same
+    weights; one all_gather of a few integers, else the same :class:`DistributedMismatchError`
+    on every rank. Equal weights stay equal only when every rank takes the same step: a rank
+    with another learning rate or loss weight would drift apart unseen.
 
     The weights are compared (a digest of every parameter's bytes, one more small exchange) on
     the first step of ``model`` in ``group`` and whenever something other than train_step changed
@@ -70,7 +111,10 @@ def agree_on_step(group: ProcessGroup | None, model: torch.nn.Module, x: torch.T
         "n_samples": n_samples if isinstance(n_samples, int) else -1,
         "loss functions": sum(int(bool(d)) << k for k, d in enumerate(default_losses)),
         "x_out given": int(bool(x_out_given)),
-        "MI bound and negatives (digest)": _json_digest(objective),
+        "the losses' settings: MI bounds, negatives, weights (digest)": _json_digest(
+            plain_settings(objective)),
+        "the optimizers' classes and settings (digest)": _json_digest(
+            optimizer_settings(optimizers)),
         "dtype of x": _dtype_code(x.dtype),
         "number of parameters": sum(1 for _ in model.parameters()),
         "dtypes of the parameters": _dtype_set(p.dtype for p in model.parameters()),
@@ -84,7 +128,8 @@ def agree_on_step(group: ProcessGroup | None, model: torch.nn.Module, x: torch.T
             f"{'the default' if v >> k & 1 else 'a custom'} {name}"
             for k, name in enumerate(("infomaxloss", "miloss"))),
         "x_out given": lambda v: "x_out" if v else "none",
-        "MI bound and negatives (digest)": _hex,
+        "the losses' settings: MI bounds, negatives, weights (digest)": _hex,
+        "the optimizers' classes and settings (digest)": _hex,
         "dtype of x": _dtype_name,
         "dtypes of the parameters": _dtype_set_names,
         "parameters (names, shapes, dtypes, requires_grad)": _hex,
