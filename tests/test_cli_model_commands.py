@@ -13,7 +13,7 @@ from infomax_ext.cli import main
 from infomax_ext.evaluation import encoder_mean
 from infomax_ext.plots import decoder_mean
 from infomax_ext.preprocessing import PREPROCESSING_FILE
-from tiny_runs import error_line, usage_error
+from tiny_runs import as_saved_before_the_file_existed, error_line, usage_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -168,6 +168,7 @@ def test_an_old_model_dir_without_preprocessing_still_works(run, tmp_path, capsy
     old = tmp_path / "old"
     shutil.copytree(run["run"] / "model", old)
     (old / PREPROCESSING_FILE).unlink()
+    as_saved_before_the_file_existed(old)
     model = InfoMaxVAE.load(old)
     x = np.asarray(run["new_x"], dtype=np.float32) / 1000.0  # data in the model's own units
     np.save(tmp_path / "x.npy", x)

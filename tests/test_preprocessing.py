@@ -13,6 +13,7 @@ from infomax_ext.data import DataError, load_file
 from infomax_ext.preprocessing import PREPROCESSING_FILE
 from infomax_ext.serialization import SerializationError
 from infomax_ext.trainer import TrainConfig, Trainer, build_model
+from tiny_runs import as_saved_before_the_file_existed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,7 +104,11 @@ def test_save_and_load_keep_the_preprocessing(tmp_path):
 def test_a_model_dir_without_the_file_loads_with_the_identity(tmp_path):
     model = small_model()
     model.save(tmp_path / "m")
-    (tmp_path / "m" / PREPROCESSING_FILE).unlink()  # as saved before the file existed
+    (tmp_path / "m" / PREPROCESSING_FILE).unlink()
+    with pytest.raises(SerializationError, match=r"preprocessing .* is missing, but .* records "
+                                                 r"its digest"):
+        InfoMaxVAE.load(tmp_path / "m")  # deleted from a directory saved with it: refused
+    as_saved_before_the_file_existed(tmp_path / "m")
     loaded = InfoMaxVAE.load(tmp_path / "m")
     assert loaded.preprocessing == Preprocessing() and loaded.preprocessing.is_identity
     x = torch.randn(3, 5)

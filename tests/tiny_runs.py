@@ -87,6 +87,16 @@ def resign_model(directory: Path) -> None:
     path.write_text(json.dumps(config))
 
 
+def as_saved_before_the_file_existed(directory: Path) -> None:
+    """Make the model ``directory`` (without its preprocessing.json) look as saved before that
+    file and its digest existed: the digest's entry removed, the config signed again."""
+    path = directory / "model_config.json"
+    config = json.loads(path.read_text())
+    del config["preprocessing_sha256"]
+    path.write_text(json.dumps(config))
+    resign_model(directory)
+
+
 def snapshot(directory: Path) -> dict:
     """Every file under ``directory`` (but the lock) with its bytes and modification time."""
     return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)

@@ -295,13 +295,20 @@ def save_model(model: nn.Module, directory: PathLike) -> None:
 def read_preprocessing(directory: PathLike, sha256: object = None) -> Preprocessing:
     """The :class:`Preprocessing` in ``directory/preprocessing.json``, whose bytes must match
     ``sha256`` (the digest model_config.json records; None: a directory saved before digests of
-    it were recorded, nothing to compare); the identity when the file is absent (a model saved
-    before the file existed). A :class:`SerializationError` when it cannot be used."""
+    it were recorded, nothing to compare); the identity when the file is absent from a directory
+    that records no digest of it (a model saved before the file existed). A
+    :class:`SerializationError` when it cannot be used (absent where a digest is recorded
+    included)."""
     path = Path(directory) / PREPROCESSING_FILE
     if sha256 is not None and not is_sha256_hex(sha256):
         raise SerializationError(f"{Path(directory) / MODEL_CONFIG_FILE}: "
                                  f"{PREPROCESSING_DIGEST_KEY} is not a SHA-256 digest")
     if not os.path.lexists(path):  # a broken link or a loop is named by read_bytes
+        if sha256 is not None:  # saved with one: deleted since, or never completely written
+            raise SerializationError(
+                f"preprocessing {path} is missing, but {Path(directory) / MODEL_CONFIG_FILE} "
+                "records its digest: the model's inputs cannot be prepared as it was trained "
+                "(save the model again)")
         return Preprocessing()
     data = read_bytes(path, "preprocessing")
     try:  # plain JSON, safe to read before the digest: a broken file is named as such
