@@ -166,3 +166,26 @@ def test_train_saves_what_new_data_needs(tmp_path, capsys):
     # the raw file through the model's preprocessing is the tensor training used
     trained_on = load_file(tmp_path / "x.npy", None, "gaussian", "standardize").x
     assert torch.equal(prep.apply(raw), trained_on)
+
+
+@pytest.mark.parametrize("bad, count", [(float("nan"), 2), (float("inf"), 2), (1e39, 2)])
+def test_apply_refuses_values_that_are_not_finite_in_float32(bad, count):
+    prep = Preprocessing("standardize", 1000.0, 300.0, (3,))
+    raw = np.array([[1000.0, bad, 1300.0], [bad, 700.0, 1000.0]])  # 1e39 overflows float32
+    with pytest.raises(DataError, match=rf"new.npy: {count} of 6 values are NaN, inf or beyond "
+                                        r"float32's range"):
+        prep.apply(raw, "new.npy")
+    assert torch.equal(prep.apply(np.array([[1000.0, 1300.0, 700.0]])),
+                       torch.tensor([[0.0, 1.0, -1.0]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_invert_of_16_bit_values_is_float32_in_the_data_units(dtype):
+    prep = Preprocessing("standardize", 1000.0, 300.0, (2,))
+    x = torch.tensor([[100.0, -2.5]], dtype=dtype)  # 100 * 300 + 1000 = 31000, -2.5 -> 250
+    got = prep.invert(x)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, torch.tensor([[31000.0, 250.0]]))
+    assert torch.isfinite(prep.invert(torch.full((1, 2), 300.0, dtype=dtype))).all()  # 91000
+    assert prep.invert(x.float()).dtype == torch.float32 and \
+        prep.invert(x.double()).dtype == torch.float64

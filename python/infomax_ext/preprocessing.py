@@ -88,8 +88,12 @@ class Preprocessing:
 
     def apply(self, raw: np.ndarray | torch.Tensor, source: str = "data") -> torch.Tensor:
         """``raw`` (N, *sample_shape), a tensor or array in the training data's units, as the
-        model's input: float32 ``(raw - shift) / scale``, on the CPU (a tensor's device kept)."""
+        model's input: float32 ``(raw - shift) / scale``, on the CPU (a tensor's device kept).
+        A :class:`~infomax_ext.data.DataError` for values that are not finite in float32 (NaN,
+        inf, or beyond float32's range), as the training data's loader refuses them."""
         device = raw.device if isinstance(raw, torch.Tensor) else torch.device("cpu")
+        if isinstance(raw, torch.Tensor) and raw.dtype in (torch.float16, torch.bfloat16):
+            raw = raw.float()  # exactly; numpy has no bfloat16
         a = raw.detach().cpu().numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw)
         if a.dtype.kind not in "biuf":
             raise DataError(f"{source}: samples must be numeric, found dtype {a.dtype}")
@@ -97,16 +101,23 @@ class Preprocessing:
         a = a.astype(np.float32, copy=False)
         if not self.is_identity:
             a = _rescaled(a, self.shift, self.scale)
+        finite = np.isfinite(a)
+        if not finite.all():
+            bad = int(a.size - np.count_nonzero(finite))
+            raise DataError(f"{source}: {bad} of {a.size} values are NaN, inf or beyond "
+                            "float32's range in the model's units; give finite samples")
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
     __call__ = apply
 
     def invert(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space values ``x`` (decoder means, reconstructions) in the training data's units:
-        ``x * scale + shift`` (computed in float64, returned in ``x``'s dtype)."""
+        ``x * scale + shift`` (computed in float64, returned in ``x``'s dtype, or float32 for a
+        16-bit ``x``: the data's units may lie beyond float16's range or bfloat16's precision)."""
         if self.is_identity:
             return x
-        return (x.double() * self.scale + self.shift).to(x.dtype)
+        dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        return (x.double() * self.scale + self.shift).to(dtype)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the fields, shapes as lists."""
