@@ -398,6 +398,11 @@ def test_optimizer_settings_are_plain_values_that_differ_only_with_the_step():
     # a value with an address (a function, a group) is named by its type, never by its address
     assert distributed_step.plain_settings({"f": nn_function, "g": [object()]}) == {
         "f": "function", "g": ["object"]}
+    # one number in any type is one setting; different numbers never are
+    plain = distributed_step.plain_settings
+    assert plain(10) == plain(10.0) == plain(np.float32(10.0)) == plain(torch.tensor(10)) == 10.0
+    assert plain(np.float32(1.0)) != plain(np.float32(5.0))
+    assert plain(True) is True and plain(np.bool_(False)) is False
 
 
 def nn_function(x):

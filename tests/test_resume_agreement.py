@@ -95,8 +95,8 @@ def test_a_checkpoint_of_another_latent_size_changes_nothing(runs, tmp_path, cap
     # the same checkpoint with this run's options but its own (latent 3) model
     own = json.loads((out / "config.json").read_text())["train"]
     rewrite_checkpoint(out / "checkpoint.pt", lambda s: s.update(config=own))
-    assert f"checkpoint {out / 'checkpoint.pt'}: config contradicts model_config: " \
-        "config.latent_dim is 2 but the model has vae.encoder.n_latent = 3" in resume_error(out, capsys)
+    assert f"{out / 'checkpoint.pt'} holds a model whose vae.encoder.n_latent is 3, but the " \
+        "run's options build 2 for this data: not this run's model" in resume_error(out, capsys)
 
 
 def test_a_checkpoint_of_other_data_is_refused_by_its_fingerprint(runs, tmp_path, capsys):

@@ -183,3 +183,22 @@ def test_a_parametrized_layer_keeps_the_fused_plan_and_a_hook_based_weight_norm_
         mi.mlp[2].weight_g.mul_(1.5)  # the weight itself is recomputed only by the pre-hook
     assert "mi.mlp[2] has a forward pre-hook" in fused_plan_reasons(mi)[0]
     _check(im.paired_mutual_info(mi, x, z, perm).bound, _plain_nwj(mi, x, z, perm), mi, z)
+
+
+def test_a_torch_compile_wrapped_chain_keeps_the_fused_plan_and_its_hooks_count():
+    """torch.compile(chain) computes the chain's forward: its layers stay fused (nothing is
+    compiled, the wrapper is never called); a hook on the wrapped module still counts."""
+    mi = chain()
+    wrapped = torch.compile(mi)
+    x, z, perm = _inputs()
+    assert isinstance(fused_plan(wrapped), FusedPlan)
+    out = im.paired_mutual_info(wrapped, x, z, perm)
+    assert out.bound.grad_fn.name() == "_LinearEndsChainBackward"
+    _check(out.bound, _plain_nwj(mi, x, z, perm), mi, z)
+    handle = mi.register_forward_hook(_twice)
+    try:
+        assert fused_plan_reasons(wrapped) == [
+            "the compiled chain's module has a forward hook: the shared evaluation computes it "
+            "without calling it"]
+    finally:
+        handle.remove()

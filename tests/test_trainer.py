@@ -391,13 +391,20 @@ def test_a_checkpoint_whose_config_contradicts_its_model_is_refused(tmp_path):
                          ({"likelihood": "gaussian"},
                           "config.likelihood is 'gaussian' but the model's decoder is "
                           "BernoulliDecoder"),
-                         ({"latent_dim": 3},
-                          "config.latent_dim is 3 but the model has vae.encoder.n_latent = 2")):
+                         ({"negatives": "all"},
+                          "config.negatives is 'all' but the model pairs its negatives by "
+                          "'shuffle'")):
         path = tmp_path / "crafted" / CHECKPOINT_FILE
         write_checkpoint({**state, "config": {**state["config"], **change}}, path)
         with pytest.raises(ValueError, match=re.escape(
                 f"checkpoint {path}: config contradicts model_config: {text}")):
             read_checkpoint(path, TrainConfig)
+    # Sizes the config records otherwise than the model: the model is model_config's, and a
+    # trainer of an earlier version wrote such checkpoints; they resume with their model.
+    path = tmp_path / "sizes" / CHECKPOINT_FILE
+    write_checkpoint({**state, "config": {**state["config"], "mi_neurons": [16]}}, path)
+    resumed = Trainer.from_checkpoint(path, x, v, progress=False)
+    assert resumed.model.mi.config["mlp_neurons"] == tiny().mi_neurons
 
 
 def test_a_checkpoint_whose_tensors_share_storage_is_refused(tmp_path):

@@ -194,10 +194,14 @@ def fused_plan(mi: nn.Module) -> FusedPlan | NoFusedPlan:
 def _with_plain_calls(mi: nn.Module, plan: FusedPlan | NoFusedPlan) -> FusedPlan | NoFusedPlan:
     """``plan``, or why not while ``mi`` or a module the plan replaces has a hook or an instance
     forward."""
-    if not isinstance(plan, FusedPlan) or calls_are_plain((mi, *plan.replaced)):
+    if not isinstance(plan, FusedPlan):
         return plan
-    return NoFusedPlan(tuple(skipped_call_reasons(
-        (("the chain", mi), *zip(plan.replaced_names, plan.replaced)))))
+    inner = _compiled_inner(mi)
+    if calls_are_plain((mi, *plan.replaced)) if inner is None else (
+            not _wrapper_reasons(mi) and calls_are_plain((inner, *plan.replaced))):
+        return plan
+    return NoFusedPlan(tuple(_wrapper_reasons(mi) + skipped_call_reasons(
+        (*_chain_itself(mi), *zip(plan.replaced_names, plan.replaced)))))
 
 
 def fused_plan_reasons(mi: nn.Module) -> list[str]:
@@ -261,7 +265,8 @@ def split_reasons(mi: nn.Module) -> list[str]:
     reasons = _split_structure_reasons(mi)
     if not reasons:
         mlp = cast(nn.Sequential, mi.mlp)  # as found
-        reasons = skipped_call_reasons((("the chain", mi), ("mi.mlp", mlp), ("mi.mlp[0]", mlp[0])))
+        reasons = _wrapper_reasons(mi) + skipped_call_reasons(
+            (*_chain_itself(mi), ("mi.mlp", mlp), ("mi.mlp[0]", mlp[0])))
     return reasons
 
 
@@ -272,7 +277,7 @@ def _split_structure_reasons(mi: nn.Module) -> list[str]:
                if not isinstance(getattr(mi, attr, None), nn.Module)]
     if reasons:
         return reasons
-    forward = getattr(type(mi), "forward", None)
+    forward = getattr(type(_compiled_inner(mi) or mi), "forward", None)
     if forward not in CHAIN_FORWARDS:
         reasons.append(f"{type(mi).__name__} has its own forward (not MutualInfoChain's "
                        "mlp(cat([data(x), latent(z)]))): the shared evaluation would skip it")
@@ -293,6 +298,32 @@ def _split_structure_reasons(mi: nn.Module) -> list[str]:
 # The forward methods that compute mlp(cat([data(x), latent(z)])): MutualInfoChain's, added by
 # infomax_ext.mutual_info (which imports this module).
 CHAIN_FORWARDS: set[Any] = set()
+
+
+def _compiled_inner(mi: nn.Module) -> nn.Module | None:
+    """The module a ``torch.compile``-wrapped chain (an ``OptimizedModule``) calls, which its
+    attributes (data, latent, mlp) come from; None for any other module."""
+    if type(mi).__name__ != "OptimizedModule":
+        return None
+    inner = mi._modules.get("_orig_mod")
+    return inner if isinstance(inner, nn.Module) else None
+
+
+def _chain_itself(mi: nn.Module) -> tuple[tuple[str, nn.Module], ...]:
+    """The chain's own module whose call a shared evaluation skips, named: ``mi``, or the module
+    a ``torch.compile``-wrapped chain calls (the wrapper's own forward is that module's,
+    compiled; its hooks are :func:`_wrapper_reasons`')."""
+    inner = _compiled_inner(mi)
+    return (("the chain", mi),) if inner is None else (("the compiled chain's module", inner),)
+
+
+def _wrapper_reasons(mi: nn.Module) -> list[str]:
+    """The hooks on a ``torch.compile``-wrapped chain itself (none for any other module)."""
+    if _compiled_inner(mi) is None:
+        return []
+    found = [what for attr, what in _HOOKS if getattr(mi, attr)]
+    return [f"the compiled chain has {' and '.join(found)}: the shared evaluation would skip "
+            "it"] if found else []
 
 
 def _plan_and_reasons(mi: nn.Module) -> tuple[FusedPlan | None, list[str]]:

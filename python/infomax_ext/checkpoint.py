@@ -25,7 +25,8 @@ device first, its size checked against the machine's memory); non-finite weights
 Adam state that lacks a parameter after the first epoch or whose hyperparameters differ from the
 config's; an epoch beyond the config's budget; a history that does not have one record per
 epoch; random generator states torch would not accept; a ``config`` that contradicts
-``model_config`` (bound, sizes, likelihood, ...: :func:`~infomax_ext.trainer_checks.config_mismatches`);
+``model_config`` in what decides a step (bound, negatives, likelihood:
+:func:`~infomax_ext.trainer_checks.config_mismatches`; the sizes are the model_config's);
 weights or Adam states that do not each own exactly their memory (shared, views, expanded).
 Nothing of it reaches torch's kernels before it has been checked.
 """
@@ -212,8 +213,8 @@ def validate_checkpoint(state: object, path: str | os.PathLike[str],
         c.fail(f"model_config: {exc}")
     from .trainer_checks import config_mismatches
 
-    mismatches = config_mismatches(config, shell)
-    if mismatches:  # resumed, the model would train under another config than it records
+    mismatches = config_mismatches(config, shell, architecture=False)
+    if mismatches:  # resumed, the model would train under another objective than it records
         c.fail(f"config contradicts model_config: {'; '.join(mismatches)}")
     dtype = _check_model(c, c.mapping(state["model"], "model"), shell)
     optimizers = c.mapping(state["optimizers"], "optimizers")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import weakref
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -42,14 +44,17 @@ def _versions(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
 
 
 def plain_settings(value: object) -> object:
-    """``value`` as plain JSON values, the same on every rank for the same setting: numbers,
-    strings and None as they are, one-element tensors as numbers, lists and tuples entry by
-    entry, dicts by sorted key, anything else by its type's name (a function, a process
-    group: never an address, which differs between processes)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
+    """``value`` as plain JSON values, the same on every rank for the same setting: strings,
+    bools and None as they are, every other real number (numpy's and one-element tensors
+    included) as a float (``alpha=10`` and ``alpha=10.0`` are one setting), lists and tuples
+    entry by entry, dicts by sorted key, anything else by its type's name (a function, a
+    process group: never an address, which differs between processes)."""
+    if value is None or isinstance(value, (bool, str, np.bool_)):
+        return value if not isinstance(value, np.bool_) else bool(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
+        return float(value.item()) if not value.dtype == torch.bool else bool(value.item())
     if isinstance(value, (list, tuple)):
         return [plain_settings(v) for v in value]
     if isinstance(value, dict):

@@ -532,8 +532,7 @@ def _joint_graph_bound(plan: FusedPlan, hx: torch.Tensor, hz: torch.Tensor,
         # float32 rows on the CPU, index_select 28 us.
         if hz_shuffled is None:
             assert perm is not None  # the caller gives one of perm and the shuffled codes
-            if perm.device.type == "cpu":  # free there; a GPU's index_select asserts on its own
-                reference.check_perm_entries(perm, m)
+            reference.check_perm_entries(perm, m)
             shuffled_half = latent_half.index_select(0, perm)
         else:
             shuffled_half = torch.mm(hz_shuffled, weight[:, dx:].t())

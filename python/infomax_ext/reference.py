@@ -89,11 +89,17 @@ def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
 
 def check_perm_entries(perm: torch.Tensor, m: int) -> None:
     """Raises RuntimeError, with the compiled kernels' message, naming the first entry of
-    ``perm`` outside ``[0, m)`` (indexing would wrap a negative one around). One host
-    synchronisation; skipped where the values cannot be read: a ``meta`` tensor, a tensor
-    inside a torch.func transform, or while torch.compile traces."""
+    ``perm`` outside ``[0, m)`` (indexing would wrap a negative one around). On the CPU at
+    once; on another device as an assert on the device (``torch._assert_async``: no host
+    synchronisation, the error comes at the next one), as the CUDA kernels assert. Skipped
+    where the values cannot be read: a ``meta`` tensor, a tensor inside a torch.func
+    transform, or while torch.compile traces."""
     if (perm.numel() == 0 or perm.device.type == "meta" or torch.compiler.is_compiling()
             or torch._C._functorch.is_functorch_wrapped_tensor(perm)):
+        return
+    if perm.device.type != "cpu":
+        torch._assert_async(((perm >= 0) & (perm < m)).all(),
+                            f"infomax_ext: perm entry outside [0, {m})")
         return
     bad = ((perm < 0) | (perm >= m)).nonzero()
     if bad.numel():

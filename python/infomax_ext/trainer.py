@@ -129,6 +129,8 @@ class Trainer:
     :func:`~infomax_ext.trainer_checks.config_mismatches`; :func:`build_model` builds it), data
     whose sample shape or dtype is not the model's (a float64 or bfloat16 model takes data of
     its own dtype), a ``run_dir`` that holds another run (module docstring).
+    ``check_architecture=False`` leaves the sizes and activation uncompared (what
+    :meth:`from_checkpoint` passes: its model is the checkpoint's ``model_config``'s).
     """
 
     def __init__(self, model: InfoMaxVAE, config: TrainConfig,
@@ -137,13 +139,14 @@ class Trainer:
                  run_dir: str | os.PathLike[str] | None = None, *, progress: bool = True,
                  desc: str = "train", callbacks: Sequence[Callback] = (),
                  step_callbacks: Sequence[Callable[..., Any]] = (),
-                 log_interval: float = 5.0, process_group: ProcessGroup | None = None) -> None:
+                 log_interval: float = 5.0, process_group: ProcessGroup | None = None,
+                 check_architecture: bool = True) -> None:
         if isinstance(log_interval, bool) or not isinstance(log_interval, (int, float)) \
                 or not math.isfinite(log_interval) or log_interval < 0:
             raise ValueError(f"log_interval must be a non-negative number of seconds, got "
                              f"{log_interval!r}")
         self.config = config.validate()
-        mismatches = config_mismatches(config, model)
+        mismatches = config_mismatches(config, model, check_architecture)
         if mismatches:  # what the checkpoint would record as config must be the model
             raise ValueError(f"Trainer: the model is not the one config describes: "
                              f"{'; '.join(mismatches)}; build the model with "
@@ -238,7 +241,9 @@ class Trainer:
         model.to(next(iter(state["model"].values())).dtype).load_state_dict(state["model"])
         if state.get("preprocessing") is not None:  # checked by read_checkpoint
             model.preprocessing = Preprocessing.from_dict(state["preprocessing"])
-        trainer = cls(model, config, train_data, val_data, None, **kwargs)
+        # the model is the checkpoint's model_config's: only what decides a step is compared
+        trainer = cls(model, config, train_data, val_data, None, check_architecture=False,
+                      **kwargs)
         trainer.run_dir = path.parent if run_dir is None else Path(run_dir)
         trainer._check_run_dir(path, state["history"])  # its own run, or a directory holding none
         saved_world = state.get("world_size", 1)

@@ -53,14 +53,18 @@ def model_sample_shape(model: nn.Module) -> tuple[int, ...] | None:
     return None
 
 
-def config_mismatches(config: TrainConfig, model: nn.Module) -> list[str]:
+def config_mismatches(config: TrainConfig, model: nn.Module,
+                      architecture: bool = True) -> list[str]:
     """Each thing ``config`` states about the model that ``model`` contradicts, as
     ``"config.FIELD is X but the model ..."``; empty when they agree. Checked: ``negatives``,
     ``bound`` (with ``smile_clip`` / ``dv_moving_average``) and, when the model carries its
     config (:attr:`~infomax_ext.InfoMaxVAE.config`), ``latent_dim``, the three neuron lists,
     ``activation`` and ``likelihood`` (its decoder class), against what
     :func:`~infomax_ext.train_config.build_model` builds (on the meta device: nothing
-    allocated). ``model`` may live on the meta device."""
+    allocated). ``model`` may live on the meta device. ``architecture=False`` compares only what
+    decides a training step (negatives, bound, likelihood), not the sizes and activation: for a
+    resumed run, whose model is rebuilt from the checkpoint's ``model_config`` (a checkpoint of
+    a model built otherwise than its config says trained fine before this check existed)."""
     found = []
     negatives = getattr(model, "negatives", "shuffle")
     if negatives != config.negatives:
@@ -83,6 +87,8 @@ def config_mismatches(config: TrainConfig, model: nn.Module) -> list[str]:
     with torch.random.fork_rng(devices=[]):
         expected = memory.on_meta(lambda: build_model(config, shape)).config
     for field, paths in _FIELD_PATHS.items():
+        if not architecture and field != "likelihood":
+            continue
         differ = [path for path in paths if _at(actual, path) != _at(expected, path)]
         if differ:
             has = _at(actual, differ[0])
@@ -94,11 +100,13 @@ def config_mismatches(config: TrainConfig, model: nn.Module) -> list[str]:
 
 
 def check_data_dtype(x: Any, name: str, model: nn.Module) -> None:
-    """A ValueError unless the samples ``x`` have the dtype of the model's weights (when they
-    all have one): a float32 batch does not multiply a float64 or bfloat16 weight."""
+    """A ValueError unless floating samples ``x`` have the dtype of the model's weights (when
+    they all have one): a float32 batch does not multiply a float64 or bfloat16 weight. Integer
+    samples are left to the model (token ids for an embedding)."""
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     dtype = getattr(x, "dtype", None)
-    if len(dtypes) == 1 and dtype is not None and dtype not in dtypes:
+    if len(dtypes) == 1 and isinstance(dtype, torch.dtype) and dtype.is_floating_point \
+            and dtype not in dtypes:
         want = dtypes.pop()
         raise ValueError(f"{name} holds {dtype} samples but the model's weights are {want}: "
                          f"give {name} in the model's dtype ({name}.to({want})) or convert the "

@@ -137,27 +137,29 @@ def _agree(key: str, mine: Any, theirs: Any) -> bool:
 
 
 def check_x_dtype(x: object, dtypes: set[torch.dtype]) -> None:
-    """A TypeError naming both dtypes when ``x`` is a tensor whose dtype is not the model's (its
-    parameters share one dtype; outside ``torch.autocast``, which converts the inputs itself)."""
-    if not isinstance(x, torch.Tensor) or len(dtypes) != 1 or \
+    """A TypeError naming both dtypes when ``x`` is a floating tensor whose dtype is not the
+    model's (its parameters share one dtype; outside ``torch.autocast``, which converts the
+    inputs itself). An integer or bool ``x`` (token ids for an embedding, an input the model
+    casts itself) is left to the model."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or len(dtypes) != 1 or \
             torch.is_autocast_enabled(x.device.type):
         return
     (dtype,) = dtypes
     if x.dtype != dtype:
-        model = f" or the model (model.to({x.dtype}))" if x.is_floating_point() else ""
         raise TypeError(f"train_step: x has dtype {x.dtype} but the model's parameters are "
-                        f"{dtype}; convert the batch (x.to({dtype})){model}")
+                        f"{dtype}; convert the batch (x.to({dtype})) or the model "
+                        f"(model.to({x.dtype}))")
 
 
-def finite_loss(loss: torch.Tensor, what: str, x: torch.Tensor, read: bool,
+def finite_loss(loss: torch.Tensor, what: str, x: torch.Tensor,
                 changed: str = "no parameter changed") -> float | None:
-    """``float(loss)`` before its step when it is read: always on the CPU (no device sync),
-    elsewhere when ``read`` (train_step reads the losses anyway); None when not read. When the
+    """``float(loss)`` before its step on the CPU (no device sync there); None elsewhere (a
+    read before the step would stall a GPU on a device sync). When the
     value is not finite because ``x`` is not (x is looked at only then), a ValueError naming the
     loss (``what``), the count of non-finite values in x and what the step has ``changed`` so
     far. A non-finite loss of a finite x (weights or settings that overflow) is returned: the
     step goes on and the caller sees it (the Trainer names the network that diverged)."""
-    if not read and loss.device.type != "cpu":
+    if loss.device.type != "cpu":
         return None
     value = float(loss.detach())
     if math.isfinite(value) or not (x.is_floating_point() or x.is_complex()):

@@ -179,11 +179,9 @@ def train_step(
     ``miloss_kwargs`` key :func:`miloss` does not take or a value it refuses (with the default
     ``miloss``), an ``x`` whose dtype is not the model's, and a loss that is not finite because
     ``x`` holds NaN or inf: each loss is checked before its own step (the alternating step's MI
-    loss after the VAE's step; the error says so). The check reads the loss's value: always on
-    the CPU, where that costs nothing; on another device (CUDA) only when ``loss_return`` or
-    ``verbose`` reads the losses anyway, and only where that adds no device sync (the VAE loss
-    is read before its step instead of after; the alternating step's MI loss is not checked
-    there); not with a ``process_group`` (a refusal on one process would leave the others
+    loss after the VAE's step; the error says so). The check reads the loss's value, so it runs
+    on the CPU only, where that costs nothing (on a GPU it would stall the step on a device
+    sync), and not with a ``process_group`` (a refusal on one process would leave the others
     waiting in the gradient average). A non-finite loss of a finite ``x``
     (weights or settings that overflow) is stepped and returned, as before: the Trainer names
     the network that diverged.
@@ -245,7 +243,7 @@ def train_step(
     # not take part in it would leave the others waiting.
     training_checks.check_x_dtype(x, {p.dtype for p in vae_all + mi_all})
     # The finiteness check of each loss before its step (see the docstring).
-    check = _LossCheck(x, process_group is None, loss_return or verbose)
+    check = _LossCheck(x, process_group is None)
     args = (x,) if x_out is None else (x, x_out)
     if reuse_forward:
         vae_loss, mi_loss = _reuse_forward_step(model, args, opt_vae, opt_mi, parts, vae_kwargs,
@@ -266,21 +264,19 @@ def train_step(
 
 
 class _LossCheck:
-    """The finiteness check of train_step's losses before their steps
+    """The finiteness check of train_step's losses before their steps, on the CPU
     (:func:`~infomax_ext.training_checks.finite_loss`), keeping the values it read for the
-    return value. ``enabled``: without a process group; ``read``: the losses are read anyway."""
+    return value. ``enabled``: without a process group."""
 
-    def __init__(self, x: torch.Tensor, enabled: bool, read: bool) -> None:
-        self.x, self.enabled, self.reading = x, enabled, read
+    def __init__(self, x: torch.Tensor, enabled: bool) -> None:
+        self.x, self.enabled = x, enabled
         self.values: list[float | None] = [None, None]
 
     def __call__(self, loss: torch.Tensor, index: int, what: str,
-                 changed: str = "no parameter changed", may_sync: bool = True) -> None:
-        """Check ``loss`` (``index`` 0: the VAE's, 1: the MI chain's); ``may_sync`` False: off
-        the CPU, leave it to be read after the steps (as train_step always did)."""
+                 changed: str = "no parameter changed") -> None:
+        """Check ``loss`` (``index`` 0: the VAE's, 1: the MI chain's)."""
         if self.enabled:
-            self.values[index] = training_checks.finite_loss(
-                loss, what, self.x, self.reading and may_sync, changed)
+            self.values[index] = training_checks.finite_loss(loss, what, self.x, changed)
 
     def read(self, loss: torch.Tensor, index: int) -> float:
         value = self.values[index]
@@ -363,7 +359,7 @@ def _alternating_step(model: InfoMaxVAE, args: tuple[torch.Tensor, ...], opt_vae
     # Off the CPU, reading the MI loss here would add a device sync: a non-finite x made the
     # VAE loss non-finite already.
     check(mi_loss, 1, "the MI loss (after the VAE's step)",
-          "model.vae has taken this step's update, model.mi is unchanged", may_sync=False)
+          "model.vae has taken this step's update, model.mi is unchanged")
     _set_grads(mi_loss, parts.mi, parts.mi_frozen)
     opt_mi.step()
     return vae_loss, mi_loss
