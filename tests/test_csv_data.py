@@ -81,6 +81,8 @@ def test_a_header_name_that_is_a_number_is_matched_before_the_index(tmp_path):
 @pytest.mark.parametrize("text, column, message", [
     ("a,b\n1,2\n3,x\n", None, "row 3, column 2 ('b'): 'x' is not a number"),
     ("1,2\n3,4\n5,zz\n", None, "row 3, column 2: 'zz' is not a number"),
+    # Python's float reads "1_0" as 10: a typo is never a value
+    ("a,b\n1,2\n3,1_0\n", None, "row 3, column 2 ('b'): '1_0' is not a number"),
     ("a,b\n1,2\n\n3,\n", None, "row 4, column 2 ('b'): empty field"),
     ("a,b\n1,nan\n", None, "row 2, column 2 ('b'): 'nan' is not a finite number"),
     ("a,b\n1,inf\n", None, "'inf' is not a finite number"),

@@ -55,9 +55,17 @@ def parse_label_column(text: str | int | None) -> str | int | None:
         return text
 
 
+def _number(field: str) -> float:
+    """``float(field)`` for a decimal number as a table writes one; a ValueError for anything
+    else, ``"1_0"`` included (Python's float reads it as 10: a typo would become a value)."""
+    if "_" in field:
+        raise ValueError(f"not a number: {field!r}")
+    return float(field)
+
+
 def _is_number(field: str) -> bool:
     try:
-        float(field)
+        _number(field)
     except ValueError:
         return False
     return True
@@ -148,7 +156,7 @@ def read_delimited(path: str | os.PathLike[str], label_column: str | int | None 
         values = []
         for c in feature_cols:
             try:
-                value = float(fields[c])
+                value = _number(fields[c])
             except ValueError:
                 raise _bad_field(path, line, c, names, fields[c], "not a number") from None
             if not math.isfinite(value):
