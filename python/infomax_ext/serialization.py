@@ -51,6 +51,7 @@ __all__ = [
     "is_sha256_hex",
     "atomic_write_bytes",
     "atomic_write_with",
+    "same_file",
     "atomic_write_text",
     "atomic_write_json",
     "atomic_torch_save",
@@ -140,6 +141,17 @@ def _naming(exc: OSError, path: Path) -> OSError:
     if exc.errno is None:
         return OSError(f"{path}: {exc}")
     return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` name one file or directory: the same path once links are
+    resolved, or the same inode (a hard link); False when either cannot be looked at."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet)
+        return False
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

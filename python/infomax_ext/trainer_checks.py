@@ -15,6 +15,7 @@ from torch import nn
 
 from . import memory
 from .bounds import resolve_bound
+from .serialization import same_file
 from .train_config import TrainConfig, build_model
 
 __all__ = ["config_mismatches", "model_sample_shape", "check_data_dtype", "run_held",
@@ -146,7 +147,7 @@ def check_run_dir(run_dir: Path, checkpoint_file: str, metrics_file: str,
     if not held:
         return
     own = run_dir / checkpoint_file
-    if resuming is not None and (_same_file(resuming.parent, run_dir)
+    if resuming is not None and (same_file(resuming.parent, run_dir)
                                  or _begins(run_dir / metrics_file, history)):
         return
     what = f"run directory {run_dir} already holds a run ({' and '.join(held)})"
@@ -168,11 +169,4 @@ def _begins(metrics: Path, history: Sequence[Any]) -> bool:
             lines = [line for line, _ in zip(f, range(len(history)))]
         return [json.loads(line) for line in lines] == list(history)
     except (OSError, ValueError, RecursionError):
-        return False
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
         return False

@@ -221,28 +221,19 @@ def check_unit_range(data: ArrayDataset, trained: TrainedModel) -> None:
 
 # ----------------------------------------------------------------------------- outputs
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` name one file: the same path once links are resolved, or the
-    same inode (a hard link)."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one does not exist (yet)
-        return False
-
-
 def check_outputs(args: argparse.Namespace, outputs: Sequence[tuple[str, Path]]) -> None:
     """A CommandError, before any work, unless every output ``(what, path)`` (``what`` names it
     in the message: ``"--out"``, ``"the PNG"``) can be written without harm: not a directory,
     not under a file, and not one of the command's input files (``--data``, ``--labels``: an
     output there would replace the input it is computed from)."""
+    from ..serialization import same_file
+
     inputs = [(flag, Path(text)) for flag, text in (("--data", getattr(args, "data", None)),
                                                     ("--labels", getattr(args, "labels", None)))
               if text is not None and os.path.lexists(text)]
     for what, path in outputs:
         for flag, source in inputs:
-            if _same_file(path, source):
+            if same_file(path, source):
                 raise CommandError(f"{what} {path} is the {flag} file: writing it would replace "
                                    "the input; choose another file name")
         if path.is_dir():
